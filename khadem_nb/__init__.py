@@ -1,0 +1,91 @@
+"""khadem_nb: a job queue for people who work in Jupyter.
+
+The core (``QueueManager``, ``QueueJob``, drivers) works anywhere asyncio does; the notebook
+layer (``Queue``, ``progress``) sits on top and is imported lazily.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from .config import QueueSettings, WorkerSettings, parse_config
+from .context import progress
+from .drivers.base import QueueDriver
+from .errors import (
+    ConfigError,
+    CorruptQueueError,
+    DriverError,
+    DriverUnavailableError,
+    JobError,
+    JobFailedError,
+    JobNotFoundError,
+    JobTimeoutError,
+    KhademError,
+    ResultTimeoutError,
+    RetryJob,
+    SerializationError,
+    UnknownJobError,
+)
+from .execution import WorkerHooks
+from .factory import QueueFactory
+from .job import JobRecord, JobStatus, QueueJob, QueueJobWithMetadata
+from .manager import QueueManager
+from .middleware import Middleware
+from .monitor import BasicQueueMonitor, QueueMonitor
+from .registry import QueueDriverRegistry
+from .retry import ExponentialBackoff, FixedBackoff
+from .serializer import QueueJobSerializer
+from .worker import QueueWorker
+
+if TYPE_CHECKING:
+    from .notebook import JobGroup, JobHandle, Queue
+
+__version__ = "0.1.0"
+
+_LAZY: set[str] = set()
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        from . import notebook
+
+        return getattr(notebook, name)
+    raise AttributeError(f"module 'khadem_nb' has no attribute {name!r}")
+
+
+__all__ = [
+    "BasicQueueMonitor",
+    "ConfigError",
+    "CorruptQueueError",
+    "DriverError",
+    "DriverUnavailableError",
+    "ExponentialBackoff",
+    "FixedBackoff",
+    "JobError",
+    "JobFailedError",
+    "JobNotFoundError",
+    "JobRecord",
+    "JobStatus",
+    "JobTimeoutError",
+    "KhademError",
+    "Middleware",
+    "QueueDriver",
+    "QueueDriverRegistry",
+    "QueueFactory",
+    "QueueJob",
+    "QueueJobSerializer",
+    "QueueJobWithMetadata",
+    "QueueManager",
+    "QueueMonitor",
+    "QueueSettings",
+    "QueueWorker",
+    "ResultTimeoutError",
+    "RetryJob",
+    "SerializationError",
+    "UnknownJobError",
+    "WorkerHooks",
+    "WorkerSettings",
+    "__version__",
+    "parse_config",
+    "progress",
+]

@@ -1,0 +1,254 @@
+"""Configuration: parsed once into frozen dataclasses; unknown keys and bad values rejected.
+
+Accepted forms: ``None`` (memory), a queue URL (``"sqlite:///runs.db"``), a dict with a
+``"queue"`` section (``{"queue": {"driver": "memory"}}``), or an object with a dotted
+``get("queue.driver")`` like an application config.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any, Protocol
+from urllib.parse import unquote, urlsplit
+
+from ._time import to_seconds
+from .errors import ConfigError
+
+URL_SCHEMES = {"memory": "memory", "sync": "sync", "sqlite": "sqlite", "file": "file",
+               "redis": "redis", "rediss": "redis"}
+QUEUE_KEYS = frozenset({
+    "driver", "name", "path", "url", "host", "port", "username", "password", "db", "lease",
+    "heartbeat", "max_reclaims", "retention", "prefix", "connect_timeout", "workers", "options",
+})
+WORKER_KEYS = frozenset({"max_jobs", "delay", "timeout", "concurrency"})
+
+
+class DottedConfig(Protocol):
+    def get(self, key: str, default: Any = None, /) -> Any: ...
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerSettings:
+    """Defaults for ``start_worker``; each may be overridden per call."""
+
+    max_jobs: int | None = None
+    delay_s: float = 0.5  # longest wait for new work before a worker checks its limits again
+    timeout_s: float | None = None  # total run time before the worker stops
+    concurrency: int = 1
+
+
+@dataclass(frozen=True, slots=True)
+class QueueSettings:
+    """Everything a driver and a worker need to know, validated."""
+
+    driver: str = "memory"
+    name: str = "default"
+    path: str | None = None
+    url: str | None = None
+    host: str = "127.0.0.1"
+    port: int = 6379
+    username: str | None = None
+    password: str | None = None
+    db: int = 0
+    lease_s: float = 30.0
+    heartbeat_s: float = 10.0
+    max_reclaims: int = 3
+    retention: int = 10_000
+    prefix: str = "khadem"
+    connect_timeout_s: float = 5.0
+    workers: WorkerSettings = field(default_factory=WorkerSettings)
+    options: Mapping[str, Any] = field(default_factory=dict)
+
+    def redacted_url(self) -> str:
+        """The queue URL with any password replaced by ``***``, for messages and logs."""
+        if self.url:
+            return redact_url(self.url)
+        if self.driver == "redis":
+            return f"redis://{self.host}:{self.port}/{self.db}"
+        return f"{self.driver}://{self.path or ''}"
+
+
+def redact_url(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
+    return parts._replace(netloc=netloc).geturl()
+
+
+def parse_config(config: Any = None) -> QueueSettings:
+    """Turn any accepted config form into :class:`QueueSettings` (see module docstring)."""
+    if config is None:
+        return QueueSettings()
+    if isinstance(config, QueueSettings):
+        return config
+    if isinstance(config, str):
+        return _from_section({"url": config})
+    if isinstance(config, Mapping):
+        section = config.get("queue", None) if "queue" in config else None
+        extra = set(config) - {"queue"}
+        if section is None:
+            raise ConfigError(f"config dict needs a 'queue' section, got keys {sorted(config)}")
+        if extra:
+            raise ConfigError(f"unknown top-level config keys {sorted(extra)}; only 'queue' is read")
+        if not isinstance(section, Mapping):
+            raise ConfigError(f"config 'queue' must be a mapping, got {type(section).__name__}")
+        return _from_section(dict(section))
+    if callable(getattr(config, "get", None)):
+        return _from_section(_read_dotted(config))
+    raise ConfigError(f"cannot read queue config from {type(config).__name__}; "
+                      "pass a URL, a dict with a 'queue' section, or an object with get()")
+
+
+def _read_dotted(config: DottedConfig) -> dict[str, Any]:
+    section: dict[str, Any] = {}
+    for key in QUEUE_KEYS - {"workers"}:
+        value = config.get(f"queue.{key}", None)
+        if value is not None:
+            section[key] = value
+    workers = {k: v for k in WORKER_KEYS if (v := config.get(f"queue.workers.{k}", None)) is not None}
+    if workers:
+        section["workers"] = workers
+    return section
+
+
+def _from_section(section: dict[str, Any]) -> QueueSettings:
+    unknown = set(section) - QUEUE_KEYS
+    if unknown:
+        raise ConfigError(f"unknown queue config keys {sorted(unknown)}; valid keys: {sorted(QUEUE_KEYS)}")
+    values: dict[str, Any] = {}
+    if section.get("url"):
+        values.update(_parse_url(_require_str(section, "url")))
+    values.update(_plain_values(section))
+    if "workers" in section:
+        values["workers"] = _parse_workers(section["workers"])
+    settings = replace(QueueSettings(), **values)
+    return _check_consistency(settings, explicit_heartbeat="heartbeat" in section)
+
+
+def _plain_values(section: dict[str, Any]) -> dict[str, Any]:
+    values: dict[str, Any] = {}
+    for key in ("driver", "name", "path", "host", "username", "password", "prefix"):
+        if section.get(key) is not None:
+            values[key] = _require_str(section, key)
+    for key in ("port", "db", "max_reclaims", "retention"):
+        if section.get(key) is not None:
+            values[key] = _require_int(section, key, minimum=0)
+    for key, attr in (("lease", "lease_s"), ("heartbeat", "heartbeat_s"),
+                      ("connect_timeout", "connect_timeout_s")):
+        if section.get(key) is not None:
+            values[attr] = _require_positive_seconds(section[key], f"queue.{key}")
+    if section.get("options") is not None:
+        if not isinstance(section["options"], Mapping):
+            raise ConfigError("queue.options must be a mapping of driver-specific settings")
+        values["options"] = dict(section["options"])
+    return values
+
+
+def _check_consistency(settings: QueueSettings, *, explicit_heartbeat: bool) -> QueueSettings:
+    if not explicit_heartbeat:
+        settings = replace(settings, heartbeat_s=settings.lease_s / 3)
+    if settings.heartbeat_s >= settings.lease_s:
+        raise ConfigError(f"queue.heartbeat ({settings.heartbeat_s:g}s) must be shorter than "
+                          f"queue.lease ({settings.lease_s:g}s), or leases expire between beats")
+    if settings.driver in ("file", "sqlite") and not settings.path:
+        raise ConfigError(f"the {settings.driver} driver needs queue.path or a "
+                          f"{settings.driver}:/// URL")
+    if not settings.name:
+        raise ConfigError("queue.name must not be empty")
+    return settings
+
+
+def _parse_url(url: str) -> dict[str, Any]:
+    parts = urlsplit(url)
+    driver = URL_SCHEMES.get(parts.scheme)
+    if driver is None:
+        raise ConfigError(f"unknown queue URL scheme {parts.scheme!r} in {redact_url(url)!r}; "
+                          f"valid schemes: {', '.join(sorted(URL_SCHEMES))}")
+    values: dict[str, Any] = {"driver": driver, "url": url}
+    if driver in ("sqlite", "file"):
+        path = unquote(parts.netloc + parts.path) if parts.netloc else unquote(parts.path)
+        if not path:
+            raise ConfigError(f"queue URL {url!r} names no path; write {parts.scheme}:///path")
+        values["path"] = path
+    elif driver == "redis":
+        values.update(_parse_redis_url(parts, url))
+    return values
+
+
+def _parse_redis_url(parts: Any, url: str) -> dict[str, Any]:
+    values: dict[str, Any] = {"host": parts.hostname or "127.0.0.1"}
+    try:
+        values["port"] = parts.port or 6379
+    except ValueError as exc:
+        raise ConfigError(f"bad port in queue URL {redact_url(url)!r}: {exc}") from None
+    if parts.username:
+        values["username"] = unquote(parts.username)
+    if parts.password:
+        values["password"] = unquote(parts.password)
+    db_text = parts.path.lstrip("/")
+    if db_text:
+        if not db_text.isdigit():
+            raise ConfigError(f"redis db in {redact_url(url)!r} must be a number, got {db_text!r}")
+        values["db"] = int(db_text)
+    return values
+
+
+def _parse_workers(workers: Any) -> WorkerSettings:
+    if not isinstance(workers, Mapping):
+        raise ConfigError(f"queue.workers must be a mapping, got {type(workers).__name__}")
+    unknown = set(workers) - WORKER_KEYS
+    if unknown:
+        raise ConfigError(f"unknown queue.workers keys {sorted(unknown)}; valid keys: {sorted(WORKER_KEYS)}")
+    return worker_settings(WorkerSettings(), **dict(workers))
+
+
+def worker_settings(base: WorkerSettings, **overrides: Any) -> WorkerSettings:
+    """``base`` with validated overrides (``None`` keeps the base value)."""
+    values: dict[str, Any] = {}
+    if overrides.get("max_jobs") is not None:
+        values["max_jobs"] = _check_int(overrides["max_jobs"], "max_jobs", minimum=1)
+    if overrides.get("concurrency") is not None:
+        values["concurrency"] = _check_int(overrides["concurrency"], "concurrency", minimum=1)
+    if overrides.get("delay") is not None:
+        values["delay_s"] = _require_positive_seconds(overrides["delay"], "delay")
+    if overrides.get("timeout") is not None:
+        values["timeout_s"] = _require_positive_seconds(overrides["timeout"], "timeout")
+    return replace(base, **values)
+
+
+def _require_str(section: Mapping[str, Any], key: str) -> str:
+    value = section[key]
+    if not isinstance(value, str):
+        raise ConfigError(f"queue.{key} must be a string, got {value!r}")
+    return value
+
+
+def _require_int(section: Mapping[str, Any], key: str, *, minimum: int) -> int:
+    return _check_int(section[key], f"queue.{key}", minimum=minimum)
+
+
+def _check_int(value: Any, name: str, *, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        if isinstance(value, str) and value.strip().lstrip("-").isdigit():
+            value = int(value)
+        else:
+            raise ConfigError(f"{name} must be an integer, got {value!r}")
+    if value < minimum:
+        raise ConfigError(f"{name} must be >= {minimum}, got {value}")
+    return int(value)
+
+
+def _require_positive_seconds(value: Any, name: str) -> float:
+    if isinstance(value, str):
+        try:
+            value = float(value)
+        except ValueError:
+            raise ConfigError(f"{name} must be a number of seconds, got {value!r}") from None
+    seconds = to_seconds(value, name=name)
+    assert seconds is not None
+    if not math.isfinite(seconds) or seconds <= 0:
+        raise ConfigError(f"{name} must be a positive number of seconds, got {value!r}")
+    return seconds

@@ -1,0 +1,168 @@
+"""The abstract driver every storage implements.
+
+Public verbs (``complete``, ``fail``, ``retry``, ``release``) set status and timestamps once,
+here, then call one small primitive (``_settle``) that each driver implements. Every write after
+a claim carries the claim's token: a driver refuses it when the stored token differs (the lease
+was lost and the job claimed again), and the refusal is counted in ``stale_acks``.
+"""
+
+from __future__ import annotations
+
+import uuid
+from abc import ABC, abstractmethod
+from collections.abc import Iterable, Sequence
+from typing import Any, ClassVar
+
+from .._time import now_ms
+from ..config import QueueSettings
+from ..job import JobRecord, JobStatus
+
+LEASE_LOST_ERROR = "lease expired {n} time(s): the worker holding it died or stalled; giving up"
+
+
+class QueueDriver(ABC):
+    """Storage for job records, with claim (reserve) and settle operations."""
+
+    #: survives the process that dispatched
+    durable: ClassVar[bool] = False
+    #: several processes can work the same queue
+    shared: ClassVar[bool] = False
+    #: jobs run inside ``dispatch`` (the sync driver)
+    runs_at_dispatch: ClassVar[bool] = False
+    #: claims carry a lease that the worker must renew with ``heartbeat``
+    uses_leases: ClassVar[bool] = False
+
+    def __init__(self, settings: QueueSettings) -> None:
+        self.settings = settings
+        self.stale_acks = 0
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    async def open(self) -> None:
+        """Connect or create storage; raise a clear error naming the location if it is bad."""
+
+    async def close(self) -> None:
+        """Release connections and files."""
+
+    def interrupt_waits(self) -> None:
+        """Make every ``reserve`` that is waiting for work return early (used on stop)."""
+
+    # -- producing ---------------------------------------------------------------------------
+    @abstractmethod
+    async def push(self, records: Sequence[JobRecord]) -> None:
+        """Store new records (QUEUED or SCHEDULED) in one go."""
+
+    # -- consuming ---------------------------------------------------------------------------
+    @abstractmethod
+    async def reserve(self, queues: Sequence[str], limit: int, wait_s: float) -> list[JobRecord]:
+        """Claim up to ``limit`` due jobs, the first queue that has any first.
+
+        Claimed records come back ACTIVE with a fresh ``token``, ``attempt`` incremented and
+        ``started_ms`` set. Waits up to ``wait_s`` seconds for work, without busy polling where
+        the storage allows it. Expired leases are reclaimed here (or by a sweep).
+        """
+
+    async def heartbeat(self, records: Sequence[JobRecord]) -> list[bool]:
+        """Extend the leases of held records; ``False`` where the lease was lost."""
+        return [True for _ in records]
+
+    async def complete(self, record: JobRecord, result: Any) -> bool:
+        token = record.token
+        record.status = JobStatus.COMPLETED
+        record.result = result
+        record.finished_ms = now_ms()
+        record.error = record.traceback = None
+        record.lease_ms = None
+        return await self._settle_counted(record, token)
+
+    async def fail(self, record: JobRecord, error: str, traceback: str | None) -> bool:
+        token = record.token
+        record.status = JobStatus.FAILED
+        record.finished_ms = now_ms()
+        record.error, record.traceback = error, traceback
+        record.lease_ms = None
+        return await self._settle_counted(record, token)
+
+    async def retry(self, record: JobRecord, delay_s: float, error: str, traceback: str | None) -> bool:
+        """Put a failed attempt back, due after ``delay_s``; the error is kept as the last one."""
+        token = record.token
+        now = now_ms()
+        record.status = JobStatus.SCHEDULED if delay_s > 0 else JobStatus.QUEUED
+        record.available_ms = now + int(delay_s * 1000)
+        record.error, record.traceback = error, traceback
+        record.finished_ms = None
+        record.lease_ms = None
+        return await self._settle_counted(record, token)
+
+    async def release(self, record: JobRecord) -> bool:
+        """Give a claimed job back untouched (worker shutting down): the attempt does not count."""
+        token = record.token
+        record.status = JobStatus.QUEUED
+        record.attempt = max(0, record.attempt - 1)
+        record.available_ms = now_ms()
+        record.started_ms = None
+        record.lease_ms = None
+        return await self._settle_counted(record, token)
+
+    async def _settle_counted(self, record: JobRecord, token: str | None) -> bool:
+        settled = await self._settle(record, token)
+        if not settled:
+            self.stale_acks += 1
+        return settled
+
+    @abstractmethod
+    async def _settle(self, record: JobRecord, token: str | None) -> bool:
+        """Write ``record`` if the stored copy is ACTIVE with ``token``; report whether it was."""
+
+    # -- inspecting --------------------------------------------------------------------------
+    @abstractmethod
+    async def get(self, job_id: str) -> JobRecord | None:
+        """The stored record with this id, or ``None``."""
+
+    @abstractmethod
+    async def list(self, status: JobStatus | None = None, queue: str | None = None,
+                   limit: int | None = None) -> list[JobRecord]:
+        """Records in creation order; with ``limit``, the newest ``limit`` of them."""
+
+    @abstractmethod
+    async def counts(self, queue: str | None = None) -> dict[JobStatus, int]:
+        """How many records are in each status (every status present as a key)."""
+
+    @abstractmethod
+    async def requeue(self, job_ids: Iterable[str]) -> int:
+        """Put FAILED records back as QUEUED with a fresh attempt budget; return how many."""
+
+    async def update_meta(self, record: JobRecord, meta: dict[str, Any]) -> bool:
+        """Merge ``meta`` (progress, notes, output) into a held record, fenced by its token."""
+        return True
+
+    async def find_by_keys(self, keys: Sequence[str]) -> dict[str, JobRecord]:
+        """The newest record for each sweep key that has one."""
+        wanted = set(keys)
+        found: dict[str, JobRecord] = {}
+        for record in await self.list():
+            if record.key in wanted:
+                found[record.key] = record
+        return found
+
+    @abstractmethod
+    async def purge(self) -> None:
+        """Delete every record of this queue's storage (tests, fresh starts)."""
+
+
+def new_token() -> str:
+    return uuid.uuid4().hex
+
+
+def claim(record: JobRecord, now: int, lease_s: float | None) -> JobRecord:
+    """Mark ``record`` as claimed now (shared by drivers that claim in Python)."""
+    record.status = JobStatus.ACTIVE
+    record.attempt += 1
+    record.started_ms = now
+    record.finished_ms = None
+    record.token = new_token()
+    record.lease_ms = now + int(lease_s * 1000) if lease_s else None
+    return record
+
+
+def empty_counts() -> dict[JobStatus, int]:
+    return dict.fromkeys(JobStatus, 0)

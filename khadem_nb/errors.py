@@ -1,0 +1,110 @@
+"""The one exception hierarchy of khadem_nb.
+
+::
+
+    KhademError
+    ├── ConfigError                 bad or unknown configuration (raised at init)
+    ├── SerializationError          a value that cannot travel as JSON
+    │   └── UnknownJobError         a job name with no registered factory
+    ├── DriverError                 the storage behind a queue misbehaves
+    │   ├── DriverUnavailableError  the storage cannot be reached (server down, timeout)
+    │   └── CorruptQueueError       the storage is not what it should be (bad file, not a database)
+    ├── JobError                    about one job
+    │   ├── JobNotFoundError        no record with that id
+    │   ├── JobTimeoutError         a job ran past its timeout
+    │   ├── JobFailedError          waiting on a job that ended failed (carries the record)
+    │   └── ResultTimeoutError      waiting on a job took longer than asked (also a TimeoutError)
+    └── RetryJob                    control flow: raise inside ``handle`` to retry, optionally
+                                    after ``delay`` seconds, without counting it as an error
+
+Messages name the bad value and, where there is a choice, the valid ones.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .job import JobRecord
+
+
+class KhademError(Exception):
+    """Root of every exception khadem_nb raises on purpose."""
+
+
+class ConfigError(KhademError, ValueError):
+    """A configuration value is unknown, missing or out of range."""
+
+
+class SerializationError(KhademError, TypeError):
+    """A value cannot be encoded to (or decoded from) the queue's JSON format."""
+
+
+class UnknownJobError(SerializationError):
+    """A record names a job that has no factory registered in this process."""
+
+
+class DriverError(KhademError):
+    """The storage behind a queue failed."""
+
+
+class DriverUnavailableError(DriverError, ConnectionError):
+    """The storage cannot be reached within the allowed time."""
+
+
+class CorruptQueueError(DriverError):
+    """The storage exists but does not hold a readable queue."""
+
+
+class JobError(KhademError):
+    """Something about one job."""
+
+
+class JobNotFoundError(JobError, LookupError):
+    """No job record has the given id."""
+
+
+class JobTimeoutError(JobError, TimeoutError):
+    """A job ran longer than its ``timeout``."""
+
+
+class JobFailedError(JobError):
+    """A waited-on job ended failed; ``record`` holds its error and traceback."""
+
+    def __init__(self, record: JobRecord) -> None:
+        self.record = record
+        super().__init__(f"job {record.name!r} ({record.id}) failed: {record.error}")
+
+
+class ResultTimeoutError(JobError, TimeoutError):
+    """Waiting for a job's result took longer than the given timeout."""
+
+
+class RetryJob(KhademError):  # noqa: N818 - a control-flow signal, named for what it asks
+    """Raise inside ``handle()`` to run the job again later.
+
+    The attempt still counts against ``max_attempts``. ``delay`` (seconds) overrides the
+    job's backoff for this one retry.
+    """
+
+    def __init__(self, delay: float | None = None, reason: str = "retry requested") -> None:
+        self.delay = delay
+        self.reason = reason
+        super().__init__(reason if delay is None else f"{reason} (in {delay:g}s)")
+
+
+__all__ = [
+    "ConfigError",
+    "CorruptQueueError",
+    "DriverError",
+    "DriverUnavailableError",
+    "JobError",
+    "JobFailedError",
+    "JobNotFoundError",
+    "JobTimeoutError",
+    "KhademError",
+    "ResultTimeoutError",
+    "RetryJob",
+    "SerializationError",
+    "UnknownJobError",
+]

@@ -1,0 +1,204 @@
+"""The one path every job runs through, for workers and the sync driver alike.
+
+decode -> on_job_start -> middleware -> handle (with timeout) -> settle through the driver
+-> monitor -> on_job_complete / on_job_error. A failure anywhere in a job, a hook or the
+monitor is contained here: it becomes the job's error or a log line, never a worker crash.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import inspect
+import logging
+import time
+import traceback as tb_module
+from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+from .context import JobContext, current_job
+from .drivers.base import QueueDriver
+from .errors import JobTimeoutError, RetryJob, SerializationError
+from .job import JobRecord, QueueJob
+from .middleware import MiddlewareChain
+from .monitor import QueueMonitor
+from .serializer import QueueJobSerializer, encode_value
+
+logger = logging.getLogger(__name__)
+
+Hook = Callable[..., Any]
+
+
+@dataclass(slots=True)
+class WorkerHooks:
+    """Callbacks, sync or async. Failures inside them are logged and otherwise ignored."""
+
+    on_job_start: Hook | None = None  # (job)
+    on_job_complete: Hook | None = None  # (job, result)
+    on_job_error: Hook | None = None  # (job, error, traceback_text) - every failed attempt
+    on_error: Hook | None = None  # (error, traceback_text) - worker-level errors
+
+
+class JobExecutor:
+    """Runs one claimed record to a settled state."""
+
+    def __init__(self, driver: QueueDriver, serializer: QueueJobSerializer, monitor: QueueMonitor,
+                 middleware: MiddlewareChain, hooks: WorkerHooks, threads: ThreadPoolExecutor) -> None:
+        self.driver = driver
+        self.serializer = serializer
+        self.monitor = monitor
+        self.middleware = middleware
+        self.hooks = hooks
+        self.threads = threads
+        self._is_async: dict[type, bool] = {}
+
+    async def execute(self, record: JobRecord) -> None:
+        """Run ``record``; on cancellation (worker stopping) give it back to the queue."""
+        started = time.perf_counter()
+        safe_call(self.monitor.job_started, record)
+        try:
+            job = self.serializer.decode_job(record.name, record.payload)
+        except SerializationError as exc:  # unknown name or bad payload: retrying cannot help
+            await self._settle_failure(record, None, exc, _format(exc), started, retryable=False)
+            return
+        job.attempt = record.attempt
+        if hasattr(job, "created_at"):
+            job.created_at = record.created_at
+        await self._run_hook(self.hooks.on_job_start, job)
+        try:
+            result = await self._run(job, record)
+            encoded = encode_value(result, path=f"result of {record.name}")
+        except asyncio.CancelledError:
+            await asyncio.shield(self._give_back(record, started))
+            raise
+        except Exception as exc:  # every job failure, middleware failure or bad result lands here
+            await self._settle_failure(record, job, exc, _format(exc), started, retryable=True)
+            return
+        await self._settle_success(record, job, result, encoded, started)
+
+    async def _run(self, job: QueueJob, record: JobRecord) -> Any:
+        outcome: list[Any] = []
+
+        async def innermost() -> Any:
+            outcome.append(await self._invoke(job, record))
+            return outcome[0]
+
+        token = current_job.set(JobContext(record, self.driver, asyncio.get_running_loop()))
+        try:
+            await self.middleware.run(job, innermost)
+        finally:
+            current_job.reset(token)
+        if not outcome:
+            raise RuntimeError("a middleware returned without calling next(); the job did not run")
+        return outcome[0]
+
+    async def _invoke(self, job: QueueJob, record: JobRecord) -> Any:
+        awaitable = self._start_handle(job)
+        if record.timeout_s is None:
+            return await awaitable
+        try:
+            return await asyncio.wait_for(awaitable, record.timeout_s)
+        except TimeoutError:
+            raise JobTimeoutError(
+                f"job {record.name!r} ran longer than its timeout of {record.timeout_s:g}s"
+            ) from None
+
+    def _start_handle(self, job: QueueJob) -> Awaitable[Any]:
+        cls = type(job)
+        is_async = self._is_async.get(cls)
+        if is_async is None:
+            is_async = self._is_async[cls] = inspect.iscoroutinefunction(job.handle)
+        if is_async:
+            return job.handle()  # type: ignore[no-any-return]
+        context = contextvars.copy_context()
+        loop = asyncio.get_running_loop()
+        return loop.run_in_executor(self.threads, context.run, job.handle)
+
+    async def _settle_success(self, record: JobRecord, job: QueueJob, result: Any, encoded: Any,
+                              started: float) -> None:
+        duration_ms = (time.perf_counter() - started) * 1000
+        if await self.driver.complete(record, encoded):
+            safe_call(self.monitor.job_completed, record, duration_ms)
+            await self._run_hook(self.hooks.on_job_complete, job, result)
+        else:
+            self._stale(record, duration_ms)
+
+    async def _settle_failure(self, record: JobRecord, job: QueueJob | None, exc: BaseException,
+                              text: str, started: float, *, retryable: bool) -> None:
+        duration_ms = (time.perf_counter() - started) * 1000
+        error = _describe(exc)
+        delay = self._retry_delay(job, record, exc) if retryable and job is not None else None
+        if delay is not None:
+            settled = await self.driver.retry(record, delay, error, text)
+            if settled:
+                safe_call(self.monitor.job_retried, record, duration_ms)
+        else:
+            settled = await self.driver.fail(record, error, text)
+            if settled:
+                safe_call(self.monitor.job_failed, record, duration_ms)
+        if not settled:
+            self._stale(record, duration_ms)
+        if job is not None and not isinstance(exc, RetryJob):
+            await self._run_hook(self.hooks.on_job_error, job, exc, text)
+        logger.log(logging.INFO if delay is not None else logging.WARNING,
+                   "job %s (%s) attempt %d %s: %s", record.name, record.id, record.attempt,
+                   f"will retry in {delay:g}s" if delay is not None else "failed", error)
+
+    def _retry_delay(self, job: QueueJob, record: JobRecord, exc: BaseException) -> float | None:
+        if record.attempt >= record.max_attempts:
+            return None
+        if isinstance(exc, RetryJob):
+            return exc.delay if exc.delay is not None else _safe_delay(job)
+        if not job.should_retry:
+            return None
+        return _safe_delay(job)
+
+    async def _give_back(self, record: JobRecord, started: float) -> None:
+        duration_ms = (time.perf_counter() - started) * 1000
+        try:
+            await self.driver.release(record)
+        except Exception:  # the lease will expire and another worker reclaims it
+            logger.exception("could not release job %s on stop; its lease will expire", record.id)
+        safe_call(self.monitor.job_retried, record, duration_ms)
+
+    def _stale(self, record: JobRecord, duration_ms: float) -> None:
+        logger.warning("job %s (%s) finished after its lease was lost; another worker owns it, "
+                       "this result was discarded", record.name, record.id)
+        safe_call(self.monitor.job_retried, record, duration_ms)
+
+    async def _run_hook(self, hook: Hook | None, *args: Any) -> None:
+        if hook is None:
+            return
+        try:
+            value = hook(*args)
+            if inspect.isawaitable(value):
+                await value
+        except Exception:
+            logger.exception("callback %r raised; the worker carries on", hook)
+
+
+def _safe_delay(job: QueueJob) -> float:
+    try:
+        return max(0.0, float(job.get_next_retry_delay()))
+    except Exception:
+        logger.exception("%s.get_next_retry_delay() raised; retrying after 1s", type(job).__name__)
+        return 1.0
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def _format(exc: BaseException) -> str:
+    return "".join(tb_module.format_exception(exc))
+
+
+def safe_call(method: Callable[..., Any], *args: Any) -> None:
+    """Call a monitor method; a broken monitor is logged, never allowed to stop a job."""
+    try:
+        method(*args)
+    except Exception:
+        logger.exception("queue monitor %r raised", method)

@@ -1,0 +1,190 @@
+"""Jobs (what users write) and job records (what drivers store)."""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import json
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import Enum
+from typing import Any, ClassVar, Self
+
+from ._time import ms_to_datetime
+from .errors import SerializationError
+from .retry import ExponentialBackoff
+
+WIRE_VERSION = 1
+
+
+class JobStatus(str, Enum):
+    """Where a job is in its life."""
+
+    QUEUED = "queued"  # ready to run
+    SCHEDULED = "scheduled"  # waiting for its time (delay or retry backoff)
+    ACTIVE = "active"  # held by a worker under a lease
+    COMPLETED = "completed"
+    FAILED = "failed"  # exhausted its attempts, or could not run at all; kept, retryable by hand
+
+    def __str__(self) -> str:
+        return self.value
+
+    @classmethod
+    def parse(cls, value: str | JobStatus) -> JobStatus:
+        from .errors import ConfigError
+
+        try:
+            return cls(value)
+        except ValueError:
+            valid = ", ".join(s.value for s in cls)
+            raise ConfigError(f"unknown job status {value!r}; valid statuses: {valid}") from None
+
+
+TERMINAL_STATUSES = frozenset({JobStatus.COMPLETED, JobStatus.FAILED})
+
+
+class QueueJob:
+    """Base class for jobs.
+
+    Subclasses implement ``handle()`` (``async def`` runs on the event loop; a plain ``def``
+    runs in a worker thread, never on the loop) and are registered by class name when defined.
+    ``to_json``/``from_json`` default to the instance attributes and ``cls(**data)``; override
+    them when the constructor does not take its attributes by name.
+
+    Retry policy lives in class attributes (override them, or make them properties).
+    """
+
+    max_attempts: ClassVar[int] = 1
+    retry_delay: ClassVar[float] = 1.0
+    max_retry_delay: ClassVar[float] = 3600.0
+    retry_jitter: ClassVar[bool] = False
+    should_retry: ClassVar[bool] = True
+    priority: ClassVar[int] = 0
+    timeout: ClassVar[float | None] = None
+    queue: ClassVar[str | None] = None
+    job_name_override: ClassVar[str | None] = None
+
+    attempt: int = 0  # set by the worker before handle(): 1 on the first run
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if not inspect.isabstract(cls) and not cls.__dict__.get("_abstract_job", False):
+            from .registry import job_factories
+
+            job_factories.register(cls.job_name(), cls.from_json)
+
+    @classmethod
+    def job_name(cls) -> str:
+        """The name records carry; the class name unless ``job_name_override`` is set."""
+        return cls.job_name_override or cls.__name__
+
+    async def handle(self) -> Any:
+        """Do the work; the return value is stored as the job's result."""
+        raise NotImplementedError(f"{type(self).__name__} must implement handle()")
+
+    def to_json(self) -> dict[str, Any]:
+        """The job's arguments as a dict; defaults to its public instance attributes."""
+        return {k: v for k, v in vars(self).items() if not k.startswith("_") and k not in _META}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Self:
+        """Rebuild a job from :meth:`to_json` output; defaults to ``cls(**data)``."""
+        return cls(**data)
+
+    def get_next_retry_delay(self) -> float:
+        """Seconds to wait after attempt ``self.attempt`` failed (exponential by default)."""
+        policy = ExponentialBackoff(self.retry_delay, 2.0, self.max_retry_delay, self.retry_jitter)
+        return policy.delay_s(self.attempt)
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.to_json().items())
+        return f"{type(self).__name__}({args})"
+
+
+class QueueJobWithMetadata(QueueJob):
+    """A job that retries by default and knows its attempt number and creation time."""
+
+    _abstract_job = True
+    max_attempts: ClassVar[int] = 3
+    created_at: datetime | None = None
+
+
+_META = frozenset({"attempt", "created_at"})
+
+
+@dataclass(slots=True)
+class JobRecord:
+    """What every driver stores for one job. Times are integer ms since the epoch (UTC)."""
+
+    id: str
+    name: str
+    payload: Any
+    queue: str = "default"
+    priority: int = 0
+    attempt: int = 0
+    max_attempts: int = 1
+    status: JobStatus = JobStatus.QUEUED
+    created_ms: int = 0
+    available_ms: int = 0
+    started_ms: int | None = None
+    finished_ms: int | None = None
+    result: Any = None
+    error: str | None = None
+    traceback: str | None = None
+    timeout_s: float | None = None
+    token: str | None = None
+    lease_ms: int | None = None
+    reclaims: int = 0
+    key: str | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def duration_ms(self) -> float | None:
+        if self.started_ms is None or self.finished_ms is None:
+            return None
+        return float(self.finished_ms - self.started_ms)
+
+    @property
+    def created_at(self) -> datetime | None:
+        return ms_to_datetime(self.created_ms)
+
+    def to_dict(self) -> dict[str, Any]:
+        data = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        data["status"] = self.status.value
+        data["job"] = data.pop("name")
+        data["v"] = WIRE_VERSION
+        return data
+
+    def to_wire(self) -> str:
+        """The record as compact JSON text (payload and result are already encoded)."""
+        from .serializer import dumps
+
+        return dumps(self.to_dict())
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> JobRecord:
+        if data.get("v") != WIRE_VERSION:
+            raise SerializationError(f"job record has wire version {data.get('v')!r}; expected 1")
+        try:
+            fields = {k: data[k] for k in _WIRE_FIELDS if k in data}
+            fields["name"] = data["job"]
+            fields["status"] = JobStatus(data["status"])
+            return cls(**fields)
+        except (KeyError, ValueError, TypeError) as exc:
+            raise SerializationError(f"malformed job record: {exc!r}") from exc
+
+    @classmethod
+    def from_wire(cls, text: str | bytes) -> JobRecord:
+        try:
+            data = json.loads(text)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise SerializationError(f"job record is not valid JSON: {exc}") from exc
+        if not isinstance(data, dict):
+            raise SerializationError(f"job record is {type(data).__name__}, not an object")
+        return cls.from_dict(data)
+
+    def copy(self) -> JobRecord:
+        return dataclasses.replace(self, meta=dict(self.meta))
+
+
+_WIRE_FIELDS = tuple(f.name for f in dataclasses.fields(JobRecord) if f.name not in ("name", "status"))

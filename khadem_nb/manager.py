@@ -1,0 +1,226 @@
+"""``QueueManager``: the main interface: configure, dispatch, run workers, inspect."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
+from typing import Any
+
+from ._time import now_ms, to_seconds
+from .config import QueueSettings, parse_config, worker_settings
+from .drivers.base import QueueDriver
+from .errors import ConfigError, JobNotFoundError, KhademError
+from .execution import Hook, JobExecutor, WorkerHooks
+from .factory import QueueFactory
+from .job import JobRecord, JobStatus, QueueJob
+from .middleware import Middleware, MiddlewareChain, MiddlewareFunc
+from .monitor import BasicQueueMonitor, QueueMonitor
+from .registry import job_factories
+from .serializer import QueueJobSerializer
+from .worker import QueueWorker
+
+
+class QueueManager:
+    """Owns one driver, the executor shared by its workers, middleware and the monitor.
+
+    ``config`` is parsed at :meth:`init`, where a bad value raises :class:`ConfigError`.
+    """
+
+    def __init__(self, config: Any = None, *, monitor: QueueMonitor | None = None) -> None:
+        self._config = config
+        self.monitor: QueueMonitor = monitor if monitor is not None else BasicQueueMonitor()
+        self.middleware = MiddlewareChain()
+        self.hooks = WorkerHooks()
+        self.serializer = QueueJobSerializer(job_factories)
+        self._settings: QueueSettings | None = None
+        self._driver: QueueDriver | None = None
+        self._executor: JobExecutor | None = None
+        self._threads: ThreadPoolExecutor | None = None
+        self._workers: list[QueueWorker] = []
+
+    # -- setup -------------------------------------------------------------------------------
+    async def init(self) -> QueueManager:
+        """Parse the config, build and open the driver. Idempotent."""
+        if self._driver is not None:
+            return self
+        settings = parse_config(self._config)
+        driver = QueueFactory.resolve(settings)
+        await driver.open()
+        self._settings, self._driver = settings, driver
+        return self
+
+    @property
+    def settings(self) -> QueueSettings:
+        if self._settings is None:
+            raise KhademError("QueueManager.init() has not been awaited yet")
+        return self._settings
+
+    @property
+    def driver(self) -> QueueDriver:
+        if self._driver is None:
+            raise KhademError("QueueManager.init() has not been awaited yet")
+        return self._driver
+
+    def use(self, middleware: Middleware | MiddlewareFunc) -> QueueManager:
+        """Add middleware around every job run; the first added runs outermost."""
+        self.middleware.add(middleware)
+        return self
+
+    @property
+    def executor(self) -> JobExecutor:
+        if self._executor is None:
+            self._threads = ThreadPoolExecutor(max_workers=32, thread_name_prefix="khadem-job")
+            self._executor = JobExecutor(self.driver, self.serializer, self.monitor,
+                                         self.middleware, self.hooks, self._threads)
+        return self._executor
+
+    def set_thread_pool_size(self, size: int) -> None:
+        """Bound the threads that run sync ``handle()`` methods (default 32)."""
+        if size < 1:
+            raise ConfigError(f"thread pool size must be >= 1, got {size}")
+        old = self._threads
+        self._threads = ThreadPoolExecutor(max_workers=size, thread_name_prefix="khadem-job")
+        self.executor.threads = self._threads
+        if old is not None:
+            old.shutdown(wait=False)
+
+    # -- producing ---------------------------------------------------------------------------
+    def build_record(self, job: QueueJob, *, delay: float | timedelta | None = None,
+                     queue: str | None = None, priority: int | None = None,
+                     max_attempts: int | None = None, key: str | None = None) -> JobRecord:
+        """Encode ``job`` into a record ready to push (raises SerializationError at once)."""
+        name, payload = self.serializer.encode_job(job)
+        delay_s = to_seconds(delay, name="delay") or 0.0
+        now = now_ms()
+        attempts = job.max_attempts if max_attempts is None else max_attempts
+        if attempts < 1:
+            raise ConfigError(f"max_attempts must be >= 1, got {attempts}")
+        return JobRecord(
+            id=uuid.uuid4().hex, name=name, payload=payload,
+            queue=queue or job.queue or self.settings.name,
+            priority=job.priority if priority is None else int(priority),
+            max_attempts=attempts,
+            status=JobStatus.SCHEDULED if delay_s > 0 else JobStatus.QUEUED,
+            created_ms=now, available_ms=now + int(delay_s * 1000),
+            timeout_s=to_seconds(job.timeout, name="timeout"), key=key,
+        )
+
+    async def dispatch(self, job: QueueJob, delay: float | timedelta | None = None, *,
+                       queue: str | None = None, priority: int | None = None,
+                       max_attempts: int | None = None) -> str:
+        """Queue ``job`` (after ``delay``) and return its id. On ``sync`` it runs before returning."""
+        record = self.build_record(job, delay=delay, queue=queue, priority=priority,
+                                   max_attempts=max_attempts)
+        await self.push([record])
+        return record.id
+
+    async def dispatch_many(self, jobs: Iterable[QueueJob], delay: float | timedelta | None = None,
+                            *, queue: str | None = None) -> list[str]:
+        """Queue many jobs in one driver call; every job is encoded before any is stored."""
+        records = [self.build_record(job, delay=delay, queue=queue) for job in jobs]
+        await self.push(records)
+        return [r.id for r in records]
+
+    async def push(self, records: Sequence[JobRecord]) -> None:
+        """Store prepared records and count them; on ``sync``, run them now."""
+        if not records:
+            return
+        driver = self.driver
+        await driver.push(records)
+        for record in records:
+            self.monitor.job_queued(record)
+        if driver.runs_at_dispatch:
+            await self._run_now({r.queue for r in records})
+
+    async def _run_now(self, queues: set[str]) -> None:
+        while claimed := await self.driver.reserve(sorted(queues), 1, 0):
+            await self.executor.execute(claimed[0])
+
+    # -- workers -----------------------------------------------------------------------------
+    async def start_worker(self, max_jobs: int | None = None, delay: float | timedelta | None = None,
+                           timeout: float | timedelta | None = None, *, concurrency: int | None = None,
+                           queues: Sequence[str] | None = None, run_in_background: bool = False,
+                           on_error: Hook | None = None, on_job_start: Hook | None = None,
+                           on_job_complete: Hook | None = None,
+                           on_job_error: Hook | None = None) -> QueueWorker:
+        """Start a worker; with ``run_in_background`` return at once, else wait until it stops.
+
+        ``max_jobs`` stops it after that many jobs, ``timeout`` after that many seconds,
+        ``delay`` is the longest it waits for new work between checks.
+        """
+        options = worker_settings(self.settings.workers, max_jobs=max_jobs, delay=delay,
+                                  timeout=timeout, concurrency=concurrency)
+        self._set_hooks(on_error, on_job_start, on_job_complete, on_job_error)
+        worker = QueueWorker(self.driver, self.executor, self.settings, options,
+                             list(queues) if queues else [self.settings.name], self.hooks)
+        self._workers.append(worker)
+        worker.start()
+        if not run_in_background:
+            await worker.run()
+        return worker
+
+    def _set_hooks(self, *hooks: Hook | None) -> None:
+        names = ("on_error", "on_job_start", "on_job_complete", "on_job_error")
+        for name, hook in zip(names, hooks, strict=True):
+            if hook is not None:
+                if not callable(hook):
+                    raise ConfigError(f"{name} must be callable, got {hook!r}")
+                setattr(self.hooks, name, hook)
+
+    @property
+    def workers(self) -> list[QueueWorker]:
+        return [w for w in self._workers if w.running]
+
+    async def stop_worker(self, grace: float = 10.0) -> None:
+        """Stop every worker this manager started (idempotent)."""
+        workers, self._workers = self._workers, []
+        await asyncio.gather(*(w.stop(grace) for w in workers))
+
+    async def close(self) -> None:
+        """Stop workers and close the driver."""
+        await self.stop_worker()
+        if self._driver is not None:
+            await self._driver.close()
+        if self._threads is not None:
+            self._threads.shutdown(wait=False)
+
+    # -- inspecting --------------------------------------------------------------------------
+    def get_metrics(self) -> dict[str, Any]:
+        """The nine metrics of this process (see :class:`BasicQueueMonitor`)."""
+        return self.monitor.get_metrics()
+
+    def reset_metrics(self) -> None:
+        self.monitor.reset()
+
+    async def jobs(self, status: str | JobStatus | None = None, *, queue: str | None = None,
+                   limit: int | None = None) -> list[JobRecord]:
+        """Stored job records, oldest first (``limit`` keeps the newest)."""
+        parsed = None if status is None else JobStatus.parse(status)
+        return await self.driver.list(parsed, queue, limit)
+
+    async def get_job(self, job_id: str) -> JobRecord:
+        record = await self.driver.get(job_id)
+        if record is None:
+            raise JobNotFoundError(f"no job with id {job_id!r} in {self.settings.redacted_url()}")
+        return record
+
+    async def counts(self, queue: str | None = None) -> dict[str, int]:
+        return {status.value: n for status, n in (await self.driver.counts(queue)).items()}
+
+    async def retry_failed(self, job_ids: Iterable[str] | None = None) -> int:
+        """Requeue failed jobs (all of them, or the given ids) with a fresh attempt budget."""
+        if job_ids is None:
+            job_ids = [r.id for r in await self.driver.list(JobStatus.FAILED)]
+        count = await self.driver.requeue(list(job_ids))
+        if count and self.driver.runs_at_dispatch:
+            await self._run_now({self.settings.name})
+        return count
+
+    async def __aenter__(self) -> QueueManager:
+        return await self.init()
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()

@@ -1,0 +1,95 @@
+"""Metrics: the ``QueueMonitor`` protocol and the counting ``BasicQueueMonitor``.
+
+The executor calls the monitor once per event, for every driver, so each count has exactly
+one source.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any, Protocol, runtime_checkable
+
+from .job import JobRecord
+
+METRIC_KEYS = (
+    "total_queued",
+    "total_started",
+    "total_completed",
+    "total_failed",
+    "total_retried",
+    "currently_processing",
+    "success_rate",
+    "failure_rate",
+    "average_processing_time_ms",
+)
+
+
+@runtime_checkable
+class QueueMonitor(Protocol):
+    """Receives job events; ``get_metrics`` returns the nine keys of :data:`METRIC_KEYS`."""
+
+    def job_queued(self, record: JobRecord) -> None: ...
+    def job_started(self, record: JobRecord) -> None: ...
+    def job_completed(self, record: JobRecord, duration_ms: float) -> None: ...
+    def job_failed(self, record: JobRecord, duration_ms: float) -> None: ...
+    def job_retried(self, record: JobRecord, duration_ms: float) -> None: ...
+    def get_metrics(self) -> dict[str, Any]: ...
+    def reset(self) -> None: ...
+
+
+class BasicQueueMonitor:
+    """Counts events in this process.
+
+    ``success_rate`` and ``failure_rate`` are ratios in ``[0, 1]`` of completed (failed) jobs
+    over finished jobs; ``average_processing_time_ms`` averages finished attempts, retried ones
+    included. A retried attempt is not a failure: ``total_failed`` counts jobs that ended failed.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.reset()
+
+    def reset(self) -> None:
+        with self._lock:
+            self.queued = self.started = self.completed = self.failed = self.retried = 0
+            self.processing = 0
+            self._time_ms = 0.0
+            self._timed = 0
+
+    def job_queued(self, record: JobRecord) -> None:
+        self.queued += 1
+
+    def job_started(self, record: JobRecord) -> None:
+        self.started += 1
+        self.processing += 1
+
+    def job_completed(self, record: JobRecord, duration_ms: float) -> None:
+        self.completed += 1
+        self._finish(duration_ms)
+
+    def job_failed(self, record: JobRecord, duration_ms: float) -> None:
+        self.failed += 1
+        self._finish(duration_ms)
+
+    def job_retried(self, record: JobRecord, duration_ms: float) -> None:
+        self.retried += 1
+        self._finish(duration_ms)
+
+    def _finish(self, duration_ms: float) -> None:
+        self.processing = max(0, self.processing - 1)
+        self._time_ms += duration_ms
+        self._timed += 1
+
+    def get_metrics(self) -> dict[str, Any]:
+        finished = self.completed + self.failed
+        return {
+            "total_queued": self.queued,
+            "total_started": self.started,
+            "total_completed": self.completed,
+            "total_failed": self.failed,
+            "total_retried": self.retried,
+            "currently_processing": self.processing,
+            "success_rate": self.completed / finished if finished else 0.0,
+            "failure_rate": self.failed / finished if finished else 0.0,
+            "average_processing_time_ms": self._time_ms / self._timed if self._timed else 0.0,
+        }

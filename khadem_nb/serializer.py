@@ -1,0 +1,227 @@
+"""JSON with a defined set of extra types, and job <-> record conversion.
+
+Plain JSON values pass through untouched. These extra types are encoded as tagged objects
+``{"__kn__": <tag>, ...}`` and decoded back to the same type:
+
+==========================  ==========================================
+type                        tag
+==========================  ==========================================
+``datetime``                ``datetime`` (ISO 8601, offset kept)
+``date``                    ``date``
+``timedelta``               ``timedelta`` (seconds)
+``Decimal``                 ``decimal`` (string, exact)
+``UUID``                    ``uuid``
+``tuple``                   ``tuple``
+``bytes``                   ``bytes`` (base64)
+``set`` / ``frozenset``     ``set``
+numpy scalar                ``np.scalar`` (dtype + value); ``float64``/``str_`` subclass
+                            ``float``/``str`` and come back as those
+numpy array                 ``np.array`` (dtype + shape + nested list)
+non-finite ``float``        ``float`` (``"nan"``, ``"inf"``, ``"-inf"``)
+dict with a ``__kn__`` key  ``dict`` (escaped so it cannot be mistaken for a tag)
+==========================  ==========================================
+
+Anything else is a :class:`SerializationError` naming where it was found. Nothing is pickled.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import math
+from collections.abc import Callable, Mapping
+from datetime import date, datetime, timedelta
+from decimal import Decimal
+from typing import TYPE_CHECKING, Any
+from uuid import UUID
+
+from .errors import SerializationError, UnknownJobError
+
+if TYPE_CHECKING:
+    from .job import QueueJob
+    from .registry import JobFactoryRegistry
+
+TAG = "__kn__"
+_PRIMITIVES = (str, int, bool, type(None))
+
+
+def _numpy() -> Any:
+    import sys
+
+    return sys.modules.get("numpy")  # only if the user already imported it: never import numpy
+
+
+def encode_value(value: Any, path: str = "value") -> Any:
+    """Turn ``value`` into plain JSON data, tagging the extra types; ``path`` names it in errors."""
+    if isinstance(value, _PRIMITIVES):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else {TAG: "float", "v": repr(value)}
+    if isinstance(value, list):
+        return [encode_value(item, f"{path}[{i}]") for i, item in enumerate(value)]
+    if isinstance(value, dict):
+        return _encode_dict(value, path)
+    return _encode_extra(value, path)
+
+
+def _encode_dict(value: Mapping[Any, Any], path: str) -> Any:
+    encoded = {}
+    for key, item in value.items():
+        if not isinstance(key, str):
+            raise SerializationError(
+                f"{path} has a key {key!r} of type {type(key).__name__}; JSON object keys must be str"
+            )
+        encoded[key] = encode_value(item, f"{path}[{key!r}]")
+    return {TAG: "dict", "v": encoded} if TAG in encoded else encoded
+
+
+def _encode_extra(value: Any, path: str) -> Any:  # noqa: C901 - one flat dispatch on type
+    if isinstance(value, datetime):
+        return {TAG: "datetime", "v": value.isoformat()}
+    if isinstance(value, date):
+        return {TAG: "date", "v": value.isoformat()}
+    if isinstance(value, timedelta):
+        return {TAG: "timedelta", "v": value.total_seconds()}
+    if isinstance(value, Decimal):
+        return {TAG: "decimal", "v": str(value)}
+    if isinstance(value, UUID):
+        return {TAG: "uuid", "v": str(value)}
+    if isinstance(value, tuple):
+        return {TAG: "tuple", "v": [encode_value(x, f"{path}[{i}]") for i, x in enumerate(value)]}
+    if isinstance(value, bytes | bytearray):
+        return {TAG: "bytes", "v": base64.b64encode(bytes(value)).decode("ascii")}
+    if isinstance(value, set | frozenset):
+        items = [encode_value(x, f"{path}{{}}") for x in value]
+        return {TAG: "set", "v": sorted(items, key=repr)}
+    np = _numpy()
+    if np is not None:
+        if isinstance(value, np.ndarray):
+            return _encode_array(value, path)
+        if isinstance(value, np.generic):
+            return _encode_numpy_scalar(value, path)
+    raise SerializationError(
+        f"{path} is of type {type(value).__module__}.{type(value).__qualname__}, which khadem_nb "
+        "cannot store as JSON (supported: JSON types, datetime, date, timedelta, Decimal, UUID, "
+        "tuple, bytes, set, numpy scalars and arrays)"
+    )
+
+
+def _encode_array(array: Any, path: str) -> Any:
+    if array.dtype.kind not in "biufcUM?":
+        raise SerializationError(f"{path} is a numpy array of dtype {array.dtype}, which is not supported")
+    if array.dtype.kind == "c":
+        data: Any = [[z.real, z.imag] for z in array.ravel().tolist()]
+    elif array.dtype.kind == "M":
+        data = [str(x) for x in array.ravel()]
+    else:
+        data = array.ravel().tolist()
+    return {TAG: "np.array", "dtype": array.dtype.str, "shape": list(array.shape),
+            "v": encode_value(data, path)}
+
+
+def _encode_numpy_scalar(value: Any, path: str) -> Any:
+    kind = value.dtype.kind
+    if kind == "c":
+        item: Any = [value.real.item(), value.imag.item()]
+    elif kind in "biuf?":
+        item = value.item()
+    elif kind == "U":
+        item = str(value)
+    elif kind == "M":
+        item = str(value)
+    else:
+        raise SerializationError(f"{path} is a numpy {value.dtype} scalar, which is not supported")
+    return {TAG: "np.scalar", "dtype": value.dtype.str, "v": encode_value(item, path)}
+
+
+def decode_value(value: Any) -> Any:
+    """Inverse of :func:`encode_value`."""
+    if isinstance(value, list):
+        return [decode_value(item) for item in value]
+    if isinstance(value, dict):
+        tag = value.get(TAG)
+        if tag is None:
+            return {key: decode_value(item) for key, item in value.items()}
+        return _decode_tagged(tag, value)
+    return value
+
+
+_DECODERS: dict[str, Callable[[dict[str, Any]], Any]] = {
+    "float": lambda d: float(d["v"]),
+    "datetime": lambda d: datetime.fromisoformat(d["v"]),
+    "date": lambda d: date.fromisoformat(d["v"]),
+    "timedelta": lambda d: timedelta(seconds=d["v"]),
+    "decimal": lambda d: Decimal(d["v"]),
+    "uuid": lambda d: UUID(d["v"]),
+    "tuple": lambda d: tuple(decode_value(d["v"])),
+    "bytes": lambda d: base64.b64decode(d["v"]),
+    "set": lambda d: set(decode_value(d["v"])),
+    "dict": lambda d: {key: decode_value(item) for key, item in d["v"].items()},
+}
+
+
+def _decode_tagged(tag: str, value: dict[str, Any]) -> Any:
+    decoder = _DECODERS.get(tag)
+    if decoder is not None:
+        return decoder(value)
+    if tag in ("np.array", "np.scalar"):
+        return _decode_numpy(tag, value)
+    raise SerializationError(f"unknown tagged value {tag!r}; valid tags: {sorted(_DECODERS)}")
+
+
+def _decode_numpy(tag: str, value: dict[str, Any]) -> Any:
+    try:
+        import numpy as np
+    except ImportError as exc:  # pragma: no cover - numpy is a dev dependency
+        raise SerializationError(f"a stored value is a numpy {tag}, but numpy is not installed") from exc
+    dtype = np.dtype(value["dtype"])
+    data = decode_value(value["v"])
+    if dtype.kind == "c":
+        data = _complex_from_pairs(data)
+    if tag == "np.scalar":
+        return dtype.type(data) if dtype.kind == "U" else np.array(data, dtype=dtype)[()]
+    return np.array(data, dtype=dtype).reshape(value["shape"])
+
+
+def _complex_from_pairs(data: Any) -> Any:
+    if data and isinstance(data[0], list):
+        return [complex(re, im) for re, im in data]
+    return complex(data[0], data[1]) if isinstance(data, list) else data
+
+
+def dumps(value: Any) -> str:
+    """Compact JSON text of already-encoded data."""
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+
+class QueueJobSerializer:
+    """Converts jobs to JSON payloads and back, through the job-factory registry."""
+
+    def __init__(self, factories: JobFactoryRegistry) -> None:
+        self.factories = factories
+
+    def encode_job(self, job: QueueJob) -> tuple[str, Any]:
+        """Return ``(job name, encoded payload)``; unsupported values raise at once."""
+        name = job.job_name()
+        data = job.to_json()
+        if not isinstance(data, dict):
+            raise SerializationError(
+                f"{name}.to_json() returned {type(data).__name__}; it must return a dict"
+            )
+        return name, encode_value(data, path=f"{name} argument")
+
+    def decode_job(self, name: str, payload: Any) -> QueueJob:
+        """Rebuild a job from its name and encoded payload via the registered factory."""
+        factory = self.factories.get(name)
+        if factory is None:
+            raise UnknownJobError(
+                f"no job factory is registered for {name!r} in this process; import the module "
+                "that defines it (worker: --import MODULE) or call "
+                "QueueFactory.register_job_factory()"
+            )
+        if not isinstance(payload, dict):
+            raise SerializationError(f"payload of job {name!r} is {type(payload).__name__}, not an object")
+        try:
+            return factory(decode_value(payload))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise SerializationError(f"payload of job {name!r} could not be decoded: {exc!r}") from exc

@@ -1,0 +1,196 @@
+"""``QueueWorker``: consumer tasks that claim jobs and hand them to the executor.
+
+``start()`` spawns ``concurrency`` consumer tasks (plus a heartbeat task on drivers with
+leases) and returns; ``run()`` waits until the worker stops: ``max_jobs`` claimed, ``timeout``
+elapsed, or ``stop()`` called. ``stop()`` is idempotent: it stops claiming, lets running jobs
+finish for ``grace`` seconds, then cancels them, which gives their jobs back to the queue.
+No signal handlers are installed here (the CLI does that; a kernel must not).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import traceback
+from collections.abc import Sequence
+
+from .config import QueueSettings, WorkerSettings
+from .drivers.base import QueueDriver
+from .execution import JobExecutor, WorkerHooks
+from .job import JobRecord
+
+logger = logging.getLogger(__name__)
+
+MAX_ERROR_BACKOFF_S = 30.0
+
+
+class QueueWorker:
+    """Processes jobs from ``queues`` (checked in order) until stopped or a limit is reached."""
+
+    def __init__(self, driver: QueueDriver, executor: JobExecutor, settings: QueueSettings,
+                 worker: WorkerSettings, queues: Sequence[str], hooks: WorkerHooks) -> None:
+        self.driver = driver
+        self.executor = executor
+        self.settings = settings
+        self.options = worker
+        self.queues = list(queues)
+        self.hooks = hooks
+        self.processed = 0
+        self._claims_left = worker.max_jobs
+        self._active: dict[str, JobRecord] = {}
+        self._busy: set[asyncio.Task[None]] = set()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._stopping = asyncio.Event()
+        self._done = asyncio.Event()
+        self._claiming = asyncio.Event()
+        self._claiming.set()
+        self._stop_task: asyncio.Task[None] | None = None
+        self._consumers_left = 0
+
+    # -- control -----------------------------------------------------------------------------
+    @property
+    def running(self) -> bool:
+        return bool(self._tasks) and not self._done.is_set()
+
+    @property
+    def paused(self) -> bool:
+        return not self._claiming.is_set()
+
+    @property
+    def active_jobs(self) -> list[JobRecord]:
+        return list(self._active.values())
+
+    def start(self) -> None:
+        """Spawn the consumer tasks on the running loop and return at once."""
+        if self._tasks:
+            return
+        loop = asyncio.get_running_loop()
+        self._consumers_left = self.options.concurrency
+        for index in range(self.options.concurrency):
+            self._tasks.append(loop.create_task(self._consume(), name=f"khadem-consumer-{index}"))
+        if self.driver.uses_leases:
+            self._tasks.append(loop.create_task(self._heartbeat(), name="khadem-heartbeat"))
+        if self.options.timeout_s is not None:
+            loop.call_later(self.options.timeout_s, self.request_stop)
+
+    async def run(self) -> None:
+        """Start (if needed) and wait until the worker has stopped."""
+        self.start()
+        await self._done.wait()
+
+    def pause(self) -> None:
+        """Stop claiming new jobs; running ones finish."""
+        self._claiming.clear()
+        self.driver.interrupt_waits()
+
+    def resume(self) -> None:
+        self._claiming.set()
+
+    def request_stop(self) -> None:
+        """Ask the worker to stop after its running jobs (non-blocking)."""
+        if self._stop_task is None and self._tasks:
+            self._stop_task = asyncio.get_running_loop().create_task(self.stop())
+
+    async def stop(self, grace: float = 10.0) -> None:
+        """Stop claiming, wait up to ``grace`` seconds for running jobs, then cancel them."""
+        if not self._tasks or self._done.is_set():
+            self._done.set()
+            return
+        if self._stopping.is_set():
+            await self._done.wait()
+            return
+        self._stopping.set()
+        self._claiming.set()  # let paused consumers see the stop
+        self.driver.interrupt_waits()
+        consumers = [t for t in self._tasks if t.get_name() != "khadem-heartbeat"]
+        _, pending = await asyncio.wait(consumers, timeout=grace) if consumers else (set(), set())
+        for task in pending:
+            task.cancel()
+        for task in self._tasks:
+            if task.get_name() == "khadem-heartbeat":
+                task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._done.set()
+
+    # -- loops -------------------------------------------------------------------------------
+    async def _consume(self) -> None:
+        errors = 0
+        try:
+            while not self._stopping.is_set():
+                await self._claiming.wait()
+                if self._stopping.is_set() or self._limit_reached():
+                    break
+                try:
+                    records = await self.driver.reserve(self.queues, 1, self.options.delay_s)
+                except Exception as exc:
+                    errors += 1
+                    await self._report_error(exc, errors)
+                    continue
+                errors = 0
+                if not records:
+                    self._return_claim()
+                for record in records:
+                    await self._execute(record)
+        finally:
+            self._consumers_left -= 1
+            if self._consumers_left == 0 and not self._stopping.is_set():
+                self.request_stop()
+
+    def _limit_reached(self) -> bool:
+        if self._claims_left is None:
+            return False
+        if self._claims_left <= 0:
+            return True
+        self._claims_left -= 1  # reserve one claim; returned below if nothing came
+        return False
+
+    def _return_claim(self) -> None:
+        if self._claims_left is not None:
+            self._claims_left += 1
+
+    async def _execute(self, record: JobRecord) -> None:
+        self._active[record.id] = record
+        try:
+            await self.executor.execute(record)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # the driver failed while settling: the lease will expire
+            await self._report_error(exc, 1)
+        finally:
+            self._active.pop(record.id, None)
+            self.processed += 1
+
+    async def _report_error(self, exc: Exception, consecutive: int) -> None:
+        text = "".join(traceback.format_exception(exc))
+        if consecutive <= 1:
+            logger.error("worker error (will retry with backoff): %s", exc)
+        if self.hooks.on_error is not None:
+            try:
+                value = self.hooks.on_error(exc, text)
+                if asyncio.iscoroutine(value):
+                    await value
+            except Exception:
+                logger.exception("on_error callback raised")
+        self._return_claim()
+        backoff = min(MAX_ERROR_BACKOFF_S, 0.1 * 2 ** min(consecutive, 10))
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stopping.wait(), backoff)
+
+    async def _heartbeat(self) -> None:
+        interval = self.settings.heartbeat_s
+        while True:
+            await asyncio.sleep(interval)
+            held = list(self._active.values())
+            if not held:
+                continue
+            try:
+                alive = await self.driver.heartbeat(held)
+            except Exception as exc:
+                logger.warning("heartbeat failed (%s); leases may expire", exc)
+                continue
+            for record, ok in zip(held, alive, strict=True):
+                if not ok:
+                    logger.warning("lost the lease on job %s (%s); its result will be discarded",
+                                   record.name, record.id)
+

@@ -1,0 +1,59 @@
+"""Fixtures: one manager per driver, so the contract suite runs against every driver."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+import jobs as test_jobs  # noqa: E402
+
+from khadem_nb import QueueManager  # noqa: E402
+
+ALL_DRIVERS = ["sync", "memory"]
+QUEUED_DRIVERS = [d for d in ALL_DRIVERS if d != "sync"]
+
+
+def driver_config(driver: str, tmp_path: Path, **extra: Any) -> dict[str, Any]:
+    section: dict[str, Any] = {"driver": driver, **extra}
+    return {"queue": section}
+
+
+@pytest.fixture(autouse=True)
+def _clear_run_log() -> Iterator[None]:
+    test_jobs.RUN_LOG.clear()
+    yield
+    test_jobs.RUN_LOG.clear()
+
+
+async def make_manager(driver: str, tmp_path: Path, **extra: Any) -> QueueManager:
+    manager = QueueManager(driver_config(driver, tmp_path, **extra))
+    await manager.init()
+    await manager.driver.purge()
+    return manager
+
+
+@pytest.fixture(params=ALL_DRIVERS)
+async def manager(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[QueueManager]:
+    m = await make_manager(request.param, tmp_path)
+    yield m
+    await m.driver.purge()
+    await m.close()
+
+
+@pytest.fixture(params=QUEUED_DRIVERS)
+async def queued_manager(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[QueueManager]:
+    m = await make_manager(request.param, tmp_path)
+    yield m
+    await m.driver.purge()
+    await m.close()
+
+
+def require_env_flag(name: str) -> bool:
+    return os.environ.get(name, "") not in ("", "0", "false", "no")

@@ -1,0 +1,102 @@
+"""Jobs used by the tests; a module so that worker subprocesses can import them too."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+import time
+from typing import Any, ClassVar
+
+from khadem_nb import QueueJob, QueueJobWithMetadata, RetryJob
+
+RUN_LOG: list[Any] = []  # in-process record of what ran, in order
+
+
+class Echo(QueueJob):
+    def __init__(self, value: Any) -> None:
+        self.value = value
+
+    async def handle(self) -> Any:
+        RUN_LOG.append(self.value)
+        return self.value
+
+
+class Noop(QueueJob):
+    async def handle(self) -> None:
+        return None
+
+
+class Boom(QueueJob):
+    """Always fails; retries per class policy."""
+
+    max_attempts: ClassVar[int] = 3
+    retry_delay: ClassVar[float] = 0.01
+
+    def __init__(self, message: str = "boom") -> None:
+        self.message = message
+
+    async def handle(self) -> None:
+        raise RuntimeError(self.message)
+
+
+class Flaky(QueueJobWithMetadata):
+    """Fails until attempt ``succeed_on``."""
+
+    retry_delay: ClassVar[float] = 0.01
+
+    def __init__(self, succeed_on: int = 2) -> None:
+        self.succeed_on = succeed_on
+
+    async def handle(self) -> dict[str, int]:
+        if self.attempt < self.succeed_on:
+            raise ConnectionError(f"transient failure on attempt {self.attempt}")
+        return {"attempt": self.attempt}
+
+
+class ThreadName(QueueJob):
+    """A sync handle: reports the thread it ran on."""
+
+    def handle(self) -> str:
+        return threading.current_thread().name
+
+
+class Sleepy(QueueJob):
+    timeout: ClassVar[float | None] = 0.05
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+
+    async def handle(self) -> str:
+        await asyncio.sleep(self.seconds)
+        return "slept"
+
+
+class AskRetry(QueueJob):
+    max_attempts: ClassVar[int] = 2
+
+    async def handle(self) -> int:
+        if self.attempt == 1:
+            raise RetryJob(delay=0.0, reason="not yet")
+        return self.attempt
+
+
+class Sleep(QueueJob):
+    """Sleeps ``seconds`` then returns the pid; used by crash tests."""
+
+    def __init__(self, seconds: float, tag: str = "") -> None:
+        self.seconds = seconds
+        self.tag = tag
+
+    async def handle(self) -> dict[str, Any]:
+        await asyncio.sleep(self.seconds)
+        return {"pid": os.getpid(), "tag": self.tag}
+
+
+class BlockingSleep(QueueJob):
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+
+    def handle(self) -> float:
+        time.sleep(self.seconds)
+        return self.seconds

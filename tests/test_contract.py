@@ -1,0 +1,282 @@
+"""The driver contract: every driver behaves the same through the manager and worker."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import pytest
+from jobs import RUN_LOG, AskRetry, Boom, Echo, Flaky, Noop, Sleepy, ThreadName
+
+from khadem_nb import JobStatus, QueueJob, QueueManager
+
+
+async def drain(manager: QueueManager, **kwargs: Any) -> None:
+    """Run a worker until the queue has no queued, scheduled or active job left."""
+    worker = await manager.start_worker(run_in_background=True, delay=0.02, **kwargs)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        counts = await manager.counts()
+        if counts["queued"] == counts["scheduled"] == counts["active"] == 0:
+            break
+        await asyncio.sleep(0.01)
+    await worker.stop()
+    counts = await manager.counts()
+    assert counts["queued"] == counts["scheduled"] == counts["active"] == 0, counts
+
+
+async def test_results_are_stored(manager: QueueManager) -> None:
+    job_id = await manager.dispatch(Echo({"x": [1, 2.5, "three"]}))
+    await drain(manager)
+    record = await manager.get_job(job_id)
+    assert record.status is JobStatus.COMPLETED
+    assert record.result == {"x": [1, 2.5, "three"]}
+    assert record.attempt == 1
+    assert record.started_ms is not None and record.finished_ms is not None
+    assert record.finished_ms >= record.started_ms >= record.created_ms
+
+
+async def test_fifo_within_one_priority(queued_manager: QueueManager) -> None:
+    for i in range(20):
+        await queued_manager.dispatch(Echo(i))
+    await drain(queued_manager)
+    assert RUN_LOG == list(range(20))
+
+
+async def test_higher_priority_runs_first(queued_manager: QueueManager) -> None:
+    await queued_manager.dispatch(Echo("low-1"), priority=-1)
+    await queued_manager.dispatch(Echo("mid-1"))
+    await queued_manager.dispatch(Echo("high"), priority=10)
+    await queued_manager.dispatch(Echo("mid-2"))
+    await queued_manager.dispatch(Echo("low-2"), priority=-1)
+    await drain(queued_manager)
+    assert RUN_LOG == ["high", "mid-1", "mid-2", "low-1", "low-2"]
+
+
+async def test_delayed_job_waits_for_its_time(queued_manager: QueueManager) -> None:
+    delayed = await queued_manager.dispatch(Echo("later"), delay=0.3)
+    await queued_manager.dispatch(Echo("now"))
+    assert (await queued_manager.get_job(delayed)).status is JobStatus.SCHEDULED
+    started = time.monotonic()
+    await drain(queued_manager)
+    assert RUN_LOG == ["now", "later"]
+    record = await queued_manager.get_job(delayed)
+    assert record.started_ms is not None
+    assert record.started_ms - record.created_ms >= 300
+    assert time.monotonic() - started >= 0.25
+
+
+async def test_failed_job_is_kept_with_error_and_traceback(manager: QueueManager) -> None:
+    job_id = await manager.dispatch(Boom("disk on fire"))
+    await drain(manager)
+    record = await manager.get_job(job_id)
+    assert record.status is JobStatus.FAILED
+    assert record.attempt == 3
+    assert record.error == "RuntimeError: disk on fire"
+    assert record.traceback is not None and "disk on fire" in record.traceback
+    assert "Traceback" in record.traceback
+    assert [r.id for r in await manager.jobs("failed")] == [job_id]
+
+
+async def test_retries_count_attempts_until_success(manager: QueueManager) -> None:
+    job_id = await manager.dispatch(Flaky(succeed_on=3))
+    await drain(manager)
+    record = await manager.get_job(job_id)
+    assert record.status is JobStatus.COMPLETED
+    assert record.result == {"attempt": 3}
+    metrics = manager.get_metrics()
+    assert metrics["total_retried"] == 2
+    assert metrics["total_started"] == 3
+    assert metrics["total_completed"] == 1
+
+
+async def test_retry_job_signal(manager: QueueManager) -> None:
+    job_id = await manager.dispatch(AskRetry())
+    await drain(manager)
+    record = await manager.get_job(job_id)
+    assert (record.status, record.result) == (JobStatus.COMPLETED, 2)
+
+
+async def test_failed_jobs_can_be_retried_by_hand(manager: QueueManager) -> None:
+    job_id = await manager.dispatch(Flaky(succeed_on=3), max_attempts=1)
+    await drain(manager)
+    assert (await manager.get_job(job_id)).status is JobStatus.FAILED
+    assert await manager.retry_failed() == 1
+    await drain(manager)
+    # a fresh budget: attempts restart, the job still fails on its first new attempt ...
+    assert (await manager.get_job(job_id)).status is JobStatus.FAILED
+    assert await manager.retry_failed([job_id]) == 1
+    await drain(manager)
+    record = await manager.get_job(job_id)
+    assert record.status is JobStatus.FAILED and record.attempt == 1
+
+
+async def test_callbacks_see_every_event(manager: QueueManager) -> None:
+    events: list[tuple[str, Any]] = []
+
+    async def on_complete(job: QueueJob, result: Any) -> None:
+        events.append(("complete", result))
+
+    await manager.start_worker(
+        run_in_background=True, delay=0.02,
+        on_job_start=lambda job: events.append(("start", type(job).__name__)),
+        on_job_complete=on_complete,
+        on_job_error=lambda job, exc, tb: events.append(("error", str(exc))),
+    )
+    await manager.dispatch(Echo(7))
+    await manager.dispatch(Boom("bad"), max_attempts=1)
+    await drain(manager)
+    await manager.stop_worker()
+    assert ("start", "Echo") in events and ("start", "Boom") in events
+    assert ("complete", 7) in events
+    assert ("error", "bad") in events
+
+
+async def test_failing_callback_does_not_stop_the_worker(manager: QueueManager) -> None:
+    def explode(*args: Any) -> None:
+        raise ValueError("callback bug")
+
+    await manager.start_worker(run_in_background=True, delay=0.02, on_job_start=explode,
+                               on_job_complete=explode)
+    ids = [await manager.dispatch(Echo(i)) for i in range(3)]
+    await drain(manager)
+    await manager.stop_worker()
+    assert [(await manager.get_job(i)).status for i in ids] == [JobStatus.COMPLETED] * 3
+
+
+async def test_middleware_runs_in_order_around_the_job(manager: QueueManager) -> None:
+    trail: list[str] = []
+
+    async def outer(job: QueueJob, next: Any) -> None:
+        trail.append("outer-before")
+        await next()
+        trail.append("outer-after")
+
+    class Inner:
+        async def handle(self, job: QueueJob, next: Any) -> None:
+            trail.append(f"inner-before:{type(job).__name__}")
+            await next()
+            trail.append("inner-after")
+
+    manager.use(outer).use(Inner())
+    job_id = await manager.dispatch(Echo("mid"))
+    await drain(manager)
+    assert trail == ["outer-before", "inner-before:Echo", "inner-after", "outer-after"]
+    assert (await manager.get_job(job_id)).result == "mid"
+
+
+async def test_failing_middleware_fails_the_job_not_the_worker(manager: QueueManager) -> None:
+    async def broken(job: QueueJob, next: Any) -> None:
+        raise PermissionError("middleware says no")
+
+    manager.use(broken)
+    job_id = await manager.dispatch(Echo(1), max_attempts=1)
+    await drain(manager)
+    record = await manager.get_job(job_id)
+    assert record.status is JobStatus.FAILED
+    assert record.error == "PermissionError: middleware says no"
+
+
+async def test_metrics_after_known_work(manager: QueueManager) -> None:
+    for i in range(4):
+        await manager.dispatch(Echo(i))
+    await manager.dispatch(Boom(), max_attempts=2)
+    await drain(manager)
+    metrics = manager.get_metrics()
+    assert list(metrics) == [
+        "total_queued", "total_started", "total_completed", "total_failed", "total_retried",
+        "currently_processing", "success_rate", "failure_rate", "average_processing_time_ms",
+    ]
+    assert metrics["total_queued"] == 5
+    assert metrics["total_started"] == 6
+    assert metrics["total_completed"] == 4
+    assert metrics["total_failed"] == 1
+    assert metrics["total_retried"] == 1
+    assert metrics["currently_processing"] == 0
+    assert metrics["success_rate"] == pytest.approx(0.8)
+    assert metrics["failure_rate"] == pytest.approx(0.2)
+    assert metrics["average_processing_time_ms"] > 0
+    manager.reset_metrics()
+    assert manager.get_metrics()["total_queued"] == 0
+
+
+async def test_sync_handle_runs_in_a_thread_not_on_the_loop(manager: QueueManager) -> None:
+    job_id = await manager.dispatch(ThreadName())
+    await drain(manager)
+    assert (await manager.get_job(job_id)).result.startswith("khadem-job")
+
+
+async def test_job_timeout_cancels_the_job(manager: QueueManager) -> None:
+    job_id = await manager.dispatch(Sleepy(5.0))
+    await drain(manager)
+    record = await manager.get_job(job_id)
+    assert record.status is JobStatus.FAILED
+    assert record.error is not None and "timeout of 0.05s" in record.error
+
+
+async def test_unknown_job_name_fails_the_record_and_worker_continues(manager: QueueManager) -> None:
+    class Ghost(QueueJob):
+        async def handle(self) -> None:
+            return None
+
+    from khadem_nb.registry import job_factories
+
+    ghost = manager.build_record(Ghost())
+    job_factories.unregister("Ghost")
+    await manager.push([ghost])
+    ok = await manager.dispatch(Echo("after"))
+    await drain(manager)
+    record = await manager.get_job(ghost.id)
+    assert record.status is JobStatus.FAILED
+    assert record.error is not None and "'Ghost'" in record.error and "UnknownJobError" in record.error
+    assert record.attempt == 1  # retrying cannot help; not retried
+    assert (await manager.get_job(ok)).status is JobStatus.COMPLETED
+
+
+async def test_named_queues_checked_in_order(queued_manager: QueueManager) -> None:
+    await queued_manager.dispatch(Echo("default"))
+    await queued_manager.dispatch(Echo("email"), queue="emails")
+    await queued_manager.dispatch(Echo("report"), queue="reports")
+    worker = await queued_manager.start_worker(queues=["reports", "emails"], delay=0.02,
+                                               run_in_background=True)
+    for _ in range(200):
+        if len(RUN_LOG) == 2:
+            break
+        await asyncio.sleep(0.01)
+    await worker.stop()
+    assert RUN_LOG == ["report", "email"]
+    assert (await queued_manager.counts())["queued"] == 1
+
+
+async def test_max_jobs_stops_the_worker(queued_manager: QueueManager) -> None:
+    for i in range(5):
+        await queued_manager.dispatch(Echo(i))
+    worker = await queued_manager.start_worker(max_jobs=3, delay=0.02)
+    assert worker.processed == 3
+    assert RUN_LOG == [0, 1, 2]
+    assert (await queued_manager.counts())["queued"] == 2
+
+
+async def test_stop_is_idempotent_and_gives_running_jobs_back(queued_manager: QueueManager) -> None:
+    from jobs import Sleep
+
+    job_id = await queued_manager.dispatch(Sleep(30))
+    worker = await queued_manager.start_worker(run_in_background=True, delay=0.02)
+    for _ in range(200):
+        if (await queued_manager.counts())["active"] == 1:
+            break
+        await asyncio.sleep(0.01)
+    await asyncio.gather(worker.stop(grace=0.1), worker.stop(grace=0.1))
+    await worker.stop()
+    record = await queued_manager.get_job(job_id)
+    assert record.status is JobStatus.QUEUED
+    assert record.attempt == 0  # an interrupted attempt is not counted
+
+
+async def test_many_noop_jobs_with_concurrency(manager: QueueManager) -> None:
+    ids = await manager.dispatch_many([Noop() for _ in range(200)])
+    await drain(manager, concurrency=4)
+    counts = await manager.counts()
+    assert counts["completed"] == 200
+    assert len(set(ids)) == 200
