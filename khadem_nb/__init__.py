@@ -6,7 +6,7 @@ layer (``Queue``, ``progress``) sits on top and is imported lazily.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from .config import QueueSettings, WorkerSettings, parse_config
 from .context import progress
@@ -36,9 +36,6 @@ from .registry import QueueDriverRegistry
 from .retry import ExponentialBackoff, FixedBackoff
 from .serializer import QueueJobSerializer
 from .worker import QueueWorker
-
-if TYPE_CHECKING:
-    from .notebook import JobGroup, JobHandle, Queue
 
 __version__ = "0.1.0"
 

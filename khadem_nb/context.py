@@ -29,7 +29,7 @@ class JobContext:
     def set_progress(self, fraction: float, note: str | None = None) -> None:
         if isinstance(fraction, bool) or not isinstance(fraction, int | float) or math.isnan(fraction):
             raise KhademError(f"progress must be a number between 0 and 1, got {fraction!r}")
-        meta = {"progress": min(1.0, max(0.0, float(fraction)))}
+        meta: dict[str, Any] = {"progress": min(1.0, max(0.0, float(fraction)))}
         if note is not None:
             meta["note"] = str(note)
         self.record.meta.update(meta)

@@ -39,7 +39,9 @@ class CountPrimes(QueueJob):
         return {"bound": self.bound, "primes": sum(sieve)}
 
 
-async def run_core_demo(jobs: int = 300, concurrency: int = 4, stream: TextIO | None = None) -> dict[str, Any]:
+async def run_core_demo(
+    jobs: int = 300, concurrency: int = 4, stream: TextIO | None = None
+) -> dict[str, Any]:
     """Dispatch ``jobs`` prime counts, drain them with a worker, print results and metrics."""
     out = stream or sys.stdout
     manager = await QueueManager({"queue": {"driver": "memory"}}).init()

@@ -22,7 +22,7 @@ Messages name the bad value and, where there is a choice, the valid ones.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from .job import JobRecord
@@ -80,7 +80,7 @@ class ResultTimeoutError(JobError, TimeoutError):
     """Waiting for a job's result took longer than the given timeout."""
 
 
-class RetryJob(KhademError):  # noqa: N818 - a control-flow signal, named for what it asks
+class RetryJob(KhademError):
     """Raise inside ``handle()`` to run the job again later.
 
     The attempt still counts against ``max_attempts``. ``delay`` (seconds) overrides the

@@ -57,7 +57,10 @@ class JobExecutor:
     async def execute(self, record: JobRecord) -> None:
         """Run ``record``; on cancellation (worker stopping) give it back to the queue."""
         started = time.perf_counter()
-        safe_call(self.monitor.job_started, record)
+        try:
+            self.monitor.job_started(record)
+        except Exception:
+            logger.exception("queue monitor raised")
         try:
             job = self.serializer.decode_job(record.name, record.payload)
         except SerializationError as exc:  # unknown name or bad payload: retrying cannot help
@@ -66,7 +69,8 @@ class JobExecutor:
         job.attempt = record.attempt
         if hasattr(job, "created_at"):
             job.created_at = record.created_at
-        await self._run_hook(self.hooks.on_job_start, job)
+        if self.hooks.on_job_start is not None:
+            await self._run_hook(self.hooks.on_job_start, job)
         try:
             result = await self._run(job, record)
             encoded = encode_value(result, path=f"result of {record.name}")
@@ -87,6 +91,8 @@ class JobExecutor:
 
         token = current_job.set(JobContext(record, self.driver, asyncio.get_running_loop()))
         try:
+            if not self.middleware:
+                return await self._invoke(job, record)
             await self.middleware.run(job, innermost)
         finally:
             current_job.reset(token)
@@ -111,7 +117,7 @@ class JobExecutor:
         if is_async is None:
             is_async = self._is_async[cls] = inspect.iscoroutinefunction(job.handle)
         if is_async:
-            return job.handle()  # type: ignore[no-any-return]
+            return job.handle()
         context = contextvars.copy_context()
         loop = asyncio.get_running_loop()
         return loop.run_in_executor(self.threads, context.run, job.handle)
@@ -120,8 +126,12 @@ class JobExecutor:
                               started: float) -> None:
         duration_ms = (time.perf_counter() - started) * 1000
         if await self.driver.complete(record, encoded):
-            safe_call(self.monitor.job_completed, record, duration_ms)
-            await self._run_hook(self.hooks.on_job_complete, job, result)
+            try:
+                self.monitor.job_completed(record, duration_ms)
+            except Exception:
+                logger.exception("queue monitor raised")
+            if self.hooks.on_job_complete is not None:
+                await self._run_hook(self.hooks.on_job_complete, job, result)
         else:
             self._stale(record, duration_ms)
 

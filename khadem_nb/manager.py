@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import uuid
+import os
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
@@ -21,6 +21,11 @@ from .monitor import BasicQueueMonitor, QueueMonitor
 from .registry import job_factories
 from .serializer import QueueJobSerializer
 from .worker import QueueWorker
+
+
+def new_job_id() -> str:
+    """32 random hex digits, like ``uuid4().hex`` at a fraction of the cost."""
+    return os.urandom(16).hex()
 
 
 class QueueManager:
@@ -93,19 +98,18 @@ class QueueManager:
                      max_attempts: int | None = None, key: str | None = None) -> JobRecord:
         """Encode ``job`` into a record ready to push (raises SerializationError at once)."""
         name, payload = self.serializer.encode_job(job)
-        delay_s = to_seconds(delay, name="delay") or 0.0
+        delay_s = 0.0 if delay is None else to_seconds(delay, name="delay") or 0.0
         now = now_ms()
         attempts = job.max_attempts if max_attempts is None else max_attempts
         if attempts < 1:
             raise ConfigError(f"max_attempts must be >= 1, got {attempts}")
+        timeout = job.timeout
         return JobRecord(
-            id=uuid.uuid4().hex, name=name, payload=payload,
-            queue=queue or job.queue or self.settings.name,
-            priority=job.priority if priority is None else int(priority),
-            max_attempts=attempts,
-            status=JobStatus.SCHEDULED if delay_s > 0 else JobStatus.QUEUED,
-            created_ms=now, available_ms=now + int(delay_s * 1000),
-            timeout_s=to_seconds(job.timeout, name="timeout"), key=key,
+            new_job_id(), name, payload, queue or job.queue or self.settings.name,
+            job.priority if priority is None else int(priority), 0, attempts,
+            JobStatus.SCHEDULED if delay_s > 0 else JobStatus.QUEUED, now,
+            now + int(delay_s * 1000),
+            timeout_s=None if timeout is None else to_seconds(timeout, name="timeout"), key=key,
         )
 
     async def dispatch(self, job: QueueJob, delay: float | timedelta | None = None, *,

@@ -28,9 +28,10 @@ def as_middleware_func(middleware: Middleware | MiddlewareFunc) -> MiddlewareFun
     """Normalise the two accepted forms to a plain async callable."""
     handle = getattr(middleware, "handle", None)
     if callable(handle) and not isinstance(middleware, type):
-        return handle  # type: ignore[no-any-return]
+        method: MiddlewareFunc = handle
+        return method
     if callable(middleware) and not isinstance(middleware, type):
-        return middleware  # type: ignore[return-value]
+        return middleware
     raise ConfigError(
         f"middleware must be an async function (job, next) or an object with async handle(job, next),"
         f" got {middleware!r}"

@@ -125,9 +125,7 @@ def _encode_numpy_scalar(value: Any, path: str) -> Any:
         item: Any = [value.real.item(), value.imag.item()]
     elif kind in "biuf?":
         item = value.item()
-    elif kind == "U":
-        item = str(value)
-    elif kind == "M":
+    elif kind == "U" or kind == "M":
         item = str(value)
     else:
         raise SerializationError(f"{path} is a numpy {value.dtype} scalar, which is not supported")
@@ -189,9 +187,13 @@ def _complex_from_pairs(data: Any) -> Any:
     return complex(data[0], data[1]) if isinstance(data, list) else data
 
 
+_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+
 def dumps(value: Any) -> str:
-    """Compact JSON text of already-encoded data."""
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    """Compact JSON text of already-encoded data (one shared encoder: json.dumps with options
+    builds a new encoder on every call, which costs more than encoding a small payload)."""
+    return _ENCODER.encode(value)
 
 
 class QueueJobSerializer:

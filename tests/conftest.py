@@ -12,9 +12,9 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-import jobs as test_jobs  # noqa: E402
+import jobs as test_jobs
 
-from khadem_nb import QueueManager  # noqa: E402
+from khadem_nb import QueueManager
 
 ALL_DRIVERS = ["sync", "memory"]
 QUEUED_DRIVERS = [d for d in ALL_DRIVERS if d != "sync"]

@@ -41,7 +41,7 @@ async def test_fifo_within_one_priority(queued_manager: QueueManager) -> None:
     for i in range(20):
         await queued_manager.dispatch(Echo(i))
     await drain(queued_manager)
-    assert RUN_LOG == list(range(20))
+    assert list(range(20)) == RUN_LOG
 
 
 async def test_higher_priority_runs_first(queued_manager: QueueManager) -> None:

@@ -8,7 +8,8 @@ was lost and the job claimed again), and the refusal is counted in ``stale_acks`
 
 from __future__ import annotations
 
-import uuid
+import itertools
+import os
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Sequence
 from typing import Any, ClassVar
@@ -149,8 +150,13 @@ class QueueDriver(ABC):
         """Delete every record of this queue's storage (tests, fresh starts)."""
 
 
+_TOKEN_PREFIX = os.urandom(8).hex()
+_token_counter = itertools.count(1)
+
+
 def new_token() -> str:
-    return uuid.uuid4().hex
+    """A claim token unique across processes: a random per-process prefix and a counter."""
+    return f"{_TOKEN_PREFIX}-{next(_token_counter)}"
 
 
 def claim(record: JobRecord, now: int, lease_s: float | None) -> JobRecord:

@@ -1,7 +1,7 @@
 """In-process queue: a heap per queue for ready jobs, one for delayed jobs, and a condition.
 
-Records are copied through their JSON form at push, so a job behaves the same here as on a
-durable driver (and mutating an argument after dispatch changes nothing). Nothing survives the
+Payloads are stored as JSON text and parsed again at claim, so a job behaves the same here as
+on a durable driver (and mutating an argument after dispatch changes nothing). Nothing survives the
 process. Finished records beyond ``queue.retention`` are dropped oldest first (completed ones
 only: failed records stay until retried or purged).
 """
@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import heapq
 import itertools
+import json
 import time
 from collections import deque
 from collections.abc import Iterable, Sequence
@@ -19,7 +20,11 @@ from typing import Any
 from .._time import now_ms
 from ..config import QueueSettings
 from ..job import JobRecord, JobStatus
+from ..serializer import dumps
 from .base import QueueDriver, claim, empty_counts
+
+# The C scanner behind json.loads, without its Python wrappers: payloads here are our own output.
+_parse_json = json.JSONDecoder().scan_once  # type: ignore[attr-defined]
 
 
 class MemoryDriver(QueueDriver):
@@ -34,6 +39,7 @@ class MemoryDriver(QueueDriver):
         self._seq = itertools.count()
         self._condition: asyncio.Condition | None = None
         self._wake_generation = 0
+        self._waiting = 0
 
     def _cond(self) -> asyncio.Condition:
         if self._condition is None:
@@ -41,13 +47,11 @@ class MemoryDriver(QueueDriver):
         return self._condition
 
     async def push(self, records: Sequence[JobRecord]) -> None:
-        for record in records:
-            stored = JobRecord.from_wire(record.to_wire())
-            self._records[stored.id] = stored
-            self._enqueue(stored)
-        cond = self._cond()
-        async with cond:
-            cond.notify(len(records))
+        for record in records:  # the driver owns pushed records from here on
+            record.payload = dumps(record.payload)
+            self._records[record.id] = record
+            self._enqueue(record)
+        await self._notify(len(records))
 
     def _enqueue(self, record: JobRecord) -> None:
         seq = next(self._seq)
@@ -72,6 +76,9 @@ class MemoryDriver(QueueDriver):
             cond.notify_all()
 
     async def reserve(self, queues: Sequence[str], limit: int, wait_s: float) -> list[JobRecord]:
+        claimed = self._take(queues, limit)  # fast path: no lock when work is there
+        if claimed or wait_s <= 0:
+            return claimed
         deadline = time.monotonic() + wait_s
         generation = self._wake_generation
         cond = self._cond()
@@ -81,10 +88,13 @@ class MemoryDriver(QueueDriver):
                 remaining = deadline - time.monotonic()
                 if claimed or remaining <= 0 or generation != self._wake_generation:
                     return claimed
+                self._waiting += 1
                 try:
                     await asyncio.wait_for(cond.wait(), min(remaining, self._until_next_due(queues)))
                 except TimeoutError:
                     pass
+                finally:
+                    self._waiting -= 1
 
     def _take(self, queues: Sequence[str], limit: int) -> list[JobRecord]:
         claimed: list[JobRecord] = []
@@ -95,10 +105,16 @@ class MemoryDriver(QueueDriver):
             while heap and len(claimed) < limit:
                 record = self._records.get(heapq.heappop(heap)[2])
                 if record is not None and record.status is JobStatus.QUEUED:
-                    claimed.append(claim(record, now, None).copy())
+                    claimed.append(self._thaw(claim(record, now, None)))
             if len(claimed) >= limit:
                 break
         return claimed
+
+    @staticmethod
+    def _thaw(stored: JobRecord) -> JobRecord:
+        record = stored.copy()
+        record.payload = _parse_json(stored.payload, 0)[0]
+        return record
 
     def _promote_due(self, queue: str, now: int) -> None:
         delayed = self._delayed.get(queue)
@@ -106,7 +122,8 @@ class MemoryDriver(QueueDriver):
             record = self._records.get(heapq.heappop(delayed)[2])
             if record is not None and record.status is JobStatus.SCHEDULED:
                 record.status = JobStatus.QUEUED
-                heapq.heappush(self._ready.setdefault(queue, []), (-record.priority, next(self._seq), record.id))
+                entry = (-record.priority, next(self._seq), record.id)
+                heapq.heappush(self._ready.setdefault(queue, []), entry)
 
     def _until_next_due(self, queues: Sequence[str]) -> float:
         due = [self._delayed[q][0][0] for q in queues if self._delayed.get(q)]
@@ -117,7 +134,8 @@ class MemoryDriver(QueueDriver):
         if stored is None or stored.status is not JobStatus.ACTIVE or stored.token != token:
             return False
         record.token = None
-        updated = record.copy()
+        updated = record  # the worker is done with its copy: store it, payload frozen again
+        updated.payload = stored.payload
         self._records[record.id] = updated
         if updated.status in (JobStatus.QUEUED, JobStatus.SCHEDULED):
             self._enqueue(updated)
@@ -127,6 +145,8 @@ class MemoryDriver(QueueDriver):
         return True
 
     async def _notify(self, n: int) -> None:
+        if not self._waiting or not n:
+            return
         cond = self._cond()
         async with cond:
             cond.notify(n)
@@ -150,7 +170,7 @@ class MemoryDriver(QueueDriver):
         return None if stored is None else self._view(stored)
 
     def _view(self, stored: JobRecord) -> JobRecord:
-        view = stored.copy()
+        view = self._thaw(stored)
         if view.status is JobStatus.SCHEDULED and view.available_ms <= now_ms():
             view.status = JobStatus.QUEUED
         return view

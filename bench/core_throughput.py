@@ -1,0 +1,76 @@
+"""Memory-driver end-to-end throughput against raw ``asyncio.Queue``, in one run.
+
+For each round: dispatch N no-op async jobs one ``await dispatch()`` at a time (JSON encoding
+and the record copy included), then drain them with one worker (``max_jobs=N``); separately,
+N ``put`` + N ``get`` on an ``asyncio.Queue``. Prints medians of ROUNDS rounds and the ratio.
+
+    python bench/core_throughput.py [--n 100000] [--rounds 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import statistics
+import time
+
+from khadem_nb import QueueJob, QueueManager
+
+
+class NoopJob(QueueJob):
+    async def handle(self) -> None:
+        return None
+
+
+async def khadem_round(n: int) -> tuple[float, float]:
+    manager = await QueueManager({"queue": {"driver": "memory"}}).init()  # default retention
+    job = NoopJob()
+    started = time.perf_counter()
+    for _ in range(n):
+        await manager.dispatch(job)
+    dispatched = time.perf_counter()
+    await manager.start_worker(max_jobs=n, delay=0.01)
+    drained = time.perf_counter()
+    assert manager.get_metrics()["total_completed"] == n
+    await manager.close()
+    return dispatched - started, drained - dispatched
+
+
+async def asyncio_round(n: int) -> float:
+    queue: asyncio.Queue[int] = asyncio.Queue()
+    started = time.perf_counter()
+    for i in range(n):
+        queue.put_nowait(i)
+    for _ in range(n):
+        await queue.get()
+    return time.perf_counter() - started
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--n", type=int, default=100_000)
+    parser.add_argument("--rounds", type=int, default=5)
+    args = parser.parse_args()
+    ours, raw, dispatch_s, drain_s = [], [], [], []
+    for _ in range(args.rounds):
+        gc.collect()
+        d, w = asyncio.run(khadem_round(args.n))
+        dispatch_s.append(d)
+        drain_s.append(w)
+        ours.append(args.n / (d + w))
+        gc.collect()
+        raw.append(args.n / asyncio.run(asyncio_round(args.n)))
+    ours_med, raw_med = statistics.median(ours), statistics.median(raw)
+    print(f"N={args.n}, medians of {args.rounds} rounds")
+    print("| what | jobs/s (median) |")
+    print("|---|---:|")
+    print(f"| khadem_nb memory: dispatch + drain, 1 worker | {ours_med:,.0f} |")
+    print(f"|   dispatch only | {args.n / statistics.median(dispatch_s):,.0f} |")
+    print(f"|   drain only | {args.n / statistics.median(drain_s):,.0f} |")
+    print(f"| asyncio.Queue put + get | {raw_med:,.0f} |")
+    print(f"| ratio khadem_nb / asyncio.Queue | {ours_med / raw_med:.1%} |")
+
+
+if __name__ == "__main__":
+    main()
