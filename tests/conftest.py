@@ -16,12 +16,16 @@ import jobs as test_jobs
 
 from khadem_nb import QueueManager
 
-ALL_DRIVERS = ["sync", "memory"]
+ALL_DRIVERS = ["sync", "memory", "sqlite", "file"]
 QUEUED_DRIVERS = [d for d in ALL_DRIVERS if d != "sync"]
 
 
 def driver_config(driver: str, tmp_path: Path, **extra: Any) -> dict[str, Any]:
     section: dict[str, Any] = {"driver": driver, **extra}
+    if driver == "sqlite":
+        section["path"] = str(tmp_path / "queue.db")
+    elif driver == "file":
+        section["path"] = str(tmp_path / "queue")
     return {"queue": section}
 
 

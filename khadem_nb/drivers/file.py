@@ -1,0 +1,448 @@
+"""File driver: one JSON file per job, in one folder per state.
+
+Layout under ``queue.path``::
+
+    tmp/                       files being written (cleaned at start)
+    ready/<queue>/<order>.json     due jobs; <order> sorts by priority, then dispatch time
+    delayed/<queue>/<due>.json     jobs waiting for their time
+    active/<order>.json            claimed jobs (carry token and lease)
+    done/  failed/  corrupt/       finished jobs; files that could not be parsed
+    .lock                          the only file ever flock()ed
+
+Every write goes to ``tmp/`` first, is fsynced, moved into place with ``os.replace`` and the
+folder fsynced, so a crash at any instant leaves either the old or the new file, never a
+partial one. State changes (claim, settle, heartbeat, reclaim) hold an exclusive ``flock`` on
+``.lock``, which serialises processes; the claim itself is an atomic rename out of ``ready/``.
+A file that cannot be parsed is moved to ``corrupt/`` with a warning and never stops a worker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, ClassVar, TypeVar
+
+from .._time import now_ms
+from ..config import QueueSettings
+from ..errors import DriverError, SerializationError
+from ..job import JobRecord, JobStatus
+from ._fs import check_parent_writable
+from ._records import reclaim
+from .base import QueueDriver, claim, empty_counts
+
+logger = logging.getLogger(__name__)
+T = TypeVar("T")
+
+STATE_DIRS = ("tmp", "ready", "delayed", "active", "done", "failed", "corrupt")
+PRIORITY_OFFSET = 10**9  # ready files sort ascending; higher priority must come first
+ID_LEN = 32
+
+
+def _ready_name(record: JobRecord) -> str:
+    return f"{PRIORITY_OFFSET - record.priority:010d}-{record.created_ms:015d}-{_order(record)}-{record.id}.json"
+
+
+def _order(record: JobRecord) -> str:
+    return f"{record.meta.get('_seq', 0):012d}"
+
+
+def _delayed_name(record: JobRecord) -> str:
+    return f"{record.available_ms:015d}-{record.id}.json"
+
+
+def _id_of(filename: str) -> str:
+    return filename[-(ID_LEN + 5) : -5]
+
+
+class FileStore:
+    """The synchronous half: paths, atomic writes and the lock."""
+
+    def __init__(self, root: str, settings: QueueSettings) -> None:
+        self.root = root
+        self.settings = settings
+        self._seq = 0
+        self._thread_lock = threading.Lock()
+        self._next_sweep_ms = 0
+
+    # -- paths and primitives ----------------------------------------------------------------
+    def dir(self, *parts: str) -> str:
+        return os.path.join(self.root, *parts)
+
+    def open(self) -> None:
+        if os.path.exists(self.root) and not os.path.isdir(self.root):
+            raise DriverError(f"queue path {self.root!r} is a file; the file driver needs a folder")
+        check_parent_writable(os.path.join(self.root, "x"), kind="queue folder")
+        for name in STATE_DIRS:
+            os.makedirs(self.dir(name), exist_ok=True)
+        if not os.access(self.root, os.W_OK):
+            raise DriverError(f"queue folder {self.root!r} is not writable")
+        with self.locked():
+            for leftover in os.listdir(self.dir("tmp")):  # a writer died before its replace
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(self.dir("tmp", leftover))
+
+    @contextlib.contextmanager
+    def locked(self) -> Iterator[None]:
+        with self._thread_lock, open(self.dir(".lock"), "a+") as handle:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+
+    def write(self, path: str, record: JobRecord) -> None:
+        """Atomically (re)place ``path`` with ``record``: temp file, fsync, replace, fsync dir."""
+        tmp = self.dir("tmp", f"{os.getpid()}-{threading.get_ident()}-{os.path.basename(path)}")
+        data = record.to_wire().encode("utf-8")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            os.write(fd, data)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+        _fsync_dir(os.path.dirname(path))
+
+    def read(self, path: str) -> JobRecord | None:
+        """Parse a job file; an unparsable one is moved to ``corrupt/`` and ``None`` returned."""
+        try:
+            with open(path, "rb") as handle:
+                data = handle.read()
+        except FileNotFoundError:
+            return None
+        try:
+            return JobRecord.from_wire(data)
+        except SerializationError as exc:
+            target = self.dir("corrupt", f"{int(time.time() * 1000)}-{os.path.basename(path)}")
+            with contextlib.suppress(FileNotFoundError):
+                os.replace(path, target)
+                logger.warning("unreadable job file %s moved to %s: %s", path, target, exc)
+            return None
+
+    def listdir(self, *parts: str) -> list[str]:
+        try:
+            return sorted(os.listdir(self.dir(*parts)))
+        except FileNotFoundError:
+            return []
+
+    # -- operations --------------------------------------------------------------------------
+    def insert(self, records: Sequence[JobRecord]) -> None:
+        for record in records:
+            self._seq += 1
+            record.meta.setdefault("_seq", self._seq)
+            self._place_pending(record)
+
+    def _place_pending(self, record: JobRecord) -> None:
+        if record.available_ms > now_ms():
+            record.status = JobStatus.SCHEDULED
+            folder = self.dir("delayed", record.queue)
+            name = _delayed_name(record)
+        else:
+            record.status = JobStatus.QUEUED
+            folder = self.dir("ready", record.queue)
+            name = _ready_name(record)
+        os.makedirs(folder, exist_ok=True)
+        self.write(os.path.join(folder, name), record)
+
+    def claim(self, queues: Sequence[str], limit: int) -> list[JobRecord]:
+        with self.locked():
+            now = now_ms()
+            if now >= self._next_sweep_ms:
+                self._reclaim_expired(now)
+                self._next_sweep_ms = now + int(self.settings.lease_s * 250)
+            claimed: list[JobRecord] = []
+            for queue in queues:
+                self._promote_due(queue, now)
+                for name in self.listdir("ready", queue):
+                    if len(claimed) >= limit:
+                        return claimed
+                    record = self._claim_file(queue, name, now)
+                    if record is not None:
+                        claimed.append(record)
+            return claimed
+
+    def _claim_file(self, queue: str, name: str, now: int) -> JobRecord | None:
+        active = self.dir("active", name)
+        try:
+            os.rename(self.dir("ready", queue, name), active)
+        except FileNotFoundError:
+            return None
+        record = self.read(active)
+        if record is None:
+            return None
+        claim(record, now, self.settings.lease_s)
+        self.write(active, record)
+        return record
+
+    def _promote_due(self, queue: str, now: int) -> None:
+        for name in self.listdir("delayed", queue):
+            if int(name.split("-", 1)[0]) > now:
+                break
+            path = self.dir("delayed", queue, name)
+            record = self.read(path)
+            if record is None:
+                continue
+            record.status = JobStatus.QUEUED
+            os.makedirs(self.dir("ready", queue), exist_ok=True)
+            self.write(self.dir("ready", queue, _ready_name(record)), record)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+
+    def _reclaim_expired(self, now: int) -> None:
+        finished = set(map(_id_of, self.listdir("done"))) | set(map(_id_of, self.listdir("failed")))
+        for name in self.listdir("active"):
+            path = self.dir("active", name)
+            if _id_of(name) in finished:  # crashed between writing the result and the unlink
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(path)
+                continue
+            record = self.read(path)
+            if record is None:
+                continue
+            expiry = record.lease_ms if record.lease_ms is not None else _mtime_ms(path) + int(
+                self.settings.lease_s * 1000)
+            if expiry >= now:
+                continue
+            reclaim(record, now, self.settings.max_reclaims)
+            logger.warning("job %s (%s): lease expired, %s", record.name, record.id, record.status)
+            self._move_from_active(path, record)
+
+    def _move_from_active(self, path: str, record: JobRecord) -> None:
+        if record.status is JobStatus.COMPLETED:
+            self.write(self.dir("done", os.path.basename(path)), record)
+        elif record.status is JobStatus.FAILED:
+            self.write(self.dir("failed", os.path.basename(path)), record)
+        else:
+            self._place_pending(record)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+        _fsync_dir(self.dir("active"))
+
+    def _find_active(self, job_id: str) -> str | None:
+        for name in self.listdir("active"):
+            if _id_of(name) == job_id:
+                return self.dir("active", name)
+        return None
+
+    def settle(self, record: JobRecord, token: str | None) -> bool:
+        with self.locked():
+            path = self._find_active(record.id)
+            stored = None if path is None else self.read(path)
+            if path is None or stored is None or stored.token != token:
+                return False
+            record.token = None
+            self._move_from_active(path, record)
+            if record.status is JobStatus.COMPLETED:
+                self._trim_done()
+            return True
+
+    def _trim_done(self) -> None:
+        names = self.listdir("done")
+        for name in names[: max(0, len(names) - self.settings.retention)]:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.dir("done", name))
+
+    def heartbeat(self, leases: Sequence[tuple[str, str | None]]) -> list[bool]:
+        alive = []
+        with self.locked():
+            lease = now_ms() + int(self.settings.lease_s * 1000)
+            for job_id, token in leases:
+                path = self._find_active(job_id)
+                stored = None if path is None else self.read(path)
+                ok = path is not None and stored is not None and stored.token == token
+                if ok and path is not None and stored is not None:
+                    stored.lease_ms = lease
+                    self.write(path, stored)
+                alive.append(ok)
+        return alive
+
+    def update_meta(self, job_id: str, token: str | None, meta: dict[str, Any]) -> bool:
+        with self.locked():
+            path = self._find_active(job_id)
+            stored = None if path is None else self.read(path)
+            if path is None or stored is None or stored.token != token:
+                return False
+            stored.meta.update(meta)
+            self.write(path, stored)
+            return True
+
+    def paths(self) -> Iterator[str]:
+        for folder in ("ready", "delayed"):
+            for queue in self.listdir(folder):
+                for name in self.listdir(folder, queue):
+                    yield self.dir(folder, queue, name)
+        for folder in ("active", "done", "failed"):
+            for name in self.listdir(folder):
+                yield self.dir(folder, name)
+
+    def find(self, job_id: str) -> JobRecord | None:
+        suffix = f"-{job_id}.json"
+        for path in self.paths():
+            if path.endswith(suffix):
+                record = self.read(path)
+                if record is not None:
+                    return record
+        return None
+
+    def all_records(self) -> Iterator[JobRecord]:
+        for path in self.paths():
+            record = self.read(path)
+            if record is not None:
+                yield record
+
+    def requeue(self, job_ids: Sequence[str]) -> int:
+        wanted = set(job_ids)
+        count = 0
+        with self.locked():
+            for name in self.listdir("failed"):
+                if _id_of(name) not in wanted:
+                    continue
+                path = self.dir("failed", name)
+                record = self.read(path)
+                if record is None:
+                    continue
+                record.attempt = record.reclaims = 0
+                record.available_ms = now_ms()
+                record.finished_ms = None
+                self._place_pending(record)
+                os.unlink(path)
+                count += 1
+        return count
+
+    def purge(self) -> None:
+        with self.locked():
+            for folder in STATE_DIRS:
+                for dirpath, _, files in os.walk(self.dir(folder)):
+                    for name in files:
+                        with contextlib.suppress(FileNotFoundError):
+                            os.unlink(os.path.join(dirpath, name))
+
+
+def _mtime_ms(path: str) -> int:
+    try:
+        return int(os.stat(path).st_mtime * 1000)
+    except FileNotFoundError:
+        return now_ms()
+
+
+def _fsync_dir(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _view(record: JobRecord) -> JobRecord:
+    if record.status in (JobStatus.QUEUED, JobStatus.SCHEDULED):
+        record.status = JobStatus.SCHEDULED if record.available_ms > now_ms() else JobStatus.QUEUED
+    return record
+
+
+class FileDriver(QueueDriver):
+    """Durable, multi-process, at-least-once queue in a folder of JSON files."""
+
+    durable: ClassVar[bool] = True
+    shared: ClassVar[bool] = True
+    uses_leases: ClassVar[bool] = True
+
+    def __init__(self, settings: QueueSettings) -> None:
+        super().__init__(settings)
+        assert settings.path is not None
+        self.root = os.path.abspath(os.path.expanduser(settings.path))
+        self.store = FileStore(self.root, settings)
+        self._thread: ThreadPoolExecutor | None = None
+        self._work_added: asyncio.Event | None = None
+        self._generation = 0
+
+    async def _call(self, fn: Callable[..., T], *args: Any) -> T:
+        if self._thread is None:
+            self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="khadem-file")
+        return await asyncio.get_running_loop().run_in_executor(self._thread, fn, *args)
+
+    def _event(self) -> asyncio.Event:
+        if self._work_added is None:
+            self._work_added = asyncio.Event()
+        return self._work_added
+
+    async def open(self) -> None:
+        await self._call(self.store.open)
+
+    async def close(self) -> None:
+        if self._thread is not None:
+            self._thread.shutdown(wait=True)
+            self._thread = None
+
+    async def push(self, records: Sequence[JobRecord]) -> None:
+        await self._call(self.store.insert, records)
+        self._event().set()
+
+    def interrupt_waits(self) -> None:
+        self._generation += 1
+        self._event().set()
+
+    async def reserve(self, queues: Sequence[str], limit: int, wait_s: float) -> list[JobRecord]:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + wait_s
+        generation = self._generation
+        poll = 0.005
+        while True:
+            event = self._event()
+            event.clear()
+            claimed = await self._call(self.store.claim, queues, limit)
+            remaining = deadline - loop.time()
+            if claimed or remaining <= 0 or generation != self._generation:
+                return claimed
+            try:
+                await asyncio.wait_for(event.wait(), min(poll, remaining))
+            except TimeoutError:
+                poll = min(0.1, poll * 2)
+
+    async def heartbeat(self, records: Sequence[JobRecord]) -> list[bool]:
+        return await self._call(self.store.heartbeat, [(r.id, r.token) for r in records])
+
+    async def _settle(self, record: JobRecord, token: str | None) -> bool:
+        settled = await self._call(self.store.settle, record, token)
+        if settled and record.status in (JobStatus.QUEUED, JobStatus.SCHEDULED):
+            self._event().set()
+        return settled
+
+    async def update_meta(self, record: JobRecord, meta: dict[str, Any]) -> bool:
+        return await self._call(self.store.update_meta, record.id, record.token, meta)
+
+    async def _records(self) -> list[JobRecord]:
+        records = await self._call(lambda: [_view(r) for r in self.store.all_records()])
+        return sorted(records, key=lambda r: (r.created_ms, r.meta.get("_seq", 0)))
+
+    async def get(self, job_id: str) -> JobRecord | None:
+        record = await self._call(self.store.find, job_id)
+        return None if record is None else _view(record)
+
+    async def list(self, status: JobStatus | None = None, queue: str | None = None,
+                   limit: int | None = None) -> list[JobRecord]:
+        records = [r for r in await self._records()
+                   if (status is None or r.status is status) and (queue is None or r.queue == queue)]
+        return records[-limit:] if limit else records
+
+    async def counts(self, queue: str | None = None) -> dict[JobStatus, int]:
+        counts = empty_counts()
+        for record in await self.list(queue=queue):
+            counts[record.status] += 1
+        return counts
+
+    async def requeue(self, job_ids: Iterable[str]) -> int:
+        count = await self._call(self.store.requeue, list(job_ids))
+        if count:
+            self._event().set()
+        return count
+
+    async def purge(self) -> None:
+        await self._call(self.store.purge)
+

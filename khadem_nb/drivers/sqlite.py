@@ -1,0 +1,412 @@
+"""SQLite driver: an embedded durable queue that several processes on one machine can share.
+
+- WAL journal (checked after asking; on a network filesystem, where WAL is unsafe, the
+  rollback journal is used and a warning says so), ``busy_timeout``, and every write inside
+  ``BEGIN IMMEDIATE`` so that two writers never deadlock upgrading a read lock.
+- A claim is one ``UPDATE ... RETURNING`` picking the highest priority, then the oldest, due
+  job; rows are never deleted on claim. A claim sets a lease and a fresh token; every later
+  write is fenced by that token (``WHERE token = ?``).
+- Expired leases are reclaimed inside the claim transaction at most every ``lease/4``
+  seconds; a job reclaimed more than ``queue.max_reclaims`` times ends failed.
+- No transaction spans an ``await`` or a running job. Statements run on one dedicated thread
+  per driver (``options.inline=True`` runs them on the event loop instead; see bench/).
+- Completed records beyond ``queue.retention`` are deleted, oldest first.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import sqlite3
+import threading
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, ClassVar, TypeVar
+
+from .._time import now_ms
+from ..config import QueueSettings
+from ..errors import CorruptQueueError, DriverError
+from ..job import JobRecord, JobStatus
+from ..serializer import dumps
+from ._fs import check_parent_writable, is_network_filesystem
+from ._records import reclaim
+from .base import QueueDriver, empty_counts, new_token
+
+logger = logging.getLogger(__name__)
+T = TypeVar("T")
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS khadem_jobs (
+    seq          INTEGER PRIMARY KEY AUTOINCREMENT,
+    id           TEXT NOT NULL UNIQUE,
+    queue        TEXT NOT NULL,
+    name         TEXT NOT NULL,
+    status       TEXT NOT NULL,
+    priority     INTEGER NOT NULL,
+    attempt      INTEGER NOT NULL,
+    max_attempts INTEGER NOT NULL,
+    reclaims     INTEGER NOT NULL DEFAULT 0,
+    created_ms   INTEGER NOT NULL,
+    available_ms INTEGER NOT NULL,
+    started_ms   INTEGER,
+    finished_ms  INTEGER,
+    lease_ms     INTEGER,
+    token        TEXT,
+    timeout_s    REAL,
+    key          TEXT,
+    payload      TEXT NOT NULL,
+    result       TEXT,
+    error        TEXT,
+    traceback    TEXT,
+    meta         TEXT NOT NULL DEFAULT '{}'
+);
+CREATE INDEX IF NOT EXISTS khadem_jobs_claim ON khadem_jobs (queue, priority DESC, seq)
+    WHERE status IN ('queued', 'scheduled');
+CREATE INDEX IF NOT EXISTS khadem_jobs_lease ON khadem_jobs (lease_ms) WHERE status = 'active';
+CREATE INDEX IF NOT EXISTS khadem_jobs_status ON khadem_jobs (status, seq);
+CREATE INDEX IF NOT EXISTS khadem_jobs_key ON khadem_jobs (key) WHERE key IS NOT NULL;
+"""
+
+COLUMNS = ("id", "queue", "name", "status", "priority", "attempt", "max_attempts", "reclaims",
+           "created_ms", "available_ms", "started_ms", "finished_ms", "lease_ms", "token",
+           "timeout_s", "key", "payload", "result", "error", "traceback", "meta")
+SELECT = "SELECT " + ", ".join(COLUMNS) + " FROM khadem_jobs"
+INSERT = (f"INSERT INTO khadem_jobs ({', '.join(COLUMNS)}) "
+          f"VALUES ({', '.join('?' for _ in COLUMNS)})")
+CLAIM = f"""
+UPDATE khadem_jobs
+   SET status = 'active', attempt = attempt + 1, started_ms = :now, finished_ms = NULL,
+       lease_ms = :lease, token = :token || '-' || seq
+ WHERE seq IN (SELECT seq FROM khadem_jobs
+                WHERE queue = :queue AND status IN ('queued', 'scheduled') AND available_ms <= :now
+                ORDER BY priority DESC, seq LIMIT :limit)
+RETURNING seq, {", ".join(COLUMNS)}
+"""
+SETTLE = """
+UPDATE khadem_jobs
+   SET status = ?, attempt = ?, available_ms = ?, started_ms = ?, finished_ms = ?,
+       lease_ms = NULL, token = NULL, result = ?, error = ?, traceback = ?
+ WHERE id = ? AND token = ? AND status = 'active'
+"""
+
+
+def _to_row(record: JobRecord) -> tuple[Any, ...]:
+    return (record.id, record.queue, record.name, record.status.value, record.priority,
+            record.attempt, record.max_attempts, record.reclaims, record.created_ms,
+            record.available_ms, record.started_ms, record.finished_ms, record.lease_ms,
+            record.token, record.timeout_s, record.key, dumps(record.payload),
+            None if record.result is None else dumps(record.result), record.error,
+            record.traceback, dumps(record.meta))
+
+
+def _from_row(row: Sequence[Any]) -> JobRecord:
+    (id_, queue, name, status, priority, attempt, max_attempts, reclaims, created_ms,
+     available_ms, started_ms, finished_ms, lease_ms, token, timeout_s, key, payload, result,
+     error, traceback, meta) = row
+    return JobRecord(id_, name, json.loads(payload), queue, priority, attempt, max_attempts,
+                     JobStatus(status), created_ms, available_ms, started_ms, finished_ms,
+                     None if result is None else json.loads(result), error, traceback,
+                     timeout_s, token, lease_ms, reclaims, key, json.loads(meta))
+
+
+class SqliteStore:
+    """The synchronous half: one connection, used from one thread at a time."""
+
+    def __init__(self, path: str, settings: QueueSettings) -> None:
+        self.path = path
+        self.settings = settings
+        self.conn: sqlite3.Connection | None = None
+        self.journal_mode = ""
+        self._next_sweep_ms = 0
+        self._settles_since_trim = 0
+
+    def open(self) -> None:
+        check_parent_writable(self.path, kind="SQLite database")
+        if os.path.isdir(self.path):
+            raise DriverError(f"queue path {self.path!r} is a directory; the sqlite driver needs a file")
+        try:
+            conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False,
+                                   timeout=30.0)
+            conn.execute("PRAGMA busy_timeout = 30000")
+            self.journal_mode = self._set_journal(conn)
+            conn.execute("PRAGMA synchronous = NORMAL" if self.journal_mode == "wal"
+                         else "PRAGMA synchronous = FULL")
+            conn.executescript(SCHEMA)
+        except sqlite3.DatabaseError as exc:
+            raise CorruptQueueError(f"{self.path!r} is not a usable SQLite queue database: {exc}") from exc
+        self.conn = conn
+
+    def _set_journal(self, conn: sqlite3.Connection) -> str:
+        if is_network_filesystem(self.path):
+            logger.warning("%s is on a network filesystem, where SQLite's WAL is unsafe; using the "
+                           "rollback journal (slower, still correct)", self.path)
+            return str(conn.execute("PRAGMA journal_mode = DELETE").fetchone()[0]).lower()
+        mode = str(conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]).lower()
+        if mode != "wal":
+            logger.warning("SQLite refused WAL for %s (journal_mode is %r); writers will block readers",
+                           self.path, mode)
+        return mode
+
+    def close(self) -> None:
+        if self.conn is not None:
+            self.conn.close()
+            self.conn = None
+
+    def _db(self) -> sqlite3.Connection:
+        if self.conn is None:
+            raise DriverError(f"the SQLite queue {self.path!r} is closed")
+        return self.conn
+
+    def write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Run ``fn`` inside ``BEGIN IMMEDIATE`` ... ``COMMIT`` (rolled back on error)."""
+        conn = self._db()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            value = fn(conn)
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+        return value
+
+    def insert(self, records: Sequence[JobRecord]) -> None:
+        rows = [_to_row(r) for r in records]
+        self.write(lambda conn: conn.executemany(INSERT, rows))
+
+    def claim(self, queues: Sequence[str], limit: int) -> list[JobRecord]:
+        def run(conn: sqlite3.Connection) -> list[JobRecord]:
+            now = now_ms()
+            if now >= self._next_sweep_ms:
+                self._reclaim_expired(conn, now)
+                self._next_sweep_ms = now + int(self.settings.lease_s * 250)
+            claimed: list[tuple[int, JobRecord]] = []
+            for queue in queues:
+                params = {"now": now, "lease": now + int(self.settings.lease_s * 1000),
+                          "token": new_token(), "queue": queue, "limit": limit - len(claimed)}
+                rows = conn.execute(CLAIM, params).fetchall()
+                claimed += sorted(((row[0], _from_row(row[1:])) for row in rows),
+                                  key=lambda item: (-item[1].priority, item[0]))
+                if len(claimed) >= limit:
+                    break
+            return [record for _, record in claimed]
+
+        return self.write(run)
+
+    def _reclaim_expired(self, conn: sqlite3.Connection, now: int) -> None:
+        rows = conn.execute(f"{SELECT} WHERE status = 'active' AND lease_ms < ?", (now,)).fetchall()
+        for row in rows:
+            record = reclaim(_from_row(row), now, self.settings.max_reclaims)
+            conn.execute(
+                "UPDATE khadem_jobs SET status = ?, reclaims = ?, available_ms = ?, started_ms = ?,"
+                " finished_ms = ?, error = ?, traceback = ?, token = NULL, lease_ms = NULL"
+                " WHERE id = ? AND status = 'active' AND lease_ms < ?",
+                (record.status.value, record.reclaims, record.available_ms, record.started_ms,
+                 record.finished_ms, record.error, record.traceback, record.id, now))
+            logger.warning("job %s (%s): lease expired, %s", record.name, record.id,
+                           "failed" if record.status is JobStatus.FAILED else "requeued")
+
+    def settle(self, record: JobRecord, token: str | None) -> bool:
+        params = (record.status.value, record.attempt, record.available_ms, record.started_ms,
+                  record.finished_ms, None if record.result is None else dumps(record.result),
+                  record.error, record.traceback, record.id, token)
+        updated = self.write(lambda conn: conn.execute(SETTLE, params).rowcount)
+        if updated and record.status is JobStatus.COMPLETED:
+            self._settles_since_trim += 1
+            if self._settles_since_trim >= 500:
+                self._settles_since_trim = 0
+                self.trim_completed()
+        return updated == 1
+
+    def trim_completed(self) -> None:
+        self.write(lambda conn: conn.execute(
+            "DELETE FROM khadem_jobs WHERE seq IN (SELECT seq FROM khadem_jobs WHERE status = "
+            "'completed' ORDER BY seq DESC LIMIT -1 OFFSET ?)", (self.settings.retention,)))
+
+    def heartbeat(self, leases: Sequence[tuple[str, str | None]]) -> list[bool]:
+        lease = now_ms() + int(self.settings.lease_s * 1000)
+
+        def run(conn: sqlite3.Connection) -> list[bool]:
+            sql = "UPDATE khadem_jobs SET lease_ms = ? WHERE id = ? AND token = ? AND status = 'active'"
+            return [conn.execute(sql, (lease, job_id, token)).rowcount == 1 for job_id, token in leases]
+
+        return self.write(run)
+
+    def update_meta(self, job_id: str, token: str | None, meta: dict[str, Any]) -> bool:
+        sql = ("UPDATE khadem_jobs SET meta = json_patch(meta, ?) "
+               "WHERE id = ? AND token = ? AND status = 'active'")
+        return bool(self.write(lambda conn: conn.execute(sql, (dumps(meta), job_id, token)).rowcount))
+
+    def get(self, job_id: str) -> JobRecord | None:
+        row = self._db().execute(f"{SELECT} WHERE id = ?", (job_id,)).fetchone()
+        return None if row is None else _view(_from_row(row))
+
+    def list(self, status: JobStatus | None, queue: str | None, limit: int | None) -> list[JobRecord]:
+        where, params = _filters(status, queue)
+        order = "ORDER BY seq DESC LIMIT ?" if limit else "ORDER BY seq"
+        sql = f"{SELECT} {where} {order}"
+        rows = self._db().execute(sql, (*params, limit) if limit else params).fetchall()
+        records = [_view(_from_row(row)) for row in (reversed(rows) if limit else rows)]
+        if status in (JobStatus.QUEUED, JobStatus.SCHEDULED):
+            records = [r for r in records if r.status is status]
+        return records
+
+    def counts(self, queue: str | None) -> dict[JobStatus, int]:
+        where, params = _filters(None, queue)
+        now = now_ms()
+        sql = (f"SELECT CASE WHEN status IN ('queued', 'scheduled') THEN "
+               f"(CASE WHEN available_ms > ? THEN 'scheduled' ELSE 'queued' END) ELSE status END, "
+               f"COUNT(*) FROM khadem_jobs {where} GROUP BY 1")
+        counts = empty_counts()
+        for status, n in self._db().execute(sql, (now, *params)).fetchall():
+            counts[JobStatus(status)] = n
+        return counts
+
+    def requeue(self, job_ids: Sequence[str]) -> int:
+        now = now_ms()
+        sql = ("UPDATE khadem_jobs SET status = 'queued', attempt = 0, reclaims = 0, available_ms = ?,"
+               " started_ms = NULL, finished_ms = NULL WHERE id = ? AND status = 'failed'")
+
+        def run(conn: sqlite3.Connection) -> int:
+            return sum(conn.execute(sql, (now, job_id)).rowcount for job_id in job_ids)
+
+        return self.write(run)
+
+    def find_by_keys(self, keys: Sequence[str]) -> dict[str, JobRecord]:
+        found: dict[str, JobRecord] = {}
+        for start in range(0, len(keys), 500):
+            chunk = keys[start : start + 500]
+            sql = f"{SELECT} WHERE key IN ({', '.join('?' for _ in chunk)}) ORDER BY seq"
+            for row in self._db().execute(sql, chunk).fetchall():
+                record = _view(_from_row(row))
+                found[record.key or ""] = record
+        return found
+
+    def purge(self) -> None:
+        self.write(lambda conn: conn.execute("DELETE FROM khadem_jobs"))
+
+
+def _filters(status: JobStatus | None, queue: str | None) -> tuple[str, tuple[Any, ...]]:
+    clauses: list[str] = []
+    params: list[Any] = []
+    if status in (JobStatus.QUEUED, JobStatus.SCHEDULED):
+        clauses.append("status IN ('queued', 'scheduled')")
+    elif status is not None:
+        clauses.append("status = ?")
+        params.append(status.value)
+    if queue is not None:
+        clauses.append("queue = ?")
+        params.append(queue)
+    return ("WHERE " + " AND ".join(clauses) if clauses else ""), tuple(params)
+
+
+def _view(record: JobRecord) -> JobRecord:
+    if record.status in (JobStatus.QUEUED, JobStatus.SCHEDULED):
+        record.status = JobStatus.SCHEDULED if record.available_ms > now_ms() else JobStatus.QUEUED
+    return record
+
+
+class SqliteDriver(QueueDriver):
+    """Durable, multi-process, at-least-once queue in one SQLite file."""
+
+    durable: ClassVar[bool] = True
+    shared: ClassVar[bool] = True
+    uses_leases: ClassVar[bool] = True
+
+    def __init__(self, settings: QueueSettings) -> None:
+        super().__init__(settings)
+        assert settings.path is not None
+        self.path = os.path.abspath(os.path.expanduser(settings.path))
+        self.store = SqliteStore(self.path, settings)
+        self.inline = bool(settings.options.get("inline", False))
+        self._thread: ThreadPoolExecutor | None = None
+        self._lock = threading.Lock()
+        self._work_added: asyncio.Event | None = None
+        self._generation = 0
+
+    async def _call(self, fn: Callable[..., T], *args: Any) -> T:
+        if self.inline:
+            return fn(*args)
+        if self._thread is None:
+            self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="khadem-sqlite")
+        return await asyncio.get_running_loop().run_in_executor(self._thread, fn, *args)
+
+    async def open(self) -> None:
+        await self._call(self.store.open)
+
+    async def close(self) -> None:
+        await self._call(self.store.close)
+        if self._thread is not None:
+            self._thread.shutdown(wait=True)
+            self._thread = None
+
+    @property
+    def journal_mode(self) -> str:
+        return self.store.journal_mode
+
+    def _event(self) -> asyncio.Event:
+        if self._work_added is None:
+            self._work_added = asyncio.Event()
+        return self._work_added
+
+    async def push(self, records: Sequence[JobRecord]) -> None:
+        await self._call(self.store.insert, records)
+        self._event().set()
+
+    def interrupt_waits(self) -> None:
+        self._generation += 1
+        self._event().set()
+
+    async def reserve(self, queues: Sequence[str], limit: int, wait_s: float) -> list[JobRecord]:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + wait_s
+        generation = self._generation
+        poll = 0.005
+        while True:
+            event = self._event()
+            event.clear()
+            claimed = await self._call(self.store.claim, queues, limit)
+            remaining = deadline - loop.time()
+            if claimed or remaining <= 0 or generation != self._generation:
+                return claimed
+            try:  # other processes cannot wake us: poll, backing off to 100 ms
+                await asyncio.wait_for(event.wait(), min(poll, remaining))
+            except TimeoutError:
+                poll = min(0.1, poll * 2)
+
+    async def heartbeat(self, records: Sequence[JobRecord]) -> list[bool]:
+        return await self._call(self.store.heartbeat, [(r.id, r.token) for r in records])
+
+    async def _settle(self, record: JobRecord, token: str | None) -> bool:
+        settled = await self._call(self.store.settle, record, token)
+        if settled:
+            record.token = None
+            if record.status in (JobStatus.QUEUED, JobStatus.SCHEDULED):
+                self._event().set()
+        return settled
+
+    async def update_meta(self, record: JobRecord, meta: dict[str, Any]) -> bool:
+        return await self._call(self.store.update_meta, record.id, record.token, meta)
+
+    async def get(self, job_id: str) -> JobRecord | None:
+        return await self._call(self.store.get, job_id)
+
+    async def list(self, status: JobStatus | None = None, queue: str | None = None,
+                   limit: int | None = None) -> list[JobRecord]:
+        return await self._call(self.store.list, status, queue, limit)
+
+    async def counts(self, queue: str | None = None) -> dict[JobStatus, int]:
+        return await self._call(self.store.counts, queue)
+
+    async def requeue(self, job_ids: Iterable[str]) -> int:
+        count = await self._call(self.store.requeue, list(job_ids))
+        if count:
+            self._event().set()
+        return count
+
+    async def find_by_keys(self, keys: Sequence[str]) -> dict[str, JobRecord]:
+        return await self._call(self.store.find_by_keys, list(keys))
+
+    async def purge(self) -> None:
+        await self._call(self.store.purge)
