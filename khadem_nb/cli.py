@@ -5,10 +5,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import sys
 from collections.abc import Sequence
 
 from . import __version__
+from .errors import KhademError
 
 DESCRIPTION = """\
 khadem-nb: a job queue for people who work in Jupyter.
@@ -18,20 +20,49 @@ commands:
   worker   run a worker process for a queue URL (file, sqlite, redis)
   stats    print a queue's metrics and counts by status
 """
+URL_HELP = "queue URL, e.g. sqlite:///runs.db, file:///tmp/q, redis://host:6379/0 (env KHADEM_QUEUE_URL)"
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="khadem-nb", description=DESCRIPTION,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"khadem-nb {__version__}")
+    parser.add_argument("--log-level", default="INFO", help="logging level on stderr (default INFO)")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    _add_demo(commands)
+    _add_worker(commands)
+    stats = commands.add_parser("stats", help="print a queue's metrics and counts by status",
+                                description="Read a queue's stored records and print counts by status "
+                                "and metrics derived from them.")
+    stats.add_argument("--queue-url", default=os.environ.get("KHADEM_QUEUE_URL"), help=URL_HELP)
+    stats.add_argument("--queue", default=None, help="only this named queue")
+    return parser
+
+
+def _add_demo(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     demo = commands.add_parser("demo", help="run a real batch of jobs and print results and metrics",
                                description="Dispatch a few hundred prime-counting jobs (some fail "
                                "once and are retried, two fail for good), drain them with an "
                                "in-process worker showing a progress bar, then print the metrics.")
     demo.add_argument("--jobs", type=int, default=300, help="how many jobs (default 300)")
     demo.add_argument("--concurrency", type=int, default=4, help="consumer tasks (default 4)")
-    return parser
+
+
+def _add_worker(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    worker = commands.add_parser(
+        "worker", help="run a worker process for a queue URL",
+        description="Work a queue until stopped. SIGTERM/SIGINT stop claiming, let running jobs "
+        "finish within --grace seconds, and give the rest back to the queue.")
+    worker.add_argument("--queue-url", default=os.environ.get("KHADEM_QUEUE_URL"), help=URL_HELP)
+    worker.add_argument("--import", dest="imports", action="append", default=[], metavar="MODULE",
+                        help="module that defines jobs (repeatable)")
+    worker.add_argument("--queue", dest="queues", action="append", default=[], metavar="NAME",
+                        help="named queue to work, checked in the order given (repeatable)")
+    worker.add_argument("--concurrency", type=int, default=1, help="jobs at once (default 1)")
+    worker.add_argument("--max-jobs", type=int, default=None, help="exit after this many jobs")
+    worker.add_argument("--burst", action="store_true", help="exit when no job is due")
+    worker.add_argument("--grace", type=float, default=30.0, help="seconds running jobs get on stop")
+    worker.add_argument("--lease", type=float, default=None, help="lease seconds (queue.lease)")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -40,16 +71,35 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
-    logging.basicConfig(level=logging.WARNING, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s [%(process)d] %(name)s: %(message)s")
+    try:
+        return _dispatch(args, parser)
+    except KhademError as exc:
+        print(f"khadem-nb {args.command}: {exc}", file=sys.stderr)
+        return 1
+
+
+def _dispatch(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     if args.command == "demo":
         logging.getLogger("khadem_nb").setLevel(logging.ERROR)  # the demo prints failures itself
         from .demo import run_core_demo
 
         asyncio.run(run_core_demo(args.jobs, args.concurrency))
         return 0
-    parser.error(f"unknown command {args.command!r}")
-    return 2
+    if not args.queue_url:
+        parser.error(f"{args.command} needs --queue-url or KHADEM_QUEUE_URL")
+    if args.command == "worker":
+        from .worker_process import WorkerOptions, run_worker_process
+
+        options = WorkerOptions(args.queue_url, args.imports, args.queues, args.concurrency,
+                                args.max_jobs, args.burst, args.grace, args.lease)
+        asyncio.run(run_worker_process(options))
+        return 0
+    from .stats import print_stats
+
+    asyncio.run(print_stats(args.queue_url, args.queue))
+    return 0
 
 
 if __name__ == "__main__":

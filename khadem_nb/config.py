@@ -37,6 +37,7 @@ class WorkerSettings:
     delay_s: float = 0.5  # longest wait for new work before a worker checks its limits again
     timeout_s: float | None = None  # total run time before the worker stops
     concurrency: int = 1
+    burst: bool = False  # stop when no job is due (after waiting delay_s for one)
 
 
 @dataclass(frozen=True, slots=True)
@@ -214,6 +215,8 @@ def worker_settings(base: WorkerSettings, **overrides: Any) -> WorkerSettings:
         values["concurrency"] = _check_int(overrides["concurrency"], "concurrency", minimum=1)
     if overrides.get("delay") is not None:
         values["delay_s"] = _require_positive_seconds(overrides["delay"], "delay")
+    if overrides.get("burst") is not None:
+        values["burst"] = bool(overrides["burst"])
     if overrides.get("timeout") is not None:
         values["timeout_s"] = _require_positive_seconds(overrides["timeout"], "timeout")
     return replace(base, **values)

@@ -146,17 +146,19 @@ class QueueManager:
     # -- workers -----------------------------------------------------------------------------
     async def start_worker(self, max_jobs: int | None = None, delay: float | timedelta | None = None,
                            timeout: float | timedelta | None = None, *, concurrency: int | None = None,
-                           queues: Sequence[str] | None = None, run_in_background: bool = False,
+                           queues: Sequence[str] | None = None, burst: bool = False,
+                           run_in_background: bool = False,
                            on_error: Hook | None = None, on_job_start: Hook | None = None,
                            on_job_complete: Hook | None = None,
                            on_job_error: Hook | None = None) -> QueueWorker:
         """Start a worker; with ``run_in_background`` return at once, else wait until it stops.
 
         ``max_jobs`` stops it after that many jobs, ``timeout`` after that many seconds,
-        ``delay`` is the longest it waits for new work between checks.
+        ``delay`` is the longest it waits for new work between checks; with ``burst`` it stops
+        once no job is due.
         """
         options = worker_settings(self.settings.workers, max_jobs=max_jobs, delay=delay,
-                                  timeout=timeout, concurrency=concurrency)
+                                  timeout=timeout, concurrency=concurrency, burst=burst)
         self._set_hooks(on_error, on_job_start, on_job_complete, on_job_error)
         worker = QueueWorker(self.driver, self.executor, self.settings, options,
                              list(queues) if queues else [self.settings.name], self.hooks)

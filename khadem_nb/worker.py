@@ -130,6 +130,8 @@ class QueueWorker:
                 errors = 0
                 if not records:
                     self._return_claim()
+                    if self.options.burst:
+                        break
                 for record in records:
                     await self._execute(record)
         finally:

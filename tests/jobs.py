@@ -100,3 +100,28 @@ class BlockingSleep(QueueJob):
     def handle(self) -> float:
         time.sleep(self.seconds)
         return self.seconds
+
+
+class Mark(QueueJob):
+    """Appends ``tag pid`` to a shared file (O_APPEND): counts how often each job ran."""
+
+    def __init__(self, tag: str, path: str) -> None:
+        self.tag = tag
+        self.path = path
+
+    async def handle(self) -> str:
+        with open(self.path, "a", encoding="utf-8") as handle:
+            handle.write(f"{self.tag} {os.getpid()}\n")
+        return self.tag
+
+
+class SleepFirst(QueueJob):
+    """Sleeps on its first attempt only (the attempt a crash test kills), then returns its pid."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+
+    async def handle(self) -> dict[str, int]:
+        if self.attempt == 1:
+            await asyncio.sleep(self.seconds)
+        return {"pid": os.getpid(), "attempt": self.attempt}

@@ -46,7 +46,8 @@ ID_LEN = 32
 
 
 def _ready_name(record: JobRecord) -> str:
-    return f"{PRIORITY_OFFSET - record.priority:010d}-{record.created_ms:015d}-{_order(record)}-{record.id}.json"
+    prefix = f"{PRIORITY_OFFSET - record.priority:010d}-{record.created_ms:015d}"
+    return f"{prefix}-{_order(record)}-{record.id}.json"
 
 
 def _order(record: JobRecord) -> str:

@@ -1,0 +1,80 @@
+"""``khadem-nb worker``: one OS process working a queue until told to stop.
+
+SIGTERM or SIGINT stop it gracefully: it stops claiming, lets running jobs finish for
+``--grace`` seconds, then gives whatever it still holds back to the queue. A second signal
+stops it at once (held jobs are still released, or reclaimed when their lease expires).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import logging
+import os
+import signal
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from .errors import ConfigError
+from .manager import QueueManager
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class WorkerOptions:
+    queue_url: str
+    imports: Sequence[str] = ()
+    queues: Sequence[str] = ()
+    concurrency: int = 1
+    max_jobs: int | None = None
+    burst: bool = False
+    grace_s: float = 30.0
+    lease_s: float | None = None
+
+
+def import_job_modules(modules: Sequence[str]) -> None:
+    """Import the modules that define jobs, so their classes register; current folder first."""
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    for name in modules:
+        try:
+            importlib.import_module(name)
+        except ImportError as exc:
+            raise ConfigError(f"--import {name}: cannot import it ({exc}); is it on PYTHONPATH?") from exc
+
+
+async def run_worker_process(options: WorkerOptions) -> int:
+    """Run until stopped; returns how many jobs this process handled."""
+    import_job_modules(options.imports)
+    config: dict[str, object] = {"url": options.queue_url}
+    if options.lease_s is not None:
+        config["lease"] = options.lease_s
+    manager = await QueueManager({"queue": config}).init()
+    worker = await manager.start_worker(
+        max_jobs=options.max_jobs, concurrency=options.concurrency, burst=options.burst,
+        queues=list(options.queues) or None, run_in_background=True, delay=1.0,
+    )
+    loop = asyncio.get_running_loop()
+    signals_seen = 0
+
+    def on_signal(signum: int) -> None:
+        nonlocal signals_seen
+        signals_seen += 1
+        grace = options.grace_s if signals_seen == 1 else 0.0
+        logger.info("received %s: stopping (grace %.0fs)", signal.Signals(signum).name, grace)
+        loop.create_task(worker.stop(grace=grace))
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, on_signal, signum)
+    logger.info("worker %d on %s (queues %s, concurrency %d)", os.getpid(),
+                manager.settings.redacted_url(), worker.queues, options.concurrency)
+    try:
+        await worker.run()
+    finally:
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(signum)
+        await manager.close()
+    logger.info("worker %d stopped after %d jobs", os.getpid(), worker.processed)
+    return worker.processed
