@@ -39,7 +39,7 @@ from .worker import QueueWorker
 
 __version__ = "0.1.0"
 
-_LAZY: set[str] = set()
+_LAZY = {"Queue", "JobHandle", "JobGroup", "JobFunction"}
 
 
 def __getattr__(name: str) -> Any:
@@ -60,12 +60,16 @@ __all__ = [
     "FixedBackoff",
     "JobError",
     "JobFailedError",
+    "JobFunction",
+    "JobGroup",
+    "JobHandle",
     "JobNotFoundError",
     "JobRecord",
     "JobStatus",
     "JobTimeoutError",
     "KhademError",
     "Middleware",
+    "Queue",
     "QueueDriver",
     "QueueDriverRegistry",
     "QueueFactory",

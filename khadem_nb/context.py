@@ -6,7 +6,7 @@ import asyncio
 import logging
 import math
 from contextvars import ContextVar
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from .errors import KhademError
@@ -17,14 +17,30 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
+OUTPUT_LIMIT = 64 * 1024  # characters of a job's output kept with its record
 
-@dataclass(slots=True)
+
+@dataclass
 class JobContext:
     """What a running job can reach: its record, and the driver that stores it."""
 
     record: JobRecord
     driver: QueueDriver
     loop: asyncio.AbstractEventLoop
+    output: list[str] = field(default_factory=list)
+    output_chars: int = 0
+
+    def write_output(self, text: str) -> None:
+        """Keep printed output and log lines of the job (the last OUTPUT_LIMIT characters)."""
+        self.output.append(text)
+        self.output_chars += len(text)
+        if self.output_chars > 2 * OUTPUT_LIMIT:
+            joined = "".join(self.output)[-OUTPUT_LIMIT:]
+            self.output[:] = [joined]
+            self.output_chars = len(joined)
+
+    def captured_output(self) -> str | None:
+        return "".join(self.output)[-OUTPUT_LIMIT:] if self.output else None
 
     def set_progress(self, fraction: float, note: str | None = None) -> None:
         if isinstance(fraction, bool) or not isinstance(fraction, int | float) or math.isnan(fraction):

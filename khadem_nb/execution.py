@@ -53,6 +53,8 @@ class JobExecutor:
         self.hooks = hooks
         self.threads = threads
         self._is_async: dict[type, bool] = {}
+        #: called with each record this process settles (used by notebook handles to wake up)
+        self.listeners: list[Callable[[JobRecord], None]] = []
 
     async def execute(self, record: JobRecord) -> None:
         """Run ``record``; on cancellation (worker stopping) give it back to the queue."""
@@ -89,13 +91,16 @@ class JobExecutor:
             outcome.append(await self._invoke(job, record))
             return outcome[0]
 
-        token = current_job.set(JobContext(record, self.driver, asyncio.get_running_loop()))
+        context = JobContext(record, self.driver, asyncio.get_running_loop())
+        token = current_job.set(context)
         try:
             if not self.middleware:
                 return await self._invoke(job, record)
             await self.middleware.run(job, innermost)
         finally:
             current_job.reset(token)
+            if context.output:
+                record.meta["output"] = context.captured_output()
         if not outcome:
             raise RuntimeError("a middleware returned without calling next(); the job did not run")
         return outcome[0]
@@ -130,6 +135,8 @@ class JobExecutor:
                 self.monitor.job_completed(record, duration_ms)
             except Exception:
                 logger.exception("queue monitor raised")
+            if self.listeners:
+                self._notify(record)
             if self.hooks.on_job_complete is not None:
                 await self._run_hook(self.hooks.on_job_complete, job, result)
         else:
@@ -150,6 +157,8 @@ class JobExecutor:
                 safe_call(self.monitor.job_failed, record, duration_ms)
         if not settled:
             self._stale(record, duration_ms)
+        elif self.listeners:
+            self._notify(record)
         if job is not None and not isinstance(exc, RetryJob):
             await self._run_hook(self.hooks.on_job_error, job, exc, text)
         logger.log(logging.INFO if delay is not None else logging.WARNING,
@@ -172,6 +181,13 @@ class JobExecutor:
         except Exception:  # the lease will expire and another worker reclaims it
             logger.exception("could not release job %s on stop; its lease will expire", record.id)
         safe_call(self.monitor.job_retried, record, duration_ms)
+
+    def _notify(self, record: JobRecord) -> None:
+        for listener in self.listeners:
+            try:
+                listener(record)
+            except Exception:
+                logger.exception("settle listener %r raised", listener)
 
     def _stale(self, record: JobRecord, duration_ms: float) -> None:
         logger.warning("job %s (%s) finished after its lease was lost; another worker owns it, "

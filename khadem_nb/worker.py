@@ -97,7 +97,10 @@ class QueueWorker:
         if not self._tasks or self._done.is_set():
             self._done.set()
             return
-        if self._stopping.is_set():
+        if self._stopping.is_set():  # a second stop: cut the grace short if asked to
+            if grace <= 0:
+                for task in self._tasks:
+                    task.cancel()
             await self._done.wait()
             return
         self._stopping.set()
@@ -192,7 +195,7 @@ class QueueWorker:
                 logger.warning("heartbeat failed (%s); leases may expire", exc)
                 continue
             for record, ok in zip(held, alive, strict=True):
-                if not ok:
+                if not ok and self._active.get(record.id) is record:  # not merely just settled
                     logger.warning("lost the lease on job %s (%s); its result will be discarded",
                                    record.name, record.id)
 

@@ -57,14 +57,12 @@ async def run_worker_process(options: WorkerOptions) -> int:
         queues=list(options.queues) or None, run_in_background=True, delay=1.0,
     )
     loop = asyncio.get_running_loop()
-    signals_seen = 0
+    stopping: list[asyncio.Task[None]] = []
 
     def on_signal(signum: int) -> None:
-        nonlocal signals_seen
-        signals_seen += 1
-        grace = options.grace_s if signals_seen == 1 else 0.0
+        grace = options.grace_s if not stopping else 0.0
         logger.info("received %s: stopping (grace %.0fs)", signal.Signals(signum).name, grace)
-        loop.create_task(worker.stop(grace=grace))
+        stopping.append(loop.create_task(worker.stop(grace=grace)))
 
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, on_signal, signum)

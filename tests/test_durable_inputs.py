@@ -83,3 +83,41 @@ async def test_network_filesystem_falls_back_to_rollback_journal(
     await manager.start_worker(max_jobs=1, delay=0.05)
     assert (await manager.get_job(job_id)).result == "still works"
     await manager.close()
+
+
+async def test_a_held_write_lock_never_blocks_the_event_loop(tmp_path: Path) -> None:
+    """Another process holding the write lock: the statement moves to the I/O thread."""
+    import asyncio
+    import threading
+
+    manager = await QueueManager(f"sqlite:///{tmp_path}/q.db").init()
+    locked, release = threading.Event(), threading.Event()
+
+    def hold_lock() -> None:
+        conn = sqlite3.connect(tmp_path / "q.db", isolation_level=None)
+        conn.execute("BEGIN IMMEDIATE")
+        locked.set()
+        release.wait(10)
+        conn.execute("COMMIT")
+        conn.close()
+
+    holder = threading.Thread(target=hold_lock)
+    holder.start()
+    locked.wait(5)
+    ticks = 0
+
+    async def ticker() -> None:
+        nonlocal ticks
+        while not release.is_set():
+            ticks += 1
+            await asyncio.sleep(0.01)
+
+    async def let_go() -> None:
+        await asyncio.sleep(0.5)
+        release.set()
+
+    job_id, _, _ = await asyncio.gather(manager.dispatch(Echo("waited")), ticker(), let_go())
+    holder.join()
+    assert ticks >= 10, "the loop was blocked while the database was locked"
+    assert (await manager.get_job(job_id)).status.value == "queued"
+    await manager.close()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
 from collections import Counter
 from pathlib import Path
@@ -192,7 +191,8 @@ def test_sigkill_during_writes_leaves_no_partial_json(tmp_path: Path, kill_after
     assert list((root / "tmp").iterdir()) == []  # leftovers of the killed write were cleaned
 
 
-async def test_garbage_and_truncated_job_files_are_set_aside(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+async def test_garbage_and_truncated_job_files_are_set_aside(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     url = f"file:///{tmp_path}/q"
     manager = await open_manager(url)
     good = await manager.dispatch(Echo("fine"))

@@ -119,6 +119,10 @@ class QueueDriver(ABC):
     async def get(self, job_id: str) -> JobRecord | None:
         """The stored record with this id, or ``None``."""
 
+    async def get_many(self, job_ids: Sequence[str]) -> list[JobRecord | None]:
+        """Records for many ids, in order (``None`` where missing)."""
+        return [await self.get(job_id) for job_id in job_ids]
+
     @abstractmethod
     async def list(self, status: JobStatus | None = None, queue: str | None = None,
                    limit: int | None = None) -> list[JobRecord]:

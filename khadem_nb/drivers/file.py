@@ -43,6 +43,7 @@ T = TypeVar("T")
 STATE_DIRS = ("tmp", "ready", "delayed", "active", "done", "failed", "corrupt")
 PRIORITY_OFFSET = 10**9  # ready files sort ascending; higher priority must come first
 ID_LEN = 32
+READY_CACHE_S = 0.25
 
 
 def _ready_name(record: JobRecord) -> str:
@@ -71,6 +72,10 @@ class FileStore:
         self._seq = 0
         self._thread_lock = threading.Lock()
         self._next_sweep_ms = 0
+        # Sorted listing of ready/<queue>, reused between claims: listing and sorting a folder
+        # of N files per claim would make a drain O(N^2). Refreshed when used up, when this
+        # process adds work, or after READY_CACHE_S (other processes' new jobs, priorities).
+        self._ready_cache: dict[str, tuple[float, list[str]]] = {}
 
     # -- paths and primitives ----------------------------------------------------------------
     def dir(self, *parts: str) -> str:
@@ -98,8 +103,12 @@ class FileStore:
             finally:
                 fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
 
-    def write(self, path: str, record: JobRecord) -> None:
-        """Atomically (re)place ``path`` with ``record``: temp file, fsync, replace, fsync dir."""
+    def write(self, path: str, record: JobRecord, *, sync_dir: bool = True) -> None:
+        """Atomically (re)place ``path`` with ``record``: temp file, fsync, replace, fsync dir.
+
+        ``sync_dir=False`` skips the folder fsync where losing the rename in a power cut is
+        harmless (a claim: the job reappears in ``ready/`` and runs again, as at-least-once
+        allows)."""
         tmp = self.dir("tmp", f"{os.getpid()}-{threading.get_ident()}-{os.path.basename(path)}")
         data = record.to_wire().encode("utf-8")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
@@ -109,7 +118,8 @@ class FileStore:
         finally:
             os.close(fd)
         os.replace(tmp, path)
-        _fsync_dir(os.path.dirname(path))
+        if sync_dir:
+            _fsync_dir(os.path.dirname(path))
 
     def read(self, path: str) -> JobRecord | None:
         """Parse a job file; an unparsable one is moved to ``corrupt/`` and ``None`` returned."""
@@ -151,6 +161,7 @@ class FileStore:
             name = _ready_name(record)
         os.makedirs(folder, exist_ok=True)
         self.write(os.path.join(folder, name), record)
+        self._ready_cache.pop(record.queue, None)
 
     def claim(self, queues: Sequence[str], limit: int) -> list[JobRecord]:
         with self.locked():
@@ -160,14 +171,23 @@ class FileStore:
                 self._next_sweep_ms = now + int(self.settings.lease_s * 250)
             claimed: list[JobRecord] = []
             for queue in queues:
-                self._promote_due(queue, now)
-                for name in self.listdir("ready", queue):
-                    if len(claimed) >= limit:
-                        return claimed
-                    record = self._claim_file(queue, name, now)
+                if self._promote_due(queue, now):
+                    self._ready_cache.pop(queue, None)
+                names = self._ready_names(queue)
+                while names and len(claimed) < limit:
+                    record = self._claim_file(queue, names.pop(0), now)
                     if record is not None:
                         claimed.append(record)
+                if len(claimed) >= limit:
+                    break
             return claimed
+
+    def _ready_names(self, queue: str) -> list[str]:
+        cached = self._ready_cache.get(queue)
+        if cached is None or not cached[1] or time.monotonic() - cached[0] > READY_CACHE_S:
+            cached = (time.monotonic(), self.listdir("ready", queue))
+            self._ready_cache[queue] = cached
+        return cached[1]
 
     def _claim_file(self, queue: str, name: str, now: int) -> JobRecord | None:
         active = self.dir("active", name)
@@ -179,10 +199,11 @@ class FileStore:
         if record is None:
             return None
         claim(record, now, self.settings.lease_s)
-        self.write(active, record)
+        self.write(active, record, sync_dir=False)
         return record
 
-    def _promote_due(self, queue: str, now: int) -> None:
+    def _promote_due(self, queue: str, now: int) -> bool:
+        promoted = False
         for name in self.listdir("delayed", queue):
             if int(name.split("-", 1)[0]) > now:
                 break
@@ -193,8 +214,10 @@ class FileStore:
             record.status = JobStatus.QUEUED
             os.makedirs(self.dir("ready", queue), exist_ok=True)
             self.write(self.dir("ready", queue, _ready_name(record)), record)
+            promoted = True
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(path)
+        return promoted
 
     def _reclaim_expired(self, now: int) -> None:
         finished = set(map(_id_of, self.listdir("done"))) | set(map(_id_of, self.listdir("failed")))
@@ -223,8 +246,7 @@ class FileStore:
         else:
             self._place_pending(record)
         with contextlib.suppress(FileNotFoundError):
-            os.unlink(path)
-        _fsync_dir(self.dir("active"))
+            os.unlink(path)  # if a crash undoes this unlink, the sweep drops the stale copy
 
     def _find_active(self, job_id: str) -> str | None:
         for name in self.listdir("active"):

@@ -1,9 +1,11 @@
 """In-process queue: a heap per queue for ready jobs, one for delayed jobs, and a condition.
 
 Payloads are stored as JSON text and parsed again at claim, so a job behaves the same here as
-on a durable driver (and mutating an argument after dispatch changes nothing). Nothing survives the
-process. Finished records beyond ``queue.retention`` are dropped oldest first (completed ones
-only: failed records stay until retried or purged).
+on a durable driver (and mutating an argument after dispatch changes nothing). Records are
+indexed by status, so counts and per-status listings (what a live panel asks for several
+times a second) do not walk every record. Nothing survives the process. Completed records
+beyond ``queue.retention`` are dropped oldest first; failed records stay until retried or
+purged.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import itertools
 import json
 import time
 from collections import deque
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 from .._time import now_ms
@@ -25,6 +27,7 @@ from .base import QueueDriver, claim, empty_counts
 
 # The C scanner behind json.loads, without its Python wrappers: payloads here are our own output.
 _parse_json = json.JSONDecoder().scan_once  # type: ignore[attr-defined]
+PENDING = (JobStatus.QUEUED, JobStatus.SCHEDULED)
 
 
 class MemoryDriver(QueueDriver):
@@ -33,6 +36,7 @@ class MemoryDriver(QueueDriver):
     def __init__(self, settings: QueueSettings) -> None:
         super().__init__(settings)
         self._records: dict[str, JobRecord] = {}
+        self._by_status: dict[JobStatus, dict[str, None]] = {s: {} for s in JobStatus}
         self._ready: dict[str, list[tuple[int, int, str]]] = {}
         self._delayed: dict[str, list[tuple[int, int, str]]] = {}
         self._completed: deque[str] = deque()
@@ -46,14 +50,30 @@ class MemoryDriver(QueueDriver):
             self._condition = asyncio.Condition()
         return self._condition
 
+    # -- the status index ----------------------------------------------------------------------
+    def _store(self, record: JobRecord, previous: JobStatus | None) -> None:
+        if previous is not None:
+            self._by_status[previous].pop(record.id, None)
+        self._records[record.id] = record
+        self._by_status[record.status][record.id] = None
+
+    def _move(self, record: JobRecord, status: JobStatus) -> None:
+        self._by_status[record.status].pop(record.id, None)
+        record.status = status
+        self._by_status[status][record.id] = None
+
+    def _forget(self, record: JobRecord) -> None:
+        self._by_status[record.status].pop(record.id, None)
+        del self._records[record.id]
+
+    # -- producing -----------------------------------------------------------------------------
     async def push(self, records: Sequence[JobRecord]) -> None:
         for record in records:  # the driver owns pushed records from here on
             record.payload = dumps(record.payload)
-            self._records[record.id] = record
-            self._enqueue(record)
+            self._enqueue(record, None)
         await self._notify(len(records))
 
-    def _enqueue(self, record: JobRecord) -> None:
+    def _enqueue(self, record: JobRecord, previous: JobStatus | None) -> None:
         seq = next(self._seq)
         if record.available_ms > now_ms() and self._honours_delay():
             record.status = JobStatus.SCHEDULED
@@ -61,10 +81,12 @@ class MemoryDriver(QueueDriver):
         else:
             record.status = JobStatus.QUEUED
             heapq.heappush(self._ready.setdefault(record.queue, []), (-record.priority, seq, record.id))
+        self._store(record, previous)
 
     def _honours_delay(self) -> bool:
         return True
 
+    # -- consuming -----------------------------------------------------------------------------
     def interrupt_waits(self) -> None:
         self._wake_generation += 1
         if self._condition is not None:
@@ -74,6 +96,13 @@ class MemoryDriver(QueueDriver):
         cond = self._cond()
         async with cond:
             cond.notify_all()
+
+    async def _notify(self, n: int) -> None:
+        if not self._waiting or not n:
+            return
+        cond = self._cond()
+        async with cond:
+            cond.notify(n)
 
     async def reserve(self, queues: Sequence[str], limit: int, wait_s: float) -> list[JobRecord]:
         claimed = self._take(queues, limit)  # fast path: no lock when work is there
@@ -105,6 +134,7 @@ class MemoryDriver(QueueDriver):
             while heap and len(claimed) < limit:
                 record = self._records.get(heapq.heappop(heap)[2])
                 if record is not None and record.status is JobStatus.QUEUED:
+                    self._move(record, JobStatus.ACTIVE)
                     claimed.append(self._thaw(claim(record, now, None)))
             if len(claimed) >= limit:
                 break
@@ -121,7 +151,7 @@ class MemoryDriver(QueueDriver):
         while delayed and delayed[0][0] <= now:
             record = self._records.get(heapq.heappop(delayed)[2])
             if record is not None and record.status is JobStatus.SCHEDULED:
-                record.status = JobStatus.QUEUED
+                self._move(record, JobStatus.QUEUED)
                 entry = (-record.priority, next(self._seq), record.id)
                 heapq.heappush(self._ready.setdefault(queue, []), entry)
 
@@ -134,29 +164,22 @@ class MemoryDriver(QueueDriver):
         if stored is None or stored.status is not JobStatus.ACTIVE or stored.token != token:
             return False
         record.token = None
-        updated = record  # the worker is done with its copy: store it, payload frozen again
-        updated.payload = stored.payload
-        self._records[record.id] = updated
-        if updated.status in (JobStatus.QUEUED, JobStatus.SCHEDULED):
-            self._enqueue(updated)
+        record.payload = stored.payload  # the worker is done with its copy: keep it, payload frozen
+        if record.status in PENDING:
+            self._enqueue(record, JobStatus.ACTIVE)
             await self._notify(1)
-        elif updated.status is JobStatus.COMPLETED:
-            self._remember_completed(updated.id)
+        else:
+            self._store(record, JobStatus.ACTIVE)
+            if record.status is JobStatus.COMPLETED:
+                self._remember_completed(record.id)
         return True
-
-    async def _notify(self, n: int) -> None:
-        if not self._waiting or not n:
-            return
-        cond = self._cond()
-        async with cond:
-            cond.notify(n)
 
     def _remember_completed(self, job_id: str) -> None:
         self._completed.append(job_id)
         while len(self._completed) > self.settings.retention:
             old = self._records.get(self._completed.popleft())
             if old is not None and old.status is JobStatus.COMPLETED:
-                del self._records[old.id]
+                self._forget(old)
 
     async def update_meta(self, record: JobRecord, meta: dict[str, Any]) -> bool:
         stored = self._records.get(record.id)
@@ -165,9 +188,13 @@ class MemoryDriver(QueueDriver):
         stored.meta.update(meta)
         return True
 
+    # -- inspecting ----------------------------------------------------------------------------
     async def get(self, job_id: str) -> JobRecord | None:
         stored = self._records.get(job_id)
         return None if stored is None else self._view(stored)
+
+    async def get_many(self, job_ids: Sequence[str]) -> list[JobRecord | None]:
+        return [None if (r := self._records.get(i)) is None else self._view(r) for i in job_ids]
 
     def _view(self, stored: JobRecord) -> JobRecord:
         view = self._thaw(stored)
@@ -175,16 +202,36 @@ class MemoryDriver(QueueDriver):
             view.status = JobStatus.QUEUED
         return view
 
+    def _candidates(self, status: JobStatus | None) -> Iterator[JobRecord]:
+        if status is None:
+            yield from self._records.values()
+            return
+        stored = PENDING if status in PENDING else (status,)
+        ids = itertools.chain.from_iterable(self._by_status[s] for s in stored)
+        yield from sorted((self._records[i] for i in ids), key=lambda r: r.created_ms)
+
     async def list(self, status: JobStatus | None = None, queue: str | None = None,
                    limit: int | None = None) -> list[JobRecord]:
-        views = (self._view(r) for r in self._records.values() if queue is None or r.queue == queue)
+        stored = [r for r in self._candidates(status) if queue is None or r.queue == queue]
+        views = (self._view(r) for r in (stored[-limit * 2 - 10:] if limit and status not in PENDING
+                                         else stored))
         selected = [v for v in views if status is None or v.status is status]
         return selected[-limit:] if limit else selected
 
     async def counts(self, queue: str | None = None) -> dict[JobStatus, int]:
         counts = empty_counts()
-        for record in await self.list(queue=queue):
-            counts[record.status] += 1
+        if queue is None:
+            for status, ids in self._by_status.items():
+                counts[status] = len(ids)
+        else:
+            for record in self._records.values():
+                if record.queue == queue:
+                    counts[record.status] += 1
+        now = now_ms()
+        scheduled = (self._records[i] for i in self._by_status[JobStatus.SCHEDULED])
+        due = sum(1 for r in scheduled if r.available_ms <= now and queue in (None, r.queue))
+        counts[JobStatus.SCHEDULED] -= due
+        counts[JobStatus.QUEUED] += due
         return counts
 
     async def requeue(self, job_ids: Iterable[str]) -> int:
@@ -196,13 +243,15 @@ class MemoryDriver(QueueDriver):
                 stored.reclaims = 0
                 stored.available_ms = now_ms()
                 stored.finished_ms = None
-                self._enqueue(stored)
+                self._enqueue(stored, JobStatus.FAILED)
                 count += 1
         await self._notify(count)
         return count
 
     async def purge(self) -> None:
         self._records.clear()
+        for ids in self._by_status.values():
+            ids.clear()
         self._ready.clear()
         self._delayed.clear()
         self._completed.clear()

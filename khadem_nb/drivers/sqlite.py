@@ -8,26 +8,30 @@
   write is fenced by that token (``WHERE token = ?``).
 - Expired leases are reclaimed inside the claim transaction at most every ``lease/4``
   seconds; a job reclaimed more than ``queue.max_reclaims`` times ends failed.
-- No transaction spans an ``await`` or a running job. Statements run on one dedicated thread
-  per driver (``options.inline=True`` runs them on the event loop instead; see bench/).
+- No transaction spans an ``await`` or a running job. Short writes and point reads run on the
+  event loop through a connection with no busy timeout; if another process holds the write
+  lock, the statement is handed to a dedicated thread whose connection waits for it, so the
+  loop never blocks on a lock. Listings run on that thread too. ``options.io`` picks
+  ``"auto"`` (that), ``"thread"`` (always the thread) or ``"inline"`` (always the loop); the
+  bench in ``bench/embedded_drivers.py`` measures all three.
 - Completed records beyond ``queue.retention`` are deleted, oldest first.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import os
 import sqlite3
-import threading
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar, Concatenate, ParamSpec, TypeVar
 
 from .._time import now_ms
 from ..config import QueueSettings
-from ..errors import CorruptQueueError, DriverError
+from ..errors import ConfigError, CorruptQueueError, DriverError
 from ..job import JobRecord, JobStatus
 from ..serializer import dumps
 from ._fs import check_parent_writable, is_network_filesystem
@@ -36,6 +40,7 @@ from .base import QueueDriver, empty_counts, new_token
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
+P = ParamSpec("P")
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS khadem_jobs (
@@ -87,7 +92,7 @@ RETURNING seq, {", ".join(COLUMNS)}
 SETTLE = """
 UPDATE khadem_jobs
    SET status = ?, attempt = ?, available_ms = ?, started_ms = ?, finished_ms = ?,
-       lease_ms = NULL, token = NULL, result = ?, error = ?, traceback = ?
+       lease_ms = NULL, token = NULL, result = ?, error = ?, traceback = ?, meta = json_patch(meta, ?)
  WHERE id = ? AND token = ? AND status = 'active'
 """
 
@@ -114,26 +119,30 @@ def _from_row(row: Sequence[Any]) -> JobRecord:
 class SqliteStore:
     """The synchronous half: one connection, used from one thread at a time."""
 
-    def __init__(self, path: str, settings: QueueSettings) -> None:
+    def __init__(self, path: str, settings: QueueSettings, busy_timeout_ms: int = 30_000) -> None:
         self.path = path
         self.settings = settings
+        self.busy_timeout_ms = busy_timeout_ms
         self.conn: sqlite3.Connection | None = None
         self.journal_mode = ""
         self._next_sweep_ms = 0
         self._settles_since_trim = 0
 
-    def open(self) -> None:
+    def open(self, *, create: bool = True) -> None:
         check_parent_writable(self.path, kind="SQLite database")
         if os.path.isdir(self.path):
             raise DriverError(f"queue path {self.path!r} is a directory; the sqlite driver needs a file")
         try:
             conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False,
-                                   timeout=30.0)
-            conn.execute("PRAGMA busy_timeout = 30000")
-            self.journal_mode = self._set_journal(conn)
+                                   timeout=self.busy_timeout_ms / 1000)
+            conn.execute(f"PRAGMA busy_timeout = {self.busy_timeout_ms}")
+            if create:
+                self.journal_mode = self._set_journal(conn)
+                conn.executescript(SCHEMA)
+            else:
+                self.journal_mode = str(conn.execute("PRAGMA journal_mode").fetchone()[0]).lower()
             conn.execute("PRAGMA synchronous = NORMAL" if self.journal_mode == "wal"
                          else "PRAGMA synchronous = FULL")
-            conn.executescript(SCHEMA)
         except sqlite3.DatabaseError as exc:
             raise CorruptQueueError(f"{self.path!r} is not a usable SQLite queue database: {exc}") from exc
         self.conn = conn
@@ -210,7 +219,7 @@ class SqliteStore:
     def settle(self, record: JobRecord, token: str | None) -> bool:
         params = (record.status.value, record.attempt, record.available_ms, record.started_ms,
                   record.finished_ms, None if record.result is None else dumps(record.result),
-                  record.error, record.traceback, record.id, token)
+                  record.error, record.traceback, dumps(record.meta), record.id, token)
         updated = self.write(lambda conn: conn.execute(SETTLE, params).rowcount)
         if updated and record.status is JobStatus.COMPLETED:
             self._settles_since_trim += 1
@@ -241,6 +250,16 @@ class SqliteStore:
     def get(self, job_id: str) -> JobRecord | None:
         row = self._db().execute(f"{SELECT} WHERE id = ?", (job_id,)).fetchone()
         return None if row is None else _view(_from_row(row))
+
+    def get_many(self, job_ids: Sequence[str]) -> list[JobRecord | None]:
+        found: dict[str, JobRecord] = {}
+        for start in range(0, len(job_ids), 500):
+            chunk = job_ids[start : start + 500]
+            sql = f"{SELECT} WHERE id IN ({', '.join('?' for _ in chunk)})"
+            for row in self._db().execute(sql, chunk).fetchall():
+                record = _view(_from_row(row))
+                found[record.id] = record
+        return [found.get(job_id) for job_id in job_ids]
 
     def list(self, status: JobStatus | None, queue: str | None, limit: int | None) -> list[JobRecord]:
         where, params = _filters(status, queue)
@@ -307,6 +326,10 @@ def _view(record: JobRecord) -> JobRecord:
     return record
 
 
+IO_MODES = ("auto", "thread", "inline")
+THREAD_ONLY = frozenset({"list", "counts", "find_by_keys", "purge", "requeue", "get_many"})
+
+
 class SqliteDriver(QueueDriver):
     """Durable, multi-process, at-least-once queue in one SQLite file."""
 
@@ -318,28 +341,47 @@ class SqliteDriver(QueueDriver):
         super().__init__(settings)
         assert settings.path is not None
         self.path = os.path.abspath(os.path.expanduser(settings.path))
-        self.store = SqliteStore(self.path, settings)
-        self.inline = bool(settings.options.get("inline", False))
+        self.store = SqliteStore(self.path, settings)  # waits for locks; used on the I/O thread
+        self.fast = SqliteStore(self.path, settings, busy_timeout_ms=0)  # never waits; on the loop
+        self.io = str(settings.options.get("io", "auto"))
+        if self.io not in IO_MODES:
+            raise ConfigError(f"queue.options.io must be one of {', '.join(IO_MODES)}, got {self.io!r}")
         self._thread: ThreadPoolExecutor | None = None
-        self._lock = threading.Lock()
         self._work_added: asyncio.Event | None = None
         self._generation = 0
 
-    async def _call(self, fn: Callable[..., T], *args: Any) -> T:
-        if self.inline:
-            return fn(*args)
+    async def _in_thread(self, fn: Callable[..., T], *args: Any) -> T:
         if self._thread is None:
             self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="khadem-sqlite")
         return await asyncio.get_running_loop().run_in_executor(self._thread, fn, *args)
 
+    async def _call(self, method: Callable[Concatenate[SqliteStore, P], T], *args: P.args,
+                    **kwargs: P.kwargs) -> T:
+        """Run a ``SqliteStore`` method per ``options.io`` (see the module docstring)."""
+        if self.io == "inline":
+            return method(self.store, *args, **kwargs)
+        if self.io == "auto" and method.__name__ not in THREAD_ONLY:
+            try:
+                return method(self.fast, *args, **kwargs)
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) and "busy" not in str(exc):
+                    raise
+        return await self._in_thread(functools.partial(method, self.store, *args, **kwargs))
+
     async def open(self) -> None:
-        await self._call(self.store.open)
+        await self._in_thread(self.store.open)
+        await self._in_thread(functools.partial(self.fast.open, create=False))
 
     async def close(self) -> None:
-        await self._call(self.store.close)
+        self.fast.close()
+        await self._in_thread(self.store.close)
         if self._thread is not None:
             self._thread.shutdown(wait=True)
             self._thread = None
+
+    @property
+    def inline(self) -> bool:
+        return self.io == "inline"
 
     @property
     def journal_mode(self) -> str:
@@ -351,7 +393,7 @@ class SqliteDriver(QueueDriver):
         return self._work_added
 
     async def push(self, records: Sequence[JobRecord]) -> None:
-        await self._call(self.store.insert, records)
+        await self._call(SqliteStore.insert, records)
         self._event().set()
 
     def interrupt_waits(self) -> None:
@@ -366,7 +408,7 @@ class SqliteDriver(QueueDriver):
         while True:
             event = self._event()
             event.clear()
-            claimed = await self._call(self.store.claim, queues, limit)
+            claimed = await self._call(SqliteStore.claim, queues, limit)
             remaining = deadline - loop.time()
             if claimed or remaining <= 0 or generation != self._generation:
                 return claimed
@@ -376,10 +418,10 @@ class SqliteDriver(QueueDriver):
                 poll = min(0.1, poll * 2)
 
     async def heartbeat(self, records: Sequence[JobRecord]) -> list[bool]:
-        return await self._call(self.store.heartbeat, [(r.id, r.token) for r in records])
+        return await self._call(SqliteStore.heartbeat, [(r.id, r.token) for r in records])
 
     async def _settle(self, record: JobRecord, token: str | None) -> bool:
-        settled = await self._call(self.store.settle, record, token)
+        settled = await self._call(SqliteStore.settle, record, token)
         if settled:
             record.token = None
             if record.status in (JobStatus.QUEUED, JobStatus.SCHEDULED):
@@ -387,26 +429,29 @@ class SqliteDriver(QueueDriver):
         return settled
 
     async def update_meta(self, record: JobRecord, meta: dict[str, Any]) -> bool:
-        return await self._call(self.store.update_meta, record.id, record.token, meta)
+        return await self._call(SqliteStore.update_meta, record.id, record.token, meta)
 
     async def get(self, job_id: str) -> JobRecord | None:
-        return await self._call(self.store.get, job_id)
+        return await self._call(SqliteStore.get, job_id)
+
+    async def get_many(self, job_ids: Sequence[str]) -> list[JobRecord | None]:
+        return await self._call(SqliteStore.get_many, list(job_ids))
 
     async def list(self, status: JobStatus | None = None, queue: str | None = None,
                    limit: int | None = None) -> list[JobRecord]:
-        return await self._call(self.store.list, status, queue, limit)
+        return await self._call(SqliteStore.list, status, queue, limit)
 
     async def counts(self, queue: str | None = None) -> dict[JobStatus, int]:
-        return await self._call(self.store.counts, queue)
+        return await self._call(SqliteStore.counts, queue)
 
     async def requeue(self, job_ids: Iterable[str]) -> int:
-        count = await self._call(self.store.requeue, list(job_ids))
+        count = await self._call(SqliteStore.requeue, list(job_ids))
         if count:
             self._event().set()
         return count
 
     async def find_by_keys(self, keys: Sequence[str]) -> dict[str, JobRecord]:
-        return await self._call(self.store.find_by_keys, list(keys))
+        return await self._call(SqliteStore.find_by_keys, list(keys))
 
     async def purge(self) -> None:
-        await self._call(self.store.purge)
+        await self._call(SqliteStore.purge)

@@ -1,0 +1,8 @@
+"""The notebook layer: cell-defined jobs, in-kernel workers, handles, DataFrames, the panel."""
+
+from ..context import progress
+from .functions import JobFunction
+from .handles import JobGroup, JobHandle
+from .queue import Queue
+
+__all__ = ["JobFunction", "JobGroup", "JobHandle", "Queue", "progress"]

@@ -1,0 +1,120 @@
+"""Job records as pandas DataFrames, with proper dtypes (datetimes, float ms durations)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from ..job import JobRecord, JobStatus
+from ..serializer import decode_value
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from .handles import JobHandle
+
+JOB_COLUMNS = ["id", "job", "status", "priority", "attempt", "created", "started", "finished",
+               "duration_ms", "progress", "note", "args", "result", "error", "output"]
+DURATION_STATS = ("mean", "p50", "p95", "max")
+
+
+def _pandas() -> Any:
+    try:
+        import pandas as pd
+    except ImportError as exc:  # pragma: no cover - pandas is a dependency
+        raise ImportError("khadem_nb's DataFrames need pandas: pip install pandas") from exc
+    return pd
+
+
+def _times(pd: Any, values: list[int | None]) -> Any:
+    return pd.to_datetime(pd.Series(values, dtype="Float64"), unit="ms", utc=True)
+
+
+def jobs_frame(records: Sequence[JobRecord]) -> pd.DataFrame:
+    """One row per job record."""
+    pd = _pandas()
+    rows = {
+        "id": [r.id for r in records],
+        "job": [r.name for r in records],
+        "status": pd.Categorical([r.status.value for r in records], categories=[s.value for s in JobStatus]),
+        "priority": pd.Series([r.priority for r in records], dtype="int64"),
+        "attempt": pd.Series([r.attempt for r in records], dtype="int64"),
+        "created": _times(pd, [r.created_ms for r in records]),
+        "started": _times(pd, [r.started_ms for r in records]),
+        "finished": _times(pd, [r.finished_ms for r in records]),
+        "duration_ms": pd.Series([r.duration_ms for r in records], dtype="float64"),
+        "progress": pd.Series([r.meta.get("progress") for r in records], dtype="float64"),
+        "note": [r.meta.get("note") for r in records],
+        "args": [_args(r) for r in records],
+        "result": [decode_value(r.result) for r in records],
+        "error": [r.error if r.status is JobStatus.FAILED else None for r in records],
+        "output": [r.meta.get("output") for r in records],
+    }
+    return pd.DataFrame(rows, columns=JOB_COLUMNS)
+
+
+def _args(record: JobRecord) -> Any:
+    payload = decode_value(record.payload)
+    if isinstance(payload, dict) and set(payload) == {"kwargs"}:
+        return payload["kwargs"]
+    return payload
+
+
+def group_frame(handles: Sequence[JobHandle], records: Sequence[JobRecord]) -> pd.DataFrame:
+    """One row per point: its parameters, its result (dicts flattened), status, duration, error."""
+    pd = _pandas()
+    rows: list[dict[str, Any]] = []
+    results = [decode_value(r.result) if r.status is JobStatus.COMPLETED else None for r in records]
+    flatten = any(isinstance(x, dict) for x in results) and all(
+        isinstance(x, dict) for x, r in zip(results, records, strict=True) if r.status is JobStatus.COMPLETED)
+    for handle, record, result in zip(handles, records, results, strict=True):
+        row: dict[str, Any] = dict(handle.params)
+        if flatten:
+            row.update({k if k not in handle.params else f"result.{k}": v for k, v in (result or {}).items()})
+        else:
+            row["result"] = result
+        row["status"] = record.status.value
+        row["duration_ms"] = record.duration_ms
+        row["attempt"] = record.attempt
+        row["error"] = record.error if record.status is JobStatus.FAILED else None
+        rows.append(row)
+    frame = pd.DataFrame(rows)
+    if not rows:
+        return pd.DataFrame(columns=["result", "status", "duration_ms", "attempt", "error"])
+    frame["duration_ms"] = frame["duration_ms"].astype("float64")
+    frame["status"] = pd.Categorical(frame["status"], categories=[s.value for s in JobStatus])
+    return frame
+
+
+def metrics_frame(records: Sequence[JobRecord]) -> pd.DataFrame:
+    """One row per job name plus ``(total)``: counts by status, retries, rates, durations."""
+    pd = _pandas()
+    by_name: dict[str, list[JobRecord]] = {}
+    for record in records:
+        by_name.setdefault(record.name, []).append(record)
+    rows = [_metrics_row(name, group) for name, group in sorted(by_name.items())]
+    rows.append(_metrics_row("(total)", list(records)))
+    frame = pd.DataFrame(rows).set_index("job")
+    for column in ("success_rate", "failure_rate", *(f"duration_{s}_ms" for s in DURATION_STATS)):
+        frame[column] = frame[column].astype("float64")
+    return frame
+
+
+def _metrics_row(name: str, records: Sequence[JobRecord]) -> dict[str, Any]:
+    import numpy as np
+
+    counts = dict.fromkeys((s.value for s in JobStatus), 0)
+    for record in records:
+        counts[record.status.value] += 1
+    finished = counts["completed"] + counts["failed"]
+    durations = np.array([d for r in records if r.status is JobStatus.COMPLETED
+                          and (d := r.duration_ms) is not None], dtype="float64")
+    stats = {"mean": durations.mean(), "p50": np.percentile(durations, 50),
+             "p95": np.percentile(durations, 95), "max": durations.max()} if durations.size else {}
+    return {
+        "job": name, **counts,
+        "retried": sum(max(0, r.attempt - 1) for r in records),
+        "success_rate": counts["completed"] / finished if finished else float("nan"),
+        "failure_rate": counts["failed"] / finished if finished else float("nan"),
+        **{f"duration_{s}_ms": stats.get(s, float("nan")) for s in DURATION_STATS},
+    }

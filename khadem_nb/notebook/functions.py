@@ -1,0 +1,171 @@
+"""Plain functions as jobs: ``@q.job`` turns ``def train(lr, epochs)`` into a job function.
+
+A call is stored as the job name (``module.qualname``) and its arguments bound to parameter
+names, so each point of a sweep carries its parameters as named values. The function itself
+never travels: a worker process finds it by importing its module. A function defined in a
+notebook cell lives in ``__main__`` and only in-kernel workers can run it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import itertools
+from collections.abc import Callable, Iterable, Mapping
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from ..errors import ConfigError, SerializationError
+from ..job import QueueJob
+from ..registry import job_factories
+from ..serializer import dumps, encode_value
+
+if TYPE_CHECKING:
+    from .handles import JobGroup, JobHandle
+    from .queue import Queue
+
+
+class FunctionCall(QueueJob):
+    """One call of a job function; ``handle`` is the function itself."""
+
+    _abstract_job = True
+    job_name_override: ClassVar[str | None] = None
+
+    def __init__(self, spec: JobFunction, kwargs: dict[str, Any]) -> None:
+        self.spec = spec
+        self.kwargs = kwargs
+        self.max_attempts = spec.max_attempts  # type: ignore[misc]
+        self.retry_delay = spec.retry_delay  # type: ignore[misc]
+        self.priority = spec.priority  # type: ignore[misc]
+        self.timeout = spec.timeout  # type: ignore[misc]
+        self.retry_jitter = spec.retry_jitter  # type: ignore[misc]
+
+    def job_name(self) -> str:  # type: ignore[override]
+        return self.spec.name
+
+    def to_json(self) -> dict[str, Any]:
+        return {"kwargs": self.kwargs}
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.kwargs.items())
+        return f"{self.spec.name}({args})"
+
+
+class AsyncFunctionCall(FunctionCall):
+    _abstract_job = True
+
+    async def handle(self) -> Any:
+        return await self.spec.fn(**self.kwargs)
+
+
+class SyncFunctionCall(FunctionCall):
+    _abstract_job = True
+
+    def handle(self) -> Any:
+        return self.spec.fn(**self.kwargs)
+
+
+class JobFunction:
+    """What ``@q.job`` returns: call it to run inline, or ``dispatch``/``map``/``sweep`` it."""
+
+    def __init__(self, queue: Queue, fn: Callable[..., Any], *, name: str | None = None,
+                 max_attempts: int = 1, retry_delay: float | timedelta = 1.0, priority: int = 0,
+                 timeout: float | timedelta | None = None, retry_jitter: bool = False) -> None:
+        from .._time import to_seconds
+
+        if not callable(fn):
+            raise ConfigError(f"@q.job needs a function, got {fn!r}")
+        if isinstance(max_attempts, bool) or not isinstance(max_attempts, int) or max_attempts < 1:
+            raise ConfigError(f"max_attempts must be an integer >= 1, got {max_attempts!r}")
+        self.queue = queue
+        self.fn = fn
+        self.name = name or f"{fn.__module__}.{fn.__qualname__}"
+        self.signature = inspect.signature(fn)
+        self.is_async = inspect.iscoroutinefunction(fn)
+        self.max_attempts = max_attempts
+        self.retry_delay = to_seconds(retry_delay, name="retry_delay") or 0.0
+        self.priority = int(priority)
+        self.timeout = to_seconds(timeout, name="timeout")
+        self.retry_jitter = retry_jitter
+        self.__doc__ = fn.__doc__
+        self.__wrapped__ = fn
+        job_factories.register(self.name, self._rebuild)
+
+    def __repr__(self) -> str:
+        return f"<job function {self.name}{self.signature}>"
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        """Call the function directly, in this cell, without the queue."""
+        return self.fn(*args, **kwargs)
+
+    def _rebuild(self, data: dict[str, Any]) -> FunctionCall:
+        kwargs = data.get("kwargs")
+        if not isinstance(kwargs, dict):
+            raise SerializationError(f"payload of {self.name} has no 'kwargs' object")
+        return self.make_call(kwargs)
+
+    def make_call(self, kwargs: dict[str, Any]) -> FunctionCall:
+        cls = AsyncFunctionCall if self.is_async else SyncFunctionCall
+        return cls(self, kwargs)
+
+    def bind(self, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> dict[str, Any]:
+        """Arguments as a dict by parameter name (defaults filled in); a clear error if they do not fit."""
+        try:
+            bound = self.signature.bind(*args, **kwargs)
+        except TypeError as exc:
+            raise ConfigError(f"{self.name}{self.signature}: {exc}") from None
+        bound.apply_defaults()
+        params = dict(bound.arguments)
+        for name, param in self.signature.parameters.items():
+            if param.kind is inspect.Parameter.VAR_KEYWORD and name in params:
+                params.update(params.pop(name))
+        return params
+
+    def key(self, params: Mapping[str, Any]) -> str:
+        """The point's identity in resumable sweeps: job name + canonical parameters."""
+        canonical = dumps(_sorted(encode_value(dict(params), path=f"{self.name} argument")))
+        return f"{self.name}:{hashlib.sha256(canonical.encode()).hexdigest()[:32]}"
+
+    # -- dispatching -------------------------------------------------------------------------
+    def dispatch(self, *args: Any, priority: int | None = None, delay: float | timedelta | None = None,
+                 max_attempts: int | None = None, **kwargs: Any) -> JobHandle:
+        """Queue one call; returns a :class:`JobHandle` at once."""
+        group = self.queue.submit(self, [self.bind(args, kwargs)], priority=priority, delay=delay,
+                                  max_attempts=max_attempts, resumable=False)
+        return group.handles[0]
+
+    def map(self, calls: Iterable[Mapping[str, Any]], *, priority: int | None = None,
+            delay: float | timedelta | None = None, max_attempts: int | None = None,
+            fresh: bool = False) -> JobGroup:
+        """Queue one call per dict of keyword arguments; returns a :class:`JobGroup`."""
+        points = [self.bind((), call) for call in calls]
+        return self.queue.submit(self, points, priority=priority, delay=delay,
+                                 max_attempts=max_attempts, resumable=not fresh)
+
+    def sweep(self, *, priority: int | None = None, delay: float | timedelta | None = None,
+              max_attempts: int | None = None, fresh: bool = False,
+              **grids: Iterable[Any]) -> JobGroup:
+        """Queue the cartesian product of the given value lists, e.g. ``sweep(lr=[.1, .01], epochs=[1, 2])``.
+
+        On a durable queue, running the same sweep again reuses points that already exist
+        (finished or pending) and requeues failed ones; ``fresh=True`` runs every point anew.
+        """
+        if not grids:
+            raise ConfigError(f"{self.name}.sweep() needs at least one parameter grid, e.g. lr=[0.1, 0.01]")
+        names = list(grids)
+        values = []
+        for name in names:
+            grid = grids[name]
+            if isinstance(grid, str | bytes) or not isinstance(grid, Iterable):
+                raise ConfigError(f"sweep parameter {name!r} must be a list of values, got {grid!r}")
+            values.append(list(grid))
+        calls = [dict(zip(names, combo, strict=True)) for combo in itertools.product(*values)]
+        return self.map(calls, priority=priority, delay=delay, max_attempts=max_attempts, fresh=fresh)
+
+
+def _sorted(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _sorted(value[k]) for k in sorted(value)}
+    if isinstance(value, list):
+        return [_sorted(v) for v in value]
+    return value

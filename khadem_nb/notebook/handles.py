@@ -1,0 +1,153 @@
+"""Handles on dispatched work: ``JobHandle`` for one call, ``JobGroup`` for a batch or sweep."""
+
+from __future__ import annotations
+
+import html
+from collections.abc import Generator, Iterator, Sequence
+from typing import TYPE_CHECKING, Any
+
+from ..errors import JobFailedError, ResultTimeoutError
+from ..job import TERMINAL_STATUSES, JobRecord, JobStatus
+from ..serializer import decode_value
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from .queue import Queue
+
+
+class JobHandle:
+    """One dispatched call. ``await h`` or ``h.result(timeout)`` gives its return value."""
+
+    def __init__(self, queue: Queue, job_id: str, name: str, params: dict[str, Any],
+                 key: str | None = None) -> None:
+        self.queue = queue
+        self.id = job_id
+        self.name = name
+        self.params = params
+        self.key = key
+
+    def record(self) -> JobRecord:
+        """The stored record, fetched now."""
+        return self.queue._run(self.queue._get(self.id))
+
+    @property
+    def status(self) -> str:
+        return self.record().status.value
+
+    def done(self) -> bool:
+        return self.record().status in TERMINAL_STATUSES
+
+    def result(self, timeout: float | None = None) -> Any:
+        """Block until the job ends; return its result or raise ``JobFailedError``."""
+        records = self.queue._run(self.queue._wait_for([self.id], timeout))
+        return _outcome(records[0])
+
+    async def aresult(self, timeout: float | None = None) -> Any:
+        records = await self.queue._run_async(self.queue._wait_for([self.id], timeout))
+        return _outcome(records[0])
+
+    def __await__(self) -> Generator[Any, None, Any]:
+        return self.aresult().__await__()
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.params.items())
+        return f"<JobHandle {self.name}({args}) id={self.id[:8]}>"
+
+    def _repr_html_(self) -> str:
+        record = self.record()
+        error = ""
+        if record.error and record.status is JobStatus.FAILED:
+            error = f" <span style='color:#c0392b'>{html.escape(record.error)}</span>"
+        return (f"<code>{html.escape(self.name)}</code> <small>{self.id[:8]}</small> "
+                f"{_badge(record.status)}{error}")
+
+
+class JobGroup:
+    """A batch of calls (``map``) or a grid (``sweep``). ``await g`` or ``g.wait()`` waits for all."""
+
+    def __init__(self, queue: Queue, handles: Sequence[JobHandle]) -> None:
+        self.queue = queue
+        self.handles = list(handles)
+
+    def __len__(self) -> int:
+        return len(self.handles)
+
+    def __iter__(self) -> Iterator[JobHandle]:
+        return iter(self.handles)
+
+    def __getitem__(self, index: int) -> JobHandle:
+        return self.handles[index]
+
+    @property
+    def ids(self) -> list[str]:
+        return [h.id for h in self.handles]
+
+    def records(self) -> list[JobRecord]:
+        return self.queue._run(self.queue._get_many(self.ids))
+
+    def counts(self) -> dict[str, int]:
+        counts = dict.fromkeys((s.value for s in JobStatus), 0)
+        for record in self.records():
+            counts[record.status.value] += 1
+        return counts
+
+    def done(self) -> bool:
+        return all(r.status in TERMINAL_STATUSES for r in self.records())
+
+    def wait(self, timeout: float | None = None) -> JobGroup:
+        """Block until every job has ended (completed or failed); failures do not raise."""
+        self.queue._run(self.queue._wait_for(self.ids, timeout))
+        return self
+
+    async def await_all(self, timeout: float | None = None) -> JobGroup:
+        await self.queue._run_async(self.queue._wait_for(self.ids, timeout))
+        return self
+
+    def __await__(self) -> Generator[Any, None, JobGroup]:
+        return self.await_all().__await__()
+
+    def results(self) -> pd.DataFrame:
+        """One row per point: parameters, result fields, status, duration_ms, error."""
+        from .frames import group_frame
+
+        return group_frame(self.handles, self.records())
+
+    def retry_failed(self) -> int:
+        """Requeue this group's failed jobs with a fresh attempt budget."""
+        failed = [r.id for r in self.records() if r.status is JobStatus.FAILED]
+        return self.queue._run(self.queue.manager.retry_failed(failed)) if failed else 0
+
+    def __repr__(self) -> str:
+        counts = self.counts()
+        shown = ", ".join(f"{k} {v}" for k, v in counts.items() if v)
+        return f"<JobGroup {len(self)} jobs: {shown or 'empty'}>"
+
+    def _repr_html_(self) -> str:
+        counts = self.counts()
+        finished = counts["completed"] + counts["failed"]
+        pct = 100 * finished / len(self) if self.handles else 100
+        badges = " ".join(f"{_badge(JobStatus(k))} {v}" for k, v in counts.items() if v)
+        return (f"<div><b>JobGroup</b> of {len(self)} jobs: {badges}"
+                f"<div style='background:var(--jp-layout-color2,#eee);width:240px;height:8px'>"
+                f"<div style='background:var(--jp-brand-color1,#2980b9);width:{pct:.0f}%;height:8px'>"
+                f"</div></div></div>")
+
+
+def _outcome(record: JobRecord) -> Any:
+    if record.status is JobStatus.FAILED:
+        raise JobFailedError(record)
+    if record.status is not JobStatus.COMPLETED:  # pragma: no cover - _wait_for guarantees
+        raise ResultTimeoutError(f"job {record.id} is still {record.status.value}")
+    return decode_value(record.result)
+
+
+STATUS_COLOURS = {
+    JobStatus.QUEUED: "#7f8c8d", JobStatus.SCHEDULED: "#8e44ad", JobStatus.ACTIVE: "#2980b9",
+    JobStatus.COMPLETED: "#27ae60", JobStatus.FAILED: "#c0392b",
+}
+
+
+def _badge(status: JobStatus) -> str:
+    return (f"<span style='color:#fff;background:{STATUS_COLOURS[status]};border-radius:3px;"
+            f"padding:0 4px'>{status.value}</span>")

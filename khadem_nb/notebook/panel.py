@@ -1,0 +1,255 @@
+"""A live ipywidgets panel for a queue.
+
+One refresher task per panel runs on the queue's loop: at most every ``refresh_s`` seconds it
+takes a snapshot (counts, running jobs, latest failures), compares it with the last one, and
+only when something changed pushes the new values inside one ``hold_sync()`` block, so a burst
+of 1,000 job events costs a handful of comm messages, not 1,000. ``close()`` cancels the task
+and closes the widgets. Colours use JupyterLab's theme variables with light fallbacks, so the
+panel reads in light and dark themes; the layout wraps at narrow widths.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import html
+import logging
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from ..job import JobStatus
+from .handles import STATUS_COLOURS
+
+if TYPE_CHECKING:
+    from .queue import Queue
+
+logger = logging.getLogger(__name__)
+
+THROUGHPUT_WINDOW_S = 5.0
+STYLE = """<style>
+.khadem-panel { font-family: var(--jp-ui-font-family, sans-serif); color: var(--jp-ui-font-color1, #222);
+  background: var(--jp-layout-color1, #fff); border: 1px solid var(--jp-border-color2, #ddd);
+  border-radius: 4px; padding: 6px 8px; max-width: 100%; box-sizing: border-box; }
+.khadem-panel table { border-collapse: collapse; font-size: var(--jp-ui-font-size1, 13px); width: 100%; }
+.khadem-panel td, .khadem-panel th { padding: 1px 6px; text-align: left; overflow-wrap: anywhere; }
+.khadem-panel th { color: var(--jp-ui-font-color2, #555); font-weight: 600; }
+.khadem-badge { display: inline-block; color: #fff; border-radius: 3px; padding: 0 6px; margin: 2px 6px 2px 0; }
+.khadem-error { color: var(--jp-error-color1, #c0392b); }
+.khadem-muted { color: var(--jp-ui-font-color2, #666); }
+.khadem-bar { background: var(--jp-layout-color3, #ddd); height: 6px; width: 80px; display: inline-block; }
+.khadem-bar > span { background: var(--jp-brand-color1, #2980b9); height: 6px; display: block; }
+</style>"""
+
+
+def _widgets() -> Any:
+    try:
+        import ipywidgets
+    except ImportError as exc:  # pragma: no cover - ipywidgets is a dependency
+        raise ImportError("q.panel() needs ipywidgets: pip install ipywidgets") from exc
+    return ipywidgets
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """Everything the panel shows, as plain values: equal snapshots mean nothing to redraw."""
+
+    counts: tuple[tuple[str, int], ...]
+    running: tuple[tuple[str, str, float | None, str | None, float], ...]
+    failures: tuple[tuple[str, str, str], ...]
+    state: str
+    finished: int
+    total: int
+    throughput: float
+
+
+@dataclass
+class ProgressBatch:
+    """The current batch: the jobs that arrived since the queue was last idle."""
+
+    baseline: int = 0  # finished jobs that belong to earlier batches
+    idle_finished: int | None = None  # finished count when the queue last went idle
+    history: deque[tuple[float, int]] = field(default_factory=lambda: deque(maxlen=256))
+
+    def update(self, counts: dict[str, int]) -> tuple[int, int, float]:
+        """Return (finished in batch, batch size, jobs/s over the last few seconds)."""
+        finished = counts["completed"] + counts["failed"]
+        total = sum(counts.values())
+        if total - finished > 0 and self.idle_finished is not None:  # new work after idle
+            self.baseline, self.idle_finished = self.idle_finished, None
+        elif total == finished:
+            self.idle_finished = finished
+        self.baseline = min(self.baseline, finished)  # retention may have trimmed old records
+        now = time.monotonic()
+        self.history.append((now, finished))
+        while self.history and now - self.history[0][0] > THROUGHPUT_WINDOW_S:
+            self.history.popleft()
+        then, done_then = self.history[0]
+        rate = (finished - done_then) / (now - then) if now > then else 0.0
+        return finished - self.baseline, total - self.baseline, rate
+
+
+class QueuePanel:
+    """The widget tree and its refresher. Display it by leaving it last in a cell."""
+
+    def __init__(self, queue: Queue, refresh_s: float = 0.25) -> None:
+        if refresh_s < 0.1:
+            from ..errors import ConfigError
+
+            raise ConfigError(f"panel refresh must be at least 0.1 s, got {refresh_s}")
+        w = _widgets()
+        self.queue = queue
+        self.refresh_s = refresh_s
+        self.batch = ProgressBatch()
+        self.updates = 0  # how many times widget values were pushed (for tests and the bench)
+        self._last: Snapshot | None = None
+        self.header = w.HTML()
+        self.counts = w.HTML()
+        self.progress = w.FloatProgress(min=0.0, max=1.0, value=0.0, bar_style="info",
+                                        layout=w.Layout(flex="1 1 200px", min_width="120px"))
+        self.progress_label = w.HTML()
+        self.running = w.HTML()
+        self.failures = w.HTML()
+        self.buttons = {name: w.Button(description=name.replace("_", " ").title(), icon=icon,
+                                       layout=w.Layout(width="auto"))
+                        for name, icon in (("pause", "pause"), ("resume", "play"), ("stop", "stop"),
+                                           ("retry_failed", "redo"))}
+        for name, button in self.buttons.items():
+            button.on_click(lambda _b, action=name: self.act(action))
+        row = w.Layout(display="flex", flex_flow="row wrap", align_items="center", width="100%")
+        self.widget = w.VBox([
+            w.HTML(STYLE), self.header, self.counts,
+            w.HBox([self.progress, self.progress_label], layout=row),
+            self.running, self.failures,
+            w.HBox(list(self.buttons.values()), layout=row),
+        ], layout=w.Layout(width="100%", max_width="900px"))
+        self.widget.add_class("khadem-panel")
+        self._task = queue._runner.submit(self._refresh_forever())
+
+    # -- display ---------------------------------------------------------------------------------
+    def _repr_mimebundle_(self, **kwargs: Any) -> Any:
+        return self.widget._repr_mimebundle_(**kwargs)
+
+    def __repr__(self) -> str:
+        snap = self._last
+        if snap is None:
+            return "<khadem_nb panel (no data yet)>"
+        counts = ", ".join(f"{k} {v}" for k, v in snap.counts)
+        return f"<khadem_nb panel: {snap.state}; {counts}; {snap.finished}/{snap.total} done>"
+
+    # -- actions ---------------------------------------------------------------------------------
+    def act(self, action: str) -> None:
+        """What the buttons do: ``pause``, ``resume``, ``stop`` or ``retry_failed``."""
+        queue = self.queue
+        if action == "pause":
+            queue.pause()
+        elif action == "resume":
+            queue.resume()
+        elif action == "stop":
+            worker, queue._worker = queue._worker, None
+            if worker is not None:
+                queue._runner.submit(worker.stop())
+        elif action == "retry_failed":
+            queue._runner.submit(queue.manager.retry_failed())
+        self._last = None  # redraw at the next tick
+
+    # -- refreshing ------------------------------------------------------------------------------
+    async def _refresh_forever(self) -> None:
+        await self.queue._open()
+        while True:
+            try:
+                self.apply(await self.snapshot())
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # a broken refresh must never take the kernel down
+                logger.exception("panel refresh failed")
+            await asyncio.sleep(self.refresh_s)
+
+    async def snapshot(self) -> Snapshot:
+        manager = self.queue.manager
+        counts = await manager.counts(self.queue.settings.name)
+        active = await manager.jobs(JobStatus.ACTIVE, queue=self.queue.settings.name, limit=8)
+        failed = await manager.jobs(JobStatus.FAILED, queue=self.queue.settings.name, limit=5)
+        finished, total, rate = self.batch.update(counts)
+        now_ms = time.time() * 1000
+        worker = self.queue.worker
+        state = ("paused" if worker.paused else f"running ({worker.options.concurrency} workers)") \
+            if worker is not None and worker.running else "not running here"
+        return Snapshot(
+            counts=tuple(counts.items()),
+            running=tuple((r.name, r.id, r.meta.get("progress"), r.meta.get("note"),
+                           (now_ms - (r.started_ms or now_ms)) / 1000) for r in reversed(active)),
+            failures=tuple((r.name, r.id, r.error or "") for r in reversed(failed)),
+            state=state, finished=finished, total=total, throughput=round(rate, 1),
+        )
+
+    def apply(self, snap: Snapshot) -> None:
+        """Push ``snap`` into the widgets, in one batch, unless nothing changed."""
+        if snap == self._last:
+            return
+        last, self._last = self._last, snap
+        with self.widget.hold_sync():
+            header = (f"<b>khadem_nb</b> <code>{html.escape(self.queue.settings.redacted_url())}</code>"
+                      f" <span class='khadem-muted'>{snap.state} · {snap.throughput:g} jobs/s</span>")
+            _set(self.header, "value", header)
+            _set(self.counts, "value", "".join(
+                f"<span class='khadem-badge' style='background:{STATUS_COLOURS[JobStatus(k)]}'>"
+                f"{k} {v}</span>" for k, v in snap.counts))
+            fraction = snap.finished / snap.total if snap.total else 1.0
+            _set(self.progress, "value", fraction)
+            failed = dict(snap.counts).get("failed", 0)
+            _set(self.progress, "bar_style", "danger" if failed else ("success" if fraction >= 1 else "info"))
+            _set(self.progress_label, "value", f"{snap.finished} / {snap.total} ({fraction:.0%})")
+            _set(self.running, "value", _running_table(snap))
+            _set(self.failures, "value", _failures_table(snap))
+            paused = snap.state == "paused"
+            _set(self.buttons["pause"], "disabled", paused or snap.state.startswith("not"))
+            _set(self.buttons["resume"], "disabled", not paused)
+        self.updates += 1
+        if last is not None and last.state != snap.state:
+            logger.debug("panel: %s -> %s", last.state, snap.state)
+
+    def close(self) -> None:
+        """Stop refreshing and close the widgets."""
+        task = self._task
+        with contextlib.suppress(Exception):
+            if isinstance(task, asyncio.Task):
+                task.cancel()
+            else:
+                self.queue._runner.loop.call_soon_threadsafe(task.cancel)
+        self.widget.close()
+        if self in self.queue._panels:
+            self.queue._panels.remove(self)
+
+
+def _set(widget: Any, name: str, value: Any) -> None:
+    if getattr(widget, name) != value:  # unchanged traits send nothing
+        setattr(widget, name, value)
+
+
+def _running_table(snap: Snapshot) -> str:
+    if not snap.running:
+        return "<div class='khadem-muted'>no job running</div>"
+    rows = "".join(
+        f"<tr><td><code>{html.escape(name)}</code></td><td class='khadem-muted'>{job_id[:8]}</td>"
+        f"<td>{_bar(progress)}</td><td>{html.escape(note or '')}</td><td>{elapsed:.1f}s</td></tr>"
+        for name, job_id, progress, note, elapsed in snap.running)
+    return f"<table><tr><th>running</th><th>id</th><th>progress</th><th>note</th><th>for</th></tr>{rows}</table>"
+
+
+def _bar(progress: float | None) -> str:
+    if progress is None:
+        return "<span class='khadem-muted'>–</span>"
+    return f"<span class='khadem-bar'><span style='width:{progress:.0%}'></span></span> {progress:.0%}"
+
+
+def _failures_table(snap: Snapshot) -> str:
+    if not snap.failures:
+        return ""
+    rows = "".join(
+        f"<tr><td><code>{html.escape(name)}</code></td><td class='khadem-muted'>{job_id[:8]}</td>"
+        f"<td class='khadem-error'>{html.escape(error)}</td></tr>" for name, job_id, error in snap.failures)
+    return f"<table><tr><th>latest failures</th><th>id</th><th>error</th></tr>{rows}</table>"
+
+

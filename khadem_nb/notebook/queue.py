@@ -1,0 +1,311 @@
+"""``Queue``: the notebook facade over ``QueueManager``.
+
+Every method is a plain call that works in a cell without ``await``, in a plain script, and
+from other threads (see ``_loop``); waiting has an awaitable form too (``await h``,
+``await g``, ``await q.join()``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable, Coroutine, Sequence
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any, TypeVar, overload
+
+from .._time import to_seconds
+from ..config import parse_config
+from ..errors import ConfigError, JobNotFoundError, ResultTimeoutError
+from ..job import TERMINAL_STATUSES, JobRecord, JobStatus
+from ..manager import QueueManager
+from ..worker import QueueWorker
+from . import capture
+from ._loop import LoopRunner
+from .functions import JobFunction
+from .handles import JobGroup, JobHandle
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from .panel import QueuePanel
+
+logger = logging.getLogger(__name__)
+T = TypeVar("T")
+F = TypeVar("F", bound=Callable[..., Any])
+
+POLL_MIN_S, POLL_MAX_S = 0.02, 0.5  # waiting on jobs that other processes run
+
+
+class Queue:
+    """A job queue for a notebook: memory by default, or any queue URL / config dict.
+
+    >>> q = Queue()                          # or Queue("sqlite:///runs.db"), Queue("redis://...")
+    >>> @q.job(max_attempts=3)
+    ... def train(lr: float, epochs: int = 3) -> dict: ...
+    >>> g = train.sweep(lr=[0.1, 0.01]); q.start(concurrency=4); g.wait(); g.results()
+    """
+
+    def __init__(self, url_or_config: Any = None) -> None:
+        self.settings = parse_config(url_or_config)  # bad config fails here, at once
+        self.manager = QueueManager(self.settings)
+        self._runner = LoopRunner()
+        self._opened = False
+        self._changed: asyncio.Event | None = None
+        self._worker: QueueWorker | None = None
+        self._captured = False
+        self._panels: list[QueuePanel] = []
+
+    # -- loop plumbing -----------------------------------------------------------------------
+    def _run(self, coro: Coroutine[Any, Any, T]) -> T:
+        return self._runner.run(self._opening(coro))
+
+    async def _run_async(self, coro: Coroutine[Any, Any, T]) -> T:
+        return await self._runner.run_async(self._opening(coro))
+
+    async def _opening(self, coro: Coroutine[Any, Any, T]) -> T:
+        await self._open()
+        return await coro
+
+    async def _open(self) -> None:
+        if self._opened:
+            return
+        await self.manager.init()
+        self._changed = asyncio.Event()
+        self.manager.executor.listeners.append(lambda record: self._signal_change())
+        self._opened = True
+
+    def _signal_change(self) -> None:
+        if self._changed is not None:
+            self._changed.set()
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        return self._runner.loop
+
+    # -- defining and dispatching jobs ---------------------------------------------------------
+    @overload
+    def job(self, fn: F, /) -> JobFunction: ...
+    @overload
+    def job(self, fn: None = None, /, **options: Any) -> Callable[[F], JobFunction]: ...
+
+    def job(self, fn: Callable[..., Any] | None = None, /, **options: Any) -> Any:
+        """Decorate a function (sync or async) as a job: ``@q.job`` or ``@q.job(max_attempts=3)``.
+
+        Options: ``name``, ``max_attempts``, ``retry_delay``, ``retry_jitter``, ``priority``,
+        ``timeout``.
+        """
+        valid = {"name", "max_attempts", "retry_delay", "retry_jitter", "priority", "timeout"}
+        unknown = set(options) - valid
+        if unknown:
+            raise ConfigError(f"unknown @q.job options {sorted(unknown)}; valid: {sorted(valid)}")
+        if fn is not None:
+            return JobFunction(self, fn, **options)
+        return lambda f: JobFunction(self, f, **options)
+
+    def submit(self, spec: JobFunction, points: Sequence[dict[str, Any]], *, priority: int | None,
+               delay: float | timedelta | None, max_attempts: int | None, resumable: bool) -> JobGroup:
+        """Encode every point now (bad arguments raise here), then store them in one batch."""
+        records = [self._build_record(spec, params, priority, delay, max_attempts) for params in points]
+        handles = [JobHandle(self, r.id, spec.name, params, r.key)
+                   for r, params in zip(records, points, strict=True)]
+        ids = self._run(self._store(records, resumable))
+        for handle, job_id in zip(handles, ids, strict=True):
+            handle.id = job_id
+        return JobGroup(self, handles)
+
+    def _build_record(self, spec: JobFunction, params: dict[str, Any], priority: int | None,
+                      delay: float | timedelta | None, max_attempts: int | None) -> JobRecord:
+        from ..serializer import encode_value
+
+        for name, value in params.items():  # name the argument in the error, not the payload path
+            encode_value(value, path=f"argument {name!r} of {spec.name}()")
+        return self.manager.build_record(spec.make_call(params), delay=delay, queue=self.settings.name,
+                                         priority=priority, max_attempts=max_attempts,
+                                         key=spec.key(params))
+
+    async def _store(self, records: list[JobRecord], resumable: bool) -> list[str]:
+        """Push new records; in a resumable batch reuse existing points and requeue failed ones."""
+        ids = [r.id for r in records]
+        if not resumable:
+            await self.manager.push(records)
+            return ids
+        existing = await self.manager.driver.find_by_keys([r.key for r in records if r.key])
+        fresh, failed = [], []
+        for index, record in enumerate(records):
+            found = existing.get(record.key or "")
+            if found is None:
+                fresh.append(record)
+                continue
+            ids[index] = found.id
+            if found.status is JobStatus.FAILED:
+                failed.append(found.id)
+        if failed:
+            await self.manager.driver.requeue(failed)
+        await self.manager.push(fresh)
+        if fresh or failed:
+            logger.info("sweep: %d new, %d failed requeued, %d reused", len(fresh), len(failed),
+                        len(records) - len(fresh) - len(failed))
+        return ids
+
+    # -- waiting -------------------------------------------------------------------------------
+    async def _get(self, job_id: str) -> JobRecord:
+        return await self.manager.get_job(job_id)
+
+    async def _get_many(self, job_ids: Sequence[str]) -> list[JobRecord]:
+        records = await self.manager.driver.get_many(job_ids)
+        missing = [job_id for job_id, r in zip(job_ids, records, strict=True) if r is None]
+        if missing:
+            raise JobNotFoundError(f"no job with id {missing[0]!r} (of {len(missing)} missing) in "
+                                   f"{self.settings.redacted_url()}")
+        return [r for r in records if r is not None]
+
+    async def _wait_for(self, job_ids: Sequence[str], timeout: float | None) -> list[JobRecord]:
+        """Wait until every job is completed or failed; woken by local settles, else polling."""
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
+        poll = POLL_MIN_S
+        while True:
+            assert self._changed is not None
+            self._changed.clear()
+            records = await self._get_many(job_ids)
+            if all(r.status in TERMINAL_STATUSES for r in records):
+                return records
+            wait = poll if deadline is None else min(poll, deadline - loop.time())
+            if wait <= 0:
+                pending = sum(r.status not in TERMINAL_STATUSES for r in records)
+                raise ResultTimeoutError(f"{pending} of {len(records)} job(s) still unfinished after "
+                                         f"{timeout:g}s")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._changed.wait(), wait)
+            poll = min(POLL_MAX_S, poll * 1.5)
+
+    async def _wait_idle(self, timeout: float | None) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
+        poll = POLL_MIN_S
+        while True:
+            assert self._changed is not None
+            self._changed.clear()
+            counts = await self.manager.counts(self.settings.name)
+            if counts["queued"] + counts["scheduled"] + counts["active"] == 0:
+                return
+            wait = poll if deadline is None else min(poll, deadline - loop.time())
+            if wait <= 0:
+                raise ResultTimeoutError(f"queue still busy after {timeout:g}s: {counts}")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._changed.wait(), wait)
+            poll = min(POLL_MAX_S, poll * 1.5)
+
+    def join(self, timeout: float | None = None) -> Coroutine[Any, Any, None]:
+        """``await q.join()``: wait until nothing is queued, scheduled or running."""
+        return self._run_async(self._wait_idle(timeout))
+
+    def wait(self, timeout: float | None = None) -> None:
+        """Blocking form of :meth:`join`."""
+        self._run(self._wait_idle(timeout))
+
+    # -- workers ---------------------------------------------------------------------------------
+    def start(self, concurrency: int = 4, *, queues: Sequence[str] | None = None) -> QueueWorker:
+        """Start in-process workers (tasks on this loop) and return at once. Idempotent."""
+        if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
+            raise ConfigError(f"concurrency must be an integer >= 1, got {concurrency!r}")
+        if self._worker is not None and self._worker.running:
+            if self._worker.options.concurrency != concurrency:
+                logger.warning("workers already running with concurrency %d; call q.stop() first to "
+                               "change it", self._worker.options.concurrency)
+            return self._worker
+        if not self._captured:
+            capture.install()
+            self._captured = True
+        self._worker = self._run(self._start(concurrency, queues))
+        return self._worker
+
+    async def _start(self, concurrency: int, queues: Sequence[str] | None) -> QueueWorker:
+        self.manager.set_thread_pool_size(concurrency)
+        return await self.manager.start_worker(concurrency=concurrency, queues=queues,
+                                               run_in_background=True, delay=0.5)
+
+    @property
+    def worker(self) -> QueueWorker | None:
+        return self._worker
+
+    @property
+    def running(self) -> bool:
+        return self._worker is not None and self._worker.running
+
+    def pause(self) -> None:
+        """Stop claiming new jobs; running jobs finish."""
+        if self._worker is not None:
+            self._runner.loop.call_soon_threadsafe(self._worker.pause)
+
+    def resume(self) -> None:
+        if self._worker is not None:
+            self._runner.loop.call_soon_threadsafe(self._worker.resume)
+
+    @property
+    def paused(self) -> bool:
+        return self._worker is not None and self._worker.paused
+
+    def stop(self, grace: float | timedelta = 10.0) -> None:
+        """Stop the in-process workers; jobs still running after ``grace`` go back to the queue."""
+        worker, self._worker = self._worker, None
+        if worker is not None:
+            self._run(worker.stop(to_seconds(grace, name="grace") or 0.0))
+        if self._captured:
+            capture.uninstall()
+            self._captured = False
+
+    def retry_failed(self) -> int:
+        """Requeue every failed job of this queue with a fresh attempt budget."""
+        return self._run(self.manager.retry_failed())
+
+    def close(self) -> None:
+        """Stop workers and panels and release the driver."""
+        for panel in list(self._panels):
+            panel.close()
+        self.stop()
+        if self._opened:
+            self._run(self.manager.close())
+            self._opened = False
+        self._runner.close()
+
+    # -- looking at it ---------------------------------------------------------------------------
+    def jobs(self, status: str | None = None, limit: int | None = None) -> pd.DataFrame:
+        """One row per job (the newest ``limit``): status, times, duration, progress, args, result,
+        error and captured output."""
+        from .frames import jobs_frame
+
+        parsed = None if status is None else JobStatus.parse(status)
+        if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+            raise ConfigError(f"limit must be a positive integer, got {limit!r}")
+        return jobs_frame(self._run(self.manager.jobs(parsed, queue=self.settings.name, limit=limit)))
+
+    def metrics(self) -> pd.DataFrame:
+        """One row per job name plus a total: counts by status, retries, rates, durations (ms)."""
+        from .frames import metrics_frame
+
+        return metrics_frame(self._run(self.manager.jobs(queue=self.settings.name)))
+
+    def counts(self) -> dict[str, int]:
+        return self._run(self.manager.counts(self.settings.name))
+
+    def panel(self, refresh: float = 0.25) -> QueuePanel:
+        """A live ipywidgets panel: counts, progress, throughput, running jobs, failures, buttons."""
+        from .panel import QueuePanel
+
+        panel = QueuePanel(self, refresh_s=refresh)
+        self._panels.append(panel)
+        return panel
+
+    def __repr__(self) -> str:
+        state = "running" if self.running else "stopped"
+        return f"<khadem_nb.Queue {self.settings.redacted_url()} workers {state}>"
+
+    def _repr_html_(self) -> str:
+        counts = self.counts()
+        cells = "".join(f"<td>{k}</td><td><b>{v}</b></td>" for k, v in counts.items())
+        state = "running" if self.running else "stopped"
+        return (f"<div><b>khadem_nb.Queue</b> <code>{self.settings.redacted_url()}</code> "
+                f"workers {state}<table><tr>{cells}</tr></table></div>")
+
