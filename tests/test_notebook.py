@@ -1,0 +1,336 @@
+"""The notebook layer in a plain process: handles, sweeps, DataFrames, capture, the panel."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import khadem_nb as kn
+from khadem_nb import ConfigError, JobFailedError, ResultTimeoutError, SerializationError
+
+
+@pytest.fixture
+def q() -> Iterator[kn.Queue]:
+    queue = kn.Queue()
+    yield queue
+    queue.close()
+
+
+def test_dispatch_and_result_in_a_plain_script(q: kn.Queue) -> None:
+    @q.job
+    def add(a: int, b: int = 10) -> int:
+        return a + b
+
+    h = add.dispatch(1)
+    q.start(concurrency=2)
+    assert h.result(timeout=10) == 11
+    assert h.params == {"a": 1, "b": 10}
+    assert h.status == "completed"
+    assert add(2, 3) == 5  # calling the function itself still works
+
+
+def test_async_waits_from_another_loop(q: kn.Queue) -> None:
+    @q.job
+    async def double(x: int) -> int:
+        await asyncio.sleep(0.01)
+        return 2 * x
+
+    q.start()
+
+    async def main() -> tuple[int, list[int]]:
+        h = double.dispatch(21)
+        g = double.map([{"x": i} for i in range(5)])
+        value = await h
+        await g
+        await q.join(timeout=10)
+        return value, [x.result() for x in g]
+
+    assert asyncio.run(main()) == (42, [0, 2, 4, 6, 8])
+
+
+def test_sweep_results_frame_has_parameters_results_and_failures(q: kn.Queue) -> None:
+    @q.job(max_attempts=2, retry_delay=0.01)
+    def fit(lr: float, epochs: int) -> dict[str, float]:
+        if lr > 1:
+            raise ValueError(f"lr {lr} diverges")
+        return {"loss": lr / epochs, "accuracy": 1 - lr}
+
+    g = fit.sweep(lr=[0.1, 0.5, 2.0], epochs=[1, 2])
+    assert len(g) == 6
+    q.start(concurrency=3)
+    frame = g.wait(timeout=20).results()
+    assert list(frame.columns) == ["lr", "epochs", "loss", "accuracy", "status", "duration_ms",
+                                   "attempt", "error"]
+    assert frame["status"].tolist() == ["completed"] * 4 + ["failed"] * 2
+    assert frame["duration_ms"].dtype == np.float64
+    assert frame.loc[0, "loss"] == pytest.approx(0.1)
+    assert frame.loc[5, "error"] == "ValueError: lr 2.0 diverges"
+    assert frame.loc[5, "attempt"] == 2
+    with pytest.raises(JobFailedError, match="lr 2.0 diverges") as info:
+        g[5].result(timeout=1)
+    assert info.value.record.traceback is not None
+
+
+def test_jobs_and_metrics_frames_have_typed_columns(q: kn.Queue) -> None:
+    @q.job
+    def square(x: int) -> int:
+        print(f"squaring {x}")
+        kn.progress(0.5, note="halfway")
+        return x * x
+
+    @q.job
+    def broken() -> None:
+        raise RuntimeError("nope")
+
+    square.map([{"x": i} for i in range(4)])
+    broken.dispatch()
+    q.start()
+    q.wait(timeout=10)
+    jobs = q.jobs()
+    assert len(jobs) == 5
+    assert str(jobs["created"].dtype) == "datetime64[ns, UTC]" or "datetime64" in str(jobs["created"].dtype)
+    assert jobs["duration_ms"].dtype == np.float64
+    assert jobs["priority"].dtype == np.int64
+    squares = jobs[jobs["job"].str.endswith("square")]
+    assert squares["progress"].tolist() == [0.5] * 4
+    assert squares["note"].tolist() == ["halfway"] * 4
+    assert squares["output"].tolist() == [f"squaring {i}\n" for i in range(4)]
+    assert squares["result"].tolist() == [0, 1, 4, 9]
+    assert squares["args"].tolist() == [{"x": i} for i in range(4)]
+    failed = q.jobs(status="failed")
+    assert failed["error"].tolist() == ["RuntimeError: nope"]
+    assert len(q.jobs(limit=2)) == 2
+    metrics = q.metrics()
+    assert metrics.index.tolist() == sorted(jobs["job"].unique().tolist()) + ["(total)"]
+    total = metrics.loc["(total)"]
+    assert (total["completed"], total["failed"]) == (4, 1)
+    assert total["success_rate"] == pytest.approx(0.8)
+    assert metrics["duration_p95_ms"].dtype == np.float64
+
+
+def test_numpy_arguments_and_results_round_trip(q: kn.Queue) -> None:
+    @q.job
+    def stats(data: Any, scale: Any) -> dict[str, Any]:
+        return {"mean": np.mean(data) * scale, "data": data * scale}
+
+    h = stats.dispatch(np.arange(6, dtype=np.int32).reshape(2, 3), np.float32(2.0))
+    q.start()
+    result = h.result(timeout=10)
+    assert isinstance(result["mean"], np.floating)
+    assert result["data"].dtype == np.float32 or result["data"].dtype == np.float64
+    assert result["data"].shape == (2, 3)
+
+
+def test_bad_input_is_clear(q: kn.Queue) -> None:
+    @q.job
+    def takes(x: int) -> int:
+        return x
+
+    with pytest.raises(SerializationError, match=r"argument 'x' of .*takes\(\) is of type builtins.object"):
+        takes.dispatch(object())
+    with pytest.raises(ConfigError, match="missing a required argument: 'x'"):
+        takes.dispatch()
+    with pytest.raises(ConfigError, match="unknown job status 'finished'; valid statuses"):
+        q.jobs(status="finished")
+    with pytest.raises(ConfigError, match="sweep parameter 'x' must be a list"):
+        takes.sweep(x=3)  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="unknown @q.job options"):
+        q.job(retries=3)
+    h = takes.dispatch(1)
+    with pytest.raises(ResultTimeoutError, match="still unfinished after 0.2s"):
+        h.result(timeout=0.2)  # no worker started
+    assert len(q.jobs()) == 1
+
+
+def test_start_twice_does_not_duplicate_workers(q: kn.Queue) -> None:
+    first = q.start(concurrency=2)
+    second = q.start(concurrency=2)
+    assert first is second
+    assert len(q.manager.workers) == 1
+
+
+def test_pause_resume_stop_and_retry_failed(q: kn.Queue, tmp_path: Path) -> None:
+    flag = tmp_path / "allow"
+
+    @q.job
+    def gated(i: int) -> int:
+        if not flag.exists():
+            raise RuntimeError("gate closed")
+        return i
+
+    q.start()
+    q.pause()
+    time.sleep(0.1)
+    g = gated.map([{"i": i} for i in range(3)])
+    time.sleep(0.3)
+    assert g.counts()["queued"] == 3  # paused: nothing claimed
+    q.resume()
+    g.wait(timeout=10)
+    assert g.counts()["failed"] == 3
+    flag.touch()
+    assert q.retry_failed() == 3
+    g.wait(timeout=10)
+    assert [h.result() for h in g] == [0, 1, 2]
+    q.stop()
+    assert not q.running
+    later = gated.dispatch(9)
+    time.sleep(0.2)
+    assert later.status == "queued"
+
+
+def test_resumable_sweep_on_sqlite_reuses_finished_points(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path}/runs.db"
+    log = tmp_path / "ran.txt"
+
+    def define(queue: kn.Queue) -> Any:
+        @queue.job(name="tests.resumable.point")
+        def point(x: int) -> int:
+            with open(log, "a") as handle:
+                handle.write(f"{x}\n")
+            if x == 2 and not (tmp_path / "fixed").exists():
+                raise ValueError("two is broken")
+            return x * 10
+
+        return point
+
+    first = kn.Queue(url)
+    point = define(first)
+    g = point.sweep(x=[0, 1, 2])
+    first.start()
+    g.wait(timeout=10)
+    first.close()
+    assert sorted(log.read_text().split()) == ["0", "1", "2"]
+
+    (tmp_path / "fixed").touch()
+    second = kn.Queue(url)  # as after a kernel restart
+    point = define(second)
+    again = point.sweep(x=[0, 1, 2, 3])
+    assert again.ids[:3] == g.ids  # same points, same records
+    second.start()
+    frame = again.wait(timeout=10).results()
+    assert frame["result"].tolist() == [0, 10, 20, 30]
+    assert sorted(log.read_text().split()) == ["0", "1", "2", "2", "3"]  # only 2 (failed) and 3 ran
+    fresh = point.sweep(x=[0], fresh=True)
+    assert fresh.ids[0] != g.ids[0]
+    second.close()
+
+
+class RecordingComm:
+    """Stands in for the kernel's comm: records every message a widget would send."""
+
+    messages: list[tuple[str, dict[str, Any]]] = []
+
+    def __init__(self, **kwargs: Any) -> None:
+        from comm.base_comm import BaseComm
+
+        class _Comm(BaseComm):
+            def publish_msg(self, msg_type: str, data: Any = None, metadata: Any = None,
+                            buffers: Any = None, **keys: Any) -> None:
+                RecordingComm.messages.append((msg_type, data or {}))
+
+        self.__class__ = type("Recording", (_Comm,), {})
+        _Comm.__init__(self, **kwargs)  # type: ignore[misc]
+
+
+@pytest.fixture
+def recorded(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, dict[str, Any]]]:
+    import comm
+
+    RecordingComm.messages = []
+    monkeypatch.setattr(comm, "create_comm", lambda **kw: RecordingComm(**kw))
+    return RecordingComm.messages
+
+
+def test_panel_values_after_known_work(q: kn.Queue, recorded: list[Any]) -> None:
+    @q.job
+    def maybe(i: int) -> int:
+        if i % 4 == 0:
+            raise ValueError(f"bad {i}")
+        return i
+
+    panel = q.panel(refresh=0.1)
+    maybe.map([{"i": i} for i in range(8)])
+    q.start(concurrency=2)
+    q.wait(timeout=10)
+    time.sleep(0.4)
+    assert "completed 6" in panel.counts.value and "failed 2" in panel.counts.value
+    assert panel.progress.value == 1.0
+    assert panel.progress_label.value == "8 / 8 (100%)"
+    assert panel.progress.bar_style == "danger"
+    assert "ValueError: bad 4" in panel.failures.value
+    assert "no job running" in panel.running.value
+    assert any(msg == "comm_open" for msg, _ in recorded)
+    panel.close()
+
+
+def test_panel_buttons_act(q: kn.Queue, recorded: list[Any], tmp_path: Path) -> None:
+    @q.job
+    def fails_until_fixed() -> str:
+        if not (tmp_path / "fixed").exists():
+            raise RuntimeError("not yet")
+        return "ok"
+
+    panel = q.panel(refresh=0.1)
+    h = fails_until_fixed.dispatch()
+    q.start()
+    with pytest.raises(JobFailedError):
+        h.result(timeout=10)
+    panel.buttons["pause"].click()
+    time.sleep(0.3)
+    assert q.paused and "paused" in panel.header.value
+    assert panel.buttons["resume"].disabled is False
+    (tmp_path / "fixed").touch()
+    panel.buttons["retry_failed"].click()
+    time.sleep(0.3)
+    assert h.status == "queued"  # paused: requeued but not claimed
+    panel.buttons["resume"].click()
+    assert h.result(timeout=10) == "ok"
+    panel.buttons["stop"].click()
+    time.sleep(0.3)
+    assert not q.running
+    assert "not running here" in panel.header.value
+    panel.close()
+
+
+def test_panel_batches_updates_under_a_burst_of_events(q: kn.Queue, recorded: list[Any]) -> None:
+    @q.job
+    async def noop(i: int) -> None:
+        return None
+
+    panel = q.panel(refresh=0.25)
+    time.sleep(0.3)
+    before = len(recorded)
+    started = time.monotonic()
+    noop.map([{"i": i} for i in range(1000)])
+    q.start(concurrency=4)
+    q.wait(timeout=30)
+    time.sleep(0.3)
+    elapsed = time.monotonic() - started
+    updates = [m for m, data in recorded[before:] if m == "comm_msg" and data.get("method") == "update"]
+    refreshes = elapsed / 0.25 + 2
+    assert panel.updates <= refreshes
+    assert len(updates) <= refreshes * 10  # one message per changed widget per refresh, at most
+    assert len(updates) < 1000 / 4
+    panel.close()
+    closes = [m for m, _ in recorded if m == "comm_close"]
+    assert closes, "closing the panel closes its widgets"
+
+
+def test_reprs_have_text_and_html(q: kn.Queue) -> None:
+    @q.job
+    def one() -> int:
+        return 1
+
+    h = one.dispatch()
+    g = one.map([{}, {}])
+    assert "JobHandle" in repr(h) and "queued" in h._repr_html_()
+    assert "JobGroup 2 jobs: queued 2" in repr(g) and "JobGroup" in g._repr_html_()
+    assert "memory://" in repr(q) and "<table>" in q._repr_html_()
+    assert isinstance(g.results(), pd.DataFrame)
