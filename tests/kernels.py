@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import gc
 import time
+import warnings
 from typing import Any
 
 from jupyter_client.manager import KernelManager, start_new_kernel
@@ -55,3 +57,9 @@ class Kernel:
     def close(self) -> None:
         self.kc.stop_channels()
         self.km.shutdown_kernel(now=True)
+        del self.kc, self.km
+        # jupyter_client leaves sockets and an event loop to the garbage collector: collect them
+        # here, quietly, rather than let their ResourceWarnings surface in an unrelated test
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ResourceWarning)
+            gc.collect()

@@ -47,7 +47,8 @@ def test_workers_progress_between_cells_and_while_a_cell_awaits(kernel: Kernel) 
     kernel.run("g2 = nap.map([{'i': i} for i in range(5)])")
     out = kernel.run("await asyncio.sleep(1.0)\nprint(g2.counts()['completed'])")
     assert out.strip() == "5"
-    assert kernel.run("await g2\nawait q.join()\nprint([h.result() for h in g2])").strip() == "[0, 1, 2, 3, 4]"
+    out = kernel.run("await g2\nawait q.join()\nprint([h.result() for h in g2])")
+    assert out.strip() == "[0, 1, 2, 3, 4]"
 
 
 def test_blocking_result_inside_a_cell_returns(kernel: Kernel) -> None:
@@ -94,7 +95,8 @@ g = point.sweep(x=[0, 1, 2, 3])
 """
 
 
-def test_sweep_in_a_durable_queue_resumes_after_a_kernel_restart(kernel: Kernel, tmp_path: Path) -> None:
+def test_sweep_in_a_durable_queue_resumes_after_a_kernel_restart(
+        kernel: Kernel, tmp_path: Path) -> None:
     db, log = tmp_path / "runs.db", tmp_path / "ran.log"
     kernel.run(RESUMABLE.format(db=db, log=log, stop_at=2))
     kernel.run("q.start(concurrency=1)", allow_error=True)

@@ -73,7 +73,7 @@ def test_sweep_results_frame_has_parameters_results_and_failures(q: kn.Queue) ->
     assert frame.loc[0, "loss"] == pytest.approx(0.1)
     assert frame.loc[5, "error"] == "ValueError: lr 2.0 diverges"
     assert frame.loc[5, "attempt"] == 2
-    with pytest.raises(JobFailedError, match="lr 2.0 diverges") as info:
+    with pytest.raises(JobFailedError, match=r"lr 2\.0 diverges") as info:
         g[5].result(timeout=1)
     assert info.value.record.traceback is not None
 
@@ -108,7 +108,7 @@ def test_jobs_and_metrics_frames_have_typed_columns(q: kn.Queue) -> None:
     assert failed["error"].tolist() == ["RuntimeError: nope"]
     assert len(q.jobs(limit=2)) == 2
     metrics = q.metrics()
-    assert metrics.index.tolist() == sorted(jobs["job"].unique().tolist()) + ["(total)"]
+    assert metrics.index.tolist() == [*sorted(jobs["job"].unique().tolist()), "(total)"]
     total = metrics.loc["(total)"]
     assert (total["completed"], total["failed"]) == (4, 1)
     assert total["success_rate"] == pytest.approx(0.8)
@@ -135,16 +135,16 @@ def test_bad_input_is_clear(q: kn.Queue) -> None:
 
     with pytest.raises(SerializationError, match=r"argument 'x' of .*takes\(\) is of type builtins.object"):
         takes.dispatch(object())
-    with pytest.raises(ConfigError, match="missing a required argument: 'x'"):
+    with pytest.raises(ConfigError, match=r"missing a required argument: 'x'"):
         takes.dispatch()
     with pytest.raises(ConfigError, match="unknown job status 'finished'; valid statuses"):
         q.jobs(status="finished")
     with pytest.raises(ConfigError, match="sweep parameter 'x' must be a list"):
         takes.sweep(x=3)  # type: ignore[arg-type]
-    with pytest.raises(ConfigError, match="unknown @q.job options"):
+    with pytest.raises(ConfigError, match=r"unknown @q\.job options"):
         q.job(retries=3)
     h = takes.dispatch(1)
-    with pytest.raises(ResultTimeoutError, match="still unfinished after 0.2s"):
+    with pytest.raises(ResultTimeoutError, match=r"still unfinished after 0\.2s"):
         h.result(timeout=0.2)  # no worker started
     assert len(q.jobs()) == 1
 

@@ -29,13 +29,15 @@ logger = logging.getLogger(__name__)
 
 THROUGHPUT_WINDOW_S = 5.0
 STYLE = """<style>
-.khadem-panel { font-family: var(--jp-ui-font-family, sans-serif); color: var(--jp-ui-font-color1, #222);
+.khadem-panel { font-family: var(--jp-ui-font-family, sans-serif);
+  color: var(--jp-ui-font-color1, #222);
   background: var(--jp-layout-color1, #fff); border: 1px solid var(--jp-border-color2, #ddd);
   border-radius: 4px; padding: 6px 8px; max-width: 100%; box-sizing: border-box; }
 .khadem-panel table { border-collapse: collapse; font-size: var(--jp-ui-font-size1, 13px); width: 100%; }
 .khadem-panel td, .khadem-panel th { padding: 1px 6px; text-align: left; overflow-wrap: anywhere; }
 .khadem-panel th { color: var(--jp-ui-font-color2, #555); font-weight: 600; }
-.khadem-badge { display: inline-block; color: #fff; border-radius: 3px; padding: 0 6px; margin: 2px 6px 2px 0; }
+.khadem-badge { display: inline-block; color: #fff; border-radius: 3px; padding: 0 6px;
+  margin: 2px 6px 2px 0; }
 .khadem-error { color: var(--jp-error-color1, #c0392b); }
 .khadem-muted { color: var(--jp-ui-font-color2, #666); }
 .khadem-bar { background: var(--jp-layout-color3, #ddd); height: 6px; width: 80px; display: inline-block; }
@@ -235,12 +237,13 @@ def _running_table(snap: Snapshot) -> str:
         f"<tr><td><code>{html.escape(name)}</code></td><td class='khadem-muted'>{job_id[:8]}</td>"
         f"<td>{_bar(progress)}</td><td>{html.escape(note or '')}</td><td>{elapsed:.1f}s</td></tr>"
         for name, job_id, progress, note, elapsed in snap.running)
-    return f"<table><tr><th>running</th><th>id</th><th>progress</th><th>note</th><th>for</th></tr>{rows}</table>"
+    head = "<tr><th>running</th><th>id</th><th>progress</th><th>note</th><th>for</th></tr>"
+    return f"<table>{head}{rows}</table>"
 
 
 def _bar(progress: float | None) -> str:
     if progress is None:
-        return "<span class='khadem-muted'>–</span>"
+        return "<span class='khadem-muted'>-</span>"
     return f"<span class='khadem-bar'><span style='width:{progress:.0%}'></span></span> {progress:.0%}"
 
 
