@@ -11,7 +11,7 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
-from urllib.parse import unquote, urlsplit
+from urllib.parse import parse_qsl, unquote, urlsplit
 
 from ._time import to_seconds
 from .errors import ConfigError
@@ -121,7 +121,9 @@ def _from_section(section: dict[str, Any]) -> QueueSettings:
         raise ConfigError(f"unknown queue config keys {sorted(unknown)}; valid keys: {sorted(QUEUE_KEYS)}")
     values: dict[str, Any] = {}
     if section.get("url"):
-        values.update(_parse_url(_require_str(section, "url")))
+        url = _require_str(section, "url")
+        values.update(_parse_url(url))
+        section = {**_url_query(url), **section}
     values.update(_plain_values(section))
     if "workers" in section:
         values["workers"] = _parse_workers(section["workers"])
@@ -160,6 +162,30 @@ def _check_consistency(settings: QueueSettings, *, explicit_heartbeat: bool) -> 
     if not settings.name:
         raise ConfigError("queue.name must not be empty")
     return settings
+
+
+URL_QUERY_KEYS = frozenset({"name", "lease", "heartbeat", "max_reclaims", "retention", "prefix",
+                            "connect_timeout"})
+
+
+def _url_query(url: str) -> dict[str, Any]:
+    """Queue settings given in the URL's query string, e.g. ``redis://host/0?lease=5&name=gpu``."""
+    query = dict(parse_qsl(urlsplit(url).query, keep_blank_values=True))
+    unknown = set(query) - URL_QUERY_KEYS
+    if unknown:
+        raise ConfigError(f"unknown settings {sorted(unknown)} in the query of {redact_url(url)!r}; "
+                          f"valid: {sorted(URL_QUERY_KEYS)}")
+    return {k: (v if k in ("name", "prefix") else _number(v, k)) for k, v in query.items()}
+
+
+def _number(text: str, key: str) -> float | int:
+    try:
+        return int(text)
+    except ValueError:
+        try:
+            return float(text)
+        except ValueError:
+            raise ConfigError(f"queue.{key} in a URL query must be a number, got {text!r}") from None
 
 
 def _parse_url(url: str) -> dict[str, Any]:

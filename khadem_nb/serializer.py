@@ -196,6 +196,10 @@ def dumps(value: Any) -> str:
     return _ENCODER.encode(value)
 
 
+class UnreadablePayload(str):
+    """Stands in for a payload that could not be parsed from storage; running it fails the job."""
+
+
 class QueueJobSerializer:
     """Converts jobs to JSON payloads and back, through the job-factory registry."""
 
@@ -214,6 +218,8 @@ class QueueJobSerializer:
 
     def decode_job(self, name: str, payload: Any) -> QueueJob:
         """Rebuild a job from its name and encoded payload via the registered factory."""
+        if isinstance(payload, UnreadablePayload):
+            raise SerializationError(f"the stored record of job {name!r} could not be read: {payload}")
         factory = self.factories.get(name)
         if factory is None:
             raise UnknownJobError(

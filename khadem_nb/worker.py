@@ -22,7 +22,7 @@ from .job import JobRecord
 
 logger = logging.getLogger(__name__)
 
-MAX_ERROR_BACKOFF_S = 30.0
+MAX_ERROR_BACKOFF_S = 5.0
 
 
 class QueueWorker:

@@ -16,13 +16,43 @@ import jobs as test_jobs
 
 from khadem_nb import QueueManager
 
-ALL_DRIVERS = ["sync", "memory", "sqlite", "file"]
+ALL_DRIVERS = ["sync", "memory", "sqlite", "file", "redis"]
 QUEUED_DRIVERS = [d for d in ALL_DRIVERS if d != "sync"]
+
+
+REDIS_URL = os.environ.get("KHADEM_REDIS_URL", "redis://127.0.0.1:6379/0")
+_redis_state: dict[str, bool] = {}
+
+
+def redis_available() -> bool:
+    if "up" not in _redis_state:
+        import redis
+
+        try:
+            redis.Redis.from_url(REDIS_URL, socket_connect_timeout=2, socket_timeout=2).ping()
+            _redis_state["up"] = True
+        except redis.RedisError:
+            _redis_state["up"] = False
+    return _redis_state["up"]
+
+
+def need_redis() -> str:
+    """The Redis URL for tests; a missing server fails the test when KHADEM_REQUIRE_REDIS=1."""
+    if not redis_available():
+        message = f"no Redis server answers at {REDIS_URL} (set KHADEM_REDIS_URL)"
+        if require_env_flag("KHADEM_REQUIRE_REDIS"):
+            pytest.fail(message)
+        pytest.skip(message)
+    return REDIS_URL
 
 
 def driver_config(driver: str, tmp_path: Path, **extra: Any) -> dict[str, Any]:
     section: dict[str, Any] = {"driver": driver, **extra}
-    if driver == "sqlite":
+    if driver == "redis":
+        section.pop("driver")
+        section["url"] = need_redis()
+        section["prefix"] = f"khadem-test-{tmp_path.name}-{os.getpid()}"
+    elif driver == "sqlite":
         section["path"] = str(tmp_path / "queue.db")
     elif driver == "file":
         section["path"] = str(tmp_path / "queue")

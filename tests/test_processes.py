@@ -5,9 +5,11 @@ from __future__ import annotations
 import asyncio
 import signal
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from conftest import need_redis
 from jobs import Echo, Mark, Sleep, SleepFirst
 from procs import finish, kill, run_script, start_worker
 
@@ -16,9 +18,22 @@ from khadem_nb import JobStatus, QueueManager
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(params=["sqlite", "file"])
-def durable_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    return f"sqlite:///{tmp_path}/q.db" if request.param == "sqlite" else f"file:///{tmp_path}/q"
+@pytest.fixture(params=["sqlite", "file", "redis"])
+def durable_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path}/q.db"
+    elif request.param == "file":
+        yield f"file:///{tmp_path}/q"
+    else:
+        url = f"{need_redis()}?prefix=khadem-proc-{tmp_path.name}"
+        yield url
+        asyncio.run(_purge(url))
+
+
+async def _purge(url: str) -> None:
+    manager = await QueueManager(url).init()
+    await manager.driver.purge()
+    await manager.close()
 
 
 async def open_manager(url: str, **queue: object) -> QueueManager:
@@ -38,7 +53,7 @@ async def test_jobs_dispatched_here_are_drained_by_another_process(durable_url: 
 
 
 async def test_four_workers_race_and_each_job_runs_exactly_once(durable_url: str, tmp_path: Path) -> None:
-    n = 2000 if durable_url.startswith("sqlite") else 400  # the file driver fsyncs every move
+    n = 400 if durable_url.startswith("file") else 2000  # the file driver fsyncs every move
     log = tmp_path / "runs.log"
     manager = await open_manager(durable_url)
     await manager.dispatch_many([Mark(str(i), str(log)) for i in range(n)])

@@ -1,0 +1,42 @@
+-- Shared by every script (prepended by the driver). KEYS follow one fixed layout, all under
+-- the queue's hash tag, so every key a script touches is declared and in one cluster slot.
+local K_SEQ, K_READY, K_DELAYED, K_ACTIVE, K_DONE, K_FAILED, K_ALL = 1, 2, 3, 4, 5, 6, 7
+local K_DATA, K_STATUS, K_ATTEMPT, K_TOKEN, K_TIMES, K_RESULT, K_ERROR = 8, 9, 10, 11, 12, 13, 14
+local K_RECLAIMS, K_META, K_SCORE, K_KEYS, K_NOTIFY, K_LOCK = 15, 16, 17, 18, 19, 20
+
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+
+-- times: "available,started,finished,lease" as one field per job
+local function get_times(id)
+  local raw = redis.call('HGET', KEYS[K_TIMES], id)
+  if not raw then return {0, -1, -1, -1} end
+  local out = {}
+  for part in string.gmatch(raw, '([^,]+)') do out[#out + 1] = tonumber(part) end
+  return out
+end
+
+local function set_times(id, t)
+  redis.call('HSET', KEYS[K_TIMES], id, t[1] .. ',' .. t[2] .. ',' .. t[3] .. ',' .. t[4])
+end
+
+local function make_ready(id)
+  redis.call('ZADD', KEYS[K_READY], redis.call('HGET', KEYS[K_SCORE], id), id)
+  redis.call('HSET', KEYS[K_STATUS], id, 'queued')
+end
+
+local function forget(id)
+  for i = K_DATA, K_SCORE do redis.call('HDEL', KEYS[i], id) end
+  redis.call('ZREM', KEYS[K_ALL], id)
+end
+
+-- keep at most `keep` completed records, oldest dropped first
+local function trim_done(keep)
+  local extra = redis.call('ZCARD', KEYS[K_DONE]) - keep
+  if extra > 0 then
+    local old = redis.call('ZPOPMIN', KEYS[K_DONE], extra)
+    for i = 1, #old, 2 do forget(old[i]) end
+  end
+end

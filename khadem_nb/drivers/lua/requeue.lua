@@ -1,0 +1,15 @@
+-- ARGV: ids of failed jobs to put back with a fresh attempt budget. Returns how many moved.
+local now = now_ms()
+local n = 0
+for _, id in ipairs(ARGV) do
+  if redis.call('HGET', KEYS[K_STATUS], id) == 'failed' then
+    redis.call('ZREM', KEYS[K_FAILED], id)
+    redis.call('HSET', KEYS[K_ATTEMPT], id, 0)
+    redis.call('HSET', KEYS[K_RECLAIMS], id, 0)
+    make_ready(id)
+    set_times(id, {now, -1, -1, -1})
+    n = n + 1
+  end
+end
+if n > 0 then redis.call('LPUSH', KEYS[K_NOTIFY], 1) end
+return n

@@ -1,0 +1,53 @@
+-- ARGV: limit, lease_ms, token_prefix, max_reclaims, sweep_every_ms, lease_lost_error
+-- Promotes due delayed jobs, reclaims expired leases (at most once per sweep_every_ms across
+-- all workers, guarded by the lock key), then claims up to `limit` jobs, highest priority
+-- first, FIFO within one. Returns {now, id, data, attempt, token, reclaims, meta, ...}.
+local limit, lease = tonumber(ARGV[1]), tonumber(ARGV[2])
+local now = now_ms()
+
+local due = redis.call('ZRANGEBYSCORE', KEYS[K_DELAYED], '-inf', now, 'LIMIT', 0, 1000)
+for _, id in ipairs(due) do
+  redis.call('ZREM', KEYS[K_DELAYED], id)
+  make_ready(id)
+end
+
+if redis.call('SET', KEYS[K_LOCK], 1, 'NX', 'PX', tonumber(ARGV[5])) then
+  local expired = redis.call('ZRANGEBYSCORE', KEYS[K_ACTIVE], '-inf', now, 'LIMIT', 0, 1000)
+  for _, id in ipairs(expired) do
+    redis.call('ZREM', KEYS[K_ACTIVE], id)
+    redis.call('HDEL', KEYS[K_TOKEN], id)
+    local reclaims = redis.call('HINCRBY', KEYS[K_RECLAIMS], id, 1)
+    local t = get_times(id)
+    if reclaims > tonumber(ARGV[4]) then
+      redis.call('HSET', KEYS[K_STATUS], id, 'failed')
+      redis.call('HSET', KEYS[K_ERROR], id, cjson.encode({string.format(ARGV[6], reclaims), false}))
+      redis.call('ZADD', KEYS[K_FAILED], now, id)
+      set_times(id, {t[1], t[2], now, -1})
+    else
+      make_ready(id)
+      set_times(id, {now, -1, -1, -1})
+    end
+  end
+end
+
+local out = {now}
+local popped = redis.call('ZPOPMIN', KEYS[K_READY], limit)
+for i = 1, #popped, 2 do
+  local id = popped[i]
+  local attempt = redis.call('HINCRBY', KEYS[K_ATTEMPT], id, 1)
+  local token = ARGV[3] .. '-' .. ((i + 1) / 2)
+  redis.call('HSET', KEYS[K_STATUS], id, 'active')
+  redis.call('HSET', KEYS[K_TOKEN], id, token)
+  redis.call('ZADD', KEYS[K_ACTIVE], now + lease, id)
+  local t = get_times(id)
+  set_times(id, {t[1], now, -1, now + lease})
+  local n = #out
+  out[n + 1] = id
+  out[n + 2] = redis.call('HGET', KEYS[K_DATA], id)
+  out[n + 3] = attempt
+  out[n + 4] = token
+  out[n + 5] = redis.call('HGET', KEYS[K_RECLAIMS], id) or 0
+  out[n + 6] = redis.call('HGET', KEYS[K_META], id) or '{}'
+  out[n + 7] = t[1]
+end
+return out

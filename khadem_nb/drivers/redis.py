@@ -1,0 +1,416 @@
+"""Redis driver: many processes on many machines, at-least-once, on Redis or Redis Cluster.
+
+Every state change is one Lua script (``drivers/lua/``) that reads the clock with ``TIME``,
+so client clocks never matter. A queue's keys all carry one hash tag, ``{prefix:queue}``, and
+every script declares all the keys it touches, so the driver runs unchanged on Redis Cluster.
+Job fields live in one hash per field (status, attempt, token, times, ...) keyed by job id:
+scripts touch single fields instead of decoding and re-encoding a JSON record.
+
+A claim grants a lease and a fresh token. Workers renew leases with ``heartbeat``; a job
+whose lease expired is put back by the next ``reserve`` that wins the sweep lock (any worker,
+at most every lease/4 seconds), or ends failed after ``queue.max_reclaims`` reclaims. Every
+write after a claim is fenced by the token. Idle workers wait on a notify list (``BLPOP``),
+not by polling. Settles that fail because Redis went away are retried with backoff until the
+lease would have run out; a dispatch while Redis is down raises ``DriverUnavailableError``
+within ``queue.connect_timeout``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from importlib import resources
+from typing import Any, ClassVar, TypeVar
+
+from .._time import now_ms
+from ..config import QueueSettings
+from ..errors import ConfigError, DriverError, DriverUnavailableError
+from ..job import JobRecord, JobStatus
+from ..serializer import UnreadablePayload, dumps
+from .base import LEASE_LOST_ERROR, QueueDriver, empty_counts
+
+logger = logging.getLogger(__name__)
+T = TypeVar("T")
+
+# The key layout every script shares; the order matches the K_* constants in _common.lua.
+KEY_NAMES = ("seq", "ready", "delayed", "active", "completed", "failed", "all", "data", "status",
+             "attempt", "token", "times", "result", "error", "reclaims", "meta", "score", "keys",
+             "notify", "sweep")
+COLUMNS = ("data", "status", "attempt", "token", "times", "result", "error", "reclaims", "meta")
+STATUS_SETS = {JobStatus.QUEUED: "ready", JobStatus.SCHEDULED: "delayed", JobStatus.ACTIVE: "active",
+               JobStatus.COMPLETED: "completed", JobStatus.FAILED: "failed"}
+MAX_PRIORITY = 4000  # scores are -priority * 1e12 + seq: exact in a double up to this
+NOTIFY_CAP = 64
+_persistence_warned: set[str] = set()
+
+
+def _script(name: str) -> str:
+    folder = resources.files("khadem_nb.drivers") / "lua"
+    return (folder / "_common.lua").read_text() + "\n" + (folder / f"{name}.lua").read_text()
+
+
+def queue_keys(prefix: str, queue: str) -> list[str]:
+    """All keys of one queue, sharing the hash tag ``{prefix:queue}``."""
+    tag = f"{{{prefix}:{queue}}}"
+    return [f"{tag}:{name}" for name in KEY_NAMES]
+
+
+class RedisDriver(QueueDriver):
+    """At-least-once queue on Redis (standalone or Cluster)."""
+
+    durable: ClassVar[bool] = True
+    shared: ClassVar[bool] = True
+    uses_leases: ClassVar[bool] = True
+
+    def __init__(self, settings: QueueSettings) -> None:
+        super().__init__(settings)
+        if "{" in settings.prefix or "}" in settings.prefix:
+            raise ConfigError(f"queue.prefix {settings.prefix!r} contains '{{' or '}}', which would give a "
+                              "queue's keys different hash tags and split it across cluster slots")
+        self.url = settings.redacted_url()
+        self.client: Any = None
+        self.cluster = False
+        self._scripts: dict[str, Any] = {}
+        self._keys: dict[str, list[str]] = {}
+        self._generation = 0
+        self._outage = False
+
+    # -- connecting ------------------------------------------------------------------------------
+    def _client_options(self) -> dict[str, Any]:
+        from redis.asyncio.retry import Retry
+        from redis.backoff import NoBackoff
+
+        s = self.settings
+        # No silent retries inside redis-py: outages are handled here, with bounded waits.
+        return {"socket_connect_timeout": s.connect_timeout_s,
+                "socket_timeout": max(10.0, 2 * s.connect_timeout_s),
+                "retry": Retry(NoBackoff(), 0), "health_check_interval": 30}
+
+    async def open(self) -> None:
+        import redis.asyncio as aioredis
+        from redis.exceptions import AuthenticationError, RedisError, ResponseError
+
+        s = self.settings
+        options = self._client_options()
+        if s.url and s.url.startswith("rediss://"):
+            options["ssl"] = True
+        client = aioredis.Redis(host=s.host, port=s.port, db=s.db, username=s.username,
+                                password=s.password, **options)
+        try:
+            await asyncio.wait_for(client.ping(), s.connect_timeout_s + 1)
+            info = await client.info("cluster")
+        except AuthenticationError as exc:
+            await client.aclose()
+            raise DriverError(f"Redis at {self.url} refused the credentials: {exc}") from None
+        except ResponseError as exc:
+            await client.aclose()
+            raise DriverError(f"Redis at {self.url} refused the connection: {exc}") from None
+        except (RedisError, OSError, TimeoutError) as exc:
+            await client.aclose()
+            raise DriverUnavailableError(f"cannot reach Redis at {self.url} within "
+                                         f"{s.connect_timeout_s:g}s: {exc}") from None
+        if info.get("cluster_enabled"):
+            await client.aclose()
+            options.pop("health_check_interval", None)
+            client = aioredis.RedisCluster(host=s.host, port=s.port, username=s.username,
+                                           password=s.password, **options)
+            await client.initialize()
+            self.cluster = True
+        self.client = client
+        self._scripts = {name: client.register_script(_script(name))
+                         for name in ("enqueue", "reserve", "settle", "heartbeat", "meta", "requeue")}
+        await self._warn_without_persistence()
+
+    async def _warn_without_persistence(self) -> None:
+        from redis.exceptions import RedisError
+
+        if self.url in _persistence_warned:
+            return
+        _persistence_warned.add(self.url)
+        try:
+            config = await self.client.config_get("appendonly")
+        except RedisError:  # CONFIG may be renamed or disabled: nothing to check then
+            return
+        values = {k.decode() if isinstance(k, bytes) else k: v for k, v in config.items()}
+        if values.get("appendonly") in (b"no", "no"):
+            logger.warning("Redis at %s has appendonly=no: queued jobs may be lost if the server "
+                           "restarts (enable AOF for a durable queue)", self.url)
+
+    async def close(self) -> None:
+        if self.client is not None:
+            await self.client.aclose()
+            self.client = None
+
+    def keys(self, queue: str) -> list[str]:
+        keys = self._keys.get(queue)
+        if keys is None:
+            keys = self._keys[queue] = queue_keys(self.settings.prefix, queue)
+        return keys
+
+    async def _call(self, make: Callable[[], Awaitable[T]]) -> T:
+        """Run one command; a lost connection becomes DriverUnavailableError naming the server."""
+        from redis.exceptions import ConnectionError as RedisConnectionError
+        from redis.exceptions import TimeoutError as RedisTimeoutError
+
+        if self.client is None:
+            raise DriverError(f"the Redis queue at {self.url} is closed")
+        try:
+            value = await make()
+        except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+            if not self._outage:
+                logger.error("lost Redis at %s: %s", self.url, exc)
+            self._outage = True
+            raise DriverUnavailableError(f"Redis at {self.url} is unreachable: {exc}") from None
+        if self._outage:
+            logger.warning("Redis at %s is back", self.url)
+            self._outage = False
+        return value
+
+    async def _run(self, script: str, queue: str, args: Sequence[Any]) -> Any:
+        return await self._call(lambda: self._scripts[script](keys=self.keys(queue), args=list(args)))
+
+    # -- producing -------------------------------------------------------------------------------
+    async def push(self, records: Sequence[JobRecord]) -> None:
+        by_queue: dict[str, list[Any]] = {}
+        for record in records:
+            if abs(record.priority) > MAX_PRIORITY:
+                raise ConfigError(f"priority {record.priority} is outside the Redis driver's range "
+                                  f"[-{MAX_PRIORITY}, {MAX_PRIORITY}]")
+            delay = max(0, record.available_ms - record.created_ms)
+            by_queue.setdefault(record.queue, []).extend(
+                [record.id, record.priority, delay, _data(record), record.key or ""])
+        for queue, args in by_queue.items():
+            for start in range(0, len(args), 5 * 1000):  # at most 1,000 jobs per script call
+                await self._run("enqueue", queue, [NOTIFY_CAP, *args[start : start + 5 * 1000]])
+
+    # -- consuming -------------------------------------------------------------------------------
+    def interrupt_waits(self) -> None:
+        self._generation += 1
+
+    async def reserve(self, queues: Sequence[str], limit: int, wait_s: float) -> list[JobRecord]:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + wait_s
+        generation = self._generation
+        while True:
+            claimed = await self._claim(queues, limit)
+            remaining = deadline - loop.time()
+            if claimed or remaining <= 0 or generation != self._generation:
+                return claimed
+            await self._wait_for_work(queues, min(remaining, 1.0))
+
+    async def _claim(self, queues: Sequence[str], limit: int) -> list[JobRecord]:
+        claimed: list[JobRecord] = []
+        for queue in queues:
+            args = [limit - len(claimed), int(self.settings.lease_s * 1000), os.urandom(8).hex(),
+                    self.settings.max_reclaims, max(100, int(self.settings.lease_s * 250)),
+                    LEASE_LOST_ERROR.replace("{n}", "%d")]
+            rows = await self._run("reserve", queue, args)
+            claimed += _claimed_records(queue, rows, self.settings.lease_s)
+            if len(claimed) >= limit:
+                break
+        return claimed
+
+    async def _wait_for_work(self, queues: Sequence[str], timeout: float) -> None:
+        """Block on the first queue's notify list (no polling); wakes on dispatch or retry."""
+        notify = self.keys(queues[0])[KEY_NAMES.index("notify")]
+        wait = max(0.05, timeout)
+        await self._call(lambda: self.client.blpop([notify], timeout=wait))
+
+    async def heartbeat(self, records: Sequence[JobRecord]) -> list[bool]:
+        alive: dict[str, bool] = {}
+        by_queue: dict[str, list[JobRecord]] = {}
+        for record in records:
+            by_queue.setdefault(record.queue, []).append(record)
+        for queue, held in by_queue.items():
+            args: list[Any] = [int(self.settings.lease_s * 1000)]
+            for record in held:
+                args += [record.id, record.token or ""]
+            flags = await self._run("heartbeat", queue, args)
+            alive.update({r.id: bool(f) for r, f in zip(held, flags, strict=True)})
+        return [alive[r.id] for r in records]
+
+    async def _settle(self, record: JobRecord, token: str | None) -> bool:
+        release = record.status is JobStatus.QUEUED and record.error is None and record.finished_ms is None \
+            and record.started_ms is None
+        delay = max(0, record.available_ms - now_ms()) if record.status in (JobStatus.QUEUED,
+                                                                          JobStatus.SCHEDULED) else 0
+        args = [record.id, token or "", record.status.value,
+                dumps(record.result) if record.status is JobStatus.COMPLETED else "",
+                dumps([record.error, record.traceback]), delay, dumps(record.meta) if record.meta else "",
+                self.settings.retention, "1" if release else "0"]
+        settled = await self._retrying(lambda: self._run("settle", record.queue, args))
+        record.token = None
+        return bool(settled)
+
+    async def _retrying(self, make: Callable[[], Awaitable[T]]) -> T:
+        """Retry through an outage with backoff, until a lease would have expired anyway."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.settings.lease_s
+        delay = 0.05
+        while True:
+            try:
+                return await make()
+            except DriverUnavailableError:
+                if loop.time() + delay > deadline:
+                    raise
+                await asyncio.sleep(delay)
+                delay = min(2.0, delay * 2)
+
+    async def update_meta(self, record: JobRecord, meta: dict[str, Any]) -> bool:
+        merged = {**record.meta, **meta}
+        return bool(await self._run("meta", record.queue, [record.id, record.token or "", dumps(merged)]))
+
+    # -- inspecting ------------------------------------------------------------------------------
+    async def _fetch(self, queue: str, ids: Sequence[str]) -> list[JobRecord | None]:
+        if not ids:
+            return []
+        keys = self.keys(queue)
+
+        async def run() -> Any:
+            pipe = self.client.pipeline(transaction=False)
+            for column in COLUMNS:
+                pipe.hmget(keys[KEY_NAMES.index(column)], list(ids))
+            return await pipe.execute()
+
+        columns = await self._call(run)
+        return [_record_from_columns(queue, job_id, [col[i] for col in columns])
+                for i, job_id in enumerate(ids)]
+
+    async def get(self, job_id: str) -> JobRecord | None:
+        return (await self._fetch(self.settings.name, [job_id]))[0]
+
+    async def get_many(self, job_ids: Sequence[str]) -> list[JobRecord | None]:
+        return await self._fetch(self.settings.name, job_ids)
+
+    async def list(self, status: JobStatus | None = None, queue: str | None = None,
+                   limit: int | None = None) -> list[JobRecord]:
+        queue = queue or self.settings.name
+        key = self.keys(queue)[KEY_NAMES.index("all" if status is None else STATUS_SETS[status])]
+        if status in (JobStatus.QUEUED, JobStatus.SCHEDULED):
+            ids = await self._call(lambda: self.client.zrange(key, 0, -1))
+            records = [r for r in await self._fetch(queue, _text(ids)) if r is not None]
+            records.sort(key=lambda r: r.created_ms)
+            if status is JobStatus.QUEUED:  # due delayed jobs count as queued until promoted
+                records += await self._due_delayed(queue)
+                records.sort(key=lambda r: r.created_ms)
+            return records[-limit:] if limit else records
+        start = -limit if limit else 0
+        ids = await self._call(lambda: self.client.zrange(key, start, -1))
+        records = [r for r in await self._fetch(queue, _text(ids)) if r is not None]
+        if status is not None:
+            records.sort(key=lambda r: r.created_ms)
+        return [_view(r) for r in records]
+
+    async def _due_delayed(self, queue: str) -> list[JobRecord]:
+        key = self.keys(queue)[KEY_NAMES.index("delayed")]
+        ids = await self._call(lambda: self.client.zrangebyscore(key, "-inf", now_ms()))
+        return [_view(r) for r in await self._fetch(queue, _text(ids)) if r is not None]
+
+    async def counts(self, queue: str | None = None) -> dict[JobStatus, int]:
+        keys = self.keys(queue or self.settings.name)
+
+        async def run() -> Any:
+            pipe = self.client.pipeline(transaction=False)
+            for status in JobStatus:
+                pipe.zcard(keys[KEY_NAMES.index(STATUS_SETS[status])])
+            pipe.zcount(keys[KEY_NAMES.index("delayed")], "-inf", now_ms())
+            return await pipe.execute()
+
+        values = await self._call(run)
+        counts = empty_counts()
+        for status, n in zip(JobStatus, values, strict=False):
+            counts[status] = int(n)
+        counts[JobStatus.QUEUED] += int(values[-1])
+        counts[JobStatus.SCHEDULED] -= int(values[-1])
+        return counts
+
+    async def requeue(self, job_ids: Iterable[str]) -> int:
+        ids = list(job_ids)
+        return int(await self._run("requeue", self.settings.name, ids)) if ids else 0
+
+    async def find_by_keys(self, keys: Sequence[str]) -> dict[str, JobRecord]:
+        if not keys:
+            return {}
+        queue = self.settings.name
+        index = self.keys(queue)[KEY_NAMES.index("keys")]
+        ids = await self._call(lambda: self.client.hmget(index, list(keys)))
+        pairs = [(k, i.decode()) for k, i in zip(keys, ids, strict=True) if i is not None]
+        records = await self._fetch(queue, [i for _, i in pairs])
+        return {k: r for (k, _), r in zip(pairs, records, strict=True) if r is not None}
+
+    async def purge(self) -> None:
+        keys = self.keys(self.settings.name)
+        await self._call(lambda: self.client.delete(*keys))
+
+
+def _data(record: JobRecord) -> str:
+    return dumps({"job": record.name, "payload": record.payload, "priority": record.priority,
+                  "max_attempts": record.max_attempts, "created_ms": record.created_ms,
+                  "timeout_s": record.timeout_s, "key": record.key})
+
+
+def _text(values: Iterable[Any]) -> list[str]:
+    return [v.decode() if isinstance(v, bytes) else str(v) for v in values]
+
+
+def _claimed_records(queue: str, rows: list[Any], lease_s: float) -> list[JobRecord]:
+    now = int(rows[0])
+    records = []
+    for i in range(1, len(rows), 7):
+        job_id, data, attempt, token, reclaims, meta, available = rows[i : i + 7]
+        record = _from_data(queue, job_id.decode(), data)
+        record.status = JobStatus.ACTIVE
+        record.attempt = int(attempt)
+        record.token = token.decode()
+        record.reclaims = int(reclaims)
+        record.meta = json.loads(meta)
+        record.available_ms = int(available)
+        record.started_ms = now
+        record.lease_ms = now + int(lease_s * 1000)
+        records.append(record)
+    return records
+
+
+def _from_data(queue: str, job_id: str, data: bytes) -> JobRecord:
+    try:
+        fields = json.loads(data)
+        if not isinstance(fields, dict):
+            raise ValueError(f"expected an object, got {type(fields).__name__}")
+        fields["job"], fields["payload"]  # noqa: B018 - both must be there
+    except (ValueError, KeyError, TypeError) as exc:  # a corrupt record fails its job, not the worker
+        return JobRecord(id=job_id, name="(unreadable)", queue=queue,
+                         payload=UnreadablePayload(f"malformed JSON in Redis ({exc})"))
+    return JobRecord(id=job_id, name=fields["job"], payload=fields["payload"], queue=queue,
+                     priority=fields.get("priority", 0), max_attempts=fields.get("max_attempts", 1),
+                     created_ms=fields.get("created_ms", 0), timeout_s=fields.get("timeout_s"),
+                     key=fields.get("key"))
+
+
+def _record_from_columns(queue: str, job_id: str, values: list[Any]) -> JobRecord | None:
+    data, status, attempt, token, times, result, error, reclaims, meta = values
+    if data is None or status is None:
+        return None
+    record = _from_data(queue, job_id, data)
+    record.status = JobStatus(status.decode())
+    record.attempt = int(attempt or 0)
+    record.token = token.decode() if token else None
+    available, started, finished, lease = (int(x) for x in (times or b"0,-1,-1,-1").decode().split(","))
+    record.available_ms = available
+    record.started_ms = None if started < 0 else started
+    record.finished_ms = None if finished < 0 else finished
+    record.lease_ms = None if lease < 0 else lease
+    record.result = json.loads(result) if result else None
+    if error:
+        record.error, record.traceback = json.loads(error)
+    record.reclaims = int(reclaims or 0)
+    record.meta = json.loads(meta) if meta else {}
+    return _view(record)
+
+
+def _view(record: JobRecord) -> JobRecord:
+    if record.status is JobStatus.SCHEDULED and record.available_ms <= now_ms():
+        record.status = JobStatus.QUEUED
+    return record
