@@ -18,6 +18,7 @@ within ``queue.connect_timeout``.
 from __future__ import annotations
 
 import asyncio
+import builtins
 import json
 import logging
 import os
@@ -97,7 +98,7 @@ class RedisDriver(QueueDriver):
         options = self._client_options()
         if s.url and s.url.startswith("rediss://"):
             options["ssl"] = True
-        client = aioredis.Redis(host=s.host, port=s.port, db=s.db, username=s.username,
+        client: Any = aioredis.Redis(host=s.host, port=s.port, db=s.db, username=s.username,
                                 password=s.password, **options)
         try:
             await asyncio.wait_for(client.ping(), s.connect_timeout_s + 1)
@@ -304,7 +305,7 @@ class RedisDriver(QueueDriver):
             records.sort(key=lambda r: r.created_ms)
         return [_view(r) for r in records]
 
-    async def _due_delayed(self, queue: str) -> list[JobRecord]:
+    async def _due_delayed(self, queue: str) -> builtins.list[JobRecord]:
         key = self.keys(queue)[KEY_NAMES.index("delayed")]
         ids = await self._call(lambda: self.client.zrangebyscore(key, "-inf", now_ms()))
         return [_view(r) for r in await self._fetch(queue, _text(ids)) if r is not None]
@@ -379,7 +380,7 @@ def _from_data(queue: str, job_id: str, data: bytes) -> JobRecord:
         fields = json.loads(data)
         if not isinstance(fields, dict):
             raise ValueError(f"expected an object, got {type(fields).__name__}")
-        fields["job"], fields["payload"]  # noqa: B018 - both must be there
+        fields["job"], fields["payload"]
     except (ValueError, KeyError, TypeError) as exc:  # a corrupt record fails its job, not the worker
         return JobRecord(id=job_id, name="(unreadable)", queue=queue,
                          payload=UnreadablePayload(f"malformed JSON in Redis ({exc})"))

@@ -1,0 +1,212 @@
+"""Redis-only behaviour: bad servers, outages, restarts under load, Cluster, corrupt records."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+from conftest import need_redis
+from jobs import Echo, Mark
+from procs import finish, start_worker
+from redis_servers import RedisServer, spare_port
+
+from khadem_nb import ConfigError, DriverError, DriverUnavailableError, JobStatus, QueueManager
+from khadem_nb.drivers.redis import queue_keys
+
+pytestmark = pytest.mark.redis
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[RedisServer]:
+    srv = RedisServer(tmp_path / "redis", "--appendonly", "yes", "--appendfsync", "always").start()
+    yield srv
+    srv.stop()
+
+
+async def test_unreachable_host_is_a_clear_bounded_error() -> None:
+    port = spare_port()  # nothing listens here
+    started = time.monotonic()
+    with pytest.raises(DriverUnavailableError, match=rf"cannot reach Redis at redis://u:\*\*\*@127.0.0.1:{port}/0"):
+        await QueueManager({"queue": {"url": f"redis://u:secret@127.0.0.1:{port}/0",
+                                      "connect_timeout": 1}}).init()
+    assert time.monotonic() - started < 5
+
+
+async def test_a_server_that_never_answers_times_out() -> None:
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)
+    port = listener.getsockname()[1]
+    started = time.monotonic()
+    try:
+        with pytest.raises(DriverUnavailableError, match="cannot reach Redis"):
+            await QueueManager({"queue": {"url": f"redis://127.0.0.1:{port}/0", "connect_timeout": 1}}).init()
+    finally:
+        listener.close()
+    assert time.monotonic() - started < 5
+
+
+async def test_wrong_password_names_the_url_without_it(tmp_path: Path) -> None:
+    srv = RedisServer(tmp_path / "auth", "--requirepass", "right-password").start()
+    try:
+        with pytest.raises(DriverError, match=r"refused the credentials") as info:
+            await QueueManager(f"redis://:wrong-password@127.0.0.1:{srv.port}/0").init()
+        assert "wrong-password" not in str(info.value) and "***" in str(info.value)
+        manager = await QueueManager(f"redis://:right-password@127.0.0.1:{srv.port}/0").init()
+        await manager.close()
+    finally:
+        srv.stop()
+
+
+async def test_wrong_db_index_is_a_clear_error() -> None:
+    url = need_redis().rsplit("/", 1)[0] + "/999"
+    with pytest.raises(DriverError, match=r"refused the connection: .*DB index is out of range"):
+        await QueueManager(url).init()
+
+
+def test_a_prefix_that_would_split_slots_is_refused() -> None:
+    with pytest.raises(ConfigError, match="would give a queue's keys different hash tags"):
+        asyncio.run(QueueManager({"queue": {"url": need_redis(), "prefix": "a{b}"}}).init())
+    keys = queue_keys("khadem", "emails")
+    assert all(key.startswith("{khadem:emails}:") for key in keys)
+
+
+async def test_dispatch_while_redis_is_down_raises_quickly(server: RedisServer) -> None:
+    manager = await QueueManager({"queue": {"url": server.url, "connect_timeout": 1}}).init()
+    await manager.dispatch(Echo("before"))
+    server.kill()
+    started = time.monotonic()
+    with pytest.raises(DriverUnavailableError, match=f"127.0.0.1:{server.port}"):
+        await manager.dispatch(Echo("during"))
+    assert time.monotonic() - started < 5
+    server.start()
+    await manager.dispatch(Echo("after"))  # the same manager reconnects by itself
+    assert (await manager.counts())["queued"] == 2
+    await manager.close()
+
+
+async def test_malformed_record_fails_its_job_and_the_worker_continues() -> None:
+    manager = await QueueManager({"queue": {"url": need_redis(), "prefix": "khadem-test-corrupt"}}).init()
+    await manager.driver.purge()
+    bad = await manager.dispatch(Echo("will be corrupted"))
+    good = await manager.dispatch(Echo("fine"))
+    data_key = queue_keys("khadem-test-corrupt", "default")[7]
+    await manager.driver.client.hset(data_key, bad, b"{not json")  # type: ignore[attr-defined]
+    await manager.start_worker(burst=True, delay=0.05)
+    record = await manager.get_job(bad)
+    assert record.status is JobStatus.FAILED
+    assert record.error is not None and "could not be read: malformed JSON in Redis" in record.error
+    assert (await manager.get_job(good)).result == "fine"
+    await manager.driver.purge()
+    await manager.close()
+
+
+def test_restart_under_load_loses_nothing(server: RedisServer, tmp_path: Path) -> None:
+    """SIGKILL the server while two worker processes drain; restart it; every job completes."""
+    url = f"{server.url}?lease=2"
+    log = tmp_path / "runs.log"
+
+    async def dispatch() -> None:
+        manager = await QueueManager(url).init()
+        await manager.dispatch_many([Mark(str(i), str(log)) for i in range(300)])
+        await manager.close()
+
+    asyncio.run(dispatch())
+    workers = [start_worker(url, "--burst", "--concurrency", "2") for _ in range(2)]
+    deadline = time.monotonic() + 30
+
+    def both_working() -> bool:  # both workers are connected and have run jobs
+        return log.exists() and len(set(log.read_text().split()[1::2])) == 2
+
+    while not both_working() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    server.kill()
+    time.sleep(1.0)
+    server.start()  # same port, same AOF: the queue comes back as it was
+    errors = finish(workers, timeout=120)
+    assert any("lost Redis" in err for err in errors), "the workers never noticed the outage"
+
+    async def check() -> tuple[dict[str, int], list[int]]:
+        manager = await QueueManager(url).init()
+        counts = await manager.counts()
+        attempts = [r.attempt for r in await manager.jobs("completed")]
+        await manager.close()
+        return counts, attempts
+
+    # a burst worker may exit before jobs reclaimed after the outage are due: finish them
+    finish([start_worker(url, "--burst")], timeout=60)
+    counts, _ = asyncio.run(check())
+    assert counts["completed"] == 300, counts
+    ran = set(log.read_text().split()[0::2])
+    assert ran == {str(i) for i in range(300)}
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[list[RedisServer]]:
+    nodes = [RedisServer(tmp_path / f"node{i}", "--cluster-enabled", "yes", "--cluster-config-file",
+                         "nodes.conf", "--cluster-node-timeout", "2000", "--appendonly", "no").start()
+             for i in range(3)]
+    subprocess.run(["redis-cli", "--cluster", "create", *[f"127.0.0.1:{n.port}" for n in nodes],
+                    "--cluster-replicas", "0", "--cluster-yes"], check=True, capture_output=True, timeout=60)
+    client = redis.Redis(port=nodes[0].port)
+    deadline = time.monotonic() + 30
+    while client.cluster("info")["cluster_state"] != "ok":
+        assert time.monotonic() < deadline, "cluster never became ok"
+        time.sleep(0.1)
+    yield nodes
+    for node in nodes:
+        node.stop()
+
+
+async def test_three_queues_on_three_slots_of_a_cluster(cluster: list[RedisServer]) -> None:
+    seed = cluster[0].url
+    probe = redis.RedisCluster(host="127.0.0.1", port=cluster[0].port)
+    names = ["emails", "reports", "thumbnails"]
+    owners = {probe.get_node_from_key(queue_keys("khadem", n)[0]).port for n in names}
+    probe.close()
+    assert len(owners) >= 2, "the three queues should not all land on one node"
+    for name in names:
+        manager = await QueueManager({"queue": {"url": seed, "name": name}}).init()
+        assert manager.driver.cluster  # type: ignore[attr-defined]
+        ids = await manager.dispatch_many([Echo(f"{name}-{i}") for i in range(20)])
+        held = await manager.driver.reserve([name], 1, 0)
+        assert await manager.driver.heartbeat(held) == [True]
+        await manager.driver.release(held[0])
+        await manager.start_worker(burst=True, delay=0.05, concurrency=2)
+        records = [await manager.get_job(i) for i in ids]
+        assert [r.result for r in records] == [f"{name}-{i}" for i in range(20)]
+        assert (await manager.counts())["completed"] == 20
+        await manager.close()
+
+
+def test_idle_workers_wait_without_polling(server: RedisServer) -> None:
+    """An idle worker blocks on the notify list: a dispatch wakes it within milliseconds."""
+
+    async def main() -> float:
+        manager = await QueueManager(server.url).init()
+        worker = await manager.start_worker(run_in_background=True, delay=5.0)
+        await asyncio.sleep(0.5)
+        info_before = await manager.driver.client.info("commandstats")  # type: ignore[attr-defined]
+        await asyncio.sleep(1.0)
+        info_after = await manager.driver.client.info("commandstats")  # type: ignore[attr-defined]
+        started = time.monotonic()
+        job_id = await manager.dispatch(Echo("wake"))
+        while (await manager.get_job(job_id)).status is not JobStatus.COMPLETED:
+            await asyncio.sleep(0.002)
+        latency = time.monotonic() - started
+        await worker.stop()
+        await manager.close()
+        calls = [info_after.get(k, {}).get("calls", 0) - info_before.get(k, {}).get("calls", 0)
+                 for k in ("cmdstat_evalsha", "cmdstat_blpop")]
+        assert sum(calls) <= 4, f"an idle worker sent {calls} commands in one second"
+        return latency
+
+    assert asyncio.run(main()) < 1.0
+
+
