@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import logging
 import traceback
+from collections import deque
 from collections.abc import Sequence
 
 from .config import QueueSettings, WorkerSettings
@@ -47,6 +48,10 @@ class QueueWorker:
         self._claiming.set()
         self._stop_task: asyncio.Task[None] | None = None
         self._consumers_left = 0
+        self._buffer: deque[JobRecord] = deque()  # claimed by a batch reserve, not started yet
+        self._fetch_lock = asyncio.Lock()
+        self._waiting = 0
+        self._drained = False  # burst mode: a reserve found nothing due
 
     # -- control -----------------------------------------------------------------------------
     @property
@@ -114,45 +119,74 @@ class QueueWorker:
             if task.get_name() == "khadem-heartbeat":
                 task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._release_buffered()
         self._done.set()
+
+    async def _release_buffered(self) -> None:
+        while self._buffer:
+            record = self._buffer.popleft()
+            try:
+                await self.driver.release(record)
+            except Exception:  # its lease will expire and another worker reclaims it
+                logger.exception("could not release job %s on stop", record.id)
 
     # -- loops -------------------------------------------------------------------------------
     async def _consume(self) -> None:
         errors = 0
         try:
-            while not self._stopping.is_set():
+            while not self._stopping.is_set() and not self._drained:
                 await self._claiming.wait()
-                if self._stopping.is_set() or self._limit_reached():
+                if self._stopping.is_set():
                     break
                 try:
-                    records = await self.driver.reserve(self.queues, 1, self.options.delay_s)
+                    record = await self._next_record()
                 except Exception as exc:
                     errors += 1
                     await self._report_error(exc, errors)
                     continue
                 errors = 0
-                if not records:
-                    self._return_claim()
-                    if self.options.burst:
+                if record is None:
+                    if self.options.burst or self._claims_exhausted():
                         break
-                for record in records:
-                    await self._execute(record)
+                    continue
+                await self._execute(record)
         finally:
             self._consumers_left -= 1
             if self._consumers_left == 0 and not self._stopping.is_set():
                 self.request_stop()
 
-    def _limit_reached(self) -> bool:
-        if self._claims_left is None:
-            return False
-        if self._claims_left <= 0:
-            return True
-        self._claims_left -= 1  # reserve one claim; returned below if nothing came
-        return False
+    async def _next_record(self) -> JobRecord | None:
+        """The next claimed job: from the local buffer, or one reserve for every idle consumer.
 
-    def _return_claim(self) -> None:
-        if self._claims_left is not None:
-            self._claims_left += 1
+        Only one reserve is in flight at a time; it asks for as many jobs as there are
+        consumers waiting, so a busy Redis or SQLite queue is drained in batches, while a
+        single consumer still claims one job at a time.
+        """
+        if self._buffer:
+            return self._buffer.popleft()
+        self._waiting += 1
+        try:
+            async with self._fetch_lock:
+                if self._buffer:
+                    return self._buffer.popleft()
+                limit = self._waiting
+                if self._claims_left is not None:
+                    limit = min(limit, self._claims_left)
+                if limit <= 0 or self._drained or self._stopping.is_set():
+                    return None
+                records = await self.driver.reserve(self.queues, limit, self.options.delay_s)
+                if self._claims_left is not None:
+                    self._claims_left -= len(records)
+                if not records:
+                    self._drained = self.options.burst
+                    return None
+                self._buffer.extend(records[1:])
+                return records[0]
+        finally:
+            self._waiting -= 1
+
+    def _claims_exhausted(self) -> bool:
+        return self._claims_left is not None and self._claims_left <= 0
 
     async def _execute(self, record: JobRecord) -> None:
         self._active[record.id] = record
@@ -177,7 +211,6 @@ class QueueWorker:
                     await value
             except Exception:
                 logger.exception("on_error callback raised")
-        self._return_claim()
         backoff = min(MAX_ERROR_BACKOFF_S, 0.1 * 2 ** min(consecutive, 10))
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._stopping.wait(), backoff)
@@ -186,7 +219,7 @@ class QueueWorker:
         interval = self.settings.heartbeat_s
         while True:
             await asyncio.sleep(interval)
-            held = list(self._active.values())
+            held = [*self._active.values(), *self._buffer]
             if not held:
                 continue
             try:

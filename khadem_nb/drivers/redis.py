@@ -78,6 +78,8 @@ class RedisDriver(QueueDriver):
         self._keys: dict[str, list[str]] = {}
         self._generation = 0
         self._outage = False
+        self._settles: list[tuple[str, list[Any], asyncio.Future[Any]]] = []
+        self._flushing: set[asyncio.Task[None]] = set()
 
     # -- connecting ------------------------------------------------------------------------------
     def _client_options(self) -> dict[str, Any]:
@@ -242,9 +244,44 @@ class RedisDriver(QueueDriver):
                 dumps(record.result) if record.status is JobStatus.COMPLETED else "",
                 dumps([record.error, record.traceback]), delay, dumps(record.meta) if record.meta else "",
                 self.settings.retention, "1" if release else "0"]
-        settled = await self._retrying(lambda: self._run("settle", record.queue, args))
+        settled = await self._retrying(lambda: self._batched_settle(record.queue, args))
         record.token = None
         return bool(settled)
+
+    async def _batched_settle(self, queue: str, args: list[Any]) -> Any:
+        """Queue one settle; every settle asked for in the same loop turn goes in one pipeline."""
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._settles.append((queue, args, future))
+        if len(self._settles) == 1:
+            asyncio.get_running_loop().call_soon(self._flush_settles)
+        return await future
+
+    def _flush_settles(self) -> None:
+        batch, self._settles = self._settles, []
+        task = asyncio.get_running_loop().create_task(self._send_settles(batch))
+        self._flushing.add(task)
+        task.add_done_callback(self._flushing.discard)
+
+    async def _send_settles(self, batch: list[tuple[str, list[Any], asyncio.Future[Any]]]) -> None:
+        async def run() -> Any:
+            settle = self._scripts["settle"]
+            if self.cluster:  # redis-py refuses scripts in cluster pipelines: send them side by side
+                return await asyncio.gather(*(settle(keys=self.keys(q), args=a) for q, a, _ in batch))
+            pipe = self.client.pipeline(transaction=False)
+            for queue, args, _ in batch:  # on a pipeline, awaiting a script only queues it
+                await self._scripts["settle"](keys=self.keys(queue), args=args, client=pipe)
+            return await pipe.execute()
+
+        try:
+            results = await self._call(run)
+        except Exception as exc:
+            for _, _, future in batch:
+                if not future.done():
+                    future.set_exception(exc)
+            return
+        for (_, _, future), result in zip(batch, results, strict=True):
+            if not future.done():
+                future.set_result(result)
 
     async def _retrying(self, make: Callable[[], Awaitable[T]]) -> T:
         """Retry through an outage with backoff, until a lease would have expired anyway."""
