@@ -49,8 +49,9 @@ class QueueWorker:
         self._stop_task: asyncio.Task[None] | None = None
         self._consumers_left = 0
         self._buffer: deque[JobRecord] = deque()  # claimed by a batch reserve, not started yet
-        self._fetch_lock = asyncio.Lock()
+        self._fetch: asyncio.Task[int] | None = None
         self._waiting = 0
+        self._errors = 0
         self._drained = False  # burst mode: a reserve found nothing due
 
     # -- control -----------------------------------------------------------------------------
@@ -119,6 +120,8 @@ class QueueWorker:
             if task.get_name() == "khadem-heartbeat":
                 task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._fetch is not None:
+            await asyncio.gather(self._fetch, return_exceptions=True)
         await self._release_buffered()
         self._done.set()
 
@@ -132,58 +135,61 @@ class QueueWorker:
 
     # -- loops -------------------------------------------------------------------------------
     async def _consume(self) -> None:
-        errors = 0
         try:
             while not self._stopping.is_set() and not self._drained:
                 await self._claiming.wait()
                 if self._stopping.is_set():
                     break
-                try:
-                    record = await self._next_record()
-                except Exception as exc:
-                    errors += 1
-                    await self._report_error(exc, errors)
-                    continue
-                errors = 0
-                if record is None:
-                    if self.options.burst or self._claims_exhausted():
-                        break
-                    continue
-                await self._execute(record)
+                record = await self._next_record()
+                if record is not None:
+                    await self._execute(record)
+                elif self._drained or self._claims_exhausted():
+                    break
         finally:
             self._consumers_left -= 1
             if self._consumers_left == 0 and not self._stopping.is_set():
                 self.request_stop()
 
     async def _next_record(self) -> JobRecord | None:
-        """The next claimed job: from the local buffer, or one reserve for every idle consumer.
+        """The next claimed job: from the local buffer, or from one shared batch reserve.
 
-        Only one reserve is in flight at a time; it asks for as many jobs as there are
-        consumers waiting, so a busy Redis or SQLite queue is drained in batches, while a
-        single consumer still claims one job at a time.
+        Only one reserve is in flight at a time, asking for as many jobs as consumers are
+        waiting; all of them wake together when it returns, so their settles also travel
+        together. A single consumer still claims one job at a time.
         """
-        if self._buffer:
-            return self._buffer.popleft()
-        self._waiting += 1
+        while not self._buffer:
+            if self._drained or self._stopping.is_set() or self.paused or self._claims_exhausted():
+                return None
+            if self._fetch is None or self._fetch.done():
+                self._fetch = asyncio.get_running_loop().create_task(self._fetch_batch())
+            self._waiting += 1
+            try:
+                claimed = await asyncio.shield(self._fetch)
+            finally:
+                self._waiting -= 1
+            if claimed == 0:
+                return None
+        return self._buffer.popleft()
+
+    async def _fetch_batch(self) -> int:
+        """Reserve for every waiting consumer; -1 after an error (logged here, once)."""
+        await asyncio.sleep(0)  # let every idle consumer register before sizing the batch
+        limit = max(1, self._waiting)
+        if self._claims_left is not None:
+            limit = min(limit, self._claims_left)
         try:
-            async with self._fetch_lock:
-                if self._buffer:
-                    return self._buffer.popleft()
-                limit = self._waiting
-                if self._claims_left is not None:
-                    limit = min(limit, self._claims_left)
-                if limit <= 0 or self._drained or self._stopping.is_set():
-                    return None
-                records = await self.driver.reserve(self.queues, limit, self.options.delay_s)
-                if self._claims_left is not None:
-                    self._claims_left -= len(records)
-                if not records:
-                    self._drained = self.options.burst
-                    return None
-                self._buffer.extend(records[1:])
-                return records[0]
-        finally:
-            self._waiting -= 1
+            records = await self.driver.reserve(self.queues, limit, self.options.delay_s)
+        except Exception as exc:
+            self._errors += 1
+            await self._report_error(exc, self._errors)
+            return -1
+        self._errors = 0
+        if self._claims_left is not None:
+            self._claims_left -= len(records)
+        if not records and self.options.burst:
+            self._drained = True
+        self._buffer.extend(records)
+        return len(records)
 
     def _claims_exhausted(self) -> bool:
         return self._claims_left is not None and self._claims_left <= 0

@@ -8,10 +8,11 @@ was lost and the job claimed again), and the refusal is counted in ``stale_acks`
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import os
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, ClassVar
 
 from .._time import now_ms
@@ -148,6 +149,13 @@ class QueueDriver(ABC):
             if record.key in wanted:
                 found[record.key] = record
         return found
+
+    async def watch(self, job_ids: Sequence[str], event: asyncio.Event) -> Callable[[], None]:
+        """Set ``event`` when any of ``job_ids`` is settled by any process; returns an unwatch.
+
+        Drivers that cannot hear other processes do nothing here and callers poll.
+        """
+        return lambda: None
 
     @abstractmethod
     async def purge(self) -> None:

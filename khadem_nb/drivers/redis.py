@@ -76,9 +76,12 @@ class RedisDriver(QueueDriver):
         self.cluster = False
         self._scripts: dict[str, Any] = {}
         self._keys: dict[str, list[str]] = {}
+        self._encoded_keys: dict[str, list[bytes]] = {}
         self._generation = 0
         self._outage = False
         self._settles: list[tuple[str, list[Any], asyncio.Future[Any]]] = []
+        self._watchers: dict[str, set[asyncio.Event]] = {}
+        self._listener: asyncio.Task[None] | None = None
         self._flushing: set[asyncio.Task[None]] = set()
 
     # -- connecting ------------------------------------------------------------------------------
@@ -142,7 +145,48 @@ class RedisDriver(QueueDriver):
             logger.warning("Redis at %s has appendonly=no: queued jobs may be lost if the server "
                            "restarts (enable AOF for a durable queue)", self.url)
 
+    async def watch(self, job_ids: Sequence[str], event: asyncio.Event) -> Callable[[], None]:
+        """Settles are published on ``{tag}:notify:settled``; one subscriber per driver fans out."""
+        if self._listener is None or self._listener.done():
+            ready = asyncio.get_running_loop().create_future()
+            self._listener = asyncio.get_running_loop().create_task(self._listen(ready))
+            await ready
+        for job_id in job_ids:
+            self._watchers.setdefault(job_id, set()).add(event)
+
+        def unwatch() -> None:
+            for job_id in job_ids:
+                watchers = self._watchers.get(job_id)
+                if watchers is not None:
+                    watchers.discard(event)
+                    if not watchers:
+                        del self._watchers[job_id]
+
+        return unwatch
+
+    async def _listen(self, ready: asyncio.Future[None]) -> None:
+        channel = self.keys(self.settings.name)[KEY_NAMES.index("notify")] + ":settled"
+        pubsub = self.client.pubsub()
+        try:
+            await pubsub.subscribe(channel)
+            ready.set_result(None)
+            while True:
+                message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
+                if message is not None:
+                    for event in self._watchers.get(message["data"].decode(), ()):
+                        event.set()
+        except Exception as exc:  # a dead subscription only makes waiters fall back to polling
+            if not ready.done():
+                ready.set_result(None)
+            logger.debug("settle listener stopped: %r", exc)
+        finally:
+            await pubsub.aclose()
+
     async def close(self) -> None:
+        if self._listener is not None:
+            self._listener.cancel()
+            await asyncio.gather(self._listener, return_exceptions=True)
+            self._listener = None
         if self.client is not None:
             await self.client.aclose()
             self.client = None
@@ -151,7 +195,13 @@ class RedisDriver(QueueDriver):
         keys = self._keys.get(queue)
         if keys is None:
             keys = self._keys[queue] = queue_keys(self.settings.prefix, queue)
+            self._encoded_keys[queue] = [k.encode() for k in keys]
         return keys
+
+    def _script_keys(self, queue: str) -> list[bytes]:
+        """The queue's keys pre-encoded: redis-py then skips encoding 20 strings per call."""
+        self.keys(queue)
+        return self._encoded_keys[queue]
 
     async def _call(self, make: Callable[[], Awaitable[T]]) -> T:
         """Run one command; a lost connection becomes DriverUnavailableError naming the server."""
@@ -173,7 +223,7 @@ class RedisDriver(QueueDriver):
         return value
 
     async def _run(self, script: str, queue: str, args: Sequence[Any]) -> Any:
-        return await self._call(lambda: self._scripts[script](keys=self.keys(queue), args=list(args)))
+        return await self._call(lambda: self._scripts[script](keys=self._script_keys(queue), args=list(args)))
 
     # -- producing -------------------------------------------------------------------------------
     async def push(self, records: Sequence[JobRecord]) -> None:
@@ -242,8 +292,9 @@ class RedisDriver(QueueDriver):
                                                                           JobStatus.SCHEDULED) else 0
         args = [record.id, token or "", record.status.value,
                 dumps(record.result) if record.status is JobStatus.COMPLETED else "",
-                dumps([record.error, record.traceback]), delay, dumps(record.meta) if record.meta else "",
-                self.settings.retention, "1" if release else "0"]
+                "" if record.error is None else dumps([record.error, record.traceback]), delay,
+                dumps(record.meta) if record.meta else "",
+                "1" if release else "0"]
         settled = await self._retrying(lambda: self._batched_settle(record.queue, args))
         record.token = None
         return bool(settled)
@@ -263,25 +314,22 @@ class RedisDriver(QueueDriver):
         task.add_done_callback(self._flushing.discard)
 
     async def _send_settles(self, batch: list[tuple[str, list[Any], asyncio.Future[Any]]]) -> None:
-        async def run() -> Any:
-            settle = self._scripts["settle"]
-            if self.cluster:  # redis-py refuses scripts in cluster pipelines: send them side by side
-                return await asyncio.gather(*(settle(keys=self.keys(q), args=a) for q, a, _ in batch))
-            pipe = self.client.pipeline(transaction=False)
-            for queue, args, _ in batch:  # on a pipeline, awaiting a script only queues it
-                await self._scripts["settle"](keys=self.keys(queue), args=args, client=pipe)
-            return await pipe.execute()
-
-        try:
-            results = await self._call(run)
-        except Exception as exc:
-            for _, _, future in batch:
+        """One script call per queue settles the whole batch (one round trip, one arg packing)."""
+        by_queue: dict[str, list[tuple[list[Any], asyncio.Future[Any]]]] = {}
+        for queue, args, future in batch:
+            by_queue.setdefault(queue, []).append((args, future))
+        for queue, items in by_queue.items():
+            args = [self.settings.retention, *(a for job_args, _ in items for a in job_args)]
+            try:
+                flags = await self._run("settle", queue, args)
+            except Exception as exc:
+                for _, future in items:
+                    if not future.done():
+                        future.set_exception(exc)
+                continue
+            for (_, future), flag in zip(items, flags, strict=True):
                 if not future.done():
-                    future.set_exception(exc)
-            return
-        for (_, _, future), result in zip(batch, results, strict=True):
-            if not future.done():
-                future.set_result(result)
+                    future.set_result(flag)
 
     async def _retrying(self, make: Callable[[], Awaitable[T]]) -> T:
         """Retry through an outage with backoff, until a lease would have expired anyway."""

@@ -165,6 +165,16 @@ class Queue:
         loop = asyncio.get_running_loop()
         deadline = None if timeout is None else loop.time() + timeout
         poll = POLL_MIN_S
+        assert self._changed is not None
+        unwatch = await self.manager.driver.watch(job_ids, self._changed)
+        try:
+            return await self._wait_loop(job_ids, timeout, deadline, poll)
+        finally:
+            unwatch()
+
+    async def _wait_loop(self, job_ids: Sequence[str], timeout: float | None, deadline: float | None,
+                         poll: float) -> list[JobRecord]:
+        loop = asyncio.get_running_loop()
         while True:
             assert self._changed is not None
             self._changed.clear()
