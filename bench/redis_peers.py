@@ -4,9 +4,9 @@ One local Redis (db 9 by default, flushed before each measurement), no-op jobs, 
 engine, interleaved round by round:
 
 1. enqueue N jobs one call at a time, and in bulk where the library has a bulk call;
-2. drain N jobs with one worker process (the library's own worker command): N-1 no-ops and a
-   last job that stamps a key. The time is (start -> stamp) for N jobs minus the same for a
-   queue holding only the stamp job, so process start-up is not counted;
+2. drain N jobs with one worker process (the library's own worker command): the worker counts
+   the no-ops it runs and stamps a key at the N-th. The time is (start -> stamp) for N jobs
+   minus the same for a single job, so process start-up is not counted;
 3. round trip of ROUNDTRIPS sequential jobs (dispatch, wait for the result), p50 and p99,
    with a worker already running.
 
@@ -58,17 +58,19 @@ def timed_enqueue(module: Any, n: int, bulk: bool) -> float:
 
 
 def time_to_sentinel(module: Any, n: int) -> float:
+    """Seconds from starting a worker on n queued no-ops until the n-th has run."""
     flush()
-    asyncio.run(module.enqueue(n, sentinel_last=True))
+    asyncio.run(module.enqueue(n))
     client = redis.Redis.from_url(URL)
     started = time.perf_counter()
-    worker = subprocess.Popen(module.worker_cmd(), env=env(), cwd=HERE, stdout=subprocess.DEVNULL,
+    worker = subprocess.Popen(module.worker_cmd(), env={**env(), "BENCH_N": str(n)}, cwd=HERE,
+                              stdout=subprocess.DEVNULL,
                               stderr=subprocess.DEVNULL)
     try:
         deadline = started + 600
         while client.get(DONE_KEY) is None:
             if time.perf_counter() > deadline or worker.poll() is not None:
-                raise RuntimeError(f"{module.__name__}: the worker never ran the last job")
+                raise RuntimeError(f"{module.__name__}: the worker never ran job {n}")
             time.sleep(0.001)
         return time.perf_counter() - started
     finally:
@@ -79,7 +81,7 @@ def time_to_sentinel(module: Any, n: int) -> float:
 def drain_rate(module: Any, n: int) -> float:
     full = time_to_sentinel(module, n)
     startup = time_to_sentinel(module, 1)
-    return (n - 1) / max(1e-6, full - startup)
+    return (n - 1) / max(1e-6, full - startup)  # n jobs in `full`, 1 of them also in `startup`
 
 
 def roundtrip(module: Any, count: int) -> tuple[float, float]:

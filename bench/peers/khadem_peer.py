@@ -6,14 +6,14 @@ import asyncio
 import sys
 import time
 
-from common import URL, mark_done
+from common import URL, mark_done, tick
 
 from khadem_nb import QueueJob, QueueManager
 
 
 class Noop(QueueJob):
     async def handle(self) -> None:
-        return None
+        tick()
 
 
 class Sentinel(QueueJob):

@@ -270,6 +270,13 @@ class Queue:
         """Requeue every failed job of this queue with a fresh attempt budget."""
         return self._run(self.manager.retry_failed())
 
+    def clear(self) -> None:
+        """Delete every record of this queue's storage (queued, running, finished, failed)."""
+        self._run(self._purge())
+
+    async def _purge(self) -> None:
+        await self.manager.driver.purge()
+
     def close(self) -> None:
         """Stop workers and panels and release the driver."""
         for panel in list(self._panels):
