@@ -40,12 +40,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_demo(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    demo = commands.add_parser("demo", help="run a real batch of jobs and print results and metrics",
-                               description="Dispatch a few hundred prime-counting jobs (some fail "
-                               "once and are retried, two fail for good), drain them with an "
-                               "in-process worker showing a progress bar, then print the metrics.")
-    demo.add_argument("--jobs", type=int, default=300, help="how many jobs (default 300)")
-    demo.add_argument("--concurrency", type=int, default=4, help="consumer tasks (default 4)")
+    demo = commands.add_parser("demo", help="run a real parameter sweep and print results and metrics",
+                               description="Sweep a grid of ridge-regression fits through in-process "
+                               "workers on a SQLite queue in a temporary folder (or --queue-url); one "
+                               "point fails once and is retried. Shows a progress bar, then the "
+                               "results DataFrame and the metrics.")
+    demo.add_argument("--queue-url", default=None, help="use this queue instead of a temporary SQLite file")
+    demo.add_argument("--concurrency", type=int, default=4, help="in-process workers (default 4)")
 
 
 def _add_worker(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -83,9 +84,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _dispatch(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     if args.command == "demo":
         logging.getLogger("khadem_nb").setLevel(logging.ERROR)  # the demo prints failures itself
-        from .demo import run_core_demo
+        from .demo import run_demo
 
-        asyncio.run(run_core_demo(args.jobs, args.concurrency))
+        run_demo(args.queue_url, args.concurrency)
         return 0
     if not args.queue_url:
         parser.error(f"{args.command} needs --queue-url or KHADEM_QUEUE_URL")

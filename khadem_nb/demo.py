@@ -1,70 +1,89 @@
-"""What ``khadem-nb demo`` runs: a batch of real jobs through a worker on the memory driver.
+"""What ``khadem-nb demo`` runs: a real parameter sweep through the notebook layer.
 
-Each job counts the primes below a bound with a sieve. Every tenth job fails on its first
-attempt (a simulated transient error) and is retried with exponential backoff; two jobs ask
-for a negative bound and end failed, kept with their error, as a user would see them.
+A grid of ridge-regression fits (numpy, generated data) over regularisation strength and
+sample size, on the SQLite driver in a temporary folder (or any ``--queue-url``), run by
+in-process workers. One point fails on its first attempt (a simulated transient error) and
+is retried with backoff. A progress bar shows the sweep; then the results DataFrame and the
+per-job metrics are printed as tables.
 """
 
 from __future__ import annotations
 
-import asyncio
 import sys
-from typing import Any, ClassVar, TextIO
+import tempfile
+import threading
+import time
+from typing import Any, TextIO
 
-from ._terminal import ProgressBar, format_table, metrics_table
-from .job import JobStatus, QueueJob
-from .manager import QueueManager
+from ._terminal import ProgressBar
 
-
-class CountPrimes(QueueJob):
-    """Count primes below ``bound``; ``flaky`` jobs fail once before succeeding."""
-
-    max_attempts: ClassVar[int] = 3
-    retry_delay: ClassVar[float] = 0.02
-
-    def __init__(self, bound: int, flaky: bool = False) -> None:
-        self.bound = bound
-        self.flaky = flaky
-
-    async def handle(self) -> dict[str, int]:
-        if self.bound < 2:
-            raise ValueError(f"bound must be at least 2, got {self.bound}")
-        if self.flaky and self.attempt == 1:
-            raise ConnectionError("simulated transient failure on the first attempt")
-        sieve = bytearray([1]) * self.bound
-        sieve[0:2] = b"\x00\x00"
-        for i in range(2, int(self.bound**0.5) + 1):
-            if sieve[i]:
-                sieve[i * i :: i] = bytes(len(range(i * i, self.bound, i)))
-        return {"bound": self.bound, "primes": sum(sieve)}
+ALPHAS = [0.0, 0.1, 1.0, 10.0, 100.0]
+SAMPLES = [20, 50, 200, 1000]
+FLAKY_POINT = (1.0, 200)
 
 
-async def run_core_demo(
-    jobs: int = 300, concurrency: int = 4, stream: TextIO | None = None
-) -> dict[str, Any]:
-    """Dispatch ``jobs`` prime counts, drain them with a worker, print results and metrics."""
+def fit_ridge(alpha: float, n_samples: int, seed: int = 0) -> dict[str, float]:
+    """Fit ridge regression on generated data; return test error and weight norm."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    true_w = rng.normal(size=8)
+    x = rng.normal(size=(n_samples, 8))
+    y = x @ true_w + rng.normal(scale=1.0, size=n_samples)
+    x_test = rng.normal(size=(500, 8))
+    w = np.linalg.solve(x.T @ x + alpha * np.eye(8), x.T @ y)
+    time.sleep(0.02)  # so the progress bar has something to show
+    return {"test_mse": float(np.mean((x_test @ w - x_test @ true_w) ** 2)),
+            "w_norm": float(np.linalg.norm(w))}
+
+
+def run_demo(queue_url: str | None = None, concurrency: int = 4, stream: TextIO | None = None) -> Any:
+    """Run the sweep and print its results; returns the results DataFrame."""
+    import pandas as pd
+
+    import khadem_nb as kn
+
     out = stream or sys.stdout
-    manager = await QueueManager({"queue": {"driver": "memory"}}).init()
-    for n in range(jobs):
-        bound = -1 if n in (jobs // 3, 2 * jobs // 3) else 1_000 + 500 * n
-        await manager.dispatch(CountPrimes(bound, flaky=n % 10 == 0))
-    bar = ProgressBar(jobs, "primes")
-    worker = await manager.start_worker(concurrency=concurrency, delay=0.05, run_in_background=True)
-    while (finished := await _finished(manager)) < jobs:
-        bar.update(finished, f"retried {manager.get_metrics()['total_retried']}")
-        await asyncio.sleep(0.05)
-    bar.close(jobs)
-    await worker.stop()
-    completed = await manager.jobs(JobStatus.COMPLETED)
-    failed = await manager.jobs(JobStatus.FAILED)
-    out.write(format_table([r.result for r in completed[-5:]]) + "\n\n")
-    out.write(format_table([{"job": r.id[:8], "error": r.error} for r in failed]) + "\n\n")
-    metrics = manager.get_metrics()
-    out.write(metrics_table(metrics) + "\n")
-    await manager.close()
-    return metrics
+    folder = tempfile.TemporaryDirectory(prefix="khadem-demo-") if queue_url is None else None
+    url = queue_url or f"sqlite:///{folder.name}/demo.db"  # type: ignore[union-attr]
+    q = kn.Queue(url)
+    failed_once: set[tuple[float, int]] = set()
+    lock = threading.Lock()
+
+    @q.job(name="khadem_nb.demo.fit_ridge", max_attempts=3, retry_delay=0.2)
+    def fit(alpha: float, n_samples: int) -> dict[str, float]:
+        with lock:
+            first = (alpha, n_samples) == FLAKY_POINT and (alpha, n_samples) not in failed_once
+            failed_once.add((alpha, n_samples))
+        if first:
+            raise ConnectionError("simulated transient failure (the retry will succeed)")
+        return fit_ridge(alpha, n_samples)
+
+    try:
+        out.write(f"khadem-nb demo: {len(ALPHAS) * len(SAMPLES)} ridge fits on {q.settings.redacted_url()}\n")
+        group = fit.sweep(alpha=ALPHAS, n_samples=SAMPLES, fresh=True)
+        q.start(concurrency=concurrency)
+        bar = ProgressBar(len(group), "sweep")
+        while not _all_finished(counts := group.counts()):
+            bar.update(counts["completed"] + counts["failed"], f"retried {_retried(q)}")
+            time.sleep(0.05)
+        bar.close(len(group), f"retried {_retried(q)}")
+        frame = group.results()
+        with pd.option_context("display.width", 120, "display.max_columns", 20):
+            out.write("\nresults\n" + frame.drop(columns=["error"]).to_string(index=False) + "\n")
+            metrics = q.metrics()[["completed", "failed", "retried", "success_rate", "duration_mean_ms",
+                                   "duration_p95_ms"]]
+            out.write("\nmetrics\n" + metrics.to_string() + "\n")
+        return frame
+    finally:
+        q.close()
+        if folder is not None:
+            folder.cleanup()
 
 
-async def _finished(manager: QueueManager) -> int:
-    counts = await manager.counts()
-    return counts["completed"] + counts["failed"]
+def _all_finished(counts: dict[str, int]) -> bool:
+    return counts["queued"] + counts["scheduled"] + counts["active"] == 0
+
+
+def _retried(q: Any) -> int:
+    return int(q.manager.get_metrics()["total_retried"])

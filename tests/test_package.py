@@ -37,9 +37,12 @@ def test_cli_help_explains_each_command() -> None:
         assert command in out
 
 
-def test_demo_runs_a_real_batch() -> None:
-    run = subprocess.run([sys.executable, "-m", "khadem_nb.cli", "demo", "--jobs", "60"],
+def test_demo_runs_a_real_sweep() -> None:
+    run = subprocess.run([sys.executable, "-m", "khadem_nb.cli", "demo"],
                          capture_output=True, text=True, check=True, timeout=120)
-    assert "total_completed" in run.stdout
-    assert "bound must be at least 2" in run.stdout
-    assert "60/60 100%" in run.stderr
+    lines = run.stdout.splitlines()
+    results = lines[lines.index("results") + 2 : lines.index("metrics") - 1]
+    assert len(results) == 20 and all("completed" in line for line in results)
+    metrics = lines[lines.index("metrics") + 3]
+    assert metrics.split()[:4] == ["khadem_nb.demo.fit_ridge", "20", "0", "1"]  # 1 retry
+    assert "20/20 100%" in run.stderr

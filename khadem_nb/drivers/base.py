@@ -124,6 +124,10 @@ class QueueDriver(ABC):
         """Records for many ids, in order (``None`` where missing)."""
         return [await self.get(job_id) for job_id in job_ids]
 
+    async def statuses(self, job_ids: Sequence[str]) -> list[JobStatus | None]:
+        """Only the status of each job (``None`` where missing): cheap polling for waits."""
+        return [None if r is None else r.status for r in await self.get_many(job_ids)]
+
     @abstractmethod
     async def list(self, status: JobStatus | None = None, queue: str | None = None,
                    limit: int | None = None) -> list[JobRecord]:

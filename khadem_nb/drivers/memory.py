@@ -44,6 +44,7 @@ class MemoryDriver(QueueDriver):
         self._condition: asyncio.Condition | None = None
         self._wake_generation = 0
         self._waiting = 0
+        self._queues: set[str] = set()
 
     def _cond(self) -> asyncio.Condition:
         if self._condition is None:
@@ -52,6 +53,7 @@ class MemoryDriver(QueueDriver):
 
     # -- the status index ----------------------------------------------------------------------
     def _store(self, record: JobRecord, previous: JobStatus | None) -> None:
+        self._queues.add(record.queue)
         if previous is not None:
             self._by_status[previous].pop(record.id, None)
         self._records[record.id] = record
@@ -196,6 +198,10 @@ class MemoryDriver(QueueDriver):
     async def get_many(self, job_ids: Sequence[str]) -> list[JobRecord | None]:
         return [None if (r := self._records.get(i)) is None else self._view(r) for i in job_ids]
 
+    async def statuses(self, job_ids: Sequence[str]) -> list[JobStatus | None]:
+        records = self._records
+        return [None if (r := records.get(i)) is None else r.status for i in job_ids]
+
     def _view(self, stored: JobRecord) -> JobRecord:
         view = self._thaw(stored)
         if view.status is JobStatus.SCHEDULED and view.available_ms <= now_ms():
@@ -220,6 +226,8 @@ class MemoryDriver(QueueDriver):
 
     async def counts(self, queue: str | None = None) -> dict[JobStatus, int]:
         counts = empty_counts()
+        if queue is not None and self._queues == {queue}:
+            queue = None  # one queue in use: the global status index answers in O(1)
         if queue is None:
             for status, ids in self._by_status.items():
                 counts[status] = len(ids)
@@ -249,6 +257,7 @@ class MemoryDriver(QueueDriver):
         return count
 
     async def purge(self) -> None:
+        self._queues.clear()
         self._records.clear()
         for ids in self._by_status.values():
             ids.clear()

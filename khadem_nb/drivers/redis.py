@@ -371,6 +371,13 @@ class RedisDriver(QueueDriver):
     async def get_many(self, job_ids: Sequence[str]) -> list[JobRecord | None]:
         return await self._fetch(self.settings.name, job_ids)
 
+    async def statuses(self, job_ids: Sequence[str]) -> builtins.list[JobStatus | None]:
+        if not job_ids:
+            return []
+        key = self.keys(self.settings.name)[KEY_NAMES.index("status")]
+        values = await self._call(lambda: self.client.hmget(key, list(job_ids)))
+        return [None if v is None else JobStatus(v.decode()) for v in values]
+
     async def list(self, status: JobStatus | None = None, queue: str | None = None,
                    limit: int | None = None) -> list[JobRecord]:
         queue = queue or self.settings.name

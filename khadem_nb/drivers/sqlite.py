@@ -261,6 +261,14 @@ class SqliteStore:
                 found[record.id] = record
         return [found.get(job_id) for job_id in job_ids]
 
+    def statuses(self, job_ids: Sequence[str]) -> list[JobStatus | None]:
+        found: dict[str, str] = {}
+        for start in range(0, len(job_ids), 500):
+            chunk = job_ids[start : start + 500]
+            sql = f"SELECT id, status FROM khadem_jobs WHERE id IN ({', '.join('?' for _ in chunk)})"
+            found.update(self._db().execute(sql, chunk).fetchall())
+        return [None if (s := found.get(i)) is None else JobStatus(s) for i in job_ids]
+
     def list(self, status: JobStatus | None, queue: str | None, limit: int | None) -> list[JobRecord]:
         where, params = _filters(status, queue)
         order = "ORDER BY seq DESC LIMIT ?" if limit else "ORDER BY seq"
@@ -327,7 +335,7 @@ def _view(record: JobRecord) -> JobRecord:
 
 
 IO_MODES = ("auto", "thread", "inline")
-THREAD_ONLY = frozenset({"list", "counts", "find_by_keys", "purge", "requeue", "get_many"})
+THREAD_ONLY = frozenset({"list", "counts", "find_by_keys", "purge", "requeue", "get_many", "statuses"})
 
 
 class SqliteDriver(QueueDriver):
@@ -436,6 +444,9 @@ class SqliteDriver(QueueDriver):
 
     async def get_many(self, job_ids: Sequence[str]) -> list[JobRecord | None]:
         return await self._call(SqliteStore.get_many, list(job_ids))
+
+    async def statuses(self, job_ids: Sequence[str]) -> list[JobStatus | None]:
+        return await self._call(SqliteStore.statuses, list(job_ids))
 
     async def list(self, status: JobStatus | None = None, queue: str | None = None,
                    limit: int | None = None) -> list[JobRecord]:

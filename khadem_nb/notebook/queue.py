@@ -11,11 +11,12 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Callable, Coroutine, Sequence
+from dataclasses import replace
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 from .._time import to_seconds
-from ..config import parse_config
+from ..config import QueueSettings, parse_config
 from ..errors import ConfigError, JobNotFoundError, ResultTimeoutError
 from ..job import TERMINAL_STATUSES, JobRecord, JobStatus
 from ..manager import QueueManager
@@ -35,6 +36,8 @@ T = TypeVar("T")
 F = TypeVar("F", bound=Callable[..., Any])
 
 POLL_MIN_S, POLL_MAX_S = 0.02, 0.5  # waiting on jobs that other processes run
+NOTEBOOK_RETENTION = 200_000  # finished records kept (unless queue.retention says otherwise)
+WAKE_BATCH_S = 0.01  # after a local settle wakes a group wait, gather more before re-reading
 
 
 class Queue:
@@ -47,7 +50,11 @@ class Queue:
     """
 
     def __init__(self, url_or_config: Any = None) -> None:
-        self.settings = parse_config(url_or_config)  # bad config fails here, at once
+        settings = parse_config(url_or_config)  # bad config fails here, at once
+        if settings.retention == QueueSettings().retention:
+            # a sweep's results must outlive the sweep: keep more finished records than a service
+            settings = replace(settings, retention=NOTEBOOK_RETENTION)
+        self.settings = settings
         self.manager = QueueManager(self.settings)
         self._runner = LoopRunner()
         self._opened = False
@@ -174,20 +181,27 @@ class Queue:
 
     async def _wait_loop(self, job_ids: Sequence[str], timeout: float | None, deadline: float | None,
                          poll: float) -> list[JobRecord]:
+        """Re-read only the jobs still unfinished, at most every WAKE_BATCH_S when woken."""
         loop = asyncio.get_running_loop()
+        pending = list(dict.fromkeys(job_ids))
         while True:
             assert self._changed is not None
             self._changed.clear()
-            records = await self._get_many(job_ids)
-            if all(r.status in TERMINAL_STATUSES for r in records):
-                return records
+            statuses = await self.manager.driver.statuses(pending)
+            if None in statuses:
+                missing = pending[statuses.index(None)]
+                raise JobNotFoundError(f"no job with id {missing!r} in {self.settings.redacted_url()}")
+            pending = [i for i, s in zip(pending, statuses, strict=True) if s not in TERMINAL_STATUSES]
+            if not pending:
+                return await self._get_many(job_ids)
             wait = poll if deadline is None else min(poll, deadline - loop.time())
             if wait <= 0:
-                pending = sum(r.status not in TERMINAL_STATUSES for r in records)
-                raise ResultTimeoutError(f"{pending} of {len(records)} job(s) still unfinished after "
-                                         f"{timeout:g}s")
+                raise ResultTimeoutError(f"{len(pending)} of {len(set(job_ids))} job(s) still unfinished "
+                                         f"after {timeout:g}s")
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._changed.wait(), wait)
+                if len(pending) > 1:  # many jobs settling: look again in batches, not per job
+                    await asyncio.sleep(WAKE_BATCH_S)
             poll = min(POLL_MAX_S, poll * 1.5)
 
     async def _wait_idle(self, timeout: float | None) -> None:
