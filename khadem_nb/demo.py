@@ -41,23 +41,25 @@ def run_demo(queue_url: str | None = None, concurrency: int = 4, stream: TextIO 
     """Run the sweep and print its results; returns the results DataFrame."""
     import pandas as pd
 
-    import khadem_nb as kn
+    from .notebook.functions import JobFunction
+    from .notebook.queue import Queue
 
     out = stream or sys.stdout
     folder = tempfile.TemporaryDirectory(prefix="khadem-demo-") if queue_url is None else None
     url = queue_url or f"sqlite:///{folder.name}/demo.db"  # type: ignore[union-attr]
-    q = kn.Queue(url)
+    q = Queue(url)
     failed_once: set[tuple[float, int]] = set()
     lock = threading.Lock()
 
-    @q.job(name="khadem_nb.demo.fit_ridge", max_attempts=3, retry_delay=0.2)
-    def fit(alpha: float, n_samples: int) -> dict[str, float]:
+    def flaky_fit(alpha: float, n_samples: int) -> dict[str, float]:
         with lock:
             first = (alpha, n_samples) == FLAKY_POINT and (alpha, n_samples) not in failed_once
             failed_once.add((alpha, n_samples))
         if first:
             raise ConnectionError("simulated transient failure (the retry will succeed)")
         return fit_ridge(alpha, n_samples)
+
+    fit = JobFunction(q, flaky_fit, name="khadem_nb.demo.fit_ridge", max_attempts=3, retry_delay=0.2)
 
     try:
         out.write(f"khadem-nb demo: {len(ALPHAS) * len(SAMPLES)} ridge fits on {q.settings.redacted_url()}\n")
