@@ -20,8 +20,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import importlib
 import os
+import signal
 import statistics
 import subprocess
 import sys
@@ -64,7 +66,7 @@ def time_to_sentinel(module: Any, n: int) -> float:
     client = redis.Redis.from_url(URL)
     started = time.perf_counter()
     worker = subprocess.Popen(module.worker_cmd(), env={**env(), "BENCH_N": str(n)}, cwd=HERE,
-                              stdout=subprocess.DEVNULL,
+                              start_new_session=True, stdout=subprocess.DEVNULL,
                               stderr=subprocess.DEVNULL)
     try:
         deadline = started + 600
@@ -74,8 +76,14 @@ def time_to_sentinel(module: Any, n: int) -> float:
             time.sleep(0.001)
         return time.perf_counter() - started
     finally:
-        worker.kill()
-        worker.wait()
+        stop(worker)
+
+
+def stop(worker: subprocess.Popen[bytes]) -> None:
+    """Kill the worker and every process it forked (Dramatiq, Celery and taskiq fork children)."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(worker.pid, signal.SIGKILL)
+    worker.wait()
 
 
 def drain_rate(module: Any, n: int) -> float:
@@ -87,13 +95,12 @@ def drain_rate(module: Any, n: int) -> float:
 def roundtrip(module: Any, count: int) -> tuple[float, float]:
     flush()
     worker = subprocess.Popen(module.worker_cmd(), env=env(), cwd=HERE, stdout=subprocess.DEVNULL,
-                              stderr=subprocess.DEVNULL)
+                              stderr=subprocess.DEVNULL, start_new_session=True)
     try:
         asyncio.run(module.roundtrips(20))  # warm up: worker started, connections open
         latencies = sorted(asyncio.run(module.roundtrips(count)))
     finally:
-        worker.kill()
-        worker.wait()
+        stop(worker)
     return latencies[len(latencies) // 2] * 1000, latencies[int(len(latencies) * 0.99)] * 1000
 
 
