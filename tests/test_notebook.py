@@ -263,7 +263,7 @@ def test_panel_values_after_known_work(q: kn.Queue, recorded: list[Any]) -> None
     assert "completed 6" in panel.counts.value and "failed 2" in panel.counts.value
     assert panel.progress.value == 1.0
     assert panel.progress_label.value == "8 / 8 (100%)"
-    assert panel.progress.bar_style == "danger"
+    assert panel.progress.bar_style == "warning"
     assert "ValueError: bad 4" in panel.failures.value
     assert "no job running" in panel.running.value
     assert any(msg == "comm_open" for msg, _ in recorded)

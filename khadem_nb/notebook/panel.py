@@ -35,7 +35,8 @@ STYLE = """<style>
   border-radius: 4px; padding: 6px 8px; max-width: 100%; box-sizing: border-box; }
 .khadem-panel table { border-collapse: collapse; font-size: var(--jp-ui-font-size1, 13px); width: 100%; }
 .khadem-panel td, .khadem-panel th { padding: 1px 6px; text-align: left; overflow-wrap: anywhere; }
-.khadem-panel th { color: var(--jp-ui-font-color2, #555); font-weight: 600; }
+.khadem-panel th { color: var(--jp-ui-font-color2, #555); font-weight: 600; white-space: nowrap; }
+.khadem-panel td.khadem-nowrap { white-space: nowrap; overflow-wrap: normal; }
 .khadem-badge { display: inline-block; color: #fff; border-radius: 3px; padding: 0 6px;
   margin: 2px 6px 2px 0; }
 .khadem-error { color: var(--jp-error-color1, #c0392b); }
@@ -195,13 +196,14 @@ class QueuePanel:
             header = (f"<b>khadem_nb</b> <code>{html.escape(self.queue.settings.redacted_url())}</code>"
                       f" <span class='khadem-muted'>{snap.state} · {snap.throughput:g} jobs/s</span>")
             _set(self.header, "value", header)
-            _set(self.counts, "value", "".join(
+            _set(self.counts, "value", " ".join(
                 f"<span class='khadem-badge' style='background:{STATUS_COLOURS[JobStatus(k)]}'>"
                 f"{k} {v}</span>" for k, v in snap.counts))
             fraction = snap.finished / snap.total if snap.total else 1.0
             _set(self.progress, "value", fraction)
             failed = dict(snap.counts).get("failed", 0)
-            _set(self.progress, "bar_style", "danger" if failed else ("success" if fraction >= 1 else "info"))
+            style = "warning" if failed else ("success" if fraction >= 1 else "info")  # never all red
+            _set(self.progress, "bar_style", style)
             _set(self.progress_label, "value", f"{snap.finished} / {snap.total} ({fraction:.0%})")
             _set(self.running, "value", _running_table(snap))
             _set(self.failures, "value", _failures_table(snap))
@@ -234,8 +236,10 @@ def _running_table(snap: Snapshot) -> str:
     if not snap.running:
         return "<div class='khadem-muted'>no job running</div>"
     rows = "".join(
-        f"<tr><td><code>{html.escape(name)}</code></td><td class='khadem-muted'>{job_id[:8]}</td>"
-        f"<td>{_bar(progress)}</td><td>{html.escape(note or '')}</td><td>{elapsed:.1f}s</td></tr>"
+        f"<tr><td><code>{html.escape(name)}</code></td>"
+        f"<td class='khadem-muted khadem-nowrap'>{job_id[:8]}</td>"
+        f"<td class='khadem-nowrap'>{_bar(progress)}</td><td>{html.escape(note or '')}</td>"
+        f"<td class='khadem-nowrap'>{elapsed:.1f}s</td></tr>"
         for name, job_id, progress, note, elapsed in snap.running)
     head = "<tr><th>running</th><th>id</th><th>progress</th><th>note</th><th>for</th></tr>"
     return f"<table>{head}{rows}</table>"
@@ -251,7 +255,8 @@ def _failures_table(snap: Snapshot) -> str:
     if not snap.failures:
         return ""
     rows = "".join(
-        f"<tr><td><code>{html.escape(name)}</code></td><td class='khadem-muted'>{job_id[:8]}</td>"
+        f"<tr><td><code>{html.escape(name)}</code></td>"
+        f"<td class='khadem-muted khadem-nowrap'>{job_id[:8]}</td>"
         f"<td class='khadem-error'>{html.escape(error)}</td></tr>" for name, job_id, error in snap.failures)
     return f"<table><tr><th>latest failures</th><th>id</th><th>error</th></tr>{rows}</table>"
 
