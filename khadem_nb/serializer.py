@@ -221,6 +221,12 @@ class QueueJobSerializer:
         if isinstance(payload, UnreadablePayload):
             raise SerializationError(f"the stored record of job {name!r} could not be read: {payload}")
         factory = self.factories.get(name)
+        if factory is None and name.startswith("__main__."):
+            raise UnknownJobError(
+                f"job {name!r} was defined in a notebook cell or a script (module __main__), which "
+                "this worker process cannot import; only workers in that kernel can run it. Move the "
+                "function into a module and start workers with `khadem-nb worker --import <module>`"
+            )
         if factory is None:
             raise UnknownJobError(
                 f"no job factory is registered for {name!r} in this process; import the module "

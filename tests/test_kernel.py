@@ -114,3 +114,12 @@ def test_sweep_in_a_durable_queue_resumes_after_a_kernel_restart(
     ran = log.read_text().split()
     assert ran.count("0") == 1 and ran.count("1") == 1  # finished points were not run again
     assert ran.count("2") == 2  # the point the kernel died in ran again after its lease expired
+
+
+def test_blocking_wait_from_another_thread_hands_over_to_the_loop(kernel: Kernel) -> None:
+    kernel.run(SETUP)
+    out = kernel.run(
+        "import threading\nq.start(concurrency=2)\nh = nap.dispatch(5)\nseen = []\n"
+        "t = threading.Thread(target=lambda: seen.append(h.result(timeout=20)))\nt.start()\n"
+        "await asyncio.sleep(1.0)\nt.join(5)\nprint(seen)")
+    assert out.strip() == "[5]"

@@ -334,3 +334,18 @@ def test_reprs_have_text_and_html(q: kn.Queue) -> None:
     assert "JobGroup 2 jobs: queued 2" in repr(g) and "JobGroup" in g._repr_html_()
     assert "memory://" in repr(q) and "<table>" in q._repr_html_()
     assert isinstance(g.results(), pd.DataFrame)
+
+
+def test_log_lines_of_a_job_are_kept_with_it(q: kn.Queue) -> None:
+    import logging
+
+    @q.job
+    def chatty(x: int) -> int:
+        logging.getLogger("experiment").warning("loss diverged at %d", x)
+        return x
+
+    h = chatty.dispatch(3)
+    q.start()
+    h.result(timeout=10)
+    output = q.jobs()["output"].tolist()[0]
+    assert "WARNING experiment: loss diverged at 3" in output

@@ -236,3 +236,32 @@ async def test_file_stays_the_truth_for_a_fresh_process(durable_url: str) -> Non
     await second.close()
 
 
+
+
+CELL_DEFINED = """
+import sys
+import khadem_nb as kn
+q = kn.Queue(sys.argv[1])
+
+@q.job
+def defined_in_a_cell(x: int) -> int:
+    return x
+
+print(defined_in_a_cell.dispatch(1).id)
+q.close()
+"""
+
+
+async def test_a_job_defined_in_a_cell_fails_clearly_in_a_worker_process(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path}/q.db"
+    dispatched = run_script(CELL_DEFINED, url)
+    assert dispatched.returncode == 0, dispatched.stderr
+    job_id = dispatched.stdout.split()[-1]
+    finish([start_worker(url, "--burst")])
+    manager = await open_manager(url)
+    record = await manager.get_job(job_id)
+    await manager.close()
+    assert record.status is JobStatus.FAILED
+    assert record.error is not None
+    assert "defined in a notebook cell or a script (module __main__)" in record.error
+    assert "khadem-nb worker --import <module>" in record.error
