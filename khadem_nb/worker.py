@@ -160,6 +160,10 @@ class QueueWorker:
         while not self._buffer:
             if self._drained or self._stopping.is_set() or self.paused or self._claims_exhausted():
                 return None
+            if self.options.concurrency == 1:  # nobody to batch for: no task, no extra loop turn
+                if await self._fetch_batch(yield_first=False) == 0:
+                    return None
+                continue
             if self._fetch is None or self._fetch.done():
                 self._fetch = asyncio.get_running_loop().create_task(self._fetch_batch())
             self._waiting += 1
@@ -171,9 +175,10 @@ class QueueWorker:
                 return None
         return self._buffer.popleft()
 
-    async def _fetch_batch(self) -> int:
+    async def _fetch_batch(self, yield_first: bool = True) -> int:
         """Reserve for every waiting consumer; -1 after an error (logged here, once)."""
-        await asyncio.sleep(0)  # let every idle consumer register before sizing the batch
+        if yield_first:
+            await asyncio.sleep(0)  # let every idle consumer register before sizing the batch
         limit = max(1, self._waiting)
         if self._claims_left is not None:
             limit = min(limit, self._claims_left)
