@@ -34,6 +34,7 @@ from ..config import QueueSettings
 from ..errors import DriverError, SerializationError
 from ..job import JobRecord, JobStatus
 from ._fs import check_parent_writable
+from ._polling import PollingWaits
 from ._records import reclaim
 from .base import QueueDriver, claim, empty_counts
 
@@ -382,18 +383,12 @@ class FileDriver(QueueDriver):
         self.root = os.path.abspath(os.path.expanduser(settings.path))
         self.store = FileStore(self.root, settings)
         self._thread: ThreadPoolExecutor | None = None
-        self._work_added: asyncio.Event | None = None
-        self._generation = 0
+        self._waits = PollingWaits()
 
     async def _call(self, fn: Callable[..., T], *args: Any) -> T:
         if self._thread is None:
             self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="khadem-file")
         return await asyncio.get_running_loop().run_in_executor(self._thread, fn, *args)
-
-    def _event(self) -> asyncio.Event:
-        if self._work_added is None:
-            self._work_added = asyncio.Event()
-        return self._work_added
 
     async def open(self) -> None:
         await self._call(self.store.open)
@@ -405,28 +400,13 @@ class FileDriver(QueueDriver):
 
     async def push(self, records: Sequence[JobRecord]) -> None:
         await self._call(self.store.insert, records)
-        self._event().set()
+        self._waits.wake()
 
     def interrupt_waits(self) -> None:
-        self._generation += 1
-        self._event().set()
+        self._waits.interrupt()
 
     async def reserve(self, queues: Sequence[str], limit: int, wait_s: float) -> list[JobRecord]:
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + wait_s
-        generation = self._generation
-        poll = 0.005
-        while True:
-            event = self._event()
-            event.clear()
-            claimed = await self._call(self.store.claim, queues, limit)
-            remaining = deadline - loop.time()
-            if claimed or remaining <= 0 or generation != self._generation:
-                return claimed
-            try:
-                await asyncio.wait_for(event.wait(), min(poll, remaining))
-            except TimeoutError:
-                poll = min(0.1, poll * 2)
+        return await self._waits.reserve(lambda: self._call(self.store.claim, queues, limit), wait_s)
 
     async def heartbeat(self, records: Sequence[JobRecord]) -> list[bool]:
         return await self._call(self.store.heartbeat, [(r.id, r.token) for r in records])
@@ -434,7 +414,7 @@ class FileDriver(QueueDriver):
     async def _settle(self, record: JobRecord, token: str | None) -> bool:
         settled = await self._call(self.store.settle, record, token)
         if settled and record.status in (JobStatus.QUEUED, JobStatus.SCHEDULED):
-            self._event().set()
+            self._waits.wake()
         return settled
 
     async def update_meta(self, record: JobRecord, meta: dict[str, Any]) -> bool:
@@ -463,7 +443,7 @@ class FileDriver(QueueDriver):
     async def requeue(self, job_ids: Iterable[str]) -> int:
         count = await self._call(self.store.requeue, list(job_ids))
         if count:
-            self._event().set()
+            self._waits.wake()
         return count
 
     async def purge(self) -> None:

@@ -35,6 +35,7 @@ from ..errors import ConfigError, CorruptQueueError, DriverError
 from ..job import JobRecord, JobStatus
 from ..serializer import dumps
 from ._fs import check_parent_writable, is_network_filesystem
+from ._polling import PollingWaits
 from ._records import reclaim
 from .base import QueueDriver, empty_counts, new_token
 
@@ -355,8 +356,7 @@ class SqliteDriver(QueueDriver):
         if self.io not in IO_MODES:
             raise ConfigError(f"queue.options.io must be one of {', '.join(IO_MODES)}, got {self.io!r}")
         self._thread: ThreadPoolExecutor | None = None
-        self._work_added: asyncio.Event | None = None
-        self._generation = 0
+        self._waits = PollingWaits()
 
     async def _in_thread(self, fn: Callable[..., T], *args: Any) -> T:
         if self._thread is None:
@@ -395,35 +395,15 @@ class SqliteDriver(QueueDriver):
     def journal_mode(self) -> str:
         return self.store.journal_mode
 
-    def _event(self) -> asyncio.Event:
-        if self._work_added is None:
-            self._work_added = asyncio.Event()
-        return self._work_added
-
     async def push(self, records: Sequence[JobRecord]) -> None:
         await self._call(SqliteStore.insert, records)
-        self._event().set()
+        self._waits.wake()
 
     def interrupt_waits(self) -> None:
-        self._generation += 1
-        self._event().set()
+        self._waits.interrupt()
 
     async def reserve(self, queues: Sequence[str], limit: int, wait_s: float) -> list[JobRecord]:
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + wait_s
-        generation = self._generation
-        poll = 0.005
-        while True:
-            event = self._event()
-            event.clear()
-            claimed = await self._call(SqliteStore.claim, queues, limit)
-            remaining = deadline - loop.time()
-            if claimed or remaining <= 0 or generation != self._generation:
-                return claimed
-            try:  # other processes cannot wake us: poll, backing off to 100 ms
-                await asyncio.wait_for(event.wait(), min(poll, remaining))
-            except TimeoutError:
-                poll = min(0.1, poll * 2)
+        return await self._waits.reserve(lambda: self._call(SqliteStore.claim, queues, limit), wait_s)
 
     async def heartbeat(self, records: Sequence[JobRecord]) -> list[bool]:
         return await self._call(SqliteStore.heartbeat, [(r.id, r.token) for r in records])
@@ -433,7 +413,7 @@ class SqliteDriver(QueueDriver):
         if settled:
             record.token = None
             if record.status in (JobStatus.QUEUED, JobStatus.SCHEDULED):
-                self._event().set()
+                self._waits.wake()
         return settled
 
     async def update_meta(self, record: JobRecord, meta: dict[str, Any]) -> bool:
@@ -458,7 +438,7 @@ class SqliteDriver(QueueDriver):
     async def requeue(self, job_ids: Iterable[str]) -> int:
         count = await self._call(SqliteStore.requeue, list(job_ids))
         if count:
-            self._event().set()
+            self._waits.wake()
         return count
 
     async def find_by_keys(self, keys: Sequence[str]) -> dict[str, JobRecord]:
