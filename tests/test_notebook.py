@@ -260,12 +260,12 @@ def test_panel_values_after_known_work(q: kn.Queue, recorded: list[Any]) -> None
     q.start(concurrency=2)
     q.wait(timeout=10)
     time.sleep(0.4)
-    assert "completed 6" in panel.counts.value and "failed 2" in panel.counts.value
+    assert "completed 6" in panel.summary.value and "failed 2" in panel.summary.value
     assert panel.progress.value == 1.0
-    assert panel.progress_label.value == "8 / 8 (100%)"
+    assert panel.progress.description == "8 / 8 (100%)"
     assert panel.progress.bar_style == "warning"
-    assert "ValueError: bad 4" in panel.failures.value
-    assert "no job running" in panel.running.value
+    assert "ValueError: bad 4" in panel.summary.value
+    assert "no job running" in panel.summary.value
     assert any(msg == "comm_open" for msg, _ in recorded)
     panel.close()
 
@@ -284,7 +284,7 @@ def test_panel_buttons_act(q: kn.Queue, recorded: list[Any], tmp_path: Path) -> 
         h.result(timeout=10)
     panel.buttons["pause"].click()
     time.sleep(0.3)
-    assert q.paused and "paused" in panel.header.value
+    assert q.paused and "paused" in panel.summary.value
     assert panel.buttons["resume"].disabled is False
     (tmp_path / "fixed").touch()
     panel.buttons["retry_failed"].click()
@@ -295,7 +295,7 @@ def test_panel_buttons_act(q: kn.Queue, recorded: list[Any], tmp_path: Path) -> 
     panel.buttons["stop"].click()
     time.sleep(0.3)
     assert not q.running
-    assert "not running here" in panel.header.value
+    assert "not running here" in panel.summary.value
     panel.close()
 
 
@@ -316,8 +316,8 @@ def test_panel_batches_updates_under_a_burst_of_events(q: kn.Queue, recorded: li
     updates = [m for m, data in recorded[before:] if m == "comm_msg" and data.get("method") == "update"]
     refreshes = elapsed / 0.25 + 2
     assert panel.updates <= refreshes
-    assert len(updates) <= refreshes * 10  # one message per changed widget per refresh, at most
-    assert len(updates) < 1000 / 4
+    assert len(updates) <= 2 * refreshes  # the text and the bar: two messages a refresh at most
+    assert len(updates) / elapsed <= 2 * (1 / 0.25) + 2, "more than a few messages a second"
     panel.close()
     closes = [m for m, _ in recorded if m == "comm_close"]
     assert closes, "closing the panel closes its widgets"

@@ -96,7 +96,7 @@ class ProgressBatch:
 class QueuePanel:
     """The widget tree and its refresher. Display it by leaving it last in a cell."""
 
-    def __init__(self, queue: Queue, refresh_s: float = 0.25) -> None:
+    def __init__(self, queue: Queue, refresh_s: float = 0.5) -> None:
         if refresh_s < 0.1:
             from ..errors import ConfigError
 
@@ -107,13 +107,12 @@ class QueuePanel:
         self.batch = ProgressBatch()
         self.updates = 0  # how many times widget values were pushed (for tests and the bench)
         self._last: Snapshot | None = None
-        self.header = w.HTML()
-        self.counts = w.HTML()
+        # Two widgets change as jobs run: all the text in one HTML, the bar (its label is its
+        # description). A refresh therefore sends at most two messages, whatever happened.
+        self.summary = w.HTML()
         self.progress = w.FloatProgress(min=0.0, max=1.0, value=0.0, bar_style="info",
-                                        layout=w.Layout(flex="1 1 200px", min_width="120px"))
-        self.progress_label = w.HTML()
-        self.running = w.HTML()
-        self.failures = w.HTML()
+                                        style={"description_width": "initial"},
+                                        layout=w.Layout(width="auto", max_width="600px"))
         self.buttons = {name: w.Button(description=name.replace("_", " ").title(), icon=icon,
                                        layout=w.Layout(width="auto"))
                         for name, icon in (("pause", "pause"), ("resume", "play"), ("stop", "stop"),
@@ -122,9 +121,7 @@ class QueuePanel:
             button.on_click(lambda _b, action=name: self.act(action))
         row = w.Layout(display="flex", flex_flow="row wrap", align_items="center", width="100%")
         self.widget = w.VBox([
-            w.HTML(STYLE), self.header, self.counts,
-            w.HBox([self.progress, self.progress_label], layout=row),
-            self.running, self.failures,
+            w.HTML(STYLE), self.summary, self.progress,
             w.HBox(list(self.buttons.values()), layout=row),
         ], layout=w.Layout(width="100%", max_width="900px"))
         self.widget.add_class("khadem-panel")
@@ -193,26 +190,26 @@ class QueuePanel:
             return
         last, self._last = self._last, snap
         with self.widget.hold_sync():
-            header = (f"<b>khadem_nb</b> <code>{html.escape(self.queue.settings.redacted_url())}</code>"
-                      f" <span class='khadem-muted'>{snap.state} · {snap.throughput:g} jobs/s</span>")
-            _set(self.header, "value", header)
-            _set(self.counts, "value", " ".join(
-                f"<span class='khadem-badge' style='background:{STATUS_COLOURS[JobStatus(k)]}'>"
-                f"{k} {v}</span>" for k, v in snap.counts))
+            _set(self.summary, "value", self._summary_html(snap))
             fraction = snap.finished / snap.total if snap.total else 1.0
             _set(self.progress, "value", fraction)
             failed = dict(snap.counts).get("failed", 0)
             style = "warning" if failed else ("success" if fraction >= 1 else "info")  # never all red
             _set(self.progress, "bar_style", style)
-            _set(self.progress_label, "value", f"{snap.finished} / {snap.total} ({fraction:.0%})")
-            _set(self.running, "value", _running_table(snap))
-            _set(self.failures, "value", _failures_table(snap))
+            _set(self.progress, "description", f"{snap.finished} / {snap.total} ({fraction:.0%})")
             paused = snap.state == "paused"
             _set(self.buttons["pause"], "disabled", paused or snap.state.startswith("not"))
             _set(self.buttons["resume"], "disabled", not paused)
         self.updates += 1
         if last is not None and last.state != snap.state:
             logger.debug("panel: %s -> %s", last.state, snap.state)
+
+    def _summary_html(self, snap: Snapshot) -> str:
+        header = (f"<div><b>khadem_nb</b> <code>{html.escape(self.queue.settings.redacted_url())}</code>"
+                  f" <span class='khadem-muted'>{snap.state} · {snap.throughput:g} jobs/s</span></div>")
+        counts = " ".join(f"<span class='khadem-badge' style='background:{STATUS_COLOURS[JobStatus(k)]}'>"
+                          f"{k} {v}</span>" for k, v in snap.counts)
+        return f"{header}<div>{counts}</div>{_running_table(snap)}{_failures_table(snap)}"
 
     def close(self) -> None:
         """Stop refreshing and close the widgets."""

@@ -321,7 +321,7 @@ class Queue:
     def counts(self) -> dict[str, int]:
         return self._run(self.manager.counts(self.settings.name))
 
-    def panel(self, refresh: float = 0.25) -> QueuePanel:
+    def panel(self, refresh: float = 0.5) -> QueuePanel:
         """A live ipywidgets panel: counts, progress, throughput, running jobs, failures, buttons."""
         from .panel import QueuePanel
 
