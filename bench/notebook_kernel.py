@@ -1,7 +1,7 @@
 """The notebook layer in a real Jupyter kernel, in one run:
 
 1. in-kernel throughput of N no-op async jobs with 4 workers, with the live panel displayed
-   and without it (rounds interleaved; medians; the panel refreshes 4 times a second);
+   and without it (rounds interleaved; medians; the panel at its default, 2 refreshes a second);
 2. the kernel's round trip for a trivial cell (``1``), p50 and p99 of CELLS cells, while 4
    in-kernel workers run 10 ms sync jobs without pause.
 
@@ -26,7 +26,7 @@ async def noop(i: int) -> None:
     return None
 g = noop.map([{{"i": i}} for i in range({n})])
 if {panel}:
-    panel = q.panel(refresh=0.25)
+    panel = q.panel()
     display(panel)
 started = time.perf_counter()
 q.start(concurrency=4)
