@@ -117,7 +117,9 @@ class RedisQueueMachine(RuleBasedStateMachine):
     @rule(data=st.data())
     def expire(self, data: st.DataObject) -> None:
         """Time passes for one held job: its lease runs out (score moved into the past)."""
-        active = sorted(i for i, j in self.model.jobs.items() if j.status is JobStatus.ACTIVE)
+        # in dispatch order: job ids are random, an order by id would differ between replays
+        active = sorted((i for i, j in self.model.jobs.items() if j.status is JobStatus.ACTIVE),
+                        key=lambda i: self.model.jobs[i].order)
         job_id = data.draw(st.sampled_from(active))
         keys = self.manager.driver.keys("default")  # type: ignore[attr-defined]
         client = self.manager.driver.client  # type: ignore[attr-defined]

@@ -2,8 +2,16 @@
 
 from __future__ import annotations
 
+from .._time import now_ms
 from ..job import JobRecord, JobStatus
 from .base import LEASE_LOST_ERROR
+
+
+def due_view(record: JobRecord) -> JobRecord:
+    """A waiting record as a reader should see it: scheduled until its time, queued after."""
+    if record.status in (JobStatus.QUEUED, JobStatus.SCHEDULED):
+        record.status = JobStatus.SCHEDULED if record.available_ms > now_ms() else JobStatus.QUEUED
+    return record
 
 
 def reclaim(record: JobRecord, now: int, max_reclaims: int) -> JobRecord:

@@ -35,7 +35,7 @@ from ..errors import DriverError, SerializationError
 from ..job import JobRecord, JobStatus
 from ._fs import check_parent_writable
 from ._polling import PollingWaits
-from ._records import reclaim
+from ._records import due_view, reclaim
 from .base import QueueDriver, claim, empty_counts
 
 logger = logging.getLogger(__name__)
@@ -364,12 +364,6 @@ def _fsync_dir(path: str) -> None:
         os.close(fd)
 
 
-def _view(record: JobRecord) -> JobRecord:
-    if record.status in (JobStatus.QUEUED, JobStatus.SCHEDULED):
-        record.status = JobStatus.SCHEDULED if record.available_ms > now_ms() else JobStatus.QUEUED
-    return record
-
-
 class FileDriver(QueueDriver):
     """Durable, multi-process, at-least-once queue in a folder of JSON files."""
 
@@ -421,12 +415,12 @@ class FileDriver(QueueDriver):
         return await self._call(self.store.update_meta, record.id, record.token, meta)
 
     async def _records(self) -> list[JobRecord]:
-        records = await self._call(lambda: [_view(r) for r in self.store.all_records()])
+        records = await self._call(lambda: [due_view(r) for r in self.store.all_records()])
         return sorted(records, key=lambda r: (r.created_ms, r.meta.get("_seq", 0)))
 
     async def get(self, job_id: str) -> JobRecord | None:
         record = await self._call(self.store.find, job_id)
-        return None if record is None else _view(record)
+        return None if record is None else due_view(record)
 
     async def list(self, status: JobStatus | None = None, queue: str | None = None,
                    limit: int | None = None) -> list[JobRecord]:

@@ -31,6 +31,7 @@ from ..config import QueueSettings
 from ..errors import ConfigError, DriverError, DriverUnavailableError
 from ..job import JobRecord, JobStatus
 from ..serializer import UnreadablePayload, dumps
+from ._records import due_view
 from .base import LEASE_LOST_ERROR, QueueDriver, empty_counts
 
 logger = logging.getLogger(__name__)
@@ -395,12 +396,12 @@ class RedisDriver(QueueDriver):
         records = [r for r in await self._fetch(queue, _text(ids)) if r is not None]
         if status is not None:
             records.sort(key=lambda r: r.created_ms)
-        return [_view(r) for r in records]
+        return [due_view(r) for r in records]
 
     async def _due_delayed(self, queue: str) -> builtins.list[JobRecord]:
         key = self.keys(queue)[KEY_NAMES.index("delayed")]
         ids = await self._call(lambda: self.client.zrangebyscore(key, "-inf", now_ms()))
-        return [_view(r) for r in await self._fetch(queue, _text(ids)) if r is not None]
+        return [due_view(r) for r in await self._fetch(queue, _text(ids)) if r is not None]
 
     async def counts(self, queue: str | None = None) -> dict[JobStatus, int]:
         keys = self.keys(queue or self.settings.name)
@@ -500,10 +501,4 @@ def _record_from_columns(queue: str, job_id: str, values: list[Any]) -> JobRecor
         record.error, record.traceback = json.loads(error)
     record.reclaims = int(reclaims or 0)
     record.meta = json.loads(meta) if meta else {}
-    return _view(record)
-
-
-def _view(record: JobRecord) -> JobRecord:
-    if record.status is JobStatus.SCHEDULED and record.available_ms <= now_ms():
-        record.status = JobStatus.QUEUED
-    return record
+    return due_view(record)

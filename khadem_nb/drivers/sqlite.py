@@ -36,7 +36,7 @@ from ..job import JobRecord, JobStatus
 from ..serializer import dumps
 from ._fs import check_parent_writable, is_network_filesystem
 from ._polling import PollingWaits
-from ._records import reclaim
+from ._records import due_view, reclaim
 from .base import QueueDriver, empty_counts, new_token
 
 logger = logging.getLogger(__name__)
@@ -250,7 +250,7 @@ class SqliteStore:
 
     def get(self, job_id: str) -> JobRecord | None:
         row = self._db().execute(f"{SELECT} WHERE id = ?", (job_id,)).fetchone()
-        return None if row is None else _view(_from_row(row))
+        return None if row is None else due_view(_from_row(row))
 
     def get_many(self, job_ids: Sequence[str]) -> list[JobRecord | None]:
         found: dict[str, JobRecord] = {}
@@ -258,7 +258,7 @@ class SqliteStore:
             chunk = job_ids[start : start + 500]
             sql = f"{SELECT} WHERE id IN ({', '.join('?' for _ in chunk)})"
             for row in self._db().execute(sql, chunk).fetchall():
-                record = _view(_from_row(row))
+                record = due_view(_from_row(row))
                 found[record.id] = record
         return [found.get(job_id) for job_id in job_ids]
 
@@ -275,7 +275,7 @@ class SqliteStore:
         order = "ORDER BY seq DESC LIMIT ?" if limit else "ORDER BY seq"
         sql = f"{SELECT} {where} {order}"
         rows = self._db().execute(sql, (*params, limit) if limit else params).fetchall()
-        records = [_view(_from_row(row)) for row in (reversed(rows) if limit else rows)]
+        records = [due_view(_from_row(row)) for row in (reversed(rows) if limit else rows)]
         if status in (JobStatus.QUEUED, JobStatus.SCHEDULED):
             records = [r for r in records if r.status is status]
         return records
@@ -307,7 +307,7 @@ class SqliteStore:
             chunk = keys[start : start + 500]
             sql = f"{SELECT} WHERE key IN ({', '.join('?' for _ in chunk)}) ORDER BY seq"
             for row in self._db().execute(sql, chunk).fetchall():
-                record = _view(_from_row(row))
+                record = due_view(_from_row(row))
                 found[record.key or ""] = record
         return found
 
@@ -327,12 +327,6 @@ def _filters(status: JobStatus | None, queue: str | None) -> tuple[str, tuple[An
         clauses.append("queue = ?")
         params.append(queue)
     return ("WHERE " + " AND ".join(clauses) if clauses else ""), tuple(params)
-
-
-def _view(record: JobRecord) -> JobRecord:
-    if record.status in (JobStatus.QUEUED, JobStatus.SCHEDULED):
-        record.status = JobStatus.SCHEDULED if record.available_ms > now_ms() else JobStatus.QUEUED
-    return record
 
 
 IO_MODES = ("auto", "thread", "inline")

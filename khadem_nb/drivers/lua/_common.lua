@@ -27,6 +27,18 @@ local function make_ready(id)
   redis.call('HSET', KEYS[K_STATUS], id, 'queued')
 end
 
+-- waiting again: in the delayed set until now + delay, or ready at once
+local function wait_or_ready(id, now, delay)
+  if delay > 0 then
+    redis.call('ZADD', KEYS[K_DELAYED], now + delay, id)
+    redis.call('HSET', KEYS[K_STATUS], id, 'scheduled')
+    set_times(id, {now + delay, -1, -1, -1})
+  else
+    make_ready(id)
+    set_times(id, {now, -1, -1, -1})
+  end
+end
+
 local function forget(id)
   for i = K_DATA, K_SCORE do redis.call('HDEL', KEYS[i], id) end
   redis.call('ZREM', KEYS[K_ALL], id)

@@ -9,14 +9,7 @@ for i = 2, #ARGV, 5 do
   redis.call('HSET', KEYS[K_SCORE], id, -priority * 1e12 + seq)
   redis.call('ZADD', KEYS[K_ALL], seq, id)
   if ARGV[i + 4] ~= '' then redis.call('HSET', KEYS[K_KEYS], ARGV[i + 4], id) end
-  if delay > 0 then
-    redis.call('ZADD', KEYS[K_DELAYED], now + delay, id)
-    redis.call('HSET', KEYS[K_STATUS], id, 'scheduled')
-    set_times(id, {now + delay, -1, -1, -1})
-  else
-    make_ready(id)
-    set_times(id, {now, -1, -1, -1})
-  end
+  wait_or_ready(id, now, delay)
   n = n + 1
 end
 if n > 0 then

@@ -6,8 +6,7 @@ for _, id in ipairs(ARGV) do
     redis.call('ZREM', KEYS[K_FAILED], id)
     redis.call('HSET', KEYS[K_ATTEMPT], id, 0)
     redis.call('HSET', KEYS[K_RECLAIMS], id, 0)
-    make_ready(id)
-    set_times(id, {now, -1, -1, -1})
+    wait_or_ready(id, now, 0)
     n = n + 1
   end
 end

@@ -24,8 +24,7 @@ if redis.call('SET', KEYS[K_LOCK], 1, 'NX', 'PX', tonumber(ARGV[5])) then
       redis.call('ZADD', KEYS[K_FAILED], now, id)
       set_times(id, {t[1], t[2], now, -1})
     else
-      make_ready(id)
-      set_times(id, {now, -1, -1, -1})
+      wait_or_ready(id, now, 0)
     end
   end
 end

@@ -32,15 +32,8 @@ local function settle(i)
       redis.call('HSET', KEYS[K_ERROR], id, ARGV[i + 4])
     end
     local delay = tonumber(ARGV[i + 5])
-    if delay > 0 then
-      redis.call('ZADD', KEYS[K_DELAYED], now + delay, id)
-      redis.call('HSET', KEYS[K_STATUS], id, 'scheduled')
-      set_times(id, {now + delay, -1, -1, -1})
-    else
-      make_ready(id)
-      set_times(id, {now, -1, -1, -1})
-      notify = true
-    end
+    wait_or_ready(id, now, delay)
+    notify = notify or delay <= 0
   end
   redis.call('PUBLISH', KEYS[K_NOTIFY] .. ':settled', id)
   return 1
