@@ -63,10 +63,6 @@ class QueueWorker:
     def paused(self) -> bool:
         return not self._claiming.is_set()
 
-    @property
-    def active_jobs(self) -> list[JobRecord]:
-        return list(self._active.values())
-
     def start(self) -> None:
         """Spawn the consumer tasks on the running loop and return at once."""
         if self._tasks:

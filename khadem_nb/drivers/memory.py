@@ -219,9 +219,9 @@ class MemoryDriver(QueueDriver):
     async def list(self, status: JobStatus | None = None, queue: str | None = None,
                    limit: int | None = None) -> list[JobRecord]:
         stored = [r for r in self._candidates(status) if queue is None or r.queue == queue]
-        views = (self._view(r) for r in (stored[-limit * 2 - 10:] if limit and status not in PENDING
-                                         else stored))
-        selected = [v for v in views if status is None or v.status is status]
+        if limit and status not in PENDING:  # every candidate matches: view only the newest
+            stored = stored[-limit:]
+        selected = [v for v in map(self._view, stored) if status is None or v.status is status]
         return selected[-limit:] if limit else selected
 
     async def counts(self, queue: str | None = None) -> dict[JobStatus, int]:

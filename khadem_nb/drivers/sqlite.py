@@ -25,7 +25,7 @@ import json
 import logging
 import os
 import sqlite3
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, ClassVar, Concatenate, ParamSpec, TypeVar
 
@@ -252,22 +252,20 @@ class SqliteStore:
         row = self._db().execute(f"{SELECT} WHERE id = ?", (job_id,)).fetchone()
         return None if row is None else due_view(_from_row(row))
 
+    def _rows_where_in(self, select: str, column: str, values: Sequence[str]) -> Iterator[Any]:
+        """Rows of ``select WHERE column IN values``, in chunks under SQLite's variable limit."""
+        for start in range(0, len(values), IN_CHUNK):
+            chunk = values[start : start + IN_CHUNK]
+            sql = f"{select} WHERE {column} IN ({', '.join('?' for _ in chunk)}) ORDER BY seq"
+            yield from self._db().execute(sql, chunk).fetchall()
+
     def get_many(self, job_ids: Sequence[str]) -> list[JobRecord | None]:
-        found: dict[str, JobRecord] = {}
-        for start in range(0, len(job_ids), 500):
-            chunk = job_ids[start : start + 500]
-            sql = f"{SELECT} WHERE id IN ({', '.join('?' for _ in chunk)})"
-            for row in self._db().execute(sql, chunk).fetchall():
-                record = due_view(_from_row(row))
-                found[record.id] = record
+        records = (due_view(_from_row(row)) for row in self._rows_where_in(SELECT, "id", job_ids))
+        found = {r.id: r for r in records}
         return [found.get(job_id) for job_id in job_ids]
 
     def statuses(self, job_ids: Sequence[str]) -> list[JobStatus | None]:
-        found: dict[str, str] = {}
-        for start in range(0, len(job_ids), 500):
-            chunk = job_ids[start : start + 500]
-            sql = f"SELECT id, status FROM khadem_jobs WHERE id IN ({', '.join('?' for _ in chunk)})"
-            found.update(self._db().execute(sql, chunk).fetchall())
+        found = dict(self._rows_where_in("SELECT id, status FROM khadem_jobs", "id", job_ids))
         return [None if (s := found.get(i)) is None else JobStatus(s) for i in job_ids]
 
     def list(self, status: JobStatus | None, queue: str | None, limit: int | None) -> list[JobRecord]:
@@ -302,14 +300,8 @@ class SqliteStore:
         return self.write(run)
 
     def find_by_keys(self, keys: Sequence[str]) -> dict[str, JobRecord]:
-        found: dict[str, JobRecord] = {}
-        for start in range(0, len(keys), 500):
-            chunk = keys[start : start + 500]
-            sql = f"{SELECT} WHERE key IN ({', '.join('?' for _ in chunk)}) ORDER BY seq"
-            for row in self._db().execute(sql, chunk).fetchall():
-                record = due_view(_from_row(row))
-                found[record.key or ""] = record
-        return found
+        records = (due_view(_from_row(row)) for row in self._rows_where_in(SELECT, "key", keys))
+        return {r.key or "": r for r in records}  # rows come in seq order: the newest per key wins
 
     def purge(self) -> None:
         self.write(lambda conn: conn.execute("DELETE FROM khadem_jobs"))
@@ -329,6 +321,7 @@ def _filters(status: JobStatus | None, queue: str | None) -> tuple[str, tuple[An
     return ("WHERE " + " AND ".join(clauses) if clauses else ""), tuple(params)
 
 
+IN_CHUNK = 500  # ids per "IN (...)" query, well under SQLite's bound-variable limit
 IO_MODES = ("auto", "thread", "inline")
 THREAD_ONLY = frozenset({"list", "counts", "find_by_keys", "purge", "requeue", "get_many", "statuses"})
 

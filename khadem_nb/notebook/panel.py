@@ -147,9 +147,7 @@ class QueuePanel:
         elif action == "resume":
             queue.resume()
         elif action == "stop":
-            worker, queue._worker = queue._worker, None
-            if worker is not None:
-                queue._runner.submit(worker.stop())
+            queue.stop_soon()
         elif action == "retry_failed":
             queue._runner.submit(queue.manager.retry_failed())
         self._last = None  # redraw at the next tick

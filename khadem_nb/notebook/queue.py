@@ -273,12 +273,22 @@ class Queue:
 
     def stop(self, grace: float | timedelta = 10.0) -> None:
         """Stop the in-process workers; jobs still running after ``grace`` go back to the queue."""
+        stopping = self._detach_worker(to_seconds(grace, name="grace") or 0.0)
+        if stopping is not None:
+            self._run(stopping)
+
+    def stop_soon(self, grace: float = 10.0) -> None:
+        """Like :meth:`stop` without waiting (for callbacks such as the panel's Stop button)."""
+        stopping = self._detach_worker(grace)
+        if stopping is not None:
+            self._runner.submit(stopping)
+
+    def _detach_worker(self, grace: float) -> Coroutine[Any, Any, None] | None:
         worker, self._worker = self._worker, None
-        if worker is not None:
-            self._run(worker.stop(to_seconds(grace, name="grace") or 0.0))
         if self._captured:
             capture.uninstall()
             self._captured = False
+        return None if worker is None else worker.stop(grace)
 
     def retry_failed(self) -> int:
         """Requeue every failed job of this queue with a fresh attempt budget."""
