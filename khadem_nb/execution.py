@@ -75,7 +75,7 @@ class JobExecutor:
             await self._run_hook(self.hooks.on_job_start, job)
         try:
             result = await self._run(job, record)
-            encoded = encode_value(result, path=f"result of {record.name}")
+            encoded = result if result is None else encode_value(result, f"result of {record.name}")
         except asyncio.CancelledError:
             await asyncio.shield(self._give_back(record, started))
             raise
@@ -85,22 +85,28 @@ class JobExecutor:
         await self._settle_success(record, job, result, encoded, started)
 
     async def _run(self, job: QueueJob, record: JobRecord) -> Any:
+        """Run the job (through the middleware, if any) with its context set."""
+        context = JobContext(record, self.driver, asyncio.get_running_loop())
+        token = current_job.set(context)
+        try:
+            if self.middleware:
+                return await self._run_through_middleware(job, record)
+            if record.timeout_s is None and self._is_async.get(type(job)):  # the common case
+                return await job.handle()
+            return await self._invoke(job, record)
+        finally:
+            current_job.reset(token)
+            if context.output:
+                record.meta["output"] = context.captured_output()
+
+    async def _run_through_middleware(self, job: QueueJob, record: JobRecord) -> Any:
         outcome: list[Any] = []
 
         async def innermost() -> Any:
             outcome.append(await self._invoke(job, record))
             return outcome[0]
 
-        context = JobContext(record, self.driver, asyncio.get_running_loop())
-        token = current_job.set(context)
-        try:
-            if not self.middleware:
-                return await self._invoke(job, record)
-            await self.middleware.run(job, innermost)
-        finally:
-            current_job.reset(token)
-            if context.output:
-                record.meta["output"] = context.captured_output()
+        await self.middleware.run(job, innermost)
         if not outcome:
             raise RuntimeError("a middleware returned without calling next(); the job did not run")
         return outcome[0]

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-import os
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 from typing import Any
 
+from ._ids import new_job_id
 from ._time import now_ms, to_seconds
 from .config import QueueSettings, parse_config, worker_settings
 from .drivers.base import QueueDriver
@@ -21,11 +21,6 @@ from .monitor import BasicQueueMonitor, QueueMonitor
 from .registry import job_factories
 from .serializer import QueueJobSerializer
 from .worker import QueueWorker
-
-
-def new_job_id() -> str:
-    """32 random hex digits, like ``uuid4().hex`` at a fraction of the cost."""
-    return os.urandom(16).hex()
 
 
 class QueueManager:

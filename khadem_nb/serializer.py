@@ -51,31 +51,45 @@ def _numpy() -> Any:
     return sys.modules.get("numpy")  # only if the user already imported it: never import numpy
 
 
-def encode_value(value: Any, path: str = "value") -> Any:
+# Where a value sits, for error messages: a root name, or ``(parent, segment)`` with segment an
+# index, a key, or None for "an item of a set". Built as tuples and spelled out only on error,
+# so encoding pays nothing for good messages.
+Path = str | tuple[Any, Any]
+
+
+def where(path: Path) -> str:
+    """Spell out a path: ``job argument['xs'][2]``."""
+    segments: list[str] = []
+    while isinstance(path, tuple):
+        path, segment = path
+        segments.append("{}" if segment is None else f"[{segment!r}]")
+    return path + "".join(reversed(segments))
+
+
+def encode_value(value: Any, path: Path = "value") -> Any:
     """Turn ``value`` into plain JSON data, tagging the extra types; ``path`` names it in errors."""
     if isinstance(value, _PRIMITIVES):
         return value
     if isinstance(value, float):
         return value if math.isfinite(value) else {TAG: "float", "v": repr(value)}
     if isinstance(value, list):
-        return [encode_value(item, f"{path}[{i}]") for i, item in enumerate(value)]
+        return [encode_value(item, (path, i)) for i, item in enumerate(value)]
     if isinstance(value, dict):
         return _encode_dict(value, path)
     return _encode_extra(value, path)
 
 
-def _encode_dict(value: Mapping[Any, Any], path: str) -> Any:
+def _encode_dict(value: Mapping[Any, Any], path: Path) -> Any:
     encoded = {}
     for key, item in value.items():
         if not isinstance(key, str):
-            raise SerializationError(
-                f"{path} has a key {key!r} of type {type(key).__name__}; JSON object keys must be str"
-            )
-        encoded[key] = encode_value(item, f"{path}[{key!r}]")
+            raise SerializationError(f"{where(path)} has a key {key!r} of type "
+                                     f"{type(key).__name__}; JSON object keys must be str")
+        encoded[key] = encode_value(item, (path, key))
     return {TAG: "dict", "v": encoded} if TAG in encoded else encoded
 
 
-def _encode_extra(value: Any, path: str) -> Any:  # noqa: C901 - one flat dispatch on type
+def _encode_extra(value: Any, path: Path) -> Any:  # noqa: C901 - one flat dispatch on type
     if isinstance(value, datetime):
         return {TAG: "datetime", "v": value.isoformat()}
     if isinstance(value, date):
@@ -87,11 +101,11 @@ def _encode_extra(value: Any, path: str) -> Any:  # noqa: C901 - one flat dispat
     if isinstance(value, UUID):
         return {TAG: "uuid", "v": str(value)}
     if isinstance(value, tuple):
-        return {TAG: "tuple", "v": [encode_value(x, f"{path}[{i}]") for i, x in enumerate(value)]}
+        return {TAG: "tuple", "v": [encode_value(x, (path, i)) for i, x in enumerate(value)]}
     if isinstance(value, bytes | bytearray):
         return {TAG: "bytes", "v": base64.b64encode(bytes(value)).decode("ascii")}
     if isinstance(value, set | frozenset):
-        items = [encode_value(x, f"{path}{{}}") for x in value]
+        items = [encode_value(x, (path, None)) for x in value]
         return {TAG: "set", "v": sorted(items, key=repr)}
     np = _numpy()
     if np is not None:
@@ -100,15 +114,16 @@ def _encode_extra(value: Any, path: str) -> Any:  # noqa: C901 - one flat dispat
         if isinstance(value, np.generic):
             return _encode_numpy_scalar(value, path)
     raise SerializationError(
-        f"{path} is of type {type(value).__module__}.{type(value).__qualname__}, which khadem_nb "
-        "cannot store as JSON (supported: JSON types, datetime, date, timedelta, Decimal, UUID, "
-        "tuple, bytes, set, numpy scalars and arrays)"
+        f"{where(path)} is of type {type(value).__module__}.{type(value).__qualname__}, which "
+        "khadem_nb cannot store as JSON (supported: JSON types, datetime, date, timedelta, Decimal, "
+        "UUID, tuple, bytes, set, numpy scalars and arrays)"
     )
 
 
-def _encode_array(array: Any, path: str) -> Any:
+def _encode_array(array: Any, path: Path) -> Any:
     if array.dtype.kind not in "biufcUM?":
-        raise SerializationError(f"{path} is a numpy array of dtype {array.dtype}, which is not supported")
+        raise SerializationError(
+            f"{where(path)} is a numpy array of dtype {array.dtype}, which is not supported")
     if array.dtype.kind == "c":
         data: Any = [[z.real, z.imag] for z in array.ravel().tolist()]
     elif array.dtype.kind == "M":
@@ -119,7 +134,7 @@ def _encode_array(array: Any, path: str) -> Any:
             "v": encode_value(data, path)}
 
 
-def _encode_numpy_scalar(value: Any, path: str) -> Any:
+def _encode_numpy_scalar(value: Any, path: Path) -> Any:
     kind = value.dtype.kind
     if kind == "c":
         item: Any = [value.real.item(), value.imag.item()]
@@ -128,7 +143,7 @@ def _encode_numpy_scalar(value: Any, path: str) -> Any:
     elif kind == "U" or kind == "M":
         item = str(value)
     else:
-        raise SerializationError(f"{path} is a numpy {value.dtype} scalar, which is not supported")
+        raise SerializationError(f"{where(path)} is a numpy {value.dtype} scalar, which is not supported")
     return {TAG: "np.scalar", "dtype": value.dtype.str, "v": encode_value(item, path)}
 
 
@@ -188,12 +203,20 @@ def _complex_from_pairs(data: Any) -> Any:
 
 
 _ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+# The C encoder behind it, built once: JSONEncoder.encode builds a new one on every call, which
+# costs more than encoding a small payload. No circular check: encode_value output is a tree.
+_c_encode = getattr(json.encoder, "c_make_encoder", None)
+_c_encoder = None if _c_encode is None else _c_encode(
+    None, _ENCODER.default, json.encoder.encode_basestring, None, ":", ",", False, False, False)
 
 
 def dumps(value: Any) -> str:
-    """Compact JSON text of already-encoded data (one shared encoder: json.dumps with options
-    builds a new encoder on every call, which costs more than encoding a small payload)."""
-    return _ENCODER.encode(value)
+    """Compact, strict JSON text of already-encoded data."""
+    if _c_encoder is None:  # pragma: no cover - CPython always has the C encoder
+        return _ENCODER.encode(value)
+    if isinstance(value, str):
+        return json.encoder.encode_basestring(value)
+    return "".join(_c_encoder(value, 0))
 
 
 class UnreadablePayload(str):

@@ -175,6 +175,8 @@ class QueueWorker:
         """Reserve for every waiting consumer; -1 after an error (logged here, once)."""
         if yield_first:
             await asyncio.sleep(0)  # let every idle consumer register before sizing the batch
+            if self.paused or self._stopping.is_set():  # paused during that turn: claim nothing
+                return 0
         limit = max(1, self._waiting)
         if self._claims_left is not None:
             limit = min(limit, self._claims_left)

@@ -9,12 +9,11 @@ was lost and the job claimed again), and the refusal is counted in ``stale_acks`
 from __future__ import annotations
 
 import asyncio
-import itertools
-import os
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, ClassVar
 
+from .._ids import new_token
 from .._time import now_ms
 from ..config import QueueSettings
 from ..job import JobRecord, JobStatus
@@ -164,15 +163,6 @@ class QueueDriver(ABC):
     @abstractmethod
     async def purge(self) -> None:
         """Delete every record of this queue's storage (tests, fresh starts)."""
-
-
-_TOKEN_PREFIX = os.urandom(8).hex()
-_token_counter = itertools.count(1)
-
-
-def new_token() -> str:
-    """A claim token unique across processes: a random per-process prefix and a counter."""
-    return f"{_TOKEN_PREFIX}-{next(_token_counter)}"
 
 
 def claim(record: JobRecord, now: int, lease_s: float | None) -> JobRecord:

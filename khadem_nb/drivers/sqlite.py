@@ -29,6 +29,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, ClassVar, Concatenate, ParamSpec, TypeVar
 
+from .._ids import new_token
 from .._time import now_ms
 from ..config import QueueSettings
 from ..errors import ConfigError, CorruptQueueError, DriverError
@@ -37,7 +38,7 @@ from ..serializer import dumps
 from ._fs import check_parent_writable, is_network_filesystem
 from ._polling import PollingWaits
 from ._records import due_view, reclaim
-from .base import QueueDriver, empty_counts, new_token
+from .base import QueueDriver, empty_counts
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
