@@ -59,45 +59,66 @@ class JobExecutor:
     async def execute(self, record: JobRecord) -> None:
         """Run ``record``; on cancellation (worker stopping) give it back to the queue."""
         started = time.perf_counter()
+        job = self._begin(record)
+        if isinstance(job, SerializationError):  # unknown name or bad payload: retrying cannot help
+            await self._settle_failure(record, None, job, _format(job), started, retryable=False)
+            return
+        if self.hooks.on_job_start is not None:
+            await self._run_hook(self.hooks.on_job_start, job)
+        context = JobContext(record, self.driver, asyncio.get_running_loop())
+        token = current_job.set(context)
+        try:
+            if self.middleware:
+                result = await self._run_through_middleware(job, record)
+            elif record.timeout_s is None and self._is_async.get(type(job)):  # the common case
+                result = await job.handle()
+            else:
+                result = await self._invoke(job, record)
+            encoded = result if result is None else encode_value(result, f"result of {record.name}")
+        except asyncio.CancelledError:
+            await asyncio.shield(self._give_back(record, started))
+            raise
+        except Exception as exc:  # every job failure, middleware failure or bad result lands here
+            self._keep_output(record, context)
+            await self._settle_failure(record, job, exc, _format(exc), started, retryable=True)
+            return
+        finally:
+            current_job.reset(token)
+        self._keep_output(record, context)
+        if await self.driver.complete(record, encoded):
+            self._completed(record, started)
+            if self.hooks.on_job_complete is not None:
+                await self._run_hook(self.hooks.on_job_complete, job, result)
+        else:
+            self._stale(record, (time.perf_counter() - started) * 1000)
+
+    def _begin(self, record: JobRecord) -> QueueJob | SerializationError:
+        """Count the start and rebuild the job, or return why it cannot be rebuilt."""
         try:
             self.monitor.job_started(record)
         except Exception:
             logger.exception("queue monitor raised")
         try:
             job = self.serializer.decode_job(record.name, record.payload)
-        except SerializationError as exc:  # unknown name or bad payload: retrying cannot help
-            await self._settle_failure(record, None, exc, _format(exc), started, retryable=False)
-            return
+        except SerializationError as exc:
+            return exc
         job.attempt = record.attempt
         if hasattr(job, "created_at"):
             job.created_at = record.created_at
-        if self.hooks.on_job_start is not None:
-            await self._run_hook(self.hooks.on_job_start, job)
-        try:
-            result = await self._run(job, record)
-            encoded = result if result is None else encode_value(result, f"result of {record.name}")
-        except asyncio.CancelledError:
-            await asyncio.shield(self._give_back(record, started))
-            raise
-        except Exception as exc:  # every job failure, middleware failure or bad result lands here
-            await self._settle_failure(record, job, exc, _format(exc), started, retryable=True)
-            return
-        await self._settle_success(record, job, result, encoded, started)
+        return job
 
-    async def _run(self, job: QueueJob, record: JobRecord) -> Any:
-        """Run the job (through the middleware, if any) with its context set."""
-        context = JobContext(record, self.driver, asyncio.get_running_loop())
-        token = current_job.set(context)
+    @staticmethod
+    def _keep_output(record: JobRecord, context: JobContext) -> None:
+        if context.output:
+            record.meta["output"] = context.captured_output()
+
+    def _completed(self, record: JobRecord, started: float) -> None:
         try:
-            if self.middleware:
-                return await self._run_through_middleware(job, record)
-            if record.timeout_s is None and self._is_async.get(type(job)):  # the common case
-                return await job.handle()
-            return await self._invoke(job, record)
-        finally:
-            current_job.reset(token)
-            if context.output:
-                record.meta["output"] = context.captured_output()
+            self.monitor.job_completed(record, (time.perf_counter() - started) * 1000)
+        except Exception:
+            logger.exception("queue monitor raised")
+        if self.listeners:
+            self._notify(record)
 
     async def _run_through_middleware(self, job: QueueJob, record: JobRecord) -> Any:
         outcome: list[Any] = []
@@ -132,21 +153,6 @@ class JobExecutor:
         context = contextvars.copy_context()
         loop = asyncio.get_running_loop()
         return loop.run_in_executor(self.threads, context.run, job.handle)
-
-    async def _settle_success(self, record: JobRecord, job: QueueJob, result: Any, encoded: Any,
-                              started: float) -> None:
-        duration_ms = (time.perf_counter() - started) * 1000
-        if await self.driver.complete(record, encoded):
-            try:
-                self.monitor.job_completed(record, duration_ms)
-            except Exception:
-                logger.exception("queue monitor raised")
-            if self.listeners:
-                self._notify(record)
-            if self.hooks.on_job_complete is not None:
-                await self._run_hook(self.hooks.on_job_complete, job, result)
-        else:
-            self._stale(record, duration_ms)
 
     async def _settle_failure(self, record: JobRecord, job: QueueJob | None, exc: BaseException,
                               text: str, started: float, *, retryable: bool) -> None:

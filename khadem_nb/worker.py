@@ -133,10 +133,10 @@ class QueueWorker:
     async def _consume(self) -> None:
         try:
             while not self._stopping.is_set() and not self._drained:
-                await self._claiming.wait()
-                if self._stopping.is_set():
-                    break
-                record = await self._next_record()
+                if not self._claiming.is_set():  # paused
+                    await self._claiming.wait()
+                    continue
+                record = self._buffer.popleft() if self._buffer else await self._next_record()
                 if record is not None:
                     await self._execute(record)
                 elif self._drained or self._claims_exhausted():
