@@ -22,7 +22,7 @@ QUEUE_KEYS = frozenset({
     "driver", "name", "path", "url", "host", "port", "username", "password", "db", "lease",
     "heartbeat", "max_reclaims", "retention", "prefix", "connect_timeout", "workers", "options",
 })
-WORKER_KEYS = frozenset({"max_jobs", "delay", "timeout", "concurrency"})
+WORKER_KEYS = frozenset({"max_jobs", "delay", "timeout", "concurrency", "prefetch"})
 
 
 class DottedConfig(Protocol):
@@ -38,6 +38,7 @@ class WorkerSettings:
     timeout_s: float | None = None  # total run time before the worker stops
     concurrency: int = 1
     burst: bool = False  # stop when no job is due (after waiting delay_s for one)
+    prefetch: int | None = None  # jobs claimed ahead of free consumers; None: the driver's default
 
 
 @dataclass(frozen=True, slots=True)
@@ -243,6 +244,8 @@ def worker_settings(base: WorkerSettings, **overrides: Any) -> WorkerSettings:
         values["delay_s"] = _require_positive_seconds(overrides["delay"], "delay")
     if overrides.get("burst") is not None:
         values["burst"] = bool(overrides["burst"])
+    if overrides.get("prefetch") is not None:
+        values["prefetch"] = _check_int(overrides["prefetch"], "prefetch", minimum=0)
     if overrides.get("timeout") is not None:
         values["timeout_s"] = _require_positive_seconds(overrides["timeout"], "timeout")
     return replace(base, **values)

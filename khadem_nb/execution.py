@@ -29,6 +29,7 @@ from .serializer import QueueJobSerializer, encode_value
 logger = logging.getLogger(__name__)
 
 Hook = Callable[..., Any]
+Outcome = tuple[Any, Any, Exception | None]  # result, encoded result, failure
 
 
 @dataclass(slots=True)
@@ -56,13 +57,41 @@ class JobExecutor:
         #: called with each record this process settles (used by notebook handles to wake up)
         self.listeners: list[Callable[[JobRecord], None]] = []
 
-    async def execute(self, record: JobRecord) -> None:
-        """Run ``record``; on cancellation (worker stopping) give it back to the queue."""
+    async def execute(self, record: JobRecord, slots: asyncio.Semaphore | None = None) -> None:
+        """Run ``record`` to a settled state; on cancellation give it back to the queue.
+
+        With ``slots``, the job first waits for a run slot and frees it before settling, so its
+        settle round trip does not hold up the next claimed job.
+        """
+        if slots is not None:
+            try:
+                await slots.acquire()
+            except asyncio.CancelledError:  # never started: hand it back untouched
+                await asyncio.shield(self._release_unstarted(record))
+                raise
         started = time.perf_counter()
-        job = self._begin(record)
-        if isinstance(job, SerializationError):  # unknown name or bad payload: retrying cannot help
+        try:
+            job = self._begin(record)
+            if isinstance(job, SerializationError):  # unknown name or bad payload: no retry helps
+                failure: Exception | None = job
+            else:
+                result, encoded, failure = await self._run(record, job, started)
+        finally:
+            if slots is not None:
+                slots.release()
+        if isinstance(job, SerializationError):
             await self._settle_failure(record, None, job, _format(job), started, retryable=False)
-            return
+        elif failure is not None:
+            await self._settle_failure(record, job, failure, _format(failure), started, retryable=True)
+        elif await self.driver.complete(record, encoded):
+            self._completed(record, started)
+            if self.hooks.on_job_complete is not None:
+                await self._run_hook(self.hooks.on_job_complete, job, result)
+        else:
+            self._stale(record, (time.perf_counter() - started) * 1000)
+
+    async def _run(self, record: JobRecord, job: QueueJob, started: float) -> Outcome:
+        """Run the job with its context set: ``(result, encoded result, None)`` or the failure."""
         if self.hooks.on_job_start is not None:
             await self._run_hook(self.hooks.on_job_start, job)
         context = JobContext(record, self.driver, asyncio.get_running_loop())
@@ -79,18 +108,12 @@ class JobExecutor:
             await asyncio.shield(self._give_back(record, started))
             raise
         except Exception as exc:  # every job failure, middleware failure or bad result lands here
-            self._keep_output(record, context)
-            await self._settle_failure(record, job, exc, _format(exc), started, retryable=True)
-            return
+            return None, None, exc
         finally:
             current_job.reset(token)
-        self._keep_output(record, context)
-        if await self.driver.complete(record, encoded):
-            self._completed(record, started)
-            if self.hooks.on_job_complete is not None:
-                await self._run_hook(self.hooks.on_job_complete, job, result)
-        else:
-            self._stale(record, (time.perf_counter() - started) * 1000)
+            if context.output:
+                record.meta["output"] = context.captured_output()
+        return result, encoded, None
 
     def _begin(self, record: JobRecord) -> QueueJob | SerializationError:
         """Count the start and rebuild the job, or return why it cannot be rebuilt."""
@@ -106,11 +129,6 @@ class JobExecutor:
         if hasattr(job, "created_at"):
             job.created_at = record.created_at
         return job
-
-    @staticmethod
-    def _keep_output(record: JobRecord, context: JobContext) -> None:
-        if context.output:
-            record.meta["output"] = context.captured_output()
 
     def _completed(self, record: JobRecord, started: float) -> None:
         try:
@@ -193,6 +211,12 @@ class JobExecutor:
         except Exception:  # the lease will expire and another worker reclaims it
             logger.exception("could not release job %s on stop; its lease will expire", record.id)
         safe_call(self.monitor.job_retried, record, duration_ms)
+
+    async def _release_unstarted(self, record: JobRecord) -> None:
+        try:
+            await self.driver.release(record)
+        except Exception:  # the lease will expire and another worker reclaims it
+            logger.exception("could not release job %s on stop; its lease will expire", record.id)
 
     def _notify(self, record: JobRecord) -> None:
         for listener in self.listeners:

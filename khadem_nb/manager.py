@@ -142,6 +142,7 @@ class QueueManager:
     async def start_worker(self, max_jobs: int | None = None, delay: float | timedelta | None = None,
                            timeout: float | timedelta | None = None, *, concurrency: int | None = None,
                            queues: Sequence[str] | None = None, burst: bool = False,
+                           prefetch: int | None = None,
                            run_in_background: bool = False,
                            on_error: Hook | None = None, on_job_start: Hook | None = None,
                            on_job_complete: Hook | None = None,
@@ -153,7 +154,8 @@ class QueueManager:
         once no job is due.
         """
         options = worker_settings(self.settings.workers, max_jobs=max_jobs, delay=delay,
-                                  timeout=timeout, concurrency=concurrency, burst=burst)
+                                  timeout=timeout, concurrency=concurrency, burst=burst,
+                                  prefetch=prefetch)
         self._set_hooks(on_error, on_job_start, on_job_complete, on_job_error)
         worker = QueueWorker(self.driver, self.executor, self.settings, options,
                              list(queues) if queues else [self.settings.name], self.hooks)

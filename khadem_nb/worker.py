@@ -53,6 +53,14 @@ class QueueWorker:
         self._waiting = 0
         self._errors = 0
         self._drained = False  # burst mode: a reserve found nothing due
+        prefetch = driver.default_prefetch(worker.concurrency) if worker.prefetch is None \
+            else worker.prefetch
+        # With prefetch, `concurrency + prefetch` consumers claim jobs but only `concurrency` run
+        # one at a time: a consumer whose job is settling (a round trip) frees its run slot, so
+        # the next jobs run while the server settles these and claims more.
+        self._prefetch = prefetch
+        self._consumer_count = worker.concurrency + prefetch
+        self._slots = asyncio.Semaphore(worker.concurrency) if prefetch else None
 
     # -- control -----------------------------------------------------------------------------
     @property
@@ -68,8 +76,8 @@ class QueueWorker:
         if self._tasks:
             return
         loop = asyncio.get_running_loop()
-        self._consumers_left = self.options.concurrency
-        for index in range(self.options.concurrency):
+        self._consumers_left = self._consumer_count
+        for index in range(self._consumer_count):
             self._tasks.append(loop.create_task(self._consume(), name=f"khadem-consumer-{index}"))
         if self.driver.uses_leases:
             self._tasks.append(loop.create_task(self._heartbeat(), name="khadem-heartbeat"))
@@ -132,7 +140,7 @@ class QueueWorker:
     # -- loops -------------------------------------------------------------------------------
     async def _consume(self) -> None:
         try:
-            while not self._stopping.is_set() and not self._drained:
+            while not self._stopping.is_set() and not (self._drained and not self._buffer):
                 if not self._claiming.is_set():  # paused
                     await self._claiming.wait()
                     continue
@@ -156,7 +164,7 @@ class QueueWorker:
         while not self._buffer:
             if self._drained or self._stopping.is_set() or self.paused or self._claims_exhausted():
                 return None
-            if self.options.concurrency == 1:  # nobody to batch for: no task, no extra loop turn
+            if self._consumer_count == 1:  # nobody to batch for: no task, no extra loop turn
                 if await self._fetch_batch(yield_first=False) == 0:
                     return None
                 continue
@@ -177,7 +185,7 @@ class QueueWorker:
             await asyncio.sleep(0)  # let every idle consumer register before sizing the batch
             if self.paused or self._stopping.is_set():  # paused during that turn: claim nothing
                 return 0
-        limit = max(1, self._waiting)
+        limit = max(1, self._wanted())
         if self._claims_left is not None:
             limit = min(limit, self._claims_left)
         try:
@@ -192,7 +200,18 @@ class QueueWorker:
         if not records and self.options.burst:
             self._drained = True
         self._buffer.extend(records)
+        if records and self._prefetch and self._wanted() > 0 and self._may_claim():
+            # Claim the next batch now: this task's waiters wake only after it returns, so the
+            # request leaves before they run this batch, and the server works while Python does.
+            self._fetch = asyncio.get_running_loop().create_task(self._fetch_batch(yield_first=False))
         return len(records)
+
+    def _wanted(self) -> int:
+        """Jobs to claim: one per waiting consumer, plus the prefetch not yet buffered."""
+        return self._waiting + self._prefetch - len(self._buffer)
+
+    def _may_claim(self) -> bool:
+        return not (self._drained or self._stopping.is_set() or self.paused or self._claims_exhausted())
 
     def _claims_exhausted(self) -> bool:
         return self._claims_left is not None and self._claims_left <= 0
@@ -200,7 +219,7 @@ class QueueWorker:
     async def _execute(self, record: JobRecord) -> None:
         self._active[record.id] = record
         try:
-            await self.executor.execute(record)
+            await self.executor.execute(record, self._slots)
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # the driver failed while settling: the lease will expire

@@ -37,6 +37,14 @@ class QueueDriver(ABC):
         self.settings = settings
         self.stale_acks = 0
 
+    def default_prefetch(self, concurrency: int) -> int:
+        """Jobs a worker claims ahead of its free consumers when not told otherwise.
+
+        None here: in one process a prefetched job would only show as running while it waits.
+        Drivers whose claims cross a network prefetch so claiming overlaps running.
+        """
+        return 0
+
     # -- lifecycle ---------------------------------------------------------------------------
     async def open(self) -> None:
         """Connect or create storage; raise a clear error naming the location if it is bad."""

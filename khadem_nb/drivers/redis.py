@@ -173,9 +173,10 @@ class RedisDriver(QueueDriver):
             ready.set_result(None)
             while True:
                 message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
-                if message is not None:
-                    for event in self._watchers.get(message["data"].decode(), ()):
-                        event.set()
+                if message is not None:  # the ids one settle call settled, space-separated
+                    for job_id in message["data"].decode().split():
+                        for event in self._watchers.get(job_id, ()):
+                            event.set()
         except Exception as exc:  # a dead subscription only makes waiters fall back to polling
             if not ready.done():
                 ready.set_result(None)
@@ -225,6 +226,10 @@ class RedisDriver(QueueDriver):
 
     async def _run(self, script: str, queue: str, args: Sequence[Any]) -> Any:
         return await self._call(lambda: self._scripts[script](keys=self._script_keys(queue), args=list(args)))
+
+    def default_prefetch(self, concurrency: int) -> int:
+        """As many jobs as consumers: the next batch's claim overlaps running this one."""
+        return concurrency if concurrency > 1 else 0
 
     # -- producing -------------------------------------------------------------------------------
     async def push(self, records: Sequence[JobRecord]) -> None:
@@ -287,6 +292,14 @@ class RedisDriver(QueueDriver):
         return [alive[r.id] for r in records]
 
     async def _settle(self, record: JobRecord, token: str | None) -> bool:
+        args = _completion_args(record, token) if record.status is JobStatus.COMPLETED and not record.meta \
+            else self._general_settle_args(record, token)
+        settled = await self._retrying(lambda: self._batched_settle(record.queue, args))
+        record.token = None
+        return bool(settled)
+
+    @staticmethod
+    def _general_settle_args(record: JobRecord, token: str | None) -> list[Any]:
         release = record.status is JobStatus.QUEUED and record.error is None and record.finished_ms is None \
             and record.started_ms is None
         delay = max(0, record.available_ms - now_ms()) if record.status in (JobStatus.QUEUED,
@@ -296,9 +309,7 @@ class RedisDriver(QueueDriver):
                 "" if record.error is None else dumps([record.error, record.traceback]), delay,
                 dumps(record.meta) if record.meta else "",
                 "1" if release else "0"]
-        settled = await self._retrying(lambda: self._batched_settle(record.queue, args))
-        record.token = None
-        return bool(settled)
+        return args
 
     async def _batched_settle(self, queue: str, args: list[Any]) -> Any:
         """Queue one settle; every settle asked for in the same loop turn goes in one pipeline."""
@@ -319,8 +330,11 @@ class RedisDriver(QueueDriver):
         by_queue: dict[str, list[tuple[list[Any], asyncio.Future[Any]]]] = {}
         for queue, args, future in batch:
             by_queue.setdefault(queue, []).append((args, future))
-        for queue, items in by_queue.items():
-            args = [self.settings.retention, *(a for job_args, _ in items for a in job_args)]
+        for queue, unordered in by_queue.items():
+            # plain completions first, three values each, then the rest with eight (settle.lua)
+            items = [i for i in unordered if len(i[0]) == 3] + [i for i in unordered if len(i[0]) != 3]
+            plain = len(items) - sum(1 for i in unordered if len(i[0]) != 3)
+            args = [self.settings.retention, plain, *(a for job_args, _ in items for a in job_args)]
             try:
                 flags = await self._run("settle", queue, args)
             except Exception as exc:
@@ -446,6 +460,11 @@ def _data(record: JobRecord) -> str:
                   "timeout_s": record.timeout_s, "key": record.key})
 
 
+def _completion_args(record: JobRecord, token: str | None) -> list[Any]:
+    """A completion with no meta to store: id, token and result are all settle.lua needs."""
+    return [record.id, token or "", dumps(record.result)]
+
+
 def _text(values: Iterable[Any]) -> list[str]:
     return [v.decode() if isinstance(v, bytes) else str(v) for v in values]
 
@@ -460,7 +479,7 @@ def _claimed_records(queue: str, rows: list[Any], lease_s: float) -> list[JobRec
         record.attempt = int(attempt)
         record.token = token.decode()
         record.reclaims = int(reclaims)
-        record.meta = json.loads(meta)
+        record.meta = {} if meta == b"{}" else json.loads(meta.decode())
         record.available_ms = int(available)
         record.started_ms = now
         record.lease_ms = now + int(lease_s * 1000)
@@ -470,7 +489,9 @@ def _claimed_records(queue: str, rows: list[Any], lease_s: float) -> list[JobRec
 
 def _from_data(queue: str, job_id: str, data: bytes) -> JobRecord:
     try:
-        fields = json.loads(data)
+        if not isinstance(data, bytes):
+            raise ValueError("its data field is missing")
+        fields = json.loads(data.decode())  # decoded here: json.loads(bytes) sniffs the encoding
         if not isinstance(fields, dict):
             raise ValueError(f"expected an object, got {type(fields).__name__}")
         fields["job"], fields["payload"]

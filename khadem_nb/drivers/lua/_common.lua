@@ -52,3 +52,33 @@ local function trim_done(keep)
     for i = 1, #old, 2 do forget(old[i]) end
   end
 end
+
+-- Batching: a redis.call costs more than the work it does on one small field, so the hot
+-- scripts gather a whole batch into flat argument lists and write each key with one
+-- variadic command. Chunks of 4000 arguments stay within what Lua can unpack.
+local function push2(list, a, b)
+  local n = #list
+  list[n + 1] = a
+  list[n + 2] = b
+end
+
+local function call_many(command, key, args)
+  for c = 1, #args, 4000 do
+    redis.call(command, key, unpack(args, c, math.min(#args, c + 3999)))
+  end
+end
+
+local function hmget(key, ids)
+  local out = {}
+  for c = 1, #ids, 4000 do
+    local part = redis.call('HMGET', key, unpack(ids, c, math.min(#ids, c + 3999)))
+    for _, v in ipairs(part) do out[#out + 1] = v end
+  end
+  return out
+end
+
+-- the available time at the head of a times field ('available,started,finished,lease')
+local function available_of(raw)
+  if not raw then return 0 end
+  return tonumber(string.match(raw, '^([^,]+)'))
+end

@@ -31,22 +31,33 @@ end
 
 local out = {now}
 local popped = redis.call('ZPOPMIN', KEYS[K_READY], limit)
-for i = 1, #popped, 2 do
-  local id = popped[i]
-  local attempt = redis.call('HINCRBY', KEYS[K_ATTEMPT], id, 1)
-  local token = ARGV[3] .. '-' .. ((i + 1) / 2)
-  redis.call('HSET', KEYS[K_STATUS], id, 'active')
-  redis.call('HSET', KEYS[K_TOKEN], id, token)
-  redis.call('ZADD', KEYS[K_ACTIVE], now + lease, id)
-  local t = get_times(id)
-  set_times(id, {t[1], now, -1, now + lease})
+if #popped == 0 then return out end
+local ids = {}
+for i = 1, #popped, 2 do ids[#ids + 1] = popped[i] end
+local attempts, data = hmget(KEYS[K_ATTEMPT], ids), hmget(KEYS[K_DATA], ids)
+local reclaims, meta, times = hmget(KEYS[K_RECLAIMS], ids), hmget(KEYS[K_META], ids), hmget(KEYS[K_TIMES], ids)
+local attempt_of, status, token_of, times_of, active = {}, {}, {}, {}, {}
+for j, id in ipairs(ids) do
+  local attempt = (tonumber(attempts[j]) or 0) + 1
+  local token = ARGV[3] .. '-' .. j
+  local available = available_of(times[j])
+  push2(attempt_of, id, attempt)
+  push2(status, id, 'active')
+  push2(token_of, id, token)
+  push2(times_of, id, available .. ',' .. now .. ',-1,' .. (now + lease))
+  push2(active, now + lease, id)
   local n = #out
   out[n + 1] = id
-  out[n + 2] = redis.call('HGET', KEYS[K_DATA], id)
+  out[n + 2] = data[j]
   out[n + 3] = attempt
   out[n + 4] = token
-  out[n + 5] = redis.call('HGET', KEYS[K_RECLAIMS], id) or 0
-  out[n + 6] = redis.call('HGET', KEYS[K_META], id) or '{}'
-  out[n + 7] = t[1]
+  out[n + 5] = reclaims[j] or 0
+  out[n + 6] = meta[j] or '{}'
+  out[n + 7] = available
 end
+call_many('HSET', KEYS[K_ATTEMPT], attempt_of)
+call_many('HSET', KEYS[K_STATUS], status)
+call_many('HSET', KEYS[K_TOKEN], token_of)
+call_many('HSET', KEYS[K_TIMES], times_of)
+call_many('ZADD', KEYS[K_ACTIVE], active)
 return out

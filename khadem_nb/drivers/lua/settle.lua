@@ -1,46 +1,82 @@
--- ARGV: keep_completed, then 8 values per job: id, token, status, result_json, error_json,
--- delay_ms, meta_json, release ('1' gives the job back without counting the attempt).
+-- ARGV: keep_completed, plain (how many plain completions come first, 3 values each: id,
+-- token, result_json), then 8 values per other job: id, token, status, result_json,
+-- error_json, delay_ms, meta_json, release ('1' gives the job back without counting the attempt).
 -- Fenced: a job is changed only if it is active under its token. Returns 1/0 per job.
+-- Completions and failures of the batch are written with one variadic command per key; the
+-- rarer retries and releases go one by one. One PUBLISH names every settled id.
 local now = now_ms()
-local keep = tonumber(ARGV[1])
+local keep, plain = tonumber(ARGV[1]), tonumber(ARGV[2])
+local ids, at = {}, {}  -- at[j]: where job j's values start in ARGV
+for j = 1, plain do at[j] = 3 + (j - 1) * 3 end
+for i = 3 + plain * 3, #ARGV, 8 do at[#at + 1] = i end
+for j, i in ipairs(at) do ids[j] = ARGV[i] end
+if #ids == 0 then return {} end
+local tokens, statuses, times = hmget(KEYS[K_TOKEN], ids), hmget(KEYS[K_STATUS], ids), hmget(KEYS[K_TIMES], ids)
+local out, seen, settled, metas = {}, {}, {}, {}
+local status, results, errors, finished_times, done, failed, clear_error = {}, {}, {}, {}, {}, {}, {}
 local notify = false
 
-local function settle(i)
-  local id, token, status = ARGV[i], ARGV[i + 1], ARGV[i + 2]
-  if redis.call('HGET', KEYS[K_TOKEN], id) ~= token or redis.call('HGET', KEYS[K_STATUS], id) ~= 'active' then
-    return 0
-  end
-  redis.call('ZREM', KEYS[K_ACTIVE], id)
-  redis.call('HDEL', KEYS[K_TOKEN], id)
-  if ARGV[i + 6] ~= '' then redis.call('HSET', KEYS[K_META], id, ARGV[i + 6]) end
-  local t = get_times(id)
-  if status == 'completed' then
-    redis.call('HSET', KEYS[K_STATUS], id, 'completed')
-    redis.call('HSET', KEYS[K_RESULT], id, ARGV[i + 3])
-    redis.call('HDEL', KEYS[K_ERROR], id)
-    redis.call('ZADD', KEYS[K_DONE], now, id)
-    set_times(id, {t[1], t[2], now, -1})
-  elseif status == 'failed' then
-    redis.call('HSET', KEYS[K_STATUS], id, 'failed')
-    redis.call('HSET', KEYS[K_ERROR], id, ARGV[i + 4])
-    redis.call('ZADD', KEYS[K_FAILED], now, id)
-    set_times(id, {t[1], t[2], now, -1})
-  else -- back to the queue: a retry after delay_ms, or a release (attempt not counted)
-    if ARGV[i + 7] == '1' then
-      redis.call('HINCRBY', KEYS[K_ATTEMPT], id, -1)
-    else
-      redis.call('HSET', KEYS[K_ERROR], id, ARGV[i + 4])
-    end
-    local delay = tonumber(ARGV[i + 5])
-    wait_or_ready(id, now, delay)
-    notify = notify or delay <= 0
-  end
-  redis.call('PUBLISH', KEYS[K_NOTIFY] .. ':settled', id)
-  return 1
+local function finish(j, id, state)
+  local t = times[j] or '0,-1,-1,-1'
+  local available, started = string.match(t, '^([^,]+),([^,]+)')
+  push2(status, id, state)
+  push2(finished_times, id, available .. ',' .. started .. ',' .. now .. ',-1')
 end
 
-local out = {}
-for i = 2, #ARGV, 8 do out[#out + 1] = settle(i) end
+local function give_back(i, id)
+  if ARGV[i + 7] == '1' then
+    redis.call('HINCRBY', KEYS[K_ATTEMPT], id, -1)
+  else
+    redis.call('HSET', KEYS[K_ERROR], id, ARGV[i + 4])
+  end
+  local delay = tonumber(ARGV[i + 5])
+  wait_or_ready(id, now, delay)
+  notify = notify or delay <= 0
+end
+
+for j, id in ipairs(ids) do
+  local i = at[j]
+  if seen[id] or tokens[j] ~= ARGV[i + 1] or statuses[j] ~= 'active' then
+    out[j] = 0
+  else
+    seen[id] = true
+    out[j] = 1
+    settled[#settled + 1] = id
+    local state, result = 'completed', ARGV[i + 2]
+    if j > plain then
+      state, result = ARGV[i + 2], ARGV[i + 3]
+      if ARGV[i + 6] ~= '' then push2(metas, id, ARGV[i + 6]) end
+    end
+    if state == 'completed' then
+      finish(j, id, 'completed')
+      push2(results, id, result)
+      clear_error[#clear_error + 1] = id
+      push2(done, now, id)
+    elseif state == 'failed' then
+      finish(j, id, 'failed')
+      push2(errors, id, ARGV[i + 4])
+      push2(failed, now, id)
+    else -- back to the queue: a retry after delay_ms, or a release (attempt not counted)
+      give_back(i, id)
+    end
+  end
+end
+
+if #settled > 0 then
+  call_many('ZREM', KEYS[K_ACTIVE], settled)
+  call_many('HDEL', KEYS[K_TOKEN], settled)
+  if #metas > 0 then call_many('HSET', KEYS[K_META], metas) end
+  if #status > 0 then
+    call_many('HSET', KEYS[K_STATUS], status)
+    call_many('HSET', KEYS[K_TIMES], finished_times)
+  end
+  if #results > 0 then call_many('HSET', KEYS[K_RESULT], results) end
+  if #clear_error > 0 then call_many('HDEL', KEYS[K_ERROR], clear_error) end
+  if #done > 0 then call_many('ZADD', KEYS[K_DONE], done) end
+  if #errors > 0 then call_many('HSET', KEYS[K_ERROR], errors) end
+  if #failed > 0 then call_many('ZADD', KEYS[K_FAILED], failed) end
+  redis.call('PUBLISH', KEYS[K_NOTIFY] .. ':settled', table.concat(settled, ' '))
+end
 trim_done(keep)
 if notify then redis.call('LPUSH', KEYS[K_NOTIFY], 1) end
 return out
