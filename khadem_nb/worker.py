@@ -49,8 +49,8 @@ class QueueWorker:
         self._stop_task: asyncio.Task[None] | None = None
         self._consumers_left = 0
         self._buffer: deque[JobRecord] = deque()  # claimed by a batch reserve, not started yet
-        self._fetch: asyncio.Task[int] | None = None
-        self._waiting = 0
+        self._fetcher: asyncio.Task[None] | None = None  # claims for idle consumers, one batch at a time
+        self._idle: deque[asyncio.Future[JobRecord | None]] = deque()  # consumers waiting for a job
         self._errors = 0
         self._drained = False  # burst mode: a reserve found nothing due
         prefetch = driver.default_prefetch(worker.concurrency) if worker.prefetch is None \
@@ -124,8 +124,8 @@ class QueueWorker:
             if task.get_name() == "khadem-heartbeat":
                 task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-        if self._fetch is not None:
-            await asyncio.gather(self._fetch, return_exceptions=True)
+        if self._fetcher is not None:
+            await asyncio.gather(self._fetcher, return_exceptions=True)
         await self._release_buffered()
         self._done.set()
 
@@ -144,7 +144,7 @@ class QueueWorker:
                 if not self._claiming.is_set():  # paused
                     await self._claiming.wait()
                     continue
-                record = self._buffer.popleft() if self._buffer else await self._next_record()
+                record = await self._next_record()
                 if record is not None:
                     await self._execute(record)
                 elif self._drained or self._claims_exhausted():
@@ -155,36 +155,59 @@ class QueueWorker:
                 self.request_stop()
 
     async def _next_record(self) -> JobRecord | None:
-        """The next claimed job: from the local buffer, or from one shared batch reserve.
+        """The next claimed job, or ``None`` when this consumer should look at its loop again.
 
-        Only one reserve is in flight at a time, asking for as many jobs as consumers are
-        waiting; all of them wake together when it returns, so their settles also travel
-        together. A single consumer still claims one job at a time.
+        A single consumer claims for itself. Otherwise idle consumers wait in line and one
+        fetcher task claims a batch for all of them: each record wakes exactly one consumer
+        (waking all of them for one job cost a millisecond at concurrency 100).
         """
-        while not self._buffer:
-            if self._drained or self._stopping.is_set() or self.paused or self._claims_exhausted():
-                return None
-            if self._consumer_count == 1:  # nobody to batch for: no task, no extra loop turn
-                if await self._fetch_batch(yield_first=False) == 0:
-                    return None
-                continue
-            if self._fetch is None or self._fetch.done():
-                self._fetch = asyncio.get_running_loop().create_task(self._fetch_batch())
-            self._waiting += 1
-            try:
-                claimed = await asyncio.shield(self._fetch)
-            finally:
-                self._waiting -= 1
-            if claimed == 0:
-                return None
-        return self._buffer.popleft()
+        if self._buffer:
+            return self._take_buffered()
+        if not self._may_claim():
+            return None
+        if self._consumer_count == 1:  # nobody to batch for: no task, no extra loop turn
+            await self._fetch_batch()
+            return self._buffer.popleft() if self._buffer else None
+        waiter: asyncio.Future[JobRecord | None] = asyncio.get_running_loop().create_future()
+        self._idle.append(waiter)
+        self._ensure_fetcher()
+        try:
+            return await waiter
+        except asyncio.CancelledError:  # a record handed over just now goes back for release
+            handed = waiter.result() if waiter.done() and not waiter.cancelled() else None
+            if handed is not None:
+                self._buffer.appendleft(handed)
+            raise
 
-    async def _fetch_batch(self, yield_first: bool = True) -> int:
-        """Reserve for every waiting consumer; -1 after an error (logged here, once)."""
-        if yield_first:
-            await asyncio.sleep(0)  # let every idle consumer register before sizing the batch
-            if self.paused or self._stopping.is_set():  # paused during that turn: claim nothing
-                return 0
+    def _take_buffered(self) -> JobRecord:
+        record = self._buffer.popleft()
+        if self._prefetch and len(self._buffer) < self._prefetch:
+            self._ensure_fetcher()
+        return record
+
+    def _ensure_fetcher(self) -> None:
+        if self._fetcher is None or self._fetcher.done():
+            self._fetcher = asyncio.get_running_loop().create_task(self._fetch_loop())
+
+    async def _fetch_loop(self) -> None:
+        """Claim while consumers wait or the prefetch has room; then release whoever waits."""
+        try:
+            await asyncio.sleep(0)  # let every idle consumer line up before sizing the batch
+            while self._wanted() > 0 and self._may_claim():
+                await self._fetch_batch()
+        finally:
+            while self._idle:
+                waiter = self._idle.popleft()
+                if not waiter.done():
+                    waiter.set_result(None)
+
+    async def _fetch_batch(self) -> None:
+        """Reserve what is wanted and hand each record to a waiting consumer (or the buffer).
+
+        The fetch loop goes straight on to the next claim when more is wanted, so with
+        prefetch the next request leaves before this batch runs and the server works while
+        Python does. Errors are logged here (once per outage) and backed off.
+        """
         limit = max(1, self._wanted())
         if self._claims_left is not None:
             limit = min(limit, self._claims_left)
@@ -193,22 +216,23 @@ class QueueWorker:
         except Exception as exc:
             self._errors += 1
             await self._report_error(exc, self._errors)
-            return -1
+            return
         self._errors = 0
         if self._claims_left is not None:
             self._claims_left -= len(records)
         if not records and self.options.burst:
             self._drained = True
-        self._buffer.extend(records)
-        if records and self._prefetch and self._wanted() > 0 and self._may_claim():
-            # Claim the next batch now: this task's waiters wake only after it returns, so the
-            # request leaves before they run this batch, and the server works while Python does.
-            self._fetch = asyncio.get_running_loop().create_task(self._fetch_batch(yield_first=False))
-        return len(records)
+        for record in records:
+            while self._idle and self._idle[0].done():  # its consumer was cancelled
+                self._idle.popleft()
+            if self._idle:
+                self._idle.popleft().set_result(record)
+            else:
+                self._buffer.append(record)
 
     def _wanted(self) -> int:
         """Jobs to claim: one per waiting consumer, plus the prefetch not yet buffered."""
-        return self._waiting + self._prefetch - len(self._buffer)
+        return len(self._idle) + self._prefetch - len(self._buffer)
 
     def _may_claim(self) -> bool:
         return not (self._drained or self._stopping.is_set() or self.paused or self._claims_exhausted())
