@@ -57,31 +57,15 @@ class JobExecutor:
         #: called with each record this process settles (used by notebook handles to wake up)
         self.listeners: list[Callable[[JobRecord], None]] = []
 
-    async def execute(self, record: JobRecord, slots: asyncio.Semaphore | None = None) -> None:
-        """Run ``record`` to a settled state; on cancellation give it back to the queue.
-
-        With ``slots``, the job first waits for a run slot and frees it before settling, so its
-        settle round trip does not hold up the next claimed job.
-        """
-        if slots is not None:
-            try:
-                await slots.acquire()
-            except asyncio.CancelledError:  # never started: hand it back untouched
-                await asyncio.shield(self._release_unstarted(record))
-                raise
+    async def execute(self, record: JobRecord) -> None:
+        """Run ``record`` to a settled state; on cancellation give it back to the queue."""
         started = time.perf_counter()
-        try:
-            job = self._begin(record)
-            if isinstance(job, SerializationError):  # unknown name or bad payload: no retry helps
-                failure: Exception | None = job
-            else:
-                result, encoded, failure = await self._run(record, job, started)
-        finally:
-            if slots is not None:
-                slots.release()
-        if isinstance(job, SerializationError):
+        job = self._begin(record)
+        if isinstance(job, SerializationError):  # unknown name or bad payload: no retry helps
             await self._settle_failure(record, None, job, _format(job), started, retryable=False)
-        elif failure is not None:
+            return
+        result, encoded, failure = await self._run(record, job, started)
+        if failure is not None:
             await self._settle_failure(record, job, failure, _format(failure), started, retryable=True)
         elif await self.driver.complete(record, encoded):
             self._completed(record, started)
@@ -211,12 +195,6 @@ class JobExecutor:
         except Exception:  # the lease will expire and another worker reclaims it
             logger.exception("could not release job %s on stop; its lease will expire", record.id)
         safe_call(self.monitor.job_retried, record, duration_ms)
-
-    async def _release_unstarted(self, record: JobRecord) -> None:
-        try:
-            await self.driver.release(record)
-        except Exception:  # the lease will expire and another worker reclaims it
-            logger.exception("could not release job %s on stop; its lease will expire", record.id)
 
     def _notify(self, record: JobRecord) -> None:
         for listener in self.listeners:

@@ -53,14 +53,9 @@ class QueueWorker:
         self._idle: deque[asyncio.Future[JobRecord | None]] = deque()  # consumers waiting for a job
         self._errors = 0
         self._drained = False  # burst mode: a reserve found nothing due
-        prefetch = driver.default_prefetch(worker.concurrency) if worker.prefetch is None \
+        # Jobs claimed ahead into the buffer, so the next claim travels while this batch runs.
+        self._prefetch = driver.default_prefetch(worker.concurrency) if worker.prefetch is None \
             else worker.prefetch
-        # With prefetch, `concurrency + prefetch` consumers claim jobs but only `concurrency` run
-        # one at a time: a consumer whose job is settling (a round trip) frees its run slot, so
-        # the next jobs run while the server settles these and claims more.
-        self._prefetch = prefetch
-        self._consumer_count = worker.concurrency + prefetch
-        self._slots = asyncio.Semaphore(worker.concurrency) if prefetch else None
 
     # -- control -----------------------------------------------------------------------------
     @property
@@ -76,8 +71,8 @@ class QueueWorker:
         if self._tasks:
             return
         loop = asyncio.get_running_loop()
-        self._consumers_left = self._consumer_count
-        for index in range(self._consumer_count):
+        self._consumers_left = self.options.concurrency
+        for index in range(self.options.concurrency):
             self._tasks.append(loop.create_task(self._consume(), name=f"khadem-consumer-{index}"))
         if self.driver.uses_leases:
             self._tasks.append(loop.create_task(self._heartbeat(), name="khadem-heartbeat"))
@@ -165,7 +160,7 @@ class QueueWorker:
             return self._take_buffered()
         if not self._may_claim():
             return None
-        if self._consumer_count == 1:  # nobody to batch for: no task, no extra loop turn
+        if self.options.concurrency == 1:  # nobody to batch for: no task, no extra loop turn
             await self._fetch_batch()
             return self._buffer.popleft() if self._buffer else None
         waiter: asyncio.Future[JobRecord | None] = asyncio.get_running_loop().create_future()
@@ -181,7 +176,7 @@ class QueueWorker:
 
     def _take_buffered(self) -> JobRecord:
         record = self._buffer.popleft()
-        if self._prefetch and len(self._buffer) < self._prefetch:
+        if self._prefetch and len(self._buffer) < self._prefetch:  # top the buffer up
             self._ensure_fetcher()
         return record
 
@@ -231,7 +226,7 @@ class QueueWorker:
                 self._buffer.append(record)
 
     def _wanted(self) -> int:
-        """Jobs to claim: one per waiting consumer, plus the prefetch not yet buffered."""
+        """Jobs to claim: one per waiting consumer, plus room left in the prefetch buffer."""
         return len(self._idle) + self._prefetch - len(self._buffer)
 
     def _may_claim(self) -> bool:
@@ -243,7 +238,7 @@ class QueueWorker:
     async def _execute(self, record: JobRecord) -> None:
         self._active[record.id] = record
         try:
-            await self.executor.execute(record, self._slots)
+            await self.executor.execute(record)
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # the driver failed while settling: the lease will expire

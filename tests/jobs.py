@@ -125,3 +125,17 @@ class SleepFirst(QueueJob):
         if self.attempt == 1:
             await asyncio.sleep(self.seconds)
         return {"pid": os.getpid(), "attempt": self.attempt}
+
+
+class CountRunning(QueueJob):
+    """Records how many CountRunning jobs run at the same moment (the peak is checked)."""
+
+    running: ClassVar[int] = 0
+    peak: ClassVar[int] = 0
+
+    async def handle(self) -> None:
+        cls = CountRunning
+        cls.running += 1
+        cls.peak = max(cls.peak, cls.running)
+        await asyncio.sleep(0.005)
+        cls.running -= 1

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from jobs import RUN_LOG, AskRetry, Boom, Echo, Flaky, Noop, Sleepy, ThreadName
 
-from khadem_nb import JobStatus, QueueJob, QueueManager
+from khadem_nb import ConfigError, JobStatus, QueueJob, QueueManager
 
 
 async def drain(manager: QueueManager, **kwargs: Any) -> None:
@@ -280,3 +280,36 @@ async def test_many_noop_jobs_with_concurrency(manager: QueueManager) -> None:
     counts = await manager.counts()
     assert counts["completed"] == 200
     assert len(set(ids)) == 200
+
+
+async def test_prefetch_claims_ahead_but_runs_at_most_concurrency(queued_manager: QueueManager) -> None:
+    from jobs import CountRunning
+
+    CountRunning.running = CountRunning.peak = 0
+    ids = await queued_manager.dispatch_many([CountRunning() for _ in range(60)])
+    await queued_manager.start_worker(max_jobs=60, concurrency=3, prefetch=5, delay=0.02)
+    assert CountRunning.peak == 3
+    records = [await queued_manager.get_job(i) for i in ids]
+    assert all(r.status is JobStatus.COMPLETED and r.attempt == 1 for r in records)
+
+
+async def test_stop_gives_prefetched_jobs_back_uncounted(queued_manager: QueueManager) -> None:
+    from jobs import Sleep
+
+    ids = await queued_manager.dispatch_many([Sleep(30) for _ in range(6)])
+    worker = await queued_manager.start_worker(run_in_background=True, concurrency=2, prefetch=3,
+                                               delay=0.02)
+    for _ in range(300):  # two running and three claimed ahead
+        if (await queued_manager.counts())["active"] == 5:
+            break
+        await asyncio.sleep(0.01)
+    assert (await queued_manager.counts())["active"] == 5
+    await worker.stop(grace=0.1)
+    records = [await queued_manager.get_job(i) for i in ids]
+    assert [r.status for r in records] == [JobStatus.QUEUED] * 6
+    assert [r.attempt for r in records] == [0] * 6
+
+
+async def test_bad_prefetch_is_a_config_error(manager: QueueManager) -> None:
+    with pytest.raises(ConfigError, match="prefetch must be >= 0, got -1"):
+        await manager.start_worker(prefetch=-1)
