@@ -228,8 +228,10 @@ class RedisDriver(QueueDriver):
         return await self._call(lambda: self._scripts[script](keys=self._script_keys(queue), args=list(args)))
 
     def default_prefetch(self, concurrency: int) -> int:
-        """As many jobs as consumers: the next batch's claim overlaps running this one."""
-        return concurrency if concurrency > 1 else 0
+        """Half as many jobs as consumers: while one half waits for its settles, the other runs
+        jobs claimed ahead, so Python and Redis work at once (measured: 33k jobs/s without
+        prefetch, 51k at half, 35k at a full batch, whose claim and settle travel together)."""
+        return concurrency // 2
 
     # -- producing -------------------------------------------------------------------------------
     async def push(self, records: Sequence[JobRecord]) -> None:
