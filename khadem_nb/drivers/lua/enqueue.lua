@@ -1,21 +1,27 @@
--- ARGV: notify_cap, then per job 5 values: id, priority, delay_ms, data_json, sweep_key ('' if none)
+-- ARGV: notify_cap, then one value per job: "id<TAB>priority<TAB>delay_ms<TAB>data_json<TAB>key"
+-- (compact JSON has no raw tab; the sweep key, last, may be empty or hold anything).
 -- One INCRBY numbers the whole batch; each hash and set is written with one variadic command.
 local now = now_ms()
-local count = (#ARGV - 1) / 5
+local count = #ARGV - 1
 if count == 0 then return now end
 local first = redis.call('INCRBY', KEYS[K_SEQ], count) - count
 local data, attempt, score, status, times = {}, {}, {}, {}, {}
 local all, ready, delayed, sweep = {}, {}, {}, {}
+local find, sub = string.find, string.sub
 for j = 1, count do
-  local i = 2 + (j - 1) * 5
-  local id, delay = ARGV[i], tonumber(ARGV[i + 2])
+  local entry = ARGV[j + 1]
+  local a = find(entry, '\t', 1, true)
+  local b = find(entry, '\t', a + 1, true)
+  local c = find(entry, '\t', b + 1, true)
+  local d = find(entry, '\t', c + 1, true)
+  local id, delay = sub(entry, 1, a - 1), tonumber(sub(entry, b + 1, c - 1))
   local seq = first + j
-  local s = -tonumber(ARGV[i + 1]) * 1e12 + seq
-  push2(data, id, ARGV[i + 3])
+  local s = -tonumber(sub(entry, a + 1, b - 1)) * 1e12 + seq
+  push2(data, id, sub(entry, c + 1, d - 1))
   push2(attempt, id, 0)
   push2(score, id, s)
   push2(all, seq, id)
-  if ARGV[i + 4] ~= '' then push2(sweep, ARGV[i + 4], id) end
+  if d < #entry then push2(sweep, sub(entry, d + 1), id) end
   if delay > 0 then
     push2(delayed, now + delay, id)
     push2(status, id, 'scheduled')
