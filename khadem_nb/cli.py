@@ -60,6 +60,9 @@ def _add_worker(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
     worker.add_argument("--queue", dest="queues", action="append", default=[], metavar="NAME",
                         help="named queue to work, checked in the order given (repeatable)")
     worker.add_argument("--concurrency", type=int, default=1, help="jobs at once (default 1)")
+    worker.add_argument("--prefetch", type=int, default=None,
+                        help="jobs claimed ahead of free consumers (default: half the concurrency on "
+                        "Redis, 0 elsewhere; 0 suits long jobs spread over many machines)")
     worker.add_argument("--max-jobs", type=int, default=None, help="exit after this many jobs")
     worker.add_argument("--burst", action="store_true", help="exit when no job is due")
     worker.add_argument("--grace", type=float, default=30.0, help="seconds running jobs get on stop")
@@ -94,7 +97,7 @@ def _dispatch(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         from .worker_process import WorkerOptions, run_worker_process
 
         options = WorkerOptions(args.queue_url, args.imports, args.queues, args.concurrency,
-                                args.max_jobs, args.burst, args.grace, args.lease)
+                                args.max_jobs, args.burst, args.grace, args.lease, args.prefetch)
         asyncio.run(run_worker_process(options))
         return 0
     from .stats import print_stats

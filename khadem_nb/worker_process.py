@@ -32,6 +32,7 @@ class WorkerOptions:
     burst: bool = False
     grace_s: float = 30.0
     lease_s: float | None = None
+    prefetch: int | None = None
 
 
 def import_job_modules(modules: Sequence[str]) -> None:
@@ -54,7 +55,8 @@ async def run_worker_process(options: WorkerOptions) -> int:
     manager = await QueueManager({"queue": config}).init()
     worker = await manager.start_worker(
         max_jobs=options.max_jobs, concurrency=options.concurrency, burst=options.burst,
-        queues=list(options.queues) or None, run_in_background=True, delay=1.0,
+        prefetch=options.prefetch, queues=list(options.queues) or None, run_in_background=True,
+        delay=1.0,
     )
     loop = asyncio.get_running_loop()
     stopping: list[asyncio.Task[None]] = []

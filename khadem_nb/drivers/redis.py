@@ -44,6 +44,8 @@ KEY_NAMES = ("seq", "ready", "delayed", "active", "completed", "failed", "all", 
 COLUMNS = ("data", "status", "attempt", "token", "times", "result", "error", "reclaims", "meta")
 STATUS_SETS = {JobStatus.QUEUED: "ready", JobStatus.SCHEDULED: "delayed", JobStatus.ACTIVE: "active",
                JobStatus.COMPLETED: "completed", JobStatus.FAILED: "failed"}
+SCRIPTS = ("enqueue", "reserve", "settle", "heartbeat", "meta", "requeue", "fetch")
+FETCH_CHUNK = 2000  # records read per script call
 MAX_PRIORITY = 4000  # scores are -priority * 1e12 + seq: exact in a double up to this
 NOTIFY_CAP = 64
 _persistence_warned: set[str] = set()
@@ -79,6 +81,8 @@ class RedisDriver(QueueDriver):
         self._keys: dict[str, list[str]] = {}
         self._encoded_keys: dict[str, list[bytes]] = {}
         self._generation = 0
+        self._queue_was_empty = False  # the last claim came back short: wait before claiming
+        self._next_due_at: float | None = None  # loop time when the next delayed job is due
         self._outage = False
         self._settles: list[tuple[str, list[Any], asyncio.Future[Any]]] = []
         self._watchers: dict[str, set[asyncio.Event]] = {}
@@ -127,8 +131,7 @@ class RedisDriver(QueueDriver):
             await client.initialize()
             self.cluster = True
         self.client = client
-        self._scripts = {name: client.register_script(_script(name))
-                         for name in ("enqueue", "reserve", "settle", "heartbeat", "meta", "requeue")}
+        self._scripts = {name: client.register_script(_script(name)) for name in SCRIPTS}
         await self._warn_without_persistence()
 
     async def _warn_without_persistence(self) -> None:
@@ -257,12 +260,15 @@ class RedisDriver(QueueDriver):
         loop = asyncio.get_running_loop()
         deadline = loop.time() + wait_s
         generation = self._generation
+        if wait_s > 0 and self._queue_was_empty:  # nothing was left a moment ago: wait first, so
+            await self._wait_for_work(queues, wait_s)  # no empty claim runs ahead of our settles
         while True:
             claimed = await self._claim(queues, limit)
+            self._queue_was_empty = len(claimed) < limit
             remaining = deadline - loop.time()
             if claimed or remaining <= 0 or generation != self._generation:
                 return claimed
-            await self._wait_for_work(queues, min(remaining, 1.0))
+            await self._wait_for_work(queues, remaining)
 
     async def _claim(self, queues: Sequence[str], limit: int) -> list[JobRecord]:
         claimed: list[JobRecord] = []
@@ -271,15 +277,22 @@ class RedisDriver(QueueDriver):
                     self.settings.max_reclaims, max(100, int(self.settings.lease_s * 250)),
                     LEASE_LOST_ERROR.replace("{n}", "%d")]
             rows = await self._run("reserve", queue, args)
+            if queue == queues[0]:
+                due_in_ms = int(rows[1])
+                self._next_due_at = None if due_in_ms < 0 else loop_time() + due_in_ms / 1000
             claimed += _claimed_records(queue, rows, self.settings.lease_s)
             if len(claimed) >= limit:
                 break
         return claimed
 
     async def _wait_for_work(self, queues: Sequence[str], timeout: float) -> None:
-        """Block on the first queue's notify list (no polling); wakes on dispatch or retry."""
+        """Block on the first queue's notify list (no polling): wakes on dispatch or retry, or
+        when its next delayed job is due, or after at most a second (other queues, sweeps)."""
         notify = self.keys(queues[0])[KEY_NAMES.index("notify")]
-        wait = max(0.05, timeout)
+        wait = min(timeout, 1.0)
+        if self._next_due_at is not None:
+            wait = min(wait, self._next_due_at - loop_time())
+        wait = max(0.01, wait)
         await self._call(lambda: self.client.blpop([notify], timeout=wait))
 
     async def heartbeat(self, records: Sequence[JobRecord]) -> list[bool]:
@@ -372,17 +385,13 @@ class RedisDriver(QueueDriver):
     async def _fetch(self, queue: str, ids: Sequence[str]) -> list[JobRecord | None]:
         if not ids:
             return []
-        keys = self.keys(queue)
-
-        async def run() -> Any:
-            pipe = self.client.pipeline(transaction=False)
-            for column in COLUMNS:
-                pipe.hmget(keys[KEY_NAMES.index(column)], list(ids))
-            return await pipe.execute()
-
-        columns = await self._call(run)
-        return [_record_from_columns(queue, job_id, [col[i] for col in columns])
-                for i, job_id in enumerate(ids)]
+        width, records = len(COLUMNS), []
+        for start in range(0, len(ids), FETCH_CHUNK):  # short scripts: Redis serves others between
+            chunk = ids[start : start + FETCH_CHUNK]
+            rows = await self._run("fetch", queue, chunk)
+            records += [_record_from_columns(queue, job_id, rows[i * width : (i + 1) * width])
+                        for i, job_id in enumerate(chunk)]
+        return records
 
     async def get(self, job_id: str) -> JobRecord | None:
         return (await self._fetch(self.settings.name, [job_id]))[0]
@@ -464,6 +473,10 @@ def _data(record: JobRecord) -> str:
                   "timeout_s": record.timeout_s, "key": record.key})
 
 
+def loop_time() -> float:
+    return asyncio.get_running_loop().time()
+
+
 def _completion_args(record: JobRecord, token: str | None) -> list[Any]:
     """A completion with no meta to store: id, token and result are all settle.lua needs."""
     return [record.id, token or "", dumps(record.result)]
@@ -476,7 +489,7 @@ def _text(values: Iterable[Any]) -> list[str]:
 def _claimed_records(queue: str, rows: list[Any], lease_s: float) -> list[JobRecord]:
     now = int(rows[0])
     records = []
-    for i in range(1, len(rows), 7):
+    for i in range(2, len(rows), 7):
         job_id, data, attempt, token, reclaims, meta, available = rows[i : i + 7]
         record = _from_data(queue, job_id.decode(), data)
         record.status = JobStatus.ACTIVE

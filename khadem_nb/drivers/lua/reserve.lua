@@ -1,7 +1,8 @@
 -- ARGV: limit, lease_ms, token_prefix, max_reclaims, sweep_every_ms, lease_lost_error
 -- Promotes due delayed jobs, reclaims expired leases (at most once per sweep_every_ms across
 -- all workers, guarded by the lock key), then claims up to `limit` jobs, highest priority
--- first, FIFO within one. Returns {now, id, data, attempt, token, reclaims, meta, ...}.
+-- first, FIFO within one. Returns {now, ms_to_next_due, then per job: id, data, attempt,
+-- token, reclaims, meta, available}.
 local limit, lease = tonumber(ARGV[1]), tonumber(ARGV[2])
 local now = now_ms()
 
@@ -29,7 +30,9 @@ if redis.call('SET', KEYS[K_LOCK], 1, 'NX', 'PX', tonumber(ARGV[5])) then
   end
 end
 
-local out = {now}
+-- second value: ms until the next delayed job is due (-1: none), so an idle worker wakes then
+local next_due = redis.call('ZRANGE', KEYS[K_DELAYED], 0, 0, 'WITHSCORES')
+local out = {now, next_due[2] and math.max(0, tonumber(next_due[2]) - now) or -1}
 local popped = redis.call('ZPOPMIN', KEYS[K_READY], limit)
 if #popped == 0 then return out end
 local ids = {}

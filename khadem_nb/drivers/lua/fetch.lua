@@ -1,0 +1,11 @@
+-- ARGV: job ids. Returns, per id, its columns in the order of COLUMNS in redis.py (data,
+-- status, attempt, token, times, result, error, reclaims, meta): one call and one reply
+-- instead of a pipeline of nine HMGETs.
+local columns = {K_DATA, K_STATUS, K_ATTEMPT, K_TOKEN, K_TIMES, K_RESULT, K_ERROR, K_RECLAIMS, K_META}
+local values = {}
+for c, k in ipairs(columns) do values[c] = hmget(KEYS[k], ARGV) end
+local out = {}
+for j = 1, #ARGV do
+  for c = 1, #columns do out[#out + 1] = values[c][j] end
+end
+return out
