@@ -2,7 +2,9 @@
 
 For each round: dispatch N no-op async jobs one ``await dispatch()`` at a time (JSON encoding
 and the record copy included), then drain them with one worker (``max_jobs=N``); separately,
-N ``put`` + N ``get`` on an ``asyncio.Queue``. Prints medians of ROUNDS rounds and the ratio.
+N ``put`` + N ``get`` on an ``asyncio.Queue``, and the bare steps of a job with nothing around
+them (encode, record, JSON text, store; pop, token, copy, parse, rebuild, run, store) to show
+what the framework itself costs. Prints medians of ROUNDS rounds and the ratios.
 
     python bench/core_throughput.py [--n 100000] [--rounds 5]
 """
@@ -12,10 +14,15 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
+import json
 import statistics
 import time
 
 from khadem_nb import QueueJob, QueueManager
+from khadem_nb._ids import new_job_id, new_token
+from khadem_nb.drivers.memory import PriorityLanes
+from khadem_nb.job import JobRecord, JobStatus
+from khadem_nb.serializer import decode_value, dumps
 
 
 class NoopJob(QueueJob):
@@ -37,6 +44,34 @@ async def khadem_round(n: int) -> tuple[float, float]:
     return dispatched - started, drained - dispatched
 
 
+async def bare_steps_round(n: int) -> float:
+    """The steps every job needs, inlined: no worker, executor, monitor, context or index."""
+    manager = await QueueManager({"queue": {"driver": "memory"}}).init()
+    encode, factory = manager.serializer.encode_job, manager.serializer.factories.get("NoopJob")
+    assert factory is not None
+    parse = json.JSONDecoder().scan_once  # type: ignore[attr-defined]
+    rows: dict[str, JobRecord] = {}
+    lanes = PriorityLanes()
+    job = NoopJob()
+    started = time.perf_counter()
+    for _ in range(n):
+        name, payload = encode(job)
+        record = JobRecord(new_job_id(), name, dumps(payload), "default", 0, 0, 1, JobStatus.QUEUED)
+        rows[record.id] = record
+        lanes.append(0, record.id)
+    for _ in range(n):
+        stored = rows[lanes.popleft() or ""]
+        stored.status, stored.token, stored.attempt = JobStatus.ACTIVE, new_token(), stored.attempt + 1
+        claimed = stored.copy()
+        claimed.payload = parse(stored.payload, 0)[0]
+        await factory(decode_value(claimed.payload)).handle()
+        claimed.status, claimed.result, claimed.payload = JobStatus.COMPLETED, None, stored.payload
+        rows[claimed.id] = claimed
+    elapsed = time.perf_counter() - started
+    await manager.close()
+    return elapsed
+
+
 async def asyncio_round(n: int) -> float:
     queue: asyncio.Queue[int] = asyncio.Queue()
     started = time.perf_counter()
@@ -52,7 +87,7 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=100_000)
     parser.add_argument("--rounds", type=int, default=5)
     args = parser.parse_args()
-    ours, raw, dispatch_s, drain_s = [], [], [], []
+    ours, raw, bare, dispatch_s, drain_s = [], [], [], [], []
     for _ in range(args.rounds):
         gc.collect()
         d, w = asyncio.run(khadem_round(args.n))
@@ -61,6 +96,8 @@ def main() -> None:
         ours.append(args.n / (d + w))
         gc.collect()
         raw.append(args.n / asyncio.run(asyncio_round(args.n)))
+        gc.collect()
+        bare.append(args.n / asyncio.run(bare_steps_round(args.n)))
     ours_med, raw_med = statistics.median(ours), statistics.median(raw)
     print(f"N={args.n}, medians of {args.rounds} rounds")
     print("| what | jobs/s (median) |")
@@ -70,6 +107,9 @@ def main() -> None:
     print(f"|   drain only | {args.n / statistics.median(drain_s):,.0f} |")
     print(f"| asyncio.Queue put + get | {raw_med:,.0f} |")
     print(f"| ratio khadem_nb / asyncio.Queue | {ours_med / raw_med:.1%} |")
+    bare_med = statistics.median(bare)
+    print(f"| the bare steps of a job, inlined (no framework) | {bare_med:,.0f} |")
+    print(f"| ratio bare steps / asyncio.Queue | {bare_med / raw_med:.1%} |")
 
 
 if __name__ == "__main__":
