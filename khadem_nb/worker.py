@@ -121,16 +121,17 @@ class QueueWorker:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         if self._fetcher is not None:
             await asyncio.gather(self._fetcher, return_exceptions=True)
-        await self._release_buffered()
+        buffered, self._buffer = list(self._buffer), deque()
+        await self._release(buffered)
         self._done.set()
 
-    async def _release_buffered(self) -> None:
-        while self._buffer:
-            record = self._buffer.popleft()
+    async def _release(self, records: Sequence[JobRecord]) -> None:
+        """Give claimed jobs that never started back to the queue (their attempt not counted)."""
+        for record in records:
             try:
                 await self.driver.release(record)
             except Exception:  # its lease will expire and another worker reclaims it
-                logger.exception("could not release job %s on stop", record.id)
+                logger.exception("could not give job %s back to the queue", record.id)
 
     # -- loops -------------------------------------------------------------------------------
     async def _consume(self) -> None:
@@ -217,6 +218,11 @@ class QueueWorker:
             self._claims_left -= len(records)
         if not records and self.options.burst:
             self._drained = True
+        if records and self.paused:  # paused while this claim was on its way: claim nothing
+            if self._claims_left is not None:
+                self._claims_left += len(records)
+            await self._release(records)
+            return
         for record in records:
             while self._idle and self._idle[0].done():  # its consumer was cancelled
                 self._idle.popleft()

@@ -313,3 +313,36 @@ async def test_stop_gives_prefetched_jobs_back_uncounted(queued_manager: QueueMa
 async def test_bad_prefetch_is_a_config_error(manager: QueueManager) -> None:
     with pytest.raises(ConfigError, match="prefetch must be >= 0, got -1"):
         await manager.start_worker(prefetch=-1)
+
+
+async def test_max_jobs_with_many_consumers_claims_exactly_that_many(queued_manager: QueueManager) -> None:
+    ids = await queued_manager.dispatch_many([Echo(i) for i in range(30)])
+    worker = await queued_manager.start_worker(max_jobs=10, concurrency=4, prefetch=4, delay=0.02)
+    assert worker.processed == 10
+    assert sorted(RUN_LOG) == list(range(10))  # the first ten, FIFO, none claimed twice
+    counts = await queued_manager.counts()
+    assert (counts["completed"], counts["queued"], counts["active"]) == (10, 20, 0)
+    assert len(ids) == 30
+
+
+async def test_burst_with_many_consumers_drains_then_stops(queued_manager: QueueManager) -> None:
+    await queued_manager.dispatch_many([Echo(i) for i in range(25)])
+    worker = await queued_manager.start_worker(burst=True, concurrency=3, prefetch=2, delay=0.02)
+    assert worker.processed == 25 and not worker.running
+    assert sorted(RUN_LOG) == list(range(25))
+
+
+async def test_paused_consumers_claim_nothing_until_resumed(queued_manager: QueueManager) -> None:
+    worker = await queued_manager.start_worker(run_in_background=True, concurrency=3, delay=0.02)
+    await asyncio.sleep(0.05)  # every consumer is idle, waiting for work
+    worker.pause()
+    await queued_manager.dispatch_many([Echo(i) for i in range(6)])
+    await asyncio.sleep(0.2)
+    assert RUN_LOG == [] and (await queued_manager.counts())["queued"] == 6
+    worker.resume()
+    for _ in range(300):
+        if (await queued_manager.counts())["completed"] == 6:
+            break
+        await asyncio.sleep(0.01)
+    await worker.stop()
+    assert sorted(RUN_LOG) == list(range(6))
