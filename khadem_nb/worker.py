@@ -1,9 +1,14 @@
 """``QueueWorker``: consumer tasks that claim jobs and hand them to the executor.
 
 ``start()`` spawns ``concurrency`` consumer tasks (plus a heartbeat task on drivers with
-leases) and returns; ``run()`` waits until the worker stops: ``max_jobs`` claimed, ``timeout``
-elapsed, or ``stop()`` called. ``stop()`` is idempotent: it stops claiming, lets running jobs
-finish for ``grace`` seconds, then cancels them, which gives their jobs back to the queue.
+leases) and returns. Idle consumers wait in line; one fetch loop claims a batch sized for all
+of them and hands each record to exactly one. With ``prefetch``, up to that many more jobs are
+claimed ahead into a buffer, so the next claim travels while a batch runs (the worker then
+holds at most ``concurrency + prefetch`` jobs, all heartbeated).
+
+``run()`` waits until the worker stops: ``max_jobs`` claimed, ``timeout`` elapsed, or
+``stop()`` called. ``stop()`` is idempotent: it stops claiming, lets running jobs finish for
+``grace`` seconds, then cancels them; their jobs and any prefetched ones go back to the queue.
 No signal handlers are installed here (the CLI does that; a kernel must not).
 """
 
@@ -40,7 +45,6 @@ class QueueWorker:
         self.processed = 0
         self._claims_left = worker.max_jobs
         self._active: dict[str, JobRecord] = {}
-        self._busy: set[asyncio.Task[None]] = set()
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = asyncio.Event()
         self._done = asyncio.Event()

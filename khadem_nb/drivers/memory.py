@@ -1,13 +1,13 @@
-"""In-process queue: a heap per queue for ready jobs, one for delayed jobs, and a condition.
+"""In-process queue: a FIFO lane per priority for ready jobs, a heap for delayed ones, a condition.
 
-Ready jobs wait in one FIFO lane per priority (a heap of 100,000 entries cost a microsecond
-per claim in tuple comparisons). Payloads are stored as JSON text and parsed again at claim,
-so a job behaves the same here as on a durable driver (and mutating an argument after
-dispatch changes nothing). Counts per
-status are kept as numbers and every status can be listed without walking every record (what
-a live panel asks for several times a second): pending jobs from the heaps, completed ones
-from the retention deque, running and failed ones from small id sets. The big containers are
-touched once per job on the hot path (a full status index of dicts cost ~10 % of throughput).
+Payloads are stored as JSON text and parsed again at claim, so a job behaves the same here as
+on a durable driver (and mutating an argument after dispatch changes nothing). Counts per
+status are kept as numbers, and every status can be listed without walking every record (what
+a live panel asks for several times a second): pending jobs from the lanes and the heap,
+completed ones from the retention deque, running and failed ones from small id sets. Measured
+on the hot path: a heap of 100,000 ready entries cost a microsecond per claim in tuple
+comparisons, and a full status index of dicts about 10 % of throughput.
+
 Nothing survives the process. Completed records beyond ``queue.retention`` are dropped oldest
 first; failed records stay until retried or purged.
 """

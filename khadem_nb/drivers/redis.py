@@ -4,15 +4,17 @@ Every state change is one Lua script (``drivers/lua/``) that reads the clock wit
 so client clocks never matter. A queue's keys all carry one hash tag, ``{prefix:queue}``, and
 every script declares all the keys it touches, so the driver runs unchanged on Redis Cluster.
 Job fields live in one hash per field (status, attempt, token, times, ...) keyed by job id:
-scripts touch single fields instead of decoding and re-encoding a JSON record.
+scripts touch single fields instead of decoding and re-encoding a JSON record, and a batch
+(an enqueue of many jobs, a claim, the settles of one loop turn) writes each hash once with a
+variadic command, since a ``redis.call`` costs more than the work it does on one field.
 
 A claim grants a lease and a fresh token. Workers renew leases with ``heartbeat``; a job
 whose lease expired is put back by the next ``reserve`` that wins the sweep lock (any worker,
 at most every lease/4 seconds), or ends failed after ``queue.max_reclaims`` reclaims. Every
 write after a claim is fenced by the token. Idle workers wait on a notify list (``BLPOP``),
-not by polling. Settles that fail because Redis went away are retried with backoff until the
-lease would have run out; a dispatch while Redis is down raises ``DriverUnavailableError``
-within ``queue.connect_timeout``.
+not by polling, and wake when the next delayed job is due. Settles that fail because Redis
+went away are retried with backoff until the lease would have run out; a dispatch while Redis
+is down raises ``DriverUnavailableError`` within ``queue.connect_timeout``.
 """
 
 from __future__ import annotations
