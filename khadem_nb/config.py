@@ -20,7 +20,8 @@ URL_SCHEMES = {"memory": "memory", "sync": "sync", "sqlite": "sqlite", "file": "
                "redis": "redis", "rediss": "redis"}
 QUEUE_KEYS = frozenset({
     "driver", "name", "path", "url", "host", "port", "username", "password", "db", "lease",
-    "heartbeat", "max_reclaims", "retention", "prefix", "connect_timeout", "workers", "options",
+    "heartbeat", "max_reclaims", "retention", "retention_age", "failed_retention",
+    "failed_retention_age", "prefix", "connect_timeout", "workers", "options",
 })
 WORKER_KEYS = frozenset({"max_jobs", "delay", "timeout", "concurrency", "prefetch"})
 
@@ -57,7 +58,10 @@ class QueueSettings:
     lease_s: float = 30.0
     heartbeat_s: float = 10.0
     max_reclaims: int = 3
-    retention: int = 10_000
+    retention: int = 10_000  # completed records kept, newest first
+    retention_age_s: float | None = None  # completed records older than this are dropped
+    failed_retention: int | None = None  # failed records kept (None: until retried or purged)
+    failed_retention_age_s: float | None = None
     prefix: str = "khadem"
     connect_timeout_s: float = 5.0
     workers: WorkerSettings = field(default_factory=WorkerSettings)
@@ -137,11 +141,12 @@ def _plain_values(section: dict[str, Any]) -> dict[str, Any]:
     for key in ("driver", "name", "path", "host", "username", "password", "prefix"):
         if section.get(key) is not None:
             values[key] = _require_str(section, key)
-    for key in ("port", "db", "max_reclaims", "retention"):
+    for key in ("port", "db", "max_reclaims", "retention", "failed_retention"):
         if section.get(key) is not None:
             values[key] = _require_int(section, key, minimum=0)
     for key, attr in (("lease", "lease_s"), ("heartbeat", "heartbeat_s"),
-                      ("connect_timeout", "connect_timeout_s")):
+                      ("connect_timeout", "connect_timeout_s"), ("retention_age", "retention_age_s"),
+                      ("failed_retention_age", "failed_retention_age_s")):
         if section.get(key) is not None:
             values[attr] = _require_positive_seconds(section[key], f"queue.{key}")
     if section.get("options") is not None:
@@ -165,8 +170,8 @@ def _check_consistency(settings: QueueSettings, *, explicit_heartbeat: bool) -> 
     return settings
 
 
-URL_QUERY_KEYS = frozenset({"name", "lease", "heartbeat", "max_reclaims", "retention", "prefix",
-                            "connect_timeout"})
+URL_QUERY_KEYS = frozenset({"name", "lease", "heartbeat", "max_reclaims", "retention", "retention_age",
+                            "failed_retention", "failed_retention_age", "prefix", "connect_timeout"})
 
 
 def _url_query(url: str) -> dict[str, Any]:

@@ -139,3 +139,13 @@ class CountRunning(QueueJob):
         cls.peak = max(cls.peak, cls.running)
         await asyncio.sleep(0.005)
         cls.running -= 1
+
+
+class Fail(QueueJob):
+    """Fails at once, with no retry."""
+
+    def __init__(self, tag: str = "") -> None:
+        self.tag = tag
+
+    async def handle(self) -> None:
+        raise RuntimeError(f"failed {self.tag}")

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import QUEUED_DRIVERS, make_manager
 from jobs import RUN_LOG, AskRetry, Boom, Echo, Flaky, Noop, Sleepy, ThreadName
 
 from khadem_nb import ConfigError, JobStatus, QueueJob, QueueManager
+from khadem_nb.config import parse_config
 
 
 async def drain(manager: QueueManager, **kwargs: Any) -> None:
@@ -346,3 +349,46 @@ async def test_paused_consumers_claim_nothing_until_resumed(queued_manager: Queu
         await asyncio.sleep(0.01)
     await worker.stop()
     assert sorted(RUN_LOG) == list(range(6))
+
+
+@pytest.fixture(params=QUEUED_DRIVERS)
+def queued_driver(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+async def test_retention_by_count_and_age(queued_driver: str, tmp_path: Path) -> None:
+    """Retention runs when jobs settle (SQLite and the file driver's age limit: in passes at
+    most half an age limit apart), so each check follows a settle after such a pause."""
+    from jobs import Fail
+
+    manager = await make_manager(queued_driver, tmp_path, retention=2, retention_age=1.0,
+                                 failed_retention=1, failed_retention_age=60)
+    try:
+        first = await manager.dispatch_many([Echo(i) for i in range(4)])
+        await manager.dispatch(Fail("old"))
+        await drain(manager)
+        newest_failure = await manager.dispatch(Fail("new"))
+        await drain(manager)
+        await asyncio.sleep(0.6)
+        mid = await manager.dispatch(Echo("mid"))
+        await drain(manager)
+        kept = {r.id for r in await manager.jobs(JobStatus.COMPLETED)}
+        assert mid in kept and kept <= {first[3], mid}  # the two newest (first[3] may have aged)
+        assert [r.id for r in await manager.jobs(JobStatus.FAILED)] == [newest_failure]
+        await asyncio.sleep(1.1)
+        later = await manager.dispatch(Echo("later"))
+        await drain(manager)
+        assert [r.id for r in await manager.jobs(JobStatus.COMPLETED)] == [later]  # by age
+        assert [r.id for r in await manager.jobs(JobStatus.FAILED)] == [newest_failure]  # 60 s
+    finally:
+        await manager.driver.purge()
+        await manager.close()
+
+
+def test_retention_settings_are_checked() -> None:
+    with pytest.raises(ConfigError, match=r"queue\.retention_age must be a non-negative duration, got -1"):
+        parse_config({"queue": {"retention_age": -1}})
+    with pytest.raises(ConfigError, match=r"queue\.failed_retention must be >= 0"):
+        parse_config({"queue": {"failed_retention": -2}})
+    settings = parse_config("redis://127.0.0.1/0?retention_age=3600&failed_retention=50")
+    assert (settings.retention_age_s, settings.failed_retention) == (3600.0, 50)

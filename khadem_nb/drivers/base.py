@@ -187,5 +187,21 @@ def claim(record: JobRecord, now: int, lease_s: float | None) -> JobRecord:
     return record
 
 
+def retention_cutoffs(settings: QueueSettings) -> tuple[int | None, int | None]:
+    """Finish times (ms) before which completed and failed records are dropped; ``None`` where
+    ``queue.retention_age`` / ``queue.failed_retention_age`` set no age limit."""
+    now = now_ms()
+    completed, failed = settings.retention_age_s, settings.failed_retention_age_s
+    return (None if completed is None else now - int(completed * 1000),
+            None if failed is None else now - int(failed * 1000))
+
+
+def retention_pass_interval(settings: QueueSettings) -> float:
+    """Seconds between retention passes of drivers that trim in batches: often enough that
+    records outlive their age limit by at most half of it, and at least every 10 s."""
+    ages = [a for a in (settings.retention_age_s, settings.failed_retention_age_s) if a]
+    return min([10.0, *(a / 2 for a in ages)])
+
+
 def empty_counts() -> dict[JobStatus, int]:
     return dict.fromkeys(JobStatus, 0)

@@ -32,11 +32,11 @@ from typing import Any, ClassVar, TypeVar
 from .._time import now_ms
 from ..config import QueueSettings
 from ..errors import DriverError, SerializationError
-from ..job import JobRecord, JobStatus
+from ..job import TERMINAL_STATUSES, JobRecord, JobStatus
 from ._fs import check_parent_writable
 from ._polling import PollingWaits
 from ._records import due_view, reclaim
-from .base import QueueDriver, claim, empty_counts
+from .base import QueueDriver, claim, empty_counts, retention_cutoffs, retention_pass_interval
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -77,6 +77,7 @@ class FileStore:
         # of N files per claim would make a drain O(N^2). Refreshed when used up, when this
         # process adds work, or after READY_CACHE_S (other processes' new jobs, priorities).
         self._ready_cache: dict[str, tuple[float, list[str]]] = {}
+        self._next_age_pass = 0.0  # monotonic time of the next retention pass by age
 
     # -- paths and primitives ----------------------------------------------------------------
     def dir(self, *parts: str) -> str:
@@ -264,14 +265,40 @@ class FileStore:
             record.token = None
             self._move_from_active(path, record)
             if record.status is JobStatus.COMPLETED:
-                self._trim_done()
+                self._trim_to_count("done", self.settings.retention)
+            elif record.status is JobStatus.FAILED and self.settings.failed_retention is not None:
+                self._trim_to_count("failed", self.settings.failed_retention)
+            if record.status in TERMINAL_STATUSES and time.monotonic() >= self._next_age_pass:
+                self._trim_by_age()
             return True
 
-    def _trim_done(self) -> None:
-        names = self.listdir("done")
-        for name in names[: max(0, len(names) - self.settings.retention)]:
+    def _trim_to_count(self, folder: str, keep: int) -> None:
+        """Keep the ``keep`` newest records of ``folder``: by name (dispatch order) in ``done``,
+        which can hold many thousands, by the time written (finished) in ``failed``."""
+        names = self.listdir(folder)
+        if len(names) <= keep:
+            return
+        if folder == "failed":
+            names.sort(key=lambda n: self._mtime(folder, n))
+        for name in names[: len(names) - keep]:
             with contextlib.suppress(FileNotFoundError):
-                os.unlink(self.dir("done", name))
+                os.unlink(self.dir(folder, name))
+
+    def _trim_by_age(self) -> None:
+        self._next_age_pass = time.monotonic() + retention_pass_interval(self.settings)
+        for folder, cutoff_ms in zip(("done", "failed"), retention_cutoffs(self.settings), strict=True):
+            if cutoff_ms is None:
+                continue
+            for name in self.listdir(folder):
+                if self._mtime(folder, name) * 1000 < cutoff_ms:
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(self.dir(folder, name))
+
+    def _mtime(self, folder: str, name: str) -> float:
+        try:
+            return os.stat(self.dir(folder, name)).st_mtime
+        except FileNotFoundError:
+            return 0.0
 
     def heartbeat(self, leases: Sequence[tuple[str, str | None]]) -> list[bool]:
         alive = []

@@ -28,12 +28,16 @@ from .._time import now_ms
 from ..config import QueueSettings
 from ..job import JobRecord, JobStatus
 from ..serializer import dumps
-from .base import QueueDriver, claim, empty_counts
+from .base import QueueDriver, claim, empty_counts, retention_cutoffs
 
 # The C scanner behind json.loads, without its Python wrappers: payloads here are our own output.
 _parse_json = json.JSONDecoder().scan_once  # type: ignore[attr-defined]
 PENDING = (JobStatus.QUEUED, JobStatus.SCHEDULED)
 HELD = (JobStatus.ACTIVE, JobStatus.FAILED)  # kept as id sets; the rest are listed from heaps/deque
+
+
+def _older(record: JobRecord, cutoff_ms: int | None) -> bool:
+    return cutoff_ms is not None and (record.finished_ms or 0) < cutoff_ms
 
 
 class PriorityLanes:
@@ -231,15 +235,32 @@ class MemoryDriver(QueueDriver):
         else:
             self._store(record, JobStatus.ACTIVE)
             if record.status is JobStatus.COMPLETED:
-                self._remember_completed(record.id)
+                self._completed.append(record.id)
+            self._trim()
         return True
 
-    def _remember_completed(self, job_id: str) -> None:
-        self._completed.append(job_id)
-        while len(self._completed) > self.settings.retention:
-            old = self._records.get(self._completed.popleft())
-            if old is not None and old.status is JobStatus.COMPLETED:
+    def _trim(self) -> None:
+        """Apply retention: completed records in the order they finished (a deque of ids, which
+        may hold ids already gone), failed ones in the order they failed (their id set)."""
+        completed_before, failed_before = retention_cutoffs(self.settings)
+        completed = self._completed
+        while completed:
+            old = self._records.get(completed[0])
+            if old is None or old.status is not JobStatus.COMPLETED:
+                completed.popleft()
+            elif len(completed) > self.settings.retention or _older(old, completed_before):
+                completed.popleft()
                 self._forget(old)
+            else:
+                break
+        failed = self._held[JobStatus.FAILED]
+        keep = self.settings.failed_retention
+        while failed:
+            old = self._records[next(iter(failed))]
+            if (keep is not None and len(failed) > keep) or _older(old, failed_before):
+                self._forget(old)
+            else:
+                break
 
     async def update_meta(self, record: JobRecord, meta: dict[str, Any]) -> bool:
         stored = self._records.get(record.id)

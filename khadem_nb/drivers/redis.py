@@ -83,6 +83,7 @@ class RedisDriver(QueueDriver):
         self._keys: dict[str, list[str]] = {}
         self._encoded_keys: dict[str, list[bytes]] = {}
         self._generation = 0
+        self._retention_args = _retention_args(settings)
         self._queue_was_empty = False  # the last claim came back short: wait before claiming
         self._next_due_at: float | None = None  # loop time when the next delayed job is due
         self._outage = False
@@ -353,7 +354,7 @@ class RedisDriver(QueueDriver):
             # plain completions first, three values each, then the rest with eight (settle.lua)
             items = [i for i in unordered if len(i[0]) == 3] + [i for i in unordered if len(i[0]) != 3]
             plain = len(items) - sum(1 for i in unordered if len(i[0]) != 3)
-            args = [self.settings.retention, plain, *(a for job_args, _ in items for a in job_args)]
+            args = [*self._retention_args, plain, *(a for job_args, _ in items for a in job_args)]
             try:
                 flags = await self._run("settle", queue, args)
             except Exception as exc:
@@ -473,6 +474,16 @@ def _data(record: JobRecord) -> str:
     return dumps({"job": record.name, "payload": record.payload, "priority": record.priority,
                   "max_attempts": record.max_attempts, "created_ms": record.created_ms,
                   "timeout_s": record.timeout_s, "key": record.key})
+
+
+def _retention_args(settings: QueueSettings) -> list[int]:
+    """What settle.lua trims by: completed kept, their max age (ms), failed kept, their max age."""
+    def ms(seconds: float | None) -> int:
+        return -1 if seconds is None else int(seconds * 1000)
+
+    failed_keep = -1 if settings.failed_retention is None else settings.failed_retention
+    return [settings.retention, ms(settings.retention_age_s), failed_keep,
+            ms(settings.failed_retention_age_s)]
 
 
 def loop_time() -> float:

@@ -25,6 +25,7 @@ import json
 import logging
 import os
 import sqlite3
+import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, ClassVar, Concatenate, ParamSpec, TypeVar
@@ -33,12 +34,12 @@ from .._ids import new_token
 from .._time import now_ms
 from ..config import QueueSettings
 from ..errors import ConfigError, CorruptQueueError, DriverError
-from ..job import JobRecord, JobStatus
+from ..job import TERMINAL_STATUSES, JobRecord, JobStatus
 from ..serializer import dumps
 from ._fs import check_parent_writable, is_network_filesystem
 from ._polling import PollingWaits
 from ._records import due_view, reclaim
-from .base import QueueDriver, empty_counts
+from .base import QueueDriver, empty_counts, retention_cutoffs, retention_pass_interval
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -75,6 +76,11 @@ CREATE INDEX IF NOT EXISTS khadem_jobs_lease ON khadem_jobs (lease_ms) WHERE sta
 CREATE INDEX IF NOT EXISTS khadem_jobs_status ON khadem_jobs (status, seq);
 CREATE INDEX IF NOT EXISTS khadem_jobs_key ON khadem_jobs (key) WHERE key IS NOT NULL;
 """
+
+TRIM_EVERY = 500  # finished jobs between retention passes (or retention_pass_interval seconds)
+TRIM_BY_COUNT = ("DELETE FROM khadem_jobs WHERE seq IN (SELECT seq FROM khadem_jobs WHERE status = ? "
+                 "ORDER BY seq DESC LIMIT -1 OFFSET ?)")
+TRIM_BY_AGE = "DELETE FROM khadem_jobs WHERE status = ? AND finished_ms < ?"
 
 COLUMNS = ("id", "queue", "name", "status", "priority", "attempt", "max_attempts", "reclaims",
            "created_ms", "available_ms", "started_ms", "finished_ms", "lease_ms", "token",
@@ -129,6 +135,7 @@ class SqliteStore:
         self.journal_mode = ""
         self._next_sweep_ms = 0
         self._settles_since_trim = 0
+        self._next_trim_at = 0.0  # monotonic time of the next retention pass
 
     def open(self, *, create: bool = True) -> None:
         check_parent_writable(self.path, kind="SQLite database")
@@ -223,17 +230,29 @@ class SqliteStore:
                   record.finished_ms, None if record.result is None else dumps(record.result),
                   record.error, record.traceback, dumps(record.meta), record.id, token)
         updated = self.write(lambda conn: conn.execute(SETTLE, params).rowcount)
-        if updated and record.status is JobStatus.COMPLETED:
+        if updated and record.status in TERMINAL_STATUSES:
             self._settles_since_trim += 1
-            if self._settles_since_trim >= 500:
-                self._settles_since_trim = 0
-                self.trim_completed()
+            if self._settles_since_trim >= TRIM_EVERY or time.monotonic() >= self._next_trim_at:
+                self.trim()
         return updated == 1
 
-    def trim_completed(self) -> None:
-        self.write(lambda conn: conn.execute(
-            "DELETE FROM khadem_jobs WHERE seq IN (SELECT seq FROM khadem_jobs WHERE status = "
-            "'completed' ORDER BY seq DESC LIMIT -1 OFFSET ?)", (self.settings.retention,)))
+    def trim(self) -> None:
+        """Apply retention: the newest completed (failed) records by count, then by age."""
+        self._settles_since_trim = 0
+        self._next_trim_at = time.monotonic() + retention_pass_interval(self.settings)
+        s = self.settings
+        completed_before, failed_before = retention_cutoffs(s)
+        passes: list[tuple[str, tuple[str, int]]] = [(TRIM_BY_COUNT, ("completed", s.retention))]
+        if s.failed_retention is not None:
+            passes.append((TRIM_BY_COUNT, ("failed", s.failed_retention)))
+        passes += [(TRIM_BY_AGE, (status, cutoff)) for status, cutoff in
+                   (("completed", completed_before), ("failed", failed_before)) if cutoff is not None]
+
+        def run(conn: sqlite3.Connection) -> None:
+            for sql, params in passes:
+                conn.execute(sql, params)
+
+        self.write(run)
 
     def heartbeat(self, leases: Sequence[tuple[str, str | None]]) -> list[bool]:
         lease = now_ms() + int(self.settings.lease_s * 1000)

@@ -44,12 +44,23 @@ local function forget(id)
   redis.call('ZREM', KEYS[K_ALL], id)
 end
 
--- keep at most `keep` completed records, oldest dropped first
-local function trim_done(keep)
-  local extra = redis.call('ZCARD', KEYS[K_DONE]) - keep
-  if extra > 0 then
-    local old = redis.call('ZPOPMIN', KEYS[K_DONE], extra)
-    for i = 1, #old, 2 do forget(old[i]) end
+-- retention of a set of finished jobs scored by finish time: at most `keep` of them (-1: no
+-- limit) and none that finished `age_ms` or longer ago (-1: no limit); oldest forgotten first,
+-- at most 1000 a call, so lowering a limit never blocks the server for long
+local function trim(key, keep, age_ms, now)
+  if keep >= 0 then
+    local extra = redis.call('ZCARD', key) - keep
+    if extra > 0 then
+      local old = redis.call('ZPOPMIN', key, math.min(extra, 1000))
+      for i = 1, #old, 2 do forget(old[i]) end
+    end
+  end
+  if age_ms >= 0 then
+    local old = redis.call('ZRANGEBYSCORE', key, '-inf', '(' .. (now - age_ms), 'LIMIT', 0, 1000)
+    for _, id in ipairs(old) do
+      redis.call('ZREM', key, id)
+      forget(id)
+    end
   end
 end
 

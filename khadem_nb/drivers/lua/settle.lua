@@ -1,14 +1,15 @@
--- ARGV: keep_completed, plain (how many plain completions come first, 3 values each: id,
+-- ARGV: retention (completed kept, completed max age ms, failed kept, failed max age ms; -1
+-- for no limit), plain (how many plain completions come first, 3 values each: id,
 -- token, result_json), then 8 values per other job: id, token, status, result_json,
 -- error_json, delay_ms, meta_json, release ('1' gives the job back without counting the attempt).
 -- Fenced: a job is changed only if it is active under its token. Returns 1/0 per job.
 -- Completions and failures of the batch are written with one variadic command per key; the
 -- rarer retries and releases go one by one. One PUBLISH names every settled id.
 local now = now_ms()
-local keep, plain = tonumber(ARGV[1]), tonumber(ARGV[2])
+local plain = tonumber(ARGV[5])
 local ids, at = {}, {}  -- at[j]: where job j's values start in ARGV
-for j = 1, plain do at[j] = 3 + (j - 1) * 3 end
-for i = 3 + plain * 3, #ARGV, 8 do at[#at + 1] = i end
+for j = 1, plain do at[j] = 6 + (j - 1) * 3 end
+for i = 6 + plain * 3, #ARGV, 8 do at[#at + 1] = i end
 for j, i in ipairs(at) do ids[j] = ARGV[i] end
 if #ids == 0 then return {} end
 local tokens, statuses, times = hmget(KEYS[K_TOKEN], ids), hmget(KEYS[K_STATUS], ids), hmget(KEYS[K_TIMES], ids)
@@ -77,6 +78,7 @@ if #settled > 0 then
   if #failed > 0 then call_many('ZADD', KEYS[K_FAILED], failed) end
   redis.call('PUBLISH', KEYS[K_NOTIFY] .. ':settled', table.concat(settled, ' '))
 end
-trim_done(keep)
+trim(KEYS[K_DONE], tonumber(ARGV[1]), tonumber(ARGV[2]), now)
+trim(KEYS[K_FAILED], tonumber(ARGV[3]), tonumber(ARGV[4]), now)
 if notify then redis.call('LPUSH', KEYS[K_NOTIFY], 1) end
 return out
