@@ -88,6 +88,7 @@ class MemoryDriver(QueueDriver):
         self._wake_generation = 0
         self._waiting = 0
         self._queues: set[str] = set()
+        self._aging = settings.retention_age_s is not None or settings.failed_retention_age_s is not None
 
     def _cond(self) -> asyncio.Condition:
         if self._condition is None:
@@ -242,7 +243,7 @@ class MemoryDriver(QueueDriver):
     def _trim(self) -> None:
         """Apply retention: completed records in the order they finished (a deque of ids, which
         may hold ids already gone), failed ones in the order they failed (their id set)."""
-        completed_before, failed_before = retention_cutoffs(self.settings)
+        completed_before, failed_before = retention_cutoffs(self.settings) if self._aging else (None, None)
         completed = self._completed
         while completed:
             old = self._records.get(completed[0])
