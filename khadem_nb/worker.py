@@ -67,6 +67,11 @@ class QueueWorker:
         return bool(self._tasks) and not self._done.is_set()
 
     @property
+    def prefetch(self) -> int:
+        """Jobs this worker claims ahead of its free consumers."""
+        return self._prefetch
+
+    @property
     def paused(self) -> bool:
         return not self._claiming.is_set()
 

@@ -349,3 +349,10 @@ def test_log_lines_of_a_job_are_kept_with_it(q: kn.Queue) -> None:
     h.result(timeout=10)
     output = q.jobs()["output"].tolist()[0]
     assert "WARNING experiment: loss diverged at 3" in output
+
+
+def test_in_kernel_workers_do_not_prefetch_unless_asked(q: kn.Queue) -> None:
+    worker = q.start(concurrency=2)
+    assert worker.prefetch == 0
+    q.stop()
+    assert q.start(concurrency=2, prefetch=3).prefetch == 3

@@ -230,8 +230,14 @@ class Queue:
         self._run(self._wait_idle(timeout))
 
     # -- workers ---------------------------------------------------------------------------------
-    def start(self, concurrency: int = 4, *, queues: Sequence[str] | None = None) -> QueueWorker:
-        """Start in-process workers (tasks on this loop) and return at once. Idempotent."""
+    def start(self, concurrency: int = 4, *, queues: Sequence[str] | None = None,
+              prefetch: int | None = None) -> QueueWorker:
+        """Start in-process workers (tasks on this loop) and return at once. Idempotent.
+
+        ``prefetch`` defaults to ``queue.workers.prefetch`` or else 0 here, unlike
+        ``khadem-nb worker`` on Redis: experiments are long, a job claimed ahead would wait in
+        this kernel while other machines sit idle, and the panel would list it as running.
+        """
         if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
             raise ConfigError(f"concurrency must be an integer >= 1, got {concurrency!r}")
         if self._worker is not None and self._worker.running:
@@ -242,12 +248,15 @@ class Queue:
         if not self._captured:
             capture.install()
             self._captured = True
-        self._worker = self._run(self._start(concurrency, queues))
+        self._worker = self._run(self._start(concurrency, queues, prefetch))
         return self._worker
 
-    async def _start(self, concurrency: int, queues: Sequence[str] | None) -> QueueWorker:
+    async def _start(self, concurrency: int, queues: Sequence[str] | None,
+                     prefetch: int | None) -> QueueWorker:
         self.manager.set_thread_pool_size(concurrency)
-        return await self.manager.start_worker(concurrency=concurrency, queues=queues,
+        if prefetch is None:
+            prefetch = self.manager.settings.workers.prefetch or 0
+        return await self.manager.start_worker(concurrency=concurrency, queues=queues, prefetch=prefetch,
                                                run_in_background=True, delay=0.5)
 
     @property
