@@ -4,12 +4,19 @@ from __future__ import annotations
 
 import os
 
+from ..config import QueueSettings
 from ..errors import DriverError
 
 NETWORK_FILESYSTEMS = frozenset({
     "nfs", "nfs4", "cifs", "smbfs", "smb3", "9p", "ceph", "glusterfs", "lustre", "afs",
     "fuse.sshfs", "fuse.s3fs", "fuse.gcsfuse", "fuse.rclone", "davfs", "fuse.glusterfs",
 })
+
+
+def local_path(settings: QueueSettings) -> str:
+    """The absolute path of a file-backed queue (``~`` expanded); config checked it is set."""
+    assert settings.path is not None
+    return os.path.abspath(os.path.expanduser(settings.path))
 
 
 def mount_type(path: str, mounts_file: str = "/proc/self/mounts") -> str | None:

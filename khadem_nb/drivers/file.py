@@ -33,7 +33,7 @@ from .._time import now_ms
 from ..config import QueueSettings
 from ..errors import DriverError, SerializationError
 from ..job import TERMINAL_STATUSES, JobRecord, JobStatus
-from ._fs import check_parent_writable
+from ._fs import check_parent_writable, local_path
 from ._polling import PollingWaits
 from ._records import due_view, reclaim
 from .base import QueueDriver, claim, empty_counts, retention_cutoffs, retention_pass_interval
@@ -400,8 +400,7 @@ class FileDriver(QueueDriver):
 
     def __init__(self, settings: QueueSettings) -> None:
         super().__init__(settings)
-        assert settings.path is not None
-        self.root = os.path.abspath(os.path.expanduser(settings.path))
+        self.root = local_path(settings)
         self.store = FileStore(self.root, settings)
         self._thread: ThreadPoolExecutor | None = None
         self._waits = PollingWaits()

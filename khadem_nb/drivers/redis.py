@@ -23,11 +23,11 @@ import asyncio
 import builtins
 import json
 import logging
-import os
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from importlib import resources
 from typing import Any, ClassVar, TypeVar
 
+from .._ids import new_token
 from .._time import now_ms
 from ..config import QueueSettings
 from ..errors import ConfigError, DriverError, DriverUnavailableError
@@ -84,6 +84,10 @@ class RedisDriver(QueueDriver):
         self._encoded_keys: dict[str, list[bytes]] = {}
         self._generation = 0
         self._retention_args = _retention_args(settings)
+        self._lease_ms = int(settings.lease_s * 1000)
+        # reserve.lua's fixed arguments: max reclaims, sweep interval (ms), lease-lost error
+        self._reserve_constants = [settings.max_reclaims, max(100, int(settings.lease_s * 250)),
+                                   LEASE_LOST_ERROR.replace("{n}", "%d")]
         self._queue_was_empty = False  # the last claim came back short: wait before claiming
         self._next_due_at: float | None = None  # loop time when the next delayed job is due
         self._outage = False
@@ -276,9 +280,8 @@ class RedisDriver(QueueDriver):
     async def _claim(self, queues: Sequence[str], limit: int) -> list[JobRecord]:
         claimed: list[JobRecord] = []
         for queue in queues:
-            args = [limit - len(claimed), int(self.settings.lease_s * 1000), os.urandom(8).hex(),
-                    self.settings.max_reclaims, max(100, int(self.settings.lease_s * 250)),
-                    LEASE_LOST_ERROR.replace("{n}", "%d")]
+            # the token prefix is unique per claim; the script numbers the jobs after it
+            args = [limit - len(claimed), self._lease_ms, new_token(), *self._reserve_constants]
             rows = await self._run("reserve", queue, args)
             if queue == queues[0]:
                 due_in_ms = int(rows[1])

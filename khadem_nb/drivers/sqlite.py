@@ -36,7 +36,7 @@ from ..config import QueueSettings
 from ..errors import ConfigError, CorruptQueueError, DriverError
 from ..job import TERMINAL_STATUSES, JobRecord, JobStatus
 from ..serializer import dumps
-from ._fs import check_parent_writable, is_network_filesystem
+from ._fs import check_parent_writable, is_network_filesystem, local_path
 from ._polling import PollingWaits
 from ._records import due_view, reclaim
 from .base import QueueDriver, empty_counts, retention_cutoffs, retention_pass_interval
@@ -355,8 +355,7 @@ class SqliteDriver(QueueDriver):
 
     def __init__(self, settings: QueueSettings) -> None:
         super().__init__(settings)
-        assert settings.path is not None
-        self.path = os.path.abspath(os.path.expanduser(settings.path))
+        self.path = local_path(settings)
         self.store = SqliteStore(self.path, settings)  # waits for locks; used on the I/O thread
         self.fast = SqliteStore(self.path, settings, busy_timeout_ms=0)  # never waits; on the loop
         self.io = str(settings.options.get("io", "auto"))

@@ -231,13 +231,18 @@ def _running_table(snap: Snapshot) -> str:
     if not snap.running:
         return "<div class='khadem-muted'>no job running</div>"
     rows = "".join(
-        f"<tr><td><code>{html.escape(name)}</code></td>"
-        f"<td class='khadem-muted khadem-nowrap'>{job_id[:8]}</td>"
+        f"<tr>{_job_cells(name, job_id)}"
         f"<td class='khadem-nowrap'>{_bar(progress)}</td><td>{html.escape(note or '')}</td>"
         f"<td class='khadem-nowrap'>{elapsed:.1f}s</td></tr>"
         for name, job_id, progress, note, elapsed in snap.running)
     head = "<tr><th>running</th><th>id</th><th>progress</th><th>note</th><th>for</th></tr>"
     return f"<table>{head}{rows}</table>"
+
+
+def _job_cells(name: str, job_id: str) -> str:
+    """A job's name and short id, the first two cells of the panel's tables."""
+    return (f"<td><code>{html.escape(name)}</code></td>"
+            f"<td class='khadem-muted khadem-nowrap'>{job_id[:8]}</td>")
 
 
 def _bar(progress: float | None) -> str:
@@ -249,10 +254,8 @@ def _bar(progress: float | None) -> str:
 def _failures_table(snap: Snapshot) -> str:
     if not snap.failures:
         return ""
-    rows = "".join(
-        f"<tr><td><code>{html.escape(name)}</code></td>"
-        f"<td class='khadem-muted khadem-nowrap'>{job_id[:8]}</td>"
-        f"<td class='khadem-error'>{html.escape(error)}</td></tr>" for name, job_id, error in snap.failures)
+    rows = "".join(f"<tr>{_job_cells(name, job_id)}<td class='khadem-error'>{html.escape(error)}</td></tr>"
+                   for name, job_id, error in snap.failures)
     return f"<table><tr><th>latest failures</th><th>id</th><th>error</th></tr>{rows}</table>"
 
 
