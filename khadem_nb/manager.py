@@ -20,6 +20,7 @@ from .middleware import Middleware, MiddlewareChain, MiddlewareFunc
 from .monitor import BasicQueueMonitor, QueueMonitor
 from .registry import job_factories
 from .serializer import QueueJobSerializer
+from .waiting import SettleNotices, outcome, read_records, wait_for_jobs, watch
 from .worker import QueueWorker
 
 
@@ -209,6 +210,40 @@ class QueueManager:
         if record is None:
             raise JobNotFoundError(f"no job with id {job_id!r} in {self.settings.redacted_url()}")
         return record
+
+    async def get_jobs(self, job_ids: Sequence[str]) -> list[JobRecord]:
+        """The records of ``job_ids``, in order, read in one driver call."""
+        return await read_records(self.driver, job_ids, self.settings.redacted_url())
+
+    # -- waiting ---------------------------------------------------------------------------
+    async def wait(self, job_ids: Sequence[str], timeout: float | timedelta | None = None) -> list[JobRecord]:
+        """Wait until every job is completed or failed and return their records, in order.
+
+        Woken by this process's workers, by settle notices from other processes where the
+        driver hears them (Redis), else by polling. ``ResultTimeoutError`` after ``timeout``.
+        """
+        return await wait_for_jobs(self.driver, self.executor.listeners, job_ids,
+                                   to_seconds(timeout, name="timeout"),
+                                   location=self.settings.redacted_url())
+
+    async def dispatch_and_wait(self, job: QueueJob, timeout: float | timedelta | None = None, *,
+                                queue: str | None = None, priority: int | None = None,
+                                max_attempts: int | None = None) -> Any:
+        """Queue ``job``, wait for a worker to finish it and return its result.
+
+        Raises ``JobFailedError`` (with the record) if it failed for good, ``ResultTimeoutError``
+        after ``timeout``. Settle notices are watched before the push, so no read is needed
+        until the job has finished.
+        """
+        seconds = to_seconds(timeout, name="timeout")
+        record = self.build_record(job, queue=queue, priority=priority, max_attempts=max_attempts)
+        notices = SettleNotices([record.id])
+        async with watch(self.driver, self.executor.listeners, notices):
+            await self.push([record])
+            records = await wait_for_jobs(self.driver, self.executor.listeners, [record.id],
+                                          seconds, location=self.settings.redacted_url(),
+                                          watching_since_push=notices)
+        return outcome(records[0])
 
     async def counts(self, queue: str | None = None) -> dict[str, int]:
         return {status.value: n for status, n in (await self.driver.counts(queue)).items()}

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import sys
 import time
 
@@ -41,19 +40,12 @@ def worker_cmd() -> list[str]:
 
 
 async def roundtrips(n: int) -> list[float]:
-    """Dispatch, then wait for the settle notification (pub/sub), then read the record."""
+    """``dispatch_and_wait``: watch settle notices (pub/sub), push, read the record once done."""
     manager = await QueueManager(URL).init()
     latencies = []
     for _ in range(n):
         started = time.perf_counter()
-        record = manager.build_record(Noop())
-        settled = asyncio.Event()
-        unwatch = await manager.driver.watch([record.id], settled)
-        await manager.push([record])
-        while (await manager.driver.get(record.id)).status.value != "completed":  # type: ignore[union-attr]
-            await asyncio.wait_for(settled.wait(), 5)
-            settled.clear()
-        unwatch()
+        await manager.dispatch_and_wait(Noop(), timeout=5)
         latencies.append(time.perf_counter() - started)
     await manager.close()
     return latencies

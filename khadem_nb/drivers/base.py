@@ -8,7 +8,6 @@ was lost and the job claimed again), and the refusal is counted in ``stale_acks`
 
 from __future__ import annotations
 
-import asyncio
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, ClassVar
@@ -17,6 +16,9 @@ from .._ids import new_token
 from .._time import now_ms
 from ..config import QueueSettings
 from ..job import JobRecord, JobStatus
+
+#: told of a settle heard from another process: the job's id and its new status, if known
+SettleNotice = Callable[[str, JobStatus | None], None]
 
 LEASE_LOST_ERROR = "lease expired {n} time(s): the worker holding it died or stalled; giving up"
 
@@ -164,8 +166,9 @@ class QueueDriver(ABC):
                 found[record.key] = record
         return found
 
-    async def watch(self, job_ids: Sequence[str], event: asyncio.Event) -> Callable[[], None]:
-        """Set ``event`` when any of ``job_ids`` is settled by any process; returns an unwatch.
+    async def watch(self, job_ids: Sequence[str], notice: SettleNotice) -> Callable[[], None]:
+        """Call ``notice(id, status)`` when any of ``job_ids`` is settled by another process;
+        returns an unwatch. ``status`` is the job's new status, or ``None`` if not known.
 
         Drivers that cannot hear other processes do nothing here and callers poll.
         """

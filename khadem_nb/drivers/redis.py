@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import builtins
+import contextlib
 import json
 import logging
 from collections.abc import Awaitable, Callable, Iterable, Sequence
@@ -34,7 +35,7 @@ from ..errors import ConfigError, DriverError, DriverUnavailableError
 from ..job import JobRecord, JobStatus
 from ..serializer import UnreadablePayload, dumps
 from ._records import due_view
-from .base import LEASE_LOST_ERROR, QueueDriver, empty_counts
+from .base import LEASE_LOST_ERROR, QueueDriver, SettleNotice, empty_counts
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -50,6 +51,7 @@ SCRIPTS = ("enqueue", "reserve", "settle", "heartbeat", "meta", "requeue", "fetc
 FETCH_CHUNK = 2000  # records read per script call
 MAX_PRIORITY = 4000  # scores are -priority * 1e12 + seq: exact in a double up to this
 NOTIFY_CAP = 64
+SETTLED_STATES = {s.value: s for s in JobStatus}  # the status words settle.lua publishes
 _persistence_warned: set[str] = set()
 
 
@@ -92,7 +94,7 @@ class RedisDriver(QueueDriver):
         self._next_due_at: float | None = None  # loop time when the next delayed job is due
         self._outage = False
         self._settles: list[tuple[str, list[Any], asyncio.Future[Any]]] = []
-        self._watchers: dict[str, set[asyncio.Event]] = {}
+        self._watchers: dict[str, list[SettleNotice]] = {}
         self._listener: asyncio.Task[None] | None = None
         self._flushing: set[asyncio.Task[None]] = set()
 
@@ -156,21 +158,22 @@ class RedisDriver(QueueDriver):
             logger.warning("Redis at %s has appendonly=no: queued jobs may be lost if the server "
                            "restarts (enable AOF for a durable queue)", self.url)
 
-    async def watch(self, job_ids: Sequence[str], event: asyncio.Event) -> Callable[[], None]:
+    async def watch(self, job_ids: Sequence[str], notice: SettleNotice) -> Callable[[], None]:
         """Settles are published on ``{tag}:notify:settled``; one subscriber per driver fans out."""
         if self._listener is None or self._listener.done():
             ready = asyncio.get_running_loop().create_future()
             self._listener = asyncio.get_running_loop().create_task(self._listen(ready))
             await ready
         for job_id in job_ids:
-            self._watchers.setdefault(job_id, set()).add(event)
+            self._watchers.setdefault(job_id, []).append(notice)
 
         def unwatch() -> None:
             for job_id in job_ids:
-                watchers = self._watchers.get(job_id)
-                if watchers is not None:
-                    watchers.discard(event)
-                    if not watchers:
+                notices = self._watchers.get(job_id)
+                if notices is not None:
+                    with contextlib.suppress(ValueError):
+                        notices.remove(notice)
+                    if not notices:
                         del self._watchers[job_id]
 
         return unwatch
@@ -183,16 +186,24 @@ class RedisDriver(QueueDriver):
             ready.set_result(None)
             while True:
                 message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
-                if message is not None:  # the ids one settle call settled, space-separated
-                    for job_id in message["data"].decode().split():
-                        for event in self._watchers.get(job_id, ()):
-                            event.set()
+                if message is not None:
+                    self._tell_watchers(message["data"].decode())
         except Exception as exc:  # a dead subscription only makes waiters fall back to polling
             if not ready.done():
                 ready.set_result(None)
             logger.debug("settle listener stopped: %r", exc)
         finally:
             await pubsub.aclose()
+
+    def _tell_watchers(self, message: str) -> None:
+        """One settle call's notice: space-separated ``id:status`` (a bare id: status unknown)."""
+        for entry in message.split():
+            job_id, _, state = entry.rpartition(":") if ":" in entry else (entry, "", "")
+            notices = self._watchers.get(job_id)
+            if notices:
+                status = SETTLED_STATES.get(state)
+                for notice in list(notices):
+                    notice(job_id, status)
 
     async def close(self) -> None:
         if self._listener is not None:

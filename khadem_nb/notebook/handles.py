@@ -6,9 +6,8 @@ import html
 from collections.abc import Generator, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
-from ..errors import JobFailedError, ResultTimeoutError
 from ..job import TERMINAL_STATUSES, JobRecord, JobStatus
-from ..serializer import decode_value
+from ..waiting import outcome
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -41,11 +40,11 @@ class JobHandle:
     def result(self, timeout: float | None = None) -> Any:
         """Block until the job ends; return its result or raise ``JobFailedError``."""
         records = self.queue._run(self.queue._wait_for([self.id], timeout))
-        return _outcome(records[0])
+        return outcome(records[0])
 
     async def aresult(self, timeout: float | None = None) -> Any:
         records = await self.queue._run_async(self.queue._wait_for([self.id], timeout))
-        return _outcome(records[0])
+        return outcome(records[0])
 
     def __await__(self) -> Generator[Any, None, Any]:
         return self.aresult().__await__()
@@ -84,7 +83,7 @@ class JobGroup:
         return [h.id for h in self.handles]
 
     def records(self) -> list[JobRecord]:
-        return self.queue._run(self.queue._get_many(self.ids))
+        return self.queue._run(self.queue.manager.get_jobs(self.ids))
 
     def counts(self) -> dict[str, int]:
         counts = dict.fromkeys((s.value for s in JobStatus), 0)
@@ -132,14 +131,6 @@ class JobGroup:
                 f"<div style='background:var(--jp-layout-color2,#eee);width:240px;height:8px'>"
                 f"<div style='background:var(--jp-brand-color1,#2980b9);width:{pct:.0f}%;height:8px'>"
                 f"</div></div></div>")
-
-
-def _outcome(record: JobRecord) -> Any:
-    if record.status is JobStatus.FAILED:
-        raise JobFailedError(record)
-    if record.status is not JobStatus.COMPLETED:  # pragma: no cover - _wait_for guarantees
-        raise ResultTimeoutError(f"job {record.id} is still {record.status.value}")
-    return decode_value(record.result)
 
 
 STATUS_COLOURS = {

@@ -17,9 +17,10 @@ from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 from .._time import to_seconds
 from ..config import QueueSettings, parse_config
-from ..errors import ConfigError, JobNotFoundError, ResultTimeoutError
-from ..job import TERMINAL_STATUSES, JobRecord, JobStatus
+from ..errors import ConfigError, ResultTimeoutError
+from ..job import JobRecord, JobStatus
 from ..manager import QueueManager
+from ..waiting import POLL_MAX_S, POLL_MIN_S
 from ..worker import QueueWorker
 from . import capture
 from ._loop import LoopRunner
@@ -35,9 +36,7 @@ logger = logging.getLogger(__name__)
 T = TypeVar("T")
 F = TypeVar("F", bound=Callable[..., Any])
 
-POLL_MIN_S, POLL_MAX_S = 0.02, 0.5  # waiting on jobs that other processes run
 NOTEBOOK_RETENTION = 200_000  # finished records kept (unless queue.retention says otherwise)
-WAKE_BATCH_S = 0.01  # after a local settle wakes a group wait, gather more before re-reading
 
 
 class Queue:
@@ -159,50 +158,9 @@ class Queue:
     async def _get(self, job_id: str) -> JobRecord:
         return await self.manager.get_job(job_id)
 
-    async def _get_many(self, job_ids: Sequence[str]) -> list[JobRecord]:
-        records = await self.manager.driver.get_many(job_ids)
-        missing = [job_id for job_id, r in zip(job_ids, records, strict=True) if r is None]
-        if missing:
-            raise JobNotFoundError(f"no job with id {missing[0]!r} (of {len(missing)} missing) in "
-                                   f"{self.settings.redacted_url()}")
-        return [r for r in records if r is not None]
-
     async def _wait_for(self, job_ids: Sequence[str], timeout: float | None) -> list[JobRecord]:
-        """Wait until every job is completed or failed; woken by local settles, else polling."""
-        loop = asyncio.get_running_loop()
-        deadline = None if timeout is None else loop.time() + timeout
-        poll = POLL_MIN_S
-        assert self._changed is not None
-        unwatch = await self.manager.driver.watch(job_ids, self._changed)
-        try:
-            return await self._wait_loop(job_ids, timeout, deadline, poll)
-        finally:
-            unwatch()
-
-    async def _wait_loop(self, job_ids: Sequence[str], timeout: float | None, deadline: float | None,
-                         poll: float) -> list[JobRecord]:
-        """Re-read only the jobs still unfinished, at most every WAKE_BATCH_S when woken."""
-        loop = asyncio.get_running_loop()
-        pending = list(dict.fromkeys(job_ids))
-        while True:
-            assert self._changed is not None
-            self._changed.clear()
-            statuses = await self.manager.driver.statuses(pending)
-            if None in statuses:
-                missing = pending[statuses.index(None)]
-                raise JobNotFoundError(f"no job with id {missing!r} in {self.settings.redacted_url()}")
-            pending = [i for i, s in zip(pending, statuses, strict=True) if s not in TERMINAL_STATUSES]
-            if not pending:
-                return await self._get_many(job_ids)
-            wait = poll if deadline is None else min(poll, deadline - loop.time())
-            if wait <= 0:
-                raise ResultTimeoutError(f"{len(pending)} of {len(set(job_ids))} job(s) still unfinished "
-                                         f"after {timeout:g}s")
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._changed.wait(), wait)
-                if len(pending) > 1:  # many jobs settling: look again in batches, not per job
-                    await asyncio.sleep(WAKE_BATCH_S)
-            poll = min(POLL_MAX_S, poll * 1.5)
+        """Wait until every job is completed or failed (see ``QueueManager.wait``)."""
+        return await self.manager.wait(job_ids, timeout)
 
     async def _wait_idle(self, timeout: float | None) -> None:
         loop = asyncio.get_running_loop()

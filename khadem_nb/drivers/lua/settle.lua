@@ -4,7 +4,8 @@
 -- error_json, delay_ms, meta_json, release ('1' gives the job back without counting the attempt).
 -- Fenced: a job is changed only if it is active under its token. Returns 1/0 per job.
 -- Completions and failures of the batch are written with one variadic command per key; the
--- rarer retries and releases go one by one. One PUBLISH names every settled id.
+-- rarer retries and releases go one by one. One PUBLISH names every settled id with its new
+-- status ('id:completed id:queued ...'), so waiters need not read the statuses again.
 local now = now_ms()
 local plain = tonumber(ARGV[5])
 local ids, at = {}, {}  -- at[j]: where job j's values start in ARGV
@@ -13,7 +14,7 @@ for i = 6 + plain * 3, #ARGV, 8 do at[#at + 1] = i end
 for j, i in ipairs(at) do ids[j] = ARGV[i] end
 if #ids == 0 then return {} end
 local tokens, statuses, times = hmget(KEYS[K_TOKEN], ids), hmget(KEYS[K_STATUS], ids), hmget(KEYS[K_TIMES], ids)
-local out, seen, settled, metas = {}, {}, {}, {}
+local out, seen, settled, heard, metas = {}, {}, {}, {}, {}
 local status, results, errors, finished_times, done, failed, clear_error = {}, {}, {}, {}, {}, {}, {}
 local notify = false
 
@@ -33,6 +34,7 @@ local function give_back(i, id)
   local delay = tonumber(ARGV[i + 5])
   wait_or_ready(id, now, delay)
   notify = notify or delay <= 0
+  return delay > 0 and 'scheduled' or 'queued'
 end
 
 for j, id in ipairs(ids) do
@@ -42,7 +44,6 @@ for j, id in ipairs(ids) do
   else
     seen[id] = true
     out[j] = 1
-    settled[#settled + 1] = id
     local state, result = 'completed', ARGV[i + 2]
     if j > plain then
       state, result = ARGV[i + 2], ARGV[i + 3]
@@ -58,8 +59,10 @@ for j, id in ipairs(ids) do
       push2(errors, id, ARGV[i + 4])
       push2(failed, now, id)
     else -- back to the queue: a retry after delay_ms, or a release (attempt not counted)
-      give_back(i, id)
+      state = give_back(i, id)
     end
+    settled[#settled + 1] = id
+    heard[#heard + 1] = id .. ':' .. state
   end
 end
 
@@ -76,7 +79,7 @@ if #settled > 0 then
   if #done > 0 then call_many('ZADD', KEYS[K_DONE], done) end
   if #errors > 0 then call_many('HSET', KEYS[K_ERROR], errors) end
   if #failed > 0 then call_many('ZADD', KEYS[K_FAILED], failed) end
-  redis.call('PUBLISH', KEYS[K_NOTIFY] .. ':settled', table.concat(settled, ' '))
+  redis.call('PUBLISH', KEYS[K_NOTIFY] .. ':settled', table.concat(heard, ' '))
 end
 trim(KEYS[K_DONE], tonumber(ARGV[1]), tonumber(ARGV[2]), now)
 trim(KEYS[K_FAILED], tonumber(ARGV[3]), tonumber(ARGV[4]), now)

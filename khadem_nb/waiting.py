@@ -1,0 +1,130 @@
+"""Waiting until jobs have finished (completed or failed), on any driver.
+
+Three things wake a waiter: settles by workers of this process (the executor's listeners), settle
+notices from other processes where the driver hears them (``QueueDriver.watch``; Redis
+publishes each settled id with its new status), and polling with backoff as the fallback for
+drivers that cannot hear other processes. A notice that names a finished status ends the wait
+for that job without reading it again; only the final records are read, in one call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Callable, Sequence
+from typing import Any
+
+from .drivers.base import QueueDriver
+from .errors import JobFailedError, JobNotFoundError, ResultTimeoutError
+from .job import TERMINAL_STATUSES, JobRecord, JobStatus
+from .serializer import decode_value
+
+POLL_MIN_S, POLL_MAX_S = 0.02, 0.5  # polling for jobs other processes run, when nothing is heard
+WAKE_BATCH_S = 0.01  # a group woken by a notice without a status gathers more before re-reading
+
+class SettleNotices:
+    """Collects notices about the awaited ids: which finished, and whether one needs a re-read."""
+
+    def __init__(self, job_ids: Sequence[str]) -> None:
+        self.wanted = set(job_ids)
+        self.finished: set[str] = set()
+        self.unclear = False  # a notice without a status arrived: statuses must be read again
+        self.event = asyncio.Event()
+
+    def __call__(self, job_id: str, status: JobStatus | None) -> None:
+        if job_id not in self.wanted:
+            return
+        if status is None:
+            self.unclear = True
+        elif status in TERMINAL_STATUSES:
+            self.finished.add(job_id)
+        else:  # retried or given back: still pending, nothing to look at
+            return
+        self.event.set()
+
+
+async def wait_for_jobs(driver: QueueDriver, listeners: list[Callable[[JobRecord], None]],
+                        job_ids: Sequence[str], timeout: float | None, *, location: str,
+                        watching_since_push: SettleNotices | None = None) -> list[JobRecord]:
+    """Wait until every job in ``job_ids`` is completed or failed and return their records.
+
+    ``listeners`` are the executor's settle listeners of this process. ``watching_since_push``
+    is a collector registered before the jobs were pushed (see :func:`watch`): nothing can
+    have been missed, so the first read of their statuses is skipped. Raises
+    ``ResultTimeoutError`` after ``timeout`` seconds and ``JobNotFoundError`` for an unknown id.
+    """
+    ids = list(dict.fromkeys(job_ids))
+    if watching_since_push is not None:
+        return await _wait_loop(driver, ids, timeout, watching_since_push, location, read_first=False)
+    notices = SettleNotices(ids)
+    async with watch(driver, listeners, notices):
+        return await _wait_loop(driver, ids, timeout, notices, location, read_first=True)
+
+
+@contextlib.asynccontextmanager
+async def watch(driver: QueueDriver, listeners: list[Callable[[JobRecord], None]],
+                notices: SettleNotices) -> AsyncIterator[SettleNotices]:
+    """Feed ``notices`` with local settles and with what the driver hears from other processes."""
+
+    def local(record: JobRecord) -> None:
+        notices(record.id, record.status)
+
+    unwatch = await driver.watch(sorted(notices.wanted), notices)
+    listeners.append(local)
+    try:
+        yield notices
+    finally:
+        listeners.remove(local)
+        unwatch()
+
+
+async def _wait_loop(driver: QueueDriver, ids: list[str], timeout: float | None,
+                     notices: SettleNotices, location: str, *, read_first: bool) -> list[JobRecord]:
+    loop = asyncio.get_running_loop()
+    deadline = None if timeout is None else loop.time() + timeout
+    pending, read, poll = ids, read_first, POLL_MIN_S
+    while True:
+        notices.event.clear()  # notices from here on wake the wait below
+        if read:
+            pending = await _unfinished(driver, pending, location)
+        pending = [i for i in pending if i not in notices.finished]
+        if not pending:
+            return await read_records(driver, ids, location)
+        wait = poll if deadline is None else min(poll, deadline - loop.time())
+        if wait <= 0:
+            raise ResultTimeoutError(f"{len(pending)} of {len(ids)} job(s) still unfinished "
+                                     f"after {timeout:g}s")
+        woken = False
+        with contextlib.suppress(TimeoutError):
+            woken = await asyncio.wait_for(notices.event.wait(), wait)
+        read = not woken or notices.unclear  # a silent timeout polls; a clear notice needs no read
+        if woken and notices.unclear and len(pending) > 1:  # many settling: re-read in batches
+            await asyncio.sleep(WAKE_BATCH_S)
+        notices.unclear = False
+        poll = min(POLL_MAX_S, poll * 1.5)
+
+
+async def _unfinished(driver: QueueDriver, pending: list[str], location: str) -> list[str]:
+    statuses = await driver.statuses(pending)
+    if None in statuses:
+        missing = pending[statuses.index(None)]
+        raise JobNotFoundError(f"no job with id {missing!r} in {location}")
+    return [i for i, s in zip(pending, statuses, strict=True) if s not in TERMINAL_STATUSES]
+
+
+async def read_records(driver: QueueDriver, ids: Sequence[str], location: str) -> list[JobRecord]:
+    """The records of ``ids`` in one driver call; ``JobNotFoundError`` names a missing one."""
+    records = await driver.get_many(ids)
+    missing = [job_id for job_id, r in zip(ids, records, strict=True) if r is None]
+    if missing:
+        raise JobNotFoundError(f"no job with id {missing[0]!r} (of {len(missing)} missing) in {location}")
+    return [r for r in records if r is not None]
+
+
+def outcome(record: JobRecord) -> Any:
+    """The decoded result of a finished record, or ``JobFailedError`` if it failed."""
+    if record.status is JobStatus.FAILED:
+        raise JobFailedError(record)
+    if record.status is not JobStatus.COMPLETED:
+        raise ResultTimeoutError(f"job {record.id} is still {record.status.value}")
+    return decode_value(record.result)
