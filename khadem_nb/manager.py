@@ -19,8 +19,8 @@ from .job import JobRecord, JobStatus, QueueJob
 from .middleware import Middleware, MiddlewareChain, MiddlewareFunc
 from .monitor import BasicQueueMonitor, QueueMonitor
 from .registry import job_factories
-from .serializer import QueueJobSerializer
-from .waiting import SettleNotices, outcome, read_records, wait_for_jobs, watch
+from .serializer import QueueJobSerializer, decode_value
+from .waiting import SettleNotices, outcome, read_records, wait_for_jobs, wait_until_finished, watch
 from .worker import QueueWorker
 
 
@@ -232,18 +232,20 @@ class QueueManager:
         """Queue ``job``, wait for a worker to finish it and return its result.
 
         Raises ``JobFailedError`` (with the record) if it failed for good, ``ResultTimeoutError``
-        after ``timeout``. Settle notices are watched before the push, so no read is needed
-        until the job has finished.
+        after ``timeout``. Settle notices are watched before the push, so nothing is read until
+        the job has finished, and nothing at all when the notice carries the result (Redis, for
+        results up to 1 KB of JSON; a worker in this process always does).
         """
         seconds = to_seconds(timeout, name="timeout")
         record = self.build_record(job, queue=queue, priority=priority, max_attempts=max_attempts)
-        notices = SettleNotices([record.id])
+        notices, location = SettleNotices([record.id]), self.settings.redacted_url()
         async with watch(self.driver, self.executor.listeners, notices):
             await self.push([record])
-            records = await wait_for_jobs(self.driver, self.executor.listeners, [record.id],
-                                          seconds, location=self.settings.redacted_url(),
-                                          watching_since_push=notices)
-        return outcome(records[0])
+            await wait_until_finished(self.driver, [record.id], seconds, notices, location,
+                                      read_first=False)
+        if record.id in notices.results:  # the settle notice carried the result: nothing to read
+            return decode_value(notices.results[record.id])
+        return outcome((await read_records(self.driver, [record.id], location))[0])
 
     async def counts(self, queue: str | None = None) -> dict[str, int]:
         return {status.value: n for status, n in (await self.driver.counts(queue)).items()}

@@ -14,7 +14,7 @@ import contextlib
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
-from .drivers.base import QueueDriver
+from .drivers.base import NO_RESULT, QueueDriver
 from .errors import JobFailedError, JobNotFoundError, ResultTimeoutError
 from .job import TERMINAL_STATUSES, JobRecord, JobStatus
 from .serializer import decode_value
@@ -28,16 +28,19 @@ class SettleNotices:
     def __init__(self, job_ids: Sequence[str]) -> None:
         self.wanted = set(job_ids)
         self.finished: set[str] = set()
+        self.results: dict[str, Any] = {}  # encoded results of completions whose notice carried them
         self.unclear = False  # a notice without a status arrived: statuses must be read again
         self.event = asyncio.Event()
 
-    def __call__(self, job_id: str, status: JobStatus | None) -> None:
+    def __call__(self, job_id: str, status: JobStatus | None, result: Any = NO_RESULT) -> None:
         if job_id not in self.wanted:
             return
         if status is None:
             self.unclear = True
         elif status in TERMINAL_STATUSES:
             self.finished.add(job_id)
+            if status is JobStatus.COMPLETED and result is not NO_RESULT:
+                self.results[job_id] = result
         else:  # retried or given back: still pending, nothing to look at
             return
         self.event.set()
@@ -55,10 +58,12 @@ async def wait_for_jobs(driver: QueueDriver, listeners: list[Callable[[JobRecord
     """
     ids = list(dict.fromkeys(job_ids))
     if watching_since_push is not None:
-        return await _wait_loop(driver, ids, timeout, watching_since_push, location, read_first=False)
-    notices = SettleNotices(ids)
-    async with watch(driver, listeners, notices):
-        return await _wait_loop(driver, ids, timeout, notices, location, read_first=True)
+        await wait_until_finished(driver, ids, timeout, watching_since_push, location, read_first=False)
+    else:
+        notices = SettleNotices(ids)
+        async with watch(driver, listeners, notices):
+            await wait_until_finished(driver, ids, timeout, notices, location, read_first=True)
+    return await read_records(driver, ids, location)
 
 
 @contextlib.asynccontextmanager
@@ -67,7 +72,7 @@ async def watch(driver: QueueDriver, listeners: list[Callable[[JobRecord], None]
     """Feed ``notices`` with local settles and with what the driver hears from other processes."""
 
     def local(record: JobRecord) -> None:
-        notices(record.id, record.status)
+        notices(record.id, record.status, record.result)
 
     unwatch = await driver.watch(sorted(notices.wanted), notices)
     listeners.append(local)
@@ -78,8 +83,10 @@ async def watch(driver: QueueDriver, listeners: list[Callable[[JobRecord], None]
         unwatch()
 
 
-async def _wait_loop(driver: QueueDriver, ids: list[str], timeout: float | None,
-                     notices: SettleNotices, location: str, *, read_first: bool) -> list[JobRecord]:
+async def wait_until_finished(driver: QueueDriver, ids: list[str], timeout: float | None,
+                              notices: SettleNotices, location: str, *, read_first: bool) -> None:
+    """Return once no id in ``ids`` is pending; ``read_first=False`` trusts ``notices`` to
+    have heard every settle since the jobs were pushed."""
     loop = asyncio.get_running_loop()
     deadline = None if timeout is None else loop.time() + timeout
     pending, read, poll = ids, read_first, POLL_MIN_S
@@ -89,7 +96,7 @@ async def _wait_loop(driver: QueueDriver, ids: list[str], timeout: float | None,
             pending = await _unfinished(driver, pending, location)
         pending = [i for i in pending if i not in notices.finished]
         if not pending:
-            return await read_records(driver, ids, location)
+            return
         wait = poll if deadline is None else min(poll, deadline - loop.time())
         if wait <= 0:
             raise ResultTimeoutError(f"{len(pending)} of {len(ids)} job(s) still unfinished "

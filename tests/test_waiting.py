@@ -5,12 +5,21 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
+from typing import Any
 
 import pytest
 from conftest import make_manager
 from jobs import Boom, Echo, Flaky, Noop
 
-from khadem_nb import ConfigError, JobFailedError, JobNotFoundError, JobStatus, QueueManager, ResultTimeoutError
+from khadem_nb import (
+    ConfigError,
+    JobFailedError,
+    JobNotFoundError,
+    JobStatus,
+    QueueManager,
+    ResultTimeoutError,
+)
+from khadem_nb.drivers.base import NO_RESULT
 
 
 async def start_worker(manager: QueueManager) -> None:
@@ -67,9 +76,9 @@ async def test_redis_waiter_hears_other_processes_settles(tmp_path: Path) -> Non
     waiter = await make_manager("redis", tmp_path)
     workers = QueueManager(waiter.settings)  # a second connection: what another machine does
     await workers.init()
-    heard: list[tuple[str, JobStatus | None]] = []
+    heard: list[tuple[str, JobStatus | None, Any]] = []
     ids = [await waiter.dispatch(Flaky(succeed_on=2)), await waiter.dispatch(Boom("x"))]
-    unwatch = await waiter.driver.watch(ids, lambda job_id, status: heard.append((job_id, status)))
+    unwatch = await waiter.driver.watch(ids, lambda *notice: heard.append(notice))
     try:
         await workers.start_worker(run_in_background=True, delay=0.02)
         records = await waiter.wait(ids, timeout=10)
@@ -80,5 +89,31 @@ async def test_redis_waiter_hears_other_processes_settles(tmp_path: Path) -> Non
         await waiter.driver.purge()
         await waiter.close()
     assert [r.status for r in records] == [JobStatus.COMPLETED, JobStatus.FAILED]
-    assert [s for i, s in heard if i == ids[0]] == [JobStatus.SCHEDULED, JobStatus.COMPLETED]
-    assert [s for i, s in heard if i == ids[1]] == [JobStatus.SCHEDULED] * 2 + [JobStatus.FAILED]
+    assert [(s, r) for i, s, r in heard if i == ids[0]] == [
+        (JobStatus.SCHEDULED, NO_RESULT), (JobStatus.COMPLETED, {"attempt": 2})]
+    assert [(s, r) for i, s, r in heard if i == ids[1]] == [
+        (JobStatus.SCHEDULED, NO_RESULT)] * 2 + [(JobStatus.FAILED, NO_RESULT)]
+
+
+async def test_redis_notice_carries_small_results_only(tmp_path: Path) -> None:
+    """``dispatch_and_wait`` from a process without workers: a small result arrives in the
+    settle notice, a large one (over 1 KB of JSON) is read from the record; both are whole."""
+    waiter = await make_manager("redis", tmp_path)
+    workers = QueueManager(waiter.settings)
+    await workers.init()
+    try:
+        await workers.start_worker(run_in_background=True, delay=0.02)
+        small, large = {"x": "tab\there, line\nthere"}, {"x": "y" * 5000}
+        assert await waiter.dispatch_and_wait(Echo(small), timeout=10) == small
+        assert await waiter.dispatch_and_wait(Echo(large), timeout=10) == large
+        heard: list[tuple[str, JobStatus | None, Any]] = []
+        ids = [await waiter.dispatch(Echo(small)), await waiter.dispatch(Echo(large))]
+        unwatch = await waiter.driver.watch(ids, lambda *notice: heard.append(notice))
+        await waiter.wait(ids, timeout=10)
+        await asyncio.sleep(0.05)
+        unwatch()
+    finally:
+        await workers.close()
+        await waiter.driver.purge()
+        await waiter.close()
+    assert sorted((i == ids[0], r) for i, s, r in heard) == [(False, NO_RESULT), (True, small)]

@@ -17,8 +17,16 @@ from .._time import now_ms
 from ..config import QueueSettings
 from ..job import JobRecord, JobStatus
 
-#: told of a settle heard from another process: the job's id and its new status, if known
-SettleNotice = Callable[[str, JobStatus | None], None]
+
+class _NoResult:
+    def __repr__(self) -> str:
+        return "NO_RESULT"
+
+
+#: what a settle notice carries as the result when it carries none (the record has it)
+NO_RESULT: Any = _NoResult()
+#: told of a settle: the job's id, its new status if known, and its (encoded) result if carried
+SettleNotice = Callable[[str, JobStatus | None, Any], None]
 
 LEASE_LOST_ERROR = "lease expired {n} time(s): the worker holding it died or stalled; giving up"
 
@@ -167,8 +175,9 @@ class QueueDriver(ABC):
         return found
 
     async def watch(self, job_ids: Sequence[str], notice: SettleNotice) -> Callable[[], None]:
-        """Call ``notice(id, status)`` when any of ``job_ids`` is settled by another process;
-        returns an unwatch. ``status`` is the job's new status, or ``None`` if not known.
+        """Call ``notice(id, status, result)`` when any of ``job_ids`` is settled by another
+        process; returns an unwatch. ``status`` is the job's new status (``None`` if not known),
+        ``result`` its encoded result if the notice carries it, else ``NO_RESULT``.
 
         Drivers that cannot hear other processes do nothing here and callers poll.
         """

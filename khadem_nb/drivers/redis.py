@@ -35,7 +35,7 @@ from ..errors import ConfigError, DriverError, DriverUnavailableError
 from ..job import JobRecord, JobStatus
 from ..serializer import UnreadablePayload, dumps
 from ._records import due_view
-from .base import LEASE_LOST_ERROR, QueueDriver, SettleNotice, empty_counts
+from .base import LEASE_LOST_ERROR, NO_RESULT, QueueDriver, SettleNotice, empty_counts
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -196,14 +196,18 @@ class RedisDriver(QueueDriver):
             await pubsub.aclose()
 
     def _tell_watchers(self, message: str) -> None:
-        """One settle call's notice: space-separated ``id:status`` (a bare id: status unknown)."""
-        for entry in message.split():
-            job_id, _, state = entry.rpartition(":") if ":" in entry else (entry, "", "")
+        """One settle call's notice (settle.lua): a line per job, ``id<TAB>status[<TAB>result]``.
+        A message without tabs (space-separated bare ids) names jobs whose status is unknown."""
+        lines = message.split("\n") if "\t" in message else message.split()
+        for line in lines:
+            job_id, _, rest = line.partition("\t")
             notices = self._watchers.get(job_id)
-            if notices:
-                status = SETTLED_STATES.get(state)
-                for notice in list(notices):
-                    notice(job_id, status)
+            if not notices:
+                continue
+            state, _, result_text = rest.partition("\t")
+            result = json.loads(result_text) if result_text else NO_RESULT
+            for notice in list(notices):
+                notice(job_id, SETTLED_STATES.get(state), result)
 
     async def close(self) -> None:
         if self._listener is not None:

@@ -4,8 +4,10 @@
 -- error_json, delay_ms, meta_json, release ('1' gives the job back without counting the attempt).
 -- Fenced: a job is changed only if it is active under its token. Returns 1/0 per job.
 -- Completions and failures of the batch are written with one variadic command per key; the
--- rarer retries and releases go one by one. One PUBLISH names every settled id with its new
--- status ('id:completed id:queued ...'), so waiters need not read the statuses again.
+-- rarer retries and releases go one by one. One PUBLISH tells every settle, a line per job:
+-- "id<TAB>status", plus "<TAB>result_json" for a completion whose result is small, so a waiter
+-- neither reads the status again nor, for such a result, the record.
+local NOTICE_RESULT_MAX = 1024  -- bytes of result JSON a settle notice carries
 local now = now_ms()
 local plain = tonumber(ARGV[5])
 local ids, at = {}, {}  -- at[j]: where job j's values start in ARGV
@@ -62,7 +64,11 @@ for j, id in ipairs(ids) do
       state = give_back(i, id)
     end
     settled[#settled + 1] = id
-    heard[#heard + 1] = id .. ':' .. state
+    if state == 'completed' and #result <= NOTICE_RESULT_MAX then
+      heard[#heard + 1] = id .. '\t' .. state .. '\t' .. result
+    else
+      heard[#heard + 1] = id .. '\t' .. state
+    end
   end
 end
 
@@ -79,7 +85,7 @@ if #settled > 0 then
   if #done > 0 then call_many('ZADD', KEYS[K_DONE], done) end
   if #errors > 0 then call_many('HSET', KEYS[K_ERROR], errors) end
   if #failed > 0 then call_many('ZADD', KEYS[K_FAILED], failed) end
-  redis.call('PUBLISH', KEYS[K_NOTIFY] .. ':settled', table.concat(heard, ' '))
+  redis.call('PUBLISH', KEYS[K_NOTIFY] .. ':settled', table.concat(heard, '\n'))
 end
 trim(KEYS[K_DONE], tonumber(ARGV[1]), tonumber(ARGV[2]), now)
 trim(KEYS[K_FAILED], tonumber(ARGV[3]), tonumber(ARGV[4]), now)
