@@ -130,6 +130,10 @@ class QueueWorker:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         if self._fetcher is not None:
             await asyncio.gather(self._fetcher, return_exceptions=True)
+        try:
+            await self.driver.worker_stopped()
+        except Exception:  # what it would drop expires on its own
+            logger.exception("driver could not forget this stopped worker")
         buffered, self._buffer = list(self._buffer), deque()
         await self._release(buffered)
         self._done.set()

@@ -9,6 +9,7 @@ import time
 from typing import Any, ClassVar
 
 from khadem_nb import QueueJob, QueueJobWithMetadata, RetryJob
+from khadem_nb.context import current_job
 
 RUN_LOG: list[Any] = []  # in-process record of what ran, in order
 
@@ -149,3 +150,10 @@ class Fail(QueueJob):
 
     async def handle(self) -> None:
         raise RuntimeError(f"failed {self.tag}")
+
+
+class ClaimToken(QueueJob):
+    """Returns the token of the claim it runs under (hand-off claims start with 'h')."""
+
+    async def handle(self) -> str:
+        return current_job.get().record.token or ""

@@ -8,16 +8,17 @@ import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
 from conftest import need_redis
-from jobs import Echo, Mark
+from jobs import RUN_LOG, ClaimToken, Echo, Mark
 from procs import finish, start_worker
 from redis_servers import RedisServer, spare_port
 
 from khadem_nb import ConfigError, DriverError, DriverUnavailableError, JobStatus, QueueManager
-from khadem_nb.drivers.redis import queue_keys
+from khadem_nb.drivers.redis import KEY_NAMES, queue_keys
 
 pytestmark = pytest.mark.redis
 
@@ -227,3 +228,88 @@ def test_idle_workers_wait_without_polling(server: RedisServer) -> None:
     assert asyncio.run(main()) < 1.0
 
 
+
+
+# -- hand-off: a dispatch claims the job for a worker already waiting (enqueue.lua) ----------
+def _key(prefix: str, name: str) -> str:
+    return queue_keys(prefix, "default")[KEY_NAMES.index(name)]
+
+
+async def _handoff_manager(prefix: str, **queue: Any) -> tuple[QueueManager, Any]:
+    manager = await QueueManager({"queue": {"url": need_redis(), "prefix": prefix, **queue}}).init()
+    await manager.driver.purge()
+    return manager, manager.driver.client  # type: ignore[attr-defined]
+
+
+async def test_an_idle_worker_gets_a_dispatched_job_without_claiming_it() -> None:
+    manager, client = await _handoff_manager("khadem-test-handoff")
+    worker = await manager.start_worker(run_in_background=True, delay=5.0)
+    for _ in range(200):  # its first claim came back empty: it registers and blocks
+        if await client.zcard(_key("khadem-test-handoff", "waiting")) == 1:
+            break
+        await asyncio.sleep(0.01)
+    token = await manager.dispatch_and_wait(ClaimToken(), timeout=10)
+    record = (await manager.jobs("completed"))[0]
+    await worker.stop()
+    await manager.driver.purge()
+    await manager.close()
+    assert token.startswith("h"), f"claimed by a reserve ({token!r}), not handed off"
+    assert record.attempt == 1 and record.started_ms is not None and record.reclaims == 0
+
+
+async def test_a_hand_off_nobody_popped_is_taken_by_the_next_claim() -> None:
+    """The waiting worker went away before popping its job: the next reserve takes the row
+    (lease renewed, attempt 1), and only the first ready job of a batch was handed off."""
+    prefix = "khadem-test-stranded"
+    manager, client = await _handoff_manager(prefix)
+    await manager.dispatch(Echo("queued-before"))  # ready was not empty: nothing handed off
+    await client.zadd(_key(prefix, "waiting"), {"30000|gone": time.time() * 1000 + 60_000})
+    assert await manager.driver.statuses([await manager.dispatch(Echo("b"))]) == [JobStatus.QUEUED]
+    await manager.start_worker(burst=True, delay=0.05)  # drain: ready is empty again
+    RUN_LOG.clear()
+    low = manager.build_record(Echo("low"), priority=0)
+    high = manager.build_record(Echo("high"), priority=5)
+    await manager.push([low, high])
+    assert await manager.driver.statuses([low.id, high.id]) == [JobStatus.QUEUED, JobStatus.ACTIVE]
+    assert await client.llen(_key(prefix, "handoff")) == 1  # one waiter (the stopped worker left)
+    assert await client.zcard(_key(prefix, "waiting")) == 0
+    await manager.start_worker(burst=True, delay=0.05)
+    records = await manager.get_jobs([high.id, low.id])
+    assert RUN_LOG == ["high", "low"] and await client.llen(_key(prefix, "handoff")) == 0
+    assert [(r.status, r.attempt, r.reclaims) for r in records] == [(JobStatus.COMPLETED, 1, 0)] * 2
+    await manager.driver.purge()
+    await manager.close()
+
+
+async def test_a_stale_hand_off_row_is_dropped_once_the_sweep_reclaimed_its_job() -> None:
+    prefix = "khadem-test-stale-handoff"
+    manager, client = await _handoff_manager(prefix, lease=0.5)
+    await client.zadd(_key(prefix, "waiting"), {"500|died": time.time() * 1000 + 60_000})
+    job_id = await manager.dispatch(Echo("once"))
+    assert await manager.driver.statuses([job_id]) == [JobStatus.ACTIVE]
+    await asyncio.sleep(0.7)  # its lease runs out while nobody holds it
+    await manager.start_worker(burst=True, delay=0.05)
+    record = await manager.get_job(job_id)
+    assert RUN_LOG == ["once"]  # the row was dropped, the job ran once from the ready set
+    assert (record.status, record.attempt, record.reclaims) == (JobStatus.COMPLETED, 2, 1)
+    await manager.driver.purge()
+    await manager.close()
+
+
+async def test_leaving_the_line_gives_back_hand_offs_nobody_will_pop() -> None:
+    """What a pausing or stopping worker runs (leave.lua): with no other worker waiting, a job
+    handed off to it goes back to the ready set, its attempt not counted."""
+    prefix = "khadem-test-leave"
+    manager, client = await _handoff_manager(prefix)
+    await client.zadd(_key(prefix, "waiting"), {"30000|pausing": time.time() * 1000 + 60_000})
+    job_id = await manager.dispatch(Echo("x"))
+    assert await manager.driver.statuses([job_id]) == [JobStatus.ACTIVE]
+    assert await manager.driver._run("leave", "default", ["30000|pausing"]) == 1  # type: ignore[attr-defined]
+    record = await manager.get_job(job_id)
+    assert (record.status, record.attempt, record.token) == (JobStatus.QUEUED, 0, None)
+    assert await client.llen(_key(prefix, "handoff")) == 0
+    assert await client.zcard(_key(prefix, "waiting")) == 0
+    await manager.start_worker(burst=True, delay=0.05)
+    assert (await manager.get_job(job_id)).attempt == 1 and RUN_LOG == ["x"]
+    await manager.driver.purge()
+    await manager.close()

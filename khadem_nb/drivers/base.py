@@ -65,6 +65,10 @@ class QueueDriver(ABC):
     def interrupt_waits(self) -> None:
         """Make every ``reserve`` that is waiting for work return early (used on stop)."""
 
+    async def worker_stopped(self) -> None:
+        """A worker on this driver has stopped claiming: drop what the storage keeps about
+        waiting workers (Redis: the hand-off registration), so no job is handed to it."""
+
     # -- producing ---------------------------------------------------------------------------
     @abstractmethod
     async def push(self, records: Sequence[JobRecord]) -> None:

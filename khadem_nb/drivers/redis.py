@@ -43,14 +43,15 @@ T = TypeVar("T")
 # The key layout every script shares; the order matches the K_* constants in _common.lua.
 KEY_NAMES = ("seq", "ready", "delayed", "active", "completed", "failed", "all", "data", "status",
              "attempt", "token", "times", "result", "error", "reclaims", "meta", "score", "keys",
-             "notify", "sweep")
+             "notify", "sweep", "waiting", "handoff")
 COLUMNS = ("data", "status", "attempt", "token", "times", "result", "error", "reclaims", "meta")
 STATUS_SETS = {JobStatus.QUEUED: "ready", JobStatus.SCHEDULED: "delayed", JobStatus.ACTIVE: "active",
                JobStatus.COMPLETED: "completed", JobStatus.FAILED: "failed"}
-SCRIPTS = ("enqueue", "reserve", "settle", "heartbeat", "meta", "requeue", "fetch")
+SCRIPTS = ("enqueue", "reserve", "settle", "heartbeat", "meta", "requeue", "fetch", "leave")
 FETCH_CHUNK = 2000  # records read per script call
 MAX_PRIORITY = 4000  # scores are -priority * 1e12 + seq: exact in a double up to this
 NOTIFY_CAP = 64
+MAX_WAIT_S = 1.0  # longest block on a notify list: other queues and sweeps are looked at as often
 SETTLED_STATES = {s.value: s for s in JobStatus}  # the status words settle.lua publishes
 _persistence_warned: set[str] = set()
 
@@ -90,6 +91,9 @@ class RedisDriver(QueueDriver):
         # reserve.lua's fixed arguments: max reclaims, sweep interval (ms), lease-lost error
         self._reserve_constants = [settings.max_reclaims, max(100, int(settings.lease_s * 250)),
                                    LEASE_LOST_ERROR.replace("{n}", "%d")]
+        # how this worker registers for hand-off (enqueue.lua): its lease and a unique name
+        self._waiter = f"{self._lease_ms}|{new_token()}"
+        self._registered: set[str] = set()  # queues whose K_WAITING may hold self._waiter
         self._queue_was_empty = False  # the last claim came back short: wait before claiming
         self._next_due_at: float | None = None  # loop time when the next delayed job is due
         self._outage = False
@@ -215,8 +219,23 @@ class RedisDriver(QueueDriver):
             await asyncio.gather(self._listener, return_exceptions=True)
             self._listener = None
         if self.client is not None:
+            await self._unregister()
             await self.client.aclose()
             self.client = None
+
+    async def worker_stopped(self) -> None:
+        await self._unregister()
+
+    async def _unregister(self) -> None:
+        """Leave the hand-off line of every queue this driver waited on (leave.lua gives back
+        jobs handed off that nobody will pop). Best effort: an entry left behind expires within
+        about a second, and a job handed to it is reclaimed when its lease runs out."""
+        from redis.exceptions import RedisError
+
+        queues, self._registered = self._registered, set()
+        for queue in queues:
+            with contextlib.suppress(RedisError, OSError, TimeoutError, DriverError):
+                await asyncio.wait_for(self._run("leave", queue, [self._waiter]), 2.0)
 
     def keys(self, queue: str) -> list[str]:
         keys = self._keys.get(queue)
@@ -276,29 +295,46 @@ class RedisDriver(QueueDriver):
 
     # -- consuming -------------------------------------------------------------------------------
     def interrupt_waits(self) -> None:
+        """Paused or stopping: waits return, and the worker leaves the hand-off line."""
         self._generation += 1
+        if self._registered and self.client is not None:
+            task = asyncio.get_running_loop().create_task(self._unregister())
+            self._flushing.add(task)
+            task.add_done_callback(self._flushing.discard)
 
     async def reserve(self, queues: Sequence[str], limit: int, wait_s: float) -> list[JobRecord]:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + wait_s
         generation = self._generation
         if wait_s > 0 and self._queue_was_empty:  # nothing was left a moment ago: wait first, so
-            await self._wait_for_work(queues, wait_s)  # no empty claim runs ahead of our settles
+            handed = await self._wait_for_work(queues, wait_s)  # no empty claim runs ahead of our settles
+            if handed:
+                self._queue_was_empty = False
+                return handed
         while True:
-            claimed = await self._claim(queues, limit)
+            claimed = await self._claim(queues, limit, wait_s)
             self._queue_was_empty = len(claimed) < limit
             remaining = deadline - loop.time()
             if claimed or remaining <= 0 or generation != self._generation:
                 return claimed
-            await self._wait_for_work(queues, remaining)
+            handed = await self._wait_for_work(queues, remaining)
+            if handed:
+                self._queue_was_empty = False
+                return handed
 
-    async def _claim(self, queues: Sequence[str], limit: int) -> list[JobRecord]:
+    async def _claim(self, queues: Sequence[str], limit: int, wait_s: float) -> list[JobRecord]:
+        """Claim from each queue in turn; on the first, register for hand-off while waiting."""
         claimed: list[JobRecord] = []
         for queue in queues:
+            first = queue == queues[0]
+            register_ms = int(min(wait_s, MAX_WAIT_S) * 1000) + 100 if first and wait_s > 0 else 0
+            if register_ms:
+                self._registered.add(queue)
             # the token prefix is unique per claim; the script numbers the jobs after it
-            args = [limit - len(claimed), self._lease_ms, new_token(), *self._reserve_constants]
+            args = [limit - len(claimed), self._lease_ms, new_token(), *self._reserve_constants,
+                    self._waiter if first else "", register_ms]
             rows = await self._run("reserve", queue, args)
-            if queue == queues[0]:
+            if first:
                 due_in_ms = int(rows[1])
                 self._next_due_at = None if due_in_ms < 0 else loop_time() + due_in_ms / 1000
             claimed += _claimed_records(queue, rows, self.settings.lease_s)
@@ -306,15 +342,21 @@ class RedisDriver(QueueDriver):
                 break
         return claimed
 
-    async def _wait_for_work(self, queues: Sequence[str], timeout: float) -> None:
-        """Block on the first queue's notify list (no polling): wakes on dispatch or retry, or
-        when its next delayed job is due, or after at most a second (other queues, sweeps)."""
-        notify = self.keys(queues[0])[KEY_NAMES.index("notify")]
-        wait = min(timeout, 1.0)
+    async def _wait_for_work(self, queues: Sequence[str], timeout: float) -> list[JobRecord]:
+        """Block on the first queue's hand-off and notify lists (no polling): returns a job
+        handed off by a dispatch, or nothing once woken by a dispatch or retry, by the next
+        delayed job falling due, or after at most a second (other queues, sweeps)."""
+        keys = self.keys(queues[0])
+        handoff = keys[KEY_NAMES.index("handoff")]
+        wait = min(timeout, MAX_WAIT_S)
         if self._next_due_at is not None:
             wait = min(wait, self._next_due_at - loop_time())
         wait = max(0.01, wait)
-        await self._call(lambda: self.client.blpop([notify], timeout=wait))
+        popped = await self._call(lambda: self.client.blpop([handoff, keys[KEY_NAMES.index("notify")]],
+                                                            timeout=wait))
+        if popped is None or popped[0].decode() != handoff:
+            return []
+        return [_handed_off_record(queues[0], popped[1], self.settings.lease_s)]
 
     async def heartbeat(self, records: Sequence[JobRecord]) -> list[bool]:
         alive: dict[str, bool] = {}
@@ -533,6 +575,19 @@ def _claimed_records(queue: str, rows: list[Any], lease_s: float) -> list[JobRec
         record.lease_ms = now + int(lease_s * 1000)
         records.append(record)
     return records
+
+
+def _handed_off_record(queue: str, row: bytes, lease_s: float) -> JobRecord:
+    """A job enqueue.lua claimed for a waiting worker: ``now<TAB>id<TAB>token<TAB>data``."""
+    at, job_id, token, data = row.split(b"\t", 3)
+    now = int(at)
+    record = _from_data(queue, job_id.decode(), data)
+    record.status = JobStatus.ACTIVE
+    record.attempt = 1
+    record.token = token.decode()
+    record.available_ms = record.started_ms = now
+    record.lease_ms = now + int(lease_s * 1000)
+    return record
 
 
 def _from_data(queue: str, job_id: str, data: bytes) -> JobRecord:

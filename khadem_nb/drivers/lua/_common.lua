@@ -3,6 +3,7 @@
 local K_SEQ, K_READY, K_DELAYED, K_ACTIVE, K_DONE, K_FAILED, K_ALL = 1, 2, 3, 4, 5, 6, 7
 local K_DATA, K_STATUS, K_ATTEMPT, K_TOKEN, K_TIMES, K_RESULT, K_ERROR = 8, 9, 10, 11, 12, 13, 14
 local K_RECLAIMS, K_META, K_SCORE, K_KEYS, K_NOTIFY, K_LOCK = 15, 16, 17, 18, 19, 20
+local K_WAITING, K_HANDOFF = 21, 22
 
 local function now_ms()
   local t = redis.call('TIME')

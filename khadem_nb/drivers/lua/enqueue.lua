@@ -1,6 +1,12 @@
 -- ARGV: notify_cap, then one value per job: "id<TAB>priority<TAB>delay_ms<TAB>data_json<TAB>key"
 -- (compact JSON has no raw tab; the sweep key, last, may be empty or hold anything).
 -- One INCRBY numbers the whole batch; each hash and set is written with one variadic command.
+-- Hand-off: a worker whose claim came back short registers in K_WAITING (member
+-- "lease_ms|worker", scored by when its wait ends) and blocks on K_HANDOFF. While workers wait
+-- and nothing else is ready, the batch's first ready jobs (highest priority, then FIFO) are
+-- claimed here, one per waiting worker, and pushed on K_HANDOFF as "now<TAB>id<TAB>token<TAB>
+-- data": the worker starts them without a claim round trip. A row nobody pops (the worker
+-- stopped) is taken by the next reserve, or its lease expires and the sweep reclaims the job.
 local now = now_ms()
 local count = #ARGV - 1
 if count == 0 then return now end
@@ -32,6 +38,36 @@ for j = 1, count do
     push2(times, id, now .. ',-1,-1,-1')
   end
 end
+local handed = 0
+if #ready > 0 and redis.call('ZCARD', KEYS[K_READY]) == 0 then
+  redis.call('ZREMRANGEBYSCORE', KEYS[K_WAITING], '-inf', '(' .. now)
+  local waiters = redis.call('ZPOPMAX', KEYS[K_WAITING], #ready / 2)
+  if #waiters > 0 then
+    local order, data_of, rows, active = {}, {}, {}, {}
+    for i = 1, #ready, 2 do order[#order + 1] = {ready[i], ready[i + 1]} end
+    table.sort(order, function(x, y) return x[1] < y[1] end)
+    for i = 1, #data, 2 do data_of[data[i]] = data[i + 1] end
+    ready = {}
+    for n, entry in ipairs(order) do
+      local id = entry[2]
+      if n <= #waiters / 2 then  -- later pairs for the same id overwrite the queued ones
+        local lease = tonumber(string.match(waiters[2 * n - 1], '^(%d+)|'))
+        local token = 'h' .. first .. '-' .. n
+        push2(attempt, id, 1)
+        push2(status, id, 'active')
+        push2(times, id, now .. ',' .. now .. ',-1,' .. (now + lease))
+        push2(active, now + lease, id)
+        redis.call('HSET', KEYS[K_TOKEN], id, token)
+        rows[#rows + 1] = now .. '\t' .. id .. '\t' .. token .. '\t' .. data_of[id]
+        handed = handed + 1
+      else
+        push2(ready, entry[1], id)
+      end
+    end
+    call_many('ZADD', KEYS[K_ACTIVE], active)
+    call_many('RPUSH', KEYS[K_HANDOFF], rows)
+  end
+end
 call_many('HSET', KEYS[K_DATA], data)
 call_many('HSET', KEYS[K_ATTEMPT], attempt)
 call_many('HSET', KEYS[K_SCORE], score)
@@ -41,6 +77,8 @@ call_many('ZADD', KEYS[K_ALL], all)
 if #ready > 0 then call_many('ZADD', KEYS[K_READY], ready) end
 if #delayed > 0 then call_many('ZADD', KEYS[K_DELAYED], delayed) end
 if #sweep > 0 then call_many('HSET', KEYS[K_KEYS], sweep) end
-redis.call('LPUSH', KEYS[K_NOTIFY], unpack({1, 1, 1, 1, 1, 1, 1, 1}, 1, math.min(8, count)))
-redis.call('LTRIM', KEYS[K_NOTIFY], 0, tonumber(ARGV[1]) - 1)
+if count > handed then
+  redis.call('LPUSH', KEYS[K_NOTIFY], unpack({1, 1, 1, 1, 1, 1, 1, 1}, 1, math.min(8, count - handed)))
+  redis.call('LTRIM', KEYS[K_NOTIFY], 0, tonumber(ARGV[1]) - 1)
+end
 return now

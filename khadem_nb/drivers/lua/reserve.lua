@@ -1,10 +1,22 @@
--- ARGV: limit, lease_ms, token_prefix, max_reclaims, sweep_every_ms, lease_lost_error
+-- ARGV: limit, lease_ms, token_prefix, max_reclaims, sweep_every_ms, lease_lost_error,
+-- waiter ("lease_ms|worker", or '' for none), wait_ms.
 -- Promotes due delayed jobs, reclaims expired leases (at most once per sweep_every_ms across
--- all workers, guarded by the lock key), then claims up to `limit` jobs, highest priority
--- first, FIFO within one. Returns {now, ms_to_next_due, then per job: id, data, attempt,
--- token, reclaims, meta, available}.
+-- all workers, guarded by the lock key), takes jobs handed off to a worker that never popped
+-- them (see enqueue.lua), then claims up to `limit` jobs in all, highest priority first, FIFO
+-- within one. A waiter that got fewer than `limit` registers for hand-off for wait_ms (or
+-- leaves K_WAITING when it will not wait). Returns {now, ms_to_next_due, then per job: id,
+-- data, attempt, token, reclaims, meta, available}.
 local limit, lease = tonumber(ARGV[1]), tonumber(ARGV[2])
 local now = now_ms()
+
+local function register(claimed)
+  if ARGV[7] == '' then return end
+  if claimed < limit and tonumber(ARGV[8]) > 0 then
+    redis.call('ZADD', KEYS[K_WAITING], now + tonumber(ARGV[8]), ARGV[7])
+  else
+    redis.call('ZREM', KEYS[K_WAITING], ARGV[7])
+  end
+end
 
 local due = redis.call('ZRANGEBYSCORE', KEYS[K_DELAYED], '-inf', now, 'LIMIT', 0, 1000)
 for _, id in ipairs(due) do
@@ -33,7 +45,27 @@ end
 -- second value: ms until the next delayed job is due (-1: none), so an idle worker wakes then
 local next_due = redis.call('ZRANGE', KEYS[K_DELAYED], 0, 0, 'WITHSCORES')
 local out = {now, next_due[2] and math.max(0, tonumber(next_due[2]) - now) or -1}
-local popped = redis.call('ZPOPMIN', KEYS[K_READY], limit)
+
+-- handed-off rows still on the list: whole if the job is still active under the row's token
+local rows = redis.call('LPOP', KEYS[K_HANDOFF], limit) or {}
+for _, row in ipairs(rows) do
+  local at, id, token, data = string.match(row, '^([^\t]*)\t([^\t]*)\t([^\t]*)\t(.*)$')
+  if redis.call('HGET', KEYS[K_TOKEN], id) == token and redis.call('HGET', KEYS[K_STATUS], id) == 'active' then
+    redis.call('ZADD', KEYS[K_ACTIVE], now + lease, id)
+    set_times(id, {at, now, -1, now + lease})
+    local n = #out
+    out[n + 1], out[n + 2], out[n + 3], out[n + 4] = id, data, redis.call('HGET', KEYS[K_ATTEMPT], id), token
+    out[n + 5], out[n + 6], out[n + 7] = redis.call('HGET', KEYS[K_RECLAIMS], id) or 0, '{}', at
+  end
+end
+local taken = (#out - 2) / 7
+if taken >= limit then
+  register(taken)
+  return out
+end
+
+local popped = redis.call('ZPOPMIN', KEYS[K_READY], limit - taken)
+register(taken + #popped / 2)
 if #popped == 0 then return out end
 local ids = {}
 for i = 1, #popped, 2 do ids[#ids + 1] = popped[i] end

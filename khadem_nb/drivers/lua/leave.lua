@@ -1,0 +1,25 @@
+-- ARGV: waiter ("lease_ms|worker"). A worker stops waiting (paused or stopped): it leaves
+-- K_WAITING, and if no other worker waits any more, the jobs still on K_HANDOFF go back to the
+-- ready set uncounted (attempt given back, token dropped): nobody will pop them. Atomic, so a
+-- dispatch that raced the leave either handed off before it (and the job comes back here) or
+-- saw no waiter. Returns how many jobs came back.
+local now = now_ms()
+redis.call('ZREM', KEYS[K_WAITING], ARGV[1])
+redis.call('ZREMRANGEBYSCORE', KEYS[K_WAITING], '-inf', '(' .. now)
+if redis.call('ZCARD', KEYS[K_WAITING]) > 0 then return 0 end
+local rows = redis.call('LRANGE', KEYS[K_HANDOFF], 0, -1)
+redis.call('DEL', KEYS[K_HANDOFF])
+local back = 0
+for _, row in ipairs(rows) do
+  local at, id, token = string.match(row, '^([^\t]*)\t([^\t]*)\t([^\t]*)\t')
+  if redis.call('HGET', KEYS[K_TOKEN], id) == token and redis.call('HGET', KEYS[K_STATUS], id) == 'active' then
+    redis.call('ZREM', KEYS[K_ACTIVE], id)
+    redis.call('HDEL', KEYS[K_TOKEN], id)
+    redis.call('HINCRBY', KEYS[K_ATTEMPT], id, -1)
+    make_ready(id)
+    set_times(id, {at, -1, -1, -1})
+    back = back + 1
+  end
+end
+if back > 0 then redis.call('LPUSH', KEYS[K_NOTIFY], 1) end
+return back
