@@ -103,7 +103,8 @@ async def wait_until_finished(driver: QueueDriver, ids: list[str], timeout: floa
                                      f"after {timeout:g}s")
         woken = False
         with contextlib.suppress(TimeoutError):
-            woken = await asyncio.wait_for(notices.event.wait(), wait)
+            async with asyncio.timeout(wait):  # unlike wait_for, no task of its own
+                woken = await notices.event.wait()
         read = not woken or notices.unclear  # a silent timeout polls; a clear notice needs no read
         if woken and notices.unclear and len(pending) > 1:  # many settling: re-read in batches
             await asyncio.sleep(WAKE_BATCH_S)
