@@ -392,19 +392,21 @@ class RedisDriver(QueueDriver):
         return args
 
     async def _batched_settle(self, queue: str, args: list[Any]) -> Any:
-        """Queue one settle; every settle asked for in the same loop turn goes in one script call
-        (the sending task starts on the next turn: no extra turn for a call_soon in between)."""
+        """Queue one settle; every settle asked for in the same loop turn goes in one pipeline."""
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._settles.append((queue, args, future))
         if len(self._settles) == 1:
-            task = asyncio.get_running_loop().create_task(self._send_settles())
-            self._flushing.add(task)
-            task.add_done_callback(self._flushing.discard)
+            asyncio.get_running_loop().call_soon(self._flush_settles)
         return await future
 
-    async def _send_settles(self) -> None:
-        """One script call per queue settles the whole batch (one round trip, one arg packing)."""
+    def _flush_settles(self) -> None:
         batch, self._settles = self._settles, []
+        task = asyncio.get_running_loop().create_task(self._send_settles(batch))
+        self._flushing.add(task)
+        task.add_done_callback(self._flushing.discard)
+
+    async def _send_settles(self, batch: list[tuple[str, list[Any], asyncio.Future[Any]]]) -> None:
+        """One script call per queue settles the whole batch (one round trip, one arg packing)."""
         by_queue: dict[str, list[tuple[list[Any], asyncio.Future[Any]]]] = {}
         for queue, args, future in batch:
             by_queue.setdefault(queue, []).append((args, future))
