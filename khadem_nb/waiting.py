@@ -22,6 +22,7 @@ from .serializer import decode_value
 POLL_MIN_S, POLL_MAX_S = 0.02, 0.5  # polling for jobs other processes run, when nothing is heard
 WAKE_BATCH_S = 0.01  # a group woken by a notice without a status gathers more before re-reading
 
+
 class SettleNotices:
     """Collects notices about the awaited ids: which finished, and whether one needs a re-read."""
 
@@ -47,22 +48,16 @@ class SettleNotices:
 
 
 async def wait_for_jobs(driver: QueueDriver, listeners: list[Callable[[JobRecord], None]],
-                        job_ids: Sequence[str], timeout: float | None, *, location: str,
-                        watching_since_push: SettleNotices | None = None) -> list[JobRecord]:
+                        job_ids: Sequence[str], timeout: float | None, *, location: str) -> list[JobRecord]:
     """Wait until every job in ``job_ids`` is completed or failed and return their records.
 
-    ``listeners`` are the executor's settle listeners of this process. ``watching_since_push``
-    is a collector registered before the jobs were pushed (see :func:`watch`): nothing can
-    have been missed, so the first read of their statuses is skipped. Raises
+    ``listeners`` are the executor's settle listeners of this process. Raises
     ``ResultTimeoutError`` after ``timeout`` seconds and ``JobNotFoundError`` for an unknown id.
     """
     ids = list(dict.fromkeys(job_ids))
-    if watching_since_push is not None:
-        await wait_until_finished(driver, ids, timeout, watching_since_push, location, read_first=False)
-    else:
-        notices = SettleNotices(ids)
-        async with watch(driver, listeners, notices):
-            await wait_until_finished(driver, ids, timeout, notices, location, read_first=True)
+    notices = SettleNotices(ids)
+    async with watch(driver, listeners, notices):
+        await wait_until_finished(driver, ids, timeout, notices, location, read_first=True)
     return await read_records(driver, ids, location)
 
 
@@ -85,8 +80,9 @@ async def watch(driver: QueueDriver, listeners: list[Callable[[JobRecord], None]
 
 async def wait_until_finished(driver: QueueDriver, ids: list[str], timeout: float | None,
                               notices: SettleNotices, location: str, *, read_first: bool) -> None:
-    """Return once no id in ``ids`` is pending; ``read_first=False`` trusts ``notices`` to
-    have heard every settle since the jobs were pushed."""
+    """Return once no id in ``ids`` is pending. ``read_first=False`` is for ``notices`` watched
+    since before the jobs were pushed (``dispatch_and_wait``): nothing can have been missed, so
+    statuses are read only when a wait times out or a notice had none."""
     loop = asyncio.get_running_loop()
     deadline = None if timeout is None else loop.time() + timeout
     pending, read, poll = ids, read_first, POLL_MIN_S
