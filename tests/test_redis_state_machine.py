@@ -1,4 +1,6 @@
-"""A hypothesis state machine: the Redis driver's claims, leases and fences against a model."""
+"""A hypothesis state machine: the Redis driver's claims, leases, fences and hand-offs against a
+model. One driver plays a worker that may register as waiting (a claim that came back empty),
+pop a hand-off row (what its blocking wait does), or leave the line (pause or stop)."""
 
 from __future__ import annotations
 
@@ -34,10 +36,26 @@ class ModelJob:
 class Model:
     jobs: dict[str, ModelJob] = field(default_factory=dict)
     order: int = 0
+    waiting: bool = False  # the worker is registered for hand-off
+    handoff: list[tuple[str, str]] = field(default_factory=list)  # rows: (job id, token)
 
-    def next_claim(self) -> str | None:
+    def next_ready(self) -> str | None:
         ready = [(-j.priority, j.order, i) for i, j in self.jobs.items() if j.status is JobStatus.QUEUED]
         return min(ready)[2] if ready else None
+
+    def row_is_whole(self, job_id: str, token: str) -> bool:
+        job = self.jobs[job_id]
+        return job.status is JobStatus.ACTIVE and job.token == token
+
+    def claim(self) -> tuple[str, bool] | None:
+        """What a reserve of one job returns: (id, from a hand-off row) or None. It looks at
+        one row at most (LPOP of `limit`), dropping it if the sweep reclaimed its job."""
+        if self.handoff:
+            job_id, token = self.handoff.pop(0)
+            if self.row_is_whole(job_id, token):
+                return job_id, True
+        ready = self.next_ready()
+        return None if ready is None else (ready, False)
 
     def sweep(self) -> None:
         for job in self.jobs.values():
@@ -67,25 +85,79 @@ class RedisQueueMachine(RuleBasedStateMachine):
         self.run(self.manager.close())
         self.loop.close()
 
+    def key(self, name: str) -> str:
+        return self.manager.driver.keys("default")[KEY_NAMES.index(name)]  # type: ignore[attr-defined]
+
     @rule(priority=st.integers(-2, 2))
     def dispatch(self, priority: int) -> None:
         job_id = self.run(self.manager.dispatch(Echo(priority), priority=priority))
         self.model.order += 1
-        self.model.jobs[job_id] = ModelJob(priority, self.model.order)
+        job = self.model.jobs[job_id] = ModelJob(priority, self.model.order)
+        if self.model.waiting and self.model.next_ready() == job_id:  # nothing else was ready
+            token = self.run(self.manager.driver.client.hget(self.key("token"), job_id))  # type: ignore[attr-defined]
+            assert token is not None, "a waiting worker and nothing ready: the job is handed off"
+            job.status, job.attempt, job.token = JobStatus.ACTIVE, 1, token.decode()
+            self.model.handoff.append((job_id, job.token))
+            self.model.waiting = False
 
-    @rule(target=held)
-    def reserve(self) -> JobRecord | None:
-        self.model.sweep()
-        expected = self.model.next_claim()
-        claimed = self.run(self.manager.driver.reserve(["default"], 1, 0))
+    def _claimed(self, claimed: list[JobRecord]) -> JobRecord | None:
+        expected = self.model.claim()
         if expected is None:
             assert claimed == []
             return None
-        assert [r.id for r in claimed] == [expected]
-        job = self.model.jobs[expected]
-        job.status, job.attempt, job.token = JobStatus.ACTIVE, job.attempt + 1, claimed[0].token
+        job_id, handed = expected
+        assert [r.id for r in claimed] == [job_id]
+        job = self.model.jobs[job_id]
+        if handed:
+            assert claimed[0].token == job.token  # the hand-off claim stands, lease renewed
+            job.expired = False
+        else:
+            job.status, job.attempt, job.token = JobStatus.ACTIVE, job.attempt + 1, claimed[0].token
         assert claimed[0].attempt == job.attempt
         return claimed[0]
+
+    @rule(target=held)
+    def reserve(self) -> JobRecord | None:
+        """A claim that will not wait: it also leaves the hand-off line."""
+        self.model.sweep()
+        record = self._claimed(self.run(self.manager.driver.reserve(["default"], 1, 0)))
+        self.model.waiting = False
+        return record
+
+    @rule(target=held)
+    def claim_then_wait(self) -> JobRecord | None:
+        """A claim about to wait: if it gets nothing, the worker registers for hand-off."""
+        self.model.sweep()
+        driver = self.manager.driver
+        record = self._claimed(self.run(driver._claim(["default"], 1, 1.0)))  # type: ignore[attr-defined]
+        self.model.waiting = record is None
+        if record is None:  # keep the registration alive however long the example runs
+            self.run(driver.client.zadd(self.key("waiting"), {driver._waiter: 2**50}, xx=True))  # type: ignore[attr-defined]
+        return record
+
+    @rule(target=held)
+    def blocked_wait(self) -> JobRecord | None:
+        """What the worker's blocking wait gets: the first hand-off row, as it is."""
+        popped = self.run(self.manager.driver._wait_for_work(["default"], 0.01))  # type: ignore[attr-defined]
+        if not self.model.handoff:
+            assert popped == []
+            return None
+        job_id, token = self.model.handoff.pop(0)
+        assert [(r.id, r.token, r.attempt) for r in popped] == [(job_id, token, 1)]
+        return popped[0]  # may be stale (its job reclaimed): its settle is then refused
+
+    @rule()
+    def leave(self) -> None:
+        """The worker pauses or stops: rows nobody will pop go back to the ready set."""
+        driver = self.manager.driver
+        back = self.run(driver._run("leave", "default", [driver._waiter]))  # type: ignore[attr-defined]
+        whole = [(i, t) for i, t in self.model.handoff if self.model.row_is_whole(i, t)]
+        assert back == len(whole)
+        for job_id, _ in whole:
+            job = self.model.jobs[job_id]
+            job.status, job.attempt, job.token, job.expired = JobStatus.QUEUED, job.attempt - 1, None, False
+        self.model.handoff.clear()
+        self.model.waiting = False
 
     @rule(record=held)
     def heartbeat(self, record: JobRecord | None) -> None:
@@ -121,10 +193,9 @@ class RedisQueueMachine(RuleBasedStateMachine):
         active = sorted((i for i, j in self.model.jobs.items() if j.status is JobStatus.ACTIVE),
                         key=lambda i: self.model.jobs[i].order)
         job_id = data.draw(st.sampled_from(active))
-        keys = self.manager.driver.keys("default")  # type: ignore[attr-defined]
         client = self.manager.driver.client  # type: ignore[attr-defined]
-        self.run(client.zadd(keys[KEY_NAMES.index("active")], {job_id: 0}, xx=True))
-        self.run(client.delete(keys[KEY_NAMES.index("sweep")]))
+        self.run(client.zadd(self.key("active"), {job_id: 0}, xx=True))
+        self.run(client.delete(self.key("sweep")))
         self.model.jobs[job_id].expired = True
 
     @invariant()
@@ -137,5 +208,5 @@ class RedisQueueMachine(RuleBasedStateMachine):
 
 
 TestRedisQueueMachine = RedisQueueMachine.TestCase
-TestRedisQueueMachine.settings = settings(max_examples=25, stateful_step_count=25, deadline=None,
+TestRedisQueueMachine.settings = settings(max_examples=50, stateful_step_count=30, deadline=None,
                                           suppress_health_check=[HealthCheck.too_slow])
