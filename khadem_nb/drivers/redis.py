@@ -12,7 +12,11 @@ A claim grants a lease and a fresh token. Workers renew leases with ``heartbeat`
 whose lease expired is put back by the next ``reserve`` that wins the sweep lock (any worker,
 at most every lease/4 seconds), or ends failed after ``queue.max_reclaims`` reclaims. Every
 write after a claim is fenced by the token. Idle workers wait on a notify list (``BLPOP``),
-not by polling, and wake when the next delayed job is due. Settles that fail because Redis
+not by polling, and wake when the next delayed job is due. An idle worker's last claim also
+registered it for hand-off: a dispatch that finds it waiting, with nothing else ready, claims
+the job for it in the enqueue script and pushes it on the hand-off list the worker blocks on
+(no claim round trip). Settles are published with each job's new status and, when small,
+its result, so waiters elsewhere need not read the record. Settles that fail because Redis
 went away are retried with backoff until the lease would have run out; a dispatch while Redis
 is down raises ``DriverUnavailableError`` within ``queue.connect_timeout``.
 """
