@@ -28,7 +28,7 @@ class SettleNotices:
 
     def __init__(self, job_ids: Sequence[str]) -> None:
         self.wanted = set(job_ids)
-        self.finished: set[str] = set()
+        self.fresh: list[str] = []  # ids finished since the waiter last looked
         self.results: dict[str, Any] = {}  # encoded results of completions whose notice carried them
         self.unclear = False  # a notice without a status arrived: statuses must be read again
         self.event = asyncio.Event()
@@ -39,12 +39,17 @@ class SettleNotices:
         if status is None:
             self.unclear = True
         elif status in TERMINAL_STATUSES:
-            self.finished.add(job_id)
+            self.fresh.append(job_id)
             if status is JobStatus.COMPLETED and result is not NO_RESULT:
                 self.results[job_id] = result
         else:  # retried or given back: still pending, nothing to look at
             return
         self.event.set()
+
+    def take_fresh(self) -> list[str]:
+        """Ids finished since the last call (so a waiter on many jobs never rescans them all)."""
+        fresh, self.fresh = self.fresh, []
+        return fresh
 
 
 async def wait_for_jobs(driver: QueueDriver, listeners: list[Callable[[JobRecord], None]],
@@ -85,12 +90,12 @@ async def wait_until_finished(driver: QueueDriver, ids: list[str], timeout: floa
     statuses are read only when a wait times out or a notice had none."""
     loop = asyncio.get_running_loop()
     deadline = None if timeout is None else loop.time() + timeout
-    pending, read, poll = ids, read_first, POLL_MIN_S
+    pending, read, poll = set(ids), read_first, POLL_MIN_S
     while True:
         notices.event.clear()  # notices from here on wake the wait below
         if read:
-            pending = await _unfinished(driver, pending, location)
-        pending = [i for i in pending if i not in notices.finished]
+            pending = set(await _unfinished(driver, list(pending), location))
+        pending.difference_update(notices.take_fresh())
         if not pending:
             return
         wait = poll if deadline is None else min(poll, deadline - loop.time())
@@ -102,9 +107,9 @@ async def wait_until_finished(driver: QueueDriver, ids: list[str], timeout: floa
             async with asyncio.timeout(wait):  # unlike wait_for, no task of its own
                 woken = await notices.event.wait()
         read = not woken or notices.unclear  # a silent timeout polls; a clear notice needs no read
-        if woken and notices.unclear and len(pending) > 1:  # many settling: re-read in batches
-            await asyncio.sleep(WAKE_BATCH_S)
         notices.unclear = False
+        if woken and len(pending) > 1:  # many jobs settling: gather more before looking again
+            await asyncio.sleep(WAKE_BATCH_S)
         poll = min(POLL_MAX_S, poll * 1.5)
 
 

@@ -107,8 +107,10 @@ async def test_redis_notice_carries_small_results_only(tmp_path: Path) -> None:
         assert await waiter.dispatch_and_wait(Echo(small), timeout=10) == small
         assert await waiter.dispatch_and_wait(Echo(large), timeout=10) == large
         heard: list[tuple[str, JobStatus | None, Any]] = []
-        ids = [await waiter.dispatch(Echo(small)), await waiter.dispatch(Echo(large))]
+        records = [waiter.build_record(Echo(small)), waiter.build_record(Echo(large))]
+        ids = [r.id for r in records]
         unwatch = await waiter.driver.watch(ids, lambda *notice: heard.append(notice))
+        await waiter.push(records)  # watched first: the workers may finish them at once
         await waiter.wait(ids, timeout=10)
         await asyncio.sleep(0.05)
         unwatch()
