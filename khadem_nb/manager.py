@@ -20,7 +20,15 @@ from .middleware import Middleware, MiddlewareChain, MiddlewareFunc
 from .monitor import BasicQueueMonitor, QueueMonitor
 from .registry import job_factories
 from .serializer import QueueJobSerializer, decode_value
-from .waiting import SettleNotices, outcome, read_records, wait_for_jobs, wait_until_finished, watch
+from .waiting import (
+    SettleNotices,
+    outcome,
+    read_records,
+    wait_for_finish,
+    wait_for_jobs,
+    wait_until_finished,
+    watch,
+)
 from .worker import QueueWorker
 
 
@@ -225,6 +233,13 @@ class QueueManager:
         return await wait_for_jobs(self.driver, self.executor.listeners, job_ids,
                                    to_seconds(timeout, name="timeout"),
                                    location=self.settings.redacted_url())
+
+    async def wait_done(self, job_ids: Sequence[str], timeout: float | timedelta | None = None) -> None:
+        """Wait until every job is completed or failed, without reading their records: a job
+        that finished and was then dropped by retention still counts (a sweep larger than
+        ``queue.retention``). ``ResultTimeoutError`` after ``timeout``."""
+        await wait_for_finish(self.driver, self.executor.listeners, job_ids,
+                              to_seconds(timeout, name="timeout"), location=self.settings.redacted_url())
 
     async def dispatch_and_wait(self, job: QueueJob, timeout: float | timedelta | None = None, *,
                                 queue: str | None = None, priority: int | None = None,

@@ -21,6 +21,7 @@ from .serializer import decode_value
 
 POLL_MIN_S, POLL_MAX_S = 0.02, 0.5  # polling for jobs other processes run, when nothing is heard
 WAKE_BATCH_S = 0.01  # a group woken by a notice without a status gathers more before re-reading
+NOT_FOUND_HINT = ": never stored here, or finished and dropped by retention (queue.retention)"
 
 
 class SettleNotices:
@@ -60,10 +61,18 @@ async def wait_for_jobs(driver: QueueDriver, listeners: list[Callable[[JobRecord
     ``ResultTimeoutError`` after ``timeout`` seconds and ``JobNotFoundError`` for an unknown id.
     """
     ids = list(dict.fromkeys(job_ids))
+    await wait_for_finish(driver, listeners, ids, timeout, location=location)
+    return await read_records(driver, ids, location)
+
+
+async def wait_for_finish(driver: QueueDriver, listeners: list[Callable[[JobRecord], None]],
+                          job_ids: Sequence[str], timeout: float | None, *, location: str) -> None:
+    """Wait until every job in ``job_ids`` is completed or failed, reading no records (a job
+    that finished and was then dropped by retention still counts as finished)."""
+    ids = list(dict.fromkeys(job_ids))
     notices = SettleNotices(ids)
     async with watch(driver, listeners, notices):
         await wait_until_finished(driver, ids, timeout, notices, location, read_first=True)
-    return await read_records(driver, ids, location)
 
 
 @contextlib.asynccontextmanager
@@ -93,9 +102,9 @@ async def wait_until_finished(driver: QueueDriver, ids: list[str], timeout: floa
     pending, read, poll = set(ids), read_first, POLL_MIN_S
     while True:
         notices.event.clear()  # notices from here on wake the wait below
-        if read:
+        pending.difference_update(notices.take_fresh())  # before a read: retention may drop them
+        if read and pending:
             pending = set(await _unfinished(driver, list(pending), location))
-        pending.difference_update(notices.take_fresh())
         if not pending:
             return
         wait = poll if deadline is None else min(poll, deadline - loop.time())
@@ -117,7 +126,7 @@ async def _unfinished(driver: QueueDriver, pending: list[str], location: str) ->
     statuses = await driver.statuses(pending)
     if None in statuses:
         missing = pending[statuses.index(None)]
-        raise JobNotFoundError(f"no job with id {missing!r} in {location}")
+        raise JobNotFoundError(f"no job with id {missing!r} in {location}{NOT_FOUND_HINT}")
     return [i for i, s in zip(pending, statuses, strict=True) if s not in TERMINAL_STATUSES]
 
 
@@ -126,7 +135,8 @@ async def read_records(driver: QueueDriver, ids: Sequence[str], location: str) -
     records = await driver.get_many(ids)
     missing = [job_id for job_id, r in zip(ids, records, strict=True) if r is None]
     if missing:
-        raise JobNotFoundError(f"no job with id {missing[0]!r} (of {len(missing)} missing) in {location}")
+        raise JobNotFoundError(f"no job with id {missing[0]!r} (of {len(missing)} missing) in "
+                               f"{location}{NOT_FOUND_HINT}")
     return [r for r in records if r is not None]
 
 

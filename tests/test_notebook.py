@@ -358,3 +358,22 @@ def test_in_kernel_workers_do_not_prefetch_unless_asked(q: kn.Queue) -> None:
     assert worker.prefetch == 0
     q.stop()
     assert q.start(concurrency=2, prefetch=3).prefetch == 3
+
+
+def test_a_sweep_larger_than_retention_can_still_be_awaited() -> None:
+    """The group's first records are dropped by retention while it runs; waiting on the
+    group still ends, and reading the dropped results says why they are gone."""
+    q = kn.Queue({"queue": {"driver": "memory", "retention": 10}})
+    try:
+        @q.job
+        def square(x: int) -> int:
+            return x * x
+
+        g = square.map([{"x": x} for x in range(40)])
+        q.start(concurrency=2)
+        assert g.wait(timeout=30) is g
+        assert g[-1].result(timeout=5) == 39 * 39
+        with pytest.raises(kn.JobNotFoundError, match="dropped by retention"):
+            g.results()
+    finally:
+        q.close()

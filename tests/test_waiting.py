@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 from conftest import make_manager
-from jobs import Boom, Echo, Flaky, Noop
+from jobs import RUN_LOG, Boom, Echo, Flaky, Noop
 
 from khadem_nb import (
     ConfigError,
@@ -119,3 +119,21 @@ async def test_redis_notice_carries_small_results_only(tmp_path: Path) -> None:
         await waiter.driver.purge()
         await waiter.close()
     assert sorted((i == ids[0], r) for i, s, r in heard) == [(False, NO_RESULT), (True, small)]
+
+
+@pytest.mark.parametrize("driver", ["memory", "redis"])
+async def test_waiting_on_more_jobs_than_retention_keeps(driver: str, tmp_path: Path) -> None:
+    """A sweep larger than ``queue.retention``: finished records are dropped while the group
+    still runs. ``wait_done`` counts what it heard finish; ``wait``, which must return records,
+    says which are gone and why."""
+    manager = await make_manager(driver, tmp_path, retention=5)
+    try:
+        ids = await manager.dispatch_many([Echo(i) for i in range(30)])
+        await manager.start_worker(run_in_background=True, delay=0.02)
+        await manager.wait_done(ids, timeout=20)
+        assert sorted(RUN_LOG) == list(range(30))
+        with pytest.raises(JobNotFoundError, match=r"no job .*dropped by retention \(queue.retention\)"):
+            await manager.wait(ids, timeout=5)
+    finally:
+        await manager.driver.purge()
+        await manager.close()

@@ -39,11 +39,11 @@ class JobHandle:
 
     def result(self, timeout: float | None = None) -> Any:
         """Block until the job ends; return its result or raise ``JobFailedError``."""
-        records = self.queue._run(self.queue._wait_for([self.id], timeout))
+        records = self.queue._run(self.queue.manager.wait([self.id], timeout))
         return outcome(records[0])
 
     async def aresult(self, timeout: float | None = None) -> Any:
-        records = await self.queue._run_async(self.queue._wait_for([self.id], timeout))
+        records = await self.queue._run_async(self.queue.manager.wait([self.id], timeout))
         return outcome(records[0])
 
     def __await__(self) -> Generator[Any, None, Any]:
@@ -96,11 +96,11 @@ class JobGroup:
 
     def wait(self, timeout: float | None = None) -> JobGroup:
         """Block until every job has ended (completed or failed); failures do not raise."""
-        self.queue._run(self.queue._wait_for(self.ids, timeout))
+        self.queue._run(self.queue.manager.wait_done(self.ids, timeout))
         return self
 
     async def await_all(self, timeout: float | None = None) -> JobGroup:
-        await self.queue._run_async(self.queue._wait_for(self.ids, timeout))
+        await self.queue._run_async(self.queue.manager.wait_done(self.ids, timeout))
         return self
 
     def __await__(self) -> Generator[Any, None, JobGroup]:

@@ -158,10 +158,6 @@ class Queue:
     async def _get(self, job_id: str) -> JobRecord:
         return await self.manager.get_job(job_id)
 
-    async def _wait_for(self, job_ids: Sequence[str], timeout: float | None) -> list[JobRecord]:
-        """Wait until every job is completed or failed (see ``QueueManager.wait``)."""
-        return await self.manager.wait(job_ids, timeout)
-
     async def _wait_idle(self, timeout: float | None) -> None:
         loop = asyncio.get_running_loop()
         deadline = None if timeout is None else loop.time() + timeout
