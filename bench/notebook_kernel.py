@@ -79,7 +79,7 @@ def latencies(kc: Any, cells: int) -> list[float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--n", type=int, default=300_000)  # long enough that the panel's first render is not the measure
+    parser.add_argument("--n", type=int, default=300_000)  # the panel's first render is not the measure
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--cells", type=int, default=200)
     args = parser.parse_args()
