@@ -373,6 +373,8 @@ def test_a_sweep_larger_than_retention_can_still_be_awaited() -> None:
         q.start(concurrency=2)
         assert g.wait(timeout=30) is g
         assert g[-1].result(timeout=5) == 39 * 39
+        assert g.done() and g.counts()["completed"] == 10 and g.counts()["dropped"] == 30
+        assert "dropped 30" in repr(g) and "dropped</span> 30" in g._repr_html_()
         with pytest.raises(kn.JobNotFoundError, match="dropped by retention"):
             g.results()
     finally:

@@ -85,14 +85,21 @@ class JobGroup:
     def records(self) -> list[JobRecord]:
         return self.queue._run(self.queue.manager.get_jobs(self.ids))
 
+    def statuses(self) -> list[JobStatus | None]:
+        """Each job's status, read in one call; ``None`` for a job that finished and was then
+        dropped by retention (a sweep larger than ``queue.retention``)."""
+        return self.queue._run(self.queue.manager.driver.statuses(self.ids))
+
     def counts(self) -> dict[str, int]:
+        """Jobs per status; a ``dropped`` entry counts those gone to retention, if any."""
         counts = dict.fromkeys((s.value for s in JobStatus), 0)
-        for record in self.records():
-            counts[record.status.value] += 1
+        for status in self.statuses():
+            key = DROPPED if status is None else status.value
+            counts[key] = counts.get(key, 0) + 1
         return counts
 
     def done(self) -> bool:
-        return all(r.status in TERMINAL_STATUSES for r in self.records())
+        return all(s is None or s in TERMINAL_STATUSES for s in self.statuses())
 
     def wait(self, timeout: float | None = None) -> JobGroup:
         """Block until every job has ended (completed or failed); failures do not raise."""
@@ -124,9 +131,9 @@ class JobGroup:
 
     def _repr_html_(self) -> str:
         counts = self.counts()
-        finished = counts["completed"] + counts["failed"]
+        finished = counts["completed"] + counts["failed"] + counts.get(DROPPED, 0)
         pct = 100 * finished / len(self) if self.handles else 100
-        badges = " ".join(f"{_badge(JobStatus(k))} {v}" for k, v in counts.items() if v)
+        badges = " ".join(f"{_badge(k)} {v}" for k, v in counts.items() if v)
         return (f"<div><b>JobGroup</b> of {len(self)} jobs: {badges}"
                 f"<div style='background:var(--jp-layout-color2,#eee);width:240px;height:8px'>"
                 f"<div style='background:var(--jp-brand-color1,#2980b9);width:{pct:.0f}%;height:8px'>"
@@ -137,8 +144,12 @@ STATUS_COLOURS = {
     JobStatus.QUEUED: "#7f8c8d", JobStatus.SCHEDULED: "#8e44ad", JobStatus.ACTIVE: "#2980b9",
     JobStatus.COMPLETED: "#27ae60", JobStatus.FAILED: "#c0392b",
 }
+DROPPED = "dropped"  # finished, then removed by retention: no status left to read
 
 
-def _badge(status: JobStatus) -> str:
-    return (f"<span style='color:#fff;background:{STATUS_COLOURS[status]};border-radius:3px;"
-            f"padding:0 4px'>{status.value}</span>")
+def _badge(status: JobStatus | str) -> str:
+    """A coloured label for a status (or its value, or ``dropped``)."""
+    label = status.value if isinstance(status, JobStatus) else status
+    colour = STATUS_COLOURS[JobStatus(label)] if label != DROPPED else "#bdc3c7"
+    return (f"<span style='color:#fff;background:{colour};border-radius:3px;"
+            f"padding:0 4px'>{label}</span>")
