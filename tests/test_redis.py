@@ -313,3 +313,11 @@ async def test_leaving_the_line_gives_back_hand_offs_nobody_will_pop() -> None:
     assert (await manager.get_job(job_id)).attempt == 1 and RUN_LOG == ["x"]
     await manager.driver.purge()
     await manager.close()
+
+
+def test_servers_older_than_6_2_are_refused_by_version() -> None:
+    from khadem_nb.drivers.redis import server_is_recent_enough
+
+    assert [server_is_recent_enough(v) for v in ("7.0.15", "6.2.0", "10.1", "6.0.20", "5.0.7")] == [
+        True, True, True, False, False]
+    assert server_is_recent_enough("")  # a compatible server that names no version is tried

@@ -55,6 +55,7 @@ SCRIPTS = ("enqueue", "reserve", "settle", "heartbeat", "meta", "requeue", "fetc
 FETCH_CHUNK = 2000  # records read per script call
 MAX_PRIORITY = 4000  # scores are -priority * 1e12 + seq: exact in a double up to this
 NOTIFY_CAP = 64
+MIN_REDIS = (6, 2)  # LPOP with a count (reserve.lua)
 MAX_WAIT_S = 1.0  # longest block on a notify list: other queues and sweeps are looked at as often
 SETTLED_STATES = {s.value: s for s in JobStatus}  # the status words settle.lua publishes
 _persistence_warned: set[str] = set()
@@ -129,7 +130,7 @@ class RedisDriver(QueueDriver):
                                 password=s.password, **options)
         try:
             await asyncio.wait_for(client.ping(), s.connect_timeout_s + 1)
-            info = await client.info("cluster")
+            info = {**await client.info("server"), **await client.info("cluster")}
         except AuthenticationError as exc:
             await client.aclose()
             raise DriverError(f"Redis at {self.url} refused the credentials: {exc}") from None
@@ -140,6 +141,12 @@ class RedisDriver(QueueDriver):
             await client.aclose()
             raise DriverUnavailableError(f"cannot reach Redis at {self.url} within "
                                          f"{s.connect_timeout_s:g}s: {exc}") from None
+        version = str(info.get("redis_version", ""))
+        if not server_is_recent_enough(version):
+            await client.aclose()
+            raise DriverError(f"Redis at {self.url} is version {version}; the Redis "
+                              f"driver needs {'.'.join(map(str, MIN_REDIS))} or newer (its scripts "
+                              "use LPOP with a count)")
         if info.get("cluster_enabled"):
             await client.aclose()
             options.pop("health_check_interval", None)
@@ -579,6 +586,16 @@ def _claimed_records(queue: str, rows: list[Any], lease_s: float) -> list[JobRec
         record.lease_ms = now + int(lease_s * 1000)
         records.append(record)
     return records
+
+
+def server_is_recent_enough(version: str) -> bool:
+    """Whether a ``redis_version`` string (``7.0.15``) is at least MIN_REDIS; Redis-compatible
+    servers that report no parsable version are given the benefit of the doubt."""
+    try:
+        parts = tuple(int(p) for p in version.split(".")[:2])
+    except ValueError:
+        return True
+    return len(parts) < 2 or parts >= MIN_REDIS
 
 
 def _handed_off_record(queue: str, row: bytes, lease_s: float) -> JobRecord:
