@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import signal
 import socket
 import subprocess
 import time
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -321,3 +323,39 @@ def test_servers_older_than_6_2_are_refused_by_version() -> None:
     assert [server_is_recent_enough(v) for v in ("7.0.15", "6.2.0", "10.1", "6.0.20", "5.0.7")] == [
         True, True, True, False, False]
     assert server_is_recent_enough("")  # a compatible server that names no version is tried
+
+
+async def test_jobs_handed_off_to_idle_worker_processes_run_exactly_once(tmp_path: Path) -> None:
+    """Three idle worker processes, jobs dispatched one at a time: each is handed off or
+    claimed, every one runs once, and stopping the workers strands nothing."""
+    prefix = f"khadem-test-handoff-procs-{tmp_path.name}"
+    url = f"{need_redis()}?prefix={prefix}"
+    manager, client = await _handoff_manager(prefix)
+    log = tmp_path / "runs.log"
+    workers = [start_worker(url, "--concurrency", "2") for _ in range(3)]
+    try:
+        for _ in range(600):  # until every worker waits in the hand-off line
+            if await client.zcard(_key(prefix, "waiting")) == 3:
+                break
+            await asyncio.sleep(0.05)
+        before = (await client.info("commandstats")).get("cmdstat_rpush", {}).get("calls", 0)
+        for i in range(300):
+            await manager.dispatch(Mark(str(i), str(log)))
+        for _ in range(1200):
+            if (await manager.counts())["completed"] == 300:
+                break
+            await asyncio.sleep(0.05)
+        after = (await client.info("commandstats")).get("cmdstat_rpush", {}).get("calls", 0)
+    finally:
+        for worker in workers:
+            worker.send_signal(signal.SIGTERM)
+        finish(workers, timeout=60)
+    lines = log.read_text().split()
+    tags = Counter(lines[0::2])
+    assert len(tags) == 300 and set(tags.values()) == {1}, "a job ran twice or never"
+    assert after > before, "no job was handed off"
+    assert {r.attempt for r in await manager.jobs("completed")} == {1}
+    assert await client.llen(_key(prefix, "handoff")) == 0
+    assert await client.zcard(_key(prefix, "waiting")) == 0  # each stopped worker left the line
+    await manager.driver.purge()
+    await manager.close()
