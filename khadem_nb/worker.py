@@ -249,7 +249,8 @@ class QueueWorker:
         return len(self._idle) + self._prefetch - len(self._buffer)
 
     def _may_claim(self) -> bool:
-        return not (self._drained or self._stopping.is_set() or self.paused or self._claims_exhausted())
+        return not (self._drained or self._stopping.is_set() or not self._claiming.is_set()
+                    or self._claims_exhausted())
 
     def _claims_exhausted(self) -> bool:
         return self._claims_left is not None and self._claims_left <= 0

@@ -192,7 +192,8 @@ class MemoryDriver(QueueDriver):
         claimed: list[JobRecord] = []
         now = now_ms()
         for queue in queues:
-            self._promote_due(queue, now)
+            if self._delayed.get(queue):
+                self._promote_due(queue, now)
             lanes = self._ready.get(queue)
             while lanes is not None and len(claimed) < limit:
                 job_id = lanes.popleft()
@@ -244,12 +245,13 @@ class MemoryDriver(QueueDriver):
         """Apply retention: completed records in the order they finished (a deque of ids, which
         may hold ids already gone), failed ones in the order they failed (their id set)."""
         completed_before, failed_before = retention_cutoffs(self.settings) if self._aging else (None, None)
-        completed = self._completed
+        completed, records, keep_completed = self._completed, self._records, self.settings.retention
         while completed:
-            old = self._records.get(completed[0])
+            old = records.get(completed[0])
             if old is None or old.status is not JobStatus.COMPLETED:
                 completed.popleft()
-            elif len(completed) > self.settings.retention or _older(old, completed_before):
+            elif len(completed) > keep_completed or (completed_before is not None
+                                                     and _older(old, completed_before)):
                 completed.popleft()
                 self._forget(old)
             else:
