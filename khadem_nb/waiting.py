@@ -83,7 +83,7 @@ async def watch(driver: QueueDriver, listeners: list[Callable[[JobRecord], None]
     def local(record: JobRecord) -> None:
         notices(record.id, record.status, record.result)
 
-    unwatch = await driver.watch(sorted(notices.wanted), notices)
+    unwatch = await driver.watch(list(notices.wanted), notices)
     listeners.append(local)
     try:
         yield notices

@@ -28,7 +28,7 @@ import builtins
 import contextlib
 import json
 import logging
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Sequence
 from importlib import resources
 from typing import Any, ClassVar, TypeVar
 
@@ -105,7 +105,7 @@ class RedisDriver(QueueDriver):
         self._settles: list[tuple[str, list[Any], asyncio.Future[Any]]] = []
         self._watchers: dict[str, list[SettleNotice]] = {}
         self._listener: asyncio.Task[None] | None = None
-        self._flushing: set[asyncio.Task[None]] = set()
+        self._background: set[asyncio.Task[None]] = set()  # settle sends, hand-off leaves
 
     # -- connecting ------------------------------------------------------------------------------
     def _client_options(self) -> dict[str, Any]:
@@ -309,9 +309,7 @@ class RedisDriver(QueueDriver):
         """Paused or stopping: waits return, and the worker leaves the hand-off line."""
         self._generation += 1
         if self._registered and self.client is not None:
-            task = asyncio.get_running_loop().create_task(self._unregister())
-            self._flushing.add(task)
-            task.add_done_callback(self._flushing.discard)
+            self._in_background(self._unregister())
 
     async def reserve(self, queues: Sequence[str], limit: int, wait_s: float) -> list[JobRecord]:
         loop = asyncio.get_running_loop()
@@ -412,9 +410,13 @@ class RedisDriver(QueueDriver):
 
     def _flush_settles(self) -> None:
         batch, self._settles = self._settles, []
-        task = asyncio.get_running_loop().create_task(self._send_settles(batch))
-        self._flushing.add(task)
-        task.add_done_callback(self._flushing.discard)
+        self._in_background(self._send_settles(batch))
+
+    def _in_background(self, coro: Coroutine[Any, Any, None]) -> None:
+        """Run ``coro`` as a task held until it ends (the loop keeps only weak references)."""
+        task = asyncio.get_running_loop().create_task(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     async def _send_settles(self, batch: list[tuple[str, list[Any], asyncio.Future[Any]]]) -> None:
         """One script call per queue settles the whole batch (one round trip, one arg packing)."""
@@ -571,21 +573,29 @@ def _text(values: Iterable[Any]) -> list[str]:
 
 
 def _claimed_records(queue: str, rows: list[Any], lease_s: float) -> list[JobRecord]:
+    """reserve.lua's reply: now, ms to the next due job, then 7 values per claimed job."""
     now = int(rows[0])
     records = []
     for i in range(2, len(rows), 7):
         job_id, data, attempt, token, reclaims, meta, available = rows[i : i + 7]
-        record = _from_data(queue, job_id.decode(), data)
-        record.status = JobStatus.ACTIVE
-        record.attempt = int(attempt)
-        record.token = token.decode()
+        record = _claimed(_from_data(queue, job_id.decode(), data), int(attempt), token.decode(),
+                          int(available), now, lease_s)
         record.reclaims = int(reclaims)
         record.meta = {} if meta == b"{}" else json.loads(meta.decode())
-        record.available_ms = int(available)
-        record.started_ms = now
-        record.lease_ms = now + int(lease_s * 1000)
         records.append(record)
     return records
+
+
+def _claimed(record: JobRecord, attempt: int, token: str, available_ms: int, now: int,
+             lease_s: float) -> JobRecord:
+    """Mark a record read back from a script as held under ``token`` since ``now``."""
+    record.status = JobStatus.ACTIVE
+    record.attempt = attempt
+    record.token = token
+    record.available_ms = available_ms
+    record.started_ms = now
+    record.lease_ms = now + int(lease_s * 1000)
+    return record
 
 
 def server_is_recent_enough(version: str) -> bool:
@@ -602,13 +612,7 @@ def _handed_off_record(queue: str, row: bytes, lease_s: float) -> JobRecord:
     """A job enqueue.lua claimed for a waiting worker: ``now<TAB>id<TAB>token<TAB>data``."""
     at, job_id, token, data = row.split(b"\t", 3)
     now = int(at)
-    record = _from_data(queue, job_id.decode(), data)
-    record.status = JobStatus.ACTIVE
-    record.attempt = 1
-    record.token = token.decode()
-    record.available_ms = record.started_ms = now
-    record.lease_ms = now + int(lease_s * 1000)
-    return record
+    return _claimed(_from_data(queue, job_id.decode(), data), 1, token.decode(), now, now, lease_s)
 
 
 def _from_data(queue: str, job_id: str, data: bytes) -> JobRecord:

@@ -94,3 +94,13 @@ local function available_of(raw)
   if not raw then return 0 end
   return tonumber(string.match(raw, '^([^,]+)'))
 end
+
+-- a hand-off row (enqueue.lua): "claimed_at<TAB>id<TAB>token<TAB>data"
+local function handoff_row(row)
+  return string.match(row, '^([^\t]*)\t([^\t]*)\t([^\t]*)\t(.*)$')
+end
+
+-- whether job `id` is still held under `token` (not settled, not reclaimed by the sweep)
+local function still_held(id, token)
+  return redis.call('HGET', KEYS[K_TOKEN], id) == token and redis.call('HGET', KEYS[K_STATUS], id) == 'active'
+end

@@ -43,7 +43,7 @@ if #ready > 0 and redis.call('ZCARD', KEYS[K_READY]) == 0 then
   redis.call('ZREMRANGEBYSCORE', KEYS[K_WAITING], '-inf', '(' .. now)
   local waiters = redis.call('ZPOPMAX', KEYS[K_WAITING], #ready / 2)
   if #waiters > 0 then
-    local order, data_of, rows, active = {}, {}, {}, {}
+    local order, data_of, rows, active, token_of = {}, {}, {}, {}, {}
     for i = 1, #ready, 2 do order[#order + 1] = {ready[i], ready[i + 1]} end
     table.sort(order, function(x, y) return x[1] < y[1] end)
     for i = 1, #data, 2 do data_of[data[i]] = data[i + 1] end
@@ -57,13 +57,14 @@ if #ready > 0 and redis.call('ZCARD', KEYS[K_READY]) == 0 then
         push2(status, id, 'active')
         push2(times, id, now .. ',' .. now .. ',-1,' .. (now + lease))
         push2(active, now + lease, id)
-        redis.call('HSET', KEYS[K_TOKEN], id, token)
+        push2(token_of, id, token)
         rows[#rows + 1] = now .. '\t' .. id .. '\t' .. token .. '\t' .. data_of[id]
         handed = handed + 1
       else
         push2(ready, entry[1], id)
       end
     end
+    call_many('HSET', KEYS[K_TOKEN], token_of)
     call_many('ZADD', KEYS[K_ACTIVE], active)
     call_many('RPUSH', KEYS[K_HANDOFF], rows)
   end

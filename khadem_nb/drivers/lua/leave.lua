@@ -11,8 +11,8 @@ local rows = redis.call('LRANGE', KEYS[K_HANDOFF], 0, -1)
 redis.call('DEL', KEYS[K_HANDOFF])
 local back = 0
 for _, row in ipairs(rows) do
-  local at, id, token = string.match(row, '^([^\t]*)\t([^\t]*)\t([^\t]*)\t')
-  if redis.call('HGET', KEYS[K_TOKEN], id) == token and redis.call('HGET', KEYS[K_STATUS], id) == 'active' then
+  local at, id, token = handoff_row(row)
+  if still_held(id, token) then
     redis.call('ZREM', KEYS[K_ACTIVE], id)
     redis.call('HDEL', KEYS[K_TOKEN], id)
     redis.call('HINCRBY', KEYS[K_ATTEMPT], id, -1)

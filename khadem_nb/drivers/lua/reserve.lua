@@ -49,8 +49,8 @@ local out = {now, next_due[2] and math.max(0, tonumber(next_due[2]) - now) or -1
 -- handed-off rows still on the list: whole if the job is still active under the row's token
 local rows = redis.call('LPOP', KEYS[K_HANDOFF], limit) or {}
 for _, row in ipairs(rows) do
-  local at, id, token, data = string.match(row, '^([^\t]*)\t([^\t]*)\t([^\t]*)\t(.*)$')
-  if redis.call('HGET', KEYS[K_TOKEN], id) == token and redis.call('HGET', KEYS[K_STATUS], id) == 'active' then
+  local at, id, token, data = handoff_row(row)
+  if still_held(id, token) then
     redis.call('ZADD', KEYS[K_ACTIVE], now + lease, id)
     set_times(id, {at, now, -1, now + lease})
     local n = #out
