@@ -2,7 +2,8 @@
 
 For each round: dispatch N no-op async jobs one ``await dispatch()`` at a time (JSON encoding
 and the record copy included), then drain them with one worker (``max_jobs=N``); separately,
-N ``put`` + N ``get`` on an ``asyncio.Queue``, and the bare steps of a job with nothing around
+N puts + N gets on an ``asyncio.Queue`` (both ``put_nowait`` and the coroutine ``put``, which
+is what an awaited dispatch compares with), and the bare steps of a job with nothing around
 them (encode, record, JSON text, store; pop, token, copy, parse, rebuild, run, store) to show
 what the framework itself costs. Prints medians of ROUNDS rounds and the ratios.
 
@@ -89,11 +90,17 @@ async def bare_steps_round(n: int) -> float:
     return elapsed
 
 
-async def asyncio_round(n: int) -> float:
+async def asyncio_round(n: int, awaited_put: bool = False) -> float:
+    """N puts then N gets: ``put_nowait``, or ``await put()`` (a coroutine per put, as a
+    dispatch is)."""
     queue: asyncio.Queue[int] = asyncio.Queue()
     started = time.perf_counter()
-    for i in range(n):
-        queue.put_nowait(i)
+    if awaited_put:
+        for i in range(n):
+            await queue.put(i)
+    else:
+        for i in range(n):
+            queue.put_nowait(i)
     for _ in range(n):
         await queue.get()
     return time.perf_counter() - started
@@ -104,7 +111,7 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=100_000)
     parser.add_argument("--rounds", type=int, default=5)
     args = parser.parse_args()
-    ours, raw, bare, stripped, dispatch_s, drain_s = [], [], [], [], [], []
+    ours, raw, raw_awaited, bare, stripped, dispatch_s, drain_s = [], [], [], [], [], [], []
     for _ in range(args.rounds):
         gc.collect()
         d, w = asyncio.run(khadem_round(args.n))
@@ -113,6 +120,8 @@ def main() -> None:
         ours.append(args.n / (d + w))
         gc.collect()
         raw.append(args.n / asyncio.run(asyncio_round(args.n)))
+        gc.collect()
+        raw_awaited.append(args.n / asyncio.run(asyncio_round(args.n, awaited_put=True)))
         gc.collect()
         stripped.append(args.n / asyncio.run(stripped_drain_round(args.n)))
         gc.collect()
@@ -124,8 +133,11 @@ def main() -> None:
     print(f"| khadem_nb memory: dispatch + drain, 1 worker | {ours_med:,.0f} |")
     print(f"|   dispatch only | {args.n / statistics.median(dispatch_s):,.0f} |")
     print(f"|   drain only | {args.n / statistics.median(drain_s):,.0f} |")
-    print(f"| asyncio.Queue put + get | {raw_med:,.0f} |")
-    print(f"| ratio khadem_nb / asyncio.Queue | {ours_med / raw_med:.1%} |")
+    awaited_med = statistics.median(raw_awaited)
+    print(f"| asyncio.Queue put_nowait + get | {raw_med:,.0f} |")
+    print(f"| ratio khadem_nb / asyncio.Queue (put_nowait) | {ours_med / raw_med:.1%} |")
+    print(f"| asyncio.Queue await put + get | {awaited_med:,.0f} |")
+    print(f"| ratio khadem_nb / asyncio.Queue (await put) | {ours_med / awaited_med:.1%} |")
     stripped_med, bare_med = statistics.median(stripped), statistics.median(bare)
     print(f"| real dispatch + driver, drained by a bare loop | {stripped_med:,.0f} |")
     print(f"| ratio bare loop / asyncio.Queue | {stripped_med / raw_med:.1%} |")

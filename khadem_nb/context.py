@@ -6,7 +6,6 @@ import asyncio
 import logging
 import math
 from contextvars import ContextVar
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from .errors import KhademError
@@ -20,18 +19,26 @@ logger = logging.getLogger(__name__)
 OUTPUT_LIMIT = 64 * 1024  # characters of a job's output kept with its record
 
 
-@dataclass
 class JobContext:
-    """What a running job can reach: its record, and the driver that stores it."""
+    """What a running job can reach: its record, and the driver that stores it.
 
-    record: JobRecord
-    driver: QueueDriver
-    loop: asyncio.AbstractEventLoop
-    output: list[str] = field(default_factory=list)
-    output_chars: int = 0
+    One is built for every job run, so it has slots and makes its output list only when the
+    job first writes.
+    """
+
+    __slots__ = ("driver", "loop", "output", "output_chars", "record")
+
+    def __init__(self, record: JobRecord, driver: QueueDriver, loop: asyncio.AbstractEventLoop) -> None:
+        self.record = record
+        self.driver = driver
+        self.loop = loop
+        self.output: list[str] | None = None
+        self.output_chars = 0
 
     def write_output(self, text: str) -> None:
         """Keep printed output and log lines of the job (the last OUTPUT_LIMIT characters)."""
+        if self.output is None:
+            self.output = []
         self.output.append(text)
         self.output_chars += len(text)
         if self.output_chars > 2 * OUTPUT_LIMIT:

@@ -15,7 +15,7 @@ from .drivers.base import QueueDriver
 from .errors import ConfigError, JobNotFoundError, KhademError
 from .execution import Hook, JobExecutor, WorkerHooks
 from .factory import QueueFactory
-from .job import JobRecord, JobStatus, QueueJob
+from .job import FAILED, QUEUED, SCHEDULED, JobRecord, JobStatus, QueueJob
 from .middleware import Middleware, MiddlewareChain, MiddlewareFunc
 from .monitor import BasicQueueMonitor, QueueMonitor
 from .registry import job_factories
@@ -111,7 +111,7 @@ class QueueManager:
         return JobRecord(
             new_job_id(), name, payload, queue or job.queue or self.settings.name,
             job.priority if priority is None else int(priority), 0, attempts,
-            JobStatus.SCHEDULED if delay_s > 0 else JobStatus.QUEUED, now,
+            SCHEDULED if delay_s > 0 else QUEUED, now,
             now + int(delay_s * 1000),
             timeout_s=None if timeout is None else to_seconds(timeout, name="timeout"), key=key,
         )
@@ -268,7 +268,7 @@ class QueueManager:
     async def retry_failed(self, job_ids: Iterable[str] | None = None) -> int:
         """Requeue failed jobs (all of them, or the given ids) with a fresh attempt budget."""
         if job_ids is None:
-            job_ids = [r.id for r in await self.driver.list(JobStatus.FAILED)]
+            job_ids = [r.id for r in await self.driver.list(FAILED)]
         count = await self.driver.requeue(list(job_ids))
         if count and self.driver.runs_at_dispatch:
             await self._run_now({self.settings.name})

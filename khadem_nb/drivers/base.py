@@ -15,7 +15,7 @@ from typing import Any, ClassVar
 from .._ids import new_token
 from .._time import now_ms
 from ..config import QueueSettings
-from ..job import JobRecord, JobStatus
+from ..job import ACTIVE, COMPLETED, FAILED, QUEUED, SCHEDULED, JobRecord, JobStatus
 
 
 class _NoResult:
@@ -90,7 +90,7 @@ class QueueDriver(ABC):
 
     async def complete(self, record: JobRecord, result: Any) -> bool:
         token = record.token
-        record.status = JobStatus.COMPLETED
+        record.status = COMPLETED
         record.result = result
         record.finished_ms = now_ms()
         record.error = record.traceback = None
@@ -102,7 +102,7 @@ class QueueDriver(ABC):
 
     async def fail(self, record: JobRecord, error: str, traceback: str | None) -> bool:
         token = record.token
-        record.status = JobStatus.FAILED
+        record.status = FAILED
         record.finished_ms = now_ms()
         record.error, record.traceback = error, traceback
         record.lease_ms = None
@@ -112,7 +112,7 @@ class QueueDriver(ABC):
         """Put a failed attempt back, due after ``delay_s``; the error is kept as the last one."""
         token = record.token
         now = now_ms()
-        record.status = JobStatus.SCHEDULED if delay_s > 0 else JobStatus.QUEUED
+        record.status = SCHEDULED if delay_s > 0 else QUEUED
         record.available_ms = now + int(delay_s * 1000)
         record.error, record.traceback = error, traceback
         record.finished_ms = None
@@ -122,7 +122,7 @@ class QueueDriver(ABC):
     async def release(self, record: JobRecord) -> bool:
         """Give a claimed job back untouched (worker shutting down): the attempt does not count."""
         token = record.token
-        record.status = JobStatus.QUEUED
+        record.status = QUEUED
         record.attempt = max(0, record.attempt - 1)
         record.available_ms = now_ms()
         record.started_ms = None
@@ -194,7 +194,7 @@ class QueueDriver(ABC):
 
 def claim(record: JobRecord, now: int, lease_s: float | None) -> JobRecord:
     """Mark ``record`` as claimed now (shared by drivers that claim in Python)."""
-    record.status = JobStatus.ACTIVE
+    record.status = ACTIVE
     record.attempt += 1
     record.started_ms = now
     record.finished_ms = None

@@ -26,14 +26,14 @@ from typing import Any
 
 from .._time import now_ms
 from ..config import QueueSettings
-from ..job import JobRecord, JobStatus
+from ..job import ACTIVE, COMPLETED, FAILED, QUEUED, SCHEDULED, JobRecord, JobStatus
 from ..serializer import dumps
 from .base import QueueDriver, claim, empty_counts, retention_cutoffs
 
 # The C scanner behind json.loads, without its Python wrappers: payloads here are our own output.
 _parse_json = json.JSONDecoder().scan_once  # type: ignore[attr-defined]
-PENDING = (JobStatus.QUEUED, JobStatus.SCHEDULED)
-HELD = (JobStatus.ACTIVE, JobStatus.FAILED)  # kept as id sets; the rest are listed from heaps/deque
+PENDING = (QUEUED, SCHEDULED)
+HELD = (ACTIVE, FAILED)  # kept as id sets; the rest are listed from heaps/deque
 
 
 def _older(record: JobRecord, cutoff_ms: int | None) -> bool:
@@ -127,15 +127,16 @@ class MemoryDriver(QueueDriver):
         for record in records:  # the driver owns pushed records from here on
             record.payload = dumps(record.payload)
             self._enqueue(record, None, now)
-        await self._notify(len(records))
+        if self._waiting:  # nobody waits in the common case: no coroutine for nothing
+            await self._notify(len(records))
 
     def _enqueue(self, record: JobRecord, previous: JobStatus | None, now: int | None = None) -> None:
         if record.available_ms > (now_ms() if now is None else now) and self._honours_delay():
-            record.status = JobStatus.SCHEDULED
+            record.status = SCHEDULED
             entry = (record.available_ms, next(self._seq), record.id)
             heapq.heappush(self._delayed.setdefault(record.queue, []), entry)
         else:
-            record.status = JobStatus.QUEUED
+            record.status = QUEUED
             self._lanes(record.queue).append(record.priority, record.id)
         self._queues.add(record.queue)
         self._store(record, previous)
@@ -200,8 +201,8 @@ class MemoryDriver(QueueDriver):
                 if job_id is None:
                     break
                 record = self._records.get(job_id)
-                if record is not None and record.status is JobStatus.QUEUED:
-                    self._move(record, JobStatus.ACTIVE)
+                if record is not None and record.status is QUEUED:
+                    self._move(record, ACTIVE)
                     claimed.append(self._thaw(claim(record, now, None)))
             if len(claimed) >= limit:
                 break
@@ -217,8 +218,8 @@ class MemoryDriver(QueueDriver):
         delayed = self._delayed.get(queue)
         while delayed and delayed[0][0] <= now:
             record = self._records.get(heapq.heappop(delayed)[2])
-            if record is not None and record.status is JobStatus.SCHEDULED:
-                self._move(record, JobStatus.QUEUED)
+            if record is not None and record.status is SCHEDULED:
+                self._move(record, QUEUED)
                 self._lanes(queue).append(record.priority, record.id)
 
     def _until_next_due(self, queues: Sequence[str]) -> float:
@@ -227,16 +228,16 @@ class MemoryDriver(QueueDriver):
 
     async def _settle(self, record: JobRecord, token: str | None) -> bool:
         stored = self._records.get(record.id)
-        if stored is None or stored.status is not JobStatus.ACTIVE or stored.token != token:
+        if stored is None or stored.status is not ACTIVE or stored.token != token:
             return False
         record.token = None
         record.payload = stored.payload  # the worker is done with its copy: keep it, payload frozen
         if record.status in PENDING:
-            self._enqueue(record, JobStatus.ACTIVE)
+            self._enqueue(record, ACTIVE)
             await self._notify(1)
         else:
-            self._store(record, JobStatus.ACTIVE)
-            if record.status is JobStatus.COMPLETED:
+            self._store(record, ACTIVE)
+            if record.status is COMPLETED:
                 self._completed.append(record.id)
             self._trim()
         return True
@@ -246,9 +247,9 @@ class MemoryDriver(QueueDriver):
         may hold ids already gone), failed ones in the order they failed (their id set)."""
         completed_before, failed_before = retention_cutoffs(self.settings) if self._aging else (None, None)
         completed, records, keep_completed = self._completed, self._records, self.settings.retention
-        while completed:
+        while completed and (len(completed) > keep_completed or completed_before is not None):
             old = records.get(completed[0])
-            if old is None or old.status is not JobStatus.COMPLETED:
+            if old is None or old.status is not COMPLETED:
                 completed.popleft()
             elif len(completed) > keep_completed or (completed_before is not None
                                                      and _older(old, completed_before)):
@@ -256,7 +257,7 @@ class MemoryDriver(QueueDriver):
                 self._forget(old)
             else:
                 break
-        failed = self._held[JobStatus.FAILED]
+        failed = self._held[FAILED]
         keep = self.settings.failed_retention
         while failed:
             old = self._records[next(iter(failed))]
@@ -286,8 +287,8 @@ class MemoryDriver(QueueDriver):
 
     def _view(self, stored: JobRecord) -> JobRecord:
         view = self._thaw(stored)
-        if view.status is JobStatus.SCHEDULED and view.available_ms <= now_ms():
-            view.status = JobStatus.QUEUED
+        if view.status is SCHEDULED and view.available_ms <= now_ms():
+            view.status = QUEUED
         return view
 
     def _candidates(self, status: JobStatus | None) -> Iterator[JobRecord]:
@@ -304,7 +305,7 @@ class MemoryDriver(QueueDriver):
         """Ids that may hold ``status`` (callers check): heaps, the completed deque, held sets."""
         if status in HELD:
             return self._held[status]
-        if status is JobStatus.COMPLETED:
+        if status is COMPLETED:
             return self._completed
         ready = itertools.chain.from_iterable(self._ready.values())
         delayed = (entry[2] for heap in self._delayed.values() for entry in heap)
@@ -330,22 +331,22 @@ class MemoryDriver(QueueDriver):
                     counts[record.status] += 1
         now = now_ms()
         scheduled = (self._records[e[2]] for heap in self._delayed.values() for e in heap)
-        due = sum(1 for r in scheduled if r.status is JobStatus.SCHEDULED
+        due = sum(1 for r in scheduled if r.status is SCHEDULED
                   and r.available_ms <= now and queue in (None, r.queue))
-        counts[JobStatus.SCHEDULED] -= due
-        counts[JobStatus.QUEUED] += due
+        counts[SCHEDULED] -= due
+        counts[QUEUED] += due
         return counts
 
     async def requeue(self, job_ids: Iterable[str]) -> int:
         count = 0
         for job_id in job_ids:
             stored = self._records.get(job_id)
-            if stored is not None and stored.status is JobStatus.FAILED:
+            if stored is not None and stored.status is FAILED:
                 stored.attempt = 0
                 stored.reclaims = 0
                 stored.available_ms = now_ms()
                 stored.finished_ms = None
-                self._enqueue(stored, JobStatus.FAILED)
+                self._enqueue(stored, FAILED)
                 count += 1
         await self._notify(count)
         return count
