@@ -130,8 +130,11 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--roundtrips", type=int, default=300)
     parser.add_argument("--engines", default=",".join(ENGINES))
+    parser.add_argument("--measures", default="enqueue,bulk,drain,roundtrip",
+                        help="which of enqueue, bulk, drain, roundtrip to run (default: all)")
     args = parser.parse_args()
     engines = args.engines.split(",")
+    measures = set(args.measures.split(","))
     results: dict[str, dict[str, list[float]]] = {e: {} for e in engines}
     limit: list[float] = []
     for round_no in range(args.rounds):
@@ -139,18 +142,22 @@ def main() -> None:
             module = importlib.import_module(MODULES[name])
             row = results[name]
             try:
-                row.setdefault("enqueue", []).append(timed_enqueue(module, args.n, bulk=False))
-                if name in BULK:
+                if "enqueue" in measures:
+                    row.setdefault("enqueue", []).append(timed_enqueue(module, args.n, bulk=False))
+                if name in BULK and "bulk" in measures:
                     row.setdefault("bulk", []).append(timed_enqueue(module, args.n, bulk=True))
-                row.setdefault("drain", []).append(drain_rate(module, args.n))
-                p50, p99 = roundtrip(module, args.roundtrips)
-                row.setdefault("p50", []).append(p50)
-                row.setdefault("p99", []).append(p99)
+                if "drain" in measures:
+                    row.setdefault("drain", []).append(drain_rate(module, args.n))
+                if "roundtrip" in measures:
+                    p50, p99 = roundtrip(module, args.roundtrips)
+                    row.setdefault("p50", []).append(p50)
+                    row.setdefault("p99", []).append(p99)
             except Exception as exc:  # one broken peer must not stop the table
                 print(f"round {round_no}: {name} failed: {exc!r}", file=sys.stderr)
             print(f"round {round_no}: {name} {({k: round(v[-1], 2) for k, v in row.items() if v})}",
                   file=sys.stderr, flush=True)
-        limit.append(physical_limit(args.n))
+        if "drain" in measures:
+            limit.append(physical_limit(args.n))
     flush()
     print_table(results, limit, args)
 
@@ -172,7 +179,7 @@ def print_table(results: dict[str, dict[str, list[float]]], limit: list[float], 
     for name in results:
         cells = [_fmt(med(name, k), k) for k in ("enqueue", "bulk", "drain", "p50", "p99")]
         print(f"| {name} | " + " | ".join(cells) + " |")
-    limit_cell = f"{statistics.median(limit):,.0f}"
+    limit_cell = f"{statistics.median(limit):,.0f}" if limit else "-"
     print(f"| physical limit (redis-py pipelined push+move+remove) | | | {limit_cell} | | |")
     print()
     ours = {k: med("khadem_nb", k) for k in best}

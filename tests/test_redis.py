@@ -113,15 +113,19 @@ async def test_malformed_record_fails_its_job_and_the_worker_continues() -> None
 async def test_a_missing_data_field_fails_its_job_and_odd_keys_survive_the_batch_format() -> None:
     manager = await QueueManager({"queue": {"url": need_redis(), "prefix": "khadem-test-odd"}}).init()
     await manager.driver.purge()
-    odd_key = "tab\there and\tthere\t"  # the enqueue script splits a job's values on tabs
+    # the enqueue script splits a batch on newlines and a job's values on tabs
+    odd_key = "tab\there and\tthere\t\nand a new line, \u00fc\\n"
     keyed = manager.build_record(Echo("tab\tin the payload"), key=odd_key)
-    await manager.push([keyed])
+    neighbour = manager.build_record(Echo("line\nin the payload"), key="plain")
+    await manager.push([keyed, neighbour])
+    assert (await manager.driver.find_by_keys(["plain"]))["plain"].id == neighbour.id
     lost = await manager.dispatch(Echo("its data field will be deleted"))
     data_key = queue_keys("khadem-test-odd", "default")[7]
     await manager.driver.client.hdel(data_key, lost)  # type: ignore[attr-defined]
     assert (await manager.driver.find_by_keys([odd_key]))[odd_key].id == keyed.id
     await manager.start_worker(burst=True, delay=0.05)
     assert (await manager.get_job(keyed.id)).result == "tab\tin the payload"
+    assert (await manager.get_job(neighbour.id)).result == "line\nin the payload"
     assert await manager.driver.statuses([lost]) == [JobStatus.FAILED]  # the worker carried on
     await manager.driver.purge()
     await manager.close()

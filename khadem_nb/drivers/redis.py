@@ -55,6 +55,7 @@ SCRIPTS = ("enqueue", "reserve", "settle", "heartbeat", "meta", "requeue", "fetc
 FETCH_CHUNK = 2000  # records read per script call
 MAX_PRIORITY = 4000  # scores are -priority * 1e12 + seq: exact in a double up to this
 NOTIFY_CAP = 64
+PUSH_CHUNK = 1000  # jobs per enqueue call (measured: 250 a call, overlapped with formatting, was slower)
 MIN_REDIS = (6, 2)  # LPOP with a count (reserve.lua)
 MAX_WAIT_S = 1.0  # longest block on a notify list: other queues and sweeps are looked at as often
 SETTLED_STATES = {s.value: s for s in JobStatus}  # the status words settle.lua publishes
@@ -290,19 +291,16 @@ class RedisDriver(QueueDriver):
 
     # -- producing -------------------------------------------------------------------------------
     async def push(self, records: Sequence[JobRecord]) -> None:
-        by_queue: dict[str, list[Any]] = {}
-        for record in records:
+        by_queue: dict[str, list[str]] = {}
+        for record in records:  # every record is checked before anything is sent
             if abs(record.priority) > MAX_PRIORITY:
                 raise ConfigError(f"priority {record.priority} is outside the Redis driver's range "
                                   f"[-{MAX_PRIORITY}, {MAX_PRIORITY}]")
-            delay = max(0, record.available_ms - record.created_ms)
-            # one argument per job (packing five cost more than the script's work): compact JSON
-            # escapes every control character, so tabs only separate; the key, last, may hold any
-            by_queue.setdefault(record.queue, []).append(
-                f"{record.id}\t{record.priority}\t{delay}\t{_data(record)}\t{record.key or ''}")
-        for queue, args in by_queue.items():
-            for start in range(0, len(args), 1000):  # at most 1,000 jobs per script call
-                await self._run("enqueue", queue, [NOTIFY_CAP, *args[start : start + 1000]])
+            by_queue.setdefault(record.queue, []).append(_enqueue_line(record))
+        for queue, lines in by_queue.items():
+            for start in range(0, len(lines), PUSH_CHUNK):
+                batch = "\n".join(lines[start : start + PUSH_CHUNK])
+                await self._run("enqueue", queue, [NOTIFY_CAP, batch])
 
     # -- consuming -------------------------------------------------------------------------------
     def interrupt_waits(self) -> None:
@@ -541,6 +539,15 @@ class RedisDriver(QueueDriver):
     async def purge(self) -> None:
         keys = self.keys(self.settings.name)
         await self._call(lambda: self.client.delete(*keys))
+
+
+def _enqueue_line(record: JobRecord) -> str:
+    """One job of an enqueue batch: ``id<TAB>priority<TAB>delay_ms<TAB>data<TAB>key`` with the
+    sweep key as JSON (empty for none). Compact JSON escapes every control character, so tabs
+    and newlines in a line only ever separate."""
+    delay = max(0, record.available_ms - record.created_ms)
+    key = "" if record.key is None else dumps(record.key)
+    return f"{record.id}\t{record.priority}\t{delay}\t{_data(record)}\t{key}"
 
 
 def _data(record: JobRecord) -> str:

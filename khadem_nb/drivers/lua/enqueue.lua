@@ -1,5 +1,7 @@
--- ARGV: notify_cap, then one value per job: "id<TAB>priority<TAB>delay_ms<TAB>data_json<TAB>key"
--- (compact JSON has no raw tab; the sweep key, last, may be empty or hold anything).
+-- ARGV: notify_cap, then the batch as one value, a line per job:
+-- "id<TAB>priority<TAB>delay_ms<TAB>data_json<TAB>key_json" (compact JSON has no raw tab or
+-- newline; key_json, the sweep key, is empty for none). One value for the whole batch: the
+-- client packed a thousand arguments more slowly than this script splits one.
 -- One INCRBY numbers the whole batch; each hash and set is written with one variadic command.
 -- Hand-off: a worker whose claim came back short registers in K_WAITING (member
 -- "lease_ms|worker", scored by when its wait ends) and blocks on K_HANDOFF. While workers wait
@@ -8,14 +10,20 @@
 -- data": the worker starts them without a claim round trip. A row nobody pops (the worker
 -- stopped) is taken by the next reserve, or its lease expires and the sweep reclaims the job.
 local now = now_ms()
-local count = #ARGV - 1
+local find, sub = string.find, string.sub
+local entries, batch, pos = {}, ARGV[2], 1
+while pos <= #batch do
+  local stop = find(batch, '\n', pos, true) or #batch + 1
+  entries[#entries + 1] = sub(batch, pos, stop - 1)
+  pos = stop + 1
+end
+local count = #entries
 if count == 0 then return now end
 local first = redis.call('INCRBY', KEYS[K_SEQ], count) - count
 local data, attempt, score, status, times = {}, {}, {}, {}, {}
 local all, ready, delayed, sweep = {}, {}, {}, {}
-local find, sub = string.find, string.sub
 for j = 1, count do
-  local entry = ARGV[j + 1]
+  local entry = entries[j]
   local a = find(entry, '\t', 1, true)
   local b = find(entry, '\t', a + 1, true)
   local c = find(entry, '\t', b + 1, true)
@@ -27,7 +35,7 @@ for j = 1, count do
   push2(attempt, id, 0)
   push2(score, id, s)
   push2(all, seq, id)
-  if d < #entry then push2(sweep, sub(entry, d + 1), id) end
+  if d < #entry then push2(sweep, cjson.decode(sub(entry, d + 1)), id) end
   if delay > 0 then
     push2(delayed, now + delay, id)
     push2(status, id, 'scheduled')
