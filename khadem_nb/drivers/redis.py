@@ -299,8 +299,8 @@ class RedisDriver(QueueDriver):
             by_queue.setdefault(record.queue, []).append(_enqueue_line(record))
         for queue, lines in by_queue.items():
             for start in range(0, len(lines), PUSH_CHUNK):
-                batch = "\n".join(lines[start : start + PUSH_CHUNK])
-                await self._run("enqueue", queue, [NOTIFY_CAP, batch])
+                chunk = lines[start : start + PUSH_CHUNK]
+                await self._run("enqueue", queue, [NOTIFY_CAP, len(chunk), "\n".join(chunk)])
 
     # -- consuming -------------------------------------------------------------------------------
     def interrupt_waits(self) -> None:

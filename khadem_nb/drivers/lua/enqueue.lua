@@ -1,4 +1,4 @@
--- ARGV: notify_cap, then the batch as one value, a line per job:
+-- ARGV: notify_cap, the number of jobs, then the batch as one value, a line per job:
 -- "id<TAB>priority<TAB>delay_ms<TAB>data_json<TAB>key_json" (compact JSON has no raw tab or
 -- newline; key_json, the sweep key, is empty for none). One value for the whole batch: the
 -- client packed a thousand arguments more slowly than this script splits one.
@@ -10,41 +10,42 @@
 -- data": the worker starts them without a claim round trip. A row nobody pops (the worker
 -- stopped) is taken by the next reserve, or its lease expires and the sweep reclaims the job.
 local now = now_ms()
-local find, sub = string.find, string.sub
-local entries, batch, pos = {}, ARGV[2], 1
-while pos <= #batch do
-  local stop = find(batch, '\n', pos, true) or #batch + 1
-  entries[#entries + 1] = sub(batch, pos, stop - 1)
-  pos = stop + 1
-end
-local count = #entries
+local count, batch = tonumber(ARGV[2]), ARGV[3]
 if count == 0 then return now end
 local first = redis.call('INCRBY', KEYS[K_SEQ], count) - count
-local data, attempt, score, status, times = {}, {}, {}, {}, {}
-local all, ready, delayed, sweep = {}, {}, {}, {}
+local find, sub = string.find, string.sub
+local data, attempt, score, status, times, all = {}, {}, {}, {}, {}, {}
+local ready, delayed, sweep = {}, {}, {}
+local queued_times = now .. ',-1,-1,-1'
+local pos, size = 1, #batch
+-- walks the batch in place (no string per line); one pair per job in the per-job lists
 for j = 1, count do
-  local entry = entries[j]
-  local a = find(entry, '\t', 1, true)
-  local b = find(entry, '\t', a + 1, true)
-  local c = find(entry, '\t', b + 1, true)
-  local d = find(entry, '\t', c + 1, true)
-  local id, delay = sub(entry, 1, a - 1), tonumber(sub(entry, b + 1, c - 1))
+  local a = find(batch, '\t', pos, true)
+  local b = find(batch, '\t', a + 1, true)
+  local c = find(batch, '\t', b + 1, true)
+  local d = find(batch, '\t', c + 1, true)
+  local e = find(batch, '\n', d + 1, true) or size + 1
+  local id, delay = sub(batch, pos, a - 1), tonumber(sub(batch, b + 1, c - 1))
   local seq = first + j
-  local s = -tonumber(sub(entry, a + 1, b - 1)) * 1e12 + seq
-  push2(data, id, sub(entry, c + 1, d - 1))
-  push2(attempt, id, 0)
-  push2(score, id, s)
-  push2(all, seq, id)
-  if d < #entry then push2(sweep, cjson.decode(sub(entry, d + 1)), id) end
+  local s = -tonumber(sub(batch, a + 1, b - 1)) * 1e12 + seq
+  local i = 2 * j
+  data[i - 1], data[i] = id, sub(batch, c + 1, d - 1)
+  attempt[i - 1], attempt[i] = id, 0
+  score[i - 1], score[i] = id, s
+  all[i - 1], all[i] = seq, id
+  status[i - 1] = id
+  times[i - 1] = id
+  if e > d + 1 then push2(sweep, cjson.decode(sub(batch, d + 1, e - 1)), id) end
   if delay > 0 then
     push2(delayed, now + delay, id)
-    push2(status, id, 'scheduled')
-    push2(times, id, (now + delay) .. ',-1,-1,-1')
+    status[i] = 'scheduled'
+    times[i] = (now + delay) .. ',-1,-1,-1'
   else
     push2(ready, s, id)
-    push2(status, id, 'queued')
-    push2(times, id, now .. ',-1,-1,-1')
+    status[i] = 'queued'
+    times[i] = queued_times
   end
+  pos = e + 1
 end
 local handed = 0
 if #ready > 0 and redis.call('ZCARD', KEYS[K_READY]) == 0 then
