@@ -3,10 +3,12 @@
 Every state change is one Lua script (``drivers/lua/``) that reads the clock with ``TIME``,
 so client clocks never matter. A queue's keys all carry one hash tag, ``{prefix:queue}``, and
 every script declares all the keys it touches, so the driver runs unchanged on Redis Cluster.
-Job fields live in one hash per field (status, attempt, token, times, ...) keyed by job id:
-scripts touch single fields instead of decoding and re-encoding a JSON record, and a batch
-(an enqueue of many jobs, a claim, the settles of one loop turn) writes each hash once with a
-variadic command, since a ``redis.call`` costs more than the work it does on one field.
+Job fields live in a few hashes keyed by job id: ``data`` (the JSON written at dispatch, never
+changed), ``state`` (``status,attempt,priority,available,started,finished,lease`` as one short
+text, rewritten by each claim and settle), ``token``, ``result``, ``error``, ``reclaims`` and
+``meta``. Scripts split the state text instead of decoding and re-encoding a JSON record, and
+a batch (an enqueue of many jobs, a claim, the settles of one loop turn) writes each hash once
+with a variadic command, since a ``redis.call`` costs more than the work it does on one field.
 
 A claim grants a lease and a fresh token. Workers renew leases with ``heartbeat``; a job
 whose lease expired is put back by the next ``reserve`` that wins the sweep lock (any worker,
@@ -45,10 +47,10 @@ logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
 # The key layout every script shares; the order matches the K_* constants in _common.lua.
-KEY_NAMES = ("seq", "ready", "delayed", "active", "completed", "failed", "all", "data", "status",
-             "attempt", "token", "times", "result", "error", "reclaims", "meta", "score", "keys",
-             "notify", "sweep", "waiting", "handoff")
-COLUMNS = ("data", "status", "attempt", "token", "times", "result", "error", "reclaims", "meta")
+KEY_NAMES = ("seq", "ready", "delayed", "active", "completed", "failed", "all", "data", "state",
+             "token", "result", "error", "reclaims", "meta", "keys", "notify", "sweep", "waiting",
+             "handoff")
+COLUMNS = ("data", "state", "token", "result", "error", "reclaims", "meta")
 STATUS_SETS = {JobStatus.QUEUED: "ready", JobStatus.SCHEDULED: "delayed", JobStatus.ACTIVE: "active",
                JobStatus.COMPLETED: "completed", JobStatus.FAILED: "failed"}
 SCRIPTS = ("enqueue", "reserve", "settle", "heartbeat", "meta", "requeue", "fetch", "leave")
@@ -476,9 +478,9 @@ class RedisDriver(QueueDriver):
     async def statuses(self, job_ids: Sequence[str]) -> builtins.list[JobStatus | None]:
         if not job_ids:
             return []
-        key = self.keys(self.settings.name)[KEY_NAMES.index("status")]
+        key = self.keys(self.settings.name)[KEY_NAMES.index("state")]
         values = await self._call(lambda: self.client.hmget(key, list(job_ids)))
-        return [None if v is None else JobStatus(v.decode()) for v in values]
+        return [None if v is None else JobStatus(v.split(b",", 1)[0].decode()) for v in values]
 
     async def list(self, status: JobStatus | None = None, queue: str | None = None,
                    limit: int | None = None) -> list[JobRecord]:
@@ -640,18 +642,18 @@ def _from_data(queue: str, job_id: str, data: bytes) -> JobRecord:
 
 
 def _record_from_columns(queue: str, job_id: str, values: list[Any]) -> JobRecord | None:
-    data, status, attempt, token, times, result, error, reclaims, meta = values
-    if data is None or status is None:
+    data, state, token, result, error, reclaims, meta = values
+    if data is None or state is None:
         return None
     record = _from_data(queue, job_id, data)
-    record.status = JobStatus(status.decode())
-    record.attempt = int(attempt or 0)
+    status, attempt, _priority, available, started, finished, lease = state.decode().split(",")
+    record.status = JobStatus(status)
+    record.attempt = int(attempt)
     record.token = token.decode() if token else None
-    available, started, finished, lease = (int(x) for x in (times or b"0,-1,-1,-1").decode().split(","))
-    record.available_ms = available
-    record.started_ms = None if started < 0 else started
-    record.finished_ms = None if finished < 0 else finished
-    record.lease_ms = None if lease < 0 else lease
+    record.available_ms = int(available)
+    record.started_ms = None if started == "-1" else int(started)
+    record.finished_ms = None if finished == "-1" else int(finished)
+    record.lease_ms = None if lease == "-1" else int(lease)
     record.result = json.loads(result) if result else None
     if error:
         record.error, record.traceback = json.loads(error)

@@ -1,47 +1,70 @@
 -- Shared by every script (prepended by the driver). KEYS follow one fixed layout, all under
 -- the queue's hash tag, so every key a script touches is declared and in one cluster slot.
 local K_SEQ, K_READY, K_DELAYED, K_ACTIVE, K_DONE, K_FAILED, K_ALL = 1, 2, 3, 4, 5, 6, 7
-local K_DATA, K_STATUS, K_ATTEMPT, K_TOKEN, K_TIMES, K_RESULT, K_ERROR = 8, 9, 10, 11, 12, 13, 14
-local K_RECLAIMS, K_META, K_SCORE, K_KEYS, K_NOTIFY, K_LOCK = 15, 16, 17, 18, 19, 20
-local K_WAITING, K_HANDOFF = 21, 22
+local K_DATA, K_STATE, K_TOKEN, K_RESULT, K_ERROR, K_RECLAIMS, K_META = 8, 9, 10, 11, 12, 13, 14
+local K_KEYS, K_NOTIFY, K_LOCK, K_WAITING, K_HANDOFF = 15, 16, 17, 18, 19
 
 local function now_ms()
   local t = redis.call('TIME')
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
 
--- times: "available,started,finished,lease" as one field per job
-local function get_times(id)
-  local raw = redis.call('HGET', KEYS[K_TIMES], id)
-  if not raw then return {0, -1, -1, -1} end
-  local out = {}
-  for part in string.gmatch(raw, '([^,]+)') do out[#out + 1] = tonumber(part) end
-  return out
+-- A job's state is one hash field, "status,attempt,priority,available,started,finished,lease"
+-- (times in ms since the epoch, -1 for none): a claim or a settle rewrites one field per job,
+-- and an enqueue writes two hash fields per job (data, state) where it wrote five.
+local STATE_PATTERN = '^(%a+),(%-?%d+),(%-?%d+),(%-?%d+),(%-?%d+),(%-?%d+),(%-?%d+)$'
+
+local function parse_state(raw)
+  if not raw then return nil end
+  local status, attempt, priority, available, started, finished, lease = string.match(raw, STATE_PATTERN)
+  if not status then return nil end
+  return {status = status, attempt = tonumber(attempt), priority = tonumber(priority),
+          available = tonumber(available), started = tonumber(started),
+          finished = tonumber(finished), lease = tonumber(lease)}
 end
 
-local function set_times(id, t)
-  redis.call('HSET', KEYS[K_TIMES], id, t[1] .. ',' .. t[2] .. ',' .. t[3] .. ',' .. t[4])
+-- what a job whose state field is missing or unreadable is taken to be: never claimed, priority
+-- 0 (it still runs; bad data then fails it with a clear error, and nothing is dropped)
+local function lost_state(now)
+  return {status = 'queued', attempt = 0, priority = 0, available = now, started = -1,
+          finished = -1, lease = -1}
 end
 
-local function make_ready(id)
-  redis.call('ZADD', KEYS[K_READY], redis.call('HGET', KEYS[K_SCORE], id), id)
-  redis.call('HSET', KEYS[K_STATUS], id, 'queued')
+local function state_text(s)
+  return s.status .. ',' .. s.attempt .. ',' .. s.priority .. ',' .. s.available .. ',' ..
+    s.started .. ',' .. s.finished .. ',' .. s.lease
 end
 
--- waiting again: in the delayed set until now + delay, or ready at once
-local function wait_or_ready(id, now, delay)
+local function get_state(id)
+  return parse_state(redis.call('HGET', KEYS[K_STATE], id))
+end
+
+local function set_state(id, s)
+  redis.call('HSET', KEYS[K_STATE], id, state_text(s))
+end
+
+-- ready again: scored by priority, then by the sequence number it was first queued with
+local function make_ready(id, s)
+  local seq = tonumber(redis.call('ZSCORE', KEYS[K_ALL], id)) or 0
+  redis.call('ZADD', KEYS[K_READY], -s.priority * 1e12 + seq, id)
+  s.status = 'queued'
+end
+
+-- waiting again, unclaimed: in the delayed set until now + delay, or ready at once
+local function wait_or_ready(id, s, now, delay)
+  s.started, s.finished, s.lease = -1, -1, -1
   if delay > 0 then
     redis.call('ZADD', KEYS[K_DELAYED], now + delay, id)
-    redis.call('HSET', KEYS[K_STATUS], id, 'scheduled')
-    set_times(id, {now + delay, -1, -1, -1})
+    s.status, s.available = 'scheduled', now + delay
   else
-    make_ready(id)
-    set_times(id, {now, -1, -1, -1})
+    make_ready(id, s)
+    s.available = now
   end
+  set_state(id, s)
 end
 
 local function forget(id)
-  for i = K_DATA, K_SCORE do redis.call('HDEL', KEYS[i], id) end
+  for i = K_DATA, K_META do redis.call('HDEL', KEYS[i], id) end
   redis.call('ZREM', KEYS[K_ALL], id)
 end
 
@@ -89,18 +112,15 @@ local function hmget(key, ids)
   return out
 end
 
--- the available time at the head of a times field ('available,started,finished,lease')
-local function available_of(raw)
-  if not raw then return 0 end
-  return tonumber(string.match(raw, '^([^,]+)'))
-end
-
 -- a hand-off row (enqueue.lua): "claimed_at<TAB>id<TAB>token<TAB>data"
 local function handoff_row(row)
   return string.match(row, '^([^\t]*)\t([^\t]*)\t([^\t]*)\t(.*)$')
 end
 
--- whether job `id` is still held under `token` (not settled, not reclaimed by the sweep)
+-- job `id`'s state if it is still held under `token` (not settled, not reclaimed by the sweep)
 local function still_held(id, token)
-  return redis.call('HGET', KEYS[K_TOKEN], id) == token and redis.call('HGET', KEYS[K_STATUS], id) == 'active'
+  if redis.call('HGET', KEYS[K_TOKEN], id) ~= token then return nil end
+  local s = get_state(id)
+  if s and s.status == 'active' then return s end
+  return nil
 end

@@ -14,36 +14,30 @@ local count, batch = tonumber(ARGV[2]), ARGV[3]
 if count == 0 then return now end
 local first = redis.call('INCRBY', KEYS[K_SEQ], count) - count
 local find, sub = string.find, string.sub
-local data, attempt, score, status, times, all = {}, {}, {}, {}, {}, {}
+local data, state, all = {}, {}, {}
 local ready, delayed, sweep = {}, {}, {}
-local queued_times = now .. ',-1,-1,-1'
+local queued_tail = ',' .. now .. ',-1,-1,-1'
 local pos, size = 1, #batch
--- walks the batch in place (no string per line); one pair per job in the per-job lists
+-- walks the batch in place (no string per line); one pair per job in data, state and all
 for j = 1, count do
   local a = find(batch, '\t', pos, true)
   local b = find(batch, '\t', a + 1, true)
   local c = find(batch, '\t', b + 1, true)
   local d = find(batch, '\t', c + 1, true)
   local e = find(batch, '\n', d + 1, true) or size + 1
-  local id, delay = sub(batch, pos, a - 1), tonumber(sub(batch, b + 1, c - 1))
+  local id, priority, delay = sub(batch, pos, a - 1), sub(batch, a + 1, b - 1), tonumber(sub(batch, b + 1, c - 1))
   local seq = first + j
-  local s = -tonumber(sub(batch, a + 1, b - 1)) * 1e12 + seq
   local i = 2 * j
   data[i - 1], data[i] = id, sub(batch, c + 1, d - 1)
-  attempt[i - 1], attempt[i] = id, 0
-  score[i - 1], score[i] = id, s
   all[i - 1], all[i] = seq, id
-  status[i - 1] = id
-  times[i - 1] = id
+  state[i - 1] = id
   if e > d + 1 then push2(sweep, cjson.decode(sub(batch, d + 1, e - 1)), id) end
   if delay > 0 then
     push2(delayed, now + delay, id)
-    status[i] = 'scheduled'
-    times[i] = (now + delay) .. ',-1,-1,-1'
+    state[i] = 'scheduled,0,' .. priority .. ',' .. (now + delay) .. ',-1,-1,-1'
   else
-    push2(ready, s, id)
-    status[i] = 'queued'
-    times[i] = queued_times
+    push2(ready, -tonumber(priority) * 1e12 + seq, id)
+    state[i] = 'queued,0,' .. priority .. queued_tail
   end
   pos = e + 1
 end
@@ -52,19 +46,22 @@ if #ready > 0 and redis.call('ZCARD', KEYS[K_READY]) == 0 then
   redis.call('ZREMRANGEBYSCORE', KEYS[K_WAITING], '-inf', '(' .. now)
   local waiters = redis.call('ZPOPMAX', KEYS[K_WAITING], #ready / 2)
   if #waiters > 0 then
-    local order, data_of, rows, active, token_of = {}, {}, {}, {}, {}
+    local order, data_of, state_of, rows, active, token_of = {}, {}, {}, {}, {}, {}
     for i = 1, #ready, 2 do order[#order + 1] = {ready[i], ready[i + 1]} end
     table.sort(order, function(x, y) return x[1] < y[1] end)
-    for i = 1, #data, 2 do data_of[data[i]] = data[i + 1] end
+    for i = 1, #data, 2 do
+      data_of[data[i]] = data[i + 1]
+      state_of[state[i]] = state[i + 1]
+    end
     ready = {}
     for n, entry in ipairs(order) do
       local id = entry[2]
       if n <= #waiters / 2 then  -- later pairs for the same id overwrite the queued ones
         local lease = tonumber(string.match(waiters[2 * n - 1], '^(%d+)|'))
         local token = 'h' .. first .. '-' .. n
-        push2(attempt, id, 1)
-        push2(status, id, 'active')
-        push2(times, id, now .. ',' .. now .. ',-1,' .. (now + lease))
+        local s = parse_state(state_of[id])
+        s.status, s.attempt, s.started, s.lease = 'active', 1, now, now + lease
+        push2(state, id, state_text(s))
         push2(active, now + lease, id)
         push2(token_of, id, token)
         rows[#rows + 1] = now .. '\t' .. id .. '\t' .. token .. '\t' .. data_of[id]
@@ -79,10 +76,7 @@ if #ready > 0 and redis.call('ZCARD', KEYS[K_READY]) == 0 then
   end
 end
 call_many('HSET', KEYS[K_DATA], data)
-call_many('HSET', KEYS[K_ATTEMPT], attempt)
-call_many('HSET', KEYS[K_SCORE], score)
-call_many('HSET', KEYS[K_STATUS], status)
-call_many('HSET', KEYS[K_TIMES], times)
+call_many('HSET', KEYS[K_STATE], state)
 call_many('ZADD', KEYS[K_ALL], all)
 if #ready > 0 then call_many('ZADD', KEYS[K_READY], ready) end
 if #delayed > 0 then call_many('ZADD', KEYS[K_DELAYED], delayed) end

@@ -6,8 +6,11 @@ for i = 2, #ARGV, 2 do
   local id = ARGV[i]
   if redis.call('HGET', KEYS[K_TOKEN], id) == ARGV[i + 1] and redis.call('ZSCORE', KEYS[K_ACTIVE], id) then
     redis.call('ZADD', KEYS[K_ACTIVE], 'XX', now + lease, id)
-    local t = get_times(id)
-    set_times(id, {t[1], t[2], t[3], now + lease})
+    local s = get_state(id)
+    if s then
+      s.lease = now + lease
+      set_state(id, s)
+    end
     out[#out + 1] = 1
   else
     out[#out + 1] = 0

@@ -12,12 +12,13 @@ redis.call('DEL', KEYS[K_HANDOFF])
 local back = 0
 for _, row in ipairs(rows) do
   local at, id, token = handoff_row(row)
-  if still_held(id, token) then
+  local s = still_held(id, token)
+  if s then
     redis.call('ZREM', KEYS[K_ACTIVE], id)
     redis.call('HDEL', KEYS[K_TOKEN], id)
-    redis.call('HINCRBY', KEYS[K_ATTEMPT], id, -1)
-    make_ready(id)
-    set_times(id, {at, -1, -1, -1})
+    make_ready(id, s)
+    s.attempt, s.available, s.started, s.finished, s.lease = math.max(0, s.attempt - 1), tonumber(at), -1, -1, -1
+    set_state(id, s)
     back = back + 1
   end
 end

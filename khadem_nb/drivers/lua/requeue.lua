@@ -2,11 +2,12 @@
 local now = now_ms()
 local n = 0
 for _, id in ipairs(ARGV) do
-  if redis.call('HGET', KEYS[K_STATUS], id) == 'failed' then
+  local s = get_state(id)
+  if s and s.status == 'failed' then
     redis.call('ZREM', KEYS[K_FAILED], id)
-    redis.call('HSET', KEYS[K_ATTEMPT], id, 0)
     redis.call('HSET', KEYS[K_RECLAIMS], id, 0)
-    wait_or_ready(id, now, 0)
+    s.attempt = 0
+    wait_or_ready(id, s, now, 0)
     n = n + 1
   end
 end

@@ -21,7 +21,9 @@ end
 local due = redis.call('ZRANGEBYSCORE', KEYS[K_DELAYED], '-inf', now, 'LIMIT', 0, 1000)
 for _, id in ipairs(due) do
   redis.call('ZREM', KEYS[K_DELAYED], id)
-  make_ready(id)
+  local s = get_state(id) or lost_state(now)  -- its available time stays the one it was due at
+  make_ready(id, s)
+  set_state(id, s)
 end
 
 if redis.call('SET', KEYS[K_LOCK], 1, 'NX', 'PX', tonumber(ARGV[5])) then
@@ -30,14 +32,14 @@ if redis.call('SET', KEYS[K_LOCK], 1, 'NX', 'PX', tonumber(ARGV[5])) then
     redis.call('ZREM', KEYS[K_ACTIVE], id)
     redis.call('HDEL', KEYS[K_TOKEN], id)
     local reclaims = redis.call('HINCRBY', KEYS[K_RECLAIMS], id, 1)
-    local t = get_times(id)
+    local s = get_state(id) or lost_state(now)
     if reclaims > tonumber(ARGV[4]) then
-      redis.call('HSET', KEYS[K_STATUS], id, 'failed')
       redis.call('HSET', KEYS[K_ERROR], id, cjson.encode({string.format(ARGV[6], reclaims), false}))
       redis.call('ZADD', KEYS[K_FAILED], now, id)
-      set_times(id, {t[1], t[2], now, -1})
+      s.status, s.finished, s.lease = 'failed', now, -1
+      set_state(id, s)
     else
-      wait_or_ready(id, now, 0)
+      wait_or_ready(id, s, now, 0)
     end
   end
 end
@@ -50,11 +52,13 @@ local out = {now, next_due[2] and math.max(0, tonumber(next_due[2]) - now) or -1
 local rows = redis.call('LPOP', KEYS[K_HANDOFF], limit) or {}
 for _, row in ipairs(rows) do
   local at, id, token, data = handoff_row(row)
-  if still_held(id, token) then
+  local s = still_held(id, token)
+  if s then
     redis.call('ZADD', KEYS[K_ACTIVE], now + lease, id)
-    set_times(id, {at, now, -1, now + lease})
+    s.started, s.lease = now, now + lease
+    set_state(id, s)
     local n = #out
-    out[n + 1], out[n + 2], out[n + 3], out[n + 4] = id, data, redis.call('HGET', KEYS[K_ATTEMPT], id), token
+    out[n + 1], out[n + 2], out[n + 3], out[n + 4] = id, data, s.attempt, token
     out[n + 5], out[n + 6], out[n + 7] = redis.call('HGET', KEYS[K_RECLAIMS], id) or 0, '{}', at
   end
 end
@@ -69,30 +73,27 @@ register(taken + #popped / 2)
 if #popped == 0 then return out end
 local ids = {}
 for i = 1, #popped, 2 do ids[#ids + 1] = popped[i] end
-local attempts, data = hmget(KEYS[K_ATTEMPT], ids), hmget(KEYS[K_DATA], ids)
-local reclaims, meta, times = hmget(KEYS[K_RECLAIMS], ids), hmget(KEYS[K_META], ids), hmget(KEYS[K_TIMES], ids)
-local attempt_of, status, token_of, times_of, active = {}, {}, {}, {}, {}
+local states, data = hmget(KEYS[K_STATE], ids), hmget(KEYS[K_DATA], ids)
+local reclaims, meta = hmget(KEYS[K_RECLAIMS], ids), hmget(KEYS[K_META], ids)
+local state_of, token_of, active = {}, {}, {}
 for j, id in ipairs(ids) do
-  local attempt = (tonumber(attempts[j]) or 0) + 1
   local token = ARGV[3] .. '-' .. j
-  local available = available_of(times[j])
-  push2(attempt_of, id, attempt)
-  push2(status, id, 'active')
+  -- a state that cannot be read still runs (the worker fails it if its data is bad too)
+  local s = parse_state(states[j]) or lost_state(now)
+  s.status, s.attempt, s.started, s.finished, s.lease = 'active', s.attempt + 1, now, -1, now + lease
+  push2(state_of, id, state_text(s))
   push2(token_of, id, token)
-  push2(times_of, id, available .. ',' .. now .. ',-1,' .. (now + lease))
   push2(active, now + lease, id)
   local n = #out
   out[n + 1] = id
   out[n + 2] = data[j]
-  out[n + 3] = attempt
+  out[n + 3] = s.attempt
   out[n + 4] = token
   out[n + 5] = reclaims[j] or 0
   out[n + 6] = meta[j] or '{}'
-  out[n + 7] = available
+  out[n + 7] = s.available
 end
-call_many('HSET', KEYS[K_ATTEMPT], attempt_of)
-call_many('HSET', KEYS[K_STATUS], status)
+call_many('HSET', KEYS[K_STATE], state_of)
 call_many('HSET', KEYS[K_TOKEN], token_of)
-call_many('HSET', KEYS[K_TIMES], times_of)
 call_many('ZADD', KEYS[K_ACTIVE], active)
 return out

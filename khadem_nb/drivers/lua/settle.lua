@@ -15,33 +15,32 @@ for j = 1, plain do at[j] = 6 + (j - 1) * 3 end
 for i = 6 + plain * 3, #ARGV, 8 do at[#at + 1] = i end
 for j, i in ipairs(at) do ids[j] = ARGV[i] end
 if #ids == 0 then return {} end
-local tokens, statuses, times = hmget(KEYS[K_TOKEN], ids), hmget(KEYS[K_STATUS], ids), hmget(KEYS[K_TIMES], ids)
+local tokens, states = hmget(KEYS[K_TOKEN], ids), hmget(KEYS[K_STATE], ids)
 local out, seen, settled, heard, metas = {}, {}, {}, {}, {}
-local status, results, errors, finished_times, done, failed, clear_error = {}, {}, {}, {}, {}, {}, {}
+local finished, results, errors, done, failed, clear_error = {}, {}, {}, {}, {}, {}
 local notify = false
 
-local function finish(j, id, state)
-  local t = times[j] or '0,-1,-1,-1'
-  local available, started = string.match(t, '^([^,]+),([^,]+)')
-  push2(status, id, state)
-  push2(finished_times, id, available .. ',' .. started .. ',' .. now .. ',-1')
+local function finish(s, id, status)
+  s.status, s.finished, s.lease = status, now, -1
+  push2(finished, id, state_text(s))
 end
 
-local function give_back(i, id)
+local function give_back(i, id, s)
   if ARGV[i + 7] == '1' then
-    redis.call('HINCRBY', KEYS[K_ATTEMPT], id, -1)
+    s.attempt = math.max(0, s.attempt - 1)
   else
     redis.call('HSET', KEYS[K_ERROR], id, ARGV[i + 4])
   end
   local delay = tonumber(ARGV[i + 5])
-  wait_or_ready(id, now, delay)
+  wait_or_ready(id, s, now, delay)
   notify = notify or delay <= 0
   return delay > 0 and 'scheduled' or 'queued'
 end
 
 for j, id in ipairs(ids) do
   local i = at[j]
-  if seen[id] or tokens[j] ~= ARGV[i + 1] or statuses[j] ~= 'active' then
+  local s = not seen[id] and tokens[j] == ARGV[i + 1] and parse_state(states[j])
+  if not s or s.status ~= 'active' then
     out[j] = 0
   else
     seen[id] = true
@@ -52,16 +51,16 @@ for j, id in ipairs(ids) do
       if ARGV[i + 6] ~= '' then push2(metas, id, ARGV[i + 6]) end
     end
     if state == 'completed' then
-      finish(j, id, 'completed')
+      finish(s, id, 'completed')
       push2(results, id, result)
       clear_error[#clear_error + 1] = id
       push2(done, now, id)
     elseif state == 'failed' then
-      finish(j, id, 'failed')
+      finish(s, id, 'failed')
       push2(errors, id, ARGV[i + 4])
       push2(failed, now, id)
     else -- back to the queue: a retry after delay_ms, or a release (attempt not counted)
-      state = give_back(i, id)
+      state = give_back(i, id, s)
     end
     settled[#settled + 1] = id
     if state == 'completed' and #result <= NOTICE_RESULT_MAX then
@@ -76,10 +75,7 @@ if #settled > 0 then
   call_many('ZREM', KEYS[K_ACTIVE], settled)
   call_many('HDEL', KEYS[K_TOKEN], settled)
   if #metas > 0 then call_many('HSET', KEYS[K_META], metas) end
-  if #status > 0 then
-    call_many('HSET', KEYS[K_STATUS], status)
-    call_many('HSET', KEYS[K_TIMES], finished_times)
-  end
+  if #finished > 0 then call_many('HSET', KEYS[K_STATE], finished) end
   if #results > 0 then call_many('HSET', KEYS[K_RESULT], results) end
   if #clear_error > 0 then call_many('HDEL', KEYS[K_ERROR], clear_error) end
   if #done > 0 then call_many('ZADD', KEYS[K_DONE], done) end
