@@ -131,6 +131,30 @@ async def test_a_missing_data_field_fails_its_job_and_odd_keys_survive_the_batch
     await manager.close()
 
 
+class UrgentEcho(Echo):
+    priority = 5
+
+
+async def test_a_big_bulk_dispatch_streams_in_order_even_after_the_script_cache_is_lost() -> None:
+    """More jobs than one enqueue call takes go as chunks on one connection: every job is
+    stored once, FIFO within a priority holds across chunks, and a server that forgot its
+    scripts (restart, failover: SCRIPT FLUSH here) still takes them."""
+    manager = await QueueManager({"queue": {"url": need_redis(), "prefix": "khadem-test-stream"}}).init()
+    await manager.driver.purge()
+    await manager.driver.client.script_flush()  # type: ignore[attr-defined]
+    jobs = [UrgentEcho(i) if i % 3 == 0 else Echo(i) for i in range(1_100)]
+    ids = await manager.dispatch_many(jobs)
+    assert len(set(ids)) == 1_100
+    assert (await manager.counts())["queued"] == 1_100
+    RUN_LOG.clear()
+    await manager.start_worker(burst=True, delay=0.05, concurrency=1)
+    expected = [i for i in range(1_100) if i % 3 == 0] + [i for i in range(1_100) if i % 3]
+    ran = list(RUN_LOG)
+    assert ran == expected, "priority first, then FIFO within each"
+    await manager.driver.purge()
+    await manager.close()
+
+
 def test_restart_under_load_loses_nothing(server: RedisServer, tmp_path: Path) -> None:
     """SIGKILL the server while two worker processes drain; restart it; every job completes."""
     url = f"{server.url}?lease=2"
