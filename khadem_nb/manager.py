@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 from typing import Any
@@ -30,6 +30,18 @@ from .waiting import (
     watch,
 )
 from .worker import QueueWorker
+
+#: a job encoded and checked, not yet a record: name, payload, queue, priority, max_attempts,
+#: delay (ms), timeout (s), sweep key
+Draft = tuple[str, Any, str, int, int, int, float | None, str | None]
+DISPATCH_CHUNK = 250  # records built at a time by dispatch_many
+
+
+def _record_from(draft: Draft, now: int) -> JobRecord:
+    name, payload, queue, priority, attempts, delay_ms, timeout_s, key = draft
+    return JobRecord(new_job_id(), name, payload, queue, priority, 0, attempts,
+                     SCHEDULED if delay_ms > 0 else QUEUED, now, now + delay_ms,
+                     timeout_s=timeout_s, key=key)
 
 
 class QueueManager:
@@ -101,20 +113,23 @@ class QueueManager:
                      queue: str | None = None, priority: int | None = None,
                      max_attempts: int | None = None, key: str | None = None) -> JobRecord:
         """Encode ``job`` into a record ready to push (raises SerializationError at once)."""
+        return _record_from(self._draft(job, delay, queue, priority, max_attempts, key), now_ms())
+
+    def _draft(self, job: QueueJob, delay: float | timedelta | None, queue: str | None,
+               priority: int | None, max_attempts: int | None, key: str | None) -> Draft:
+        """Everything about a job that can be wrong, encoded and checked; no id or time yet."""
         name, payload = self.serializer.encode_job(job)
         delay_s = 0.0 if delay is None else to_seconds(delay, name="delay") or 0.0
-        now = now_ms()
         attempts = job.max_attempts if max_attempts is None else max_attempts
         if attempts < 1:
             raise ConfigError(f"max_attempts must be >= 1, got {attempts}")
+        level = job.priority if priority is None else int(priority)
+        if self._driver is not None:  # else the driver checks when the record is pushed
+            self._driver.check_priority(level)
         timeout = job.timeout
-        return JobRecord(
-            new_job_id(), name, payload, queue or job.queue or self.settings.name,
-            job.priority if priority is None else int(priority), 0, attempts,
-            SCHEDULED if delay_s > 0 else QUEUED, now,
-            now + int(delay_s * 1000),
-            timeout_s=None if timeout is None else to_seconds(timeout, name="timeout"), key=key,
-        )
+        return (name, payload, queue or job.queue or self.settings.name, level, attempts,
+                int(delay_s * 1000), None if timeout is None else to_seconds(timeout, name="timeout"),
+                key)
 
     async def dispatch(self, job: QueueJob, delay: float | timedelta | None = None, *,
                        queue: str | None = None, priority: int | None = None,
@@ -127,20 +142,37 @@ class QueueManager:
 
     async def dispatch_many(self, jobs: Iterable[QueueJob], delay: float | timedelta | None = None,
                             *, queue: str | None = None) -> list[str]:
-        """Queue many jobs in one driver call; every job is encoded before any is stored."""
-        records = [self.build_record(job, delay=delay, queue=queue) for job in jobs]
-        await self.push(records)
+        """Queue many jobs; every job is encoded and checked before any is stored.
+
+        The records are then built a chunk at a time as the driver takes them: on Redis each
+        chunk is built while the one before is being stored.
+        """
+        drafts = [self._draft(job, delay, queue, None, None, None) for job in jobs]
+        records: list[JobRecord] = []
+
+        def chunks() -> Iterator[list[JobRecord]]:
+            for start in range(0, len(drafts), DISPATCH_CHUNK):
+                now = now_ms()
+                chunk = [_record_from(draft, now) for draft in drafts[start : start + DISPATCH_CHUNK]]
+                records.extend(chunk)
+                yield chunk
+
+        if drafts:
+            await self.driver.push_chunks(chunks())
+            await self._pushed(records)
         return [r.id for r in records]
 
     async def push(self, records: Sequence[JobRecord]) -> None:
         """Store prepared records and count them; on ``sync``, run them now."""
         if not records:
             return
-        driver = self.driver
-        await driver.push(records)
+        await self.driver.push(records)
+        await self._pushed(records)
+
+    async def _pushed(self, records: Sequence[JobRecord]) -> None:
         for record in records:
             self.monitor.job_queued(record)
-        if driver.runs_at_dispatch:
+        if self.driver.runs_at_dispatch:
             await self._run_now({r.queue for r in records})
 
     async def _run_now(self, queues: set[str]) -> None:

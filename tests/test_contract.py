@@ -285,6 +285,28 @@ async def test_many_noop_jobs_with_concurrency(manager: QueueManager) -> None:
     assert len(set(ids)) == 200
 
 
+async def test_a_big_bulk_dispatch_keeps_order_and_ids(queued_manager: QueueManager) -> None:
+    """More jobs than one chunk: built and stored chunk by chunk, returned ids in order."""
+    ids = await queued_manager.dispatch_many([Echo(i) for i in range(600)])
+    records = await queued_manager.get_jobs(ids)
+    assert [r.payload["value"] for r in records] == list(range(600))
+    assert queued_manager.get_metrics()["total_queued"] == 600
+    await drain(queued_manager)
+    assert list(range(600)) == RUN_LOG
+
+
+async def test_one_bad_job_in_a_bulk_dispatch_stores_none(manager: QueueManager) -> None:
+    from khadem_nb import SerializationError
+
+    jobs = [Echo(i) for i in range(600)]
+    jobs[550] = Echo({"fine": 1, "bad": object()})
+    named = r"Echo argument\['value'\]\['bad'\] is of type builtins.object"
+    with pytest.raises(SerializationError, match=named):
+        await manager.dispatch_many(jobs)
+    assert sum((await manager.counts()).values()) == 0
+    assert manager.get_metrics()["total_queued"] == 0
+
+
 async def test_prefetch_claims_ahead_but_runs_at_most_concurrency(queued_manager: QueueManager) -> None:
     from jobs import CountRunning
 

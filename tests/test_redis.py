@@ -131,6 +131,28 @@ async def test_a_missing_data_field_fails_its_job_and_odd_keys_survive_the_batch
     await manager.close()
 
 
+class FarTooUrgentEcho(Echo):
+    priority = 4_001
+
+
+async def test_a_priority_redis_cannot_order_is_refused_before_anything_is_stored() -> None:
+    manager = QueueManager({"queue": {"url": need_redis(), "prefix": "khadem-test-range"}})
+    early = manager.build_record(Echo("built before init"), queue="default", priority=9_000)
+    await manager.init()
+    await manager.driver.purge()
+    with pytest.raises(ConfigError, match="priority 9000 is outside"):
+        await manager.push([early])
+    named = r"priority -5000 is outside the range of the 'redis' driver, \[-4000, 4000\]"
+    with pytest.raises(ConfigError, match=named):
+        await manager.dispatch(Echo("x"), priority=-5000)
+    with pytest.raises(ConfigError, match="priority 4001 is outside"):
+        await manager.dispatch_many([Echo(i) for i in range(300)] + [FarTooUrgentEcho("late")])
+    assert sum((await manager.counts()).values()) == 0
+    await manager.dispatch(Echo("edge"), priority=4_000)  # the limit itself is fine
+    await manager.driver.purge()
+    await manager.close()
+
+
 class UrgentEcho(Echo):
     priority = 5
 

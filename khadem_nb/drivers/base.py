@@ -15,6 +15,7 @@ from typing import Any, ClassVar
 from .._ids import new_token
 from .._time import now_ms
 from ..config import QueueSettings
+from ..errors import ConfigError
 from ..job import ACTIVE, COMPLETED, FAILED, QUEUED, SCHEDULED, JobRecord, JobStatus
 
 
@@ -42,10 +43,20 @@ class QueueDriver(ABC):
     runs_at_dispatch: ClassVar[bool] = False
     #: claims carry a lease that the worker must renew with ``heartbeat``
     uses_leases: ClassVar[bool] = False
+    #: priorities this driver can order, ``[-max_priority, max_priority]`` (``None``: any int);
+    #: checked when a job is dispatched
+    max_priority: ClassVar[int | None] = None
 
     def __init__(self, settings: QueueSettings) -> None:
         self.settings = settings
         self.stale_acks = 0
+
+    def check_priority(self, priority: int) -> None:
+        """Raise ``ConfigError`` if this driver cannot order jobs of ``priority``."""
+        limit = self.max_priority
+        if limit is not None and abs(priority) > limit:
+            raise ConfigError(f"priority {priority} is outside the range of the "
+                              f"{self.settings.driver!r} driver, [-{limit}, {limit}]")
 
     def default_prefetch(self, concurrency: int) -> int:
         """Jobs a worker claims ahead of its free consumers when not told otherwise.
@@ -73,6 +84,13 @@ class QueueDriver(ABC):
     @abstractmethod
     async def push(self, records: Sequence[JobRecord]) -> None:
         """Store new records (QUEUED or SCHEDULED) in one go."""
+
+    async def push_chunks(self, chunks: Iterable[Sequence[JobRecord]]) -> None:
+        """Store chunks of new records in order, taking the next chunk from ``chunks`` only
+        once the one before is on its way (drivers that can overlap storing one chunk with
+        building the next do so)."""
+        for chunk in chunks:
+            await self.push(chunk)
 
     # -- consuming ---------------------------------------------------------------------------
     @abstractmethod

@@ -82,6 +82,7 @@ class RedisDriver(QueueDriver):
     durable: ClassVar[bool] = True
     shared: ClassVar[bool] = True
     uses_leases: ClassVar[bool] = True
+    max_priority: ClassVar[int | None] = MAX_PRIORITY
 
     def __init__(self, settings: QueueSettings) -> None:
         super().__init__(settings)
@@ -294,40 +295,44 @@ class RedisDriver(QueueDriver):
 
     # -- producing -------------------------------------------------------------------------------
     async def push(self, records: Sequence[JobRecord]) -> None:
-        by_queue: dict[str, list[JobRecord]] = {}
-        for record in records:  # every record is checked before anything is sent
-            if abs(record.priority) > MAX_PRIORITY:
-                raise ConfigError(f"priority {record.priority} is outside the Redis driver's range "
-                                  f"[-{MAX_PRIORITY}, {MAX_PRIORITY}]")
-            by_queue.setdefault(record.queue, []).append(record)
-        for queue, queued in by_queue.items():
-            if len(queued) <= PUSH_CHUNK or self.cluster:
-                for start in range(0, len(queued), PUSH_CHUNK):
-                    await self._run("enqueue", queue, _enqueue_args(queued[start : start + PUSH_CHUNK]))
-            else:
-                await self._call(functools.partial(self._stream_enqueue, queue, queued))
+        for record in records:  # built before the manager had this driver: checked here, all first
+            self.check_priority(record.priority)
+        if len(records) > PUSH_CHUNK:
+            await self.push_chunks(records[i : i + PUSH_CHUNK] for i in range(0, len(records), PUSH_CHUNK))
+            return
+        for queue, queued in _by_queue(records).items():
+            await self._run("enqueue", queue, _enqueue_args(queued))
 
-    async def _stream_enqueue(self, queue: str, records: Sequence[JobRecord]) -> None:
-        """Enqueue chunk after chunk on one connection, each sent before the next is formatted.
+    async def push_chunks(self, chunks: Iterable[Sequence[JobRecord]]) -> None:
+        if self.cluster:  # a chunk's queues may live on different nodes: one call at a time
+            for chunk in chunks:
+                for queue, queued in _by_queue(chunk).items():
+                    for start in range(0, len(queued), PUSH_CHUNK):
+                        await self._run("enqueue", queue, _enqueue_args(queued[start : start + PUSH_CHUNK]))
+            return
+        await self._call(functools.partial(self._stream_enqueue, chunks))
 
-        Redis stores one chunk while Python formats the next (a bulk enqueue was about half
-        Python, half Redis, one after the other), and one connection keeps the chunks in
-        order. The script goes as EVAL, so a server that lost its script cache (restart,
-        failover) cannot answer a chunk with NOSCRIPT while later ones are already on the way.
+    async def _stream_enqueue(self, chunks: Iterable[Sequence[JobRecord]]) -> None:
+        """Send chunk after chunk on one connection, each before the next is built.
+
+        Redis stores one chunk while Python builds and formats the next (a bulk enqueue was
+        about half Python, half Redis, one after the other), and one connection keeps the
+        chunks in order. The script goes as EVAL, so a server that lost its script cache
+        (restart, failover) cannot answer a chunk with NOSCRIPT while later ones are on the way.
         """
-        keys = self._script_keys(queue)
         source = self._scripts["enqueue"].script
         pool = self.client.connection_pool
         conn = await pool.get_connection()
         in_flight = 0
         try:
-            for start in range(0, len(records), PUSH_CHUNK):
-                args = _enqueue_args(records[start : start + PUSH_CHUNK])
-                await conn.send_command("EVAL", source, len(keys), *keys, *args)
-                in_flight += 1
-                if in_flight == 2:  # the one before is done: one chunk stored, one formatted
-                    await conn.read_response()
-                    in_flight -= 1
+            for chunk in chunks:
+                for queue, queued in _by_queue(chunk).items():
+                    keys = self._script_keys(queue)
+                    await conn.send_command("EVAL", source, len(keys), *keys, *_enqueue_args(queued))
+                    in_flight += 1
+                    if in_flight == 2:  # the one before is done: one chunk stored, one built
+                        await conn.read_response()
+                        in_flight -= 1
             while in_flight:
                 await conn.read_response()
                 in_flight -= 1
@@ -574,6 +579,13 @@ class RedisDriver(QueueDriver):
     async def purge(self) -> None:
         keys = self.keys(self.settings.name)
         await self._call(lambda: self.client.delete(*keys))
+
+
+def _by_queue(records: Iterable[JobRecord]) -> dict[str, list[JobRecord]]:
+    by_queue: dict[str, list[JobRecord]] = {}
+    for record in records:
+        by_queue.setdefault(record.queue, []).append(record)
+    return by_queue
 
 
 def _enqueue_args(records: Sequence[JobRecord]) -> list[Any]:
