@@ -34,7 +34,7 @@ from .worker import QueueWorker
 #: a job encoded and checked, not yet a record: name, payload, queue, priority, max_attempts,
 #: delay (ms), timeout (s), sweep key
 Draft = tuple[str, Any, str, int, int, int, float | None, str | None]
-DISPATCH_CHUNK = 250  # records built at a time by dispatch_many
+DISPATCH_CHUNK = 200  # records built at a time by dispatch_many (measured best of 100-400)
 
 
 def _record_from(draft: Draft, now: int) -> JobRecord:
