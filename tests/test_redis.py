@@ -99,8 +99,10 @@ async def test_malformed_record_fails_its_job_and_the_worker_continues() -> None
     await manager.driver.purge()
     bad = await manager.dispatch(Echo("will be corrupted"))
     good = await manager.dispatch(Echo("fine"))
-    data_key = queue_keys("khadem-test-corrupt", "default")[7]
-    await manager.driver.client.hset(data_key, bad, b"{not json")  # type: ignore[attr-defined]
+    state_key = queue_keys("khadem-test-corrupt", "default")[KEY_NAMES.index("state")]
+    client = manager.driver.client  # type: ignore[attr-defined]
+    state = await client.hget(state_key, bad)
+    await client.hset(state_key, bad, state.split(b"\t")[0] + b"\t{not json")  # its data, corrupt
     await manager.start_worker(burst=True, delay=0.05)
     record = await manager.get_job(bad)
     assert record.status is JobStatus.FAILED
@@ -110,7 +112,7 @@ async def test_malformed_record_fails_its_job_and_the_worker_continues() -> None
     await manager.close()
 
 
-async def test_a_missing_data_field_fails_its_job_and_odd_keys_survive_the_batch_format() -> None:
+async def test_a_lost_job_field_fails_its_job_and_odd_keys_survive_the_batch_format() -> None:
     manager = await QueueManager({"queue": {"url": need_redis(), "prefix": "khadem-test-odd"}}).init()
     await manager.driver.purge()
     # the enqueue script splits a batch on newlines and a job's values on tabs
@@ -120,8 +122,8 @@ async def test_a_missing_data_field_fails_its_job_and_odd_keys_survive_the_batch
     await manager.push([keyed, neighbour])
     assert (await manager.driver.find_by_keys(["plain"]))["plain"].id == neighbour.id
     lost = await manager.dispatch(Echo("its data field will be deleted"))
-    data_key = queue_keys("khadem-test-odd", "default")[7]
-    await manager.driver.client.hdel(data_key, lost)  # type: ignore[attr-defined]
+    state_key = queue_keys("khadem-test-odd", "default")[KEY_NAMES.index("state")]
+    await manager.driver.client.hdel(state_key, lost)  # type: ignore[attr-defined]
     assert (await manager.driver.find_by_keys([odd_key]))[odd_key].id == keyed.id
     await manager.start_worker(burst=True, delay=0.05)
     assert (await manager.get_job(keyed.id)).result == "tab\tin the payload"

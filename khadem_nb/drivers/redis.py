@@ -3,10 +3,10 @@
 Every state change is one Lua script (``drivers/lua/``) that reads the clock with ``TIME``,
 so client clocks never matter. A queue's keys all carry one hash tag, ``{prefix:queue}``, and
 every script declares all the keys it touches, so the driver runs unchanged on Redis Cluster.
-Job fields live in a few hashes keyed by job id: ``data`` (the JSON written at dispatch, never
-changed), ``state`` (``status,attempt,priority,available,started,finished,lease`` as one short
-text, rewritten by each claim and settle), ``token``, ``result``, ``error``, ``reclaims`` and
-``meta``. Scripts split the state text instead of decoding and re-encoding a JSON record, and
+Job fields live in a few hashes keyed by job id: ``state`` (``status,attempt,priority,
+available,started,finished,lease``, a tab, then the job's data as written at dispatch: one field
+per job that a claim or a settle reads and rewrites whole), ``token``, ``result``, ``error``,
+``reclaims`` and ``meta``. Scripts split the state text instead of decoding and re-encoding a JSON record, and
 a batch (an enqueue of many jobs, a claim, the settles of one loop turn) writes each hash once
 with a variadic command, since a ``redis.call`` costs more than the work it does on one field.
 
@@ -48,20 +48,19 @@ logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
 # The key layout every script shares; the order matches the K_* constants in _common.lua.
-KEY_NAMES = ("seq", "ready", "delayed", "active", "completed", "failed", "all", "data", "state",
-             "token", "result", "error", "reclaims", "meta", "keys", "notify", "sweep", "waiting",
-             "handoff")
-COLUMNS = ("data", "state", "token", "result", "error", "reclaims", "meta")
+KEY_NAMES = ("seq", "ready", "delayed", "active", "completed", "failed", "all", "state", "token",
+             "result", "error", "reclaims", "meta", "keys", "notify", "sweep", "waiting", "handoff")
+COLUMNS = ("state", "token", "result", "error", "reclaims", "meta")
 STATUS_SETS = {JobStatus.QUEUED: "ready", JobStatus.SCHEDULED: "delayed", JobStatus.ACTIVE: "active",
                JobStatus.COMPLETED: "completed", JobStatus.FAILED: "failed"}
-SCRIPTS = ("enqueue", "reserve", "settle", "heartbeat", "meta", "requeue", "fetch", "leave")
+SCRIPTS = ("enqueue", "reserve", "settle", "heartbeat", "meta", "requeue", "fetch", "leave", "statuses")
 FETCH_CHUNK = 2000  # records read per script call
 MAX_PRIORITY = 4000  # scores are -priority * 1e12 + seq: exact in a double up to this
 NOTIFY_CAP = 64
 PUSH_CHUNK = 200  # jobs per enqueue call; a bigger push streams its chunks
 MIN_REDIS = (6, 2)  # LPOP with a count (reserve.lua)
 MAX_WAIT_S = 1.0  # longest block on a notify list: other queues and sweeps are looked at as often
-SETTLED_STATES = {s.value: s for s in JobStatus}  # the status words settle.lua publishes
+SETTLED_STATES = {s.value: s for s in JobStatus}  # status words as the scripts write them
 _persistence_warned: set[str] = set()
 
 
@@ -325,10 +324,12 @@ class RedisDriver(QueueDriver):
         conn = await pool.get_connection()
         in_flight = 0
         try:
+            await conn.check_health()  # now, not between a send and its reply (a PING would read it)
             for chunk in chunks:
                 for queue, queued in _by_queue(chunk).items():
                     keys = self._script_keys(queue)
-                    await conn.send_command("EVAL", source, len(keys), *keys, *_enqueue_args(queued))
+                    await conn.send_command("EVAL", source, len(keys), *keys, *_enqueue_args(queued),
+                                            check_health=False)
                     in_flight += 1
                     if in_flight == 2:  # the one before is done: one chunk stored, one built
                         await conn.read_response()
@@ -514,11 +515,10 @@ class RedisDriver(QueueDriver):
         return await self._fetch(self.settings.name, job_ids)
 
     async def statuses(self, job_ids: Sequence[str]) -> builtins.list[JobStatus | None]:
-        if not job_ids:
-            return []
-        key = self.keys(self.settings.name)[KEY_NAMES.index("state")]
-        values = await self._call(lambda: self.client.hmget(key, list(job_ids)))
-        return [None if v is None else JobStatus(v.split(b",", 1)[0].decode()) for v in values]
+        queue, found = self.settings.name, []
+        for start in range(0, len(job_ids), FETCH_CHUNK):
+            found += await self._run("statuses", queue, job_ids[start : start + FETCH_CHUNK])
+        return [SETTLED_STATES[w.decode()] if w else None for w in found]
 
     async def list(self, status: JobStatus | None = None, queue: str | None = None,
                    limit: int | None = None) -> list[JobRecord]:
@@ -688,8 +688,8 @@ def _handed_off_record(queue: str, row: bytes, lease_s: float) -> JobRecord:
 
 def _from_data(queue: str, job_id: str, data: bytes) -> JobRecord:
     try:
-        if not isinstance(data, bytes):
-            raise ValueError("its data field is missing")
+        if not data:
+            raise ValueError("its data is missing")
         fields = json.loads(data.decode())  # decoded here: json.loads(bytes) sniffs the encoding
         if not isinstance(fields, dict):
             raise ValueError(f"expected an object, got {type(fields).__name__}")
@@ -704,11 +704,12 @@ def _from_data(queue: str, job_id: str, data: bytes) -> JobRecord:
 
 
 def _record_from_columns(queue: str, job_id: str, values: list[Any]) -> JobRecord | None:
-    data, state, token, result, error, reclaims, meta = values
-    if data is None or state is None:
+    state, token, result, error, reclaims, meta = values
+    if state is None:
         return None
+    head, _, data = state.partition(b"\t")
     record = _from_data(queue, job_id, data)
-    status, attempt, _priority, available, started, finished, lease = state.decode().split(",")
+    status, attempt, _priority, available, started, finished, lease = head.decode().split(",")
     record.status = JobStatus(status)
     record.attempt = int(attempt)
     record.token = token.decode() if token else None

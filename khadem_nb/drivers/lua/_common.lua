@@ -1,38 +1,39 @@
 -- Shared by every script (prepended by the driver). KEYS follow one fixed layout, all under
 -- the queue's hash tag, so every key a script touches is declared and in one cluster slot.
 local K_SEQ, K_READY, K_DELAYED, K_ACTIVE, K_DONE, K_FAILED, K_ALL = 1, 2, 3, 4, 5, 6, 7
-local K_DATA, K_STATE, K_TOKEN, K_RESULT, K_ERROR, K_RECLAIMS, K_META = 8, 9, 10, 11, 12, 13, 14
-local K_KEYS, K_NOTIFY, K_LOCK, K_WAITING, K_HANDOFF = 15, 16, 17, 18, 19
+local K_STATE, K_TOKEN, K_RESULT, K_ERROR, K_RECLAIMS, K_META = 8, 9, 10, 11, 12, 13
+local K_KEYS, K_NOTIFY, K_LOCK, K_WAITING, K_HANDOFF = 14, 15, 16, 17, 18
 
 local function now_ms()
   local t = redis.call('TIME')
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
 
--- A job's state is one hash field, "status,attempt,priority,available,started,finished,lease"
--- (times in ms since the epoch, -1 for none): a claim or a settle rewrites one field per job,
--- and an enqueue writes two hash fields per job (data, state) where it wrote five.
-local STATE_PATTERN = '^(%a+),(%-?%d+),(%-?%d+),(%-?%d+),(%-?%d+),(%-?%d+),(%-?%d+)$'
+-- A job is one field of the state hash: "status,attempt,priority,available,started,finished,
+-- lease<TAB>data" (times in ms since the epoch, -1 for none; data, the JSON written at dispatch,
+-- never changes). An enqueue writes one hash field per job where it wrote five, and a claim or
+-- a settle reads and rewrites that one field.
+local STATE_PATTERN = '^(%a+),(%-?%d+),(%-?%d+),(%-?%d+),(%-?%d+),(%-?%d+),(%-?%d+)\t(.*)$'
 
 local function parse_state(raw)
   if not raw then return nil end
-  local status, attempt, priority, available, started, finished, lease = string.match(raw, STATE_PATTERN)
+  local status, attempt, priority, available, started, finished, lease, data = string.match(raw, STATE_PATTERN)
   if not status then return nil end
   return {status = status, attempt = tonumber(attempt), priority = tonumber(priority),
           available = tonumber(available), started = tonumber(started),
-          finished = tonumber(finished), lease = tonumber(lease)}
+          finished = tonumber(finished), lease = tonumber(lease), data = data}
 end
 
 -- what a job whose state field is missing or unreadable is taken to be: never claimed, priority
--- 0 (it still runs; bad data then fails it with a clear error, and nothing is dropped)
+-- 0, no data (a worker still claims it and fails it with a clear error: nothing is dropped)
 local function lost_state(now)
   return {status = 'queued', attempt = 0, priority = 0, available = now, started = -1,
-          finished = -1, lease = -1}
+          finished = -1, lease = -1, data = ''}
 end
 
 local function state_text(s)
   return s.status .. ',' .. s.attempt .. ',' .. s.priority .. ',' .. s.available .. ',' ..
-    s.started .. ',' .. s.finished .. ',' .. s.lease
+    s.started .. ',' .. s.finished .. ',' .. s.lease .. '\t' .. s.data
 end
 
 local function get_state(id)
@@ -64,7 +65,7 @@ local function wait_or_ready(id, s, now, delay)
 end
 
 local function forget(id)
-  for i = K_DATA, K_META do redis.call('HDEL', KEYS[i], id) end
+  for i = K_STATE, K_META do redis.call('HDEL', KEYS[i], id) end
   redis.call('ZREM', KEYS[K_ALL], id)
 end
 

@@ -14,11 +14,11 @@ local count, batch = tonumber(ARGV[2]), ARGV[3]
 if count == 0 then return now end
 local first = redis.call('INCRBY', KEYS[K_SEQ], count) - count
 local find, sub = string.find, string.sub
-local data, state, all = {}, {}, {}
+local state, all = {}, {}
 local ready, delayed, sweep = {}, {}, {}
-local queued_tail = ',' .. now .. ',-1,-1,-1'
+local queued_tail = ',' .. now .. ',-1,-1,-1\t'
 local pos, size = 1, #batch
--- walks the batch in place (no string per line); one pair per job in data, state and all
+-- walks the batch in place (no string per line); one pair per job in state and all
 for j = 1, count do
   local a = find(batch, '\t', pos, true)
   local b = find(batch, '\t', a + 1, true)
@@ -28,16 +28,16 @@ for j = 1, count do
   local id, priority, delay = sub(batch, pos, a - 1), sub(batch, a + 1, b - 1), tonumber(sub(batch, b + 1, c - 1))
   local seq = first + j
   local i = 2 * j
-  data[i - 1], data[i] = id, sub(batch, c + 1, d - 1)
+  local data = sub(batch, c + 1, d - 1)
   all[i - 1], all[i] = seq, id
   state[i - 1] = id
   if e > d + 1 then push2(sweep, cjson.decode(sub(batch, d + 1, e - 1)), id) end
   if delay > 0 then
     push2(delayed, now + delay, id)
-    state[i] = 'scheduled,0,' .. priority .. ',' .. (now + delay) .. ',-1,-1,-1'
+    state[i] = 'scheduled,0,' .. priority .. ',' .. (now + delay) .. ',-1,-1,-1\t' .. data
   else
     push2(ready, -tonumber(priority) * 1e12 + seq, id)
-    state[i] = 'queued,0,' .. priority .. queued_tail
+    state[i] = 'queued,0,' .. priority .. queued_tail .. data
   end
   pos = e + 1
 end
@@ -46,13 +46,10 @@ if #ready > 0 and redis.call('ZCARD', KEYS[K_READY]) == 0 then
   redis.call('ZREMRANGEBYSCORE', KEYS[K_WAITING], '-inf', '(' .. now)
   local waiters = redis.call('ZPOPMAX', KEYS[K_WAITING], #ready / 2)
   if #waiters > 0 then
-    local order, data_of, state_of, rows, active, token_of = {}, {}, {}, {}, {}, {}
+    local order, state_of, rows, active, token_of = {}, {}, {}, {}, {}
     for i = 1, #ready, 2 do order[#order + 1] = {ready[i], ready[i + 1]} end
     table.sort(order, function(x, y) return x[1] < y[1] end)
-    for i = 1, #data, 2 do
-      data_of[data[i]] = data[i + 1]
-      state_of[state[i]] = state[i + 1]
-    end
+    for i = 1, #state, 2 do state_of[state[i]] = state[i + 1] end
     ready = {}
     for n, entry in ipairs(order) do
       local id = entry[2]
@@ -64,7 +61,7 @@ if #ready > 0 and redis.call('ZCARD', KEYS[K_READY]) == 0 then
         push2(state, id, state_text(s))
         push2(active, now + lease, id)
         push2(token_of, id, token)
-        rows[#rows + 1] = now .. '\t' .. id .. '\t' .. token .. '\t' .. data_of[id]
+        rows[#rows + 1] = now .. '\t' .. id .. '\t' .. token .. '\t' .. s.data
         handed = handed + 1
       else
         push2(ready, entry[1], id)
@@ -75,7 +72,6 @@ if #ready > 0 and redis.call('ZCARD', KEYS[K_READY]) == 0 then
     call_many('RPUSH', KEYS[K_HANDOFF], rows)
   end
 end
-call_many('HSET', KEYS[K_DATA], data)
 call_many('HSET', KEYS[K_STATE], state)
 call_many('ZADD', KEYS[K_ALL], all)
 if #ready > 0 then call_many('ZADD', KEYS[K_READY], ready) end

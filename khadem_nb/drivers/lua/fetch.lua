@@ -1,7 +1,7 @@
--- ARGV: job ids. Returns, per id, its columns in the order of COLUMNS in redis.py (data,
--- state, token, result, error, reclaims, meta): one call and one reply instead of a pipeline
--- of seven HMGETs.
-local columns = {K_DATA, K_STATE, K_TOKEN, K_RESULT, K_ERROR, K_RECLAIMS, K_META}
+-- ARGV: job ids. Returns, per id, its columns in the order of COLUMNS in redis.py (state
+-- with data, token, result, error, reclaims, meta): one call and one reply instead of a
+-- pipeline of six HMGETs.
+local columns = {K_STATE, K_TOKEN, K_RESULT, K_ERROR, K_RECLAIMS, K_META}
 local values = {}
 for c, k in ipairs(columns) do values[c] = hmget(KEYS[k], ARGV) end
 local out = {}

@@ -73,7 +73,7 @@ register(taken + #popped / 2)
 if #popped == 0 then return out end
 local ids = {}
 for i = 1, #popped, 2 do ids[#ids + 1] = popped[i] end
-local states, data = hmget(KEYS[K_STATE], ids), hmget(KEYS[K_DATA], ids)
+local states = hmget(KEYS[K_STATE], ids)
 local reclaims, meta = hmget(KEYS[K_RECLAIMS], ids), hmget(KEYS[K_META], ids)
 local state_of, token_of, active = {}, {}, {}
 for j, id in ipairs(ids) do
@@ -86,7 +86,7 @@ for j, id in ipairs(ids) do
   push2(active, now + lease, id)
   local n = #out
   out[n + 1] = id
-  out[n + 2] = data[j]
+  out[n + 2] = s.data
   out[n + 3] = s.attempt
   out[n + 4] = token
   out[n + 5] = reclaims[j] or 0
