@@ -124,8 +124,9 @@ class QueueManager:
         if attempts < 1:
             raise ConfigError(f"max_attempts must be >= 1, got {attempts}")
         level = job.priority if priority is None else int(priority)
-        if self._driver is not None:  # else the driver checks when the record is pushed
-            self._driver.check_priority(level)
+        driver = self._driver  # without one yet, the driver checks when the record is pushed
+        if driver is not None and driver.max_priority is not None:
+            driver.check_priority(level)
         timeout = job.timeout
         return (name, payload, queue or job.queue or self.settings.name, level, attempts,
                 int(delay_s * 1000), None if timeout is None else to_seconds(timeout, name="timeout"),
