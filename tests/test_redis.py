@@ -94,6 +94,23 @@ async def test_dispatch_while_redis_is_down_raises_quickly(server: RedisServer) 
     await manager.close()
 
 
+async def test_a_streamed_bulk_dispatch_while_redis_is_down_raises_quickly(server: RedisServer) -> None:
+    """The streamed path holds one connection of its own: losing Redis is the same clear,
+    bounded error, and the connection is not handed back with replies still owed."""
+    manager = await QueueManager({"queue": {"url": server.url, "connect_timeout": 1}}).init()
+    await manager.dispatch_many([Echo(i) for i in range(500)])  # streamed: more than one chunk
+    server.kill()
+    started = time.monotonic()
+    with pytest.raises(DriverUnavailableError, match=f"127.0.0.1:{server.port}"):
+        await manager.dispatch_many([Echo(i) for i in range(500)])
+    assert time.monotonic() - started < 5
+    server.start()
+    ids = await manager.dispatch_many([Echo(i) for i in range(500, 1000)])
+    assert (await manager.counts())["queued"] == 1000
+    assert [r.payload["value"] for r in await manager.get_jobs(ids[:3])] == [500, 501, 502]
+    await manager.close()
+
+
 async def test_malformed_record_fails_its_job_and_the_worker_continues() -> None:
     manager = await QueueManager({"queue": {"url": need_redis(), "prefix": "khadem-test-corrupt"}}).init()
     await manager.driver.purge()
