@@ -38,6 +38,7 @@ DISPATCH_CHUNK = 200  # records built at a time by dispatch_many (measured best 
 
 
 def _record_from(draft: Draft, now: int) -> JobRecord:
+    """The record of a drafted job, created at ``now``, with a fresh id."""
     name, payload, queue, priority, attempts, delay_ms, timeout_s, key = draft
     return JobRecord(new_job_id(), name, payload, queue, priority, 0, attempts,
                      SCHEDULED if delay_ms > 0 else QUEUED, now, now + delay_ms,
