@@ -4,11 +4,13 @@ Every state change is one Lua script (``drivers/lua/``) that reads the clock wit
 so client clocks never matter. A queue's keys all carry one hash tag, ``{prefix:queue}``, and
 every script declares all the keys it touches, so the driver runs unchanged on Redis Cluster.
 Job fields live in a few hashes keyed by job id: ``state`` (``status,attempt,priority,
-available,started,finished,lease``, a tab, then the job's data as written at dispatch: one field
-per job that a claim or a settle reads and rewrites whole), ``token``, ``result``, ``error``,
-``reclaims`` and ``meta``. Scripts split the state text instead of decoding and re-encoding a JSON record, and
-a batch (an enqueue of many jobs, a claim, the settles of one loop turn) writes each hash once
-with a variadic command, since a ``redis.call`` costs more than the work it does on one field.
+available,started,finished,lease``, a tab, then the job's data as written at dispatch: one
+field per job that a claim or a settle reads and rewrites whole), ``token``, ``result``,
+``error``, ``reclaims`` and ``meta``. Scripts split the state text instead of decoding and
+re-encoding a JSON record, and a batch (an enqueue of many jobs, a claim, the settles of one
+loop turn) writes each hash once with a variadic command, since a ``redis.call`` costs more
+than the work it does on one field. A bulk dispatch streams its chunks on one connection, so
+Redis stores one while Python builds the next.
 
 A claim grants a lease and a fresh token. Workers renew leases with ``heartbeat``; a job
 whose lease expired is put back by the next ``reserve`` that wins the sweep lock (any worker,
