@@ -121,3 +121,19 @@ async def test_a_held_write_lock_never_blocks_the_event_loop(tmp_path: Path) -> 
     assert ticks >= 10, "the loop was blocked while the database was locked"
     assert (await manager.get_job(job_id)).status.value == "queued"
     await manager.close()
+
+
+async def test_a_bulk_dispatch_on_sqlite_is_one_transaction(tmp_path: Path) -> None:
+    """dispatch_many hands its chunks to push_chunks; on SQLite they become one insert, so a
+    write that fails late (here a duplicate id in the last chunk) stores none of them."""
+    manager = await QueueManager(f"sqlite:///{tmp_path / 'q.db'}").init()
+    records = [manager.build_record(Echo(i)) for i in range(450)]
+    clash = manager.build_record(Echo("clash"))
+    clash.id = records[0].id
+    chunks = [records[:200], records[200:400], [*records[400:], clash]]
+    with pytest.raises(sqlite3.IntegrityError):
+        await manager.driver.push_chunks(iter(chunks))
+    assert sum((await manager.counts()).values()) == 0
+    ids = await manager.dispatch_many([Echo(i) for i in range(450)])
+    assert (await manager.counts())["queued"] == 450 and len(set(ids)) == 450
+    await manager.close()

@@ -86,11 +86,13 @@ class QueueDriver(ABC):
         """Store new records (QUEUED or SCHEDULED) in one go."""
 
     async def push_chunks(self, chunks: Iterable[Sequence[JobRecord]]) -> None:
-        """Store chunks of new records in order, taking the next chunk from ``chunks`` only
-        once the one before is on its way (drivers that can overlap storing one chunk with
-        building the next do so)."""
-        for chunk in chunks:
-            await self.push(chunk)
+        """Store chunks of new records, in order.
+
+        Here they are gathered into one ``push``, which stays all-or-nothing where ``push`` is
+        (SQLite: one transaction). A driver that can store one chunk while the next is being
+        built (Redis) takes the next chunk from ``chunks`` only once the one before is sent.
+        """
+        await self.push([record for chunk in chunks for record in chunk])
 
     # -- consuming ---------------------------------------------------------------------------
     @abstractmethod
