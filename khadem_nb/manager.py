@@ -147,9 +147,9 @@ class QueueManager:
         """Queue many jobs; every job is encoded and checked before any is stored.
 
         The records are then built a chunk at a time as the driver takes them: on Redis each
-        chunk is built while the one before is being stored, and if Redis goes away midway the
-        chunks already stored stay queued (the error says so: ``DriverUnavailableError``);
-        SQLite stores all of them in one transaction or none.
+        chunk is built while the one before is being stored, and if Redis goes away midway
+        (``DriverUnavailableError``) the chunks already stored stay queued; SQLite stores all
+        of them in one transaction or none.
         """
         drafts = [self._draft(job, delay, queue, None, None, None) for job in jobs]
         records: list[JobRecord] = []
