@@ -251,8 +251,7 @@ class MemoryDriver(QueueDriver):
             old = records.get(completed[0])
             if old is None or old.status is not COMPLETED:
                 completed.popleft()
-            elif len(completed) > keep_completed or (completed_before is not None
-                                                     and _older(old, completed_before)):
+            elif len(completed) > keep_completed or _older(old, completed_before):
                 completed.popleft()
                 self._forget(old)
             else:

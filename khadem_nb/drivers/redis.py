@@ -298,20 +298,20 @@ class RedisDriver(QueueDriver):
     async def push(self, records: Sequence[JobRecord]) -> None:
         for record in records:  # built before the manager had this driver: checked here, all first
             self.check_priority(record.priority)
-        if len(records) > PUSH_CHUNK:
-            await self.push_chunks(records[i : i + PUSH_CHUNK] for i in range(0, len(records), PUSH_CHUNK))
-            return
-        for queue, queued in _by_queue(records).items():
-            await self._run("enqueue", queue, _enqueue_args(queued))
+        chunks = [records[i : i + PUSH_CHUNK] for i in range(0, len(records), PUSH_CHUNK)]
+        await (self._enqueue_each(chunks) if len(chunks) <= 1 else self.push_chunks(chunks))
 
     async def push_chunks(self, chunks: Iterable[Sequence[JobRecord]]) -> None:
-        if self.cluster:  # a chunk's queues may live on different nodes: one call at a time
-            for chunk in chunks:
-                for queue, queued in _by_queue(chunk).items():
-                    for start in range(0, len(queued), PUSH_CHUNK):
-                        await self._run("enqueue", queue, _enqueue_args(queued[start : start + PUSH_CHUNK]))
-            return
-        await self._call(functools.partial(self._stream_enqueue, chunks))
+        if self.cluster:  # no single connection pool to hold a connection from: call by call
+            await self._enqueue_each(chunks)
+        else:
+            await self._call(functools.partial(self._stream_enqueue, chunks))
+
+    async def _enqueue_each(self, chunks: Iterable[Sequence[JobRecord]]) -> None:
+        """One enqueue script call per queue of each chunk, each awaited before the next."""
+        for chunk in chunks:
+            for queue, queued in _by_queue(chunk).items():
+                await self._run("enqueue", queue, _enqueue_args(queued))
 
     async def _stream_enqueue(self, chunks: Iterable[Sequence[JobRecord]]) -> None:
         """Send chunk after chunk on one connection, each before the next is built.
