@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import QUEUED_DRIVERS, make_manager
+from conftest import QUEUED_DRIVERS, driver_config, make_manager
 from jobs import RUN_LOG, AskRetry, Boom, Echo, Flaky, Noop, Sleepy, ThreadName
 
 from khadem_nb import ConfigError, JobStatus, QueueJob, QueueManager
@@ -250,6 +250,36 @@ async def test_named_queues_checked_in_order(queued_manager: QueueManager) -> No
     await worker.stop()
     assert RUN_LOG == ["report", "email"]
     assert (await queued_manager.counts())["queued"] == 1
+
+
+async def test_jobs_of_another_queue_are_found_by_id(queued_manager: QueueManager,
+                                                     tmp_path: Path) -> None:
+    """A job dispatched to a queue other than the manager's own can be waited for, read,
+    listed, counted and retried by hand; on shared storage, from another manager too."""
+    manager = queued_manager
+    ok = await manager.dispatch(Echo("mail"), queue="emails")
+    bad = await manager.dispatch(Boom("bounced"), queue="emails", max_attempts=1)
+    worker = await manager.start_worker(queues=["emails"], run_in_background=True, delay=0.02)
+    try:
+        done = await manager.wait([ok, bad], timeout=10)
+        assert [(r.queue, r.status) for r in done] == [("emails", JobStatus.COMPLETED),
+                                                       ("emails", JobStatus.FAILED)]
+        assert await manager.dispatch_and_wait(Echo("again"), queue="emails", timeout=10) == "again"
+        assert [r.id for r in await manager.jobs("failed")] == [bad]
+        assert (await manager.counts())["failed"] == 1
+        assert await manager.retry_failed() == 1
+        assert (await manager.wait([bad], timeout=10))[0].attempt == 1
+        assert RUN_LOG == ["mail", "again"]
+    finally:
+        await worker.stop()
+    if manager.driver.shared:  # a process that never used the queue finds its jobs too
+        other = await QueueManager(driver_config(manager.settings.driver, tmp_path)).init()
+        try:
+            assert (await other.get_job(ok)).result == "mail"
+            assert await other.retry_failed([bad]) == 1
+            assert (await other.counts())["queued"] == 1
+        finally:
+            await other.close()
 
 
 async def test_max_jobs_stops_the_worker(queued_manager: QueueManager) -> None:

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 import redis
-from conftest import need_redis
+from conftest import driver_config, need_redis
 from jobs import RUN_LOG, ClaimToken, Echo, Mark
 from procs import finish, start_worker
 from redis_servers import RedisServer, spare_port
@@ -260,17 +260,47 @@ async def test_three_queues_on_three_slots_of_a_cluster(cluster: list[RedisServe
     owners = {probe.get_node_from_key(queue_keys("khadem", n)[0]).port for n in names}
     probe.close()
     assert len(owners) >= 2, "the three queues should not all land on one node"
+    first_ids: dict[str, str] = {}
     for name in names:
         manager = await QueueManager({"queue": {"url": seed, "name": name}}).init()
         assert manager.driver.cluster  # type: ignore[attr-defined]
         ids = await manager.dispatch_many([Echo(f"{name}-{i}") for i in range(20)])
+        first_ids[name] = ids[0]
         held = await manager.driver.reserve([name], 1, 0)
         assert await manager.driver.heartbeat(held) == [True]
         await manager.driver.release(held[0])
         await manager.start_worker(burst=True, delay=0.05, concurrency=2)
         records = [await manager.get_job(i) for i in ids]
         assert [r.result for r in records] == [f"{name}-{i}" for i in range(20)]
-        assert (await manager.counts())["completed"] == 20
+        assert (await manager.counts(name))["completed"] == 20
+        await manager.close()
+    # a fresh manager finds every queue through the registry (a key in a slot of its own)
+    manager = await QueueManager({"queue": {"url": seed, "name": "elsewhere"}}).init()
+    assert (await manager.counts())["completed"] == 60
+    found = await manager.get_jobs(list(first_ids.values()))
+    assert [(r.queue, r.result) for r in found] == [(n, f"{n}-0") for n in names]
+    await manager.driver.purge()
+    assert (await manager.counts())["completed"] == 0
+    await manager.close()
+
+
+async def test_settles_of_every_queue_are_heard_even_with_glob_characters_in_the_prefix(
+        tmp_path: Path) -> None:
+    config = driver_config("redis", tmp_path)
+    config["queue"]["prefix"] += "-[a]*?\\"
+    manager = await QueueManager(config).init()
+    heard: list[tuple[str, JobStatus | None, Any]] = []
+    try:
+        job_id = await manager.dispatch(Echo(7), queue="emails")
+        await manager.driver.watch([job_id], lambda *notice: heard.append(notice))
+        await manager.start_worker(queues=["emails"], burst=True)
+        for _ in range(200):
+            if heard:
+                break
+            await asyncio.sleep(0.01)
+        assert heard == [(job_id, JobStatus.COMPLETED, 7)]
+    finally:
+        await manager.driver.purge()
         await manager.close()
 
 

@@ -23,6 +23,9 @@ the job for it in the enqueue script and pushes it on the hand-off list the work
 its result, so waiters elsewhere need not read the record. Settles that fail because Redis
 went away are retried with backoff until the lease would have run out; a dispatch while Redis
 is down raises ``DriverUnavailableError`` within ``queue.connect_timeout``.
+
+A job id does not name its queue: lookups by id ask the default queue first, then the other
+queues this driver used, then those registered in ``{prefix}:queues`` (``redis_queues``).
 """
 
 from __future__ import annotations
@@ -45,6 +48,7 @@ from ..job import JobRecord, JobStatus
 from ..serializer import UnreadablePayload, dumps
 from ._records import due_view
 from .base import LEASE_LOST_ERROR, NO_RESULT, QueueDriver, SettleNotice, empty_counts
+from .redis_queues import QueueDirectory
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -77,6 +81,13 @@ def queue_keys(prefix: str, queue: str) -> list[str]:
     return [f"{tag}:{name}" for name in KEY_NAMES]
 
 
+def settle_channels(prefix: str) -> str:
+    """The pattern of every queue's settle channel under ``prefix`` (settle.lua publishes on
+    ``{prefix:queue}:notify:settled``), with the prefix's glob characters escaped."""
+    escaped = "".join("\\" + c if c in "*?[]\\" else c for c in prefix)
+    return f"{{{escaped}:*}}:notify:settled"
+
+
 class RedisDriver(QueueDriver):
     """At-least-once queue on Redis (standalone or Cluster)."""
 
@@ -95,6 +106,7 @@ class RedisDriver(QueueDriver):
         self.cluster = False
         self._scripts: dict[str, Any] = {}
         self._keys: dict[str, list[str]] = {}
+        self.queues = QueueDirectory(settings.prefix, settings.name)  # where get() looks for an id
         self._encoded_keys: dict[str, list[bytes]] = {}
         self._generation = 0
         self._retention_args = _retention_args(settings)
@@ -200,10 +212,9 @@ class RedisDriver(QueueDriver):
         return unwatch
 
     async def _listen(self, ready: asyncio.Future[None]) -> None:
-        channel = self.keys(self.settings.name)[KEY_NAMES.index("notify")] + ":settled"
         pubsub = self.client.pubsub()
         try:
-            await pubsub.subscribe(channel)
+            await pubsub.psubscribe(settle_channels(self.settings.prefix))
             ready.set_result(None)
             while True:
                 message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
@@ -259,6 +270,7 @@ class RedisDriver(QueueDriver):
         if keys is None:
             keys = self._keys[queue] = queue_keys(self.settings.prefix, queue)
             self._encoded_keys[queue] = [k.encode() for k in keys]
+            self.queues.saw(queue)
         return keys
 
     def _script_keys(self, queue: str) -> list[bytes]:
@@ -310,7 +322,12 @@ class RedisDriver(QueueDriver):
     async def _enqueue_each(self, chunks: Iterable[Sequence[JobRecord]]) -> None:
         """One enqueue script call per queue of each chunk, each awaited before the next."""
         for chunk in chunks:
-            for queue, queued in _by_queue(chunk).items():
+            by_queue = _by_queue(chunk)
+            new = self.queues.to_announce(by_queue)
+            if new:
+                await self._call(functools.partial(self.client.sadd, self.queues.key, *new))
+                self.queues.announced(new)
+            for queue, queued in by_queue.items():
                 await self._run("enqueue", queue, _enqueue_args(queued))
 
     async def _stream_enqueue(self, chunks: Iterable[Sequence[JobRecord]]) -> None:
@@ -328,18 +345,25 @@ class RedisDriver(QueueDriver):
         try:
             await conn.check_health()  # now, not between a send and its reply (a PING would read it)
             for chunk in chunks:
-                for queue, queued in _by_queue(chunk).items():
+                by_queue = _by_queue(chunk)
+                new = self.queues.to_announce(by_queue)
+                if new:  # registered before its jobs are stored, so none is stored unfindable
+                    await conn.send_command("SADD", self.queues.key, *new, check_health=False)
+                    self.queues.announced(new)
+                    in_flight += 1
+                for queue, queued in by_queue.items():
                     keys = self._script_keys(queue)
                     await conn.send_command("EVAL", source, len(keys), *keys, *_enqueue_args(queued),
                                             check_health=False)
                     in_flight += 1
-                    if in_flight == 2:  # the one before is done: one chunk stored, one built
+                    while in_flight >= 2:  # the one before is done: one chunk stored, one built
                         await conn.read_response()
                         in_flight -= 1
             while in_flight:
                 await conn.read_response()
                 in_flight -= 1
         except BaseException:
+            self.queues.forget_announced()  # an SADD sent may not have been stored
             await conn.disconnect()  # replies may still be on their way: never reuse it
             raise
         finally:
@@ -511,20 +535,39 @@ class RedisDriver(QueueDriver):
         return records
 
     async def get(self, job_id: str) -> JobRecord | None:
-        return (await self._fetch(self.settings.name, [job_id]))[0]
+        return (await self.get_many([job_id]))[0]
 
     async def get_many(self, job_ids: Sequence[str]) -> list[JobRecord | None]:
-        return await self._fetch(self.settings.name, job_ids)
+        """Each id is looked for in the default queue, then in the others (see redis_queues)."""
+        return await self.queues.find(job_ids, self._fetch, self._registered_queues)
 
     async def statuses(self, job_ids: Sequence[str]) -> builtins.list[JobStatus | None]:
-        queue, found = self.settings.name, []
+        return await self.queues.find(job_ids, self._statuses_in, self._registered_queues)
+
+    async def _statuses_in(self, queue: str, job_ids: Sequence[str]) -> builtins.list[JobStatus | None]:
+        found = []
         for start in range(0, len(job_ids), FETCH_CHUNK):
             found += await self._run("statuses", queue, job_ids[start : start + FETCH_CHUNK])
         return [SETTLED_STATES[w.decode()] if w else None for w in found]
 
+    async def _registered_queues(self) -> builtins.list[str]:
+        """The queue names every driver under this prefix has dispatched to."""
+        return _text(await self._call(lambda: self.client.smembers(self.queues.key)))
+
+    async def _all_queues(self) -> builtins.list[str]:
+        return await self.queues.everywhere(self._registered_queues)
+
     async def list(self, status: JobStatus | None = None, queue: str | None = None,
                    limit: int | None = None) -> list[JobRecord]:
-        queue = queue or self.settings.name
+        """Records of ``queue``, or of every queue under the prefix (merged by creation time)."""
+        if queue is not None:
+            return await self._list_queue(status, queue, limit)
+        records = [r for q in await self._all_queues() for r in await self._list_queue(status, q, limit)]
+        records.sort(key=lambda r: r.created_ms)
+        return records[-limit:] if limit else records
+
+    async def _list_queue(self, status: JobStatus | None, queue: str,
+                          limit: int | None) -> builtins.list[JobRecord]:
         key = self.keys(queue)[KEY_NAMES.index("all" if status is None else STATUS_SETS[status])]
         if status in (JobStatus.QUEUED, JobStatus.SCHEDULED):
             ids = await self._call(lambda: self.client.zrange(key, 0, -1))
@@ -547,26 +590,42 @@ class RedisDriver(QueueDriver):
         return [due_view(r) for r in await self._fetch(queue, _text(ids)) if r is not None]
 
     async def counts(self, queue: str | None = None) -> dict[JobStatus, int]:
-        keys = self.keys(queue or self.settings.name)
+        """Counts of ``queue``, or summed over every queue under the prefix, in one round trip."""
+        queues = [queue] if queue is not None else await self._all_queues()
+        per_queue = len(STATUS_SETS) + 1
 
         async def run() -> Any:
             pipe = self.client.pipeline(transaction=False)
-            for status in JobStatus:
-                pipe.zcard(keys[KEY_NAMES.index(STATUS_SETS[status])])
-            pipe.zcount(keys[KEY_NAMES.index("delayed")], "-inf", now_ms())
+            for name in queues:
+                keys = self.keys(name)
+                for status in JobStatus:
+                    pipe.zcard(keys[KEY_NAMES.index(STATUS_SETS[status])])
+                pipe.zcount(keys[KEY_NAMES.index("delayed")], "-inf", now_ms())
             return await pipe.execute()
 
         values = await self._call(run)
         counts = empty_counts()
-        for status, n in zip(JobStatus, values, strict=False):
-            counts[status] = int(n)
-        counts[JobStatus.QUEUED] += int(values[-1])
-        counts[JobStatus.SCHEDULED] -= int(values[-1])
+        for start in range(0, len(values), per_queue):
+            row = values[start : start + per_queue]
+            for status, n in zip(JobStatus, row, strict=False):
+                counts[status] += int(n)
+            counts[JobStatus.QUEUED] += int(row[-1])  # due delayed jobs count as queued
+            counts[JobStatus.SCHEDULED] -= int(row[-1])
         return counts
 
     async def requeue(self, job_ids: Iterable[str]) -> int:
-        ids = list(job_ids)
-        return int(await self._run("requeue", self.settings.name, ids)) if ids else 0
+        """Failed jobs back to their own queues (each found as ``get`` finds it)."""
+        ids = builtins.list(dict.fromkeys(job_ids))
+
+        async def queue_of(queue: str, chunk: Sequence[str]) -> builtins.list[str | None]:
+            return [None if s is None else queue for s in await self._statuses_in(queue, chunk)]
+
+        by_queue: dict[str, builtins.list[str]] = {}
+        for job_id, queue in zip(ids, await self.queues.find(ids, queue_of, self._registered_queues),
+                                 strict=True):
+            if queue is not None:
+                by_queue.setdefault(queue, []).append(job_id)
+        return sum([int(await self._run("requeue", queue, found)) for queue, found in by_queue.items()])
 
     async def find_by_keys(self, keys: Sequence[str]) -> dict[str, JobRecord]:
         if not keys:
@@ -579,8 +638,17 @@ class RedisDriver(QueueDriver):
         return {k: r for (k, _), r in zip(pairs, records, strict=True) if r is not None}
 
     async def purge(self) -> None:
-        keys = self.keys(self.settings.name)
-        await self._call(lambda: self.client.delete(*keys))
+        """Delete every queue under the prefix, and the registry of them."""
+        keys = [key for queue in await self._all_queues() for key in self.keys(queue)]
+        await self._call(lambda: self._delete([*keys, self.queues.key]))
+        self.queues.forget_announced()
+
+    async def _delete(self, keys: builtins.list[str]) -> None:
+        if self.cluster:  # one DEL may not span slots
+            for key in keys:
+                await self.client.delete(key)
+        else:
+            await self.client.delete(*keys)
 
 
 def _by_queue(records: Iterable[JobRecord]) -> dict[str, list[JobRecord]]:
