@@ -120,18 +120,17 @@ class QueueManager:
                priority: int | None, max_attempts: int | None, key: str | None) -> Draft:
         """Everything about a job that can be wrong, encoded and checked; no id or time yet."""
         name, payload = self.serializer.encode_job(job)
-        delay_s = 0.0 if delay is None else to_seconds(delay, name="delay") or 0.0
+        delay_ms = 0 if delay is None else int((to_seconds(delay, name="delay") or 0.0) * 1000)
         attempts = job.max_attempts if max_attempts is None else max_attempts
         if attempts < 1:
             raise ConfigError(f"max_attempts must be >= 1, got {attempts}")
         level = job.priority if priority is None else int(priority)
         driver = self._driver  # without one yet, the driver checks when the record is pushed
-        if driver is not None and driver.max_priority is not None:
+        if driver is not None and driver.max_priority is not None and abs(level) > driver.max_priority:
             driver.check_priority(level)
         timeout = job.timeout
-        return (name, payload, queue or job.queue or self.settings.name, level, attempts,
-                int(delay_s * 1000), None if timeout is None else to_seconds(timeout, name="timeout"),
-                key)
+        return (name, payload, queue or job.queue or self.settings.name, level, attempts, delay_ms,
+                None if timeout is None else to_seconds(timeout, name="timeout"), key)
 
     async def dispatch(self, job: QueueJob, delay: float | timedelta | None = None, *,
                        queue: str | None = None, priority: int | None = None,

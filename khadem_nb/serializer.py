@@ -228,16 +228,26 @@ class QueueJobSerializer:
 
     def __init__(self, factories: JobFactoryRegistry) -> None:
         self.factories = factories
+        # per job class whose name is the class's (the classmethod: fixed once the class is
+        # registered): the name and how errors name its arguments; None where each job names
+        # itself (a cell's job functions share one class)
+        self._names: dict[type, tuple[str, str] | None] = {}
 
     def encode_job(self, job: QueueJob) -> tuple[str, Any]:
         """Return ``(job name, encoded payload)``; unsupported values raise at once."""
-        name = job.job_name()
+        cls = type(job)
+        names = self._names.get(cls)
+        if names is None:
+            name = job.job_name()
+            names = (name, f"{name} argument")
+            if cls not in self._names:
+                self._names[cls] = names if getattr(cls.job_name, "__self__", None) is cls else None
         data = job.to_json()
         if not isinstance(data, dict):
             raise SerializationError(
-                f"{name}.to_json() returned {type(data).__name__}; it must return a dict"
+                f"{names[0]}.to_json() returned {type(data).__name__}; it must return a dict"
             )
-        return name, encode_value(data, path=f"{name} argument")
+        return names[0], encode_value(data, names[1])
 
     def decode_job(self, name: str, payload: Any) -> QueueJob:
         """Rebuild a job from its name and encoded payload via the registered factory."""

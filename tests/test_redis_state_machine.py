@@ -29,7 +29,7 @@ class ModelJob:
     attempt: int = 0
     reclaims: int = 0
     token: str | None = None
-    expired: bool = False
+    expired: int = 0  # when its lease ran out (the order of expire calls); 0: it has not
 
 
 @dataclass
@@ -57,12 +57,21 @@ class Model:
         ready = self.next_ready()
         return None if ready is None else (ready, False)
 
+    def requeue(self, job: ModelJob) -> None:
+        """Queued again: at the back of its priority."""
+        self.order += 1
+        job.status, job.order = JobStatus.QUEUED, self.order
+
     def sweep(self) -> None:
-        for job in self.jobs.values():
+        # Redis takes expired leases in score order: the order of the expire calls
+        for job in sorted(self.jobs.values(), key=lambda j: j.expired):
             if job.status is JobStatus.ACTIVE and job.expired:
-                job.token, job.expired = None, False
+                job.token, job.expired = None, 0
                 job.reclaims += 1
-                job.status = JobStatus.FAILED if job.reclaims > MAX_RECLAIMS else JobStatus.QUEUED
+                if job.reclaims > MAX_RECLAIMS:
+                    job.status = JobStatus.FAILED
+                else:
+                    self.requeue(job)
 
 
 class RedisQueueMachine(RuleBasedStateMachine):
@@ -76,6 +85,7 @@ class RedisQueueMachine(RuleBasedStateMachine):
         self.manager = self.run(QueueManager(config).init())
         self.run(self.manager.driver.purge())
         self.model = Model()
+        self.expiries = 0
 
     def run(self, coro):  # type: ignore[no-untyped-def]
         return self.loop.run_until_complete(coro)
@@ -110,7 +120,7 @@ class RedisQueueMachine(RuleBasedStateMachine):
         job = self.model.jobs[job_id]
         if handed:
             assert claimed[0].token == job.token  # the hand-off claim stands, lease renewed
-            job.expired = False
+            job.expired = 0
         else:
             job.status, job.attempt, job.token = JobStatus.ACTIVE, job.attempt + 1, claimed[0].token
         assert claimed[0].attempt == job.attempt
@@ -155,7 +165,8 @@ class RedisQueueMachine(RuleBasedStateMachine):
         assert back == len(whole)
         for job_id, _ in whole:
             job = self.model.jobs[job_id]
-            job.status, job.attempt, job.token, job.expired = JobStatus.QUEUED, job.attempt - 1, None, False
+            job.attempt, job.token, job.expired = job.attempt - 1, None, 0
+            self.model.requeue(job)
         self.model.handoff.clear()
         self.model.waiting = False
 
@@ -169,7 +180,7 @@ class RedisQueueMachine(RuleBasedStateMachine):
         alive = self.run(self.manager.driver.heartbeat([record]))
         assert alive == [current]
         if current:
-            job.expired = False
+            job.expired = 0
 
     @rule(record=held, succeed=st.booleans())
     def settle(self, record: JobRecord | None, succeed: bool) -> None:
@@ -194,9 +205,10 @@ class RedisQueueMachine(RuleBasedStateMachine):
                         key=lambda i: self.model.jobs[i].order)
         job_id = data.draw(st.sampled_from(active))
         client = self.manager.driver.client  # type: ignore[attr-defined]
-        self.run(client.zadd(self.key("active"), {job_id: 0}, xx=True))
+        self.expiries += 1  # a score in the past, distinct per call: a deterministic sweep order
+        self.run(client.zadd(self.key("active"), {job_id: self.expiries}, xx=True))
         self.run(client.delete(self.key("sweep")))
-        self.model.jobs[job_id].expired = True
+        self.model.jobs[job_id].expired = self.expiries
 
     @invariant()
     def counts_match(self) -> None:
@@ -208,5 +220,5 @@ class RedisQueueMachine(RuleBasedStateMachine):
 
 
 TestRedisQueueMachine = RedisQueueMachine.TestCase
-TestRedisQueueMachine.settings = settings(max_examples=50, stateful_step_count=30, deadline=None,
+TestRedisQueueMachine.settings = settings(max_examples=100, stateful_step_count=30, deadline=None,
                                           suppress_health_check=[HealthCheck.too_slow])

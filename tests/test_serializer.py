@@ -119,3 +119,23 @@ def test_record_wire_format_is_readable_and_versioned() -> None:
     data = json.loads(record.to_wire())
     assert data["v"] == 1 and data["job"] == "Echo" and data["status"] == "queued"
     assert JobRecord.from_wire(record.to_wire()) == record
+
+
+def test_a_job_class_whose_jobs_name_themselves_is_not_named_once_for_all() -> None:
+    """The serializer remembers the name of a job class, except where each job names itself
+    (a notebook's job functions share one class)."""
+    from khadem_nb import QueueJob
+
+    class Named(QueueJob):
+        _abstract_job = True
+
+        def __init__(self, label: str, value: Any = None) -> None:
+            self.label, self.value = label, value
+
+        def job_name(self) -> str:  # type: ignore[override]
+            return f"fn.{self.label}"
+
+    serializer = QueueJobSerializer(JobFactoryRegistry())
+    assert [serializer.encode_job(Named(x))[0] for x in ("a", "b", "a")] == ["fn.a", "fn.b", "fn.a"]
+    with pytest.raises(SerializationError, match=r"fn\.c argument\['value'\] is of type"):
+        serializer.encode_job(Named("c", object()))

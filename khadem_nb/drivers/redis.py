@@ -55,7 +55,8 @@ T = TypeVar("T")
 
 # The key layout every script shares; the order matches the K_* constants in _common.lua.
 KEY_NAMES = ("seq", "ready", "delayed", "active", "completed", "failed", "all", "state", "token",
-             "result", "error", "reclaims", "meta", "keys", "notify", "sweep", "waiting", "handoff")
+             "result", "error", "reclaims", "meta", "keys", "notify", "sweep", "waiting", "handoff",
+             "line")
 COLUMNS = ("state", "token", "result", "error", "reclaims", "meta")
 STATUS_SETS = {JobStatus.QUEUED: "ready", JobStatus.SCHEDULED: "delayed", JobStatus.ACTIVE: "active",
                JobStatus.COMPLETED: "completed", JobStatus.FAILED: "failed"}
@@ -568,9 +569,13 @@ class RedisDriver(QueueDriver):
 
     async def _list_queue(self, status: JobStatus | None, queue: str,
                           limit: int | None) -> builtins.list[JobRecord]:
-        key = self.keys(queue)[KEY_NAMES.index("all" if status is None else STATUS_SETS[status])]
+        keys = self.keys(queue)
+        key = keys[KEY_NAMES.index("all" if status is None else STATUS_SETS[status])]
         if status in (JobStatus.QUEUED, JobStatus.SCHEDULED):
             ids = await self._call(lambda: self.client.zrange(key, 0, -1))
+            if status is JobStatus.QUEUED:  # priority 0 waits in the line (see _common.lua)
+                line = keys[KEY_NAMES.index("line")]
+                ids += await self._call(lambda: self.client.lrange(line, 0, -1))
             records = [r for r in await self._fetch(queue, _text(ids)) if r is not None]
             records.sort(key=lambda r: r.created_ms)
             if status is JobStatus.QUEUED:  # due delayed jobs count as queued until promoted
@@ -592,7 +597,7 @@ class RedisDriver(QueueDriver):
     async def counts(self, queue: str | None = None) -> dict[JobStatus, int]:
         """Counts of ``queue``, or summed over every queue under the prefix, in one round trip."""
         queues = [queue] if queue is not None else await self._all_queues()
-        per_queue = len(STATUS_SETS) + 1
+        per_queue = len(STATUS_SETS) + 2
 
         async def run() -> Any:
             pipe = self.client.pipeline(transaction=False)
@@ -600,17 +605,18 @@ class RedisDriver(QueueDriver):
                 keys = self.keys(name)
                 for status in JobStatus:
                     pipe.zcard(keys[KEY_NAMES.index(STATUS_SETS[status])])
+                pipe.llen(keys[KEY_NAMES.index("line")])
                 pipe.zcount(keys[KEY_NAMES.index("delayed")], "-inf", now_ms())
             return await pipe.execute()
 
         values = await self._call(run)
         counts = empty_counts()
         for start in range(0, len(values), per_queue):
-            row = values[start : start + per_queue]
-            for status, n in zip(JobStatus, row, strict=False):
-                counts[status] += int(n)
-            counts[JobStatus.QUEUED] += int(row[-1])  # due delayed jobs count as queued
-            counts[JobStatus.SCHEDULED] -= int(row[-1])
+            *sets, line, due = (int(n) for n in values[start : start + per_queue])
+            for status, n in zip(JobStatus, sets, strict=True):
+                counts[status] += n
+            counts[JobStatus.QUEUED] += line + due  # due delayed jobs count as queued
+            counts[JobStatus.SCHEDULED] -= due
         return counts
 
     async def requeue(self, job_ids: Iterable[str]) -> int:
@@ -659,29 +665,47 @@ def _by_queue(records: Iterable[JobRecord]) -> dict[str, list[JobRecord]]:
 
 
 def _enqueue_args(records: Sequence[JobRecord]) -> list[Any]:
-    """What enqueue.lua takes: the notify cap, the number of jobs, their lines as one value."""
+    """What enqueue.lua takes: the notify cap, the number of jobs, then the batch as one value:
+    runs of jobs sharing priority, delay and sweep key, each a header line
+    ``priority<TAB>delay_ms<TAB>key_json<TAB>n`` (key empty for none) and n job lines
+    ``id<TAB>data``. Compact JSON escapes every control character, so tabs and newlines only
+    ever separate; a dispatch's jobs usually make one run."""
     prefixes: dict[tuple[Any, ...], str] = {}
-    lines = [_enqueue_line(record, prefixes) for record in records]
-    return [NOTIFY_CAP, len(records), "\n".join(lines)]
+    parts: list[str] = []
+    run: tuple[int, int, str | None] | None = None
+    header_at = count = 0
+    for record in records:
+        shape = (record.priority, max(0, record.available_ms - record.created_ms), record.key)
+        if shape != run:
+            if run is not None:
+                parts[header_at] = _run_header(run, count)
+            run, header_at, count = shape, len(parts), 0
+            parts.append("")
+        parts.append(f"{record.id}\t{_job_data(record, prefixes)}")
+        count += 1
+    if run is not None:
+        parts[header_at] = _run_header(run, count)
+    return [NOTIFY_CAP, len(records), "\n".join(parts)]
 
 
-def _enqueue_line(record: JobRecord, prefixes: dict[tuple[Any, ...], str]) -> str:
-    """One job of an enqueue batch: ``id<TAB>priority<TAB>delay_ms<TAB>data<TAB>key`` with the
-    sweep key as JSON (empty for none). Compact JSON escapes every control character, so tabs
-    and newlines in a line only ever separate.
+def _run_header(shape: tuple[int, int, str | None], count: int) -> str:
+    priority, delay, key = shape
+    return f"{priority}\t{delay}\t{'' if key is None else dumps(key)}\t{count}"
 
-    Jobs of one kind share their data up to the payload, so that part is encoded once per
-    batch in ``prefixes`` (one ``dumps`` of the whole data per job was most of the Python cost
-    of a bulk enqueue: 1.9 -> 0.7 µs a job).
+
+def _job_data(record: JobRecord, prefixes: dict[tuple[Any, ...], str]) -> str:
+    """The job's data JSON, as stored once at dispatch and handed to every claim.
+
+    Jobs of one kind share it up to the payload, so that part is encoded once per batch in
+    ``prefixes`` (one ``dumps`` of the whole data per job was most of the Python cost of a bulk
+    enqueue: 1.9 -> 0.7 µs a job).
     """
     shape = (record.name, record.priority, record.max_attempts, record.timeout_s)
     prefix = prefixes.get(shape)
     if prefix is None:
         prefix = prefixes[shape] = _data_prefix(record)
-    delay = max(0, record.available_ms - record.created_ms)
     key = "null" if record.key is None else dumps(record.key)
-    return (f"{record.id}\t{record.priority}\t{delay}\t{prefix}{dumps(record.payload)},"
-            f'"created_ms":{record.created_ms},"key":{key}}}\t{"" if record.key is None else key}')
+    return f'{prefix}{dumps(record.payload)},"created_ms":{record.created_ms},"key":{key}}}'
 
 
 def _data_prefix(record: JobRecord) -> str:

@@ -1,8 +1,11 @@
--- ARGV: notify_cap, the number of jobs, then the batch as one value, a line per job:
--- "id<TAB>priority<TAB>delay_ms<TAB>data_json<TAB>key_json" (compact JSON has no raw tab or
--- newline; key_json, the sweep key, is empty for none). One value for the whole batch: the
--- client packed a thousand arguments more slowly than this script splits one.
--- One INCRBY numbers the whole batch; each hash and set is written with one variadic command.
+-- ARGV: notify_cap, the number of jobs, then the batch as one value: runs of jobs that share
+-- their priority, delay and sweep key, each run a header line "priority<TAB>delay_ms<TAB>
+-- key_json<TAB>n" (key_json empty for none) followed by n lines "id<TAB>data_json". Compact
+-- JSON has no raw tab or newline. One value for the whole batch (the client packed a thousand
+-- arguments more slowly than this script splits one), and a run's status text is built once,
+-- so a job costs two finds and two subs here.
+-- One INCRBY numbers the whole batch; each hash, set and list is written with one variadic
+-- command.
 -- Hand-off: a worker whose claim came back short registers in K_WAITING (member
 -- "lease_ms|worker", scored by when its wait ends) and blocks on K_HANDOFF. While workers wait
 -- and nothing else is ready, the batch's first ready jobs (highest priority, then FIFO) are
@@ -15,44 +18,62 @@ if count == 0 then return now end
 local first = redis.call('INCRBY', KEYS[K_SEQ], count) - count
 local find, sub = string.find, string.sub
 local state, all = {}, {}
-local ready, delayed, sweep = {}, {}, {}
-local queued_tail = ',' .. now .. ',-1,-1,-1\t'
-local pos, size = 1, #batch
--- walks the batch in place (no string per line); one pair per job in state and all
-for j = 1, count do
+local line, ready, delayed, sweep = {}, {}, {}, {}
+local pos, size, j = 1, #batch, 0
+while j < count do
   local a = find(batch, '\t', pos, true)
   local b = find(batch, '\t', a + 1, true)
   local c = find(batch, '\t', b + 1, true)
-  local d = find(batch, '\t', c + 1, true)
-  local e = find(batch, '\n', d + 1, true) or size + 1
-  local id, priority, delay = sub(batch, pos, a - 1), sub(batch, a + 1, b - 1), tonumber(sub(batch, b + 1, c - 1))
-  local seq = first + j
-  local i = 2 * j
-  local data = sub(batch, c + 1, d - 1)
-  all[i - 1], all[i] = seq, id
-  state[i - 1] = id
-  if e > d + 1 then push2(sweep, cjson.decode(sub(batch, d + 1, e - 1)), id) end
+  local e = find(batch, '\n', c + 1, true)
+  local priority, delay = tonumber(sub(batch, pos, a - 1)), tonumber(sub(batch, a + 1, b - 1))
+  local key = c > b + 1 and cjson.decode(sub(batch, b + 1, c - 1)) or nil
+  local head
   if delay > 0 then
-    push2(delayed, now + delay, id)
-    state[i] = 'scheduled,0,' .. priority .. ',' .. (now + delay) .. ',-1,-1,-1\t' .. data
+    head = 'scheduled,0,' .. priority .. ',' .. (now + delay) .. ',-1,-1,-1\t'
   else
-    push2(ready, -tonumber(priority) * 1e12 + seq, id)
-    state[i] = 'queued,0,' .. priority .. queued_tail .. data
+    head = 'queued,0,' .. priority .. ',' .. now .. ',-1,-1,-1\t'
   end
   pos = e + 1
+  for _ = 1, tonumber(sub(batch, c + 1, e - 1)) do
+    j = j + 1
+    local t = find(batch, '\t', pos, true)
+    e = find(batch, '\n', t + 1, true) or size + 1
+    local id, i = sub(batch, pos, t - 1), 2 * j
+    all[i - 1], all[i] = first + j, id
+    state[i - 1], state[i] = id, head .. sub(batch, t + 1, e - 1)
+    if delay > 0 then
+      push2(delayed, now + delay, id)
+    elseif priority == 0 then
+      line[#line + 1] = id
+    else
+      push2(ready, -priority * 1e12 + first + j, id)
+    end
+    if key then push2(sweep, key, id) end
+    pos = e + 1
+  end
 end
+
+-- The batch's ready jobs in claim order: {score, id}, priority 0 scored by its sequence number.
+local function in_claim_order()
+  local seq_of, order = {}, {}
+  for i = 1, #all, 2 do seq_of[all[i + 1]] = all[i] end
+  for i = 1, #ready, 2 do order[#order + 1] = {ready[i], ready[i + 1]} end
+  for _, id in ipairs(line) do order[#order + 1] = {seq_of[id], id} end
+  table.sort(order, function(x, y) return x[1] < y[1] end)
+  return order
+end
+
 local handed = 0
-if #ready > 0 and redis.call('ZCARD', KEYS[K_READY]) == 0 then
+if #ready + #line > 0 and redis.call('ZCARD', KEYS[K_READY]) == 0
+    and redis.call('LLEN', KEYS[K_LINE]) == 0 then
   redis.call('ZREMRANGEBYSCORE', KEYS[K_WAITING], '-inf', '(' .. now)
-  local waiters = redis.call('ZPOPMAX', KEYS[K_WAITING], #ready / 2)
+  local waiters = redis.call('ZPOPMAX', KEYS[K_WAITING], #ready / 2 + #line)
   if #waiters > 0 then
-    local order, state_of, rows, active, token_of = {}, {}, {}, {}, {}
-    for i = 1, #ready, 2 do order[#order + 1] = {ready[i], ready[i + 1]} end
-    table.sort(order, function(x, y) return x[1] < y[1] end)
+    local order, state_of, rows, active, token_of = in_claim_order(), {}, {}, {}, {}
     for i = 1, #state, 2 do state_of[state[i]] = state[i + 1] end
-    ready = {}
+    ready, line = {}, {}
     for n, entry in ipairs(order) do
-      local id = entry[2]
+      local score, id = entry[1], entry[2]
       if n <= #waiters / 2 then  -- later pairs for the same id overwrite the queued ones
         local lease = tonumber(string.match(waiters[2 * n - 1], '^(%d+)|'))
         local token = 'h' .. first .. '-' .. n
@@ -63,8 +84,10 @@ if #ready > 0 and redis.call('ZCARD', KEYS[K_READY]) == 0 then
         push2(token_of, id, token)
         rows[#rows + 1] = now .. '\t' .. id .. '\t' .. token .. '\t' .. s.data
         handed = handed + 1
+      elseif score < 0 or score >= 1e12 then
+        push2(ready, score, id)
       else
-        push2(ready, entry[1], id)
+        line[#line + 1] = id
       end
     end
     call_many('HSET', KEYS[K_TOKEN], token_of)
@@ -74,6 +97,7 @@ if #ready > 0 and redis.call('ZCARD', KEYS[K_READY]) == 0 then
 end
 call_many('HSET', KEYS[K_STATE], state)
 call_many('ZADD', KEYS[K_ALL], all)
+if #line > 0 then call_many('RPUSH', KEYS[K_LINE], line) end
 if #ready > 0 then call_many('ZADD', KEYS[K_READY], ready) end
 if #delayed > 0 then call_many('ZADD', KEYS[K_DELAYED], delayed) end
 if #sweep > 0 then call_many('HSET', KEYS[K_KEYS], sweep) end

@@ -3,7 +3,7 @@
 -- Promotes due delayed jobs, reclaims expired leases (at most once per sweep_every_ms across
 -- all workers, guarded by the lock key), takes jobs handed off to a worker that never popped
 -- them (see enqueue.lua), then claims up to `limit` jobs in all, highest priority first, FIFO
--- within one. A waiter that got fewer than `limit` registers for hand-off for wait_ms (or
+-- within one (see make_ready in _common.lua). A waiter that got fewer than `limit` registers for hand-off for wait_ms (or
 -- leaves K_WAITING when it will not wait). Returns {now, ms_to_next_due, then per job: id,
 -- data, attempt, token, reclaims, meta, available}.
 local limit, lease = tonumber(ARGV[1]), tonumber(ARGV[2])
@@ -68,31 +68,42 @@ if taken >= limit then
   return out
 end
 
-local popped = redis.call('ZPOPMIN', KEYS[K_READY], limit - taken)
-register(taken + #popped / 2)
-if #popped == 0 then return out end
-local ids = {}
-for i = 1, #popped, 2 do ids[#ids + 1] = popped[i] end
+-- claim order: priority above 0 (scores below 0), then the line of priority 0, then below 0
+local want = limit - taken
+local ids = redis.call('ZRANGE', KEYS[K_READY], '-inf', '(0', 'BYSCORE', 'LIMIT', 0, want)
+if #ids > 0 then redis.call('ZREM', KEYS[K_READY], unpack(ids)) end
+if #ids < want then
+  for _, id in ipairs(redis.call('LPOP', KEYS[K_LINE], want - #ids) or {}) do ids[#ids + 1] = id end
+end
+if #ids < want then
+  local low = redis.call('ZPOPMIN', KEYS[K_READY], want - #ids)
+  for i = 1, #low, 2 do ids[#ids + 1] = low[i] end
+end
+register(taken + #ids)
+if #ids == 0 then return out end
 local states = hmget(KEYS[K_STATE], ids)
 local reclaims, meta = hmget(KEYS[K_RECLAIMS], ids), hmget(KEYS[K_META], ids)
 local state_of, token_of, active = {}, {}, {}
 for j, id in ipairs(ids) do
-  local token = ARGV[3] .. '-' .. j
   -- a state that cannot be read still runs (the worker fails it if its data is bad too)
   local s = parse_state(states[j]) or lost_state(now)
-  s.status, s.attempt, s.started, s.finished, s.lease = 'active', s.attempt + 1, now, -1, now + lease
-  push2(state_of, id, state_text(s))
-  push2(token_of, id, token)
-  push2(active, now + lease, id)
-  local n = #out
-  out[n + 1] = id
-  out[n + 2] = s.data
-  out[n + 3] = s.attempt
-  out[n + 4] = token
-  out[n + 5] = reclaims[j] or 0
-  out[n + 6] = meta[j] or '{}'
-  out[n + 7] = s.available
+  if s.status == 'queued' then  -- anything else is a stale entry, never claimed twice
+    local token = ARGV[3] .. '-' .. j
+    s.status, s.attempt, s.started, s.finished, s.lease = 'active', s.attempt + 1, now, -1, now + lease
+    push2(state_of, id, state_text(s))
+    push2(token_of, id, token)
+    push2(active, now + lease, id)
+    local n = #out
+    out[n + 1] = id
+    out[n + 2] = s.data
+    out[n + 3] = s.attempt
+    out[n + 4] = token
+    out[n + 5] = reclaims[j] or 0
+    out[n + 6] = meta[j] or '{}'
+    out[n + 7] = s.available
+  end
 end
+if #token_of == 0 then return out end
 call_many('HSET', KEYS[K_STATE], state_of)
 call_many('HSET', KEYS[K_TOKEN], token_of)
 call_many('ZADD', KEYS[K_ACTIVE], active)
