@@ -46,6 +46,7 @@ from ..config import QueueSettings
 from ..errors import ConfigError, DriverError, DriverUnavailableError
 from ..job import JobRecord, JobStatus
 from ..serializer import UnreadablePayload, dumps
+from . import _resp
 from ._records import due_view
 from .base import LEASE_LOST_ERROR, NO_RESULT, QueueDriver, SettleNotice, empty_counts
 from .redis_queues import QueueDirectory
@@ -109,6 +110,7 @@ class RedisDriver(QueueDriver):
         self._keys: dict[str, list[str]] = {}
         self.queues = QueueDirectory(settings.prefix, settings.name)  # where get() looks for an id
         self._encoded_keys: dict[str, list[bytes]] = {}
+        self._heads: dict[tuple[str, str], bytes] = {}  # EVALSHA, sha and keys, encoded (see _eval)
         self._generation = 0
         self._retention_args = _retention_args(settings)
         self._lease_ms = int(settings.lease_s * 1000)
@@ -292,14 +294,48 @@ class RedisDriver(QueueDriver):
             if not self._outage:
                 logger.error("lost Redis at %s: %s", self.url, exc)
             self._outage = True
+            await self._drop_idle_connections()
             raise DriverUnavailableError(f"Redis at {self.url} is unreachable: {exc}") from None
         if self._outage:
             logger.warning("Redis at %s is back", self.url)
             self._outage = False
         return value
 
+    async def _drop_idle_connections(self) -> None:
+        """The server went away: close every idle pooled connection, so none is used again
+        after it comes back (the pool's own check let a connection to a killed server through)."""
+        pool = getattr(self.client, "connection_pool", None)  # Cluster: one pool per node
+        if pool is not None:
+            with contextlib.suppress(Exception):
+                await pool.disconnect(inuse_connections=False)
+
     async def _run(self, script: str, queue: str, args: Sequence[Any]) -> Any:
-        return await self._call(lambda: self._scripts[script](keys=self._script_keys(queue), args=list(args)))
+        return await self._call(lambda: self._eval(script, queue, args))
+
+    async def _eval(self, script: str, queue: str, args: Sequence[Any]) -> Any:
+        """EVALSHA of ``script`` on ``queue``'s keys, sent with the script and keys encoded once
+        (see _resp); through redis-py on Cluster, where it routes each call to its node."""
+        from redis.exceptions import NoScriptError
+
+        if self.cluster:
+            return await self._scripts[script](keys=self._script_keys(queue), args=list(args))
+        head = self._heads.get((script, queue))
+        if head is None:
+            keys = self._script_keys(queue)
+            head = self._heads[(script, queue)] = _resp.encode_all(
+                ["EVALSHA", self._scripts[script].sha, len(keys), *keys])
+        pool = self.client.connection_pool
+        conn = await pool.get_connection()
+        try:
+            await conn.send_packed_command(_resp.command(head, len(KEY_NAMES) + 3, args))
+            return await conn.read_response()
+        except NoScriptError:  # the server lost its script cache (restart, failover): load it
+            return await self._scripts[script](keys=self._script_keys(queue), args=list(args))
+        except BaseException:  # a reply may still be on its way: never reuse this connection
+            await conn.disconnect()
+            raise
+        finally:
+            await pool.release(conn)
 
     def default_prefetch(self, concurrency: int) -> int:
         """Half as many jobs as consumers: while one half waits for its settles, the other runs
