@@ -247,7 +247,7 @@ class QueueJobSerializer:
             raise SerializationError(
                 f"{names[0]}.to_json() returned {type(data).__name__}; it must return a dict"
             )
-        return names[0], encode_value(data, names[1])
+        return names[0], _encode_dict(data, names[1])
 
     def decode_job(self, name: str, payload: Any) -> QueueJob:
         """Rebuild a job from its name and encoded payload via the registered factory."""

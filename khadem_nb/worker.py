@@ -175,6 +175,9 @@ class QueueWorker:
         if not self._may_claim():
             return None
         if self.options.concurrency == 1:  # nobody to batch for: no task, no extra loop turn
+            if not self._prefetch:
+                claimed = await self._claim(1)
+                return claimed[0] if claimed else None
             await self._fetch_batch()
             return self._buffer.popleft() if self._buffer else None
         waiter: asyncio.Future[JobRecord | None] = asyncio.get_running_loop().create_future()
@@ -215,9 +218,19 @@ class QueueWorker:
 
         The fetch loop goes straight on to the next claim when more is wanted, so with
         prefetch the next request leaves before this batch runs and the server works while
-        Python does. Errors are logged here (once per outage) and backed off.
+        Python does.
         """
-        limit = max(1, self._wanted())
+        for record in await self._claim(max(1, self._wanted())):
+            while self._idle and self._idle[0].done():  # its consumer was cancelled
+                self._idle.popleft()
+            if self._idle:
+                self._idle.popleft().set_result(record)
+            else:
+                self._buffer.append(record)
+
+    async def _claim(self, limit: int) -> list[JobRecord]:
+        """Reserve up to ``limit`` jobs (fewer when ``max_jobs`` is near). Errors are logged
+        here (once per outage) and backed off; a claim that lands while paused is given back."""
         if self._claims_left is not None:
             limit = min(limit, self._claims_left)
         try:
@@ -225,7 +238,7 @@ class QueueWorker:
         except Exception as exc:
             self._errors += 1
             await self._report_error(exc, self._errors)
-            return
+            return []
         self._errors = 0
         if self._claims_left is not None:
             self._claims_left -= len(records)
@@ -235,14 +248,8 @@ class QueueWorker:
             if self._claims_left is not None:
                 self._claims_left += len(records)
             await self._release(records)
-            return
-        for record in records:
-            while self._idle and self._idle[0].done():  # its consumer was cancelled
-                self._idle.popleft()
-            if self._idle:
-                self._idle.popleft().set_result(record)
-            else:
-                self._buffer.append(record)
+            return []
+        return records
 
     def _wanted(self) -> int:
         """Jobs to claim: one per waiting consumer, plus room left in the prefetch buffer."""

@@ -83,6 +83,10 @@ class MemoryDriver(QueueDriver):
         self._ready: dict[str, PriorityLanes] = {}
         self._delayed: dict[str, list[tuple[int, int, str]]] = {}
         self._completed: deque[str] = deque()
+        # the payload JSON of each claimed job: the worker gets the stored record itself with its
+        # payload parsed (a copy per claim was a tenth of a job's cost), and the text comes
+        # back when the job settles
+        self._texts: dict[str, str] = {}
         self._seq = itertools.count()
         self._condition: asyncio.Condition | None = None
         self._wake_generation = 0
@@ -203,15 +207,15 @@ class MemoryDriver(QueueDriver):
                 record = self._records.get(job_id)
                 if record is not None and record.status is QUEUED:
                     self._move(record, ACTIVE)
-                    claimed.append(self._thaw(claim(record, now, None)))
+                    claimed.append(self._hand_out(claim(record, now, None)))
             if len(claimed) >= limit:
                 break
         return claimed
 
-    @staticmethod
-    def _thaw(stored: JobRecord) -> JobRecord:
-        record = stored.copy()
-        record.payload = _parse_json(stored.payload, 0)[0]
+    def _hand_out(self, record: JobRecord) -> JobRecord:
+        """The claimed record, its payload parsed; its JSON text is kept until it settles."""
+        text = self._texts[record.id] = record.payload
+        record.payload = _parse_json(text, 0)[0]
         return record
 
     def _promote_due(self, queue: str, now: int) -> None:
@@ -227,11 +231,13 @@ class MemoryDriver(QueueDriver):
         return max(0.001, (min(due) - now_ms()) / 1000) if due else 3600.0
 
     async def _settle(self, record: JobRecord, token: str | None) -> bool:
+        # ``record`` is usually the stored record itself (see _hand_out), its status already
+        # changed by the caller: whether it is still held is the ACTIVE id set's to say
         stored = self._records.get(record.id)
-        if stored is None or stored.status is not ACTIVE or stored.token != token:
+        if stored is None or record.id not in self._held[ACTIVE] or stored.token != token:
             return False
         record.token = None
-        record.payload = stored.payload  # the worker is done with its copy: keep it, payload frozen
+        record.payload = self._texts.pop(record.id)  # frozen again: the JSON text
         if record.status in PENDING:
             self._enqueue(record, ACTIVE)
             await self._notify(1)
@@ -285,7 +291,9 @@ class MemoryDriver(QueueDriver):
         return [None if (r := records.get(i)) is None else r.status for i in job_ids]
 
     def _view(self, stored: JobRecord) -> JobRecord:
-        view = self._thaw(stored)
+        """A copy of a stored record for readers, its payload parsed."""
+        view = stored.copy()
+        view.payload = _parse_json(self._texts.get(stored.id, stored.payload), 0)[0]
         if view.status is SCHEDULED and view.available_ms <= now_ms():
             view.status = QUEUED
         return view
@@ -359,3 +367,4 @@ class MemoryDriver(QueueDriver):
         self._ready.clear()
         self._delayed.clear()
         self._completed.clear()
+        self._texts.clear()
