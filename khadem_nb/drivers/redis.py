@@ -693,11 +693,17 @@ class RedisDriver(QueueDriver):
             await self.client.delete(*keys)
 
 
-def _by_queue(records: Iterable[JobRecord]) -> dict[str, list[JobRecord]]:
+def _by_queue(records: Sequence[JobRecord]) -> dict[str, Sequence[JobRecord]]:
+    """The records of each queue, in order (a chunk is usually all of one queue)."""
+    if not records:
+        return {}
+    queue = records[0].queue
+    if all(r.queue == queue for r in records):
+        return {queue: records}
     by_queue: dict[str, list[JobRecord]] = {}
     for record in records:
         by_queue.setdefault(record.queue, []).append(record)
-    return by_queue
+    return {**by_queue}
 
 
 def _enqueue_args(records: Sequence[JobRecord]) -> list[Any]:
@@ -711,7 +717,7 @@ def _enqueue_args(records: Sequence[JobRecord]) -> list[Any]:
     run: tuple[int, int, str | None] | None = None
     header_at = count = 0
     for record in records:
-        shape = (record.priority, max(0, record.available_ms - record.created_ms), record.key)
+        shape = (record.priority, record.available_ms - record.created_ms, record.key)
         if shape != run:
             if run is not None:
                 parts[header_at] = _run_header(run, count)
@@ -726,7 +732,7 @@ def _enqueue_args(records: Sequence[JobRecord]) -> list[Any]:
 
 def _run_header(shape: tuple[int, int, str | None], count: int) -> str:
     priority, delay, key = shape
-    return f"{priority}\t{delay}\t{'' if key is None else dumps(key)}\t{count}"
+    return f"{priority}\t{max(0, delay)}\t{'' if key is None else dumps(key)}\t{count}"
 
 
 def _job_data(record: JobRecord, prefixes: dict[tuple[Any, ...], str]) -> str:
