@@ -94,6 +94,20 @@ async def test_dispatch_while_redis_is_down_raises_quickly(server: RedisServer) 
     await manager.close()
 
 
+async def test_a_restart_between_two_dispatches_goes_unnoticed(server: RedisServer) -> None:
+    """No command ran while Redis was down: the next script call must neither fail on the
+    connection the server closed (the driver keeps one out of the pool for its script calls)
+    nor on the lost script cache."""
+    manager = await QueueManager({"queue": {"url": server.url, "connect_timeout": 1}}).init()
+    first = await manager.dispatch(Echo("before"))
+    server.kill()
+    server.start()  # appendonly: the job survives, the script cache does not
+    await asyncio.sleep(0.1)  # the event loop sees the old connections end
+    second = await manager.dispatch(Echo("after"))
+    assert [r.status for r in await manager.get_jobs([first, second])] == [JobStatus.QUEUED] * 2
+    await manager.close()
+
+
 async def test_a_streamed_bulk_dispatch_while_redis_is_down_raises_quickly(server: RedisServer) -> None:
     """The streamed path holds one connection of its own: losing Redis is the same clear,
     bounded error, and the connection is not handed back with replies still owed."""
