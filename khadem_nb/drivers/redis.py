@@ -9,8 +9,10 @@ field per job that a claim or a settle reads and rewrites whole), ``token``, ``r
 ``error``, ``reclaims`` and ``meta``. Scripts split the state text instead of decoding and
 re-encoding a JSON record, and a batch (an enqueue of many jobs, a claim, the settles of one
 loop turn) writes each hash once with a variadic command, since a ``redis.call`` costs more
-than the work it does on one field. A bulk dispatch streams its chunks on one connection, so
-Redis stores one while Python builds the next.
+than the work it does on one field. Ready jobs of priority 0 wait in the ``line`` list, the
+others in the ``ready`` sorted set (see ``_common.lua``). A bulk dispatch streams its chunks on
+one connection, so Redis stores one while Python builds the next; other script calls go out
+with the script and keys encoded once (``_resp``), on a connection kept out of the pool.
 
 A claim grants a lease and a fresh token. Workers renew leases with ``heartbeat``; a job
 whose lease expired is put back by the next ``reserve`` that wins the sweep lock (any worker,
