@@ -1,10 +1,10 @@
 """Memory-driver end-to-end throughput against raw ``asyncio.Queue``, in one run.
 
 For each round: dispatch N no-op async jobs one ``await dispatch()`` at a time (JSON encoding
-and the record copy included), then drain them with one worker (``max_jobs=N``); separately,
+and the record included), then drain them with one worker (``max_jobs=N``); separately,
 N puts + N gets on an ``asyncio.Queue`` (both ``put_nowait`` and the coroutine ``put``, which
 is what an awaited dispatch compares with), and the bare steps of a job with nothing around
-them (encode, record, JSON text, store; pop, token, copy, parse, rebuild, run, store) to show
+them (encode, record, JSON text, store; pop, token, parse, rebuild, run, store) to show
 what the framework itself costs. Prints medians of ROUNDS rounds and the ratios.
 
     python bench/core_throughput.py [--n 100000] [--rounds 5]
@@ -77,14 +77,14 @@ async def bare_steps_round(n: int) -> float:
         record = JobRecord(new_job_id(), name, dumps(payload), "default", 0, 0, 1, JobStatus.QUEUED)
         rows[record.id] = record
         lanes.append(0, record.id)
+    texts: dict[str, str] = {}
     for _ in range(n):
-        stored = rows[lanes.popleft() or ""]
-        stored.status, stored.token, stored.attempt = JobStatus.ACTIVE, new_token(), stored.attempt + 1
-        claimed = stored.copy()
-        claimed.payload = parse(stored.payload, 0)[0]
+        claimed = rows[lanes.popleft() or ""]
+        claimed.status, claimed.token, claimed.attempt = JobStatus.ACTIVE, new_token(), claimed.attempt + 1
+        text = texts[claimed.id] = claimed.payload
+        claimed.payload = parse(text, 0)[0]
         await factory(decode_value(claimed.payload)).handle()
-        claimed.status, claimed.result, claimed.payload = JobStatus.COMPLETED, None, stored.payload
-        rows[claimed.id] = claimed
+        claimed.status, claimed.result, claimed.payload = JobStatus.COMPLETED, None, texts.pop(claimed.id)
     elapsed = time.perf_counter() - started
     await manager.close()
     return elapsed
