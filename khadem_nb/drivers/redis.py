@@ -12,7 +12,8 @@ loop turn) writes each hash once with a variadic command, since a ``redis.call``
 than the work it does on one field. Ready jobs of priority 0 wait in the ``line`` list, the
 others in the ``ready`` sorted set (see ``_common.lua``). A bulk dispatch streams its chunks on
 one connection, so Redis stores one while Python builds the next; other script calls go out
-with the script and keys encoded once (``_resp``), on a connection kept out of the pool.
+with the script and keys encoded once (``_resp``), on a connection kept out of the pool. What
+the scripts take and give back is built and read in ``redis_wire``.
 
 A claim grants a lease and a fresh token. Workers renew leases with ``heartbeat``; a job
 whose lease expired is put back by the next ``reserve`` that wins the sweep lock (any worker,
@@ -47,8 +48,9 @@ from .._time import now_ms
 from ..config import QueueSettings
 from ..errors import ConfigError, DriverError, DriverUnavailableError
 from ..job import JobRecord, JobStatus
-from ..serializer import UnreadablePayload, dumps
+from ..serializer import dumps
 from . import _resp
+from . import redis_wire as wire
 from ._records import due_view
 from .base import LEASE_LOST_ERROR, NO_RESULT, QueueDriver, SettleNotice, empty_counts
 from .redis_queues import QueueDirectory
@@ -66,7 +68,6 @@ STATUS_SETS = {JobStatus.QUEUED: "ready", JobStatus.SCHEDULED: "delayed", JobSta
 SCRIPTS = ("enqueue", "reserve", "settle", "heartbeat", "meta", "requeue", "fetch", "leave", "statuses")
 FETCH_CHUNK = 2000  # records read per script call
 MAX_PRIORITY = 4000  # scores are -priority * 1e12 + seq: exact in a double up to this
-NOTIFY_CAP = 64
 PUSH_CHUNK = 200  # jobs per enqueue call; a bigger push streams its chunks
 MIN_REDIS = (6, 2)  # LPOP with a count (reserve.lua)
 MAX_WAIT_S = 1.0  # longest block on a notify list: other queues and sweeps are looked at as often
@@ -116,7 +117,7 @@ class RedisDriver(QueueDriver):
         self._held: Any = None  # a connection kept out of the pool for script calls (see _eval)
         self._held_busy = False
         self._generation = 0
-        self._retention_args = _retention_args(settings)
+        self._retention_args = wire.retention_args(settings)
         self._lease_ms = int(settings.lease_s * 1000)
         # reserve.lua's fixed arguments: max reclaims, sweep interval (ms), lease-lost error
         self._reserve_constants = [settings.max_reclaims, max(100, int(settings.lease_s * 250)),
@@ -395,13 +396,13 @@ class RedisDriver(QueueDriver):
     async def _enqueue_each(self, chunks: Iterable[Sequence[JobRecord]]) -> None:
         """One enqueue script call per queue of each chunk, each awaited before the next."""
         for chunk in chunks:
-            by_queue = _by_queue(chunk)
+            by_queue = wire.by_queue(chunk)
             new = self.queues.to_announce(by_queue)
             if new:
                 await self._call(functools.partial(self.client.sadd, self.queues.key, *new))
                 self.queues.announced(new)
             for queue, queued in by_queue.items():
-                await self._run("enqueue", queue, _enqueue_args(queued))
+                await self._run("enqueue", queue, wire.enqueue_args(queued))
 
     async def _stream_enqueue(self, chunks: Iterable[Sequence[JobRecord]]) -> None:
         """Send chunk after chunk on one connection, each before the next is built.
@@ -418,7 +419,7 @@ class RedisDriver(QueueDriver):
         try:
             await conn.check_health()  # now, not between a send and its reply (a PING would read it)
             for chunk in chunks:
-                by_queue = _by_queue(chunk)
+                by_queue = wire.by_queue(chunk)
                 new = self.queues.to_announce(by_queue)
                 if new:  # registered before its jobs are stored, so none is stored unfindable
                     await conn.send_command("SADD", self.queues.key, *new, check_health=False)
@@ -426,7 +427,7 @@ class RedisDriver(QueueDriver):
                     in_flight += 1
                 for queue, queued in by_queue.items():
                     keys = self._script_keys(queue)
-                    await conn.send_command("EVAL", source, len(keys), *keys, *_enqueue_args(queued),
+                    await conn.send_command("EVAL", source, len(keys), *keys, *wire.enqueue_args(queued),
                                             check_health=False)
                     in_flight += 1
                     while in_flight >= 2:  # the one before is done: one chunk stored, one built
@@ -486,7 +487,7 @@ class RedisDriver(QueueDriver):
             if first:
                 due_in_ms = int(rows[1])
                 self._next_due_at = None if due_in_ms < 0 else loop_time() + due_in_ms / 1000
-            claimed += _claimed_records(queue, rows, self.settings.lease_s)
+            claimed += wire.claimed_records(queue, rows, self.settings.lease_s)
             if len(claimed) >= limit:
                 break
         return claimed
@@ -505,7 +506,7 @@ class RedisDriver(QueueDriver):
                                                             timeout=wait))
         if popped is None or popped[0].decode() != handoff:
             return []
-        return [_handed_off_record(queues[0], popped[1], self.settings.lease_s)]
+        return [wire.handed_off_record(queues[0], popped[1], self.settings.lease_s)]
 
     async def heartbeat(self, records: Sequence[JobRecord]) -> list[bool]:
         alive: dict[str, bool] = {}
@@ -521,8 +522,8 @@ class RedisDriver(QueueDriver):
         return [alive[r.id] for r in records]
 
     async def _settle(self, record: JobRecord, token: str | None) -> bool:
-        args = _completion_args(record, token) if record.status is JobStatus.COMPLETED and not record.meta \
-            else self._general_settle_args(record, token)
+        plain = record.status is JobStatus.COMPLETED and not record.meta
+        args = wire.completion_args(record, token) if plain else self._general_settle_args(record, token)
         settled = await self._retrying(lambda: self._batched_settle(record.queue, args))
         record.token = None
         return bool(settled)
@@ -606,7 +607,7 @@ class RedisDriver(QueueDriver):
         for start in range(0, len(ids), FETCH_CHUNK):  # short scripts: Redis serves others between
             chunk = ids[start : start + FETCH_CHUNK]
             rows = await self._run("fetch", queue, chunk)
-            records += [_record_from_columns(queue, job_id, rows[i * width : (i + 1) * width])
+            records += [wire.record_from_columns(queue, job_id, rows[i * width : (i + 1) * width])
                         for i, job_id in enumerate(chunk)]
         return records
 
@@ -628,7 +629,7 @@ class RedisDriver(QueueDriver):
 
     async def _registered_queues(self) -> builtins.list[str]:
         """The queue names every driver under this prefix has dispatched to."""
-        return _text(await self._call(lambda: self.client.smembers(self.queues.key)))
+        return wire.text(await self._call(lambda: self.client.smembers(self.queues.key)))
 
     async def _all_queues(self) -> builtins.list[str]:
         return await self.queues.everywhere(self._registered_queues)
@@ -651,7 +652,7 @@ class RedisDriver(QueueDriver):
             if status is JobStatus.QUEUED:  # priority 0 waits in the line (see _common.lua)
                 line = keys[KEY_NAMES.index("line")]
                 ids += await self._call(lambda: self.client.lrange(line, 0, -1))
-            records = [r for r in await self._fetch(queue, _text(ids)) if r is not None]
+            records = [r for r in await self._fetch(queue, wire.text(ids)) if r is not None]
             records.sort(key=lambda r: r.created_ms)
             if status is JobStatus.QUEUED:  # due delayed jobs count as queued until promoted
                 records += await self._due_delayed(queue)
@@ -659,7 +660,7 @@ class RedisDriver(QueueDriver):
             return records[-limit:] if limit else records
         start = -limit if limit else 0
         ids = await self._call(lambda: self.client.zrange(key, start, -1))
-        records = [r for r in await self._fetch(queue, _text(ids)) if r is not None]
+        records = [r for r in await self._fetch(queue, wire.text(ids)) if r is not None]
         if status is not None:
             records.sort(key=lambda r: r.created_ms)
         return [due_view(r) for r in records]
@@ -667,7 +668,7 @@ class RedisDriver(QueueDriver):
     async def _due_delayed(self, queue: str) -> builtins.list[JobRecord]:
         key = self.keys(queue)[KEY_NAMES.index("delayed")]
         ids = await self._call(lambda: self.client.zrangebyscore(key, "-inf", now_ms()))
-        return [due_view(r) for r in await self._fetch(queue, _text(ids)) if r is not None]
+        return [due_view(r) for r in await self._fetch(queue, wire.text(ids)) if r is not None]
 
     async def counts(self, queue: str | None = None) -> dict[JobStatus, int]:
         """Counts of ``queue``, or summed over every queue under the prefix, in one round trip."""
@@ -738,116 +739,8 @@ def _closed_by_server(conn: Any) -> bool:
     return reader is not None and reader.at_eof()
 
 
-def _by_queue(records: Sequence[JobRecord]) -> dict[str, Sequence[JobRecord]]:
-    """The records of each queue, in order (a chunk is usually all of one queue)."""
-    if not records:
-        return {}
-    queue = records[0].queue
-    if all(r.queue == queue for r in records):
-        return {queue: records}
-    by_queue: dict[str, list[JobRecord]] = {}
-    for record in records:
-        by_queue.setdefault(record.queue, []).append(record)
-    return {**by_queue}
-
-
-def _enqueue_args(records: Sequence[JobRecord]) -> list[Any]:
-    """What enqueue.lua takes: the notify cap, the number of jobs, then the batch as one value:
-    runs of jobs sharing priority, delay and sweep key, each a header line
-    ``priority<TAB>delay_ms<TAB>key_json<TAB>n`` (key empty for none) and n job lines
-    ``id<TAB>data``. Compact JSON escapes every control character, so tabs and newlines only
-    ever separate; a dispatch's jobs usually make one run."""
-    prefixes: dict[tuple[Any, ...], str] = {}
-    parts: list[str] = []
-    run: tuple[int, int, str | None] | None = None
-    header_at = count = 0
-    for record in records:
-        shape = (record.priority, record.available_ms - record.created_ms, record.key)
-        if shape != run:
-            if run is not None:
-                parts[header_at] = _run_header(run, count)
-            run, header_at, count = shape, len(parts), 0
-            parts.append("")
-        parts.append(f"{record.id}\t{_job_data(record, prefixes)}")
-        count += 1
-    if run is not None:
-        parts[header_at] = _run_header(run, count)
-    return [NOTIFY_CAP, len(records), "\n".join(parts)]
-
-
-def _run_header(shape: tuple[int, int, str | None], count: int) -> str:
-    priority, delay, key = shape
-    return f"{priority}\t{max(0, delay)}\t{'' if key is None else dumps(key)}\t{count}"
-
-
-def _job_data(record: JobRecord, prefixes: dict[tuple[Any, ...], str]) -> str:
-    """The job's data JSON, as stored once at dispatch and handed to every claim.
-
-    Jobs of one kind share it up to the payload, so that part is encoded once per batch in
-    ``prefixes`` (one ``dumps`` of the whole data per job was most of the Python cost of a bulk
-    enqueue: 1.9 -> 0.7 µs a job).
-    """
-    shape = (record.name, record.priority, record.max_attempts, record.timeout_s)
-    prefix = prefixes.get(shape)
-    if prefix is None:
-        prefix = prefixes[shape] = _data_prefix(record)
-    key = "null" if record.key is None else dumps(record.key)
-    return f'{prefix}{dumps(record.payload)},"created_ms":{record.created_ms},"key":{key}}}'
-
-
-def _data_prefix(record: JobRecord) -> str:
-    """The job's data JSON up to its payload: ``{"job":..,"priority":..,..,"payload":``."""
-    return (f'{{"job":{dumps(record.name)},"priority":{record.priority},'
-            f'"max_attempts":{record.max_attempts},"timeout_s":{dumps(record.timeout_s)},"payload":')
-
-
-def _retention_args(settings: QueueSettings) -> list[int]:
-    """What settle.lua trims by: completed kept, their max age (ms), failed kept, their max age."""
-    def ms(seconds: float | None) -> int:
-        return -1 if seconds is None else int(seconds * 1000)
-
-    failed_keep = -1 if settings.failed_retention is None else settings.failed_retention
-    return [settings.retention, ms(settings.retention_age_s), failed_keep,
-            ms(settings.failed_retention_age_s)]
-
-
 def loop_time() -> float:
     return asyncio.get_running_loop().time()
-
-
-def _completion_args(record: JobRecord, token: str | None) -> list[Any]:
-    """A completion with no meta to store: id, token and result are all settle.lua needs."""
-    return [record.id, token or "", dumps(record.result)]
-
-
-def _text(values: Iterable[Any]) -> list[str]:
-    return [v.decode() if isinstance(v, bytes) else str(v) for v in values]
-
-
-def _claimed_records(queue: str, rows: list[Any], lease_s: float) -> list[JobRecord]:
-    """reserve.lua's reply: now, ms to the next due job, then 7 values per claimed job."""
-    now = int(rows[0])
-    records = []
-    for i in range(2, len(rows), 7):
-        job_id, data, attempt, token, reclaims, meta, available = rows[i : i + 7]
-        record = _claimed(_from_data(queue, job_id.decode(), data), int(attempt), token.decode(),
-                          int(available), now, lease_s)
-        record.reclaims = int(reclaims)
-        record.meta = {} if meta == b"{}" else json.loads(meta.decode())
-        records.append(record)
-    return records
-
-
-def _claimed(record: JobRecord, attempt: int, token: str, available_ms: int, now: int,
-             lease_s: float) -> JobRecord:
-    """Mark a record read back from a script as held under ``token`` since ``now``."""
-    record.status = JobStatus.ACTIVE
-    record.attempt = attempt
-    record.token = token
-    record.available_ms = available_ms
-    record.started_ms = now
-    record.lease_ms = now + int(lease_s * 1000)
-    return record
 
 
 def server_is_recent_enough(version: str) -> bool:
@@ -858,49 +751,3 @@ def server_is_recent_enough(version: str) -> bool:
     except ValueError:
         return True
     return len(parts) < 2 or parts >= MIN_REDIS
-
-
-def _handed_off_record(queue: str, row: bytes, lease_s: float) -> JobRecord:
-    """A job enqueue.lua claimed for a waiting worker: ``now<TAB>id<TAB>token<TAB>data``."""
-    at, job_id, token, data = row.split(b"\t", 3)
-    now = int(at)
-    return _claimed(_from_data(queue, job_id.decode(), data), 1, token.decode(), now, now, lease_s)
-
-
-def _from_data(queue: str, job_id: str, data: bytes) -> JobRecord:
-    try:
-        if not data:
-            raise ValueError("its data is missing")
-        fields = json.loads(data.decode())  # decoded here: json.loads(bytes) sniffs the encoding
-        if not isinstance(fields, dict):
-            raise ValueError(f"expected an object, got {type(fields).__name__}")
-        fields["job"], fields["payload"]
-    except (ValueError, KeyError, TypeError) as exc:  # a corrupt record fails its job, not the worker
-        return JobRecord(id=job_id, name="(unreadable)", queue=queue,
-                         payload=UnreadablePayload(f"malformed JSON in Redis ({exc})"))
-    return JobRecord(id=job_id, name=fields["job"], payload=fields["payload"], queue=queue,
-                     priority=fields.get("priority", 0), max_attempts=fields.get("max_attempts", 1),
-                     created_ms=fields.get("created_ms", 0), timeout_s=fields.get("timeout_s"),
-                     key=fields.get("key"))
-
-
-def _record_from_columns(queue: str, job_id: str, values: list[Any]) -> JobRecord | None:
-    state, token, result, error, reclaims, meta = values
-    if state is None:
-        return None
-    head, _, data = state.partition(b"\t")
-    record = _from_data(queue, job_id, data)
-    status, attempt, _priority, available, started, finished, lease = head.decode().split(",")
-    record.status = JobStatus(status)
-    record.attempt = int(attempt)
-    record.token = token.decode() if token else None
-    record.available_ms = int(available)
-    record.started_ms = None if started == "-1" else int(started)
-    record.finished_ms = None if finished == "-1" else int(finished)
-    record.lease_ms = None if lease == "-1" else int(lease)
-    record.result = json.loads(result) if result else None
-    if error:
-        record.error, record.traceback = json.loads(error)
-    record.reclaims = int(reclaims or 0)
-    record.meta = json.loads(meta) if meta else {}
-    return due_view(record)

@@ -1,0 +1,169 @@
+"""What the Redis driver's scripts take and give back: the enqueue batch, settle and retention
+arguments, and records rebuilt from script replies. Pure functions, no I/O."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from ..config import QueueSettings
+from ..job import JobRecord, JobStatus
+from ..serializer import UnreadablePayload, dumps
+from ._records import due_view
+
+NOTIFY_CAP = 64  # wake-ups an enqueue leaves at most on a queue's notify list
+
+
+def by_queue(records: Sequence[JobRecord]) -> dict[str, Sequence[JobRecord]]:
+    """The records of each queue, in order (a chunk is usually all of one queue)."""
+    if not records:
+        return {}
+    queue = records[0].queue
+    if all(r.queue == queue for r in records):
+        return {queue: records}
+    grouped: dict[str, list[JobRecord]] = {}
+    for record in records:
+        grouped.setdefault(record.queue, []).append(record)
+    return {**grouped}
+
+
+def enqueue_args(records: Sequence[JobRecord]) -> list[Any]:
+    """What enqueue.lua takes: the notify cap, the number of jobs, then the batch as one value:
+    runs of jobs sharing priority, delay and sweep key, each a header line
+    ``priority<TAB>delay_ms<TAB>key_json<TAB>n`` (key empty for none) and n job lines
+    ``id<TAB>data``. Compact JSON escapes every control character, so tabs and newlines only
+    ever separate; a dispatch's jobs usually make one run."""
+    prefixes: dict[tuple[Any, ...], str] = {}
+    parts: list[str] = []
+    run: tuple[int, int, str | None] | None = None
+    header_at = count = 0
+    for record in records:
+        shape = (record.priority, record.available_ms - record.created_ms, record.key)
+        if shape != run:
+            if run is not None:
+                parts[header_at] = _run_header(run, count)
+            run, header_at, count = shape, len(parts), 0
+            parts.append("")
+        parts.append(f"{record.id}\t{_job_data(record, prefixes)}")
+        count += 1
+    if run is not None:
+        parts[header_at] = _run_header(run, count)
+    return [NOTIFY_CAP, len(records), "\n".join(parts)]
+
+
+def _run_header(shape: tuple[int, int, str | None], count: int) -> str:
+    priority, delay, key = shape
+    return f"{priority}\t{max(0, delay)}\t{'' if key is None else dumps(key)}\t{count}"
+
+
+def _job_data(record: JobRecord, prefixes: dict[tuple[Any, ...], str]) -> str:
+    """The job's data JSON, as stored once at dispatch and handed to every claim.
+
+    Jobs of one kind share it up to the payload, so that part is encoded once per batch in
+    ``prefixes`` (one ``dumps`` of the whole data per job was most of the Python cost of a bulk
+    enqueue: 1.9 -> 0.7 µs a job).
+    """
+    shape = (record.name, record.priority, record.max_attempts, record.timeout_s)
+    prefix = prefixes.get(shape)
+    if prefix is None:
+        prefix = prefixes[shape] = _data_prefix(record)
+    key = "null" if record.key is None else dumps(record.key)
+    return f'{prefix}{dumps(record.payload)},"created_ms":{record.created_ms},"key":{key}}}'
+
+
+def _data_prefix(record: JobRecord) -> str:
+    """The job's data JSON up to its payload: ``{"job":..,"priority":..,..,"payload":``."""
+    return (f'{{"job":{dumps(record.name)},"priority":{record.priority},'
+            f'"max_attempts":{record.max_attempts},"timeout_s":{dumps(record.timeout_s)},"payload":')
+
+
+def retention_args(settings: QueueSettings) -> list[int]:
+    """What settle.lua trims by: completed kept, their max age (ms), failed kept, their max age."""
+    def ms(seconds: float | None) -> int:
+        return -1 if seconds is None else int(seconds * 1000)
+
+    failed_keep = -1 if settings.failed_retention is None else settings.failed_retention
+    return [settings.retention, ms(settings.retention_age_s), failed_keep,
+            ms(settings.failed_retention_age_s)]
+
+
+def completion_args(record: JobRecord, token: str | None) -> list[Any]:
+    """A completion with no meta to store: id, token and result are all settle.lua needs."""
+    return [record.id, token or "", dumps(record.result)]
+
+
+def text(values: Iterable[Any]) -> list[str]:
+    return [v.decode() if isinstance(v, bytes) else str(v) for v in values]
+
+
+def claimed_records(queue: str, rows: list[Any], lease_s: float) -> list[JobRecord]:
+    """reserve.lua's reply: now, ms to the next due job, then 7 values per claimed job."""
+    now = int(rows[0])
+    records = []
+    for i in range(2, len(rows), 7):
+        job_id, data, attempt, token, reclaims, meta, available = rows[i : i + 7]
+        record = _claimed(_from_data(queue, job_id.decode(), data), int(attempt), token.decode(),
+                          int(available), now, lease_s)
+        record.reclaims = int(reclaims)
+        record.meta = {} if meta == b"{}" else json.loads(meta.decode())
+        records.append(record)
+    return records
+
+
+def _claimed(record: JobRecord, attempt: int, token: str, available_ms: int, now: int,
+             lease_s: float) -> JobRecord:
+    """Mark a record read back from a script as held under ``token`` since ``now``."""
+    record.status = JobStatus.ACTIVE
+    record.attempt = attempt
+    record.token = token
+    record.available_ms = available_ms
+    record.started_ms = now
+    record.lease_ms = now + int(lease_s * 1000)
+    return record
+
+
+def handed_off_record(queue: str, row: bytes, lease_s: float) -> JobRecord:
+    """A job enqueue.lua claimed for a waiting worker: ``now<TAB>id<TAB>token<TAB>data``."""
+    at, job_id, token, data = row.split(b"\t", 3)
+    now = int(at)
+    return _claimed(_from_data(queue, job_id.decode(), data), 1, token.decode(), now, now, lease_s)
+
+
+def _from_data(queue: str, job_id: str, data: bytes) -> JobRecord:
+    try:
+        if not data:
+            raise ValueError("its data is missing")
+        fields = json.loads(data.decode())  # decoded here: json.loads(bytes) sniffs the encoding
+        if not isinstance(fields, dict):
+            raise ValueError(f"expected an object, got {type(fields).__name__}")
+        fields["job"], fields["payload"]
+    except (ValueError, KeyError, TypeError) as exc:  # a corrupt record fails its job, not the worker
+        return JobRecord(id=job_id, name="(unreadable)", queue=queue,
+                         payload=UnreadablePayload(f"malformed JSON in Redis ({exc})"))
+    return JobRecord(id=job_id, name=fields["job"], payload=fields["payload"], queue=queue,
+                     priority=fields.get("priority", 0), max_attempts=fields.get("max_attempts", 1),
+                     created_ms=fields.get("created_ms", 0), timeout_s=fields.get("timeout_s"),
+                     key=fields.get("key"))
+
+
+def record_from_columns(queue: str, job_id: str, values: list[Any]) -> JobRecord | None:
+    state, token, result, error, reclaims, meta = values
+    if state is None:
+        return None
+    head, _, data = state.partition(b"\t")
+    record = _from_data(queue, job_id, data)
+    status, attempt, _priority, available, started, finished, lease = head.decode().split(",")
+    record.status = JobStatus(status)
+    record.attempt = int(attempt)
+    record.token = token.decode() if token else None
+    record.available_ms = int(available)
+    record.started_ms = None if started == "-1" else int(started)
+    record.finished_ms = None if finished == "-1" else int(finished)
+    record.lease_ms = None if lease == "-1" else int(lease)
+    record.result = json.loads(result) if result else None
+    if error:
+        record.error, record.traceback = json.loads(error)
+    record.reclaims = int(reclaims or 0)
+    record.meta = json.loads(meta) if meta else {}
+    return due_view(record)
