@@ -344,11 +344,11 @@ class RedisDriver(QueueDriver):
         if held is not None:  # no pool round (lock, liveness probe): a quarter less client CPU
             self._held_busy = True
             conn = held
-            if _closed_by_server(conn):  # a restart since its last call: it connects again
-                await conn.disconnect()
         else:  # the held one is in use (calls overlap in a busy worker): one from the pool
             conn = await pool.get_connection()
         try:
+            if held is not None and _closed_by_server(held):  # a restart since its last call
+                await held.disconnect()  # (it connects again on the send below)
             await conn.send_packed_command(packed)
             try:
                 return await conn.read_response()
