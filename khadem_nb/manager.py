@@ -127,7 +127,7 @@ class QueueManager:
         level = job.priority if priority is None else int(priority)
         driver = self._driver  # without one yet, the driver checks when the record is pushed
         if driver is not None and driver.max_priority is not None and abs(level) > driver.max_priority:
-            driver.check_priority(level)
+            driver.check_priority(level)  # raises; the test above is its own, kept inline per job
         timeout = job.timeout
         return (name, payload, queue or job.queue or self.settings.name, level, attempts, delay_ms,
                 None if timeout is None else to_seconds(timeout, name="timeout"), key)

@@ -113,7 +113,7 @@ class RedisDriver(QueueDriver):
         self._keys: dict[str, list[str]] = {}
         self.queues = QueueDirectory(settings.prefix, settings.name)  # where get() looks for an id
         self._encoded_keys: dict[str, list[bytes]] = {}
-        self._heads: dict[tuple[str, str], bytes] = {}  # EVALSHA, sha and keys, encoded (see _eval)
+        self._heads: dict[tuple[str, str, str], bytes] = {}  # see _head
         self._held: Any = None  # a connection kept out of the pool for script calls (see _eval)
         self._held_busy = False
         self._generation = 0
@@ -326,6 +326,16 @@ class RedisDriver(QueueDriver):
     async def _run(self, script: str, queue: str, args: Sequence[Any]) -> Any:
         return await self._call(lambda: self._eval(script, queue, args))
 
+    def _head(self, verb: str, script: str, queue: str) -> bytes:
+        """``verb`` (EVALSHA: the script's sha; EVAL: its source), then the key count and the
+        queue's keys, encoded once per (verb, script, queue) (see _resp)."""
+        head = self._heads.get((verb, script, queue))
+        if head is None:
+            keys = self._script_keys(queue)
+            body = self._scripts[script].sha if verb == "EVALSHA" else self._scripts[script].script
+            head = self._heads[(verb, script, queue)] = _resp.encode_all([verb, body, len(keys), *keys])
+        return head
+
     async def _eval(self, script: str, queue: str, args: Sequence[Any]) -> Any:
         """EVALSHA of ``script`` on ``queue``'s keys, sent with the script and keys encoded once
         (see _resp); through redis-py on Cluster, where it routes each call to its node."""
@@ -333,12 +343,7 @@ class RedisDriver(QueueDriver):
 
         if self.cluster:
             return await self._scripts[script](keys=self._script_keys(queue), args=list(args))
-        head = self._heads.get((script, queue))
-        if head is None:
-            keys = self._script_keys(queue)
-            head = self._heads[(script, queue)] = _resp.encode_all(
-                ["EVALSHA", self._scripts[script].sha, len(keys), *keys])
-        packed = _resp.command(head, len(KEY_NAMES) + 3, args)
+        packed = _resp.command(self._head("EVALSHA", script, queue), len(KEY_NAMES) + 3, args)
         pool = self.client.connection_pool
         held = self._held if not self._held_busy else None
         if held is not None:  # no pool round (lock, liveness probe): a quarter less client CPU
@@ -374,14 +379,12 @@ class RedisDriver(QueueDriver):
 
     # -- producing -------------------------------------------------------------------------------
     async def push(self, records: Sequence[JobRecord]) -> None:
-        await self._left()
         for record in records:  # built before the manager had this driver: checked here, all first
             self.check_priority(record.priority)
         chunks = [records[i : i + PUSH_CHUNK] for i in range(0, len(records), PUSH_CHUNK)]
         await (self._enqueue_each(chunks) if len(chunks) <= 1 else self.push_chunks(chunks))
 
     async def push_chunks(self, chunks: Iterable[Sequence[JobRecord]]) -> None:
-        await self._left()
         if self.cluster:  # no single connection pool to hold a connection from: call by call
             await self._enqueue_each(chunks)
         else:
@@ -395,6 +398,7 @@ class RedisDriver(QueueDriver):
 
     async def _enqueue_each(self, chunks: Iterable[Sequence[JobRecord]]) -> None:
         """One enqueue script call per queue of each chunk, each awaited before the next."""
+        await self._left()
         for chunk in chunks:
             by_queue = wire.by_queue(chunk)
             new = self.queues.to_announce(by_queue)
@@ -412,7 +416,7 @@ class RedisDriver(QueueDriver):
         chunks in order. The script goes as EVAL, so a server that lost its script cache
         (restart, failover) cannot answer a chunk with NOSCRIPT while later ones are on the way.
         """
-        source = self._scripts["enqueue"].script
+        await self._left()
         pool = self.client.connection_pool
         conn = await pool.get_connection()
         in_flight = 0
@@ -426,9 +430,9 @@ class RedisDriver(QueueDriver):
                     self.queues.announced(new)
                     in_flight += 1
                 for queue, queued in by_queue.items():
-                    keys = self._script_keys(queue)
-                    await conn.send_command("EVAL", source, len(keys), *keys, *wire.enqueue_args(queued),
-                                            check_health=False)
+                    packed = _resp.command(self._head("EVAL", "enqueue", queue), len(KEY_NAMES) + 3,
+                                           wire.enqueue_args(queued))
+                    await conn.send_packed_command(packed, check_health=False)
                     in_flight += 1
                     while in_flight >= 2:  # the one before is done: one chunk stored, one built
                         await conn.read_response()
