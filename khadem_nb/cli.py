@@ -41,11 +41,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _add_demo(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     demo = commands.add_parser("demo", help="run a real parameter sweep and print results and metrics",
-                               description="Sweep a grid of ridge-regression fits through in-process "
-                               "workers on a SQLite queue in a temporary folder (or --queue-url); one "
-                               "point fails once and is retried. Shows a progress bar, then the "
-                               "results DataFrame and the metrics.")
-    demo.add_argument("--queue-url", default=None, help="use this queue instead of a temporary SQLite file")
+                               description="Sweep a grid of 300 ridge-regression fits through in-process "
+                               "workers on the in-memory queue (or --queue-url). Some points fail once "
+                               "and are retried with backoff, some fail for good and are kept with "
+                               "their error. Shows a progress bar, then the results and the metrics.")
+    demo.add_argument("--queue-url", default=None, help="use this queue instead of the in-memory default")
     demo.add_argument("--concurrency", type=int, default=4, help="in-process workers (default 4)")
 
 

@@ -1,91 +1,114 @@
 """What ``khadem-nb demo`` runs: a real parameter sweep through the notebook layer.
 
-A grid of ridge-regression fits (numpy, generated data) over regularisation strength and
-sample size, on the SQLite driver in a temporary folder (or any ``--queue-url``), run by
-in-process workers. One point fails on its first attempt (a simulated transient error) and
-is retried with backoff. A progress bar shows the sweep; then the results DataFrame and the
-per-job metrics are printed as tables.
+A grid of 300 ridge-regression fits (numpy, generated data) over regularisation strength,
+sample size and seed, on the in-memory default queue (or any ``--queue-url``), run by
+in-process workers. Two kinds of failure show what the queue does with them: a simulated
+transient error on the first attempt of some points, retried with backoff until they succeed,
+and an input the fit rejects (no regularisation with fewer samples than features), which fails
+on every attempt and is kept as failed with its error. A progress bar shows the sweep; then a
+table of mean test error per grid cell, the failed points and the per-job metrics are printed.
 """
 
 from __future__ import annotations
 
 import sys
-import tempfile
 import threading
 import time
 from typing import Any, TextIO
 
 from ._terminal import ProgressBar
 
-ALPHAS = [0.0, 0.1, 1.0, 10.0, 100.0]
-SAMPLES = [20, 50, 200, 1000]
-FLAKY_POINT = (1.0, 200)
+FEATURES = 8
+ALPHAS = [0.0, 0.01, 0.1, 1.0, 10.0, 100.0]
+SAMPLES = [5, 20, 50, 200, 1000]
+SEEDS = list(range(10))
+FLAKY_SEED = 3  # every point with this seed fails once with a transient error
+MAX_ATTEMPTS = 3
 
 
 def fit_ridge(alpha: float, n_samples: int, seed: int = 0) -> dict[str, float]:
-    """Fit ridge regression on generated data; return test error and weight norm."""
+    """Fit ridge regression on generated data; return test error and weight norm.
+
+    Raises ``ValueError`` for an underdetermined fit (``alpha == 0`` with fewer samples than
+    features), where the normal equations have no unique solution.
+    """
     import numpy as np
 
+    if alpha == 0 and n_samples < FEATURES:
+        raise ValueError(f"underdetermined: {n_samples} samples for {FEATURES} features need alpha > 0")
     rng = np.random.default_rng(seed)
-    true_w = rng.normal(size=8)
-    x = rng.normal(size=(n_samples, 8))
+    true_w = rng.normal(size=FEATURES)
+    x = rng.normal(size=(n_samples, FEATURES))
     y = x @ true_w + rng.normal(scale=1.0, size=n_samples)
-    x_test = rng.normal(size=(500, 8))
-    w = np.linalg.solve(x.T @ x + alpha * np.eye(8), x.T @ y)
-    time.sleep(0.02)  # so the progress bar has something to show
+    x_test = rng.normal(size=(500, FEATURES))
+    w = np.linalg.solve(x.T @ x + alpha * np.eye(FEATURES), x.T @ y)
+    time.sleep(0.01)  # stands in for a longer fit, so the progress bar has something to show
     return {"test_mse": float(np.mean((x_test @ w - x_test @ true_w) ** 2)),
             "w_norm": float(np.linalg.norm(w))}
 
 
 def run_demo(queue_url: str | None = None, concurrency: int = 4, stream: TextIO | None = None) -> Any:
     """Run the sweep and print its results; returns the results DataFrame."""
-    import pandas as pd
-
     from .notebook.functions import JobFunction
     from .notebook.queue import Queue
 
     out = stream or sys.stdout
-    folder = tempfile.TemporaryDirectory(prefix="khadem-demo-") if queue_url is None else None
-    url = queue_url or f"sqlite:///{folder.name}/demo.db"  # type: ignore[union-attr]
-    q = Queue(url)
-    failed_once: set[tuple[float, int]] = set()
+    q = Queue(queue_url) if queue_url else Queue()
+    attempted: set[tuple[float, int, int]] = set()
     lock = threading.Lock()
 
-    def flaky_fit(alpha: float, n_samples: int) -> dict[str, float]:
+    def flaky_fit(alpha: float, n_samples: int, seed: int) -> dict[str, float]:
+        point = (alpha, n_samples, seed)
         with lock:
-            first = (alpha, n_samples) == FLAKY_POINT and (alpha, n_samples) not in failed_once
-            failed_once.add((alpha, n_samples))
-        if first:
+            first = point not in attempted
+            attempted.add(point)
+        if first and seed == FLAKY_SEED:
             raise ConnectionError("simulated transient failure (the retry will succeed)")
-        return fit_ridge(alpha, n_samples)
+        return fit_ridge(alpha, n_samples, seed)
 
-    fit = JobFunction(q, flaky_fit, name="khadem_nb.demo.fit_ridge", max_attempts=3, retry_delay=0.2)
-
+    fit = JobFunction(q, flaky_fit, name="khadem_nb.demo.fit_ridge", max_attempts=MAX_ATTEMPTS,
+                      retry_delay=0.1)
     try:
-        out.write(f"khadem-nb demo: {len(ALPHAS) * len(SAMPLES)} ridge fits on {q.settings.redacted_url()}\n")
-        group = fit.sweep(alpha=ALPHAS, n_samples=SAMPLES, fresh=True)
+        total = len(ALPHAS) * len(SAMPLES) * len(SEEDS)
+        out.write(f"khadem-nb demo: {total} ridge fits on {q.settings.redacted_url()}, "
+                  f"{concurrency} workers\n")
+        group = fit.sweep(alpha=ALPHAS, n_samples=SAMPLES, seed=SEEDS, fresh=True)
         q.start(concurrency=concurrency)
-        bar = ProgressBar(len(group), "sweep")
-        while not _all_finished(counts := group.counts()):
-            bar.update(counts["completed"] + counts["failed"], f"retried {_retried(q)}")
-            time.sleep(0.05)
-        bar.close(len(group), f"retried {_retried(q)}")
+        _show_progress(q, group)
         frame = group.results()
-        with pd.option_context("display.width", 120, "display.max_columns", 20):
-            out.write("\nresults\n" + frame.drop(columns=["error"]).to_string(index=False) + "\n")
-            metrics = q.metrics()[["completed", "failed", "retried", "success_rate", "duration_mean_ms",
-                                   "duration_p95_ms"]]
-            out.write("\nmetrics\n" + metrics.to_string() + "\n")
+        _print_tables(out, frame, q.metrics())
         return frame
     finally:
         q.close()
-        if folder is not None:
-            folder.cleanup()
+
+
+def _show_progress(q: Any, group: Any) -> None:
+    bar = ProgressBar(len(group), "sweep")
+    while not _all_finished(counts := group.counts()):
+        bar.update(counts["completed"] + counts["failed"], _summary(q, counts))
+        time.sleep(0.05)
+    bar.close(len(group), _summary(q, counts))
+
+
+def _print_tables(out: TextIO, frame: Any, metrics: Any) -> None:
+    import pandas as pd
+
+    completed = frame[frame["status"] == "completed"]
+    grid = completed.pivot_table(index="alpha", columns="n_samples", values="test_mse", aggfunc="mean")
+    failed = frame[frame["status"] == "failed"].groupby(["alpha", "n_samples", "error"]).size()
+    with pd.option_context("display.width", 120, "display.max_columns", 20,
+                           "display.float_format", "{:.4g}".format, "display.max_colwidth", 80):
+        out.write("\nmean test error by alpha (rows) and n_samples (columns), over "
+                  f"{len(SEEDS)} seeds\n{grid.to_string()}\n")
+        out.write(f"\nfailed points (kept with their error after {MAX_ATTEMPTS} attempts)\n"
+                  f"{failed.rename('points').reset_index().to_string(index=False)}\n")
+        columns = ["completed", "failed", "retried", "success_rate", "duration_mean_ms", "duration_p95_ms"]
+        out.write("\nmetrics\n" + metrics[columns].to_string() + "\n")
 
 
 def _all_finished(counts: dict[str, int]) -> bool:
     return counts["queued"] + counts["scheduled"] + counts["active"] == 0
 
 
-def _retried(q: Any) -> int:
-    return int(q.manager.get_metrics()["total_retried"])
+def _summary(q: Any, counts: dict[str, int]) -> str:
+    return f"failed {counts['failed']}, retried {int(q.manager.get_metrics()['total_retried'])}"
