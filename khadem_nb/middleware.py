@@ -42,22 +42,23 @@ class MiddlewareChain:
     """An ordered list of middleware, run around a job handler."""
 
     def __init__(self) -> None:
-        self._items: list[MiddlewareFunc] = []
+        #: the middleware in the order added (the executor checks it is empty on every job)
+        self.items: list[MiddlewareFunc] = []
 
     def add(self, middleware: Middleware | MiddlewareFunc) -> None:
-        self._items.append(as_middleware_func(middleware))
+        self.items.append(as_middleware_func(middleware))
 
     def __len__(self) -> int:
-        return len(self._items)
+        return len(self.items)
 
     async def run(self, job: QueueJob, handler: Next) -> None:
         """Run ``handler`` inside every middleware, first added outermost."""
-        if not self._items:
+        if not self.items:
             await handler()
             return
         await self._call(0, job, handler)
 
     async def _call(self, index: int, job: QueueJob, handler: Next) -> Any:
-        if index == len(self._items):
+        if index == len(self.items):
             return await handler()
-        return await self._items[index](job, lambda: self._call(index + 1, job, handler))
+        return await self.items[index](job, lambda: self._call(index + 1, job, handler))

@@ -77,6 +77,9 @@ class JobFactoryRegistry:
     def __init__(self) -> None:
         self._factories: dict[str, JobFactory] = {}
         self._lock = threading.Lock()
+        #: the factory registered for a name, or ``None`` (the dict's own ``get``: a worker
+        #: looks one up for every job)
+        self.get: Callable[[str], JobFactory | None] = self._factories.get
 
     def register(self, name: str, factory: JobFactory) -> None:
         if not isinstance(name, str) or not name:
@@ -89,9 +92,6 @@ class JobFactoryRegistry:
     def unregister(self, name: str) -> None:
         with self._lock:
             self._factories.pop(name, None)
-
-    def get(self, name: str) -> JobFactory | None:
-        return self._factories.get(name)
 
     def names(self) -> list[str]:
         return sorted(self._factories)

@@ -43,6 +43,7 @@ if TYPE_CHECKING:
 
 TAG = "__kn__"
 _PRIMITIVES = (str, int, bool, type(None))
+_PLAIN = frozenset({str, int, float, bool, type(None)})  # exact types JSON parsing gives back as is
 
 
 def _numpy() -> Any:
@@ -154,9 +155,17 @@ def decode_value(value: Any) -> Any:
     if isinstance(value, dict):
         tag = value.get(TAG)
         if tag is None:
-            return {key: decode_value(item) for key, item in value.items()}
+            return _decode_dict(value)
         return _decode_tagged(tag, value)
     return value
+
+
+def _decode_dict(value: dict[str, Any]) -> dict[str, Any]:
+    # plain values are copied without a call each: most job arguments are numbers and strings
+    decoded = {}
+    for key, item in value.items():
+        decoded[key] = item if type(item) in _PLAIN else decode_value(item)
+    return decoded
 
 
 _DECODERS: dict[str, Callable[[dict[str, Any]], Any]] = {
@@ -169,7 +178,7 @@ _DECODERS: dict[str, Callable[[dict[str, Any]], Any]] = {
     "tuple": lambda d: tuple(decode_value(d["v"])),
     "bytes": lambda d: base64.b64decode(d["v"]),
     "set": lambda d: set(decode_value(d["v"])),
-    "dict": lambda d: {key: decode_value(item) for key, item in d["v"].items()},
+    "dict": lambda d: _decode_dict(d["v"]),
 }
 
 

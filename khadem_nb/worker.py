@@ -148,12 +148,15 @@ class QueueWorker:
 
     # -- loops -------------------------------------------------------------------------------
     async def _consume(self) -> None:
+        solo = self.options.concurrency == 1 and not self._prefetch  # claims for itself alone
         try:
             while not self._stopping.is_set() and not (self._drained and not self._buffer):
                 if not self._claiming.is_set():  # paused
                     await self._claiming.wait()
                     continue
-                record = await self._next_record()
+                record = self._claim_at_hand() if solo else None
+                if record is None:
+                    record = await self._next_record()
                 if record is not None:
                     await self._execute(record)
                 elif self._drained or self._claims_exhausted():
@@ -162,6 +165,19 @@ class QueueWorker:
             self._consumers_left -= 1
             if self._consumers_left == 0 and not self._stopping.is_set():
                 self.request_stop()
+
+    def _claim_at_hand(self) -> JobRecord | None:
+        """A lone consumer's claim of a job the driver has at hand (in-process queues), with
+        no coroutine; ``None`` sends it to the awaited claim."""
+        if self._drained or self._claims_exhausted():  # the loop has just seen no stop or pause
+            return None
+        records = self.driver.reserve_nowait(self.queues, 1)
+        if not records:
+            return None
+        if self._claims_left is not None:
+            self._claims_left -= 1
+        self._errors = 0
+        return records[0]
 
     async def _next_record(self) -> JobRecord | None:
         """The next claimed job, or ``None`` when this consumer should look at its loop again.

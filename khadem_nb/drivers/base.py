@@ -104,6 +104,12 @@ class QueueDriver(ABC):
         the storage allows it. Expired leases are reclaimed here (or by a sweep).
         """
 
+    def reserve_nowait(self, queues: Sequence[str], limit: int) -> list[JobRecord] | None:
+        """Claim what is due at once, without waiting and without I/O, as :meth:`reserve`
+        would; ``None`` where a claim needs I/O (every durable driver), so callers await
+        :meth:`reserve`. Lets a worker on an in-process queue claim without a coroutine."""
+        return None
+
     async def heartbeat(self, records: Sequence[JobRecord]) -> list[bool]:
         """Extend the leases of held records; ``False`` where the lease was lost."""
         return [True for _ in records]
@@ -115,7 +121,10 @@ class QueueDriver(ABC):
         record.finished_ms = now_ms()
         record.error = record.traceback = None
         record.lease_ms = None
-        if await self._settle(record, token):  # _settle_counted inlined: the hottest settle
+        settled = self._settle_at_hand(record, token)  # _settle_counted inlined: the hottest settle
+        if settled is None:
+            settled = await self._settle(record, token)
+        if settled:
             return True
         self.stale_acks += 1
         return False
@@ -154,6 +163,11 @@ class QueueDriver(ABC):
         if not settled:
             self.stale_acks += 1
         return settled
+
+    def _settle_at_hand(self, record: JobRecord, token: str | None) -> bool | None:
+        """:meth:`_settle` without a coroutine, where the storage is in this process and the
+        settle needs no waiting; ``None`` where it does (every durable driver)."""
+        return None
 
     @abstractmethod
     async def _settle(self, record: JobRecord, token: str | None) -> bool:

@@ -17,5 +17,4 @@ class SyncDriver(MemoryDriver):
 
     runs_at_dispatch: ClassVar[bool] = True
 
-    def _honours_delay(self) -> bool:
-        return False
+    _honours_delay: ClassVar[bool] = False
