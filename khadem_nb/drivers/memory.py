@@ -24,11 +24,12 @@ from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any, ClassVar
 
+from .._ids import new_token
 from .._time import now_ms
 from ..config import QueueSettings
 from ..job import ACTIVE, COMPLETED, FAILED, QUEUED, SCHEDULED, JobRecord, JobStatus
 from ..serializer import dumps
-from .base import QueueDriver, claim, empty_counts, retention_cutoffs
+from .base import QueueDriver, empty_counts, retention_cutoffs
 
 # The C scanner behind json.loads, without its Python wrappers: payloads here are our own output.
 _parse_json = json.JSONDecoder().scan_once  # type: ignore[attr-defined]
@@ -47,29 +48,36 @@ class PriorityLanes:
 
     def __init__(self) -> None:
         self._lanes: dict[int, deque[str]] = {}
-        self._order: list[int] = []  # negated priorities, ascending: highest priority first
+        # (negated priority, its lane), ascending: the highest priority first; only non-empty
+        # lanes, so many distinct priorities never slow a claim
+        self._order: list[tuple[int, deque[str]]] = []
 
     def append(self, priority: int, job_id: str) -> None:
         lane = self._lanes.get(priority)
         if lane is None:
             lane = self._lanes[priority] = deque()
-            bisect.insort(self._order, -priority)
+            bisect.insort(self._order, (-priority, lane), key=_first)
         lane.append(job_id)
 
     def popleft(self) -> str | None:
         """The next id to claim, or ``None`` when every lane is empty."""
-        for negated in self._order:
-            lane = self._lanes[-negated]
-            job_id = lane.popleft()
-            if not lane:  # drop empty lanes so many distinct priorities never slow a claim
-                del self._lanes[-negated]
-                self._order.remove(negated)
-            return job_id
-        return None
+        order = self._order
+        if not order:
+            return None
+        negated, lane = order[0]
+        job_id = lane.popleft()
+        if not lane:
+            del self._lanes[-negated]
+            del order[0]
+        return job_id
 
     def __iter__(self) -> Iterator[str]:
-        for negated in self._order:
-            yield from self._lanes[-negated]
+        for _, lane in self._order:
+            yield from lane
+
+
+def _first(pair: tuple[int, deque[str]]) -> int:
+    return pair[0]
 
 
 class MemoryDriver(QueueDriver):
@@ -195,9 +203,6 @@ class MemoryDriver(QueueDriver):
                 finally:
                     self._waiting -= 1
 
-    def reserve_nowait(self, queues: Sequence[str], limit: int) -> list[JobRecord]:
-        return self._take(queues, limit)
-
     def _take(self, queues: Sequence[str], limit: int) -> list[JobRecord]:
         claimed: list[JobRecord] = []
         now = time.time_ns() // 1_000_000
@@ -224,10 +229,16 @@ class MemoryDriver(QueueDriver):
         counts[QUEUED] -= 1
         counts[ACTIVE] += 1
         self._active[record.id] = None
-        claim(record, now, None)
+        record.status = ACTIVE  # drivers.base.claim inlined, without a lease
+        record.attempt += 1
+        record.started_ms = now
+        record.finished_ms = None
+        record.token = new_token()
         text = self._texts[record.id] = record.payload
         record.payload = _parse_json(text, 0)[0]
         return record
+
+    reserve_nowait = _take  # a claim here never waits for I/O
 
     def _promote_due(self, queue: str, now: int) -> None:
         delayed = self._delayed.get(queue)
@@ -280,20 +291,22 @@ class MemoryDriver(QueueDriver):
         """Apply retention: completed records in the order they finished (a deque of ids, which
         may hold ids already gone), failed ones in the order they failed (their id set)."""
         completed_before, failed_before = retention_cutoffs(self.settings) if self._aging else (None, None)
-        completed, records, keep_completed = self._completed, self._records, self.settings.retention
-        while completed and (len(completed) > keep_completed or completed_before is not None):
+        completed, records, counts = self._completed, self._records, self._counts
+        while len(completed) > self.settings.retention:  # over the count: no record to read first
+            old = records.get(completed.popleft())
+            if old is not None and old.status is COMPLETED:
+                del records[old.id]
+                counts[COMPLETED] -= 1
+        while completed_before is not None and completed:
             old = records.get(completed[0])
-            if old is None or old.status is not COMPLETED:
-                completed.popleft()
-            elif len(completed) > keep_completed or _older(old, completed_before):
-                completed.popleft()
-                self._forget(old)
-            else:
+            if old is not None and old.status is COMPLETED and not _older(old, completed_before):
                 break
-        failed = self._held[FAILED]
-        keep = self.settings.failed_retention
-        while failed:
-            old = self._records[next(iter(failed))]
+            completed.popleft()
+            if old is not None and old.status is COMPLETED:
+                self._forget(old)
+        failed, keep = self._held[FAILED], self.settings.failed_retention
+        while failed and ((keep is not None and len(failed) > keep) or failed_before is not None):
+            old = records[next(iter(failed))]
             if (keep is not None and len(failed) > keep) or _older(old, failed_before):
                 self._forget(old)
             else:
