@@ -29,7 +29,6 @@ from .serializer import QueueJobSerializer, encode_value
 logger = logging.getLogger(__name__)
 
 Hook = Callable[..., Any]
-Outcome = tuple[Any, Any, Exception | None]  # result, encoded result, failure
 
 
 @dataclass(slots=True)
@@ -57,14 +56,34 @@ class JobExecutor:
         #: called with each record this process settles (used by notebook handles to wake up)
         self.listeners: list[Callable[[JobRecord], None]] = []
 
-    async def execute(self, record: JobRecord) -> None:
-        """Run ``record`` to a settled state; on cancellation give it back to the queue."""
+    async def execute(self, record: JobRecord, loop: asyncio.AbstractEventLoop | None = None) -> None:
+        """Run ``record`` to a settled state; on cancellation give it back to the queue.
+
+        ``loop`` is the running loop when the caller knows it (a worker does): asking asyncio
+        for it costs a ``getpid()`` system call on every job.
+        """
         started = time.perf_counter()
         job = self._begin(record)
         if isinstance(job, SerializationError):  # unknown name or bad payload: no retry helps
             await self._settle_failure(record, None, job, _format(job), started, retryable=False)
             return
-        result, encoded, failure = await self._run(record, job, started)
+        if self.hooks.on_job_start is not None:
+            await self._run_hook(self.hooks.on_job_start, job)
+        context = JobContext(record, self.driver, loop or asyncio.get_running_loop())
+        token = current_job.set(context)
+        failure: Exception | None = None
+        try:
+            result = await self._start(job, record)
+            encoded = result if result is None else encode_value(result, f"result of {record.name}")
+        except asyncio.CancelledError:
+            await asyncio.shield(self._give_back(record, started))
+            raise
+        except Exception as exc:  # every job failure, middleware failure or bad result lands here
+            failure = exc
+        finally:
+            current_job.reset(token)
+            if context.output:  # kept with the record before it is settled
+                record.meta["output"] = context.captured_output()
         if failure is not None:
             await self._settle_failure(record, job, failure, _format(failure), started, retryable=True)
         elif await self.driver.complete(record, encoded):
@@ -74,30 +93,13 @@ class JobExecutor:
         else:
             self._stale(record, (time.perf_counter() - started) * 1000)
 
-    async def _run(self, record: JobRecord, job: QueueJob, started: float) -> Outcome:
-        """Run the job with its context set: ``(result, encoded result, None)`` or the failure."""
-        if self.hooks.on_job_start is not None:
-            await self._run_hook(self.hooks.on_job_start, job)
-        context = JobContext(record, self.driver, asyncio.get_running_loop())
-        token = current_job.set(context)
-        try:
-            if self.middleware.items:
-                result = await self._run_through_middleware(job, record)
-            elif record.timeout_s is None and self._is_async.get(type(job)):  # the common case
-                result = await job.handle()
-            else:
-                result = await self._invoke(job, record)
-            encoded = result if result is None else encode_value(result, f"result of {record.name}")
-        except asyncio.CancelledError:
-            await asyncio.shield(self._give_back(record, started))
-            raise
-        except Exception as exc:  # every job failure, middleware failure or bad result lands here
-            return None, None, exc
-        finally:
-            current_job.reset(token)
-            if context.output:
-                record.meta["output"] = context.captured_output()
-        return result, encoded, None
+    def _start(self, job: QueueJob, record: JobRecord) -> Awaitable[Any]:
+        """What to await to run the job: through middleware, or its timeout, or ``handle``."""
+        if self.middleware.items:
+            return self._run_through_middleware(job, record)
+        if record.timeout_s is None and self._is_async.get(type(job)):  # the common case
+            return job.handle()
+        return self._invoke(job, record)
 
     def _begin(self, record: JobRecord) -> QueueJob | SerializationError:
         """Count the start and rebuild the job, or return why it cannot be rebuilt."""

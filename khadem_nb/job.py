@@ -89,7 +89,11 @@ class QueueJob:
 
     def to_json(self) -> dict[str, Any]:
         """The job's arguments as a dict; defaults to its public instance attributes."""
-        return {k: v for k, v in vars(self).items() if not k.startswith("_") and k not in _META}
+        data = {}
+        for key, value in vars(self).items():  # a loop, not a comprehension: no function per call
+            if not key.startswith("_") and key not in _META:
+                data[key] = value
+        return data
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Self:

@@ -52,47 +52,37 @@ class BasicQueueMonitor:
     def reset(self) -> None:
         with self._lock:
             self.queued = self.started = self.completed = self.failed = self.retried = 0
-            self.processing = 0
-            self._time_ms = 0.0
-            self._timed = 0
+            self._time_ms = 0.0  # summed over finished attempts: completed + failed + retried
 
     def job_queued(self, record: JobRecord) -> None:
         self.queued += 1
 
     def job_started(self, record: JobRecord) -> None:
         self.started += 1
-        self.processing += 1
 
     def job_completed(self, record: JobRecord, duration_ms: float) -> None:
         self.completed += 1
-        if self.processing > 0:  # _finish inlined: this is every completed job
-            self.processing -= 1
         self._time_ms += duration_ms
-        self._timed += 1
 
     def job_failed(self, record: JobRecord, duration_ms: float) -> None:
         self.failed += 1
-        self._finish(duration_ms)
+        self._time_ms += duration_ms
 
     def job_retried(self, record: JobRecord, duration_ms: float) -> None:
         self.retried += 1
-        self._finish(duration_ms)
-
-    def _finish(self, duration_ms: float) -> None:
-        self.processing = max(0, self.processing - 1)
         self._time_ms += duration_ms
-        self._timed += 1
 
     def get_metrics(self) -> dict[str, Any]:
         finished = self.completed + self.failed
+        attempts = finished + self.retried  # every started attempt ends as one of the three
         return {
             "total_queued": self.queued,
             "total_started": self.started,
             "total_completed": self.completed,
             "total_failed": self.failed,
             "total_retried": self.retried,
-            "currently_processing": self.processing,
+            "currently_processing": max(0, self.started - attempts),  # 0 after a reset mid-run
             "success_rate": self.completed / finished if finished else 0.0,
             "failure_rate": self.failed / finished if finished else 0.0,
-            "average_processing_time_ms": self._time_ms / self._timed if self._timed else 0.0,
+            "average_processing_time_ms": self._time_ms / attempts if attempts else 0.0,
         }

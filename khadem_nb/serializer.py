@@ -260,24 +260,29 @@ class QueueJobSerializer:
 
     def decode_job(self, name: str, payload: Any) -> QueueJob:
         """Rebuild a job from its name and encoded payload via the registered factory."""
-        if isinstance(payload, UnreadablePayload):
-            raise SerializationError(f"the stored record of job {name!r} could not be read: {payload}")
         factory = self.factories.get(name)
-        if factory is None and name.startswith("__main__."):
-            raise UnknownJobError(
-                f"job {name!r} was defined in a notebook cell or a script (module __main__), which "
-                "this worker process cannot import; only workers in that kernel can run it. Move the "
-                "function into a module and start workers with `khadem-nb worker --import <module>`"
-            )
-        if factory is None:
-            raise UnknownJobError(
-                f"no job factory is registered for {name!r} in this process; import the module "
-                "that defines it (worker: --import MODULE) or call "
-                "QueueFactory.register_job_factory()"
-            )
-        if not isinstance(payload, dict):
-            raise SerializationError(f"payload of job {name!r} is {type(payload).__name__}, not an object")
+        if factory is None or not isinstance(payload, dict):
+            raise _undecodable(name, payload, known=factory is not None)
         try:
-            return factory(decode_value(payload))
+            return factory(decode_value(payload) if TAG in payload else _decode_dict(payload))
         except (KeyError, TypeError, ValueError) as exc:
             raise SerializationError(f"payload of job {name!r} could not be decoded: {exc!r}") from exc
+
+
+def _undecodable(name: str, payload: Any, *, known: bool) -> SerializationError:
+    """Why a job cannot be rebuilt: its stored record was unreadable, no factory has its
+    name (``known`` is false), or its payload is not an object."""
+    if isinstance(payload, UnreadablePayload):
+        return SerializationError(f"the stored record of job {name!r} could not be read: {payload}")
+    if known:
+        return SerializationError(f"payload of job {name!r} is {type(payload).__name__}, not an object")
+    if name.startswith("__main__."):
+        return UnknownJobError(
+            f"job {name!r} was defined in a notebook cell or a script (module __main__), which "
+            "this worker process cannot import; only workers in that kernel can run it. Move the "
+            "function into a module and start workers with `khadem-nb worker --import <module>`"
+        )
+    return UnknownJobError(
+        f"no job factory is registered for {name!r} in this process; import the module "
+        "that defines it (worker: --import MODULE) or call QueueFactory.register_job_factory()"
+    )

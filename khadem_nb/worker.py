@@ -51,6 +51,7 @@ class QueueWorker:
         self._claiming = asyncio.Event()
         self._claiming.set()
         self._stop_task: asyncio.Task[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None  # the loop its tasks run on, from start()
         self._consumers_left = 0
         self._buffer: deque[JobRecord] = deque()  # claimed by a batch reserve, not started yet
         self._fetcher: asyncio.Task[None] | None = None  # claims for idle consumers, one batch at a time
@@ -79,7 +80,7 @@ class QueueWorker:
         """Spawn the consumer tasks on the running loop and return at once."""
         if self._tasks:
             return
-        loop = asyncio.get_running_loop()
+        loop = self._loop = asyncio.get_running_loop()
         self._consumers_left = self.options.concurrency
         for index in range(self.options.concurrency):
             self._tasks.append(loop.create_task(self._consume(), name=f"khadem-consumer-{index}"))
@@ -169,13 +170,14 @@ class QueueWorker:
     def _claim_at_hand(self) -> JobRecord | None:
         """A lone consumer's claim of a job the driver has at hand (in-process queues), with
         no coroutine; ``None`` sends it to the awaited claim."""
-        if self._drained or self._claims_exhausted():  # the loop has just seen no stop or pause
+        left = self._claims_left  # the loop has just seen no stop or pause
+        if self._drained or (left is not None and left <= 0):
             return None
         records = self.driver.reserve_nowait(self.queues, 1)
         if not records:
             return None
-        if self._claims_left is not None:
-            self._claims_left -= 1
+        if left is not None:
+            self._claims_left = left - 1
         self._errors = 0
         return records[0]
 
@@ -281,7 +283,7 @@ class QueueWorker:
     async def _execute(self, record: JobRecord) -> None:
         self._active[record.id] = record
         try:
-            await self.executor.execute(record)
+            await self.executor.execute(record, self._loop)
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # the driver failed while settling: the lease will expire

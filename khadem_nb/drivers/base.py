@@ -8,6 +8,7 @@ was lost and the job claimed again), and the refusal is counted in ``stale_acks`
 
 from __future__ import annotations
 
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, ClassVar
@@ -118,7 +119,7 @@ class QueueDriver(ABC):
         token = record.token
         record.status = COMPLETED
         record.result = result
-        record.finished_ms = now_ms()
+        record.finished_ms = time.time_ns() // 1_000_000  # now_ms() inlined
         record.error = record.traceback = None
         record.lease_ms = None
         settled = self._settle_at_hand(record, token)  # _settle_counted inlined: the hottest settle

@@ -89,6 +89,8 @@ class MemoryDriver(QueueDriver):
         self._counts = empty_counts()
         self._held: dict[JobStatus, dict[str, None]] = {s: {} for s in HELD}
         self._active = self._held[ACTIVE]  # ids of claimed jobs, in the order they were claimed
+        self._failed = self._held[FAILED]  # ids of failed jobs, in the order they failed
+        self._retention = settings.retention
         self._ready: dict[str, PriorityLanes] = {}
         self._delayed: dict[str, list[tuple[int, int, str]]] = {}
         self._completed: deque[str] = deque()
@@ -130,10 +132,12 @@ class MemoryDriver(QueueDriver):
 
     # -- producing -----------------------------------------------------------------------------
     async def push(self, records: Sequence[JobRecord]) -> None:
-        now = time.time_ns() // 1_000_000
+        now = 0  # read the clock only for a record due after its creation (a delayed one)
         for record in records:  # the driver owns pushed records from here on
             record.payload = dumps(record.payload)
-            self._enqueue(record, None, now)
+            if record.available_ms > record.created_ms and not now:
+                now = time.time_ns() // 1_000_000
+            self._enqueue(record, None, now or record.created_ms)
         if self._waiting:  # nobody waits in the common case: no coroutine for nothing
             await self._notify(len(records))
 
@@ -206,20 +210,19 @@ class MemoryDriver(QueueDriver):
     def _take(self, queues: Sequence[str], limit: int) -> list[JobRecord]:
         claimed: list[JobRecord] = []
         now = time.time_ns() // 1_000_000
-        records = self._records
+        records, delayed, ready = self._records, self._delayed, self._ready
         for queue in queues:
-            if self._delayed.get(queue):
+            if delayed.get(queue):
                 self._promote_due(queue, now)
-            lanes = self._ready.get(queue)
-            while lanes is not None and len(claimed) < limit:
-                job_id = lanes.popleft()
-                if job_id is None:
-                    break
+            lanes = ready.get(queue)
+            if lanes is None:
+                continue
+            while (job_id := lanes.popleft()) is not None:
                 record = records.get(job_id)
-                if record is not None and record.status is QUEUED:
+                if record is not None and record.status is QUEUED:  # else requeued or gone
                     claimed.append(self._hand_out(record, now))
-            if len(claimed) >= limit:
-                break
+                    if len(claimed) == limit:
+                        return claimed
         return claimed
 
     def _hand_out(self, record: JobRecord, now: int) -> JobRecord:
@@ -256,8 +259,7 @@ class MemoryDriver(QueueDriver):
         # ``record`` is usually the stored record itself (see _hand_out), its status already
         # changed by the caller: whether it is still held is the ACTIVE id set's to say
         job_id = record.id
-        stored = self._records.get(job_id)
-        if stored is None or job_id not in self._active or stored.token != token:
+        if job_id not in self._active or self._records[job_id].token != token:
             return False
         status = record.status
         if status is QUEUED or status is SCHEDULED:
@@ -271,9 +273,11 @@ class MemoryDriver(QueueDriver):
         counts[status] += 1
         if status is COMPLETED:
             self._completed.append(job_id)
+            if len(self._completed) > self._retention:
+                self._trim_completed()
         else:
-            self._held[FAILED][job_id] = None
-        if len(self._completed) > self.settings.retention or self._held[FAILED] or self._aging:
+            self._failed[job_id] = None
+        if self._aging or (self._failed and self.settings.failed_retention is not None):
             self._trim()
         return True
 
@@ -287,16 +291,21 @@ class MemoryDriver(QueueDriver):
         await self._notify(1)
         return True
 
-    def _trim(self) -> None:
-        """Apply retention: completed records in the order they finished (a deque of ids, which
-        may hold ids already gone), failed ones in the order they failed (their id set)."""
-        completed_before, failed_before = retention_cutoffs(self.settings) if self._aging else (None, None)
-        completed, records, counts = self._completed, self._records, self._counts
-        while len(completed) > self.settings.retention:  # over the count: no record to read first
+    def _trim_completed(self) -> None:
+        """Drop the oldest completed records beyond ``queue.retention`` (the deque of ids in
+        the order they finished may hold ids already gone)."""
+        completed, records = self._completed, self._records
+        while len(completed) > self._retention:
             old = records.get(completed.popleft())
             if old is not None and old.status is COMPLETED:
                 del records[old.id]
-                counts[COMPLETED] -= 1
+                self._counts[COMPLETED] -= 1
+
+    def _trim(self) -> None:
+        """Apply the rest of retention: completed records by age, failed ones by count and age
+        in the order they failed (their id set)."""
+        completed_before, failed_before = retention_cutoffs(self.settings) if self._aging else (None, None)
+        completed, records = self._completed, self._records
         while completed_before is not None and completed:
             old = records.get(completed[0])
             if old is not None and old.status is COMPLETED and not _older(old, completed_before):
@@ -304,7 +313,7 @@ class MemoryDriver(QueueDriver):
             completed.popleft()
             if old is not None and old.status is COMPLETED:
                 self._forget(old)
-        failed, keep = self._held[FAILED], self.settings.failed_retention
+        failed, keep = self._failed, self.settings.failed_retention
         while failed and ((keep is not None and len(failed) > keep) or failed_before is not None):
             old = records[next(iter(failed))]
             if (keep is not None and len(failed) > keep) or _older(old, failed_before):
