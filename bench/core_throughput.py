@@ -7,6 +7,14 @@ is what an awaited dispatch compares with), and the bare steps of a job with not
 them (encode, record, JSON text, store; pop, token, parse, rebuild, run, store) to show
 what the framework itself costs. Prints medians of ROUNDS rounds and the ratios.
 
+This machine's CPU runs at two speeds that alternate over seconds (a 100,000-item
+``asyncio.Queue`` round measured 1.15 M or 1.88 M items/s, back to back), so a single round of
+a baseline (a tenth of a second) lands in one speed or the other and decides the ratio. Each
+round therefore runs the khadem_nb dispatch + drain between two spells of each baseline, half
+as long as that round before it and half after, repeating the baseline's N items and counting
+them over the whole spell: both sides see the same mix of speeds. The ratios are the median of
+the rounds' own ratios.
+
     python bench/core_throughput.py [--n 100000] [--rounds 5]
 """
 
@@ -18,6 +26,7 @@ import gc
 import json
 import statistics
 import time
+from collections.abc import Awaitable, Callable
 
 from khadem_nb import QueueJob, QueueManager
 from khadem_nb._ids import new_job_id, new_token
@@ -106,38 +115,66 @@ async def asyncio_round(n: int, awaited_put: bool = False) -> float:
     return time.perf_counter() - started
 
 
+async def repeated(round_fn: Callable[[int], Awaitable[float]], n: int,
+                   at_least_s: float) -> tuple[int, float]:
+    """``round_fn(n)`` repeated until ``at_least_s`` seconds have passed: (items, seconds)."""
+    rounds, elapsed = 0, 0.0
+    while elapsed < at_least_s or not rounds:
+        gc.collect()
+        elapsed += await round_fn(n)
+        rounds += 1
+    return n * rounds, elapsed
+
+
+def sandwiched(n: int, previous_s: float) -> tuple[float, float, float, float, float]:
+    """One khadem_nb round between two spells of each baseline, half its time before and half
+    after: (khadem_nb items/s, dispatch s, drain s, put_nowait items/s, await put items/s)."""
+    before = [asyncio.run(repeated(fn, n, previous_s / 2)) for fn in (asyncio_round, awaited_asyncio_round)]
+    gc.collect()
+    dispatch_s, drain_s = asyncio.run(khadem_round(n))
+    ours_s = dispatch_s + drain_s
+    after = [asyncio.run(repeated(fn, n, ours_s / 2)) for fn in (asyncio_round, awaited_asyncio_round)]
+    rates = [(b[0] + a[0]) / (b[1] + a[1]) for b, a in zip(before, after, strict=True)]
+    return n / ours_s, dispatch_s, drain_s, rates[0], rates[1]
+
+
+async def awaited_asyncio_round(n: int) -> float:
+    return await asyncio_round(n, awaited_put=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--n", type=int, default=100_000)
     parser.add_argument("--rounds", type=int, default=5)
     args = parser.parse_args()
     ours, raw, raw_awaited, bare, stripped, dispatch_s, drain_s = [], [], [], [], [], [], []
+    previous_s = 1.0
     for _ in range(args.rounds):
-        gc.collect()
-        d, w = asyncio.run(khadem_round(args.n))
+        rate, d, w, nowait, awaited = sandwiched(args.n, previous_s)
+        previous_s = d + w
+        ours.append(rate)
         dispatch_s.append(d)
         drain_s.append(w)
-        ours.append(args.n / (d + w))
-        gc.collect()
-        raw.append(args.n / asyncio.run(asyncio_round(args.n)))
-        gc.collect()
-        raw_awaited.append(args.n / asyncio.run(asyncio_round(args.n, awaited_put=True)))
+        raw.append(nowait)
+        raw_awaited.append(awaited)
         gc.collect()
         stripped.append(args.n / asyncio.run(stripped_drain_round(args.n)))
         gc.collect()
         bare.append(args.n / asyncio.run(bare_steps_round(args.n)))
     ours_med, raw_med = statistics.median(ours), statistics.median(raw)
-    print(f"N={args.n}, medians of {args.rounds} rounds")
+    awaited_med = statistics.median(raw_awaited)
+    nowait_ratio = statistics.median(o / r for o, r in zip(ours, raw, strict=True))
+    awaited_ratio = statistics.median(o / r for o, r in zip(ours, raw_awaited, strict=True))
+    print(f"N={args.n}, medians of {args.rounds} rounds; ratios are medians of each round's ratio")
     print("| what | jobs/s (median) |")
     print("|---|---:|")
     print(f"| khadem_nb memory: dispatch + drain, 1 worker | {ours_med:,.0f} |")
     print(f"|   dispatch only | {args.n / statistics.median(dispatch_s):,.0f} |")
     print(f"|   drain only | {args.n / statistics.median(drain_s):,.0f} |")
-    awaited_med = statistics.median(raw_awaited)
     print(f"| asyncio.Queue put_nowait + get | {raw_med:,.0f} |")
-    print(f"| ratio khadem_nb / asyncio.Queue (put_nowait) | {ours_med / raw_med:.1%} |")
+    print(f"| ratio khadem_nb / asyncio.Queue (put_nowait) | {nowait_ratio:.1%} |")
     print(f"| asyncio.Queue await put + get | {awaited_med:,.0f} |")
-    print(f"| ratio khadem_nb / asyncio.Queue (await put) | {ours_med / awaited_med:.1%} |")
+    print(f"| ratio khadem_nb / asyncio.Queue (await put) | {awaited_ratio:.1%} |")
     stripped_med, bare_med = statistics.median(stripped), statistics.median(bare)
     print(f"| real dispatch + driver, drained by a bare loop | {stripped_med:,.0f} |")
     print(f"| ratio bare loop / asyncio.Queue | {stripped_med / raw_med:.1%} |")
