@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
@@ -143,7 +144,8 @@ class QueueManager:
                        queue: str | None = None, priority: int | None = None,
                        max_attempts: int | None = None) -> str:
         """Queue ``job`` (after ``delay``) and return its id. On ``sync`` it runs before returning."""
-        record = _record_from(self._draft(job, delay, queue, priority, max_attempts, None), now_ms())
+        now = time.time_ns() // 1_000_000  # now_ms() inlined
+        record = _record_from(self._draft(job, delay, queue, priority, max_attempts, None), now)
         driver = self.driver
         await driver.push((record,))
         try:

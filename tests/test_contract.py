@@ -181,6 +181,45 @@ async def test_failing_middleware_fails_the_job_not_the_worker(manager: QueueMan
     assert record.error == "PermissionError: middleware says no"
 
 
+async def test_a_running_job_counts_as_processing_until_it_settles(queued_manager: QueueManager) -> None:
+    started, release = asyncio.Event(), asyncio.Event()
+
+    async def hold(job: QueueJob) -> None:
+        started.set()
+        await release.wait()
+
+    await queued_manager.dispatch(Echo("held"))
+    await queued_manager.start_worker(max_jobs=1, delay=0.01, run_in_background=True,
+                                      on_job_start=hold)
+    await asyncio.wait_for(started.wait(), 10)
+    assert queued_manager.get_metrics()["currently_processing"] == 1
+    release.set()
+    await asyncio.wait_for(asyncio.gather(*(w.run() for w in queued_manager.workers)), 10)
+    metrics = queued_manager.get_metrics()
+    assert metrics["currently_processing"] == 0 and metrics["total_completed"] == 1
+
+
+async def test_a_claim_at_hand_is_a_whole_claim_or_none(queued_manager: QueueManager) -> None:
+    """``reserve_nowait`` claims like ``reserve`` where the queue is in this process (memory)
+    and says ``None`` where a claim needs I/O, leaving every job queued."""
+    for value, priority in (("low", 0), ("high", 5), ("mid", 1)):
+        await queued_manager.dispatch(Echo(value), priority=priority)
+    driver = queued_manager.driver
+    claimed = driver.reserve_nowait(["default"], 2)
+    counts = await queued_manager.counts()
+    if claimed is None:
+        assert queued_manager.settings.driver != "memory"
+        assert counts["queued"] == 3 and counts["active"] == 0
+        return
+    assert [r.payload["value"] for r in claimed] == ["high", "mid"]
+    assert all(r.status is JobStatus.ACTIVE and r.attempt == 1 and r.started_ms for r in claimed)
+    assert len({r.token for r in claimed}) == 2
+    assert counts["queued"] == 1 and counts["active"] == 2
+    assert await driver.complete(claimed[0], "done")
+    assert not await driver.complete(claimed[0], "twice")  # settled: the token no longer holds
+    assert (await queued_manager.get_job(claimed[0].id)).result == "done"
+
+
 async def test_metrics_after_known_work(manager: QueueManager) -> None:
     for i in range(4):
         await manager.dispatch(Echo(i))

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from khadem_nb import JobRecord, SerializationError, UnknownJobError
 from khadem_nb.registry import JobFactoryRegistry
-from khadem_nb.serializer import QueueJobSerializer, decode_value, dumps, encode_value
+from khadem_nb.serializer import QueueJobSerializer, UnreadablePayload, decode_value, dumps, encode_value
 
 
 def roundtrip(value: Any) -> Any:
@@ -102,6 +102,19 @@ def test_unknown_job_name_is_a_clear_error() -> None:
     serializer = QueueJobSerializer(JobFactoryRegistry())
     with pytest.raises(UnknownJobError, match="no job factory is registered for 'Nope'"):
         serializer.decode_job("Nope", {})
+
+
+def test_a_registered_job_whose_payload_cannot_be_decoded_says_why() -> None:
+    registry = JobFactoryRegistry()
+    registry.register("Known", lambda data: data)
+    serializer = QueueJobSerializer(registry)
+    with pytest.raises(SerializationError, match="payload of job 'Known' is list, not an object") as info:
+        serializer.decode_job("Known", [1, 2])
+    assert not isinstance(info.value, UnknownJobError)
+    with pytest.raises(SerializationError, match="record of job 'Known' could not be read: torn"):
+        serializer.decode_job("Known", UnreadablePayload("torn"))
+    with pytest.raises(UnknownJobError, match="defined in a notebook cell"):
+        serializer.decode_job("__main__.train", {})
 
 
 @pytest.mark.parametrize(

@@ -116,6 +116,9 @@ class QueueDriver(ABC):
         return [True for _ in records]
 
     async def complete(self, record: JobRecord, result: Any) -> bool:
+        if self._lost(record):
+            self.stale_acks += 1
+            return False
         token = record.token
         record.status = COMPLETED
         record.result = result
@@ -131,6 +134,9 @@ class QueueDriver(ABC):
         return False
 
     async def fail(self, record: JobRecord, error: str, traceback: str | None) -> bool:
+        if self._lost(record):
+            self.stale_acks += 1
+            return False
         token = record.token
         record.status = FAILED
         record.finished_ms = now_ms()
@@ -140,6 +146,9 @@ class QueueDriver(ABC):
 
     async def retry(self, record: JobRecord, delay_s: float, error: str, traceback: str | None) -> bool:
         """Put a failed attempt back, due after ``delay_s``; the error is kept as the last one."""
+        if self._lost(record):
+            self.stale_acks += 1
+            return False
         token = record.token
         now = now_ms()
         record.status = SCHEDULED if delay_s > 0 else QUEUED
@@ -151,6 +160,9 @@ class QueueDriver(ABC):
 
     async def release(self, record: JobRecord) -> bool:
         """Give a claimed job back untouched (worker shutting down): the attempt does not count."""
+        if self._lost(record):
+            self.stale_acks += 1
+            return False
         token = record.token
         record.status = QUEUED
         record.attempt = max(0, record.attempt - 1)
@@ -158,6 +170,13 @@ class QueueDriver(ABC):
         record.started_ms = None
         record.lease_ms = None
         return await self._settle_counted(record, token)
+
+    def _lost(self, record: JobRecord) -> bool:
+        """Whether ``record`` is known, without I/O, to hold its claim no longer, checked
+        before a settle changes it: the memory driver hands out its stored record itself, so a
+        refused settle must not touch it. Storage that fences its writes says ``False`` here
+        and refuses in :meth:`_settle`."""
+        return False
 
     async def _settle_counted(self, record: JobRecord, token: str | None) -> bool:
         settled = await self._settle(record, token)

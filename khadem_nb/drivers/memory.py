@@ -255,12 +255,14 @@ class MemoryDriver(QueueDriver):
         due = [self._delayed[q][0][0] for q in queues if self._delayed.get(q)]
         return max(0.001, (min(due) - now_ms()) / 1000) if due else 3600.0
 
+    def _lost(self, record: JobRecord) -> bool:
+        # ``record`` is usually the stored record itself (see _hand_out): whether it is still
+        # held is the ACTIVE id set's to say, before the settle changes anything
+        return record.id not in self._active or self._records[record.id].token != record.token
+
     def _settle_at_hand(self, record: JobRecord, token: str | None) -> bool | None:
-        # ``record`` is usually the stored record itself (see _hand_out), its status already
-        # changed by the caller: whether it is still held is the ACTIVE id set's to say
+        # the caller has just asked _lost, with nothing awaited since
         job_id = record.id
-        if job_id not in self._active or self._records[job_id].token != token:
-            return False
         status = record.status
         if status is QUEUED or status is SCHEDULED:
             return None  # queued again: waking waiting claims takes the coroutine
