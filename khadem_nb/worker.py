@@ -29,6 +29,7 @@ from .job import JobRecord
 logger = logging.getLogger(__name__)
 
 MAX_ERROR_BACKOFF_S = 5.0
+YIELD_EVERY = 64  # jobs run between two turns given to the loop's other tasks, at least
 
 
 class QueueWorker:
@@ -160,6 +161,8 @@ class QueueWorker:
                     record = await self._next_record()
                 if record is not None:
                     await self._execute(record)
+                    if not self.processed % YIELD_EVERY:  # claims and jobs that never wait (memory,
+                        await asyncio.sleep(0)  # SQLite on the loop) would hold it (the kernel) all along
                 elif self._drained or self._claims_exhausted():
                     break
         finally:

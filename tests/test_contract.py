@@ -483,3 +483,29 @@ def test_retention_settings_are_checked() -> None:
         parse_config({"queue": {"failed_retention": -2}})
     settings = parse_config("redis://127.0.0.1/0?retention_age=3600&failed_retention=50")
     assert (settings.retention_age_s, settings.failed_retention) == (3600.0, 50)
+
+
+async def test_a_worker_draining_jobs_that_never_wait_lets_other_tasks_run(manager: QueueManager) -> None:
+    """Jobs that never suspend must not hold the loop for a whole drain: in a notebook that is
+    the kernel, its panel and every other cell's tasks."""
+    if manager.driver.runs_at_dispatch:
+        return  # sync runs each job inside dispatch(); there is no worker to share the loop
+    for _ in range(2000):
+        await manager.dispatch(Noop())
+    turns = 0
+    worker_done = False
+
+    async def ticker() -> None:
+        nonlocal turns
+        while not worker_done:
+            turns += 1
+            await asyncio.sleep(0)
+
+    ticking = asyncio.get_running_loop().create_task(ticker())
+    await asyncio.sleep(0)
+    turns = 0
+    await manager.start_worker(max_jobs=2000, delay=0.01)
+    worker_done = True
+    await ticking
+    assert manager.get_metrics()["total_completed"] == 2000
+    assert turns >= 10  # the other task ran while the 2,000 jobs were drained
