@@ -147,7 +147,8 @@ class QueueManager:
         now = time.time_ns() // 1_000_000  # now_ms() inlined
         record = _record_from(self._draft(job, delay, queue, priority, max_attempts, None), now)
         driver = self.driver
-        await driver.push((record,))
+        if not driver.push_nowait((record,)):
+            await driver.push((record,))
         try:
             self.monitor.job_queued(record)
         except Exception:  # the job is stored: a broken monitor must not make it look lost

@@ -45,7 +45,8 @@ class QueueWorker:
         self.hooks = hooks
         self.processed = 0
         self._claims_left = worker.max_jobs
-        self._active: dict[str, JobRecord] = {}
+        self._active: dict[str, JobRecord] = {}  # running jobs, kept where leases need renewing
+        self._heartbeats = driver.uses_leases
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = asyncio.Event()
         self._done = asyncio.Event()
@@ -284,7 +285,8 @@ class QueueWorker:
         return self._claims_left is not None and self._claims_left <= 0
 
     async def _execute(self, record: JobRecord) -> None:
-        self._active[record.id] = record
+        if self._heartbeats:  # what the heartbeat renews
+            self._active[record.id] = record
         try:
             await self.executor.execute(record, self._loop)
         except asyncio.CancelledError:

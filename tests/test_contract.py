@@ -201,20 +201,26 @@ async def test_a_running_job_counts_as_processing_until_it_settles(queued_manage
 
 async def test_a_claim_at_hand_is_a_whole_claim_or_none(queued_manager: QueueManager) -> None:
     """``reserve_nowait`` claims like ``reserve`` where the queue is in this process (memory)
-    and says ``None`` where a claim needs I/O, leaving every job queued."""
+    and says ``None`` where a claim needs I/O, leaving every job queued; ``push_nowait``
+    stores there, and elsewhere stores nothing and says so."""
     for value, priority in (("low", 0), ("high", 5), ("mid", 1)):
         await queued_manager.dispatch(Echo(value), priority=priority)
     driver = queued_manager.driver
+    extra = queued_manager.build_record(Echo("extra"), priority=-1)
+    stored_at_once = driver.push_nowait([extra])
+    assert stored_at_once == (queued_manager.settings.driver == "memory")
+    assert (await driver.get(extra.id) is not None) == stored_at_once
     claimed = driver.reserve_nowait(["default"], 2)
     counts = await queued_manager.counts()
     if claimed is None:
         assert queued_manager.settings.driver != "memory"
         assert counts["queued"] == 3 and counts["active"] == 0
         return
+    assert counts["queued"] == 2  # the three dispatched and the extra one, less the two claimed
     assert [r.payload["value"] for r in claimed] == ["high", "mid"]
     assert all(r.status is JobStatus.ACTIVE and r.attempt == 1 and r.started_ms for r in claimed)
     assert len({r.token for r in claimed}) == 2
-    assert counts["queued"] == 1 and counts["active"] == 2
+    assert counts["active"] == 2
     assert await driver.complete(claimed[0], "done")
     assert not await driver.complete(claimed[0], "twice")  # settled: the token no longer holds
     assert (await queued_manager.get_job(claimed[0].id)).result == "done"

@@ -86,6 +86,12 @@ class QueueDriver(ABC):
     async def push(self, records: Sequence[JobRecord]) -> None:
         """Store new records (QUEUED or SCHEDULED) in one go."""
 
+    def push_nowait(self, records: Sequence[JobRecord]) -> bool:
+        """Store new records at once, without I/O and without waiting, where the storage is in
+        this process; ``False`` (nothing stored) where the caller must await :meth:`push`.
+        Lets a dispatch to an in-process queue store its record without a coroutine."""
+        return False
+
     async def push_chunks(self, chunks: Iterable[Sequence[JobRecord]]) -> None:
         """Store chunks of new records, in order.
 

@@ -132,14 +132,22 @@ class MemoryDriver(QueueDriver):
 
     # -- producing -----------------------------------------------------------------------------
     async def push(self, records: Sequence[JobRecord]) -> None:
+        self._store_new(records)
+        await self._notify(len(records))
+
+    def push_nowait(self, records: Sequence[JobRecord]) -> bool:
+        if self._waiting:  # a claim waits on the condition: waking it takes push()'s coroutine
+            return False
+        self._store_new(records)
+        return True
+
+    def _store_new(self, records: Sequence[JobRecord]) -> None:
         now = 0  # read the clock only for a record due after its creation (a delayed one)
         for record in records:  # the driver owns pushed records from here on
             record.payload = dumps(record.payload)
             if record.available_ms > record.created_ms and not now:
                 now = time.time_ns() // 1_000_000
             self._enqueue(record, None, now or record.created_ms)
-        if self._waiting:  # nobody waits in the common case: no coroutine for nothing
-            await self._notify(len(records))
 
     def _enqueue(self, record: JobRecord, previous: JobStatus | None, now: int | None = None) -> None:
         if record.available_ms > (now_ms() if now is None else now) and self._honours_delay:
