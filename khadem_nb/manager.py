@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import logging
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -32,8 +31,6 @@ from .waiting import (
     watch,
 )
 from .worker import QueueWorker
-
-logger = logging.getLogger(__name__)
 
 #: a job encoded and checked, not yet a record: name, payload, queue, priority, max_attempts,
 #: delay (ms), timeout (s), sweep key
@@ -149,10 +146,7 @@ class QueueManager:
         driver = self.driver
         if not driver.push_nowait((record,)):
             await driver.push((record,))
-        try:
-            self.monitor.job_queued(record)
-        except Exception:  # the job is stored: a broken monitor must not make it look lost
-            logger.exception("queue monitor raised")
+        safe_call(self.monitor.job_queued, record)  # stored: a broken monitor must not hide it
         if driver.runs_at_dispatch:
             await self._run_now({record.queue})
         return record.id
