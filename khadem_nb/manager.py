@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
@@ -141,14 +140,8 @@ class QueueManager:
                        queue: str | None = None, priority: int | None = None,
                        max_attempts: int | None = None) -> str:
         """Queue ``job`` (after ``delay``) and return its id. On ``sync`` it runs before returning."""
-        now = time.time_ns() // 1_000_000  # now_ms() inlined
-        record = _record_from(self._draft(job, delay, queue, priority, max_attempts, None), now)
-        driver = self.driver
-        if not driver.push_nowait((record,)):
-            await driver.push((record,))
-        safe_call(self.monitor.job_queued, record)  # stored: a broken monitor must not hide it
-        if driver.runs_at_dispatch:
-            await self._run_now({record.queue})
+        record = _record_from(self._draft(job, delay, queue, priority, max_attempts, None), now_ms())
+        await self.push((record,))
         return record.id
 
     async def dispatch_many(self, jobs: Iterable[QueueJob], delay: float | timedelta | None = None,
@@ -172,21 +165,25 @@ class QueueManager:
 
         if drafts:
             await self.driver.push_chunks(chunks())
-            await self._pushed(records)
+            self._count_queued(records)
+            if self.driver.runs_at_dispatch:
+                await self._run_now({r.queue for r in records})
         return [r.id for r in records]
 
     async def push(self, records: Sequence[JobRecord]) -> None:
         """Store prepared records and count them; on ``sync``, run them now."""
         if not records:
             return
-        await self.driver.push(records)
-        await self._pushed(records)
-
-    async def _pushed(self, records: Sequence[JobRecord]) -> None:
-        for record in records:
-            safe_call(self.monitor.job_queued, record)
-        if self.driver.runs_at_dispatch:
+        driver = self.driver
+        if not driver.push_nowait(records):  # stored at once where the queue is in-process
+            await driver.push(records)
+        self._count_queued(records)
+        if driver.runs_at_dispatch:
             await self._run_now({r.queue for r in records})
+
+    def _count_queued(self, records: Sequence[JobRecord]) -> None:
+        for record in records:  # stored: a broken monitor must not hide them
+            safe_call(self.monitor.job_queued, record)
 
     async def _run_now(self, queues: set[str]) -> None:
         while claimed := await self.driver.reserve(sorted(queues), 1, 0):

@@ -48,9 +48,6 @@ class MiddlewareChain:
     def add(self, middleware: Middleware | MiddlewareFunc) -> None:
         self.items.append(as_middleware_func(middleware))
 
-    def __len__(self) -> int:
-        return len(self.items)
-
     async def run(self, job: QueueJob, handler: Next) -> None:
         """Run ``handler`` inside every middleware, first added outermost."""
         if not self.items:

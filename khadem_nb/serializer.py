@@ -264,7 +264,7 @@ class QueueJobSerializer:
         if factory is None or not isinstance(payload, dict):
             raise _undecodable(name, payload, known=factory is not None)
         try:
-            return factory(decode_value(payload) if TAG in payload else _decode_dict(payload))
+            return factory(decode_value(payload))
         except (KeyError, TypeError, ValueError) as exc:
             raise SerializationError(f"payload of job {name!r} could not be decoded: {exc!r}") from exc
 

@@ -46,7 +46,6 @@ class QueueWorker:
         self.processed = 0
         self._claims_left = worker.max_jobs
         self._active: dict[str, JobRecord] = {}  # running jobs, kept where leases need renewing
-        self._heartbeats = driver.uses_leases
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = asyncio.Event()
         self._done = asyncio.Event()
@@ -174,14 +173,13 @@ class QueueWorker:
     def _claim_at_hand(self) -> JobRecord | None:
         """A lone consumer's claim of a job the driver has at hand (in-process queues), with
         no coroutine; ``None`` sends it to the awaited claim."""
-        left = self._claims_left  # the loop has just seen no stop or pause
-        if self._drained or (left is not None and left <= 0):
+        if self._drained or self._claims_exhausted():  # the loop has just seen no stop or pause
             return None
         records = self.driver.reserve_nowait(self.queues, 1)
         if not records:
             return None
-        if left is not None:
-            self._claims_left = left - 1
+        if self._claims_left is not None:
+            self._claims_left -= 1
         self._errors = 0
         return records[0]
 
@@ -285,7 +283,7 @@ class QueueWorker:
         return self._claims_left is not None and self._claims_left <= 0
 
     async def _execute(self, record: JobRecord) -> None:
-        if self._heartbeats:  # what the heartbeat renews
+        if self.driver.uses_leases:  # what the heartbeat renews
             self._active[record.id] = record
         try:
             await self.executor.execute(record, self._loop)

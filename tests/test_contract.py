@@ -491,11 +491,11 @@ def test_retention_settings_are_checked() -> None:
     assert (settings.retention_age_s, settings.failed_retention) == (3600.0, 50)
 
 
-async def test_a_worker_draining_jobs_that_never_wait_lets_other_tasks_run(manager: QueueManager) -> None:
+async def test_a_worker_draining_jobs_that_never_wait_lets_other_tasks_run(
+        queued_manager: QueueManager) -> None:
     """Jobs that never suspend must not hold the loop for a whole drain: in a notebook that is
     the kernel, its panel and every other cell's tasks."""
-    if manager.driver.runs_at_dispatch:
-        return  # sync runs each job inside dispatch(); there is no worker to share the loop
+    manager = queued_manager
     for _ in range(2000):
         await manager.dispatch(Noop())
     turns = 0

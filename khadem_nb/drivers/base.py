@@ -8,7 +8,6 @@ was lost and the job claimed again), and the refusal is counted in ``stale_acks`
 
 from __future__ import annotations
 
-import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, ClassVar
@@ -122,13 +121,12 @@ class QueueDriver(ABC):
         return [True for _ in records]
 
     async def complete(self, record: JobRecord, result: Any) -> bool:
-        if self._lost(record):
-            self.stale_acks += 1
+        if self._refused(record):
             return False
         token = record.token
         record.status = COMPLETED
         record.result = result
-        record.finished_ms = time.time_ns() // 1_000_000  # now_ms() inlined
+        record.finished_ms = now_ms()
         record.error = record.traceback = None
         record.lease_ms = None
         settled = self._settle_at_hand(record, token)  # _settle_counted inlined: the hottest settle
@@ -140,8 +138,7 @@ class QueueDriver(ABC):
         return False
 
     async def fail(self, record: JobRecord, error: str, traceback: str | None) -> bool:
-        if self._lost(record):
-            self.stale_acks += 1
+        if self._refused(record):
             return False
         token = record.token
         record.status = FAILED
@@ -152,8 +149,7 @@ class QueueDriver(ABC):
 
     async def retry(self, record: JobRecord, delay_s: float, error: str, traceback: str | None) -> bool:
         """Put a failed attempt back, due after ``delay_s``; the error is kept as the last one."""
-        if self._lost(record):
-            self.stale_acks += 1
+        if self._refused(record):
             return False
         token = record.token
         now = now_ms()
@@ -166,8 +162,7 @@ class QueueDriver(ABC):
 
     async def release(self, record: JobRecord) -> bool:
         """Give a claimed job back untouched (worker shutting down): the attempt does not count."""
-        if self._lost(record):
-            self.stale_acks += 1
+        if self._refused(record):
             return False
         token = record.token
         record.status = QUEUED
@@ -176,6 +171,13 @@ class QueueDriver(ABC):
         record.started_ms = None
         record.lease_ms = None
         return await self._settle_counted(record, token)
+
+    def _refused(self, record: JobRecord) -> bool:
+        """Count and refuse a settle of a record known to have lost its claim (:meth:`_lost`)."""
+        if self._lost(record):
+            self.stale_acks += 1
+            return True
+        return False
 
     def _lost(self, record: JobRecord) -> bool:
         """Whether ``record`` is known, without I/O, to hold its claim no longer, checked

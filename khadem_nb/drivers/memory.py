@@ -146,7 +146,7 @@ class MemoryDriver(QueueDriver):
         for record in records:  # the driver owns pushed records from here on
             record.payload = dumps(record.payload)
             if record.available_ms > record.created_ms and not now:
-                now = time.time_ns() // 1_000_000
+                now = now_ms()
             self._enqueue(record, None, now or record.created_ms)
 
     def _enqueue(self, record: JobRecord, previous: JobStatus | None, now: int | None = None) -> None:
@@ -217,7 +217,7 @@ class MemoryDriver(QueueDriver):
 
     def _take(self, queues: Sequence[str], limit: int) -> list[JobRecord]:
         claimed: list[JobRecord] = []
-        now = time.time_ns() // 1_000_000
+        now = now_ms()
         records, delayed, ready = self._records, self._delayed, self._ready
         for queue in queues:
             if delayed.get(queue):
