@@ -2,8 +2,9 @@
 
 Each is a random per-process prefix followed by a counter. The prefix is drawn again in a
 forked child, so two processes never share one. Job ids are 32 hex digits (an 80-bit random
-prefix and a 48-bit counter), the shape of ``uuid4().hex``; ``os.urandom`` per id cost more
-than the rest of a dispatch to the memory driver.
+prefix and a 48-bit counter), the shape of ``uuid4().hex``. The jobs of one process share
+the prefix, so a short form for people (:func:`short_id`) shows a little of the prefix and the
+end of the counter.
 """
 
 from __future__ import annotations
@@ -25,7 +26,6 @@ class _Source:
         self.counter = itertools.count(1)
 
     def job_id(self) -> str:
-        # bytes.hex() of the 48-bit counter: twice as fast as an f-string with ``:012x``
         return self.prefix + (next(self.counter) & 0xFFFFFFFFFFFF).to_bytes(6, "big").hex()
 
     def token(self) -> str:
@@ -34,8 +34,16 @@ class _Source:
 
 _source = _Source()
 
-#: 32 hex digits, unique across processes (random prefix per process, then a counter). The
-#: bound methods themselves, not wrappers: a call fewer on every dispatch and claim.
+#: 32 hex digits, unique across processes (random prefix per process, then a counter)
 new_job_id = _source.job_id
 #: a claim token unique across processes
 new_token = _source.token
+
+
+def short_id(job_id: str) -> str:
+    """A job id as people read it in tables, 8 digits like a short git hash: the first 4
+    (which process made it) and the last 4 (which of its jobs), e.g. ``3f9a002a`` for
+    ``3f9a...00000000002a``. Ids of another shape are cut to 8."""
+    if len(job_id) == 32:
+        return job_id[:4] + job_id[-4:]
+    return job_id[:8]

@@ -73,6 +73,8 @@ class QueueSettings:
             return redact_url(self.url)
         if self.driver == "redis":
             return f"redis://{self.host}:{self.port}/{self.db}"
+        if self.driver == "sqlite":
+            return f"sqlite:///{self.path or ''}"
         return f"{self.driver}://{self.path or ''}"
 
 
@@ -202,13 +204,27 @@ def _parse_url(url: str) -> dict[str, Any]:
                           f"valid schemes: {', '.join(sorted(URL_SCHEMES))}")
     values: dict[str, Any] = {"driver": driver, "url": url}
     if driver in ("sqlite", "file"):
-        path = unquote(parts.netloc + parts.path) if parts.netloc else unquote(parts.path)
-        if not path:
-            raise ConfigError(f"queue URL {url!r} names no path; write {parts.scheme}:///path")
-        values["path"] = path
+        values["path"] = _url_path(parts, url)
     elif driver == "redis":
         values.update(_parse_redis_url(parts, url))
     return values
+
+
+def _url_path(parts: Any, url: str) -> str:
+    """The path a ``sqlite:`` or ``file:`` URL names.
+
+    SQLite follows SQLAlchemy's convention: ``sqlite:///runs.db`` is ``runs.db`` in the working
+    directory and ``sqlite:////abs/runs.db`` the absolute ``/abs/runs.db``. A ``file:`` URL is a
+    file URI: ``file:///tmp/q`` is ``/tmp/q``.
+    """
+    path = unquote(parts.netloc + parts.path) if parts.netloc else unquote(parts.path)
+    if parts.scheme == "sqlite" and not parts.netloc and path.startswith("/"):
+        path = path[1:]
+    if not path:
+        example = "sqlite:///runs.db (relative) or sqlite:////abs/runs.db" if parts.scheme == "sqlite" \
+            else "file:///abs/folder"
+        raise ConfigError(f"queue URL {url!r} names no path; write {example}")
+    return path
 
 
 def _parse_redis_url(parts: Any, url: str) -> dict[str, Any]:

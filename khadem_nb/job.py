@@ -12,7 +12,7 @@ from typing import Any, ClassVar, Self
 
 from ._time import ms_to_datetime
 from .errors import SerializationError
-from .retry import ExponentialBackoff
+from .retry import BackoffPolicy, ExponentialBackoff
 
 WIRE_VERSION = 1
 
@@ -40,9 +40,8 @@ class JobStatus(str, Enum):
             raise ConfigError(f"unknown job status {value!r}; valid statuses: {valid}") from None
 
 
-# The members as module constants for the hot paths: on Python 3.11 every ``JobStatus.X`` is
-# looked up through ``EnumType``'s Python-level ``__getattr__`` hook (about 70 ns, measured), and
-# a job reads a dozen of them between dispatch and settle.
+# The members as module constants for the hot paths: on Python 3.11 every ``JobStatus.X`` goes
+# through ``EnumType``'s Python-level ``__getattr__``, and a job reads a dozen of them.
 QUEUED, SCHEDULED, ACTIVE = JobStatus.QUEUED, JobStatus.SCHEDULED, JobStatus.ACTIVE
 COMPLETED, FAILED = JobStatus.COMPLETED, JobStatus.FAILED
 TERMINAL_STATUSES = frozenset({COMPLETED, FAILED})
@@ -60,6 +59,9 @@ class QueueJob:
     """
 
     max_attempts: ClassVar[int] = 1
+    #: how long to wait before the next attempt: a policy (``FixedBackoff(5)``,
+    #: ``ExponentialBackoff(...)``); ``None`` builds an exponential one from the three below
+    retry_backoff: ClassVar[BackoffPolicy | None] = None
     retry_delay: ClassVar[float] = 1.0
     max_retry_delay: ClassVar[float] = 3600.0
     retry_jitter: ClassVar[bool] = False
@@ -101,8 +103,11 @@ class QueueJob:
         return cls(**data)
 
     def get_next_retry_delay(self) -> float:
-        """Seconds to wait after attempt ``self.attempt`` failed (exponential by default)."""
-        policy = ExponentialBackoff(self.retry_delay, 2.0, self.max_retry_delay, self.retry_jitter)
+        """Seconds to wait after attempt ``self.attempt`` failed: ``retry_backoff``'s delay, or
+        by default ``retry_delay`` doubled after each failed attempt, up to ``max_retry_delay``."""
+        policy = self.retry_backoff
+        if policy is None:
+            policy = ExponentialBackoff(self.retry_delay, 2.0, self.max_retry_delay, self.retry_jitter)
         return policy.delay_s(self.attempt)
 
     def __repr__(self) -> str:
@@ -193,22 +198,7 @@ class JobRecord:
         return cls.from_dict(data)
 
     def copy(self) -> JobRecord:
-        """A shallow copy with its own ``meta`` dict (fast: no ``dataclasses.replace``)."""
-        clone: JobRecord = _copy_record(self)
-        return clone
+        """A shallow copy with its own ``meta`` dict."""
+        return dataclasses.replace(self, meta=dict(self.meta))
 
-
-_ALL_FIELDS = tuple(f.name for f in dataclasses.fields(JobRecord))
-
-
-def _make_copier() -> Any:
-    # One generated constructor call instead of a loop of getattr/setattr: copy() is on the
-    # hot path of every claim, and this is about five times faster than dataclasses.replace.
-    args = ", ".join("dict(r.meta)" if n == "meta" else f"r.{n}" for n in _ALL_FIELDS)
-    namespace: dict[str, Any] = {"JobRecord": JobRecord}
-    exec(f"def copy_record(r):\n    return JobRecord({args})\n", namespace)
-    return namespace["copy_record"]
-
-
-_copy_record = _make_copier()
 _WIRE_FIELDS = tuple(f.name for f in dataclasses.fields(JobRecord) if f.name not in ("name", "status"))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
@@ -27,26 +28,34 @@ from .waiting import (
     wait_for_finish,
     wait_for_jobs,
     wait_until_finished,
+    wait_until_idle,
     watch,
 )
 from .worker import QueueWorker
 
-#: a job encoded and checked, not yet a record: name, payload, queue, priority, max_attempts,
-#: delay (ms), timeout (s), sweep key
-Draft = tuple[str, Any, str, int, int, int, float | None, str | None]
-DISPATCH_CHUNK = 200  # records built at a time by dispatch_many (measured best of 100-400)
+DISPATCH_CHUNK = 200  # records built at a time by dispatch_many (see bench/RESULTS.md)
 
 
-def _record_from(draft: Draft, now: int) -> JobRecord:
-    """The record of a drafted job, created at ``now``, with a fresh id."""
-    name, payload, queue, priority, attempts, delay_ms, timeout_s, key = draft
-    record = JobRecord(new_job_id(), name, payload, queue, priority, 0, attempts,
-                       SCHEDULED if delay_ms > 0 else QUEUED, now, now + delay_ms)
-    if timeout_s is not None:  # set only when given: keyword arguments cost a dispatch 5 %
-        record.timeout_s = timeout_s
-    if key is not None:
-        record.key = key
-    return record
+@dataclass(slots=True)
+class Draft:
+    """A job encoded and checked, everything about it that can be wrong, not yet a record
+    (no id, no creation time)."""
+
+    name: str
+    payload: Any
+    queue: str
+    priority: int
+    max_attempts: int
+    delay_ms: int
+    timeout_s: float | None
+    key: str | None
+
+    def record(self, now: int) -> JobRecord:
+        """The record of this job, created at ``now``, with a fresh id."""
+        return JobRecord(id=new_job_id(), name=self.name, payload=self.payload, queue=self.queue,
+                         priority=self.priority, max_attempts=self.max_attempts,
+                         status=SCHEDULED if self.delay_ms > 0 else QUEUED, created_ms=now,
+                         available_ms=now + self.delay_ms, timeout_s=self.timeout_s, key=self.key)
 
 
 class QueueManager:
@@ -118,7 +127,7 @@ class QueueManager:
                      queue: str | None = None, priority: int | None = None,
                      max_attempts: int | None = None, key: str | None = None) -> JobRecord:
         """Encode ``job`` into a record ready to push (raises SerializationError at once)."""
-        return _record_from(self._draft(job, delay, queue, priority, max_attempts, key), now_ms())
+        return self._draft(job, delay, queue, priority, max_attempts, key).record(now_ms())
 
     def _draft(self, job: QueueJob, delay: float | timedelta | None, queue: str | None,
                priority: int | None, max_attempts: int | None, key: str | None) -> Draft:
@@ -130,17 +139,18 @@ class QueueManager:
             raise ConfigError(f"max_attempts must be >= 1, got {attempts}")
         level = job.priority if priority is None else int(priority)
         driver = self._driver  # without one yet, the driver checks when the record is pushed
-        if driver is not None and driver.max_priority is not None and abs(level) > driver.max_priority:
-            driver.check_priority(level)  # raises; the test above is its own, kept inline per job
+        if driver is not None:
+            driver.check_priority(level)
         timeout = job.timeout
-        return (name, payload, queue or job.queue or self.settings.name, level, attempts, delay_ms,
-                None if timeout is None else to_seconds(timeout, name="timeout"), key)
+        return Draft(name=name, payload=payload, queue=queue or job.queue or self.settings.name,
+                     priority=level, max_attempts=attempts, delay_ms=delay_ms,
+                     timeout_s=None if timeout is None else to_seconds(timeout, name="timeout"), key=key)
 
     async def dispatch(self, job: QueueJob, delay: float | timedelta | None = None, *,
                        queue: str | None = None, priority: int | None = None,
                        max_attempts: int | None = None) -> str:
         """Queue ``job`` (after ``delay``) and return its id. On ``sync`` it runs before returning."""
-        record = _record_from(self._draft(job, delay, queue, priority, max_attempts, None), now_ms())
+        record = self._draft(job, delay, queue, priority, max_attempts, None).record(now_ms())
         await self.push((record,))
         return record.id
 
@@ -159,7 +169,7 @@ class QueueManager:
         def chunks() -> Iterator[list[JobRecord]]:
             for start in range(0, len(drafts), DISPATCH_CHUNK):
                 now = now_ms()
-                chunk = [_record_from(draft, now) for draft in drafts[start : start + DISPATCH_CHUNK]]
+                chunk = [draft.record(now) for draft in drafts[start : start + DISPATCH_CHUNK]]
                 records.extend(chunk)
                 yield chunk
 
@@ -175,8 +185,7 @@ class QueueManager:
         if not records:
             return
         driver = self.driver
-        if not driver.push_nowait(records):  # stored at once where the queue is in-process
-            await driver.push(records)
+        await driver.push(records)
         self._count_queued(records)
         if driver.runs_at_dispatch:
             await self._run_now({r.queue for r in records})
@@ -253,7 +262,7 @@ class QueueManager:
                    limit: int | None = None) -> list[JobRecord]:
         """Stored job records, oldest first (``limit`` keeps the newest)."""
         parsed = None if status is None else JobStatus.parse(status)
-        return await self.driver.list(parsed, queue, limit)
+        return await self.driver.jobs(parsed, queue, limit)
 
     async def get_job(self, job_id: str) -> JobRecord:
         record = await self.driver.get(job_id)
@@ -283,6 +292,12 @@ class QueueManager:
         await wait_for_finish(self.driver, self.executor.listeners, job_ids,
                               to_seconds(timeout, name="timeout"), location=self.settings.redacted_url())
 
+    async def wait_idle(self, queue: str | None = None, timeout: float | timedelta | None = None) -> None:
+        """Wait until ``queue`` (every queue if ``None``) has nothing queued, scheduled or
+        running. ``ResultTimeoutError`` after ``timeout``."""
+        seconds = to_seconds(timeout, name="timeout")
+        await wait_until_idle(self.driver, self.executor.listeners, queue, seconds)
+
     async def dispatch_and_wait(self, job: QueueJob, timeout: float | timedelta | None = None, *,
                                 queue: str | None = None, priority: int | None = None,
                                 max_attempts: int | None = None) -> Any:
@@ -305,12 +320,26 @@ class QueueManager:
         return outcome((await read_records(self.driver, [record.id], location))[0])
 
     async def counts(self, queue: str | None = None) -> dict[str, int]:
+        """How many jobs are in each status (every status present), in ``queue`` or in all."""
         return {status.value: n for status, n in (await self.driver.counts(queue)).items()}
+
+    async def statuses(self, job_ids: Sequence[str]) -> list[JobStatus | None]:
+        """Each job's status, read in one call; ``None`` for an id that is not stored (never
+        dispatched here, or finished and dropped by retention)."""
+        return await self.driver.statuses(job_ids)
+
+    async def find_by_keys(self, keys: Sequence[str]) -> dict[str, JobRecord]:
+        """The newest record stored for each sweep key that has one (resumable sweeps)."""
+        return await self.driver.find_by_keys(keys)
+
+    async def purge(self) -> None:
+        """Delete every record of this queue's storage: queued, running, finished and failed."""
+        await self.driver.purge()
 
     async def retry_failed(self, job_ids: Iterable[str] | None = None) -> int:
         """Requeue failed jobs (all of them, or the given ids) with a fresh attempt budget."""
         if job_ids is None:
-            job_ids = [r.id for r in await self.driver.list(FAILED)]
+            job_ids = [r.id for r in await self.driver.jobs(FAILED)]
         count = await self.driver.requeue(list(job_ids))
         if count and self.driver.runs_at_dispatch:
             await self._run_now({self.settings.name})

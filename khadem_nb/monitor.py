@@ -10,23 +10,12 @@ import threading
 from typing import Any, Protocol, runtime_checkable
 
 from .job import JobRecord
-
-METRIC_KEYS = (
-    "total_queued",
-    "total_started",
-    "total_completed",
-    "total_failed",
-    "total_retried",
-    "currently_processing",
-    "success_rate",
-    "failure_rate",
-    "average_processing_time_ms",
-)
+from .metrics import summarize
 
 
 @runtime_checkable
 class QueueMonitor(Protocol):
-    """Receives job events; ``get_metrics`` returns the nine keys of :data:`METRIC_KEYS`."""
+    """Receives job events; ``get_metrics`` returns the nine keys (see ``metrics.summarize``)."""
 
     def job_queued(self, record: JobRecord) -> None: ...
     def job_started(self, record: JobRecord) -> None: ...
@@ -40,9 +29,8 @@ class QueueMonitor(Protocol):
 class BasicQueueMonitor:
     """Counts events in this process.
 
-    ``success_rate`` and ``failure_rate`` are ratios in ``[0, 1]`` of completed (failed) jobs
-    over finished jobs; ``average_processing_time_ms`` averages finished attempts, retried ones
-    included. A retried attempt is not a failure: ``total_failed`` counts jobs that ended failed.
+    ``average_processing_time_ms`` averages finished attempts, retried ones included. A retried
+    attempt is not a failure: ``total_failed`` counts jobs that ended failed.
     """
 
     def __init__(self) -> None:
@@ -73,16 +61,8 @@ class BasicQueueMonitor:
         self._time_ms += duration_ms
 
     def get_metrics(self) -> dict[str, Any]:
-        finished = self.completed + self.failed
-        attempts = finished + self.retried  # every started attempt ends as one of the three
-        return {
-            "total_queued": self.queued,
-            "total_started": self.started,
-            "total_completed": self.completed,
-            "total_failed": self.failed,
-            "total_retried": self.retried,
-            "currently_processing": max(0, self.started - attempts),  # 0 after a reset mid-run
-            "success_rate": self.completed / finished if finished else 0.0,
-            "failure_rate": self.failed / finished if finished else 0.0,
-            "average_processing_time_ms": self._time_ms / attempts if attempts else 0.0,
-        }
+        attempts = self.completed + self.failed + self.retried  # every started attempt ends as one
+        return summarize(queued=self.queued, started=self.started, completed=self.completed,
+                         failed=self.failed, retried=self.retried,
+                         processing=max(0, self.started - attempts),  # 0 after a reset mid-run
+                         time_ms=self._time_ms, timed=attempts)

@@ -1,38 +1,13 @@
-"""Metrics derived from a queue's stored records (any process, any driver)."""
+"""``khadem-nb stats``: a queue's counts by status and the metrics of its stored records."""
 
 from __future__ import annotations
 
-import statistics
 import sys
-from collections.abc import Sequence
-from typing import Any, TextIO
+from typing import TextIO
 
 from ._terminal import format_table, metrics_table
-from .job import JobRecord, JobStatus
 from .manager import QueueManager
-
-
-def metrics_from_records(records: Sequence[JobRecord]) -> dict[str, Any]:
-    """The nine metric keys, computed from stored records instead of one process's events.
-
-    ``total_started`` counts attempts (a retried job started twice counts twice);
-    ``total_retried`` counts attempts beyond the first of finished jobs.
-    """
-    completed = [r for r in records if r.status is JobStatus.COMPLETED]
-    failed = [r for r in records if r.status is JobStatus.FAILED]
-    finished = len(completed) + len(failed)
-    durations = [d for r in completed + failed if (d := r.duration_ms) is not None]
-    return {
-        "total_queued": len(records),
-        "total_started": sum(r.attempt for r in records),
-        "total_completed": len(completed),
-        "total_failed": len(failed),
-        "total_retried": sum(max(0, r.attempt - 1) for r in completed + failed),
-        "currently_processing": sum(r.status is JobStatus.ACTIVE for r in records),
-        "success_rate": len(completed) / finished if finished else 0.0,
-        "failure_rate": len(failed) / finished if finished else 0.0,
-        "average_processing_time_ms": statistics.fmean(durations) if durations else 0.0,
-    }
+from .metrics import metrics_from_records
 
 
 async def print_stats(url: str, queue: str | None = None, stream: TextIO | None = None) -> None:

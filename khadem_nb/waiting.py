@@ -111,15 +111,49 @@ async def wait_until_finished(driver: QueueDriver, ids: list[str], timeout: floa
         if wait <= 0:
             raise ResultTimeoutError(f"{len(pending)} of {len(ids)} job(s) still unfinished "
                                      f"after {timeout:g}s")
-        woken = False
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(wait):  # unlike wait_for, no task of its own
-                woken = await notices.event.wait()
+        woken = await _woken_within(notices.event, wait)
         read = not woken or notices.unclear  # a silent timeout polls; a clear notice needs no read
         notices.unclear = False
         if woken and len(pending) > 1:  # many jobs settling: gather more before looking again
             await asyncio.sleep(WAKE_BATCH_S)
         poll = min(POLL_MAX_S, poll * 1.5)
+
+
+async def wait_until_idle(driver: QueueDriver, listeners: list[Callable[[JobRecord], None]],
+                          queue: str | None, timeout: float | None) -> None:
+    """Return once ``queue`` (every queue if ``None``) has nothing queued, scheduled or
+    running. Woken by settles of this process, else by polling the counts with backoff."""
+    loop = asyncio.get_running_loop()
+    deadline = None if timeout is None else loop.time() + timeout
+    settled = asyncio.Event()
+
+    def local(record: JobRecord) -> None:
+        settled.set()
+
+    listeners.append(local)
+    try:
+        poll = POLL_MIN_S
+        while True:
+            settled.clear()
+            counts = await driver.counts(queue)
+            busy = {s.value: n for s, n in counts.items() if s not in TERMINAL_STATUSES and n}
+            if not busy:
+                return
+            wait = poll if deadline is None else min(poll, deadline - loop.time())
+            if wait <= 0:
+                raise ResultTimeoutError(f"queue still busy after {timeout:g}s: {busy}")
+            await _woken_within(settled, wait)
+            poll = min(POLL_MAX_S, poll * 1.5)
+    finally:
+        listeners.remove(local)
+
+
+async def _woken_within(event: asyncio.Event, seconds: float) -> bool:
+    """Wait up to ``seconds`` for ``event``; whether it was set."""
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(seconds):  # unlike wait_for, no task of its own
+            return await event.wait()
+    return False
 
 
 async def _unfinished(driver: QueueDriver, pending: list[str], location: str) -> list[str]:

@@ -63,6 +63,12 @@ class QueueWorker:
         self._prefetch = driver.default_prefetch(worker.concurrency) if worker.prefetch is None \
             else worker.prefetch
 
+    def __repr__(self) -> str:
+        """What a notebook shows for ``q.start()``: ``4 workers on memory:// (running)``."""
+        n = self.options.concurrency
+        state = "paused" if self.running and self.paused else "running" if self.running else "stopped"
+        return f"{n} worker{'s' if n != 1 else ''} on {self.settings.redacted_url()} ({state})"
+
     # -- control -----------------------------------------------------------------------------
     @property
     def running(self) -> bool:
@@ -132,10 +138,6 @@ class QueueWorker:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         if self._fetcher is not None:
             await asyncio.gather(self._fetcher, return_exceptions=True)
-        try:
-            await self.driver.worker_stopped()
-        except Exception:  # what it would drop expires on its own
-            logger.exception("driver could not forget this stopped worker")
         buffered, self._buffer = list(self._buffer), deque()
         await self._release(buffered)
         self._done.set()
@@ -150,19 +152,16 @@ class QueueWorker:
 
     # -- loops -------------------------------------------------------------------------------
     async def _consume(self) -> None:
-        solo = self.options.concurrency == 1 and not self._prefetch  # claims for itself alone
         try:
             while not self._stopping.is_set() and not (self._drained and not self._buffer):
                 if not self._claiming.is_set():  # paused
                     await self._claiming.wait()
                     continue
-                record = self._claim_at_hand() if solo else None
-                if record is None:
-                    record = await self._next_record()
+                record = await self._next_record()
                 if record is not None:
                     await self._execute(record)
                     if not self.processed % YIELD_EVERY:  # claims and jobs that never wait (memory,
-                        await asyncio.sleep(0)  # SQLite on the loop) would hold it (the kernel) all along
+                        await asyncio.sleep(0)  # SQLite on the loop) would otherwise hold the loop
                 elif self._drained or self._claims_exhausted():
                     break
         finally:
@@ -170,36 +169,21 @@ class QueueWorker:
             if self._consumers_left == 0 and not self._stopping.is_set():
                 self.request_stop()
 
-    def _claim_at_hand(self) -> JobRecord | None:
-        """A lone consumer's claim of a job the driver has at hand (in-process queues), with
-        no coroutine; ``None`` sends it to the awaited claim."""
-        if self._drained or self._claims_exhausted():  # the loop has just seen no stop or pause
-            return None
-        records = self.driver.reserve_nowait(self.queues, 1)
-        if not records:
-            return None
-        if self._claims_left is not None:
-            self._claims_left -= 1
-        self._errors = 0
-        return records[0]
-
     async def _next_record(self) -> JobRecord | None:
         """The next claimed job, or ``None`` when this consumer should look at its loop again.
 
-        A single consumer claims for itself. Otherwise idle consumers wait in line and one
-        fetcher task claims a batch for all of them: each record wakes exactly one consumer
-        (waking all of them for one job cost a millisecond at concurrency 100).
+        Every claim goes through :meth:`_claim`. A lone consumer without prefetch claims for
+        itself (the one fast branch: nobody to batch for, so no task and no hand-over).
+        Otherwise idle consumers wait in line and one fetcher task claims a batch for all of
+        them and for the prefetch buffer: each record wakes exactly one consumer.
         """
         if self._buffer:
             return self._take_buffered()
         if not self._may_claim():
             return None
-        if self.options.concurrency == 1:  # nobody to batch for: no task, no extra loop turn
-            if not self._prefetch:
-                claimed = await self._claim(1)
-                return claimed[0] if claimed else None
-            await self._fetch_batch()
-            return self._buffer.popleft() if self._buffer else None
+        if self.options.concurrency == 1 and not self._prefetch:
+            claimed = await self._claim(1)
+            return claimed[0] if claimed else None
         waiter: asyncio.Future[JobRecord | None] = asyncio.get_running_loop().create_future()
         self._idle.append(waiter)
         self._ensure_fetcher()

@@ -18,6 +18,7 @@ from khadem_nb import QueueManager
 
 ALL_DRIVERS = ["sync", "memory", "sqlite", "file", "redis"]
 QUEUED_DRIVERS = [d for d in ALL_DRIVERS if d != "sync"]
+SHARED_DRIVERS = ("sqlite", "file", "redis")  # several processes work one queue
 
 
 REDIS_URL = os.environ.get("KHADEM_REDIS_URL", "redis://127.0.0.1:6379/0")
@@ -36,14 +37,47 @@ def redis_available() -> bool:
     return _redis_state["up"]
 
 
+def missing(reason: str, flag: str) -> None:
+    """Something a test needs is not on this machine: skip with ``reason``, or fail when the
+    environment flag ``flag`` (``KHADEM_REQUIRE_REDIS``, ``KHADEM_REQUIRE_BROWSER``) is set, as
+    ``.ci/run`` sets them after installing what they need."""
+    if require_env_flag(flag):
+        pytest.fail(f"{reason} ({flag} is set)")
+    pytest.skip(reason)
+
+
 def need_redis() -> str:
     """The Redis URL for tests; a missing server fails the test when KHADEM_REQUIRE_REDIS=1."""
     if not redis_available():
-        message = f"no Redis server answers at {REDIS_URL} (set KHADEM_REDIS_URL)"
-        if require_env_flag("KHADEM_REQUIRE_REDIS"):
-            pytest.fail(message)
-        pytest.skip(message)
+        missing(f"no Redis server answers at {REDIS_URL} (set KHADEM_REDIS_URL)", "KHADEM_REQUIRE_REDIS")
     return REDIS_URL
+
+
+def need_redis_server_binary() -> None:
+    """Outage and Cluster tests start their own servers: they need the ``redis-server`` binary."""
+    import shutil
+
+    if shutil.which("redis-server") is None:
+        missing("the redis-server binary is not installed (apt-get install redis-server)",
+                "KHADEM_REQUIRE_REDIS")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _redis_left_clean() -> Iterator[None]:
+    """The suite removes every key it writes to the Redis it was given (KHADEM_REDIS_URL)."""
+    before = _redis_keys()
+    yield
+    left = sorted(_redis_keys() - before)
+    if left:
+        raise AssertionError(f"the tests left {len(left)} key(s) in {REDIS_URL}: {left[:10]}")
+
+
+def _redis_keys() -> set[bytes]:
+    if not redis_available():
+        return set()
+    import redis
+
+    return set(redis.Redis.from_url(REDIS_URL, socket_connect_timeout=2).keys("*"))
 
 
 def driver_config(driver: str, tmp_path: Path, **extra: Any) -> dict[str, Any]:

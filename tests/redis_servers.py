@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import random
-import shutil
 import socket
 import subprocess
 import time
 from pathlib import Path
 
-import pytest
 import redis
+from conftest import need_redis_server_binary
 
 
 def _free(port: int) -> bool:
@@ -39,8 +38,7 @@ class RedisServer:
     """One redis-server on 127.0.0.1, started and stopped by the test."""
 
     def __init__(self, folder: Path, *args: str, port: int | None = None) -> None:
-        if shutil.which("redis-server") is None:
-            pytest.fail("redis-server is not installed (.ci/run installs Debian's redis-server)")
+        need_redis_server_binary()
         self.folder = folder
         self.port = port or spare_port(cluster="--cluster-enabled" in args)
         self.args = args

@@ -16,6 +16,7 @@ from typing import Any
 
 import nbformat
 import pytest
+from conftest import missing
 from procs import env as process_env
 from redis_servers import spare_port
 
@@ -51,7 +52,8 @@ panel
 @pytest.fixture
 def voila(tmp_path: Path) -> Iterator[str]:
     if not Path(CHROMIUM).exists():
-        pytest.fail(f"{CHROMIUM} is missing: apt-get install -y chromium (.ci/run does)")
+        missing(f"{CHROMIUM} is not installed (apt-get install chromium; .ci/run does)",
+                "KHADEM_REQUIRE_BROWSER")
     notebook = nbformat.v4.new_notebook()
     notebook.cells = [nbformat.v4.new_code_cell(PANEL_NOTEBOOK)]
     notebook.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
@@ -131,6 +133,17 @@ def test_panel_in_a_real_browser(voila: str, tmp_path: Path) -> None:
         context.close()
 
 
+# the innermost element wider than the panel, to say what overflows
+WIDEST_CHILD = """e => { let found = 'nothing';
+  for (const c of e.querySelectorAll('*')) {
+    if (c.scrollWidth > e.clientWidth) {
+      found = `<${c.tagName.toLowerCase()} class="${c.className}"> ${c.scrollWidth}px: `
+        + c.innerText.slice(0, 80);
+    }
+  }
+  return `${found} (panel ${e.clientWidth}px)`; }"""
+
+
 def test_panel_reads_in_dark_theme_and_narrow_width(voila: str, tmp_path: Path) -> None:
     from playwright.sync_api import sync_playwright
 
@@ -143,7 +156,8 @@ def test_panel_reads_in_dark_theme_and_narrow_width(voila: str, tmp_path: Path) 
             page.wait_for_selector(".khadem-panel", timeout=120_000)
             page.wait_for_function("document.querySelector('.khadem-panel').innerText.includes('completed')")
             fits = page.eval_on_selector(".khadem-panel", "e => e.scrollWidth <= e.clientWidth + 1")
-            assert fits, f"the panel overflows a 360 px wide page ({theme})"
+            widest = page.eval_on_selector(".khadem-panel", WIDEST_CHILD)
+            assert fits, f"the panel overflows a 360 px wide page ({theme}): {widest}"
             colours[theme] = page.eval_on_selector(".khadem-panel", "e => getComputedStyle(e).color")
             ARTIFACTS.mkdir(exist_ok=True)
             page.locator(".khadem-panel").screenshot(path=str(ARTIFACTS / f"panel-{theme}-narrow.png"))

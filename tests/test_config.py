@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -51,8 +52,32 @@ def test_urls_and_dotted_config_objects() -> None:
     assert (settings.driver, settings.host, settings.port, settings.db) == ("redis", "example", 6380, 2)
     assert (settings.username, settings.password) == ("alice", "pw")
     assert settings.redacted_url() == "redis://alice:***@example:6380/2"
-    assert parse_config("sqlite:///tmp/q.db").path == "/tmp/q.db"
-    assert parse_config("sqlite:///relative.db").path == "/relative.db"
+    assert parse_config("file:///tmp/q").path == "/tmp/q"
+
+
+def test_sqlite_urls_follow_sqlalchemy_relative_with_three_slashes_absolute_with_four() -> None:
+    assert parse_config("sqlite:///runs.db").path == "runs.db"
+    assert parse_config("sqlite:///sub/runs.db").path == "sub/runs.db"
+    assert parse_config("sqlite:////abs/runs.db").path == "/abs/runs.db"
+    assert parse_config({"queue": {"driver": "sqlite", "path": "runs.db"}}).redacted_url() == "sqlite:///runs.db"
+    with pytest.raises(ConfigError, match=r"sqlite:///runs.db \(relative\) or sqlite:////abs/runs.db"):
+        parse_config("sqlite:///")
+
+
+async def test_a_relative_sqlite_url_is_stored_in_the_working_directory(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    manager = await QueueManager("sqlite:///runs.db").init()
+    try:
+        await manager.dispatch(Echo("here"))
+    finally:
+        await manager.close()
+    assert (tmp_path / "runs.db").exists()
+    absolute = tmp_path / "elsewhere" / "abs.db"
+    absolute.parent.mkdir()
+    manager = await QueueManager(f"sqlite:///{absolute}").init()  # four slashes: absolute
+    await manager.close()
+    assert absolute.exists()
 
     class AppConfig:
         values = {"queue.driver": "memory", "queue.workers.concurrency": 3, "queue.name": "jobs"}
@@ -112,6 +137,29 @@ async def test_custom_driver_registration() -> None:
         from khadem_nb.registry import driver_registry
 
         driver_registry.unregister("counting")
+
+
+@pytest.mark.parametrize("settings", [{"queue": {"driver": "memory"}}, "memory://", None])
+async def test_a_driver_built_by_hand_takes_what_the_manager_takes(settings: Any) -> None:
+    from khadem_nb.registry import driver_registry
+
+    driver = MemoryDriver(settings)
+    QueueFactory.register_driver("by-hand", driver)
+    try:
+        manager = await QueueManager({"queue": {"driver": "by-hand"}}).init()
+        assert manager.driver is driver
+        job_id = await manager.dispatch(Echo("by hand"))
+        await manager.start_worker(max_jobs=1)
+        assert (await manager.get_job(job_id)).result == "by hand"
+    finally:
+        driver_registry.unregister("by-hand")
+
+
+def test_a_driver_built_by_hand_with_a_wrong_argument_says_what_it_takes() -> None:
+    with pytest.raises(ConfigError, match="pass a URL, a dict with a 'queue' section"):
+        MemoryDriver(42)  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="unknown queue URL scheme 'nope'"):
+        MemoryDriver("nope://x")
 
 
 async def test_driver_factory_must_return_a_driver() -> None:

@@ -8,10 +8,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import QUEUED_DRIVERS, driver_config, make_manager
+from conftest import QUEUED_DRIVERS, SHARED_DRIVERS, driver_config, make_manager
 from jobs import RUN_LOG, AskRetry, Boom, Echo, Flaky, Noop, Sleepy, ThreadName
 
-from khadem_nb import ConfigError, JobStatus, QueueJob, QueueManager
+from khadem_nb import ConfigError, FixedBackoff, JobStatus, QueueJob, QueueManager
 from khadem_nb.config import parse_config
 
 
@@ -199,31 +199,37 @@ async def test_a_running_job_counts_as_processing_until_it_settles(queued_manage
     assert metrics["currently_processing"] == 0 and metrics["total_completed"] == 1
 
 
-async def test_a_claim_at_hand_is_a_whole_claim_or_none(queued_manager: QueueManager) -> None:
-    """``reserve_nowait`` claims like ``reserve`` where the queue is in this process (memory)
-    and says ``None`` where a claim needs I/O, leaving every job queued; ``push_nowait``
-    stores there, and elsewhere stores nothing and says so."""
-    for value, priority in (("low", 0), ("high", 5), ("mid", 1)):
-        await queued_manager.dispatch(Echo(value), priority=priority)
+@pytest.mark.parametrize("verb", ["complete", "fail", "retry", "release"])
+async def test_each_settle_does_what_its_verb_says_and_a_refused_one_changes_nothing(
+        queued_manager: QueueManager, verb: str) -> None:
+    """The driver acts on the settle's verb: a release gives the attempt back, a retry keeps
+    the error and waits its delay, a failure keeps its error, a completion its result. A
+    second settle of the same claim is refused and leaves the stored record as it was."""
+    job_id = await queued_manager.dispatch(Echo("x"), max_attempts=3)
     driver = queued_manager.driver
-    extra = queued_manager.build_record(Echo("extra"), priority=-1)
-    stored_at_once = driver.push_nowait([extra])
-    assert stored_at_once == (queued_manager.settings.driver == "memory")
-    assert (await driver.get(extra.id) is not None) == stored_at_once
-    claimed = driver.reserve_nowait(["default"], 2)
-    counts = await queued_manager.counts()
-    if claimed is None:
-        assert queued_manager.settings.driver != "memory"
-        assert counts["queued"] == 3 and counts["active"] == 0
-        return
-    assert counts["queued"] == 2  # the three dispatched and the extra one, less the two claimed
-    assert [r.payload["value"] for r in claimed] == ["high", "mid"]
-    assert all(r.status is JobStatus.ACTIVE and r.attempt == 1 and r.started_ms for r in claimed)
-    assert len({r.token for r in claimed}) == 2
-    assert counts["active"] == 2
-    assert await driver.complete(claimed[0], "done")
-    assert not await driver.complete(claimed[0], "twice")  # settled: the token no longer holds
-    assert (await queued_manager.get_job(claimed[0].id)).result == "done"
+    [held] = await driver.reserve(["default"], 1, 1.0)
+    stale = held.copy()
+    settle = {"complete": lambda r: driver.complete(r, "done"),
+              "fail": lambda r: driver.fail(r, "ValueError: bad", "tb"),
+              "retry": lambda r: driver.retry(r, 30.0, "ValueError: again", "tb"),
+              "release": driver.release}[verb]
+    assert await settle(held)
+    assert held.token is None
+    stored = await queued_manager.get_job(job_id)
+    expected = {"complete": (JobStatus.COMPLETED, 1, "done", None),
+                "fail": (JobStatus.FAILED, 1, None, "ValueError: bad"),
+                "retry": (JobStatus.SCHEDULED, 1, None, "ValueError: again"),
+                "release": (JobStatus.QUEUED, 0, None, None)}[verb]
+    assert (stored.status, stored.attempt, stored.result, stored.error) == expected
+    assert held.status is stored.status  # the caller's record shows the settle too
+    if verb == "retry":
+        assert stored.available_ms >= stored.created_ms + 29_000
+    before = stored.to_dict()
+    stale_acks = driver.stale_acks
+    assert not await driver.complete(stale, "twice")  # that claim no longer holds the job
+    assert driver.stale_acks == stale_acks + 1
+    assert stale.status is JobStatus.ACTIVE and stale.result is None  # refused: untouched
+    assert (await queued_manager.get_job(job_id)).to_dict() == before
 
 
 async def test_metrics_after_known_work(manager: QueueManager) -> None:
@@ -317,7 +323,7 @@ async def test_jobs_of_another_queue_are_found_by_id(queued_manager: QueueManage
         assert RUN_LOG == ["mail", "again"]
     finally:
         await worker.stop()
-    if manager.driver.shared:  # a process that never used the queue finds its jobs too
+    if manager.settings.driver in SHARED_DRIVERS:  # a process that never used the queue finds its jobs
         other = await QueueManager(driver_config(manager.settings.driver, tmp_path)).init()
         try:
             assert (await other.get_job(ok)).result == "mail"
@@ -515,3 +521,23 @@ async def test_a_worker_draining_jobs_that_never_wait_lets_other_tasks_run(
     await ticking
     assert manager.get_metrics()["total_completed"] == 2000
     assert turns >= 10  # the other task ran while the 2,000 jobs were drained
+
+
+class FixedBackoffBoom(QueueJob):
+    max_attempts = 3
+    retry_backoff = FixedBackoff(30.0)
+
+    async def handle(self) -> None:
+        raise ValueError("again")
+
+
+async def test_a_job_takes_its_backoff_policy(queued_manager: QueueManager) -> None:
+    """``retry_backoff`` decides the wait before the next attempt (here 30 s, not the default
+    exponential 1 s)."""
+    job_id = await queued_manager.dispatch(FixedBackoffBoom())
+    before_ms = time.time() * 1000
+    await queued_manager.start_worker(max_jobs=1, delay=0.05)
+    after_ms = time.time() * 1000
+    record = await queued_manager.get_job(job_id)
+    assert record.status is JobStatus.SCHEDULED and record.error == "ValueError: again"
+    assert before_ms + 29_000 <= record.available_ms <= after_ms + 31_000

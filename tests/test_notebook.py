@@ -325,6 +325,53 @@ def test_panel_batches_updates_under_a_burst_of_events(q: kn.Queue, recorded: li
     assert closes, "closing the panel closes its widgets"
 
 
+def test_the_panel_is_a_widget_that_goes_inside_layouts(q: kn.Queue, recorded: list[Any]) -> None:
+    import ipywidgets as widgets
+
+    panel = q.panel(refresh=0.1)
+    assert isinstance(panel, widgets.Widget)
+    box = widgets.HBox([panel, widgets.Label("beside it")])
+    assert box.children[0] is panel
+    panel.close()
+    box.close()
+
+
+def test_the_panel_forgets_the_throughput_of_workers_that_stopped(q: kn.Queue, recorded: list[Any]) -> None:
+    @q.job
+    async def quick(i: int) -> int:
+        return i
+
+    panel = q.panel(refresh=0.1)
+    q.start(concurrency=2)
+    quick.map([{"i": i} for i in range(200)])
+    q.wait(timeout=10)
+    time.sleep(0.3)
+    q.stop()
+    time.sleep(0.3)  # two refreshes, well inside the throughput window
+    assert " · 0 jobs/s" in panel.summary.value, panel.summary.value
+    panel.close()
+
+
+def test_short_ids_tell_the_jobs_of_one_process_apart(q: kn.Queue) -> None:
+    @q.job
+    def one() -> int:
+        return 1
+
+    handles = list(one.map([{} for _ in range(50)]))
+    shown = {repr(h).rsplit("id=", 1)[1] for h in handles}
+    assert len(shown) == 50
+
+
+def test_start_shows_what_started(q: kn.Queue) -> None:
+    worker = q.start(concurrency=2)
+    assert repr(worker) == "2 workers on memory:// (running)"
+    q.pause()
+    time.sleep(0.05)
+    assert repr(worker) == "2 workers on memory:// (paused)"
+    q.stop()
+    assert repr(worker) == "2 workers on memory:// (stopped)"
+
+
 def test_reprs_have_text_and_html(q: kn.Queue) -> None:
     @q.job
     def one() -> int:

@@ -52,3 +52,27 @@ def test_demo_runs_a_real_sweep() -> None:
     # the flaky seed fail once (one of them is also underdetermined): 29 + 2 + 9 * 2 retries
     assert metrics.split()[:4] == ["khadem_nb.demo.fit_ridge", "290", "10", "49"]
     assert "300/300 100%" in run.stderr
+
+
+def test_the_redis_key_schema_agrees_with_the_lua_constants() -> None:
+    """``keys.KEY_NAMES`` is the order of every script's KEYS; ``_common.lua`` names the same
+    positions ``K_<NAME>`` (1-based)."""
+    from khadem_nb.drivers.redis.keys import KEY_NAMES, lua_key_constants
+
+    assert lua_key_constants() == {f"K_{name.upper()}": i + 1 for i, name in enumerate(KEY_NAMES)}
+
+
+def test_the_installed_redis_py_is_the_range_the_connection_module_is_written_for() -> None:
+    """``connection.py`` uses redis-py below its public API; the range it supports is pinned
+    in pyproject.toml, and the suite runs against a release inside it."""
+    import tomllib
+    from importlib.metadata import version
+
+    from packaging.requirements import Requirement
+
+    from khadem_nb.drivers.redis.connection import REDIS_PY_RANGE
+
+    pyproject = tomllib.loads((Path(__file__).parent.parent / "pyproject.toml").read_text())
+    pinned = next(Requirement(d) for d in pyproject["project"]["dependencies"] if d.startswith("redis"))
+    assert str(pinned.specifier) == ",".join(sorted(REDIS_PY_RANGE))
+    assert pinned.specifier.contains(version("redis"))

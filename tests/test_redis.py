@@ -20,7 +20,7 @@ from procs import finish, start_worker
 from redis_servers import RedisServer, spare_port
 
 from khadem_nb import ConfigError, DriverError, DriverUnavailableError, JobStatus, QueueManager
-from khadem_nb.drivers.redis import KEY_NAMES, queue_keys
+from khadem_nb.drivers.redis.keys import KEY_NAMES, queue_keys
 
 pytestmark = pytest.mark.redis
 
@@ -431,7 +431,7 @@ async def test_leaving_the_line_gives_back_hand_offs_nobody_will_pop() -> None:
 
 
 def test_servers_older_than_6_2_are_refused_by_version() -> None:
-    from khadem_nb.drivers.redis import server_is_recent_enough
+    from khadem_nb.drivers.redis.connection import server_is_recent_enough
 
     assert [server_is_recent_enough(v) for v in ("7.0.15", "6.2.0", "10.1", "6.0.20", "5.0.7")] == [
         True, True, True, False, False]

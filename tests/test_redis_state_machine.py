@@ -15,7 +15,7 @@ from hypothesis.stateful import Bundle, RuleBasedStateMachine, invariant, precon
 from jobs import Echo
 
 from khadem_nb import JobRecord, JobStatus, QueueManager
-from khadem_nb.drivers.redis import KEY_NAMES
+from khadem_nb.drivers.redis.keys import KEY_NAMES
 
 pytestmark = pytest.mark.redis
 MAX_RECLAIMS = 1

@@ -1,4 +1,5 @@
-"""Helpers shared by the durable drivers: reclaim decisions and fenced record updates."""
+"""Helpers shared by the drivers that store whole records: how a waiting record reads, and
+what an expired lease does to a record."""
 
 from __future__ import annotations
 

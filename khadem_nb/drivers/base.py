@@ -1,20 +1,24 @@
 """The abstract driver every storage implements.
 
-Public verbs (``complete``, ``fail``, ``retry``, ``release``) set status and timestamps once,
-here, then call one small primitive (``_settle``) that each driver implements. Every write after
-a claim carries the claim's token: a driver refuses it when the stored token differs (the lease
-was lost and the job claimed again), and the refusal is counted in ``stale_acks``.
+The public settles (``complete``, ``fail``, ``retry``, ``release``) each build one
+:class:`Settlement` that names its verb, and hand it to the one primitive each driver
+implements, ``_settle``; the field changes of every verb are made in one place,
+:meth:`Settlement.apply`. Every write after a claim is fenced by the claim's token: a driver
+refuses it when the stored token differs (the lease was lost and the job claimed again), and
+the refusal is counted in ``stale_acks``.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from enum import Enum
 from typing import Any, ClassVar
 
 from .._ids import new_token
 from .._time import now_ms
-from ..config import QueueSettings
+from ..config import QueueSettings, parse_config
 from ..errors import ConfigError
 from ..job import ACTIVE, COMPLETED, FAILED, QUEUED, SCHEDULED, JobRecord, JobStatus
 
@@ -32,13 +36,71 @@ SettleNotice = Callable[[str, JobStatus | None, Any], None]
 LEASE_LOST_ERROR = "lease expired {n} time(s): the worker holding it died or stalled; giving up"
 
 
+class Verb(str, Enum):
+    """What a settle does to a held job; drivers act on the verb, never on field values."""
+
+    COMPLETE = "complete"  # finished: its result is stored
+    FAIL = "fail"  # failed for good: kept with its error, retryable by hand
+    RETRY = "retry"  # an attempt failed: back to the queue after a delay, its error kept
+    RELEASE = "release"  # given back untouched (a worker stopping): the attempt does not count
+
+    def __str__(self) -> str:
+        return self.value
+
+
+COMPLETE, FAIL, RETRY, RELEASE = Verb.COMPLETE, Verb.FAIL, Verb.RETRY, Verb.RELEASE
+
+
+@dataclass(slots=True)
+class Settlement:
+    """One settle of a held job: its verb, when it happened, and what it carries."""
+
+    verb: Verb
+    at_ms: int
+    result: Any = None
+    error: str | None = None
+    traceback: str | None = None
+    delay_s: float = 0.0
+
+    @property
+    def status(self) -> JobStatus:
+        """The status the job has after this settle."""
+        verb = self.verb
+        if verb is COMPLETE:
+            return COMPLETED
+        if verb is FAIL:
+            return FAILED
+        return SCHEDULED if verb is RETRY and self.delay_s > 0 else QUEUED
+
+    @property
+    def delay_ms(self) -> int:
+        return int(self.delay_s * 1000) if self.verb is RETRY else 0
+
+    def apply(self, record: JobRecord) -> None:
+        """Make this settle's field changes on ``record``: the one place they are made."""
+        verb = self.verb
+        record.status = self.status
+        record.token = record.lease_ms = None
+        if verb is COMPLETE:
+            record.result = self.result
+            record.finished_ms = self.at_ms
+            record.error = record.traceback = None
+        elif verb is FAIL:
+            record.finished_ms = self.at_ms
+            record.error, record.traceback = self.error, self.traceback
+        elif verb is RETRY:
+            record.available_ms = self.at_ms + self.delay_ms
+            record.started_ms = record.finished_ms = None
+            record.error, record.traceback = self.error, self.traceback
+        else:
+            record.attempt = max(0, record.attempt - 1)
+            record.available_ms = self.at_ms
+            record.started_ms = None
+
+
 class QueueDriver(ABC):
     """Storage for job records, with claim (reserve) and settle operations."""
 
-    #: survives the process that dispatched
-    durable: ClassVar[bool] = False
-    #: several processes can work the same queue
-    shared: ClassVar[bool] = False
     #: jobs run inside ``dispatch`` (the sync driver)
     runs_at_dispatch: ClassVar[bool] = False
     #: claims carry a lease that the worker must renew with ``heartbeat``
@@ -47,8 +109,10 @@ class QueueDriver(ABC):
     #: checked when a job is dispatched
     max_priority: ClassVar[int | None] = None
 
-    def __init__(self, settings: QueueSettings) -> None:
-        self.settings = settings
+    def __init__(self, settings: QueueSettings | str | Mapping[str, Any] | None = None) -> None:
+        """``settings`` takes what ``QueueManager`` takes: a queue URL, a config dict with a
+        ``queue`` section, ``QueueSettings``, or ``None`` for the defaults."""
+        self.settings = parse_config(settings)
         self.stale_acks = 0
 
     def check_priority(self, priority: int) -> None:
@@ -76,20 +140,10 @@ class QueueDriver(ABC):
     def interrupt_waits(self) -> None:
         """Make every ``reserve`` that is waiting for work return early (used on stop)."""
 
-    async def worker_stopped(self) -> None:
-        """A worker on this driver has stopped claiming: drop what the storage keeps about
-        waiting workers (Redis: the hand-off registration), so no job is handed to it."""
-
     # -- producing ---------------------------------------------------------------------------
     @abstractmethod
     async def push(self, records: Sequence[JobRecord]) -> None:
         """Store new records (QUEUED or SCHEDULED) in one go."""
-
-    def push_nowait(self, records: Sequence[JobRecord]) -> bool:
-        """Store new records at once, without I/O and without waiting, where the storage is in
-        this process; ``False`` (nothing stored) where the caller must await :meth:`push`.
-        Lets a dispatch to an in-process queue store its record without a coroutine."""
-        return False
 
     async def push_chunks(self, chunks: Iterable[Sequence[JobRecord]]) -> None:
         """Store chunks of new records, in order.
@@ -110,96 +164,39 @@ class QueueDriver(ABC):
         the storage allows it. Expired leases are reclaimed here (or by a sweep).
         """
 
-    def reserve_nowait(self, queues: Sequence[str], limit: int) -> list[JobRecord] | None:
-        """Claim what is due at once, without waiting and without I/O, as :meth:`reserve`
-        would; ``None`` where a claim needs I/O (every durable driver), so callers await
-        :meth:`reserve`. Lets a worker on an in-process queue claim without a coroutine."""
-        return None
-
     async def heartbeat(self, records: Sequence[JobRecord]) -> list[bool]:
         """Extend the leases of held records; ``False`` where the lease was lost."""
         return [True for _ in records]
 
     async def complete(self, record: JobRecord, result: Any) -> bool:
-        if self._refused(record):
-            return False
-        token = record.token
-        record.status = COMPLETED
-        record.result = result
-        record.finished_ms = now_ms()
-        record.error = record.traceback = None
-        record.lease_ms = None
-        settled = self._settle_at_hand(record, token)  # _settle_counted inlined: the hottest settle
-        if settled is None:
-            settled = await self._settle(record, token)
-        if settled:
-            return True
-        self.stale_acks += 1
-        return False
+        """Settle a held job as completed with its (encoded) ``result``."""
+        return self._counted(await self._settle(record, Settlement(Verb.COMPLETE, now_ms(), result)))
 
     async def fail(self, record: JobRecord, error: str, traceback: str | None) -> bool:
-        if self._refused(record):
-            return False
-        token = record.token
-        record.status = FAILED
-        record.finished_ms = now_ms()
-        record.error, record.traceback = error, traceback
-        record.lease_ms = None
-        return await self._settle_counted(record, token)
+        """Settle a held job as failed for good, keeping its error."""
+        settlement = Settlement(Verb.FAIL, now_ms(), error=error, traceback=traceback)
+        return self._counted(await self._settle(record, settlement))
 
     async def retry(self, record: JobRecord, delay_s: float, error: str, traceback: str | None) -> bool:
         """Put a failed attempt back, due after ``delay_s``; the error is kept as the last one."""
-        if self._refused(record):
-            return False
-        token = record.token
-        now = now_ms()
-        record.status = SCHEDULED if delay_s > 0 else QUEUED
-        record.available_ms = now + int(delay_s * 1000)
-        record.error, record.traceback = error, traceback
-        record.finished_ms = None
-        record.lease_ms = None
-        return await self._settle_counted(record, token)
+        settlement = Settlement(Verb.RETRY, now_ms(), error=error, traceback=traceback, delay_s=delay_s)
+        return self._counted(await self._settle(record, settlement))
 
     async def release(self, record: JobRecord) -> bool:
         """Give a claimed job back untouched (worker shutting down): the attempt does not count."""
-        if self._refused(record):
-            return False
-        token = record.token
-        record.status = QUEUED
-        record.attempt = max(0, record.attempt - 1)
-        record.available_ms = now_ms()
-        record.started_ms = None
-        record.lease_ms = None
-        return await self._settle_counted(record, token)
+        return self._counted(await self._settle(record, Settlement(Verb.RELEASE, now_ms())))
 
-    def _refused(self, record: JobRecord) -> bool:
-        """Count and refuse a settle of a record known to have lost its claim (:meth:`_lost`)."""
-        if self._lost(record):
-            self.stale_acks += 1
-            return True
-        return False
-
-    def _lost(self, record: JobRecord) -> bool:
-        """Whether ``record`` is known, without I/O, to hold its claim no longer, checked
-        before a settle changes it: the memory driver hands out its stored record itself, so a
-        refused settle must not touch it. Storage that fences its writes says ``False`` here
-        and refuses in :meth:`_settle`."""
-        return False
-
-    async def _settle_counted(self, record: JobRecord, token: str | None) -> bool:
-        settled = await self._settle(record, token)
+    def _counted(self, settled: bool) -> bool:
         if not settled:
             self.stale_acks += 1
         return settled
 
-    def _settle_at_hand(self, record: JobRecord, token: str | None) -> bool | None:
-        """:meth:`_settle` without a coroutine, where the storage is in this process and the
-        settle needs no waiting; ``None`` where it does (every durable driver)."""
-        return None
-
     @abstractmethod
-    async def _settle(self, record: JobRecord, token: str | None) -> bool:
-        """Write ``record`` if the stored copy is ACTIVE with ``token``; report whether it was."""
+    async def _settle(self, record: JobRecord, settlement: Settlement) -> bool:
+        """Make ``settlement`` happen to the stored job if it is ACTIVE under ``record.token``,
+        and to ``record`` itself (``settlement.apply``); report whether it was. A job no longer
+        held under that token (its lease was lost and it was claimed again, or it was settled
+        already) is left exactly as it is, and so is ``record``."""
 
     # -- inspecting --------------------------------------------------------------------------
     @abstractmethod
@@ -215,7 +212,7 @@ class QueueDriver(ABC):
         return [None if r is None else r.status for r in await self.get_many(job_ids)]
 
     @abstractmethod
-    async def list(self, status: JobStatus | None = None, queue: str | None = None,
+    async def jobs(self, status: JobStatus | None = None, queue: str | None = None,
                    limit: int | None = None) -> list[JobRecord]:
         """Records in creation order; with ``limit``, the newest ``limit`` of them."""
 
@@ -235,7 +232,7 @@ class QueueDriver(ABC):
         """The newest record for each sweep key that has one."""
         wanted = set(keys)
         found: dict[str, JobRecord] = {}
-        for record in await self.list():
+        for record in await self.jobs():
             if record.key in wanted:
                 found[record.key] = record
         return found

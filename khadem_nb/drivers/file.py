@@ -25,7 +25,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, ClassVar, TypeVar
 
@@ -36,7 +36,16 @@ from ..job import TERMINAL_STATUSES, JobRecord, JobStatus
 from ._fs import check_parent_writable, local_path
 from ._polling import PollingWaits
 from ._records import due_view, reclaim
-from .base import QueueDriver, claim, empty_counts, retention_cutoffs, retention_pass_interval
+from .base import (
+    RELEASE,
+    RETRY,
+    QueueDriver,
+    Settlement,
+    claim,
+    empty_counts,
+    retention_cutoffs,
+    retention_pass_interval,
+)
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -256,13 +265,15 @@ class FileStore:
                 return self.dir("active", name)
         return None
 
-    def settle(self, record: JobRecord, token: str | None) -> bool:
+    def settle(self, held: JobRecord, settlement: Settlement) -> bool:
+        """Write ``settlement`` if the job is still active under ``held``'s token."""
         with self.locked():
-            path = self._find_active(record.id)
+            path = self._find_active(held.id)
             stored = None if path is None else self.read(path)
-            if path is None or stored is None or stored.token != token:
+            if path is None or stored is None or stored.token != held.token:
                 return False
-            record.token = None
+            record = held.copy()
+            settlement.apply(record)
             self._move_from_active(path, record)
             if record.status is JobStatus.COMPLETED:
                 self._trim_to_count("done", self.settings.retention)
@@ -398,8 +409,9 @@ class FileDriver(QueueDriver):
     shared: ClassVar[bool] = True
     uses_leases: ClassVar[bool] = True
 
-    def __init__(self, settings: QueueSettings) -> None:
+    def __init__(self, settings: QueueSettings | str | Mapping[str, Any] | None = None) -> None:
         super().__init__(settings)
+        settings = self.settings
         self.root = local_path(settings)
         self.store = FileStore(self.root, settings)
         self._thread: ThreadPoolExecutor | None = None
@@ -431,10 +443,12 @@ class FileDriver(QueueDriver):
     async def heartbeat(self, records: Sequence[JobRecord]) -> list[bool]:
         return await self._call(self.store.heartbeat, [(r.id, r.token) for r in records])
 
-    async def _settle(self, record: JobRecord, token: str | None) -> bool:
-        settled = await self._call(self.store.settle, record, token)
-        if settled and record.status in (JobStatus.QUEUED, JobStatus.SCHEDULED):
-            self._waits.wake()
+    async def _settle(self, record: JobRecord, settlement: Settlement) -> bool:
+        settled = await self._call(self.store.settle, record, settlement)
+        if settled:
+            settlement.apply(record)
+            if settlement.verb is RETRY or settlement.verb is RELEASE:
+                self._waits.wake()
         return settled
 
     async def update_meta(self, record: JobRecord, meta: dict[str, Any]) -> bool:
@@ -448,7 +462,7 @@ class FileDriver(QueueDriver):
         record = await self._call(self.store.find, job_id)
         return None if record is None else due_view(record)
 
-    async def list(self, status: JobStatus | None = None, queue: str | None = None,
+    async def jobs(self, status: JobStatus | None = None, queue: str | None = None,
                    limit: int | None = None) -> list[JobRecord]:
         records = [r for r in await self._records()
                    if (status is None or r.status is status) and (queue is None or r.queue == queue)]
@@ -456,7 +470,7 @@ class FileDriver(QueueDriver):
 
     async def counts(self, queue: str | None = None) -> dict[JobStatus, int]:
         counts = empty_counts()
-        for record in await self.list(queue=queue):
+        for record in await self.jobs(queue=queue):
             counts[record.status] += 1
         return counts
 

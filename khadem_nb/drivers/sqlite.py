@@ -26,7 +26,7 @@ import logging
 import os
 import sqlite3
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, ClassVar, Concatenate, ParamSpec, TypeVar
 
@@ -39,7 +39,15 @@ from ..serializer import dumps
 from ._fs import check_parent_writable, is_network_filesystem, local_path
 from ._polling import PollingWaits
 from ._records import due_view, reclaim
-from .base import QueueDriver, empty_counts, retention_cutoffs, retention_pass_interval
+from .base import (
+    RELEASE,
+    RETRY,
+    QueueDriver,
+    Settlement,
+    empty_counts,
+    retention_cutoffs,
+    retention_pass_interval,
+)
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -225,7 +233,11 @@ class SqliteStore:
             logger.warning("job %s (%s): lease expired, %s", record.name, record.id,
                            "failed" if record.status is JobStatus.FAILED else "requeued")
 
-    def settle(self, record: JobRecord, token: str | None) -> bool:
+    def settle(self, held: JobRecord, settlement: Settlement) -> bool:
+        """Write ``settlement`` if the row is still active under ``held``'s token."""
+        record = held.copy()
+        settlement.apply(record)
+        token = held.token
         params = (record.status.value, record.attempt, record.available_ms, record.started_ms,
                   record.finished_ms, None if record.result is None else dumps(record.result),
                   record.error, record.traceback, dumps(record.meta), record.id, token)
@@ -353,8 +365,9 @@ class SqliteDriver(QueueDriver):
     shared: ClassVar[bool] = True
     uses_leases: ClassVar[bool] = True
 
-    def __init__(self, settings: QueueSettings) -> None:
+    def __init__(self, settings: QueueSettings | str | Mapping[str, Any] | None = None) -> None:
         super().__init__(settings)
+        settings = self.settings
         self.path = local_path(settings)
         self.store = SqliteStore(self.path, settings)  # waits for locks; used on the I/O thread
         self.fast = SqliteStore(self.path, settings, busy_timeout_ms=0)  # never waits; on the loop
@@ -394,10 +407,6 @@ class SqliteDriver(QueueDriver):
             self._thread = None
 
     @property
-    def inline(self) -> bool:
-        return self.io == "inline"
-
-    @property
     def journal_mode(self) -> str:
         return self.store.journal_mode
 
@@ -414,11 +423,11 @@ class SqliteDriver(QueueDriver):
     async def heartbeat(self, records: Sequence[JobRecord]) -> list[bool]:
         return await self._call(SqliteStore.heartbeat, [(r.id, r.token) for r in records])
 
-    async def _settle(self, record: JobRecord, token: str | None) -> bool:
-        settled = await self._call(SqliteStore.settle, record, token)
+    async def _settle(self, record: JobRecord, settlement: Settlement) -> bool:
+        settled = await self._call(SqliteStore.settle, record, settlement)
         if settled:
-            record.token = None
-            if record.status in (JobStatus.QUEUED, JobStatus.SCHEDULED):
+            settlement.apply(record)
+            if settlement.verb is RETRY or settlement.verb is RELEASE:
                 self._waits.wake()
         return settled
 
@@ -434,7 +443,7 @@ class SqliteDriver(QueueDriver):
     async def statuses(self, job_ids: Sequence[str]) -> list[JobStatus | None]:
         return await self._call(SqliteStore.statuses, list(job_ids))
 
-    async def list(self, status: JobStatus | None = None, queue: str | None = None,
+    async def jobs(self, status: JobStatus | None = None, queue: str | None = None,
                    limit: int | None = None) -> list[JobRecord]:
         return await self._call(SqliteStore.list, status, queue, limit)
 

@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from ..job import JobRecord, JobStatus
+from ..metrics import metrics_from_records
 from ..serializer import decode_value
 
 if TYPE_CHECKING:
@@ -106,15 +107,15 @@ def _metrics_row(name: str, records: Sequence[JobRecord]) -> dict[str, Any]:
     counts = dict.fromkeys((s.value for s in JobStatus), 0)
     for record in records:
         counts[record.status.value] += 1
-    finished = counts["completed"] + counts["failed"]
+    metrics = metrics_from_records(records)
     durations = np.array([d for r in records if r.status is JobStatus.COMPLETED
                           and (d := r.duration_ms) is not None], dtype="float64")
     stats = {"mean": durations.mean(), "p50": np.percentile(durations, 50),
              "p95": np.percentile(durations, 95), "max": durations.max()} if durations.size else {}
     return {
         "job": name, **counts,
-        "retried": sum(max(0, r.attempt - 1) for r in records),
-        "success_rate": counts["completed"] / finished if finished else float("nan"),
-        "failure_rate": counts["failed"] / finished if finished else float("nan"),
+        "retried": metrics["total_retried"],
+        "success_rate": metrics["success_rate"],
+        "failure_rate": metrics["failure_rate"],
         **{f"duration_{s}_ms": stats.get(s, float("nan")) for s in DURATION_STATS},
     }

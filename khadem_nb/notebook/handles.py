@@ -6,6 +6,7 @@ import html
 from collections.abc import Generator, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
+from .._ids import short_id
 from ..job import TERMINAL_STATUSES, JobRecord, JobStatus
 from ..waiting import outcome
 
@@ -51,14 +52,14 @@ class JobHandle:
 
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.params.items())
-        return f"<JobHandle {self.name}({args}) id={self.id[:8]}>"
+        return f"<JobHandle {self.name}({args}) id={short_id(self.id)}>"
 
     def _repr_html_(self) -> str:
         record = self.record()
         error = ""
         if record.error and record.status is JobStatus.FAILED:
             error = f" <span style='color:#c0392b'>{html.escape(record.error)}</span>"
-        return (f"<code>{html.escape(self.name)}</code> <small>{self.id[:8]}</small> "
+        return (f"<code>{html.escape(self.name)}</code> <small>{short_id(self.id)}</small> "
                 f"{_badge(record.status)}{error}")
 
 
@@ -88,7 +89,7 @@ class JobGroup:
     def statuses(self) -> list[JobStatus | None]:
         """Each job's status, read in one call; ``None`` for a job that finished and was then
         dropped by retention (a sweep larger than ``queue.retention``)."""
-        return self.queue._run(self.queue.manager.driver.statuses(self.ids))
+        return self.queue._run(self.queue.manager.statuses(self.ids))
 
     def counts(self) -> dict[str, int]:
         """Jobs per status; a ``dropped`` entry counts those gone to retention, if any."""

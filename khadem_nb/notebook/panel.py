@@ -11,6 +11,7 @@ panel reads in light and dark themes; the layout wraps at narrow widths.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import html
 import logging
@@ -19,6 +20,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from .._ids import short_id
 from ..job import JobStatus
 from .handles import STATUS_COLOURS
 
@@ -33,6 +35,7 @@ STYLE = """<style>
   color: var(--jp-ui-font-color1, #222);
   background: var(--jp-layout-color1, #fff); border: 1px solid var(--jp-border-color2, #ddd);
   border-radius: 4px; padding: 6px 8px; max-width: 100%; box-sizing: border-box; }
+.khadem-panel .widget-html-content { flex: 1 1 auto; min-width: 0; }
 .khadem-panel table { border-collapse: collapse; font-size: var(--jp-ui-font-size1, 13px); width: 100%; }
 .khadem-panel td, .khadem-panel th { padding: 1px 6px; text-align: left; overflow-wrap: anywhere; }
 .khadem-panel th { color: var(--jp-ui-font-color2, #555); font-weight: 600; white-space: nowrap; }
@@ -46,12 +49,10 @@ STYLE = """<style>
 </style>"""
 
 
-def _widgets() -> Any:
-    try:
-        import ipywidgets
-    except ImportError as exc:  # pragma: no cover - ipywidgets is a dependency
-        raise ImportError("q.panel() needs ipywidgets: pip install ipywidgets") from exc
-    return ipywidgets
+try:
+    import ipywidgets as w
+except ImportError as exc:  # pragma: no cover - ipywidgets is a dependency
+    raise ImportError("q.panel() needs ipywidgets: pip install ipywidgets") from exc
 
 
 @dataclass(frozen=True)
@@ -92,16 +93,21 @@ class ProgressBatch:
         rate = (finished - done_then) / (now - then) if now > then else 0.0
         return finished - self.baseline, total - self.baseline, rate
 
+    def forget_rate(self) -> None:
+        """Start the throughput window afresh (the workers here stopped: what they did is past)."""
+        self.history.clear()
 
-class QueuePanel:
-    """The widget tree and its refresher. Display it by leaving it last in a cell."""
+
+class QueuePanel(w.VBox):  # type: ignore[misc]
+    """The panel: an ``ipywidgets.VBox`` (so it goes inside other layouts) and its refresher.
+    Display it by leaving it last in a cell."""
 
     def __init__(self, queue: Queue, refresh_s: float = 0.5) -> None:
         if refresh_s < 0.1:
             from ..errors import ConfigError
 
             raise ConfigError(f"panel refresh must be at least 0.1 s, got {refresh_s}")
-        w = _widgets()
+        super().__init__(layout=w.Layout(width="100%", max_width="900px"))
         self.queue = queue
         self.refresh_s = refresh_s
         self.batch = ProgressBatch()
@@ -109,7 +115,8 @@ class QueuePanel:
         self._last: Snapshot | None = None
         # Two widgets change as jobs run: all the text in one HTML, the bar (its label is its
         # description). A refresh therefore sends at most two messages, whatever happened.
-        self.summary = w.HTML()
+        fill = w.Layout(width="auto", max_width="100%")  # narrow pages: never wider than the panel
+        self.summary = w.HTML(layout=fill)
         self.progress = w.FloatProgress(min=0.0, max=1.0, value=0.0, bar_style="info",
                                         style={"description_width": "initial"},
                                         layout=w.Layout(width="auto", max_width="600px"))
@@ -120,17 +127,13 @@ class QueuePanel:
         for name, button in self.buttons.items():
             button.on_click(lambda _b, action=name: self.act(action))
         row = w.Layout(display="flex", flex_flow="row wrap", align_items="center", width="100%")
-        self.widget = w.VBox([
-            w.HTML(STYLE), self.summary, self.progress,
-            w.HBox(list(self.buttons.values()), layout=row),
-        ], layout=w.Layout(width="100%", max_width="900px"))
-        self.widget.add_class("khadem-panel")
-        self._task = queue._runner.submit(self._refresh_forever())
+        self.children = [w.HTML(STYLE, layout=fill), self.summary, self.progress,
+                         w.HBox(list(self.buttons.values()), layout=row)]
+        self.add_class("khadem-panel")
+        self._refresher: concurrent.futures.Future[None] | asyncio.Task[None] | None = \
+            queue._runner.submit(self._refresh_forever())
 
     # -- display ---------------------------------------------------------------------------------
-    def _repr_mimebundle_(self, **kwargs: Any) -> Any:
-        return self.widget._repr_mimebundle_(**kwargs)
-
     def __repr__(self) -> str:
         snap = self._last
         if snap is None:
@@ -187,7 +190,7 @@ class QueuePanel:
         if snap == self._last:
             return
         last, self._last = self._last, snap
-        with self.widget.hold_sync():
+        with self.hold_sync():
             _set(self.summary, "value", self._summary_html(snap))
             fraction = snap.finished / snap.total if snap.total else 1.0
             _set(self.progress, "value", fraction)
@@ -209,15 +212,25 @@ class QueuePanel:
                           f"{k} {v}</span>" for k, v in snap.counts)
         return f"{header}<div>{counts}</div>{_running_table(snap)}{_failures_table(snap)}"
 
+    def workers_stopped(self) -> None:
+        """The queue's workers here stopped: the throughput starts again from nothing."""
+        self.batch.forget_rate()
+        self._last = None
+
     def close(self) -> None:
         """Stop refreshing and close the widgets."""
-        task = self._task
+        task = getattr(self, "_refresher", None)
+        if task is None:  # closed already (ipywidgets closes every widget at exit)
+            return
+        self._refresher = None
         with contextlib.suppress(Exception):
             if isinstance(task, asyncio.Task):
                 task.cancel()
             else:
                 self.queue._runner.loop.call_soon_threadsafe(task.cancel)
-        self.widget.close()
+        for child in [*self.children, *self.buttons.values()]:
+            child.close()
+        super().close()
         if self in self.queue._panels:
             self.queue._panels.remove(self)
 
@@ -242,7 +255,7 @@ def _running_table(snap: Snapshot) -> str:
 def _job_cells(name: str, job_id: str) -> str:
     """A job's name and short id, the first two cells of the panel's tables."""
     return (f"<td><code>{html.escape(name)}</code></td>"
-            f"<td class='khadem-muted khadem-nowrap'>{job_id[:8]}</td>")
+            f"<td class='khadem-muted khadem-nowrap'>{short_id(job_id)}</td>")
 
 
 def _bar(progress: float | None) -> str:

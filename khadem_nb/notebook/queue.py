@@ -8,7 +8,6 @@ from other threads (see ``_loop``); waiting has an awaitable form too (``await h
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import replace
@@ -17,10 +16,9 @@ from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 from .._time import to_seconds
 from ..config import QueueSettings, parse_config
-from ..errors import ConfigError, ResultTimeoutError
+from ..errors import ConfigError
 from ..job import JobRecord, JobStatus
 from ..manager import QueueManager
-from ..waiting import POLL_MAX_S, POLL_MIN_S
 from ..worker import QueueWorker
 from . import capture
 from ._loop import LoopRunner
@@ -57,7 +55,6 @@ class Queue:
         self.manager = QueueManager(self.settings)
         self._runner = LoopRunner()
         self._opened = False
-        self._changed: asyncio.Event | None = None
         self._worker: QueueWorker | None = None
         self._captured = False
         self._panels: list[QueuePanel] = []
@@ -77,13 +74,7 @@ class Queue:
         if self._opened:
             return
         await self.manager.init()
-        self._changed = asyncio.Event()
-        self.manager.executor.listeners.append(lambda record: self._signal_change())
         self._opened = True
-
-    def _signal_change(self) -> None:
-        if self._changed is not None:
-            self._changed.set()
 
     @property
     def loop(self) -> asyncio.AbstractEventLoop:
@@ -136,7 +127,7 @@ class Queue:
         if not resumable:
             await self.manager.push(records)
             return ids
-        existing = await self.manager.driver.find_by_keys([r.key for r in records if r.key])
+        existing = await self.manager.find_by_keys([r.key for r in records if r.key])
         fresh, failed = [], []
         for index, record in enumerate(records):
             found = existing.get(record.key or "")
@@ -147,7 +138,7 @@ class Queue:
             if found.status is JobStatus.FAILED:
                 failed.append(found.id)
         if failed:
-            await self.manager.driver.requeue(failed)
+            await self.manager.retry_failed(failed)
         await self.manager.push(fresh)
         if fresh or failed:
             logger.info("sweep: %d new, %d failed requeued, %d reused", len(fresh), len(failed),
@@ -158,30 +149,13 @@ class Queue:
     async def _get(self, job_id: str) -> JobRecord:
         return await self.manager.get_job(job_id)
 
-    async def _wait_idle(self, timeout: float | None) -> None:
-        loop = asyncio.get_running_loop()
-        deadline = None if timeout is None else loop.time() + timeout
-        poll = POLL_MIN_S
-        while True:
-            assert self._changed is not None
-            self._changed.clear()
-            counts = await self.manager.counts(self.settings.name)
-            if counts["queued"] + counts["scheduled"] + counts["active"] == 0:
-                return
-            wait = poll if deadline is None else min(poll, deadline - loop.time())
-            if wait <= 0:
-                raise ResultTimeoutError(f"queue still busy after {timeout:g}s: {counts}")
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._changed.wait(), wait)
-            poll = min(POLL_MAX_S, poll * 1.5)
-
     def join(self, timeout: float | None = None) -> Coroutine[Any, Any, None]:
         """``await q.join()``: wait until nothing is queued, scheduled or running."""
-        return self._run_async(self._wait_idle(timeout))
+        return self._run_async(self.manager.wait_idle(self.settings.name, timeout))
 
     def wait(self, timeout: float | None = None) -> None:
         """Blocking form of :meth:`join`."""
-        self._run(self._wait_idle(timeout))
+        self._run(self.manager.wait_idle(self.settings.name, timeout))
 
     # -- workers ---------------------------------------------------------------------------------
     def start(self, concurrency: int = 4, *, queues: Sequence[str] | None = None,
@@ -248,6 +222,8 @@ class Queue:
 
     def _detach_worker(self, grace: float) -> Coroutine[Any, Any, None] | None:
         worker, self._worker = self._worker, None
+        for panel in self._panels:
+            panel.workers_stopped()
         if self._captured:
             capture.uninstall()
             self._captured = False
@@ -259,10 +235,7 @@ class Queue:
 
     def clear(self) -> None:
         """Delete every record of this queue's storage (queued, running, finished, failed)."""
-        self._run(self._purge())
-
-    async def _purge(self) -> None:
-        await self.manager.driver.purge()
+        self._run(self.manager.purge())
 
     def close(self) -> None:
         """Stop workers and panels and release the driver."""

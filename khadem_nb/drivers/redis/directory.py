@@ -12,15 +12,11 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import TypeVar
 
+from .keys import registry_key
+
 T = TypeVar("T")
 #: reads ``ids`` in one queue: a value per id, ``None`` where the queue does not hold it
 Read = Callable[[str, Sequence[str]], Awaitable[Sequence[T | None]]]
-
-
-def registry_key(prefix: str) -> str:
-    """The set of queue names under ``prefix`` (no hash tag: written on its own, never by a
-    script, so on Cluster it may live in any slot)."""
-    return f"{prefix}:queues"
 
 
 class QueueDirectory:

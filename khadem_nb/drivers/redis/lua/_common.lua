@@ -1,13 +1,12 @@
 -- Shared by every script (prepended by the driver). KEYS follow one fixed layout, all under
 -- the queue's hash tag, so every key a script touches is declared and in one cluster slot.
-local K_SEQ, K_READY, K_DELAYED, K_ACTIVE, K_DONE, K_FAILED, K_ALL = 1, 2, 3, 4, 5, 6, 7
+local K_SEQ, K_READY, K_DELAYED, K_ACTIVE, K_COMPLETED, K_FAILED, K_ALL = 1, 2, 3, 4, 5, 6, 7
 local K_STATE, K_TOKEN, K_RESULT, K_ERROR, K_RECLAIMS, K_META = 8, 9, 10, 11, 12, 13
-local K_KEYS, K_NOTIFY, K_LOCK, K_WAITING, K_HANDOFF, K_LINE = 14, 15, 16, 17, 18, 19
+local K_KEYS, K_NOTIFY, K_SWEEP, K_WAITING, K_HANDOFF, K_LINE = 14, 15, 16, 17, 18, 19
 
--- Ready jobs: those of priority 0 (nearly all) wait in the K_LINE list, FIFO; the others in the
--- K_READY sorted set, scored -priority * 1e12 + seq, so scores below 0 (priority > 0) are
--- claimed before the line and scores above it (priority < 0) after. An RPUSH of a batch costs
--- a tenth of the ZADD it replaces (measured per job in enqueue.lua: 0.6 us -> 0.05 us).
+-- Ready jobs: those of priority 0 (nearly all) wait in the K_LINE list, FIFO, where a batch is
+-- one RPUSH; the others in the K_READY sorted set, scored -priority * 1e12 + seq, so scores
+-- below 0 (priority > 0) are claimed before the line and scores above it (priority < 0) after.
 
 local function now_ms()
   local t = redis.call('TIME')
@@ -16,8 +15,8 @@ end
 
 -- A job is one field of the state hash: "status,attempt,priority,available,started,finished,
 -- lease<TAB>data" (times in ms since the epoch, -1 for none; data, the JSON written at dispatch,
--- never changes). An enqueue writes one hash field per job where it wrote five, and a claim or
--- a settle reads and rewrites that one field.
+-- never changes). An enqueue writes one hash field per job, and a claim or a settle reads and
+-- rewrites that one field.
 local STATE_PATTERN = '^(%a+),(%-?%d+),(%-?%d+),(%-?%d+),(%-?%d+),(%-?%d+),(%-?%d+)\t(.*)$'
 
 local function parse_state(raw)

@@ -26,7 +26,7 @@ for _, id in ipairs(due) do
   set_state(id, s)
 end
 
-if redis.call('SET', KEYS[K_LOCK], 1, 'NX', 'PX', tonumber(ARGV[5])) then
+if redis.call('SET', KEYS[K_SWEEP], 1, 'NX', 'PX', tonumber(ARGV[5])) then
   local expired = redis.call('ZRANGEBYSCORE', KEYS[K_ACTIVE], '-inf', now, 'LIMIT', 0, 1000)
   for _, id in ipairs(expired) do
     redis.call('ZREM', KEYS[K_ACTIVE], id)

@@ -1,7 +1,9 @@
 -- ARGV: retention (completed kept, completed max age ms, failed kept, failed max age ms; -1
 -- for no limit), plain (how many plain completions come first, 3 values each: id,
--- token, result_json), then 8 values per other job: id, token, status, result_json,
--- error_json, delay_ms, meta_json, release ('1' gives the job back without counting the attempt).
+-- token, result_json), then 7 values per other job: id, token, verb, result_json,
+-- error_json, delay_ms, meta_json. The verb says what happened: 'complete', 'fail', 'retry'
+-- (back to the queue after delay_ms, the error kept) or 'release' (given back untouched: the
+-- attempt does not count).
 -- Fenced: a job is changed only if it is active under its token. Returns 1/0 per job.
 -- Completions and failures of the batch are written with one variadic command per key; the
 -- rarer retries and releases go one by one. One PUBLISH tells every settle, a line per job:
@@ -12,7 +14,7 @@ local now = now_ms()
 local plain = tonumber(ARGV[5])
 local ids, at = {}, {}  -- at[j]: where job j's values start in ARGV
 for j = 1, plain do at[j] = 6 + (j - 1) * 3 end
-for i = 6 + plain * 3, #ARGV, 8 do at[#at + 1] = i end
+for i = 6 + plain * 3, #ARGV, 7 do at[#at + 1] = i end
 for j, i in ipairs(at) do ids[j] = ARGV[i] end
 if #ids == 0 then return {} end
 local tokens, states = hmget(KEYS[K_TOKEN], ids), hmget(KEYS[K_STATE], ids)
@@ -25,8 +27,8 @@ local function finish(s, id, status)
   push2(finished, id, state_text(s))
 end
 
-local function give_back(i, id, s)
-  if ARGV[i + 7] == '1' then
+local function give_back(i, id, s, verb)
+  if verb == 'release' then
     s.attempt = math.max(0, s.attempt - 1)
   else
     redis.call('HSET', KEYS[K_ERROR], id, ARGV[i + 4])
@@ -45,22 +47,25 @@ for j, id in ipairs(ids) do
   else
     seen[id] = true
     out[j] = 1
-    local state, result = 'completed', ARGV[i + 2]
+    local verb, result = 'complete', ARGV[i + 2]
     if j > plain then
-      state, result = ARGV[i + 2], ARGV[i + 3]
+      verb, result = ARGV[i + 2], ARGV[i + 3]
       if ARGV[i + 6] ~= '' then push2(metas, id, ARGV[i + 6]) end
     end
-    if state == 'completed' then
+    local state
+    if verb == 'complete' then
+      state = 'completed'
       finish(s, id, 'completed')
       push2(results, id, result)
       clear_error[#clear_error + 1] = id
       push2(done, now, id)
-    elseif state == 'failed' then
+    elseif verb == 'fail' then
+      state = 'failed'
       finish(s, id, 'failed')
       push2(errors, id, ARGV[i + 4])
       push2(failed, now, id)
-    else -- back to the queue: a retry after delay_ms, or a release (attempt not counted)
-      state = give_back(i, id, s)
+    else -- 'retry' or 'release': back to the queue
+      state = give_back(i, id, s, verb)
     end
     settled[#settled + 1] = id
     if state == 'completed' and #result <= NOTICE_RESULT_MAX then
@@ -78,12 +83,12 @@ if #settled > 0 then
   if #finished > 0 then call_many('HSET', KEYS[K_STATE], finished) end
   if #results > 0 then call_many('HSET', KEYS[K_RESULT], results) end
   if #clear_error > 0 then call_many('HDEL', KEYS[K_ERROR], clear_error) end
-  if #done > 0 then call_many('ZADD', KEYS[K_DONE], done) end
+  if #done > 0 then call_many('ZADD', KEYS[K_COMPLETED], done) end
   if #errors > 0 then call_many('HSET', KEYS[K_ERROR], errors) end
   if #failed > 0 then call_many('ZADD', KEYS[K_FAILED], failed) end
   redis.call('PUBLISH', KEYS[K_NOTIFY] .. ':settled', table.concat(heard, '\n'))
 end
-trim(KEYS[K_DONE], tonumber(ARGV[1]), tonumber(ARGV[2]), now)
+trim(KEYS[K_COMPLETED], tonumber(ARGV[1]), tonumber(ARGV[2]), now)
 trim(KEYS[K_FAILED], tonumber(ARGV[3]), tonumber(ARGV[4]), now)
 if notify then redis.call('LPUSH', KEYS[K_NOTIFY], 1) end
 return out

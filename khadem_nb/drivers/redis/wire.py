@@ -1,4 +1,4 @@
-"""What the Redis driver's scripts take and give back: the enqueue batch, settle and retention
+"""What the Redis scripts take and give back: the enqueue batch, settle and retention
 arguments, and records rebuilt from script replies. Pure functions, no I/O."""
 
 from __future__ import annotations
@@ -7,10 +7,11 @@ import json
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from ..config import QueueSettings
-from ..job import JobRecord, JobStatus
-from ..serializer import UnreadablePayload, dumps
-from ._records import due_view
+from ...config import QueueSettings
+from ...job import JobRecord, JobStatus
+from ...serializer import UnreadablePayload, dumps
+from .._records import due_view
+from ..base import COMPLETE, Settlement
 
 NOTIFY_CAP = 64  # wake-ups an enqueue leaves at most on a queue's notify list
 
@@ -61,8 +62,7 @@ def _job_data(record: JobRecord, prefixes: dict[tuple[Any, ...], str]) -> str:
     """The job's data JSON, as stored once at dispatch and handed to every claim.
 
     Jobs of one kind share it up to the payload, so that part is encoded once per batch in
-    ``prefixes`` (one ``dumps`` of the whole data per job was most of the Python cost of a bulk
-    enqueue: 1.9 -> 0.7 µs a job).
+    ``prefixes``, and only the payload, creation time and key are encoded per job.
     """
     shape = (record.name, record.priority, record.max_attempts, record.timeout_s)
     prefix = prefixes.get(shape)
@@ -88,9 +88,17 @@ def retention_args(settings: QueueSettings) -> list[int]:
             ms(settings.failed_retention_age_s)]
 
 
-def completion_args(record: JobRecord, token: str | None) -> list[Any]:
-    """A completion with no meta to store: id, token and result are all settle.lua needs."""
-    return [record.id, token or "", dumps(record.result)]
+def settle_args(record: JobRecord, settlement: Settlement) -> list[Any]:
+    """What settle.lua takes for one job: a completion with no meta to store is
+    ``id, token, result_json``; any other settle ``id, token, verb, result_json, error_json,
+    delay_ms, meta_json``."""
+    token = record.token or ""
+    if settlement.verb is COMPLETE and not record.meta:
+        return [record.id, token, dumps(settlement.result)]
+    error = "" if settlement.error is None else dumps([settlement.error, settlement.traceback])
+    return [record.id, token, settlement.verb.value,
+            dumps(settlement.result) if settlement.verb is COMPLETE else "", error,
+            settlement.delay_ms, dumps(record.meta) if record.meta else ""]
 
 
 def text(values: Iterable[Any]) -> list[str]:

@@ -1,0 +1,429 @@
+"""The Redis driver: many processes on many machines, at-least-once, on Redis or Redis Cluster.
+
+Every state change is one Lua script (``lua/``) that reads the clock with ``TIME``, so client
+clocks never matter, and every script declares all the keys it touches, which share one hash
+tag per queue (``keys``), so the driver runs unchanged on Redis Cluster.
+
+- Dispatch: ``enqueue.lua`` stores a batch of jobs; a bulk dispatch streams its chunks on one
+  connection, so Redis stores one while Python builds the next (``wire`` builds them).
+- Claim: ``reserve.lua`` claims a batch under a lease and a fresh token and, at most every
+  lease/4 seconds, puts back jobs whose lease expired (or fails them after
+  ``queue.max_reclaims``). Idle workers block on a notify list, not by polling; a worker left
+  waiting is registered for hand-off, so a dispatch that finds it claims the job for it.
+- Settle: ``settles`` batches the settles of one loop turn; each names its verb; each is fenced
+  by the claim's token; ``notices`` tells waiters in other processes.
+- Lookup: a job id does not name its queue, so ``directory`` says where to look.
+
+``docs/redis.md`` describes the layout, the hand-off and the lease protocol in full.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from typing import Any, ClassVar
+
+from ..._ids import new_token
+from ..._time import now_ms
+from ...config import QueueSettings
+from ...errors import ConfigError, DriverError
+from ...job import JobRecord, JobStatus
+from ...serializer import dumps
+from .._records import due_view
+from ..base import LEASE_LOST_ERROR, QueueDriver, Settlement, SettleNotice, empty_counts
+from . import wire
+from .connection import Outgoing, RedisConnection
+from .directory import QueueDirectory
+from .keys import COLUMNS, KEY_INDEX, STATUS_SETS, queue_keys
+from .notices import SETTLED_STATES, SettleListener
+from .settles import SettleBatcher
+
+FETCH_CHUNK = 2000  # records read per script call
+MAX_PRIORITY = 4000  # ready scores are -priority * 1e12 + seq: exact in a double up to this
+PUSH_CHUNK = 200  # jobs per enqueue call; a bigger push streams its chunks
+MAX_WAIT_S = 1.0  # longest block on a notify list: other queues and sweeps are looked at as often
+
+
+class RedisDriver(QueueDriver):
+    """At-least-once queue on Redis (standalone or Cluster)."""
+
+    uses_leases: ClassVar[bool] = True
+    max_priority: ClassVar[int | None] = MAX_PRIORITY
+
+    def __init__(self, settings: QueueSettings | str | Mapping[str, Any] | None = None) -> None:
+        super().__init__(settings)
+        settings = self.settings
+        if "{" in settings.prefix or "}" in settings.prefix:
+            raise ConfigError(f"queue.prefix {settings.prefix!r} contains '{{' or '}}', which would give a "
+                              "queue's keys different hash tags and split it across cluster slots")
+        self.url = settings.redacted_url()
+        self.connection = RedisConnection(settings)
+        self.queues = QueueDirectory(settings.prefix, settings.name)  # where get() looks for an id
+        self.settles = SettleBatcher(settings, functools.partial(self._run, "settle"))
+        self.notices = SettleListener(self.connection, settings.prefix)
+        self._keys: dict[str, list[str]] = {}
+        self._encoded_keys: dict[str, list[bytes]] = {}
+        self._lease_ms = int(settings.lease_s * 1000)
+        # reserve.lua's fixed arguments: max reclaims, sweep interval (ms), lease-lost error
+        self._reserve_constants = [settings.max_reclaims, max(100, int(settings.lease_s * 250)),
+                                   LEASE_LOST_ERROR.replace("{n}", "%d")]
+        # how this driver registers for hand-off (enqueue.lua): its lease and a unique name
+        self._waiter = f"{self._lease_ms}|{new_token()}"
+        self._registered: set[str] = set()  # queues whose K_WAITING may hold self._waiter
+        self._generation = 0  # bumped by interrupt_waits: a reserve under an older one claims nothing
+        self._reserving = 0  # reserve calls in flight
+        self._interrupted = False  # interrupt_waits since the last reserve began
+        self._leaving: asyncio.Task[None] | None = None  # leave.lua calls after an interrupt
+        self._queue_was_empty = False  # the last claim came back short: wait before claiming
+        self._next_due_at: float | None = None  # loop time when the next delayed job is due
+
+    @property
+    def client(self) -> Any:
+        """The redis-py client (``redis.asyncio.Redis`` or ``RedisCluster``)."""
+        return self.connection.client
+
+    @property
+    def cluster(self) -> bool:
+        return self.connection.cluster
+
+    # -- lifecycle -----------------------------------------------------------------------------
+    async def open(self) -> None:
+        await self.connection.open()
+
+    async def close(self) -> None:
+        await self.notices.close()
+        if self.connection.client is not None:
+            await self._unregister()
+            await self.connection.close()
+
+    async def watch(self, job_ids: Sequence[str], notice: SettleNotice) -> Callable[[], None]:
+        return await self.notices.watch(job_ids, notice)
+
+    def default_prefetch(self, concurrency: int) -> int:
+        """Half as many jobs as consumers: while one half waits for its settles, the other runs
+        jobs claimed ahead, so Python and Redis work at once (see bench/RESULTS.md)."""
+        return concurrency // 2
+
+    # -- keys and scripts ----------------------------------------------------------------------
+    def keys(self, queue: str) -> list[str]:
+        keys = self._keys.get(queue)
+        if keys is None:
+            keys = self._keys[queue] = queue_keys(self.settings.prefix, queue)
+            self._encoded_keys[queue] = [k.encode() for k in keys]
+            self.queues.saw(queue)
+        return keys
+
+    def _key(self, queue: str, name: str) -> str:
+        return self.keys(queue)[KEY_INDEX[name]]
+
+    def _script_keys(self, queue: str) -> list[bytes]:
+        """The queue's keys, encoded once."""
+        self.keys(queue)
+        return self._encoded_keys[queue]
+
+    async def _run(self, script: str, queue: str, args: Sequence[Any]) -> Any:
+        return await self.connection.run_script(script, queue, self._script_keys(queue), args)
+
+    # -- producing -----------------------------------------------------------------------------
+    async def push(self, records: Sequence[JobRecord]) -> None:
+        for record in records:  # built before the manager had this driver: checked here, all first
+            self.check_priority(record.priority)
+        chunks = [records[i : i + PUSH_CHUNK] for i in range(0, len(records), PUSH_CHUNK)]
+        await (self._enqueue_each(chunks) if len(chunks) <= 1 else self.push_chunks(chunks))
+
+    async def push_chunks(self, chunks: Iterable[Sequence[JobRecord]]) -> None:
+        await self._left()
+        if self.cluster:  # no single connection pool to hold a connection from: call by call
+            await self._enqueue_each(chunks)
+            return
+        try:
+            await self.connection.send_in_order(self._enqueue_commands(chunks))
+        except BaseException:
+            self.queues.forget_announced()  # an SADD sent may not have been stored
+            raise
+
+    async def _left(self) -> None:
+        """Wait for a worker of this driver that was just paused or stopped to leave the
+        hand-off line, so a dispatch that follows cannot hand it a job it will not run."""
+        if self._leaving is not None and not self._leaving.done():
+            await self._leaving
+
+    async def _enqueue_each(self, chunks: Iterable[Sequence[JobRecord]]) -> None:
+        """One enqueue script call per queue of each chunk, each awaited before the next."""
+        await self._left()
+        for chunk in chunks:
+            by_queue = wire.by_queue(chunk)
+            new = self.queues.to_announce(by_queue)
+            if new:
+                await self.connection.call(functools.partial(self.client.sadd, self.queues.key, *new))
+                self.queues.announced(new)
+            for queue, queued in by_queue.items():
+                await self._run("enqueue", queue, wire.enqueue_args(queued))
+
+    def _enqueue_commands(self, chunks: Iterable[Sequence[JobRecord]]) -> Iterator[Outgoing]:
+        """The commands of a streamed enqueue, each chunk built only when the one before is sent.
+        A new queue is registered before its jobs are stored, so none is stored unfindable."""
+        for chunk in chunks:
+            by_queue = wire.by_queue(chunk)
+            new = self.queues.to_announce(by_queue)
+            if new:
+                yield ("SADD", self.queues.key, *new)
+                self.queues.announced(new)
+            for queue, queued in by_queue.items():
+                yield self.connection.packed_script("EVAL", "enqueue", queue, self._script_keys(queue),
+                                                    wire.enqueue_args(queued))
+
+    # -- consuming -----------------------------------------------------------------------------
+    def interrupt_waits(self) -> None:
+        """Paused or stopping: waits return, and this driver leaves the hand-off line once no
+        claim of it is in flight (a claim in flight may register it again)."""
+        self._generation += 1
+        self._interrupted = True
+        if not self._reserving:
+            self._leave_handoff()
+
+    def _leave_handoff(self) -> None:
+        self._interrupted = False
+        if self._registered and self.client is not None:
+            self._leaving = asyncio.get_running_loop().create_task(self._unregister())
+
+    async def _unregister(self) -> None:
+        """Leave the hand-off line of every queue this driver waited on (leave.lua gives back
+        jobs handed off that nobody will pop). Best effort: an entry left behind expires within
+        about a second, and a job handed to it is reclaimed when its lease runs out."""
+        from redis.exceptions import RedisError
+
+        queues, self._registered = self._registered, set()
+        for queue in queues:
+            with contextlib.suppress(RedisError, OSError, TimeoutError, DriverError):
+                await asyncio.wait_for(self._run("leave", queue, [self._waiter]), 2.0)
+
+    async def reserve(self, queues: Sequence[str], limit: int, wait_s: float) -> list[JobRecord]:
+        self._reserving += 1
+        try:
+            return await self._reserve(queues, limit, wait_s)
+        finally:
+            self._reserving -= 1
+            if self._interrupted and not self._reserving:  # paused or stopped: leave the line
+                self._leave_handoff()
+
+    async def _reserve(self, queues: Sequence[str], limit: int, wait_s: float) -> list[JobRecord]:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + wait_s
+        generation = self._generation
+        self._interrupted = False
+        if wait_s > 0 and self._queue_was_empty:  # nothing was left a moment ago: wait first, so
+            handed = await self._wait_for_work(queues, wait_s)  # no empty claim runs ahead of our settles
+            if handed:
+                self._queue_was_empty = False
+                return handed
+        while True:
+            if generation != self._generation:  # paused or stopping while it waited: claim nothing
+                return []
+            claimed = await self._claim(queues, limit, wait_s)
+            self._queue_was_empty = len(claimed) < limit
+            remaining = deadline - loop.time()
+            if claimed or remaining <= 0 or generation != self._generation:
+                return claimed
+            handed = await self._wait_for_work(queues, remaining)
+            if handed:
+                self._queue_was_empty = False
+                return handed
+
+    async def _claim(self, queues: Sequence[str], limit: int, wait_s: float) -> list[JobRecord]:
+        """Claim from each queue in turn; on the first, register for hand-off while waiting."""
+        claimed: list[JobRecord] = []
+        for queue in queues:
+            first = queue == queues[0]
+            register_ms = int(min(wait_s, MAX_WAIT_S) * 1000) + 100 if first and wait_s > 0 else 0
+            if register_ms:
+                self._registered.add(queue)
+            # the token prefix is unique per claim; the script numbers the jobs after it
+            args = [limit - len(claimed), self._lease_ms, new_token(), *self._reserve_constants,
+                    self._waiter if first else "", register_ms]
+            rows = await self._run("reserve", queue, args)
+            if first:
+                due_in_ms = int(rows[1])
+                self._next_due_at = None if due_in_ms < 0 else loop_time() + due_in_ms / 1000
+            claimed += wire.claimed_records(queue, rows, self.settings.lease_s)
+            if len(claimed) >= limit:
+                break
+        return claimed
+
+    async def _wait_for_work(self, queues: Sequence[str], timeout: float) -> list[JobRecord]:
+        """Block on the first queue's hand-off and notify lists (no polling): returns a job
+        handed off by a dispatch, or nothing once woken by a dispatch or retry, by the next
+        delayed job falling due, or after at most a second (other queues, sweeps)."""
+        keys = self.keys(queues[0])
+        handoff = keys[KEY_INDEX["handoff"]]
+        wait = min(timeout, MAX_WAIT_S)
+        if self._next_due_at is not None:
+            wait = min(wait, self._next_due_at - loop_time())
+        wait = max(0.01, wait)
+        popped = await self.connection.call(lambda: self.client.blpop([handoff, keys[KEY_INDEX["notify"]]],
+                                                            timeout=wait))
+        if popped is None or popped[0].decode() != handoff:
+            return []
+        return [wire.handed_off_record(queues[0], popped[1], self.settings.lease_s)]
+
+    async def heartbeat(self, records: Sequence[JobRecord]) -> list[bool]:
+        alive: dict[str, bool] = {}
+        by_queue: dict[str, list[JobRecord]] = {}
+        for record in records:
+            by_queue.setdefault(record.queue, []).append(record)
+        for queue, held in by_queue.items():
+            args: list[Any] = [int(self.settings.lease_s * 1000)]
+            for record in held:
+                args += [record.id, record.token or ""]
+            flags = await self._run("heartbeat", queue, args)
+            alive.update({r.id: bool(f) for r, f in zip(held, flags, strict=True)})
+        return [alive[r.id] for r in records]
+
+    async def _settle(self, record: JobRecord, settlement: Settlement) -> bool:
+        settled = await self.settles.settle(record, settlement)
+        if settled:
+            settlement.apply(record)
+        return settled
+
+    async def update_meta(self, record: JobRecord, meta: dict[str, Any]) -> bool:
+        merged = {**record.meta, **meta}
+        return bool(await self._run("meta", record.queue, [record.id, record.token or "", dumps(merged)]))
+
+    # -- inspecting ------------------------------------------------------------------------------
+    async def _fetch(self, queue: str, ids: Sequence[str]) -> list[JobRecord | None]:
+        if not ids:
+            return []
+        width, records = len(COLUMNS), []
+        for start in range(0, len(ids), FETCH_CHUNK):  # short scripts: Redis serves others between
+            chunk = ids[start : start + FETCH_CHUNK]
+            rows = await self._run("fetch", queue, chunk)
+            records += [wire.record_from_columns(queue, job_id, rows[i * width : (i + 1) * width])
+                        for i, job_id in enumerate(chunk)]
+        return records
+
+    async def get(self, job_id: str) -> JobRecord | None:
+        return (await self.get_many([job_id]))[0]
+
+    async def get_many(self, job_ids: Sequence[str]) -> list[JobRecord | None]:
+        """Each id is looked for in the default queue, then in the others (see redis_queues)."""
+        return await self.queues.find(job_ids, self._fetch, self._registered_queues)
+
+    async def statuses(self, job_ids: Sequence[str]) -> list[JobStatus | None]:
+        return await self.queues.find(job_ids, self._statuses_in, self._registered_queues)
+
+    async def _statuses_in(self, queue: str, job_ids: Sequence[str]) -> list[JobStatus | None]:
+        found = []
+        for start in range(0, len(job_ids), FETCH_CHUNK):
+            found += await self._run("statuses", queue, job_ids[start : start + FETCH_CHUNK])
+        return [SETTLED_STATES[w.decode()] if w else None for w in found]
+
+    async def _registered_queues(self) -> list[str]:
+        """The queue names every driver under this prefix has dispatched to."""
+        return wire.text(await self.connection.call(lambda: self.client.smembers(self.queues.key)))
+
+    async def _all_queues(self) -> list[str]:
+        return await self.queues.everywhere(self._registered_queues)
+
+    async def jobs(self, status: JobStatus | None = None, queue: str | None = None,
+                   limit: int | None = None) -> list[JobRecord]:
+        """Records of ``queue``, or of every queue under the prefix (merged by creation time)."""
+        if queue is not None:
+            return await self._list_queue(status, queue, limit)
+        records = [r for q in await self._all_queues() for r in await self._list_queue(status, q, limit)]
+        records.sort(key=lambda r: r.created_ms)
+        return records[-limit:] if limit else records
+
+    async def _list_queue(self, status: JobStatus | None, queue: str,
+                          limit: int | None) -> list[JobRecord]:
+        keys = self.keys(queue)
+        key = keys[KEY_INDEX["all" if status is None else STATUS_SETS[status]]]
+        if status in (JobStatus.QUEUED, JobStatus.SCHEDULED):
+            ids = await self.connection.call(lambda: self.client.zrange(key, 0, -1))
+            if status is JobStatus.QUEUED:  # priority 0 waits in the line (see _common.lua)
+                line = keys[KEY_INDEX["line"]]
+                ids += await self.connection.call(lambda: self.client.lrange(line, 0, -1))
+            records = [r for r in await self._fetch(queue, wire.text(ids)) if r is not None]
+            records.sort(key=lambda r: r.created_ms)
+            if status is JobStatus.QUEUED:  # due delayed jobs count as queued until promoted
+                records += await self._due_delayed(queue)
+                records.sort(key=lambda r: r.created_ms)
+            return records[-limit:] if limit else records
+        start = -limit if limit else 0
+        ids = await self.connection.call(lambda: self.client.zrange(key, start, -1))
+        records = [r for r in await self._fetch(queue, wire.text(ids)) if r is not None]
+        if status is not None:
+            records.sort(key=lambda r: r.created_ms)
+        return [due_view(r) for r in records]
+
+    async def _due_delayed(self, queue: str) -> list[JobRecord]:
+        key = self.keys(queue)[KEY_INDEX["delayed"]]
+        ids = await self.connection.call(lambda: self.client.zrangebyscore(key, "-inf", now_ms()))
+        return [due_view(r) for r in await self._fetch(queue, wire.text(ids)) if r is not None]
+
+    async def counts(self, queue: str | None = None) -> dict[JobStatus, int]:
+        """Counts of ``queue``, or summed over every queue under the prefix, in one round trip."""
+        queues = [queue] if queue is not None else await self._all_queues()
+        per_queue = len(STATUS_SETS) + 2
+
+        async def run() -> Any:
+            pipe = self.client.pipeline(transaction=False)
+            for name in queues:
+                keys = self.keys(name)
+                for status in JobStatus:
+                    pipe.zcard(keys[KEY_INDEX[STATUS_SETS[status]]])
+                pipe.llen(keys[KEY_INDEX["line"]])
+                pipe.zcount(keys[KEY_INDEX["delayed"]], "-inf", now_ms())
+            return await pipe.execute()
+
+        values = await self.connection.call(run)
+        counts = empty_counts()
+        for start in range(0, len(values), per_queue):
+            *sets, line, due = (int(n) for n in values[start : start + per_queue])
+            for status, n in zip(JobStatus, sets, strict=True):
+                counts[status] += n
+            counts[JobStatus.QUEUED] += line + due  # due delayed jobs count as queued
+            counts[JobStatus.SCHEDULED] -= due
+        return counts
+
+    async def requeue(self, job_ids: Iterable[str]) -> int:
+        """Failed jobs back to their own queues (each found as ``get`` finds it)."""
+        ids = list(dict.fromkeys(job_ids))
+
+        async def queue_of(queue: str, chunk: Sequence[str]) -> list[str | None]:
+            return [None if s is None else queue for s in await self._statuses_in(queue, chunk)]
+
+        by_queue: dict[str, list[str]] = {}
+        for job_id, queue in zip(ids, await self.queues.find(ids, queue_of, self._registered_queues),
+                                 strict=True):
+            if queue is not None:
+                by_queue.setdefault(queue, []).append(job_id)
+        return sum([int(await self._run("requeue", queue, found)) for queue, found in by_queue.items()])
+
+    async def find_by_keys(self, keys: Sequence[str]) -> dict[str, JobRecord]:
+        if not keys:
+            return {}
+        queue = self.settings.name
+        index = self.keys(queue)[KEY_INDEX["keys"]]
+        ids = await self.connection.call(lambda: self.client.hmget(index, list(keys)))
+        pairs = [(k, i.decode()) for k, i in zip(keys, ids, strict=True) if i is not None]
+        records = await self._fetch(queue, [i for _, i in pairs])
+        return {k: r for (k, _), r in zip(pairs, records, strict=True) if r is not None}
+
+    async def purge(self) -> None:
+        """Delete every queue under the prefix, and the registry of them."""
+        keys = [key for queue in await self._all_queues() for key in self.keys(queue)]
+        await self.connection.call(lambda: self._delete([*keys, self.queues.key]))
+        self.queues.forget_announced()
+
+    async def _delete(self, keys: list[str]) -> None:
+        if self.connection.cluster:  # one DEL may not span slots
+            for key in keys:
+                await self.client.delete(key)
+        else:
+            await self.client.delete(*keys)
+
+
+def loop_time() -> float:
+    return asyncio.get_running_loop().time()

@@ -1,0 +1,85 @@
+"""The Redis key schema: every key the driver and its scripts use, in one place.
+
+A queue's keys share the hash tag ``{prefix:queue}``, so every script that touches them runs in
+one Cluster slot. ``KEY_NAMES`` is the order in which every script receives them as ``KEYS``;
+``lua/_common.lua`` names the same positions ``K_SEQ`` ... ``K_LINE`` (a test checks that the
+two agree).
+
+=========  ===========  ========================================================================
+key        type         holds
+=========  ===========  ========================================================================
+seq        string       a counter: numbers enqueued jobs (FIFO order) and priority scores
+ready      sorted set   ready jobs of priority != 0, scored ``-priority * 1e12 + seq``
+delayed    sorted set   scheduled jobs, scored by the ms time they fall due
+active     sorted set   claimed jobs, scored by the ms time their lease expires
+completed  sorted set   completed jobs, scored by finish time (retention trims it)
+failed     sorted set   failed jobs, scored by finish time
+all        sorted set   every job, scored by creation order (listings)
+state      hash         id -> ``status,attempt,priority,available,started,finished,lease<TAB>data``
+token      hash         id -> the token of the claim that holds it (fences every write)
+result     hash         id -> the result JSON of a completed job
+error      hash         id -> ``[error, traceback]`` JSON of the last failed attempt
+reclaims   hash         id -> how often its lease expired
+meta       hash         id -> progress, note and captured output JSON
+keys       hash         sweep key -> job id (resumable sweeps)
+notify     list         wake-ups for idle workers (BLPOP); ``notify:settled`` is the settle channel
+sweep      string       the lock that lets one claim at a time reclaim expired leases
+waiting    sorted set   workers registered for hand-off, scored by when their wait ends
+handoff    list         jobs a dispatch claimed for a waiting worker
+line       list         ready jobs of priority 0, FIFO
+=========  ===========  ========================================================================
+
+One key lives outside every queue's hash tag: ``{prefix}:queues``, the set of queue names any
+process dispatched to (see ``directory``).
+"""
+
+from __future__ import annotations
+
+import re
+from importlib import resources
+
+from ...job import JobStatus
+
+KEY_NAMES = ("seq", "ready", "delayed", "active", "completed", "failed", "all", "state", "token",
+             "result", "error", "reclaims", "meta", "keys", "notify", "sweep", "waiting", "handoff",
+             "line")
+#: position of each key in ``KEY_NAMES`` (and in a script's ``KEYS``, counted from 0)
+KEY_INDEX = {name: index for index, name in enumerate(KEY_NAMES)}
+#: the hashes that hold one field per job, in the order ``fetch.lua`` returns them
+COLUMNS = ("state", "token", "result", "error", "reclaims", "meta")
+#: the sorted set that lists the jobs of each status
+STATUS_SETS = {JobStatus.QUEUED: "ready", JobStatus.SCHEDULED: "delayed", JobStatus.ACTIVE: "active",
+               JobStatus.COMPLETED: "completed", JobStatus.FAILED: "failed"}
+
+
+def hash_tag(prefix: str, queue: str) -> str:
+    return f"{{{prefix}:{queue}}}"
+
+
+def queue_keys(prefix: str, queue: str) -> list[str]:
+    """All keys of one queue, in ``KEY_NAMES`` order, sharing the hash tag ``{prefix:queue}``."""
+    tag = hash_tag(prefix, queue)
+    return [f"{tag}:{name}" for name in KEY_NAMES]
+
+
+def registry_key(prefix: str) -> str:
+    """The set of queue names under ``prefix`` (no hash tag: written on its own, never by a
+    script, so on Cluster it may live in any slot)."""
+    return f"{prefix}:queues"
+
+
+def settle_channels(prefix: str) -> str:
+    """The pattern of every queue's settle channel under ``prefix`` (settle.lua publishes on
+    ``{prefix:queue}:notify:settled``), with the prefix's glob characters escaped."""
+    escaped = "".join("\\" + c if c in "*?[]\\" else c for c in prefix)
+    return f"{{{escaped}:*}}:notify:settled"
+
+
+def lua_key_constants() -> dict[str, int]:
+    """The ``K_*`` constants ``lua/_common.lua`` declares, as name -> 1-based position."""
+    source = (resources.files(__package__) / "lua" / "_common.lua").read_text()
+    constants: dict[str, int] = {}
+    for names, values in re.findall(r"^local (K_[A-Z_, ]+?) = ([\d, ]+)$", source, re.MULTILINE):
+        for name, value in zip(names.split(","), values.split(","), strict=True):
+            constants[name.strip()] = int(value)
+    return constants

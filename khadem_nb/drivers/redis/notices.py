@@ -1,0 +1,91 @@
+"""Settle notices: one subscriber per driver hears every settle under the key prefix.
+
+settle.lua publishes one message per call on ``{prefix:queue}:notify:settled``: a line per job,
+``id<TAB>status``, plus ``<TAB>result_json`` for a completion whose result is small, so that a
+waiter in another process neither polls the status nor, for such a result, reads the record.
+A subscription that dies only makes waiters fall back to polling.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from collections.abc import Callable, Sequence
+
+from ...job import JobStatus
+from ..base import NO_RESULT, SettleNotice
+from .connection import RedisConnection
+from .keys import settle_channels
+
+logger = logging.getLogger(__name__)
+
+SETTLED_STATES = {s.value: s for s in JobStatus}  # status words as the scripts write them
+
+
+class SettleListener:
+    """Fans the settle channel out to the notices registered per job id."""
+
+    def __init__(self, connection: RedisConnection, prefix: str) -> None:
+        self.connection = connection
+        self.prefix = prefix
+        self._watchers: dict[str, list[SettleNotice]] = {}
+        self._task: asyncio.Task[None] | None = None
+
+    async def watch(self, job_ids: Sequence[str], notice: SettleNotice) -> Callable[[], None]:
+        """Call ``notice`` when any of ``job_ids`` settles; returns an unwatch."""
+        if self._task is None or self._task.done():
+            loop = asyncio.get_running_loop()
+            subscribed = loop.create_future()
+            self._task = loop.create_task(self._listen(subscribed))
+            await subscribed
+        for job_id in job_ids:
+            self._watchers.setdefault(job_id, []).append(notice)
+
+        def unwatch() -> None:
+            for job_id in job_ids:
+                notices = self._watchers.get(job_id)
+                if notices is not None:
+                    with contextlib.suppress(ValueError):
+                        notices.remove(notice)
+                    if not notices:
+                        del self._watchers[job_id]
+
+        return unwatch
+
+    async def _listen(self, subscribed: asyncio.Future[None]) -> None:
+        pubsub = self.connection.client.pubsub()
+        try:
+            await pubsub.psubscribe(settle_channels(self.prefix))
+            subscribed.set_result(None)
+            while True:
+                message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
+                if message is not None:
+                    self.tell(message["data"].decode())
+        except Exception as exc:
+            if not subscribed.done():
+                subscribed.set_result(None)
+            logger.debug("settle listener stopped: %r", exc)
+        finally:
+            await pubsub.aclose()
+
+    def tell(self, message: str) -> None:
+        """Pass one settle message on: a line per job, ``id<TAB>status[<TAB>result]``. A
+        message without tabs (space-separated bare ids) names jobs whose status is unknown."""
+        lines = message.split("\n") if "\t" in message else message.split()
+        for line in lines:
+            job_id, _, rest = line.partition("\t")
+            notices = self._watchers.get(job_id)
+            if not notices:
+                continue
+            state, _, result_text = rest.partition("\t")
+            result = json.loads(result_text) if result_text else NO_RESULT
+            for notice in list(notices):
+                notice(job_id, SETTLED_STATES.get(state), result)
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+            self._task = None
