@@ -62,6 +62,7 @@ class QueueWorker:
         # Jobs claimed ahead into the buffer, so the next claim travels while this batch runs.
         self._prefetch = driver.default_prefetch(worker.concurrency) if worker.prefetch is None \
             else worker.prefetch
+        self._lone = worker.concurrency == 1 and not self._prefetch  # nobody to claim a batch for
 
     def __repr__(self) -> str:
         """What a notebook shows for ``q.start()``: ``4 workers on memory:// (running)``."""
@@ -157,7 +158,9 @@ class QueueWorker:
                 if not self._claiming.is_set():  # paused
                     await self._claiming.wait()
                     continue
-                record = await self._next_record()
+                record = self._claim_ready() if self._lone else None
+                if record is None:
+                    record = await self._next_record()
                 if record is not None:
                     await self._execute(record)
                     if not self.processed % YIELD_EVERY:  # claims and jobs that never wait (memory,
@@ -169,19 +172,32 @@ class QueueWorker:
             if self._consumers_left == 0 and not self._stopping.is_set():
                 self.request_stop()
 
+    def _claim_ready(self) -> JobRecord | None:
+        """The one fast branch of claiming, for a lone consumer: a job the driver has at hand
+        in this process (``QueueDriver.take_ready``), taken without a coroutine; ``None`` sends
+        the consumer to :meth:`_next_record`. The loop has just seen no stop and no pause."""
+        if self._drained or self._claims_exhausted():
+            return None
+        records = self.driver.take_ready(self.queues, 1)
+        if not records:
+            return None
+        self._errors = 0
+        if self._claims_left is not None:
+            self._claims_left -= 1
+        return records[0]
+
     async def _next_record(self) -> JobRecord | None:
         """The next claimed job, or ``None`` when this consumer should look at its loop again.
 
-        Every claim goes through :meth:`_claim`. A lone consumer without prefetch claims for
-        itself (the one fast branch: nobody to batch for, so no task and no hand-over).
-        Otherwise idle consumers wait in line and one fetcher task claims a batch for all of
-        them and for the prefetch buffer: each record wakes exactly one consumer.
+        Every claim that may wait goes through :meth:`_claim`. A lone consumer without prefetch
+        claims for itself. Otherwise idle consumers wait in line and one fetcher task claims a
+        batch for all of them and for the prefetch buffer: each record wakes exactly one.
         """
         if self._buffer:
             return self._take_buffered()
-        if not self._may_claim():
+        if self._drained or self._claims_exhausted():  # the loop has just seen no stop or pause
             return None
-        if self.options.concurrency == 1 and not self._prefetch:
+        if self._lone:
             claimed = await self._claim(1)
             return claimed[0] if claimed else None
         waiter: asyncio.Future[JobRecord | None] = asyncio.get_running_loop().create_future()
@@ -243,9 +259,7 @@ class QueueWorker:
             self._errors += 1
             await self._report_error(exc, self._errors)
             return []
-        self._errors = 0
-        if self._claims_left is not None:
-            self._claims_left -= len(records)
+        self._count_claimed(records)
         if not records and self.options.burst:
             self._drained = True
         if records and self.paused:  # paused while this claim was on its way: claim nothing
@@ -254,6 +268,11 @@ class QueueWorker:
             await self._release(records)
             return []
         return records
+
+    def _count_claimed(self, records: Sequence[JobRecord]) -> None:
+        self._errors = 0
+        if self._claims_left is not None:
+            self._claims_left -= len(records)
 
     def _wanted(self) -> int:
         """Jobs to claim: one per waiting consumer, plus room left in the prefetch buffer."""

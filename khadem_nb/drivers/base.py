@@ -63,36 +63,29 @@ class Settlement:
     delay_s: float = 0.0
 
     @property
-    def status(self) -> JobStatus:
-        """The status the job has after this settle."""
-        verb = self.verb
-        if verb is COMPLETE:
-            return COMPLETED
-        if verb is FAIL:
-            return FAILED
-        return SCHEDULED if verb is RETRY and self.delay_s > 0 else QUEUED
-
-    @property
     def delay_ms(self) -> int:
         return int(self.delay_s * 1000) if self.verb is RETRY else 0
 
     def apply(self, record: JobRecord) -> None:
         """Make this settle's field changes on ``record``: the one place they are made."""
         verb = self.verb
-        record.status = self.status
         record.token = record.lease_ms = None
         if verb is COMPLETE:
+            record.status = COMPLETED
             record.result = self.result
             record.finished_ms = self.at_ms
             record.error = record.traceback = None
         elif verb is FAIL:
+            record.status = FAILED
             record.finished_ms = self.at_ms
             record.error, record.traceback = self.error, self.traceback
         elif verb is RETRY:
+            record.status = SCHEDULED if self.delay_s > 0 else QUEUED
             record.available_ms = self.at_ms + self.delay_ms
             record.started_ms = record.finished_ms = None
             record.error, record.traceback = self.error, self.traceback
         else:
+            record.status = QUEUED
             record.attempt = max(0, record.attempt - 1)
             record.available_ms = self.at_ms
             record.started_ms = None
@@ -164,27 +157,37 @@ class QueueDriver(ABC):
         the storage allows it. Expired leases are reclaimed here (or by a sweep).
         """
 
+    def take_ready(self, queues: Sequence[str], limit: int) -> list[JobRecord]:
+        """Claim, as :meth:`reserve` would, jobs this process has at hand, without waiting and
+        without I/O; ``[]`` where a claim needs I/O (every durable driver) or nothing is at
+        hand. The one fast branch of the interface: a lone consumer on an in-process queue
+        claims through it without a coroutine (see bench/RESULTS.md)."""
+        return []
+
     async def heartbeat(self, records: Sequence[JobRecord]) -> list[bool]:
         """Extend the leases of held records; ``False`` where the lease was lost."""
         return [True for _ in records]
 
     async def complete(self, record: JobRecord, result: Any) -> bool:
         """Settle a held job as completed with its (encoded) ``result``."""
-        return self._counted(await self._settle(record, Settlement(Verb.COMPLETE, now_ms(), result)))
+        if await self._settle(record, Settlement(COMPLETE, now_ms(), result)):  # the hottest settle
+            return True
+        self.stale_acks += 1
+        return False
 
     async def fail(self, record: JobRecord, error: str, traceback: str | None) -> bool:
         """Settle a held job as failed for good, keeping its error."""
-        settlement = Settlement(Verb.FAIL, now_ms(), error=error, traceback=traceback)
+        settlement = Settlement(FAIL, now_ms(), error=error, traceback=traceback)
         return self._counted(await self._settle(record, settlement))
 
     async def retry(self, record: JobRecord, delay_s: float, error: str, traceback: str | None) -> bool:
         """Put a failed attempt back, due after ``delay_s``; the error is kept as the last one."""
-        settlement = Settlement(Verb.RETRY, now_ms(), error=error, traceback=traceback, delay_s=delay_s)
+        settlement = Settlement(RETRY, now_ms(), error=error, traceback=traceback, delay_s=delay_s)
         return self._counted(await self._settle(record, settlement))
 
     async def release(self, record: JobRecord) -> bool:
         """Give a claimed job back untouched (worker shutting down): the attempt does not count."""
-        return self._counted(await self._settle(record, Settlement(Verb.RELEASE, now_ms())))
+        return self._counted(await self._settle(record, Settlement(RELEASE, now_ms())))
 
     def _counted(self, settled: bool) -> bool:
         if not settled:

@@ -123,13 +123,13 @@ def _to_row(record: JobRecord) -> tuple[Any, ...]:
 
 
 def _from_row(row: Sequence[Any]) -> JobRecord:
-    (id_, queue, name, status, priority, attempt, max_attempts, reclaims, created_ms,
-     available_ms, started_ms, finished_ms, lease_ms, token, timeout_s, key, payload, result,
-     error, traceback, meta) = row
-    return JobRecord(id_, name, json.loads(payload), queue, priority, attempt, max_attempts,
-                     JobStatus(status), created_ms, available_ms, started_ms, finished_ms,
-                     None if result is None else json.loads(result), error, traceback,
-                     timeout_s, token, lease_ms, reclaims, key, json.loads(meta))
+    values = dict(zip(COLUMNS, row, strict=True))
+    for column in ("payload", "meta"):
+        values[column] = json.loads(values[column])
+    if values["result"] is not None:
+        values["result"] = json.loads(values["result"])
+    values["status"] = JobStatus(values["status"])
+    return JobRecord(**values)
 
 
 class SqliteStore:
