@@ -7,13 +7,12 @@ Accepted forms: ``None`` (memory), a queue URL (``"sqlite:///runs.db"``), a dict
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 from urllib.parse import parse_qsl, unquote, urlsplit
 
-from ._time import to_seconds
+from . import limits
 from .errors import ConfigError
 
 URL_SCHEMES = {"memory": "memory", "sync": "sync", "sqlite": "sqlite", "file": "file",
@@ -145,12 +144,12 @@ def _plain_values(section: dict[str, Any]) -> dict[str, Any]:
             values[key] = _require_str(section, key)
     for key in ("port", "db", "max_reclaims", "retention", "failed_retention"):
         if section.get(key) is not None:
-            values[key] = _require_int(section, key, minimum=0)
+            values[key] = limits.count(section[key], f"queue.{key}")
     for key, attr in (("lease", "lease_s"), ("heartbeat", "heartbeat_s"),
                       ("connect_timeout", "connect_timeout_s"), ("retention_age", "retention_age_s"),
                       ("failed_retention_age", "failed_retention_age_s")):
         if section.get(key) is not None:
-            values[attr] = _require_positive_seconds(section[key], f"queue.{key}")
+            values[attr] = limits.seconds(section[key], f"queue.{key}")
     if section.get("options") is not None:
         if not isinstance(section["options"], Mapping):
             raise ConfigError("queue.options must be a mapping of driver-specific settings")
@@ -257,18 +256,15 @@ def _parse_workers(workers: Any) -> WorkerSettings:
 def worker_settings(base: WorkerSettings, **overrides: Any) -> WorkerSettings:
     """``base`` with validated overrides (``None`` keeps the base value)."""
     values: dict[str, Any] = {}
-    if overrides.get("max_jobs") is not None:
-        values["max_jobs"] = _check_int(overrides["max_jobs"], "max_jobs", minimum=1)
-    if overrides.get("concurrency") is not None:
-        values["concurrency"] = _check_int(overrides["concurrency"], "concurrency", minimum=1)
+    for key in ("max_jobs", "concurrency", "prefetch"):
+        if overrides.get(key) is not None:
+            values[key] = limits.count(overrides[key], key)
     if overrides.get("delay") is not None:
-        values["delay_s"] = _require_positive_seconds(overrides["delay"], "delay")
+        values["delay_s"] = limits.seconds(overrides["delay"], "worker delay")
     if overrides.get("burst") is not None:
         values["burst"] = bool(overrides["burst"])
-    if overrides.get("prefetch") is not None:
-        values["prefetch"] = _check_int(overrides["prefetch"], "prefetch", minimum=0)
     if overrides.get("timeout") is not None:
-        values["timeout_s"] = _require_positive_seconds(overrides["timeout"], "timeout")
+        values["timeout_s"] = limits.seconds(overrides["timeout"], "worker timeout", kind="timeout")
     return replace(base, **values)
 
 
@@ -279,29 +275,3 @@ def _require_str(section: Mapping[str, Any], key: str) -> str:
     return value
 
 
-def _require_int(section: Mapping[str, Any], key: str, *, minimum: int) -> int:
-    return _check_int(section[key], f"queue.{key}", minimum=minimum)
-
-
-def _check_int(value: Any, name: str, *, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        if isinstance(value, str) and value.strip().lstrip("-").isdigit():
-            value = int(value)
-        else:
-            raise ConfigError(f"{name} must be an integer, got {value!r}")
-    if value < minimum:
-        raise ConfigError(f"{name} must be >= {minimum}, got {value}")
-    return int(value)
-
-
-def _require_positive_seconds(value: Any, name: str) -> float:
-    if isinstance(value, str):
-        try:
-            value = float(value)
-        except ValueError:
-            raise ConfigError(f"{name} must be a number of seconds, got {value!r}") from None
-    seconds = to_seconds(value, name=name)
-    assert seconds is not None
-    if not math.isfinite(seconds) or seconds <= 0:
-        raise ConfigError(f"{name} must be a positive number of seconds, got {value!r}")
-    return seconds

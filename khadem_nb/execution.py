@@ -11,6 +11,7 @@ import asyncio
 import contextvars
 import inspect
 import logging
+import math
 import time
 import traceback as tb_module
 from collections.abc import Awaitable, Callable
@@ -22,6 +23,7 @@ from .context import JobContext, current_job
 from .drivers.base import QueueDriver
 from .errors import JobTimeoutError, RetryJob, SerializationError
 from .job import JobRecord, QueueJob
+from .limits import DURATIONS
 from .middleware import MiddlewareChain
 from .monitor import QueueMonitor
 from .serializer import QueueJobSerializer, encode_value
@@ -185,7 +187,7 @@ class JobExecutor:
         if record.attempt >= record.max_attempts:
             return None
         if isinstance(exc, RetryJob):
-            return exc.delay if exc.delay is not None else _safe_delay(job)
+            return _bounded(exc.delay, "RetryJob(delay=...)") if exc.delay is not None else _safe_delay(job)
         if not job.should_retry:
             return None
         return _safe_delay(job)
@@ -223,10 +225,24 @@ class JobExecutor:
 
 def _safe_delay(job: QueueJob) -> float:
     try:
-        return max(0.0, float(job.get_next_retry_delay()))
+        return _bounded(job.get_next_retry_delay(), f"{type(job).__name__}.get_next_retry_delay()")
     except Exception:
         logger.exception("%s.get_next_retry_delay() raised; retrying after 1s", type(job).__name__)
         return 1.0
+
+
+def _bounded(delay: Any, source: str) -> float:
+    """A retry delay within what every driver stores (0 s to ``limits.DURATIONS["delay"]``):
+    a longer one is shortened, a negative one is 0, one that is not a number is 1 s."""
+    low, high = DURATIONS["delay"]
+    try:
+        seconds = float(delay)
+    except (TypeError, ValueError):
+        seconds = math.nan
+    if math.isnan(seconds):
+        logger.warning("%s gave %r, not a number of seconds; retrying after 1s", source, delay)
+        return 1.0
+    return min(max(low, seconds), high)
 
 
 def _describe(exc: BaseException) -> str:

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
+from . import limits
 from ._ids import new_job_id
 from ._time import now_ms, to_seconds
 from .config import QueueSettings, parse_config, worker_settings
@@ -36,6 +37,7 @@ from .worker import QueueWorker
 
 logger = logging.getLogger(__name__)
 
+MAX_ATTEMPTS = limits.COUNTS["max_attempts"][1]
 DISPATCH_CHUNK = 200  # records built at a time by dispatch_many (see bench/RESULTS.md)
 
 
@@ -142,18 +144,21 @@ class QueueManager:
                priority: int | None, max_attempts: int | None, key: str | None) -> Draft:
         """Everything about a job that can be wrong, encoded and checked; no id or time yet."""
         name, payload = self.serializer.encode_job(job)
-        delay_ms = 0 if delay is None else int((to_seconds(delay, name="delay") or 0.0) * 1000)
+        delay_ms = 0 if delay is None else int(limits.seconds(delay, "delay") * 1000)
+        # each option's usual case is checked inline; the full check names what is wrong
         attempts = job.max_attempts if max_attempts is None else max_attempts
-        if attempts < 1:
-            raise ConfigError(f"max_attempts must be >= 1, got {attempts}")
-        level = job.priority if priority is None else int(priority)
+        if attempts.__class__ is not int or not 1 <= attempts <= MAX_ATTEMPTS:
+            attempts = limits.count(attempts, "max_attempts")
+        level = job.priority if priority is None else priority
         driver = self._driver  # without one yet, the driver checks when the record is pushed
-        if driver is not None and driver.max_priority is not None:
-            driver.check_priority(level)
+        if driver is not None and (level.__class__ is not int or abs(level) > driver.max_priority):
+            level = driver.check_priority(level)
         timeout = job.timeout
-        timeout_s = None if timeout is None else to_seconds(timeout, name="timeout")
-        return Draft(name, payload, queue or job.queue or self.settings.name, level, attempts, delay_ms,
-                     timeout_s, key)
+        timeout_s = None if timeout is None else limits.seconds(timeout, "timeout")
+        queue = queue or job.queue or self.settings.name
+        if queue.__class__ is not str:
+            raise ConfigError(f"queue must be a queue name (a non-empty string), got {queue!r}")
+        return Draft(name, payload, queue, level, attempts, delay_ms, timeout_s, key)
 
     async def dispatch(self, job: QueueJob, delay: float | timedelta | None = None, *,
                        queue: str | None = None, priority: int | None = None,

@@ -42,6 +42,7 @@ if TYPE_CHECKING:
     from .registry import JobFactoryRegistry
 
 TAG = "__kn__"
+MAX_DEPTH = 100  # containers nested in one argument or result
 _PRIMITIVES = (str, int, bool, type(None))
 _PLAIN = frozenset({str, int, float, bool, type(None)})  # exact types JSON parsing gives back as is
 
@@ -59,38 +60,45 @@ Path = str | tuple[Any, Any]
 
 
 def where(path: Path) -> str:
-    """Spell out a path: ``job argument['xs'][2]``."""
+    """Spell out a path: ``job argument['xs'][2]`` (a very deep one with its middle elided)."""
     segments: list[str] = []
     while isinstance(path, tuple):
         path, segment = path
         segments.append("{}" if segment is None else f"[{segment!r}]")
-    return path + "".join(reversed(segments))
+    segments.reverse()
+    if len(segments) > 12:
+        segments = [*segments[:6], "...", *segments[-6:]]
+    return path + "".join(segments)
 
 
-def encode_value(value: Any, path: Path = "value") -> Any:
-    """Turn ``value`` into plain JSON data, tagging the extra types; ``path`` names it in errors."""
+def encode_value(value: Any, path: Path = "value", depth: int = 0) -> Any:
+    """Turn ``value`` into plain JSON data, tagging the extra types; ``path`` names it in errors.
+    Containers nest at most ``MAX_DEPTH`` levels (``depth`` counts them)."""
     if isinstance(value, _PRIMITIVES):
         return value
     if isinstance(value, float):
         return value if math.isfinite(value) else {TAG: "float", "v": repr(value)}
+    if depth >= MAX_DEPTH:
+        raise SerializationError(f"{where(path)} nests containers more than {MAX_DEPTH} levels deep, "
+                                 "the most khadem_nb stores")
     if isinstance(value, list):
-        return [encode_value(item, (path, i)) for i, item in enumerate(value)]
+        return [encode_value(item, (path, i), depth + 1) for i, item in enumerate(value)]
     if isinstance(value, dict):
-        return _encode_dict(value, path)
-    return _encode_extra(value, path)
+        return _encode_dict(value, path, depth)
+    return _encode_extra(value, path, depth)
 
 
-def _encode_dict(value: Mapping[Any, Any], path: Path) -> Any:
+def _encode_dict(value: Mapping[Any, Any], path: Path, depth: int = 0) -> Any:
     encoded = {}
     for key, item in value.items():
         if not isinstance(key, str):
             raise SerializationError(f"{where(path)} has a key {key!r} of type "
                                      f"{type(key).__name__}; JSON object keys must be str")
-        encoded[key] = encode_value(item, (path, key))
+        encoded[key] = encode_value(item, (path, key), depth + 1)
     return {TAG: "dict", "v": encoded} if TAG in encoded else encoded
 
 
-def _encode_extra(value: Any, path: Path) -> Any:  # noqa: C901 - one flat dispatch on type
+def _encode_extra(value: Any, path: Path, depth: int) -> Any:  # noqa: C901 - one flat dispatch on type
     if isinstance(value, datetime):
         return {TAG: "datetime", "v": value.isoformat()}
     if isinstance(value, date):
@@ -102,11 +110,11 @@ def _encode_extra(value: Any, path: Path) -> Any:  # noqa: C901 - one flat dispa
     if isinstance(value, UUID):
         return {TAG: "uuid", "v": str(value)}
     if isinstance(value, tuple):
-        return {TAG: "tuple", "v": [encode_value(x, (path, i)) for i, x in enumerate(value)]}
+        return {TAG: "tuple", "v": [encode_value(x, (path, i), depth + 1) for i, x in enumerate(value)]}
     if isinstance(value, bytes | bytearray):
         return {TAG: "bytes", "v": base64.b64encode(bytes(value)).decode("ascii")}
     if isinstance(value, set | frozenset):
-        items = [encode_value(x, (path, None)) for x in value]
+        items = [encode_value(x, (path, None), depth + 1) for x in value]
         return {TAG: "set", "v": sorted(items, key=repr)}
     np = _numpy()
     if np is not None:

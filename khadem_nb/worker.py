@@ -21,14 +21,17 @@ import traceback
 from collections import deque
 from collections.abc import Sequence
 
+from . import limits
 from .config import QueueSettings, WorkerSettings
 from .drivers.base import QueueDriver
+from .errors import DriverError, KhademError
 from .execution import JobExecutor, WorkerHooks
 from .job import JobRecord
 
 logger = logging.getLogger(__name__)
 
 MAX_ERROR_BACKOFF_S = 5.0
+BURST_TRIES = 5  # failed claims in a row after which a burst worker gives up
 YIELD_EVERY = 64  # jobs run between two turns given to the loop's other tasks, at least
 
 
@@ -59,6 +62,8 @@ class QueueWorker:
         self._idle: deque[asyncio.Future[JobRecord | None]] = deque()  # consumers waiting for a job
         self._errors = 0
         self._drained = False  # burst mode: a reserve found nothing due
+        #: why a burst worker gave up: its claims failed BURST_TRIES times in a row
+        self.failure: KhademError | None = None
         # Jobs claimed ahead into the buffer, so the next claim travels while this batch runs.
         self._prefetch = driver.default_prefetch(worker.concurrency) if worker.prefetch is None \
             else worker.prefetch
@@ -98,9 +103,12 @@ class QueueWorker:
             loop.call_later(self.options.timeout_s, self.request_stop)
 
     async def run(self) -> None:
-        """Start (if needed) and wait until the worker has stopped."""
+        """Start (if needed) and wait until the worker has stopped. A burst worker whose claims
+        kept failing raises why (its storage is down, damaged or read-only)."""
         self.start()
         await self._done.wait()
+        if self.failure is not None:
+            raise self.failure
 
     def pause(self) -> None:
         """Stop claiming new jobs; running ones finish."""
@@ -117,6 +125,7 @@ class QueueWorker:
 
     async def stop(self, grace: float = 10.0) -> None:
         """Stop claiming, wait up to ``grace`` seconds for running jobs, then cancel them."""
+        grace = limits.seconds(grace, "grace")
         if not self._tasks or self._done.is_set():
             self._done.set()
             return
@@ -257,6 +266,9 @@ class QueueWorker:
             records = await self.driver.reserve(self.queues, limit, self.options.delay_s)
         except Exception as exc:
             self._errors += 1
+            if self.options.burst and self._errors >= BURST_TRIES:
+                self._give_up(exc)
+                return []
             await self._report_error(exc, self._errors)
             return []
         self._count_claimed(records)
@@ -268,6 +280,13 @@ class QueueWorker:
             await self._release(records)
             return []
         return records
+
+    def _give_up(self, exc: Exception) -> None:
+        """A burst worker stops after BURST_TRIES failed claims in a row, keeping why."""
+        failure = exc if isinstance(exc, KhademError) else DriverError(f"claims keep failing: {exc!r}")
+        self.failure = failure
+        self._drained = True
+        logger.error("burst worker gives up after %d failed claims in a row: %s", self._errors, failure)
 
     def _count_claimed(self, records: Sequence[JobRecord]) -> None:
         self._errors = 0

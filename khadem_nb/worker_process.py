@@ -16,6 +16,7 @@ import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from . import limits
 from .errors import ConfigError
 from .manager import QueueManager
 
@@ -48,6 +49,7 @@ def import_job_modules(modules: Sequence[str]) -> None:
 
 async def run_worker_process(options: WorkerOptions) -> int:
     """Run until stopped; returns how many jobs this process handled."""
+    limits.seconds(options.grace_s, "--grace", kind="grace")
     import_job_modules(options.imports)
     config: dict[str, object] = {"url": options.queue_url}
     if options.lease_s is not None:

@@ -24,7 +24,7 @@ async def test_unknown_driver_names_the_valid_ones() -> None:
     ("section", "message"),
     [
         ({"drivr": "memory"}, r"unknown queue config keys \['drivr'\]"),
-        ({"workers": {"concurrency": -1}}, r"concurrency must be >= 1, got -1"),
+        ({"workers": {"concurrency": -1}}, r"concurrency must be between 1 and 10000, got -1"),
         ({"workers": {"delay": "soon"}}, r"delay must be a number of seconds, got 'soon'"),
         ({"workers": {"max_jobs": 1.5}}, r"max_jobs must be an integer"),
         ({"workers": {"speed": 1}}, r"unknown queue.workers keys \['speed'\]"),
@@ -92,9 +92,9 @@ async def test_a_relative_sqlite_url_is_stored_in_the_working_directory(
 
 async def test_start_worker_rejects_bad_arguments() -> None:
     manager = await QueueManager().init()
-    with pytest.raises(ConfigError, match="concurrency must be >= 1"):
+    with pytest.raises(ConfigError, match="concurrency must be between 1 and 10000"):
         await manager.start_worker(concurrency=0)
-    with pytest.raises(ConfigError, match="delay must be a non-negative duration"):
+    with pytest.raises(ConfigError, match=r"worker delay must be between 0\.001 and 3600 seconds, got -1"):
         await manager.start_worker(delay=-1)
     with pytest.raises(ConfigError, match="on_job_start must be callable"):
         await manager.start_worker(on_job_start="print")  # type: ignore[arg-type]
@@ -106,7 +106,7 @@ async def test_dispatch_accepts_timedelta_and_rejects_bad_delay() -> None:
     record = await manager.get_job(job_id)
     assert record.status is JobStatus.SCHEDULED
     assert record.available_ms - record.created_ms == 300_000
-    with pytest.raises(ConfigError, match="delay must be seconds"):
+    with pytest.raises(ConfigError, match="delay must be a number of seconds"):
         await manager.dispatch(Echo(1), delay="5 minutes")  # type: ignore[arg-type]
 
 

@@ -219,7 +219,7 @@ async def test_garbage_and_truncated_job_files_are_set_aside(
     assert (await manager.get_job(good)).result == "fine"
     corrupt = sorted(p.name for p in (tmp_path / "q" / "corrupt").iterdir())
     assert len(corrupt) == 2 and corrupt[0].endswith(f"{'a' * 32}.json")
-    assert "unreadable job file" in caplog.text
+    assert "is unreadable" in caplog.text and "moved to" in caplog.text
     await manager.close()
 
 

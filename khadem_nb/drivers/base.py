@@ -16,11 +16,13 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Any, ClassVar
 
+from .. import limits
 from .._ids import new_token
 from .._time import now_ms
 from ..config import QueueSettings, parse_config
 from ..errors import ConfigError
 from ..job import ACTIVE, COMPLETED, FAILED, QUEUED, SCHEDULED, JobRecord, JobStatus
+from ..limits import PRIORITY_RANGE
 
 
 class _NoResult:
@@ -98,9 +100,8 @@ class QueueDriver(ABC):
     runs_at_dispatch: ClassVar[bool] = False
     #: claims carry a lease that the worker must renew with ``heartbeat``
     uses_leases: ClassVar[bool] = False
-    #: priorities this driver can order, ``[-max_priority, max_priority]`` (``None``: any int);
-    #: checked when a job is dispatched
-    max_priority: ClassVar[int | None] = None
+    #: priorities this driver orders, ``[-max_priority, max_priority]``; checked at dispatch
+    max_priority: ClassVar[int] = PRIORITY_RANGE[1]
 
     def __init__(self, settings: QueueSettings | str | Mapping[str, Any] | None = None) -> None:
         """``settings`` takes what ``QueueManager`` takes: a queue URL, a config dict with a
@@ -108,12 +109,12 @@ class QueueDriver(ABC):
         self.settings = parse_config(settings)
         self.stale_acks = 0
 
-    def check_priority(self, priority: int) -> None:
-        """Raise ``ConfigError`` if this driver cannot order jobs of ``priority``."""
-        limit = self.max_priority
-        if limit is not None and abs(priority) > limit:
-            raise ConfigError(f"priority {priority} is outside the range of the "
-                              f"{self.settings.driver!r} driver, [-{limit}, {limit}]")
+    def check_priority(self, priority: Any) -> int:
+        """``priority`` as an int, or ``ConfigError`` if this driver cannot order it."""
+        try:
+            return limits.priority(priority, self.max_priority)
+        except ConfigError as exc:
+            raise ConfigError(f"{exc} (the {self.settings.driver!r} driver)") from None
 
     def default_prefetch(self, concurrency: int) -> int:
         """Jobs a worker claims ahead of its free consumers when not told otherwise.

@@ -23,6 +23,7 @@ import contextlib
 import fcntl
 import logging
 import os
+import re
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -46,6 +47,7 @@ from .base import (
     retention_cutoffs,
     retention_pass_interval,
 )
+from .quarantine import checked, unreadable
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -53,6 +55,10 @@ T = TypeVar("T")
 STATE_DIRS = ("tmp", "ready", "delayed", "active", "done", "failed", "corrupt")
 PRIORITY_OFFSET = 10**9  # ready files sort ascending; higher priority must come first
 ID_LEN = 32
+JOB_FILE = re.compile(r"\d{10}-\d{15}-\d{12}-[0-9a-f]{32}\.json\Z")  # ready, active, done, failed
+JOB_ID = re.compile(r"-([0-9a-f]{32})\.json\Z")
+DELAYED_FILE = re.compile(r"\d{15}-[0-9a-f]{32}\.json\Z")
+TMP_MAX_AGE_S = 600.0  # a temporary file this old was left by a writer that died
 READY_CACHE_S = 0.25
 
 
@@ -100,10 +106,17 @@ class FileStore:
             os.makedirs(self.dir(name), exist_ok=True)
         if not os.access(self.root, os.W_OK):
             raise DriverError(f"queue folder {self.root!r} is not writable")
-        with self.locked():
-            for leftover in os.listdir(self.dir("tmp")):  # a writer died before its replace
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(self.dir("tmp", leftover))
+        self._remove_stale_temporaries()
+
+    def _remove_stale_temporaries(self) -> None:
+        """Remove what writers that died left in ``tmp/``: a file whose writer (the process id
+        its name starts with) no longer runs, or one older than TMP_MAX_AGE_S. A process opening
+        the queue never removes a file that another process is still writing."""
+        cutoff = time.time() - TMP_MAX_AGE_S
+        for entry in self._entries("tmp"):
+            with contextlib.suppress(FileNotFoundError):
+                if not _writer_runs(entry.name) or entry.stat(follow_symlinks=False).st_mtime < cutoff:
+                    os.unlink(entry.path)
 
     @contextlib.contextmanager
     def locked(self) -> Iterator[None]:
@@ -140,19 +153,46 @@ class FileStore:
         except FileNotFoundError:
             return None
         try:
-            return JobRecord.from_wire(data)
+            return checked(JobRecord.from_wire(data))
         except SerializationError as exc:
-            target = self.dir("corrupt", f"{int(time.time() * 1000)}-{os.path.basename(path)}")
-            with contextlib.suppress(FileNotFoundError):
-                os.replace(path, target)
-                logger.warning("unreadable job file %s moved to %s: %s", path, target, exc)
+            self._set_aside(path, f"unreadable ({exc})")
             return None
 
     def listdir(self, *parts: str) -> list[str]:
+        """The job files of a state folder (``ready/<queue>``, ``active``, ...), sorted. Anything
+        else found there (a stray file, a folder) is moved to ``corrupt/`` with a warning, so
+        nobody trips over it again."""
+        pattern = DELAYED_FILE if parts[0] == "delayed" else JOB_FILE
+        names = []
+        for entry in self._entries(*parts):
+            if entry.is_file(follow_symlinks=False) and pattern.match(entry.name):
+                names.append(entry.name)
+            else:
+                self._set_aside(entry.path, f"not a job file of {'/'.join(parts)}/")
+        return sorted(names)
+
+    def queue_dirs(self, folder: str) -> list[str]:
+        """The queue folders under ``ready/`` or ``delayed/``; anything else is set aside."""
+        names = []
+        for entry in self._entries(folder):
+            if entry.is_dir(follow_symlinks=False):
+                names.append(entry.name)
+            else:
+                self._set_aside(entry.path, f"not a queue folder of {folder}/")
+        return sorted(names)
+
+    def _entries(self, *parts: str) -> list[os.DirEntry[str]]:
         try:
-            return sorted(os.listdir(self.dir(*parts)))
+            with os.scandir(self.dir(*parts)) as entries:
+                return list(entries)
         except FileNotFoundError:
             return []
+
+    def _set_aside(self, path: str, reason: str) -> None:
+        target = self.dir("corrupt", f"{int(time.time() * 1000)}-{os.path.basename(path)}")
+        with contextlib.suppress(FileNotFoundError):
+            os.replace(path, target)
+            logger.warning("%s is %s: moved to %s", path, reason, target)
 
     # -- operations --------------------------------------------------------------------------
     def insert(self, records: Sequence[JobRecord]) -> None:
@@ -337,7 +377,7 @@ class FileStore:
 
     def paths(self) -> Iterator[str]:
         for folder in ("ready", "delayed"):
-            for queue in self.listdir(folder):
+            for queue in self.queue_dirs(folder):
                 for name in self.listdir(folder, queue):
                     yield self.dir(folder, queue, name)
         for folder in ("active", "done", "failed"):
@@ -351,13 +391,26 @@ class FileStore:
                 record = self.read(path)
                 if record is not None:
                     return record
-        return None
+        return next((r for r in self.set_aside() if r.id == job_id), None)
 
     def all_records(self) -> Iterator[JobRecord]:
         for path in self.paths():
             record = self.read(path)
             if record is not None:
                 yield record
+        yield from self.set_aside()
+
+    def set_aside(self) -> Iterator[JobRecord]:
+        """The job files moved to ``corrupt/``, as failed records that say so (what was set
+        aside without a job id in its name was never a job, and is not listed)."""
+        for entry in sorted(self._entries("corrupt"), key=lambda e: e.name):
+            found = JOB_ID.search(entry.name)
+            if found is None:
+                continue
+            record = unreadable(found.group(1), "default", f"the file was set aside as corrupt/{entry.name}")
+            with contextlib.suppress(FileNotFoundError):
+                record.created_ms = record.finished_ms = int(entry.stat().st_mtime * 1000)
+            yield record
 
     def requeue(self, job_ids: Sequence[str]) -> int:
         wanted = set(job_ids)
@@ -387,6 +440,20 @@ class FileStore:
                             os.unlink(os.path.join(dirpath, name))
 
 
+def _writer_runs(tmp_name: str) -> bool:
+    """Whether the process that is writing ``tmp/<pid>-...`` still runs on this machine."""
+    pid_text = tmp_name.split("-", 1)[0]
+    if not pid_text.isdigit():
+        return False
+    try:
+        os.kill(int(pid_text), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # it runs, as another user
+        return True
+    return True
+
+
 def _mtime_ms(path: str) -> int:
     try:
         return int(os.stat(path).st_mtime * 1000)
@@ -405,9 +472,9 @@ def _fsync_dir(path: str) -> None:
 class FileDriver(QueueDriver):
     """Durable, multi-process, at-least-once queue in a folder of JSON files."""
 
-    durable: ClassVar[bool] = True
-    shared: ClassVar[bool] = True
     uses_leases: ClassVar[bool] = True
+    #: ready files sort by ``PRIORITY_OFFSET - priority`` in ten digits
+    max_priority: ClassVar[int] = PRIORITY_OFFSET - 1
 
     def __init__(self, settings: QueueSettings | str | Mapping[str, Any] | None = None) -> None:
         super().__init__(settings)
@@ -418,9 +485,17 @@ class FileDriver(QueueDriver):
         self._waits = PollingWaits()
 
     async def _call(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run a ``FileStore`` call on this driver's I/O thread; a filesystem fault becomes an
+        error of the tree that names the queue folder."""
         if self._thread is None:
             self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="khadem-file")
-        return await asyncio.get_running_loop().run_in_executor(self._thread, fn, *args)
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._thread, fn, *args)
+        except PermissionError as exc:
+            raise DriverError(f"the file queue {self.root!r} cannot be written ({exc}); check the "
+                              "folder's permissions") from exc
+        except OSError as exc:
+            raise DriverError(f"the file queue {self.root!r} failed: {exc}") from exc
 
     async def open(self) -> None:
         await self._call(self.store.open)

@@ -20,6 +20,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import json
 import logging
@@ -33,7 +34,7 @@ from typing import Any, ClassVar, Concatenate, ParamSpec, TypeVar
 from .._ids import new_token
 from .._time import now_ms
 from ..config import QueueSettings
-from ..errors import ConfigError, CorruptQueueError, DriverError
+from ..errors import ConfigError, CorruptQueueError, DriverError, DriverUnavailableError
 from ..job import TERMINAL_STATUSES, JobRecord, JobStatus
 from ..serializer import dumps
 from ._fs import check_parent_writable, is_network_filesystem, local_path
@@ -48,6 +49,7 @@ from .base import (
     retention_cutoffs,
     retention_pass_interval,
 )
+from .quarantine import checked
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -105,10 +107,13 @@ UPDATE khadem_jobs
                 ORDER BY priority DESC, seq LIMIT :limit)
 RETURNING seq, {", ".join(COLUMNS)}
 """
-SETTLE = """
+# a row's meta, or an empty object where it is damaged (a patch of damaged JSON fails)
+SOUND_META = "CASE WHEN json_valid(meta) THEN meta ELSE '{}' END"
+SETTLE = f"""
 UPDATE khadem_jobs
    SET status = ?, attempt = ?, available_ms = ?, started_ms = ?, finished_ms = ?,
-       lease_ms = NULL, token = NULL, result = ?, error = ?, traceback = ?, meta = json_patch(meta, ?)
+       lease_ms = NULL, token = NULL, result = ?, error = ?, traceback = ?,
+       meta = json_patch({SOUND_META}, ?)
  WHERE id = ? AND token = ? AND status = 'active'
 """
 
@@ -122,14 +127,47 @@ def _to_row(record: JobRecord) -> tuple[Any, ...]:
             record.traceback, dumps(record.meta))
 
 
+def storage_error(path: str, exc: sqlite3.Error) -> DriverError:
+    """The error of the tree for a fault of the SQLite file at ``path``."""
+    text = str(exc)
+    if isinstance(exc, sqlite3.DatabaseError) and any(
+            word in text for word in ("malformed", "not a database", "corrupt")):
+        return CorruptQueueError(f"the SQLite queue {path!r} is damaged ({text}); restore it from a "
+                                 "copy, or move it aside to start a new queue")
+    if "readonly" in text or "read-only" in text:
+        return DriverError(f"the SQLite queue {path!r} cannot be written ({text}); check the file's "
+                           "and its folder's permissions")
+    if "locked" in text or "busy" in text:
+        return DriverUnavailableError(f"the SQLite queue {path!r} stayed locked by another process "
+                                      f"({text})")
+    return DriverError(f"the SQLite queue {path!r} failed: {text}")
+
+
+def _readable_status(text: Any) -> JobStatus:
+    """A stored status; one no version writes counts as failed (its row reads as failed)."""
+    try:
+        return JobStatus(text)
+    except ValueError:
+        return JobStatus.FAILED
+
+
 def _from_row(row: Sequence[Any]) -> JobRecord:
+    """A row as a record; a damaged row is quarantined (see ``quarantine``), never an error."""
     values = dict(zip(COLUMNS, row, strict=True))
-    for column in ("payload", "meta"):
-        values[column] = json.loads(values[column])
-    if values["result"] is not None:
-        values["result"] = json.loads(values["result"])
-    values["status"] = JobStatus(values["status"])
-    return JobRecord(**values)
+    problems = []
+    for column, empty in (("payload", None), ("result", None), ("meta", {})):
+        text = values[column]
+        if text is None and column != "payload":
+            values[column] = empty
+            continue
+        try:
+            values[column] = json.loads(text)
+        except (TypeError, ValueError, RecursionError) as exc:
+            problems.append(f"{column} is not JSON ({exc})")
+            values[column] = empty
+    with contextlib.suppress(ValueError):  # else left as the text it is: quarantine names it
+        values["status"] = JobStatus(values["status"])
+    return checked(JobRecord(**values), problems)
 
 
 class SqliteStore:
@@ -161,7 +199,7 @@ class SqliteStore:
             conn.execute("PRAGMA synchronous = NORMAL" if self.journal_mode == "wal"
                          else "PRAGMA synchronous = FULL")
         except sqlite3.DatabaseError as exc:
-            raise CorruptQueueError(f"{self.path!r} is not a usable SQLite queue database: {exc}") from exc
+            raise storage_error(self.path, exc) from exc
         self.conn = conn
 
     def _set_journal(self, conn: sqlite3.Connection) -> str:
@@ -276,7 +314,7 @@ class SqliteStore:
         return self.write(run)
 
     def update_meta(self, job_id: str, token: str | None, meta: dict[str, Any]) -> bool:
-        sql = ("UPDATE khadem_jobs SET meta = json_patch(meta, ?) "
+        sql = (f"UPDATE khadem_jobs SET meta = json_patch({SOUND_META}, ?) "
                "WHERE id = ? AND token = ? AND status = 'active'")
         return bool(self.write(lambda conn: conn.execute(sql, (dumps(meta), job_id, token)).rowcount))
 
@@ -300,7 +338,7 @@ class SqliteStore:
         found = dict(self._rows_where_in("SELECT id, status FROM khadem_jobs", "id", job_ids))
         return [None if (s := found.get(i)) is None else JobStatus(s) for i in job_ids]
 
-    def list(self, status: JobStatus | None, queue: str | None, limit: int | None) -> list[JobRecord]:
+    def jobs(self, status: JobStatus | None, queue: str | None, limit: int | None) -> list[JobRecord]:
         where, params = _filters(status, queue)
         order = "ORDER BY seq DESC LIMIT ?" if limit else "ORDER BY seq"
         sql = f"{SELECT} {where} {order}"
@@ -318,13 +356,14 @@ class SqliteStore:
                f"COUNT(*) FROM khadem_jobs {where} GROUP BY 1")
         counts = empty_counts()
         for status, n in self._db().execute(sql, (now, *params)).fetchall():
-            counts[JobStatus(status)] = n
+            counts[_readable_status(status)] += n
         return counts
 
     def requeue(self, job_ids: Sequence[str]) -> int:
         now = now_ms()
         sql = ("UPDATE khadem_jobs SET status = 'queued', attempt = 0, reclaims = 0, available_ms = ?,"
-               " started_ms = NULL, finished_ms = NULL WHERE id = ? AND status = 'failed'")
+               " started_ms = NULL, finished_ms = NULL, error = NULL WHERE id = ? AND status NOT IN"
+               " ('queued', 'scheduled', 'active', 'completed')")  # failed, or a status shown as failed
 
         def run(conn: sqlite3.Connection) -> int:
             return sum(conn.execute(sql, (now, job_id)).rowcount for job_id in job_ids)
@@ -344,6 +383,8 @@ def _filters(status: JobStatus | None, queue: str | None) -> tuple[str, tuple[An
     params: list[Any] = []
     if status in (JobStatus.QUEUED, JobStatus.SCHEDULED):
         clauses.append("status IN ('queued', 'scheduled')")
+    elif status is JobStatus.FAILED:  # a status no version writes reads as failed
+        clauses.append("status NOT IN ('queued', 'scheduled', 'active', 'completed')")
     elif status is not None:
         clauses.append("status = ?")
         params.append(status.value)
@@ -355,14 +396,12 @@ def _filters(status: JobStatus | None, queue: str | None) -> tuple[str, tuple[An
 
 IN_CHUNK = 500  # ids per "IN (...)" query, well under SQLite's bound-variable limit
 IO_MODES = ("auto", "thread", "inline")
-THREAD_ONLY = frozenset({"list", "counts", "find_by_keys", "purge", "requeue", "get_many", "statuses"})
+THREAD_ONLY = frozenset({"jobs", "counts", "find_by_keys", "purge", "requeue", "get_many", "statuses"})
 
 
 class SqliteDriver(QueueDriver):
     """Durable, multi-process, at-least-once queue in one SQLite file."""
 
-    durable: ClassVar[bool] = True
-    shared: ClassVar[bool] = True
     uses_leases: ClassVar[bool] = True
 
     def __init__(self, settings: QueueSettings | str | Mapping[str, Any] | None = None) -> None:
@@ -384,7 +423,15 @@ class SqliteDriver(QueueDriver):
 
     async def _call(self, method: Callable[Concatenate[SqliteStore, P], T], *args: P.args,
                     **kwargs: P.kwargs) -> T:
-        """Run a ``SqliteStore`` method per ``options.io`` (see the module docstring)."""
+        """Run a ``SqliteStore`` method per ``options.io`` (see the module docstring); a
+        storage fault becomes an error of the tree that names the file."""
+        try:
+            return await self._run(method, *args, **kwargs)
+        except sqlite3.Error as exc:
+            raise storage_error(self.path, exc) from exc
+
+    async def _run(self, method: Callable[Concatenate[SqliteStore, P], T], *args: P.args,
+                   **kwargs: P.kwargs) -> T:
         if self.io == "inline":
             return method(self.store, *args, **kwargs)
         if self.io == "auto" and method.__name__ not in THREAD_ONLY:
@@ -445,7 +492,7 @@ class SqliteDriver(QueueDriver):
 
     async def jobs(self, status: JobStatus | None = None, queue: str | None = None,
                    limit: int | None = None) -> list[JobRecord]:
-        return await self._call(SqliteStore.list, status, queue, limit)
+        return await self._call(SqliteStore.jobs, status, queue, limit)
 
     async def counts(self, queue: str | None = None) -> dict[JobStatus, int]:
         return await self._call(SqliteStore.counts, queue)

@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterable, Mapping
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from .. import limits
 from ..errors import ConfigError, SerializationError
 from ..job import QueueJob
 from ..registry import job_factories
@@ -71,21 +72,17 @@ class JobFunction:
     def __init__(self, queue: Queue, fn: Callable[..., Any], *, name: str | None = None,
                  max_attempts: int = 1, retry_delay: float | timedelta = 1.0, priority: int = 0,
                  timeout: float | timedelta | None = None, retry_jitter: bool = False) -> None:
-        from .._time import to_seconds
-
         if not callable(fn):
             raise ConfigError(f"@q.job needs a function, got {fn!r}")
-        if isinstance(max_attempts, bool) or not isinstance(max_attempts, int) or max_attempts < 1:
-            raise ConfigError(f"max_attempts must be an integer >= 1, got {max_attempts!r}")
         self.queue = queue
         self.fn = fn
         self.name = name or f"{fn.__module__}.{fn.__qualname__}"
         self.signature = inspect.signature(fn)
         self.is_async = inspect.iscoroutinefunction(fn)
-        self.max_attempts = max_attempts
-        self.retry_delay = to_seconds(retry_delay, name="retry_delay") or 0.0
-        self.priority = int(priority)
-        self.timeout = to_seconds(timeout, name="timeout")
+        self.max_attempts = limits.count(max_attempts, "max_attempts")
+        self.retry_delay = limits.seconds(retry_delay, "retry_delay")
+        self.priority = limits.priority(priority, limits.PRIORITY_RANGE[1])
+        self.timeout = None if timeout is None else limits.seconds(timeout, "timeout")
         self.retry_jitter = retry_jitter
         self.__doc__ = fn.__doc__
         self.__wrapped__ = fn

@@ -29,7 +29,7 @@ class JobHandle:
 
     def record(self) -> JobRecord:
         """The stored record, fetched now."""
-        return self.queue._run(self.queue._get(self.id))
+        return self.queue.run(self.queue.manager.get_job(self.id))
 
     @property
     def status(self) -> str:
@@ -40,11 +40,11 @@ class JobHandle:
 
     def result(self, timeout: float | None = None) -> Any:
         """Block until the job ends; return its result or raise ``JobFailedError``."""
-        records = self.queue._run(self.queue.manager.wait([self.id], timeout))
+        records = self.queue.run(self.queue.manager.wait([self.id], timeout))
         return outcome(records[0])
 
     async def aresult(self, timeout: float | None = None) -> Any:
-        records = await self.queue._run_async(self.queue.manager.wait([self.id], timeout))
+        records = await self.queue.run_async(self.queue.manager.wait([self.id], timeout))
         return outcome(records[0])
 
     def __await__(self) -> Generator[Any, None, Any]:
@@ -84,12 +84,12 @@ class JobGroup:
         return [h.id for h in self.handles]
 
     def records(self) -> list[JobRecord]:
-        return self.queue._run(self.queue.manager.get_jobs(self.ids))
+        return self.queue.run(self.queue.manager.get_jobs(self.ids))
 
     def statuses(self) -> list[JobStatus | None]:
         """Each job's status, read in one call; ``None`` for a job that finished and was then
         dropped by retention (a sweep larger than ``queue.retention``)."""
-        return self.queue._run(self.queue.manager.statuses(self.ids))
+        return self.queue.run(self.queue.manager.statuses(self.ids))
 
     def counts(self) -> dict[str, int]:
         """Jobs per status; a ``dropped`` entry counts those gone to retention, if any."""
@@ -104,11 +104,11 @@ class JobGroup:
 
     def wait(self, timeout: float | None = None) -> JobGroup:
         """Block until every job has ended (completed or failed); failures do not raise."""
-        self.queue._run(self.queue.manager.wait_done(self.ids, timeout))
+        self.queue.run(self.queue.manager.wait_done(self.ids, timeout))
         return self
 
     async def await_all(self, timeout: float | None = None) -> JobGroup:
-        await self.queue._run_async(self.queue.manager.wait_done(self.ids, timeout))
+        await self.queue.run_async(self.queue.manager.wait_done(self.ids, timeout))
         return self
 
     def __await__(self) -> Generator[Any, None, JobGroup]:
@@ -123,7 +123,7 @@ class JobGroup:
     def retry_failed(self) -> int:
         """Requeue this group's failed jobs with a fresh attempt budget."""
         failed = [r.id for r in self.records() if r.status is JobStatus.FAILED]
-        return self.queue._run(self.queue.manager.retry_failed(failed)) if failed else 0
+        return self.queue.run(self.queue.manager.retry_failed(failed)) if failed else 0
 
     def __repr__(self) -> str:
         counts = self.counts()

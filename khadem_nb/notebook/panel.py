@@ -131,7 +131,7 @@ class QueuePanel(w.VBox):  # type: ignore[misc]
                          w.HBox(list(self.buttons.values()), layout=row)]
         self.add_class("khadem-panel")
         self._refresher: concurrent.futures.Future[None] | asyncio.Task[None] | None = \
-            queue._runner.submit(self._refresh_forever())
+            queue.run_soon(self._refresh_forever())
 
     # -- display ---------------------------------------------------------------------------------
     def __repr__(self) -> str:
@@ -152,12 +152,11 @@ class QueuePanel(w.VBox):  # type: ignore[misc]
         elif action == "stop":
             queue.stop_soon()
         elif action == "retry_failed":
-            queue._runner.submit(queue.manager.retry_failed())
+            queue.run_soon(queue.manager.retry_failed())
         self._last = None  # redraw at the next tick
 
     # -- refreshing ------------------------------------------------------------------------------
     async def _refresh_forever(self) -> None:
-        await self.queue._open()
         while True:
             try:
                 self.apply(await self.snapshot())
@@ -227,12 +226,11 @@ class QueuePanel(w.VBox):  # type: ignore[misc]
             if isinstance(task, asyncio.Task):
                 task.cancel()
             else:
-                self.queue._runner.loop.call_soon_threadsafe(task.cancel)
+                self.queue.call_soon(task.cancel)
         for child in [*self.children, *self.buttons.values()]:
             child.close()
         super().close()
-        if self in self.queue._panels:
-            self.queue._panels.remove(self)
+        self.queue.forget_panel(self)
 
 
 def _set(widget: Any, name: str, value: Any) -> None:

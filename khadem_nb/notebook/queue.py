@@ -10,11 +10,12 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable, Coroutine, Sequence
+from concurrent.futures import Future
 from dataclasses import replace
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, TypeVar, overload
 
-from .._time import to_seconds
+from .. import limits
 from ..config import QueueSettings, parse_config
 from ..errors import ConfigError
 from ..job import JobRecord, JobStatus
@@ -59,18 +60,30 @@ class Queue:
         self._captured = False
         self._panels: list[QueuePanel] = []
 
-    # -- loop plumbing -----------------------------------------------------------------------
-    def _run(self, coro: Coroutine[Any, Any, T]) -> T:
+    # -- running the manager's coroutines: what handles and panels use ------------------------
+    def run(self, coro: Coroutine[Any, Any, T]) -> T:
+        """Run ``coro`` (a call on :attr:`manager`) on this queue's loop and return its value:
+        from a cell, a plain script or another thread (see ``_loop``)."""
         return self._runner.run(self._opening(coro))
 
-    async def _run_async(self, coro: Coroutine[Any, Any, T]) -> T:
+    async def run_async(self, coro: Coroutine[Any, Any, T]) -> T:
+        """Await ``coro`` on this queue's loop, from any loop."""
         return await self._runner.run_async(self._opening(coro))
 
+    def run_soon(self, coro: Coroutine[Any, Any, T]) -> Future[T] | asyncio.Task[T]:
+        """Start ``coro`` on this queue's loop without waiting for it (button callbacks)."""
+        return self._runner.submit(self._opening(coro))
+
+    def call_soon(self, callback: Callable[[], object]) -> None:
+        """Call ``callback`` on this queue's loop, from any thread."""
+        self._runner.loop.call_soon_threadsafe(callback)
+
     async def _opening(self, coro: Coroutine[Any, Any, T]) -> T:
-        await self._open()
+        await self.opened()
         return await coro
 
-    async def _open(self) -> None:
+    async def opened(self) -> None:
+        """Initialise the manager (connect the driver) if that has not happened yet."""
         if self._opened:
             return
         await self.manager.init()
@@ -106,7 +119,7 @@ class Queue:
         records = [self._build_record(spec, params, priority, delay, max_attempts) for params in points]
         handles = [JobHandle(self, r.id, spec.name, params, r.key)
                    for r, params in zip(records, points, strict=True)]
-        ids = self._run(self._store(records, resumable))
+        ids = self.run(self._store(records, resumable))
         for handle, job_id in zip(handles, ids, strict=True):
             handle.id = job_id
         return JobGroup(self, handles)
@@ -146,16 +159,13 @@ class Queue:
         return ids
 
     # -- waiting -------------------------------------------------------------------------------
-    async def _get(self, job_id: str) -> JobRecord:
-        return await self.manager.get_job(job_id)
-
     def join(self, timeout: float | None = None) -> Coroutine[Any, Any, None]:
         """``await q.join()``: wait until nothing is queued, scheduled or running."""
-        return self._run_async(self.manager.wait_idle(self.settings.name, timeout))
+        return self.run_async(self.manager.wait_idle(self.settings.name, timeout))
 
     def wait(self, timeout: float | None = None) -> None:
         """Blocking form of :meth:`join`."""
-        self._run(self.manager.wait_idle(self.settings.name, timeout))
+        self.run(self.manager.wait_idle(self.settings.name, timeout))
 
     # -- workers ---------------------------------------------------------------------------------
     def start(self, concurrency: int = 4, *, queues: Sequence[str] | None = None,
@@ -176,7 +186,7 @@ class Queue:
         if not self._captured:
             capture.install()
             self._captured = True
-        self._worker = self._run(self._start(concurrency, queues, prefetch))
+        self._worker = self.run(self._start(concurrency, queues, prefetch))
         return self._worker
 
     async def _start(self, concurrency: int, queues: Sequence[str] | None,
@@ -198,11 +208,11 @@ class Queue:
     def pause(self) -> None:
         """Stop claiming new jobs; running jobs finish."""
         if self._worker is not None:
-            self._runner.loop.call_soon_threadsafe(self._worker.pause)
+            self.call_soon(self._worker.pause)
 
     def resume(self) -> None:
         if self._worker is not None:
-            self._runner.loop.call_soon_threadsafe(self._worker.resume)
+            self.call_soon(self._worker.resume)
 
     @property
     def paused(self) -> bool:
@@ -210,15 +220,15 @@ class Queue:
 
     def stop(self, grace: float | timedelta = 10.0) -> None:
         """Stop the in-process workers; jobs still running after ``grace`` go back to the queue."""
-        stopping = self._detach_worker(to_seconds(grace, name="grace") or 0.0)
+        stopping = self._detach_worker(limits.seconds(grace, "grace"))
         if stopping is not None:
-            self._run(stopping)
+            self.run(stopping)
 
     def stop_soon(self, grace: float = 10.0) -> None:
         """Like :meth:`stop` without waiting (for callbacks such as the panel's Stop button)."""
-        stopping = self._detach_worker(grace)
+        stopping = self._detach_worker(limits.seconds(grace, "grace"))
         if stopping is not None:
-            self._runner.submit(stopping)
+            self.run_soon(stopping)
 
     def _detach_worker(self, grace: float) -> Coroutine[Any, Any, None] | None:
         worker, self._worker = self._worker, None
@@ -231,11 +241,11 @@ class Queue:
 
     def retry_failed(self) -> int:
         """Requeue every failed job of this queue with a fresh attempt budget."""
-        return self._run(self.manager.retry_failed())
+        return self.run(self.manager.retry_failed())
 
     def clear(self) -> None:
         """Delete every record of this queue's storage (queued, running, finished, failed)."""
-        self._run(self.manager.purge())
+        self.run(self.manager.purge())
 
     def close(self) -> None:
         """Stop workers and panels and release the driver."""
@@ -243,7 +253,7 @@ class Queue:
             panel.close()
         self.stop()
         if self._opened:
-            self._run(self.manager.close())
+            self.run(self.manager.close())
             self._opened = False
         self._runner.close()
 
@@ -256,16 +266,16 @@ class Queue:
         parsed = None if status is None else JobStatus.parse(status)
         if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
             raise ConfigError(f"limit must be a positive integer, got {limit!r}")
-        return jobs_frame(self._run(self.manager.jobs(parsed, queue=self.settings.name, limit=limit)))
+        return jobs_frame(self.run(self.manager.jobs(parsed, queue=self.settings.name, limit=limit)))
 
     def metrics(self) -> pd.DataFrame:
         """One row per job name plus a total: counts by status, retries, rates, durations (ms)."""
         from .frames import metrics_frame
 
-        return metrics_frame(self._run(self.manager.jobs(queue=self.settings.name)))
+        return metrics_frame(self.run(self.manager.jobs(queue=self.settings.name)))
 
     def counts(self) -> dict[str, int]:
-        return self._run(self.manager.counts(self.settings.name))
+        return self.run(self.manager.counts(self.settings.name))
 
     def panel(self, refresh: float = 0.5) -> QueuePanel:
         """A live ipywidgets panel: counts, progress, throughput, running jobs, failures, buttons."""
@@ -274,6 +284,11 @@ class Queue:
         panel = QueuePanel(self, refresh_s=refresh)
         self._panels.append(panel)
         return panel
+
+    def forget_panel(self, panel: QueuePanel) -> None:
+        """A panel closed: stop telling it about the workers here."""
+        if panel in self._panels:
+            self._panels.remove(panel)
 
     def __repr__(self) -> str:
         state = "running" if self.running else "stopped"

@@ -25,7 +25,7 @@ from importlib import resources
 from typing import Any, TypeVar
 
 from ...config import QueueSettings
-from ...errors import DriverError, DriverUnavailableError
+from ...errors import CorruptQueueError, DriverError, DriverUnavailableError
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -146,12 +146,15 @@ class RedisConnection:
     async def call(self, make: Callable[[], Awaitable[T]]) -> T:
         """Run one command; a lost connection becomes DriverUnavailableError naming the server."""
         from redis.exceptions import ConnectionError as RedisConnectionError
+        from redis.exceptions import ResponseError
         from redis.exceptions import TimeoutError as RedisTimeoutError
 
         if self.client is None:
             raise DriverError(f"the Redis queue at {self.url} is closed")
         try:
             value = await make()
+        except ResponseError as exc:
+            raise refusal(self.url, exc) from None
         except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
             if not self._outage:
                 logger.error("lost Redis at %s: %s", self.url, exc)
@@ -255,6 +258,19 @@ class RedisConnection:
             raise
         finally:
             await pool.release(conn)
+
+
+#: what Redis says when a key holds a value a command cannot work on
+DAMAGE_SIGNS = ("WRONGTYPE", "not an integer", "not a valid float", "out of range")
+
+
+def refusal(url: str, exc: Exception) -> DriverError:
+    """The error of the tree for a command Redis refused: ``CorruptQueueError`` when a key
+    holds the wrong kind of value (the driver then names the key), else ``DriverError``."""
+    text = str(exc)
+    if any(sign in text for sign in DAMAGE_SIGNS):
+        return CorruptQueueError(f"Redis at {url} holds a damaged queue key ({text})")
+    return DriverError(f"Redis at {url} refused a command: {text}")
 
 
 def _closed_by_server(conn: Any) -> bool:

@@ -22,13 +22,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from typing import Any, ClassVar
+import logging
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
+from typing import Any, ClassVar, TypeVar
 
 from ..._ids import new_token
 from ..._time import now_ms
 from ...config import QueueSettings
-from ...errors import ConfigError, DriverError
+from ...errors import ConfigError, CorruptQueueError, DriverError
 from ...job import JobRecord, JobStatus
 from ...serializer import dumps
 from .._records import due_view
@@ -36,9 +37,12 @@ from ..base import LEASE_LOST_ERROR, QueueDriver, Settlement, SettleNotice, empt
 from . import wire
 from .connection import Outgoing, RedisConnection
 from .directory import QueueDirectory
-from .keys import COLUMNS, KEY_INDEX, STATUS_SETS, queue_keys
+from .keys import COLUMNS, KEY_INDEX, KEY_NAMES, KEY_TYPES, STATUS_SETS, queue_keys
 from .notices import SETTLED_STATES, SettleListener
 from .settles import SettleBatcher
+
+logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 FETCH_CHUNK = 2000  # records read per script call
 MAX_PRIORITY = 4000  # ready scores are -priority * 1e12 + seq: exact in a double up to this
@@ -50,7 +54,7 @@ class RedisDriver(QueueDriver):
     """At-least-once queue on Redis (standalone or Cluster)."""
 
     uses_leases: ClassVar[bool] = True
-    max_priority: ClassVar[int | None] = MAX_PRIORITY
+    max_priority: ClassVar[int] = MAX_PRIORITY
 
     def __init__(self, settings: QueueSettings | str | Mapping[str, Any] | None = None) -> None:
         super().__init__(settings)
@@ -124,7 +128,41 @@ class RedisDriver(QueueDriver):
         return self._encoded_keys[queue]
 
     async def _run(self, script: str, queue: str, args: Sequence[Any]) -> Any:
-        return await self.connection.run_script(script, queue, self._script_keys(queue), args)
+        return await self._on(queue, lambda: self.connection.run_script(
+            script, queue, self._script_keys(queue), args))
+
+    async def _on(self, queues: str | Sequence[str], make: Callable[[], Awaitable[T]]) -> T:
+        """Run a call on the keys of ``queues``; a damaged key is named in the error."""
+        try:
+            return await self.connection.call(make)
+        except CorruptQueueError as exc:
+            names = [queues] if isinstance(queues, str) else list(queues)
+            damage = [found for queue in names if (found := await self._damage(queue))]
+            raise CorruptQueueError(f"{exc}: {'; '.join(damage) or 'no key looks damaged now'}") from None
+
+    async def _damage(self, queue: str) -> str:
+        """Which keys of ``queue`` hold the wrong kind of value, said so the user can repair
+        or delete them (``""`` if none does)."""
+        keys = self.keys(queue)
+
+        async def types() -> Any:
+            pipe = self.client.pipeline(transaction=False)
+            for key in keys:
+                pipe.type(key)
+            pipe.get(keys[KEY_INDEX["seq"]])
+            return await pipe.execute()
+
+        try:
+            *found, seq = await self.connection.call(types)
+        except DriverError as exc:
+            return f"its keys could not be checked ({exc})"
+        kinds = wire.text(found)
+        wrong = [f"{key} is a {kind}, not a {KEY_TYPES[name]}"
+                 for name, key, kind in zip(KEY_NAMES, keys, kinds, strict=True)
+                 if kind not in ("none", KEY_TYPES[name])]
+        if seq is not None and not seq.lstrip(b"-").isdigit():
+            wrong.append(f"{keys[KEY_INDEX['seq']]} holds {seq[:40]!r}, not a number")
+        return "; ".join(wrong) + " (repair or delete these keys)" if wrong else ""
 
     # -- producing -----------------------------------------------------------------------------
     async def push(self, records: Sequence[JobRecord]) -> None:
@@ -262,7 +300,7 @@ class RedisDriver(QueueDriver):
         if self._next_due_at is not None:
             wait = min(wait, self._next_due_at - loop_time())
         wait = max(0.01, wait)
-        popped = await self.connection.call(lambda: self.client.blpop([handoff, keys[KEY_INDEX["notify"]]],
+        popped = await self._on(queues[0], lambda: self.client.blpop([handoff, keys[KEY_INDEX["notify"]]],
                                                             timeout=wait))
         if popped is None or popped[0].decode() != handoff:
             return []
@@ -320,8 +358,14 @@ class RedisDriver(QueueDriver):
         return [SETTLED_STATES[w.decode()] if w else None for w in found]
 
     async def _registered_queues(self) -> list[str]:
-        """The queue names every driver under this prefix has dispatched to."""
-        return wire.text(await self.connection.call(lambda: self.client.smembers(self.queues.key)))
+        """The queue names every driver under this prefix has dispatched to; none (with a
+        warning) while the registry key holds the wrong kind of value."""
+        try:
+            return wire.text(await self.connection.call(lambda: self.client.smembers(self.queues.key)))
+        except CorruptQueueError as exc:
+            logger.warning("the queue registry %s is damaged (%s): only the queues this process "
+                           "used are searched; delete the key to repair it", self.queues.key, exc)
+            return []
 
     async def _all_queues(self) -> list[str]:
         return await self.queues.everywhere(self._registered_queues)
@@ -340,10 +384,10 @@ class RedisDriver(QueueDriver):
         keys = self.keys(queue)
         key = keys[KEY_INDEX["all" if status is None else STATUS_SETS[status]]]
         if status in (JobStatus.QUEUED, JobStatus.SCHEDULED):
-            ids = await self.connection.call(lambda: self.client.zrange(key, 0, -1))
+            ids = await self._on(queue, lambda: self.client.zrange(key, 0, -1))
             if status is JobStatus.QUEUED:  # priority 0 waits in the line (see _common.lua)
                 line = keys[KEY_INDEX["line"]]
-                ids += await self.connection.call(lambda: self.client.lrange(line, 0, -1))
+                ids += await self._on(queue, lambda: self.client.lrange(line, 0, -1))
             records = [r for r in await self._fetch(queue, wire.text(ids)) if r is not None]
             records.sort(key=lambda r: r.created_ms)
             if status is JobStatus.QUEUED:  # due delayed jobs count as queued until promoted
@@ -351,7 +395,7 @@ class RedisDriver(QueueDriver):
                 records.sort(key=lambda r: r.created_ms)
             return records[-limit:] if limit else records
         start = -limit if limit else 0
-        ids = await self.connection.call(lambda: self.client.zrange(key, start, -1))
+        ids = await self._on(queue, lambda: self.client.zrange(key, start, -1))
         records = [r for r in await self._fetch(queue, wire.text(ids)) if r is not None]
         if status is not None:
             records.sort(key=lambda r: r.created_ms)
@@ -359,7 +403,7 @@ class RedisDriver(QueueDriver):
 
     async def _due_delayed(self, queue: str) -> list[JobRecord]:
         key = self.keys(queue)[KEY_INDEX["delayed"]]
-        ids = await self.connection.call(lambda: self.client.zrangebyscore(key, "-inf", now_ms()))
+        ids = await self._on(queue, lambda: self.client.zrangebyscore(key, "-inf", now_ms()))
         return [due_view(r) for r in await self._fetch(queue, wire.text(ids)) if r is not None]
 
     async def counts(self, queue: str | None = None) -> dict[JobStatus, int]:
@@ -377,7 +421,7 @@ class RedisDriver(QueueDriver):
                 pipe.zcount(keys[KEY_INDEX["delayed"]], "-inf", now_ms())
             return await pipe.execute()
 
-        values = await self.connection.call(run)
+        values = await self._on(queues, run)
         counts = empty_counts()
         for start in range(0, len(values), per_queue):
             *sets, line, due = (int(n) for n in values[start : start + per_queue])
@@ -406,7 +450,7 @@ class RedisDriver(QueueDriver):
             return {}
         queue = self.settings.name
         index = self.keys(queue)[KEY_INDEX["keys"]]
-        ids = await self.connection.call(lambda: self.client.hmget(index, list(keys)))
+        ids = await self._on(queue, lambda: self.client.hmget(index, list(keys)))
         pairs = [(k, i.decode()) for k, i in zip(keys, ids, strict=True) if i is not None]
         records = await self._fetch(queue, [i for _, i in pairs])
         return {k: r for (k, _), r in zip(pairs, records, strict=True) if r is not None}

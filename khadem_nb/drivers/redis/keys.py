@@ -45,6 +45,11 @@ KEY_NAMES = ("seq", "ready", "delayed", "active", "completed", "failed", "all", 
              "line")
 #: position of each key in ``KEY_NAMES`` (and in a script's ``KEYS``, counted from 0)
 KEY_INDEX = {name: index for index, name in enumerate(KEY_NAMES)}
+#: the Redis type of each key (``TYPE`` answers ``none`` for a key not yet written)
+KEY_TYPES = {"seq": "string", "ready": "zset", "delayed": "zset", "active": "zset", "completed": "zset",
+             "failed": "zset", "all": "zset", "state": "hash", "token": "hash", "result": "hash",
+             "error": "hash", "reclaims": "hash", "meta": "hash", "keys": "hash", "notify": "list",
+             "sweep": "string", "waiting": "zset", "handoff": "list", "line": "list"}
 #: the hashes that hold one field per job, in the order ``fetch.lua`` returns them
 COLUMNS = ("state", "token", "result", "error", "reclaims", "meta")
 #: the sorted set that lists the jobs of each status

@@ -9,9 +9,10 @@ from typing import Any
 
 from ...config import QueueSettings
 from ...job import JobRecord, JobStatus
-from ...serializer import UnreadablePayload, dumps
+from ...serializer import dumps
 from .._records import due_view
 from ..base import COMPLETE, Settlement
+from ..quarantine import checked, quarantine
 
 NOTIFY_CAP = 64  # wake-ups an enqueue leaves at most on a queue's notify list
 
@@ -106,7 +107,8 @@ def text(values: Iterable[Any]) -> list[str]:
 
 
 def claimed_records(queue: str, rows: list[Any], lease_s: float) -> list[JobRecord]:
-    """reserve.lua's reply: now, ms to the next due job, then 7 values per claimed job."""
+    """reserve.lua's reply: now, ms to the next due job, then 7 values per claimed job. A job
+    whose stored fields cannot be read is still handed out, quarantined (see ``quarantine``)."""
     now = int(rows[0])
     records = []
     for i in range(2, len(rows), 7):
@@ -114,8 +116,11 @@ def claimed_records(queue: str, rows: list[Any], lease_s: float) -> list[JobReco
         record = _claimed(_from_data(queue, job_id.decode(), data), int(attempt), token.decode(),
                           int(available), now, lease_s)
         record.reclaims = int(reclaims)
-        record.meta = {} if meta == b"{}" else json.loads(meta.decode())
-        records.append(record)
+        try:
+            record.meta = {} if meta == b"{}" else json.loads(meta.decode())
+        except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+            record = quarantine(record, [f"meta is not JSON ({exc})"])
+        records.append(checked(record))
     return records
 
 
@@ -146,9 +151,9 @@ def _from_data(queue: str, job_id: str, data: bytes) -> JobRecord:
         if not isinstance(fields, dict):
             raise ValueError(f"expected an object, got {type(fields).__name__}")
         fields["job"], fields["payload"]
-    except (ValueError, KeyError, TypeError) as exc:  # a corrupt record fails its job, not the worker
-        return JobRecord(id=job_id, name="(unreadable)", queue=queue,
-                         payload=UnreadablePayload(f"malformed JSON in Redis ({exc})"))
+    except (ValueError, KeyError, TypeError, RecursionError) as exc:  # fails its job, not the worker
+        unread = JobRecord(id=job_id, name="(unreadable)", payload=None, queue=queue)
+        return quarantine(unread, [f"its data is not a job's JSON ({exc!r})"])
     return JobRecord(id=job_id, name=fields["job"], payload=fields["payload"], queue=queue,
                      priority=fields.get("priority", 0), max_attempts=fields.get("max_attempts", 1),
                      created_ms=fields.get("created_ms", 0), timeout_s=fields.get("timeout_s"),
@@ -156,22 +161,43 @@ def _from_data(queue: str, job_id: str, data: bytes) -> JobRecord:
 
 
 def record_from_columns(queue: str, job_id: str, values: list[Any]) -> JobRecord | None:
+    """A record from fetch.lua's columns; one whose fields cannot be read is quarantined."""
     state, token, result, error, reclaims, meta = values
     if state is None:
         return None
     head, _, data = state.partition(b"\t")
     record = _from_data(queue, job_id, data)
-    status, attempt, _priority, available, started, finished, lease = head.decode().split(",")
-    record.status = JobStatus(status)
-    record.attempt = int(attempt)
+    problems: list[str] = []
+    try:
+        status, attempt, _priority, available, started, finished, lease = head.decode().split(",")
+        record.status = JobStatus(status)
+        record.attempt = int(attempt)
+        record.available_ms = int(available)
+        record.started_ms = None if started == "-1" else int(started)
+        record.finished_ms = None if finished == "-1" else int(finished)
+        record.lease_ms = None if lease == "-1" else int(lease)
+    except (ValueError, UnicodeDecodeError) as exc:
+        problems.append(f"its state {head[:80]!r} cannot be read ({exc})")
+        record.status = JobStatus.FAILED
     record.token = token.decode() if token else None
-    record.available_ms = int(available)
-    record.started_ms = None if started == "-1" else int(started)
-    record.finished_ms = None if finished == "-1" else int(finished)
-    record.lease_ms = None if lease == "-1" else int(lease)
-    record.result = json.loads(result) if result else None
-    if error:
-        record.error, record.traceback = json.loads(error)
-    record.reclaims = int(reclaims or 0)
-    record.meta = json.loads(meta) if meta else {}
-    return due_view(record)
+    for name, raw in (("result", result), ("error", error), ("meta", meta)):
+        if raw:
+            try:
+                _set_column(record, name, json.loads(raw))
+            except (ValueError, UnicodeDecodeError, TypeError, RecursionError) as exc:
+                problems.append(f"{name} is not JSON ({exc})")
+    try:
+        record.reclaims = int(reclaims or 0)
+    except ValueError:
+        problems.append(f"reclaims is {reclaims!r}, not an integer")
+    return due_view(checked(record, problems))
+
+
+def _set_column(record: JobRecord, name: str, value: Any) -> None:
+    if name == "result":
+        record.result = value
+    elif name == "error":  # [error, traceback]; a lost lease has no traceback (false)
+        record.error, traceback = value
+        record.traceback = traceback if isinstance(traceback, str) else None
+    else:
+        record.meta = value

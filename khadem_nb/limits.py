@@ -1,0 +1,100 @@
+"""The ranges every setting and dispatch option must fall in, and the checks that enforce them.
+
+Each check either returns the value normalised (seconds as ``float``, counts as ``int``) or
+raises ``ConfigError`` naming the option, the value and the valid range, before anything is
+stored. The ranges are wide enough for any real use and narrow enough that no driver, clock or
+file name overflows inside them.
+"""
+
+from __future__ import annotations
+
+import math
+import operator
+from datetime import timedelta
+from typing import Any
+
+from .errors import ConfigError
+
+DAY_S = 86_400.0
+YEAR_S = 365.25 * DAY_S
+
+#: seconds: (lowest, highest), both included
+DURATIONS: dict[str, tuple[float, float]] = {
+    "queue.lease": (0.1, DAY_S),
+    "queue.heartbeat": (0.05, DAY_S),
+    "queue.connect_timeout": (0.1, 300.0),
+    "queue.retention_age": (1.0, 10 * YEAR_S),
+    "queue.failed_retention_age": (1.0, 10 * YEAR_S),
+    "delay": (0.0, 10 * YEAR_S),  # a dispatch's delay
+    "worker delay": (0.001, 3600.0),  # the longest a worker waits for work between checks
+    "timeout": (0.001, 10 * YEAR_S),  # a job's time limit, and a worker's run time
+    "retry_delay": (0.0, 10 * YEAR_S),
+    "grace": (0.0, DAY_S),
+}
+#: counts: (lowest, highest), both included
+COUNTS: dict[str, tuple[int, int]] = {
+    "queue.port": (1, 65_535),
+    "queue.db": (0, 100_000),
+    "queue.max_reclaims": (0, 1_000),
+    "queue.retention": (0, 10**9),
+    "queue.failed_retention": (0, 10**9),
+    "max_jobs": (1, 10**12),
+    "concurrency": (1, 10_000),
+    "prefetch": (0, 10_000),
+    "max_attempts": (1, 10_000),
+}
+#: the widest priority range any driver orders (a 64-bit integer); drivers may order less
+PRIORITY_RANGE = (-(2**63) + 1, 2**63 - 1)
+
+
+def seconds(value: Any, name: str, *, kind: str | None = None, allow_zero: bool = True) -> float:
+    """``value`` (seconds as int/float/str, or a ``timedelta``) within the range of ``kind``
+    (a key of ``DURATIONS``; ``name`` itself by default); ``name`` is what errors call it."""
+    low, high = DURATIONS[kind or name]
+    if isinstance(value, timedelta):
+        number = value.total_seconds()
+    elif isinstance(value, str):
+        try:
+            number = float(value)
+        except ValueError:
+            raise ConfigError(f"{name} must be a number of seconds, got {value!r}") from None
+    elif isinstance(value, bool) or not isinstance(value, int | float):
+        raise ConfigError(f"{name} must be seconds (int or float) or a timedelta, got {value!r}")
+    else:
+        number = float(value)
+    if not math.isfinite(number) or not low <= number <= high or (number == 0 and not allow_zero):
+        lowest = f"more than {low:g}" if low == 0 and not allow_zero else f"{low:g}"
+        raise ConfigError(f"{name} must be between {lowest} and {high:g} seconds, got {value!r}")
+    return number
+
+
+def count(value: Any, name: str) -> int:
+    """``value`` as an ``int`` (an integer, or its digits as text) within ``name``'s range."""
+    low, high = COUNTS[name]
+    number = integer(value, name)
+    if not low <= number <= high:
+        raise ConfigError(f"{name} must be between {low} and {high}, got {number}")
+    return number
+
+
+def integer(value: Any, name: str) -> int:
+    """``value`` as an ``int``: an integer (numpy's too), or its digits as text; never a bool,
+    a float or anything else."""
+    if isinstance(value, str) and value.strip().lstrip("-").isdigit():
+        return int(value)
+    if isinstance(value, bool):
+        raise ConfigError(f"{name} must be an integer, got {value!r}")
+    try:
+        return operator.index(value)
+    except TypeError:
+        raise ConfigError(f"{name} must be an integer, got {value!r}") from None
+
+
+def priority(value: Any, limit: int) -> int:
+    """A job's priority: an integer (not text) in ``[-limit, limit]``, the range of its driver."""
+    if isinstance(value, str):
+        raise ConfigError(f"priority must be an integer, got {value!r}")
+    number = integer(value, "priority")
+    if not -limit <= number <= limit:
+        raise ConfigError(f"priority must be between {-limit} and {limit} on this driver, got {number}")
+    return number
