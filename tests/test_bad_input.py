@@ -420,3 +420,27 @@ def test_opening_a_file_queue_never_breaks_another_process_dispatching(tmp_path:
         assert opener.returncode == 0, opener_err
     assert producer.returncode == 0, err
     assert out.strip() == "300"
+
+
+@pytest.mark.redis
+async def test_a_worker_on_a_damaged_queue_says_so_once_and_backs_off(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    manager = await make_manager("redis", tmp_path)
+    client = await _redis_client(manager)
+    errors: list[Exception] = []
+    try:
+        await manager.dispatch(Echo("x"), priority=1)
+        await client.delete(_key(manager, "ready"))
+        await client.sadd(_key(manager, "ready"), "oops")
+        worker = await manager.start_worker(run_in_background=True, delay=0.05,
+                                            on_error=lambda exc, text: errors.append(exc))
+        await asyncio.sleep(2.0)
+        await worker.stop()
+        assert errors and all(isinstance(e, CorruptQueueError) for e in errors)
+        assert "ready is a set, not a zset" in str(errors[0])
+        assert len(errors) <= 5  # backed off 0.2, 0.4, 0.8 s...: no spinning
+        logged = [r for r in caplog.records if "worker error" in r.getMessage()]
+        assert len(logged) == 1  # said once for the whole streak
+    finally:
+        await manager.driver.purge()
+        await manager.close()
