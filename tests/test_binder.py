@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import need_redis_server_binary
 from redis_servers import spare_port
 
 ROOT = Path(__file__).parent.parent
@@ -56,6 +57,7 @@ def test_repo2docker_reads_the_config(tmp_path: Path) -> None:
 
 @pytest.mark.timeout(600)  # runs every tutorial in a pytest of its own
 def test_tutorials_run_under_binder_start(tmp_path: Path) -> None:
+    need_redis_server_binary()  # binder/start starts one
     port = spare_port()
     env = {**os.environ, "KHADEM_REDIS_PORT": str(port), "TMPDIR": str(tmp_path)}
     env.pop("KHADEM_REDIS_URL", None)  # binder/start provides it
