@@ -20,7 +20,8 @@ commands:
   worker   run a worker process for a queue URL (file, sqlite, redis)
   stats    print a queue's metrics and counts by status
 """
-URL_HELP = "queue URL, e.g. sqlite:///runs.db, file:///tmp/q, redis://host:6379/0 (env KHADEM_QUEUE_URL)"
+URL_HELP = ("queue URL, e.g. sqlite:///runs.db (runs.db in the working directory), sqlite:////abs/runs.db "
+            "(an absolute path), file:///tmp/q, redis://host:6379/0 (env KHADEM_QUEUE_URL)")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -37,6 +37,13 @@ def test_cli_help_explains_each_command() -> None:
         assert command in out
 
 
+def test_worker_help_shows_relative_and_absolute_sqlite_urls() -> None:
+    out = subprocess.run([sys.executable, "-m", "khadem_nb.cli", "worker", "--help"], capture_output=True,
+                         text=True, check=True).stdout
+    assert "sqlite:///runs.db" in out and "sqlite:////abs/runs.db" in out
+    assert "working directory" in " ".join(out.split())
+
+
 def test_demo_runs_a_real_sweep() -> None:
     run = subprocess.run([sys.executable, "-m", "khadem_nb.cli", "demo"],
                          capture_output=True, text=True, check=True, timeout=120)
