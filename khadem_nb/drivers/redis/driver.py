@@ -78,7 +78,7 @@ class RedisDriver(QueueDriver):
         self._registered: set[str] = set()  # queues whose K_WAITING may hold self._waiter
         self._generation = 0  # bumped by interrupt_waits: a reserve under an older one claims nothing
         self._reserving = 0  # reserve calls in flight
-        self._interrupted = False  # interrupt_waits since the last reserve began
+        self._interrupted = False  # interrupt_waits called, and the hand-off line not left since
         self._leaving: asyncio.Task[None] | None = None  # leave.lua calls after an interrupt
         self._queue_was_empty = False  # the last claim came back short: wait before claiming
         self._next_due_at: float | None = None  # loop time when the next delayed job is due
@@ -251,7 +251,6 @@ class RedisDriver(QueueDriver):
         loop = asyncio.get_running_loop()
         deadline = loop.time() + wait_s
         generation = self._generation
-        self._interrupted = False
         if wait_s > 0 and self._queue_was_empty:  # nothing was left a moment ago: wait first, so
             handed = await self._wait_for_work(queues, wait_s)  # no empty claim runs ahead of our settles
             if handed:
