@@ -1,11 +1,11 @@
 """The nine metrics, computed one way for every reader.
 
 ``BasicQueueMonitor`` counts the events of one process; ``metrics_from_records`` derives the
-same keys from stored records (any process, any driver) for ``khadem-nb stats``, the
-notebook's ``q.metrics()`` and the panel. Both end in :func:`summarize`, so a rate or an
-average means the same everywhere: rates are fractions of finished jobs in ``[0, 1]`` and
-``0.0`` while nothing has finished; the average is over finished attempts and ``0.0`` while
-none was timed.
+same keys from stored records (any process, any driver) for ``khadem-nb stats`` and the
+notebook's ``q.metrics()``; ``metrics_from_counts`` from counts by status, for the panel. All
+end in :func:`summarize`, so a rate or an average means the same everywhere: rates are
+fractions of finished jobs in ``[0, 1]`` and ``0.0`` while nothing has finished; the average is
+over finished attempts and ``0.0`` while none was timed.
 """
 
 from __future__ import annotations
@@ -55,3 +55,11 @@ def metrics_from_records(records: Sequence[JobRecord]) -> dict[str, Any]:
     return summarize(queued=len(records), started=sum(r.attempt for r in records), completed=completed,
                      failed=failed, retried=retried, processing=processing, time_ms=sum(durations),
                      timed=len(durations))
+
+
+def metrics_from_counts(counts: dict[str, int]) -> dict[str, Any]:
+    """The nine keys as far as counts by status tell them (the panel's view, read several times
+    a second): attempts and durations are not in counts, so those keys are 0."""
+    return summarize(queued=sum(counts.values()), started=0, completed=counts.get("completed", 0),
+                     failed=counts.get("failed", 0), retried=0, processing=counts.get("active", 0),
+                     time_ms=0.0, timed=0)

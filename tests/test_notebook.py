@@ -261,6 +261,8 @@ def test_panel_values_after_known_work(q: kn.Queue, recorded: list[Any]) -> None
     q.wait(timeout=10)
     time.sleep(0.4)
     assert "completed 6" in panel.summary.value and "failed 2" in panel.summary.value
+    assert "75% succeeded" in panel.summary.value  # metrics.summarize, as q.metrics() says
+    assert q.metrics().loc["(total)", "success_rate"] == 0.75
     assert panel.progress.value == 1.0
     assert panel.progress.description == "8 / 8 (100%)"
     assert panel.progress.bar_style == "warning"

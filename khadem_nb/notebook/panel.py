@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from .._ids import short_id
 from ..job import JobStatus
+from ..metrics import metrics_from_counts
 from .handles import STATUS_COLOURS
 
 if TYPE_CHECKING:
@@ -66,6 +67,7 @@ class Snapshot:
     finished: int
     total: int
     throughput: float
+    success_rate: float | None  # of finished jobs; None while none has finished
 
 
 @dataclass
@@ -182,6 +184,7 @@ class QueuePanel(w.VBox):  # type: ignore[misc]
                            (now_ms - (r.started_ms or now_ms)) / 1000) for r in reversed(active)),
             failures=tuple((r.name, r.id, r.error or "") for r in reversed(failed)),
             state=state, finished=finished, total=total, throughput=round(rate, 1),
+            success_rate=_success_rate(counts),
         )
 
     def apply(self, snap: Snapshot) -> None:
@@ -206,7 +209,8 @@ class QueuePanel(w.VBox):  # type: ignore[misc]
 
     def _summary_html(self, snap: Snapshot) -> str:
         header = (f"<div><b>khadem_nb</b> <code>{html.escape(self.queue.settings.redacted_url())}</code>"
-                  f" <span class='khadem-muted'>{snap.state} · {snap.throughput:g} jobs/s</span></div>")
+                  f" <span class='khadem-muted'>{snap.state} · {snap.throughput:g} jobs/s"
+                  f"{_success_text(snap.success_rate)}</span></div>")
         counts = " ".join(f"<span class='khadem-badge' style='background:{STATUS_COLOURS[JobStatus(k)]}'>"
                           f"{k} {v}</span>" for k, v in snap.counts)
         return f"{header}<div>{counts}</div>{_running_table(snap)}{_failures_table(snap)}"
@@ -231,6 +235,16 @@ class QueuePanel(w.VBox):  # type: ignore[misc]
             child.close()
         super().close()
         self.queue.forget_panel(self)
+
+
+def _success_rate(counts: dict[str, int]) -> float | None:
+    if not counts.get("completed", 0) + counts.get("failed", 0):
+        return None
+    return round(float(metrics_from_counts(counts)["success_rate"]), 3)
+
+
+def _success_text(rate: float | None) -> str:
+    return "" if rate is None else f" · {rate:.0%} succeeded"
 
 
 def _set(widget: Any, name: str, value: Any) -> None:
