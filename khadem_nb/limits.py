@@ -47,7 +47,7 @@ COUNTS: dict[str, tuple[int, int]] = {
 PRIORITY_RANGE = (-(2**63) + 1, 2**63 - 1)
 
 
-def seconds(value: Any, name: str, *, kind: str | None = None, allow_zero: bool = True) -> float:
+def seconds(value: Any, name: str, *, kind: str | None = None) -> float:
     """``value`` (seconds as int/float/str, or a ``timedelta``) within the range of ``kind``
     (a key of ``DURATIONS``; ``name`` itself by default); ``name`` is what errors call it."""
     low, high = DURATIONS[kind or name]
@@ -62,9 +62,8 @@ def seconds(value: Any, name: str, *, kind: str | None = None, allow_zero: bool 
         raise ConfigError(f"{name} must be seconds (int or float) or a timedelta, got {value!r}")
     else:
         number = float(value)
-    if not math.isfinite(number) or not low <= number <= high or (number == 0 and not allow_zero):
-        lowest = f"more than {low:g}" if low == 0 and not allow_zero else f"{low:g}"
-        raise ConfigError(f"{name} must be between {lowest} and {high:g} seconds, got {value!r}")
+    if not math.isfinite(number) or not low <= number <= high:
+        raise ConfigError(f"{name} must be between {low:g} and {high:g} seconds, got {value!r}")
     return number
 
 
