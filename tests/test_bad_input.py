@@ -31,7 +31,7 @@ from khadem_nb import (
 )
 from khadem_nb.config import parse_config
 from khadem_nb.drivers.quarantine import UNREADABLE
-from khadem_nb.drivers.redis.keys import KEY_INDEX
+from khadem_nb.drivers.redis.keys import KEY_INDEX, KEY_NAMES, KEY_TYPES
 
 
 async def nothing_stored(manager: QueueManager) -> None:
@@ -442,5 +442,38 @@ async def test_a_worker_on_a_damaged_queue_says_so_once_and_backs_off(
         logged = [r for r in caplog.records if "worker error" in r.getMessage()]
         assert len(logged) == 1  # said once for the whole streak
     finally:
+        await manager.driver.purge()
+        await manager.close()
+
+
+@pytest.mark.redis
+@pytest.mark.parametrize("key", KEY_NAMES)
+async def test_redis_any_key_of_the_wrong_kind_is_named_never_a_raw_error(tmp_path: Path, key: str) -> None:
+    """Each of a queue's keys in turn holds the wrong kind of value: every operation either
+    works or raises CorruptQueueError naming that key; nothing else reaches the user."""
+    manager = await make_manager("redis", tmp_path)
+    client = await _redis_client(manager)
+    name = _key(manager, key)
+    try:
+        await manager.dispatch(Echo("before"))
+        await client.delete(name)
+        if KEY_TYPES[key] == "string":
+            await client.rpush(name, "oops")
+        else:
+            await client.set(name, "oops")
+
+        async def claim_and_complete() -> None:
+            for record in await manager.driver.reserve(["default"], 2, 0):
+                await manager.driver.complete(record, "done")
+
+        operations = [lambda: manager.dispatch(Echo("after")), claim_and_complete, manager.counts,
+                      manager.jobs, lambda: manager.dispatch_many([Echo(i) for i in range(3)])]
+        for operation in operations:
+            try:
+                await operation()
+            except CorruptQueueError as exc:
+                assert name in str(exc), exc
+    finally:
+        await client.delete(name)
         await manager.driver.purge()
         await manager.close()

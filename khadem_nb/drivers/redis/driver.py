@@ -128,17 +128,22 @@ class RedisDriver(QueueDriver):
         return self._encoded_keys[queue]
 
     async def _run(self, script: str, queue: str, args: Sequence[Any]) -> Any:
-        return await self._on(queue, lambda: self.connection.run_script(
-            script, queue, self._script_keys(queue), args))
+        try:
+            return await self.connection.run_script(script, queue, self._script_keys(queue), args)
+        except CorruptQueueError as exc:
+            raise await self._named(exc, [queue]) from None
 
     async def _on(self, queues: str | Sequence[str], make: Callable[[], Awaitable[T]]) -> T:
-        """Run a call on the keys of ``queues``; a damaged key is named in the error."""
+        """Run a command on the keys of ``queues``; a damaged key is named in the error."""
         try:
             return await self.connection.call(make)
         except CorruptQueueError as exc:
-            names = [queues] if isinstance(queues, str) else list(queues)
-            damage = [found for queue in names if (found := await self._damage(queue))]
-            raise CorruptQueueError(f"{exc}: {'; '.join(damage) or 'no key looks damaged now'}") from None
+            raise await self._named(exc, [queues] if isinstance(queues, str) else queues) from None
+
+    async def _named(self, exc: CorruptQueueError, queues: Sequence[str]) -> CorruptQueueError:
+        """``exc`` with the damaged keys of ``queues`` named."""
+        damage = [found for queue in queues if (found := await self._damage(queue))]
+        return CorruptQueueError(f"{exc}: {'; '.join(damage) or 'no key looks damaged now'}")
 
     async def _damage(self, queue: str) -> str:
         """Which keys of ``queue`` hold the wrong kind of value, said so the user can repair
@@ -178,6 +183,9 @@ class RedisDriver(QueueDriver):
             return
         try:
             await self.connection.send_in_order(self._enqueue_commands(chunks))
+        except CorruptQueueError as exc:
+            self.queues.forget_announced()
+            raise await self._named(exc, self.queues.known) from None
         except BaseException:
             self.queues.forget_announced()  # an SADD sent may not have been stored
             raise
