@@ -361,27 +361,45 @@ ARGUMENTS = st.recursive(st.none() | st.booleans() | st.integers() | st.floats()
                          | st.dictionaries(st.text(max_size=3), inner, max_size=3), max_leaves=20)
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(delay=OPTION_VALUES, priority=OPTION_VALUES, attempts=OPTION_VALUES, value=ARGUMENTS)
+@pytest.mark.parametrize("driver", ["memory", "sqlite", "file", "redis"])
 def test_any_options_either_fail_clearly_before_storing_or_make_a_job_that_runs(
-        delay: Any, priority: Any, attempts: Any, value: Any) -> None:
-    async def check() -> None:
-        manager = await QueueManager({"queue": {"driver": "memory"}}).init()
-        try:
-            try:
-                job_id = await manager.dispatch(Echo(value), delay, priority=priority, max_attempts=attempts)
-            except KhademError:
-                assert sum((await manager.counts()).values()) == 0
-                return
-            record = await manager.get_job(job_id)
-            assert [r.id for r in await manager.jobs()] == [job_id]
-            if record.status is JobStatus.QUEUED:  # a delayed one waits its time
-                await manager.start_worker(max_jobs=1, delay=0.01)
-                assert (await manager.get_job(job_id)).status is JobStatus.COMPLETED
-        finally:
-            await manager.close()
+        driver: str, tmp_path: Path) -> None:
+    """Whatever the option values and arguments: a KhademError before anything is stored, or a
+    job that is listed and, when due, runs to completion."""
+    loop = asyncio.new_event_loop()
+    manager = loop.run_until_complete(make_manager(driver, tmp_path))
+    seen = {"refused": 0, "ran": 0, "waits": 0}
 
-    asyncio.run(check())
+    async def check(delay: Any, priority: Any, attempts: Any, value: Any) -> None:
+        await manager.driver.purge()
+        try:
+            job_id = await manager.dispatch(Echo(value), delay, priority=priority, max_attempts=attempts)
+        except KhademError:
+            assert sum((await manager.counts()).values()) == 0
+            seen["refused"] += 1
+            return
+        record = await manager.get_job(job_id)
+        assert [r.id for r in await manager.jobs()] == [job_id]
+        if record.status is JobStatus.QUEUED:  # a delayed one waits its time
+            await manager.start_worker(max_jobs=1, delay=0.01)
+            assert (await manager.get_job(job_id)).status is JobStatus.COMPLETED
+            seen["ran"] += 1
+        else:
+            seen["waits"] += 1
+
+    @settings(max_examples=60 if driver != "memory" else 150, deadline=None,
+              suppress_health_check=[HealthCheck.function_scoped_fixture])
+    @given(delay=OPTION_VALUES, priority=OPTION_VALUES, attempts=OPTION_VALUES, value=ARGUMENTS)
+    def run(delay: Any, priority: Any, attempts: Any, value: Any) -> None:
+        loop.run_until_complete(check(delay, priority, attempts, value))
+
+    try:
+        run()
+        assert seen["refused"] and seen["ran"], seen  # both sides of the rule were exercised
+    finally:
+        loop.run_until_complete(manager.driver.purge())
+        loop.run_until_complete(manager.close())
+        loop.close()
 
 
 # -- the file driver: opening never removes another process's files ---------------------------------
