@@ -11,16 +11,21 @@ from .errors import ConfigError
 Duration = float | int | timedelta
 
 
+def seconds_of(value: object, *, name: str = "duration") -> float:
+    """A duration given as seconds (int or float) or a ``timedelta``, as float seconds; any
+    other type is a ``ConfigError``. Ranges are checked by the caller (``limits.seconds``)."""
+    if isinstance(value, timedelta):
+        return value.total_seconds()
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ConfigError(f"{name} must be seconds (int or float) or a timedelta, got {value!r}")
+    return float(value)
+
+
 def to_seconds(value: Duration | None, *, name: str = "duration") -> float | None:
-    """Normalise a duration given as seconds or ``timedelta``; ``None`` passes through."""
+    """Normalise a wait's duration (no upper bound); ``None`` passes through."""
     if value is None:
         return None
-    if isinstance(value, timedelta):
-        seconds = value.total_seconds()
-    elif isinstance(value, bool) or not isinstance(value, int | float):
-        raise ConfigError(f"{name} must be seconds (int/float) or a timedelta, got {value!r}")
-    else:
-        seconds = float(value)
+    seconds = seconds_of(value, name=name)
     if math.isnan(seconds) or seconds < 0:
         raise ConfigError(f"{name} must be a non-negative duration, got {value!r}")
     return seconds

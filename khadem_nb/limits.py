@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import math
 import operator
-from datetime import timedelta
 from typing import Any
 
+from ._time import seconds_of
 from .errors import ConfigError
 
 DAY_S = 86_400.0
@@ -51,17 +51,13 @@ def seconds(value: Any, name: str, *, kind: str | None = None) -> float:
     """``value`` (seconds as int/float/str, or a ``timedelta``) within the range of ``kind``
     (a key of ``DURATIONS``; ``name`` itself by default); ``name`` is what errors call it."""
     low, high = DURATIONS[kind or name]
-    if isinstance(value, timedelta):
-        number = value.total_seconds()
-    elif isinstance(value, str):
+    if isinstance(value, str):  # settings read from a URL or an environment come as text
         try:
             number = float(value)
         except ValueError:
             raise ConfigError(f"{name} must be a number of seconds, got {value!r}") from None
-    elif isinstance(value, bool) or not isinstance(value, int | float):
-        raise ConfigError(f"{name} must be seconds (int or float) or a timedelta, got {value!r}")
     else:
-        number = float(value)
+        number = seconds_of(value, name=name)
     if not math.isfinite(number) or not low <= number <= high:
         raise ConfigError(f"{name} must be between {low:g} and {high:g} seconds, got {value!r}")
     return number
