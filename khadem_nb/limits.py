@@ -75,8 +75,11 @@ def count(value: Any, name: str) -> int:
 def integer(value: Any, name: str) -> int:
     """``value`` as an ``int``: an integer (numpy's too), or its digits as text; never a bool,
     a float or anything else."""
-    if isinstance(value, str) and value.strip().lstrip("-").isdigit():
-        return int(value)
+    if isinstance(value, str):
+        try:
+            return int(value.strip())
+        except ValueError:
+            raise ConfigError(f"{name} must be an integer, got {value!r}") from None
     if isinstance(value, bool):
         raise ConfigError(f"{name} must be an integer, got {value!r}")
     try:

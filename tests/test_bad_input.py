@@ -28,6 +28,7 @@ from khadem_nb import (
     KhademError,
     QueueManager,
     SerializationError,
+    limits,
 )
 from khadem_nb.config import parse_config
 from khadem_nb.drivers.quarantine import UNREADABLE
@@ -387,7 +388,7 @@ def test_any_options_either_fail_clearly_before_storing_or_make_a_job_that_runs(
         else:
             seen["waits"] += 1
 
-    @settings(max_examples=60 if driver != "memory" else 150, deadline=None,
+    @settings(max_examples=60 if driver != "memory" else 150, deadline=None, derandomize=True,
               suppress_health_check=[HealthCheck.function_scoped_fixture])
     @given(delay=OPTION_VALUES, priority=OPTION_VALUES, attempts=OPTION_VALUES, value=ARGUMENTS)
     def run(delay: Any, priority: Any, attempts: Any, value: Any) -> None:
@@ -495,3 +496,11 @@ async def test_redis_any_key_of_the_wrong_kind_is_named_never_a_raw_error(tmp_pa
         await client.delete(name)
         await manager.driver.purge()
         await manager.close()
+
+
+@pytest.mark.parametrize("text", ["²", "3x", "1.5", ""])
+def test_a_count_given_as_text_must_be_an_integer(text: str) -> None:
+    """Found by the property above: ``"²".isdigit()`` is true, ``int("²")`` is not."""
+    with pytest.raises(ConfigError, match=f"max_attempts must be an integer, got {text!r}"):
+        limits.count(text, "max_attempts")
+    assert limits.count(" 7 ", "max_attempts") == 7
