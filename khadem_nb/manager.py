@@ -38,6 +38,7 @@ from .worker import QueueWorker
 logger = logging.getLogger(__name__)
 
 MAX_ATTEMPTS = limits.COUNTS["max_attempts"][1]
+PRIORITY_RANGE = limits.PRIORITY_RANGE
 DISPATCH_CHUNK = 200  # records built at a time by dispatch_many (see bench/RESULTS.md)
 
 
@@ -150,9 +151,10 @@ class QueueManager:
         if attempts.__class__ is not int or not 1 <= attempts <= MAX_ATTEMPTS:
             attempts = limits.count(attempts, "max_attempts")
         level = job.priority if priority is None else priority
-        driver = self._driver  # without one yet, the driver checks when the record is pushed
-        if driver is not None and (level.__class__ is not int or abs(level) > driver.max_priority):
-            level = driver.check_priority(level)
+        driver = self._driver  # without one yet: the widest range here, the driver's at push
+        limit = PRIORITY_RANGE[1] if driver is None else driver.max_priority
+        if level.__class__ is not int or abs(level) > limit:
+            level = limits.priority(level, limit) if driver is None else driver.check_priority(level)
         timeout = job.timeout
         timeout_s = None if timeout is None else limits.seconds(timeout, "timeout")
         queue = queue or job.queue or self.settings.name

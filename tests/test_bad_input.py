@@ -504,3 +504,11 @@ def test_a_count_given_as_text_must_be_an_integer(text: str) -> None:
     with pytest.raises(ConfigError, match=f"max_attempts must be an integer, got {text!r}"):
         limits.count(text, "max_attempts")
     assert limits.count(" 7 ", "max_attempts") == 7
+
+
+def test_a_record_built_before_init_has_its_options_checked_too() -> None:
+    manager = QueueManager({"queue": {"driver": "memory"}})
+    with pytest.raises(ConfigError, match="priority must be an integer, got 'high'"):
+        manager.build_record(Echo("x"), queue="default", priority="high")  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="max_attempts must be between 1 and 10000, got 0"):
+        manager.build_record(Echo("x"), queue="default", max_attempts=0)
