@@ -263,11 +263,12 @@ def cluster(tmp_path: Path) -> Iterator[list[RedisServer]]:
              for i in range(3)]
     subprocess.run(["redis-cli", "--cluster", "create", *[f"127.0.0.1:{n.port}" for n in nodes],
                     "--cluster-replicas", "0", "--cluster-yes"], check=True, capture_output=True, timeout=60)
-    client = redis.Redis(port=nodes[0].port)
     deadline = time.monotonic() + 30
-    while client.cluster("info")["cluster_state"] != "ok":
-        assert time.monotonic() < deadline, "cluster never became ok"
-        time.sleep(0.1)
+    for node in nodes:  # every node must agree, not only the first (a slot's own node may lag)
+        client = redis.Redis(port=node.port)
+        while client.cluster("info")["cluster_state"] != "ok":
+            assert time.monotonic() < deadline, "cluster never became ok"
+            time.sleep(0.1)
     yield nodes
     for node in nodes:
         node.stop()

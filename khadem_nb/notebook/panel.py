@@ -159,6 +159,7 @@ class QueuePanel(w.VBox):  # type: ignore[misc]
 
     # -- refreshing ------------------------------------------------------------------------------
     async def _refresh_forever(self) -> None:
+        await self.queue.opened()
         while True:
             try:
                 self.apply(await self.snapshot())

@@ -71,8 +71,11 @@ class Queue:
         return await self._runner.run_async(self._opening(coro))
 
     def run_soon(self, coro: Coroutine[Any, Any, T]) -> Future[T] | asyncio.Task[T]:
-        """Start ``coro`` on this queue's loop without waiting for it (button callbacks)."""
-        return self._runner.submit(self._opening(coro))
+        """Start ``coro`` on this queue's loop without waiting for it (button callbacks, the
+        panel's refresher). It is handed over as it is, so that cancelling the task before it
+        starts never leaves ``coro`` unawaited; a coroutine that may run before the queue is
+        open awaits :meth:`opened` itself."""
+        return self._runner.submit(coro)
 
     def call_soon(self, callback: Callable[[], object]) -> None:
         """Call ``callback`` on this queue's loop, from any thread."""
