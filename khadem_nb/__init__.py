@@ -9,13 +9,15 @@ from __future__ import annotations
 from typing import Any
 
 from .config import QueueSettings, WorkerSettings, parse_config
-from .context import progress
+from .context import cancelled, progress
 from .drivers.base import QueueDriver
 from .errors import (
     ConfigError,
     CorruptQueueError,
     DriverError,
     DriverUnavailableError,
+    JobCancelledError,
+    JobCrashedError,
     JobError,
     JobFailedError,
     JobNotFoundError,
@@ -28,7 +30,7 @@ from .errors import (
 )
 from .execution import WorkerHooks
 from .factory import QueueFactory
-from .job import JobRecord, JobStatus, QueueJob, QueueJobWithMetadata
+from .job import Failure, JobRecord, JobStatus, QueueJob, QueueJobWithMetadata
 from .manager import QueueManager
 from .middleware import Middleware
 from .monitor import BasicQueueMonitor, QueueMonitor
@@ -57,7 +59,10 @@ __all__ = [
     "DriverError",
     "DriverUnavailableError",
     "ExponentialBackoff",
+    "Failure",
     "FixedBackoff",
+    "JobCancelledError",
+    "JobCrashedError",
     "JobError",
     "JobFailedError",
     "JobFunction",
@@ -87,6 +92,7 @@ __all__ = [
     "WorkerHooks",
     "WorkerSettings",
     "__version__",
+    "cancelled",
     "parse_config",
     "progress",
 ]

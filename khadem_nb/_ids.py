@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import itertools
 import os
+from typing import Any
 
 
 class _Source:
@@ -47,3 +48,22 @@ def short_id(job_id: str) -> str:
     if len(job_id) == 32:
         return job_id[:4] + job_id[-4:]
     return job_id[:8]
+
+
+def job_ids(value: Any, caller: str) -> list[str]:
+    """One id or an iterable of ids as a list of distinct ids, in order; ``ConfigError`` for
+    anything that is not a non-empty string, and for no ids at all."""
+    from .errors import ConfigError
+
+    if isinstance(value, str):
+        values: list[Any] = [value]
+    elif isinstance(value, bytes) or not hasattr(value, "__iter__"):
+        raise ConfigError(f"{caller} takes a job id (a string) or a list of them, got {value!r}")
+    else:
+        values = list(value)
+    if not values:
+        raise ConfigError(f"{caller} was given no job ids")
+    for item in values:
+        if not isinstance(item, str) or not item:
+            raise ConfigError(f"{caller}: job ids are non-empty strings, got {type(item).__name__} {item!r}")
+    return list(dict.fromkeys(values))

@@ -39,6 +39,7 @@ class WorkerSettings:
     concurrency: int = 1
     burst: bool = False  # stop when no job is due (after waiting delay_s for one)
     prefetch: int | None = None  # jobs claimed ahead of free consumers; None: the driver's default
+    isolation: str = "none"  # where jobs that do not say run: "none" (in the worker) or "process"
 
 
 @dataclass(frozen=True, slots=True)
@@ -265,6 +266,10 @@ def worker_settings(base: WorkerSettings, **overrides: Any) -> WorkerSettings:
         values["burst"] = bool(overrides["burst"])
     if overrides.get("timeout") is not None:
         values["timeout_s"] = limits.seconds(overrides["timeout"], "worker timeout", kind="timeout")
+    if overrides.get("isolation") is not None:
+        from .isolation import check_isolation
+
+        values["isolation"] = check_isolation(overrides["isolation"], "worker")
     return replace(base, **values)
 
 

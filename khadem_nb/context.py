@@ -8,7 +8,7 @@ import math
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any
 
-from .errors import KhademError
+from .errors import JobCancelledError, KhademError
 
 if TYPE_CHECKING:
     from .drivers.base import QueueDriver
@@ -17,23 +17,41 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 OUTPUT_LIMIT = 64 * 1024  # characters of a job's output kept with its record
+RUNNING, ENDED, ORPHANED = 0, 1, 2  # a sync job's thread: runs, returned, outlived its timeout
 
 
 class JobContext:
     """What a running job can reach: its record, and the driver that stores it.
 
     One is built for every job run, so it has slots and makes its output list only when the
-    job first writes.
+    job first writes. ``cancel()`` stops the job: the task awaiting it is cancelled, except for
+    a sync job on a thread, which cannot be interrupted and sees ``cancelled`` instead.
     """
 
-    __slots__ = ("driver", "loop", "output", "output_chars", "record")
+    __slots__ = ("cancelled", "driver", "in_thread", "isolated", "loop", "output", "output_chars", "record",
+                 "task", "thread_state")
 
-    def __init__(self, record: JobRecord, driver: QueueDriver, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, record: JobRecord, driver: QueueDriver, loop: asyncio.AbstractEventLoop,
+                 task: asyncio.Task[Any] | None = None) -> None:
         self.record = record
         self.driver = driver
         self.loop = loop
+        self.task = task  # the task awaiting the job (cancelled by ``cancel``)
         self.output: list[str] | None = None
         self.output_chars = 0
+        self.cancelled = False  # the job was cancelled: it stops as soon as it can
+        self.in_thread = False  # a sync job runs on a thread: cancel only sets ``cancelled``
+        self.thread_state = RUNNING  # of that thread: ENDED, or ORPHANED by a timeout
+        self.isolated = False  # runs in a child process (``isolation``)
+
+    def cancel(self) -> None:
+        """Stop the job: cancel its task, or tell a job running on a thread (``cancelled()``,
+        and ``progress()`` raises)."""
+        if self.cancelled:
+            return
+        self.cancelled = True
+        if not self.in_thread and self.task is not None:
+            self.task.cancel(ABORTED)
 
     def write_output(self, text: str) -> None:
         """Keep printed output and log lines of the job (the last OUTPUT_LIMIT characters)."""
@@ -50,6 +68,8 @@ class JobContext:
         return "".join(self.output)[-OUTPUT_LIMIT:] if self.output else None
 
     def set_progress(self, fraction: float, note: str | None = None) -> None:
+        if self.cancelled:
+            raise JobCancelledError(message=f"job {self.record.name!r} ({self.record.id}) was cancelled")
         if isinstance(fraction, bool) or not isinstance(fraction, int | float) or math.isnan(fraction):
             raise KhademError(f"progress must be a number between 0 and 1, got {fraction!r}")
         meta: dict[str, Any] = {"progress": min(1.0, max(0.0, float(fraction)))}
@@ -77,11 +97,21 @@ def _log_failure(fut: Any) -> None:
 
 
 current_job: ContextVar[JobContext | None] = ContextVar("khadem_current_job", default=None)
+#: the message of the ``CancelledError`` that aborts a cancelled job's task
+ABORTED = "khadem: job cancelled"
 
 
 def progress(fraction: float, note: str | None = None) -> None:
-    """Record the running job's progress (0..1) and an optional note; stored with its record."""
+    """Record the running job's progress (0..1) and an optional note; stored with its record.
+    Raises ``JobCancelledError`` once the job was cancelled, so a job stops at its next call."""
     context = current_job.get()
     if context is None:
         raise KhademError("progress() was called outside a running job")
     context.set_progress(fraction, note)
+
+
+def cancelled() -> bool:
+    """Whether the running job was cancelled (``False`` outside a job): a sync job that does not
+    call ``progress()`` polls this to stop early."""
+    context = current_job.get()
+    return context is not None and context.cancelled

@@ -12,7 +12,10 @@
     ├── JobError                    about one job
     │   ├── JobNotFoundError        no record with that id
     │   ├── JobTimeoutError         a job ran past its timeout
+    │   ├── JobCrashedError         the process of an isolated job died under it
     │   ├── JobFailedError          waiting on a job that ended failed (carries the record)
+    │   ├── JobCancelledError       a job was cancelled: raised by waits and, inside a
+    │   │                           cancelled job, by ``progress()`` (carries the record if known)
     │   └── ResultTimeoutError      waiting on a job took longer than asked (also a TimeoutError)
     └── RetryJob                    control flow: raise inside ``handle`` to retry, optionally
                                     after ``delay`` seconds, without counting it as an error
@@ -68,12 +71,28 @@ class JobTimeoutError(JobError, TimeoutError):
     """A job ran longer than its ``timeout``."""
 
 
+class JobCrashedError(JobError):
+    """The process an isolated job ran in died (a segfault, ``os._exit``, a kill)."""
+
+
 class JobFailedError(JobError):
     """A waited-on job ended failed; ``record`` holds its error and traceback."""
 
     def __init__(self, record: JobRecord) -> None:
         self.record = record
         super().__init__(f"job {record.name!r} ({record.id}) failed: {record.error}")
+
+
+class JobCancelledError(JobError):
+    """A job was cancelled. Waiting on it raises this with its ``record``; inside a job being
+    cancelled, ``progress()`` raises it (``record`` is then ``None``) so the job stops there."""
+
+    def __init__(self, record: JobRecord | None = None, message: str | None = None) -> None:
+        self.record = record
+        if message is None:
+            message = "job was cancelled" if record is None else \
+                f"job {record.name!r} ({record.id}) was cancelled: {record.error}"
+        super().__init__(message)
 
 
 class ResultTimeoutError(JobError, TimeoutError):
@@ -98,6 +117,8 @@ __all__ = [
     "CorruptQueueError",
     "DriverError",
     "DriverUnavailableError",
+    "JobCancelledError",
+    "JobCrashedError",
     "JobError",
     "JobFailedError",
     "JobNotFoundError",

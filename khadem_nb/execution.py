@@ -12,17 +12,20 @@ import contextvars
 import inspect
 import logging
 import math
+import threading
 import time
 import traceback as tb_module
+from asyncio import current_task
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-from .context import JobContext, current_job
+from .context import ENDED, ORPHANED, JobContext, current_job
 from .drivers.base import QueueDriver
-from .errors import JobTimeoutError, RetryJob, SerializationError
-from .job import JobRecord, QueueJob
+from .errors import JobCancelledError, JobCrashedError, JobTimeoutError, RetryJob, SerializationError
+from .isolation import ChildRaised, ProcessPool
+from .job import CANCELLED, Failure, JobRecord, QueueJob
 from .limits import DURATIONS
 from .middleware import MiddlewareChain
 from .monitor import QueueMonitor
@@ -55,14 +58,23 @@ class JobExecutor:
         self.hooks = hooks
         self.threads = threads
         self._is_async: dict[type, bool] = {}
+        #: the jobs running here, by id: what ``abort`` stops
+        self.running: dict[str, JobContext] = {}
+        self._doomed: set[str] = set()  # claimed here, cancelled before they started
+        self._thread_lock = threading.Lock()
+        self._orphans = 0  # threads of timed-out sync jobs still running
+        self._pool: ProcessPool | None = None  # children of isolated jobs, started on first use
         #: called with each record this process settles (used by notebook handles to wake up)
         self.listeners: list[Callable[[JobRecord], None]] = []
 
-    async def execute(self, record: JobRecord, loop: asyncio.AbstractEventLoop | None = None) -> None:
+    async def execute(self, record: JobRecord, loop: asyncio.AbstractEventLoop | None = None,
+                      isolation: str = "none") -> None:
         """Run ``record`` to a settled state; on cancellation give it back to the queue.
 
         ``loop`` is the running loop when the caller knows it (a worker does): asking asyncio
-        for it costs a ``getpid()`` system call on every job.
+        for it costs a ``getpid()`` system call on every job. ``isolation`` is where a job
+        that does not say runs (``"process"``: see ``isolation``). A job cancelled while it runs
+        (:meth:`abort`) stops and is settled so; one cancelled before it started never runs.
         """
         started = time.perf_counter()
         job = self._begin(record)
@@ -71,37 +83,96 @@ class JobExecutor:
             return
         if self.hooks.on_job_start is not None:
             await self._run_hook(self.hooks.on_job_start, job)
-        context = JobContext(record, self.driver, loop or asyncio.get_running_loop())
+        context = self._running(record, loop, (job.isolation or isolation) == "process")
         token = current_job.set(context)
         failure: Exception | None = None
         try:
-            result = await self._start(job, record)
+            if context.cancelled:
+                raise JobCancelledError(record)
+            result = await self._start(job, record, context)
             encoded = result if result is None else encode_value(result, f"result of {record.name}")
         except asyncio.CancelledError:
-            await asyncio.shield(self._give_back(record, started))
-            raise
+            if not _aborted(context):
+                del self.running[record.id]
+                await asyncio.shield(self._give_back(record, started))
+                raise
+            failure = JobCancelledError(record)  # the abort of a cancelled job, and only that
         except Exception as exc:  # every job failure, middleware failure or bad result lands here
             failure = exc
         finally:
+            self.running.pop(record.id, None)
             current_job.reset(token)
             if context.output:  # kept with the record before it is settled
                 record.meta["output"] = context.captured_output()
-        if failure is not None:
+        if context.cancelled:
+            await self._stop(record, started)
+        elif failure is not None:
             await self._settle_failure(record, job, failure, _format(failure), started, retryable=True)
-        elif await self.driver.complete(record, encoded):
+        else:
+            await self._settle_result(record, job, result, encoded, started)
+
+    async def _settle_result(self, record: JobRecord, job: QueueJob, result: Any, encoded: Any,
+                             started: float) -> None:
+        if await self.driver.complete(record, encoded) and record.status is not CANCELLED:
             self._completed(record, started)
             if self.hooks.on_job_complete is not None:
                 await self._run_hook(self.hooks.on_job_complete, job, result)
+        else:  # lost its lease, or cancelled while it ran and stopped by this settle
+            self._not_completed(record, started)
+
+    def _running(self, record: JobRecord, loop: asyncio.AbstractEventLoop | None,
+                 isolated: bool) -> JobContext:
+        """The context of a job about to run, registered for :meth:`abort`; marked cancelled
+        if it was cancelled after its claim, before it started (it then never starts)."""
+        context = JobContext(record, self.driver, loop or asyncio.get_running_loop(), current_task())
+        context.isolated = isolated
+        self.running[record.id] = context
+        if record.status is CANCELLED or (self._doomed and record.id in self._doomed):
+            context.cancelled = True
+        return context
+
+    def _not_completed(self, record: JobRecord, started: float) -> None:
+        if record.status is CANCELLED:
+            self._cancelled(record, started)
         else:
             self._stale(record, (time.perf_counter() - started) * 1000)
 
-    def _start(self, job: QueueJob, record: JobRecord) -> Awaitable[Any]:
+    def abort(self, job_id: str) -> bool:
+        """Stop the job ``job_id`` if it runs here (it was cancelled); whether it does."""
+        context = self.running.get(job_id)
+        if context is None:
+            return False
+        context.cancel()
+        return True
+
+    def doom(self, job_id: str) -> None:
+        """``job_id``, claimed here and not started, was cancelled: it never starts."""
+        self._doomed.add(job_id)
+
+    async def _stop(self, record: JobRecord, started: float) -> None:
+        """Settle a job stopped because it was cancelled: the driver keeps it cancelled and
+        records when it stopped (any settle by its holder does that)."""
+        self._doomed.discard(record.id)
+        if await self.driver.fail(record, "cancelled", None, None) and record.status is CANCELLED:
+            self._cancelled(record, started)
+        else:
+            self._stale(record, (time.perf_counter() - started) * 1000)
+
+    def _cancelled(self, record: JobRecord, started: float) -> None:
+        logger.info("job %s (%s) stopped: it was cancelled", record.name, record.id)
+        counted = getattr(self.monitor, "job_cancelled", None)  # optional in QueueMonitor
+        if counted is not None:
+            safe_call(counted, record, (time.perf_counter() - started) * 1000)
+        if self.listeners:
+            self._notify(record)
+
+    def _start(self, job: QueueJob, record: JobRecord, context: JobContext) -> Awaitable[Any]:
         """What to await to run the job: through middleware, or its timeout, or ``handle``."""
         if self.middleware.items:
-            return self._run_through_middleware(job, record)
-        if record.timeout_s is None and self._is_async.get(type(job)):  # the common case
+            return self._run_through_middleware(job, record, context)
+        if record.timeout_s is None and self._is_async.get(type(job)) and not context.isolated:
             return job.handle()
-        return self._invoke(job, record)
+        return self._invoke(job, record, context)
 
     def _begin(self, record: JobRecord) -> QueueJob | SerializationError:
         """Count the start and rebuild the job, or return why it cannot be rebuilt."""
@@ -126,11 +197,11 @@ class JobExecutor:
         if self.listeners:
             self._notify(record)
 
-    async def _run_through_middleware(self, job: QueueJob, record: JobRecord) -> Any:
+    async def _run_through_middleware(self, job: QueueJob, record: JobRecord, context: JobContext) -> Any:
         outcome: list[Any] = []
 
         async def innermost() -> Any:
-            outcome.append(await self._invoke(job, record))
+            outcome.append(await self._invoke(job, record, context))
             return outcome[0]
 
         await self.middleware.run(job, innermost)
@@ -138,41 +209,84 @@ class JobExecutor:
             raise RuntimeError("a middleware returned without calling next(); the job did not run")
         return outcome[0]
 
-    async def _invoke(self, job: QueueJob, record: JobRecord) -> Any:
-        awaitable = self._start_handle(job)
+    async def _invoke(self, job: QueueJob, record: JobRecord, context: JobContext) -> Any:
+        awaitable = self._start_handle(job, context)
         if record.timeout_s is None:
             return await awaitable
         try:
             return await asyncio.wait_for(awaitable, record.timeout_s)
         except TimeoutError:
+            note = ""
+            if context.in_thread and self._orphaned(context):
+                note = ("; its thread runs on until handle() returns (isolation='process' stops "
+                        "a job at its timeout)")
             raise JobTimeoutError(
-                f"job {record.name!r} ran longer than its timeout of {record.timeout_s:g}s"
+                f"job {record.name!r} ran longer than its timeout of {record.timeout_s:g}s{note}"
             ) from None
 
-    def _start_handle(self, job: QueueJob) -> Awaitable[Any]:
+    def _start_handle(self, job: QueueJob, context: JobContext) -> Awaitable[Any]:
+        if context.isolated:
+            if self._pool is None:
+                self._pool = ProcessPool()
+            return self._pool.run(job, context.record, context)
         cls = type(job)
         is_async = self._is_async.get(cls)
         if is_async is None:
             is_async = self._is_async[cls] = inspect.iscoroutinefunction(job.handle)
         if is_async:
             return job.handle()
-        context = contextvars.copy_context()
+        context.in_thread = True
+        run = contextvars.copy_context().run
         loop = asyncio.get_running_loop()
-        return loop.run_in_executor(self.threads, context.run, job.handle)
+        return loop.run_in_executor(self.threads, self._on_thread, run, job.handle, context)
+
+    def _on_thread(self, run: Callable[..., Any], handle: Callable[[], Any], context: JobContext) -> Any:
+        """Run a sync job's ``handle`` on a pool thread; count its end if it outlived its timeout."""
+        try:
+            return run(handle)
+        finally:
+            with self._thread_lock:
+                if context.thread_state == ORPHANED:
+                    self._orphans -= 1
+                context.thread_state = ENDED
+
+    def _orphaned(self, context: JobContext) -> bool:
+        """A sync job timed out: whether its thread still runs (then counted in
+        ``orphaned_threads`` until it returns)."""
+        with self._thread_lock:
+            if context.thread_state == ENDED:
+                return False
+            context.thread_state = ORPHANED
+            self._orphans += 1
+            return True
+
+    async def close(self) -> None:
+        """Stop the children of isolated jobs."""
+        if self._pool is not None:
+            await self._pool.close()
+            self._pool = None
+
+    @property
+    def orphaned_threads(self) -> int:
+        """Threads of sync jobs that timed out and still run: each holds a pool thread."""
+        return self._orphans
 
     async def _settle_failure(self, record: JobRecord, job: QueueJob | None, exc: BaseException,
                               text: str, started: float, *, retryable: bool) -> None:
         duration_ms = (time.perf_counter() - started) * 1000
-        error = _describe(exc)
+        error, kind = _describe(exc), failure_kind(exc)
         delay = self._retry_delay(job, record, exc) if retryable and job is not None else None
         if delay is not None:
-            settled = await self.driver.retry(record, delay, error, text)
-            if settled:
+            settled = await self.driver.retry(record, delay, error, text, kind)
+            if settled and record.status is not CANCELLED:
                 safe_call(self.monitor.job_retried, record, duration_ms)
         else:
-            settled = await self.driver.fail(record, error, text)
-            if settled:
+            settled = await self.driver.fail(record, error, text, kind)
+            if settled and record.status is not CANCELLED:
                 safe_call(self.monitor.job_failed, record, duration_ms)
+        if settled and record.status is CANCELLED:  # cancelled while it ran: it stopped
+            self._cancelled(record, started)
+            return
         if not settled:
             self._stale(record, duration_ms)
         elif self.listeners:
@@ -245,12 +359,31 @@ def _bounded(delay: Any, source: str) -> float:
     return min(max(low, seconds), high)
 
 
+def _aborted(context: JobContext) -> bool:
+    """Whether a ``CancelledError`` in a job's task is the abort of the cancelled job, and
+    nothing else (a worker stopping cancels the task too)."""
+    return context.cancelled and context.task is not None and context.task.uncancel() == 0
+
+
+def failure_kind(exc: BaseException) -> str:
+    """The ``Failure`` kind of an attempt that ended with ``exc``."""
+    if isinstance(exc, JobTimeoutError):
+        return Failure.TIMED_OUT.value
+    if isinstance(exc, JobCrashedError):
+        return Failure.CRASHED.value
+    return Failure.RAISED.value
+
+
 def _describe(exc: BaseException) -> str:
+    if isinstance(exc, ChildRaised):
+        return exc.description
     text = str(exc)
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 def _format(exc: BaseException) -> str:
+    if isinstance(exc, ChildRaised):
+        return exc.child_traceback
     return "".join(tb_module.format_exception(exc))
 
 

@@ -25,6 +25,7 @@ class JobStatus(str, Enum):
     ACTIVE = "active"  # held by a worker under a lease
     COMPLETED = "completed"
     FAILED = "failed"  # exhausted its attempts, or could not run at all; kept, retryable by hand
+    CANCELLED = "cancelled"  # withdrawn by ``cancel()``: never started, or stopped while running
 
     def __str__(self) -> str:
         return self.value
@@ -43,8 +44,38 @@ class JobStatus(str, Enum):
 # The members as module constants for the hot paths: on Python 3.11 every ``JobStatus.X`` goes
 # through ``EnumType``'s Python-level ``__getattr__``, and a job reads a dozen of them.
 QUEUED, SCHEDULED, ACTIVE = JobStatus.QUEUED, JobStatus.SCHEDULED, JobStatus.ACTIVE
-COMPLETED, FAILED = JobStatus.COMPLETED, JobStatus.FAILED
-TERMINAL_STATUSES = frozenset({COMPLETED, FAILED})
+COMPLETED, FAILED, CANCELLED = JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELLED
+TERMINAL_STATUSES = frozenset({COMPLETED, FAILED, CANCELLED})
+PENDING_STATUSES = (QUEUED, SCHEDULED)
+CANCELLABLE_STATUSES = frozenset({QUEUED, SCHEDULED, ACTIVE})
+
+
+class Failure(str, Enum):
+    """Why an attempt failed: the ``failure`` of a failed (or retried) record."""
+
+    RAISED = "raised"  # the job (or its middleware, or decoding it) raised
+    TIMED_OUT = "timed_out"  # it ran past its ``timeout``
+    CRASHED = "crashed"  # its isolated process died (a segfault, ``os._exit``, killed)
+    LOST = "lost"  # its lease expired more than ``queue.max_reclaims`` times
+
+    def __str__(self) -> str:
+        return self.value
+
+    @classmethod
+    def parse(cls, value: str | Failure) -> Failure:
+        from .errors import ConfigError
+
+        try:
+            return cls(value)
+        except ValueError:
+            valid = ", ".join(k.value for k in cls)
+            raise ConfigError(f"unknown failure kind {value!r}; valid kinds: {valid}") from None
+
+
+def cancel_error(reason: str, was: JobStatus | str) -> str:
+    """The ``error`` a cancelled record carries: the reason, and the status it was cancelled in
+    (``(was active)`` says that it had started)."""
+    return f"{reason} (was {was})"
 
 
 class QueueJob:
@@ -70,11 +101,18 @@ class QueueJob:
     timeout: ClassVar[float | None] = None
     queue: ClassVar[str | None] = None
     job_name_override: ClassVar[str | None] = None
+    #: where ``handle`` runs: ``"process"`` (a child process that a timeout or a cancel can
+    #: stop, see ``isolation``), ``"none"`` (in the worker), or ``None`` (the worker's default)
+    isolation: ClassVar[str | None] = None
 
     attempt: int = 0  # set by the worker before handle(): 1 on the first run
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
+        if isinstance(cls.__dict__.get("isolation"), str | None):  # a property is checked when read
+            from .isolation import check_isolation
+
+            check_isolation(cls.__dict__.get("isolation"), f"{cls.__name__}.isolation")
         if not inspect.isabstract(cls) and not cls.__dict__.get("_abstract_job", False):
             from .registry import job_factories
 
@@ -101,6 +139,11 @@ class QueueJob:
     def from_json(cls, data: dict[str, Any]) -> Self:
         """Rebuild a job from :meth:`to_json` output; defaults to ``cls(**data)``."""
         return cls(**data)
+
+    def isolated_entry(self) -> tuple[Any, dict[str, Any], str]:
+        """What an isolated process needs to run this job: the code to send (here the class,
+        rebuilt there with ``from_json``), its JSON arguments, and which of the two it is."""
+        return type(self), {"data": self.to_json(), "attempt": self.attempt}, "class"
 
     def get_next_retry_delay(self) -> float:
         """Seconds to wait after attempt ``self.attempt`` failed: ``retry_backoff``'s delay, or
@@ -151,6 +194,8 @@ class JobRecord:
     reclaims: int = 0
     key: str | None = None
     meta: dict[str, Any] = field(default_factory=dict)
+    #: why the last attempt failed (a ``Failure`` value) on failed and retried records
+    failure: str | None = None
 
     @property
     def duration_ms(self) -> float | None:

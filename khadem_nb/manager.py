@@ -11,14 +11,14 @@ from datetime import timedelta
 from typing import Any
 
 from . import limits
-from ._ids import new_job_id
+from ._ids import job_ids, new_job_id
 from ._time import now_ms, to_seconds
 from .config import QueueSettings, parse_config, worker_settings
 from .drivers.base import QueueDriver
 from .errors import ConfigError, JobNotFoundError, KhademError
 from .execution import Hook, JobExecutor, WorkerHooks
 from .factory import QueueFactory
-from .job import FAILED, QUEUED, SCHEDULED, JobRecord, JobStatus, QueueJob
+from .job import ACTIVE, FAILED, QUEUED, SCHEDULED, Failure, JobRecord, JobStatus, QueueJob
 from .middleware import Middleware, MiddlewareChain, MiddlewareFunc
 from .monitor import BasicQueueMonitor, QueueMonitor
 from .registry import job_factories
@@ -36,6 +36,8 @@ from .waiting import (
 from .worker import QueueWorker
 
 logger = logging.getLogger(__name__)
+#: what ``cancel_all`` takes: a word, and the statuses it covers
+CANCEL_SCOPES = {"queued": (QUEUED, SCHEDULED), "active": (ACTIVE,), "all": (QUEUED, SCHEDULED, ACTIVE)}
 
 MAX_ATTEMPTS = limits.COUNTS["max_attempts"][1]
 PRIORITY_RANGE = limits.PRIORITY_RANGE
@@ -222,7 +224,7 @@ class QueueManager:
     async def start_worker(self, max_jobs: int | None = None, delay: float | timedelta | None = None,
                            timeout: float | timedelta | None = None, *, concurrency: int | None = None,
                            queues: Sequence[str] | None = None, burst: bool = False,
-                           prefetch: int | None = None,
+                           prefetch: int | None = None, isolation: str | None = None,
                            run_in_background: bool = False,
                            on_error: Hook | None = None, on_job_start: Hook | None = None,
                            on_job_complete: Hook | None = None,
@@ -231,11 +233,12 @@ class QueueManager:
 
         ``max_jobs`` stops it after that many jobs, ``timeout`` after that many seconds,
         ``delay`` is the longest it waits for new work between checks; with ``burst`` it stops
-        once no job is due.
+        once no job is due. ``isolation="process"`` runs jobs that do not choose their
+        isolation in child processes.
         """
         options = worker_settings(self.settings.workers, max_jobs=max_jobs, delay=delay,
                                   timeout=timeout, concurrency=concurrency, burst=burst,
-                                  prefetch=prefetch)
+                                  prefetch=prefetch, isolation=isolation)
         self._set_hooks(on_error, on_job_start, on_job_complete, on_job_error)
         worker = QueueWorker(self.driver, self.executor, self.settings, options,
                              list(queues) if queues else [self.settings.name], self.hooks)
@@ -263,8 +266,10 @@ class QueueManager:
         await asyncio.gather(*(w.stop(grace) for w in workers))
 
     async def close(self) -> None:
-        """Stop workers and close the driver."""
+        """Stop workers, the children of isolated jobs, and close the driver."""
         await self.stop_worker()
+        if self._executor is not None:
+            await self._executor.close()
         if self._driver is not None:
             await self._driver.close()
         if self._threads is not None:
@@ -356,14 +361,46 @@ class QueueManager:
         """Delete every record of this queue's storage: queued, running, finished and failed."""
         await self.driver.purge()
 
-    async def retry_failed(self, job_ids: Iterable[str] | None = None) -> int:
-        """Requeue failed jobs (all of them, or the given ids) with a fresh attempt budget."""
-        if job_ids is None:
-            job_ids = [r.id for r in await self.driver.jobs(FAILED)]
+    async def retry_failed(self, job_ids: Iterable[str] | None = None, *,
+                           kind: str | Failure | None = None) -> int:
+        """Requeue failed jobs (all of them, or the given ids) with a fresh attempt budget;
+        with ``kind``, only those that failed that way (``raised``, ``timed_out``, ``crashed``,
+        ``lost``)."""
+        wanted = None if kind is None else Failure.parse(kind).value
+        if job_ids is None or wanted is not None:
+            failed = await (self.driver.jobs(FAILED) if job_ids is None else self.get_jobs(list(job_ids)))
+            job_ids = [r.id for r in failed if r.status is FAILED and wanted in (None, r.failure)]
         count = await self.driver.requeue(list(job_ids))
         if count and self.driver.runs_at_dispatch:
             await self._run_now({self.settings.name})
         return count
+
+    # -- cancelling ------------------------------------------------------------------------
+    async def cancel(self, job_id_or_ids: str | Iterable[str], *, reason: str = "cancelled") -> list[str]:
+        """Cancel jobs; returns the ids this call cancelled. A queued or scheduled job becomes
+        ``cancelled`` and never starts; a running one becomes ``cancelled`` at once and its
+        worker stops it (see ``QueueDriver.cancel``). A finished or already cancelled job is
+        left as it is and its id is not returned. ``JobNotFoundError`` names ids not stored
+        here (and nothing is cancelled then)."""
+        ids = job_ids(job_id_or_ids, "cancel()")
+        if not isinstance(reason, str) or not reason:
+            raise ConfigError(f"cancel(reason=...) must be a non-empty string, got {reason!r}")
+        statuses = await self.driver.statuses(ids)
+        missing = [job_id for job_id, status in zip(ids, statuses, strict=True) if status is None]
+        if missing:
+            more = f" (and {len(missing) - 1} more ids not found)" if len(missing) > 1 else ""
+            raise JobNotFoundError(f"no job with id {missing[0]!r} in {self.settings.redacted_url()}{more}")
+        return await self.driver.cancel(ids, reason)
+
+    async def cancel_all(self, status: str = "queued", *, queue: str | None = None,
+                         reason: str = "cancelled") -> list[str]:
+        """Cancel every job of ``queue`` (every queue if ``None``) in ``status``: ``"queued"``
+        (queued and scheduled), ``"active"`` (running), or ``"all"`` (both)."""
+        if status not in CANCEL_SCOPES:
+            raise ConfigError(f"cancel status must be one of {', '.join(CANCEL_SCOPES)}, got {status!r}")
+        wanted = CANCEL_SCOPES[status]
+        found = [r.id for s in wanted for r in await self.driver.jobs(s, queue)]
+        return await self.driver.cancel(found, reason) if found else []
 
     async def __aenter__(self) -> QueueManager:
         return await self.init()

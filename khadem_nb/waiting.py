@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
 from .drivers.base import NO_RESULT, QueueDriver
-from .errors import JobFailedError, JobNotFoundError, ResultTimeoutError
+from .errors import JobCancelledError, JobFailedError, JobNotFoundError, ResultTimeoutError
 from .job import TERMINAL_STATUSES, JobRecord, JobStatus
 from .serializer import decode_value
 
@@ -175,9 +175,12 @@ async def read_records(driver: QueueDriver, ids: Sequence[str], location: str) -
 
 
 def outcome(record: JobRecord) -> Any:
-    """The decoded result of a finished record, or ``JobFailedError`` if it failed."""
+    """The decoded result of a finished record; ``JobFailedError`` if it failed,
+    ``JobCancelledError`` if it was cancelled."""
     if record.status is JobStatus.FAILED:
         raise JobFailedError(record)
+    if record.status is JobStatus.CANCELLED:
+        raise JobCancelledError(record)
     if record.status is not JobStatus.COMPLETED:
         raise ResultTimeoutError(f"job {record.id} is still {record.status.value}")
     return decode_value(record.result)

@@ -10,6 +10,10 @@ holds at most ``concurrency + prefetch`` jobs, all heartbeated).
 ``stop()`` called. ``stop()`` is idempotent: it stops claiming, lets running jobs finish for
 ``grace`` seconds, then cancels them; their jobs and any prefetched ones go back to the queue.
 No signal handlers are installed here (the CLI does that; a kernel must not).
+
+A job cancelled while this worker holds it is stopped here (:meth:`QueueWorker.abort`): the
+driver tells the worker at once where it can (``listen_aborts``), else the worker asks it every
+ABORT_POLL_S while it holds jobs; a heartbeat that finds a lease gone asks too.
 """
 
 from __future__ import annotations
@@ -33,6 +37,8 @@ logger = logging.getLogger(__name__)
 MAX_ERROR_BACKOFF_S = 5.0
 BURST_TRIES = 5  # failed claims in a row after which a burst worker gives up
 YIELD_EVERY = 64  # jobs run between two turns given to the loop's other tasks, at least
+ABORT_POLL_S = 0.2  # how often a worker asks a driver that cannot tell it about cancelled jobs
+SERVICE_TASKS = ("khadem-heartbeat", "khadem-aborts")  # run beside the consumers until the stop
 
 
 class QueueWorker:
@@ -60,6 +66,7 @@ class QueueWorker:
         self._buffer: deque[JobRecord] = deque()  # claimed by a batch reserve, not started yet
         self._fetcher: asyncio.Task[None] | None = None  # claims for idle consumers, one batch at a time
         self._idle: deque[asyncio.Future[JobRecord | None]] = deque()  # consumers waiting for a job
+        self._dropping: set[asyncio.Task[None]] = set()  # settles of cancelled buffered jobs
         self._errors = 0
         self._drained = False  # burst mode: a reserve found nothing due
         #: why a burst worker gave up: its claims failed BURST_TRIES times in a row
@@ -99,6 +106,7 @@ class QueueWorker:
             self._tasks.append(loop.create_task(self._consume(), name=f"khadem-consumer-{index}"))
         if self.driver.uses_leases:
             self._tasks.append(loop.create_task(self._heartbeat(), name="khadem-heartbeat"))
+        self._tasks.append(loop.create_task(self._watch_aborts(), name="khadem-aborts"))
         if self.options.timeout_s is not None:
             loop.call_later(self.options.timeout_s, self.request_stop)
 
@@ -138,12 +146,12 @@ class QueueWorker:
         self._stopping.set()
         self._claiming.set()  # let paused consumers see the stop
         self.driver.interrupt_waits()
-        consumers = [t for t in self._tasks if t.get_name() != "khadem-heartbeat"]
+        consumers = [t for t in self._tasks if t.get_name() not in SERVICE_TASKS]
         _, pending = await asyncio.wait(consumers, timeout=grace) if consumers else (set(), set())
         for task in pending:
             task.cancel()
         for task in self._tasks:
-            if task.get_name() == "khadem-heartbeat":
+            if task.get_name() in SERVICE_TASKS:
                 task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         if self._fetcher is not None:
@@ -308,7 +316,7 @@ class QueueWorker:
         if self.driver.uses_leases:  # what the heartbeat renews
             self._active[record.id] = record
         try:
-            await self.executor.execute(record, self._loop)
+            await self.executor.execute(record, self._loop, self.options.isolation)
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # the driver failed while settling: the lease will expire
@@ -332,6 +340,66 @@ class QueueWorker:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._stopping.wait(), backoff)
 
+    # -- cancelled jobs ------------------------------------------------------------------------
+    def abort(self, job_id: str) -> None:
+        """The job ``job_id`` was cancelled: stop it if it runs here, drop it if it waits in
+        the prefetch buffer (it never starts), and make sure it never starts if it was claimed
+        here and is on its way to a consumer."""
+        if self.executor.abort(job_id):
+            return
+        for record in self._buffer:
+            if record.id == job_id:
+                self._buffer.remove(record)
+                self._drop(record)
+                return
+        if job_id in self._active:
+            self.executor.doom(job_id)
+
+    def _drop(self, record: JobRecord) -> None:
+        """Settle a buffered job that was cancelled before it started (it stays cancelled)."""
+        async def stop() -> None:
+            try:
+                await self.driver.release(record)  # stops it: cancelled under this worker's token
+            except Exception:  # it stays cancelled; only its stop time is not recorded
+                logger.exception("could not settle cancelled job %s", record.id)
+
+        assert self._loop is not None
+        task = self._loop.create_task(stop())
+        self._dropping.add(task)
+        task.add_done_callback(self._dropping.discard)
+
+    async def _watch_aborts(self) -> None:
+        """Hear of cancelled jobs from the driver, or ask it while jobs are held."""
+        try:
+            unsubscribe = await self.driver.listen_aborts(self.queues, self.abort)
+        except Exception as exc:
+            logger.warning("cannot listen for cancels (%s); asking every %gs instead", exc, ABORT_POLL_S)
+            unsubscribe = None
+        if unsubscribe is not None:
+            try:
+                await asyncio.Event().wait()  # until the stop cancels this task
+            finally:
+                await asyncio.shield(unsubscribe())
+        while True:
+            await asyncio.sleep(ABORT_POLL_S)
+            await self._ask_aborted(self._held())
+
+    def _held(self) -> list[JobRecord]:
+        running = [c.record for c in self.executor.running.values()]
+        return [*running, *(r for r in self._active.values() if r.id not in self.executor.running),
+                *self._buffer]
+
+    async def _ask_aborted(self, held: Sequence[JobRecord]) -> None:
+        if not held:
+            return
+        try:
+            cancelled = await self.driver.aborted(held)
+        except Exception as exc:
+            logger.debug("could not ask for cancelled jobs: %r", exc)
+            return
+        for job_id in cancelled:
+            self.abort(job_id)
+
     async def _heartbeat(self) -> None:
         interval = self.settings.heartbeat_s
         while True:
@@ -344,8 +412,12 @@ class QueueWorker:
             except Exception as exc:
                 logger.warning("heartbeat failed (%s); leases may expire", exc)
                 continue
-            for record, ok in zip(held, alive, strict=True):
-                if not ok and self._active.get(record.id) is record:  # not merely just settled
+            lost = [r for r, ok in zip(held, alive, strict=True)
+                    if not ok and self._active.get(r.id) is r]  # not merely just settled
+            if lost:
+                await self._ask_aborted(lost)  # a cancel whose notice was missed
+            for record in lost:
+                if record.id not in self.executor.running or not self.executor.running[record.id].cancelled:
                     logger.warning("lost the lease on job %s (%s); its result will be discarded",
                                    record.name, record.id)
 

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import threading
 import time
 from typing import Any, ClassVar
 
-from khadem_nb import QueueJob, QueueJobWithMetadata, RetryJob
+from khadem_nb import QueueJob, QueueJobWithMetadata, RetryJob, cancelled, progress
 from khadem_nb.context import current_job
 
 RUN_LOG: list[Any] = []  # in-process record of what ran, in order
@@ -157,3 +158,97 @@ class ClaimToken(QueueJob):
 
     async def handle(self) -> str:
         return current_job.get().record.token or ""
+
+
+class Cooperative(QueueJob):
+    """A sync job that reports progress in small steps until cancelled or ``seconds`` pass;
+    marks its start in ``path`` (if given) so a test sees that it ran."""
+
+    def __init__(self, seconds: float, path: str = "") -> None:
+        self.seconds = seconds
+        self.path = path
+
+    def handle(self) -> str:
+        if self.path:
+            with open(self.path, "a", encoding="utf-8") as handle:
+                handle.write(f"start {os.getpid()}\n")
+        deadline = time.monotonic() + self.seconds
+        step = 0
+        while time.monotonic() < deadline:
+            step += 1
+            progress(min(1.0, step / 1000), f"step {step}")
+            time.sleep(0.01)
+        return "finished"
+
+
+class PollsCancelled(QueueJob):
+    """A sync job that never reports progress and checks ``cancelled()`` instead."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+
+    def handle(self) -> str:
+        deadline = time.monotonic() + self.seconds
+        while time.monotonic() < deadline:
+            if cancelled():
+                return "noticed"
+            time.sleep(0.01)
+        return "finished"
+
+
+class Isolated(QueueJob):
+    """Runs in a child process: returns its pid and reports progress on the way."""
+
+    isolation: ClassVar[str | None] = "process"
+
+    def __init__(self, value: Any = None) -> None:
+        self.value = value
+
+    def handle(self) -> dict[str, Any]:
+        progress(0.5, "half way")
+        return {"pid": os.getpid(), "value": self.value}
+
+
+class Segfault(QueueJob):
+    isolation: ClassVar[str | None] = "process"
+
+    def handle(self) -> None:
+        import ctypes
+
+        ctypes.string_at(0)
+
+
+class ExitHard(QueueJob):
+    isolation: ClassVar[str | None] = "process"
+
+    def handle(self) -> None:
+        os._exit(3)
+
+
+class BusyLoop(QueueJob):
+    """CPU-bound and deaf to everything: only killing its process stops it."""
+
+    isolation: ClassVar[str | None] = "process"
+
+    def __init__(self, seconds: float = 60.0, path: str = "") -> None:
+        self.seconds = seconds
+        self.path = path
+
+    def handle(self) -> str:
+        if self.path:
+            with open(self.path, "w", encoding="utf-8") as handle:
+                handle.write(str(os.getpid()))
+        deadline = time.monotonic() + self.seconds
+        while time.monotonic() < deadline:
+            pass
+        return "done"
+
+
+class IsolatedSleep(QueueJob):
+    isolation: ClassVar[str | None] = "process"
+    timeout: ClassVar[float | None] = 0.5
+
+    def handle(self) -> str:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # only SIGKILL after the grace stops it
+        time.sleep(60)
+        return "woke"

@@ -1,10 +1,10 @@
 """Helpers shared by the drivers that store whole records: how a waiting record reads, and
-what an expired lease does to a record."""
+what an expired lease and a cancel do to a record."""
 
 from __future__ import annotations
 
 from .._time import now_ms
-from ..job import JobRecord, JobStatus
+from ..job import ACTIVE, CANCELLED, Failure, JobRecord, JobStatus, cancel_error
 from .base import LEASE_LOST_ERROR
 
 
@@ -24,9 +24,23 @@ def reclaim(record: JobRecord, now: int, max_reclaims: int) -> JobRecord:
         record.finished_ms = now
         record.error = LEASE_LOST_ERROR.format(n=record.reclaims + 1)
         record.traceback = None
+        record.failure = Failure.LOST.value
     else:
         record.reclaims += 1
         record.status = JobStatus.QUEUED
         record.available_ms = now
         record.started_ms = None
     return record
+
+
+def cancel(record: JobRecord, now: int, reason: str) -> JobStatus:
+    """Make a QUEUED, SCHEDULED or ACTIVE record CANCELLED; return the status it had. An active
+    one keeps its token, so its holder's next settle is recognised and stops it."""
+    was = due_view(record).status
+    record.status = CANCELLED
+    record.finished_ms = now
+    record.lease_ms = None
+    record.error, record.traceback = cancel_error(reason, was), None
+    if was is not ACTIVE:
+        record.token = None
+    return was

@@ -11,7 +11,7 @@ the refusal is counted in ``stale_acks``.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import Enum
 from typing import Any, ClassVar
@@ -21,7 +21,7 @@ from .._ids import new_token
 from .._time import now_ms
 from ..config import QueueSettings, parse_config
 from ..errors import ConfigError
-from ..job import ACTIVE, COMPLETED, FAILED, QUEUED, SCHEDULED, JobRecord, JobStatus
+from ..job import ACTIVE, CANCELLED, COMPLETED, FAILED, QUEUED, SCHEDULED, JobRecord, JobStatus
 from ..limits import PRIORITY_RANGE
 
 
@@ -34,6 +34,10 @@ class _NoResult:
 NO_RESULT: Any = _NoResult()
 #: told of a settle: the job's id, its new status if known, and its (encoded) result if carried
 SettleNotice = Callable[[str, JobStatus | None, Any], None]
+#: told that a job this process may hold was cancelled: the job's id
+AbortNotice = Callable[[str], None]
+#: stops an abort subscription
+Unsubscribe = Callable[[], Awaitable[None]]
 
 LEASE_LOST_ERROR = "lease expired {n} time(s): the worker holding it died or stalled; giving up"
 
@@ -63,6 +67,7 @@ class Settlement:
     error: str | None = None
     traceback: str | None = None
     delay_s: float = 0.0
+    failure: str | None = None  # the kind of a failed attempt (FAIL, RETRY)
 
     @property
     def delay_ms(self) -> int:
@@ -76,21 +81,29 @@ class Settlement:
             record.status = COMPLETED
             record.result = self.result
             record.finished_ms = self.at_ms
-            record.error = record.traceback = None
+            record.error = record.traceback = record.failure = None
         elif verb is FAIL:
             record.status = FAILED
             record.finished_ms = self.at_ms
-            record.error, record.traceback = self.error, self.traceback
+            record.error, record.traceback, record.failure = self.error, self.traceback, self.failure
         elif verb is RETRY:
             record.status = SCHEDULED if self.delay_s > 0 else QUEUED
             record.available_ms = self.at_ms + self.delay_ms
             record.started_ms = record.finished_ms = None
-            record.error, record.traceback = self.error, self.traceback
+            record.error, record.traceback, record.failure = self.error, self.traceback, self.failure
         else:
             record.status = QUEUED
             record.attempt = max(0, record.attempt - 1)
             record.available_ms = self.at_ms
             record.started_ms = None
+
+    def stop(self, record: JobRecord) -> None:
+        """What any settle by its holder does to a job cancelled while it ran: the job stays
+        cancelled (its error says why), its result or error is dropped, and it records when it
+        really stopped."""
+        record.status = CANCELLED
+        record.token = record.lease_ms = None
+        record.finished_ms = self.at_ms
 
 
 class QueueDriver(ABC):
@@ -176,14 +189,17 @@ class QueueDriver(ABC):
         self.stale_acks += 1
         return False
 
-    async def fail(self, record: JobRecord, error: str, traceback: str | None) -> bool:
-        """Settle a held job as failed for good, keeping its error."""
-        settlement = Settlement(FAIL, now_ms(), error=error, traceback=traceback)
+    async def fail(self, record: JobRecord, error: str, traceback: str | None,
+                   failure: str | None = "raised") -> bool:
+        """Settle a held job as failed for good, keeping its error and the kind of failure."""
+        settlement = Settlement(FAIL, now_ms(), error=error, traceback=traceback, failure=failure)
         return self._counted(await self._settle(record, settlement))
 
-    async def retry(self, record: JobRecord, delay_s: float, error: str, traceback: str | None) -> bool:
+    async def retry(self, record: JobRecord, delay_s: float, error: str, traceback: str | None,
+                    failure: str | None = "raised") -> bool:
         """Put a failed attempt back, due after ``delay_s``; the error is kept as the last one."""
-        settlement = Settlement(RETRY, now_ms(), error=error, traceback=traceback, delay_s=delay_s)
+        settlement = Settlement(RETRY, now_ms(), error=error, traceback=traceback, delay_s=delay_s,
+                                failure=failure)
         return self._counted(await self._settle(record, settlement))
 
     async def release(self, record: JobRecord) -> bool:
@@ -198,9 +214,33 @@ class QueueDriver(ABC):
     @abstractmethod
     async def _settle(self, record: JobRecord, settlement: Settlement) -> bool:
         """Make ``settlement`` happen to the stored job if it is ACTIVE under ``record.token``,
-        and to ``record`` itself (``settlement.apply``); report whether it was. A job no longer
-        held under that token (its lease was lost and it was claimed again, or it was settled
+        and to ``record`` itself (``settlement.apply``); report whether it was. A job cancelled
+        while held under that token is stopped instead (``settlement.stop``, on both), which
+        also reports ``True``: the caller sees ``record.status`` CANCELLED. A job no longer held
+        under that token (its lease was lost and it was claimed again, or it was settled
         already) is left exactly as it is, and so is ``record``."""
+
+    # -- cancelling --------------------------------------------------------------------------
+    @abstractmethod
+    async def cancel(self, job_ids: Sequence[str], reason: str) -> list[str]:
+        """Cancel the jobs among ``job_ids`` that are QUEUED, SCHEDULED or ACTIVE; return their
+        ids in the order given. Each is one atomic change against claims: a pending job becomes
+        CANCELLED and never starts; an ACTIVE one becomes CANCELLED at once, keeps its token
+        until its holder stops it (any settle of the holder then stops it, see ``_settle``),
+        and its holder is told (``listen_aborts``, or ``aborted`` when it polls). The error of
+        each says ``reason`` and the status it was cancelled in (``job.cancel_error``). Jobs
+        finished, cancelled already or missing are left as they are."""
+
+    async def listen_aborts(self, queues: Sequence[str], notice: AbortNotice) -> Unsubscribe | None:
+        """Call ``notice(id)`` whenever a running job of ``queues`` is cancelled, by this process
+        or another; returns how to stop listening, or ``None`` where this driver cannot tell
+        (the worker then polls :meth:`aborted`)."""
+        return None
+
+    async def aborted(self, records: Sequence[JobRecord]) -> list[str]:
+        """The ids among held ``records`` whose jobs were cancelled."""
+        statuses = await self.statuses([r.id for r in records])
+        return [r.id for r, status in zip(records, statuses, strict=True) if status is CANCELLED]
 
     # -- inspecting --------------------------------------------------------------------------
     @abstractmethod

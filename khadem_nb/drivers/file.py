@@ -6,7 +6,9 @@ Layout under ``queue.path``::
     ready/<queue>/<order>.json     due jobs; <order> sorts by priority, then dispatch time
     delayed/<queue>/<due>.json     jobs waiting for their time
     active/<order>.json            claimed jobs (carry token and lease)
-    done/  failed/  corrupt/       finished jobs; files that could not be parsed
+    done/  failed/  cancelled/     finished jobs (a job cancelled while running keeps its token
+                                   in cancelled/ until its holder stops it)
+    corrupt/                       files that could not be parsed
     .lock                          the only file ever flock()ed
 
 Every write goes to ``tmp/`` first, is fsynced, moved into place with ``os.replace`` and the
@@ -34,6 +36,7 @@ from .._time import now_ms
 from ..config import QueueSettings
 from ..errors import DriverError, SerializationError
 from ..job import TERMINAL_STATUSES, JobRecord, JobStatus
+from . import _records
 from ._fs import check_parent_writable, local_path
 from ._polling import PollingWaits
 from ._records import due_view, reclaim
@@ -52,10 +55,10 @@ from .quarantine import checked, unreadable
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
-STATE_DIRS = ("tmp", "ready", "delayed", "active", "done", "failed", "corrupt")
+STATE_DIRS = ("tmp", "ready", "delayed", "active", "done", "failed", "cancelled", "corrupt")
 PRIORITY_OFFSET = 10**9  # ready files sort ascending; higher priority must come first
 ID_LEN = 32
-JOB_FILE = re.compile(r"\d{10}-\d{15}-\d{12}-[0-9a-f]{32}\.json\Z")  # ready, active, done, failed
+JOB_FILE = re.compile(r"\d{10}-\d{15}-\d{12}-[0-9a-f]{32}\.json\Z")  # all but delayed/
 JOB_ID = re.compile(r"-([0-9a-f]{32})\.json\Z")
 DELAYED_FILE = re.compile(r"\d{15}-[0-9a-f]{32}\.json\Z")
 TMP_MAX_AGE_S = 600.0  # a temporary file this old was left by a writer that died
@@ -107,6 +110,15 @@ class FileStore:
         if not os.access(self.root, os.W_OK):
             raise DriverError(f"queue folder {self.root!r} is not writable")
         self._remove_stale_temporaries()
+        self._finish_cancels()
+
+    def _finish_cancels(self) -> None:
+        """Complete cancels cut short between their rename into ``cancelled/`` and the rewrite."""
+        for name in self.listdir("cancelled"):
+            record = self.read(self.dir("cancelled", name))
+            if record is not None and record.status is not JobStatus.CANCELLED:
+                _records.cancel(record, _mtime_ms(self.dir("cancelled", name)), "cancelled")
+                self.write(self.dir("cancelled", name), record)
 
     def _remove_stale_temporaries(self) -> None:
         """Remove what writers that died left in ``tmp/``: a file whose writer (the process id
@@ -305,13 +317,14 @@ class FileStore:
                 return self.dir("active", name)
         return None
 
-    def settle(self, held: JobRecord, settlement: Settlement) -> bool:
-        """Write ``settlement`` if the job is still active under ``held``'s token."""
+    def settle(self, held: JobRecord, settlement: Settlement) -> str | None:
+        """Write ``settlement`` if the job is still active under ``held``'s token (``"settled"``),
+        or stop it if it was cancelled while held under that token (``"stopped"``)."""
         with self.locked():
             path = self._find_active(held.id)
             stored = None if path is None else self.read(path)
             if path is None or stored is None or stored.token != held.token:
-                return False
+                return self._stop(held, settlement)
             record = held.copy()
             settlement.apply(record)
             self._move_from_active(path, record)
@@ -321,7 +334,53 @@ class FileStore:
                 self._trim_to_count("failed", self.settings.failed_retention)
             if record.status in TERMINAL_STATUSES and time.monotonic() >= self._next_age_pass:
                 self._trim_by_age()
-            return True
+            return "settled"
+
+    def _stop(self, held: JobRecord, settlement: Settlement) -> str | None:
+        name = next((n for n in self.listdir("cancelled") if _id_of(n) == held.id), None)
+        path = None if name is None else self.dir("cancelled", name)
+        stored = None if path is None else self.read(path)
+        if path is None or stored is None or stored.token is None or stored.token != held.token:
+            return None
+        stored.meta.update(held.meta)
+        settlement.stop(stored)
+        self.write(path, stored)
+        return "stopped"
+
+    def cancel(self, job_ids: Sequence[str], reason: str) -> list[str]:
+        """Move what is pending or running among ``job_ids`` to ``cancelled/``, under the lock
+        that claims hold too."""
+        wanted = set(job_ids)
+        cancelled: list[str] = []
+        with self.locked():
+            now, found = now_ms(), {}
+            for path in self._pending_and_active():
+                job_id = _id_of(os.path.basename(path))
+                if job_id in wanted:
+                    found[job_id] = path
+            for job_id in dict.fromkeys(job_ids):
+                source = found.get(job_id)
+                record = None if source is None else self.read(source)
+                if source is None or record is None:
+                    continue
+                target = self.dir("cancelled", _ready_name(record))
+                os.rename(source, target)  # atomic: no claim can take it from here on
+                _records.cancel(record, now, reason)
+                self.write(target, record)
+                self._ready_cache.pop(record.queue, None)
+                cancelled.append(job_id)
+        return cancelled
+
+    def _pending_and_active(self) -> Iterator[str]:
+        for folder in ("ready", "delayed"):
+            for queue in self.queue_dirs(folder):
+                for name in self.listdir(folder, queue):
+                    yield self.dir(folder, queue, name)
+        for name in self.listdir("active"):
+            yield self.dir("active", name)
+
+    def cancelled_ids(self) -> set[str]:
+        return set(map(_id_of, self.listdir("cancelled")))
 
     def _trim_to_count(self, folder: str, keep: int) -> None:
         """Keep the ``keep`` newest records of ``folder``: by name (dispatch order) in ``done``,
@@ -376,11 +435,8 @@ class FileStore:
             return True
 
     def paths(self) -> Iterator[str]:
-        for folder in ("ready", "delayed"):
-            for queue in self.queue_dirs(folder):
-                for name in self.listdir(folder, queue):
-                    yield self.dir(folder, queue, name)
-        for folder in ("active", "done", "failed"):
+        yield from self._pending_and_active()
+        for folder in ("done", "failed", "cancelled"):
             for name in self.listdir(folder):
                 yield self.dir(folder, name)
 
@@ -519,12 +575,21 @@ class FileDriver(QueueDriver):
         return await self._call(self.store.heartbeat, [(r.id, r.token) for r in records])
 
     async def _settle(self, record: JobRecord, settlement: Settlement) -> bool:
-        settled = await self._call(self.store.settle, record, settlement)
-        if settled:
+        outcome = await self._call(self.store.settle, record, settlement)
+        if outcome == "settled":
             settlement.apply(record)
             if settlement.verb is RETRY or settlement.verb is RELEASE:
                 self._waits.wake()
-        return settled
+        elif outcome == "stopped":
+            settlement.stop(record)
+        return outcome is not None
+
+    async def cancel(self, job_ids: Sequence[str], reason: str) -> list[str]:
+        return await self._call(self.store.cancel, list(job_ids), reason)
+
+    async def aborted(self, records: Sequence[JobRecord]) -> list[str]:
+        cancelled = await self._call(self.store.cancelled_ids)
+        return [r.id for r in records if r.id in cancelled]
 
     async def update_meta(self, record: JobRecord, meta: dict[str, Any]) -> bool:
         return await self._call(self.store.update_meta, record.id, record.token, meta)

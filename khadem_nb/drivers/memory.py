@@ -7,7 +7,8 @@ a live panel asks for several times a second): pending jobs from the lanes and t
 completed ones from the retention deque, running and failed ones from small id sets.
 
 Nothing survives the process. Completed records beyond ``queue.retention`` are dropped oldest
-first; failed records stay until retried or purged.
+first; failed records stay until retried or purged, cancelled ones until purged. A cancelled
+job's id stays in its lane or heap and is skipped when reached.
 """
 
 from __future__ import annotations
@@ -25,9 +26,29 @@ from typing import Any, ClassVar
 from .._ids import new_token
 from .._time import now_ms
 from ..config import QueueSettings
-from ..job import ACTIVE, COMPLETED, FAILED, QUEUED, SCHEDULED, JobRecord, JobStatus
+from ..job import (
+    ACTIVE,
+    CANCELLABLE_STATUSES,
+    CANCELLED,
+    COMPLETED,
+    FAILED,
+    QUEUED,
+    SCHEDULED,
+    JobRecord,
+    JobStatus,
+)
 from ..serializer import dumps
-from .base import RELEASE, RETRY, QueueDriver, Settlement, empty_counts, retention_cutoffs
+from . import _records
+from .base import (
+    RELEASE,
+    RETRY,
+    AbortNotice,
+    QueueDriver,
+    Settlement,
+    Unsubscribe,
+    empty_counts,
+    retention_cutoffs,
+)
 
 # Payload texts here are this module's own ``dumps`` output, so they are parsed by the scanner
 # behind ``json.loads`` without its wrappers (whitespace checks, an ``end`` check): worth more
@@ -40,7 +61,7 @@ def _parse_own_json(text: str) -> Any:
 
 
 PENDING = (QUEUED, SCHEDULED)
-HELD = (ACTIVE, FAILED)  # kept as id sets; the rest are listed from heaps/deque
+HELD = (ACTIVE, FAILED, CANCELLED)  # kept as id sets; the rest are listed from heaps/deque
 
 
 def _older(record: JobRecord, cutoff_ms: int | None) -> bool:
@@ -97,6 +118,7 @@ class MemoryDriver(QueueDriver):
         self._held: dict[JobStatus, dict[str, None]] = {s: {} for s in HELD}
         self._active = self._held[ACTIVE]  # ids of claimed jobs, in the order they were claimed
         self._failed = self._held[FAILED]  # ids of failed jobs, in the order they failed
+        self._aborts: list[AbortNotice] = []  # workers told at once of a running job cancelled
         self._retention = settings.retention
         self._ready: dict[str, PriorityLanes] = {}
         self._delayed: dict[str, list[tuple[int, int, str]]] = {}
@@ -266,7 +288,7 @@ class MemoryDriver(QueueDriver):
         job_id = record.id
         stored = self._records.get(job_id)
         if job_id not in self._active or stored is None or stored.token != record.token:
-            return False
+            return self._stop(record, stored, settlement)
         settlement.apply(stored)  # the worker usually holds the stored record itself
         if stored is not record:
             settlement.apply(record)
@@ -289,6 +311,44 @@ class MemoryDriver(QueueDriver):
         if self._aging or (self._failed and self.settings.failed_retention is not None):
             self._trim()
         return True
+
+    def _stop(self, record: JobRecord, stored: JobRecord | None, settlement: Settlement) -> bool:
+        """The holder's settle of a job cancelled while it ran (see ``QueueDriver._settle``)."""
+        if stored is None or stored.status is not CANCELLED or stored.token is None \
+                or stored.token != record.token:
+            return False
+        stored.meta.update(record.meta)
+        settlement.stop(stored)
+        if stored is not record:
+            settlement.stop(record)
+        stored.payload = self._texts.pop(record.id, stored.payload)
+        return True
+
+    # -- cancelling ----------------------------------------------------------------------------
+    async def cancel(self, job_ids: Sequence[str], reason: str) -> list[str]:
+        now, cancelled, running = now_ms(), [], []
+        for job_id in job_ids:
+            stored = self._records.get(job_id)
+            if stored is None or stored.status not in CANCELLABLE_STATUSES:
+                continue
+            self._leave(job_id, stored.status)
+            if _records.cancel(stored, now, reason) is ACTIVE:
+                running.append(job_id)
+            self._enter(job_id, CANCELLED)
+            cancelled.append(job_id)
+        for job_id in running:
+            for notice in list(self._aborts):
+                notice(job_id)
+        return cancelled
+
+    async def listen_aborts(self, queues: Sequence[str], notice: AbortNotice) -> Unsubscribe | None:
+        self._aborts.append(notice)
+
+        async def unsubscribe() -> None:
+            if notice in self._aborts:
+                self._aborts.remove(notice)
+
+        return unsubscribe
 
     def _trim_completed(self) -> None:
         """Drop the oldest completed records beyond ``queue.retention`` (the deque of ids in

@@ -78,7 +78,8 @@ CREATE TABLE IF NOT EXISTS khadem_jobs (
     result       TEXT,
     error        TEXT,
     traceback    TEXT,
-    meta         TEXT NOT NULL DEFAULT '{}'
+    meta         TEXT NOT NULL DEFAULT '{}',
+    failure      TEXT
 );
 CREATE INDEX IF NOT EXISTS khadem_jobs_claim ON khadem_jobs (queue, priority DESC, seq)
     WHERE status IN ('queued', 'scheduled');
@@ -94,7 +95,7 @@ TRIM_BY_AGE = "DELETE FROM khadem_jobs WHERE status = ? AND finished_ms < ?"
 
 COLUMNS = ("id", "queue", "name", "status", "priority", "attempt", "max_attempts", "reclaims",
            "created_ms", "available_ms", "started_ms", "finished_ms", "lease_ms", "token",
-           "timeout_s", "key", "payload", "result", "error", "traceback", "meta")
+           "timeout_s", "key", "payload", "result", "error", "traceback", "meta", "failure")
 SELECT = "SELECT " + ", ".join(COLUMNS) + " FROM khadem_jobs"
 INSERT = (f"INSERT INTO khadem_jobs ({', '.join(COLUMNS)}) "
           f"VALUES ({', '.join('?' for _ in COLUMNS)})")
@@ -113,8 +114,22 @@ SETTLE = f"""
 UPDATE khadem_jobs
    SET status = ?, attempt = ?, available_ms = ?, started_ms = ?, finished_ms = ?,
        lease_ms = NULL, token = NULL, result = ?, error = ?, traceback = ?,
-       meta = json_patch({SOUND_META}, ?)
+       meta = json_patch({SOUND_META}, ?), failure = ?
  WHERE id = ? AND token = ? AND status = 'active'
+"""
+# the holder's settle of a job cancelled while it ran: it records when the job stopped
+STOP = f"""
+UPDATE khadem_jobs SET token = NULL, finished_ms = ?, meta = json_patch({SOUND_META}, ?)
+ WHERE id = ? AND token = ? AND status = 'cancelled'
+"""
+CANCEL = """
+UPDATE khadem_jobs
+   SET status = 'cancelled', finished_ms = :now, lease_ms = NULL, traceback = NULL,
+       error = :reason || ' (was ' || (CASE WHEN status = 'scheduled' AND available_ms <= :now
+                                            THEN 'queued' ELSE status END) || ')',
+       token = CASE WHEN status = 'active' THEN token END
+ WHERE id = :id AND status IN ('queued', 'scheduled', 'active')
+RETURNING token IS NOT NULL
 """
 
 
@@ -124,7 +139,7 @@ def _to_row(record: JobRecord) -> tuple[Any, ...]:
             record.available_ms, record.started_ms, record.finished_ms, record.lease_ms,
             record.token, record.timeout_s, record.key, dumps(record.payload),
             None if record.result is None else dumps(record.result), record.error,
-            record.traceback, dumps(record.meta))
+            record.traceback, dumps(record.meta), record.failure)
 
 
 def storage_error(path: str, exc: sqlite3.Error) -> DriverError:
@@ -194,6 +209,7 @@ class SqliteStore:
             if create:
                 self.journal_mode = self._set_journal(conn)
                 conn.executescript(SCHEMA)
+                _add_missing_columns(conn)
             else:
                 self.journal_mode = str(conn.execute("PRAGMA journal_mode").fetchone()[0]).lower()
             conn.execute("PRAGMA synchronous = NORMAL" if self.journal_mode == "wal"
@@ -264,27 +280,53 @@ class SqliteStore:
             record = reclaim(_from_row(row), now, self.settings.max_reclaims)
             conn.execute(
                 "UPDATE khadem_jobs SET status = ?, reclaims = ?, available_ms = ?, started_ms = ?,"
-                " finished_ms = ?, error = ?, traceback = ?, token = NULL, lease_ms = NULL"
+                " finished_ms = ?, error = ?, traceback = ?, failure = ?, token = NULL, lease_ms = NULL"
                 " WHERE id = ? AND status = 'active' AND lease_ms < ?",
                 (record.status.value, record.reclaims, record.available_ms, record.started_ms,
-                 record.finished_ms, record.error, record.traceback, record.id, now))
+                 record.finished_ms, record.error, record.traceback, record.failure, record.id, now))
             logger.warning("job %s (%s): lease expired, %s", record.name, record.id,
                            "failed" if record.status is JobStatus.FAILED else "requeued")
 
-    def settle(self, held: JobRecord, settlement: Settlement) -> bool:
-        """Write ``settlement`` if the row is still active under ``held``'s token."""
+    def settle(self, held: JobRecord, settlement: Settlement) -> str | None:
+        """Write ``settlement`` if the row is still active under ``held``'s token (``"settled"``),
+        or stop it if it was cancelled while held under that token (``"stopped"``); ``None``
+        where the job is no longer held under that token."""
         record = held.copy()
         settlement.apply(record)
         token = held.token
         params = (record.status.value, record.attempt, record.available_ms, record.started_ms,
                   record.finished_ms, None if record.result is None else dumps(record.result),
-                  record.error, record.traceback, dumps(record.meta), record.id, token)
-        updated = self.write(lambda conn: conn.execute(SETTLE, params).rowcount)
-        if updated and record.status in TERMINAL_STATUSES:
+                  record.error, record.traceback, dumps(record.meta), record.failure, record.id, token)
+
+        def run(conn: sqlite3.Connection) -> str | None:
+            if conn.execute(SETTLE, params).rowcount:
+                return "settled"
+            stop = (settlement.at_ms, dumps(held.meta), held.id, token)
+            return "stopped" if conn.execute(STOP, stop).rowcount else None
+
+        outcome = self.write(run)
+        if outcome is not None and record.status in TERMINAL_STATUSES:
             self._settles_since_trim += 1
             if self._settles_since_trim >= TRIM_EVERY or time.monotonic() >= self._next_trim_at:
                 self.trim()
-        return updated == 1
+        return outcome
+
+    def cancel(self, job_ids: Sequence[str], reason: str) -> tuple[list[str], list[str]]:
+        """Cancel what is pending or running among ``job_ids`` in one transaction (claims take
+        the same write lock); returns the ids cancelled and, of them, those that were running."""
+        now = now_ms()
+
+        def run(conn: sqlite3.Connection) -> tuple[list[str], list[str]]:
+            cancelled, running = [], []
+            for job_id in job_ids:
+                row = conn.execute(CANCEL, {"now": now, "reason": reason, "id": job_id}).fetchone()
+                if row is not None:
+                    cancelled.append(job_id)
+                    if row[0]:
+                        running.append(job_id)
+            return cancelled, running
+
+        return self.write(run)
 
     def trim(self) -> None:
         """Apply retention: the newest completed (failed) records by count, then by age."""
@@ -361,9 +403,10 @@ class SqliteStore:
 
     def requeue(self, job_ids: Sequence[str]) -> int:
         now = now_ms()
+        # failed, or a status no version writes (it reads as failed)
         sql = ("UPDATE khadem_jobs SET status = 'queued', attempt = 0, reclaims = 0, available_ms = ?,"
-               " started_ms = NULL, finished_ms = NULL, error = NULL WHERE id = ? AND status NOT IN"
-               " ('queued', 'scheduled', 'active', 'completed')")  # failed, or a status shown as failed
+               " started_ms = NULL, finished_ms = NULL, error = NULL, failure = NULL WHERE id = ? AND"
+               " status NOT IN ('queued', 'scheduled', 'active', 'completed', 'cancelled')")
 
         def run(conn: sqlite3.Connection) -> int:
             return sum(conn.execute(sql, (now, job_id)).rowcount for job_id in job_ids)
@@ -378,13 +421,22 @@ class SqliteStore:
         self.write(lambda conn: conn.execute("DELETE FROM khadem_jobs"))
 
 
+def _add_missing_columns(conn: sqlite3.Connection) -> None:
+    """Bring a queue file made by an earlier version up to ``SCHEMA``: columns added since are
+    added (empty), so its records read and its jobs run on."""
+    present = {row[1] for row in conn.execute("PRAGMA table_info(khadem_jobs)")}
+    for column, kind in (("failure", "TEXT"),):
+        if column not in present:
+            conn.execute(f"ALTER TABLE khadem_jobs ADD COLUMN {column} {kind}")
+
+
 def _filters(status: JobStatus | None, queue: str | None) -> tuple[str, tuple[Any, ...]]:
     clauses: list[str] = []
     params: list[Any] = []
     if status in (JobStatus.QUEUED, JobStatus.SCHEDULED):
         clauses.append("status IN ('queued', 'scheduled')")
     elif status is JobStatus.FAILED:  # a status no version writes reads as failed
-        clauses.append("status NOT IN ('queued', 'scheduled', 'active', 'completed')")
+        clauses.append("status NOT IN ('queued', 'scheduled', 'active', 'completed', 'cancelled')")
     elif status is not None:
         clauses.append("status = ?")
         params.append(status.value)
@@ -396,7 +448,8 @@ def _filters(status: JobStatus | None, queue: str | None) -> tuple[str, tuple[An
 
 IN_CHUNK = 500  # ids per "IN (...)" query, well under SQLite's bound-variable limit
 IO_MODES = ("auto", "thread", "inline")
-THREAD_ONLY = frozenset({"jobs", "counts", "find_by_keys", "purge", "requeue", "get_many", "statuses"})
+THREAD_ONLY = frozenset({"jobs", "counts", "find_by_keys", "purge", "requeue", "get_many", "statuses",
+                         "cancel"})
 
 
 class SqliteDriver(QueueDriver):
@@ -471,12 +524,18 @@ class SqliteDriver(QueueDriver):
         return await self._call(SqliteStore.heartbeat, [(r.id, r.token) for r in records])
 
     async def _settle(self, record: JobRecord, settlement: Settlement) -> bool:
-        settled = await self._call(SqliteStore.settle, record, settlement)
-        if settled:
+        outcome = await self._call(SqliteStore.settle, record, settlement)
+        if outcome == "settled":
             settlement.apply(record)
             if settlement.verb is RETRY or settlement.verb is RELEASE:
                 self._waits.wake()
-        return settled
+        elif outcome == "stopped":
+            settlement.stop(record)
+        return outcome is not None
+
+    async def cancel(self, job_ids: Sequence[str], reason: str) -> list[str]:
+        cancelled, _ = await self._call(SqliteStore.cancel, list(job_ids), reason)
+        return cancelled
 
     async def update_meta(self, record: JobRecord, meta: dict[str, Any]) -> bool:
         return await self._call(SqliteStore.update_meta, record.id, record.token, meta)

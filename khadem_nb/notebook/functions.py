@@ -2,8 +2,9 @@
 
 A call is stored as the job name (``module.qualname``) and its arguments bound to parameter
 names, so each point of a sweep carries its parameters as named values. The function itself
-never travels: a worker process finds it by importing its module. A function defined in a
-notebook cell lives in ``__main__`` and only in-kernel workers can run it.
+is not stored: a worker process finds it by importing its module. A function defined in a
+notebook cell lives in ``__main__`` and only in-kernel workers can run it (with
+``isolation="process"``, in a child process those workers start).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from .. import limits
 from ..errors import ConfigError, SerializationError
+from ..isolation import check_isolation
 from ..job import QueueJob
 from ..registry import job_factories
 from ..serializer import dumps, encode_value
@@ -40,12 +42,17 @@ class FunctionCall(QueueJob):
         self.priority = spec.priority  # type: ignore[misc]
         self.timeout = spec.timeout  # type: ignore[misc]
         self.retry_jitter = spec.retry_jitter  # type: ignore[misc]
+        self.isolation = spec.isolation  # type: ignore[misc]
 
     def job_name(self) -> str:  # type: ignore[override]
         return self.spec.name
 
     def to_json(self) -> dict[str, Any]:
         return {"kwargs": self.kwargs}
+
+    def isolated_entry(self) -> tuple[Any, dict[str, Any], str]:
+        """The function itself travels (by value when a cell defined it), with its arguments."""
+        return self.spec.fn, {"kwargs": self.kwargs}, "function"
 
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.kwargs.items())
@@ -71,7 +78,8 @@ class JobFunction:
 
     def __init__(self, queue: Queue, fn: Callable[..., Any], *, name: str | None = None,
                  max_attempts: int = 1, retry_delay: float | timedelta = 1.0, priority: int = 0,
-                 timeout: float | timedelta | None = None, retry_jitter: bool = False) -> None:
+                 timeout: float | timedelta | None = None, retry_jitter: bool = False,
+                 isolation: str | None = None) -> None:
         if not callable(fn):
             raise ConfigError(f"@q.job needs a function, got {fn!r}")
         self.queue = queue
@@ -84,6 +92,7 @@ class JobFunction:
         self.priority = limits.priority(priority, limits.PRIORITY_RANGE[1])
         self.timeout = None if timeout is None else limits.seconds(timeout, "timeout")
         self.retry_jitter = retry_jitter
+        self.isolation = check_isolation(isolation, f"@q.job {self.name}")
         self.__doc__ = fn.__doc__
         self.__wrapped__ = fn
         job_factories.register(self.name, self._rebuild)

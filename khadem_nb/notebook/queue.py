@@ -106,9 +106,10 @@ class Queue:
         """Decorate a function (sync or async) as a job: ``@q.job`` or ``@q.job(max_attempts=3)``.
 
         Options: ``name``, ``max_attempts``, ``retry_delay``, ``retry_jitter``, ``priority``,
-        ``timeout``.
+        ``timeout``, ``isolation`` (``"process"`` runs each call in a child process, which a
+        timeout or a cancel stops).
         """
-        valid = {"name", "max_attempts", "retry_delay", "retry_jitter", "priority", "timeout"}
+        valid = {"name", "max_attempts", "retry_delay", "retry_jitter", "priority", "timeout", "isolation"}
         unknown = set(options) - valid
         if unknown:
             raise ConfigError(f"unknown @q.job options {sorted(unknown)}; valid: {sorted(valid)}")

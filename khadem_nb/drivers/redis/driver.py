@@ -33,12 +33,20 @@ from ...errors import ConfigError, CorruptQueueError, DriverError
 from ...job import JobRecord, JobStatus
 from ...serializer import dumps
 from .._records import due_view
-from ..base import LEASE_LOST_ERROR, QueueDriver, Settlement, SettleNotice, empty_counts
+from ..base import (
+    LEASE_LOST_ERROR,
+    AbortNotice,
+    QueueDriver,
+    Settlement,
+    SettleNotice,
+    Unsubscribe,
+    empty_counts,
+)
 from . import wire
 from .connection import Outgoing, RedisConnection
 from .directory import QueueDirectory
 from .keys import COLUMNS, KEY_INDEX, KEY_NAMES, KEY_TYPES, STATUS_SETS, queue_keys
-from .notices import SETTLED_STATES, SettleListener
+from .notices import SETTLED_STATES, AbortListener, SettleListener
 from .settles import SettleBatcher
 
 logger = logging.getLogger(__name__)
@@ -47,6 +55,7 @@ T = TypeVar("T")
 FETCH_CHUNK = 2000  # records read per script call
 MAX_PRIORITY = 4000  # ready scores are -priority * 1e12 + seq: exact in a double up to this
 PUSH_CHUNK = 200  # jobs per enqueue call; a bigger push streams its chunks
+CANCEL_CHUNK = 5000  # jobs per cancel.lua call: Redis serves other clients between calls
 MAX_WAIT_S = 1.0  # longest block on a notify list: other queues and sweeps are looked at as often
 
 
@@ -327,10 +336,41 @@ class RedisDriver(QueueDriver):
         return [alive[r.id] for r in records]
 
     async def _settle(self, record: JobRecord, settlement: Settlement) -> bool:
-        settled = await self.settles.settle(record, settlement)
-        if settled:
+        outcome = await self.settles.settle(record, settlement)
+        if outcome == 1:
             settlement.apply(record)
-        return settled
+        elif outcome == 2:
+            settlement.stop(record)
+        return outcome != 0
+
+    # -- cancelling ----------------------------------------------------------------------------
+    async def cancel(self, job_ids: Sequence[str], reason: str) -> list[str]:
+        """Each job is cancelled in its own queue (found as ``get`` finds it), by cancel.lua."""
+        ids = list(dict.fromkeys(job_ids))
+        cancelled: set[str] = set()
+        for queue, found in (await self._by_queue(ids)).items():
+            for start in range(0, len(found), CANCEL_CHUNK):
+                chunk = found[start : start + CANCEL_CHUNK]
+                flags = await self._run("cancel", queue, [reason, *chunk])
+                cancelled.update(i for i, flag in zip(chunk, flags, strict=True) if flag)
+        return [job_id for job_id in ids if job_id in cancelled]
+
+    async def _by_queue(self, ids: Sequence[str]) -> dict[str, list[str]]:
+        """The ids of each queue, for the ids that name a job."""
+        async def queue_of(queue: str, chunk: Sequence[str]) -> list[str | None]:
+            return [None if s is None else queue for s in await self._statuses_in(queue, chunk)]
+
+        by_queue: dict[str, list[str]] = {}
+        for job_id, queue in zip(ids, await self.queues.find(ids, queue_of, self._registered_queues),
+                                 strict=True):
+            if queue is not None:
+                by_queue.setdefault(queue, []).append(job_id)
+        return by_queue
+
+    async def listen_aborts(self, queues: Sequence[str], notice: AbortNotice) -> Unsubscribe | None:
+        listener = AbortListener(self.connection, self.settings.prefix, queues, notice)
+        await listener.start()
+        return listener.close
 
     async def update_meta(self, record: JobRecord, meta: dict[str, Any]) -> bool:
         merged = {**record.meta, **meta}
@@ -440,16 +480,7 @@ class RedisDriver(QueueDriver):
 
     async def requeue(self, job_ids: Iterable[str]) -> int:
         """Failed jobs back to their own queues (each found as ``get`` finds it)."""
-        ids = list(dict.fromkeys(job_ids))
-
-        async def queue_of(queue: str, chunk: Sequence[str]) -> list[str | None]:
-            return [None if s is None else queue for s in await self._statuses_in(queue, chunk)]
-
-        by_queue: dict[str, list[str]] = {}
-        for job_id, queue in zip(ids, await self.queues.find(ids, queue_of, self._registered_queues),
-                                 strict=True):
-            if queue is not None:
-                by_queue.setdefault(queue, []).append(job_id)
+        by_queue = await self._by_queue(list(dict.fromkeys(job_ids)))
         return sum([int(await self._run("requeue", queue, found)) for queue, found in by_queue.items()])
 
     async def find_by_keys(self, keys: Sequence[str]) -> dict[str, JobRecord]:

@@ -2,7 +2,7 @@
 
 A queue's keys share the hash tag ``{prefix:queue}``, so every script that touches them runs in
 one Cluster slot. ``KEY_NAMES`` is the order in which every script receives them as ``KEYS``;
-``lua/_common.lua`` names the same positions ``K_SEQ`` ... ``K_LINE`` (a test checks that the
+``lua/_common.lua`` names the same positions ``K_SEQ`` ... ``K_CANCELLED`` (a test checks that the
 two agree).
 
 =========  ===========  ========================================================================
@@ -27,6 +27,7 @@ sweep      string       the lock that lets one claim at a time reclaim expired l
 waiting    sorted set   workers registered for hand-off, scored by when their wait ends
 handoff    list         jobs a dispatch claimed for a waiting worker
 line       list         ready jobs of priority 0, FIFO
+cancelled  sorted set   cancelled jobs, scored by when they were cancelled
 =========  ===========  ========================================================================
 
 One key lives outside every queue's hash tag: ``{prefix}:queues``, the set of queue names any
@@ -36,25 +37,28 @@ process dispatched to (see ``directory``).
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from importlib import resources
 
 from ...job import JobStatus
 
 KEY_NAMES = ("seq", "ready", "delayed", "active", "completed", "failed", "all", "state", "token",
              "result", "error", "reclaims", "meta", "keys", "notify", "sweep", "waiting", "handoff",
-             "line")
+             "line", "cancelled")
 #: position of each key in ``KEY_NAMES`` (and in a script's ``KEYS``, counted from 0)
 KEY_INDEX = {name: index for index, name in enumerate(KEY_NAMES)}
 #: the Redis type of each key (``TYPE`` answers ``none`` for a key not yet written)
 KEY_TYPES = {"seq": "string", "ready": "zset", "delayed": "zset", "active": "zset", "completed": "zset",
              "failed": "zset", "all": "zset", "state": "hash", "token": "hash", "result": "hash",
              "error": "hash", "reclaims": "hash", "meta": "hash", "keys": "hash", "notify": "list",
-             "sweep": "string", "waiting": "zset", "handoff": "list", "line": "list"}
+             "sweep": "string", "waiting": "zset", "handoff": "list", "line": "list",
+             "cancelled": "zset"}
 #: the hashes that hold one field per job, in the order ``fetch.lua`` returns them
 COLUMNS = ("state", "token", "result", "error", "reclaims", "meta")
 #: the sorted set that lists the jobs of each status
 STATUS_SETS = {JobStatus.QUEUED: "ready", JobStatus.SCHEDULED: "delayed", JobStatus.ACTIVE: "active",
-               JobStatus.COMPLETED: "completed", JobStatus.FAILED: "failed"}
+               JobStatus.COMPLETED: "completed", JobStatus.FAILED: "failed",
+               JobStatus.CANCELLED: "cancelled"}
 
 
 def hash_tag(prefix: str, queue: str) -> str:
@@ -78,6 +82,11 @@ def settle_channels(prefix: str) -> str:
     ``{prefix:queue}:notify:settled``), with the prefix's glob characters escaped."""
     escaped = "".join("\\" + c if c in "*?[]\\" else c for c in prefix)
     return f"{{{escaped}:*}}:notify:settled"
+
+
+def abort_channels(prefix: str, queues: Sequence[str]) -> list[str]:
+    """The channels cancel.lua tells the holders of running jobs on: one per queue."""
+    return [f"{hash_tag(prefix, queue)}:notify:abort" for queue in queues]
 
 
 def lua_key_constants() -> dict[str, int]:

@@ -1,9 +1,14 @@
-"""Settle notices: one subscriber per driver hears every settle under the key prefix.
+"""Notices over pub/sub: settles for waiters, aborts for workers.
 
-settle.lua publishes one message per call on ``{prefix:queue}:notify:settled``: a line per job,
-``id<TAB>status``, plus ``<TAB>result_json`` for a completion whose result is small, so that a
-waiter in another process neither polls the status nor, for such a result, reads the record.
-A subscription that dies only makes waiters fall back to polling.
+settle.lua (and cancel.lua) publish one message per call on ``{prefix:queue}:notify:settled``:
+a line per job, ``id<TAB>status``, plus ``<TAB>result_json`` for a completion whose result is
+small, so that a waiter in another process neither polls the status nor, for such a result,
+reads the record. One subscriber per driver hears every settle under the key prefix; a
+subscription that dies only makes waiters fall back to polling.
+
+cancel.lua publishes the ids of running jobs it cancelled on ``{prefix:queue}:notify:abort``;
+a worker subscribes to the channels of its queues. A message it misses (its subscription was
+down) reaches it through the heartbeat instead.
 """
 
 from __future__ import annotations
@@ -15,9 +20,9 @@ import logging
 from collections.abc import Callable, Sequence
 
 from ...job import JobStatus
-from ..base import NO_RESULT, SettleNotice
+from ..base import NO_RESULT, AbortNotice, SettleNotice
 from .connection import RedisConnection
-from .keys import settle_channels
+from .keys import abort_channels, settle_channels
 
 logger = logging.getLogger(__name__)
 
@@ -83,6 +88,48 @@ class SettleListener:
             result = json.loads(result_text) if result_text else NO_RESULT
             for notice in list(notices):
                 notice(job_id, SETTLED_STATES.get(state), result)
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+            self._task = None
+
+
+class AbortListener:
+    """Hears the abort channels of some queues and tells ``notice`` each id."""
+
+    def __init__(self, connection: RedisConnection, prefix: str, queues: Sequence[str],
+                 notice: AbortNotice) -> None:
+        self.connection = connection
+        self.channels = abort_channels(prefix, queues)
+        self.notice = notice
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        """Subscribe, and return once the subscription is in place."""
+        loop = asyncio.get_running_loop()
+        subscribed = loop.create_future()
+        self._task = loop.create_task(self._listen(subscribed))
+        await subscribed
+
+    async def _listen(self, subscribed: asyncio.Future[None]) -> None:
+        pubsub = self.connection.client.pubsub()
+        try:
+            await pubsub.subscribe(*self.channels)
+            subscribed.set_result(None)
+            while True:
+                message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
+                if message is not None:
+                    for job_id in message["data"].decode().split("\n"):
+                        self.notice(job_id)
+        except Exception as exc:
+            if not subscribed.done():
+                subscribed.set_result(None)
+            logger.warning("abort listener stopped (%r); cancels reach running jobs at the next "
+                           "heartbeat", exc)
+        finally:
+            await pubsub.aclose()
 
     async def close(self) -> None:
         if self._task is not None:

@@ -34,10 +34,11 @@ class SettleBatcher:
         self._pending: list[tuple[str, list[Any], asyncio.Future[Any]]] = []
         self._sending: set[asyncio.Task[None]] = set()
 
-    async def settle(self, record: JobRecord, settlement: Settlement) -> bool:
-        """Send ``settlement`` fenced by ``record.token``; whether Redis applied it."""
+    async def settle(self, record: JobRecord, settlement: Settlement) -> int:
+        """Send ``settlement`` fenced by ``record.token``: 1 where Redis applied it, 2 where
+        the job was cancelled while held and is now stopped, 0 where it was left as it was."""
         args = wire.settle_args(record, settlement)
-        return bool(await self._through_outage(lambda: self._queued(record.queue, args)))
+        return int(await self._through_outage(lambda: self._queued(record.queue, args)))
 
     async def _queued(self, queue: str, args: list[Any]) -> Any:
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()

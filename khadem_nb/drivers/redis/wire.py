@@ -96,7 +96,8 @@ def settle_args(record: JobRecord, settlement: Settlement) -> list[Any]:
     token = record.token or ""
     if settlement.verb is COMPLETE and not record.meta:
         return [record.id, token, dumps(settlement.result)]
-    error = "" if settlement.error is None else dumps([settlement.error, settlement.traceback])
+    error = "" if settlement.error is None else dumps([settlement.error, settlement.traceback,
+                                                        settlement.failure])
     return [record.id, token, settlement.verb.value,
             dumps(settlement.result) if settlement.verb is COMPLETE else "", error,
             settlement.delay_ms, dumps(record.meta) if record.meta else ""]
@@ -196,8 +197,9 @@ def record_from_columns(queue: str, job_id: str, values: list[Any]) -> JobRecord
 def _set_column(record: JobRecord, name: str, value: Any) -> None:
     if name == "result":
         record.result = value
-    elif name == "error":  # [error, traceback]; a lost lease has no traceback (false)
-        record.error, traceback = value
+    elif name == "error":  # [error, traceback, failure]; no traceback (false) for a lost lease
+        record.error, traceback, *kind = value
         record.traceback = traceback if isinstance(traceback, str) else None
+        record.failure = kind[0] if kind and isinstance(kind[0], str) else None
     else:
         record.meta = value

@@ -34,7 +34,7 @@ if redis.call('SET', KEYS[K_SWEEP], 1, 'NX', 'PX', tonumber(ARGV[5])) then
     local reclaims = redis.call('HINCRBY', KEYS[K_RECLAIMS], id, 1)
     local s = get_state(id) or lost_state(now)
     if reclaims > tonumber(ARGV[4]) then
-      redis.call('HSET', KEYS[K_ERROR], id, cjson.encode({string.format(ARGV[6], reclaims), false}))
+      redis.call('HSET', KEYS[K_ERROR], id, cjson.encode({string.format(ARGV[6], reclaims), false, 'lost'}))
       redis.call('ZADD', KEYS[K_FAILED], now, id)
       s.status, s.finished, s.lease = 'failed', now, -1
       set_state(id, s)

@@ -4,7 +4,9 @@
 -- error_json, delay_ms, meta_json. The verb says what happened: 'complete', 'fail', 'retry'
 -- (back to the queue after delay_ms, the error kept) or 'release' (given back untouched: the
 -- attempt does not count).
--- Fenced: a job is changed only if it is active under its token. Returns 1/0 per job.
+-- Fenced: a job is changed only if it is active under its token; one cancelled while held
+-- under it is stopped instead (it stays cancelled, and records when it stopped). Returns, per
+-- job, 1 settled, 2 stopped, 0 left as it was.
 -- Completions and failures of the batch are written with one variadic command per key; the
 -- rarer retries and releases go one by one. One PUBLISH tells every settle, a line per job:
 -- "id<TAB>status", plus "<TAB>result_json" for a completion whose result is small, so a waiter
@@ -42,7 +44,15 @@ end
 for j, id in ipairs(ids) do
   local i = at[j]
   local s = not seen[id] and tokens[j] == ARGV[i + 1] and parse_state(states[j])
-  if not s or s.status ~= 'active' then
+  if s and s.status == 'cancelled' then  -- cancelled while held: its holder has stopped it
+    seen[id] = true
+    out[j] = 2
+    s.finished = now
+    set_state(id, s)
+    redis.call('HDEL', KEYS[K_TOKEN], id)
+    if j > plain and ARGV[i + 6] ~= '' then redis.call('HSET', KEYS[K_META], id, ARGV[i + 6]) end
+    heard[#heard + 1] = id .. '\tcancelled'
+  elseif not s or s.status ~= 'active' then
     out[j] = 0
   else
     seen[id] = true
@@ -76,6 +86,7 @@ for j, id in ipairs(ids) do
   end
 end
 
+if #heard > 0 then redis.call('PUBLISH', KEYS[K_NOTIFY] .. ':settled', table.concat(heard, '\n')) end
 if #settled > 0 then
   call_many('ZREM', KEYS[K_ACTIVE], settled)
   call_many('HDEL', KEYS[K_TOKEN], settled)
@@ -86,7 +97,6 @@ if #settled > 0 then
   if #done > 0 then call_many('ZADD', KEYS[K_COMPLETED], done) end
   if #errors > 0 then call_many('HSET', KEYS[K_ERROR], errors) end
   if #failed > 0 then call_many('ZADD', KEYS[K_FAILED], failed) end
-  redis.call('PUBLISH', KEYS[K_NOTIFY] .. ':settled', table.concat(heard, '\n'))
 end
 trim(KEYS[K_COMPLETED], tonumber(ARGV[1]), tonumber(ARGV[2]), now)
 trim(KEYS[K_FAILED], tonumber(ARGV[3]), tonumber(ARGV[4]), now)
