@@ -19,6 +19,7 @@ commands:
   demo     run a real batch of jobs on the embedded default queue and show the results
   worker   run a worker process for a queue URL (file, sqlite, redis)
   stats    print a queue's metrics and counts by status
+  cancel   cancel jobs by id, or every queued one: they never start, or their worker stops them
 """
 URL_HELP = ("queue URL, e.g. sqlite:///runs.db (runs.db in the working directory), sqlite:////abs/runs.db "
             "(an absolute path), file:///tmp/q, redis://host:6379/0 (env KHADEM_QUEUE_URL)")
@@ -37,7 +38,22 @@ def build_parser() -> argparse.ArgumentParser:
                                 "and metrics derived from them.")
     stats.add_argument("--queue-url", default=os.environ.get("KHADEM_QUEUE_URL"), help=URL_HELP)
     stats.add_argument("--queue", default=None, help="only this named queue")
+    _add_cancel(commands)
     return parser
+
+
+def _add_cancel(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    cancel = commands.add_parser(
+        "cancel", help="cancel jobs by id, or every queued one",
+        description="Cancel jobs: a queued or scheduled job never starts; a running one is stopped "
+        "by its worker, on this machine or another. Finished jobs are left as they are. Prints the "
+        "ids cancelled, one per line.")
+    cancel.add_argument("ids", nargs="*", metavar="ID", help="job ids to cancel")
+    cancel.add_argument("--queue-url", default=os.environ.get("KHADEM_QUEUE_URL"), help=URL_HELP)
+    cancel.add_argument("--all-queued", action="store_true",
+                        help="cancel every queued and scheduled job (of --queue, or of every queue)")
+    cancel.add_argument("--queue", default=None, help="with --all-queued: only this named queue")
+    cancel.add_argument("--reason", default="cancelled", help="kept as the jobs' error (default: cancelled)")
 
 
 def _add_demo(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -68,6 +84,9 @@ def _add_worker(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
     worker.add_argument("--burst", action="store_true", help="exit when no job is due")
     worker.add_argument("--grace", type=float, default=30.0, help="seconds running jobs get on stop")
     worker.add_argument("--lease", type=float, default=None, help="lease seconds (queue.lease)")
+    worker.add_argument("--isolation", default=None, choices=("none", "process"),
+                        help="where jobs that do not choose run: in this process (none, the default) "
+                        "or each in a child process that a timeout or a cancel can kill (process)")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -98,13 +117,34 @@ def _dispatch(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         from .worker_process import WorkerOptions, run_worker_process
 
         options = WorkerOptions(args.queue_url, args.imports, args.queues, args.concurrency,
-                                args.max_jobs, args.burst, args.grace, args.lease, args.prefetch)
+                                args.max_jobs, args.burst, args.grace, args.lease, args.prefetch,
+                                args.isolation)
         asyncio.run(run_worker_process(options))
+        return 0
+    if args.command == "cancel":
+        if bool(args.ids) == bool(args.all_queued):
+            parser.error("cancel takes job ids or --all-queued (one of the two)")
+        cancelled = asyncio.run(_cancel(args.queue_url, args.ids, args.all_queued, args.queue, args.reason))
+        for job_id in cancelled:
+            print(job_id)
         return 0
     from .stats import print_stats
 
     asyncio.run(print_stats(args.queue_url, args.queue))
     return 0
+
+
+async def _cancel(url: str, ids: Sequence[str], all_queued: bool, queue: str | None,
+                  reason: str) -> list[str]:
+    from .manager import QueueManager
+
+    manager = await QueueManager(url).init()
+    try:
+        if all_queued:
+            return await manager.cancel_all("queued", queue=queue, reason=reason)
+        return await manager.cancel(ids, reason=reason)
+    finally:
+        await manager.close()
 
 
 if __name__ == "__main__":

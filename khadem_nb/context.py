@@ -96,6 +96,22 @@ def _log_failure(fut: Any) -> None:
         logger.warning("could not store job progress: %r", fut.exception())
 
 
+class _LocalContext(JobContext):
+    """A job run in the foreground, outside any queue (``JobHandle.debug``): progress is kept
+    in the record in memory only."""
+
+    __slots__ = ()
+
+    def set_progress(self, fraction: float, note: str | None = None) -> None:
+        self.record.meta["progress"] = fraction
+        if note is not None:
+            self.record.meta["note"] = str(note)
+
+
+def local_context(record: JobRecord) -> JobContext:
+    return _LocalContext(record, None, None)  # type: ignore[arg-type]
+
+
 current_job: ContextVar[JobContext | None] = ContextVar("khadem_current_job", default=None)
 #: the message of the ``CancelledError`` that aborts a cancelled job's task
 ABORTED = "khadem: job cancelled"

@@ -34,6 +34,7 @@ class WorkerOptions:
     grace_s: float = 30.0
     lease_s: float | None = None
     prefetch: int | None = None
+    isolation: str | None = None
 
 
 def import_job_modules(modules: Sequence[str]) -> None:
@@ -58,7 +59,7 @@ async def run_worker_process(options: WorkerOptions) -> int:
     worker = await manager.start_worker(
         max_jobs=options.max_jobs, concurrency=options.concurrency, burst=options.burst,
         prefetch=options.prefetch, queues=list(options.queues) or None, run_in_background=True,
-        delay=1.0,
+        delay=1.0, isolation=options.isolation,
     )
     loop = asyncio.get_running_loop()
     stopping: list[asyncio.Task[None]] = []

@@ -252,3 +252,19 @@ class IsolatedSleep(QueueJob):
         signal.signal(signal.SIGTERM, signal.SIG_IGN)  # only SIGKILL after the grace stops it
         time.sleep(60)
         return "woke"
+
+
+class MarkStart(QueueJob):
+    """Appends its id and the time to ``path`` as its body starts, then works a little."""
+
+    def __init__(self, path: str, seconds: float = 0.002) -> None:
+        self.path = path
+        self.seconds = seconds
+
+    async def handle(self) -> str:
+        context = current_job.get()
+        job_id = context.record.id if context is not None else "?"
+        with open(self.path, "a", encoding="utf-8") as handle:
+            handle.write(f"{job_id} {time.time():.6f}\n")
+        await asyncio.sleep(self.seconds)
+        return job_id

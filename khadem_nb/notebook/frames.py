@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from ..job import JobRecord, JobStatus
+from ..job import Failure, JobRecord, JobStatus
 from ..metrics import metrics_from_records
 from ..serializer import decode_value
 
@@ -14,8 +14,10 @@ if TYPE_CHECKING:
 
     from .handles import JobHandle
 
-JOB_COLUMNS = ["id", "job", "status", "priority", "attempt", "created", "started", "finished",
+JOB_COLUMNS = ["id", "job", "status", "failure", "priority", "attempt", "created", "started", "finished",
                "duration_ms", "progress", "note", "args", "result", "error", "output"]
+FAILURE_KINDS = [k.value for k in Failure]
+ENDED_BADLY = (JobStatus.FAILED, JobStatus.CANCELLED)  # records whose error column says why
 DURATION_STATS = ("mean", "p50", "p95", "max")
 
 
@@ -38,6 +40,7 @@ def jobs_frame(records: Sequence[JobRecord]) -> pd.DataFrame:
         "id": [r.id for r in records],
         "job": [r.name for r in records],
         "status": pd.Categorical([r.status.value for r in records], categories=[s.value for s in JobStatus]),
+        "failure": _failures(pd, records),
         "priority": pd.Series([r.priority for r in records], dtype="int64"),
         "attempt": pd.Series([r.attempt for r in records], dtype="int64"),
         "created": _times(pd, [r.created_ms for r in records]),
@@ -48,10 +51,16 @@ def jobs_frame(records: Sequence[JobRecord]) -> pd.DataFrame:
         "note": [r.meta.get("note") for r in records],
         "args": [_args(r) for r in records],
         "result": [decode_value(r.result) for r in records],
-        "error": [r.error if r.status is JobStatus.FAILED else None for r in records],
+        "error": [r.error if r.status in ENDED_BADLY else None for r in records],
         "output": [r.meta.get("output") for r in records],
     }
     return pd.DataFrame(rows, columns=JOB_COLUMNS)
+
+
+def _failures(pd: Any, records: Sequence[JobRecord]) -> Any:
+    """Why each failed record failed (``raised``, ``timed_out``, ``crashed``, ``lost``)."""
+    kinds = [r.failure if r.status is JobStatus.FAILED else None for r in records]
+    return pd.Categorical(kinds, categories=FAILURE_KINDS)
 
 
 def _args(record: JobRecord) -> Any:
@@ -75,20 +84,23 @@ def group_frame(handles: Sequence[JobHandle], records: Sequence[JobRecord]) -> p
         else:
             row["result"] = result
         row["status"] = record.status.value
+        row["failure"] = record.failure if record.status is JobStatus.FAILED else None
         row["duration_ms"] = record.duration_ms
         row["attempt"] = record.attempt
-        row["error"] = record.error if record.status is JobStatus.FAILED else None
+        row["error"] = record.error if record.status in ENDED_BADLY else None
         rows.append(row)
     frame = pd.DataFrame(rows)
     if not rows:
-        return pd.DataFrame(columns=["result", "status", "duration_ms", "attempt", "error"])
+        return pd.DataFrame(columns=["result", "status", "failure", "duration_ms", "attempt", "error"])
     frame["duration_ms"] = frame["duration_ms"].astype("float64")
     frame["status"] = pd.Categorical(frame["status"], categories=[s.value for s in JobStatus])
+    frame["failure"] = pd.Categorical(frame["failure"], categories=FAILURE_KINDS)
     return frame
 
 
 def metrics_frame(records: Sequence[JobRecord]) -> pd.DataFrame:
-    """One row per job name plus ``(total)``: counts by status, retries, rates, durations."""
+    """One row per job name plus ``(total)``: counts by status, failed ones by kind
+    (``failed_raised`` ...), retries, rates, durations."""
     pd = _pandas()
     by_name: dict[str, list[JobRecord]] = {}
     for record in records:
@@ -105,8 +117,11 @@ def _metrics_row(name: str, records: Sequence[JobRecord]) -> dict[str, Any]:
     import numpy as np
 
     counts = dict.fromkeys((s.value for s in JobStatus), 0)
+    kinds = dict.fromkeys(FAILURE_KINDS, 0)
     for record in records:
         counts[record.status.value] += 1
+        if record.status is JobStatus.FAILED and record.failure in kinds:
+            kinds[record.failure] += 1
     metrics = metrics_from_records(records)
     durations = np.array([d for r in records if r.status is JobStatus.COMPLETED
                           and (d := r.duration_ms) is not None], dtype="float64")
@@ -114,6 +129,7 @@ def _metrics_row(name: str, records: Sequence[JobRecord]) -> dict[str, Any]:
              "p95": np.percentile(durations, 95), "max": durations.max()} if durations.size else {}
     return {
         "job": name, **counts,
+        **{f"failed_{kind}": n for kind, n in kinds.items()},
         "retried": metrics["total_retried"],
         "success_rate": metrics["success_rate"],
         "failure_rate": metrics["failure_rate"],

@@ -142,19 +142,21 @@ class JobFunction:
 
     def map(self, calls: Iterable[Mapping[str, Any]], *, priority: int | None = None,
             delay: float | timedelta | None = None, max_attempts: int | None = None,
-            fresh: bool = False) -> JobGroup:
+            fresh: bool = False, rerun_cancelled: bool = False) -> JobGroup:
         """Queue one call per dict of keyword arguments; returns a :class:`JobGroup`."""
         points = [self.bind((), call) for call in calls]
         return self.queue.submit(self, points, priority=priority, delay=delay,
-                                 max_attempts=max_attempts, resumable=not fresh)
+                                 max_attempts=max_attempts, resumable=not fresh,
+                                 rerun_cancelled=bool(rerun_cancelled))
 
     def sweep(self, *, priority: int | None = None, delay: float | timedelta | None = None,
-              max_attempts: int | None = None, fresh: bool = False,
+              max_attempts: int | None = None, fresh: bool = False, rerun_cancelled: bool = False,
               **grids: Iterable[Any]) -> JobGroup:
         """Queue the cartesian product of the given value lists, e.g. ``sweep(lr=[.1, .01], epochs=[1, 2])``.
 
         On a durable queue, running the same sweep again reuses points that already exist
-        (finished or pending) and requeues failed ones; ``fresh=True`` runs every point anew.
+        (finished or pending) and requeues failed ones; cancelled points stay cancelled unless
+        ``rerun_cancelled=True``; ``fresh=True`` runs every point anew.
         """
         if not grids:
             raise ConfigError(f"{self.name}.sweep() needs at least one parameter grid, e.g. lr=[0.1, 0.01]")
@@ -166,7 +168,8 @@ class JobFunction:
                 raise ConfigError(f"sweep parameter {name!r} must be a list of values, got {grid!r}")
             values.append(list(grid))
         calls = [dict(zip(names, combo, strict=True)) for combo in itertools.product(*values)]
-        return self.map(calls, priority=priority, delay=delay, max_attempts=max_attempts, fresh=fresh)
+        return self.map(calls, priority=priority, delay=delay, max_attempts=max_attempts, fresh=fresh,
+                        rerun_cancelled=rerun_cancelled)
 
 
 def _sorted(value: Any) -> Any:

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import html
-from collections.abc import Generator, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from .._ids import short_id
+from ..errors import ConfigError
 from ..job import TERMINAL_STATUSES, JobRecord, JobStatus
 from ..waiting import outcome
 
@@ -39,7 +40,8 @@ class JobHandle:
         return self.record().status in TERMINAL_STATUSES
 
     def result(self, timeout: float | None = None) -> Any:
-        """Block until the job ends; return its result or raise ``JobFailedError``."""
+        """Block until the job ends; return its result, or raise ``JobFailedError`` or
+        ``JobCancelledError`` (each carries the record)."""
         records = self.queue.run(self.queue.manager.wait([self.id], timeout))
         return outcome(records[0])
 
@@ -50,6 +52,18 @@ class JobHandle:
     def __await__(self) -> Generator[Any, None, Any]:
         return self.aresult().__await__()
 
+    def cancel(self, reason: str = "cancelled") -> bool:
+        """Cancel this job: it never starts, or its worker stops it. Whether this call
+        cancelled it (``False`` if it had finished or was cancelled already)."""
+        return bool(self.queue.run(self.queue.manager.cancel(self.id, reason=reason)))
+
+    def debug(self) -> Any:
+        """Run this point again here, in the foreground, with its stored arguments and the
+        job's current definition: an exception surfaces in the cell, and ``%debug`` opens where
+        it was raised. The stored record is not touched; ``progress()`` calls are kept only in
+        memory."""
+        return self.queue.run_here(self.record())
+
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.params.items())
         return f"<JobHandle {self.name}({args}) id={short_id(self.id)}>"
@@ -57,7 +71,7 @@ class JobHandle:
     def _repr_html_(self) -> str:
         record = self.record()
         error = ""
-        if record.error and record.status is JobStatus.FAILED:
+        if record.error and record.status in (JobStatus.FAILED, JobStatus.CANCELLED):
             error = f" <span style='color:#c0392b'>{html.escape(record.error)}</span>"
         return (f"<code>{html.escape(self.name)}</code> <small>{short_id(self.id)}</small> "
                 f"{_badge(record.status)}{error}")
@@ -103,7 +117,8 @@ class JobGroup:
         return all(s is None or s in TERMINAL_STATUSES for s in self.statuses())
 
     def wait(self, timeout: float | None = None) -> JobGroup:
-        """Block until every job has ended (completed or failed); failures do not raise."""
+        """Block until every job has ended (completed, failed or cancelled); failures do not
+        raise."""
         self.queue.run(self.queue.manager.wait_done(self.ids, timeout))
         return self
 
@@ -120,10 +135,20 @@ class JobGroup:
 
         return group_frame(self.handles, self.records())
 
-    def retry_failed(self) -> int:
-        """Requeue this group's failed jobs with a fresh attempt budget."""
+    def retry_failed(self, kind: str | None = None) -> int:
+        """Requeue this group's failed jobs with a fresh attempt budget; with ``kind``, only
+        those that failed that way (``raised``, ``timed_out``, ``crashed``, ``lost``)."""
         failed = [r.id for r in self.records() if r.status is JobStatus.FAILED]
-        return self.queue.run(self.queue.manager.retry_failed(failed)) if failed else 0
+        return self.queue.run(self.queue.manager.retry_failed(failed, kind=kind)) if failed else 0
+
+    def cancel(self, where: Callable[[dict[str, Any]], Any] | None = None,
+               reason: str = "cancelled") -> list[str]:
+        """Cancel this group's jobs, or those whose parameters ``where(params)`` accepts;
+        returns the ids cancelled (finished and already cancelled jobs are left as they are)."""
+        if where is not None and not callable(where):
+            raise ConfigError(f"cancel(where=...) takes a function of a point's parameters, got {where!r}")
+        chosen = [h.id for h in self.handles if where is None or where(dict(h.params))]
+        return self.queue.run(self.queue.manager.cancel(chosen, reason=reason)) if chosen else []
 
     def __repr__(self) -> str:
         counts = self.counts()
@@ -132,7 +157,7 @@ class JobGroup:
 
     def _repr_html_(self) -> str:
         counts = self.counts()
-        finished = counts["completed"] + counts["failed"] + counts.get(DROPPED, 0)
+        finished = counts["completed"] + counts["failed"] + counts["cancelled"] + counts.get(DROPPED, 0)
         pct = 100 * finished / len(self) if self.handles else 100
         badges = " ".join(f"{_badge(k)} {v}" for k, v in counts.items() if v)
         return (f"<div><b>JobGroup</b> of {len(self)} jobs: {badges}"
@@ -143,7 +168,7 @@ class JobGroup:
 
 STATUS_COLOURS = {
     JobStatus.QUEUED: "#7f8c8d", JobStatus.SCHEDULED: "#8e44ad", JobStatus.ACTIVE: "#2980b9",
-    JobStatus.COMPLETED: "#27ae60", JobStatus.FAILED: "#c0392b",
+    JobStatus.COMPLETED: "#27ae60", JobStatus.FAILED: "#c0392b", JobStatus.CANCELLED: "#d35400",
 }
 DROPPED = "dropped"  # finished, then removed by retention: no status left to read
 

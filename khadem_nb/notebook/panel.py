@@ -62,7 +62,7 @@ class Snapshot:
 
     counts: tuple[tuple[str, int], ...]
     running: tuple[tuple[str, str, float | None, str | None, float], ...]
-    failures: tuple[tuple[str, str, str], ...]
+    failures: tuple[tuple[str, str, str, str], ...]  # name, id, failure kind, error
     state: str
     finished: int
     total: int
@@ -80,7 +80,7 @@ class ProgressBatch:
 
     def update(self, counts: dict[str, int]) -> tuple[int, int, float]:
         """Return (finished in batch, batch size, jobs/s over the last few seconds)."""
-        finished = counts["completed"] + counts["failed"]
+        finished = counts["completed"] + counts["failed"] + counts["cancelled"]
         total = sum(counts.values())
         if total - finished > 0 and self.idle_finished is not None:  # new work after idle
             self.baseline, self.idle_finished = self.idle_finished, None
@@ -125,7 +125,7 @@ class QueuePanel(w.VBox):  # type: ignore[misc]
         self.buttons = {name: w.Button(description=name.replace("_", " ").title(), icon=icon,
                                        layout=w.Layout(width="auto"))
                         for name, icon in (("pause", "pause"), ("resume", "play"), ("stop", "stop"),
-                                           ("retry_failed", "redo"))}
+                                           ("retry_failed", "redo"), ("cancel", "ban"))}
         for name, button in self.buttons.items():
             button.on_click(lambda _b, action=name: self.act(action))
         row = w.Layout(display="flex", flex_flow="row wrap", align_items="center", width="100%")
@@ -145,7 +145,8 @@ class QueuePanel(w.VBox):  # type: ignore[misc]
 
     # -- actions ---------------------------------------------------------------------------------
     def act(self, action: str) -> None:
-        """What the buttons do: ``pause``, ``resume``, ``stop`` or ``retry_failed``."""
+        """What the buttons do: ``pause``, ``resume``, ``stop``, ``retry_failed``, or ``cancel``
+        (everything queued and running in this queue)."""
         queue = self.queue
         if action == "pause":
             queue.pause()
@@ -155,6 +156,8 @@ class QueuePanel(w.VBox):  # type: ignore[misc]
             queue.stop_soon()
         elif action == "retry_failed":
             queue.run_soon(queue.manager.retry_failed())
+        elif action == "cancel":
+            queue.run_soon(queue.manager.cancel_all("all", queue=queue.settings.name))
         self._last = None  # redraw at the next tick
 
     # -- refreshing ------------------------------------------------------------------------------
@@ -183,7 +186,7 @@ class QueuePanel(w.VBox):  # type: ignore[misc]
             counts=tuple(counts.items()),
             running=tuple((r.name, r.id, r.meta.get("progress"), r.meta.get("note"),
                            (now_ms - (r.started_ms or now_ms)) / 1000) for r in reversed(active)),
-            failures=tuple((r.name, r.id, r.error or "") for r in reversed(failed)),
+            failures=tuple((r.name, r.id, r.failure or "", r.error or "") for r in reversed(failed)),
             state=state, finished=finished, total=total, throughput=round(rate, 1),
             success_rate=_success_rate(counts),
         )
@@ -280,8 +283,9 @@ def _bar(progress: float | None) -> str:
 def _failures_table(snap: Snapshot) -> str:
     if not snap.failures:
         return ""
-    rows = "".join(f"<tr>{_job_cells(name, job_id)}<td class='khadem-error'>{html.escape(error)}</td></tr>"
-                   for name, job_id, error in snap.failures)
-    return f"<table><tr><th>latest failures</th><th>id</th><th>error</th></tr>{rows}</table>"
+    rows = "".join(f"<tr>{_job_cells(name, job_id)}<td>{html.escape(kind)}</td>"
+                   f"<td class='khadem-error'>{html.escape(error)}</td></tr>"
+                   for name, job_id, kind, error in snap.failures)
+    return f"<table><tr><th>latest failures</th><th>id</th><th>kind</th><th>error</th></tr>{rows}</table>"
 
 

@@ -8,6 +8,7 @@ from other threads (see ``_loop``); waiting has an awaitable form too (``await h
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 from collections.abc import Callable, Coroutine, Sequence
 from concurrent.futures import Future
@@ -118,12 +119,13 @@ class Queue:
         return lambda f: JobFunction(self, f, **options)
 
     def submit(self, spec: JobFunction, points: Sequence[dict[str, Any]], *, priority: int | None,
-               delay: float | timedelta | None, max_attempts: int | None, resumable: bool) -> JobGroup:
+               delay: float | timedelta | None, max_attempts: int | None, resumable: bool,
+               rerun_cancelled: bool = False) -> JobGroup:
         """Encode every point now (bad arguments raise here), then store them in one batch."""
         records = [self._build_record(spec, params, priority, delay, max_attempts) for params in points]
         handles = [JobHandle(self, r.id, spec.name, params, r.key)
                    for r, params in zip(records, points, strict=True)]
-        ids = self.run(self._store(records, resumable))
+        ids = self.run(self._store(records, resumable, rerun_cancelled))
         for handle, job_id in zip(handles, ids, strict=True):
             handle.id = job_id
         return JobGroup(self, handles)
@@ -138,8 +140,9 @@ class Queue:
                                          priority=priority, max_attempts=max_attempts,
                                          key=spec.key(params))
 
-    async def _store(self, records: list[JobRecord], resumable: bool) -> list[str]:
-        """Push new records; in a resumable batch reuse existing points and requeue failed ones."""
+    async def _store(self, records: list[JobRecord], resumable: bool, rerun_cancelled: bool) -> list[str]:
+        """Push new records; in a resumable batch reuse existing points and requeue failed ones
+        (cancelled ones stay cancelled unless ``rerun_cancelled``: then they run anew)."""
         ids = [r.id for r in records]
         if not resumable:
             await self.manager.push(records)
@@ -148,7 +151,7 @@ class Queue:
         fresh, failed = [], []
         for index, record in enumerate(records):
             found = existing.get(record.key or "")
-            if found is None:
+            if found is None or (rerun_cancelled and found.status is JobStatus.CANCELLED):
                 fresh.append(record)
                 continue
             ids[index] = found.id
@@ -243,9 +246,32 @@ class Queue:
             self._captured = False
         return None if worker is None else worker.stop(grace)
 
-    def retry_failed(self) -> int:
-        """Requeue every failed job of this queue with a fresh attempt budget."""
-        return self.run(self.manager.retry_failed())
+    def retry_failed(self, kind: str | None = None) -> int:
+        """Requeue every failed job of this queue with a fresh attempt budget; with ``kind``,
+        only those that failed that way (``raised``, ``timed_out``, ``crashed``, ``lost``)."""
+        return self.run(self.manager.retry_failed(kind=kind))
+
+    def cancel(self, ids: str | Sequence[str] | None = None, *, status: str = "queued",
+               reason: str = "cancelled") -> list[str]:
+        """Cancel jobs: the given ids, or every job of this queue in ``status`` (``"queued"``:
+        queued and scheduled; ``"active"``: running; ``"all"``: both). Returns the ids cancelled."""
+        if ids is not None:
+            return self.run(self.manager.cancel(ids, reason=reason))
+        return self.run(self.manager.cancel_all(status, queue=self.settings.name, reason=reason))
+
+    def run_here(self, record: JobRecord) -> Any:
+        """Run ``record``'s job in the foreground with the job's current definition (see
+        ``JobHandle.debug``); nothing is stored."""
+        from ..context import current_job, local_context
+
+        job = self.manager.serializer.decode_job(record.name, record.payload)
+        job.attempt = record.attempt
+        token = current_job.set(local_context(record))
+        try:
+            value = job.handle()
+            return self.run(value) if inspect.iscoroutine(value) else value
+        finally:
+            current_job.reset(token)
 
     def clear(self) -> None:
         """Delete every record of this queue's storage (queued, running, finished, failed)."""
