@@ -428,3 +428,124 @@ def test_a_sweep_larger_than_retention_can_still_be_awaited() -> None:
             g.results()
     finally:
         q.close()
+
+
+def test_cancel_from_the_notebook(q: kn.Queue, tmp_path: Path) -> None:
+    @q.job
+    async def train(lr: float, steps: int = 200) -> float:
+        for step in range(steps):
+            kn.progress(step / steps)
+            await asyncio.sleep(0.01)
+        return lr
+
+    one = train.dispatch(0.5)
+    assert one.cancel() is True and one.cancel() is False
+    with pytest.raises(kn.JobCancelledError) as caught:
+        one.result(timeout=5)
+    assert caught.value.record is not None and caught.value.record.status is kn.JobStatus.CANCELLED
+    grid = train.map([{"lr": lr} for lr in (0.01, 0.1, 0.2, 0.3)])
+    cancelled = grid.cancel(where=lambda params: params["lr"] > 0.1)
+    assert sorted(cancelled) == sorted(h.id for h in grid if h.params["lr"] > 0.1)
+    q.start(concurrency=2)
+    grid.wait(timeout=30)
+    frame = grid.results()
+    assert list(frame.sort_values("lr")["status"]) == ["completed", "completed", "cancelled", "cancelled"]
+    assert frame["error"].dropna().str.contains("was queued").all()
+    running = train.dispatch(0.9, steps=10_000)
+    deadline = time.monotonic() + 10
+    while running.status != "active" and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert q.cancel(status="active") == [running.id]
+    with pytest.raises(kn.JobCancelledError):
+        running.result(timeout=10)
+    assert q.counts()["cancelled"] == 4
+    with pytest.raises(ConfigError, match="queued, active, all"):
+        q.cancel(status="everything")
+    with pytest.raises(ConfigError, match="function"):
+        grid.cancel(where="lr > 0.1")  # type: ignore[arg-type]
+
+
+def test_a_sweep_run_again_keeps_cancelled_points_unless_asked(tmp_path: Path) -> None:
+    q = kn.Queue(f"sqlite:///{tmp_path}/sweep.db")
+    try:
+        @q.job(name="tests.square")
+        def square(x: int) -> int:
+            return x * x
+
+        first = square.sweep(x=[1, 2, 3])
+        first.cancel(where=lambda p: p["x"] == 2)
+        q.start()
+        first.wait(timeout=30)
+        again = square.sweep(x=[1, 2, 3])
+        assert again.ids == first.ids  # the cancelled point is reused, not rerun
+        rerun = square.sweep(x=[1, 2, 3], rerun_cancelled=True)
+        assert rerun.ids[0] == first.ids[0] and rerun.ids[1] != first.ids[1]
+        rerun.wait(timeout=30)
+        assert list(rerun.results()["status"]) == ["completed"] * 3
+    finally:
+        q.close()
+
+
+def test_failure_kinds_in_frames_and_retry_by_kind(q: kn.Queue) -> None:
+    @q.job(timeout=0.05)
+    async def slow() -> None:
+        await asyncio.sleep(1)
+
+    @q.job
+    def broken() -> None:
+        raise ValueError("broken")
+
+    handles = [slow.dispatch(), broken.dispatch()]
+    q.start()
+    for h in handles:
+        with pytest.raises(JobFailedError):
+            h.result(timeout=10)
+    frame = q.jobs().set_index("id")
+    assert frame.loc[handles[0].id, "failure"] == "timed_out"
+    assert frame.loc[handles[1].id, "failure"] == "raised"
+    metrics = q.metrics()
+    assert metrics.loc["(total)", "failed_timed_out"] == 1 and metrics.loc["(total)", "failed_raised"] == 1
+    q.stop()
+    assert q.retry_failed(kind="timed_out") == 1
+    assert handles[0].status == "queued" and handles[1].status == "failed"
+    with pytest.raises(ConfigError, match="raised, timed_out, crashed, lost"):
+        q.retry_failed(kind="exploded")
+
+
+def test_debug_runs_a_failed_point_in_the_foreground(q: kn.Queue) -> None:
+    calls: list[int] = []
+
+    @q.job
+    def divide(a: int, b: int) -> float:
+        calls.append(b)
+        kn.progress(0.5)
+        return a / b
+
+    h = divide.dispatch(1, 0)
+    q.start()
+    with pytest.raises(JobFailedError):
+        h.result(timeout=10)
+    before = h.record()
+    with pytest.raises(ZeroDivisionError):  # the exception itself, where %debug can open it
+        h.debug()
+    assert calls == [0, 0] and h.record() == before  # ran here again; the record is untouched
+
+
+def test_panel_cancel_button(q: kn.Queue, recorded: list[Any]) -> None:
+    @q.job
+    async def wait_long() -> None:
+        await asyncio.sleep(30)
+
+    panel = q.panel(refresh=0.1)
+    handles = [wait_long.dispatch() for _ in range(3)]
+    q.start(concurrency=1)
+    deadline = time.monotonic() + 10
+    while handles[0].status != "active" and time.monotonic() < deadline:
+        time.sleep(0.01)
+    panel.buttons["cancel"].click()
+    for h in handles:
+        with pytest.raises(kn.JobCancelledError):
+            h.result(timeout=10)
+    time.sleep(0.3)
+    assert "cancelled 3" in panel.summary.value
+    panel.close()
