@@ -66,13 +66,13 @@ def test_sweep_results_frame_has_parameters_results_and_failures(q: kn.Queue) ->
     assert len(g) == 6
     q.start(concurrency=3)
     frame = g.wait(timeout=20).results()
-    assert list(frame.columns) == ["lr", "epochs", "loss", "accuracy", "status", "duration_ms",
-                                   "attempt", "error"]
+    assert list(frame.columns) == ["lr", "epochs", "loss", "accuracy", "status", "failure",
+                                   "duration_ms", "attempt", "error"]
     assert frame["status"].tolist() == ["completed"] * 4 + ["failed"] * 2
     assert frame["duration_ms"].dtype == np.float64
     assert frame.loc[0, "loss"] == pytest.approx(0.1)
     assert frame.loc[5, "error"] == "ValueError: lr 2.0 diverges"
-    assert frame.loc[5, "attempt"] == 2
+    assert frame.loc[5, "attempt"] == 2 and frame.loc[5, "failure"] == "raised"
     with pytest.raises(JobFailedError, match=r"lr 2\.0 diverges") as info:
         g[5].result(timeout=1)
     assert info.value.record.traceback is not None
