@@ -191,10 +191,31 @@ class RedisQueueMachine(RuleBasedStateMachine):
         copy = record.copy()
         driver = self.manager.driver
         done = self.run(driver.complete(copy, "ok") if succeed else driver.fail(copy, "no", None))
-        assert done == current
+        stopped = job.status is JobStatus.CANCELLED and job.token == record.token  # cancelled while held
+        assert done == (current or stopped)
         if current:
             job.status = JobStatus.COMPLETED if succeed else JobStatus.FAILED
+        if current or stopped:
             job.token = None
+            assert copy.status is job.status
+
+    @precondition(lambda self: bool(self.model.jobs))
+    @rule(data=st.data())
+    def cancel(self, data: st.DataObject) -> None:
+        """Cancel one job: a pending one (or one handed off and not popped) never starts; a
+        running one is cancelled and keeps its token until its holder settles."""
+        job_id = data.draw(st.sampled_from(sorted(self.model.jobs, key=lambda i: self.model.jobs[i].order)))
+        job = self.model.jobs[job_id]
+        cancelled = self.run(self.manager.cancel(job_id))
+        if job.status not in (JobStatus.QUEUED, JobStatus.ACTIVE):
+            assert cancelled == []
+            return
+        assert cancelled == [job_id]
+        row = (job_id, job.token)
+        if job.status is JobStatus.ACTIVE and row in self.model.handoff:  # taken back unpopped
+            self.model.handoff.remove(row)
+            job.token, job.attempt = None, job.attempt - 1
+        job.status, job.expired = JobStatus.CANCELLED, 0
 
     @precondition(lambda self: any(j.status is JobStatus.ACTIVE for j in self.model.jobs.values()))
     @rule(data=st.data())
