@@ -32,17 +32,17 @@ class JobContext:
                  "task", "thread_state")
 
     def __init__(self, record: JobRecord, driver: QueueDriver, loop: asyncio.AbstractEventLoop,
-                 task: asyncio.Task[Any] | None = None) -> None:
+                 task: asyncio.Task[Any] | None = None, isolated: bool = False) -> None:
         self.record = record
         self.driver = driver
         self.loop = loop
-        self.task = task  # the task awaiting the job (cancelled by ``cancel``)
+        self.task = task  # the task awaiting the job, cancelled by ``cancel`` (if known)
         self.output: list[str] | None = None
         self.output_chars = 0
         self.cancelled = False  # the job was cancelled: it stops as soon as it can
         self.in_thread = False  # a sync job runs on a thread: cancel only sets ``cancelled``
         self.thread_state = RUNNING  # of that thread: ENDED, or ORPHANED by a timeout
-        self.isolated = False  # runs in a child process (``isolation``)
+        self.isolated = isolated  # runs in a child process (``isolation``)
 
     def cancel(self) -> None:
         """Stop the job: cancel its task, or tell a job running on a thread (``cancelled()``,

@@ -15,7 +15,6 @@ import math
 import threading
 import time
 import traceback as tb_module
-from asyncio import current_task
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -68,11 +67,12 @@ class JobExecutor:
         self.listeners: list[Callable[[JobRecord], None]] = []
 
     async def execute(self, record: JobRecord, loop: asyncio.AbstractEventLoop | None = None,
-                      isolation: str = "none") -> None:
+                      isolation: str = "none", task: asyncio.Task[Any] | None = None) -> None:
         """Run ``record`` to a settled state; on cancellation give it back to the queue.
 
         ``loop`` is the running loop when the caller knows it (a worker does): asking asyncio
-        for it costs a ``getpid()`` system call on every job. ``isolation`` is where a job
+        for it costs a ``getpid()`` system call on every job; ``task`` is the task that runs
+        this call, when the caller knows it (what an abort cancels). ``isolation`` is where a job
         that does not say runs (``"process"``: see ``isolation``). A job cancelled while it runs
         (:meth:`abort`) stops and is settled so; one cancelled before it started never runs.
         """
@@ -83,20 +83,16 @@ class JobExecutor:
             return
         if self.hooks.on_job_start is not None:
             await self._run_hook(self.hooks.on_job_start, job)
-        context = self._running(record, loop, (job.isolation or isolation) == "process")
+        context = JobContext(record, self.driver, loop or asyncio.get_running_loop(), task,
+                             (job.isolation or isolation) == "process")
+        self.running[record.id] = context  # what abort() finds
         token = current_job.set(context)
         failure: Exception | None = None
         try:
-            if context.cancelled:
-                raise JobCancelledError(record)
             result = await self._start(job, record, context)
             encoded = result if result is None else encode_value(result, f"result of {record.name}")
         except asyncio.CancelledError:
-            if not _aborted(context):
-                del self.running[record.id]
-                await asyncio.shield(self._give_back(record, started))
-                raise
-            failure = JobCancelledError(record)  # the abort of a cancelled job, and only that
+            failure = await self._interrupted(record, context, started)
         except Exception as exc:  # every job failure, middleware failure or bad result lands here
             failure = exc
         finally:
@@ -108,28 +104,21 @@ class JobExecutor:
             await self._stop(record, started)
         elif failure is not None:
             await self._settle_failure(record, job, failure, _format(failure), started, retryable=True)
-        else:
-            await self._settle_result(record, job, result, encoded, started)
-
-    async def _settle_result(self, record: JobRecord, job: QueueJob, result: Any, encoded: Any,
-                             started: float) -> None:
-        if await self.driver.complete(record, encoded) and record.status is not CANCELLED:
+        elif await self.driver.complete(record, encoded) and record.status is not CANCELLED:
             self._completed(record, started)
             if self.hooks.on_job_complete is not None:
                 await self._run_hook(self.hooks.on_job_complete, job, result)
         else:  # lost its lease, or cancelled while it ran and stopped by this settle
             self._not_completed(record, started)
 
-    def _running(self, record: JobRecord, loop: asyncio.AbstractEventLoop | None,
-                 isolated: bool) -> JobContext:
-        """The context of a job about to run, registered for :meth:`abort`; marked cancelled
-        if it was cancelled after its claim, before it started (it then never starts)."""
-        context = JobContext(record, self.driver, loop or asyncio.get_running_loop(), current_task())
-        context.isolated = isolated
-        self.running[record.id] = context
-        if record.status is CANCELLED or (self._doomed and record.id in self._doomed):
-            context.cancelled = True
-        return context
+    async def _interrupted(self, record: JobRecord, context: JobContext, started: float) -> Exception:
+        """The job's task was cancelled: the abort of a cancelled job becomes its failure;
+        anything else (the worker stopping) gives the job back to the queue and goes on up."""
+        if context.cancelled and context.task is not None and context.task.uncancel() == 0:
+            return JobCancelledError(record)
+        del self.running[record.id]
+        await asyncio.shield(self._give_back(record, started))
+        raise asyncio.CancelledError
 
     def _not_completed(self, record: JobRecord, started: float) -> None:
         if record.status is CANCELLED:
@@ -168,6 +157,9 @@ class JobExecutor:
 
     def _start(self, job: QueueJob, record: JobRecord, context: JobContext) -> Awaitable[Any]:
         """What to await to run the job: through middleware, or its timeout, or ``handle``."""
+        if record.status is CANCELLED or (self._doomed and record.id in self._doomed):
+            context.cancelled = True  # cancelled after its claim, before it started: it never does
+            return _refuse(record)
         if self.middleware.items:
             return self._run_through_middleware(job, record, context)
         if record.timeout_s is None and self._is_async.get(type(job)) and not context.isolated:
@@ -359,10 +351,9 @@ def _bounded(delay: Any, source: str) -> float:
     return min(max(low, seconds), high)
 
 
-def _aborted(context: JobContext) -> bool:
-    """Whether a ``CancelledError`` in a job's task is the abort of the cancelled job, and
-    nothing else (a worker stopping cancels the task too)."""
-    return context.cancelled and context.task is not None and context.task.uncancel() == 0
+async def _refuse(record: JobRecord) -> Any:
+    """What a job cancelled before it started runs instead of its body."""
+    raise JobCancelledError(record)
 
 
 def failure_kind(exc: BaseException) -> str:

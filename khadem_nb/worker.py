@@ -170,6 +170,7 @@ class QueueWorker:
 
     # -- loops -------------------------------------------------------------------------------
     async def _consume(self) -> None:
+        task = asyncio.current_task()  # what an abort of the job this consumer runs cancels
         try:
             while not self._stopping.is_set() and not (self._drained and not self._buffer):
                 if not self._claiming.is_set():  # paused
@@ -179,7 +180,7 @@ class QueueWorker:
                 if record is None:
                     record = await self._next_record()
                 if record is not None:
-                    await self._execute(record)
+                    await self._execute(record, task)
                     if not self.processed % YIELD_EVERY:  # claims and jobs that never wait (memory,
                         await asyncio.sleep(0)  # SQLite on the loop) would otherwise hold the loop
                 elif self._drained or self._claims_exhausted():
@@ -312,11 +313,11 @@ class QueueWorker:
     def _claims_exhausted(self) -> bool:
         return self._claims_left is not None and self._claims_left <= 0
 
-    async def _execute(self, record: JobRecord) -> None:
+    async def _execute(self, record: JobRecord, task: asyncio.Task[None] | None) -> None:
         if self.driver.uses_leases:  # what the heartbeat renews
             self._active[record.id] = record
         try:
-            await self.executor.execute(record, self._loop, self.options.isolation)
+            await self.executor.execute(record, self._loop, self.options.isolation, task)
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # the driver failed while settling: the lease will expire
