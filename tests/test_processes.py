@@ -106,6 +106,7 @@ async def test_job_that_keeps_killing_workers_ends_failed(durable_url: str) -> N
     record = await manager.get_job(job_id)
     assert record.status is JobStatus.FAILED
     assert record.error is not None and "lease expired 2 time(s)" in record.error
+    assert record.failure == "lost"
     await manager.close()
 
 
