@@ -8,13 +8,14 @@ import json
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import Enum
-from typing import Any, ClassVar, Self
+from typing import Any, ClassVar, Self, TypeVar
 
 from ._time import ms_to_datetime
 from .errors import SerializationError
 from .retry import BackoffPolicy, ExponentialBackoff
 
 WIRE_VERSION = 1
+E = TypeVar("E", bound=Enum)
 
 
 class JobStatus(str, Enum):
@@ -32,13 +33,7 @@ class JobStatus(str, Enum):
 
     @classmethod
     def parse(cls, value: str | JobStatus) -> JobStatus:
-        from .errors import ConfigError
-
-        try:
-            return cls(value)
-        except ValueError:
-            valid = ", ".join(s.value for s in cls)
-            raise ConfigError(f"unknown job status {value!r}; valid statuses: {valid}") from None
+        return _member(cls, value, "job status", "statuses")
 
 
 # The members as module constants for the hot paths: on Python 3.11 every ``JobStatus.X`` goes
@@ -63,13 +58,18 @@ class Failure(str, Enum):
 
     @classmethod
     def parse(cls, value: str | Failure) -> Failure:
-        from .errors import ConfigError
+        return _member(cls, value, "failure kind", "kinds")
 
-        try:
-            return cls(value)
-        except ValueError:
-            valid = ", ".join(k.value for k in cls)
-            raise ConfigError(f"unknown failure kind {value!r}; valid kinds: {valid}") from None
+
+def _member(cls: type[E], value: Any, what: str, plural: str) -> E:
+    """``cls(value)``, or a ``ConfigError`` naming the value and the valid ones."""
+    from .errors import ConfigError
+
+    try:
+        return cls(value)
+    except ValueError:
+        valid = ", ".join(str(member.value) for member in cls)
+        raise ConfigError(f"unknown {what} {value!r}; valid {plural}: {valid}") from None
 
 
 def cancel_error(reason: str, was: JobStatus | str) -> str:

@@ -14,6 +14,8 @@
   loop never blocks on a lock. Listings run on that thread too. ``options.io`` picks
   ``"auto"`` (that), ``"thread"`` (always the thread) or ``"inline"`` (always the loop); the
   bench in ``bench/embedded_drivers.py`` measures all three.
+- A cancel is one ``UPDATE`` per id, all in one write transaction, so a claim comes wholly
+  before or after it.
 - Completed records beyond ``queue.retention`` are deleted, oldest first.
 """
 

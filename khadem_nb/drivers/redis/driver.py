@@ -12,6 +12,8 @@ tag per queue (``keys``), so the driver runs unchanged on Redis Cluster.
   waiting is registered for hand-off, so a dispatch that finds it claims the job for it.
 - Settle: ``settles`` batches the settles of one loop turn; each names its verb; each is fenced
   by the claim's token; ``notices`` tells waiters in other processes.
+- Cancel: ``cancel.lua`` cancels pending and running jobs in one step against claims; the
+  workers holding running ones hear it on the abort channel (``notices``).
 - Lookup: a job id does not name its queue, so ``directory`` says where to look.
 
 ``docs/redis.md`` describes the layout, the hand-off and the lease protocol in full.
