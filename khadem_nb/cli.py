@@ -87,6 +87,12 @@ def _add_worker(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
     worker.add_argument("--isolation", default=None, choices=("none", "process"),
                         help="where jobs that do not choose run: in this process (none, the default) "
                         "or each in a child process that a timeout or a cancel can kill (process)")
+    worker.add_argument("--trust-code", action="store_true",
+                        help="run code shipped from notebooks (queue.ship_code), once its signature "
+                        "checks out with the secret in KHADEM_SECRET")
+    worker.add_argument("--strict-versions", action="store_true",
+                        help="with --trust-code: fail shipped code whose packages differ in version "
+                        "here (by default the job runs and its record carries a warning)")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -118,7 +124,7 @@ def _dispatch(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
 
         options = WorkerOptions(args.queue_url, args.imports, args.queues, args.concurrency,
                                 args.max_jobs, args.burst, args.grace, args.lease, args.prefetch,
-                                args.isolation)
+                                args.isolation, args.trust_code, args.strict_versions)
         asyncio.run(run_worker_process(options))
         return 0
     if args.command == "cancel":

@@ -21,8 +21,11 @@ QUEUE_KEYS = frozenset({
     "driver", "name", "path", "url", "host", "port", "username", "password", "db", "lease",
     "heartbeat", "max_reclaims", "retention", "retention_age", "failed_retention",
     "failed_retention_age", "prefix", "connect_timeout", "workers", "options",
+    "ship_code", "ship_modules", "secret", "secret_file", "code_limit", "trust_code", "strict_versions",
 })
-WORKER_KEYS = frozenset({"max_jobs", "delay", "timeout", "concurrency", "prefetch"})
+WORKER_KEYS = frozenset({"max_jobs", "delay", "timeout", "concurrency", "prefetch", "isolation"})
+SECRET_ENV = "KHADEM_SECRET"
+CODE_LIMIT = 16 * 2**20  # bytes of one shipped code envelope, at most (queue.code_limit)
 
 
 class DottedConfig(Protocol):
@@ -53,7 +56,7 @@ class QueueSettings:
     host: str = "127.0.0.1"
     port: int = 6379
     username: str | None = None
-    password: str | None = None
+    password: str | None = field(default=None, repr=False)
     db: int = 0
     lease_s: float = 30.0
     heartbeat_s: float = 10.0
@@ -66,6 +69,13 @@ class QueueSettings:
     connect_timeout_s: float = 5.0
     workers: WorkerSettings = field(default_factory=WorkerSettings)
     options: Mapping[str, Any] = field(default_factory=dict)
+    ship_code: bool = False  # jobs defined in __main__ (or ship_modules) travel as signed code
+    ship_modules: tuple[str, ...] = ()  # local modules shipped by value with them
+    #: the shared code-shipping secret: queue.secret, queue.secret_file or $KHADEM_SECRET
+    secret: bytes | None = field(default=None, repr=False)
+    code_limit: int = CODE_LIMIT
+    trust_code: bool = False  # this process's workers run shipped code signed with the secret
+    strict_versions: bool = False  # a package version mismatch fails shipped code (else a warning)
 
     def redacted_url(self) -> str:
         """The queue URL with any password replaced by ``***``, for messages and logs."""
@@ -134,6 +144,7 @@ def _from_section(section: dict[str, Any]) -> QueueSettings:
     values.update(_plain_values(section))
     if "workers" in section:
         values["workers"] = _parse_workers(section["workers"])
+    values.update(_shipping_values(section))
     settings = replace(QueueSettings(), **values)
     return _check_consistency(settings, explicit_heartbeat="heartbeat" in section)
 
@@ -158,6 +169,47 @@ def _plain_values(section: dict[str, Any]) -> dict[str, Any]:
     return values
 
 
+def _shipping_values(section: dict[str, Any]) -> dict[str, Any]:
+    import os
+
+    from .shipping import checked_secret, ship_modules_of
+
+    values: dict[str, Any] = {}
+    for key in ("ship_code", "trust_code", "strict_versions"):
+        if section.get(key) is not None:
+            if not isinstance(section[key], bool):
+                raise ConfigError(f"queue.{key} must be true or false, got {section[key]!r}")
+            values[key] = section[key]
+    values["ship_modules"] = ship_modules_of(section.get("ship_modules"))
+    if section.get("code_limit") is not None:
+        values["code_limit"] = limits.count(section["code_limit"], "queue.code_limit")
+    explicit = section.get("secret") is not None or section.get("secret_file") is not None
+    secret = _secret(section, os.environ.get(SECRET_ENV))
+    if secret is not None:  # one from the environment is checked when shipping or trusting uses it
+        values["secret"] = checked_secret(secret, "code shipping") if explicit else secret
+    return values
+
+
+def _secret(section: dict[str, Any], from_env: str | None) -> bytes | None:
+    """The secret given in the config (``secret``, or read from ``secret_file``), or in the
+    environment; never logged, never in a repr."""
+    if section.get("secret") is not None and section.get("secret_file") is not None:
+        raise ConfigError("give queue.secret or queue.secret_file, not both")
+    if section.get("secret") is not None:
+        secret = section["secret"]
+        if not isinstance(secret, str | bytes):
+            raise ConfigError("queue.secret must be a string")
+        return secret.encode() if isinstance(secret, str) else secret
+    if section.get("secret_file") is not None:
+        path = _require_str(section, "secret_file")
+        try:
+            with open(path, "rb") as handle:
+                return handle.read().strip()
+        except OSError as exc:
+            raise ConfigError(f"queue.secret_file {path!r} cannot be read: {exc.strerror}") from None
+    return from_env.encode() if from_env else None
+
+
 def _check_consistency(settings: QueueSettings, *, explicit_heartbeat: bool) -> QueueSettings:
     if not explicit_heartbeat:
         settings = replace(settings, heartbeat_s=settings.lease_s / 3)
@@ -169,6 +221,10 @@ def _check_consistency(settings: QueueSettings, *, explicit_heartbeat: bool) -> 
                           f"{settings.driver}:/// URL")
     if not settings.name:
         raise ConfigError("queue.name must not be empty")
+    if settings.ship_code or settings.trust_code:
+        from .shipping import checked_secret
+
+        checked_secret(settings.secret, "queue.ship_code" if settings.ship_code else "queue.trust_code")
     return settings
 
 

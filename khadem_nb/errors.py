@@ -13,6 +13,7 @@
     │   ├── JobNotFoundError        no record with that id
     │   ├── JobTimeoutError         a job ran past its timeout
     │   ├── JobCrashedError         the process of an isolated job died under it
+    │   ├── ShippedCodeError        shipped code refused: names the check that failed
     │   ├── JobFailedError          waiting on a job that ended failed (carries the record)
     │   ├── JobCancelledError       a job was cancelled: raised by waits and, inside a
     │   │                           cancelled job, by ``progress()`` (carries the record if known)
@@ -75,6 +76,15 @@ class JobCrashedError(JobError):
     """The process an isolated job ran in died (a segfault, ``os._exit``, a kill)."""
 
 
+class ShippedCodeError(JobError):
+    """A worker refused a job's shipped code; ``check`` names the check that failed (``trust``,
+    ``format``, ``signature``, ``digest``, ``python``, ``versions``). Nothing was unpickled."""
+
+    def __init__(self, check: str, reason: str) -> None:
+        self.check = check
+        super().__init__(f"shipped code refused ({check} check): {reason}")
+
+
 class JobFailedError(JobError):
     """A waited-on job ended failed; ``record`` holds its error and traceback."""
 
@@ -127,5 +137,6 @@ __all__ = [
     "ResultTimeoutError",
     "RetryJob",
     "SerializationError",
+    "ShippedCodeError",
     "UnknownJobError",
 ]

@@ -22,13 +22,22 @@ from typing import Any
 
 from .context import ENDED, ORPHANED, JobContext, current_job
 from .drivers.base import QueueDriver
-from .errors import JobCancelledError, JobCrashedError, JobTimeoutError, RetryJob, SerializationError
+from .errors import (
+    JobCancelledError,
+    JobCrashedError,
+    JobTimeoutError,
+    KhademError,
+    RetryJob,
+    SerializationError,
+    UnknownJobError,
+)
 from .isolation import ChildRaised, ProcessPool
 from .job import CANCELLED, Failure, JobRecord, QueueJob
 from .limits import DURATIONS
 from .middleware import MiddlewareChain
 from .monitor import QueueMonitor
-from .serializer import QueueJobSerializer, encode_value
+from .serializer import QueueJobSerializer, decode_value, encode_value
+from .shipping import CodeLoader
 
 logger = logging.getLogger(__name__)
 
@@ -49,13 +58,15 @@ class JobExecutor:
     """Runs one claimed record to a settled state."""
 
     def __init__(self, driver: QueueDriver, serializer: QueueJobSerializer, monitor: QueueMonitor,
-                 middleware: MiddlewareChain, hooks: WorkerHooks, threads: ThreadPoolExecutor) -> None:
+                 middleware: MiddlewareChain, hooks: WorkerHooks, threads: ThreadPoolExecutor,
+                 loader: CodeLoader | None = None) -> None:
         self.driver = driver
         self.serializer = serializer
         self.monitor = monitor
         self.middleware = middleware
         self.hooks = hooks
         self.threads = threads
+        self.loader = loader  # shipped code, for jobs this process has no factory for
         self._is_async: dict[type, bool] = {}
         #: the jobs running here, by id: what ``abort`` stops
         self.running: dict[str, JobContext] = {}
@@ -77,9 +88,9 @@ class JobExecutor:
         (:meth:`abort`) stops and is settled so; one cancelled before it started never runs.
         """
         started = time.perf_counter()
-        job = self._begin(record)
-        if isinstance(job, SerializationError):  # unknown name or bad payload: no retry helps
-            await self._settle_failure(record, None, job, _format(job), started, retryable=False)
+        built = self._begin(record)
+        job = built if isinstance(built, QueueJob) else await self._unbuilt(record, built, started)
+        if job is None:
             return
         if self.hooks.on_job_start is not None:
             await self._run_hook(self.hooks.on_job_start, job)
@@ -180,6 +191,23 @@ class JobExecutor:
         if hasattr(job, "created_at"):
             job.created_at = record.created_at
         return job
+
+    async def _unbuilt(self, record: JobRecord, error: SerializationError,
+                       started: float) -> QueueJob | None:
+        """The job of a record this process has no factory for, rebuilt from the code shipped
+        under its digest; else ``None`` once the job is failed with why (no retry helps)."""
+        reason: KhademError = error
+        if isinstance(error, UnknownJobError) and record.code and self.loader is not None:
+            try:
+                job = await self.loader.job_for(record, self.driver, decode_value(record.payload))
+                job.attempt = record.attempt
+                return job
+            except KhademError as exc:  # a refused check, no code under the digest, a fault
+                reason = exc
+            except (KeyError, TypeError, ValueError) as exc:
+                reason = SerializationError(f"payload of job {record.name!r} could not be decoded: {exc!r}")
+        await self._settle_failure(record, None, reason, _format(reason), started, retryable=False)
+        return None
 
     def _completed(self, record: JobRecord, started: float) -> None:
         try:

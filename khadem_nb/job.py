@@ -140,6 +140,10 @@ class QueueJob:
         """Rebuild a job from :meth:`to_json` output; defaults to ``cls(**data)``."""
         return cls(**data)
 
+    def code_entry(self) -> Any:
+        """The definition this job runs, fingerprinted and (from a cell) shipped: its class."""
+        return type(self)
+
     def isolated_entry(self) -> tuple[Any, dict[str, Any], str]:
         """What an isolated process needs to run this job: the code to send (here the class,
         rebuilt there with ``from_json``), its JSON arguments, and which of the two it is."""
@@ -196,6 +200,9 @@ class JobRecord:
     meta: dict[str, Any] = field(default_factory=dict)
     #: why the last attempt failed (a ``Failure`` value) on failed and retried records
     failure: str | None = None
+    #: the fingerprint of the job's code (``shipping.fingerprint``); shipped code is stored
+    #: under it
+    code: str | None = None
 
     @property
     def duration_ms(self) -> float | None:

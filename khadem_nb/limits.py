@@ -42,6 +42,7 @@ COUNTS: dict[str, tuple[int, int]] = {
     "concurrency": (1, 10_000),
     "prefetch": (0, 10_000),
     "max_attempts": (1, 10_000),
+    "queue.code_limit": (1024, 2**31),  # bytes of one shipped code envelope
 }
 #: the widest priority range any driver orders (a 64-bit integer); drivers may order less
 PRIORITY_RANGE = (-(2**63) + 1, 2**63 - 1)

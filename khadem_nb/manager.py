@@ -23,6 +23,7 @@ from .middleware import Middleware, MiddlewareChain, MiddlewareFunc
 from .monitor import BasicQueueMonitor, QueueMonitor
 from .registry import job_factories
 from .serializer import QueueJobSerializer, decode_value
+from .shipping import CodeLoader, CodeShipper
 from .waiting import (
     SettleNotices,
     outcome,
@@ -57,6 +58,7 @@ class Draft:
     delay_ms: int
     timeout_s: float | None
     key: str | None
+    code: str
 
     def record(self, now: int) -> JobRecord:
         """The record of this job, created at ``now``, with a fresh id."""
@@ -69,6 +71,7 @@ class Draft:
             record.timeout_s = self.timeout_s
         if self.key is not None:
             record.key = self.key
+        record.code = self.code
         return record
 
 
@@ -89,6 +92,9 @@ class QueueManager:
         self._executor: JobExecutor | None = None
         self._threads: ThreadPoolExecutor | None = None
         self._workers: list[QueueWorker] = []
+        self._shipper: CodeShipper | None = None
+        self._loader: CodeLoader | None = None
+        self._class_codes: dict[type, str] = {}  # fingerprints of job classes that are their code
 
     # -- setup -------------------------------------------------------------------------------
     async def init(self) -> QueueManager:
@@ -96,10 +102,18 @@ class QueueManager:
         if self._driver is not None:
             return self
         settings = parse_config(self._config)
+        loader = CodeLoader(settings)  # a worker that trusts code without a secret fails here
         driver = QueueFactory.resolve(settings)
         await driver.open()
-        self._settings, self._driver = settings, driver
+        self._settings, self._driver, self._loader = settings, driver, loader
         return self
+
+    @property
+    def shipper(self) -> CodeShipper:
+        """Fingerprints job code and, with ``queue.ship_code``, ships it (see ``shipping``)."""
+        if self._shipper is None:
+            self._shipper = CodeShipper(self._settings or parse_config(self._config))
+        return self._shipper
 
     @property
     def settings(self) -> QueueSettings:
@@ -123,7 +137,7 @@ class QueueManager:
         if self._executor is None:
             self._threads = ThreadPoolExecutor(max_workers=32, thread_name_prefix="khadem-job")
             self._executor = JobExecutor(self.driver, self.serializer, self.monitor,
-                                         self.middleware, self.hooks, self._threads)
+                                         self.middleware, self.hooks, self._threads, self._loader)
         return self._executor
 
     def set_thread_pool_size(self, size: int) -> None:
@@ -162,7 +176,15 @@ class QueueManager:
         queue = queue or job.queue or self.settings.name
         if queue.__class__ is not str:
             raise ConfigError(f"queue must be a queue name (a non-empty string), got {queue!r}")
-        return Draft(name, payload, queue, level, attempts, delay_ms, timeout_s, key)
+        code = self._class_codes.get(job.__class__) or self._code_of(job)
+        return Draft(name, payload, queue, level, attempts, delay_ms, timeout_s, key, code)
+
+    def _code_of(self, job: QueueJob) -> str:
+        """The fingerprint of ``job``'s code, kept per class where the class is the code."""
+        code = self.shipper.code_of(job)
+        if job.code_entry() is job.__class__:
+            self._class_codes[job.__class__] = code
+        return code
 
     async def dispatch(self, job: QueueJob, delay: float | timedelta | None = None, *,
                        queue: str | None = None, priority: int | None = None,
@@ -192,6 +214,7 @@ class QueueManager:
                 yield chunk
 
         if drafts:
+            await self.shipper.send(self.driver)
             await self.driver.push_chunks(chunks())
             self._count_queued(records)
             if self.driver.runs_at_dispatch:
@@ -203,6 +226,8 @@ class QueueManager:
         if not records:
             return
         driver = self.driver
+        if self.shipper.unsent:
+            await self.shipper.send(driver)
         await driver.push(records)
         self._count_queued(records)
         if driver.runs_at_dispatch:

@@ -35,6 +35,8 @@ class WorkerOptions:
     lease_s: float | None = None
     prefetch: int | None = None
     isolation: str | None = None
+    trust_code: bool = False
+    strict_versions: bool = False
 
 
 def import_job_modules(modules: Sequence[str]) -> None:
@@ -52,7 +54,8 @@ async def run_worker_process(options: WorkerOptions) -> int:
     """Run until stopped; returns how many jobs this process handled."""
     limits.seconds(options.grace_s, "--grace", kind="grace")
     import_job_modules(options.imports)
-    config: dict[str, object] = {"url": options.queue_url}
+    config: dict[str, object] = {"url": options.queue_url, "trust_code": options.trust_code,
+                                 "strict_versions": options.strict_versions}
     if options.lease_s is not None:
         config["lease"] = options.lease_s
     manager = await QueueManager({"queue": config}).init()

@@ -242,6 +242,17 @@ class QueueDriver(ABC):
         statuses = await self.statuses([r.id for r in records])
         return [r.id for r, status in zip(records, statuses, strict=True) if status is CANCELLED]
 
+    # -- shipped code ------------------------------------------------------------------------
+    async def store_code(self, digest: str, envelope: bytes) -> None:
+        """Keep a shipped code envelope under its digest, once (storing it again changes
+        nothing). Drivers without a code store refuse shipping with a clear error."""
+        raise ConfigError(f"the {self.settings.driver!r} driver has no code store; ship code through "
+                          "a memory, SQLite, file or Redis queue")
+
+    async def load_code(self, digest: str) -> bytes | None:
+        """The envelope stored under ``digest``, or ``None``."""
+        return None
+
     # -- inspecting --------------------------------------------------------------------------
     @abstractmethod
     async def get(self, job_id: str) -> JobRecord | None:

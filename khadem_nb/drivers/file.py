@@ -9,6 +9,7 @@ Layout under ``queue.path``::
     done/  failed/  cancelled/     finished jobs (a job cancelled while running keeps its token
                                    in cancelled/ until its holder stops it)
     corrupt/                       files that could not be parsed
+    code/<digest>.env              shipped code envelopes
     .lock                          the only file ever flock()ed
 
 Every write goes to ``tmp/`` first, is fsynced, moved into place with ``os.replace`` and the
@@ -55,7 +56,8 @@ from .quarantine import checked, unreadable
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
-STATE_DIRS = ("tmp", "ready", "delayed", "active", "done", "failed", "cancelled", "corrupt")
+STATE_DIRS = ("tmp", "ready", "delayed", "active", "done", "failed", "cancelled", "corrupt", "code")
+CODE_DIGEST = re.compile(r"[0-9a-f]{32}\Z")
 PRIORITY_OFFSET = 10**9  # ready files sort ascending; higher priority must come first
 ID_LEN = 32
 JOB_FILE = re.compile(r"\d{10}-\d{15}-\d{12}-[0-9a-f]{32}\.json\Z")  # all but delayed/
@@ -139,14 +141,9 @@ class FileStore:
             finally:
                 fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
 
-    def write(self, path: str, record: JobRecord, *, sync_dir: bool = True) -> None:
-        """Atomically (re)place ``path`` with ``record``: temp file, fsync, replace, fsync dir.
-
-        ``sync_dir=False`` skips the folder fsync where losing the rename in a power cut is
-        harmless (a claim: the job reappears in ``ready/`` and runs again, as at-least-once
-        allows)."""
+    def write_bytes(self, path: str, data: bytes, *, sync_dir: bool = True) -> None:
+        """Atomically place ``data`` at ``path`` (temp file, fsync, replace, fsync dir)."""
         tmp = self.dir("tmp", f"{os.getpid()}-{threading.get_ident()}-{os.path.basename(path)}")
-        data = record.to_wire().encode("utf-8")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         try:
             os.write(fd, data)
@@ -156,6 +153,31 @@ class FileStore:
         os.replace(tmp, path)
         if sync_dir:
             _fsync_dir(os.path.dirname(path))
+
+    def store_code(self, digest: str, envelope: bytes) -> None:
+        path = self._code_path(digest)
+        if path is not None and not os.path.exists(path):
+            self.write_bytes(path, envelope)
+
+    def load_code(self, digest: str) -> bytes | None:
+        path = self._code_path(digest)
+        try:
+            with open(path or "", "rb") as handle:
+                return handle.read()
+        except FileNotFoundError:
+            return None
+
+    def _code_path(self, digest: str) -> str | None:
+        """Where the envelope of ``digest`` lives; ``None`` for a digest that is not one."""
+        return self.dir("code", f"{digest}.env") if CODE_DIGEST.match(digest) else None
+
+    def write(self, path: str, record: JobRecord, *, sync_dir: bool = True) -> None:
+        """Atomically (re)place ``path`` with ``record``: temp file, fsync, replace, fsync dir.
+
+        ``sync_dir=False`` skips the folder fsync where losing the rename in a power cut is
+        harmless (a claim: the job reappears in ``ready/`` and runs again, as at-least-once
+        allows)."""
+        self.write_bytes(path, record.to_wire().encode("utf-8"), sync_dir=sync_dir)
 
     def read(self, path: str) -> JobRecord | None:
         """Parse a job file; an unparsable one is moved to ``corrupt/`` and ``None`` returned."""
@@ -619,6 +641,12 @@ class FileDriver(QueueDriver):
         if count:
             self._waits.wake()
         return count
+
+    async def store_code(self, digest: str, envelope: bytes) -> None:
+        await self._call(self.store.store_code, digest, envelope)
+
+    async def load_code(self, digest: str) -> bytes | None:
+        return await self._call(self.store.load_code, digest)
 
     async def purge(self) -> None:
         await self._call(self.store.purge)

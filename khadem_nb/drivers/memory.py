@@ -119,6 +119,7 @@ class MemoryDriver(QueueDriver):
         self._active = self._held[ACTIVE]  # ids of claimed jobs, in the order they were claimed
         self._failed = self._held[FAILED]  # ids of failed jobs, in the order they failed
         self._aborts: list[AbortNotice] = []  # workers told at once of a running job cancelled
+        self._code: dict[str, bytes] = {}  # shipped code envelopes by digest
         self._retention = settings.retention
         self._ready: dict[str, PriorityLanes] = {}
         self._delayed: dict[str, list[tuple[int, int, str]]] = {}
@@ -467,7 +468,14 @@ class MemoryDriver(QueueDriver):
         await self._notify(count)
         return count
 
+    async def store_code(self, digest: str, envelope: bytes) -> None:
+        self._code.setdefault(digest, envelope)
+
+    async def load_code(self, digest: str) -> bytes | None:
+        return self._code.get(digest)
+
     async def purge(self) -> None:
+        self._code.clear()
         self._queues.clear()
         self._records.clear()
         self._counts = empty_counts()

@@ -81,13 +81,19 @@ CREATE TABLE IF NOT EXISTS khadem_jobs (
     error        TEXT,
     traceback    TEXT,
     meta         TEXT NOT NULL DEFAULT '{}',
-    failure      TEXT
+    failure      TEXT,
+    code         TEXT
 );
 CREATE INDEX IF NOT EXISTS khadem_jobs_claim ON khadem_jobs (queue, priority DESC, seq)
     WHERE status IN ('queued', 'scheduled');
 CREATE INDEX IF NOT EXISTS khadem_jobs_lease ON khadem_jobs (lease_ms) WHERE status = 'active';
 CREATE INDEX IF NOT EXISTS khadem_jobs_status ON khadem_jobs (status, seq);
 CREATE INDEX IF NOT EXISTS khadem_jobs_key ON khadem_jobs (key) WHERE key IS NOT NULL;
+CREATE TABLE IF NOT EXISTS khadem_code (
+    digest     TEXT PRIMARY KEY,
+    envelope   BLOB NOT NULL,
+    created_ms INTEGER NOT NULL
+);
 """
 
 TRIM_EVERY = 500  # finished jobs between retention passes (or retention_pass_interval seconds)
@@ -97,7 +103,7 @@ TRIM_BY_AGE = "DELETE FROM khadem_jobs WHERE status = ? AND finished_ms < ?"
 
 COLUMNS = ("id", "queue", "name", "status", "priority", "attempt", "max_attempts", "reclaims",
            "created_ms", "available_ms", "started_ms", "finished_ms", "lease_ms", "token",
-           "timeout_s", "key", "payload", "result", "error", "traceback", "meta", "failure")
+           "timeout_s", "key", "payload", "result", "error", "traceback", "meta", "failure", "code")
 SELECT = "SELECT " + ", ".join(COLUMNS) + " FROM khadem_jobs"
 INSERT = (f"INSERT INTO khadem_jobs ({', '.join(COLUMNS)}) "
           f"VALUES ({', '.join('?' for _ in COLUMNS)})")
@@ -141,7 +147,7 @@ def _to_row(record: JobRecord) -> tuple[Any, ...]:
             record.available_ms, record.started_ms, record.finished_ms, record.lease_ms,
             record.token, record.timeout_s, record.key, dumps(record.payload),
             None if record.result is None else dumps(record.result), record.error,
-            record.traceback, dumps(record.meta), record.failure)
+            record.traceback, dumps(record.meta), record.failure, record.code)
 
 
 def storage_error(path: str, exc: sqlite3.Error) -> DriverError:
@@ -419,15 +425,27 @@ class SqliteStore:
         records = (due_view(_from_row(row)) for row in self._rows_where_in(SELECT, "key", keys))
         return {r.key or "": r for r in records}  # rows come in seq order: the newest per key wins
 
+    def store_code(self, digest: str, envelope: bytes) -> None:
+        sql = "INSERT OR IGNORE INTO khadem_code (digest, envelope, created_ms) VALUES (?, ?, ?)"
+        self.write(lambda conn: conn.execute(sql, (digest, envelope, now_ms())))
+
+    def load_code(self, digest: str) -> bytes | None:
+        row = self._db().execute("SELECT envelope FROM khadem_code WHERE digest = ?", (digest,)).fetchone()
+        return None if row is None or not isinstance(row[0], bytes) else row[0]
+
     def purge(self) -> None:
-        self.write(lambda conn: conn.execute("DELETE FROM khadem_jobs"))
+        def run(conn: sqlite3.Connection) -> None:
+            conn.execute("DELETE FROM khadem_jobs")
+            conn.execute("DELETE FROM khadem_code")
+
+        self.write(run)
 
 
 def _add_missing_columns(conn: sqlite3.Connection) -> None:
     """Bring a queue file made by an earlier version up to ``SCHEMA``: columns added since are
     added (empty), so its records read and its jobs run on."""
     present = {row[1] for row in conn.execute("PRAGMA table_info(khadem_jobs)")}
-    for column, kind in (("failure", "TEXT"),):
+    for column, kind in (("failure", "TEXT"), ("code", "TEXT")):
         if column not in present:
             conn.execute(f"ALTER TABLE khadem_jobs ADD COLUMN {column} {kind}")
 
@@ -451,7 +469,7 @@ def _filters(status: JobStatus | None, queue: str | None) -> tuple[str, tuple[An
 IN_CHUNK = 500  # ids per "IN (...)" query, well under SQLite's bound-variable limit
 IO_MODES = ("auto", "thread", "inline")
 THREAD_ONLY = frozenset({"jobs", "counts", "find_by_keys", "purge", "requeue", "get_many", "statuses",
-                         "cancel"})
+                         "cancel", "store_code", "load_code"})
 
 
 class SqliteDriver(QueueDriver):
@@ -566,6 +584,12 @@ class SqliteDriver(QueueDriver):
 
     async def find_by_keys(self, keys: Sequence[str]) -> dict[str, JobRecord]:
         return await self._call(SqliteStore.find_by_keys, list(keys))
+
+    async def store_code(self, digest: str, envelope: bytes) -> None:
+        await self._call(SqliteStore.store_code, digest, envelope)
+
+    async def load_code(self, digest: str) -> bytes | None:
+        return await self._call(SqliteStore.load_code, digest)
 
     async def purge(self) -> None:
         await self._call(SqliteStore.purge)

@@ -50,6 +50,9 @@ class FunctionCall(QueueJob):
     def to_json(self) -> dict[str, Any]:
         return {"kwargs": self.kwargs}
 
+    def code_entry(self) -> Any:
+        return self.spec.fn
+
     def isolated_entry(self) -> tuple[Any, dict[str, Any], str]:
         """The function itself travels (by value when a cell defined it), with its arguments."""
         return self.spec.fn, {"kwargs": self.kwargs}, "function"

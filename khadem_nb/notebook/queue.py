@@ -21,6 +21,7 @@ from ..config import QueueSettings, parse_config
 from ..errors import ConfigError
 from ..job import JobRecord, JobStatus
 from ..manager import QueueManager
+from ..shipping import checked_secret
 from ..worker import QueueWorker
 from . import capture
 from ._loop import LoopRunner
@@ -39,6 +40,27 @@ F = TypeVar("F", bound=Callable[..., Any])
 NOTEBOOK_RETENTION = 200_000  # finished records kept (unless queue.retention says otherwise)
 
 
+def _with_shipping(settings: QueueSettings, ship_code: bool | None, ship_modules: Sequence[str] | None,
+                   secret: str | None) -> QueueSettings:
+    """``settings`` with the shipping options given to ``Queue`` (each checked as in a config)."""
+    section: dict[str, Any] = {}
+    if ship_code is not None:
+        section["ship_code"] = ship_code
+    if ship_modules is not None:
+        section["ship_modules"] = ship_modules if isinstance(ship_modules, str) else list(ship_modules)
+    if secret is not None:
+        section["secret"] = secret
+    if not section:
+        return settings
+    given = parse_config({"queue": {"driver": "memory", **section, "ship_code": False}})
+    shipping = replace(settings, ship_code=settings.ship_code if ship_code is None else ship_code,
+                       ship_modules=given.ship_modules or settings.ship_modules,
+                       secret=given.secret if given.secret is not None else settings.secret)
+    if shipping.ship_code:
+        checked_secret(shipping.secret, "ship_code=True")
+    return shipping
+
+
 class Queue:
     """A job queue for a notebook: memory by default, or any queue URL / config dict.
 
@@ -48,11 +70,16 @@ class Queue:
     >>> g = train.sweep(lr=[0.1, 0.01]); q.start(concurrency=4); g.wait(); g.results()
     """
 
-    def __init__(self, url_or_config: Any = None) -> None:
+    def __init__(self, url_or_config: Any = None, *, ship_code: bool | None = None,
+                 ship_modules: Sequence[str] | None = None, secret: str | None = None) -> None:
+        """``ship_code=True`` sends the code of jobs defined in cells (and of ``ship_modules``)
+        with them, signed with ``secret`` (or ``$KHADEM_SECRET``), so that `khadem-nb worker
+        --trust-code` processes on other machines run them (see docs/shipping.md)."""
         settings = parse_config(url_or_config)  # bad config fails here, at once
         if settings.retention == QueueSettings().retention:
             # a sweep's results must outlive the sweep: keep more finished records than a service
             settings = replace(settings, retention=NOTEBOOK_RETENTION)
+        settings = _with_shipping(settings, ship_code, ship_modules, secret)
         self.settings = settings
         self.manager = QueueManager(self.settings)
         self._runner = LoopRunner()

@@ -47,7 +47,7 @@ from ..base import (
 from . import wire
 from .connection import Outgoing, RedisConnection
 from .directory import QueueDirectory
-from .keys import COLUMNS, KEY_INDEX, KEY_NAMES, KEY_TYPES, STATUS_SETS, queue_keys
+from .keys import COLUMNS, KEY_INDEX, KEY_NAMES, KEY_TYPES, STATUS_SETS, code_key, queue_keys
 from .notices import SETTLED_STATES, AbortListener, SettleListener
 from .settles import SettleBatcher
 
@@ -495,10 +495,21 @@ class RedisDriver(QueueDriver):
         records = await self._fetch(queue, [i for _, i in pairs])
         return {k: r for (k, _), r in zip(pairs, records, strict=True) if r is not None}
 
+    # -- shipped code --------------------------------------------------------------------------
+    async def store_code(self, digest: str, envelope: bytes) -> None:
+        key = code_key(self.settings.prefix)
+        await self._on([], lambda: self.client.hsetnx(key, digest, envelope))
+
+    async def load_code(self, digest: str) -> bytes | None:
+        key = code_key(self.settings.prefix)
+        found = await self._on([], lambda: self.client.hget(key, digest))
+        return found if isinstance(found, bytes) else None
+
     async def purge(self) -> None:
-        """Delete every queue under the prefix, and the registry of them."""
+        """Delete every queue under the prefix, the registry of them, and the code store."""
         keys = [key for queue in await self._all_queues() for key in self.keys(queue)]
-        await self.connection.call(lambda: self._delete([*keys, self.queues.key]))
+        keys += [self.queues.key, code_key(self.settings.prefix)]
+        await self.connection.call(lambda: self._delete(keys))
         self.queues.forget_announced()
 
     async def _delete(self, keys: list[str]) -> None:

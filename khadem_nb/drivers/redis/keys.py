@@ -30,8 +30,9 @@ line       list         ready jobs of priority 0, FIFO
 cancelled  sorted set   cancelled jobs, scored by when they were cancelled
 =========  ===========  ========================================================================
 
-One key lives outside every queue's hash tag: ``{prefix}:queues``, the set of queue names any
-process dispatched to (see ``directory``).
+Two keys live outside every queue's hash tag: ``{prefix}:queues``, the set of queue names any
+process dispatched to (see ``directory``), and ``{prefix}:code``, a hash of shipped code
+envelopes by digest (see ``shipping``); no script touches either.
 """
 
 from __future__ import annotations
@@ -82,6 +83,11 @@ def settle_channels(prefix: str) -> str:
     ``{prefix:queue}:notify:settled``), with the prefix's glob characters escaped."""
     escaped = "".join("\\" + c if c in "*?[]\\" else c for c in prefix)
     return f"{{{escaped}:*}}:notify:settled"
+
+
+def code_key(prefix: str) -> str:
+    """The hash of shipped code envelopes, by digest, of every queue under ``prefix``."""
+    return f"{prefix}:code"
 
 
 def abort_channels(prefix: str, queues: Sequence[str]) -> list[str]:
