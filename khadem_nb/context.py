@@ -16,7 +16,8 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-OUTPUT_LIMIT = 64 * 1024  # characters of a job's output kept with its record
+OUTPUT_LIMIT = 2**20  # characters of a job's output kept with its record (the last ones)
+OUTPUT_FLUSH_S = 1.0  # a running job's new output reaches its record at most this much later
 RUNNING, ENDED, ORPHANED = 0, 1, 2  # a sync job's thread: runs, returned, outlived its timeout
 
 
@@ -28,8 +29,8 @@ class JobContext:
     a sync job on a thread, which cannot be interrupted and sees ``cancelled`` instead.
     """
 
-    __slots__ = ("cancelled", "driver", "in_thread", "isolated", "loop", "output", "output_chars", "record",
-                 "task", "thread_state")
+    __slots__ = ("cancelled", "driver", "flushed", "in_thread", "isolated", "loop", "output", "output_chars",
+                 "output_cut", "record", "task", "thread_state")
 
     def __init__(self, record: JobRecord, driver: QueueDriver, loop: asyncio.AbstractEventLoop,
                  task: asyncio.Task[Any] | None = None, isolated: bool = False) -> None:
@@ -54,18 +55,42 @@ class JobContext:
             self.task.cancel(ABORTED)
 
     def write_output(self, text: str) -> None:
-        """Keep printed output and log lines of the job (the last OUTPUT_LIMIT characters)."""
+        """Keep printed output and log lines of the job: the last OUTPUT_LIMIT characters, the
+        cut marked. From any thread. While the job runs, what it wrote reaches its record at
+        most OUTPUT_FLUSH_S later (``_flush``)."""
         if self.output is None:
             self.output = []
+            self.output_cut = self.flushed = 0
+            if self.driver is not None:
+                self.loop.call_soon_threadsafe(self._arm_flush)
         self.output.append(text)
         self.output_chars += len(text)
         if self.output_chars > 2 * OUTPUT_LIMIT:
-            joined = "".join(self.output)[-OUTPUT_LIMIT:]
-            self.output[:] = [joined]
-            self.output_chars = len(joined)
+            joined = "".join(self.output)
+            self.output[:] = [joined[-OUTPUT_LIMIT:]]
+            self.output_cut += len(joined) - OUTPUT_LIMIT
+            self.output_chars = OUTPUT_LIMIT
 
     def captured_output(self) -> str | None:
-        return "".join(self.output)[-OUTPUT_LIMIT:] if self.output else None
+        """The output kept, with a first line that says how much was cut, if any was."""
+        if not self.output:
+            return None
+        text = "".join(self.output)
+        cut = self.output_cut + max(0, len(text) - OUTPUT_LIMIT)
+        return f"[... {cut} characters cut ...]\n{text[-OUTPUT_LIMIT:]}" if cut else text
+
+    def _arm_flush(self) -> None:
+        self.loop.call_later(OUTPUT_FLUSH_S, self._flush)
+
+    def _flush(self) -> None:
+        """Store the output written since the last flush while the job still runs here."""
+        if self.record.token is None or self.record.status != "active":
+            return  # settled: its settle stored the output
+        written = self.output_cut + self.output_chars
+        if written != self.flushed:
+            self.flushed = written
+            self._schedule(self.driver.update_meta(self.record, {"output": self.captured_output()}))
+        self._arm_flush()
 
     def set_progress(self, fraction: float, note: str | None = None) -> None:
         if self.cancelled:

@@ -1,6 +1,7 @@
 """``khadem-nb worker``: one OS process working a queue until told to stop.
 
-SIGTERM or SIGINT stop it gracefully: it stops claiming, lets running jobs finish for
+What a job prints or logs goes to its record (while it runs, see ``context``), not to the
+worker's output. SIGTERM or SIGINT stop it gracefully: it stops claiming, lets running jobs finish for
 ``--grace`` seconds, then gives whatever it still holds back to the queue. A second signal
 stops it at once (held jobs are still released, or reclaimed when their lease expires).
 """
@@ -16,7 +17,7 @@ import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from . import limits
+from . import capture, limits
 from .errors import ConfigError
 from .manager import QueueManager
 
@@ -74,6 +75,7 @@ async def run_worker_process(options: WorkerOptions) -> int:
 
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, on_signal, signum)
+    capture.install()  # a job's prints and log lines go to its record, as they do in a notebook
     logger.info("worker %d on %s (queues %s, concurrency %d)", os.getpid(),
                 manager.settings.redacted_url(), worker.queues, options.concurrency)
     try:
@@ -81,6 +83,7 @@ async def run_worker_process(options: WorkerOptions) -> int:
     finally:
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(signum)
+        capture.uninstall()
         await manager.close()
     logger.info("worker %d stopped after %d jobs", os.getpid(), worker.processed)
     return worker.processed

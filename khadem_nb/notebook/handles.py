@@ -52,6 +52,18 @@ class JobHandle:
     def __await__(self) -> Generator[Any, None, Any]:
         return self.aresult().__await__()
 
+    @property
+    def output(self) -> str:
+        """What the job printed and logged so far, read now (a job running on another machine
+        included: its output reaches the record about once a second)."""
+        return str(self.record().meta.get("output") or "")
+
+    def tail(self, lines: int = 10) -> str:
+        """The last ``lines`` lines of :attr:`output`."""
+        if isinstance(lines, bool) or not isinstance(lines, int) or lines < 0:
+            raise ConfigError(f"tail() takes a number of lines (an integer >= 0), got {lines!r}")
+        return "\n".join(self.output.splitlines()[-lines:]) if lines else ""
+
     def cancel(self, reason: str = "cancelled") -> bool:
         """Cancel this job: it never starts, or its worker stops it. Whether this call
         cancelled it (``False`` if it had finished or was cancelled already)."""

@@ -16,14 +16,13 @@ from dataclasses import replace
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, TypeVar, overload
 
-from .. import limits
+from .. import capture, limits
 from ..config import QueueSettings, parse_config
 from ..errors import ConfigError
 from ..job import JobRecord, JobStatus
 from ..manager import QueueManager
 from ..shipping import checked_secret
 from ..worker import QueueWorker
-from . import capture
 from ._loop import LoopRunner
 from .functions import JobFunction
 from .handles import JobGroup, JobHandle

@@ -1,4 +1,5 @@
-"""Route a running job's prints and log lines into its record instead of the current cell.
+"""Route a running job's prints and log lines into its record instead of the current cell
+(in a notebook) or the worker's own output (in ``khadem-nb worker``).
 
 ``install()`` swaps ``sys.stdout``/``sys.stderr`` for proxies that look at the job context:
 text written while a job runs (on the loop or in its thread) goes to that job's output; any
@@ -13,7 +14,7 @@ import sys
 import threading
 from typing import Any, TextIO
 
-from ..context import current_job
+from .context import current_job
 
 
 class JobAwareStream:
