@@ -21,7 +21,8 @@
     └── RetryJob                    control flow: raise inside ``handle`` to retry, optionally
                                     after ``delay`` seconds, without counting it as an error
 
-Messages name the bad value and, where there is a choice, the valid ones.
+Messages name the bad value and, where there is a choice, the valid ones. One warning
+category sits beside the tree: ``CodeChangedWarning`` (a sweep reused results of older code).
 """
 
 from __future__ import annotations
@@ -122,7 +123,12 @@ class RetryJob(KhademError):
         super().__init__(reason if delay is None else f"{reason} (in {delay:g}s)")
 
 
+class CodeChangedWarning(UserWarning):
+    """A sweep run again reused finished points computed by an older version of its code."""
+
+
 __all__ = [
+    "CodeChangedWarning",
     "ConfigError",
     "CorruptQueueError",
     "DriverError",

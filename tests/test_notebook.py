@@ -67,7 +67,8 @@ def test_sweep_results_frame_has_parameters_results_and_failures(q: kn.Queue) ->
     q.start(concurrency=3)
     frame = g.wait(timeout=20).results()
     assert list(frame.columns) == ["lr", "epochs", "loss", "accuracy", "status", "failure",
-                                   "duration_ms", "attempt", "error"]
+                                   "duration_ms", "attempt", "error", "code"]
+    assert frame["code"].nunique() == 1 and len(frame.loc[0, "code"]) == 32
     assert frame["status"].tolist() == ["completed"] * 4 + ["failed"] * 2
     assert frame["duration_ms"].dtype == np.float64
     assert frame.loc[0, "loss"] == pytest.approx(0.1)

@@ -15,9 +15,10 @@ if TYPE_CHECKING:
     from .handles import JobHandle
 
 JOB_COLUMNS = ["id", "job", "status", "failure", "priority", "attempt", "created", "started", "finished",
-               "duration_ms", "progress", "note", "args", "result", "error", "output"]
+               "duration_ms", "progress", "note", "args", "result", "error", "output", "code"]
 FAILURE_KINDS = [k.value for k in Failure]
 ENDED_BADLY = (JobStatus.FAILED, JobStatus.CANCELLED)  # records whose error column says why
+GROUP_COLUMNS = ["result", "status", "failure", "duration_ms", "attempt", "error", "code"]
 DURATION_STATS = ("mean", "p50", "p95", "max")
 
 
@@ -53,6 +54,7 @@ def jobs_frame(records: Sequence[JobRecord]) -> pd.DataFrame:
         "result": [decode_value(r.result) for r in records],
         "error": [r.error if r.status in ENDED_BADLY else None for r in records],
         "output": [r.meta.get("output") for r in records],
+        "code": [r.code for r in records],
     }
     return pd.DataFrame(rows, columns=JOB_COLUMNS)
 
@@ -88,10 +90,11 @@ def group_frame(handles: Sequence[JobHandle], records: Sequence[JobRecord]) -> p
         row["duration_ms"] = record.duration_ms
         row["attempt"] = record.attempt
         row["error"] = record.error if record.status in ENDED_BADLY else None
+        row["code"] = record.code
         rows.append(row)
     frame = pd.DataFrame(rows)
     if not rows:
-        return pd.DataFrame(columns=["result", "status", "failure", "duration_ms", "attempt", "error"])
+        return pd.DataFrame(columns=GROUP_COLUMNS)
     frame["duration_ms"] = frame["duration_ms"].astype("float64")
     frame["status"] = pd.Categorical(frame["status"], categories=[s.value for s in JobStatus])
     frame["failure"] = pd.Categorical(frame["failure"], categories=FAILURE_KINDS)

@@ -145,21 +145,24 @@ class JobFunction:
 
     def map(self, calls: Iterable[Mapping[str, Any]], *, priority: int | None = None,
             delay: float | timedelta | None = None, max_attempts: int | None = None,
-            fresh: bool = False, rerun_cancelled: bool = False) -> JobGroup:
+            fresh: bool = False, rerun_cancelled: bool = False,
+            on_code_change: str = "warn") -> JobGroup:
         """Queue one call per dict of keyword arguments; returns a :class:`JobGroup`."""
         points = [self.bind((), call) for call in calls]
         return self.queue.submit(self, points, priority=priority, delay=delay,
                                  max_attempts=max_attempts, resumable=not fresh,
-                                 rerun_cancelled=bool(rerun_cancelled))
+                                 rerun_cancelled=bool(rerun_cancelled), on_code_change=on_code_change)
 
     def sweep(self, *, priority: int | None = None, delay: float | timedelta | None = None,
               max_attempts: int | None = None, fresh: bool = False, rerun_cancelled: bool = False,
-              **grids: Iterable[Any]) -> JobGroup:
+              on_code_change: str = "warn", **grids: Iterable[Any]) -> JobGroup:
         """Queue the cartesian product of the given value lists, e.g. ``sweep(lr=[.1, .01], epochs=[1, 2])``.
 
         On a durable queue, running the same sweep again reuses points that already exist
         (finished or pending) and requeues failed ones; cancelled points stay cancelled unless
-        ``rerun_cancelled=True``; ``fresh=True`` runs every point anew.
+        ``rerun_cancelled=True``; ``fresh=True`` runs every point anew. Finished points computed
+        by an older version of the function follow ``on_code_change``: ``"warn"`` reuses them
+        and says how many, ``"rerun"`` runs them again, ``"keep"`` reuses them silently.
         """
         if not grids:
             raise ConfigError(f"{self.name}.sweep() needs at least one parameter grid, e.g. lr=[0.1, 0.01]")
@@ -172,7 +175,7 @@ class JobFunction:
             values.append(list(grid))
         calls = [dict(zip(names, combo, strict=True)) for combo in itertools.product(*values)]
         return self.map(calls, priority=priority, delay=delay, max_attempts=max_attempts, fresh=fresh,
-                        rerun_cancelled=rerun_cancelled)
+                        rerun_cancelled=rerun_cancelled, on_code_change=on_code_change)
 
 
 def _sorted(value: Any) -> Any:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
+import warnings
 from collections.abc import Callable, Coroutine, Sequence
 from concurrent.futures import Future
 from dataclasses import replace
@@ -18,7 +19,7 @@ from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 from .. import capture, limits
 from ..config import QueueSettings, parse_config
-from ..errors import ConfigError
+from ..errors import CodeChangedWarning, ConfigError
 from ..job import JobRecord, JobStatus
 from ..manager import QueueManager
 from ..shipping import checked_secret
@@ -37,6 +38,9 @@ T = TypeVar("T")
 F = TypeVar("F", bound=Callable[..., Any])
 
 NOTEBOOK_RETENTION = 200_000  # finished records kept (unless queue.retention says otherwise)
+
+
+CODE_CHANGES = ("warn", "rerun", "keep")  # what a sweep run again does with points of older code
 
 
 def _with_shipping(settings: QueueSettings, ship_code: bool | None, ship_modules: Sequence[str] | None,
@@ -146,12 +150,15 @@ class Queue:
 
     def submit(self, spec: JobFunction, points: Sequence[dict[str, Any]], *, priority: int | None,
                delay: float | timedelta | None, max_attempts: int | None, resumable: bool,
-               rerun_cancelled: bool = False) -> JobGroup:
+               rerun_cancelled: bool = False, on_code_change: str = "warn") -> JobGroup:
         """Encode every point now (bad arguments raise here), then store them in one batch."""
+        if on_code_change not in CODE_CHANGES:
+            raise ConfigError(f"on_code_change must be one of {', '.join(CODE_CHANGES)}, "
+                              f"got {on_code_change!r}")
         records = [self._build_record(spec, params, priority, delay, max_attempts) for params in points]
         handles = [JobHandle(self, r.id, spec.name, params, r.key)
                    for r, params in zip(records, points, strict=True)]
-        ids = self.run(self._store(records, resumable, rerun_cancelled))
+        ids = self.run(self._store(records, resumable, rerun_cancelled, on_code_change))
         for handle, job_id in zip(handles, ids, strict=True):
             handle.id = job_id
         return JobGroup(self, handles)
@@ -166,26 +173,36 @@ class Queue:
                                          priority=priority, max_attempts=max_attempts,
                                          key=spec.key(params))
 
-    async def _store(self, records: list[JobRecord], resumable: bool, rerun_cancelled: bool) -> list[str]:
+    async def _store(self, records: list[JobRecord], resumable: bool, rerun_cancelled: bool,
+                     on_code_change: str = "warn") -> list[str]:
         """Push new records; in a resumable batch reuse existing points and requeue failed ones
-        (cancelled ones stay cancelled unless ``rerun_cancelled``: then they run anew)."""
+        (cancelled ones stay cancelled unless ``rerun_cancelled``: then they run anew). A
+        finished point whose code differs from the code dispatched now is reused (``"warn"``,
+        saying how many, or ``"keep"``) or run anew (``"rerun"``)."""
         ids = [r.id for r in records]
         if not resumable:
             await self.manager.push(records)
             return ids
         existing = await self.manager.find_by_keys([r.key for r in records if r.key])
-        fresh, failed = [], []
+        fresh, failed, older = [], [], 0
         for index, record in enumerate(records):
             found = existing.get(record.key or "")
-            if found is None or (rerun_cancelled and found.status is JobStatus.CANCELLED):
+            changed = found is not None and found.status is JobStatus.COMPLETED and found.code != record.code
+            if found is None or (rerun_cancelled and found.status is JobStatus.CANCELLED) \
+                    or (changed and on_code_change == "rerun"):
                 fresh.append(record)
                 continue
             ids[index] = found.id
+            older += changed
             if found.status is JobStatus.FAILED:
                 failed.append(found.id)
         if failed:
             await self.manager.retry_failed(failed)
         await self.manager.push(fresh)
+        if older and on_code_change == "warn":
+            warnings.warn(f"{older} of the {len(records)} points reuse results of an older version of "
+                          f"this job's code; sweep(..., on_code_change='rerun') runs them again, "
+                          "'keep' reuses them without this warning", CodeChangedWarning, stacklevel=4)
         if fresh or failed:
             logger.info("sweep: %d new, %d failed requeued, %d reused", len(fresh), len(failed),
                         len(records) - len(fresh) - len(failed))
