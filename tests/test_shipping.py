@@ -1,0 +1,293 @@
+"""Shipped code: fingerprints, envelopes checked before a byte is unpickled, and workers that
+run code defined elsewhere (real worker processes in another working directory)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import pathlib
+import subprocess
+import sys
+import textwrap
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import need_redis
+from procs import env, kill
+
+from khadem_nb import ConfigError, JobStatus, QueueManager, SerializationError
+from khadem_nb.config import parse_config
+from khadem_nb.shipping import PYTHON, Envelope, fingerprint, seal
+
+SECRET = "a shared secret of the notebook and its workers"
+
+
+@pytest.fixture(params=["sqlite", "redis"])
+def url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path}/q.db"
+        return
+    queue_url = f"{need_redis()}?prefix=khadem-ship-{tmp_path.name}"
+    yield queue_url
+    asyncio.run(_purge(queue_url))
+
+
+async def _purge(queue_url: str) -> None:
+    manager = await QueueManager(queue_url).init()
+    await manager.purge()
+    await manager.close()
+
+
+def worker(url: str, folder: Path, *flags: str, secret: str | None = SECRET) -> subprocess.Popen[str]:
+    """A `khadem-nb worker` process in ``folder``, which holds none of the dispatcher's files."""
+    folder.mkdir(exist_ok=True)
+    environment = {k: v for k, v in env().items() if k != "KHADEM_SECRET"}
+    if secret is not None:
+        environment["KHADEM_SECRET"] = secret
+    return subprocess.Popen([sys.executable, "-m", "khadem_nb.cli", "--log-level", "WARNING", "worker",
+                             "--queue-url", url, *flags], cwd=folder, env=environment,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def dispatcher(folder: Path, body: str, *, secret: str = SECRET, timeout: float = 120) -> str:
+    """Run ``body`` as a script's ``__main__`` in ``folder`` (its own modules beside it); its
+    printed output."""
+    folder.mkdir(exist_ok=True)
+    script = folder / "main.py"
+    script.write_text(textwrap.dedent(body))
+    run = subprocess.run([sys.executable, str(script)], cwd=folder, capture_output=True, text=True,
+                         timeout=timeout, env={**env(), "KHADEM_SECRET": secret})
+    assert run.returncode == 0, run.stderr[-3000:]
+    return run.stdout
+
+
+CELL_JOB = """
+    import khadem_nb as kn
+    import shiphelpers
+
+    q = kn.Queue({url!r}, ship_code=True, ship_modules=["shiphelpers"])
+    offset = 7
+
+    @q.job
+    def compute(x: int) -> int:
+        return shiphelpers.scale(x) + offset
+
+    g = compute.map([{{"x": i}} for i in range(4)])
+    print(g.wait(timeout=90).results()["result"].tolist())
+    print(g.results()["code"].nunique())
+    q.close()
+"""
+
+
+def test_a_main_job_and_a_helper_module_run_on_a_worker_elsewhere(url: str, tmp_path: Path) -> None:
+    (tmp_path / "notebook").mkdir()
+    (tmp_path / "notebook" / "shiphelpers.py").write_text("def scale(x):\n    return 10 * x\n")
+    process = worker(url, tmp_path / "worker", "--trust-code")
+    try:
+        out = dispatcher(tmp_path / "notebook", CELL_JOB.format(url=url))
+        assert out.split("\n")[:2] == ["[7, 17, 27, 37]", "1"]
+        assert process.poll() is None
+    finally:
+        kill(process)
+
+
+FAILING_CASES = {
+    "untrusting worker": ((), SECRET, "trust check"),
+    "wrong secret": (("--trust-code",), "another secret, sixteen bytes+", "signature check"),
+}
+
+
+@pytest.mark.parametrize("case", FAILING_CASES)
+def test_refused_code_fails_the_job_and_the_worker_goes_on(url: str, tmp_path: Path, case: str) -> None:
+    flags, secret, check = FAILING_CASES[case]
+    process = worker(url, tmp_path / "worker", *flags, "--import", "jobs", secret=secret)
+    try:
+        out = dispatcher(tmp_path / "notebook", f"""
+            import khadem_nb as kn
+            from jobs import Echo
+
+            q = kn.Queue({url!r}, ship_code=True)
+
+            @q.job
+            def shipped() -> str:
+                return "ran"
+
+            h = shipped.dispatch()
+            try:
+                h.result(timeout=60)
+            except kn.JobFailedError as exc:
+                print("FAILED", exc.record.error)
+            print(q.run(q.manager.dispatch_and_wait(Echo("still here"), timeout=60)))
+            q.close()
+        """)
+        assert f"FAILED ShippedCodeError: shipped code refused ({check})" in out, out
+        assert "still here" in out
+        assert process.poll() is None
+    finally:
+        kill(process)
+
+
+class Boobytrap:
+    """Unpickling this writes a file: proof that a refused envelope was never unpickled."""
+
+    def __init__(self, target: str) -> None:
+        self.target = target
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (pathlib.Path(self.target).touch, ())
+
+
+async def _run_shipped(manager: QueueManager, envelope: bytes, digest: str) -> Any:
+    """Store ``envelope`` under ``digest``, dispatch a job that names it, run one worker job."""
+    from khadem_nb.job import JobRecord
+
+    await manager.driver.store_code(digest, envelope)
+    record = JobRecord(id="f" * 32, name="__main__.trap", payload={"kwargs": {}}, code=digest,
+                       created_ms=1, available_ms=1)
+    await manager.push([record])
+    await manager.start_worker(max_jobs=1, delay=0.05)
+    return await manager.get_job(record.id)
+
+
+@pytest.mark.parametrize("driver", ["memory", "sqlite", "file"])
+@pytest.mark.parametrize("how", ["wrong secret", "payload swapped", "python", "garbage", "missing"])
+async def test_nothing_is_unpickled_before_the_checks(tmp_path: Path, driver: str, how: str) -> None:
+    target = tmp_path / "unpickled"
+    secret = b"the worker's own secret, 16+ bytes"
+    signed_by = b"somebody else's secret, 16+ bytes" if how == "wrong secret" else secret
+    trap = seal(Boobytrap(str(target)), kind="function", name="__main__.trap", code="c" * 32,
+                secret=signed_by, limit=2**20, python="3.10" if how == "python" else PYTHON)
+    if how == "payload swapped":  # a good envelope's bytes replaced by the trap's
+        good = seal(len, kind="function", name="__main__.trap", code="c" * 32, secret=secret, limit=2**20)
+        parts = Envelope.parse(good)
+        trap = good[: len(good) - len(parts.payload)] + Envelope.parse(trap).payload
+    if how == "garbage":
+        trap = b"\x80\x04 not an envelope"
+    path = tmp_path / "q.db" if driver == "sqlite" else tmp_path / "q"
+    config = {"driver": driver, "trust_code": True, "secret": secret.decode()}
+    if driver != "memory":
+        config["path"] = str(path)
+    manager = await QueueManager({"queue": config}).init()
+    digest = "c" * 32
+    if how == "missing":
+        from khadem_nb.job import JobRecord
+
+        await manager.push([JobRecord(id="f" * 32, name="__main__.trap", payload={"kwargs": {}},
+                                      code=digest, created_ms=1, available_ms=1)])
+        await manager.start_worker(max_jobs=1, delay=0.05)
+        record = await manager.get_job("f" * 32)
+    else:
+        record = await _run_shipped(manager, trap, digest)
+    await manager.close()
+    assert record.status is JobStatus.FAILED, record
+    expected = {"wrong secret": "signature check", "payload swapped": "signature check",
+                "python": "python check", "garbage": "format check",
+                "missing": "no code was shipped under its digest"}[how]
+    assert expected in (record.error or ""), record.error
+    assert not target.exists()
+
+
+async def test_package_versions_warn_or_fail(tmp_path: Path) -> None:
+    secret = b"sixteen bytes or more, surely"
+
+    def uses_pytest() -> str:
+        return pytest.__name__
+
+    uses_pytest.__module__ = "__main__"
+    envelope = seal(uses_pytest, kind="function", name="__main__.uses_pytest", code="d" * 32,
+                    secret=secret, limit=2**22)
+    header = Envelope.parse(envelope).verified(secret).header
+    assert header["packages"].get("pytest") == pytest.__version__
+    forged = seal(uses_pytest, kind="function", name="__main__.uses_pytest", code="d" * 32,
+                  secret=secret, limit=2**22)
+    forged = forged.replace(f'"pytest":"{pytest.__version__}"'.encode(), b'"pytest":"0.0.1"')
+    assert b'"pytest":"0.0.1"' in forged  # the forgery breaks the signature: sign it anew
+    parts = Envelope.parse(forged)
+    import hashlib
+    import hmac
+
+    from khadem_nb.shipping import MAGIC
+    mac = hmac.new(secret, MAGIC + parts.head + b"\n" + parts.payload, hashlib.sha256).hexdigest().encode()
+    forged = MAGIC + mac + b"\n" + parts.head + b"\n" + parts.payload
+    for strict in (False, True):
+        manager = await QueueManager({"queue": {"driver": "memory", "trust_code": True,
+                                                "secret": secret.decode(), "strict_versions": strict}}).init()
+        record = await _run_shipped(manager, forged, "d" * 32)
+        await manager.close()
+        if strict:
+            assert record.status is JobStatus.FAILED and "versions check" in (record.error or "")
+        else:
+            assert record.status is JobStatus.COMPLETED and record.result == "pytest"
+            assert record.meta["warnings"] == [f"pytest is {pytest.__version__} on this worker, 0.0.1 "
+                                               "where the code was shipped"]
+
+
+def test_fingerprints_see_code_not_place() -> None:
+    def define(source: str, filename: str) -> Any:
+        namespace: dict[str, Any] = {"__name__": "__main__"}
+        exec(compile(source, filename, "exec"), namespace)
+        return namespace["f"]
+
+    body = "SCALE = 2\ndef helper(x):\n    return x * SCALE\ndef f(x, y=1):\n    return helper(x) + y\n"
+    same = fingerprint(define(body, "<cell 1>"))
+    assert fingerprint(define("\n\n" + body, "<cell 2>")) == same  # run again in another cell
+    assert fingerprint(define(body.replace("x * SCALE", "x * SCALE + 0"), "<c>")) != same  # helper
+    assert fingerprint(define(body.replace("SCALE = 2", "SCALE = 3"), "<c>")) != same  # a constant
+    assert fingerprint(define(body.replace("y=1", "y=2"), "<c>")) != same  # a default
+    closures = [define(f"def outer():\n    n = {n}\n    def f():\n        return n\n    return f\n"
+                       "f = outer()\n", "<c>") for n in (1, 1, 2)]
+    assert fingerprint(closures[0]) == fingerprint(closures[1]) != fingerprint(closures[2])
+
+
+async def test_bad_shipping_input(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="at least 16"):
+        parse_config({"queue": {"driver": "memory", "secret": "short"}})
+    saved = os.environ.pop("KHADEM_SECRET", None)
+    try:
+        with pytest.raises(ConfigError, match="KHADEM_SECRET"):
+            parse_config({"queue": {"driver": "memory", "ship_code": True}})
+        import khadem_nb as kn
+
+        with pytest.raises(ConfigError, match="KHADEM_SECRET"):
+            kn.Queue(ship_code=True)
+    finally:
+        if saved is not None:
+            os.environ["KHADEM_SECRET"] = saved
+    settings = parse_config({"queue": {"driver": "memory", "ship_code": True, "secret": SECRET}})
+    assert SECRET not in repr(settings)
+    with pytest.raises(ConfigError, match="ship_modules"):
+        parse_config({"queue": {"driver": "memory", "ship_modules": 3}})
+
+    import khadem_nb as kn
+
+    q = kn.Queue(ship_code=True, secret=SECRET)
+    try:
+        lock = threading.Lock()
+
+        def holds_a_lock() -> bool:
+            return lock.locked()
+
+        holds_a_lock.__module__ = "__main__"
+        job = q.job(holds_a_lock)
+        with pytest.raises(SerializationError, match=r"cannot be shipped.*lock"):
+            job.dispatch()
+        big = bytes(3 * 2**20)
+
+        def closes_over_data() -> int:
+            return len(big)
+
+        closes_over_data.__module__ = "__main__"
+        small = kn.Queue({"queue": {"driver": "memory", "ship_code": True, "secret": SECRET,
+                                    "code_limit": 2**20}})
+        with pytest.raises(SerializationError, match=r"over queue\.code_limit"):
+            small.job(closes_over_data).dispatch()
+        async def stored() -> bytes | None:
+            return await small.manager.driver.load_code(fingerprint(closes_over_data))
+
+        assert small.run(stored()) is None  # refused, not stored
+        small.close()
+    finally:
+        q.close()
