@@ -123,3 +123,98 @@ def test_blocking_wait_from_another_thread_hands_over_to_the_loop(kernel: Kernel
         "t = threading.Thread(target=lambda: seen.append(h.result(timeout=20)))\nt.start()\n"
         "await asyncio.sleep(1.0)\nt.join(5)\nprint(seen)")
     assert out.strip() == "[5]"
+
+
+SHIPPED_SECRET = "the kernel's and the worker's shared secret"
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "redis"])
+def test_a_cell_job_runs_on_a_worker_process_and_its_output_arrives_live(
+        kernel: Kernel, tmp_path: Path, backend: str) -> None:
+    """A job defined in a cell, closing over a value and calling a helper module shipped by
+    value, runs in a `khadem-nb worker --trust-code` process started in another folder; the
+    kernel reads its printed lines while it runs, then its result."""
+    import subprocess
+    import sys
+
+    from conftest import need_redis
+    from procs import env, kill
+
+    url = f"sqlite:///{tmp_path}/q.db" if backend == "sqlite" else \
+        f"{need_redis()}?prefix=khadem-kernel-{tmp_path.name}"
+    notebook, elsewhere = tmp_path / "notebook", tmp_path / "worker"
+    notebook.mkdir()
+    elsewhere.mkdir()
+    (notebook / "cellhelpers.py").write_text("def double(x):\n    return 2 * x\n")
+    release = tmp_path / "release"
+    worker = subprocess.Popen([sys.executable, "-m", "khadem_nb.cli", "--log-level", "WARNING", "worker",
+                               "--queue-url", url, "--trust-code"], cwd=elsewhere,
+                              env={**env(), "KHADEM_SECRET": SHIPPED_SECRET}, text=True)
+    try:
+        kernel.run(f"import os, sys\nos.environ['KHADEM_SECRET'] = {SHIPPED_SECRET!r}\n"
+                   f"sys.path.insert(0, {str(notebook)!r})")
+        kernel.run(f"""
+import os, time
+import khadem_nb as kn
+import cellhelpers
+
+q = kn.Queue({url!r}, ship_code=True, ship_modules=["cellhelpers"])
+bonus = 5
+
+@q.job
+def remote(x: int) -> int:
+    print("started on", os.getpid(), flush=True)
+    while not os.path.exists({str(release)!r}):
+        time.sleep(0.05)
+    return cellhelpers.double(x) + bonus
+
+h = remote.dispatch(16)
+""")
+        seen = kernel.run("""
+deadline = time.monotonic() + 60
+while "started on" not in h.output and time.monotonic() < deadline:
+    time.sleep(0.1)
+print(h.status, "|", h.tail(1))
+""", timeout=90)
+        status, line = seen.strip().split(" | ")
+        assert status == "active"  # the line arrived while the job still ran
+        assert line == f"started on {worker.pid}"  # printed in the worker process
+        release.touch()
+        assert kernel.run("print(h.result(timeout=60))", timeout=90).strip() == "37"
+        kernel.run("q.clear()\nq.close()")
+    finally:
+        kill(worker)
+
+
+CODE_CHANGE = """
+import warnings
+import khadem_nb as kn
+q = kn.Queue("sqlite:///{db}")
+
+@q.job(name="tests.kernel.power")
+def power(x: int) -> int:
+    return x ** {exponent}
+
+q.start()
+with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    g = power.sweep(x=[1, 2, 3], on_code_change={choice!r})
+g.wait(timeout=60)
+print(g.results()["result"].tolist(), [str(w.message)[:40] for w in caught])
+q.stop()
+"""
+
+
+def test_a_sweep_after_a_code_change_warns_reruns_or_keeps(kernel: Kernel, tmp_path: Path) -> None:
+    db = tmp_path / "runs.db"
+    first = kernel.run(CODE_CHANGE.format(db=db, exponent=1, choice="warn"), timeout=90)
+    assert first.strip() == "[1, 2, 3] []"
+    kernel.restart()  # the cell is edited and run again in a new kernel
+    warned = kernel.run(CODE_CHANGE.format(db=db, exponent=2, choice="warn"), timeout=90)
+    assert warned.strip() == "[1, 2, 3] ['3 of the 3 points reuse results of an ol']"
+    kept = kernel.run(CODE_CHANGE.format(db=db, exponent=2, choice="keep"), timeout=90)
+    assert kept.strip() == "[1, 2, 3] []"
+    rerun = kernel.run(CODE_CHANGE.format(db=db, exponent=2, choice="rerun"), timeout=90)
+    assert rerun.strip() == "[1, 4, 9] []"
+    again = kernel.run(CODE_CHANGE.format(db=db, exponent=2, choice="warn"), timeout=90)
+    assert again.strip() == "[1, 4, 9] []"  # the points now hold this code's results
