@@ -288,8 +288,9 @@ def _undecodable(name: str, payload: Any, *, known: bool) -> SerializationError:
     if name.startswith("__main__."):
         return UnknownJobError(
             f"job {name!r} was defined in a notebook cell or a script (module __main__), which "
-            "this worker process cannot import; only workers in that kernel can run it. Move the "
-            "function into a module and start workers with `khadem-nb worker --import <module>`"
+            "this worker process cannot import. Ship its code (kn.Queue(url, ship_code=True), and "
+            "`khadem-nb worker --trust-code`), or move the function into a module and start "
+            "workers with `khadem-nb worker --import <module>`"
         )
     return UnknownJobError(
         f"no job factory is registered for {name!r} in this process; import the module "
