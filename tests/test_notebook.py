@@ -550,3 +550,27 @@ def test_panel_cancel_button(q: kn.Queue, recorded: list[Any]) -> None:
     time.sleep(0.3)
     assert "cancelled 3" in panel.summary.value
     panel.close()
+
+
+def test_panel_shows_what_running_jobs_print(q: kn.Queue, recorded: list[Any]) -> None:
+    import threading
+
+    release = threading.Event()
+
+    @q.job
+    def talks() -> None:
+        print("first line")
+        print("halfway there")
+        release.wait(10)
+
+    panel = q.panel(refresh=0.1)
+    h = talks.dispatch()
+    q.start()
+    deadline = time.monotonic() + 10
+    while "halfway there" not in panel.summary.value and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert "halfway there" in panel.summary.value and h.status == "active"
+    assert h.tail(1) == "halfway there" and h.output == "first line\nhalfway there\n"
+    release.set()
+    h.result(timeout=10)
+    panel.close()

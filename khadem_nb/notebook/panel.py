@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from .._ids import short_id
-from ..job import JobStatus
+from ..job import JobRecord, JobStatus
 from ..metrics import metrics_from_counts
 from .handles import STATUS_COLOURS
 
@@ -184,7 +184,7 @@ class QueuePanel(w.VBox):  # type: ignore[misc]
             if worker is not None and worker.running else "not running here"
         return Snapshot(
             counts=tuple(counts.items()),
-            running=tuple((r.name, r.id, r.meta.get("progress"), r.meta.get("note"),
+            running=tuple((r.name, r.id, r.meta.get("progress"), r.meta.get("note") or _last_line(r),
                            (now_ms - (r.started_ms or now_ms)) / 1000) for r in reversed(active)),
             failures=tuple((r.name, r.id, r.failure or "", r.error or "") for r in reversed(failed)),
             state=state, finished=finished, total=total, throughput=round(rate, 1),
@@ -256,6 +256,13 @@ def _set(widget: Any, name: str, value: Any) -> None:
         setattr(widget, name, value)
 
 
+def _last_line(record: JobRecord) -> str | None:
+    """The last line a running job printed (its output reaches the record while it runs, from
+    any machine), cut to fit a table cell."""
+    lines = str(record.meta.get("output") or "").rstrip("\n").rsplit("\n", 1)
+    return lines[-1][-120:] or None
+
+
 def _running_table(snap: Snapshot) -> str:
     if not snap.running:
         return "<div class='khadem-muted'>no job running</div>"
@@ -264,7 +271,7 @@ def _running_table(snap: Snapshot) -> str:
         f"<td class='khadem-nowrap'>{_bar(progress)}</td><td>{html.escape(note or '')}</td>"
         f"<td class='khadem-nowrap'>{elapsed:.1f}s</td></tr>"
         for name, job_id, progress, note, elapsed in snap.running)
-    head = "<tr><th>running</th><th>id</th><th>progress</th><th>note</th><th>for</th></tr>"
+    head = "<tr><th>running</th><th>id</th><th>progress</th><th>note or output</th><th>for</th></tr>"
     return f"<table>{head}{rows}</table>"
 
 
