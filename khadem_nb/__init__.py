@@ -12,6 +12,7 @@ from .config import QueueSettings, WorkerSettings, parse_config
 from .context import cancelled, progress
 from .drivers.base import QueueDriver
 from .errors import (
+    CodeChangedWarning,
     ConfigError,
     CorruptQueueError,
     DriverError,
@@ -54,6 +55,7 @@ def __getattr__(name: str) -> Any:
 
 __all__ = [
     "BasicQueueMonitor",
+    "CodeChangedWarning",
     "ConfigError",
     "CorruptQueueError",
     "DriverError",

@@ -127,8 +127,7 @@ class CodeChangedWarning(UserWarning):
     """A sweep run again reused finished points computed by an older version of its code."""
 
 
-__all__ = [
-    "CodeChangedWarning",
+__all__ = [  # the tree; CodeChangedWarning, a warning, is exported by the package itself
     "ConfigError",
     "CorruptQueueError",
     "DriverError",

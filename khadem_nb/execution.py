@@ -200,9 +200,11 @@ class JobExecutor:
         if isinstance(error, UnknownJobError) and record.code and self.loader is not None:
             try:
                 job = await self.loader.job_for(record, self.driver, decode_value(record.payload))
-                job.attempt = record.attempt
-                return job
-            except KhademError as exc:  # a refused check, no code under the digest, a fault
+                if job is not None:
+                    job.attempt = record.attempt
+                    return job
+                reason = UnknownJobError(f"{error} (no code was shipped under its digest {record.code})")
+            except KhademError as exc:  # a refused check, a storage fault
                 reason = exc
             except (KeyError, TypeError, ValueError) as exc:
                 reason = SerializationError(f"payload of job {record.name!r} could not be decoded: {exc!r}")

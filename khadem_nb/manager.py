@@ -226,8 +226,8 @@ class QueueManager:
         if not records:
             return
         driver = self.driver
-        if self.shipper.unsent:
-            await self.shipper.send(driver)
+        if self._shipper is not None and self._shipper.unsent:  # envelopes before their jobs
+            await self._shipper.send(driver)
         await driver.push(records)
         self._count_queued(records)
         if driver.runs_at_dispatch:

@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from functools import cache
 from typing import TYPE_CHECKING, Any
 
-from .errors import ConfigError, SerializationError, ShippedCodeError, UnknownJobError
+from .errors import ConfigError, SerializationError, ShippedCodeError
 from .job import QueueJob
 
 if TYPE_CHECKING:
@@ -280,7 +280,8 @@ class CodeShipper:
         for module in settings.ship_modules:
             _ship_by_value(module)
         self._codes: dict[Any, Code] = {}  # by job class or function (each definition its own)
-        self._unsent: dict[str, bytes] = {}  # envelopes not yet in this queue's code store
+        #: envelopes not yet in this queue's code store, by fingerprint
+        self.unsent: dict[str, bytes] = {}
 
     def code_of(self, job: QueueJob) -> str:
         """The fingerprint of ``job``'s definition; its envelope is built here the first time."""
@@ -289,7 +290,7 @@ class CodeShipper:
         if code is None:
             code = self._codes[entry] = self._code(entry, job)
             if code.envelope is not None:
-                self._unsent[code.fingerprint] = code.envelope
+                self.unsent[code.fingerprint] = code.envelope
         return code.fingerprint
 
     def _code(self, entry: Any, job: QueueJob) -> Code:
@@ -304,16 +305,12 @@ class CodeShipper:
                                "is_async": inspect.iscoroutinefunction(getattr(entry, "handle", entry))})
         return Code(digest, envelope)
 
-    @property
-    def unsent(self) -> bool:
-        return bool(self._unsent)
-
     async def send(self, driver: QueueDriver) -> None:
         """Store the envelopes built since the last call (before the jobs that need them)."""
-        while self._unsent:
-            digest, envelope = next(iter(self._unsent.items()))
+        while self.unsent:
+            digest, envelope = next(iter(self.unsent.items()))
             await driver.store_code(digest, envelope)
-            del self._unsent[digest]
+            del self.unsent[digest]
 
 
 def _ship_by_value(name: str) -> None:
@@ -375,17 +372,15 @@ class CodeLoader:
             if self.trusted else b""
         self._loaded: dict[str, Loaded] = {}
 
-    async def job_for(self, record: JobRecord, driver: QueueDriver, payload: Any) -> QueueJob:
-        """Rebuild ``record``'s job from shipped code; an error names the check that failed."""
+    async def job_for(self, record: JobRecord, driver: QueueDriver, payload: Any) -> QueueJob | None:
+        """Rebuild ``record``'s job from the code shipped under its digest (``None`` if none
+        was); an error names the check that failed."""
         digest = record.code or ""
         loaded = self._loaded.get(digest)
         if loaded is None:
             data = await driver.load_code(digest) if digest else None
             if data is None:
-                raise UnknownJobError(
-                    f"job {record.name!r} is not registered in this worker, and no code was shipped "
-                    f"under its digest {digest or '(none)'}: dispatch it from a queue with "
-                    "ship_code=True, or start the worker with --import MODULE")
+                return None
             if not self.trusted:
                 raise ShippedCodeError("trust", "this worker does not run shipped code; start it "
                                        "with `khadem-nb worker --trust-code` and the same secret")

@@ -271,7 +271,7 @@ def _running_table(snap: Snapshot) -> str:
         f"<td class='khadem-nowrap'>{_bar(progress)}</td><td>{html.escape(note or '')}</td>"
         f"<td class='khadem-nowrap'>{elapsed:.1f}s</td></tr>"
         for name, job_id, progress, note, elapsed in snap.running)
-    head = "<tr><th>running</th><th>id</th><th>progress</th><th>note or output</th><th>for</th></tr>"
+    head = "<tr><th>running</th><th>id</th><th>progress</th><th>note</th><th>for</th></tr>"
     return f"<table>{head}{rows}</table>"
 
 
