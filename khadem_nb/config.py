@@ -16,12 +16,13 @@ from . import limits
 from .errors import ConfigError
 
 URL_SCHEMES = {"memory": "memory", "sync": "sync", "sqlite": "sqlite", "file": "file",
-               "redis": "redis", "rediss": "redis"}
+               "redis": "redis", "rediss": "redis", "postgresql": "postgres", "postgres": "postgres"}
 QUEUE_KEYS = frozenset({
     "driver", "name", "path", "url", "host", "port", "username", "password", "db", "lease",
     "heartbeat", "max_reclaims", "retention", "retention_age", "failed_retention",
     "failed_retention_age", "prefix", "connect_timeout", "workers", "options",
     "ship_code", "ship_modules", "secret", "secret_file", "code_limit", "trust_code", "strict_versions",
+    "schema",
 })
 WORKER_KEYS = frozenset({"max_jobs", "delay", "timeout", "concurrency", "prefetch", "isolation"})
 SECRET_ENV = "KHADEM_SECRET"
@@ -66,6 +67,7 @@ class QueueSettings:
     failed_retention: int | None = None  # failed records kept (None: until retried or purged)
     failed_retention_age_s: float | None = None
     prefix: str = "khadem"
+    schema: str = "khadem"  # PostgreSQL: the schema that holds the queue's tables
     connect_timeout_s: float = 5.0
     workers: WorkerSettings = field(default_factory=WorkerSettings)
     options: Mapping[str, Any] = field(default_factory=dict)
@@ -151,7 +153,7 @@ def _from_section(section: dict[str, Any]) -> QueueSettings:
 
 def _plain_values(section: dict[str, Any]) -> dict[str, Any]:
     values: dict[str, Any] = {}
-    for key in ("driver", "name", "path", "host", "username", "password", "prefix"):
+    for key in ("driver", "name", "path", "host", "username", "password", "prefix", "schema"):
         if section.get(key) is not None:
             values[key] = _require_str(section, key)
     for key in ("port", "db", "max_reclaims", "retention", "failed_retention"):
@@ -229,17 +231,21 @@ def _check_consistency(settings: QueueSettings, *, explicit_heartbeat: bool) -> 
 
 
 URL_QUERY_KEYS = frozenset({"name", "lease", "heartbeat", "max_reclaims", "retention", "retention_age",
-                            "failed_retention", "failed_retention_age", "prefix", "connect_timeout"})
+                            "failed_retention", "failed_retention_age", "prefix", "connect_timeout",
+                            "schema"})
 
 
 def _url_query(url: str) -> dict[str, Any]:
     """Queue settings given in the URL's query string, e.g. ``redis://host/0?lease=5&name=gpu``."""
-    query = dict(parse_qsl(urlsplit(url).query, keep_blank_values=True))
+    parts = urlsplit(url)
+    query = dict(parse_qsl(parts.query, keep_blank_values=True))
+    if URL_SCHEMES.get(parts.scheme) == "postgres":  # the rest are libpq's (sslmode=...)
+        query = {k: v for k, v in query.items() if k in URL_QUERY_KEYS}
     unknown = set(query) - URL_QUERY_KEYS
     if unknown:
         raise ConfigError(f"unknown settings {sorted(unknown)} in the query of {redact_url(url)!r}; "
                           f"valid: {sorted(URL_QUERY_KEYS)}")
-    return {k: (v if k in ("name", "prefix") else _number(v, k)) for k, v in query.items()}
+    return {k: (v if k in ("name", "prefix", "schema") else _number(v, k)) for k, v in query.items()}
 
 
 def _number(text: str, key: str) -> float | int:

@@ -188,14 +188,27 @@ class QueueManager:
 
     async def dispatch(self, job: QueueJob, delay: float | timedelta | None = None, *,
                        queue: str | None = None, priority: int | None = None,
-                       max_attempts: int | None = None) -> str:
-        """Queue ``job`` (after ``delay``) and return its id. On ``sync`` it runs before returning."""
+                       max_attempts: int | None = None, connection: Any = None) -> str:
+        """Queue ``job`` (after ``delay``) and return its id. On ``sync`` it runs before returning.
+
+        ``connection`` (PostgreSQL): the application's own psycopg connection; the job is
+        written inside its open transaction and exists exactly when that transaction commits.
+        """
         record = self._draft(job, delay, queue, priority, max_attempts, None).record(now_ms())
+        if connection is not None:
+            await self._push_in(connection, [record])
+            return record.id
         await self.push((record,))
         return record.id
 
+    async def _push_in(self, connection: Any, records: Sequence[JobRecord]) -> None:
+        if self._shipper is not None and self._shipper.unsent:
+            await self._shipper.send(self.driver)
+        await self.driver.push_in(connection, records)
+        self._count_queued(records)
+
     async def dispatch_many(self, jobs: Iterable[QueueJob], delay: float | timedelta | None = None,
-                            *, queue: str | None = None) -> list[str]:
+                            *, queue: str | None = None, connection: Any = None) -> list[str]:
         """Queue many jobs; every job is encoded and checked before any is stored.
 
         The records are then built a chunk at a time as the driver takes them: on Redis each
@@ -204,6 +217,11 @@ class QueueManager:
         of them in one transaction or none.
         """
         drafts = [self._draft(job, delay, queue, None, None, None) for job in jobs]
+        if connection is not None:  # all in the application's transaction (PostgreSQL)
+            now = now_ms()
+            written = [draft.record(now) for draft in drafts]
+            await self._push_in(connection, written)
+            return [r.id for r in written]
         records: list[JobRecord] = []
 
         def chunks() -> Iterator[list[JobRecord]]:

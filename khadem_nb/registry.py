@@ -24,6 +24,7 @@ BUILTIN_DRIVERS: dict[str, str] = {
     "file": "khadem_nb.drivers.file:FileDriver",
     "sqlite": "khadem_nb.drivers.sqlite:SqliteDriver",
     "redis": "khadem_nb.drivers.redis:RedisDriver",
+    "postgres": "khadem_nb.drivers.postgres:PostgresDriver",
 }
 
 

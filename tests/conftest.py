@@ -16,9 +16,9 @@ import jobs as test_jobs
 
 from khadem_nb import QueueManager
 
-ALL_DRIVERS = ["sync", "memory", "sqlite", "file", "redis"]
+ALL_DRIVERS = ["sync", "memory", "sqlite", "file", "redis", "postgres"]
 QUEUED_DRIVERS = [d for d in ALL_DRIVERS if d != "sync"]
-SHARED_DRIVERS = ("sqlite", "file", "redis")  # several processes work one queue
+SHARED_DRIVERS = ("sqlite", "file", "redis", "postgres")  # several processes work one queue
 
 
 REDIS_URL = os.environ.get("KHADEM_REDIS_URL", "redis://127.0.0.1:6379/0")
@@ -35,6 +35,59 @@ def redis_available() -> bool:
         except redis.RedisError:
             _redis_state["up"] = False
     return _redis_state["up"]
+
+
+POSTGRES_URL = os.environ.get("KHADEM_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
+SCHEMA_PREFIX = f"khadem_t{os.getpid()}_"  # every schema this test run creates starts so
+_postgres_state: dict[str, bool] = {}
+
+
+def postgres_available() -> bool:
+    if "up" not in _postgres_state:
+        try:
+            import psycopg
+
+            with psycopg.connect(POSTGRES_URL, connect_timeout=2) as conn:
+                conn.execute("SELECT 1")
+            _postgres_state["up"] = True
+        except Exception:
+            _postgres_state["up"] = False
+    return _postgres_state["up"]
+
+
+def need_postgres() -> str:
+    """The PostgreSQL URL for tests; a missing server fails the test when
+    KHADEM_REQUIRE_POSTGRES=1."""
+    if not postgres_available():
+        missing(f"no PostgreSQL server answers at {POSTGRES_URL} (set KHADEM_POSTGRES_URL)",
+                "KHADEM_REQUIRE_POSTGRES")
+    return POSTGRES_URL
+
+
+def schema_for(tmp_path: Path) -> str:
+    """A schema of its own for one test (dropped at the end of the run)."""
+    name = "".join(c if c.isalnum() else "_" for c in tmp_path.name.lower())
+    return (SCHEMA_PREFIX + name)[:63]
+
+
+def postgres_url(tmp_path: Path) -> str:
+    url = need_postgres()
+    return f"{url}{'&' if '?' in url else '?'}schema={schema_for(tmp_path)}"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _postgres_left_clean() -> Iterator[None]:
+    """Drop every schema this run created."""
+    yield
+    if not postgres_available():
+        return
+    import psycopg
+
+    with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
+        names = [row[0] for row in conn.execute(
+            "SELECT nspname FROM pg_namespace WHERE starts_with(nspname, %s)", (SCHEMA_PREFIX,))]
+        for name in names:
+            conn.execute(f"DROP SCHEMA IF EXISTS {name} CASCADE")
 
 
 def missing(reason: str, flag: str) -> None:
@@ -90,6 +143,9 @@ def driver_config(driver: str, tmp_path: Path, **extra: Any) -> dict[str, Any]:
         section["path"] = str(tmp_path / "queue.db")
     elif driver == "file":
         section["path"] = str(tmp_path / "queue")
+    elif driver == "postgres":
+        section.pop("driver")
+        section["url"] = postgres_url(tmp_path)
     return {"queue": section}
 
 

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import need_redis
+from conftest import need_redis, postgres_url
 from jobs import Echo, Mark, Sleep, SleepFirst
 from procs import finish, kill, run_script, start_worker
 
@@ -18,12 +18,16 @@ from khadem_nb import JobStatus, QueueManager
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(params=["sqlite", "file", "redis"])
+@pytest.fixture(params=["sqlite", "file", "redis", "postgres"])
 def durable_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     if request.param == "sqlite":
         yield f"sqlite:///{tmp_path}/q.db"
     elif request.param == "file":
         yield f"file:///{tmp_path}/q"
+    elif request.param == "postgres":
+        url = postgres_url(tmp_path)
+        yield url
+        asyncio.run(_purge(url))
     else:
         url = f"{need_redis()}?prefix=khadem-proc-{tmp_path.name}"
         yield url

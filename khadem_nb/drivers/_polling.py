@@ -1,7 +1,8 @@
-"""Waiting for work in storage that other processes write to (files, SQLite).
+"""Waiting for work in storage that other processes write to (files, SQLite, PostgreSQL).
 
-Other processes cannot wake us, so an idle ``reserve`` polls, backing off from 5 ms to
-100 ms; pushes and retries made by this process wake it at once.
+Where other processes cannot wake us, an idle ``reserve`` polls, backing off from 5 ms to
+100 ms; pushes and retries made by this process wake it at once, and so do PostgreSQL's
+notices (its driver polls seldom while they arrive).
 """
 
 from __future__ import annotations
@@ -17,9 +18,10 @@ POLL_FIRST_S, POLL_MAX_S = 0.005, 0.1
 class PollingWaits:
     """The wake-up event and poll loop shared by the file and SQLite drivers."""
 
-    def __init__(self) -> None:
+    def __init__(self, poll_max_s: float = POLL_MAX_S) -> None:
         self._event: asyncio.Event | None = None
         self._generation = 0
+        self.poll_max_s = poll_max_s  # the longest idle wait between two claims
 
     def _current(self) -> asyncio.Event:
         if self._event is None:
@@ -51,4 +53,4 @@ class PollingWaits:
             try:
                 await asyncio.wait_for(event.wait(), min(poll, remaining))
             except TimeoutError:
-                poll = min(POLL_MAX_S, poll * 2)
+                poll = min(self.poll_max_s, poll * 2)

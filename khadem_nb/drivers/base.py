@@ -152,6 +152,12 @@ class QueueDriver(ABC):
     async def push(self, records: Sequence[JobRecord]) -> None:
         """Store new records (QUEUED or SCHEDULED) in one go."""
 
+    async def push_in(self, connection: Any, records: Sequence[JobRecord]) -> None:
+        """Store new records inside the application's own open transaction on ``connection``
+        (PostgreSQL); other drivers have no such transaction and refuse."""
+        raise ConfigError(f"dispatch(connection=...) needs the postgres driver; the {self.settings.driver!r} "
+                          "driver stores jobs on its own")
+
     async def push_chunks(self, chunks: Iterable[Sequence[JobRecord]]) -> None:
         """Store chunks of new records, in order.
 

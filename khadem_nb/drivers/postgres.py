@@ -1,0 +1,667 @@
+"""PostgreSQL driver: many processes on many machines, on the database the application has.
+
+- psycopg 3 and its async pool. The schema (``?schema=``, default ``khadem``) is created at
+  open, with a version table; a schema written by a newer version is refused, never altered.
+- Times are the server's (``clock_timestamp()``), so client clocks never matter.
+- A claim is one statement: it puts back expired leases (or fails them after
+  ``queue.max_reclaims``) and takes a batch of due jobs with ``FOR UPDATE SKIP LOCKED``,
+  highest priority first, FIFO within one, through a partial index of pending rows, so it
+  stays fast with millions of finished rows kept. A claim grants a lease and a fresh token;
+  every later write is fenced by the token.
+- Wake-ups: a dispatch, retry or requeue sends ``NOTIFY``; idle workers ``LISTEN``. At open
+  the driver notifies itself; if that notice never arrives (a transaction-pooling proxy), it
+  polls with backoff and logs why. The listening connection reconnects after a server restart.
+- ``dispatch(job, connection=conn)`` writes the job inside the application's own transaction
+  (psycopg ``AsyncConnection`` or ``Connection``): it exists exactly when that commits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import re
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, ClassVar
+
+from .._ids import new_token
+from ..config import QueueSettings
+from ..errors import ConfigError, CorruptQueueError, DriverError, DriverUnavailableError
+from ..job import TERMINAL_STATUSES, JobRecord, JobStatus
+from ..serializer import dumps
+from ._polling import PollingWaits
+from ._records import due_view
+from .base import (
+    LEASE_LOST_ERROR,
+    RELEASE,
+    RETRY,
+    AbortNotice,
+    QueueDriver,
+    Settlement,
+    Unsubscribe,
+    empty_counts,
+    retention_cutoffs,
+    retention_pass_interval,
+)
+from .quarantine import checked
+
+logger = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 1
+IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}\Z")
+NOW = "(extract(epoch FROM clock_timestamp()) * 1000)::bigint"
+COLUMNS = ("id", "queue", "name", "status", "priority", "attempt", "max_attempts", "reclaims",
+           "created_ms", "available_ms", "started_ms", "finished_ms", "lease_ms", "token",
+           "timeout_s", "key", "payload", "result", "error", "traceback", "meta", "failure", "code")
+SELECT_COLUMNS = ", ".join(COLUMNS[:-3]) + ", meta::text, failure, code"
+TRIM_EVERY = 500  # finished jobs between retention passes (or retention_pass_interval seconds)
+TRIM_BATCH = 5000  # rows one retention statement deletes at most
+RECLAIM_BATCH = 100  # expired leases one claim puts back at most
+POLL_LISTENING_S = 1.0  # longest idle wait while notices arrive (delayed jobs falling due)
+POLL_FALLBACK_S = 0.25  # longest idle wait when LISTEN does not work here
+
+
+def schema_sql(schema: str) -> list[str]:
+    """The statements of schema version 1, each idempotent."""
+    s = schema
+    return [
+        f"CREATE SCHEMA IF NOT EXISTS {s}",
+        f"CREATE TABLE IF NOT EXISTS {s}.version (version integer NOT NULL)",
+        f"""CREATE TABLE IF NOT EXISTS {s}.jobs (
+            seq          bigserial PRIMARY KEY,
+            id           text NOT NULL UNIQUE,
+            queue        text NOT NULL,
+            name         text NOT NULL,
+            status       text NOT NULL,
+            priority     bigint NOT NULL,
+            attempt      integer NOT NULL,
+            max_attempts integer NOT NULL,
+            reclaims     integer NOT NULL DEFAULT 0,
+            created_ms   bigint NOT NULL,
+            available_ms bigint NOT NULL,
+            started_ms   bigint,
+            finished_ms  bigint,
+            lease_ms     bigint,
+            token        text,
+            timeout_s    double precision,
+            key          text,
+            payload      text NOT NULL,
+            result       text,
+            error        text,
+            traceback    text,
+            meta         jsonb NOT NULL DEFAULT '{{}}',
+            failure      text,
+            code         text)""",
+        f"CREATE INDEX IF NOT EXISTS jobs_pending ON {s}.jobs (queue, priority DESC, seq) "
+        "WHERE status IN ('queued', 'scheduled')",
+        f"CREATE INDEX IF NOT EXISTS jobs_leases ON {s}.jobs (queue, lease_ms) WHERE status = 'active'",
+        f"CREATE INDEX IF NOT EXISTS jobs_status ON {s}.jobs (status, seq)",
+        f"CREATE INDEX IF NOT EXISTS jobs_key ON {s}.jobs (key) WHERE key IS NOT NULL",
+        f"""CREATE TABLE IF NOT EXISTS {s}.code (
+            digest     text PRIMARY KEY,
+            envelope   bytea NOT NULL,
+            created_ms bigint NOT NULL)""",
+    ]
+
+
+def claim_sql(schema: str) -> str:
+    """One statement: expired leases of the queue put back (or failed), then a batch of due
+    jobs claimed. Both take only rows no other claim holds (SKIP LOCKED)."""
+    s = schema
+    return f"""
+WITH now AS (SELECT {NOW} AS ms),
+expired AS (
+    SELECT seq FROM {s}.jobs, now
+     WHERE queue = %(queue)s AND status = 'active' AND lease_ms < now.ms
+     LIMIT {RECLAIM_BATCH} FOR UPDATE SKIP LOCKED
+),
+reclaimed AS (
+    UPDATE {s}.jobs j
+       SET status = CASE WHEN j.reclaims >= %(max_reclaims)s THEN 'failed' ELSE 'queued' END,
+           reclaims = j.reclaims + CASE WHEN j.reclaims >= %(max_reclaims)s THEN 0 ELSE 1 END,
+           finished_ms = CASE WHEN j.reclaims >= %(max_reclaims)s THEN now.ms END,
+           error = CASE WHEN j.reclaims >= %(max_reclaims)s
+                        THEN replace(%(lost)s, '{{n}}', (j.reclaims + 1)::text) ELSE j.error END,
+           traceback = CASE WHEN j.reclaims >= %(max_reclaims)s THEN NULL ELSE j.traceback END,
+           failure = CASE WHEN j.reclaims >= %(max_reclaims)s THEN 'lost' ELSE j.failure END,
+           available_ms = now.ms, started_ms = NULL, token = NULL, lease_ms = NULL
+      FROM expired, now
+     WHERE j.seq = expired.seq
+),
+picked AS (
+    SELECT seq FROM {s}.jobs, now
+     WHERE queue = %(queue)s AND status IN ('queued', 'scheduled') AND available_ms <= now.ms
+     ORDER BY priority DESC, seq
+     LIMIT %(limit)s FOR UPDATE SKIP LOCKED
+)
+UPDATE {s}.jobs j
+   SET status = 'active', attempt = j.attempt + 1, started_ms = now.ms, finished_ms = NULL,
+       lease_ms = now.ms + %(lease_ms)s, token = %(token)s || '-' || j.seq
+  FROM picked, now
+ WHERE j.seq = picked.seq
+RETURNING j.seq, {", ".join("j." + c for c in COLUMNS[:-3])}, j.meta::text, j.failure, j.code
+"""
+
+
+def _readable_status(text: Any) -> JobStatus:
+    try:
+        return JobStatus(text)
+    except ValueError:
+        return JobStatus.FAILED
+
+
+def from_row(row: Sequence[Any]) -> JobRecord:
+    """A row as a record; a row damaged by hand is quarantined with its reason, never an error."""
+    values = dict(zip(COLUMNS, row, strict=True))
+    problems = []
+    for column, empty in (("payload", None), ("result", None), ("meta", {})):
+        text = values[column]
+        if text is None and column != "payload":
+            values[column] = empty
+            continue
+        try:
+            values[column] = json.loads(text)
+        except (TypeError, ValueError, RecursionError) as exc:
+            problems.append(f"{column} is not JSON ({exc})")
+            values[column] = empty
+    with contextlib.suppress(ValueError):
+        values["status"] = JobStatus(values["status"])
+    return checked(JobRecord(**values), problems)
+
+
+def _row(record: JobRecord) -> tuple[Any, ...]:
+    return (record.id, record.queue, record.name, record.status.value, record.priority,
+            record.attempt, record.max_attempts, record.reclaims, record.created_ms,
+            record.available_ms, record.started_ms, record.finished_ms, record.lease_ms,
+            record.token, record.timeout_s, record.key, dumps(record.payload),
+            None if record.result is None else dumps(record.result), record.error,
+            record.traceback, dumps(record.meta), record.failure, record.code)
+
+
+class PostgresDriver(QueueDriver):
+    """Durable, many-process, many-machine, at-least-once queue in PostgreSQL."""
+
+    uses_leases: ClassVar[bool] = True
+
+    def __init__(self, settings: QueueSettings | str | Mapping[str, Any] | None = None) -> None:
+        super().__init__(settings)
+        settings = self.settings
+        schema = settings.schema
+        if not IDENTIFIER.match(schema):
+            raise ConfigError(f"queue schema {schema!r} is not a PostgreSQL identifier (letters, digits "
+                              "and _, not starting with a digit, at most 63 characters)")
+        self.schema = schema
+        self.table = f"{schema}.jobs"
+        self.channel = f"khadem_{schema}"
+        self.abort_channel = f"khadem_abort_{schema}"
+        self._claim = claim_sql(schema)
+        self._select = f"SELECT {SELECT_COLUMNS} FROM {self.table}"
+        self._lease_ms = int(settings.lease_s * 1000)
+        self._pool: Any = None
+        self._listener: Listener | None = None
+        self._waits = PollingWaits(POLL_FALLBACK_S)
+        self._settles_since_trim = 0
+        self._next_trim_at = 0.0
+
+    def default_prefetch(self, concurrency: int) -> int:
+        return concurrency // 2
+
+    # -- connections ---------------------------------------------------------------------------
+    def conninfo(self) -> str:
+        """The URL psycopg connects with: the queue URL without the queue's own settings."""
+        from urllib.parse import parse_qsl, urlencode, urlsplit
+
+        from ..config import URL_QUERY_KEYS
+
+        parts = urlsplit(self.settings.url or "postgresql://127.0.0.1:5432/")
+        query = [(k, v) for k, v in parse_qsl(parts.query) if k not in URL_QUERY_KEYS]
+        return parts._replace(scheme="postgresql", query=urlencode(query)).geturl()
+
+    def _where(self) -> str:
+        """The server and database, for messages (never the password)."""
+        from urllib.parse import urlsplit
+
+        parts = urlsplit(self.conninfo())
+        return f"{parts.hostname or 'localhost'}:{parts.port or 5432}/{parts.path.lstrip('/') or '(default)'}"
+
+    async def open(self) -> None:
+        from psycopg_pool import AsyncConnectionPool
+
+        timeout = self.settings.connect_timeout_s
+        self._pool = AsyncConnectionPool(self.conninfo(), min_size=1, max_size=8, open=False,
+                                         timeout=timeout, kwargs={"autocommit": True},
+                                         reconnect_timeout=max(60.0, 2 * self.settings.lease_s))
+        try:
+            await asyncio.wait_for(self._pool.open(wait=True, timeout=timeout), timeout + 1)
+        except Exception as exc:
+            await self._pool.close()
+            self._pool = None
+            raise await self._connect_error(exc) from None
+        await self._run(self._create_schema)
+        self._listener = Listener(self, self._waits)
+        await self._listener.start()
+
+    async def _connect_error(self, exc: Exception) -> DriverError:
+        """Why the pool could not connect: a direct attempt says (auth, no such database)."""
+        import psycopg
+
+        try:
+            conn = await psycopg.AsyncConnection.connect(self.conninfo(),
+                                                         connect_timeout=int(self.settings.connect_timeout_s))
+            await conn.close()
+        except psycopg.OperationalError as direct:
+            text = str(direct).strip().splitlines()[-1] if str(direct).strip() else repr(direct)
+            if "password" in text or "authentication" in text or "does not exist" in text:
+                return DriverError(f"PostgreSQL at {self._where()} refused the connection: {text}")
+            return DriverUnavailableError(f"PostgreSQL at {self._where()} cannot be reached within "
+                                          f"{self.settings.connect_timeout_s:g}s: {text}")
+        return DriverUnavailableError(f"PostgreSQL at {self._where()} cannot be reached within "
+                                      f"{self.settings.connect_timeout_s:g}s ({exc!r})")
+
+    async def _create_schema(self, conn: Any) -> None:
+        async with conn.transaction():
+            lock = f"khadem schema {self.schema}"  # two processes opening a new schema at once
+            await conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (lock,))
+            for statement in schema_sql(self.schema):
+                await conn.execute(statement)
+            row = await (await conn.execute(f"SELECT max(version) FROM {self.schema}.version")).fetchone()
+            found = row[0] if row else None
+            if found is None:
+                await conn.execute(f"INSERT INTO {self.schema}.version VALUES (%s)", (SCHEMA_VERSION,))
+            elif found > SCHEMA_VERSION:
+                raise CorruptQueueError(
+                    f"the queue schema {self.schema!r} at {self._where()} was written by a newer khadem_nb "
+                    f"(schema version {found}; this one knows {SCHEMA_VERSION}); upgrade khadem_nb, or "
+                    "use another ?schema=")
+
+    async def close(self) -> None:
+        if self._listener is not None:
+            await self._listener.close()
+            self._listener = None
+        if self._pool is not None:
+            await self._pool.close()
+            self._pool = None
+
+    async def _run(self, work: Any, *args: Any) -> Any:
+        """Run ``work(conn, *args)`` on a pooled connection; faults become errors of the tree."""
+        import psycopg
+
+        if self._pool is None:
+            raise DriverError(f"the PostgreSQL queue at {self._where()} is closed")
+        try:
+            async with self._pool.connection() as conn:
+                return await work(conn, *args)
+        except DriverError:
+            raise
+        except psycopg.OperationalError as exc:
+            raise DriverUnavailableError(f"PostgreSQL at {self._where()} failed: {exc}") from exc
+        except psycopg.Error as exc:
+            raise DriverError(f"PostgreSQL at {self._where()} failed: {exc}") from exc
+        except Exception as exc:  # the pool timed out waiting for a connection
+            if type(exc).__name__ == "PoolTimeout":
+                raise DriverUnavailableError(f"PostgreSQL at {self._where()} gave no connection within "
+                                             f"{self.settings.connect_timeout_s:g}s") from exc
+            raise
+
+    async def _fetch(self, sql: str, params: Any = None) -> list[Any]:
+        async def work(conn: Any) -> list[Any]:
+            cursor = await conn.execute(sql, params)
+            return list(await cursor.fetchall()) if cursor.description else []
+
+        return await self._run(work)  # type: ignore[no-any-return]
+
+    async def notify(self, channel: str, payload: str) -> None:
+        await self._fetch("SELECT pg_notify(%s, %s)", (channel, payload))
+
+    # -- producing -----------------------------------------------------------------------------
+    def _insert_sql(self) -> str:
+        return (f"INSERT INTO {self.table} ({', '.join(COLUMNS)}) VALUES "
+                f"({', '.join('%s::jsonb' if c == 'meta' else '%s' for c in COLUMNS)})")
+
+    async def push(self, records: Sequence[JobRecord]) -> None:
+        rows, queues = self._rows(records)
+
+        async def work(conn: Any) -> None:
+            async with conn.transaction():
+                await self._insert(conn, rows, queues)
+
+        await self._run(work)
+        self._waits.wake()
+
+    def _rows(self, records: Sequence[JobRecord]) -> tuple[list[tuple[Any, ...]], list[str]]:
+        for record in records:  # built before the manager had this driver: checked here, all first
+            self.check_priority(record.priority)
+        return [_row(r) for r in records], sorted({r.queue for r in records})
+
+    async def _insert(self, conn: Any, rows: list[tuple[Any, ...]], queues: Sequence[str]) -> None:
+        async with conn.cursor() as cursor:
+            await cursor.executemany(self._insert_sql(), rows)
+        for queue in queues:
+            await conn.execute("SELECT pg_notify(%s, %s)", (self.channel, queue))
+
+    async def push_in(self, connection: Any, records: Sequence[JobRecord]) -> None:
+        """Insert inside the application's own transaction (committed or rolled back by it);
+        the notice to idle workers goes out when it commits."""
+        import psycopg
+
+        check_open_connection(connection)
+        rows, queues = self._rows(records)
+        try:
+            if isinstance(connection, psycopg.AsyncConnection):
+                await self._insert(connection, rows, queues)
+                return
+            with connection.cursor() as cursor:
+                cursor.executemany(self._insert_sql(), rows)
+                for queue in queues:
+                    cursor.execute("SELECT pg_notify(%s, %s)", (self.channel, queue))
+        except psycopg.Error as exc:
+            raise DriverError(f"dispatch on the given connection failed: {exc}") from exc
+
+    # -- consuming -----------------------------------------------------------------------------
+    def interrupt_waits(self) -> None:
+        self._waits.interrupt()
+
+    async def reserve(self, queues: Sequence[str], limit: int, wait_s: float) -> list[JobRecord]:
+        return await self._waits.reserve(lambda: self._claim_from(queues, limit), wait_s)
+
+    async def _claim_from(self, queues: Sequence[str], limit: int) -> list[JobRecord]:
+        async def work(conn: Any) -> list[JobRecord]:
+            claimed: list[JobRecord] = []
+            for queue in queues:
+                params = {"queue": queue, "limit": limit - len(claimed), "lease_ms": self._lease_ms,
+                          "token": new_token(), "max_reclaims": self.settings.max_reclaims,
+                          "lost": LEASE_LOST_ERROR}
+                rows = await (await conn.execute(self._claim, params)).fetchall()
+                claimed += [from_row(row[1:]) for row in sorted(rows, key=lambda r: (-r[5], r[0]))]
+                if len(claimed) >= limit:
+                    break
+            return claimed
+
+        return await self._run(work)  # type: ignore[no-any-return]
+
+    async def heartbeat(self, records: Sequence[JobRecord]) -> list[bool]:
+        sql = (f"UPDATE {self.table} j SET lease_ms = {NOW} + %s FROM unnest(%s::text[], %s::text[]) "
+               "AS h(id, token) WHERE j.id = h.id AND j.token = h.token AND j.status = 'active' "
+               "RETURNING j.id")
+        rows = await self._fetch(sql, (self._lease_ms, [r.id for r in records],
+                                       [r.token or "" for r in records]))
+        alive = {row[0] for row in rows}
+        return [r.id in alive for r in records]
+
+    async def _settle(self, record: JobRecord, settlement: Settlement) -> bool:
+        done = record.copy()
+        settlement.apply(done)
+        settle = (f"UPDATE {self.table} SET status = %s, attempt = %s, available_ms = %s, started_ms = %s, "
+                  "finished_ms = %s, lease_ms = NULL, token = NULL, result = %s, error = %s, traceback = %s, "
+                  "meta = meta || %s::jsonb, failure = %s WHERE id = %s AND token = %s AND status = 'active'")
+        params = (done.status.value, done.attempt, done.available_ms, done.started_ms, done.finished_ms,
+                  None if done.result is None else dumps(done.result), done.error, done.traceback,
+                  dumps(record.meta), done.failure, record.id, record.token)
+        stop = (f"UPDATE {self.table} SET token = NULL, finished_ms = %s, meta = meta || %s::jsonb "
+                "WHERE id = %s AND token = %s AND status = 'cancelled'")
+
+        async def work(conn: Any) -> str | None:
+            if (await conn.execute(settle, params)).rowcount:
+                if settlement.verb is RETRY or settlement.verb is RELEASE:
+                    await conn.execute("SELECT pg_notify(%s, %s)", (self.channel, record.queue))
+                return "settled"
+            stopped = await conn.execute(stop, (settlement.at_ms, dumps(record.meta), record.id,
+                                                record.token))
+            return "stopped" if stopped.rowcount else None
+
+        outcome = await self._run(work)
+        if outcome == "settled":
+            settlement.apply(record)
+            if settlement.verb is RETRY or settlement.verb is RELEASE:
+                self._waits.wake()
+            if record.status in TERMINAL_STATUSES:
+                await self._count_finished()
+        elif outcome == "stopped":
+            settlement.stop(record)
+        return outcome is not None
+
+    async def _count_finished(self) -> None:
+        self._settles_since_trim += 1
+        if self._settles_since_trim >= TRIM_EVERY or time.monotonic() >= self._next_trim_at:
+            await self.trim()
+
+    async def trim(self) -> None:
+        """Apply retention in bounded batches: completed (failed) records beyond the counts
+        kept, then those older than the age limits."""
+        self._settles_since_trim = 0
+        self._next_trim_at = time.monotonic() + retention_pass_interval(self.settings)
+        s = self.settings
+        completed_before, failed_before = retention_cutoffs(s)
+        statements: list[tuple[str, tuple[Any, ...]]] = []
+        by_count = (f"DELETE FROM {self.table} WHERE seq IN (SELECT seq FROM {self.table} WHERE status = %s "
+                    f"ORDER BY seq DESC OFFSET %s LIMIT {TRIM_BATCH})")
+        statements.append((by_count, ("completed", s.retention)))
+        if s.failed_retention is not None:
+            statements.append((by_count, ("failed", s.failed_retention)))
+        by_age = (f"DELETE FROM {self.table} WHERE seq IN (SELECT seq FROM {self.table} WHERE status = %s "
+                  f"AND finished_ms < %s LIMIT {TRIM_BATCH})")
+        statements += [(by_age, (status, cutoff)) for status, cutoff in
+                       (("completed", completed_before), ("failed", failed_before)) if cutoff is not None]
+
+        async def work(conn: Any) -> None:
+            for sql, params in statements:
+                await conn.execute(sql, params)
+
+        await self._run(work)
+
+    async def update_meta(self, record: JobRecord, meta: dict[str, Any]) -> bool:
+        rows = await self._fetch(f"UPDATE {self.table} SET meta = meta || %s::jsonb WHERE id = %s "
+                                 "AND token = %s AND status = 'active' RETURNING id",
+                                 (dumps(meta), record.id, record.token))
+        return bool(rows)
+
+    # -- cancelling ----------------------------------------------------------------------------
+    async def cancel(self, job_ids: Sequence[str], reason: str) -> list[str]:
+        sql = f"""
+UPDATE {self.table}
+   SET status = 'cancelled', finished_ms = {NOW}, lease_ms = NULL, traceback = NULL,
+       error = %(reason)s || ' (was ' || (CASE WHEN status = 'scheduled' AND available_ms <= {NOW}
+                                             THEN 'queued' ELSE status END) || ')',
+       token = CASE WHEN status = 'active' THEN token END
+ WHERE id = ANY(%(ids)s) AND status IN ('queued', 'scheduled', 'active')
+RETURNING id, token IS NOT NULL
+"""
+
+        async def work(conn: Any) -> list[Any]:
+            async with conn.transaction():
+                rows = await (await conn.execute(sql, {"reason": reason, "ids": list(job_ids)})).fetchall()
+                running = [row[0] for row in rows if row[1]]
+                if running:
+                    await conn.execute("SELECT pg_notify(%s, %s)", (self.abort_channel, "\n".join(running)))
+                return list(rows)
+
+        cancelled = {row[0] for row in await self._run(work)}
+        return [job_id for job_id in dict.fromkeys(job_ids) if job_id in cancelled]
+
+    async def listen_aborts(self, queues: Sequence[str], notice: AbortNotice) -> Unsubscribe | None:
+        if self._listener is None or not self._listener.working:
+            return None
+        return self._listener.on_abort(notice)
+
+    # -- shipped code --------------------------------------------------------------------------
+    async def store_code(self, digest: str, envelope: bytes) -> None:
+        await self._fetch(f"INSERT INTO {self.schema}.code (digest, envelope, created_ms) "
+                          f"VALUES (%s, %s, {NOW}) ON CONFLICT (digest) DO NOTHING", (digest, envelope))
+
+    async def load_code(self, digest: str) -> bytes | None:
+        rows = await self._fetch(f"SELECT envelope FROM {self.schema}.code WHERE digest = %s", (digest,))
+        return bytes(rows[0][0]) if rows else None
+
+    # -- inspecting ----------------------------------------------------------------------------
+    async def get(self, job_id: str) -> JobRecord | None:
+        return (await self.get_many([job_id]))[0]
+
+    async def get_many(self, job_ids: Sequence[str]) -> list[JobRecord | None]:
+        rows = await self._fetch(f"{self._select} WHERE id = ANY(%s)", (list(job_ids),))
+        found = {r.id: r for r in (due_view(from_row(row)) for row in rows)}
+        return [found.get(job_id) for job_id in job_ids]
+
+    async def statuses(self, job_ids: Sequence[str]) -> list[JobStatus | None]:
+        rows = await self._fetch(f"SELECT id, status FROM {self.table} WHERE id = ANY(%s)", (list(job_ids),))
+        found = dict(rows)
+        return [None if (s := found.get(i)) is None else _readable_status(s) for i in job_ids]
+
+    async def jobs(self, status: JobStatus | None = None, queue: str | None = None,
+                   limit: int | None = None) -> list[JobRecord]:
+        where, params = _filters(status, queue)
+        order = "ORDER BY seq DESC LIMIT %s" if limit else "ORDER BY seq"
+        rows = await self._fetch(f"{self._select} {where} {order}",
+                                 (*params, limit) if limit else params)
+        records = [due_view(from_row(row)) for row in (reversed(rows) if limit else rows)]
+        if status in (JobStatus.QUEUED, JobStatus.SCHEDULED):
+            records = [r for r in records if r.status is status]
+        return records
+
+    async def counts(self, queue: str | None = None) -> dict[JobStatus, int]:
+        where, params = _filters(None, queue)
+        sql = (f"SELECT CASE WHEN status IN ('queued', 'scheduled') THEN "
+               f"(CASE WHEN available_ms > {NOW} THEN 'scheduled' ELSE 'queued' END) ELSE status END, "
+               f"count(*) FROM {self.table} {where} GROUP BY 1")
+        counts = empty_counts()
+        for status, n in await self._fetch(sql, params):
+            counts[_readable_status(status)] += n
+        return counts
+
+    async def requeue(self, job_ids: Iterable[str]) -> int:
+        sql = (f"UPDATE {self.table} SET status = 'queued', attempt = 0, reclaims = 0, available_ms = {NOW}, "
+               "started_ms = NULL, finished_ms = NULL, error = NULL, failure = NULL WHERE id = ANY(%s) AND "
+               "status NOT IN ('queued', 'scheduled', 'active', 'completed', 'cancelled') RETURNING queue")
+
+        async def work(conn: Any) -> int:
+            async with conn.transaction():
+                rows = await (await conn.execute(sql, (list(job_ids),))).fetchall()
+                for queue in {row[0] for row in rows}:
+                    await conn.execute("SELECT pg_notify(%s, %s)", (self.channel, queue))
+                return len(rows)
+
+        count: int = await self._run(work)
+        if count:
+            self._waits.wake()
+        return count
+
+    async def find_by_keys(self, keys: Sequence[str]) -> dict[str, JobRecord]:
+        rows = await self._fetch(f"{self._select} WHERE key = ANY(%s) ORDER BY seq", (list(keys),))
+        return {r.key or "": r for r in (due_view(from_row(row)) for row in rows)}
+
+    async def purge(self) -> None:
+        await self._fetch(f"TRUNCATE {self.table}, {self.schema}.code")
+
+
+def _filters(status: JobStatus | None, queue: str | None) -> tuple[str, tuple[Any, ...]]:
+    clauses: list[str] = []
+    params: list[Any] = []
+    if status in (JobStatus.QUEUED, JobStatus.SCHEDULED):
+        clauses.append("status IN ('queued', 'scheduled')")
+    elif status is JobStatus.FAILED:  # a status no version writes reads as failed
+        clauses.append("status NOT IN ('queued', 'scheduled', 'active', 'completed', 'cancelled')")
+    elif status is not None:
+        clauses.append("status = %s")
+        params.append(status.value)
+    if queue is not None:
+        clauses.append("queue = %s")
+        params.append(queue)
+    return ("WHERE " + " AND ".join(clauses) if clauses else ""), tuple(params)
+
+
+def check_open_connection(connection: Any) -> None:
+    """``ConfigError`` unless ``connection`` is a psycopg connection that can take a write now."""
+    import psycopg
+    from psycopg.pq import TransactionStatus
+
+    if not isinstance(connection, psycopg.AsyncConnection | psycopg.Connection):
+        raise ConfigError(f"connection= takes a psycopg Connection or AsyncConnection, got "
+                          f"{type(connection).__name__}")
+    if connection.closed:
+        raise ConfigError("the connection given to dispatch(connection=...) is closed")
+    if connection.info.transaction_status == TransactionStatus.INERROR:
+        raise ConfigError("the connection given to dispatch(connection=...) is in a failed transaction; "
+                          "roll it back first (nothing was stored)")
+
+
+class Listener:
+    """One connection that LISTENs for work and for cancels; reconnects after a restart."""
+
+    def __init__(self, driver: PostgresDriver, waits: PollingWaits) -> None:
+        self.driver = driver
+        self.waits = waits
+        self.working = False
+        self._aborts: list[AbortNotice] = []
+        self._task: asyncio.Task[None] | None = None
+        self._proved: asyncio.Event | None = None
+        self._probe = f"self-test {new_token()}"
+
+    async def start(self) -> None:
+        """Listen, and prove it works by notifying ourselves (behind a transaction-pooling
+        proxy LISTEN does nothing); without proof, idle waits poll with backoff."""
+        self._proved = asyncio.Event()
+        self._task = asyncio.get_running_loop().create_task(self._listen_forever())
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(2.0):
+                while not self._proved.is_set():
+                    with contextlib.suppress(DriverError):
+                        await self.driver.notify(self.driver.channel, self._probe)
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(0.2):
+                            await self._proved.wait()
+        self.working = self._proved.is_set()
+        if self.working:
+            self.waits.poll_max_s = POLL_LISTENING_S
+        else:
+            logger.warning("PostgreSQL at %s: LISTEN/NOTIFY does not reach this process (a transaction-"
+                           "pooling proxy?); idle workers poll with backoff instead", self.driver._where())
+
+    def on_abort(self, notice: AbortNotice) -> Unsubscribe:
+        self._aborts.append(notice)
+
+        async def unsubscribe() -> None:
+            if notice in self._aborts:
+                self._aborts.remove(notice)
+
+        return unsubscribe
+
+    async def _listen_forever(self) -> None:
+        import psycopg
+
+        delay = 0.1
+        while True:
+            try:
+                conn = await psycopg.AsyncConnection.connect(self.driver.conninfo(), autocommit=True)
+                try:
+                    await conn.execute(f"LISTEN {self.driver.channel}")
+                    await conn.execute(f"LISTEN {self.driver.abort_channel}")
+                    delay = 0.1
+                    self.waits.wake()  # work may have come while we did not listen
+                    async for notice in conn.notifies():
+                        self._tell(notice.channel, notice.payload)
+                finally:
+                    await conn.close()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # the server went away: listen again once it is back
+                logger.warning("PostgreSQL listener at %s lost (%s); reconnecting in %.1fs",
+                               self.driver._where(), exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(5.0, delay * 2)
+
+    def _tell(self, channel: str, payload: str) -> None:
+        if channel == self.driver.abort_channel:
+            for job_id in payload.split("\n"):
+                for notice in list(self._aborts):
+                    notice(job_id)
+            return
+        if payload == self._probe and self._proved is not None:
+            self._proved.set()
+        self.waits.wake()
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+            self._task = None
