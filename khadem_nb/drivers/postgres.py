@@ -10,7 +10,8 @@
   every later write is fenced by the token.
 - Wake-ups: a dispatch, retry or requeue sends ``NOTIFY``; idle workers ``LISTEN``. At open
   the driver notifies itself; if that notice never arrives (a transaction-pooling proxy), it
-  polls with backoff and logs why. The listening connection reconnects after a server restart.
+  polls with backoff and logs why (``queue.options.listen_url`` can point the listener at the
+  server directly). The listening connection reconnects after a server restart.
 - ``dispatch(job, connection=conn)`` writes the job inside the application's own transaction
   (psycopg ``AsyncConnection`` or ``Connection``): it exists exactly when that commits.
 """
@@ -196,6 +197,9 @@ class PostgresDriver(QueueDriver):
         self.table = f"{schema}.jobs"
         self.channel = f"khadem_{schema}"
         self.abort_channel = f"khadem_abort_{schema}"
+        #: where the listener connects, when LISTEN cannot go where the pool goes (a
+        #: transaction-pooling proxy): ``queue.options.listen_url``, a direct URL
+        self.listen_url = str(settings.options.get("listen_url") or "") or None
         self._claim = claim_sql(schema)
         self._select = f"SELECT {SELECT_COLUMNS} FROM {self.table}"
         self._lease_ms = int(settings.lease_s * 1000)
@@ -632,7 +636,8 @@ class Listener:
         delay = 0.1
         while True:
             try:
-                conn = await psycopg.AsyncConnection.connect(self.driver.conninfo(), autocommit=True)
+                conn = await psycopg.AsyncConnection.connect(self.driver.listen_url or self.driver.conninfo(),
+                                                             autocommit=True)
                 try:
                     await conn.execute(f"LISTEN {self.driver.channel}")
                     await conn.execute(f"LISTEN {self.driver.abort_channel}")

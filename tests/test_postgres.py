@@ -1,0 +1,194 @@
+"""What only the PostgreSQL driver does: transactional dispatch, its schema, its index, its
+errors, notices (the driver contract runs on it in test_contract.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from conftest import need_postgres, postgres_url, schema_for
+from jobs import Echo
+
+from khadem_nb import (
+    ConfigError,
+    CorruptQueueError,
+    DriverError,
+    DriverUnavailableError,
+    JobStatus,
+    QueueManager,
+)
+
+pytestmark = pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+
+
+@pytest.fixture
+async def pg(tmp_path: Path) -> AsyncIterator[QueueManager]:
+    manager = await QueueManager(postgres_url(tmp_path)).init()
+    yield manager
+    await manager.purge()
+    await manager.close()
+
+
+async def test_dispatch_inside_the_application_transaction(pg: QueueManager) -> None:
+    import psycopg
+
+    url = need_postgres()
+    async with await psycopg.AsyncConnection.connect(url) as conn:
+        async with conn.transaction():
+            await conn.execute("SELECT 1")  # the application's own work
+            kept = await pg.dispatch(Echo("committed"), connection=conn)
+            assert (await pg.statuses([kept])) == [None]  # not visible before the commit
+        dropped = ""
+        async with conn.transaction():
+            dropped = await pg.dispatch(Echo("rolled back"), connection=conn)
+            raise psycopg.Rollback()  # the application changes its mind
+    with psycopg.connect(url) as sync_conn, sync_conn.transaction():
+        many = await pg.dispatch_many([Echo("sync 1"), Echo("sync 2")], connection=sync_conn)
+    assert await pg.statuses([kept, dropped, *many]) == [JobStatus.QUEUED, None, JobStatus.QUEUED,
+                                                         JobStatus.QUEUED]
+    worker = await pg.start_worker(run_in_background=True, delay=0.05)
+    records = await pg.wait([kept, *many], timeout=20)
+    await worker.stop()
+    assert [r.result for r in records] == ["committed", "sync 1", "sync 2"]
+
+
+async def test_a_worker_never_sees_an_uncommitted_job(pg: QueueManager) -> None:
+    import psycopg
+
+    worker = await pg.start_worker(run_in_background=True, delay=0.05)
+    async with await psycopg.AsyncConnection.connect(need_postgres()) as conn:
+        async with conn.transaction():
+            job_id = await pg.dispatch(Echo("later"), connection=conn)
+            await asyncio.sleep(0.5)  # an idle worker claims all the while
+            assert await pg.statuses([job_id]) == [None]
+        record = (await pg.wait([job_id], timeout=20))[0]  # woken by the notice at commit
+    await worker.stop()
+    assert record.status is JobStatus.COMPLETED
+
+
+async def test_bad_connections_store_nothing(pg: QueueManager) -> None:
+    import psycopg
+
+    conn = await psycopg.AsyncConnection.connect(need_postgres())
+    async with conn.transaction():
+        with pytest.raises(psycopg.errors.DivisionByZero):
+            await conn.execute("SELECT 1 / 0")
+        with pytest.raises(ConfigError, match="failed transaction"):
+            await pg.dispatch(Echo(1), connection=conn)
+    await conn.close()
+    with pytest.raises(ConfigError, match="closed"):
+        await pg.dispatch(Echo(2), connection=conn)
+    with pytest.raises(ConfigError, match="psycopg Connection"):
+        await pg.dispatch(Echo(3), connection="not a connection")
+    assert (await pg.counts())["queued"] == 0
+    memory = await QueueManager().init()
+    with pytest.raises(ConfigError, match="needs the postgres driver"):
+        await memory.dispatch(Echo(4), connection=conn)
+    await memory.close()
+
+
+async def test_claims_use_the_pending_index_on_a_million_rows(pg: QueueManager) -> None:
+    import psycopg
+
+    schema = pg.driver.schema  # type: ignore[attr-defined]
+    with psycopg.connect(need_postgres(), autocommit=True) as conn:
+        conn.execute(f"""
+            INSERT INTO {schema}.jobs (id, queue, name, status, priority, attempt, max_attempts,
+                                       created_ms, available_ms, finished_ms, payload)
+            SELECT md5(g::text), 'default', 'Echo', 'completed', 0, 1, 1, g, g, g, '{{}}'
+              FROM generate_series(1, 1000000) AS g""")
+        conn.execute(f"ANALYZE {schema}.jobs")
+    await pg.dispatch(Echo("the one pending job"))
+    with psycopg.connect(need_postgres(), autocommit=True) as conn:
+        plan = "\n".join(row[0] for row in conn.execute(
+            f"EXPLAIN SELECT seq FROM {schema}.jobs WHERE queue = 'default' AND status IN "
+            "('queued', 'scheduled') AND available_ms <= 9e15 ORDER BY priority DESC, seq LIMIT 10 "
+            "FOR UPDATE SKIP LOCKED"))
+    assert "jobs_pending" in plan, plan
+    started = time.perf_counter()
+    claimed = await pg.driver.reserve(["default"], 10, 0)
+    elapsed = time.perf_counter() - started
+    assert [r.payload for r in claimed] == [{"value": "the one pending job"}]
+    assert elapsed < 5  # not a bound on speed: a scan of a million rows would still pass here
+
+
+async def test_a_row_edited_into_nonsense_fails_its_job_and_the_worker_lives(pg: QueueManager) -> None:
+    import psycopg
+
+    bad = await pg.dispatch(Echo("to be damaged"))
+    good = await pg.dispatch(Echo("fine"))
+    with psycopg.connect(need_postgres(), autocommit=True) as conn:
+        conn.execute(f"UPDATE {pg.driver.schema}.jobs SET payload = '{{not json' WHERE id = %s",  # type: ignore[attr-defined]
+                     (bad,))
+    worker = await pg.start_worker(run_in_background=True, delay=0.05)
+    records = await pg.wait([bad, good], timeout=20)
+    await worker.stop()
+    assert records[0].status is JobStatus.FAILED and "payload is not JSON" in (records[0].error or "")
+    assert records[1].status is JobStatus.COMPLETED
+
+
+async def test_a_schema_from_a_newer_version_is_refused_unaltered(tmp_path: Path) -> None:
+    import psycopg
+
+    url = postgres_url(tmp_path)
+    manager = await QueueManager(url).init()
+    await manager.close()
+    schema = schema_for(tmp_path)
+    with psycopg.connect(need_postgres(), autocommit=True) as conn:
+        conn.execute(f"INSERT INTO {schema}.version VALUES (99)")
+    with pytest.raises(CorruptQueueError, match="newer khadem_nb"):
+        await QueueManager(url).init()
+    with psycopg.connect(need_postgres(), autocommit=True) as conn:
+        versions = sorted(row[0] for row in conn.execute(f"SELECT version FROM {schema}.version"))
+    assert versions == [1, 99]
+
+
+async def test_bad_urls_and_servers(tmp_path: Path) -> None:
+    need_postgres()
+    with pytest.raises(ConfigError, match="not a PostgreSQL identifier"):
+        await QueueManager("postgresql://postgres@127.0.0.1:5432/test?schema=no-dashes").init()
+    started = time.monotonic()
+    with pytest.raises(DriverUnavailableError, match=r"127\.0\.0\.1:1/test"):
+        await QueueManager("postgresql://postgres:hunter22@127.0.0.1:1/test?connect_timeout=2").init()
+    assert time.monotonic() - started < 6
+    with pytest.raises(DriverError, match="nosuchdb") as caught:
+        await QueueManager("postgresql://postgres:hunter22@127.0.0.1:5432/nosuchdb").init()
+    assert "hunter22" not in str(caught.value)
+    with pytest.raises(DriverError, match="nosuchrole"):
+        await QueueManager("postgresql://nosuchrole:hunter22@127.0.0.1:5432/test").init()
+
+
+async def test_settings_in_the_url_and_libpq_options_pass(tmp_path: Path) -> None:
+    url = postgres_url(tmp_path) + "&lease=7&application_name=khadem-test"
+    manager = await QueueManager(url).init()
+    assert manager.settings.lease_s == 7 and manager.settings.schema == schema_for(tmp_path)
+    assert "lease" not in manager.driver.conninfo() and "application_name" in manager.driver.conninfo()  # type: ignore[attr-defined]
+    await manager.close()
+
+
+async def test_the_notice_self_test_falls_back_to_polling(tmp_path: Path,
+                                                         caplog: pytest.LogCaptureFixture) -> None:
+    """A listener that cannot hear the queue's notices (here: ``options.listen_url`` names
+    another database, and notices stay in their database, as behind a proxy that sends LISTEN
+    elsewhere) fails the self-test: the driver logs it and polls, and work still gets done."""
+    url = postgres_url(tmp_path)
+    caplog.set_level(logging.WARNING, logger="khadem_nb.drivers.postgres")
+    heard = await QueueManager(url).init()
+    assert heard.driver._listener is not None and heard.driver._listener.working  # type: ignore[attr-defined]
+    deaf = await QueueManager({"queue": {"url": url, "options": {
+        "listen_url": need_postgres().rsplit("/", 1)[0] + "/postgres"}}}).init()
+    try:
+        assert deaf.driver._listener is not None and not deaf.driver._listener.working  # type: ignore[attr-defined]
+        assert "poll with backoff instead" in caplog.text
+        assert await deaf.driver.listen_aborts(["default"], lambda job_id: None) is None
+        job_id = await heard.dispatch(Echo("polled"))
+        claimed = await deaf.driver.reserve(["default"], 1, 5.0)
+        assert [r.id for r in claimed] == [job_id]
+    finally:
+        await deaf.purge()
+        await deaf.close()
+        await heard.close()
