@@ -192,3 +192,51 @@ async def test_the_notice_self_test_falls_back_to_polling(tmp_path: Path,
         await deaf.purge()
         await deaf.close()
         await heard.close()
+
+
+async def test_a_server_restart_under_load_loses_nothing(tmp_path: Path) -> None:
+    """Workers and a dispatcher on a server of the test's own; `pg_ctl restart` mid-drain.
+    Every job completes; the listener comes back after the restart."""
+    from pg_servers import OwnServer
+    from procs import finish, start_worker
+
+    need_postgres()
+    server = OwnServer()
+    server.start()
+    try:
+        url = server.url + "?schema=restart&lease=5"
+        manager = await QueueManager(url).init()
+        log = tmp_path / "runs.log"
+        from jobs import Mark
+
+        await manager.dispatch_many([Mark(str(i), str(log)) for i in range(400)])
+        workers = [start_worker(url, "--concurrency", "4") for _ in range(3)]
+        await asyncio.sleep(0.5)
+        await asyncio.get_running_loop().run_in_executor(None, server.restart)
+        server.wait_ready()
+        listener = manager.driver._listener  # type: ignore[attr-defined]
+        deadline = time.monotonic() + 15
+        while not listener.connected and time.monotonic() < deadline:  # it listens again
+            await asyncio.sleep(0.05)
+        assert listener.connected
+        for i in range(400, 450):  # dispatch goes on after the restart (the pool reconnects)
+            for _ in range(50):
+                try:
+                    await manager.dispatch(Mark(str(i), str(log)))
+                    break
+                except DriverUnavailableError:
+                    await asyncio.sleep(0.2)
+        deadline = time.monotonic() + 60
+        while (counts := await manager.counts())["completed"] < 450 and time.monotonic() < deadline:
+            await asyncio.sleep(0.2)
+        for worker in workers:
+            worker.terminate()
+        finish(workers, timeout=60)
+        ids = [r.id for r in await manager.jobs()]
+        await manager.purge()
+        await manager.close()
+    finally:
+        server.stop()
+    tags = log.read_text().split()[0::2]
+    assert counts["completed"] == 450 and len(ids) == 450, counts
+    assert set(tags) == {str(i) for i in range(450)}  # nothing lost (a job cut by the restart may run again)

@@ -309,6 +309,21 @@ class PostgresDriver(QueueDriver):
                                              f"{self.settings.connect_timeout_s:g}s") from exc
             raise
 
+    async def _through_outage(self, work: Any) -> Any:
+        """``_run(work)``, tried again with backoff while the server is away (a restart), until
+        the job's lease would have run out (after that another worker may hold it)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.settings.lease_s
+        delay = 0.05
+        while True:
+            try:
+                return await self._run(work)
+            except DriverUnavailableError:
+                if loop.time() + delay > deadline:
+                    raise
+                await asyncio.sleep(delay)
+                delay = min(2.0, delay * 2)
+
     async def _fetch(self, sql: str, params: Any = None) -> list[Any]:
         async def work(conn: Any) -> list[Any]:
             cursor = await conn.execute(sql, params)
@@ -415,7 +430,7 @@ class PostgresDriver(QueueDriver):
                                                 record.token))
             return "stopped" if stopped.rowcount else None
 
-        outcome = await self._run(work)
+        outcome = await self._through_outage(work)
         if outcome == "settled":
             settlement.apply(record)
             if settlement.verb is RETRY or settlement.verb is RELEASE:
@@ -595,7 +610,8 @@ class Listener:
     def __init__(self, driver: PostgresDriver, waits: PollingWaits) -> None:
         self.driver = driver
         self.waits = waits
-        self.working = False
+        self.working = False  # the self-test at open heard its own notice
+        self.connected = False  # listening now (false while the server is away)
         self._aborts: list[AbortNotice] = []
         self._task: asyncio.Task[None] | None = None
         self._proved: asyncio.Event | None = None
@@ -641,11 +657,12 @@ class Listener:
                 try:
                     await conn.execute(f"LISTEN {self.driver.channel}")
                     await conn.execute(f"LISTEN {self.driver.abort_channel}")
-                    delay = 0.1
+                    self.connected, delay = True, 0.1
                     self.waits.wake()  # work may have come while we did not listen
                     async for notice in conn.notifies():
                         self._tell(notice.channel, notice.payload)
                 finally:
+                    self.connected = False
                     await conn.close()
             except asyncio.CancelledError:
                 raise
