@@ -8,7 +8,8 @@
   highest priority first, FIFO within one, through a partial index of pending rows, so it
   stays fast with millions of finished rows kept. A claim grants a lease and a fresh token;
   every later write is fenced by the token.
-- Wake-ups: a dispatch, retry or requeue sends ``NOTIFY``; idle workers ``LISTEN``. At open
+- Wake-ups: a dispatch, retry or requeue sends ``NOTIFY``; idle workers ``LISTEN``; a settle
+  or a cancel notifies waiters in other processes (``watch``). At open
   the driver notifies itself; if that notice never arrives (a transaction-pooling proxy), it
   polls with backoff and logs why (``queue.options.listen_url`` can point the listener at the
   server directly). The listening connection reconnects after a server restart.
@@ -24,7 +25,7 @@ import json
 import logging
 import re
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, ClassVar
 
 from .._ids import new_token
@@ -36,11 +37,13 @@ from ._polling import PollingWaits
 from ._records import due_view
 from .base import (
     LEASE_LOST_ERROR,
+    NO_RESULT,
     RELEASE,
     RETRY,
     AbortNotice,
     QueueDriver,
     Settlement,
+    SettleNotice,
     Unsubscribe,
     empty_counts,
     retention_cutoffs,
@@ -51,6 +54,7 @@ from .quarantine import checked
 logger = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
+SETTLED = {s.value: s for s in JobStatus}  # status words as the settle notices carry them
 IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}\Z")
 NOW = "(extract(epoch FROM clock_timestamp()) * 1000)::bigint"
 COLUMNS = ("id", "queue", "name", "status", "priority", "attempt", "max_attempts", "reclaims",
@@ -60,6 +64,7 @@ SELECT_COLUMNS = ", ".join(COLUMNS[:-3]) + ", meta::text, failure, code"
 TRIM_EVERY = 500  # finished jobs between retention passes (or retention_pass_interval seconds)
 TRIM_BATCH = 5000  # rows one retention statement deletes at most
 RECLAIM_BATCH = 100  # expired leases one claim puts back at most
+INSERT_ROWS = 16  # a push of up to this many jobs is one INSERT statement; more go by COPY
 POLL_LISTENING_S = 1.0  # longest idle wait while notices arrive (delayed jobs falling due)
 POLL_FALLBACK_S = 0.25  # longest idle wait when LISTEN does not work here
 
@@ -197,6 +202,7 @@ class PostgresDriver(QueueDriver):
         self.table = f"{schema}.jobs"
         self.channel = f"khadem_{schema}"
         self.abort_channel = f"khadem_abort_{schema}"
+        self.settled_channel = f"khadem_settled_{schema}"  # "id<TAB>status" lines, for waiters
         #: where the listener connects, when LISTEN cannot go where the pool goes (a
         #: transaction-pooling proxy): ``queue.options.listen_url``, a direct URL
         self.listen_url = str(settings.options.get("listen_url") or "") or None
@@ -335,30 +341,39 @@ class PostgresDriver(QueueDriver):
         await self._fetch("SELECT pg_notify(%s, %s)", (channel, payload))
 
     # -- producing -----------------------------------------------------------------------------
-    def _insert_sql(self) -> str:
-        return (f"INSERT INTO {self.table} ({', '.join(COLUMNS)}) VALUES "
-                f"({', '.join('%s::jsonb' if c == 'meta' else '%s' for c in COLUMNS)})")
+    def _insert_sql(self, rows: int) -> str:
+        """One statement: ``rows`` new jobs and a notice to idle workers of their queues."""
+        one = f"({', '.join('%s::jsonb' if c == 'meta' else '%s' for c in COLUMNS)})"
+        return (f"WITH new AS (INSERT INTO {self.table} ({', '.join(COLUMNS)}) VALUES "
+                f"{', '.join([one] * rows)} RETURNING queue) "
+                f"SELECT pg_notify('{self.channel}', queue) FROM (SELECT DISTINCT queue FROM new) AS q")
 
     async def push(self, records: Sequence[JobRecord]) -> None:
         rows, queues = self._rows(records)
 
         async def work(conn: Any) -> None:
+            if len(rows) <= INSERT_ROWS:  # one statement: atomic on its own
+                await conn.execute(self._insert_sql(len(rows)), [v for row in rows for v in row])
+                return
             async with conn.transaction():
-                await self._insert(conn, rows, queues)
+                await self._copy(conn, rows, queues)
 
         await self._run(work)
         self._waits.wake()
+
+    async def _copy(self, conn: Any, rows: list[tuple[Any, ...]], queues: Sequence[str]) -> None:
+        """Many jobs: COPY, then one notice per queue (delivered at commit)."""
+        copying = f"COPY {self.table} ({', '.join(COLUMNS)}) FROM STDIN"
+        async with conn.cursor() as cursor, cursor.copy(copying) as copy:
+            for row in rows:
+                await copy.write_row(row)
+        for queue in queues:
+            await conn.execute("SELECT pg_notify(%s, %s)", (self.channel, queue))
 
     def _rows(self, records: Sequence[JobRecord]) -> tuple[list[tuple[Any, ...]], list[str]]:
         for record in records:  # built before the manager had this driver: checked here, all first
             self.check_priority(record.priority)
         return [_row(r) for r in records], sorted({r.queue for r in records})
-
-    async def _insert(self, conn: Any, rows: list[tuple[Any, ...]], queues: Sequence[str]) -> None:
-        async with conn.cursor() as cursor:
-            await cursor.executemany(self._insert_sql(), rows)
-        for queue in queues:
-            await conn.execute("SELECT pg_notify(%s, %s)", (self.channel, queue))
 
     async def push_in(self, connection: Any, records: Sequence[JobRecord]) -> None:
         """Insert inside the application's own transaction (committed or rolled back by it);
@@ -369,10 +384,12 @@ class PostgresDriver(QueueDriver):
         rows, queues = self._rows(records)
         try:
             if isinstance(connection, psycopg.AsyncConnection):
-                await self._insert(connection, rows, queues)
+                await self._copy(connection, rows, queues)
                 return
             with connection.cursor() as cursor:
-                cursor.executemany(self._insert_sql(), rows)
+                with cursor.copy(f"COPY {self.table} ({', '.join(COLUMNS)}) FROM STDIN") as copy:
+                    for row in rows:
+                        copy.write_row(row)
                 for queue in queues:
                     cursor.execute("SELECT pg_notify(%s, %s)", (self.channel, queue))
         except psycopg.Error as exc:
@@ -412,9 +429,11 @@ class PostgresDriver(QueueDriver):
     async def _settle(self, record: JobRecord, settlement: Settlement) -> bool:
         done = record.copy()
         settlement.apply(done)
-        settle = (f"UPDATE {self.table} SET status = %s, attempt = %s, available_ms = %s, started_ms = %s, "
-                  "finished_ms = %s, lease_ms = NULL, token = NULL, result = %s, error = %s, traceback = %s, "
-                  "meta = meta || %s::jsonb, failure = %s WHERE id = %s AND token = %s AND status = 'active'")
+        settle = (f"WITH done AS (UPDATE {self.table} SET status = %s, attempt = %s, available_ms = %s, "
+                  "started_ms = %s, finished_ms = %s, lease_ms = NULL, token = NULL, result = %s, "
+                  "error = %s, traceback = %s, meta = meta || %s::jsonb, failure = %s "
+                  "WHERE id = %s AND token = %s AND status = 'active' RETURNING id, status) "
+                  f"SELECT pg_notify('{self.settled_channel}', id || E'\\t' || status) FROM done")
         params = (done.status.value, done.attempt, done.available_ms, done.started_ms, done.finished_ms,
                   None if done.result is None else dumps(done.result), done.error, done.traceback,
                   dumps(record.meta), done.failure, record.id, record.token)
@@ -492,12 +511,19 @@ RETURNING id, token IS NOT NULL
             async with conn.transaction():
                 rows = await (await conn.execute(sql, {"reason": reason, "ids": list(job_ids)})).fetchall()
                 running = [row[0] for row in rows if row[1]]
-                if running:
-                    await conn.execute("SELECT pg_notify(%s, %s)", (self.abort_channel, "\n".join(running)))
+                for payload in _payloads(running):
+                    await conn.execute("SELECT pg_notify(%s, %s)", (self.abort_channel, payload))
+                for payload in _payloads([f"{row[0]}\tcancelled" for row in rows]):
+                    await conn.execute("SELECT pg_notify(%s, %s)", (self.settled_channel, payload))
                 return list(rows)
 
         cancelled = {row[0] for row in await self._run(work)}
         return [job_id for job_id in dict.fromkeys(job_ids) if job_id in cancelled]
+
+    async def watch(self, job_ids: Sequence[str], notice: SettleNotice) -> Callable[[], None]:
+        if self._listener is None or not self._listener.working:
+            return lambda: None  # waiters poll
+        return self._listener.on_settle(job_ids, notice)
 
     async def listen_aborts(self, queues: Sequence[str], notice: AbortNotice) -> Unsubscribe | None:
         if self._listener is None or not self._listener.working:
@@ -589,6 +615,25 @@ def _filters(status: JobStatus | None, queue: str | None) -> tuple[str, tuple[An
     return ("WHERE " + " AND ".join(clauses) if clauses else ""), tuple(params)
 
 
+NOTIFY_PAYLOAD_MAX = 7900  # bytes of one NOTIFY payload (the server takes fewer than 8000)
+
+
+def _payloads(lines: Sequence[str]) -> list[str]:
+    """``lines`` joined by newlines into as few payloads as fit one NOTIFY each."""
+    payloads: list[str] = []
+    current: list[str] = []
+    size = 0
+    for line in lines:
+        if current and size + len(line) + 1 > NOTIFY_PAYLOAD_MAX:
+            payloads.append("\n".join(current))
+            current, size = [], 0
+        current.append(line)
+        size += len(line) + 1
+    if current:
+        payloads.append("\n".join(current))
+    return payloads
+
+
 def check_open_connection(connection: Any) -> None:
     """``ConfigError`` unless ``connection`` is a psycopg connection that can take a write now."""
     import psycopg
@@ -613,6 +658,7 @@ class Listener:
         self.working = False  # the self-test at open heard its own notice
         self.connected = False  # listening now (false while the server is away)
         self._aborts: list[AbortNotice] = []
+        self._watchers: dict[str, list[SettleNotice]] = {}
         self._task: asyncio.Task[None] | None = None
         self._proved: asyncio.Event | None = None
         self._probe = f"self-test {new_token()}"
@@ -637,6 +683,21 @@ class Listener:
             logger.warning("PostgreSQL at %s: LISTEN/NOTIFY does not reach this process (a transaction-"
                            "pooling proxy?); idle workers poll with backoff instead", self.driver._where())
 
+    def on_settle(self, job_ids: Sequence[str], notice: SettleNotice) -> Callable[[], None]:
+        for job_id in job_ids:
+            self._watchers.setdefault(job_id, []).append(notice)
+
+        def unwatch() -> None:
+            for job_id in job_ids:
+                notices = self._watchers.get(job_id)
+                if notices is not None:
+                    with contextlib.suppress(ValueError):
+                        notices.remove(notice)
+                    if not notices:
+                        del self._watchers[job_id]
+
+        return unwatch
+
     def on_abort(self, notice: AbortNotice) -> Unsubscribe:
         self._aborts.append(notice)
 
@@ -657,6 +718,7 @@ class Listener:
                 try:
                     await conn.execute(f"LISTEN {self.driver.channel}")
                     await conn.execute(f"LISTEN {self.driver.abort_channel}")
+                    await conn.execute(f"LISTEN {self.driver.settled_channel}")
                     self.connected, delay = True, 0.1
                     self.waits.wake()  # work may have come while we did not listen
                     async for notice in conn.notifies():
@@ -673,6 +735,10 @@ class Listener:
                 delay = min(5.0, delay * 2)
 
     def _tell(self, channel: str, payload: str) -> None:
+        if channel == self.driver.settled_channel:
+            if self._watchers:
+                self._tell_settled(payload)
+            return
         if channel == self.driver.abort_channel:
             for job_id in payload.split("\n"):
                 for notice in list(self._aborts):
@@ -681,6 +747,12 @@ class Listener:
         if payload == self._probe and self._proved is not None:
             self._proved.set()
         self.waits.wake()
+
+    def _tell_settled(self, payload: str) -> None:
+        for line in payload.split("\n"):
+            job_id, _, status = line.partition("\t")
+            for notice in list(self._watchers.get(job_id, ())):
+                notice(job_id, SETTLED.get(status), NO_RESULT)
 
     async def close(self) -> None:
         if self._task is not None:
