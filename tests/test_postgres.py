@@ -178,11 +178,11 @@ async def test_the_notice_self_test_falls_back_to_polling(tmp_path: Path,
     url = postgres_url(tmp_path)
     caplog.set_level(logging.WARNING, logger="khadem_nb.drivers.postgres")
     heard = await QueueManager(url).init()
-    assert heard.driver._listener is not None and heard.driver._listener.working  # type: ignore[attr-defined]
+    assert (await heard.driver.listener()).working  # type: ignore[attr-defined]
     deaf = await QueueManager({"queue": {"url": url, "options": {
         "listen_url": need_postgres().rsplit("/", 1)[0] + "/postgres"}}}).init()
     try:
-        assert deaf.driver._listener is not None and not deaf.driver._listener.working  # type: ignore[attr-defined]
+        assert not (await deaf.driver.listener()).working  # type: ignore[attr-defined]
         assert "poll with backoff instead" in caplog.text
         assert await deaf.driver.listen_aborts(["default"], lambda job_id: None) is None
         job_id = await heard.dispatch(Echo("polled"))
@@ -214,7 +214,7 @@ async def test_a_server_restart_under_load_loses_nothing(tmp_path: Path) -> None
         await asyncio.sleep(0.5)
         await asyncio.get_running_loop().run_in_executor(None, server.restart)
         server.wait_ready()
-        listener = manager.driver._listener  # type: ignore[attr-defined]
+        listener = await manager.driver.listener()  # type: ignore[attr-defined]
         deadline = time.monotonic() + 15
         while not listener.connected and time.monotonic() < deadline:  # it listens again
             await asyncio.sleep(0.05)

@@ -211,6 +211,7 @@ class PostgresDriver(QueueDriver):
         self._lease_ms = int(settings.lease_s * 1000)
         self._pool: Any = None
         self._listener: Listener | None = None
+        self._listener_started: asyncio.Task[None] | None = None  # its start and self-test
         self._waits = PollingWaits(POLL_FALLBACK_S)
         self._settles_since_trim = 0
         self._next_trim_at = 0.0
@@ -250,8 +251,16 @@ class PostgresDriver(QueueDriver):
             self._pool = None
             raise await self._connect_error(exc) from None
         await self._run(self._create_schema)
-        self._listener = Listener(self, self._waits)
-        await self._listener.start()
+
+    async def listener(self) -> Listener:
+        """The listening connection, started (and self-tested) the first time a worker, a
+        waiter or an abort subscription needs it: a process that only dispatches never opens it."""
+        if self._listener is None:
+            self._listener = Listener(self, self._waits)
+            self._listener_started = asyncio.get_running_loop().create_task(self._listener.start())
+        assert self._listener_started is not None
+        await asyncio.shield(self._listener_started)
+        return self._listener
 
     async def _connect_error(self, exc: Exception) -> DriverError:
         """Why the pool could not connect: a direct attempt says (auth, no such database)."""
@@ -289,7 +298,7 @@ class PostgresDriver(QueueDriver):
     async def close(self) -> None:
         if self._listener is not None:
             await self._listener.close()
-            self._listener = None
+            self._listener = self._listener_started = None
         if self._pool is not None:
             await self._pool.close()
             self._pool = None
@@ -400,6 +409,8 @@ class PostgresDriver(QueueDriver):
         self._waits.interrupt()
 
     async def reserve(self, queues: Sequence[str], limit: int, wait_s: float) -> list[JobRecord]:
+        if self._listener is None and wait_s > 0:
+            await self.listener()
         return await self._waits.reserve(lambda: self._claim_from(queues, limit), wait_s)
 
     async def _claim_from(self, queues: Sequence[str], limit: int) -> list[JobRecord]:
@@ -521,14 +532,21 @@ RETURNING id, token IS NOT NULL
         return [job_id for job_id in dict.fromkeys(job_ids) if job_id in cancelled]
 
     async def watch(self, job_ids: Sequence[str], notice: SettleNotice) -> Callable[[], None]:
-        if self._listener is None or not self._listener.working:
+        listener = await self.listener()
+        if not listener.working:
             return lambda: None  # waiters poll
-        return self._listener.on_settle(job_ids, notice)
+        return listener.on_settle(job_ids, notice)
 
     async def listen_aborts(self, queues: Sequence[str], notice: AbortNotice) -> Unsubscribe | None:
-        if self._listener is None or not self._listener.working:
-            return None
-        return self._listener.on_abort(notice)
+        if self._listener is None:
+            self._listener = Listener(self, self._waits)
+            self._listener_started = asyncio.get_running_loop().create_task(self._listener.start())
+        unsubscribe = self._listener.on_abort(notice)  # before the wait: none is missed meanwhile
+        listener = await self.listener()
+        if listener.working:
+            return unsubscribe
+        await unsubscribe()
+        return None
 
     # -- shipped code --------------------------------------------------------------------------
     async def store_code(self, digest: str, envelope: bytes) -> None:
