@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import re
 import time
@@ -35,6 +34,8 @@ from ..job import TERMINAL_STATUSES, JobRecord, JobStatus
 from ..serializer import dumps
 from ._polling import PollingWaits
 from ._records import due_view
+from ._rows import COLUMNS, WRITTEN, readable_status, record_from_row, row_of, status_filters
+from ._watchers import SettleWatchers
 from .base import (
     LEASE_LOST_ERROR,
     NO_RESULT,
@@ -49,7 +50,6 @@ from .base import (
     retention_cutoffs,
     retention_pass_interval,
 )
-from .quarantine import checked
 
 logger = logging.getLogger(__name__)
 
@@ -57,9 +57,6 @@ SCHEMA_VERSION = 1
 SETTLED = {s.value: s for s in JobStatus}  # status words as the settle notices carry them
 IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}\Z")
 NOW = "(extract(epoch FROM clock_timestamp()) * 1000)::bigint"
-COLUMNS = ("id", "queue", "name", "status", "priority", "attempt", "max_attempts", "reclaims",
-           "created_ms", "available_ms", "started_ms", "finished_ms", "lease_ms", "token",
-           "timeout_s", "key", "payload", "result", "error", "traceback", "meta", "failure", "code")
 SELECT_COLUMNS = ", ".join(COLUMNS[:-3]) + ", meta::text, failure, code"
 TRIM_EVERY = 500  # finished jobs between retention passes (or retention_pass_interval seconds)
 TRIM_BATCH = 5000  # rows one retention statement deletes at most
@@ -149,41 +146,6 @@ UPDATE {s}.jobs j
  WHERE j.seq = picked.seq
 RETURNING j.seq, {", ".join("j." + c for c in COLUMNS[:-3])}, j.meta::text, j.failure, j.code
 """
-
-
-def _readable_status(text: Any) -> JobStatus:
-    try:
-        return JobStatus(text)
-    except ValueError:
-        return JobStatus.FAILED
-
-
-def from_row(row: Sequence[Any]) -> JobRecord:
-    """A row as a record; a row damaged by hand is quarantined with its reason, never an error."""
-    values = dict(zip(COLUMNS, row, strict=True))
-    problems = []
-    for column, empty in (("payload", None), ("result", None), ("meta", {})):
-        text = values[column]
-        if text is None and column != "payload":
-            values[column] = empty
-            continue
-        try:
-            values[column] = json.loads(text)
-        except (TypeError, ValueError, RecursionError) as exc:
-            problems.append(f"{column} is not JSON ({exc})")
-            values[column] = empty
-    with contextlib.suppress(ValueError):
-        values["status"] = JobStatus(values["status"])
-    return checked(JobRecord(**values), problems)
-
-
-def _row(record: JobRecord) -> tuple[Any, ...]:
-    return (record.id, record.queue, record.name, record.status.value, record.priority,
-            record.attempt, record.max_attempts, record.reclaims, record.created_ms,
-            record.available_ms, record.started_ms, record.finished_ms, record.lease_ms,
-            record.token, record.timeout_s, record.key, dumps(record.payload),
-            None if record.result is None else dumps(record.result), record.error,
-            record.traceback, dumps(record.meta), record.failure, record.code)
 
 
 class PostgresDriver(QueueDriver):
@@ -382,7 +344,7 @@ class PostgresDriver(QueueDriver):
     def _rows(self, records: Sequence[JobRecord]) -> tuple[list[tuple[Any, ...]], list[str]]:
         for record in records:  # built before the manager had this driver: checked here, all first
             self.check_priority(record.priority)
-        return [_row(r) for r in records], sorted({r.queue for r in records})
+        return [row_of(r) for r in records], sorted({r.queue for r in records})
 
     async def push_in(self, connection: Any, records: Sequence[JobRecord]) -> None:
         """Insert inside the application's own transaction (committed or rolled back by it);
@@ -421,7 +383,7 @@ class PostgresDriver(QueueDriver):
                           "token": new_token(), "max_reclaims": self.settings.max_reclaims,
                           "lost": LEASE_LOST_ERROR}
                 rows = await (await conn.execute(self._claim, params)).fetchall()
-                claimed += [from_row(row[1:]) for row in sorted(rows, key=lambda r: (-r[5], r[0]))]
+                claimed += [record_from_row(row[1:]) for row in sorted(rows, key=lambda r: (-r[5], r[0]))]
                 if len(claimed) >= limit:
                     break
             return claimed
@@ -563,39 +525,39 @@ RETURNING id, token IS NOT NULL
 
     async def get_many(self, job_ids: Sequence[str]) -> list[JobRecord | None]:
         rows = await self._fetch(f"{self._select} WHERE id = ANY(%s)", (list(job_ids),))
-        found = {r.id: r for r in (due_view(from_row(row)) for row in rows)}
+        found = {r.id: r for r in (due_view(record_from_row(row)) for row in rows)}
         return [found.get(job_id) for job_id in job_ids]
 
     async def statuses(self, job_ids: Sequence[str]) -> list[JobStatus | None]:
         rows = await self._fetch(f"SELECT id, status FROM {self.table} WHERE id = ANY(%s)", (list(job_ids),))
         found = dict(rows)
-        return [None if (s := found.get(i)) is None else _readable_status(s) for i in job_ids]
+        return [None if (s := found.get(i)) is None else readable_status(s) for i in job_ids]
 
     async def jobs(self, status: JobStatus | None = None, queue: str | None = None,
                    limit: int | None = None) -> list[JobRecord]:
-        where, params = _filters(status, queue)
+        where, params = status_filters(status, queue, "%s")
         order = "ORDER BY seq DESC LIMIT %s" if limit else "ORDER BY seq"
         rows = await self._fetch(f"{self._select} {where} {order}",
                                  (*params, limit) if limit else params)
-        records = [due_view(from_row(row)) for row in (reversed(rows) if limit else rows)]
+        records = [due_view(record_from_row(row)) for row in (reversed(rows) if limit else rows)]
         if status in (JobStatus.QUEUED, JobStatus.SCHEDULED):
             records = [r for r in records if r.status is status]
         return records
 
     async def counts(self, queue: str | None = None) -> dict[JobStatus, int]:
-        where, params = _filters(None, queue)
+        where, params = status_filters(None, queue, "%s")
         sql = (f"SELECT CASE WHEN status IN ('queued', 'scheduled') THEN "
                f"(CASE WHEN available_ms > {NOW} THEN 'scheduled' ELSE 'queued' END) ELSE status END, "
                f"count(*) FROM {self.table} {where} GROUP BY 1")
         counts = empty_counts()
         for status, n in await self._fetch(sql, params):
-            counts[_readable_status(status)] += n
+            counts[readable_status(status)] += n
         return counts
 
     async def requeue(self, job_ids: Iterable[str]) -> int:
         sql = (f"UPDATE {self.table} SET status = 'queued', attempt = 0, reclaims = 0, available_ms = {NOW}, "
                "started_ms = NULL, finished_ms = NULL, error = NULL, failure = NULL WHERE id = ANY(%s) AND "
-               "status NOT IN ('queued', 'scheduled', 'active', 'completed', 'cancelled') RETURNING queue")
+               f"status NOT IN {WRITTEN} RETURNING queue")
 
         async def work(conn: Any) -> int:
             async with conn.transaction():
@@ -611,26 +573,10 @@ RETURNING id, token IS NOT NULL
 
     async def find_by_keys(self, keys: Sequence[str]) -> dict[str, JobRecord]:
         rows = await self._fetch(f"{self._select} WHERE key = ANY(%s) ORDER BY seq", (list(keys),))
-        return {r.key or "": r for r in (due_view(from_row(row)) for row in rows)}
+        return {r.key or "": r for r in (due_view(record_from_row(row)) for row in rows)}
 
     async def purge(self) -> None:
         await self._fetch(f"TRUNCATE {self.table}, {self.schema}.code")
-
-
-def _filters(status: JobStatus | None, queue: str | None) -> tuple[str, tuple[Any, ...]]:
-    clauses: list[str] = []
-    params: list[Any] = []
-    if status in (JobStatus.QUEUED, JobStatus.SCHEDULED):
-        clauses.append("status IN ('queued', 'scheduled')")
-    elif status is JobStatus.FAILED:  # a status no version writes reads as failed
-        clauses.append("status NOT IN ('queued', 'scheduled', 'active', 'completed', 'cancelled')")
-    elif status is not None:
-        clauses.append("status = %s")
-        params.append(status.value)
-    if queue is not None:
-        clauses.append("queue = %s")
-        params.append(queue)
-    return ("WHERE " + " AND ".join(clauses) if clauses else ""), tuple(params)
 
 
 NOTIFY_PAYLOAD_MAX = 7900  # bytes of one NOTIFY payload (the server takes fewer than 8000)
@@ -676,7 +622,7 @@ class Listener:
         self.working = False  # the self-test at open heard its own notice
         self.connected = False  # listening now (false while the server is away)
         self._aborts: list[AbortNotice] = []
-        self._watchers: dict[str, list[SettleNotice]] = {}
+        self._watchers = SettleWatchers()
         self._task: asyncio.Task[None] | None = None
         self._proved: asyncio.Event | None = None
         self._probe = f"self-test {new_token()}"
@@ -702,19 +648,7 @@ class Listener:
                            "pooling proxy?); idle workers poll with backoff instead", self.driver._where())
 
     def on_settle(self, job_ids: Sequence[str], notice: SettleNotice) -> Callable[[], None]:
-        for job_id in job_ids:
-            self._watchers.setdefault(job_id, []).append(notice)
-
-        def unwatch() -> None:
-            for job_id in job_ids:
-                notices = self._watchers.get(job_id)
-                if notices is not None:
-                    with contextlib.suppress(ValueError):
-                        notices.remove(notice)
-                    if not notices:
-                        del self._watchers[job_id]
-
-        return unwatch
+        return self._watchers.add(job_ids, notice)
 
     def on_abort(self, notice: AbortNotice) -> Unsubscribe:
         self._aborts.append(notice)
@@ -769,8 +703,7 @@ class Listener:
     def _tell_settled(self, payload: str) -> None:
         for line in payload.split("\n"):
             job_id, _, status = line.partition("\t")
-            for notice in list(self._watchers.get(job_id, ())):
-                notice(job_id, SETTLED.get(status), NO_RESULT)
+            self._watchers.tell(job_id, SETTLED.get(status), NO_RESULT)
 
     async def close(self) -> None:
         if self._task is not None:

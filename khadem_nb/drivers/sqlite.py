@@ -22,9 +22,7 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
-import json
 import logging
 import os
 import sqlite3
@@ -42,6 +40,7 @@ from ..serializer import dumps
 from ._fs import check_parent_writable, is_network_filesystem, local_path
 from ._polling import PollingWaits
 from ._records import due_view, reclaim
+from ._rows import COLUMNS, WRITTEN, readable_status, record_from_row, row_of, status_filters
 from .base import (
     RELEASE,
     RETRY,
@@ -51,7 +50,6 @@ from .base import (
     retention_cutoffs,
     retention_pass_interval,
 )
-from .quarantine import checked
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -101,9 +99,6 @@ TRIM_BY_COUNT = ("DELETE FROM khadem_jobs WHERE seq IN (SELECT seq FROM khadem_j
                  "ORDER BY seq DESC LIMIT -1 OFFSET ?)")
 TRIM_BY_AGE = "DELETE FROM khadem_jobs WHERE status = ? AND finished_ms < ?"
 
-COLUMNS = ("id", "queue", "name", "status", "priority", "attempt", "max_attempts", "reclaims",
-           "created_ms", "available_ms", "started_ms", "finished_ms", "lease_ms", "token",
-           "timeout_s", "key", "payload", "result", "error", "traceback", "meta", "failure", "code")
 SELECT = "SELECT " + ", ".join(COLUMNS) + " FROM khadem_jobs"
 INSERT = (f"INSERT INTO khadem_jobs ({', '.join(COLUMNS)}) "
           f"VALUES ({', '.join('?' for _ in COLUMNS)})")
@@ -141,15 +136,6 @@ RETURNING token IS NOT NULL
 """
 
 
-def _to_row(record: JobRecord) -> tuple[Any, ...]:
-    return (record.id, record.queue, record.name, record.status.value, record.priority,
-            record.attempt, record.max_attempts, record.reclaims, record.created_ms,
-            record.available_ms, record.started_ms, record.finished_ms, record.lease_ms,
-            record.token, record.timeout_s, record.key, dumps(record.payload),
-            None if record.result is None else dumps(record.result), record.error,
-            record.traceback, dumps(record.meta), record.failure, record.code)
-
-
 def storage_error(path: str, exc: sqlite3.Error) -> DriverError:
     """The error of the tree for a fault of the SQLite file at ``path``."""
     text = str(exc)
@@ -164,33 +150,6 @@ def storage_error(path: str, exc: sqlite3.Error) -> DriverError:
         return DriverUnavailableError(f"the SQLite queue {path!r} stayed locked by another process "
                                       f"({text})")
     return DriverError(f"the SQLite queue {path!r} failed: {text}")
-
-
-def _readable_status(text: Any) -> JobStatus:
-    """A stored status; one no version writes counts as failed (its row reads as failed)."""
-    try:
-        return JobStatus(text)
-    except ValueError:
-        return JobStatus.FAILED
-
-
-def _from_row(row: Sequence[Any]) -> JobRecord:
-    """A row as a record; a damaged row is quarantined (see ``quarantine``), never an error."""
-    values = dict(zip(COLUMNS, row, strict=True))
-    problems = []
-    for column, empty in (("payload", None), ("result", None), ("meta", {})):
-        text = values[column]
-        if text is None and column != "payload":
-            values[column] = empty
-            continue
-        try:
-            values[column] = json.loads(text)
-        except (TypeError, ValueError, RecursionError) as exc:
-            problems.append(f"{column} is not JSON ({exc})")
-            values[column] = empty
-    with contextlib.suppress(ValueError):  # else left as the text it is: quarantine names it
-        values["status"] = JobStatus(values["status"])
-    return checked(JobRecord(**values), problems)
 
 
 class SqliteStore:
@@ -260,7 +219,7 @@ class SqliteStore:
         return value
 
     def insert(self, records: Sequence[JobRecord]) -> None:
-        rows = [_to_row(r) for r in records]
+        rows = [row_of(r) for r in records]
         self.write(lambda conn: conn.executemany(INSERT, rows))
 
     def claim(self, queues: Sequence[str], limit: int) -> list[JobRecord]:
@@ -274,7 +233,7 @@ class SqliteStore:
                 params = {"now": now, "lease": now + int(self.settings.lease_s * 1000),
                           "token": new_token(), "queue": queue, "limit": limit - len(claimed)}
                 rows = conn.execute(CLAIM, params).fetchall()
-                claimed += sorted(((row[0], _from_row(row[1:])) for row in rows),
+                claimed += sorted(((row[0], record_from_row(row[1:])) for row in rows),
                                   key=lambda item: (-item[1].priority, item[0]))
                 if len(claimed) >= limit:
                     break
@@ -285,7 +244,7 @@ class SqliteStore:
     def _reclaim_expired(self, conn: sqlite3.Connection, now: int) -> None:
         rows = conn.execute(f"{SELECT} WHERE status = 'active' AND lease_ms < ?", (now,)).fetchall()
         for row in rows:
-            record = reclaim(_from_row(row), now, self.settings.max_reclaims)
+            record = reclaim(record_from_row(row), now, self.settings.max_reclaims)
             conn.execute(
                 "UPDATE khadem_jobs SET status = ?, reclaims = ?, available_ms = ?, started_ms = ?,"
                 " finished_ms = ?, error = ?, traceback = ?, failure = ?, token = NULL, lease_ms = NULL"
@@ -370,7 +329,7 @@ class SqliteStore:
 
     def get(self, job_id: str) -> JobRecord | None:
         row = self._db().execute(f"{SELECT} WHERE id = ?", (job_id,)).fetchone()
-        return None if row is None else due_view(_from_row(row))
+        return None if row is None else due_view(record_from_row(row))
 
     def _rows_where_in(self, select: str, column: str, values: Sequence[str]) -> Iterator[Any]:
         """Rows of ``select WHERE column IN values``, in chunks under SQLite's variable limit."""
@@ -380,7 +339,7 @@ class SqliteStore:
             yield from self._db().execute(sql, chunk).fetchall()
 
     def get_many(self, job_ids: Sequence[str]) -> list[JobRecord | None]:
-        records = (due_view(_from_row(row)) for row in self._rows_where_in(SELECT, "id", job_ids))
+        records = (due_view(record_from_row(row)) for row in self._rows_where_in(SELECT, "id", job_ids))
         found = {r.id: r for r in records}
         return [found.get(job_id) for job_id in job_ids]
 
@@ -389,24 +348,24 @@ class SqliteStore:
         return [None if (s := found.get(i)) is None else JobStatus(s) for i in job_ids]
 
     def jobs(self, status: JobStatus | None, queue: str | None, limit: int | None) -> list[JobRecord]:
-        where, params = _filters(status, queue)
+        where, params = status_filters(status, queue, "?")
         order = "ORDER BY seq DESC LIMIT ?" if limit else "ORDER BY seq"
         sql = f"{SELECT} {where} {order}"
         rows = self._db().execute(sql, (*params, limit) if limit else params).fetchall()
-        records = [due_view(_from_row(row)) for row in (reversed(rows) if limit else rows)]
+        records = [due_view(record_from_row(row)) for row in (reversed(rows) if limit else rows)]
         if status in (JobStatus.QUEUED, JobStatus.SCHEDULED):
             records = [r for r in records if r.status is status]
         return records
 
     def counts(self, queue: str | None) -> dict[JobStatus, int]:
-        where, params = _filters(None, queue)
+        where, params = status_filters(None, queue, "?")
         now = now_ms()
         sql = (f"SELECT CASE WHEN status IN ('queued', 'scheduled') THEN "
                f"(CASE WHEN available_ms > ? THEN 'scheduled' ELSE 'queued' END) ELSE status END, "
                f"COUNT(*) FROM khadem_jobs {where} GROUP BY 1")
         counts = empty_counts()
         for status, n in self._db().execute(sql, (now, *params)).fetchall():
-            counts[_readable_status(status)] += n
+            counts[readable_status(status)] += n
         return counts
 
     def requeue(self, job_ids: Sequence[str]) -> int:
@@ -414,7 +373,7 @@ class SqliteStore:
         # failed, or a status no version writes (it reads as failed)
         sql = ("UPDATE khadem_jobs SET status = 'queued', attempt = 0, reclaims = 0, available_ms = ?,"
                " started_ms = NULL, finished_ms = NULL, error = NULL, failure = NULL WHERE id = ? AND"
-               " status NOT IN ('queued', 'scheduled', 'active', 'completed', 'cancelled')")
+               f" status NOT IN {WRITTEN}")
 
         def run(conn: sqlite3.Connection) -> int:
             return sum(conn.execute(sql, (now, job_id)).rowcount for job_id in job_ids)
@@ -422,7 +381,7 @@ class SqliteStore:
         return self.write(run)
 
     def find_by_keys(self, keys: Sequence[str]) -> dict[str, JobRecord]:
-        records = (due_view(_from_row(row)) for row in self._rows_where_in(SELECT, "key", keys))
+        records = (due_view(record_from_row(row)) for row in self._rows_where_in(SELECT, "key", keys))
         return {r.key or "": r for r in records}  # rows come in seq order: the newest per key wins
 
     def store_code(self, digest: str, envelope: bytes) -> None:
@@ -448,22 +407,6 @@ def _add_missing_columns(conn: sqlite3.Connection) -> None:
     for column, kind in (("failure", "TEXT"), ("code", "TEXT")):
         if column not in present:
             conn.execute(f"ALTER TABLE khadem_jobs ADD COLUMN {column} {kind}")
-
-
-def _filters(status: JobStatus | None, queue: str | None) -> tuple[str, tuple[Any, ...]]:
-    clauses: list[str] = []
-    params: list[Any] = []
-    if status in (JobStatus.QUEUED, JobStatus.SCHEDULED):
-        clauses.append("status IN ('queued', 'scheduled')")
-    elif status is JobStatus.FAILED:  # a status no version writes reads as failed
-        clauses.append("status NOT IN ('queued', 'scheduled', 'active', 'completed', 'cancelled')")
-    elif status is not None:
-        clauses.append("status = ?")
-        params.append(status.value)
-    if queue is not None:
-        clauses.append("queue = ?")
-        params.append(queue)
-    return ("WHERE " + " AND ".join(clauses) if clauses else ""), tuple(params)
 
 
 IN_CHUNK = 500  # ids per "IN (...)" query, well under SQLite's bound-variable limit

@@ -14,12 +14,12 @@ down) reaches it through the heartbeat instead.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 from collections.abc import Callable, Sequence
 
 from ...job import JobStatus
+from .._watchers import SettleWatchers
 from ..base import NO_RESULT, AbortNotice, SettleNotice
 from .connection import RedisConnection
 from .keys import abort_channels, settle_channels
@@ -35,7 +35,7 @@ class SettleListener:
     def __init__(self, connection: RedisConnection, prefix: str) -> None:
         self.connection = connection
         self.prefix = prefix
-        self._watchers: dict[str, list[SettleNotice]] = {}
+        self._watchers = SettleWatchers()
         self._task: asyncio.Task[None] | None = None
 
     async def watch(self, job_ids: Sequence[str], notice: SettleNotice) -> Callable[[], None]:
@@ -45,19 +45,7 @@ class SettleListener:
             subscribed = loop.create_future()
             self._task = loop.create_task(self._listen(subscribed))
             await subscribed
-        for job_id in job_ids:
-            self._watchers.setdefault(job_id, []).append(notice)
-
-        def unwatch() -> None:
-            for job_id in job_ids:
-                notices = self._watchers.get(job_id)
-                if notices is not None:
-                    with contextlib.suppress(ValueError):
-                        notices.remove(notice)
-                    if not notices:
-                        del self._watchers[job_id]
-
-        return unwatch
+        return self._watchers.add(job_ids, notice)
 
     async def _listen(self, subscribed: asyncio.Future[None]) -> None:
         pubsub = self.connection.client.pubsub()
@@ -81,13 +69,11 @@ class SettleListener:
         lines = message.split("\n") if "\t" in message else message.split()
         for line in lines:
             job_id, _, rest = line.partition("\t")
-            notices = self._watchers.get(job_id)
-            if not notices:
+            if job_id not in self._watchers:  # nobody here waits for it: its result stays unread
                 continue
             state, _, result_text = rest.partition("\t")
             result = json.loads(result_text) if result_text else NO_RESULT
-            for notice in list(notices):
-                notice(job_id, SETTLED_STATES.get(state), result)
+            self._watchers.tell(job_id, SETTLED_STATES.get(state), result)
 
     async def close(self) -> None:
         if self._task is not None:

@@ -1,0 +1,75 @@
+"""What the SQL drivers (SQLite, PostgreSQL) share: a job's columns, a row read back as a
+record, and the filters of listings by status and queue."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import Sequence
+from typing import Any
+
+from ..job import JobRecord, JobStatus
+from ..serializer import dumps
+from .quarantine import checked
+
+#: a job's columns, in the order rows are written and read
+COLUMNS = ("id", "queue", "name", "status", "priority", "attempt", "max_attempts", "reclaims",
+           "created_ms", "available_ms", "started_ms", "finished_ms", "lease_ms", "token",
+           "timeout_s", "key", "payload", "result", "error", "traceback", "meta", "failure", "code")
+#: statuses a version writes; any other stored status reads as failed
+WRITTEN = "('queued', 'scheduled', 'active', 'completed', 'cancelled')"
+
+
+def row_of(record: JobRecord) -> tuple[Any, ...]:
+    """``record`` as the values of ``COLUMNS`` (payload, result and meta as JSON text)."""
+    return (record.id, record.queue, record.name, record.status.value, record.priority,
+            record.attempt, record.max_attempts, record.reclaims, record.created_ms,
+            record.available_ms, record.started_ms, record.finished_ms, record.lease_ms,
+            record.token, record.timeout_s, record.key, dumps(record.payload),
+            None if record.result is None else dumps(record.result), record.error,
+            record.traceback, dumps(record.meta), record.failure, record.code)
+
+
+def readable_status(text: Any) -> JobStatus:
+    """A stored status; one no version writes counts as failed (its row reads as failed)."""
+    try:
+        return JobStatus(text)
+    except ValueError:
+        return JobStatus.FAILED
+
+
+def record_from_row(row: Sequence[Any]) -> JobRecord:
+    """A row of ``COLUMNS`` as a record (payload, result and meta as JSON text); a damaged row
+    is quarantined (see ``quarantine``), never an error."""
+    values = dict(zip(COLUMNS, row, strict=True))
+    problems = []
+    for column, empty in (("payload", None), ("result", None), ("meta", {})):
+        text = values[column]
+        if text is None and column != "payload":
+            values[column] = empty
+            continue
+        try:
+            values[column] = json.loads(text)
+        except (TypeError, ValueError, RecursionError) as exc:
+            problems.append(f"{column} is not JSON ({exc})")
+            values[column] = empty
+    with contextlib.suppress(ValueError):  # else left as the text it is: quarantine names it
+        values["status"] = JobStatus(values["status"])
+    return checked(JobRecord(**values), problems)
+
+
+def status_filters(status: JobStatus | None, queue: str | None, mark: str) -> tuple[str, tuple[Any, ...]]:
+    """The WHERE clause of a listing (``mark`` is the driver's placeholder) and its values."""
+    clauses: list[str] = []
+    params: list[Any] = []
+    if status in (JobStatus.QUEUED, JobStatus.SCHEDULED):
+        clauses.append("status IN ('queued', 'scheduled')")
+    elif status is JobStatus.FAILED:
+        clauses.append(f"status NOT IN {WRITTEN}")
+    elif status is not None:
+        clauses.append(f"status = {mark}")
+        params.append(status.value)
+    if queue is not None:
+        clauses.append(f"queue = {mark}")
+        params.append(queue)
+    return ("WHERE " + " AND ".join(clauses) if clauses else ""), tuple(params)
