@@ -377,8 +377,8 @@ class QueueWorker:
             logger.warning("cannot listen for cancels (%s); asking every %gs instead", exc, ABORT_POLL_S)
             unsubscribe = None
         if unsubscribe is not None:
-            await self._ask_aborted(self._held())  # cancelled before the subscription was up
             try:
+                await self._ask_aborted(self._held())  # cancelled before the subscription was up
                 await asyncio.Event().wait()  # until the stop cancels this task
             finally:
                 await asyncio.shield(unsubscribe())
