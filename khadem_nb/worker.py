@@ -378,7 +378,6 @@ class QueueWorker:
             unsubscribe = None
         if unsubscribe is not None:
             try:
-                await self._ask_aborted(self._held())  # cancelled before the subscription was up
                 await asyncio.Event().wait()  # until the stop cancels this task
             finally:
                 await asyncio.shield(unsubscribe())
