@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import QUEUED_DRIVERS, make_manager
+from conftest import make_manager
 from jobs import RUN_LOG, BlockingSleep, Cooperative, Echo, PollsCancelled, Sleep
 
 from khadem_nb import ConfigError, JobCancelledError, JobNotFoundError, JobStatus, QueueManager
@@ -35,16 +35,10 @@ async def wait_stopped(manager: QueueManager, job_id: str, timeout: float = 10.0
     raise AssertionError(f"job {job_id} was not stopped: {record}")
 
 
-@pytest.fixture(params=QUEUED_DRIVERS)
-async def cancel_manager(request: pytest.FixtureRequest, tmp_path: Path) -> QueueManager:
-    manager = await make_manager(request.param, tmp_path)
-    yield manager
-    await manager.purge()
-    await manager.close()
 
 
-async def test_queued_and_scheduled_jobs_are_cancelled_and_never_run(cancel_manager: QueueManager) -> None:
-    manager = cancel_manager
+async def test_queued_and_scheduled_jobs_are_cancelled_and_never_run(queued_manager: QueueManager) -> None:
+    manager = queued_manager
     queued = await manager.dispatch(Echo("queued"))
     scheduled = await manager.dispatch(Echo("scheduled"), delay=0.2)
     kept = await manager.dispatch(Echo("kept"))
@@ -74,8 +68,8 @@ async def _result(manager: QueueManager, job_id: str) -> object:
     return outcome((await manager.wait([job_id], timeout=5))[0])
 
 
-async def test_cancel_is_idempotent_and_leaves_finished_jobs(cancel_manager: QueueManager) -> None:
-    manager = cancel_manager
+async def test_cancel_is_idempotent_and_leaves_finished_jobs(queued_manager: QueueManager) -> None:
+    manager = queued_manager
     done = await manager.dispatch(Echo("done"))
     worker = await manager.start_worker(run_in_background=True, delay=0.02)
     await manager.wait([done], timeout=10)
@@ -92,9 +86,9 @@ async def test_cancel_is_idempotent_and_leaves_finished_jobs(cancel_manager: Que
 
 @pytest.mark.parametrize("job", [Sleep(30), Cooperative(30), PollsCancelled(30)],
                          ids=["async", "progress", "polls-cancelled"])
-async def test_running_job_is_stopped_and_the_worker_goes_on(cancel_manager: QueueManager,
+async def test_running_job_is_stopped_and_the_worker_goes_on(queued_manager: QueueManager,
                                                              job: object) -> None:
-    manager = cancel_manager
+    manager = queued_manager
     worker = await manager.start_worker(run_in_background=True, delay=0.02, concurrency=2)
     running = await manager.dispatch(job)  # type: ignore[arg-type]
     await wait_status(manager, running, JobStatus.ACTIVE)
@@ -116,10 +110,10 @@ async def test_running_job_is_stopped_and_the_worker_goes_on(cancel_manager: Que
         assert record.meta.get("progress", 0) > 0  # what it had done when it stopped
 
 
-async def test_a_job_that_ignores_cancel_stays_cancelled(cancel_manager: QueueManager) -> None:
+async def test_a_job_that_ignores_cancel_stays_cancelled(queued_manager: QueueManager) -> None:
     """A sync job that neither reports progress nor checks cancelled() runs to its end; its
     result is dropped and the record stays cancelled."""
-    manager = cancel_manager
+    manager = queued_manager
     worker = await manager.start_worker(run_in_background=True, delay=0.02)
     job_id = await manager.dispatch(BlockingSleep(0.4))
     await wait_status(manager, job_id, JobStatus.ACTIVE)
@@ -130,8 +124,8 @@ async def test_a_job_that_ignores_cancel_stays_cancelled(cancel_manager: QueueMa
     assert record.status is JobStatus.CANCELLED and record.result is None
 
 
-async def test_cancel_all_queued(cancel_manager: QueueManager) -> None:
-    manager = cancel_manager
+async def test_cancel_all_queued(queued_manager: QueueManager) -> None:
+    manager = queued_manager
     ids = [await manager.dispatch(Echo(i)) for i in range(5)]
     later = await manager.dispatch(Echo("later"), delay=60)
     assert sorted(await manager.cancel_all("queued")) == sorted([*ids, later])
@@ -139,8 +133,8 @@ async def test_cancel_all_queued(cancel_manager: QueueManager) -> None:
     assert await manager.cancel_all("all") == []
 
 
-async def test_bad_input(cancel_manager: QueueManager) -> None:
-    manager = cancel_manager
+async def test_bad_input(queued_manager: QueueManager) -> None:
+    manager = queued_manager
     with pytest.raises(JobNotFoundError, match="nope"):
         await manager.cancel("nope")
     real = await manager.dispatch(Echo(1))

@@ -198,7 +198,7 @@ async def test_a_server_restart_under_load_loses_nothing(tmp_path: Path) -> None
     """Workers and a dispatcher on a server of the test's own; `pg_ctl restart` mid-drain.
     Every job completes; the listener comes back after the restart."""
     from pg_servers import OwnServer
-    from procs import finish, start_worker
+    from procs import kill, start_worker
 
     need_postgres()
     server = OwnServer()
@@ -229,9 +229,8 @@ async def test_a_server_restart_under_load_loses_nothing(tmp_path: Path) -> None
         deadline = time.monotonic() + 60
         while (counts := await manager.counts())["completed"] < 450 and time.monotonic() < deadline:
             await asyncio.sleep(0.2)
-        for worker in workers:
-            worker.terminate()
-        finish(workers, timeout=60)
+        for worker in workers:  # their exit code is not the point: one may still be starting
+            kill(worker)
         ids = [r.id for r in await manager.jobs()]
         await manager.purge()
         await manager.close()

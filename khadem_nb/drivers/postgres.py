@@ -217,11 +217,16 @@ class PostgresDriver(QueueDriver):
     async def listener(self) -> Listener:
         """The listening connection, started (and self-tested) the first time a worker, a
         waiter or an abort subscription needs it: a process that only dispatches never opens it."""
+        listener = self._starting_listener()
+        assert self._listener_started is not None
+        await asyncio.shield(self._listener_started)
+        return listener
+
+    def _starting_listener(self) -> Listener:
+        """The listener, its start (and self-test) begun if it was not yet."""
         if self._listener is None:
             self._listener = Listener(self, self._waits)
             self._listener_started = asyncio.get_running_loop().create_task(self._listener.start())
-        assert self._listener_started is not None
-        await asyncio.shield(self._listener_started)
         return self._listener
 
     async def _connect_error(self, exc: Exception) -> DriverError:
@@ -500,10 +505,8 @@ RETURNING id, token IS NOT NULL
         return listener.on_settle(job_ids, notice)
 
     async def listen_aborts(self, queues: Sequence[str], notice: AbortNotice) -> Unsubscribe | None:
-        if self._listener is None:
-            self._listener = Listener(self, self._waits)
-            self._listener_started = asyncio.get_running_loop().create_task(self._listener.start())
-        unsubscribe = self._listener.on_abort(notice)  # before the wait: none is missed meanwhile
+        # registered before the self-test is awaited: no cancel is missed meanwhile
+        unsubscribe = self._starting_listener().on_abort(notice)
         listener = await self.listener()
         if listener.working:
             return unsubscribe
