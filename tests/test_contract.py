@@ -232,6 +232,33 @@ async def test_each_settle_does_what_its_verb_says_and_a_refused_one_changes_not
     assert (await queued_manager.get_job(job_id)).to_dict() == before
 
 
+async def test_settles_of_one_loop_turn_each_get_their_own_outcome(queued_manager: QueueManager) -> None:
+    """Settles asked for together (drivers may send them as one batch) each do what their verb
+    says; a stale one in the same batch is refused and one cancelled while held is stopped."""
+    driver = queued_manager.driver
+    ids = [await queued_manager.dispatch(Echo(i), max_attempts=3) for i in range(6)]
+    held = await driver.reserve(["default"], 6, 1.0)
+    assert sorted(r.id for r in held) == sorted(ids)
+    by_id = {r.id: r for r in held}
+    complete, fail, retry, release, stale, cancelled = (by_id[i] for i in ids)
+    await driver.complete(stale.copy(), "first")  # the stale record's claim is settled already
+    assert await driver.cancel([cancelled.id], "stop it") == [cancelled.id]
+    outcomes = await asyncio.gather(
+        driver.complete(complete, {"n": 1}), driver.fail(fail, "ValueError: bad", "tb"),
+        driver.retry(retry, 0.0, "ValueError: again", None), driver.release(release),
+        driver.complete(stale, "second"), driver.complete(cancelled, "late"))
+    assert outcomes == [True, True, True, True, False, True]
+    stored = {r.id: r for r in await queued_manager.get_jobs(ids)}
+    assert (stored[complete.id].status, stored[complete.id].result) == (JobStatus.COMPLETED, {"n": 1})
+    assert (stored[fail.id].status, stored[fail.id].error) == (JobStatus.FAILED, "ValueError: bad")
+    assert (stored[retry.id].status, stored[retry.id].attempt) == (JobStatus.QUEUED, 1)
+    assert (stored[release.id].status, stored[release.id].attempt) == (JobStatus.QUEUED, 0)
+    assert (stored[stale.id].status, stored[stale.id].result) == (JobStatus.COMPLETED, "first")
+    assert stored[cancelled.id].status is JobStatus.CANCELLED and stored[cancelled.id].result is None
+    assert cancelled.status is JobStatus.CANCELLED  # the caller's record shows the stop
+    assert {r.id for r in await driver.reserve(["default"], 6, 1.0)} == {retry.id, release.id}
+
+
 async def test_metrics_after_known_work(manager: QueueManager) -> None:
     for i in range(4):
         await manager.dispatch(Echo(i))

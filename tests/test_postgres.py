@@ -194,6 +194,33 @@ async def test_the_notice_self_test_falls_back_to_polling(tmp_path: Path,
         await heard.close()
 
 
+async def test_a_batch_of_settles_tells_waiters_elsewhere_of_every_job(pg: QueueManager,
+                                                                       tmp_path: Path) -> None:
+    """500 settles in one loop turn are one statement; their settle notices are split into
+    payloads the server takes, and a waiter on another connection hears of each job."""
+    ids = await pg.dispatch_many([Echo(i) for i in range(500)])
+    elsewhere = await QueueManager(postgres_url(tmp_path)).init()
+    try:
+        heard: dict[str, JobStatus | None] = {}
+        everyone = asyncio.Event()
+
+        def notice(job_id: str, status: JobStatus | None, result: object) -> None:
+            heard[job_id] = status
+            if len(heard) == len(ids):
+                everyone.set()
+
+        unwatch = await elsewhere.driver.watch(ids, notice)
+        held = await pg.driver.reserve(["default"], 500, 1.0)
+        assert len(held) == 500
+        assert all(await asyncio.gather(*(pg.driver.complete(r, r.id) for r in held)))
+        async with asyncio.timeout(10):
+            await everyone.wait()
+        unwatch()
+        assert set(heard) == set(ids) and set(heard.values()) == {JobStatus.COMPLETED}
+    finally:
+        await elsewhere.close()
+
+
 async def test_a_server_restart_under_load_loses_nothing(tmp_path: Path) -> None:
     """Workers and a dispatcher on a server of the test's own; `pg_ctl restart` mid-drain.
     Every job completes; the listener comes back after the restart."""

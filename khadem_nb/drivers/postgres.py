@@ -30,13 +30,16 @@ from typing import Any, ClassVar
 from .._ids import new_token
 from ..config import QueueSettings
 from ..errors import ConfigError, CorruptQueueError, DriverError, DriverUnavailableError
-from ..job import TERMINAL_STATUSES, JobRecord, JobStatus
+from ..job import JobRecord, JobStatus
 from ..serializer import dumps
+from ._batches import TurnBatch, through_outage
 from ._polling import PollingWaits
 from ._records import due_view
 from ._rows import COLUMNS, WRITTEN, readable_status, record_from_row, row_of, status_filters
 from ._watchers import SettleWatchers
 from .base import (
+    COMPLETE,
+    FAIL,
     LEASE_LOST_ERROR,
     NO_RESULT,
     RELEASE,
@@ -64,6 +67,7 @@ RECLAIM_BATCH = 100  # expired leases one claim puts back at most
 INSERT_ROWS = 16  # a push of up to this many jobs is one INSERT statement; more go by COPY
 POLL_LISTENING_S = 1.0  # longest idle wait while notices arrive (delayed jobs falling due)
 POLL_FALLBACK_S = 0.25  # longest idle wait when LISTEN does not work here
+DEADLOCK_RETRIES = 5  # times a work is run again after the server broke a deadlock
 
 
 def schema_sql(schema: str) -> list[str]:
@@ -148,6 +152,58 @@ RETURNING j.seq, {", ".join("j." + c for c in COLUMNS[:-3])}, j.meta::text, j.fa
 """
 
 
+#: the arrays ``settle_sql`` takes, one element per settle, in this order
+SETTLE_ARRAYS = ("id text", "token text", "status text", "attempt integer", "available_ms bigint",
+                 "started_ms bigint", "finished_ms bigint", "result text", "error text", "traceback text",
+                 "meta jsonb", "failure text", "at_ms bigint")
+#: what ``settle_sql`` says of each settle: applied, stopped (cancelled while held), or neither
+UNTOUCHED, SETTLED_NOW, STOPPED = 0, 1, 2
+FINISHING_VERBS = (COMPLETE, FAIL)
+NOTICE_CHUNK = 3800  # bytes of settle lines per NOTIFY (one line at most more; the server takes < 8000)
+
+
+def settle_sql(table: str, channel: str, settled_channel: str) -> str:
+    """One statement for a batch of settles, each fenced by its token: the jobs still held are
+    settled, those cancelled while held are stopped; then waiters hear of the settled ones
+    (``settled_channel``, "id<TAB>status" lines) and idle workers of jobs put back (``channel``)."""
+    arrays = ", ".join(f"%s::{kind.split()[1]}[]" for kind in SETTLE_ARRAYS)
+    names = ", ".join(kind.split()[0] for kind in SETTLE_ARRAYS)
+    return f"""
+WITH s AS (SELECT * FROM unnest({arrays}) AS s({names})),
+done AS (
+    UPDATE {table} j
+       SET status = s.status, attempt = s.attempt, available_ms = s.available_ms,
+           started_ms = s.started_ms, finished_ms = s.finished_ms, lease_ms = NULL, token = NULL,
+           result = s.result, error = s.error, traceback = s.traceback, meta = j.meta || s.meta,
+           failure = s.failure
+      FROM s
+     WHERE j.id = s.id AND j.token = s.token AND j.status = 'active'
+    RETURNING j.id, j.status, j.queue
+),
+stopped AS (
+    UPDATE {table} j SET token = NULL, finished_ms = s.at_ms, meta = j.meta || s.meta
+      FROM s
+     WHERE j.id = s.id AND j.token = s.token AND j.status = 'cancelled'
+    RETURNING j.id
+),
+lines AS (
+    SELECT id || E'\t' || status AS line,
+           sum(length(id) + 11) OVER (ORDER BY id ROWS UNBOUNDED PRECEDING) / {NOTICE_CHUNK} AS chunk
+      FROM done
+),
+settled AS (
+    SELECT pg_notify('{settled_channel}', string_agg(line, E'\n')) FROM lines GROUP BY chunk
+),
+woken AS (
+    SELECT pg_notify('{channel}', queue)
+      FROM (SELECT DISTINCT queue FROM done WHERE status IN ('queued', 'scheduled')) AS q
+)
+SELECT outcome.id, outcome.flag
+  FROM (SELECT id, {SETTLED_NOW} AS flag FROM done UNION ALL SELECT id, {STOPPED} FROM stopped) AS outcome,
+       (SELECT count(*) FROM settled) AS told, (SELECT count(*) FROM woken) AS woke
+"""
+
+
 class PostgresDriver(QueueDriver):
     """Durable, many-process, many-machine, at-least-once queue in PostgreSQL."""
 
@@ -169,6 +225,8 @@ class PostgresDriver(QueueDriver):
         #: transaction-pooling proxy): ``queue.options.listen_url``, a direct URL
         self.listen_url = str(settings.options.get("listen_url") or "") or None
         self._claim = claim_sql(schema)
+        self._settle_sql = settle_sql(self.table, self.channel, self.settled_channel)
+        self._settles: TurnBatch[tuple[JobRecord, Settlement], int] = TurnBatch(self._send_settles)
         self._select = f"SELECT {SELECT_COLUMNS} FROM {self.table}"
         self._lease_ms = int(settings.lease_s * 1000)
         self._pool: Any = None
@@ -271,40 +329,32 @@ class PostgresDriver(QueueDriver):
             self._pool = None
 
     async def _run(self, work: Any, *args: Any) -> Any:
-        """Run ``work(conn, *args)`` on a pooled connection; faults become errors of the tree."""
+        """Run ``work(conn, *args)`` on a pooled connection; faults become errors of the tree.
+        A deadlock (two batches of writes over the same rows, in different orders) rolls back
+        only that statement or transaction, so the work is run again."""
         import psycopg
 
         if self._pool is None:
             raise DriverError(f"the PostgreSQL queue at {self._where()} is closed")
-        try:
-            async with self._pool.connection() as conn:
-                return await work(conn, *args)
-        except DriverError:
-            raise
-        except psycopg.OperationalError as exc:
-            raise DriverUnavailableError(f"PostgreSQL at {self._where()} failed: {exc}") from exc
-        except psycopg.Error as exc:
-            raise DriverError(f"PostgreSQL at {self._where()} failed: {exc}") from exc
-        except Exception as exc:  # the pool timed out waiting for a connection
-            if type(exc).__name__ == "PoolTimeout":
-                raise DriverUnavailableError(f"PostgreSQL at {self._where()} gave no connection within "
-                                             f"{self.settings.connect_timeout_s:g}s") from exc
-            raise
-
-    async def _through_outage(self, work: Any) -> Any:
-        """``_run(work)``, tried again with backoff while the server is away (a restart), until
-        the job's lease would have run out (after that another worker may hold it)."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.settings.lease_s
-        delay = 0.05
-        while True:
+        for attempt in range(DEADLOCK_RETRIES + 1):
             try:
-                return await self._run(work)
-            except DriverUnavailableError:
-                if loop.time() + delay > deadline:
-                    raise
-                await asyncio.sleep(delay)
-                delay = min(2.0, delay * 2)
+                async with self._pool.connection() as conn:
+                    return await work(conn, *args)
+            except psycopg.errors.DeadlockDetected as exc:
+                if attempt == DEADLOCK_RETRIES:
+                    raise DriverError(f"PostgreSQL at {self._where()} failed: {exc}") from exc
+            except DriverError:
+                raise
+            except psycopg.OperationalError as exc:
+                raise DriverUnavailableError(f"PostgreSQL at {self._where()} failed: {exc}") from exc
+            except psycopg.Error as exc:
+                raise DriverError(f"PostgreSQL at {self._where()} failed: {exc}") from exc
+            except Exception as exc:  # the pool timed out waiting for a connection
+                if type(exc).__name__ == "PoolTimeout":
+                    raise DriverUnavailableError(f"PostgreSQL at {self._where()} gave no connection within "
+                                                 f"{self.settings.connect_timeout_s:g}s") from exc
+                raise
+        raise AssertionError("unreachable")
 
     async def _fetch(self, sql: str, params: Any = None) -> list[Any]:
         async def work(conn: Any) -> list[Any]:
@@ -405,41 +455,43 @@ class PostgresDriver(QueueDriver):
         return [r.id in alive for r in records]
 
     async def _settle(self, record: JobRecord, settlement: Settlement) -> bool:
-        done = record.copy()
-        settlement.apply(done)
-        settle = (f"WITH done AS (UPDATE {self.table} SET status = %s, attempt = %s, available_ms = %s, "
-                  "started_ms = %s, finished_ms = %s, lease_ms = NULL, token = NULL, result = %s, "
-                  "error = %s, traceback = %s, meta = meta || %s::jsonb, failure = %s "
-                  "WHERE id = %s AND token = %s AND status = 'active' RETURNING id, status) "
-                  f"SELECT pg_notify('{self.settled_channel}', id || E'\\t' || status) FROM done")
-        params = (done.status.value, done.attempt, done.available_ms, done.started_ms, done.finished_ms,
-                  None if done.result is None else dumps(done.result), done.error, done.traceback,
-                  dumps(record.meta), done.failure, record.id, record.token)
-        stop = (f"UPDATE {self.table} SET token = NULL, finished_ms = %s, meta = meta || %s::jsonb "
-                "WHERE id = %s AND token = %s AND status = 'cancelled'")
-
-        async def work(conn: Any) -> str | None:
-            if (await conn.execute(settle, params)).rowcount:
-                if settlement.verb is RETRY or settlement.verb is RELEASE:
-                    await conn.execute("SELECT pg_notify(%s, %s)", (self.channel, record.queue))
-                return "settled"
-            stopped = await conn.execute(stop, (settlement.at_ms, dumps(record.meta), record.id,
-                                                record.token))
-            return "stopped" if stopped.rowcount else None
-
-        outcome = await self._through_outage(work)
-        if outcome == "settled":
+        outcome = await through_outage(self.settings.lease_s, lambda: self._settles.add((record, settlement)))
+        if outcome == SETTLED_NOW:
             settlement.apply(record)
             if settlement.verb is RETRY or settlement.verb is RELEASE:
                 self._waits.wake()
-            if record.status in TERMINAL_STATUSES:
-                await self._count_finished()
-        elif outcome == "stopped":
+        elif outcome == STOPPED:
             settlement.stop(record)
-        return outcome is not None
+        return outcome != UNTOUCHED
 
-    async def _count_finished(self) -> None:
-        self._settles_since_trim += 1
+    async def _send_settles(self, batch: list[tuple[JobRecord, Settlement]]) -> list[int]:
+        """One statement for the settles of one loop turn (see ``settle_sql``)."""
+        columns: list[list[Any]] = [[] for _ in SETTLE_ARRAYS]
+        for record, settlement in batch:
+            done = record.copy()
+            settlement.apply(done)
+            values = (record.id, record.token, done.status.value, done.attempt, done.available_ms,
+                      done.started_ms, done.finished_ms, None if done.result is None else dumps(done.result),
+                      done.error, done.traceback, dumps(record.meta) if record.meta else "{}", done.failure,
+                      settlement.at_ms)
+            for column, value in zip(columns, values, strict=True):
+                column.append(value)
+
+        async def work(conn: Any) -> list[Any]:
+            return list(await (await conn.execute(self._settle_sql, columns)).fetchall())
+
+        outcomes = dict(await self._run(work))
+        finished = sum(1 for record, settlement in batch
+                       if outcomes.get(record.id) == SETTLED_NOW and settlement.verb in FINISHING_VERBS)
+        if finished:
+            try:
+                await self._count_finished(finished)
+            except DriverError as exc:  # the settles stand; retention runs again later
+                logger.warning("PostgreSQL retention pass at %s failed: %s", self._where(), exc)
+        return [outcomes.get(record.id, UNTOUCHED) for record, _ in batch]
+
+    async def _count_finished(self, count: int) -> None:
+        self._settles_since_trim += count
         if self._settles_since_trim >= TRIM_EVERY or time.monotonic() >= self._next_trim_at:
             await self.trim()
 
