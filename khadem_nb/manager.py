@@ -12,7 +12,7 @@ from typing import Any
 
 from . import limits
 from ._ids import job_ids, new_job_id
-from ._time import now_ms, to_seconds
+from ._time import to_seconds
 from .config import QueueSettings, parse_config, worker_settings
 from .drivers.base import QueueDriver
 from .errors import ConfigError, JobNotFoundError, KhademError
@@ -127,6 +127,16 @@ class QueueManager:
             raise KhademError("QueueManager.init() has not been awaited yet")
         return self._driver
 
+    def replace_driver(self, driver: QueueDriver) -> QueueDriver:
+        """Put ``driver`` in this manager's place for dispatches, reads and jobs run from now on
+        (the testing kit's ``QueueFake`` does); return the driver it replaces. Workers already
+        running keep the driver they started with."""
+        replaced = self.driver
+        self._driver = driver
+        if self._executor is not None:
+            self._executor.driver = driver
+        return replaced
+
     def use(self, middleware: Middleware | MiddlewareFunc) -> QueueManager:
         """Add middleware around every job run; the first added runs outermost."""
         self.middleware.add(middleware)
@@ -155,7 +165,7 @@ class QueueManager:
                      queue: str | None = None, priority: int | None = None,
                      max_attempts: int | None = None, key: str | None = None) -> JobRecord:
         """Encode ``job`` into a record ready to push (raises SerializationError at once)."""
-        return self._draft(job, delay, queue, priority, max_attempts, key).record(now_ms())
+        return self._draft(job, delay, queue, priority, max_attempts, key).record(self.driver.clock())
 
     def _draft(self, job: QueueJob, delay: float | timedelta | None, queue: str | None,
                priority: int | None, max_attempts: int | None, key: str | None) -> Draft:
@@ -194,7 +204,7 @@ class QueueManager:
         ``connection`` (PostgreSQL): the application's own psycopg connection; the job is
         written inside its open transaction and exists exactly when that transaction commits.
         """
-        record = self._draft(job, delay, queue, priority, max_attempts, None).record(now_ms())
+        record = self._draft(job, delay, queue, priority, max_attempts, None).record(self.driver.clock())
         if connection is not None:
             await self._push_in(connection, [record])
             return record.id
@@ -218,7 +228,7 @@ class QueueManager:
         """
         drafts = [self._draft(job, delay, queue, None, None, None) for job in jobs]
         if connection is not None:  # all in the application's transaction (PostgreSQL)
-            now = now_ms()
+            now = self.driver.clock()
             written = [draft.record(now) for draft in drafts]
             await self._push_in(connection, written)
             return [r.id for r in written]
@@ -226,7 +236,7 @@ class QueueManager:
 
         def chunks() -> Iterator[list[JobRecord]]:
             for start in range(0, len(drafts), DISPATCH_CHUNK):
-                now = now_ms()
+                now = self.driver.clock()
                 chunk = [draft.record(now) for draft in drafts[start : start + DISPATCH_CHUNK]]
                 records.extend(chunk)
                 yield chunk

@@ -121,6 +121,9 @@ class QueueDriver(ABC):
         ``queue`` section, ``QueueSettings``, or ``None`` for the defaults."""
         self.settings = parse_config(settings)
         self.stale_acks = 0
+        #: the time settles and claims read, in ms since the epoch: the wall clock, or a
+        #: test's virtual clock (``khadem_nb.testing``)
+        self.clock: Callable[[], int] = now_ms
 
     def check_priority(self, priority: Any) -> int:
         """``priority`` as an int, or ``ConfigError`` if this driver cannot order it."""
@@ -190,7 +193,7 @@ class QueueDriver(ABC):
 
     async def complete(self, record: JobRecord, result: Any) -> bool:
         """Settle a held job as completed with its (encoded) ``result``."""
-        if await self._settle(record, Settlement(COMPLETE, now_ms(), result)):  # the hottest settle
+        if await self._settle(record, Settlement(COMPLETE, self.clock(), result)):  # the hottest settle
             return True
         self.stale_acks += 1
         return False
@@ -198,19 +201,19 @@ class QueueDriver(ABC):
     async def fail(self, record: JobRecord, error: str, traceback: str | None,
                    failure: str | None = "raised") -> bool:
         """Settle a held job as failed for good, keeping its error and the kind of failure."""
-        settlement = Settlement(FAIL, now_ms(), error=error, traceback=traceback, failure=failure)
+        settlement = Settlement(FAIL, self.clock(), error=error, traceback=traceback, failure=failure)
         return self._counted(await self._settle(record, settlement))
 
     async def retry(self, record: JobRecord, delay_s: float, error: str, traceback: str | None,
                     failure: str | None = "raised") -> bool:
         """Put a failed attempt back, due after ``delay_s``; the error is kept as the last one."""
-        settlement = Settlement(RETRY, now_ms(), error=error, traceback=traceback, delay_s=delay_s,
+        settlement = Settlement(RETRY, self.clock(), error=error, traceback=traceback, delay_s=delay_s,
                                 failure=failure)
         return self._counted(await self._settle(record, settlement))
 
     async def release(self, record: JobRecord) -> bool:
         """Give a claimed job back untouched (worker shutting down): the attempt does not count."""
-        return self._counted(await self._settle(record, Settlement(RELEASE, now_ms())))
+        return self._counted(await self._settle(record, Settlement(RELEASE, self.clock())))
 
     def _counted(self, settled: bool) -> bool:
         if not settled:

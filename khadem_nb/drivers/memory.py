@@ -24,7 +24,6 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any, ClassVar
 
 from .._ids import new_token
-from .._time import now_ms
 from ..config import QueueSettings
 from ..job import (
     ACTIVE,
@@ -170,11 +169,11 @@ class MemoryDriver(QueueDriver):
         for record in records:  # the driver owns pushed records from here on
             record.payload = dumps(record.payload)
             if record.available_ms > record.created_ms and not now:
-                now = now_ms()
+                now = self.clock()
             self._enqueue(record, None, now or record.created_ms)
 
     def _enqueue(self, record: JobRecord, previous: JobStatus | None, now: int | None = None) -> None:
-        if record.available_ms > (now_ms() if now is None else now) and self._honours_delay:
+        if record.available_ms > (self.clock() if now is None else now) and self._honours_delay:
             status = record.status = SCHEDULED
             entry = (record.available_ms, next(self._seq), record.id)
             heapq.heappush(self._delayed.setdefault(record.queue, []), entry)
@@ -241,7 +240,7 @@ class MemoryDriver(QueueDriver):
 
     def take_ready(self, queues: Sequence[str], limit: int) -> list[JobRecord]:
         claimed: list[JobRecord] = []
-        now = now_ms()
+        now = self.clock()
         records, delayed, ready = self._records, self._delayed, self._ready
         for queue in queues:
             if delayed.get(queue):
@@ -283,7 +282,7 @@ class MemoryDriver(QueueDriver):
 
     def _until_next_due(self, queues: Sequence[str]) -> float:
         due = [self._delayed[q][0][0] for q in queues if self._delayed.get(q)]
-        return max(0.001, (min(due) - now_ms()) / 1000) if due else 3600.0
+        return max(0.001, (min(due) - self.clock()) / 1000) if due else 3600.0
 
     async def _settle(self, record: JobRecord, settlement: Settlement) -> bool:
         job_id = record.id
@@ -327,7 +326,7 @@ class MemoryDriver(QueueDriver):
 
     # -- cancelling ----------------------------------------------------------------------------
     async def cancel(self, job_ids: Sequence[str], reason: str) -> list[str]:
-        now, cancelled, running = now_ms(), [], []
+        now, cancelled, running = self.clock(), [], []
         for job_id in job_ids:
             stored = self._records.get(job_id)
             if stored is None or stored.status not in CANCELLABLE_STATUSES:
@@ -404,7 +403,7 @@ class MemoryDriver(QueueDriver):
         """A copy of a stored record for readers, its payload parsed."""
         view = stored.copy()
         view.payload = _parse_own_json(self._texts.get(stored.id, stored.payload))
-        if view.status is SCHEDULED and view.available_ms <= now_ms():
+        if view.status is SCHEDULED and view.available_ms <= self.clock():
             view.status = QUEUED
         return view
 
@@ -446,7 +445,7 @@ class MemoryDriver(QueueDriver):
             for record in self._records.values():
                 if record.queue == queue:
                     counts[record.status] += 1
-        now = now_ms()
+        now = self.clock()
         scheduled = (self._records[e[2]] for heap in self._delayed.values() for e in heap)
         due = sum(1 for r in scheduled if r.status is SCHEDULED
                   and r.available_ms <= now and queue in (None, r.queue))
@@ -461,7 +460,7 @@ class MemoryDriver(QueueDriver):
             if stored is not None and stored.status is FAILED:
                 stored.attempt = 0
                 stored.reclaims = 0
-                stored.available_ms = now_ms()
+                stored.available_ms = self.clock()
                 stored.finished_ms = None
                 self._enqueue(stored, FAILED)
                 count += 1
