@@ -12,6 +12,7 @@ from jobs import Echo
 from khadem_nb import ConfigError, JobStatus, QueueFactory, QueueManager, SerializationError
 from khadem_nb.config import parse_config
 from khadem_nb.drivers.memory import MemoryDriver
+from khadem_nb.testing import QueueFake
 
 
 async def test_unknown_driver_names_the_valid_ones() -> None:
@@ -100,21 +101,26 @@ async def test_start_worker_rejects_bad_arguments() -> None:
         await manager.start_worker(on_job_start="print")  # type: ignore[arg-type]
 
 
-async def test_dispatch_accepts_timedelta_and_rejects_bad_delay() -> None:
-    manager = await QueueManager().init()
-    job_id = await manager.dispatch(Echo(1), delay=timedelta(minutes=5))
-    record = await manager.get_job(job_id)
+async def test_dispatch_accepts_timedelta_and_rejects_bad_delay(khadem_queue: QueueManager,
+                                                                 khadem_fake: QueueFake) -> None:
+    job_id = await khadem_queue.dispatch(Echo(1), delay=timedelta(minutes=5))
+    khadem_fake.assert_dispatched(Echo, times=1, delay=300)
+    record = await khadem_queue.get_job(job_id)
     assert record.status is JobStatus.SCHEDULED
     assert record.available_ms - record.created_ms == 300_000
+    assert await khadem_fake.run_all() == []
+    khadem_fake.advance(timedelta(minutes=5))
+    assert [(r.id, r.result) for r in await khadem_fake.run_all()] == [(job_id, 1)]
     with pytest.raises(ConfigError, match="delay must be a number of seconds"):
-        await manager.dispatch(Echo(1), delay="5 minutes")  # type: ignore[arg-type]
+        await khadem_queue.dispatch(Echo(1), delay="5 minutes")  # type: ignore[arg-type]
 
 
-async def test_unserializable_argument_names_the_field() -> None:
-    manager = await QueueManager().init()
+async def test_unserializable_argument_names_the_field(khadem_queue: QueueManager,
+                                                       khadem_fake: QueueFake) -> None:
     with pytest.raises(SerializationError, match=r"Echo argument\['value'\]\[1\] is of type builtins.object"):
-        await manager.dispatch(Echo([1, object()]))
-    assert await manager.counts() == dict.fromkeys([s.value for s in JobStatus], 0)
+        await khadem_queue.dispatch(Echo([1, object()]))
+    khadem_fake.assert_nothing_dispatched()
+    assert await khadem_queue.counts() == dict.fromkeys([s.value for s in JobStatus], 0)
 
 
 async def test_custom_driver_registration() -> None:
