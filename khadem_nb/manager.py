@@ -428,6 +428,16 @@ class QueueManager:
             await self._run_now({self.settings.name})
         return count
 
+    async def forget(self, job_id_or_ids: str | Iterable[str]) -> int:
+        """Delete finished records (completed, failed or cancelled) by id; return how many.
+        Pending and running jobs, and ids not stored here, are left alone."""
+        return await self.driver.forget(job_ids(job_id_or_ids, "forget()"))
+
+    async def purge_failed(self, *, queue: str | None = None) -> int:
+        """Delete every failed record of ``queue`` (every queue if ``None``); return how many."""
+        failed = await self.driver.jobs(FAILED, queue)
+        return await self.driver.forget([r.id for r in failed]) if failed else 0
+
     # -- cancelling ------------------------------------------------------------------------
     async def cancel(self, job_id_or_ids: str | Iterable[str], *, reason: str = "cancelled") -> list[str]:
         """Cancel jobs; returns the ids this call cancelled. A queued or scheduled job becomes

@@ -259,6 +259,27 @@ async def test_settles_of_one_loop_turn_each_get_their_own_outcome(queued_manage
     assert {r.id for r in await driver.reserve(["default"], 6, 1.0)} == {retry.id, release.id}
 
 
+async def test_forget_deletes_finished_records_only(queued_manager: QueueManager) -> None:
+    """``forget`` deletes completed, failed and cancelled records and leaves pending and
+    running jobs (and unknown ids) alone; ``purge_failed`` deletes the failed ones."""
+    driver = queued_manager.driver
+    ids = [await queued_manager.dispatch(Echo(i), max_attempts=1) for i in range(5)]
+    done, failed, running, cancelled, queued = ids
+    held = {r.id: r for r in await driver.reserve(["default"], 3, 1.0)}
+    assert set(held) == {done, failed, running}
+    assert await driver.complete(held[done], "ok")
+    assert await driver.fail(held[failed], "ValueError: bad", None)
+    assert await queued_manager.cancel(cancelled) == [cancelled]
+    assert await queued_manager.forget([done, running, cancelled, queued, "no-such-id"]) == 2
+    statuses = await queued_manager.statuses(ids)
+    assert statuses == [None, JobStatus.FAILED, JobStatus.ACTIVE, None, JobStatus.QUEUED]
+    assert await queued_manager.purge_failed() == 1
+    assert await queued_manager.statuses(ids) == [None, None, JobStatus.ACTIVE, None, JobStatus.QUEUED]
+    assert await queued_manager.purge_failed() == 0
+    counts = await queued_manager.counts()
+    assert (counts["completed"], counts["failed"], counts["cancelled"], counts["active"]) == (0, 0, 0, 1)
+
+
 async def test_metrics_after_known_work(manager: QueueManager) -> None:
     for i in range(4):
         await manager.dispatch(Echo(i))

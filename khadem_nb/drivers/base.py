@@ -288,6 +288,11 @@ class QueueDriver(ABC):
     async def requeue(self, job_ids: Iterable[str]) -> int:
         """Put FAILED records back as QUEUED with a fresh attempt budget; return how many."""
 
+    @abstractmethod
+    async def forget(self, job_ids: Sequence[str]) -> int:
+        """Delete the finished records (completed, failed, cancelled) among ``job_ids``;
+        return how many. Pending and running jobs are left as they are."""
+
     async def update_meta(self, record: JobRecord, meta: dict[str, Any]) -> bool:
         """Merge ``meta`` (progress, notes, output) into a held record, fenced by its token."""
         return True

@@ -509,6 +509,18 @@ class FileStore:
                 count += 1
         return count
 
+    def forget(self, job_ids: Sequence[str]) -> int:
+        wanted = set(job_ids)
+        count = 0
+        with self.locked():
+            for folder in ("done", "failed", "cancelled"):
+                for name in self.listdir(folder):
+                    if _id_of(name) in wanted:
+                        with contextlib.suppress(FileNotFoundError):
+                            os.unlink(self.dir(folder, name))
+                            count += 1
+        return count
+
     def purge(self) -> None:
         with self.locked():
             for folder in STATE_DIRS:
@@ -641,6 +653,9 @@ class FileDriver(QueueDriver):
         if count:
             self._waits.wake()
         return count
+
+    async def forget(self, job_ids: Sequence[str]) -> int:
+        return await self._call(self.store.forget, list(job_ids))
 
     async def store_code(self, digest: str, envelope: bytes) -> None:
         await self._call(self.store.store_code, digest, envelope)

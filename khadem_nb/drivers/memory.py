@@ -61,6 +61,7 @@ def _parse_own_json(text: str) -> Any:
 
 PENDING = (QUEUED, SCHEDULED)
 HELD = (ACTIVE, FAILED, CANCELLED)  # kept as id sets; the rest are listed from heaps/deque
+FINISHED = (COMPLETED, FAILED, CANCELLED)
 
 
 def _older(record: JobRecord, cutoff_ms: int | None) -> bool:
@@ -465,6 +466,15 @@ class MemoryDriver(QueueDriver):
                 self._enqueue(stored, FAILED)
                 count += 1
         await self._notify(count)
+        return count
+
+    async def forget(self, job_ids: Sequence[str]) -> int:
+        count = 0
+        for job_id in dict.fromkeys(job_ids):
+            stored = self._records.get(job_id)
+            if stored is not None and stored.status in FINISHED:
+                self._forget(stored)  # an id left in the completed deque is skipped when reached
+                count += 1
         return count
 
     async def store_code(self, digest: str, envelope: bytes) -> None:

@@ -626,6 +626,11 @@ RETURNING id, token IS NOT NULL
             self._waits.wake()
         return count
 
+    async def forget(self, job_ids: Sequence[str]) -> int:
+        rows = await self._fetch(f"DELETE FROM {self.table} WHERE id = ANY(%s) AND status IN "
+                                 "('completed', 'failed', 'cancelled') RETURNING id", (list(job_ids),))
+        return len(rows)
+
     async def find_by_keys(self, keys: Sequence[str]) -> dict[str, JobRecord]:
         rows = await self._fetch(f"{self._select} WHERE key = ANY(%s) ORDER BY seq", (list(keys),))
         return {r.key or "": r for r in (due_view(record_from_row(row)) for row in rows)}

@@ -380,6 +380,14 @@ class SqliteStore:
 
         return self.write(run)
 
+    def forget(self, job_ids: Sequence[str]) -> int:
+        sql = "DELETE FROM khadem_jobs WHERE id = ? AND status IN ('completed', 'failed', 'cancelled')"
+
+        def run(conn: sqlite3.Connection) -> int:
+            return sum(conn.execute(sql, (job_id,)).rowcount for job_id in dict.fromkeys(job_ids))
+
+        return self.write(run)
+
     def find_by_keys(self, keys: Sequence[str]) -> dict[str, JobRecord]:
         records = (due_view(record_from_row(row)) for row in self._rows_where_in(SELECT, "key", keys))
         return {r.key or "": r for r in records}  # rows come in seq order: the newest per key wins
@@ -524,6 +532,9 @@ class SqliteDriver(QueueDriver):
         if count:
             self._waits.wake()
         return count
+
+    async def forget(self, job_ids: Sequence[str]) -> int:
+        return await self._call(SqliteStore.forget, list(job_ids))
 
     async def find_by_keys(self, keys: Sequence[str]) -> dict[str, JobRecord]:
         return await self._call(SqliteStore.find_by_keys, list(keys))

@@ -485,6 +485,11 @@ class RedisDriver(QueueDriver):
         by_queue = await self._by_queue(list(dict.fromkeys(job_ids)))
         return sum([int(await self._run("requeue", queue, found)) for queue, found in by_queue.items()])
 
+    async def forget(self, job_ids: Sequence[str]) -> int:
+        """Finished records deleted from their own queues (each found as ``get`` finds it)."""
+        by_queue = await self._by_queue(list(dict.fromkeys(job_ids)))
+        return sum([int(await self._run("forget", queue, found)) for queue, found in by_queue.items()])
+
     async def find_by_keys(self, keys: Sequence[str]) -> dict[str, JobRecord]:
         if not keys:
             return {}
