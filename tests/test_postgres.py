@@ -144,7 +144,46 @@ async def test_a_schema_from_a_newer_version_is_refused_unaltered(tmp_path: Path
         await QueueManager(url).init()
     with psycopg.connect(need_postgres(), autocommit=True) as conn:
         versions = sorted(row[0] for row in conn.execute(f"SELECT version FROM {schema}.version"))
-    assert versions == [1, 99]
+    assert versions == [1, 2, 99]
+
+
+async def test_a_first_version_schema_is_upgraded_in_place(tmp_path: Path) -> None:
+    """A schema as version 1 wrote it, with a job in it, is taken to the current version when
+    opened: every step runs once, in order, and the job is still there to claim."""
+    import psycopg
+
+    from khadem_nb.drivers.postgres import SCHEMA_VERSION, schema_sql
+
+    schema = schema_for(tmp_path)
+    with psycopg.connect(need_postgres(), autocommit=True) as conn:
+        conn.execute(f"CREATE SCHEMA {schema}")
+        conn.execute(f"CREATE TABLE {schema}.version (version integer NOT NULL)")
+        for statement in schema_sql(schema):
+            conn.execute(statement)
+        conn.execute(f"INSERT INTO {schema}.version VALUES (1)")
+        conn.execute(f"INSERT INTO {schema}.jobs (id, queue, name, status, priority, attempt, max_attempts, "
+                     "created_ms, available_ms, payload) VALUES ('old-job', 'default', 'Echo', 'queued', 0, 0, "
+                     """1, 0, 0, '{"value": "from version 1"}')""")
+    manager = await QueueManager(postgres_url(tmp_path)).init()
+    try:
+        with psycopg.connect(need_postgres(), autocommit=True) as conn:
+            versions = [row[0] for row in conn.execute(f"SELECT version FROM {schema}.version ORDER BY 1")]
+            indexes = {row[0] for row in conn.execute(
+                "SELECT indexname FROM pg_indexes WHERE schemaname = %s", (schema,))}
+        assert versions == list(range(1, SCHEMA_VERSION + 1))
+        assert "jobs_finished" in indexes
+        [held] = await manager.driver.reserve(["default"], 1, 1.0)
+        assert (held.id, held.payload) == ("old-job", {"value": "from version 1"})
+        assert await manager.driver.complete(held, "upgraded")
+        await manager.close()
+        manager = await QueueManager(postgres_url(tmp_path)).init()  # opening again changes nothing
+        with psycopg.connect(need_postgres(), autocommit=True) as conn:
+            again = [row[0] for row in conn.execute(f"SELECT version FROM {schema}.version ORDER BY 1")]
+        assert again == versions
+        assert (await manager.get_job("old-job")).result == "upgraded"
+    finally:
+        await manager.purge()
+        await manager.close()
 
 
 async def test_bad_urls_and_servers(tmp_path: Path) -> None:

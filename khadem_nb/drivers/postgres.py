@@ -56,7 +56,7 @@ from .base import (
 
 logger = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 SETTLED = {s.value: s for s in JobStatus}  # status words as the settle notices carry them
 IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}\Z")
 NOW = "(extract(epoch FROM clock_timestamp()) * 1000)::bigint"
@@ -71,11 +71,10 @@ DEADLOCK_RETRIES = 5  # times a work is run again after the server broke a deadl
 
 
 def schema_sql(schema: str) -> list[str]:
-    """The statements of schema version 1, each idempotent."""
+    """The statements of schema version 1, the first, each idempotent; later versions are
+    reached through ``upgrade_sql`` from it, so every schema takes the same path."""
     s = schema
     return [
-        f"CREATE SCHEMA IF NOT EXISTS {s}",
-        f"CREATE TABLE IF NOT EXISTS {s}.version (version integer NOT NULL)",
         f"""CREATE TABLE IF NOT EXISTS {s}.jobs (
             seq          bigserial PRIMARY KEY,
             id           text NOT NULL UNIQUE,
@@ -111,6 +110,16 @@ def schema_sql(schema: str) -> list[str]:
             envelope   bytea NOT NULL,
             created_ms bigint NOT NULL)""",
     ]
+
+
+def upgrade_sql(schema: str) -> dict[int, list[str]]:
+    """The statements that take a schema from version ``n - 1`` to ``n``, by ``n``."""
+    s = schema
+    return {
+        # retention by age finds old finished rows without walking every finished row
+        2: [f"CREATE INDEX IF NOT EXISTS jobs_finished ON {s}.jobs (status, finished_ms) "
+            "WHERE status IN ('completed', 'failed', 'cancelled')"],
+    }
 
 
 def claim_sql(schema: str) -> str:
@@ -305,20 +314,26 @@ class PostgresDriver(QueueDriver):
                                       f"{self.settings.connect_timeout_s:g}s ({exc!r})")
 
     async def _create_schema(self, conn: Any) -> None:
+        """Create the schema at version 1 if it is new, then upgrade it one version at a time,
+        all in one transaction; a schema of a newer version is refused and left as it is."""
+        s = self.schema
         async with conn.transaction():
-            lock = f"khadem schema {self.schema}"  # two processes opening a new schema at once
+            lock = f"khadem schema {s}"  # two processes opening a new schema at once
             await conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (lock,))
-            for statement in schema_sql(self.schema):
-                await conn.execute(statement)
-            row = await (await conn.execute(f"SELECT max(version) FROM {self.schema}.version")).fetchone()
+            await conn.execute(f"CREATE SCHEMA IF NOT EXISTS {s}")
+            await conn.execute(f"CREATE TABLE IF NOT EXISTS {s}.version (version integer NOT NULL)")
+            row = await (await conn.execute(f"SELECT max(version) FROM {s}.version")).fetchone()
             found = row[0] if row else None
-            if found is None:
-                await conn.execute(f"INSERT INTO {self.schema}.version VALUES (%s)", (SCHEMA_VERSION,))
-            elif found > SCHEMA_VERSION:
+            if found is not None and found > SCHEMA_VERSION:
                 raise CorruptQueueError(
-                    f"the queue schema {self.schema!r} at {self._where()} was written by a newer khadem_nb "
+                    f"the queue schema {s!r} at {self._where()} was written by a newer khadem_nb "
                     f"(schema version {found}; this one knows {SCHEMA_VERSION}); upgrade khadem_nb, or "
                     "use another ?schema=")
+            steps = {1: schema_sql(s), **upgrade_sql(s)}
+            for version in range((found or 0) + 1, SCHEMA_VERSION + 1):
+                for statement in steps[version]:
+                    await conn.execute(statement)
+                await conn.execute(f"INSERT INTO {s}.version VALUES (%s)", (version,))
 
     async def close(self) -> None:
         if self._listener is not None:
@@ -598,6 +613,9 @@ RETURNING id, token IS NOT NULL
         if status in (JobStatus.QUEUED, JobStatus.SCHEDULED):
             records = [r for r in records if r.status is status]
         return records
+
+    async def queue_names(self) -> list[str]:
+        return [row[0] for row in await self._fetch(f"SELECT DISTINCT queue FROM {self.table} ORDER BY 1")]
 
     async def counts(self, queue: str | None = None) -> dict[JobStatus, int]:
         where, params = status_filters(None, queue, "%s")
