@@ -39,6 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
     stats.add_argument("--queue-url", default=os.environ.get("KHADEM_QUEUE_URL"), help=URL_HELP)
     stats.add_argument("--queue", default=None, help="only this named queue")
     _add_cancel(commands)
+    _add_dashboard(commands)
     return parser
 
 
@@ -54,6 +55,19 @@ def _add_cancel(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
                         help="cancel every queued and scheduled job (of --queue, or of every queue)")
     cancel.add_argument("--queue", default=None, help="with --all-queued: only this named queue")
     cancel.add_argument("--reason", default="cancelled", help="kept as the jobs' error (default: cancelled)")
+
+
+def _add_dashboard(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    from .dashboard.serve import DEFAULT_HOST, DEFAULT_PORT
+
+    board = commands.add_parser("dashboard", help="serve a web dashboard of a queue (counts, charts, "
+                                "failures, actions, /metrics)")
+    board.add_argument("--queue-url", default=os.environ.get("KHADEM_QUEUE_URL"), help=URL_HELP)
+    board.add_argument("--host", default=DEFAULT_HOST, help=f"address to serve on (default {DEFAULT_HOST}; "
+                       "any other needs --token)")
+    board.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port (default {DEFAULT_PORT})")
+    board.add_argument("--token", default=os.environ.get("KHADEM_DASHBOARD_TOKEN"),
+                       help="the token actions need (default: a new one, printed at start)")
 
 
 def _add_demo(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -93,6 +107,10 @@ def _add_worker(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
     worker.add_argument("--strict-versions", action="store_true",
                         help="with --trust-code: fail shipped code whose packages differ in version "
                         "here (by default the job runs and its record carries a warning)")
+    worker.add_argument("--metrics-port", type=int, default=None, metavar="N",
+                        help="serve this worker's Prometheus metrics on this port")
+    worker.add_argument("--metrics-host", default="127.0.0.1",
+                        help="address of the metrics server (default 127.0.0.1)")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -124,8 +142,14 @@ def _dispatch(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
 
         options = WorkerOptions(args.queue_url, args.imports, args.queues, args.concurrency,
                                 args.max_jobs, args.burst, args.grace, args.lease, args.prefetch,
-                                args.isolation, args.trust_code, args.strict_versions)
+                                args.isolation, args.trust_code, args.strict_versions, args.metrics_port,
+                                args.metrics_host)
         asyncio.run(run_worker_process(options))
+        return 0
+    if args.command == "dashboard":
+        from .dashboard.serve import run
+
+        run(args.queue_url, args.host, args.port, args.token)
         return 0
     if args.command == "cancel":
         if bool(args.ids) == bool(args.all_queued):

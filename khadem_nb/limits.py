@@ -43,6 +43,8 @@ COUNTS: dict[str, tuple[int, int]] = {
     "prefetch": (0, 10_000),
     "max_attempts": (1, 10_000),
     "queue.code_limit": (1024, 2**31),  # bytes of one shipped code envelope
+    "--metrics-port": (1, 65_535),
+    "--port": (1, 65_535),
 }
 #: the widest priority range any driver orders (a 64-bit integer); drivers may order less
 PRIORITY_RANGE = (-(2**63) + 1, 2**63 - 1)

@@ -10,7 +10,8 @@ over finished attempts and ``0.0`` while none was timed.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import itertools
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from .job import ACTIVE, COMPLETED, FAILED, JobRecord
@@ -63,3 +64,57 @@ def metrics_from_counts(counts: dict[str, int]) -> dict[str, Any]:
     return summarize(queued=sum(counts.values()), started=0, completed=counts.get("completed", 0),
                      failed=counts.get("failed", 0), retried=0, processing=counts.get("active", 0),
                      time_ms=0.0, timed=0)
+
+
+# -- series for charts: the panel's and the dashboard's -------------------------------------------
+
+def rate_series(samples: Sequence[tuple[float, int]], now: float, bucket_s: float,
+                buckets: int) -> list[float]:
+    """Jobs per second in each of ``buckets`` windows of ``bucket_s`` ending at ``now``, oldest
+    first, from ``(time, finished count)`` samples in time order. A count that drops (retention
+    trimmed records) starts afresh from its new value instead of counting negative work."""
+    totals = [0.0] * buckets
+    start = now - bucket_s * buckets
+    for (_, c0), (t1, c1) in itertools.pairwise(samples):
+        if t1 <= start or c1 <= c0:
+            continue
+        index = min(buckets - 1, int((t1 - start) // bucket_s))
+        totals[index] += c1 - c0
+    return [total / bucket_s for total in totals]
+
+
+def finished_series(finished: Iterable[tuple[int, bool]], now_ms: int, bucket_ms: int,
+                    buckets: int) -> tuple[list[int], list[int]]:
+    """Completed and failed jobs in each of ``buckets`` windows of ``bucket_ms`` ending at
+    ``now_ms``, oldest first, from ``(finish time, failed)`` pairs."""
+    completed, failed = [0] * buckets, [0] * buckets
+    start = now_ms - bucket_ms * buckets
+    for finished_ms, is_failure in finished:
+        if start <= finished_ms < now_ms + 1:
+            index = min(buckets - 1, (finished_ms - start) // bucket_ms)
+            (failed if is_failure else completed)[index] += 1
+    return completed, failed
+
+
+def duration_bins(durations_s: Sequence[float], bins: int = 8) -> list[tuple[float, float, int]]:
+    """A histogram of durations: ``bins`` equal bins from 0 to the longest, as (low, high, count)."""
+    if not durations_s:
+        return []
+    width = max(durations_s) / bins or 1e-3
+    counts = [0] * bins
+    for duration in durations_s:
+        counts[min(bins - 1, int(duration / width))] += 1
+    return [(i * width, (i + 1) * width, n) for i, n in enumerate(counts)]
+
+
+def timeline_rows(recent: Iterable[tuple[str, JobRecord]], now_ms: int,
+                  span_ms: int) -> list[tuple[str, str, int, int, str]]:
+    """Jobs that ran within ``span_ms`` before ``now_ms``, as (worker, job name, start, end,
+    status) with times in ms before ``now_ms``, by worker then start."""
+    rows = []
+    for worker, record in recent:
+        started, ended = record.started_ms, record.finished_ms or now_ms
+        if started is None or ended < now_ms - span_ms:
+            continue
+        rows.append((worker, record.name, now_ms - started, now_ms - ended, record.status.value))
+    return sorted(rows, key=lambda row: (row[0], -row[2]))

@@ -16,6 +16,7 @@ import signal
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from . import capture, limits
 from .errors import ConfigError
@@ -38,6 +39,8 @@ class WorkerOptions:
     isolation: str | None = None
     trust_code: bool = False
     strict_versions: bool = False
+    metrics_port: int | None = None
+    metrics_host: str = "127.0.0.1"
 
 
 def import_job_modules(modules: Sequence[str]) -> None:
@@ -51,6 +54,19 @@ def import_job_modules(modules: Sequence[str]) -> None:
             raise ConfigError(f"--import {name}: cannot import it ({exc}); is it on PYTHONPATH?") from exc
 
 
+def _serve_metrics(options: WorkerOptions, monitor: Any, manager: QueueManager) -> Any:
+    """Start the ``--metrics-port`` server; a port that cannot be bound is a ``ConfigError``."""
+    from .prometheus import serve_worker_metrics
+
+    port = limits.count(options.metrics_port, "--metrics-port")
+    try:
+        return serve_worker_metrics(port, options.metrics_host, monitor, manager, asyncio.get_running_loop(),
+                                    options.queues)
+    except OSError as exc:
+        raise ConfigError(f"--metrics-port {port}: cannot listen on {options.metrics_host}:{port} "
+                          f"({exc.strerror or exc})") from None
+
+
 async def run_worker_process(options: WorkerOptions) -> int:
     """Run until stopped; returns how many jobs this process handled."""
     limits.seconds(options.grace_s, "--grace", kind="grace")
@@ -59,7 +75,13 @@ async def run_worker_process(options: WorkerOptions) -> int:
                                  "strict_versions": options.strict_versions}
     if options.lease_s is not None:
         config["lease"] = options.lease_s
-    manager = await QueueManager({"queue": config}).init()
+    monitor = None
+    if options.metrics_port is not None:
+        from .prometheus import PrometheusMonitor
+
+        monitor = PrometheusMonitor()
+    manager = await QueueManager({"queue": config}, monitor=monitor).init()
+    metrics_server = None if monitor is None else _serve_metrics(options, monitor, manager)
     worker = await manager.start_worker(
         max_jobs=options.max_jobs, concurrency=options.concurrency, burst=options.burst,
         prefetch=options.prefetch, queues=list(options.queues) or None, run_in_background=True,
@@ -84,6 +106,8 @@ async def run_worker_process(options: WorkerOptions) -> int:
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(signum)
         capture.uninstall()
+        if metrics_server is not None:
+            metrics_server.shutdown()
         await manager.close()
     logger.info("worker %d stopped after %d jobs", os.getpid(), worker.processed)
     return worker.processed

@@ -49,11 +49,16 @@ panel
 """
 
 
-@pytest.fixture
-def voila(tmp_path: Path) -> Iterator[str]:
+def need_chromium() -> None:
+    """Skip (or fail, with KHADEM_REQUIRE_BROWSER=1) where Debian's Chromium is missing."""
     if not Path(CHROMIUM).exists():
         missing(f"{CHROMIUM} is not installed (apt-get install chromium; .ci/run does)",
                 "KHADEM_REQUIRE_BROWSER")
+
+
+@pytest.fixture
+def voila(tmp_path: Path) -> Iterator[str]:
+    need_chromium()
     notebook = nbformat.v4.new_notebook()
     notebook.cells = [nbformat.v4.new_code_cell(PANEL_NOTEBOOK)]
     notebook.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}

@@ -280,6 +280,14 @@ async def test_forget_deletes_finished_records_only(queued_manager: QueueManager
     assert (counts["completed"], counts["failed"], counts["cancelled"], counts["active"]) == (0, 0, 0, 1)
 
 
+async def test_queue_names_lists_the_queues_that_hold_records(queued_manager: QueueManager) -> None:
+    assert set(await queued_manager.driver.queue_names()) <= {"default"}  # Redis knows its own
+    await queued_manager.dispatch(Echo(1), queue="emails")
+    await queued_manager.dispatch(Echo(2))
+    await queued_manager.dispatch(Echo(3), queue="emails")
+    assert await queued_manager.driver.queue_names() == ["default", "emails"]
+
+
 async def test_metrics_after_known_work(manager: QueueManager) -> None:
     for i in range(4):
         await manager.dispatch(Echo(i))

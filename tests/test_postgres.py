@@ -161,9 +161,9 @@ async def test_a_first_version_schema_is_upgraded_in_place(tmp_path: Path) -> No
         for statement in schema_sql(schema):
             conn.execute(statement)
         conn.execute(f"INSERT INTO {schema}.version VALUES (1)")
-        conn.execute(f"INSERT INTO {schema}.jobs (id, queue, name, status, priority, attempt, max_attempts, "
-                     "created_ms, available_ms, payload) VALUES ('old-job', 'default', 'Echo', 'queued', 0, 0, "
-                     """1, 0, 0, '{"value": "from version 1"}')""")
+        conn.execute(f"INSERT INTO {schema}.jobs (id, queue, name, status, priority, attempt, "
+                     "max_attempts, created_ms, available_ms, payload) VALUES ('old-job', 'default', 'Echo', "
+                     """'queued', 0, 0, 1, 0, 0, '{"value": "from version 1"}')""")
     manager = await QueueManager(postgres_url(tmp_path)).init()
     try:
         with psycopg.connect(need_postgres(), autocommit=True) as conn:

@@ -280,6 +280,11 @@ class QueueDriver(ABC):
                    limit: int | None = None) -> list[JobRecord]:
         """Records in creation order; with ``limit``, the newest ``limit`` of them."""
 
+    async def queue_names(self) -> list[str]:
+        """The named queues that hold records here, sorted (a driver may also name queues it
+        knows of that hold none, as Redis does with the queues registered under its prefix)."""
+        return sorted({record.queue for record in await self.jobs()})
+
     @abstractmethod
     async def counts(self, queue: str | None = None) -> dict[JobStatus, int]:
         """How many records are in each status (every status present as a key)."""

@@ -436,6 +436,9 @@ class MemoryDriver(QueueDriver):
         selected = [v for v in map(self._view, stored) if status is None or v.status is status]
         return selected[-limit:] if limit else selected
 
+    async def queue_names(self) -> list[str]:
+        return sorted({record.queue for record in self._records.values()})
+
     async def counts(self, queue: str | None = None) -> dict[JobStatus, int]:
         counts = empty_counts()
         if queue is not None and self._queues == {queue}:

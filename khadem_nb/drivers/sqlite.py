@@ -357,6 +357,9 @@ class SqliteStore:
             records = [r for r in records if r.status is status]
         return records
 
+    def queue_names(self) -> list[str]:
+        return [row[0] for row in self._db().execute("SELECT DISTINCT queue FROM khadem_jobs ORDER BY 1")]
+
     def counts(self, queue: str | None) -> dict[JobStatus, int]:
         where, params = status_filters(None, queue, "?")
         now = now_ms()
@@ -523,6 +526,9 @@ class SqliteDriver(QueueDriver):
     async def jobs(self, status: JobStatus | None = None, queue: str | None = None,
                    limit: int | None = None) -> list[JobRecord]:
         return await self._call(SqliteStore.jobs, status, queue, limit)
+
+    async def queue_names(self) -> list[str]:
+        return await self._call(SqliteStore.queue_names)
 
     async def counts(self, queue: str | None = None) -> dict[JobStatus, int]:
         return await self._call(SqliteStore.counts, queue)

@@ -419,6 +419,9 @@ class RedisDriver(QueueDriver):
     async def _all_queues(self) -> list[str]:
         return await self.queues.everywhere(self._registered_queues)
 
+    async def queue_names(self) -> list[str]:
+        return sorted(await self._all_queues())
+
     async def jobs(self, status: JobStatus | None = None, queue: str | None = None,
                    limit: int | None = None) -> list[JobRecord]:
         """Records of ``queue``, or of every queue under the prefix (merged by creation time)."""

@@ -1,0 +1,202 @@
+"""The dashboard's web app (Starlette): a page, its JSON API, the job pages, actions and /metrics.
+
+Reading needs no token when the dashboard serves loopback only; otherwise every request needs
+the token (header ``X-Khadem-Token``, ``Authorization: Bearer``, or the cookie that ``/?token=``
+sets). Actions always need the token in the ``X-Khadem-Token`` header: a header that another
+site's page cannot send without a CORS preflight this app never grants, and a POST whose
+``Origin`` is not this dashboard is refused as well.
+"""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import Awaitable, Callable
+from importlib import resources
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
+
+from ..errors import KhademError
+from ..job import JobStatus
+from ..manager import QueueManager
+from ..prometheus import QueueGauges, exposition, new_registry
+from .overview import Overview, record_json
+from .pages import job_page, not_found_page
+
+TOKEN_HEADER = "x-khadem-token"
+TOKEN_COOKIE = "khadem_token"
+SEARCH_SCAN = 5000  # newest records a search by name looks through
+SEARCH_SHOWN = 100
+
+Handler = Callable[[Request], Awaitable[Response]]
+
+
+class Dashboard:
+    """The state behind the routes: the manager, the token and the shared overview."""
+
+    def __init__(self, manager: QueueManager, token: str, private_reads: bool) -> None:
+        self.manager = manager
+        self.token = token
+        self.private_reads = private_reads
+        self.overview = Overview(manager)
+        self.registry = new_registry()
+        self.gauges = QueueGauges(self.registry)
+
+    # -- who may do what -----------------------------------------------------------------------
+    def _given_token(self, request: Request) -> str | None:
+        header = request.headers.get(TOKEN_HEADER)
+        if header:
+            return header
+        authorization = request.headers.get("authorization", "")
+        if authorization.lower().startswith("bearer "):
+            return authorization[7:].strip()
+        return request.cookies.get(TOKEN_COOKIE)
+
+    def _token_matches(self, given: str | None) -> bool:
+        return given is not None and hmac.compare_digest(given.encode(), self.token.encode())
+
+    def reading(self, handler: Handler) -> Handler:
+        async def guarded(request: Request) -> Response:
+            if self.private_reads and not self._token_matches(self._given_token(request)):
+                return _refused("this dashboard serves other machines: reading needs its token "
+                                "(open /?token=... once, or send X-Khadem-Token)", 401)
+            return await handler(request)
+
+        return guarded
+
+    def acting(self, handler: Handler) -> Handler:
+        async def guarded(request: Request) -> Response:
+            origin = request.headers.get("origin")
+            if origin is not None and origin != f"{request.url.scheme}://{request.url.netloc}":
+                return _refused(f"actions come from this dashboard's own page, not from {origin}", 403)
+            if request.headers.get("sec-fetch-site") == "cross-site":
+                return _refused("actions come from this dashboard's own page", 403)
+            if not self._token_matches(request.headers.get(TOKEN_HEADER)):
+                return _refused("actions need the dashboard's token in the X-Khadem-Token header "
+                                "(printed when the dashboard started)", 403)
+            try:
+                return await handler(request)
+            except KhademError as exc:
+                return JSONResponse({"error": str(exc)}, status_code=400)
+
+        return guarded
+
+    # -- pages and reads -----------------------------------------------------------------------
+    async def index(self, request: Request) -> Response:
+        given = request.query_params.get("token")
+        if given is not None:  # a login link: keep the token in a cookie, drop it from the URL
+            if not self._token_matches(given):
+                return _refused("wrong token", 403)
+            response = RedirectResponse("/", status_code=303)
+            response.set_cookie(TOKEN_COOKIE, given, httponly=True, samesite="strict")
+            return response
+        if self.private_reads and not self._token_matches(self._given_token(request)):
+            return _refused("this dashboard serves other machines: open /?token=... with its token", 401)
+        return HTMLResponse(_static_text("index.html"))
+
+    async def overview_json(self, request: Request) -> Response:
+        return JSONResponse(await self.overview.read())
+
+    async def search(self, request: Request) -> Response:
+        text = request.query_params.get("q", "").strip()
+        status_word = request.query_params.get("status") or None
+        status = None
+        if status_word is not None:
+            try:
+                status = JobStatus(status_word)
+            except ValueError:
+                choices = ", ".join(s.value for s in JobStatus)
+                return JSONResponse({"error": f"status must be one of {choices}, got {status_word!r}"},
+                                    status_code=400)
+        exact = await self.manager.driver.get(text) if text else None
+        if exact is not None and status in (None, exact.status):
+            found = [exact]
+        else:
+            records = await self.manager.driver.jobs(status, limit=SEARCH_SCAN)
+            lowered = text.lower()
+            found = [r for r in reversed(records) if not text or r.id.startswith(text)
+                     or lowered in r.name.lower()][:SEARCH_SHOWN]
+        return JSONResponse({"jobs": [_row(r) for r in found]})
+
+    async def job_json(self, request: Request) -> Response:
+        job_id = request.path_params["job_id"]
+        record = await self.manager.driver.get(job_id)
+        if record is None:
+            return JSONResponse({"error": f"no job with id {job_id!r}"}, status_code=404)
+        return JSONResponse(record_json(record))
+
+    async def job_html(self, request: Request) -> Response:
+        job_id = request.path_params["job_id"]
+        record = await self.manager.driver.get(job_id)
+        if record is None:
+            return HTMLResponse(not_found_page(job_id), status_code=404)
+        return HTMLResponse(job_page(record))
+
+    async def metrics(self, request: Request) -> Response:
+        await self.gauges.refresh(self.manager)
+        body, content_type = exposition(self.registry)
+        return Response(body, media_type=content_type)
+
+    # -- actions -------------------------------------------------------------------------------
+    async def retry(self, request: Request) -> Response:
+        job_id = request.path_params["job_id"]
+        if await self.manager.driver.get(job_id) is None:
+            return JSONResponse({"error": f"no job with id {job_id!r}"}, status_code=404)
+        return JSONResponse({"requeued": await self.manager.retry_failed([job_id])})
+
+    async def cancel(self, request: Request) -> Response:
+        job_id = request.path_params["job_id"]
+        cancelled = await self.manager.cancel(job_id, reason="cancelled from the dashboard")
+        return JSONResponse({"cancelled": cancelled})
+
+    async def retry_all_failed(self, request: Request) -> Response:
+        return JSONResponse({"requeued": await self.manager.retry_failed()})
+
+    async def purge_failed(self, request: Request) -> Response:
+        return JSONResponse({"deleted": await self.manager.purge_failed()})
+
+
+def create_app(manager: QueueManager, token: str, *, private_reads: bool = False) -> Starlette:
+    """The dashboard of ``manager``'s queue (an initialised manager, closed by its owner)."""
+    board = Dashboard(manager, token, private_reads)
+    read, act = board.reading, board.acting
+    routes = [
+        Route("/", board.index),
+        Route("/api/overview", read(board.overview_json)),
+        Route("/api/jobs", read(board.search)),
+        Route("/api/jobs/{job_id}", read(board.job_json)),
+        Route("/jobs/{job_id}", read(board.job_html)),
+        Route("/metrics", read(board.metrics)),
+        Route("/api/jobs/{job_id}/retry", act(board.retry), methods=["POST"]),
+        Route("/api/jobs/{job_id}/cancel", act(board.cancel), methods=["POST"]),
+        Route("/api/failed/retry", act(board.retry_all_failed), methods=["POST"]),
+        Route("/api/failed/purge", act(board.purge_failed), methods=["POST"]),
+        Mount("/static", StaticFiles(packages=[("khadem_nb.dashboard", "static")]), name="static"),
+    ]
+    app = Starlette(routes=routes, exception_handlers={404: _not_found})
+    app.state.dashboard = board
+    return app
+
+
+async def _not_found(request: Request, exc: Exception) -> Response:
+    if request.url.path.startswith("/api/"):
+        return JSONResponse({"error": f"no such address: {request.url.path}"}, status_code=404)
+    return HTMLResponse(not_found_page(None), status_code=404)
+
+
+def _refused(reason: str, status: int) -> Response:
+    return JSONResponse({"error": reason}, status_code=status)
+
+
+def _row(record: Any) -> dict[str, Any]:
+    return {"id": record.id, "name": record.name, "queue": record.queue, "status": record.status.value,
+            "attempt": record.attempt, "created_ms": record.created_ms, "finished_ms": record.finished_ms,
+            "error": record.error}
+
+
+def _static_text(name: str) -> str:
+    return (resources.files("khadem_nb.dashboard") / "static" / name).read_text(encoding="utf-8")

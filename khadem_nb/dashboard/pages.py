@@ -1,0 +1,61 @@
+"""Server-rendered pages: one job in full, and the page for an address that names nothing."""
+
+from __future__ import annotations
+
+import html
+import json
+from typing import Any
+
+from .._time import ms_to_datetime
+from ..job import CANCELLABLE_STATUSES, JobRecord, JobStatus
+
+
+def _page(title: str, body: str) -> str:
+    return (f"<!doctype html><html lang='en'><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+            "<link rel='stylesheet' href='/static/dashboard.css'></head><body>"
+            "<header><a href='/'>khadem_nb dashboard</a>"
+            "<label>token <input id='token' type='password' autocomplete='off'></label></header>"
+            f"<main>{body}</main><script src='/static/dashboard.js'></script></body></html>")
+
+
+def _when(ms: int | None) -> str:
+    moment = ms_to_datetime(ms)
+    return "-" if moment is None else moment.strftime("%Y-%m-%d %H:%M:%S.%f")[:-3] + " UTC"
+
+
+def _block(label: str, value: Any) -> str:
+    if value is None or value == "":
+        return ""
+    text = value if isinstance(value, str) else json.dumps(value, indent=2, default=str)
+    return f"<h3>{html.escape(label)}</h3><pre class='{html.escape(label)}'>{html.escape(text)}</pre>"
+
+
+def job_page(record: JobRecord) -> str:
+    """One job: its fields, arguments, result, error, traceback and output, with the actions
+    its status allows."""
+    e = html.escape
+    rows = [("id", record.id), ("job", record.name), ("queue", record.queue), ("status", record.status.value),
+            ("attempts", f"{record.attempt} of {record.max_attempts}"), ("priority", record.priority),
+            ("created", _when(record.created_ms)), ("due", _when(record.available_ms)),
+            ("started", _when(record.started_ms)), ("finished", _when(record.finished_ms)),
+            ("failure", record.failure or "-"), ("progress", record.meta.get("progress", "-")),
+            ("note", record.meta.get("note") or "-")]
+    table = "".join(f"<tr><th>{e(k)}</th><td class='{e(k)}'>{e(str(v))}</td></tr>" for k, v in rows)
+    actions = []
+    if record.status is JobStatus.FAILED:
+        actions.append(f"<button data-action='/api/jobs/{e(record.id)}/retry'>Retry</button>")
+    if record.status in CANCELLABLE_STATUSES:
+        actions.append(f"<button data-action='/api/jobs/{e(record.id)}/cancel'>Cancel</button>")
+    body = (f"<h1>{e(record.name)} <small>{e(record.id)}</small></h1>"
+            f"<div class='actions'>{''.join(actions)}<span id='action-result'></span></div>"
+            f"<table class='fields'>{table}</table>"
+            + _block("arguments", record.payload) + _block("result", record.result)
+            + _block("error", record.error) + _block("traceback", record.traceback)
+            + _block("output", record.meta.get("output")))
+    return _page(f"{record.name} {record.id}", body)
+
+
+def not_found_page(job_id: str | None) -> str:
+    what = "nothing here" if job_id is None else f"no job with id {job_id!r} in this queue"
+    return _page("not found", f"<h1>Not found</h1><p class='not-found'>{html.escape(what)}: it may have "
+                              "been removed by retention. <a href='/'>Back to the dashboard</a></p>")

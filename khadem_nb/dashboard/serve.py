@@ -1,0 +1,91 @@
+"""``khadem-nb dashboard``: check the address and the token, open the queue, then serve.
+
+Everything that can be wrong is found before the first request: a bad queue URL (the queue is
+opened first), a non-loopback address without ``--token``, and a port that cannot be bound
+(the socket is bound here and handed to uvicorn).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import ipaddress
+import secrets
+import socket
+import sys
+from typing import TextIO
+
+from .. import limits
+from ..errors import ConfigError
+from ..manager import QueueManager
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 8642
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` (a name or an address) reaches this machine only."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """A listening socket on ``host:port``; ``ConfigError`` naming the address if it cannot be."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+        sock.listen(128)
+    except OSError as exc:
+        sock.close()
+        in_use = exc.errno == errno.EADDRINUSE
+        reason = "is in use by another program" if in_use else f"cannot be used ({exc.strerror or exc})"
+        raise ConfigError(f"port {port} on {host} {reason}; choose another with --port") from None
+    sock.setblocking(False)
+    return sock
+
+
+def check_access(host: str, token: str | None) -> str:
+    """The token to use: the one given, or a new one on loopback; refuse other addresses
+    without one (anyone who can reach the port could act on the queue)."""
+    if token is not None and len(token) < 8:
+        raise ConfigError("--token must be at least 8 characters")
+    if token is None and not is_loopback(host):
+        raise ConfigError(f"--host {host} is reachable from other machines: give --token (at least 8 "
+                          "characters) so that only its holders can read the queue and act on it")
+    return token or secrets.token_urlsafe(18)
+
+
+async def serve(url: str, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, token: str | None = None,
+                out: TextIO = sys.stdout) -> None:
+    """Serve the dashboard of the queue at ``url`` until cancelled (Ctrl-C)."""
+    try:
+        import uvicorn
+
+        from .app import create_app
+    except ImportError as exc:
+        raise ConfigError(f"the dashboard needs its extra ({exc.name} is missing): "
+                          'pip install "khadem_nb[dashboard]"') from None
+
+    token = check_access(host, token)
+    port = limits.count(port, "--port")
+    manager = await QueueManager(url).init()
+    try:
+        sock = bind(host, port)
+        app = create_app(manager, token, private_reads=not is_loopback(host))
+        shown = f"[{host}]" if ":" in host else host
+        print(f"khadem_nb dashboard for {manager.settings.redacted_url()} at http://{shown}:{port}/\n"
+              f"token for actions: {token}", file=out, flush=True)
+        config = uvicorn.Config(app, log_level="warning", lifespan="off", access_log=False)
+        await uvicorn.Server(config).serve(sockets=[sock])
+    finally:
+        await manager.close()
+
+
+def run(url: str, host: str, port: int, token: str | None) -> None:
+    asyncio.run(serve(url, host, port, token))

@@ -1,0 +1,134 @@
+// The dashboard page: polls /api/overview once a second and draws it; actions send the token
+// typed in the header (kept for this browser tab only) in the X-Khadem-Token header.
+"use strict";
+
+const STATUSES = ["queued", "scheduled", "active", "completed", "failed", "cancelled"];
+const tokenField = document.getElementById("token");
+tokenField.value = sessionStorage.getItem("khadem-token") || "";
+tokenField.addEventListener("change", () => sessionStorage.setItem("khadem-token", tokenField.value));
+
+function el(tag, attrs = {}, ...children) {
+  const node = document.createElement(tag);
+  for (const [key, value] of Object.entries(attrs)) node.setAttribute(key, value);
+  for (const child of children) node.append(child instanceof Node ? child : String(child ?? ""));
+  return node;
+}
+
+function jobLink(row) {
+  return el("a", { href: "/jobs/" + encodeURIComponent(row.id) }, row.id.slice(0, 4) + row.id.slice(-4));
+}
+
+function drawCounts(overview) {
+  const table = document.getElementById("counts");
+  table.tHead.replaceChildren(el("tr", {}, el("th", {}, "queue"), ...STATUSES.map(s => el("th", {}, s))));
+  const rows = Object.entries(overview.counts).map(([queue, counts]) =>
+    el("tr", { "data-queue": queue }, el("td", {}, queue),
+       ...STATUSES.map(s => el("td", { class: "num", "data-status": s }, counts[s]))));
+  rows.push(el("tr", { "data-queue": "*" }, el("th", {}, "all"),
+    ...STATUSES.map(s => el("th", { class: "num", "data-status": s }, overview.totals[s]))));
+  table.tBodies[0].replaceChildren(...rows);
+}
+
+function bars(values, cssClass, title) {
+  const ns = "http://www.w3.org/2000/svg";
+  const svg = document.createElementNS(ns, "svg");
+  const width = 600, height = 120, max = Math.max(1e-9, ...values);
+  svg.setAttribute("viewBox", `0 0 ${width} ${height}`);
+  svg.setAttribute("preserveAspectRatio", "none");
+  const step = width / values.length;
+  values.forEach((value, i) => {
+    const rect = document.createElementNS(ns, "rect");
+    const h = (value / max) * (height - 4);
+    rect.setAttribute("x", i * step + 1);
+    rect.setAttribute("y", height - h);
+    rect.setAttribute("width", Math.max(1, step - 2));
+    rect.setAttribute("height", h);
+    rect.setAttribute("class", cssClass);
+    const tip = document.createElementNS(ns, "title");
+    tip.textContent = `${values.length - i} min ago: ${title(value, i)}`;
+    rect.append(tip);
+    svg.append(rect);
+  });
+  return svg;
+}
+
+function drawCharts(overview) {
+  const { completed, failed } = overview.throughput;
+  const finished = completed.map((c, i) => c + failed[i]);
+  const chart = document.getElementById("throughput-chart");
+  chart.dataset.finished = finished.reduce((a, b) => a + b, 0);
+  chart.replaceChildren(bars(finished, "bar-completed", (v, i) => `${v} finished, ${failed[i]} failed`),
+    el("div", { class: "caption" }, `${chart.dataset.finished} in the hour, at most ${Math.max(...finished)} a minute`));
+  const rates = finished.map((n, i) => (n ? failed[i] / n : 0));
+  const failureChart = document.getElementById("failure-chart");
+  failureChart.dataset.failed = failed.reduce((a, b) => a + b, 0);
+  failureChart.replaceChildren(bars(rates, "bar-failed", v => `${Math.round(v * 100)} % failed`),
+    el("div", { class: "caption" }, `${failureChart.dataset.failed} failed in the hour, ` +
+       `at most ${Math.round(Math.max(...rates) * 100)} % of a minute's jobs`));
+}
+
+function drawRunning(overview) {
+  document.querySelector("#running tbody").replaceChildren(...overview.running.map(row => el("tr", {},
+    el("td", {}, row.name), el("td", {}, jobLink(row)), el("td", {}, row.queue),
+    el("td", {}, row.progress == null ? "" : el("progress", { max: 1, value: row.progress })),
+    el("td", {}, row.note || ""), el("td", { class: "num" }, row.running_s.toFixed(1) + " s"))));
+}
+
+function drawFailures(overview) {
+  document.getElementById("failures").replaceChildren(...overview.failures.map(row => el("details",
+    { "data-id": row.id },
+    el("summary", {}, row.name, " ", jobLink(row), " ", el("span", { class: "failed" }, row.error || "")),
+    el("button", { "data-action": `/api/jobs/${encodeURIComponent(row.id)}/retry` }, "Retry"),
+    el("pre", { class: "traceback" }, row.traceback || "(no traceback)"))));
+}
+
+async function refresh() {
+  try {
+    const response = await fetch("/api/overview", { cache: "no-store" });
+    if (!response.ok) return;
+    const overview = await response.json();
+    document.getElementById("queue-url").textContent = overview.queue_url;
+    drawCounts(overview);
+    drawCharts(overview);
+    drawRunning(overview);
+    drawFailures(overview);
+    document.body.dataset.refreshedAt = overview.now_ms;
+  } catch (error) {
+    console.warn("refresh failed", error);
+  }
+}
+
+async function act(path) {
+  const shown = document.getElementById("action-result");
+  const response = await fetch(path, { method: "POST", headers: { "X-Khadem-Token": tokenField.value } });
+  const answer = await response.json().catch(() => ({}));
+  shown.className = response.ok ? "done" : "refused";
+  shown.textContent = response.ok ? JSON.stringify(answer)
+    : `refused (${response.status}): ${answer.error || response.statusText}`;
+  if (document.getElementById("overview")) refresh();
+}
+
+document.addEventListener("click", event => {
+  const button = event.target.closest("button[data-action]");
+  if (button) { event.preventDefault(); act(button.dataset.action); }
+});
+
+const search = document.getElementById("search");
+if (search) {
+  const select = search.elements.status;
+  for (const s of STATUSES) select.append(el("option", { value: s }, s));
+  search.addEventListener("submit", async event => {
+    event.preventDefault();
+    const query = new URLSearchParams({ q: search.elements.q.value, status: select.value });
+    const answer = await (await fetch("/api/jobs?" + query)).json();
+    document.querySelector("#results tbody").replaceChildren(...(answer.jobs || []).map(row => el("tr", {},
+      el("td", {}, row.name), el("td", {}, jobLink(row)), el("td", {}, row.queue),
+      el("td", { class: "status-" + row.status }, row.status), el("td", { class: "num" }, row.attempt),
+      el("td", {}, row.error || ""))));
+  });
+}
+
+if (document.getElementById("overview")) {
+  refresh();
+  setInterval(refresh, 1000);
+}

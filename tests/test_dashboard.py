@@ -1,0 +1,345 @@
+"""The web dashboard and Prometheus metrics: the app over a real SQLite queue (through httpx's
+ASGI transport), the ``khadem-nb dashboard`` and ``khadem-nb worker --metrics-port`` processes,
+and their refusals."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from jobs import Echo, Fail
+from procs import env as process_env
+from procs import start_worker, wait_until
+from prometheus_client.parser import text_string_to_metric_families
+from redis_servers import spare_port
+
+from khadem_nb import JobStatus, QueueManager
+from khadem_nb.dashboard.app import create_app
+
+TOKEN = "s3cret-token-for-tests"
+
+
+@pytest.fixture
+async def queue(tmp_path: Path) -> AsyncIterator[QueueManager]:
+    """A SQLite queue with 3 completed jobs, 2 failed ones and 1 queued, on two named queues."""
+    manager = await QueueManager(f"sqlite:///{tmp_path / 'q.db'}").init()
+    for i in range(3):
+        await manager.dispatch(Echo(i))
+    await manager.dispatch(Fail("one"), queue="mail")
+    await manager.dispatch(Fail("two"))
+    await manager.start_worker(burst=True, queues=["default", "mail"])
+    await manager.dispatch(Echo("waiting"), queue="mail")
+    yield manager
+    await manager.close()
+
+
+def client(manager: QueueManager, *, private: bool = False) -> httpx.AsyncClient:
+    app = create_app(manager, TOKEN, private_reads=private)
+    return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://127.0.0.1:8642")
+
+
+async def test_the_overview_shows_counts_throughput_running_and_failures(queue: QueueManager) -> None:
+    async with client(queue) as http:
+        overview = (await http.get("/api/overview")).json()
+    assert overview["counts"]["default"] == await queue.counts("default")
+    assert overview["counts"]["mail"] == await queue.counts("mail")
+    assert overview["totals"]["completed"] == 3 and overview["totals"]["failed"] == 2
+    assert overview["totals"]["queued"] == 1
+    throughput = overview["throughput"]
+    assert (sum(throughput["completed"]), sum(throughput["failed"])) == (3, 2)
+    assert len(throughput["completed"]) == 60 and throughput["bucket_s"] == 60
+    failures = {f["error"]: f for f in overview["failures"]}
+    assert set(failures) == {"RuntimeError: failed one", "RuntimeError: failed two"}
+    assert "raise RuntimeError" in failures["RuntimeError: failed one"]["traceback"]
+    assert overview["running"] == []
+
+
+async def test_search_by_id_name_and_status(queue: QueueManager) -> None:
+    failed = await queue.jobs("failed")
+    async with client(queue) as http:
+        by_name = (await http.get("/api/jobs", params={"q": "fail"})).json()["jobs"]
+        by_id = (await http.get("/api/jobs", params={"q": failed[0].id})).json()["jobs"]
+        by_prefix = (await http.get("/api/jobs", params={"q": failed[0].id[:-6]})).json()["jobs"]
+        queued = (await http.get("/api/jobs", params={"status": "queued"})).json()["jobs"]
+        bad = await http.get("/api/jobs", params={"status": "finished"})
+    assert sorted(j["name"] for j in by_name) == ["Fail", "Fail"]
+    assert [j["id"] for j in by_id] == [failed[0].id]
+    assert failed[0].id in [j["id"] for j in by_prefix]
+    assert [(j["name"], j["queue"]) for j in queued] == [("Echo", "mail")]
+    assert bad.status_code == 400 and "status must be one of queued" in bad.json()["error"]
+
+
+async def test_a_job_page_shows_the_job_and_an_unknown_id_is_a_404_page(queue: QueueManager) -> None:
+    [failed] = [r for r in await queue.jobs("failed") if r.payload == {"tag": "one"}]
+    [done, *_] = await queue.jobs("completed")
+    async with client(queue) as http:
+        page = await http.get(f"/jobs/{failed.id}")
+        done_page = await http.get(f"/jobs/{done.id}")
+        record = (await http.get(f"/api/jobs/{done.id}")).json()
+        missing = await http.get("/jobs/no-such-job")
+        missing_json = await http.get("/api/jobs/no-such-job")
+        nowhere = await http.get("/api/nowhere")
+    assert page.status_code == 200
+    assert "RuntimeError: failed" in page.text and "Traceback" in page.text and ">Retry<" in page.text
+    assert "<pre class='arguments'>{\n  &quot;tag&quot;: &quot;one&quot;\n}</pre>" in page.text
+    assert f"<pre class='result'>{done.result}</pre>" in done_page.text and ">Retry<" not in done_page.text
+    assert (record["status"], record["result"], record["attempt"]) == ("completed", done.result, 1)
+    assert missing.status_code == 404 and "no job with id &#x27;no-such-job&#x27;" in missing.text
+    assert "Traceback" not in missing.text
+    assert missing_json.status_code == 404 and "no-such-job" in missing_json.json()["error"]
+    assert nowhere.status_code == 404 and nowhere.json()["error"].startswith("no such address")
+
+
+async def test_actions_need_the_token_and_this_dashboards_own_page(queue: QueueManager) -> None:
+    [failed, other] = await queue.jobs("failed")
+    retry = f"/api/jobs/{failed.id}/retry"
+    async with client(queue) as http:
+        refused = [await http.post(retry), await http.post(retry, headers={"X-Khadem-Token": "wrong"}),
+                   await http.post(retry, headers={"X-Khadem-Token": TOKEN, "Origin": "http://evil.example"}),
+                   await http.post(retry, headers={"X-Khadem-Token": TOKEN, "Sec-Fetch-Site": "cross-site"}),
+                   await http.get(retry)]
+        assert [r.status_code for r in refused] == [403, 403, 403, 403, 405]
+        assert "X-Khadem-Token" in refused[0].json()["error"]
+        assert (await queue.get_job(failed.id)).status is JobStatus.FAILED  # nothing was done
+        allowed = await http.post(retry, headers={"X-Khadem-Token": TOKEN, "Origin": "http://127.0.0.1:8642"})
+        assert allowed.status_code == 200 and allowed.json() == {"requeued": 1}
+        assert (await queue.get_job(failed.id)).status is JobStatus.QUEUED
+        unknown = await http.post("/api/jobs/nope/retry", headers={"X-Khadem-Token": TOKEN})
+        assert unknown.status_code == 404
+        cancel = await http.post(f"/api/jobs/{failed.id}/cancel", headers={"X-Khadem-Token": TOKEN})
+        assert cancel.json() == {"cancelled": [failed.id]}
+        assert (await queue.get_job(failed.id)).status is JobStatus.CANCELLED
+        purge = await http.post("/api/failed/purge", headers={"X-Khadem-Token": TOKEN})
+        assert purge.json() == {"deleted": 1}
+        assert await queue.statuses([other.id]) == [None]
+        again = await http.post("/api/failed/retry", headers={"X-Khadem-Token": TOKEN})
+        assert again.json() == {"requeued": 0}
+
+
+async def test_reads_need_the_token_when_other_machines_are_served(queue: QueueManager) -> None:
+    async with client(queue, private=True) as http:
+        assert (await http.get("/api/overview")).status_code == 401
+        assert (await http.get("/metrics")).status_code == 401
+        assert (await http.get("/")).status_code == 401
+        assert (await http.get("/", params={"token": "wrong"})).status_code == 403
+        assert (await http.get("/api/overview", headers={"X-Khadem-Token": TOKEN})).status_code == 200
+        assert (await http.get("/metrics", headers={"Authorization": f"Bearer {TOKEN}"})).status_code == 200
+        login = await http.get("/", params={"token": TOKEN})
+        assert login.status_code == 303 and login.headers["location"] == "/"
+        assert "httponly" in login.headers["set-cookie"].lower()
+        assert (await http.get("/api/overview")).status_code == 200  # the cookie now
+        assert (await http.get("/")).status_code == 200
+
+
+async def test_metrics_parse_and_match_the_queue(queue: QueueManager) -> None:
+    async with client(queue) as http:
+        response = await http.get("/metrics")
+    assert response.headers["content-type"].startswith("text/plain")
+    [family] = [f for f in text_string_to_metric_families(response.text) if f.name == "khadem_queue_jobs"]
+    assert family.type == "gauge"
+    seen = {(s.labels["queue"], s.labels["status"]): s.value for s in family.samples}
+    for name in ("default", "mail"):
+        for status, count in (await queue.counts(name)).items():
+            assert seen[(name, status)] == count, (name, status)
+
+
+def dashboard_process(url: str, *args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen([sys.executable, "-m", "khadem_nb.cli", "dashboard", "--queue-url", url, *args],
+                            env=process_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def test_the_dashboard_refuses_to_start_on_bad_input(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'q.db'}"
+
+    def refused(*args: str, queue_url: str = url) -> str:
+        process = dashboard_process(queue_url, *args)
+        out, err = process.communicate(timeout=60)
+        assert process.returncode == 1, (out, err)
+        assert "khadem_nb dashboard for" not in out  # nothing was served
+        return err
+
+    assert "unknown queue URL scheme 'rabbitmq'" in refused(queue_url="rabbitmq://127.0.0.1/")
+    assert "--host 0.0.0.0 is reachable from other machines: give --token" in refused("--host", "0.0.0.0")
+    assert "--token must be at least 8 characters" in refused("--token", "short")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        assert f"port {port} on 127.0.0.1 is in use" in refused("--port", str(port))
+    assert "--port must be between 1 and 65535" in refused("--port", "70000")
+
+
+def test_the_dashboard_process_serves_with_a_printed_token(tmp_path: Path) -> None:
+    port = spare_port()
+    process = dashboard_process(f"sqlite:///{tmp_path / 'q.db'}", "--port", str(port))
+    try:
+        assert process.stdout is not None
+        first = process.stdout.readline()
+        token = process.stdout.readline().split(": ", 1)[1].strip()
+        assert f"at http://127.0.0.1:{port}/" in first and len(token) >= 16
+        assert httpx.get(f"http://127.0.0.1:{port}/api/overview").json()["totals"]["queued"] == 0
+        refused = httpx.post(f"http://127.0.0.1:{port}/api/failed/retry")
+        assert refused.status_code == 403
+        allowed = httpx.post(f"http://127.0.0.1:{port}/api/failed/retry", headers={"X-Khadem-Token": token})
+        assert allowed.json() == {"requeued": 0}
+    finally:
+        process.terminate()
+        process.communicate(timeout=30)
+
+
+def scrape(port: int) -> dict[str, Any]:
+    text = httpx.get(f"http://127.0.0.1:{port}/metrics").text
+    return {f.name: f for f in text_string_to_metric_families(text)}
+
+
+def test_a_worker_serves_its_own_prometheus_metrics(tmp_path: Path) -> None:
+    import asyncio
+
+    url = f"sqlite:///{tmp_path / 'q.db'}"
+
+    async def dispatch() -> None:
+        async with QueueManager(url) as manager:
+            for i in range(5):
+                await manager.dispatch(Echo(i))
+            await manager.dispatch(Fail("x"))
+
+    asyncio.run(dispatch())
+    port = spare_port()
+    worker = start_worker(url, "--metrics-port", str(port))
+    try:
+        def all_ran() -> bool:
+            try:
+                families = scrape(port)
+            except httpx.HTTPError:
+                return False
+            return sum(s.value for s in families["khadem_jobs"].samples if s.name == "khadem_jobs_total") == 6
+
+        wait_until(all_ran, timeout=60, interval=0.2)
+        families = scrape(port)
+        totals = {(s.labels["job"], s.labels["status"]): s.value
+                  for s in families["khadem_jobs"].samples if s.name == "khadem_jobs_total"}
+        assert totals == {("Echo", "completed"): 5.0, ("Fail", "failed"): 1.0}
+        counts = {s.labels["job"]: s.value for s in families["khadem_job_duration_seconds"].samples
+                  if s.name == "khadem_job_duration_seconds_count"}
+        assert counts == {"Echo": 5.0, "Fail": 1.0}
+        gauges = {s.labels["status"]: s.value for s in families["khadem_queue_jobs"].samples}
+        assert (gauges["completed"], gauges["failed"], gauges["queued"]) == (5.0, 1.0, 0.0)
+    finally:
+        worker.terminate()
+        worker.communicate(timeout=30)
+    busy = start_worker(url, "--metrics-port", "0")
+    _, err = busy.communicate(timeout=60)
+    assert busy.returncode == 1 and "--metrics-port must be between 1 and 65535, got 0" in err
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        blocked = start_worker(url, "--metrics-port", str(taken.getsockname()[1]))
+        _, err = blocked.communicate(timeout=60)
+    assert blocked.returncode == 1 and "cannot listen on 127.0.0.1" in err
+
+
+def test_the_dashboard_in_a_real_browser(tmp_path: Path) -> None:
+    """Debian's Chromium against a ``khadem-nb dashboard`` process while a ``khadem-nb worker``
+    process drains: the counts move, a failure shows its traceback, a retry without the token is
+    refused on screen, and with it the job is queued again."""
+    import asyncio
+
+    from test_browser import ARTIFACTS, _browser, need_chromium
+
+    need_chromium()
+    from playwright.sync_api import sync_playwright
+
+    url = f"sqlite:///{tmp_path / 'q.db'}"
+
+    async def dispatch() -> None:
+        async with QueueManager(url) as manager:
+            await manager.dispatch(Fail("on purpose"))
+            await manager.dispatch_many([Echo(i) for i in range(5)])
+
+    asyncio.run(dispatch())
+    port = spare_port()
+    board = dashboard_process(url, "--port", str(port), "--token", TOKEN)
+    worker = start_worker(url, "--concurrency", "1")
+    try:
+        with sync_playwright() as p:
+            context = _browser(tmp_path, p, viewport={"width": 1200, "height": 1000})
+            page = context.new_page()
+            wait_until(lambda: _answers(port), timeout=60)
+            page.goto(f"http://127.0.0.1:{port}/", timeout=60_000)
+            failed_cell = "#counts tr[data-queue='*'] [data-status='failed']"
+            page.wait_for_function(f"document.querySelector(\"{failed_cell}\")?.textContent === '1'",
+                                   timeout=60_000)
+            completed_cell = "#counts tr[data-queue='*'] [data-status='completed']"
+            page.wait_for_function(f"document.querySelector(\"{completed_cell}\")?.textContent === '5'",
+                                   timeout=60_000)
+            _off_loop(_dispatch_more(url))  # the page shows new work arriving and finishing
+            page.wait_for_function(f"document.querySelector(\"{completed_cell}\")?.textContent === '15'",
+                                   timeout=60_000)
+            failure = page.locator("#failures details").first
+            failure.locator("summary").click()
+            assert "RuntimeError: failed on purpose" in failure.inner_text()
+            assert "raise RuntimeError" in failure.locator("pre.traceback").inner_text()
+            failure.get_by_role("button", name="Retry").click()
+            page.wait_for_selector("#action-result.refused")
+            assert "refused (403)" in page.inner_text("#action-result")
+            assert int(page.inner_text(failed_cell)) == 1
+            page.fill("#token", TOKEN)
+            page.dispatch_event("#token", "change")
+            failure = page.locator("#failures details").first
+            failure.locator("summary").click()
+            failure.get_by_role("button", name="Retry").click()
+            page.wait_for_selector("#action-result.done")
+            assert '"requeued":1' in page.inner_text("#action-result")
+            # the worker runs it again: it fails again, as it always does, on its second attempt
+            wait_until(lambda: _attempts_of_failed(url) == 1, timeout=60)
+            assert int(page.inner_text(completed_cell)) == 15
+            ARTIFACTS.mkdir(exist_ok=True)
+            page.screenshot(path=str(ARTIFACTS / "dashboard.png"), full_page=True)
+            context.close()
+    finally:
+        for process in (worker, board):
+            process.terminate()
+            process.communicate(timeout=30)
+
+
+async def _dispatch_more(url: str) -> None:
+    async with QueueManager(url) as manager:
+        await manager.dispatch_many([Echo(i) for i in range(10)])
+
+
+def _attempts_of_failed(url: str) -> int:
+    async def read() -> int:
+        async with QueueManager(url) as manager:
+            failed = await manager.jobs("failed")
+            return len(failed) if failed and failed[0].attempt == 1 else -1
+
+    return int(_off_loop(read()))
+
+
+def _off_loop(coro: Any) -> Any:
+    """Run ``coro`` on a loop of its own in another thread (Playwright's sync API holds a loop
+    in this one)."""
+    import asyncio
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, coro).result()
+
+
+def _answers(port: int) -> bool:
+    with socket.socket() as sock:
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+def test_cli_help_lists_the_dashboard() -> None:
+    out = subprocess.run([sys.executable, "-m", "khadem_nb.cli", "dashboard", "--help"], env=process_env(),
+                         capture_output=True, text=True, timeout=60).stdout
+    assert "--token" in out and "8642" in out
+    time.sleep(0)
