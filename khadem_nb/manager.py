@@ -12,7 +12,7 @@ from typing import Any
 
 from . import limits
 from ._ids import job_ids, new_job_id
-from ._time import to_seconds
+from ._time import now_ms, to_seconds
 from .config import QueueSettings, parse_config, worker_settings
 from .drivers.base import QueueDriver
 from .errors import ConfigError, JobNotFoundError, KhademError
@@ -127,6 +127,11 @@ class QueueManager:
             raise KhademError("QueueManager.init() has not been awaited yet")
         return self._driver
 
+    def _now_ms(self) -> int:
+        """The driver's clock (a test's virtual one under ``QueueFake``); the wall clock while
+        no driver is open yet (a notebook queue builds records before it opens)."""
+        return now_ms() if self._driver is None else self._driver.clock()
+
     def replace_driver(self, driver: QueueDriver) -> QueueDriver:
         """Put ``driver`` in this manager's place for dispatches, reads and jobs run from now on
         (the testing kit's ``QueueFake`` does); return the driver it replaces. Workers already
@@ -165,7 +170,7 @@ class QueueManager:
                      queue: str | None = None, priority: int | None = None,
                      max_attempts: int | None = None, key: str | None = None) -> JobRecord:
         """Encode ``job`` into a record ready to push (raises SerializationError at once)."""
-        return self._draft(job, delay, queue, priority, max_attempts, key).record(self.driver.clock())
+        return self._draft(job, delay, queue, priority, max_attempts, key).record(self._now_ms())
 
     def _draft(self, job: QueueJob, delay: float | timedelta | None, queue: str | None,
                priority: int | None, max_attempts: int | None, key: str | None) -> Draft:
@@ -204,7 +209,7 @@ class QueueManager:
         ``connection`` (PostgreSQL): the application's own psycopg connection; the job is
         written inside its open transaction and exists exactly when that transaction commits.
         """
-        record = self._draft(job, delay, queue, priority, max_attempts, None).record(self.driver.clock())
+        record = self._draft(job, delay, queue, priority, max_attempts, None).record(self._now_ms())
         if connection is not None:
             await self._push_in(connection, [record])
             return record.id
@@ -228,7 +233,7 @@ class QueueManager:
         """
         drafts = [self._draft(job, delay, queue, None, None, None) for job in jobs]
         if connection is not None:  # all in the application's transaction (PostgreSQL)
-            now = self.driver.clock()
+            now = self._now_ms()
             written = [draft.record(now) for draft in drafts]
             await self._push_in(connection, written)
             return [r.id for r in written]
@@ -236,7 +241,7 @@ class QueueManager:
 
         def chunks() -> Iterator[list[JobRecord]]:
             for start in range(0, len(drafts), DISPATCH_CHUNK):
-                now = self.driver.clock()
+                now = self._now_ms()
                 chunk = [draft.record(now) for draft in drafts[start : start + DISPATCH_CHUNK]]
                 records.extend(chunk)
                 yield chunk
