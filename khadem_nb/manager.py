@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import timedelta
@@ -95,6 +95,9 @@ class QueueManager:
         self._shipper: CodeShipper | None = None
         self._loader: CodeLoader | None = None
         self._class_codes: dict[type, str] = {}  # fingerprints of job classes that are their code
+        #: called with each new record as it is dispatched, before it is stored; a hook may add
+        #: to ``record.meta``, which every driver stores with the job (``tracing`` does)
+        self.dispatch_hooks: list[Callable[[JobRecord], None]] = []
 
     # -- setup -------------------------------------------------------------------------------
     async def init(self) -> QueueManager:
@@ -126,6 +129,13 @@ class QueueManager:
         if self._driver is None:
             raise KhademError("QueueManager.init() has not been awaited yet")
         return self._driver
+
+    def _new_record(self, draft: Draft, now: int) -> JobRecord:
+        """The record of ``draft``, created at ``now``, as each dispatch hook leaves it."""
+        record = draft.record(now)
+        for hook in self.dispatch_hooks:
+            hook(record)
+        return record
 
     def _now_ms(self) -> int:
         """The driver's clock (a test's virtual one under ``QueueFake``); the wall clock while
@@ -170,7 +180,7 @@ class QueueManager:
                      queue: str | None = None, priority: int | None = None,
                      max_attempts: int | None = None, key: str | None = None) -> JobRecord:
         """Encode ``job`` into a record ready to push (raises SerializationError at once)."""
-        return self._draft(job, delay, queue, priority, max_attempts, key).record(self._now_ms())
+        return self._new_record(self._draft(job, delay, queue, priority, max_attempts, key), self._now_ms())
 
     def _draft(self, job: QueueJob, delay: float | timedelta | None, queue: str | None,
                priority: int | None, max_attempts: int | None, key: str | None) -> Draft:
@@ -209,7 +219,8 @@ class QueueManager:
         ``connection`` (PostgreSQL): the application's own psycopg connection; the job is
         written inside its open transaction and exists exactly when that transaction commits.
         """
-        record = self._draft(job, delay, queue, priority, max_attempts, None).record(self._now_ms())
+        draft = self._draft(job, delay, queue, priority, max_attempts, None)
+        record = self._new_record(draft, self._now_ms())
         if connection is not None:
             await self._push_in(connection, [record])
             return record.id
@@ -234,7 +245,7 @@ class QueueManager:
         drafts = [self._draft(job, delay, queue, None, None, None) for job in jobs]
         if connection is not None:  # all in the application's transaction (PostgreSQL)
             now = self._now_ms()
-            written = [draft.record(now) for draft in drafts]
+            written = [self._new_record(draft, now) for draft in drafts]
             await self._push_in(connection, written)
             return [r.id for r in written]
         records: list[JobRecord] = []
@@ -242,7 +253,7 @@ class QueueManager:
         def chunks() -> Iterator[list[JobRecord]]:
             for start in range(0, len(drafts), DISPATCH_CHUNK):
                 now = self._now_ms()
-                chunk = [draft.record(now) for draft in drafts[start : start + DISPATCH_CHUNK]]
+                chunk = [self._new_record(draft, now) for draft in drafts[start : start + DISPATCH_CHUNK]]
                 records.extend(chunk)
                 yield chunk
 

@@ -38,6 +38,7 @@ MAX_ERROR_BACKOFF_S = 5.0
 BURST_TRIES = 5  # failed claims in a row after which a burst worker gives up
 YIELD_EVERY = 64  # jobs run between two turns given to the loop's other tasks, at least
 ABORT_POLL_S = 0.2  # how often a worker asks a driver that cannot tell it about cancelled jobs
+RECENT_KEPT = 200  # jobs the worker remembers for the panel's timeline
 SERVICE_TASKS = ("khadem-heartbeat", "khadem-aborts")  # run beside the consumers until the stop
 
 
@@ -68,6 +69,8 @@ class QueueWorker:
         self._idle: deque[asyncio.Future[JobRecord | None]] = deque()  # consumers waiting for a job
         self._dropping: set[asyncio.Task[None]] = set()  # settles of cancelled buffered jobs
         self._errors = 0
+        #: the last jobs each consumer ran, as (consumer, record): the panel's timeline
+        self.recent: deque[tuple[str, JobRecord]] = deque(maxlen=RECENT_KEPT)
         self._drained = False  # burst mode: a reserve found nothing due
         #: why a burst worker gave up: its claims failed BURST_TRIES times in a row
         self.failure: KhademError | None = None
@@ -103,7 +106,8 @@ class QueueWorker:
         loop = self._loop = asyncio.get_running_loop()
         self._consumers_left = self.options.concurrency
         for index in range(self.options.concurrency):
-            self._tasks.append(loop.create_task(self._consume(), name=f"khadem-consumer-{index}"))
+            consumer = self._consume(f"worker {index}")
+            self._tasks.append(loop.create_task(consumer, name=f"khadem-consumer-{index}"))
         if self.driver.uses_leases:
             self._tasks.append(loop.create_task(self._heartbeat(), name="khadem-heartbeat"))
         self._tasks.append(loop.create_task(self._watch_aborts(), name="khadem-aborts"))
@@ -169,7 +173,7 @@ class QueueWorker:
                 logger.exception("could not give job %s back to the queue", record.id)
 
     # -- loops -------------------------------------------------------------------------------
-    async def _consume(self) -> None:
+    async def _consume(self, name: str) -> None:
         task = asyncio.current_task()  # what an abort of the job this consumer runs cancels
         try:
             while not self._stopping.is_set() and not (self._drained and not self._buffer):
@@ -181,6 +185,7 @@ class QueueWorker:
                     record = await self._next_record()
                 if record is not None:
                     await self._execute(record, task)
+                    self.recent.append((name, record))
                     if not self.processed % YIELD_EVERY:  # claims and jobs that never wait (memory,
                         await asyncio.sleep(0)  # SQLite on the loop) would otherwise hold the loop
                 elif self._drained or self._claims_exhausted():

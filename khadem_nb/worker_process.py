@@ -77,9 +77,13 @@ async def run_worker_process(options: WorkerOptions) -> int:
         config["lease"] = options.lease_s
     monitor = None
     if options.metrics_port is not None:
-        from .prometheus import PrometheusMonitor
+        try:
+            from .prometheus import PrometheusMonitor
 
-        monitor = PrometheusMonitor()
+            monitor = PrometheusMonitor()
+        except ImportError as exc:
+            raise ConfigError(f"--metrics-port needs prometheus_client ({exc}): "
+                              'pip install "khadem_nb[metrics]"') from None
     manager = await QueueManager({"queue": config}, monitor=monitor).init()
     metrics_server = None if monitor is None else _serve_metrics(options, monitor, manager)
     worker = await manager.start_worker(

@@ -218,3 +218,49 @@ def test_a_sweep_after_a_code_change_warns_reruns_or_keeps(kernel: Kernel, tmp_p
     assert rerun.strip() == "[1, 4, 9] []"
     again = kernel.run(CODE_CHANGE.format(db=db, exponent=2, choice="warn"), timeout=90)
     assert again.strip() == "[1, 4, 9] []"  # the points now hold this code's results
+
+
+CHARTS = """
+import asyncio, re
+import khadem_nb as kn
+
+q = kn.Queue()
+
+@q.job
+async def step(i: int) -> int:
+    await asyncio.sleep(0.05 if i % 2 else 0.15)
+    if i == 5:
+        raise ValueError("point 5 diverged")
+    return i
+
+panel = q.panel(refresh=0.2)
+g = step.map([{"i": i} for i in range(24)])
+q.start(concurrency=3)
+"""
+
+READ_CHARTS = """
+await asyncio.sleep(0.6)   # a refresh after the last job
+svg = panel.charts.value
+def data(kind, name):
+    return re.search(f"class='khadem-{kind}' [^>]*data-{name}='([^']*)'", svg).group(1)
+print("throughput", round(sum(float(v) for v in data("throughput", "values").split(",")) * 10))
+print("durations", sum(int(n) for n in data("durations", "counts").split(",")))
+print("longest", float(data("durations", "longest")) >= 0.15)
+print("timeline", data("timeline", "jobs"), data("timeline", "workers"))
+print("workers", sorted(set(re.findall("data-worker='([^']*)'", svg))))
+print("failed_bars", len(re.findall("data-status='failed'", svg)))
+print("updates", panel.updates < 60)
+"""
+
+
+def test_the_panel_draws_throughput_durations_and_a_timeline_per_worker(kernel: Kernel) -> None:
+    kernel.run(CHARTS)
+    kernel.run("g.wait(timeout=60)", timeout=90)
+    out = kernel.run(READ_CHARTS)
+    lines = dict(line.split(" ", 1) for line in out.strip().splitlines())
+    assert int(lines["throughput"]) == 24, out  # every finished job lands in one 10 s bar or another
+    assert lines["durations"] == "24" and lines["longest"] == "True", out
+    assert lines["timeline"] == "24 3", out
+    assert lines["workers"] == "['worker 0', 'worker 1', 'worker 2']", out
+    assert lines["failed_bars"] == "1", out
+    assert lines["updates"] == "True", out  # redrawn per refresh, not per job

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 from .._ids import short_id
 from ..job import JobRecord, JobStatus
 from ..metrics import metrics_from_counts
+from .charts import Charts, charts_html, panel_charts
 from .handles import STATUS_COLOURS
 
 if TYPE_CHECKING:
@@ -31,6 +32,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 THROUGHPUT_WINDOW_S = 5.0
+SAMPLES_KEPT = 3000  # refreshes the charts' samples cover: five minutes at the fastest refresh
 STYLE = """<style>
 .khadem-panel { font-family: var(--jp-ui-font-family, sans-serif);
   color: var(--jp-ui-font-color1, #222);
@@ -47,6 +49,10 @@ STYLE = """<style>
 .khadem-muted { color: var(--jp-ui-font-color2, #666); }
 .khadem-bar { background: var(--jp-layout-color3, #ddd); height: 6px; width: 80px; display: inline-block; }
 .khadem-bar > span { background: var(--jp-brand-color1, #2980b9); height: 6px; display: block; }
+.khadem-charts { display: flex; flex-flow: row wrap; gap: 8px; }
+.khadem-chart { margin: 0; max-width: 100%; }
+.khadem-chart figcaption { font-size: 11px; color: var(--jp-ui-font-color2, #666); }
+.khadem-chart svg { max-width: 100%; height: auto; color: var(--jp-ui-font-color2, #666); }
 </style>"""
 
 
@@ -68,6 +74,7 @@ class Snapshot:
     total: int
     throughput: float
     success_rate: float | None  # of finished jobs; None while none has finished
+    charts: Charts
 
 
 @dataclass
@@ -77,6 +84,8 @@ class ProgressBatch:
     baseline: int = 0  # finished jobs that belong to earlier batches
     idle_finished: int | None = None  # finished count when the queue last went idle
     history: deque[tuple[float, int]] = field(default_factory=lambda: deque(maxlen=256))
+    #: (time, finished count) over the charts' five minutes, one sample per refresh
+    samples: deque[tuple[float, int]] = field(default_factory=lambda: deque(maxlen=SAMPLES_KEPT))
 
     def update(self, counts: dict[str, int]) -> tuple[int, int, float]:
         """Return (finished in batch, batch size, jobs/s over the last few seconds)."""
@@ -89,6 +98,7 @@ class ProgressBatch:
         self.baseline = min(self.baseline, finished)  # retention may have trimmed old records
         now = time.monotonic()
         self.history.append((now, finished))
+        self.samples.append((now, finished))
         while self.history and now - self.history[0][0] > THROUGHPUT_WINDOW_S:
             self.history.popleft()
         then, done_then = self.history[0]
@@ -98,6 +108,7 @@ class ProgressBatch:
     def forget_rate(self) -> None:
         """Start the throughput window afresh (the workers here stopped: what they did is past)."""
         self.history.clear()
+        self.samples.clear()
 
 
 class QueuePanel(w.VBox):  # type: ignore[misc]
@@ -115,10 +126,12 @@ class QueuePanel(w.VBox):  # type: ignore[misc]
         self.batch = ProgressBatch()
         self.updates = 0  # how many times widget values were pushed (for tests and the bench)
         self._last: Snapshot | None = None
-        # Two widgets change as jobs run: all the text in one HTML, the bar (its label is its
-        # description). A refresh therefore sends at most two messages, whatever happened.
+        # Three widgets change as jobs run: all the text in one HTML, the bar (its label is its
+        # description), the charts in another HTML. A refresh therefore sends at most three
+        # messages, whatever happened.
         fill = w.Layout(width="auto", max_width="100%")  # narrow pages: never wider than the panel
         self.summary = w.HTML(layout=fill)
+        self.charts = w.HTML(layout=fill)
         self.progress = w.FloatProgress(min=0.0, max=1.0, value=0.0, bar_style="info",
                                         style={"description_width": "initial"},
                                         layout=w.Layout(width="auto", max_width="600px"))
@@ -130,7 +143,7 @@ class QueuePanel(w.VBox):  # type: ignore[misc]
             button.on_click(lambda _b, action=name: self.act(action))
         row = w.Layout(display="flex", flex_flow="row wrap", align_items="center", width="100%")
         self.children = [w.HTML(STYLE, layout=fill), self.summary, self.progress,
-                         w.HBox(list(self.buttons.values()), layout=row)]
+                         w.HBox(list(self.buttons.values()), layout=row), self.charts]
         self.add_class("khadem-panel")
         self._refresher: concurrent.futures.Future[None] | asyncio.Task[None] | None = \
             queue.run_soon(self._refresh_forever())
@@ -180,6 +193,8 @@ class QueuePanel(w.VBox):  # type: ignore[misc]
         finished, total, rate = self.batch.update(counts)
         now_ms = time.time() * 1000
         worker = self.queue.worker
+        charts = panel_charts(self.batch.samples, worker.recent if worker is not None else (),
+                              time.monotonic(), int(now_ms))
         state = ("paused" if worker.paused else f"running ({worker.options.concurrency} workers)") \
             if worker is not None and worker.running else "not running here"
         return Snapshot(
@@ -188,7 +203,7 @@ class QueuePanel(w.VBox):  # type: ignore[misc]
                            (now_ms - (r.started_ms or now_ms)) / 1000) for r in reversed(active)),
             failures=tuple((r.name, r.id, r.failure or "", r.error or "") for r in reversed(failed)),
             state=state, finished=finished, total=total, throughput=round(rate, 1),
-            success_rate=_success_rate(counts),
+            success_rate=_success_rate(counts), charts=charts,
         )
 
     def apply(self, snap: Snapshot) -> None:
@@ -207,6 +222,8 @@ class QueuePanel(w.VBox):  # type: ignore[misc]
             paused = snap.state == "paused"
             _set(self.buttons["pause"], "disabled", paused or snap.state.startswith("not"))
             _set(self.buttons["resume"], "disabled", not paused)
+            if last is None or last.charts != snap.charts:
+                _set(self.charts, "value", charts_html(snap.charts))
         self.updates += 1
         if last is not None and last.state != snap.state:
             logger.debug("panel: %s -> %s", last.state, snap.state)

@@ -70,7 +70,8 @@ def _job_data(record: JobRecord, prefixes: dict[tuple[Any, ...], str]) -> str:
     if prefix is None:
         prefix = prefixes[shape] = _data_prefix(record)
     key = "null" if record.key is None else dumps(record.key)
-    return f'{prefix}{dumps(record.payload)},"created_ms":{record.created_ms},"key":{key}}}'
+    meta = f',"meta":{dumps(record.meta)}' if record.meta else ""  # what dispatch hooks added
+    return f'{prefix}{dumps(record.payload)},"created_ms":{record.created_ms},"key":{key}{meta}}}'
 
 
 def _data_prefix(record: JobRecord) -> str:
@@ -119,8 +120,9 @@ def claimed_records(queue: str, rows: list[Any], lease_s: float) -> list[JobReco
                           int(available), now, lease_s)
         record.reclaims = int(reclaims)
         try:
-            record.meta = {} if meta == b"{}" else json.loads(meta.decode())
-        except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+            if meta != b"{}":  # what the job stored while it ran, over what its dispatch stored
+                record.meta.update(json.loads(meta.decode()))
+        except (ValueError, UnicodeDecodeError, RecursionError, TypeError) as exc:
             record = quarantine(record, [f"meta is not JSON ({exc})"])
         records.append(checked(record))
     return records
@@ -156,10 +158,12 @@ def _from_data(queue: str, job_id: str, data: bytes) -> JobRecord:
     except (ValueError, KeyError, TypeError, RecursionError) as exc:  # fails its job, not the worker
         unread = JobRecord(id=job_id, name="(unreadable)", payload=None, queue=queue)
         return quarantine(unread, [f"its data is not a job's JSON ({exc!r})"])
+    meta = fields.get("meta")
     return JobRecord(id=job_id, name=fields["job"], payload=fields["payload"], queue=queue,
                      priority=fields.get("priority", 0), max_attempts=fields.get("max_attempts", 1),
                      created_ms=fields.get("created_ms", 0), timeout_s=fields.get("timeout_s"),
-                     key=fields.get("key"), code=fields.get("code"))
+                     key=fields.get("key"), code=fields.get("code"),
+                     meta=dict(meta) if isinstance(meta, dict) else {})
 
 
 def record_from_columns(queue: str, job_id: str, values: list[Any]) -> JobRecord | None:
@@ -202,5 +206,7 @@ def _set_column(record: JobRecord, name: str, value: Any) -> None:
         record.error, traceback, *kind = value
         record.traceback = traceback if isinstance(traceback, str) else None
         record.failure = kind[0] if kind and isinstance(kind[0], str) else None
+    elif isinstance(value, dict):  # what the job stored while it ran, over what its dispatch stored
+        record.meta = {**record.meta, **value}
     else:
         record.meta = value

@@ -1,0 +1,136 @@
+"""What a watched queue costs its workers: one `khadem-nb worker` process drains N no-op jobs on
+Redis, alone and while `khadem-nb dashboard` serves CLIENTS pages that each fetch the overview
+once a second (as the page does), rounds alternating; medians and the ratio.
+
+The drain is timed as in bench/redis_peers.py: from the worker's start to the N-th job's stamp,
+minus the same for one job (start-up is not counted).
+
+    BENCH_REDIS_URL=redis://127.0.0.1:6379/9 python bench/dashboard.py [--n 50000] [--rounds 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import redis
+
+HERE = Path(__file__).parent
+sys.path[:0] = [str(HERE / "peers")]
+import khadem_peer  # noqa: E402
+from common import DONE_KEY, URL  # noqa: E402
+
+
+def env() -> dict[str, str]:
+    path = os.pathsep.join([str(HERE / "peers"), os.environ.get("PYTHONPATH", "")])
+    return {**os.environ, "PYTHONPATH": path}
+
+
+def spare_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def time_to_stamp(n: int) -> float:
+    client = redis.Redis.from_url(URL)
+    client.flushdb()
+    asyncio.run(khadem_peer.enqueue(n, bulk=True))
+    started = time.perf_counter()
+    worker = subprocess.Popen(khadem_peer.worker_cmd(), env={**env(), "BENCH_N": str(n)}, cwd=HERE / "peers",
+                              start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        while client.get(DONE_KEY) is None:
+            if worker.poll() is not None or time.perf_counter() - started > 600:
+                raise RuntimeError("the worker never ran the last job")
+            time.sleep(0.001)
+        return time.perf_counter() - started
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(worker.pid, signal.SIGKILL)
+        worker.wait()
+
+
+def drain_rate(n: int) -> float:
+    return (n - 1) / max(1e-6, time_to_stamp(n) - time_to_stamp(1))
+
+
+class Watchers:
+    """A dashboard process and ``clients`` threads fetching its overview once a second each."""
+
+    def __init__(self, clients: int) -> None:
+        self.port = spare_port()
+        command = [sys.executable, "-m", "khadem_nb.cli", "dashboard", "--queue-url", URL,
+                   "--port", str(self.port)]
+        self.process = subprocess.Popen(command, env=env(), stdout=subprocess.DEVNULL,
+                                        stderr=subprocess.DEVNULL)
+        self.stop = threading.Event()
+        self.fetched = 0
+        self._wait_until_up()
+        self.threads = [threading.Thread(target=self._poll, args=(i / clients,)) for i in range(clients)]
+        for thread in self.threads:
+            thread.start()
+
+    def _wait_until_up(self) -> None:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            with contextlib.suppress(httpx.HTTPError):
+                httpx.get(f"http://127.0.0.1:{self.port}/api/overview", timeout=5)
+                return
+            time.sleep(0.1)
+        raise RuntimeError("the dashboard did not start")
+
+    def _poll(self, offset: float) -> None:
+        time.sleep(offset)  # the pages do not all refresh in the same instant
+        with httpx.Client(timeout=10) as client:
+            while not self.stop.is_set():
+                client.get(f"http://127.0.0.1:{self.port}/api/overview")
+                self.fetched += 1
+                self.stop.wait(1.0)
+
+    def close(self) -> None:
+        self.stop.set()
+        for thread in self.threads:
+            thread.join()
+        self.process.terminate()
+        self.process.wait()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--n", type=int, default=50_000)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--clients", type=int, default=10)
+    args = parser.parse_args()
+    alone: list[float] = []
+    watched: list[float] = []
+    fetched = 0
+    for _ in range(args.rounds):
+        alone.append(drain_rate(args.n))
+        watchers = Watchers(args.clients)
+        try:
+            watched.append(drain_rate(args.n))
+        finally:
+            watchers.close()
+        fetched += watchers.fetched
+    a, w = statistics.median(alone), statistics.median(watched)
+    print(f"n={args.n}, rounds={args.rounds}, clients={args.clients}; medians (jobs/s); "
+          f"{fetched} overview fetches while watched")
+    print("| drain | jobs/s |\n|---|---:|")
+    print(f"| alone | {a:,.0f} |\n| with the dashboard and {args.clients} pages | {w:,.0f} |")
+    print(f"\nwatched / alone = {w / a:.3f} ({(1 - w / a) * 100:+.1f} % slower)")
+
+
+if __name__ == "__main__":
+    main()
