@@ -3,7 +3,8 @@ Redis, alone and while `khadem-nb dashboard` serves CLIENTS pages that each fetc
 once a second (as the page does), rounds alternating; medians and the ratio.
 
 The drain is timed as in bench/redis_peers.py: from the worker's start to the N-th job's stamp,
-minus the same for one job (start-up is not counted).
+minus the same for one job (start-up is not counted). The pages run in a process of their own,
+as browsers would elsewhere; the dashboard's own CPU use is reported beside.
 
     BENCH_REDIS_URL=redis://127.0.0.1:6379/9 python bench/dashboard.py [--n 50000] [--rounds 5]
 """
@@ -19,7 +20,6 @@ import socket
 import statistics
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -66,8 +66,24 @@ def drain_rate(n: int) -> float:
     return (n - 1) / max(1e-6, time_to_stamp(n) - time_to_stamp(1))
 
 
+PAGES = """
+import sys, threading, time, httpx
+url, clients = sys.argv[1], int(sys.argv[2])
+def page(offset):
+    time.sleep(offset)  # the pages do not all refresh in the same instant
+    with httpx.Client(timeout=10) as client:
+        while True:
+            client.get(url)
+            time.sleep(1.0)
+for i in range(clients):
+    threading.Thread(target=page, args=(i / clients,), daemon=True).start()
+threading.Event().wait()
+"""
+
+
 class Watchers:
-    """A dashboard process and ``clients`` threads fetching its overview once a second each."""
+    """A dashboard process, and a process of ``clients`` pages fetching its overview once a
+    second each (pages live in browsers, not in the process that times the drain)."""
 
     def __init__(self, clients: int) -> None:
         self.port = spare_port()
@@ -75,36 +91,32 @@ class Watchers:
                    "--port", str(self.port)]
         self.process = subprocess.Popen(command, env=env(), stdout=subprocess.DEVNULL,
                                         stderr=subprocess.DEVNULL)
-        self.stop = threading.Event()
-        self.fetched = 0
         self._wait_until_up()
-        self.threads = [threading.Thread(target=self._poll, args=(i / clients,)) for i in range(clients)]
-        for thread in self.threads:
-            thread.start()
+        self.pages = subprocess.Popen([sys.executable, "-c", PAGES, f"{self.url}/api/overview", str(clients)])
+        self.started = time.monotonic()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
 
     def _wait_until_up(self) -> None:
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             with contextlib.suppress(httpx.HTTPError):
-                httpx.get(f"http://127.0.0.1:{self.port}/api/overview", timeout=5)
+                httpx.get(f"{self.url}/api/overview", timeout=5)
                 return
             time.sleep(0.1)
         raise RuntimeError("the dashboard did not start")
 
-    def _poll(self, offset: float) -> None:
-        time.sleep(offset)  # the pages do not all refresh in the same instant
-        with httpx.Client(timeout=10) as client:
-            while not self.stop.is_set():
-                client.get(f"http://127.0.0.1:{self.port}/api/overview")
-                self.fetched += 1
-                self.stop.wait(1.0)
+    def cpu_s(self) -> float:
+        """CPU seconds the dashboard process has used."""
+        fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
     def close(self) -> None:
-        self.stop.set()
-        for thread in self.threads:
-            thread.join()
-        self.process.terminate()
-        self.process.wait()
+        for process in (self.pages, self.process):
+            process.terminate()
+            process.wait()
 
 
 def main() -> None:
@@ -115,18 +127,19 @@ def main() -> None:
     args = parser.parse_args()
     alone: list[float] = []
     watched: list[float] = []
-    fetched = 0
+    shares: list[float] = []
     for _ in range(args.rounds):
         alone.append(drain_rate(args.n))
         watchers = Watchers(args.clients)
         try:
+            cpu, started = watchers.cpu_s(), time.monotonic()
             watched.append(drain_rate(args.n))
+            shares.append((watchers.cpu_s() - cpu) / (time.monotonic() - started))
         finally:
             watchers.close()
-        fetched += watchers.fetched
     a, w = statistics.median(alone), statistics.median(watched)
-    print(f"n={args.n}, rounds={args.rounds}, clients={args.clients}; medians (jobs/s); "
-          f"{fetched} overview fetches while watched")
+    print(f"n={args.n}, rounds={args.rounds}, clients={args.clients}; medians (jobs/s); the dashboard "
+          f"process used {statistics.median(shares):.1%} of a core while watched")
     print("| drain | jobs/s |\n|---|---:|")
     print(f"| alone | {a:,.0f} |\n| with the dashboard and {args.clients} pages | {w:,.0f} |")
     print(f"\nwatched / alone = {w / a:.3f} ({(1 - w / a) * 100:+.1f} % slower)")

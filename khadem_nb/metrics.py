@@ -83,19 +83,6 @@ def rate_series(samples: Sequence[tuple[float, int]], now: float, bucket_s: floa
     return [total / bucket_s for total in totals]
 
 
-def finished_series(finished: Iterable[tuple[int, bool]], now_ms: int, bucket_ms: int,
-                    buckets: int) -> tuple[list[int], list[int]]:
-    """Completed and failed jobs in each of ``buckets`` windows of ``bucket_ms`` ending at
-    ``now_ms``, oldest first, from ``(finish time, failed)`` pairs."""
-    completed, failed = [0] * buckets, [0] * buckets
-    start = now_ms - bucket_ms * buckets
-    for finished_ms, is_failure in finished:
-        if start <= finished_ms < now_ms + 1:
-            index = min(buckets - 1, (finished_ms - start) // bucket_ms)
-            (failed if is_failure else completed)[index] += 1
-    return completed, failed
-
-
 def duration_bins(durations_s: Sequence[float], bins: int = 8) -> list[tuple[float, float, int]]:
     """A histogram of durations: ``bins`` equal bins from 0 to the longest, as (low, high, count)."""
     if not durations_s:

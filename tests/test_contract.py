@@ -280,6 +280,22 @@ async def test_forget_deletes_finished_records_only(queued_manager: QueueManager
     assert (counts["completed"], counts["failed"], counts["cancelled"], counts["active"]) == (0, 0, 0, 1)
 
 
+async def test_finished_counts_count_by_window_of_finish_time(queued_manager: QueueManager) -> None:
+    driver = queued_manager.driver
+    for i in range(5):
+        await queued_manager.dispatch(Echo(i), queue="default" if i % 2 else "other", max_attempts=1)
+    held = await driver.reserve(["default", "other"], 5, 1.0)
+    for index, record in enumerate(held):
+        settled = driver.fail(record, "ValueError: x", None) if index < 2 else driver.complete(record, index)
+        assert await settled
+    finished = [r.finished_ms or 0 for r in await queued_manager.get_jobs([r.id for r in held])]
+    since = min(finished) - 30_000
+    counts = await driver.finished_counts(since, 60_000)
+    assert (sum(c for c, _ in counts.values()), sum(f for _, f in counts.values())) == (3, 2)
+    assert set(counts) <= {0, 1}  # every one within the first window or the next
+    assert await driver.finished_counts(max(finished) + 1, 60_000) == {}
+
+
 async def test_queue_names_lists_the_queues_that_hold_records(queued_manager: QueueManager) -> None:
     assert set(await queued_manager.driver.queue_names()) <= {"default"}  # Redis knows its own
     await queued_manager.dispatch(Echo(1), queue="emails")

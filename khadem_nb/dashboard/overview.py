@@ -1,11 +1,10 @@
 """What the dashboard shows, computed once a second however many pages poll it.
 
 ``Overview.read`` gathers counts per queue and status, the running jobs, the latest failures and
-throughput over the last hour. Throughput comes from finished records: each refresh reads the
-newest completed and failed records and keeps their finish times by id for an hour (a record
-seen twice counts once). When every record a read returned was new, some may have been missed,
-so the next read takes twice as many (up to ``MAX_WINDOW``); the chart counts what retention
-keeps long enough to be read.
+throughput over the last hour. Throughput is counted by the driver in one-minute windows of
+finish time (``QueueDriver.finished_counts``: set counts on Redis, one GROUP BY in SQL). The
+overview keeps the highest count it has seen for each minute, so a minute stays counted after
+retention drops its records, as long as a refresh saw them first.
 """
 
 from __future__ import annotations
@@ -16,35 +15,29 @@ from typing import Any
 
 from ..job import JobRecord, JobStatus
 from ..manager import QueueManager
-from ..metrics import finished_series
 
 REFRESH_S = 1.0  # the overview is computed at most this often
-HOUR_MS = 3_600_000
 BUCKET_MS = 60_000  # one bar a minute
-MIN_WINDOW, MAX_WINDOW = 200, 20_000  # finished records one refresh reads, per status
+BUCKETS = 60  # an hour
 RUNNING_SHOWN = 50
 FAILURES_SHOWN = 20
 
 
-class FinishedLog:
-    """Finish times of the jobs seen finished in the last hour, by id."""
+class MinuteCounts:
+    """Completed and failed jobs per minute (minutes since the epoch), the highest seen."""
 
     def __init__(self) -> None:
-        self.seen: dict[str, tuple[int, bool]] = {}
-        self.window = MIN_WINDOW
+        self.seen: dict[int, tuple[int, int]] = {}
 
-    def add(self, records: list[JobRecord], now_ms: int) -> None:
-        new = 0
-        for record in records:
-            if record.id not in self.seen and record.finished_ms is not None:
-                self.seen[record.id] = (record.finished_ms, record.status is JobStatus.FAILED)
-                new += 1
-        if records and new == len(records):
-            self.window = min(MAX_WINDOW, self.window * 2)
-        elif new < len(records) // 4:
-            self.window = max(MIN_WINDOW, self.window // 2)
-        cutoff = now_ms - HOUR_MS
-        self.seen = {job_id: point for job_id, point in self.seen.items() if point[0] >= cutoff}
+    async def refresh(self, manager: QueueManager, now_ms: int) -> tuple[list[int], list[int]]:
+        first = now_ms // BUCKET_MS - BUCKETS + 1
+        counted = await manager.driver.finished_counts(first * BUCKET_MS, BUCKET_MS)
+        for index, (completed, failed) in counted.items():
+            old = self.seen.get(first + index, (0, 0))
+            self.seen[first + index] = (max(old[0], completed), max(old[1], failed))
+        self.seen = {minute: counts for minute, counts in self.seen.items() if minute >= first}
+        series = [self.seen.get(first + i, (0, 0)) for i in range(BUCKETS)]
+        return [c for c, _ in series], [f for _, f in series]
 
 
 class Overview:
@@ -52,7 +45,7 @@ class Overview:
 
     def __init__(self, manager: QueueManager) -> None:
         self.manager = manager
-        self.log = FinishedLog()
+        self.minutes = MinuteCounts()
         self._lock = asyncio.Lock()
         self._cached: dict[str, Any] | None = None
         self._cached_at = 0.0
@@ -68,12 +61,9 @@ class Overview:
         manager = self.manager
         queues = await manager.driver.queue_names() or [manager.settings.name]
         counts = {queue: await manager.counts(queue) for queue in queues}
-        window = self.log.window
-        completed = await manager.driver.jobs(JobStatus.COMPLETED, limit=window)
-        failed = await manager.driver.jobs(JobStatus.FAILED, limit=window)
         now_ms = time.time_ns() // 1_000_000
-        self.log.add(completed + failed, now_ms)
-        done, broke = finished_series(self.log.seen.values(), now_ms, BUCKET_MS, HOUR_MS // BUCKET_MS)
+        done, broke = await self.minutes.refresh(manager, now_ms)
+        failed = await manager.driver.jobs(JobStatus.FAILED, limit=FAILURES_SHOWN)
         running = await manager.driver.jobs(JobStatus.ACTIVE, limit=RUNNING_SHOWN)
         return {
             "now_ms": now_ms,
@@ -82,7 +72,7 @@ class Overview:
             "totals": {status.value: sum(c[status.value] for c in counts.values()) for status in JobStatus},
             "throughput": {"bucket_s": BUCKET_MS // 1000, "completed": done, "failed": broke},
             "running": [running_row(r, now_ms) for r in reversed(running)],
-            "failures": [failure_row(r) for r in reversed(failed[-FAILURES_SHOWN:])],
+            "failures": [failure_row(r) for r in reversed(failed)],
         }
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import json
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from ..job import JobRecord, JobStatus
@@ -18,6 +18,22 @@ COLUMNS = ("id", "queue", "name", "status", "priority", "attempt", "max_attempts
            "timeout_s", "key", "payload", "result", "error", "traceback", "meta", "failure", "code")
 #: statuses a version writes; any other stored status reads as failed
 WRITTEN = "('queued', 'scheduled', 'active', 'completed', 'cancelled')"
+
+
+def finished_counts_sql(table: str, mark: str) -> str:
+    """Completed and failed jobs by window of finish time, from a start (``mark`` is the
+    driver's placeholder; it takes the start, the window length, the start)."""
+    return (f"SELECT (finished_ms - {mark}) / {mark}, status = 'failed', COUNT(*) FROM {table} "
+            f"WHERE status IN ('completed', 'failed') AND finished_ms >= {mark} GROUP BY 1, 2")
+
+
+def finish_buckets(rows: Iterable[Sequence[Any]]) -> dict[int, tuple[int, int]]:
+    """``(window, failed, count)`` rows of a GROUP BY as ``finished_counts`` returns them."""
+    buckets: dict[int, tuple[int, int]] = {}
+    for index, failed, count in rows:
+        completed, broke = buckets.get(int(index), (0, 0))
+        buckets[int(index)] = (completed, broke + int(count)) if failed else (completed + int(count), broke)
+    return buckets
 
 
 def row_of(record: JobRecord) -> tuple[Any, ...]:

@@ -280,6 +280,15 @@ class QueueDriver(ABC):
                    limit: int | None = None) -> list[JobRecord]:
         """Records in creation order; with ``limit``, the newest ``limit`` of them."""
 
+    async def finished_counts(self, since_ms: int, bucket_ms: int) -> dict[int, tuple[int, int]]:
+        """Jobs that finished at or after ``since_ms``, in windows of ``bucket_ms``: window
+        index -> (completed, failed). Counts what retention keeps: dropped records are gone."""
+        buckets: dict[int, tuple[int, int]] = {}
+        for status in (COMPLETED, FAILED):
+            for record in await self.jobs(status):
+                add_finish(buckets, record.finished_ms, status is FAILED, since_ms, bucket_ms)
+        return buckets
+
     async def queue_names(self) -> list[str]:
         """The named queues that hold records here, sorted (a driver may also name queues it
         knows of that hold none, as Redis does with the queues registered under its prefix)."""
@@ -334,6 +343,16 @@ def claim(record: JobRecord, now: int, lease_s: float | None) -> JobRecord:
     record.token = new_token()
     record.lease_ms = now + int(lease_s * 1000) if lease_s else None
     return record
+
+
+def add_finish(buckets: dict[int, tuple[int, int]], finished_ms: int | None, failed: bool, since_ms: int,
+               bucket_ms: int, count: int = 1) -> None:
+    """Count ``count`` jobs finished at ``finished_ms`` into their window of ``buckets``."""
+    if finished_ms is None or finished_ms < since_ms:
+        return
+    index = (finished_ms - since_ms) // bucket_ms
+    completed, broke = buckets.get(index, (0, 0))
+    buckets[index] = (completed, broke + count) if failed else (completed + count, broke)
 
 
 def retention_cutoffs(settings: QueueSettings) -> tuple[int | None, int | None]:

@@ -45,6 +45,7 @@ from .base import (
     QueueDriver,
     Settlement,
     Unsubscribe,
+    add_finish,
     empty_counts,
     retention_cutoffs,
 )
@@ -435,6 +436,16 @@ class MemoryDriver(QueueDriver):
             stored = stored[-limit:]
         selected = [v for v in map(self._view, stored) if status is None or v.status is status]
         return selected[-limit:] if limit else selected
+
+    async def finished_counts(self, since_ms: int, bucket_ms: int) -> dict[int, tuple[int, int]]:
+        buckets: dict[int, tuple[int, int]] = {}
+        records = self._records
+        for ids, failed in ((self._completed, False), (self._failed, True)):
+            for job_id in ids:
+                record = records.get(job_id)
+                if record is not None and record.status is (FAILED if failed else COMPLETED):
+                    add_finish(buckets, record.finished_ms, failed, since_ms, bucket_ms)
+        return buckets
 
     async def queue_names(self) -> list[str]:
         return sorted({record.queue for record in self._records.values()})

@@ -35,7 +35,16 @@ from ..serializer import dumps
 from ._batches import TurnBatch, through_outage
 from ._polling import PollingWaits
 from ._records import due_view
-from ._rows import COLUMNS, WRITTEN, readable_status, record_from_row, row_of, status_filters
+from ._rows import (
+    COLUMNS,
+    WRITTEN,
+    finish_buckets,
+    finished_counts_sql,
+    readable_status,
+    record_from_row,
+    row_of,
+    status_filters,
+)
 from ._watchers import SettleWatchers
 from .base import (
     COMPLETE,
@@ -613,6 +622,10 @@ RETURNING id, token IS NOT NULL
         if status in (JobStatus.QUEUED, JobStatus.SCHEDULED):
             records = [r for r in records if r.status is status]
         return records
+
+    async def finished_counts(self, since_ms: int, bucket_ms: int) -> dict[int, tuple[int, int]]:
+        sql = finished_counts_sql(self.table, "%s")
+        return finish_buckets(await self._fetch(sql, (since_ms, bucket_ms, since_ms)))
 
     async def queue_names(self) -> list[str]:
         return [row[0] for row in await self._fetch(f"SELECT DISTINCT queue FROM {self.table} ORDER BY 1")]

@@ -40,7 +40,16 @@ from ..serializer import dumps
 from ._fs import check_parent_writable, is_network_filesystem, local_path
 from ._polling import PollingWaits
 from ._records import due_view, reclaim
-from ._rows import COLUMNS, WRITTEN, readable_status, record_from_row, row_of, status_filters
+from ._rows import (
+    COLUMNS,
+    WRITTEN,
+    finish_buckets,
+    finished_counts_sql,
+    readable_status,
+    record_from_row,
+    row_of,
+    status_filters,
+)
 from .base import (
     RELEASE,
     RETRY,
@@ -357,6 +366,10 @@ class SqliteStore:
             records = [r for r in records if r.status is status]
         return records
 
+    def finished_counts(self, since_ms: int, bucket_ms: int) -> dict[int, tuple[int, int]]:
+        sql = finished_counts_sql("khadem_jobs", "?")
+        return finish_buckets(self._db().execute(sql, (since_ms, bucket_ms, since_ms)).fetchall())
+
     def queue_names(self) -> list[str]:
         return [row[0] for row in self._db().execute("SELECT DISTINCT queue FROM khadem_jobs ORDER BY 1")]
 
@@ -526,6 +539,9 @@ class SqliteDriver(QueueDriver):
     async def jobs(self, status: JobStatus | None = None, queue: str | None = None,
                    limit: int | None = None) -> list[JobRecord]:
         return await self._call(SqliteStore.jobs, status, queue, limit)
+
+    async def finished_counts(self, since_ms: int, bucket_ms: int) -> dict[int, tuple[int, int]]:
+        return await self._call(SqliteStore.finished_counts, since_ms, bucket_ms)
 
     async def queue_names(self) -> list[str]:
         return await self._call(SqliteStore.queue_names)
