@@ -84,3 +84,54 @@ class OwnServer:
                 if time.monotonic() > deadline:
                     raise
                 time.sleep(0.1)
+
+
+class Bouncer:
+    """PgBouncer in transaction pooling mode in front of ``target`` (a PostgreSQL URL), on a
+    spare loopback port; as the postgres user when root (it refuses to run as root)."""
+
+    def __init__(self, target: str) -> None:
+        from urllib.parse import urlsplit
+
+        binary = shutil.which("pgbouncer") or "/usr/sbin/pgbouncer"
+        if not os.path.exists(binary):
+            missing("pgbouncer is not installed (apt-get install pgbouncer; .ci/run does)",
+                    "KHADEM_REQUIRE_POSTGRES")
+        parts = urlsplit(target)
+        self.folder = folder = Path(tempfile.mkdtemp(prefix="khadem-bouncer-"))
+        self.port = _free_port()
+        user = parts.username or "postgres"
+        (folder / "users.txt").write_text(f'"{user}" ""\n')
+        (folder / "pgbouncer.ini").write_text(
+            "[databases]\n"
+            f"* = host={parts.hostname or '127.0.0.1'} port={parts.port or 5432}\n"
+            "[pgbouncer]\n"
+            f"listen_addr = 127.0.0.1\nlisten_port = {self.port}\nunix_socket_dir =\n"
+            f"auth_type = trust\nauth_file = {folder / 'users.txt'}\npool_mode = transaction\n"
+            "ignore_startup_parameters = extra_float_digits,options\n"
+            f"logfile = {folder / 'log'}\npidfile = {folder / 'pid'}\n")
+        self.url = f"postgresql://{user}@127.0.0.1:{self.port}{parts.path}"
+        command = [binary, str(folder / "pgbouncer.ini")]
+        if os.geteuid() == 0:
+            for path in folder.iterdir():
+                shutil.chown(path, "postgres", "postgres")
+            shutil.chown(folder, "postgres", "postgres")
+            command = ["runuser", "-u", "postgres", "--", *command]
+        self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 30
+        while True:
+            with socket.socket() as sock:
+                if sock.connect_ex(("127.0.0.1", self.port)) == 0:
+                    return
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"pgbouncer did not start: {self.process.communicate()[1][-2000:]}")
+            time.sleep(0.1)
+
+    def stop(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.communicate(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.communicate()
+        shutil.rmtree(self.folder, ignore_errors=True)

@@ -260,6 +260,36 @@ async def test_a_batch_of_settles_tells_waiters_elsewhere_of_every_job(pg: Queue
         await elsewhere.close()
 
 
+async def test_behind_pgbouncer_in_transaction_pooling(tmp_path: Path,
+                                                        caplog: pytest.LogCaptureFixture) -> None:
+    """Behind PgBouncer's transaction pooling LISTEN reaches no one: the self-test notices, the
+    driver says so and polls. A statement psycopg prepared on one server connection is missing
+    on the next: the driver turns prepared statements off and runs the work again. Every job
+    dispatched through the proxy, one at a time or in bulk, runs."""
+    from pg_servers import Bouncer
+
+    bouncer = Bouncer(need_postgres())
+    caplog.set_level(logging.WARNING, logger="khadem_nb.drivers.postgres")
+    manager = None
+    try:
+        url = f"{bouncer.url}?schema={schema_for(tmp_path)}"
+        manager = await QueueManager(url).init()
+        assert not (await manager.driver.listener()).working  # type: ignore[attr-defined]
+        assert "poll with backoff instead" in caplog.text
+        ids = await manager.dispatch_many([Echo(i) for i in range(40)])
+        ids += [await manager.dispatch(Echo(f"one of {n}")) for n in range(20)]  # prepared after 5
+        worker = await manager.start_worker(run_in_background=True, concurrency=4)
+        records = await manager.wait(ids, timeout=30)
+        await worker.stop()
+        assert [r.status for r in records] == [JobStatus.COMPLETED] * 60
+        assert [r.result for r in records] == [*range(40), *(f"one of {n}" for n in range(20))]
+    finally:
+        if manager is not None:
+            await manager.purge()
+            await manager.close()
+        bouncer.stop()
+
+
 async def test_a_server_restart_under_load_loses_nothing(tmp_path: Path) -> None:
     """Workers and a dispatcher on a server of the test's own; `pg_ctl restart` mid-drain.
     Every job completes; the listener comes back after the restart."""

@@ -242,6 +242,11 @@ class PostgresDriver(QueueDriver):
         #: where the listener connects, when LISTEN cannot go where the pool goes (a
         #: transaction-pooling proxy): ``queue.options.listen_url``, a direct URL
         self.listen_url = str(settings.options.get("listen_url") or "") or None
+        #: psycopg prepares a statement run 5 times on a connection; a transaction-pooling proxy
+        #: (PgBouncer before 1.21) hands the next transaction another server, where it does not
+        #: exist: ``queue.options.prepared_statements: false``, or the first such error, turns
+        #: them off
+        self._prepared = settings.options.get("prepared_statements", True) is not False
         self._claim = claim_sql(schema)
         self._settle_sql = settle_sql(self.table, self.channel, self.settled_channel)
         self._settles: TurnBatch[tuple[JobRecord, Settlement], int] = TurnBatch(self._send_settles)
@@ -354,8 +359,9 @@ class PostgresDriver(QueueDriver):
 
     async def _run(self, work: Any, *args: Any) -> Any:
         """Run ``work(conn, *args)`` on a pooled connection; faults become errors of the tree.
-        A deadlock (two batches of writes over the same rows, in different orders) rolls back
-        only that statement or transaction, so the work is run again."""
+        Some failures leave nothing done and are worth running the work again: a deadlock
+        (two batches of writes over the same rows, in different orders) that the server broke,
+        and the first lost prepared statement (see ``_prepared``)."""
         import psycopg
 
         if self._pool is None:
@@ -363,22 +369,39 @@ class PostgresDriver(QueueDriver):
         for attempt in range(DEADLOCK_RETRIES + 1):
             try:
                 async with self._pool.connection() as conn:
+                    if not self._prepared:
+                        conn.prepare_threshold = None
                     return await work(conn, *args)
-            except psycopg.errors.DeadlockDetected as exc:
-                if attempt == DEADLOCK_RETRIES:
-                    raise DriverError(f"PostgreSQL at {self._where()} failed: {exc}") from exc
-            except DriverError:
-                raise
-            except psycopg.OperationalError as exc:
-                raise DriverUnavailableError(f"PostgreSQL at {self._where()} failed: {exc}") from exc
             except psycopg.Error as exc:
-                raise DriverError(f"PostgreSQL at {self._where()} failed: {exc}") from exc
+                if attempt < DEADLOCK_RETRIES and self._worth_again(exc):
+                    continue
+                raise self._error_of(exc) from exc
             except Exception as exc:  # the pool timed out waiting for a connection
                 if type(exc).__name__ == "PoolTimeout":
                     raise DriverUnavailableError(f"PostgreSQL at {self._where()} gave no connection within "
                                                  f"{self.settings.connect_timeout_s:g}s") from exc
                 raise
         raise AssertionError("unreachable")
+
+    def _worth_again(self, exc: Exception) -> bool:
+        from psycopg import errors
+
+        if isinstance(exc, errors.DeadlockDetected):
+            return True
+        lost_statement = isinstance(exc, errors.InvalidSqlStatementName | errors.DuplicatePreparedStatement)
+        if lost_statement and self._prepared:
+            self._prepared = False
+            logger.warning("PostgreSQL at %s lost a prepared statement (%s): a transaction-pooling proxy? "
+                           "Prepared statements are off from now on", self._where(), exc)
+            return True
+        return False
+
+    def _error_of(self, exc: Exception) -> DriverError:
+        from psycopg import OperationalError, errors
+
+        if isinstance(exc, OperationalError) and not isinstance(exc, errors.DeadlockDetected):
+            return DriverUnavailableError(f"PostgreSQL at {self._where()} failed: {exc}")
+        return DriverError(f"PostgreSQL at {self._where()} failed: {exc}")
 
     async def _fetch(self, sql: str, params: Any = None) -> list[Any]:
         async def work(conn: Any) -> list[Any]:
