@@ -200,6 +200,17 @@ async def test_jobs_a_job_dispatches_are_recorded_and_can_be_stepped(memory: Que
         assert [entry for entry in RUN_LOG if entry[0] == "step"] == [("step", 1), ("step", 2), ("step", 3)]
 
 
+async def test_a_cancelled_recorded_job_never_runs(memory: QueueManager) -> None:
+    with QueueFake(memory) as fake:
+        keep = await memory.dispatch(SendEmail("ada@example.org"))
+        drop = await memory.dispatch(SendEmail("bob@example.org"), delay=60)
+        assert await memory.cancel(drop) == [drop]
+        fake.advance(60)
+        assert [r.id for r in await fake.run_all()] == [keep]
+        assert (await memory.get_job(drop)).status is JobStatus.CANCELLED
+        fake.assert_dispatched(SendEmail, times=2)  # a cancelled dispatch was still dispatched
+
+
 async def test_run_all_with_raise_errors_off_returns_the_failure(memory: QueueManager) -> None:
     with QueueFake(memory) as fake:
         await memory.dispatch(Boom("once"), max_attempts=1)
