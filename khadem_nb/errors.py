@@ -14,6 +14,7 @@
     │   ├── JobTimeoutError         a job ran past its timeout
     │   ├── JobCrashedError         the process of an isolated job died under it
     │   ├── ShippedCodeError        shipped code refused: names the check that failed
+    │   ├── DuplicateJobError       a unique dispatch met a live job holding its key
     │   ├── JobFailedError          waiting on a job that ended failed (carries the record)
     │   ├── JobCancelledError       a job was cancelled: raised by waits and, inside a
     │   │                           cancelled job, by ``progress()`` (carries the record if known)
@@ -86,6 +87,16 @@ class ShippedCodeError(JobError):
         super().__init__(f"shipped code refused ({check} check): {reason}")
 
 
+class DuplicateJobError(JobError):
+    """A unique dispatch met a live job holding its key (``on_conflict="error"``); ``job_id`` is
+    that job's id."""
+
+    def __init__(self, key: str, job_id: str) -> None:
+        self.key = key
+        self.job_id = job_id
+        super().__init__(f"a job with unique key {key!r} is already queued or running: {job_id}")
+
+
 class JobFailedError(JobError):
     """A waited-on job ended failed; ``record`` holds its error and traceback."""
 
@@ -132,6 +143,7 @@ __all__ = [  # the tree; CodeChangedWarning, a warning, is exported by the packa
     "CorruptQueueError",
     "DriverError",
     "DriverUnavailableError",
+    "DuplicateJobError",
     "JobCancelledError",
     "JobCrashedError",
     "JobError",

@@ -30,6 +30,7 @@ DURATIONS: dict[str, tuple[float, float]] = {
     "timeout": (0.001, 10 * YEAR_S),  # a job's time limit, and a worker's run time
     "retry_delay": (0.0, 10 * YEAR_S),
     "grace": (0.0, DAY_S),
+    "unique_for": (0.001, 10 * YEAR_S),  # how long a unique dispatch holds its key at most
 }
 #: counts: (lowest, highest), both included
 COUNTS: dict[str, tuple[int, int]] = {

@@ -15,7 +15,7 @@ from ._ids import job_ids, new_job_id
 from ._time import now_ms, to_seconds
 from .config import QueueSettings, parse_config, worker_settings
 from .drivers.base import QueueDriver
-from .errors import ConfigError, JobNotFoundError, KhademError
+from .errors import ConfigError, DuplicateJobError, JobNotFoundError, KhademError
 from .execution import Hook, JobExecutor, WorkerHooks
 from .factory import QueueFactory
 from .job import ACTIVE, FAILED, QUEUED, SCHEDULED, Failure, JobRecord, JobStatus, QueueJob
@@ -24,6 +24,7 @@ from .monitor import BasicQueueMonitor, QueueMonitor
 from .registry import job_factories
 from .serializer import QueueJobSerializer, decode_value
 from .shipping import CodeLoader, CodeShipper
+from .unique import UniqueRule, unique_rule
 from .waiting import (
     SettleNotices,
     outcome,
@@ -42,6 +43,7 @@ CANCEL_SCOPES = {"queued": (QUEUED, SCHEDULED), "active": (ACTIVE,), "all": (QUE
 
 MAX_ATTEMPTS = limits.COUNTS["max_attempts"][1]
 PRIORITY_RANGE = limits.PRIORITY_RANGE
+REPLACE_TRIES = 3  # a replacing dispatch cancels the holder and tries again, at most this often
 DISPATCH_CHUNK = 200  # records built at a time by dispatch_many (see bench/RESULTS.md)
 
 
@@ -213,19 +215,56 @@ class QueueManager:
 
     async def dispatch(self, job: QueueJob, delay: float | timedelta | None = None, *,
                        queue: str | None = None, priority: int | None = None,
-                       max_attempts: int | None = None, connection: Any = None) -> str:
+                       max_attempts: int | None = None, connection: Any = None,
+                       unique: bool | str | None = None, unique_for: float | timedelta | None = None,
+                       unique_key: str | None = None, on_conflict: str = "skip") -> str:
         """Queue ``job`` (after ``delay``) and return its id. On ``sync`` it runs before returning.
 
         ``connection`` (PostgreSQL): the application's own psycopg connection; the job is
         written inside its open transaction and exists exactly when that transaction commits.
+
+        ``unique`` (``True``/``"until_done"``: while the same job waits or runs; ``"queued"``:
+        while it waits) stores the job only if no live job of this queue holds its unique key:
+        ``unique_key``, or the job name and its arguments. ``unique_for`` seconds end the hold
+        sooner. On a conflict ``on_conflict`` says what happens: ``"skip"`` returns the
+        holder's id, ``"replace"`` cancels the holder and stores this one, ``"error"`` raises
+        ``DuplicateJobError``. The check and the store are one atomic step on every driver.
         """
         draft = self._draft(job, delay, queue, priority, max_attempts, None)
         record = self._new_record(draft, self._now_ms())
+        if unique is not None or unique_for is not None or unique_key is not None or on_conflict != "skip":
+            if connection is not None:
+                raise ConfigError("unique dispatch does not take connection= (the lock is taken outside "
+                                  "the application's transaction)")
+            rule = unique_rule(True if unique is None else unique, unique_for, unique_key, on_conflict,
+                               name=draft.name, payload=draft.payload, queue=draft.queue,
+                               now_ms=record.created_ms)
+            return await self._push_unique(record, rule, on_conflict)
         if connection is not None:
             await self._push_in(connection, [record])
             return record.id
         await self.push((record,))
         return record.id
+
+    async def _push_unique(self, record: JobRecord, rule: UniqueRule, on_conflict: str) -> str:
+        """Store ``record`` under ``rule``; what a conflict does is ``on_conflict``'s."""
+        if self._shipper is not None and self._shipper.unsent:
+            await self._shipper.send(self.driver)
+        holder = ""
+        for _ in range(REPLACE_TRIES):
+            found = await self.driver.push_unique(record, rule)
+            if found is None:
+                self._count_queued([record])
+                if self.driver.runs_at_dispatch:
+                    await self._run_now({record.queue})
+                return record.id
+            holder = found
+            if on_conflict == "skip":
+                return holder
+            if on_conflict == "error":
+                raise DuplicateJobError(rule.key.split("\t", 1)[1], holder)
+            await self.driver.cancel([holder], "replaced by a unique dispatch of the same job")
+        raise DuplicateJobError(rule.key.split("\t", 1)[1], holder)  # other dispatches kept winning
 
     async def _push_in(self, connection: Any, records: Sequence[JobRecord]) -> None:
         if self._shipper is not None and self._shipper.unsent:

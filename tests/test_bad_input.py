@@ -486,7 +486,8 @@ async def test_redis_any_key_of_the_wrong_kind_is_named_never_a_raw_error(tmp_pa
                 await manager.driver.complete(record, "done")
 
         operations = [lambda: manager.dispatch(Echo("after")), claim_and_complete, manager.counts,
-                      manager.jobs, lambda: manager.dispatch_many([Echo(i) for i in range(3)])]
+                      manager.jobs, lambda: manager.dispatch_many([Echo(i) for i in range(3)]),
+                      lambda: manager.dispatch(Echo("once"), unique=True)]
         for operation in operations:
             try:
                 await operation()

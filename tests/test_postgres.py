@@ -21,6 +21,7 @@ from khadem_nb import (
     JobStatus,
     QueueManager,
 )
+from khadem_nb.drivers.postgres import SCHEMA_VERSION
 
 pytestmark = pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 
@@ -109,11 +110,8 @@ async def test_claims_use_the_pending_index_on_a_million_rows(pg: QueueManager) 
             "('queued', 'scheduled') AND available_ms <= 9e15 ORDER BY priority DESC, seq LIMIT 10 "
             "FOR UPDATE SKIP LOCKED"))
     assert "jobs_pending" in plan, plan
-    started = time.perf_counter()
     claimed = await pg.driver.reserve(["default"], 10, 0)
-    elapsed = time.perf_counter() - started
     assert [r.payload for r in claimed] == [{"value": "the one pending job"}]
-    assert elapsed < 5  # not a bound on speed: a scan of a million rows would still pass here
 
 
 async def test_a_row_edited_into_nonsense_fails_its_job_and_the_worker_lives(pg: QueueManager) -> None:
@@ -144,7 +142,7 @@ async def test_a_schema_from_a_newer_version_is_refused_unaltered(tmp_path: Path
         await QueueManager(url).init()
     with psycopg.connect(need_postgres(), autocommit=True) as conn:
         versions = sorted(row[0] for row in conn.execute(f"SELECT version FROM {schema}.version"))
-    assert versions == [1, 2, 99]
+    assert versions == [*range(1, SCHEMA_VERSION + 1), 99]  # nothing added, nothing taken
 
 
 async def test_a_first_version_schema_is_upgraded_in_place(tmp_path: Path) -> None:
@@ -152,7 +150,7 @@ async def test_a_first_version_schema_is_upgraded_in_place(tmp_path: Path) -> No
     opened: every step runs once, in order, and the job is still there to claim."""
     import psycopg
 
-    from khadem_nb.drivers.postgres import SCHEMA_VERSION, schema_sql
+    from khadem_nb.drivers.postgres import schema_sql
 
     schema = schema_for(tmp_path)
     with psycopg.connect(need_postgres(), autocommit=True) as conn:

@@ -10,6 +10,7 @@ from typing import Any
 
 from ..job import JobRecord, JobStatus
 from ..serializer import dumps
+from ..unique import lock_is_live
 from .quarantine import checked
 
 #: a job's columns, in the order rows are written and read
@@ -18,6 +19,26 @@ COLUMNS = ("id", "queue", "name", "status", "priority", "attempt", "max_attempts
            "timeout_s", "key", "payload", "result", "error", "traceback", "meta", "failure", "code")
 #: statuses a version writes; any other stored status reads as failed
 WRITTEN = "('queued', 'scheduled', 'active', 'completed', 'cancelled')"
+
+
+def unique_lock_sql(jobs: str, locks: str, mark: str) -> tuple[str, str]:
+    """Read a unique lock with its job's status (by key), and write one (key, job id, statuses
+    that hold it, expiry): the two statements both SQL drivers take a lock with."""
+    read = (f"SELECT u.job_id, u.holds, u.expires_ms, j.status FROM {locks} u "
+            f"LEFT JOIN {jobs} j ON j.id = u.job_id WHERE u.key = {mark}")
+    write = (f"INSERT INTO {locks} (key, job_id, holds, expires_ms) VALUES ({mark}, {mark}, {mark}, {mark}) "
+             "ON CONFLICT (key) DO UPDATE SET job_id = excluded.job_id, holds = excluded.holds, "
+             "expires_ms = excluded.expires_ms")
+    return read, write
+
+
+def live_holder(row: Sequence[Any] | None, now_ms: int) -> str | None:
+    """The id of the job holding a lock read by ``unique_lock_sql``, or ``None`` if it is dead."""
+    if row is None:
+        return None
+    job_id, holds, expires_ms, status = row
+    found = None if status is None else readable_status(status)
+    return str(job_id) if lock_is_live(holds, found, expires_ms, now_ms) else None
 
 
 def finished_counts_sql(table: str, mark: str) -> str:

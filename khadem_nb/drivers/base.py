@@ -23,6 +23,7 @@ from ..config import QueueSettings, parse_config
 from ..errors import ConfigError
 from ..job import ACTIVE, CANCELLED, COMPLETED, FAILED, QUEUED, SCHEDULED, JobRecord, JobStatus
 from ..limits import PRIORITY_RANGE
+from ..unique import UniqueRule
 
 
 class _NoResult:
@@ -297,6 +298,11 @@ class QueueDriver(ABC):
     @abstractmethod
     async def counts(self, queue: str | None = None) -> dict[JobStatus, int]:
         """How many records are in each status (every status present as a key)."""
+
+    @abstractmethod
+    async def push_unique(self, record: JobRecord, rule: UniqueRule) -> str | None:
+        """Store ``record`` and give it ``rule.key``'s lock, in one atomic step, unless a live
+        job holds the lock (see ``unique``): then store nothing and return that job's id."""
 
     @abstractmethod
     async def requeue(self, job_ids: Iterable[str]) -> int:

@@ -24,6 +24,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
+import hashlib
+import json
 import logging
 import os
 import re
@@ -37,6 +39,7 @@ from .._time import now_ms
 from ..config import QueueSettings
 from ..errors import DriverError, SerializationError
 from ..job import TERMINAL_STATUSES, JobRecord, JobStatus
+from ..unique import UniqueRule, lock_is_live
 from . import _records
 from ._fs import check_parent_writable, local_path
 from ._polling import PollingWaits
@@ -56,7 +59,8 @@ from .quarantine import checked, unreadable
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
-STATE_DIRS = ("tmp", "ready", "delayed", "active", "done", "failed", "cancelled", "corrupt", "code")
+STATE_DIRS = ("tmp", "ready", "delayed", "active", "done", "failed", "cancelled", "corrupt", "code",
+              "unique")
 CODE_DIGEST = re.compile(r"[0-9a-f]{32}\Z")
 PRIORITY_OFFSET = 10**9  # ready files sort ascending; higher priority must come first
 ID_LEN = 32
@@ -234,6 +238,35 @@ class FileStore:
             self._seq += 1
             record.meta.setdefault("_seq", self._seq)
             self._place_pending(record)
+
+    def insert_unique(self, record: JobRecord, rule: UniqueRule) -> str | None:
+        """Under the store lock: insert ``record`` and write ``rule``'s lock file
+        (``unique/<digest of the key>.json``) unless a live job holds the lock (its id then)."""
+        path = self.dir("unique", hashlib.sha256(rule.key.encode()).hexdigest() + ".json")
+        with self.locked():
+            lock = self._read_lock(path)
+            if lock is not None:
+                holder = self.find(str(lock.get("job_id")))
+                status = None if holder is None else holder.status
+                if lock_is_live(str(lock.get("holds")), status, lock.get("expires_ms"), now_ms()):
+                    return str(lock["job_id"])
+            fields = {"key": rule.key, "job_id": record.id, "holds": rule.holds_text,
+                      "expires_ms": rule.expires_ms}
+            self.write_bytes(path, json.dumps(fields).encode())
+            self.insert([record])
+        return None
+
+    def _read_lock(self, path: str) -> dict[str, Any] | None:
+        """A lock file's fields; one that cannot be read is set aside (and the lock is free)."""
+        try:
+            with open(path, "rb") as handle:
+                lock = json.loads(handle.read())
+        except FileNotFoundError:
+            return None
+        except (ValueError, UnicodeDecodeError) as exc:
+            self._set_aside(path, f"not a unique lock ({exc})")
+            return None
+        return lock if isinstance(lock, dict) else None
 
     def _place_pending(self, record: JobRecord) -> None:
         if record.available_ms > now_ms():
@@ -598,6 +631,12 @@ class FileDriver(QueueDriver):
     async def push(self, records: Sequence[JobRecord]) -> None:
         await self._call(self.store.insert, records)
         self._waits.wake()
+
+    async def push_unique(self, record: JobRecord, rule: UniqueRule) -> str | None:
+        holder = await self._call(self.store.insert_unique, record, rule)
+        if holder is None:
+            self._waits.wake()
+        return holder
 
     def interrupt_waits(self) -> None:
         self._waits.interrupt()

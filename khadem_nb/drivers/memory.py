@@ -37,6 +37,7 @@ from ..job import (
     JobStatus,
 )
 from ..serializer import dumps
+from ..unique import UniqueRule, lock_is_live
 from . import _records
 from .base import (
     RELEASE,
@@ -121,6 +122,8 @@ class MemoryDriver(QueueDriver):
         self._failed = self._held[FAILED]  # ids of failed jobs, in the order they failed
         self._aborts: list[AbortNotice] = []  # workers told at once of a running job cancelled
         self._code: dict[str, bytes] = {}  # shipped code envelopes by digest
+        #: unique-job locks: key -> (job id, statuses that hold it, expiry ms or None)
+        self._uniques: dict[str, tuple[str, str, int | None]] = {}
         self._retention = settings.retention
         self._ready: dict[str, PriorityLanes] = {}
         self._delayed: dict[str, list[tuple[int, int, str]]] = {}
@@ -491,6 +494,17 @@ class MemoryDriver(QueueDriver):
                 count += 1
         return count
 
+    async def push_unique(self, record: JobRecord, rule: UniqueRule) -> str | None:
+        lock = self._uniques.get(rule.key)
+        if lock is not None:
+            holder, holds, expires = lock
+            stored = self._records.get(holder)
+            if lock_is_live(holds, None if stored is None else stored.status, expires, self.clock()):
+                return holder
+        self._uniques[rule.key] = (record.id, rule.holds_text, rule.expires_ms)
+        await self.push([record])
+        return None
+
     async def store_code(self, digest: str, envelope: bytes) -> None:
         self._code.setdefault(digest, envelope)
 
@@ -499,6 +513,7 @@ class MemoryDriver(QueueDriver):
 
     async def purge(self) -> None:
         self._code.clear()
+        self._uniques.clear()
         self._queues.clear()
         self._records.clear()
         self._counts = empty_counts()

@@ -32,6 +32,7 @@ from ..config import QueueSettings
 from ..errors import ConfigError, CorruptQueueError, DriverError, DriverUnavailableError
 from ..job import JobRecord, JobStatus
 from ..serializer import dumps
+from ..unique import UniqueRule
 from ._batches import TurnBatch, through_outage
 from ._polling import PollingWaits
 from ._records import due_view
@@ -40,10 +41,12 @@ from ._rows import (
     WRITTEN,
     finish_buckets,
     finished_counts_sql,
+    live_holder,
     readable_status,
     record_from_row,
     row_of,
     status_filters,
+    unique_lock_sql,
 )
 from ._watchers import SettleWatchers
 from .base import (
@@ -65,7 +68,7 @@ from .base import (
 
 logger = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 SETTLED = {s.value: s for s in JobStatus}  # status words as the settle notices carry them
 IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}\Z")
 NOW = "(extract(epoch FROM clock_timestamp()) * 1000)::bigint"
@@ -128,6 +131,9 @@ def upgrade_sql(schema: str) -> dict[int, list[str]]:
         # retention by age finds old finished rows without walking every finished row
         2: [f"CREATE INDEX IF NOT EXISTS jobs_finished ON {s}.jobs (status, finished_ms) "
             "WHERE status IN ('completed', 'failed', 'cancelled')"],
+        # unique-job locks (see ``unique``): key -> the job holding it
+        3: [f"CREATE TABLE IF NOT EXISTS {s}.uniques (key text PRIMARY KEY, job_id text NOT NULL, "
+            "holds text NOT NULL, expires_ms bigint)"],
     }
 
 
@@ -249,6 +255,7 @@ class PostgresDriver(QueueDriver):
         self._prepared = settings.options.get("prepared_statements", True) is not False
         self._claim = claim_sql(schema)
         self._settle_sql = settle_sql(self.table, self.channel, self.settled_channel)
+        self._unique_lock = unique_lock_sql(self.table, f"{schema}.uniques", "%s")
         self._settles: TurnBatch[tuple[JobRecord, Settlement], int] = TurnBatch(self._send_settles)
         self._select = f"SELECT {SELECT_COLUMNS} FROM {self.table}"
         self._lease_ms = int(settings.lease_s * 1000)
@@ -447,6 +454,32 @@ class PostgresDriver(QueueDriver):
         for record in records:  # built before the manager had this driver: checked here, all first
             self.check_priority(record.priority)
         return [row_of(r) for r in records], sorted({r.queue for r in records})
+
+    async def push_unique(self, record: JobRecord, rule: UniqueRule) -> str | None:
+        """One transaction: a new lock is inserted (a concurrent dispatch of the same key waits
+        on it); an existing one is locked (FOR UPDATE) and taken over only if it is dead."""
+        read, write = self._unique_lock
+        row = row_of(record)
+
+        async def work(conn: Any) -> str | None:
+            async with conn.transaction():
+                taken = await conn.execute(f"INSERT INTO {self.schema}.uniques VALUES (%s, %s, %s, %s) "
+                                           "ON CONFLICT (key) DO NOTHING",
+                                           (rule.key, record.id, rule.holds_text, rule.expires_ms))
+                if not taken.rowcount:
+                    found = await (await conn.execute(read + " FOR UPDATE OF u", (rule.key,))).fetchone()
+                    now = (await (await conn.execute(f"SELECT {NOW}")).fetchone())[0]
+                    holder = live_holder(found, now)
+                    if holder is not None:
+                        return holder
+                    await conn.execute(write, (rule.key, record.id, rule.holds_text, rule.expires_ms))
+                await conn.execute(self._insert_sql(1), row)
+                return None
+
+        holder: str | None = await self._run(work)
+        if holder is None:
+            self._waits.wake()
+        return holder
 
     async def push_in(self, connection: Any, records: Sequence[JobRecord]) -> None:
         """Insert inside the application's own transaction (committed or rolled back by it);
@@ -690,7 +723,7 @@ RETURNING id, token IS NOT NULL
         return {r.key or "": r for r in (due_view(record_from_row(row)) for row in rows)}
 
     async def purge(self) -> None:
-        await self._fetch(f"TRUNCATE {self.table}, {self.schema}.code")
+        await self._fetch(f"TRUNCATE {self.table}, {self.schema}.code, {self.schema}.uniques")
 
 
 NOTIFY_PAYLOAD_MAX = 7900  # bytes of one NOTIFY payload (the server takes fewer than 8000)

@@ -37,6 +37,7 @@ from ..config import QueueSettings
 from ..errors import ConfigError, CorruptQueueError, DriverError, DriverUnavailableError
 from ..job import TERMINAL_STATUSES, JobRecord, JobStatus
 from ..serializer import dumps
+from ..unique import UniqueRule
 from ._fs import check_parent_writable, is_network_filesystem, local_path
 from ._polling import PollingWaits
 from ._records import due_view, reclaim
@@ -45,10 +46,12 @@ from ._rows import (
     WRITTEN,
     finish_buckets,
     finished_counts_sql,
+    live_holder,
     readable_status,
     record_from_row,
     row_of,
     status_filters,
+    unique_lock_sql,
 )
 from .base import (
     RELEASE,
@@ -96,6 +99,12 @@ CREATE INDEX IF NOT EXISTS khadem_jobs_claim ON khadem_jobs (queue, priority DES
 CREATE INDEX IF NOT EXISTS khadem_jobs_lease ON khadem_jobs (lease_ms) WHERE status = 'active';
 CREATE INDEX IF NOT EXISTS khadem_jobs_status ON khadem_jobs (status, seq);
 CREATE INDEX IF NOT EXISTS khadem_jobs_key ON khadem_jobs (key) WHERE key IS NOT NULL;
+CREATE TABLE IF NOT EXISTS khadem_unique (
+    key        TEXT PRIMARY KEY,
+    job_id     TEXT NOT NULL,
+    holds      TEXT NOT NULL,
+    expires_ms INTEGER
+);
 CREATE TABLE IF NOT EXISTS khadem_code (
     digest     TEXT PRIMARY KEY,
     envelope   BLOB NOT NULL,
@@ -103,6 +112,7 @@ CREATE TABLE IF NOT EXISTS khadem_code (
 );
 """
 
+UNIQUE_LOCK = unique_lock_sql("khadem_jobs", "khadem_unique", "?")
 TRIM_EVERY = 500  # finished jobs between retention passes (or retention_pass_interval seconds)
 TRIM_BY_COUNT = ("DELETE FROM khadem_jobs WHERE seq IN (SELECT seq FROM khadem_jobs WHERE status = ? "
                  "ORDER BY seq DESC LIMIT -1 OFFSET ?)")
@@ -230,6 +240,20 @@ class SqliteStore:
     def insert(self, records: Sequence[JobRecord]) -> None:
         rows = [row_of(r) for r in records]
         self.write(lambda conn: conn.executemany(INSERT, rows))
+
+    def insert_unique(self, record: JobRecord, rule: UniqueRule) -> str | None:
+        """Insert ``record`` under ``rule``'s lock unless a live job holds it (its id then)."""
+        read, write = UNIQUE_LOCK
+
+        def run(conn: sqlite3.Connection) -> str | None:
+            holder = live_holder(conn.execute(read, (rule.key,)).fetchone(), now_ms())
+            if holder is not None:
+                return holder
+            conn.execute(write, (rule.key, record.id, rule.holds_text, rule.expires_ms))
+            conn.execute(INSERT, row_of(record))
+            return None
+
+        return self.write(run)
 
     def claim(self, queues: Sequence[str], limit: int) -> list[JobRecord]:
         def run(conn: sqlite3.Connection) -> list[JobRecord]:
@@ -420,6 +444,7 @@ class SqliteStore:
         def run(conn: sqlite3.Connection) -> None:
             conn.execute("DELETE FROM khadem_jobs")
             conn.execute("DELETE FROM khadem_code")
+            conn.execute("DELETE FROM khadem_unique")
 
         self.write(run)
 
@@ -500,6 +525,12 @@ class SqliteDriver(QueueDriver):
     async def push(self, records: Sequence[JobRecord]) -> None:
         await self._call(SqliteStore.insert, records)
         self._waits.wake()
+
+    async def push_unique(self, record: JobRecord, rule: UniqueRule) -> str | None:
+        holder = await self._call(SqliteStore.insert_unique, record, rule)
+        if holder is None:
+            self._waits.wake()
+        return holder
 
     def interrupt_waits(self) -> None:
         self._waits.interrupt()

@@ -34,6 +34,7 @@ from ...config import QueueSettings
 from ...errors import ConfigError, CorruptQueueError, DriverError
 from ...job import JobRecord, JobStatus
 from ...serializer import dumps
+from ...unique import UniqueRule
 from .._records import due_view
 from ..base import (
     LEASE_LOST_ERROR,
@@ -188,6 +189,18 @@ class RedisDriver(QueueDriver):
             self.check_priority(record.priority)
         chunks = [records[i : i + PUSH_CHUNK] for i in range(0, len(records), PUSH_CHUNK)]
         await (self._enqueue_each(chunks) if len(chunks) <= 1 else self.push_chunks(chunks))
+
+    async def push_unique(self, record: JobRecord, rule: UniqueRule) -> str | None:
+        """enqueue.lua checks and takes the lock and stores the job in one script."""
+        self.check_priority(record.priority)
+        await self._left()
+        new = self.queues.to_announce([record.queue])
+        if new:
+            await self.connection.call(functools.partial(self.client.sadd, self.queues.key, *new))
+            self.queues.announced(new)
+        lock = f"{record.id}|{rule.holds_text}|{-1 if rule.expires_ms is None else rule.expires_ms}"
+        held = await self._run("enqueue", record.queue, [*wire.enqueue_args([record]), rule.key, lock])
+        return held.decode() if isinstance(held, bytes) else None
 
     async def push_chunks(self, chunks: Iterable[Sequence[JobRecord]]) -> None:
         await self._left()

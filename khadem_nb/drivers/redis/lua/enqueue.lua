@@ -15,6 +15,21 @@
 local now = now_ms()
 local count, batch = tonumber(ARGV[2]), ARGV[3]
 if count == 0 then return now end
+-- A unique dispatch (one job) names its lock: ARGV[4] the lock's field, ARGV[5] the lock to
+-- store, "id|statuses that hold it|expiry ms (-1: none)". A live lock (its job exists in one of
+-- those statuses, not expired) stores nothing and returns the holder's id.
+if ARGV[4] then
+  local lock = redis.call('HGET', KEYS[K_UNIQUE], ARGV[4])
+  if lock then
+    local holder, holds, expires = string.match(lock, '^(.-)|(.-)|(%-?%d+)$')
+    local s = holder and get_state(holder)
+    if s and (tonumber(expires) < 0 or now < tonumber(expires))
+        and string.find(',' .. holds .. ',', ',' .. s.status .. ',', 1, true) then
+      return holder
+    end
+  end
+  redis.call('HSET', KEYS[K_UNIQUE], ARGV[4], ARGV[5])
+end
 local first = redis.call('INCRBY', KEYS[K_SEQ], count) - count
 local find, sub = string.find, string.sub
 local state, all = {}, {}

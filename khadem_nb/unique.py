@@ -1,0 +1,85 @@
+"""Unique jobs: a dispatch that names a unique key is stored only while no live job holds it.
+
+A *lock* ties a unique key (per named queue) to the job that took it, the statuses in which that
+job still holds it, and an optional expiry. A lock is live while its job exists in one of those
+statuses and the expiry has not passed; a dead lock is taken over by the next dispatch. Each
+driver checks and takes a lock in one atomic step with storing the job (``push_unique``), so
+concurrent dispatches from many processes store one job.
+
+- ``unique="queued"``: held while the job waits (queued or scheduled); once it starts, the same
+  job may be dispatched again.
+- ``unique=True`` or ``"until_done"``: held while it waits or runs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import Any
+
+from . import limits
+from .errors import ConfigError
+from .job import ACTIVE, QUEUED, SCHEDULED, JobStatus
+from .serializer import dumps
+
+#: the statuses in which a lock's job holds it, by ``unique=`` value
+MODES: dict[object, tuple[JobStatus, ...]] = {
+    "queued": (QUEUED, SCHEDULED),
+    "until_done": (QUEUED, SCHEDULED, ACTIVE),
+    True: (QUEUED, SCHEDULED, ACTIVE),
+}
+CONFLICTS = ("skip", "replace", "error")
+
+
+@dataclass(frozen=True, slots=True)
+class UniqueRule:
+    """What ``push_unique`` needs: the key, the statuses that hold it, when it expires (ms
+    since the epoch, or ``None``)."""
+
+    key: str
+    holds: tuple[JobStatus, ...]
+    expires_ms: int | None
+
+    @property
+    def holds_text(self) -> str:
+        """The statuses as one comma-separated word list, as the stores keep them."""
+        return ",".join(status.value for status in self.holds)
+
+
+def canonical_key(name: str, payload: Any) -> str:
+    """``name`` and a digest of the canonical JSON of ``payload`` (keys sorted at every level):
+    the same arguments give the same key in any process."""
+    canonical = dumps(_sorted(payload))
+    return f"{name}:{hashlib.sha256(canonical.encode()).hexdigest()[:32]}"
+
+
+def _sorted(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _sorted(value[k]) for k in sorted(value)}
+    if isinstance(value, list):
+        return [_sorted(v) for v in value]
+    return value
+
+
+def unique_rule(unique: object, unique_for: Any, unique_key: Any, on_conflict: Any, *, name: str,
+                payload: Any, queue: str, now_ms: int) -> UniqueRule:
+    """The rule of one dispatch; ``ConfigError`` naming the value and the valid forms."""
+    if not (unique is True or (isinstance(unique, str) and unique in MODES)):
+        raise ConfigError(f"unique must be True, 'queued' or 'until_done' (or left out), got {unique!r}")
+    if on_conflict not in CONFLICTS:
+        raise ConfigError(f"on_conflict must be one of {', '.join(CONFLICTS)}, got {on_conflict!r}")
+    if unique_key is not None and (not isinstance(unique_key, str) or not unique_key):
+        raise ConfigError(f"unique_key must be a non-empty string, got {unique_key!r}")
+    expires = None
+    if unique_for is not None:
+        expires = now_ms + int(limits.seconds(unique_for, "unique_for") * 1000)
+    key = unique_key if unique_key is not None else canonical_key(name, payload)
+    return UniqueRule(f"{queue}\t{key}", MODES[unique], expires)
+
+
+def lock_is_live(holds_text: str, status: JobStatus | None, expires_ms: int | None, now_ms: int) -> bool:
+    """Whether a stored lock still holds: its job exists in one of ``holds_text``'s statuses
+    (comma-separated) and the lock has not expired."""
+    if status is None or (expires_ms is not None and now_ms >= expires_ms):
+        return False
+    return status.value in holds_text.split(",")
