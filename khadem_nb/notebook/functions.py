@@ -9,7 +9,6 @@ notebook cell lives in ``__main__`` and only in-kernel workers can run it (with
 
 from __future__ import annotations
 
-import hashlib
 import inspect
 import itertools
 from collections.abc import Callable, Iterable, Mapping
@@ -21,7 +20,8 @@ from ..errors import ConfigError, SerializationError
 from ..isolation import check_isolation
 from ..job import QueueJob
 from ..registry import job_factories
-from ..serializer import dumps, encode_value
+from ..serializer import encode_value
+from ..unique import canonical_key
 
 if TYPE_CHECKING:
     from .handles import JobGroup, JobHandle
@@ -132,8 +132,7 @@ class JobFunction:
 
     def key(self, params: Mapping[str, Any]) -> str:
         """The point's identity in resumable sweeps: job name + canonical parameters."""
-        canonical = dumps(_sorted(encode_value(dict(params), path=f"{self.name} argument")))
-        return f"{self.name}:{hashlib.sha256(canonical.encode()).hexdigest()[:32]}"
+        return canonical_key(self.name, encode_value(dict(params), path=f"{self.name} argument"))
 
     # -- dispatching -------------------------------------------------------------------------
     def dispatch(self, *args: Any, priority: int | None = None, delay: float | timedelta | None = None,
@@ -177,10 +176,3 @@ class JobFunction:
         return self.map(calls, priority=priority, delay=delay, max_attempts=max_attempts, fresh=fresh,
                         rerun_cancelled=rerun_cancelled, on_code_change=on_code_change)
 
-
-def _sorted(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {k: _sorted(value[k]) for k in sorted(value)}
-    if isinstance(value, list):
-        return [_sorted(v) for v in value]
-    return value
