@@ -256,6 +256,7 @@ class PostgresDriver(QueueDriver):
         self._claim = claim_sql(schema)
         self._settle_sql = settle_sql(self.table, self.channel, self.settled_channel)
         self._unique_lock = unique_lock_sql(self.table, f"{schema}.uniques", "%s")
+        self._unique_insert = self._insert_if_locked_sql()
         self._settles: TurnBatch[tuple[JobRecord, Settlement], int] = TurnBatch(self._send_settles)
         self._select = f"SELECT {SELECT_COLUMNS} FROM {self.table}"
         self._lease_ms = int(settings.lease_s * 1000)
@@ -428,6 +429,17 @@ class PostgresDriver(QueueDriver):
                 f"{', '.join([one] * rows)} RETURNING queue) "
                 f"SELECT pg_notify('{self.channel}', queue) FROM (SELECT DISTINCT queue FROM new) AS q")
 
+    def _insert_if_locked_sql(self) -> str:
+        """One statement: a unique lock inserted unless its key has one, and the job with it;
+        answers whether the lock was inserted (and the job with it)."""
+        one = ", ".join("%s::jsonb" if c == "meta" else "%s" for c in COLUMNS)
+        return (f"WITH lock AS (INSERT INTO {self.schema}.uniques VALUES (%s, %s, %s, %s) "
+                "ON CONFLICT (key) DO NOTHING RETURNING key), "
+                f"new AS (INSERT INTO {self.table} ({', '.join(COLUMNS)}) SELECT {one} "
+                "WHERE EXISTS (SELECT 1 FROM lock) RETURNING queue), "
+                f"told AS (SELECT pg_notify('{self.channel}', queue) FROM new) "
+                "SELECT (SELECT count(*) FROM lock), (SELECT count(*) FROM told)")
+
     async def push(self, records: Sequence[JobRecord]) -> None:
         rows, queues = self._rows(records)
 
@@ -456,27 +468,28 @@ class PostgresDriver(QueueDriver):
         return [row_of(r) for r in records], sorted({r.queue for r in records})
 
     async def push_unique(self, record: JobRecord, rule: UniqueRule) -> str | None:
-        """One transaction: a new lock is inserted (a concurrent dispatch of the same key waits
-        on it); an existing one is locked (FOR UPDATE) and taken over only if it is dead."""
-        read, write = self._unique_lock
+        """A key nobody holds yet: one statement inserts the lock and the job (a concurrent
+        dispatch of the same key waits on the lock's index entry, then finds it taken). A key
+        with a lock: one transaction locks its row (FOR UPDATE) and takes it over only if dead."""
+        lock = (rule.key, record.id, rule.holds_text, rule.expires_ms)
         row = row_of(record)
 
-        async def work(conn: Any) -> str | None:
+        async def first(conn: Any) -> bool:
+            return bool((await (await conn.execute(self._unique_insert, (*lock, *row))).fetchone())[0])
+
+        async def take_over(conn: Any) -> str | None:
+            read, write = self._unique_lock
             async with conn.transaction():
-                taken = await conn.execute(f"INSERT INTO {self.schema}.uniques VALUES (%s, %s, %s, %s) "
-                                           "ON CONFLICT (key) DO NOTHING",
-                                           (rule.key, record.id, rule.holds_text, rule.expires_ms))
-                if not taken.rowcount:
-                    found = await (await conn.execute(read + " FOR UPDATE OF u", (rule.key,))).fetchone()
-                    now = (await (await conn.execute(f"SELECT {NOW}")).fetchone())[0]
-                    holder = live_holder(found, now)
-                    if holder is not None:
-                        return holder
-                    await conn.execute(write, (rule.key, record.id, rule.holds_text, rule.expires_ms))
+                found = await (await conn.execute(read + " FOR UPDATE OF u", (rule.key,))).fetchone()
+                now = (await (await conn.execute(f"SELECT {NOW}")).fetchone())[0]
+                holder = live_holder(found, now)
+                if holder is not None:
+                    return holder
+                await conn.execute(write, lock)
                 await conn.execute(self._insert_sql(1), row)
                 return None
 
-        holder: str | None = await self._run(work)
+        holder: str | None = None if await self._run(first) else await self._run(take_over)
         if holder is None:
             self._waits.wake()
         return holder
