@@ -15,7 +15,6 @@ import argparse
 import asyncio
 import contextlib
 import os
-import signal
 import socket
 import statistics
 import subprocess
@@ -29,7 +28,7 @@ import redis
 HERE = Path(__file__).parent
 sys.path[:0] = [str(HERE / "peers")]
 import khadem_peer  # noqa: E402
-from common import DONE_KEY, URL  # noqa: E402
+from common import URL, time_to_stamp  # noqa: E402
 
 
 def env() -> dict[str, str]:
@@ -43,27 +42,14 @@ def spare_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def time_to_stamp(n: int) -> float:
-    client = redis.Redis.from_url(URL)
-    client.flushdb()
+def time_to_drain(n: int) -> float:
+    redis.Redis.from_url(URL).flushdb()
     asyncio.run(khadem_peer.enqueue(n, bulk=True))
-    started = time.perf_counter()
-    worker = subprocess.Popen(khadem_peer.worker_cmd(), env={**env(), "BENCH_N": str(n)}, cwd=HERE / "peers",
-                              start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        while client.get(DONE_KEY) is None:
-            if worker.poll() is not None or time.perf_counter() - started > 600:
-                raise RuntimeError("the worker never ran the last job")
-            time.sleep(0.001)
-        return time.perf_counter() - started
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(worker.pid, signal.SIGKILL)
-        worker.wait()
+    return time_to_stamp(khadem_peer.worker_cmd(), env(), HERE / "peers", n, "khadem_nb")
 
 
 def drain_rate(n: int) -> float:
-    return (n - 1) / max(1e-6, time_to_stamp(n) - time_to_stamp(1))
+    return (n - 1) / max(1e-6, time_to_drain(n) - time_to_drain(1))
 
 
 PAGES = """

@@ -20,11 +20,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import gc
 import importlib
 import os
-import signal
 import statistics
 import subprocess
 import sys
@@ -33,12 +31,10 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
-import redis
 
 HERE = Path(__file__).parent
 sys.path[:0] = [str(HERE / "pg_peers"), str(HERE / "peers")]
-from common import DONE_KEY  # noqa: E402
-from common import URL as REDIS_URL  # noqa: E402
+from common import p50_p99_ms, stop, time_to_stamp  # noqa: E402
 from pgcommon import BASE_URL  # noqa: E402
 
 ENGINES = {"khadem_nb": "khadem_pg_peer", "procrastinate": "procrastinate_peer", "saq": "saq_pg_peer",
@@ -54,7 +50,6 @@ def fresh(engine: str, module: Any) -> None:
         conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
         conn.execute(f"CREATE DATABASE {name}")
     asyncio.run(module.setup())
-    redis.Redis.from_url(REDIS_URL).delete(DONE_KEY)
     gc.collect()
 
 
@@ -72,33 +67,16 @@ def enqueue_rate(engine: str, module: Any, n: int, bulk: bool) -> float:
     return n / (time.perf_counter() - started)
 
 
-def time_to_stamp(engine: str, module: Any, n: int) -> float:
+def time_to_drain(engine: str, module: Any, n: int) -> float:
+    """Seconds from starting a worker on n queued no-ops until the n-th has run."""
     fresh(engine, module)
     asyncio.run(module.enqueue(n, bulk=engine in BULK))
-    client = redis.Redis.from_url(REDIS_URL)
-    started = time.perf_counter()
-    worker = subprocess.Popen(module.worker_cmd(), env={**env(), "BENCH_N": str(n)}, cwd=HERE / "pg_peers",
-                              start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = started + 600
-        while client.get(DONE_KEY) is None:
-            if time.perf_counter() > deadline or worker.poll() is not None:
-                raise RuntimeError(f"{engine}: the worker never ran job {n}")
-            time.sleep(0.001)
-        return time.perf_counter() - started
-    finally:
-        stop(worker)
-
-
-def stop(worker: subprocess.Popen[bytes]) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(worker.pid, signal.SIGKILL)
-    worker.wait()
+    return time_to_stamp(module.worker_cmd(), env(), HERE / "pg_peers", n, engine)
 
 
 def drain_rate(engine: str, module: Any, n: int) -> float:
-    full = time_to_stamp(engine, module, n)
-    startup = time_to_stamp(engine, module, 1)
+    full = time_to_drain(engine, module, n)
+    startup = time_to_drain(engine, module, 1)
     return (n - 1) / max(1e-6, full - startup)
 
 
@@ -109,10 +87,10 @@ def roundtrip(engine: str, module: Any, count: int) -> tuple[float, float]:
     try:
         asyncio.run(module.roundtrips(20))  # warm up: the worker is up, connections open
         gc.collect()
-        latencies = sorted(asyncio.run(module.roundtrips(count)))
+        latencies = asyncio.run(module.roundtrips(count))
     finally:
         stop(worker)
-    return latencies[len(latencies) // 2] * 1000, latencies[int(len(latencies) * 0.99)] * 1000
+    return p50_p99_ms(latencies)
 
 
 def main() -> None:

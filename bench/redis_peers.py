@@ -20,11 +20,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import gc
 import importlib
 import os
-import signal
 import statistics
 import subprocess
 import sys
@@ -36,7 +34,7 @@ import redis
 
 HERE = Path(__file__).parent / "peers"
 sys.path.insert(0, str(HERE))
-from common import DONE_KEY, URL  # noqa: E402
+from common import URL, p50_p99_ms, stop, time_to_stamp  # noqa: E402
 
 ENGINES = ["khadem_nb", "arq", "saq", "rq", "dramatiq", "huey", "celery", "taskiq"]
 MODULES = {name: f"{name.split('_')[0]}_peer" for name in ENGINES}
@@ -72,27 +70,7 @@ def time_to_sentinel(module: Any, n: int) -> float:
     """Seconds from starting a worker on n queued no-ops until the n-th has run."""
     flush()
     asyncio.run(module.enqueue(n))
-    client = redis.Redis.from_url(URL)
-    started = time.perf_counter()
-    worker = subprocess.Popen(module.worker_cmd(), env={**env(), "BENCH_N": str(n)}, cwd=HERE,
-                              start_new_session=True, stdout=subprocess.DEVNULL,
-                              stderr=subprocess.DEVNULL)
-    try:
-        deadline = started + 600
-        while client.get(DONE_KEY) is None:
-            if time.perf_counter() > deadline or worker.poll() is not None:
-                raise RuntimeError(f"{module.__name__}: the worker never ran job {n}")
-            time.sleep(0.001)
-        return time.perf_counter() - started
-    finally:
-        stop(worker)
-
-
-def stop(worker: subprocess.Popen[bytes]) -> None:
-    """Kill the worker and every process it forked (Dramatiq, Celery and taskiq fork children)."""
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(worker.pid, signal.SIGKILL)
-    worker.wait()
+    return time_to_stamp(module.worker_cmd(), env(), HERE, n, module.__name__)
 
 
 def drain_rate(module: Any, n: int) -> float:
@@ -108,10 +86,10 @@ def roundtrip(module: Any, count: int) -> tuple[float, float]:
     try:
         asyncio.run(module.roundtrips(20))  # warm up: worker started, connections open
         settle_garbage()
-        latencies = sorted(asyncio.run(module.roundtrips(count)))
+        latencies = asyncio.run(module.roundtrips(count))
     finally:
         stop(worker)
-    return latencies[len(latencies) // 2] * 1000, latencies[int(len(latencies) * 0.99)] * 1000
+    return p50_p99_ms(latencies)
 
 
 def physical_limit(n: int) -> float:

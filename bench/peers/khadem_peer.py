@@ -1,11 +1,11 @@
-"""khadem_nb on Redis, as measured by bench/redis_peers.py."""
+"""khadem_nb on Redis, as measured by bench/redis_peers.py (and, with a PostgreSQL URL, by
+bench/postgres_peers.py through bench/pg_peers/khadem_pg_peer.py)."""
 
 from __future__ import annotations
 
 import sys
-import time
 
-from common import URL, mark_done, tick
+from common import URL, mark_done, tick, timed_calls
 
 from khadem_nb import QueueJob, QueueManager
 
@@ -20,8 +20,8 @@ class Sentinel(QueueJob):
         mark_done()
 
 
-async def enqueue(n: int, bulk: bool = False, sentinel_last: bool = False) -> None:
-    manager = await QueueManager(URL).init()
+async def enqueue(n: int, bulk: bool = False, sentinel_last: bool = False, url: str = URL) -> None:
+    manager = await QueueManager(url).init()
     jobs: list[QueueJob] = [Noop() for _ in range(n)]
     if sentinel_last:
         jobs[-1] = Sentinel()
@@ -34,18 +34,14 @@ async def enqueue(n: int, bulk: bool = False, sentinel_last: bool = False) -> No
     await manager.close()
 
 
-def worker_cmd() -> list[str]:
-    return [sys.executable, "-m", "khadem_nb.cli", "--log-level", "WARNING", "worker", "--queue-url", URL,
-            "--import", "khadem_peer", "--concurrency", "100"]
+def worker_cmd(url: str = URL, module: str = "khadem_peer") -> list[str]:
+    return [sys.executable, "-m", "khadem_nb.cli", "--log-level", "WARNING", "worker", "--queue-url", url,
+            "--import", module, "--concurrency", "100"]
 
 
-async def roundtrips(n: int) -> list[float]:
-    """``dispatch_and_wait``: watch settle notices (pub/sub), push, read the record once done."""
-    manager = await QueueManager(URL).init()
-    latencies = []
-    for _ in range(n):
-        started = time.perf_counter()
-        await manager.dispatch_and_wait(Noop(), timeout=5)
-        latencies.append(time.perf_counter() - started)
+async def roundtrips(n: int, url: str = URL) -> list[float]:
+    """``dispatch_and_wait``: watch settle notices, push, read the record once done."""
+    manager = await QueueManager(url).init()
+    latencies = await timed_calls(n, lambda: manager.dispatch_and_wait(Noop(), timeout=5))
     await manager.close()
     return latencies

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
-from common import URL, mark_done, tick, tool
+from common import URL, mark_done, tick, timed_calls, tool
 from saq import Queue
 
 
@@ -34,10 +33,6 @@ def worker_cmd() -> list[str]:
 
 async def roundtrips(n: int) -> list[float]:
     q = Queue.from_url(URL)
-    latencies = []
-    for _ in range(n):
-        started = time.perf_counter()
-        await q.apply("noop", poll_interval=0.0005)
-        latencies.append(time.perf_counter() - started)
+    latencies = await timed_calls(n, lambda: q.apply("noop", poll_interval=0.0005))
     await q.disconnect()
     return latencies

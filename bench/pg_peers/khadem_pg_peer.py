@@ -1,26 +1,15 @@
-"""khadem_nb on PostgreSQL, as measured by bench/postgres_peers.py."""
+"""khadem_nb on PostgreSQL, as measured by bench/postgres_peers.py: the Redis peer's jobs and
+calls (bench/peers/khadem_peer.py) on a PostgreSQL URL."""
 
 from __future__ import annotations
 
-import sys
-import time
-
-from common import mark_done, tick
+import khadem_peer
+from khadem_peer import Noop, Sentinel  # noqa: F401  (the jobs the worker imports from here)
 from pgcommon import database_url
 
-from khadem_nb import QueueJob, QueueManager
+from khadem_nb import QueueManager
 
 URL = database_url("khadem")
-
-
-class Noop(QueueJob):
-    async def handle(self) -> None:
-        tick()
-
-
-class Sentinel(QueueJob):
-    async def handle(self) -> None:
-        mark_done()
 
 
 async def setup() -> None:
@@ -29,29 +18,12 @@ async def setup() -> None:
 
 
 async def enqueue(n: int, bulk: bool = False) -> None:
-    manager = await QueueManager(URL).init()
-    jobs: list[QueueJob] = [Noop() for _ in range(n)]
-    if bulk:
-        for start in range(0, n, 1000):
-            await manager.dispatch_many(jobs[start : start + 1000])
-    else:
-        for job in jobs:
-            await manager.dispatch(job)
-    await manager.close()
+    await khadem_peer.enqueue(n, bulk=bulk, url=URL)
 
 
 def worker_cmd() -> list[str]:
-    return [sys.executable, "-m", "khadem_nb.cli", "--log-level", "WARNING", "worker", "--queue-url", URL,
-            "--import", "khadem_pg_peer", "--concurrency", "100"]
+    return khadem_peer.worker_cmd(URL, "khadem_pg_peer")
 
 
 async def roundtrips(n: int) -> list[float]:
-    """``dispatch_and_wait``: woken by the worker's settle, then the record is read."""
-    manager = await QueueManager(URL).init()
-    latencies = []
-    for _ in range(n):
-        started = time.perf_counter()
-        await manager.dispatch_and_wait(Noop(), timeout=5)
-        latencies.append(time.perf_counter() - started)
-    await manager.close()
-    return latencies
+    return await khadem_peer.roundtrips(n, url=URL)
