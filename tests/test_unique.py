@@ -135,3 +135,33 @@ async def test_100_concurrent_dispatches_from_4_processes_store_one_job(driver: 
     finally:
         await manager.driver.purge()
         await manager.close()
+
+
+@pytest.mark.parametrize("driver", ["sqlite", "postgres"])
+async def test_retention_drops_the_locks_of_jobs_it_removed(driver: str, tmp_path: Path) -> None:
+    manager = await make_manager(driver, tmp_path)
+    try:
+        done = await manager.dispatch(Echo("kept a while"), unique=True)
+        waiting = await manager.dispatch(Echo("still queued"), unique=True)
+        [held] = [r for r in await manager.driver.reserve(["default"], 2, 1.0) if r.id == done]
+        assert await manager.driver.complete(held, "ok")
+        assert await manager.forget([done]) == 1  # as retention would
+        await manager.driver.trim()  # type: ignore[attr-defined]
+        assert await lock_holders(manager, driver) == [waiting]
+    finally:
+        await manager.driver.purge()
+        await manager.close()
+
+
+async def lock_holders(manager: QueueManager, driver: str) -> list[str]:
+    if driver == "sqlite":
+        import sqlite3
+
+        with sqlite3.connect(manager.settings.path) as conn:
+            return [row[0] for row in conn.execute("SELECT job_id FROM khadem_unique")]
+    import psycopg
+    from conftest import need_postgres
+
+    schema = manager.driver.schema  # type: ignore[attr-defined]
+    with psycopg.connect(need_postgres(), autocommit=True) as conn:
+        return [row[0] for row in conn.execute(f"SELECT job_id FROM {schema}.uniques")]

@@ -17,6 +17,7 @@ from ..job import JobRecord, JobStatus
 from ..manager import QueueManager
 
 REFRESH_S = 1.0  # the overview is computed at most this often
+QUEUES_REFRESH_S = 10.0  # the queue names are read this often (a scan of every record in SQL)
 BUCKET_MS = 60_000  # one bar a minute
 BUCKETS = 60  # an hour
 RUNNING_SHOWN = 50
@@ -49,6 +50,8 @@ class Overview:
         self._lock = asyncio.Lock()
         self._cached: dict[str, Any] | None = None
         self._cached_at = 0.0
+        self._queues: list[str] = []
+        self._queues_at = -QUEUES_REFRESH_S
 
     async def read(self) -> dict[str, Any]:
         async with self._lock:
@@ -59,7 +62,10 @@ class Overview:
 
     async def _compute(self) -> dict[str, Any]:
         manager = self.manager
-        queues = await manager.driver.queue_names() or [manager.settings.name]
+        if time.monotonic() - self._queues_at >= QUEUES_REFRESH_S:
+            self._queues = await manager.driver.queue_names() or [manager.settings.name]
+            self._queues_at = time.monotonic()
+        queues = self._queues
         counts = {queue: await manager.counts(queue) for queue in queues}
         now_ms = time.time_ns() // 1_000_000
         done, broke = await self.minutes.refresh(manager, now_ms)

@@ -32,6 +32,13 @@ def unique_lock_sql(jobs: str, locks: str, mark: str) -> tuple[str, str]:
     return read, write
 
 
+def stale_locks_sql(jobs: str, locks: str) -> str:
+    """Delete up to 5,000 unique locks whose job is gone (retention took it): such a lock is
+    dead anyway, and would otherwise stay until its key is dispatched again."""
+    return (f"DELETE FROM {locks} WHERE key IN (SELECT u.key FROM {locks} u WHERE NOT EXISTS "
+            f"(SELECT 1 FROM {jobs} j WHERE j.id = u.job_id) LIMIT 5000)")
+
+
 def live_holder(row: Sequence[Any] | None, now_ms: int) -> str | None:
     """The id of the job holding a lock read by ``unique_lock_sql``, or ``None`` if it is dead."""
     if row is None:

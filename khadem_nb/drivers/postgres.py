@@ -45,6 +45,7 @@ from ._rows import (
     readable_status,
     record_from_row,
     row_of,
+    stale_locks_sql,
     status_filters,
     unique_lock_sql,
 )
@@ -605,6 +606,8 @@ class PostgresDriver(QueueDriver):
                   f"AND finished_ms < %s LIMIT {TRIM_BATCH})")
         statements += [(by_age, (status, cutoff)) for status, cutoff in
                        (("completed", completed_before), ("failed", failed_before)) if cutoff is not None]
+
+        statements.append((stale_locks_sql(self.table, f"{self.schema}.uniques"), ()))
 
         async def work(conn: Any) -> None:
             for sql, params in statements:

@@ -50,6 +50,7 @@ from ._rows import (
     readable_status,
     record_from_row,
     row_of,
+    stale_locks_sql,
     status_filters,
     unique_lock_sql,
 )
@@ -113,6 +114,7 @@ CREATE TABLE IF NOT EXISTS khadem_code (
 """
 
 UNIQUE_LOCK = unique_lock_sql("khadem_jobs", "khadem_unique", "?")
+STALE_LOCKS = stale_locks_sql("khadem_jobs", "khadem_unique")
 TRIM_EVERY = 500  # finished jobs between retention passes (or retention_pass_interval seconds)
 TRIM_BY_COUNT = ("DELETE FROM khadem_jobs WHERE seq IN (SELECT seq FROM khadem_jobs WHERE status = ? "
                  "ORDER BY seq DESC LIMIT -1 OFFSET ?)")
@@ -343,6 +345,7 @@ class SqliteStore:
         def run(conn: sqlite3.Connection) -> None:
             for sql, params in passes:
                 conn.execute(sql, params)
+            conn.execute(STALE_LOCKS)
 
         self.write(run)
 
@@ -588,6 +591,10 @@ class SqliteDriver(QueueDriver):
 
     async def forget(self, job_ids: Sequence[str]) -> int:
         return await self._call(SqliteStore.forget, list(job_ids))
+
+    async def trim(self) -> None:
+        """Apply retention now (settles also run it every few hundred jobs)."""
+        await self._call(SqliteStore.trim)
 
     async def find_by_keys(self, keys: Sequence[str]) -> dict[str, JobRecord]:
         return await self._call(SqliteStore.find_by_keys, list(keys))
