@@ -574,3 +574,19 @@ def test_panel_shows_what_running_jobs_print(q: kn.Queue, recorded: list[Any]) -
     release.set()
     h.result(timeout=10)
     panel.close()
+
+
+def test_a_unique_dispatch_from_a_cell_returns_the_job_already_queued(q: kn.Queue) -> None:
+    @q.job
+    def refresh(account: int) -> int:
+        return account
+
+    first = refresh.dispatch(7, unique=True)
+    again = refresh.dispatch(7, unique=True)
+    other = refresh.dispatch(8, unique=True)
+    assert again.id == first.id and other.id != first.id
+    with pytest.raises(kn.DuplicateJobError, match=first.id):
+        refresh.dispatch(account=7, unique=True, on_conflict="error")
+    q.start(concurrency=1)
+    assert first.result(timeout=20) == 7 and other.result(timeout=20) == 8
+    assert refresh.dispatch(7, unique="queued").id != first.id  # done: the key is free again
