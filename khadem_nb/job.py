@@ -99,6 +99,8 @@ class QueueJob:
     should_retry: ClassVar[bool] = True
     priority: ClassVar[int] = 0
     timeout: ClassVar[float | None] = None
+    #: seconds a finished record (its result or error) is kept, beside the queue's retention
+    keep_result: ClassVar[float | None] = None
     queue: ClassVar[str | None] = None
     job_name_override: ClassVar[str | None] = None
     #: where ``handle`` runs: ``"process"`` (a child process that a timeout or a cancel can
@@ -203,6 +205,9 @@ class JobRecord:
     #: the fingerprint of the job's code (``shipping.fingerprint``); shipped code is stored
     #: under it
     code: str | None = None
+    #: how long the record is kept once finished (``keep_result``), in ms; ``None``: as the
+    #: queue's retention says
+    keep_ms: int | None = None
 
     @property
     def duration_ms(self) -> float | None:

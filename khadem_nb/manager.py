@@ -61,6 +61,7 @@ class Draft:
     timeout_s: float | None
     key: str | None
     code: str
+    keep_ms: int | None = None
 
     def record(self, now: int) -> JobRecord:
         """The record of this job, created at ``now``, with a fresh id."""
@@ -74,6 +75,8 @@ class Draft:
         if self.key is not None:
             record.key = self.key
         record.code = self.code
+        if self.keep_ms is not None:
+            record.keep_ms = self.keep_ms
         return record
 
 
@@ -185,7 +188,8 @@ class QueueManager:
         return self._new_record(self._draft(job, delay, queue, priority, max_attempts, key), self._now_ms())
 
     def _draft(self, job: QueueJob, delay: float | timedelta | None, queue: str | None,
-               priority: int | None, max_attempts: int | None, key: str | None) -> Draft:
+               priority: int | None, max_attempts: int | None, key: str | None,
+               keep_result: float | timedelta | None = None) -> Draft:
         """Everything about a job that can be wrong, encoded and checked; no id or time yet."""
         name, payload = self.serializer.encode_job(job)
         delay_ms = 0 if delay is None else int(limits.seconds(delay, "delay") * 1000)
@@ -204,7 +208,9 @@ class QueueManager:
         if queue.__class__ is not str:
             raise ConfigError(f"queue must be a queue name (a non-empty string), got {queue!r}")
         code = self._class_codes.get(job.__class__) or self._code_of(job)
-        return Draft(name, payload, queue, level, attempts, delay_ms, timeout_s, key, code)
+        keep = job.keep_result if keep_result is None else keep_result
+        keep_ms = None if keep is None else int(limits.seconds(keep, "keep_result") * 1000)
+        return Draft(name, payload, queue, level, attempts, delay_ms, timeout_s, key, code, keep_ms)
 
     def _code_of(self, job: QueueJob) -> str:
         """The fingerprint of ``job``'s code, kept per class where the class is the code."""
@@ -217,7 +223,8 @@ class QueueManager:
                        queue: str | None = None, priority: int | None = None,
                        max_attempts: int | None = None, connection: Any = None,
                        unique: bool | str | None = None, unique_for: float | timedelta | None = None,
-                       unique_key: str | None = None, on_conflict: str = "skip") -> str:
+                       unique_key: str | None = None, on_conflict: str = "skip",
+                       keep_result: float | timedelta | None = None) -> str:
         """Queue ``job`` (after ``delay``) and return its id. On ``sync`` it runs before returning.
 
         ``connection`` (PostgreSQL): the application's own psycopg connection; the job is
@@ -229,8 +236,11 @@ class QueueManager:
         sooner. On a conflict ``on_conflict`` says what happens: ``"skip"`` returns the
         holder's id, ``"replace"`` cancels the holder and stores this one, ``"error"`` raises
         ``DuplicateJobError``. The check and the store are one atomic step on every driver.
+
+        ``keep_result`` (seconds; default the job's ``keep_result``) limits how long the
+        finished record, its result or error, is kept, beside the queue's retention.
         """
-        draft = self._draft(job, delay, queue, priority, max_attempts, None)
+        draft = self._draft(job, delay, queue, priority, max_attempts, None, keep_result)
         record = self._new_record(draft, self._now_ms())
         if unique is not None or unique_for is not None or unique_key is not None or on_conflict != "skip":
             if connection is not None:
@@ -273,7 +283,8 @@ class QueueManager:
         self._count_queued(records)
 
     async def dispatch_many(self, jobs: Iterable[QueueJob], delay: float | timedelta | None = None,
-                            *, queue: str | None = None, connection: Any = None) -> list[str]:
+                            *, queue: str | None = None, connection: Any = None,
+                            keep_result: float | timedelta | None = None) -> list[str]:
         """Queue many jobs; every job is encoded and checked before any is stored.
 
         The records are then built a chunk at a time as the driver takes them: on Redis each
@@ -281,7 +292,7 @@ class QueueManager:
         (``DriverUnavailableError``) the chunks already stored stay queued; SQLite stores all
         of them in one transaction or none.
         """
-        drafts = [self._draft(job, delay, queue, None, None, None) for job in jobs]
+        drafts = [self._draft(job, delay, queue, None, None, None, keep_result) for job in jobs]
         if connection is not None:  # all in the application's transaction (PostgreSQL)
             now = self._now_ms()
             written = [self._new_record(draft, now) for draft in drafts]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -278,6 +279,29 @@ async def test_forget_deletes_finished_records_only(queued_manager: QueueManager
     assert await queued_manager.purge_failed() == 0
     counts = await queued_manager.counts()
     assert (counts["completed"], counts["failed"], counts["cancelled"], counts["active"]) == (0, 0, 0, 1)
+
+
+async def test_keep_result_ends_a_finished_records_life_on_its_own(queued_manager: QueueManager) -> None:
+    """A record dispatched with ``keep_result`` is removed once that time has passed after it
+    finished (completed or failed), at the next retention pass; the others stay."""
+    driver = queued_manager.driver
+    brief = await queued_manager.dispatch(Echo("brief"), keep_result=0.3)
+    kept = await queued_manager.dispatch(Echo("kept"))
+    brief_failure = await queued_manager.dispatch(Echo("fails"), keep_result=timedelta(seconds=0.3))
+    waiting = await queued_manager.dispatch(Echo("waits"), keep_result=0.3)
+    held = {r.id: r for r in await driver.reserve(["default"], 3, 1.0)}
+    assert set(held) == {brief, kept, brief_failure}
+    assert held[brief].keep_ms == 300 and held[kept].keep_ms is None
+    assert await driver.complete(held[brief], "x") and await driver.complete(held[kept], "y")
+    assert await driver.fail(held[brief_failure], "ValueError: no", None)
+    await driver.trim()  # not yet: 0.3 s have not passed
+    ids = [brief, kept, brief_failure, waiting]
+    assert None not in await queued_manager.statuses(ids)
+    await asyncio.sleep(0.45)
+    await driver.trim()
+    assert await queued_manager.statuses(ids) == [None, JobStatus.COMPLETED, None, JobStatus.QUEUED]
+    with pytest.raises(ConfigError, match="keep_result must be between 0 and"):
+        await queued_manager.dispatch(Echo("bad"), keep_result=-1)
 
 
 async def test_finished_counts_count_by_window_of_finish_time(queued_manager: QueueManager) -> None:

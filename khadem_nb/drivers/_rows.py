@@ -16,7 +16,8 @@ from .quarantine import checked
 #: a job's columns, in the order rows are written and read
 COLUMNS = ("id", "queue", "name", "status", "priority", "attempt", "max_attempts", "reclaims",
            "created_ms", "available_ms", "started_ms", "finished_ms", "lease_ms", "token",
-           "timeout_s", "key", "payload", "result", "error", "traceback", "meta", "failure", "code")
+           "timeout_s", "key", "payload", "result", "error", "traceback", "meta", "failure", "code",
+           "keep_ms")
 #: statuses a version writes; any other stored status reads as failed
 WRITTEN = "('queued', 'scheduled', 'active', 'completed', 'cancelled')"
 
@@ -48,6 +49,12 @@ def live_holder(row: Sequence[Any] | None, now_ms: int) -> str | None:
     return str(job_id) if lock_is_live(holds, found, expires_ms, now_ms) else None
 
 
+def expired_sql(table: str, mark: str) -> str:
+    """Delete up to 5,000 finished records whose own ``keep_ms`` ran out by ``mark`` (now)."""
+    return (f"DELETE FROM {table} WHERE seq IN (SELECT seq FROM {table} WHERE keep_ms IS NOT NULL AND "
+            f"status IN ('completed', 'failed') AND finished_ms + keep_ms <= {mark} LIMIT 5000)")
+
+
 def finished_counts_sql(table: str, mark: str) -> str:
     """Completed and failed jobs by window of finish time, from a start (``mark`` is the
     driver's placeholder; it takes the start, the window length, the start)."""
@@ -71,7 +78,7 @@ def row_of(record: JobRecord) -> tuple[Any, ...]:
             record.available_ms, record.started_ms, record.finished_ms, record.lease_ms,
             record.token, record.timeout_s, record.key, dumps(record.payload),
             None if record.result is None else dumps(record.result), record.error,
-            record.traceback, dumps(record.meta), record.failure, record.code)
+            record.traceback, dumps(record.meta), record.failure, record.code, record.keep_ms)
 
 
 def readable_status(text: Any) -> JobStatus:

@@ -281,6 +281,11 @@ class QueueDriver(ABC):
                    limit: int | None = None) -> list[JobRecord]:
         """Records in creation order; with ``limit``, the newest ``limit`` of them."""
 
+    async def trim(self) -> None:
+        """Apply retention now: the queue's (by count and age) and each record's own
+        ``keep_ms``. Drivers also do it as jobs settle (every settle, or every few hundred and
+        at least every 10 s, depending on the driver)."""
+
     async def finished_counts(self, since_ms: int, bucket_ms: int) -> dict[int, tuple[int, int]]:
         """Jobs that finished at or after ``since_ms``, in windows of ``bucket_ms``: window
         index -> (completed, failed). Counts what retention keeps: dropped records are gone."""

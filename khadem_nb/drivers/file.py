@@ -60,7 +60,7 @@ logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
 STATE_DIRS = ("tmp", "ready", "delayed", "active", "done", "failed", "cancelled", "corrupt", "code",
-              "unique")
+              "unique", "expiring")
 CODE_DIGEST = re.compile(r"[0-9a-f]{32}\Z")
 PRIORITY_OFFSET = 10**9  # ready files sort ascending; higher priority must come first
 ID_LEN = 32
@@ -200,7 +200,7 @@ class FileStore:
         """The job files of a state folder (``ready/<queue>``, ``active``, ...), sorted. Anything
         else found there (a stray file, a folder) is moved to ``corrupt/`` with a warning, so
         nobody trips over it again."""
-        pattern = DELAYED_FILE if parts[0] == "delayed" else JOB_FILE
+        pattern = DELAYED_FILE if parts[0] in ("delayed", "expiring") else JOB_FILE
         names = []
         for entry in self._entries(*parts):
             if entry.is_file(follow_symlinks=False) and pattern.match(entry.name):
@@ -383,12 +383,16 @@ class FileStore:
             record = held.copy()
             settlement.apply(record)
             self._move_from_active(path, record)
+            if record.keep_ms is not None and record.status in TERMINAL_STATUSES:
+                expires = (record.finished_ms or 0) + record.keep_ms
+                self.write_bytes(self.dir("expiring", f"{expires:015d}-{record.id}.json"), b"")
             if record.status is JobStatus.COMPLETED:
                 self._trim_to_count("done", self.settings.retention)
             elif record.status is JobStatus.FAILED and self.settings.failed_retention is not None:
                 self._trim_to_count("failed", self.settings.failed_retention)
             if record.status in TERMINAL_STATUSES and time.monotonic() >= self._next_age_pass:
                 self._trim_by_age()
+                self._trim_expired()
             return "settled"
 
     def _stop(self, held: JobRecord, settlement: Settlement) -> str | None:
@@ -458,6 +462,36 @@ class FileStore:
                 if self._mtime(folder, name) * 1000 < cutoff_ms:
                     with contextlib.suppress(FileNotFoundError):
                         os.unlink(self.dir(folder, name))
+
+    def _trim_expired(self) -> None:
+        """Remove the finished records whose own ``keep_ms`` ran out: ``expiring/`` holds an
+        empty marker ``<expiry ms>-<id>.json`` per such record (named as delayed jobs are), so
+        the soonest sort first."""
+        now = now_ms()
+        due = {}
+        for marker in self.listdir("expiring"):
+            if int(marker.split("-", 1)[0]) > now:
+                break
+            due[_id_of(marker)] = marker
+        if not due:
+            return
+        for folder in ("done", "failed"):
+            for name in self.listdir(folder):
+                if _id_of(name) in due:
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(self.dir(folder, name))
+        for marker in due.values():
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.dir("expiring", marker))
+
+    def trim(self) -> None:
+        """Apply retention now: by count, by age, and each record's own ``keep_ms``."""
+        with self.locked():
+            self._trim_to_count("done", self.settings.retention)
+            if self.settings.failed_retention is not None:
+                self._trim_to_count("failed", self.settings.failed_retention)
+            self._trim_by_age()
+            self._trim_expired()
 
     def _mtime(self, folder: str, name: str) -> float:
         try:
@@ -695,6 +729,9 @@ class FileDriver(QueueDriver):
 
     async def forget(self, job_ids: Sequence[str]) -> int:
         return await self._call(self.store.forget, list(job_ids))
+
+    async def trim(self) -> None:
+        await self._call(self.store.trim)
 
     async def store_code(self, digest: str, envelope: bytes) -> None:
         await self._call(self.store.store_code, digest, envelope)

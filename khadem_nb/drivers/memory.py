@@ -124,6 +124,8 @@ class MemoryDriver(QueueDriver):
         self._code: dict[str, bytes] = {}  # shipped code envelopes by digest
         #: unique-job locks: key -> (job id, statuses that hold it, expiry ms or None)
         self._uniques: dict[str, tuple[str, str, int | None]] = {}
+        #: (expiry ms, id) of finished records with a ``keep_ms`` of their own, soonest first
+        self._expiring: list[tuple[int, str]] = []
         self._retention = settings.retention
         self._ready: dict[str, PriorityLanes] = {}
         self._delayed: dict[str, list[tuple[int, int, str]]] = {}
@@ -307,6 +309,10 @@ class MemoryDriver(QueueDriver):
         counts = self._counts
         counts[ACTIVE] -= 1
         counts[status] += 1
+        if stored.keep_ms is not None:
+            heapq.heappush(self._expiring, (settlement.at_ms + stored.keep_ms, job_id))
+        if self._expiring:
+            self._expire()
         if status is COMPLETED:
             self._completed.append(job_id)
             if len(self._completed) > self._retention:
@@ -316,6 +322,19 @@ class MemoryDriver(QueueDriver):
         if self._aging or (self._failed and self.settings.failed_retention is not None):
             self._trim()
         return True
+
+    def _expire(self) -> None:
+        """Forget the finished records whose own ``keep_ms`` has run out."""
+        now, expiring, records = self.clock(), self._expiring, self._records
+        while expiring and expiring[0][0] <= now:
+            record = records.get(heapq.heappop(expiring)[1])
+            if record is not None and record.status in FINISHED:
+                self._forget(record)
+
+    async def trim(self) -> None:
+        self._expire()
+        self._trim_completed()
+        self._trim()
 
     def _stop(self, record: JobRecord, stored: JobRecord | None, settlement: Settlement) -> bool:
         """The holder's settle of a job cancelled while it ran (see ``QueueDriver._settle``)."""
@@ -514,6 +533,7 @@ class MemoryDriver(QueueDriver):
     async def purge(self) -> None:
         self._code.clear()
         self._uniques.clear()
+        self._expiring.clear()
         self._queues.clear()
         self._records.clear()
         self._counts = empty_counts()

@@ -39,6 +39,7 @@ from ._records import due_view
 from ._rows import (
     COLUMNS,
     WRITTEN,
+    expired_sql,
     finish_buckets,
     finished_counts_sql,
     live_holder,
@@ -69,11 +70,11 @@ from .base import (
 
 logger = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 SETTLED = {s.value: s for s in JobStatus}  # status words as the settle notices carry them
 IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}\Z")
 NOW = "(extract(epoch FROM clock_timestamp()) * 1000)::bigint"
-SELECT_COLUMNS = ", ".join(COLUMNS[:-3]) + ", meta::text, failure, code"
+SELECT_COLUMNS = ", ".join("meta::text" if c == "meta" else c for c in COLUMNS)
 TRIM_EVERY = 500  # finished jobs between retention passes (or retention_pass_interval seconds)
 TRIM_BATCH = 5000  # rows one retention statement deletes at most
 RECLAIM_BATCH = 100  # expired leases one claim puts back at most
@@ -135,6 +136,10 @@ def upgrade_sql(schema: str) -> dict[int, list[str]]:
         # unique-job locks (see ``unique``): key -> the job holding it
         3: [f"CREATE TABLE IF NOT EXISTS {s}.uniques (key text PRIMARY KEY, job_id text NOT NULL, "
             "holds text NOT NULL, expires_ms bigint)"],
+        # a record's own lifetime once finished (``keep_result``), and what finds expired ones
+        4: [f"ALTER TABLE {s}.jobs ADD COLUMN IF NOT EXISTS keep_ms bigint",
+            f"CREATE INDEX IF NOT EXISTS jobs_expiring ON {s}.jobs ((finished_ms + keep_ms)) "
+            "WHERE keep_ms IS NOT NULL AND status IN ('completed', 'failed')"],
     }
 
 
@@ -173,7 +178,7 @@ UPDATE {s}.jobs j
        lease_ms = now.ms + %(lease_ms)s, token = %(token)s || '-' || j.seq
   FROM picked, now
  WHERE j.seq = picked.seq
-RETURNING j.seq, {", ".join("j." + c for c in COLUMNS[:-3])}, j.meta::text, j.failure, j.code
+RETURNING j.seq, {", ".join("j.meta::text" if c == "meta" else "j." + c for c in COLUMNS)}
 """
 
 
@@ -607,6 +612,7 @@ class PostgresDriver(QueueDriver):
         statements += [(by_age, (status, cutoff)) for status, cutoff in
                        (("completed", completed_before), ("failed", failed_before)) if cutoff is not None]
 
+        statements.append((expired_sql(self.table, NOW), ()))
         statements.append((stale_locks_sql(self.table, f"{self.schema}.uniques"), ()))
 
         async def work(conn: Any) -> None:

@@ -44,6 +44,7 @@ from ._records import due_view, reclaim
 from ._rows import (
     COLUMNS,
     WRITTEN,
+    expired_sql,
     finish_buckets,
     finished_counts_sql,
     live_holder,
@@ -93,7 +94,8 @@ CREATE TABLE IF NOT EXISTS khadem_jobs (
     traceback    TEXT,
     meta         TEXT NOT NULL DEFAULT '{}',
     failure      TEXT,
-    code         TEXT
+    code         TEXT,
+    keep_ms      INTEGER
 );
 CREATE INDEX IF NOT EXISTS khadem_jobs_claim ON khadem_jobs (queue, priority DESC, seq)
     WHERE status IN ('queued', 'scheduled');
@@ -115,6 +117,7 @@ CREATE TABLE IF NOT EXISTS khadem_code (
 
 UNIQUE_LOCK = unique_lock_sql("khadem_jobs", "khadem_unique", "?")
 STALE_LOCKS = stale_locks_sql("khadem_jobs", "khadem_unique")
+EXPIRED = expired_sql("khadem_jobs", "?")
 TRIM_EVERY = 500  # finished jobs between retention passes (or retention_pass_interval seconds)
 TRIM_BY_COUNT = ("DELETE FROM khadem_jobs WHERE seq IN (SELECT seq FROM khadem_jobs WHERE status = ? "
                  "ORDER BY seq DESC LIMIT -1 OFFSET ?)")
@@ -345,6 +348,7 @@ class SqliteStore:
         def run(conn: sqlite3.Connection) -> None:
             for sql, params in passes:
                 conn.execute(sql, params)
+            conn.execute(EXPIRED, (now_ms(),))
             conn.execute(STALE_LOCKS)
 
         self.write(run)
@@ -456,7 +460,7 @@ def _add_missing_columns(conn: sqlite3.Connection) -> None:
     """Bring a queue file made by an earlier version up to ``SCHEMA``: columns added since are
     added (empty), so its records read and its jobs run on."""
     present = {row[1] for row in conn.execute("PRAGMA table_info(khadem_jobs)")}
-    for column, kind in (("failure", "TEXT"), ("code", "TEXT")):
+    for column, kind in (("failure", "TEXT"), ("code", "TEXT"), ("keep_ms", "INTEGER")):
         if column not in present:
             conn.execute(f"ALTER TABLE khadem_jobs ADD COLUMN {column} {kind}")
 

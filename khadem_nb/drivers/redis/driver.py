@@ -25,6 +25,7 @@ import asyncio
 import contextlib
 import functools
 import logging
+import time
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, ClassVar, TypeVar
 
@@ -32,7 +33,7 @@ from ..._ids import new_token
 from ..._time import now_ms
 from ...config import QueueSettings
 from ...errors import ConfigError, CorruptQueueError, DriverError
-from ...job import JobRecord, JobStatus
+from ...job import TERMINAL_STATUSES, JobRecord, JobStatus
 from ...serializer import dumps
 from ...unique import UniqueRule
 from .._records import due_view
@@ -60,6 +61,7 @@ FETCH_CHUNK = 2000  # records read per script call
 MAX_PRIORITY = 4000  # ready scores are -priority * 1e12 + seq: exact in a double up to this
 PUSH_CHUNK = 200  # jobs per enqueue call; a bigger push streams its chunks
 CANCEL_CHUNK = 5000  # jobs per cancel.lua call: Redis serves other clients between calls
+EXPIRY_PASS_S = 5.0  # how often settles of records with a lifetime of their own look for expired ones
 MAX_WINDOWS = 1440  # windows one finished_counts call counts at most (a day of minutes)
 MAX_WAIT_S = 1.0  # longest block on a notify list: other queues and sweeps are looked at as often
 
@@ -90,6 +92,7 @@ class RedisDriver(QueueDriver):
         # how this driver registers for hand-off (enqueue.lua): its lease and a unique name
         self._waiter = f"{self._lease_ms}|{new_token()}"
         self._registered: set[str] = set()  # queues whose K_WAITING may hold self._waiter
+        self._next_expiry_pass = 0.0  # monotonic time of the next look for expired records
         self._generation = 0  # bumped by interrupt_waits: a reserve under an older one claims nothing
         self._reserving = 0  # reserve calls in flight
         self._interrupted = False  # interrupt_waits called, and the hand-off line not left since
@@ -356,9 +359,30 @@ class RedisDriver(QueueDriver):
         outcome = await self.settles.settle(record, settlement)
         if outcome == 1:
             settlement.apply(record)
+            if record.keep_ms is not None and record.status in TERMINAL_STATUSES:
+                await self._keep_until(record, settlement.at_ms + record.keep_ms)
         elif outcome == 2:
             settlement.stop(record)
         return outcome != 0
+
+    async def _keep_until(self, record: JobRecord, expires_ms: int) -> None:
+        """Note when a finished record with a lifetime of its own expires; pass over the
+        queue's expired ones at most every ``EXPIRY_PASS_S``."""
+        key = self.keys(record.queue)[KEY_INDEX["expiring"]]
+        await self._on(record.queue, lambda: self.client.zadd(key, {record.id: expires_ms}))
+        if time.monotonic() >= self._next_expiry_pass:
+            await self.trim()
+
+    async def trim(self) -> None:
+        """Retention by count and age runs in settle.lua; this forgets the finished records whose
+        own ``keep_ms`` ran out (``forget.lua``, which also takes them off ``expiring``)."""
+        self._next_expiry_pass = time.monotonic() + EXPIRY_PASS_S
+        for queue in await self._all_queues():
+            due = await self._on(queue, functools.partial(self.client.zrangebyscore,
+                                                          self.keys(queue)[KEY_INDEX["expiring"]], "-inf",
+                                                          now_ms(), start=0, num=1000))
+            if due:
+                await self._run("forget", queue, wire.text(due))
 
     # -- cancelling ----------------------------------------------------------------------------
     async def cancel(self, job_ids: Sequence[str], reason: str) -> list[str]:

@@ -29,6 +29,7 @@ handoff    list         jobs a dispatch claimed for a waiting worker
 line       list         ready jobs of priority 0, FIFO
 cancelled  sorted set   cancelled jobs, scored by when they were cancelled
 unique     hash         unique key -> ``job id|statuses that hold it|expiry ms (-1: none)``
+expiring   sorted set   finished jobs with a lifetime of their own, scored by when it ends
 =========  ===========  ========================================================================
 
 Two keys live outside every queue's hash tag: ``{prefix}:queues``, the set of queue names any
@@ -46,7 +47,7 @@ from ...job import JobStatus
 
 KEY_NAMES = ("seq", "ready", "delayed", "active", "completed", "failed", "all", "state", "token",
              "result", "error", "reclaims", "meta", "keys", "notify", "sweep", "waiting", "handoff",
-             "line", "cancelled", "unique")
+             "line", "cancelled", "unique", "expiring")
 #: position of each key in ``KEY_NAMES`` (and in a script's ``KEYS``, counted from 0)
 KEY_INDEX = {name: index for index, name in enumerate(KEY_NAMES)}
 #: the Redis type of each key (``TYPE`` answers ``none`` for a key not yet written)
@@ -54,7 +55,7 @@ KEY_TYPES = {"seq": "string", "ready": "zset", "delayed": "zset", "active": "zse
              "failed": "zset", "all": "zset", "state": "hash", "token": "hash", "result": "hash",
              "error": "hash", "reclaims": "hash", "meta": "hash", "keys": "hash", "notify": "list",
              "sweep": "string", "waiting": "zset", "handoff": "list", "line": "list",
-             "cancelled": "zset", "unique": "hash"}
+             "cancelled": "zset", "unique": "hash", "expiring": "zset"}
 #: the hashes that hold one field per job, in the order ``fetch.lua`` returns them
 COLUMNS = ("state", "token", "result", "error", "reclaims", "meta")
 #: the sorted set that lists the jobs of each status

@@ -65,7 +65,7 @@ def _job_data(record: JobRecord, prefixes: dict[tuple[Any, ...], str]) -> str:
     Jobs of one kind share it up to the payload, so that part is encoded once per batch in
     ``prefixes``, and only the payload, creation time and key are encoded per job.
     """
-    shape = (record.name, record.priority, record.max_attempts, record.timeout_s, record.code)
+    shape = (record.name, record.priority, record.max_attempts, record.timeout_s, record.code, record.keep_ms)
     prefix = prefixes.get(shape)
     if prefix is None:
         prefix = prefixes[shape] = _data_prefix(record)
@@ -76,9 +76,10 @@ def _job_data(record: JobRecord, prefixes: dict[tuple[Any, ...], str]) -> str:
 
 def _data_prefix(record: JobRecord) -> str:
     """The job's data JSON up to its payload: ``{"job":..,"priority":..,..,"payload":``."""
+    keep = "" if record.keep_ms is None else f'"keep_ms":{record.keep_ms},'
     return (f'{{"job":{dumps(record.name)},"priority":{record.priority},'
             f'"max_attempts":{record.max_attempts},"timeout_s":{dumps(record.timeout_s)},'
-            f'"code":{dumps(record.code)},"payload":')
+            f'"code":{dumps(record.code)},{keep}"payload":')
 
 
 def retention_args(settings: QueueSettings) -> list[int]:
@@ -163,7 +164,8 @@ def _from_data(queue: str, job_id: str, data: bytes) -> JobRecord:
                      priority=fields.get("priority", 0), max_attempts=fields.get("max_attempts", 1),
                      created_ms=fields.get("created_ms", 0), timeout_s=fields.get("timeout_s"),
                      key=fields.get("key"), code=fields.get("code"),
-                     meta=dict(meta) if isinstance(meta, dict) else {})
+                     meta=dict(meta) if isinstance(meta, dict) else {},
+                     keep_ms=keep if isinstance(keep := fields.get("keep_ms"), int) else None)
 
 
 def record_from_columns(queue: str, job_id: str, values: list[Any]) -> JobRecord | None:

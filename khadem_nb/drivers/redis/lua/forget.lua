@@ -7,6 +7,7 @@ for _, id in ipairs(ARGV) do
   local set = s and sets[s.status]
   if set then
     redis.call('ZREM', KEYS[set], id)
+    redis.call('ZREM', KEYS[K_EXPIRING], id)
     forget(id)
     n = n + 1
   end
