@@ -590,3 +590,19 @@ def test_a_unique_dispatch_from_a_cell_returns_the_job_already_queued(q: kn.Queu
     q.start(concurrency=1)
     assert first.result(timeout=20) == 7 and other.result(timeout=20) == 8
     assert refresh.dispatch(7, unique="queued").id != first.id  # done: the key is free again
+
+
+def test_a_job_functions_keep_result_limits_how_long_its_records_stay(q: kn.Queue) -> None:
+    @q.job(keep_result=0.2)
+    def brief(x: int) -> int:
+        return x
+
+    handle = brief.dispatch(3)
+    q.start(concurrency=1)
+    assert handle.result(timeout=20) == 3
+    assert handle.record().keep_ms == 200
+    time.sleep(0.3)
+    q.run(q.manager.driver.trim())
+    assert q.run(q.manager.statuses([handle.id])) == [None]
+    with pytest.raises(ConfigError, match="keep_result must be between 0 and"):
+        q.job(keep_result=-1)(lambda: None)

@@ -43,6 +43,7 @@ class FunctionCall(QueueJob):
         self.timeout = spec.timeout  # type: ignore[misc]
         self.retry_jitter = spec.retry_jitter  # type: ignore[misc]
         self.isolation = spec.isolation  # type: ignore[misc]
+        self.keep_result = spec.keep_result  # type: ignore[misc]
 
     def job_name(self) -> str:  # type: ignore[override]
         return self.spec.name
@@ -82,7 +83,7 @@ class JobFunction:
     def __init__(self, queue: Queue, fn: Callable[..., Any], *, name: str | None = None,
                  max_attempts: int = 1, retry_delay: float | timedelta = 1.0, priority: int = 0,
                  timeout: float | timedelta | None = None, retry_jitter: bool = False,
-                 isolation: str | None = None) -> None:
+                 isolation: str | None = None, keep_result: float | timedelta | None = None) -> None:
         if not callable(fn):
             raise ConfigError(f"@q.job needs a function, got {fn!r}")
         self.queue = queue
@@ -96,6 +97,7 @@ class JobFunction:
         self.timeout = None if timeout is None else limits.seconds(timeout, "timeout")
         self.retry_jitter = retry_jitter
         self.isolation = check_isolation(isolation, f"@q.job {self.name}")
+        self.keep_result = None if keep_result is None else limits.seconds(keep_result, "keep_result")
         self.__doc__ = fn.__doc__
         self.__wrapped__ = fn
         job_factories.register(self.name, self._rebuild)

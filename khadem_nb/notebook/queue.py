@@ -138,9 +138,10 @@ class Queue:
 
         Options: ``name``, ``max_attempts``, ``retry_delay``, ``retry_jitter``, ``priority``,
         ``timeout``, ``isolation`` (``"process"`` runs each call in a child process, which a
-        timeout or a cancel stops).
+        timeout or a cancel stops), ``keep_result`` (seconds a finished call's record is kept).
         """
-        valid = {"name", "max_attempts", "retry_delay", "retry_jitter", "priority", "timeout", "isolation"}
+        valid = {"name", "max_attempts", "retry_delay", "retry_jitter", "priority", "timeout", "isolation",
+                 "keep_result"}
         unknown = set(options) - valid
         if unknown:
             raise ConfigError(f"unknown @q.job options {sorted(unknown)}; valid: {sorted(valid)}")
