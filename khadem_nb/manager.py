@@ -258,27 +258,23 @@ class QueueManager:
 
     async def _push_unique(self, record: JobRecord, rule: UniqueRule, on_conflict: str) -> str:
         """Store ``record`` under ``rule``; what a conflict does is ``on_conflict``'s."""
-        if self._shipper is not None and self._shipper.unsent:
-            await self._shipper.send(self.driver)
+        await self._send_unsent_code()
         holder = ""
         for _ in range(REPLACE_TRIES):
             found = await self.driver.push_unique(record, rule)
             if found is None:
-                self._count_queued([record])
-                if self.driver.runs_at_dispatch:
-                    await self._run_now({record.queue})
+                await self._stored([record])
                 return record.id
             holder = found
             if on_conflict == "skip":
                 return holder
             if on_conflict == "error":
-                raise DuplicateJobError(rule.key.split("\t", 1)[1], holder)
+                raise DuplicateJobError(rule.shown_key, holder)
             await self.driver.cancel([holder], "replaced by a unique dispatch of the same job")
-        raise DuplicateJobError(rule.key.split("\t", 1)[1], holder)  # other dispatches kept winning
+        raise DuplicateJobError(rule.shown_key, holder)  # other dispatches kept winning
 
     async def _push_in(self, connection: Any, records: Sequence[JobRecord]) -> None:
-        if self._shipper is not None and self._shipper.unsent:
-            await self._shipper.send(self.driver)
+        await self._send_unsent_code()
         await self.driver.push_in(connection, records)
         self._count_queued(records)
 
@@ -310,21 +306,26 @@ class QueueManager:
         if drafts:
             await self.shipper.send(self.driver)
             await self.driver.push_chunks(chunks())
-            self._count_queued(records)
-            if self.driver.runs_at_dispatch:
-                await self._run_now({r.queue for r in records})
+            await self._stored(records)
         return [r.id for r in records]
 
     async def push(self, records: Sequence[JobRecord]) -> None:
         """Store prepared records and count them; on ``sync``, run them now."""
         if not records:
             return
-        driver = self.driver
-        if self._shipper is not None and self._shipper.unsent:  # envelopes before their jobs
-            await self._shipper.send(driver)
-        await driver.push(records)
+        await self._send_unsent_code()
+        await self.driver.push(records)
+        await self._stored(records)
+
+    async def _send_unsent_code(self) -> None:
+        """Shipped code envelopes not stored yet go before the jobs that need them."""
+        if self._shipper is not None and self._shipper.unsent:
+            await self._shipper.send(self.driver)
+
+    async def _stored(self, records: Sequence[JobRecord]) -> None:
+        """What follows storing new records: they are counted, and on ``sync`` they run now."""
         self._count_queued(records)
-        if driver.runs_at_dispatch:
+        if self.driver.runs_at_dispatch:
             await self._run_now({r.queue for r in records})
 
     def _count_queued(self, records: Sequence[JobRecord]) -> None:

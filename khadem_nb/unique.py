@@ -41,6 +41,11 @@ class UniqueRule:
     expires_ms: int | None
 
     @property
+    def shown_key(self) -> str:
+        """The key as the dispatch named it (``key`` also names the queue)."""
+        return self.key.split("\t", 1)[1]
+
+    @property
     def holds_text(self) -> str:
         """The statuses as one comma-separated word list, as the stores keep them."""
         return ",".join(status.value for status in self.holds)

@@ -7,7 +7,6 @@ from __future__ import annotations
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -342,4 +341,3 @@ def test_cli_help_lists_the_dashboard() -> None:
     out = subprocess.run([sys.executable, "-m", "khadem_nb.cli", "dashboard", "--help"], env=process_env(),
                          capture_output=True, text=True, timeout=60).stdout
     assert "--token" in out and "8642" in out
-    time.sleep(0)

@@ -33,8 +33,7 @@ async def test_a_live_job_holds_its_key_until_it_is_done(queue: QueueManager) ->
     elsewhere = await queue.dispatch(Echo("x"), unique=True, queue="other")  # keys are per queue
     assert len({first, other, elsewhere}) == 3
     assert sorted(await stored(queue)) == sorted([first, other, elsewhere])
-    [held] = [r for r in await queue.driver.reserve(["default"], 2, 1.0) if r.id == first] or [None]
-    assert held is not None
+    held = {r.id: r for r in await queue.driver.reserve(["default"], 2, 1.0)}[first]
     assert await queue.dispatch(Echo("x"), unique="until_done") == first  # running still holds
     assert await queue.driver.complete(held, "x")
     again = await queue.dispatch(Echo("x"), unique=True)  # done: the key is free

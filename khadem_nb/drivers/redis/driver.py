@@ -197,10 +197,7 @@ class RedisDriver(QueueDriver):
         """enqueue.lua checks and takes the lock and stores the job in one script."""
         self.check_priority(record.priority)
         await self._left()
-        new = self.queues.to_announce([record.queue])
-        if new:
-            await self.connection.call(functools.partial(self.client.sadd, self.queues.key, *new))
-            self.queues.announced(new)
+        await self._announce([record.queue])
         lock = f"{record.id}|{rule.holds_text}|{-1 if rule.expires_ms is None else rule.expires_ms}"
         held = await self._run("enqueue", record.queue, [*wire.enqueue_args([record]), rule.key, lock])
         return held.decode() if isinstance(held, bytes) else None
@@ -230,12 +227,17 @@ class RedisDriver(QueueDriver):
         await self._left()
         for chunk in chunks:
             by_queue = wire.by_queue(chunk)
-            new = self.queues.to_announce(by_queue)
-            if new:
-                await self.connection.call(functools.partial(self.client.sadd, self.queues.key, *new))
-                self.queues.announced(new)
+            await self._announce(by_queue)
             for queue, queued in by_queue.items():
                 await self._run("enqueue", queue, wire.enqueue_args(queued))
+
+    async def _announce(self, queues: Iterable[str]) -> None:
+        """Register queues this process has not announced yet, before any job of theirs is
+        stored, so none is stored where ``get`` cannot find it."""
+        new = self.queues.to_announce(queues)
+        if new:
+            await self.connection.call(functools.partial(self.client.sadd, self.queues.key, *new))
+            self.queues.announced(new)
 
     def _enqueue_commands(self, chunks: Iterable[Sequence[JobRecord]]) -> Iterator[Outgoing]:
         """The commands of a streamed enqueue, each chunk built only when the one before is sent.
