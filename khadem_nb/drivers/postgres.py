@@ -381,13 +381,14 @@ class PostgresDriver(QueueDriver):
         if self._pool is None:
             raise DriverError(f"the PostgreSQL queue at {self._where()} is closed")
         for attempt in range(DEADLOCK_RETRIES + 1):
+            prepared = self._prepared  # another work may turn them off while this one runs
             try:
                 async with self._pool.connection() as conn:
-                    if not self._prepared:
+                    if not prepared:
                         conn.prepare_threshold = None
                     return await work(conn, *args)
             except psycopg.Error as exc:
-                if attempt < DEADLOCK_RETRIES and self._worth_again(exc):
+                if attempt < DEADLOCK_RETRIES and self._worth_again(exc, prepared):
                     continue
                 raise self._error_of(exc) from exc
             except Exception as exc:  # the pool timed out waiting for a connection
@@ -397,18 +398,21 @@ class PostgresDriver(QueueDriver):
                 raise
         raise AssertionError("unreachable")
 
-    def _worth_again(self, exc: Exception) -> bool:
+    def _worth_again(self, exc: Exception, prepared: bool) -> bool:
+        """Whether a work that failed with ``exc`` (run with prepared statements on or off) is
+        run again; the first lost prepared statement turns them off for every later work."""
         from psycopg import errors
 
         if isinstance(exc, errors.DeadlockDetected):
             return True
         lost_statement = isinstance(exc, errors.InvalidSqlStatementName | errors.DuplicatePreparedStatement)
-        if lost_statement and self._prepared:
+        if not (lost_statement and prepared):
+            return False
+        if self._prepared:
             self._prepared = False
             logger.warning("PostgreSQL at %s lost a prepared statement (%s): a transaction-pooling proxy? "
                            "Prepared statements are off from now on", self._where(), exc)
-            return True
-        return False
+        return True
 
     def _error_of(self, exc: Exception) -> DriverError:
         from psycopg import OperationalError, errors
