@@ -138,3 +138,27 @@ async def test_a_bulk_dispatch_on_sqlite_is_one_transaction(tmp_path: Path) -> N
     ids = await manager.dispatch_many([Echo(i) for i in range(450)])
     assert (await manager.counts())["queued"] == 450 and len(set(ids)) == 450
     await manager.close()
+
+
+def _open_sqlite(path: str) -> str | None:
+    from khadem_nb.config import QueueSettings
+    from khadem_nb.drivers.sqlite import SqliteStore
+
+    try:
+        store = SqliteStore(path, QueueSettings())
+        store.open()
+        store.close()
+    except Exception as exc:  # reported to the test, which names it
+        return repr(exc)
+    return None
+
+
+def test_processes_opening_a_new_sqlite_file_at_once_all_succeed(tmp_path: Path) -> None:
+    """Switching a new file to WAL can answer "database is locked" at once (no busy timeout)
+    while another process does the same: every opener waits its turn instead of failing."""
+    import multiprocessing
+
+    with multiprocessing.get_context("fork").Pool(4) as pool:
+        for round_ in range(20):
+            path = str(tmp_path / f"{round_}.db")
+            assert pool.map(_open_sqlite, [path] * 4) == [None] * 4, round_

@@ -213,12 +213,29 @@ class SqliteStore:
         if is_network_filesystem(self.path):
             logger.warning("%s is on a network filesystem, where SQLite's WAL is unsafe; using the "
                            "rollback journal (slower, still correct)", self.path)
-            return str(conn.execute("PRAGMA journal_mode = DELETE").fetchone()[0]).lower()
-        mode = str(conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]).lower()
+            return self._pragma(conn, "PRAGMA journal_mode = DELETE")
+        mode = self._pragma(conn, "PRAGMA journal_mode")  # WAL, once set, stays with the file
+        if mode != "wal":
+            mode = self._pragma(conn, "PRAGMA journal_mode = WAL")
         if mode != "wal":
             logger.warning("SQLite refused WAL for %s (journal_mode is %r); writers will block readers",
                            self.path, mode)
         return mode
+
+    def _pragma(self, conn: sqlite3.Connection, statement: str) -> str:
+        """``statement``'s answer, as lowercase text. Changing the journal mode can answer
+        "database is locked" at once, without the busy timeout, while another process opens
+        the same new file: tried again with backoff until the busy timeout has passed."""
+        deadline = time.monotonic() + self.busy_timeout_ms / 1000
+        delay = 0.01
+        while True:
+            try:
+                return str(conn.execute(statement).fetchone()[0]).lower()
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() + delay > deadline:
+                    raise
+                time.sleep(delay)
+                delay = min(0.5, delay * 2)
 
     def close(self) -> None:
         if self.conn is not None:
