@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from .config import QueueSettings, WorkerSettings, parse_config
-from .context import cancelled, progress
+from .context import cancelled, context, progress
 from .drivers.base import QueueDriver
 from .errors import (
     CodeChangedWarning,
@@ -97,6 +97,7 @@ __all__ = [
     "WorkerSettings",
     "__version__",
     "cancelled",
+    "context",
     "parse_config",
     "progress",
 ]

@@ -24,7 +24,7 @@ QUEUE_KEYS = frozenset({
     "ship_code", "ship_modules", "secret", "secret_file", "code_limit", "trust_code", "strict_versions",
     "schema",
 })
-WORKER_KEYS = frozenset({"max_jobs", "delay", "timeout", "concurrency", "prefetch", "isolation"})
+WORKER_KEYS = frozenset({"max_jobs", "delay", "timeout", "concurrency", "prefetch", "isolation", "resources"})
 SECRET_ENV = "KHADEM_SECRET"
 CODE_LIMIT = 16 * 2**20  # bytes of one shipped code envelope, at most (queue.code_limit)
 
@@ -44,6 +44,8 @@ class WorkerSettings:
     burst: bool = False  # stop when no job is due (after waiting delay_s for one)
     prefetch: int | None = None  # jobs claimed ahead of free consumers; None: the driver's default
     isolation: str = "none"  # where jobs that do not say run: "none" (in the worker) or "process"
+    #: resource units the worker offers to jobs that ask for them, like (("gpu", 4),)
+    resources: tuple[tuple[str, int], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -332,7 +334,17 @@ def worker_settings(base: WorkerSettings, **overrides: Any) -> WorkerSettings:
         from .isolation import check_isolation
 
         values["isolation"] = check_isolation(overrides["isolation"], "worker")
+    if overrides.get("resources") is not None:
+        values["resources"] = worker_resources(overrides["resources"])
     return replace(base, **values)
+
+
+def worker_resources(value: Any) -> tuple[tuple[str, int], ...]:
+    """What a worker offers: ``{"gpu": 4}`` or ``"gpu=4,mem_gb=64"``, checked."""
+    from .flow import check_resources, parse_resources
+
+    offered = parse_resources(value, "resources") if isinstance(value, str) else check_resources(value)
+    return tuple(offered.items())
 
 
 def _require_str(section: Mapping[str, Any], key: str) -> str:

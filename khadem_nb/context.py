@@ -30,10 +30,11 @@ class JobContext:
     """
 
     __slots__ = ("cancelled", "driver", "flushed", "in_thread", "isolated", "loop", "output", "output_chars",
-                 "output_cut", "record", "task", "thread_state")
+                 "output_cut", "record", "resources", "task", "thread_state")
 
     def __init__(self, record: JobRecord, driver: QueueDriver, loop: asyncio.AbstractEventLoop,
-                 task: asyncio.Task[Any] | None = None, isolated: bool = False) -> None:
+                 task: asyncio.Task[Any] | None = None, isolated: bool = False,
+                 resources: dict[str, list[int]] | None = None) -> None:
         self.record = record
         self.driver = driver
         self.loop = loop
@@ -44,6 +45,8 @@ class JobContext:
         self.in_thread = False  # a sync job runs on a thread: cancel only sets ``cancelled``
         self.thread_state = RUNNING  # of that thread: ENDED, or ORPHANED by a timeout
         self.isolated = isolated  # runs in a child process (``isolation``)
+        #: the worker's resource units this job holds, like ``{"gpu": [2]}`` (``resources``)
+        self.resources: dict[str, list[int]] = resources or {}
 
     def cancel(self) -> None:
         """Stop the job: cancel its task, or tell a job running on a thread (``cancelled()``,
@@ -149,6 +152,15 @@ def progress(fraction: float, note: str | None = None) -> None:
     if context is None:
         raise KhademError("progress() was called outside a running job")
     context.set_progress(fraction, note)
+
+
+def context() -> JobContext:
+    """The running job's context: its ``record``, its ``resources`` units; ``KhademError``
+    outside a job."""
+    found = current_job.get()
+    if found is None:
+        raise KhademError("context() was called outside a running job")
+    return found
 
 
 def cancelled() -> bool:

@@ -78,7 +78,8 @@ class JobExecutor:
         self.listeners: list[Callable[[JobRecord], None]] = []
 
     async def execute(self, record: JobRecord, loop: asyncio.AbstractEventLoop | None = None,
-                      isolation: str = "none", task: asyncio.Task[Any] | None = None) -> None:
+                      isolation: str = "none", task: asyncio.Task[Any] | None = None,
+                      resources: dict[str, list[int]] | None = None) -> None:
         """Run ``record`` to a settled state; on cancellation give it back to the queue.
 
         ``loop`` is the running loop when the caller knows it (a worker does): asking asyncio
@@ -86,6 +87,7 @@ class JobExecutor:
         this call, when the caller knows it (what an abort cancels). ``isolation`` is where a job
         that does not say runs (``"process"``: see ``isolation``). A job cancelled while it runs
         (:meth:`abort`) stops and is settled so; one cancelled before it started never runs.
+        ``resources``: the worker's units the job holds (``context().resources``).
         """
         started = time.perf_counter()
         built = self._begin(record)
@@ -95,7 +97,7 @@ class JobExecutor:
         if self.hooks.on_job_start is not None:
             await self._run_hook(self.hooks.on_job_start, job)
         context = JobContext(record, self.driver, loop or asyncio.get_running_loop(), task,
-                             (job.isolation or isolation) == "process")
+                             (job.isolation or isolation) == "process", resources)
         self.running[record.id] = context  # what abort() finds
         token = current_job.set(context)
         failure: Exception | None = None

@@ -21,6 +21,7 @@ import inspect
 import json
 import logging
 import multiprocessing
+import os
 import signal
 import traceback as tb_module
 from multiprocessing.connection import Connection
@@ -29,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 from .context import JobContext, current_job
 from .errors import ConfigError, JobCrashedError, RetryJob, SerializationError
+from .resources import cuda_devices
 from .serializer import decode_value, dumps, encode_value
 
 if TYPE_CHECKING:
@@ -72,9 +74,12 @@ class ChildContext(JobContext):
         self.conn.send_bytes(dumps(message).encode())
 
 
-def child_main(conn: Connection) -> None:
+def child_main(conn: Connection, devices: str | None = None) -> None:
     """The loop of a child: a request (JSON header, then the code if this child lacks it),
-    the job run, a JSON reply; until the parent closes the pipe."""
+    the job run, a JSON reply; until the parent closes the pipe. ``devices``: the GPUs its
+    jobs hold, set as ``CUDA_VISIBLE_DEVICES`` before any job's code is loaded."""
+    if devices is not None:
+        os.environ["CUDA_VISIBLE_DEVICES"] = devices
     import cloudpickle
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C in a notebook or a shell is the parent's
@@ -94,7 +99,9 @@ def _run_request(entry: Any, header: dict[str, Any], conn: Connection) -> str:
     from .job import JobRecord
 
     record = JobRecord(id=header["id"], name=header["name"], payload=None, attempt=header["attempt"])
-    token = current_job.set(ChildContext(record, conn))
+    context = ChildContext(record, conn)
+    context.resources = header.get("resources") or {}
+    token = current_job.set(context)
     try:
         value = _call(entry, header["kind"], header["args"])
         return dumps({"type": "done", "ok": True, "result": encode_value(value, f"result of {record.name}")})
@@ -124,10 +131,11 @@ def _call(entry: Any, kind: str, args: dict[str, Any]) -> Any:
 class Child:
     """One child process and the parent's end of its pipe."""
 
-    def __init__(self, context: Any) -> None:
+    def __init__(self, context: Any, devices: str | None = None) -> None:
         self.conn, child_end = context.Pipe()
         self._child_end: Connection | None = child_end
-        self.process: BaseProcess = context.Process(target=child_main, args=(child_end,), daemon=True,
+        self.devices = devices  # CUDA_VISIBLE_DEVICES of its jobs (``None``: as the worker's)
+        self.process: BaseProcess = context.Process(target=child_main, args=(child_end, devices), daemon=True,
                                                     name="khadem-isolated")
         self.codes: set[str] = set()  # code digests this child holds
 
@@ -205,11 +213,12 @@ class ProcessPool:
         digest, code = self._pickled(entry, record.name)
         try:
             header = json.loads(dumps({"id": record.id, "name": record.name, "attempt": record.attempt,
-                                       "kind": kind, "digest": digest, "args": args}))
+                                       "kind": kind, "digest": digest, "args": args,
+                                       "resources": context.resources}))
         except (TypeError, ValueError) as exc:
             raise SerializationError(f"the arguments of {record.name} cannot be sent to its isolated "
                                      f"process: {exc}") from None
-        child = await self._acquire()
+        child = await self._acquire(cuda_devices(context.resources))
         try:
             child.send(header, code)
             message = await child.receive()
@@ -239,13 +248,17 @@ class ProcessPool:
         self._code[id(entry)] = (entry, digest, code)
         return digest, code
 
-    async def _acquire(self) -> Child:
-        while self._idle:
-            child = self._idle.pop()
-            if child.alive:
+    async def _acquire(self, devices: str | None) -> Child:
+        """An idle child started with ``devices`` as its ``CUDA_VISIBLE_DEVICES`` (a library
+        reads it once, when it starts using the GPU), or a new one."""
+        for child in [c for c in self._idle if not c.alive]:
+            self._idle.remove(child)
+        for child in self._idle:
+            if child.devices == devices:
+                self._idle.remove(child)
                 self._busy.add(child)
                 return child
-        child = Child(self._context)
+        child = Child(self._context, devices)
         self._busy.add(child)
         await child.start()
         return child

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import Enum
@@ -106,6 +107,14 @@ class QueueJob:
     #: where ``handle`` runs: ``"process"`` (a child process that a timeout or a cancel can
     #: stop, see ``isolation``), ``"none"`` (in the worker), or ``None`` (the worker's default)
     isolation: ClassVar[str | None] = None
+    #: at most this many of this job are held (claimed, running) at once by all workers of its
+    #: queue, per ``limit_key()``; ``None``: no limit
+    concurrency: ClassVar[int | None] = None
+    #: at most this many start in any window, across all workers: ``"30/min"``, ``"10/s"``, ``"5/h"``
+    rate: ClassVar[str | None] = None
+    #: units of named resources one run holds, like ``{"gpu": 1}``; only a worker with that many
+    #: free claims it, and the job sees its units in ``context().resources``
+    resources: ClassVar[Mapping[str, int] | None] = None
 
     attempt: int = 0  # set by the worker before handle(): 1 on the first run
 
@@ -115,6 +124,7 @@ class QueueJob:
             from .isolation import check_isolation
 
             check_isolation(cls.__dict__.get("isolation"), f"{cls.__name__}.isolation")
+        _check_flow(cls)
         if not inspect.isabstract(cls) and not cls.__dict__.get("_abstract_job", False):
             from .registry import job_factories
 
@@ -124,6 +134,11 @@ class QueueJob:
     def job_name(cls) -> str:
         """The name records carry; the class name unless ``job_name_override`` is set."""
         return cls.job_name_override or cls.__name__
+
+    def limit_key(self) -> str | None:
+        """What ``concurrency`` and ``rate`` count per (``None``: one count for the job kind),
+        from the job's arguments: ``return self.tenant`` gives each tenant its own limit."""
+        return None
 
     async def handle(self) -> Any:
         """Do the work; the return value is stored as the job's result."""
@@ -162,6 +177,21 @@ class QueueJob:
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.to_json().items())
         return f"{type(self).__name__}({args})"
+
+
+def _check_flow(cls: type[QueueJob]) -> None:
+    """Refuse a bad ``concurrency``, ``rate`` or ``resources`` when the class is defined (a
+    property is checked at dispatch)."""
+    from .flow import check_concurrency, check_resources, parse_rate
+
+    where = cls.__name__
+    own = cls.__dict__
+    if not isinstance(own.get("concurrency"), property):
+        check_concurrency(own.get("concurrency"), f"{where}.concurrency")
+    if not isinstance(own.get("rate"), property):
+        parse_rate(own.get("rate"), f"{where}.rate")
+    if not isinstance(own.get("resources"), property):
+        check_resources(own.get("resources"), f"{where}.resources")
 
 
 class QueueJobWithMetadata(QueueJob):
@@ -208,6 +238,10 @@ class JobRecord:
     #: how long the record is kept once finished (``keep_result``), in ms; ``None``: as the
     #: queue's retention says
     keep_ms: int | None = None
+    #: the lane whose limits this job counts against (``flow``); ``None``: it has none
+    lane: str | None = None
+    #: the lane's rule as JSON text (``flow.LaneRule``)
+    lane_rule: str | None = None
 
     @property
     def duration_ms(self) -> float | None:

@@ -18,13 +18,14 @@ from .drivers.base import QueueDriver
 from .errors import ConfigError, DuplicateJobError, JobNotFoundError, KhademError
 from .execution import Hook, JobExecutor, WorkerHooks
 from .factory import QueueFactory
+from .flow import job_lane
 from .job import ACTIVE, FAILED, QUEUED, SCHEDULED, Failure, JobRecord, JobStatus, QueueJob
 from .middleware import Middleware, MiddlewareChain, MiddlewareFunc
 from .monitor import BasicQueueMonitor, QueueMonitor
 from .registry import job_factories
 from .serializer import QueueJobSerializer, decode_value
 from .shipping import CodeLoader, CodeShipper
-from .unique import UniqueRule, unique_rule
+from .unique import UniqueRule, running_key, unique_rule
 from .waiting import (
     SettleNotices,
     outcome,
@@ -62,6 +63,8 @@ class Draft:
     key: str | None
     code: str
     keep_ms: int | None = None
+    lane: str | None = None
+    lane_rule: str | None = None
 
     def record(self, now: int) -> JobRecord:
         """The record of this job, created at ``now``, with a fresh id."""
@@ -77,6 +80,8 @@ class Draft:
         record.code = self.code
         if self.keep_ms is not None:
             record.keep_ms = self.keep_ms
+        if self.lane is not None:
+            record.lane, record.lane_rule = self.lane, self.lane_rule
         return record
 
 
@@ -189,8 +194,9 @@ class QueueManager:
 
     def _draft(self, job: QueueJob, delay: float | timedelta | None, queue: str | None,
                priority: int | None, max_attempts: int | None, key: str | None,
-               keep_result: float | timedelta | None = None) -> Draft:
-        """Everything about a job that can be wrong, encoded and checked; no id or time yet."""
+               keep_result: float | timedelta | None = None, running_key: str | None = None) -> Draft:
+        """Everything about a job that can be wrong, encoded and checked; no id or time yet.
+        ``running_key``: the unique key of a ``unique="running"`` dispatch."""
         name, payload = self.serializer.encode_job(job)
         delay_ms = 0 if delay is None else int(limits.seconds(delay, "delay") * 1000)
         # each option's usual case is checked inline; the full check names what is wrong
@@ -210,7 +216,10 @@ class QueueManager:
         code = self._class_codes.get(job.__class__) or self._code_of(job)
         keep = job.keep_result if keep_result is None else keep_result
         keep_ms = None if keep is None else int(limits.seconds(keep, "keep_result") * 1000)
-        return Draft(name, payload, queue, level, attempts, delay_ms, timeout_s, key, code, keep_ms)
+        draft = Draft(name, payload, queue, level, attempts, delay_ms, timeout_s, key, code, keep_ms)
+        if running_key is not None or job.concurrency is not None or job.rate is not None or job.resources:
+            draft.lane, draft.lane_rule = job_lane(job, name, running_key)
+        return draft
 
     def _code_of(self, job: QueueJob) -> str:
         """The fingerprint of ``job``'s code, kept per class where the class is the code."""
@@ -232,17 +241,23 @@ class QueueManager:
 
         ``unique`` (``True``/``"until_done"``: while the same job waits or runs; ``"queued"``:
         while it waits) stores the job only if no live job of this queue holds its unique key:
-        ``unique_key``, or the job name and its arguments. ``unique_for`` seconds end the hold
-        sooner. On a conflict ``on_conflict`` says what happens: ``"skip"`` returns the
+        ``unique_key``, or the job name and its arguments; ``unique_for`` seconds end the hold
+        sooner. ``unique="running"`` stores it always, and runs one job of the key at a time:
+        the others wait in the queue. On a conflict ``on_conflict`` says what happens: ``"skip"`` returns the
         holder's id, ``"replace"`` cancels the holder and stores this one, ``"error"`` raises
         ``DuplicateJobError``. The check and the store are one atomic step on every driver.
 
         ``keep_result`` (seconds; default the job's ``keep_result``) limits how long the
         finished record, its result or error, is kept, beside the queue's retention.
         """
-        draft = self._draft(job, delay, queue, priority, max_attempts, None, keep_result)
+        if unique == "running":  # a claim-time rule: the job is always stored
+            draft = self._draft(job, delay, queue, priority, max_attempts, None, keep_result,
+                                running_key(unique_for, unique_key, on_conflict, job, self.serializer))
+        else:
+            draft = self._draft(job, delay, queue, priority, max_attempts, None, keep_result)
         record = self._new_record(draft, self._now_ms())
-        if unique is not None or unique_for is not None or unique_key is not None or on_conflict != "skip":
+        if unique != "running" and (unique is not None or unique_for is not None or unique_key is not None
+                                    or on_conflict != "skip"):
             if connection is not None:
                 raise ConfigError("unique dispatch does not take connection= (the lock is taken outside "
                                   "the application's transaction)")
@@ -345,7 +360,7 @@ class QueueManager:
                            timeout: float | timedelta | None = None, *, concurrency: int | None = None,
                            queues: Sequence[str] | None = None, burst: bool = False,
                            prefetch: int | None = None, isolation: str | None = None,
-                           run_in_background: bool = False,
+                           resources: Any = None, run_in_background: bool = False,
                            on_error: Hook | None = None, on_job_start: Hook | None = None,
                            on_job_complete: Hook | None = None,
                            on_job_error: Hook | None = None) -> QueueWorker:
@@ -354,11 +369,12 @@ class QueueManager:
         ``max_jobs`` stops it after that many jobs, ``timeout`` after that many seconds,
         ``delay`` is the longest it waits for new work between checks; with ``burst`` it stops
         once no job is due. ``isolation="process"`` runs jobs that do not choose their
-        isolation in child processes.
+        isolation in child processes. ``resources`` (``{"gpu": 4}`` or ``"gpu=4"``): units this
+        worker offers to jobs that ask for them; it claims only jobs that fit what is free.
         """
         options = worker_settings(self.settings.workers, max_jobs=max_jobs, delay=delay,
                                   timeout=timeout, concurrency=concurrency, burst=burst,
-                                  prefetch=prefetch, isolation=isolation)
+                                  prefetch=prefetch, isolation=isolation, resources=resources)
         self._set_hooks(on_error, on_job_start, on_job_complete, on_job_error)
         worker = QueueWorker(self.driver, self.executor, self.settings, options,
                              list(queues) if queues else [self.settings.name], self.hooks)

@@ -9,6 +9,8 @@ concurrent dispatches from many processes store one job.
 - ``unique="queued"``: held while the job waits (queued or scheduled); once it starts, the same
   job may be dispatched again.
 - ``unique=True`` or ``"until_done"``: held while it waits or runs.
+- ``unique="running"`` takes no lock: every dispatch is stored, and the claim runs one job of
+  the key at a time (a lane of concurrency 1, see ``flow``).
 """
 
 from __future__ import annotations
@@ -70,7 +72,8 @@ def unique_rule(unique: object, unique_for: Any, unique_key: Any, on_conflict: A
                 payload: Any, queue: str, now_ms: int) -> UniqueRule:
     """The rule of one dispatch; ``ConfigError`` naming the value and the valid forms."""
     if not (unique is True or (isinstance(unique, str) and unique in MODES)):
-        raise ConfigError(f"unique must be True, 'queued' or 'until_done' (or left out), got {unique!r}")
+        raise ConfigError(f"unique must be True, 'queued', 'running' or 'until_done' (or left out), "
+                          f"got {unique!r}")
     if on_conflict not in CONFLICTS:
         raise ConfigError(f"on_conflict must be one of {', '.join(CONFLICTS)}, got {on_conflict!r}")
     if unique_key is not None and (not isinstance(unique_key, str) or not unique_key):
@@ -80,6 +83,20 @@ def unique_rule(unique: object, unique_for: Any, unique_key: Any, on_conflict: A
         expires = now_ms + int(limits.seconds(unique_for, "unique_for") * 1000)
     key = unique_key if unique_key is not None else canonical_key(name, payload)
     return UniqueRule(f"{queue}\t{key}", MODES[unique], expires)
+
+
+def running_key(unique_for: Any, unique_key: Any, on_conflict: Any, job: Any, serializer: Any) -> str:
+    """The key of a ``unique="running"`` dispatch, whose duplicates wait rather than conflict:
+    ``unique_key``, or the job name and its arguments."""
+    if unique_for is not None or on_conflict != "skip":
+        raise ConfigError('unique="running" takes no unique_for or on_conflict: a duplicate is stored and '
+                          "waits until the running job of its key has finished")
+    if unique_key is not None:
+        if not isinstance(unique_key, str) or not unique_key:
+            raise ConfigError(f"unique_key must be a non-empty string, got {unique_key!r}")
+        return unique_key
+    name, payload = serializer.encode_job(job)
+    return canonical_key(name, payload)
 
 
 def lock_is_live(holds_text: str, status: JobStatus | None, expires_ms: int | None, now_ms: int) -> bool:

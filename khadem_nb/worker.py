@@ -31,6 +31,7 @@ from .drivers.base import QueueDriver
 from .errors import DriverError, KhademError
 from .execution import JobExecutor, WorkerHooks
 from .job import JobRecord
+from .resources import ResourcePool
 
 logger = logging.getLogger(__name__)
 
@@ -77,7 +78,10 @@ class QueueWorker:
         # Jobs claimed ahead into the buffer, so the next claim travels while this batch runs.
         self._prefetch = driver.default_prefetch(worker.concurrency) if worker.prefetch is None \
             else worker.prefetch
-        self._lone = worker.concurrency == 1 and not self._prefetch  # nobody to claim a batch for
+        #: the resource units this worker offers (``--resources``) and its jobs hold
+        self.resources = ResourcePool(dict(worker.resources)) if worker.resources else None
+        # nobody to claim a batch for, and no units to count: the lone consumer's fast path
+        self._lone = worker.concurrency == 1 and not self._prefetch and self.resources is None
 
     def __repr__(self) -> str:
         """What a notebook shows for ``q.start()``: ``4 workers on memory:// (running)``."""
@@ -167,6 +171,7 @@ class QueueWorker:
     async def _release(self, records: Sequence[JobRecord]) -> None:
         """Give claimed jobs that never started back to the queue (their attempt not counted)."""
         for record in records:
+            self._give_back_units(record)
             try:
                 await self.driver.release(record)
             except Exception:  # its lease will expire and another worker reclaims it
@@ -276,8 +281,14 @@ class QueueWorker:
         here (once per outage) and backed off; a claim that lands while paused is given back."""
         if self._claims_left is not None:
             limit = min(limit, self._claims_left)
+        pool = self.resources
         try:
-            records = await self.driver.reserve(self.queues, limit, self.options.delay_s)
+            if pool is None:
+                records = await self.driver.reserve(self.queues, limit, self.options.delay_s)
+            else:
+                records = await self.driver.reserve(self.queues, limit, self.options.delay_s, pool.free())
+                for record in records:  # taken now, so the next claim sees them gone
+                    pool.take(record.id, record.lane_rule)
         except Exception as exc:
             self._errors += 1
             if self.options.burst and self._errors >= BURST_TRIES:
@@ -321,15 +332,21 @@ class QueueWorker:
     async def _execute(self, record: JobRecord, task: asyncio.Task[None] | None) -> None:
         if self.driver.uses_leases:  # what the heartbeat renews
             self._active[record.id] = record
+        units = None if self.resources is None else self.resources.units_of(record.id)
         try:
-            await self.executor.execute(record, self._loop, self.options.isolation, task)
+            await self.executor.execute(record, self._loop, self.options.isolation, task, units)
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # the driver failed while settling: the lease will expire
             await self._report_error(exc, 1)
         finally:
             self._active.pop(record.id, None)
+            self._give_back_units(record)
             self.processed += 1
+
+    def _give_back_units(self, record: JobRecord) -> None:
+        if self.resources is not None:
+            self.resources.give_back(record.id)
 
     async def _report_error(self, exc: Exception, consecutive: int) -> None:
         text = "".join(traceback.format_exception(exc))
@@ -363,6 +380,8 @@ class QueueWorker:
 
     def _drop(self, record: JobRecord) -> None:
         """Settle a buffered job that was cancelled before it started (it stays cancelled)."""
+        self._give_back_units(record)
+
         async def stop() -> None:
             try:
                 await self.driver.release(record)  # stops it: cancelled under this worker's token

@@ -41,6 +41,7 @@ class WorkerOptions:
     strict_versions: bool = False
     metrics_port: int | None = None
     metrics_host: str = "127.0.0.1"
+    resources: str | None = None  # "gpu=4,mem_gb=64"
 
 
 def import_job_modules(modules: Sequence[str]) -> None:
@@ -89,7 +90,7 @@ async def run_worker_process(options: WorkerOptions) -> int:
     worker = await manager.start_worker(
         max_jobs=options.max_jobs, concurrency=options.concurrency, burst=options.burst,
         prefetch=options.prefetch, queues=list(options.queues) or None, run_in_background=True,
-        delay=1.0, isolation=options.isolation,
+        delay=1.0, isolation=options.isolation, resources=options.resources,
     )
     loop = asyncio.get_running_loop()
     stopping: list[asyncio.Task[None]] = []
@@ -102,8 +103,9 @@ async def run_worker_process(options: WorkerOptions) -> int:
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, on_signal, signum)
     capture.install()  # a job's prints and log lines go to its record, as they do in a notebook
-    logger.info("worker %d on %s (queues %s, concurrency %d)", os.getpid(),
-                manager.settings.redacted_url(), worker.queues, options.concurrency)
+    logger.info("worker %d on %s (queues %s, concurrency %d%s)", os.getpid(),
+                manager.settings.redacted_url(), worker.queues, options.concurrency,
+                f", resources {options.resources}" if options.resources else "")
     try:
         await worker.run()
     finally:

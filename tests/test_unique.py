@@ -84,7 +84,7 @@ async def test_a_unique_dispatch_runs_like_any_other(queue: QueueManager) -> Non
 async def test_bad_unique_options_are_refused_before_anything_is_stored(tmp_path: Path) -> None:
     manager = await make_manager("memory", tmp_path)
     try:
-        cases = [({"unique": "always"}, "unique must be True, 'queued' or 'until_done'"),
+        cases = [({"unique": "always"}, "unique must be True, 'queued', 'running' or 'until_done'"),
                  ({"unique": False}, "unique must be True"),
                  ({"unique": 1}, "unique must be True"),
                  ({"unique": True, "on_conflict": "ignore"}, "on_conflict must be one of skip, replace"),

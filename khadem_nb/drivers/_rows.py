@@ -17,7 +17,7 @@ from .quarantine import checked
 COLUMNS = ("id", "queue", "name", "status", "priority", "attempt", "max_attempts", "reclaims",
            "created_ms", "available_ms", "started_ms", "finished_ms", "lease_ms", "token",
            "timeout_s", "key", "payload", "result", "error", "traceback", "meta", "failure", "code",
-           "keep_ms")
+           "keep_ms", "lane", "lane_rule")
 #: statuses a version writes; any other stored status reads as failed
 WRITTEN = "('queued', 'scheduled', 'active', 'completed', 'cancelled')"
 
@@ -78,7 +78,8 @@ def row_of(record: JobRecord) -> tuple[Any, ...]:
             record.available_ms, record.started_ms, record.finished_ms, record.lease_ms,
             record.token, record.timeout_s, record.key, dumps(record.payload),
             None if record.result is None else dumps(record.result), record.error,
-            record.traceback, dumps(record.meta), record.failure, record.code, record.keep_ms)
+            record.traceback, dumps(record.meta), record.failure, record.code, record.keep_ms,
+            record.lane, record.lane_rule)
 
 
 def readable_status(text: Any) -> JobStatus:

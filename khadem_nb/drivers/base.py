@@ -173,15 +173,21 @@ class QueueDriver(ABC):
 
     # -- consuming ---------------------------------------------------------------------------
     @abstractmethod
-    async def reserve(self, queues: Sequence[str], limit: int, wait_s: float) -> list[JobRecord]:
+    async def reserve(self, queues: Sequence[str], limit: int, wait_s: float,
+                      free: Mapping[str, int] | None = None) -> list[JobRecord]:
         """Claim up to ``limit`` due jobs, the first queue that has any first.
 
         Claimed records come back ACTIVE with a fresh ``token``, ``attempt`` incremented and
         ``started_ms`` set. Waits up to ``wait_s`` seconds for work, without busy polling where
         the storage allows it. Expired leases are reclaimed here (or by a sweep).
+
+        Jobs with limits (``record.lane``) are claimed only as their lane's rule allows at this
+        moment, counted across every process (``flow``), and before the others of their queue;
+        ``free`` is the claiming worker's free resource units: a job that needs more is left.
         """
 
-    def take_ready(self, queues: Sequence[str], limit: int) -> list[JobRecord]:
+    def take_ready(self, queues: Sequence[str], limit: int,
+                   free: Mapping[str, int] | None = None) -> list[JobRecord]:
         """Claim, as :meth:`reserve` would, jobs this process has at hand, without waiting and
         without I/O; ``[]`` where a claim needs I/O (every durable driver) or nothing is at
         hand. The one fast branch of the interface: a lone consumer on an in-process queue

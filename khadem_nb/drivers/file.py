@@ -4,6 +4,8 @@ Layout under ``queue.path``::
 
     tmp/                       files being written (cleaned at start)
     ready/<queue>/<order>.json     due jobs; <order> sorts by priority, then dispatch time
+    limited/<queue>/<order>.json   due jobs with limits (``flow``), claimed as their lanes allow
+    starts/<queue>.json            recent start times of each rated lane
     delayed/<queue>/<due>.json     jobs waiting for their time
     active/<order>.json            claimed jobs (carry token and lease)
     done/  failed/  cancelled/     finished jobs (a job cancelled while running keeps its token
@@ -41,7 +43,9 @@ from ..errors import DriverError, SerializationError
 from ..job import TERMINAL_STATUSES, JobRecord, JobStatus
 from ..unique import UniqueRule, lock_is_live
 from . import _records
+from ..flow import ClaimPlan, rule_of
 from ._fs import check_parent_writable, local_path
+from ._lanes import oldest_start_kept
 from ._polling import PollingWaits
 from ._records import due_view, reclaim
 from .base import (
@@ -60,7 +64,7 @@ logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
 STATE_DIRS = ("tmp", "ready", "delayed", "active", "done", "failed", "cancelled", "corrupt", "code",
-              "unique", "expiring")
+              "unique", "expiring", "limited", "starts")
 CODE_DIGEST = re.compile(r"[0-9a-f]{32}\Z")
 PRIORITY_OFFSET = 10**9  # ready files sort ascending; higher priority must come first
 ID_LEN = 32
@@ -102,6 +106,7 @@ class FileStore:
         # process adds work, or after READY_CACHE_S (other processes' new jobs, priorities).
         self._ready_cache: dict[str, tuple[float, list[str]]] = {}
         self._next_age_pass = 0.0  # monotonic time of the next retention pass by age
+        self._lanes: dict[str, tuple[str, str] | None] = {}  # job id -> (lane, rule) of jobs read
 
     # -- paths and primitives ----------------------------------------------------------------
     def dir(self, *parts: str) -> str:
@@ -275,13 +280,14 @@ class FileStore:
             name = _delayed_name(record)
         else:
             record.status = JobStatus.QUEUED
-            folder = self.dir("ready", record.queue)
+            folder = self.dir("ready" if record.lane is None else "limited", record.queue)
             name = _ready_name(record)
         os.makedirs(folder, exist_ok=True)
         self.write(os.path.join(folder, name), record)
         self._ready_cache.pop(record.queue, None)
 
-    def claim(self, queues: Sequence[str], limit: int) -> list[JobRecord]:
+    def claim(self, queues: Sequence[str], limit: int,
+              free: Mapping[str, int] | None = None) -> list[JobRecord]:
         with self.locked():
             now = now_ms()
             if now >= self._next_sweep_ms:
@@ -291,6 +297,8 @@ class FileStore:
             for queue in queues:
                 if self._promote_due(queue, now):
                     self._ready_cache.pop(queue, None)
+                if self.listdir("limited", queue):
+                    claimed += self._claim_limited(queue, now, free, limit - len(claimed))
                 names = self._ready_names(queue)
                 while names and len(claimed) < limit:
                     record = self._claim_file(queue, names.pop(0), now)
@@ -307,10 +315,60 @@ class FileStore:
             self._ready_cache[queue] = cached
         return cached[1]
 
-    def _claim_file(self, queue: str, name: str, now: int) -> JobRecord | None:
+    def _claim_limited(self, queue: str, now: int, free: Mapping[str, int] | None,
+                       want: int) -> list[JobRecord]:
+        """The queue's limited jobs its lanes allow now, in claim order (``flow``)."""
+        held: dict[str, int] = {}  # until settled, cancelled, or reclaimed by the lease sweep
+        active, waiting = self.listdir("active"), self.listdir("limited", queue)
+        self._lanes = {i: self._lanes[i] for i in map(_id_of, active + waiting) if i in self._lanes}
+        for name in active:
+            lane = self._lane_of("active", name)
+            if lane is not None:
+                held[lane[0]] = held.get(lane[0], 0) + 1
+        starts_path = self.dir("starts", f"{queue}.json")
+        starts = self._read_starts(starts_path, now)
+        plan = ClaimPlan(now, held, lambda lane, _: starts.get(lane, []), free)
+        claimed: list[JobRecord] = []
+        for name in waiting:
+            lane = self._lane_of("limited", queue, name)
+            if len(claimed) >= want:
+                break
+            if lane is None or not plan.admit(lane[0], rule_of(lane[1])):
+                continue
+            record = self._claim_file(queue, name, now, "limited")
+            if record is not None:
+                claimed.append(record)
+                if "r" in lane[1]:
+                    starts.setdefault(lane[0], []).append(now)
+        if any("r" in (r.lane_rule or "") for r in claimed):
+            self.write_bytes(starts_path, json.dumps(starts).encode(), sync_dir=False)
+        return claimed
+
+    def _lane_of(self, *parts: str) -> tuple[str, str] | None:
+        """(lane, rule) of the job file at ``parts``; ``None`` for a job without limits or a
+        file gone. A job's lane never changes, so each file is read once."""
+        job_id = _id_of(parts[-1])
+        if job_id not in self._lanes:
+            record = self.read(self.dir(*parts))
+            if record is None:
+                return None
+            self._lanes[job_id] = None if record.lane is None else (record.lane, record.lane_rule or "")
+        return self._lanes[job_id]
+
+    def _read_starts(self, path: str, now: int) -> dict[str, list[int]]:
+        """Each rated lane's starts within the longest window; ``{}`` if the file is unreadable."""
+        try:
+            with open(path, "rb") as handle:
+                data = json.loads(handle.read())
+            return {str(lane): [int(t) for t in times if int(t) > oldest_start_kept(now)]
+                    for lane, times in data.items()}
+        except (OSError, ValueError, TypeError, AttributeError):
+            return {}
+
+    def _claim_file(self, queue: str, name: str, now: int, folder: str = "ready") -> JobRecord | None:
         active = self.dir("active", name)
         try:
-            os.rename(self.dir("ready", queue, name), active)
+            os.rename(self.dir(folder, queue, name), active)
         except FileNotFoundError:
             return None
         record = self.read(active)
@@ -330,8 +388,9 @@ class FileStore:
             if record is None:
                 continue
             record.status = JobStatus.QUEUED
-            os.makedirs(self.dir("ready", queue), exist_ok=True)
-            self.write(self.dir("ready", queue, _ready_name(record)), record)
+            folder = "ready" if record.lane is None else "limited"
+            os.makedirs(self.dir(folder, queue), exist_ok=True)
+            self.write(self.dir(folder, queue, _ready_name(record)), record)
             promoted = True
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(path)
@@ -431,7 +490,7 @@ class FileStore:
         return cancelled
 
     def _pending_and_active(self) -> Iterator[str]:
-        for folder in ("ready", "delayed"):
+        for folder in ("ready", "limited", "delayed"):
             for queue in self.queue_dirs(folder):
                 for name in self.listdir(folder, queue):
                     yield self.dir(folder, queue, name)
@@ -675,8 +734,9 @@ class FileDriver(QueueDriver):
     def interrupt_waits(self) -> None:
         self._waits.interrupt()
 
-    async def reserve(self, queues: Sequence[str], limit: int, wait_s: float) -> list[JobRecord]:
-        return await self._waits.reserve(lambda: self._call(self.store.claim, queues, limit), wait_s)
+    async def reserve(self, queues: Sequence[str], limit: int, wait_s: float,
+                      free: Mapping[str, int] | None = None) -> list[JobRecord]:
+        return await self._waits.reserve(lambda: self._call(self.store.claim, queues, limit, free), wait_s)
 
     async def heartbeat(self, records: Sequence[JobRecord]) -> list[bool]:
         return await self._call(self.store.heartbeat, [(r.id, r.token) for r in records])
@@ -685,8 +745,8 @@ class FileDriver(QueueDriver):
         outcome = await self._call(self.store.settle, record, settlement)
         if outcome == "settled":
             settlement.apply(record)
-            if settlement.verb is RETRY or settlement.verb is RELEASE:
-                self._waits.wake()
+            if settlement.verb is RETRY or settlement.verb is RELEASE or record.lane is not None:
+                self._waits.wake()  # a job to claim, or a slot of its lane free again
         elif outcome == "stopped":
             settlement.stop(record)
         return outcome is not None

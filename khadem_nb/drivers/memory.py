@@ -25,6 +25,7 @@ from typing import Any, ClassVar
 
 from .._ids import new_token
 from ..config import QueueSettings
+from ..flow import RATE_UNITS, ClaimPlan, rule_of
 from ..job import (
     ACTIVE,
     CANCELLABLE_STATUSES,
@@ -104,6 +105,10 @@ class PriorityLanes:
         for _, lane in self._order:
             yield from lane
 
+    def peek(self) -> str | None:
+        """The id :meth:`popleft` would return, left in place."""
+        return self._order[0][1][0] if self._order else None
+
 
 def _first(pair: tuple[int, deque[str]]) -> int:
     return pair[0]
@@ -128,6 +133,12 @@ class MemoryDriver(QueueDriver):
         self._expiring: list[tuple[int, str]] = []
         self._retention = settings.retention
         self._ready: dict[str, PriorityLanes] = {}
+        #: ready jobs with limits (``flow``): queue -> lane -> their ids
+        self._limited: dict[str, dict[str, PriorityLanes]] = {}
+        #: (queue, lane) -> jobs of the lane held now, and the start times of its rate window
+        self._lane_held: dict[tuple[str, str], int] = {}
+        self._lane_starts: dict[tuple[str, str], deque[int]] = {}
+        self._reopens_at: int | None = None  # when a lane blocked by its rate may start again
         self._delayed: dict[str, list[tuple[int, int, str]]] = {}
         self._completed: deque[str] = deque()
         # the payload JSON of each claimed job: the worker gets the stored record itself with its
@@ -187,15 +198,22 @@ class MemoryDriver(QueueDriver):
             self._queues.add(record.queue)
         else:
             status = record.status = QUEUED
-            lanes = self._ready.get(record.queue)
-            if lanes is None:
-                lanes = self._lanes(record.queue)
-                self._queues.add(record.queue)
+            if record.lane is not None and self._honours_limits:
+                lanes = self._limited_lane(record.queue, record.lane)
+            else:
+                lanes = self._ready.get(record.queue)
+                if lanes is None:
+                    lanes = self._lanes(record.queue)
+                    self._queues.add(record.queue)
             lanes.append(record.priority, record.id)
         if previous is not None:
             self._leave(record.id, previous)
         self._records[record.id] = record
         self._counts[status] += 1  # neither pending status is kept as an id set
+
+    def _limited_lane(self, queue: str, lane: str) -> PriorityLanes:
+        self._queues.add(queue)
+        return self._limited.setdefault(queue, {}).setdefault(lane, PriorityLanes())
 
     def _lanes(self, queue: str) -> PriorityLanes:
         lanes = self._ready.get(queue)
@@ -205,6 +223,8 @@ class MemoryDriver(QueueDriver):
 
     #: whether a job waits for its ``available_ms`` (the sync driver runs it at once)
     _honours_delay: ClassVar[bool] = True
+    #: whether a job waits for its lane's limits (the sync driver runs one job at a time anyway)
+    _honours_limits: ClassVar[bool] = True
 
     # -- consuming -----------------------------------------------------------------------------
     def interrupt_waits(self) -> None:
@@ -224,8 +244,9 @@ class MemoryDriver(QueueDriver):
         async with cond:
             cond.notify(n)
 
-    async def reserve(self, queues: Sequence[str], limit: int, wait_s: float) -> list[JobRecord]:
-        claimed = self.take_ready(queues, limit)  # fast path: no lock when work is there
+    async def reserve(self, queues: Sequence[str], limit: int, wait_s: float,
+                      free: Mapping[str, int] | None = None) -> list[JobRecord]:
+        claimed = self.take_ready(queues, limit, free)  # fast path: no lock when work is there
         if claimed or wait_s <= 0:
             return claimed
         deadline = time.monotonic() + wait_s
@@ -233,7 +254,7 @@ class MemoryDriver(QueueDriver):
         cond = self._cond()
         async with cond:
             while True:
-                claimed = self.take_ready(queues, limit)
+                claimed = self.take_ready(queues, limit, free)
                 remaining = deadline - time.monotonic()
                 if claimed or remaining <= 0 or generation != self._wake_generation:
                     return claimed
@@ -245,13 +266,19 @@ class MemoryDriver(QueueDriver):
                 finally:
                     self._waiting -= 1
 
-    def take_ready(self, queues: Sequence[str], limit: int) -> list[JobRecord]:
+    def take_ready(self, queues: Sequence[str], limit: int,
+                   free: Mapping[str, int] | None = None) -> list[JobRecord]:
         claimed: list[JobRecord] = []
         now = self.clock()
         records, delayed, ready = self._records, self._delayed, self._ready
+        self._reopens_at = None
         for queue in queues:
             if delayed.get(queue):
                 self._promote_due(queue, now)
+            if self._limited.get(queue):
+                self._take_limited(queue, now, free, limit, claimed)
+                if len(claimed) == limit:
+                    return claimed
             lanes = ready.get(queue)
             if lanes is None:
                 continue
@@ -262,6 +289,52 @@ class MemoryDriver(QueueDriver):
                     if len(claimed) == limit:
                         return claimed
         return claimed
+
+    def _take_limited(self, queue: str, now: int, free: Mapping[str, int] | None, limit: int,
+                      claimed: list[JobRecord]) -> None:
+        """Claim the queue's limited jobs its lanes allow now, each lane in turn (``flow``)."""
+        plan = ClaimPlan(now, {lane: n for (q, lane), n in self._lane_held.items() if q == queue},
+                         lambda lane, _: self._lane_starts.get((queue, lane), ()), free)
+        lanes, records = self._limited[queue], self._records
+        for lane, ids in list(lanes.items()):
+            while len(claimed) < limit and (job_id := ids.peek()) is not None:
+                record = records.get(job_id)
+                if record is None or record.status is not QUEUED:  # requeued or gone
+                    ids.popleft()
+                    continue
+                if not plan.admit(lane, rule_of(record.lane_rule or "")):
+                    break
+                ids.popleft()
+                claimed.append(self._hand_out(record, now))
+                self._lane_held[queue, lane] = self._lane_held.get((queue, lane), 0) + 1
+                if "r" in (record.lane_rule or ""):
+                    self._lane_starts.setdefault((queue, lane), deque()).append(now)
+            if ids.peek() is None:
+                del lanes[lane]
+        if plan.reopens_in_ms is not None:
+            reopens = now + plan.reopens_in_ms
+            self._reopens_at = reopens if self._reopens_at is None else min(self._reopens_at, reopens)
+        self._drop_old_starts(now)
+
+    def _drop_old_starts(self, now: int) -> None:
+        """Forget starts older than the longest rate window (an hour)."""
+        for key, starts in list(self._lane_starts.items()):
+            while starts and starts[0] <= now - RATE_UNITS["h"]:
+                starts.popleft()
+            if not starts:
+                del self._lane_starts[key]
+
+    def _let_go(self, record: JobRecord) -> bool:
+        """A limited job is no longer held: its lane has room again. Whether it had a lane."""
+        if record.lane is None:
+            return False
+        key = (record.queue, record.lane)
+        held = self._lane_held.get(key, 0) - 1
+        if held > 0:
+            self._lane_held[key] = held
+        else:
+            self._lane_held.pop(key, None)
+        return True
 
     def _hand_out(self, record: JobRecord, now: int) -> JobRecord:
         """Claim a QUEUED record: the stored record itself, its payload parsed; its JSON text
@@ -284,11 +357,12 @@ class MemoryDriver(QueueDriver):
         while delayed and delayed[0][0] <= now:
             record = self._records.get(heapq.heappop(delayed)[2])
             if record is not None and record.status is SCHEDULED:
-                self._move(record, QUEUED)
-                self._lanes(queue).append(record.priority, record.id)
+                self._enqueue(record, SCHEDULED, now)
 
     def _until_next_due(self, queues: Sequence[str]) -> float:
         due = [self._delayed[q][0][0] for q in queues if self._delayed.get(q)]
+        if self._reopens_at is not None:
+            due.append(self._reopens_at)
         return max(0.001, (min(due) - self.clock()) / 1000) if due else 3600.0
 
     async def _settle(self, record: JobRecord, settlement: Settlement) -> bool:
@@ -300,10 +374,13 @@ class MemoryDriver(QueueDriver):
         if stored is not record:
             settlement.apply(record)
         stored.payload = self._texts.pop(job_id)  # frozen again: the JSON text
+        freed = stored.lane is not None and self._let_go(stored)
         if settlement.verb is RETRY or settlement.verb is RELEASE:
             self._enqueue(stored, ACTIVE)
             await self._notify(1)
             return True
+        if freed:
+            await self._notify(1)
         del self._active[job_id]
         status = stored.status
         counts = self._counts
@@ -358,6 +435,7 @@ class MemoryDriver(QueueDriver):
             self._leave(job_id, stored.status)
             if _records.cancel(stored, now, reason) is ACTIVE:
                 running.append(job_id)
+                self._let_go(stored)  # its lane's slot is free at once
             self._enter(job_id, CANCELLED)
             cancelled.append(job_id)
         for job_id in running:
@@ -447,7 +525,8 @@ class MemoryDriver(QueueDriver):
             return self._held[status]
         if status is COMPLETED:
             return self._completed
-        ready = itertools.chain.from_iterable(self._ready.values())
+        limited = (i for lanes in self._limited.values() for ids in lanes.values() for i in ids)
+        ready = itertools.chain(itertools.chain.from_iterable(self._ready.values()), limited)
         delayed = (entry[2] for heap in self._delayed.values() for entry in heap)
         return itertools.chain(ready, delayed)
 
@@ -540,6 +619,9 @@ class MemoryDriver(QueueDriver):
         for ids in self._held.values():
             ids.clear()
         self._ready.clear()
+        self._limited.clear()
+        self._lane_held.clear()
+        self._lane_starts.clear()
         self._delayed.clear()
         self._completed.clear()
         self._texts.clear()

@@ -35,10 +35,12 @@ from .._ids import new_token
 from .._time import now_ms
 from ..config import QueueSettings
 from ..errors import ConfigError, CorruptQueueError, DriverError, DriverUnavailableError
+from ..flow import ClaimPlan, rule_of
 from ..job import TERMINAL_STATUSES, JobRecord, JobStatus
 from ..serializer import dumps
 from ..unique import UniqueRule
 from ._fs import check_parent_writable, is_network_filesystem, local_path
+from ._lanes import held_by_lane, lane_index_sql, lane_sql, oldest_start_kept, starts_table_sql
 from ._polling import PollingWaits
 from ._records import due_view, reclaim
 from ._rows import (
@@ -95,10 +97,10 @@ CREATE TABLE IF NOT EXISTS khadem_jobs (
     meta         TEXT NOT NULL DEFAULT '{}',
     failure      TEXT,
     code         TEXT,
-    keep_ms      INTEGER
+    keep_ms      INTEGER,
+    lane         TEXT,
+    lane_rule    TEXT
 );
-CREATE INDEX IF NOT EXISTS khadem_jobs_claim ON khadem_jobs (queue, priority DESC, seq)
-    WHERE status IN ('queued', 'scheduled');
 CREATE INDEX IF NOT EXISTS khadem_jobs_lease ON khadem_jobs (lease_ms) WHERE status = 'active';
 CREATE INDEX IF NOT EXISTS khadem_jobs_status ON khadem_jobs (status, seq);
 CREATE INDEX IF NOT EXISTS khadem_jobs_key ON khadem_jobs (key) WHERE key IS NOT NULL;
@@ -115,6 +117,15 @@ CREATE TABLE IF NOT EXISTS khadem_code (
 );
 """
 
+# indexes over columns a queue file made by an earlier version gains in _add_missing_columns
+LATER_SCHEMA = [
+    "DROP INDEX IF EXISTS khadem_jobs_claim",  # the claim index before lanes: replaced by the next
+    "CREATE INDEX IF NOT EXISTS khadem_jobs_ready ON khadem_jobs (queue, priority DESC, seq) "
+    "WHERE status IN ('queued', 'scheduled') AND lane IS NULL",
+    *lane_index_sql("khadem_jobs", "khadem_jobs"),
+    *starts_table_sql("khadem_starts", "khadem_starts_lane"),
+]
+LANES = lane_sql("khadem_jobs", "khadem_starts", "?")
 UNIQUE_LOCK = unique_lock_sql("khadem_jobs", "khadem_unique", "?")
 STALE_LOCKS = stale_locks_sql("khadem_jobs", "khadem_unique")
 EXPIRED = expired_sql("khadem_jobs", "?")
@@ -126,15 +137,18 @@ TRIM_BY_AGE = "DELETE FROM khadem_jobs WHERE status = ? AND finished_ms < ?"
 SELECT = "SELECT " + ", ".join(COLUMNS) + " FROM khadem_jobs"
 INSERT = (f"INSERT INTO khadem_jobs ({', '.join(COLUMNS)}) "
           f"VALUES ({', '.join('?' for _ in COLUMNS)})")
-CLAIM = f"""
+CLAIM_WHERE = f"""
 UPDATE khadem_jobs
    SET status = 'active', attempt = attempt + 1, started_ms = :now, finished_ms = NULL,
        lease_ms = :lease, token = :token || '-' || seq
  WHERE seq IN (SELECT seq FROM khadem_jobs
                 WHERE queue = :queue AND status IN ('queued', 'scheduled') AND available_ms <= :now
+                      AND {{lane}}
                 ORDER BY priority DESC, seq LIMIT :limit)
 RETURNING seq, {", ".join(COLUMNS)}
 """
+CLAIM = CLAIM_WHERE.format(lane="lane IS NULL")  # jobs without limits
+CLAIM_LANE = CLAIM_WHERE.format(lane="lane = :lane")  # one lane's jobs (see _lanes)
 # a row's meta, or an empty object where it is damaged (a patch of damaged JSON fails)
 SOUND_META = "CASE WHEN json_valid(meta) THEN meta ELSE '{}' END"
 SETTLE = f"""
@@ -201,6 +215,8 @@ class SqliteStore:
                 self.journal_mode = self._set_journal(conn)
                 conn.executescript(SCHEMA)
                 _add_missing_columns(conn)
+                for statement in LATER_SCHEMA:
+                    conn.execute(statement)
             else:
                 self.journal_mode = str(conn.execute("PRAGMA journal_mode").fetchone()[0]).lower()
             conn.execute("PRAGMA synchronous = NORMAL" if self.journal_mode == "wal"
@@ -277,24 +293,54 @@ class SqliteStore:
 
         return self.write(run)
 
-    def claim(self, queues: Sequence[str], limit: int) -> list[JobRecord]:
+    def claim(self, queues: Sequence[str], limit: int,
+              free: Mapping[str, int] | None = None) -> list[JobRecord]:
+        """Claim up to ``limit`` due jobs: in each queue, those of its lanes that may start
+        now (``_lanes``), then those without limits. ``free``: the claiming worker's free units."""
         def run(conn: sqlite3.Connection) -> list[JobRecord]:
             now = now_ms()
             if now >= self._next_sweep_ms:
                 self._reclaim_expired(conn, now)
+                conn.execute(LANES.forget_starts, (oldest_start_kept(now),))
                 self._next_sweep_ms = now + int(self.settings.lease_s * 250)
-            claimed: list[tuple[int, JobRecord]] = []
+            claimed: list[JobRecord] = []
             for queue in queues:
-                params = {"now": now, "lease": now + int(self.settings.lease_s * 1000),
-                          "token": new_token(), "queue": queue, "limit": limit - len(claimed)}
-                rows = conn.execute(CLAIM, params).fetchall()
-                claimed += sorted(((row[0], record_from_row(row[1:])) for row in rows),
-                                  key=lambda item: (-item[1].priority, item[0]))
+                claimed += self._claim_lanes(conn, queue, now, limit - len(claimed), free)
+                if len(claimed) < limit:
+                    claimed += self._claim_where(conn, CLAIM, queue, now, limit - len(claimed))
                 if len(claimed) >= limit:
                     break
-            return [record for _, record in claimed]
+            return claimed
 
         return self.write(run)
+
+    def _claim_where(self, conn: sqlite3.Connection, statement: str, queue: str, now: int, limit: int,
+                     lane: str | None = None) -> list[JobRecord]:
+        params = {"now": now, "lease": now + int(self.settings.lease_s * 1000), "token": new_token(),
+                  "queue": queue, "limit": limit, "lane": lane}
+        rows = conn.execute(statement, params).fetchall()
+        return [record_from_row(row[1:]) for row in sorted(rows, key=lambda row: (-row[5], row[0]))]
+
+    def _claim_lanes(self, conn: sqlite3.Connection, queue: str, now: int, want: int,
+                     free: Mapping[str, int] | None) -> list[JobRecord]:
+        waiting = conn.execute(LANES.waiting, (queue, now)).fetchall()
+        if not waiting:
+            return []
+        held = held_by_lane(conn.execute(LANES.held, (queue, now)))
+        plan = ClaimPlan(now, held, lambda lane, window_ms: [
+            row[0] for row in conn.execute(LANES.starts, (queue, lane, now - window_ms))], free)
+        claimed: list[JobRecord] = []
+        for lane, rule_text, *_ in waiting:
+            rule = rule_of(rule_text or "")
+            room = min(plan.room(lane, rule), want - len(claimed))
+            if room <= 0:
+                continue
+            for record in self._claim_where(conn, CLAIM_LANE, queue, now, room, lane):
+                plan.admit(lane, rule)
+                if rule.rate is not None:
+                    conn.execute(LANES.started, (queue, lane, now))
+                claimed.append(record)
+        return claimed
 
     def _reclaim_expired(self, conn: sqlite3.Connection, now: int) -> None:
         rows = conn.execute(f"{SELECT} WHERE status = 'active' AND lease_ms < ?", (now,)).fetchall()
@@ -477,7 +523,8 @@ def _add_missing_columns(conn: sqlite3.Connection) -> None:
     """Bring a queue file made by an earlier version up to ``SCHEMA``: columns added since are
     added (empty), so its records read and its jobs run on."""
     present = {row[1] for row in conn.execute("PRAGMA table_info(khadem_jobs)")}
-    for column, kind in (("failure", "TEXT"), ("code", "TEXT"), ("keep_ms", "INTEGER")):
+    for column, kind in (("failure", "TEXT"), ("code", "TEXT"), ("keep_ms", "INTEGER"), ("lane", "TEXT"),
+                         ("lane_rule", "TEXT")):
         if column not in present:
             conn.execute(f"ALTER TABLE khadem_jobs ADD COLUMN {column} {kind}")
 
@@ -559,8 +606,9 @@ class SqliteDriver(QueueDriver):
     def interrupt_waits(self) -> None:
         self._waits.interrupt()
 
-    async def reserve(self, queues: Sequence[str], limit: int, wait_s: float) -> list[JobRecord]:
-        return await self._waits.reserve(lambda: self._call(SqliteStore.claim, queues, limit), wait_s)
+    async def reserve(self, queues: Sequence[str], limit: int, wait_s: float,
+                      free: Mapping[str, int] | None = None) -> list[JobRecord]:
+        return await self._waits.reserve(lambda: self._call(SqliteStore.claim, queues, limit, free), wait_s)
 
     async def heartbeat(self, records: Sequence[JobRecord]) -> list[bool]:
         return await self._call(SqliteStore.heartbeat, [(r.id, r.token) for r in records])
@@ -569,8 +617,8 @@ class SqliteDriver(QueueDriver):
         outcome = await self._call(SqliteStore.settle, record, settlement)
         if outcome == "settled":
             settlement.apply(record)
-            if settlement.verb is RETRY or settlement.verb is RELEASE:
-                self._waits.wake()
+            if settlement.verb is RETRY or settlement.verb is RELEASE or record.lane is not None:
+                self._waits.wake()  # a job to claim, or a slot of its lane free again
         elif outcome == "stopped":
             settlement.stop(record)
         return outcome is not None

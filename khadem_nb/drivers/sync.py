@@ -18,3 +18,4 @@ class SyncDriver(MemoryDriver):
     runs_at_dispatch: ClassVar[bool] = True
 
     _honours_delay: ClassVar[bool] = False
+    _honours_limits: ClassVar[bool] = False

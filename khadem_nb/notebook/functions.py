@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from .. import limits
 from ..errors import ConfigError, SerializationError
+from ..flow import check_concurrency, check_limit_key, check_resources, parse_rate
 from ..isolation import check_isolation
 from ..job import QueueJob
 from ..registry import job_factories
@@ -44,6 +45,13 @@ class FunctionCall(QueueJob):
         self.retry_jitter = spec.retry_jitter  # type: ignore[misc]
         self.isolation = spec.isolation  # type: ignore[misc]
         self.keep_result = spec.keep_result  # type: ignore[misc]
+        self.concurrency = spec.concurrency  # type: ignore[misc]
+        self.rate = spec.rate  # type: ignore[misc]
+        self.resources = spec.resources  # type: ignore[misc]
+
+    def limit_key(self) -> str | None:
+        """The job function's ``limit_key`` of this call's arguments."""
+        return None if self.spec.limit_key is None else self.spec.limit_key(self.kwargs)  # type: ignore[no-any-return]
 
     def job_name(self) -> str:  # type: ignore[override]
         return self.spec.name
@@ -83,7 +91,10 @@ class JobFunction:
     def __init__(self, queue: Queue, fn: Callable[..., Any], *, name: str | None = None,
                  max_attempts: int = 1, retry_delay: float | timedelta = 1.0, priority: int = 0,
                  timeout: float | timedelta | None = None, retry_jitter: bool = False,
-                 isolation: str | None = None, keep_result: float | timedelta | None = None) -> None:
+                 isolation: str | None = None, keep_result: float | timedelta | None = None,
+                 concurrency: int | None = None, rate: str | None = None,
+                 limit_key: Callable[[dict[str, Any]], Any] | None = None,
+                 resources: Mapping[str, int] | None = None) -> None:
         if not callable(fn):
             raise ConfigError(f"@q.job needs a function, got {fn!r}")
         self.queue = queue
@@ -98,6 +109,11 @@ class JobFunction:
         self.retry_jitter = retry_jitter
         self.isolation = check_isolation(isolation, f"@q.job {self.name}")
         self.keep_result = None if keep_result is None else limits.seconds(keep_result, "keep_result")
+        where = f"@q.job {self.name}"
+        self.concurrency = check_concurrency(concurrency, f"{where}: concurrency")
+        self.rate = None if parse_rate(rate, f"{where}: rate") is None else rate
+        self.limit_key = check_limit_key(limit_key, f"{where}: limit_key")
+        self.resources = check_resources(resources, f"{where}: resources") or None
         self.__doc__ = fn.__doc__
         self.__wrapped__ = fn
         job_factories.register(self.name, self._rebuild)

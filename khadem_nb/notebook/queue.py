@@ -11,7 +11,7 @@ import asyncio
 import inspect
 import logging
 import warnings
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from concurrent.futures import Future
 from dataclasses import replace
 from datetime import timedelta
@@ -138,10 +138,14 @@ class Queue:
 
         Options: ``name``, ``max_attempts``, ``retry_delay``, ``retry_jitter``, ``priority``,
         ``timeout``, ``isolation`` (``"process"`` runs each call in a child process, which a
-        timeout or a cancel stops), ``keep_result`` (seconds a finished call's record is kept).
+        timeout or a cancel stops), ``keep_result`` (seconds a finished call's record is kept),
+        and flow control across every worker of the queue: ``concurrency`` (calls held at
+        once), ``rate`` (``"30/min"``: starts per window), ``limit_key`` (a function of the
+        call's arguments that the two count per, like ``lambda p: p["tenant"]``) and
+        ``resources`` (``{"gpu": 1}``: units a call holds on the worker that runs it).
         """
         valid = {"name", "max_attempts", "retry_delay", "retry_jitter", "priority", "timeout", "isolation",
-                 "keep_result"}
+                 "keep_result", "concurrency", "rate", "limit_key", "resources"}
         unknown = set(options) - valid
         if unknown:
             raise ConfigError(f"unknown @q.job options {sorted(unknown)}; valid: {sorted(valid)}")
@@ -220,12 +224,13 @@ class Queue:
 
     # -- workers ---------------------------------------------------------------------------------
     def start(self, concurrency: int = 4, *, queues: Sequence[str] | None = None,
-              prefetch: int | None = None) -> QueueWorker:
+              prefetch: int | None = None, resources: Mapping[str, int] | str | None = None) -> QueueWorker:
         """Start in-process workers (tasks on this loop) and return at once. Idempotent.
 
         ``prefetch`` defaults to ``queue.workers.prefetch`` or else 0 here, unlike
         ``khadem-nb worker`` on Redis: experiments are long, a job claimed ahead would wait in
         this kernel while other machines sit idle, and the panel would list it as running.
+        ``resources`` (``{"gpu": 1}``): units these workers offer to jobs that ask for them.
         """
         if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
             raise ConfigError(f"concurrency must be an integer >= 1, got {concurrency!r}")
@@ -237,16 +242,16 @@ class Queue:
         if not self._captured:
             capture.install()
             self._captured = True
-        self._worker = self.run(self._start(concurrency, queues, prefetch))
+        self._worker = self.run(self._start(concurrency, queues, prefetch, resources))
         return self._worker
 
-    async def _start(self, concurrency: int, queues: Sequence[str] | None,
-                     prefetch: int | None) -> QueueWorker:
+    async def _start(self, concurrency: int, queues: Sequence[str] | None, prefetch: int | None,
+                     resources: Mapping[str, int] | str | None) -> QueueWorker:
         self.manager.set_thread_pool_size(concurrency)
         if prefetch is None:
             prefetch = self.manager.settings.workers.prefetch or 0
         return await self.manager.start_worker(concurrency=concurrency, queues=queues, prefetch=prefetch,
-                                               run_in_background=True, delay=0.5)
+                                               run_in_background=True, delay=0.5, resources=resources)
 
     @property
     def worker(self) -> QueueWorker | None:
