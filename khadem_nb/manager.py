@@ -18,7 +18,7 @@ from .drivers.base import QueueDriver
 from .errors import ConfigError, DuplicateJobError, JobNotFoundError, KhademError
 from .execution import Hook, JobExecutor, WorkerHooks
 from .factory import QueueFactory
-from .flow import job_lane
+from .flow import job_lane, wait_reasons
 from .job import ACTIVE, FAILED, QUEUED, SCHEDULED, Failure, JobRecord, JobStatus, QueueJob
 from .middleware import Middleware, MiddlewareChain, MiddlewareFunc
 from .monitor import BasicQueueMonitor, QueueMonitor
@@ -424,6 +424,12 @@ class QueueManager:
         """Stored job records, oldest first (``limit`` keeps the newest)."""
         parsed = None if status is None else JobStatus.parse(status)
         return await self.driver.jobs(parsed, queue, limit)
+
+    async def why_waiting(self, records: Sequence[JobRecord]) -> dict[str, str]:
+        """Why each due job among ``records`` is not running yet, where its limits hold it back
+        (job id -> ``"limit train 2/2"``, ``"rate 30/min"``, ``"needs gpu=1, none free"``,
+        ``"unique: same job running"``); jobs that only wait for a free worker are left out."""
+        return await wait_reasons(self.driver, records)
 
     async def get_job(self, job_id: str) -> JobRecord:
         record = await self.driver.get(job_id)

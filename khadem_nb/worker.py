@@ -21,6 +21,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
+import socket
+import time
 import traceback
 from collections import deque
 from collections.abc import Sequence
@@ -30,6 +33,7 @@ from .config import QueueSettings, WorkerSettings
 from .drivers.base import QueueDriver
 from .errors import DriverError, KhademError
 from .execution import JobExecutor, WorkerHooks
+from .flow import OFFER_EVERY_S
 from .job import JobRecord
 from .resources import ResourcePool
 
@@ -82,6 +86,9 @@ class QueueWorker:
         self.resources = ResourcePool(dict(worker.resources)) if worker.resources else None
         # nobody to claim a batch for, and no units to count: the lone consumer's fast path
         self._lone = worker.concurrency == 1 and not self._prefetch and self.resources is None
+        #: how this worker names itself in its resource offer (``QueueDriver.offer``)
+        self.name = f"{socket.gethostname()}:{os.getpid()}:{id(self):x}"
+        self._told: tuple[dict[str, int], float] | None = None  # the free units last offered, when
 
     def __repr__(self) -> str:
         """What a notebook shows for ``q.start()``: ``4 workers on memory:// (running)``."""
@@ -166,6 +173,7 @@ class QueueWorker:
             await asyncio.gather(self._fetcher, return_exceptions=True)
         buffered, self._buffer = list(self._buffer), deque()
         await self._release(buffered)
+        await self._withdraw_offer()
         self._done.set()
 
     async def _release(self, records: Sequence[JobRecord]) -> None:
@@ -283,6 +291,8 @@ class QueueWorker:
             limit = min(limit, self._claims_left)
         pool = self.resources
         try:
+            if pool is not None:
+                await self._tell_offer(pool)
             if pool is None:
                 records = await self.driver.reserve(self.queues, limit, self.options.delay_s)
             else:
@@ -305,6 +315,22 @@ class QueueWorker:
             await self._release(records)
             return []
         return records
+
+    async def _tell_offer(self, pool: ResourcePool) -> None:
+        """Tell the driver what this worker offers and has free, when that changed or every
+        OFFER_EVERY_S (an offer is live for OFFER_TTL_S): what says why a job waits for units."""
+        free, now = pool.free(), time.monotonic()
+        if self._told is not None and self._told[0] == free and now < self._told[1] + OFFER_EVERY_S:
+            return
+        self._told = (free, now)
+        await self.driver.offer(self.name, pool.offered, free)
+
+    async def _withdraw_offer(self) -> None:
+        if self.resources is not None:
+            try:
+                await self.driver.offer(self.name, {}, {})
+            except Exception as exc:  # it expires on its own
+                logger.debug("could not withdraw the resource offer: %r", exc)
 
     def _give_up(self, exc: Exception) -> None:
         """A burst worker stops after BURST_TRIES failed claims in a row, keeping why."""

@@ -156,6 +156,13 @@ def _clear_run_log() -> Iterator[None]:
     test_jobs.RUN_LOG.clear()
 
 
+async def purge_url(url: str) -> None:
+    """Remove everything the queue at ``url`` holds (what a test wrote to a shared server)."""
+    manager = await QueueManager(url).init()
+    await manager.driver.purge()
+    await manager.close()
+
+
 async def make_manager(driver: str, tmp_path: Path, **extra: Any) -> QueueManager:
     manager = QueueManager(driver_config(driver, tmp_path, **extra))
     await manager.init()

@@ -268,3 +268,109 @@ class MarkStart(QueueJob):
             handle.write(f"{job_id} {time.time():.6f}\n")
         await asyncio.sleep(self.seconds)
         return job_id
+
+
+class Limited(QueueJob):
+    """At most two run at once across every worker; records when it ran and where."""
+
+    concurrency = 2
+
+    def __init__(self, n: int, seconds: float = 0.0) -> None:
+        self.n = n
+        self.seconds = seconds
+
+    async def handle(self) -> dict[str, float]:
+        start = time.time()
+        await asyncio.sleep(self.seconds)
+        return {"start": start, "end": time.time(), "pid": os.getpid()}
+
+
+class PerTenant(QueueJob):
+    """One at a time per tenant."""
+
+    concurrency = 1
+
+    def __init__(self, tenant: str) -> None:
+        self.tenant = tenant
+
+    def limit_key(self) -> str:
+        return self.tenant
+
+    async def handle(self) -> str:
+        return self.tenant
+
+
+class Rated(QueueJob):
+    """At most 10 start per second across every worker."""
+
+    rate = "10/s"
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+
+    async def handle(self) -> float:
+        return time.time()
+
+
+class ThreePerSecond(QueueJob):
+    rate = "3/s"
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+
+    async def handle(self) -> int:
+        return self.n
+
+
+class NeedsGpu(QueueJob):
+    """Holds one GPU unit of the worker that runs it, and says which."""
+
+    resources: ClassVar[dict[str, int]] = {"gpu": 1}
+
+    def __init__(self, n: int, seconds: float = 0.0) -> None:
+        self.n = n
+        self.seconds = seconds
+
+    async def handle(self) -> dict[str, Any]:
+        from khadem_nb import context
+
+        start = time.time()
+        await asyncio.sleep(self.seconds)
+        return {"gpu": context().resources.get("gpu"), "pid": os.getpid(), "start": start, "end": time.time(),
+                "cuda": os.environ.get("CUDA_VISIBLE_DEVICES")}
+
+
+class OneLaneSleepFirst(QueueJob):
+    """One at a time; sleeps long on its first attempt only (the attempt a crash test kills)."""
+
+    concurrency = 1
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+
+    async def handle(self) -> dict[str, int]:
+        if self.attempt == 1 and self.n == 0:
+            await asyncio.sleep(60)
+        return {"pid": os.getpid(), "n": self.n}
+
+
+class LaneOne(QueueJob):
+    """A lane that holds one job at a time (the Redis state machine's)."""
+
+    concurrency = 1
+
+    def __init__(self, tag: int) -> None:
+        self.tag = tag
+
+    async def handle(self) -> int:
+        return self.tag
+
+
+class LaneTwo(LaneOne):
+    concurrency = 2
+
+
+class IsolatedGpu(NeedsGpu):
+    """Runs in a child process, which sees its unit as CUDA_VISIBLE_DEVICES."""
+
+    isolation = "process"

@@ -92,7 +92,7 @@ async def test_bad_connections_store_nothing(pg: QueueManager) -> None:
     await memory.close()
 
 
-async def test_claims_use_the_pending_index_on_a_million_rows(pg: QueueManager) -> None:
+async def test_claims_use_the_ready_and_lane_indexes_on_a_million_rows(pg: QueueManager) -> None:
     import psycopg
 
     schema = pg.driver.schema  # type: ignore[attr-defined]
@@ -107,9 +107,12 @@ async def test_claims_use_the_pending_index_on_a_million_rows(pg: QueueManager) 
     with psycopg.connect(need_postgres(), autocommit=True) as conn:
         plan = "\n".join(row[0] for row in conn.execute(
             f"EXPLAIN SELECT seq FROM {schema}.jobs WHERE queue = 'default' AND status IN "
-            "('queued', 'scheduled') AND available_ms <= 9e15 ORDER BY priority DESC, seq LIMIT 10 "
-            "FOR UPDATE SKIP LOCKED"))
-    assert "jobs_pending" in plan, plan
+            "('queued', 'scheduled') AND available_ms <= 9e15 AND lane IS NULL ORDER BY priority DESC, seq "
+            "LIMIT 10 FOR UPDATE SKIP LOCKED"))
+        lanes = "\n".join(row[0] for row in conn.execute(
+            "EXPLAIN " + pg.driver._lanes_sql.waiting.replace("%s", "'default'", 1).replace("%s", "9e15")))  # type: ignore[attr-defined]
+    assert "jobs_ready" in plan, plan
+    assert "jobs_lanes" in lanes, lanes
     claimed = await pg.driver.reserve(["default"], 10, 0)
     assert [r.payload for r in claimed] == [{"value": "the one pending job"}]
 

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import need_redis, postgres_url
+from conftest import need_redis, postgres_url, purge_url
 from jobs import Echo, Mark, Sleep, SleepFirst
 from procs import finish, kill, run_script, start_worker
 
@@ -27,17 +27,12 @@ def durable_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]
     elif request.param == "postgres":
         url = postgres_url(tmp_path)
         yield url
-        asyncio.run(_purge(url))
+        asyncio.run(purge_url(url))
     else:
         url = f"{need_redis()}?prefix=khadem-proc-{tmp_path.name}"
         yield url
-        asyncio.run(_purge(url))
+        asyncio.run(purge_url(url))
 
-
-async def _purge(url: str) -> None:
-    manager = await QueueManager(url).init()
-    await manager.driver.purge()
-    await manager.close()
 
 
 async def open_manager(url: str, **queue: object) -> QueueManager:

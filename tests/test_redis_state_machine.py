@@ -1,6 +1,7 @@
 """A hypothesis state machine: the Redis driver's claims, leases, fences and hand-offs against a
-model. One driver plays a worker that may register as waiting (a claim that came back empty),
-pop a hand-off row (what its blocking wait does), or leave the line (pause or stop)."""
+model, with jobs in lanes (concurrency 1 and 2, and ``unique="running"``) and unique locks. One
+driver plays a worker that may register as waiting (a claim that came back empty), pop a
+hand-off row (what its blocking wait does), or leave the line (pause or stop)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from conftest import need_redis
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import Bundle, RuleBasedStateMachine, invariant, precondition, rule
-from jobs import Echo
+from jobs import Echo, LaneOne, LaneTwo
 
 from khadem_nb import JobRecord, JobStatus, QueueManager
 from khadem_nb.drivers.redis.keys import KEY_NAMES
@@ -30,6 +31,8 @@ class ModelJob:
     reclaims: int = 0
     token: str | None = None
     expired: int = 0  # when its lease ran out (the order of expire calls); 0: it has not
+    lane: str | None = None  # its lane, whose jobs are claimed first while it has room
+    limit: int = 0  # how many jobs of its lane may be held at once
 
 
 @dataclass
@@ -38,9 +41,21 @@ class Model:
     order: int = 0
     waiting: bool = False  # the worker is registered for hand-off
     handoff: list[tuple[str, str]] = field(default_factory=list)  # rows: (job id, token)
+    locks: dict[str, str] = field(default_factory=dict)  # unique key -> the job that took it
+
+    def plain_ready(self) -> list[str]:
+        return [i for i, j in self.jobs.items() if j.status is JobStatus.QUEUED and j.lane is None]
+
+    def held_in(self, lane: str) -> int:
+        return sum(1 for j in self.jobs.values() if j.lane == lane and j.status is JobStatus.ACTIVE)
 
     def next_ready(self) -> str | None:
-        ready = [(-j.priority, j.order, i) for i, j in self.jobs.items() if j.status is JobStatus.QUEUED]
+        """Lanes first: the best head among lanes with room; then the jobs without limits."""
+        lanes = [(-j.priority, j.order, i) for i, j in self.jobs.items() if j.status is JobStatus.QUEUED
+                 and j.lane is not None and self.held_in(j.lane) < j.limit]
+        if lanes:
+            return min(lanes)[2]
+        ready = [(-self.jobs[i].priority, self.jobs[i].order, i) for i in self.plain_ready()]
         return min(ready)[2] if ready else None
 
     def row_is_whole(self, job_id: str, token: str) -> bool:
@@ -104,9 +119,40 @@ class RedisQueueMachine(RuleBasedStateMachine):
         job_id = self.run(self.manager.dispatch(Echo(priority), priority=priority))
         self.model.order += 1
         job = self.model.jobs[job_id] = ModelJob(priority, self.model.order)
-        if self.model.waiting and self.model.next_ready() == job_id:  # nothing else was ready
+        if self.model.waiting and self.model.plain_ready() == [job_id]:  # nothing else was ready
             token = self.run(self.manager.driver.client.hget(self.key("token"), job_id))  # type: ignore[attr-defined]
             assert token is not None, "a waiting worker and nothing ready: the job is handed off"
+            job.status, job.attempt, job.token = JobStatus.ACTIVE, 1, token.decode()
+            self.model.handoff.append((job_id, job.token))
+            self.model.waiting = False
+
+    @rule(priority=st.integers(-1, 1), two=st.booleans())
+    def dispatch_limited(self, priority: int, two: bool) -> None:
+        """A job of a lane: never handed off, claimed only while its lane has room."""
+        job = LaneTwo(priority) if two else LaneOne(priority)
+        job_id = self.run(self.manager.dispatch(job, priority=priority))
+        self.model.order += 1
+        self.model.jobs[job_id] = ModelJob(priority, self.model.order, lane=type(job).__name__,
+                                           limit=2 if two else 1)
+
+    @rule(key=st.sampled_from(["k1", "k2"]), running=st.booleans())
+    def dispatch_unique(self, key: str, running: bool) -> None:
+        """``unique="running"``: always stored, one of its key held at a time; ``unique=True``:
+        stored only while no live job holds the key (else the holder's id)."""
+        mode: bool | str = "running" if running else True
+        job_id = self.run(self.manager.dispatch(Echo(key), unique=mode, unique_key=key))
+        if not running:
+            holder = self.model.locks.get(key)
+            if holder is not None and self.model.jobs[holder].status in (JobStatus.QUEUED, JobStatus.ACTIVE):
+                assert job_id == holder
+                return
+            self.model.locks[key] = job_id
+        self.model.order += 1
+        job = self.model.jobs[job_id] = ModelJob(0, self.model.order)
+        if running:
+            job.lane, job.limit = f"unique\t{key}", 1
+        elif self.model.waiting and self.model.plain_ready() == [job_id]:
+            token = self.run(self.manager.driver.client.hget(self.key("token"), job_id))  # type: ignore[attr-defined]
             job.status, job.attempt, job.token = JobStatus.ACTIVE, 1, token.decode()
             self.model.handoff.append((job_id, job.token))
             self.model.waiting = False
@@ -140,7 +186,7 @@ class RedisQueueMachine(RuleBasedStateMachine):
         """A claim about to wait: if it gets nothing, the worker registers for hand-off."""
         self.model.sweep()
         driver = self.manager.driver
-        record = self._claimed(self.run(driver._claim(["default"], 1, 1.0)))  # type: ignore[attr-defined]
+        record = self._claimed(self.run(driver._claim(["default"], 1, 1.0, "")))  # type: ignore[attr-defined]
         self.model.waiting = record is None
         if record is None:  # keep the registration alive however long the example runs
             self.run(driver.client.zadd(self.key("waiting"), {driver._waiter: 2**50}, xx=True))  # type: ignore[attr-defined]
@@ -231,6 +277,13 @@ class RedisQueueMachine(RuleBasedStateMachine):
         self.run(client.zadd(self.key("active"), {job_id: self.expiries}, xx=True))
         self.run(client.delete(self.key("sweep")))
         self.model.jobs[job_id].expired = self.expiries
+
+    @invariant()
+    def lanes_hold_what_their_jobs_hold(self) -> None:
+        held = self.run(self.manager.driver.client.hgetall(self.key("lane_held")))  # type: ignore[attr-defined]
+        lanes = {j.lane for j in self.model.jobs.values() if j.lane is not None}
+        model = {lane: n for lane in lanes if (n := self.model.held_in(lane))}
+        assert {k.decode(): int(v) for k, v in held.items()} == model
 
     @invariant()
     def counts_match(self) -> None:

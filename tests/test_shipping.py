@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import need_redis
+from conftest import need_redis, purge_url
 from procs import env, kill
 
 from khadem_nb import ConfigError, JobStatus, QueueManager, SerializationError
@@ -32,13 +32,7 @@ def url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
         return
     queue_url = f"{need_redis()}?prefix=khadem-ship-{tmp_path.name}"
     yield queue_url
-    asyncio.run(_purge(queue_url))
-
-
-async def _purge(queue_url: str) -> None:
-    manager = await QueueManager(queue_url).init()
-    await manager.purge()
-    await manager.close()
+    asyncio.run(purge_url(queue_url))
 
 
 def worker(url: str, folder: Path, *flags: str, secret: str | None = SECRET) -> subprocess.Popen[str]:

@@ -10,11 +10,12 @@ expires.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ..flow import RATE_UNITS
+from ..flow import RATE_UNITS, Offer
 
 
 @dataclass(frozen=True, slots=True)
@@ -24,7 +25,7 @@ class LaneSql:
     waiting: str  # (queue, now) -> lane, lane_rule of the lanes with due jobs, best first
     held: str  # (queue, now) -> lane, count of jobs held under a live lease
     starts: str  # (queue, lane, since) -> start times of the lane's window
-    started: str  # (queue, lane, at) -> one start recorded
+    started: str  # (queue, lane, at, n) -> n starts recorded
     forget_starts: str  # (before) -> starts older than the longest window dropped
 
 
@@ -37,7 +38,8 @@ def lane_sql(jobs: str, starts: str, mark: str) -> LaneSql:
         held=(f"SELECT lane, COUNT(*) FROM {jobs} WHERE queue = {m} AND lane IS NOT NULL "
               f"AND status = 'active' AND lease_ms >= {m} GROUP BY lane"),
         starts=f"SELECT at_ms FROM {starts} WHERE queue = {m} AND lane = {m} AND at_ms > {m}",
-        started=f"INSERT INTO {starts} (queue, lane, at_ms) VALUES ({m}, {m}, {m})",
+        started=(f"WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < {m}) "
+                 f"INSERT INTO {starts} (queue, lane, at_ms) SELECT {m}, {m}, {m} FROM n"),
         forget_starts=f"DELETE FROM {starts} WHERE at_ms <= {m}",
     )
 
@@ -47,6 +49,34 @@ def starts_table_sql(starts: str, index: str) -> list[str]:
     return [f"CREATE TABLE IF NOT EXISTS {starts} (queue TEXT NOT NULL, lane TEXT NOT NULL, "
             "at_ms BIGINT NOT NULL)",
             f"CREATE INDEX IF NOT EXISTS {index} ON {starts} (queue, lane, at_ms)"]
+
+
+def workers_table_sql(workers: str) -> str:
+    """The table of resource offers, one row per worker (see ``flow.Offer``)."""
+    return (f"CREATE TABLE IF NOT EXISTS {workers} (worker TEXT PRIMARY KEY, offered TEXT NOT NULL, "
+            "free TEXT NOT NULL, seen_ms BIGINT NOT NULL)")
+
+
+def offer_sql(workers: str, mark: str) -> tuple[str, str, str]:
+    """Statements that tell an offer (worker, offered, free, seen), withdraw one (worker), and
+    read those seen since a time, dropping older ones first (since)."""
+    m = mark
+    tell = (f"INSERT INTO {workers} (worker, offered, free, seen_ms) VALUES ({m}, {m}, {m}, {m}) "
+            "ON CONFLICT (worker) DO UPDATE SET offered = excluded.offered, free = excluded.free, "
+            "seen_ms = excluded.seen_ms")
+    return tell, f"DELETE FROM {workers} WHERE worker = {m}", \
+        f"SELECT worker, offered, free, seen_ms FROM {workers} WHERE seen_ms >= {m} ORDER BY worker"
+
+
+def offers_from_rows(rows: Iterable[Sequence[Any]]) -> list[Offer]:
+    """Offers read back; a row that does not read is left out."""
+    found = []
+    for worker, offered, free, seen in rows:
+        try:
+            found.append(Offer(str(worker), dict(json.loads(offered)), dict(json.loads(free)), int(seen)))
+        except (ValueError, TypeError):
+            continue
+    return found
 
 
 def lane_index_sql(jobs: str, prefix: str) -> list[str]:

@@ -21,6 +21,7 @@ from .._ids import new_token
 from .._time import now_ms
 from ..config import QueueSettings, parse_config
 from ..errors import ConfigError
+from ..flow import LaneRule, LaneUse, Offer
 from ..job import ACTIVE, CANCELLED, COMPLETED, FAILED, QUEUED, SCHEDULED, JobRecord, JobStatus
 from ..limits import PRIORITY_RANGE
 from ..unique import UniqueRule
@@ -257,6 +258,21 @@ class QueueDriver(ABC):
         """The ids among held ``records`` whose jobs were cancelled."""
         statuses = await self.statuses([r.id for r in records])
         return [r.id for r, status in zip(records, statuses, strict=True) if status is CANCELLED]
+
+    # -- flow control ------------------------------------------------------------------------
+    @abstractmethod
+    async def lane_use(self, queue: str, lanes: Mapping[str, LaneRule]) -> dict[str, LaneUse]:
+        """How much of each of ``queue``'s ``lanes`` is in use now: its jobs held under a live
+        lease, and its starts within its rate's window (``flow``)."""
+
+    @abstractmethod
+    async def offer(self, worker: str, offered: Mapping[str, int], free: Mapping[str, int]) -> None:
+        """Tell that ``worker`` offers ``offered`` resource units, ``free`` of them now; an
+        empty ``offered`` withdraws its offer (it stops). Offers expire after OFFER_TTL_S."""
+
+    @abstractmethod
+    async def offers(self) -> list[Offer]:
+        """The live offers of workers with resources, by worker name."""
 
     # -- shipped code ------------------------------------------------------------------------
     async def store_code(self, digest: str, envelope: bytes) -> None:

@@ -6,6 +6,7 @@ Layout under ``queue.path``::
     ready/<queue>/<order>.json     due jobs; <order> sorts by priority, then dispatch time
     limited/<queue>/<order>.json   due jobs with limits (``flow``), claimed as their lanes allow
     starts/<queue>.json            recent start times of each rated lane
+    workers/<sha256>.json          a worker's resource offer (``flow.Offer``)
     delayed/<queue>/<due>.json     jobs waiting for their time
     active/<order>.json            claimed jobs (carry token and lease)
     done/  failed/  cancelled/     finished jobs (a job cancelled while running keeps its token
@@ -40,10 +41,10 @@ from typing import Any, ClassVar, TypeVar
 from .._time import now_ms
 from ..config import QueueSettings
 from ..errors import DriverError, SerializationError
+from ..flow import ClaimPlan, LaneRule, LaneUse, Offer, live_offers, recent_starts, rule_of
 from ..job import TERMINAL_STATUSES, JobRecord, JobStatus
 from ..unique import UniqueRule, lock_is_live
 from . import _records
-from ..flow import ClaimPlan, rule_of
 from ._fs import check_parent_writable, local_path
 from ._lanes import oldest_start_kept
 from ._polling import PollingWaits
@@ -64,7 +65,7 @@ logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
 STATE_DIRS = ("tmp", "ready", "delayed", "active", "done", "failed", "cancelled", "corrupt", "code",
-              "unique", "expiring", "limited", "starts")
+              "unique", "expiring", "limited", "starts", "workers")
 CODE_DIGEST = re.compile(r"[0-9a-f]{32}\Z")
 PRIORITY_OFFSET = 10**9  # ready files sort ascending; higher priority must come first
 ID_LEN = 32
@@ -318,13 +319,9 @@ class FileStore:
     def _claim_limited(self, queue: str, now: int, free: Mapping[str, int] | None,
                        want: int) -> list[JobRecord]:
         """The queue's limited jobs its lanes allow now, in claim order (``flow``)."""
-        held: dict[str, int] = {}  # until settled, cancelled, or reclaimed by the lease sweep
         active, waiting = self.listdir("active"), self.listdir("limited", queue)
         self._lanes = {i: self._lanes[i] for i in map(_id_of, active + waiting) if i in self._lanes}
-        for name in active:
-            lane = self._lane_of("active", name)
-            if lane is not None:
-                held[lane[0]] = held.get(lane[0], 0) + 1
+        held = self._held_by_lane(active)
         starts_path = self.dir("starts", f"{queue}.json")
         starts = self._read_starts(starts_path, now)
         plan = ClaimPlan(now, held, lambda lane, _: starts.get(lane, []), free)
@@ -344,6 +341,16 @@ class FileStore:
             self.write_bytes(starts_path, json.dumps(starts).encode(), sync_dir=False)
         return claimed
 
+    def _held_by_lane(self, active: Iterable[str]) -> dict[str, int]:
+        """Jobs held per lane among the files of ``active/``: a job counts until it is settled,
+        cancelled, or reclaimed by the lease sweep."""
+        held: dict[str, int] = {}
+        for name in active:
+            lane = self._lane_of("active", name)
+            if lane is not None:
+                held[lane[0]] = held.get(lane[0], 0) + 1
+        return held
+
     def _lane_of(self, *parts: str) -> tuple[str, str] | None:
         """(lane, rule) of the job file at ``parts``; ``None`` for a job without limits or a
         file gone. A job's lane never changes, so each file is read once."""
@@ -354,6 +361,34 @@ class FileStore:
                 return None
             self._lanes[job_id] = None if record.lane is None else (record.lane, record.lane_rule or "")
         return self._lanes[job_id]
+
+    def lane_use(self, queue: str, lanes: Mapping[str, LaneRule]) -> dict[str, LaneUse]:
+        held = self._held_by_lane(self.listdir("active"))
+        now = now_ms()
+        starts = self._read_starts(self.dir("starts", f"{queue}.json"), now)
+        return {lane: LaneUse(held.get(lane, 0), recent_starts(starts.get(lane, []), rule, now))
+                for lane, rule in lanes.items()}
+
+    def offer(self, worker: str, offered: Mapping[str, int], free: Mapping[str, int]) -> None:
+        path = self.dir("workers", hashlib.sha256(worker.encode()).hexdigest() + ".json")
+        if not offered:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+            return
+        told = {"worker": worker, "offered": dict(offered), "free": dict(free), "seen": now_ms()}
+        self.write_bytes(path, json.dumps(told).encode(), sync_dir=False)
+
+    def offers(self) -> list[Offer]:
+        found = []
+        for entry in self._entries("workers"):
+            try:
+                with open(entry.path, "rb") as handle:
+                    told = json.loads(handle.read())
+                found.append(Offer(str(told["worker"]), dict(told["offered"]), dict(told["free"]),
+                                   int(told["seen"])))
+            except (OSError, ValueError, TypeError, KeyError):
+                continue
+        return live_offers(found, now_ms())
 
     def _read_starts(self, path: str, now: int) -> dict[str, list[int]]:
         """Each rated lane's starts within the longest window; ``{}`` if the file is unreadable."""
@@ -792,6 +827,15 @@ class FileDriver(QueueDriver):
 
     async def trim(self) -> None:
         await self._call(self.store.trim)
+
+    async def lane_use(self, queue: str, lanes: Mapping[str, LaneRule]) -> dict[str, LaneUse]:
+        return await self._call(self.store.lane_use, queue, lanes)
+
+    async def offer(self, worker: str, offered: Mapping[str, int], free: Mapping[str, int]) -> None:
+        await self._call(self.store.offer, worker, offered, free)
+
+    async def offers(self) -> list[Offer]:
+        return await self._call(self.store.offers)
 
     async def store_code(self, digest: str, envelope: bytes) -> None:
         await self._call(self.store.store_code, digest, envelope)

@@ -25,7 +25,16 @@ from typing import Any, ClassVar
 
 from .._ids import new_token
 from ..config import QueueSettings
-from ..flow import RATE_UNITS, ClaimPlan, rule_of
+from ..flow import (
+    RATE_UNITS,
+    ClaimPlan,
+    LaneRule,
+    LaneUse,
+    Offer,
+    live_offers,
+    recent_starts,
+    rule_of,
+)
 from ..job import (
     ACTIVE,
     CANCELLABLE_STATUSES,
@@ -139,6 +148,7 @@ class MemoryDriver(QueueDriver):
         self._lane_held: dict[tuple[str, str], int] = {}
         self._lane_starts: dict[tuple[str, str], deque[int]] = {}
         self._reopens_at: int | None = None  # when a lane blocked by its rate may start again
+        self._offers: dict[str, Offer] = {}  # resource offers of workers, by worker name
         self._delayed: dict[str, list[tuple[int, int, str]]] = {}
         self._completed: deque[str] = deque()
         # the payload JSON of each claimed job: the worker gets the stored record itself with its
@@ -198,6 +208,7 @@ class MemoryDriver(QueueDriver):
             self._queues.add(record.queue)
         else:
             status = record.status = QUEUED
+            lanes: PriorityLanes | None
             if record.lane is not None and self._honours_limits:
                 lanes = self._limited_lane(record.queue, record.lane)
             else:
@@ -602,6 +613,21 @@ class MemoryDriver(QueueDriver):
         self._uniques[rule.key] = (record.id, rule.holds_text, rule.expires_ms)
         await self.push([record])
         return None
+
+    async def lane_use(self, queue: str, lanes: Mapping[str, LaneRule]) -> dict[str, LaneUse]:
+        now = self.clock()
+        return {lane: LaneUse(self._lane_held.get((queue, lane), 0),
+                              recent_starts(self._lane_starts.get((queue, lane), ()), rule, now))
+                for lane, rule in lanes.items()}
+
+    async def offer(self, worker: str, offered: Mapping[str, int], free: Mapping[str, int]) -> None:
+        if offered:
+            self._offers[worker] = Offer(worker, dict(offered), dict(free), self.clock())
+        else:
+            self._offers.pop(worker, None)
+
+    async def offers(self) -> list[Offer]:
+        return live_offers(self._offers.values(), self.clock())
 
     async def store_code(self, digest: str, envelope: bytes) -> None:
         self._code.setdefault(digest, envelope)

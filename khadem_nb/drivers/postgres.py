@@ -28,12 +28,24 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, ClassVar
 
 from .._ids import new_token
+from .._time import now_ms
 from ..config import QueueSettings
 from ..errors import ConfigError, CorruptQueueError, DriverError, DriverUnavailableError
+from ..flow import OFFER_TTL_S, ClaimPlan, LaneRule, LaneUse, Offer, rule_of
 from ..job import JobRecord, JobStatus
 from ..serializer import dumps
 from ..unique import UniqueRule
 from ._batches import TurnBatch, through_outage
+from ._lanes import (
+    held_by_lane,
+    lane_index_sql,
+    lane_sql,
+    offer_sql,
+    offers_from_rows,
+    oldest_start_kept,
+    starts_table_sql,
+    workers_table_sql,
+)
 from ._polling import PollingWaits
 from ._records import due_view
 from ._rows import (
@@ -70,7 +82,7 @@ from .base import (
 
 logger = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 SETTLED = {s.value: s for s in JobStatus}  # status words as the settle notices carry them
 IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}\Z")
 NOW = "(extract(epoch FROM clock_timestamp()) * 1000)::bigint"
@@ -81,6 +93,7 @@ RECLAIM_BATCH = 100  # expired leases one claim puts back at most
 INSERT_ROWS = 16  # a push of up to this many jobs is one INSERT statement; more go by COPY
 POLL_LISTENING_S = 1.0  # longest idle wait while notices arrive (delayed jobs falling due)
 POLL_FALLBACK_S = 0.25  # longest idle wait when LISTEN does not work here
+LANES_RECHECK_S = 0.5  # a queue whose lanes phase found nothing due is looked at again after this
 DEADLOCK_RETRIES = 5  # times a work is run again after the server broke a deadlock
 
 
@@ -140,12 +153,23 @@ def upgrade_sql(schema: str) -> dict[int, list[str]]:
         4: [f"ALTER TABLE {s}.jobs ADD COLUMN IF NOT EXISTS keep_ms bigint",
             f"CREATE INDEX IF NOT EXISTS jobs_expiring ON {s}.jobs ((finished_ms + keep_ms)) "
             "WHERE keep_ms IS NOT NULL AND status IN ('completed', 'failed')"],
+        # flow control (``flow``, ``_lanes``): each job's lane and rule, the claim of jobs
+        # without limits over their own index, and the recent starts of rated lanes
+        5: [f"ALTER TABLE {s}.jobs ADD COLUMN IF NOT EXISTS lane text",
+            f"ALTER TABLE {s}.jobs ADD COLUMN IF NOT EXISTS lane_rule text",
+            f"CREATE INDEX IF NOT EXISTS jobs_ready ON {s}.jobs (queue, priority DESC, seq) "
+            "WHERE status IN ('queued', 'scheduled') AND lane IS NULL",
+            f"DROP INDEX IF EXISTS {s}.jobs_pending",
+            *lane_index_sql(f"{s}.jobs", "jobs"),
+            *starts_table_sql(f"{s}.starts", "starts_lane"),
+            workers_table_sql(f"{s}.workers")],
     }
 
 
-def claim_sql(schema: str) -> str:
+def claim_sql(schema: str, lane: str = "lane IS NULL") -> str:
     """One statement: expired leases of the queue put back (or failed), then a batch of due
-    jobs claimed. Both take only rows no other claim holds (SKIP LOCKED)."""
+    jobs claimed, those without limits, or with ``lane = %(lane)s`` one lane's (see
+    ``_lanes``). Both take only rows no other claim holds (SKIP LOCKED)."""
     s = schema
     return f"""
 WITH now AS (SELECT {NOW} AS ms),
@@ -170,6 +194,7 @@ reclaimed AS (
 picked AS (
     SELECT seq FROM {s}.jobs, now
      WHERE queue = %(queue)s AND status IN ('queued', 'scheduled') AND available_ms <= now.ms
+           AND {lane}
      ORDER BY priority DESC, seq
      LIMIT %(limit)s FOR UPDATE SKIP LOCKED
 )
@@ -195,7 +220,8 @@ NOTICE_CHUNK = 3800  # bytes of settle lines per NOTIFY (one line at most more; 
 def settle_sql(table: str, channel: str, settled_channel: str) -> str:
     """One statement for a batch of settles, each fenced by its token: the jobs still held are
     settled, those cancelled while held are stopped; then waiters hear of the settled ones
-    (``settled_channel``, "id<TAB>status" lines) and idle workers of jobs put back (``channel``)."""
+    (``settled_channel``, "id<TAB>status" lines) and idle workers of jobs put back, or of a
+    lane's slot freed (``channel``)."""
     arrays = ", ".join(f"%s::{kind.split()[1]}[]" for kind in SETTLE_ARRAYS)
     names = ", ".join(kind.split()[0] for kind in SETTLE_ARRAYS)
     return f"""
@@ -208,7 +234,7 @@ done AS (
            failure = s.failure
       FROM s
      WHERE j.id = s.id AND j.token = s.token AND j.status = 'active'
-    RETURNING j.id, j.status, j.queue
+    RETURNING j.id, j.status, j.queue, j.lane
 ),
 stopped AS (
     UPDATE {table} j SET token = NULL, finished_ms = s.at_ms, meta = j.meta || s.meta
@@ -226,7 +252,8 @@ settled AS (
 ),
 woken AS (
     SELECT pg_notify('{channel}', queue)
-      FROM (SELECT DISTINCT queue FROM done WHERE status IN ('queued', 'scheduled')) AS q
+      FROM (SELECT DISTINCT queue FROM done
+             WHERE status IN ('queued', 'scheduled') OR lane IS NOT NULL) AS q
 )
 SELECT outcome.id, outcome.flag
   FROM (SELECT id, {SETTLED_NOW} AS flag FROM done UNION ALL SELECT id, {STOPPED} FROM stopped) AS outcome,
@@ -260,6 +287,13 @@ class PostgresDriver(QueueDriver):
         #: them off
         self._prepared = settings.options.get("prepared_statements", True) is not False
         self._claim = claim_sql(schema)
+        self._claim_lane = claim_sql(schema, "lane = %(lane)s")
+        self._lanes_sql = lane_sql(self.table, f"{schema}.starts", "%s")
+        self._offer_sql = offer_sql(f"{schema}.workers", "%s")
+        #: monotonic time until which a queue is taken to hold no due limited job (a lanes
+        #: phase found none): its claims skip the lanes phase until then, or until this
+        #: process dispatches a limited job to it
+        self._no_lanes_until: dict[str, float] = {}
         self._settle_sql = settle_sql(self.table, self.channel, self.settled_channel)
         self._unique_lock = unique_lock_sql(self.table, f"{schema}.uniques", "%s")
         self._unique_insert = self._insert_if_locked_sql()
@@ -461,7 +495,14 @@ class PostgresDriver(QueueDriver):
                 await self._copy(conn, rows, queues)
 
         await self._run(work)
+        self._heard_of_lanes(records)
         self._waits.wake()
+
+    def _heard_of_lanes(self, records: Sequence[JobRecord]) -> None:
+        """Limited jobs dispatched here: the next claim of their queue looks at its lanes."""
+        for record in records:
+            if record.lane is not None:
+                self._no_lanes_until.pop(record.queue, None)
 
     async def _copy(self, conn: Any, rows: list[tuple[Any, ...]], queues: Sequence[str]) -> None:
         """Many jobs: COPY, then one notice per queue (delivered at commit)."""
@@ -528,25 +569,99 @@ class PostgresDriver(QueueDriver):
     def interrupt_waits(self) -> None:
         self._waits.interrupt()
 
-    async def reserve(self, queues: Sequence[str], limit: int, wait_s: float) -> list[JobRecord]:
+    async def reserve(self, queues: Sequence[str], limit: int, wait_s: float,
+                      free: Mapping[str, int] | None = None) -> list[JobRecord]:
         if self._listener is None and wait_s > 0:
             await self.listener()
-        return await self._waits.reserve(lambda: self._claim_from(queues, limit), wait_s)
+        return await self._waits.reserve(lambda: self._claim_from(queues, limit, free), wait_s)
 
-    async def _claim_from(self, queues: Sequence[str], limit: int) -> list[JobRecord]:
-        async def work(conn: Any) -> list[JobRecord]:
-            claimed: list[JobRecord] = []
-            for queue in queues:
-                params = {"queue": queue, "limit": limit - len(claimed), "lease_ms": self._lease_ms,
-                          "token": new_token(), "max_reclaims": self.settings.max_reclaims,
-                          "lost": LEASE_LOST_ERROR}
-                rows = await (await conn.execute(self._claim, params)).fetchall()
-                claimed += [record_from_row(row[1:]) for row in sorted(rows, key=lambda r: (-r[5], r[0]))]
-                if len(claimed) >= limit:
-                    break
-            return claimed
+    async def _claim_from(self, queues: Sequence[str], limit: int,
+                          free: Mapping[str, int] | None) -> list[JobRecord]:
+        """In each queue, the jobs of its lanes that may start (when it may hold some), then
+        the jobs without limits."""
+        claimed: list[JobRecord] = []
+        for queue in queues:
+            if time.monotonic() >= self._no_lanes_until.get(queue, 0.0):
+                claimed += await self._run(self._claim_lanes, queue, limit - len(claimed), free)
+            if len(claimed) < limit:
+                claimed += await self._run(self._claim_where, self._claim, queue, limit - len(claimed))
+            if len(claimed) >= limit:
+                break
+        return claimed
+
+    async def _claim_where(self, conn: Any, statement: str, queue: str, limit: int,
+                           lane: str | None = None) -> list[JobRecord]:
+        params = {"queue": queue, "limit": limit, "lease_ms": self._lease_ms, "token": new_token(),
+                  "max_reclaims": self.settings.max_reclaims, "lost": LEASE_LOST_ERROR, "lane": lane}
+        rows = await (await conn.execute(statement, params)).fetchall()
+        return [record_from_row(row[1:]) for row in sorted(rows, key=lambda r: (-r[5], r[0]))]
+
+    async def _claim_lanes(self, conn: Any, queue: str, want: int,
+                           free: Mapping[str, int] | None) -> list[JobRecord]:
+        """The limited jobs of ``queue`` its lanes allow now, in one transaction under the
+        queue's advisory lock, so no two claims count the same free slot."""
+        now = (await (await conn.execute(f"SELECT {NOW}")).fetchone())[0]
+        if not await (await conn.execute(self._lanes_sql.waiting, (queue, now))).fetchall():
+            self._no_lanes_until[queue] = time.monotonic() + LANES_RECHECK_S
+            return []
+        async with conn.transaction():
+            await conn.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))",
+                               (f"{self.table} {queue}",))
+            return await self._claim_lanes_locked(conn, queue, want, free)
+
+    async def _claim_lanes_locked(self, conn: Any, queue: str, want: int,
+                                  free: Mapping[str, int] | None) -> list[JobRecord]:
+        sql = self._lanes_sql
+        now = (await (await conn.execute(f"SELECT {NOW}")).fetchone())[0]
+        waiting = await (await conn.execute(sql.waiting, (queue, now))).fetchall()
+        held = held_by_lane(await (await conn.execute(sql.held, (queue, now))).fetchall())
+        starts: dict[str, list[int]] = {}
+        for lane, rule_text, *_ in waiting:
+            window = rule_of(rule_text or "").rate
+            if window is not None and lane not in starts:
+                since = now - window.window_ms
+                starts[lane] = [row[0] for row in await (await conn.execute(sql.starts, (queue, lane, since)))
+                                .fetchall()]
+        plan = ClaimPlan(now, held, lambda lane, _: starts.get(lane, []), free)
+        claimed: list[JobRecord] = []
+        for lane, rule_text, *_ in waiting:
+            rule = rule_of(rule_text or "")
+            room = min(plan.room(lane, rule), want - len(claimed))
+            if room <= 0:
+                continue
+            taken = await self._claim_where(conn, self._claim_lane, queue, room, lane)
+            for record in taken:
+                plan.admit(lane, rule)
+                claimed.append(record)
+            if rule.rate is not None and taken:
+                await conn.execute(sql.started, (len(taken), queue, lane, now))
+        return claimed
+
+    async def lane_use(self, queue: str, lanes: Mapping[str, LaneRule]) -> dict[str, LaneUse]:
+        sql = self._lanes_sql
+
+        async def work(conn: Any) -> dict[str, LaneUse]:
+            now = (await (await conn.execute(f"SELECT {NOW}")).fetchone())[0]
+            held = held_by_lane(await (await conn.execute(sql.held, (queue, now))).fetchall())
+            use = {}
+            for lane, rule in lanes.items():
+                starts = [] if rule.rate is None else await (await conn.execute(
+                    sql.starts, (queue, lane, now - rule.rate.window_ms))).fetchall()
+                use[lane] = LaneUse(held.get(lane, 0), len(starts))
+            return use
 
         return await self._run(work)  # type: ignore[no-any-return]
+
+    async def offer(self, worker: str, offered: Mapping[str, int], free: Mapping[str, int]) -> None:
+        tell, withdraw, _ = self._offer_sql
+        if offered:
+            await self._fetch(tell, (worker, dumps(dict(offered)), dumps(dict(free)),
+                                                           now_ms()))
+        else:
+            await self._fetch(withdraw, (worker,))
+
+    async def offers(self) -> list[Offer]:
+        return offers_from_rows(await self._fetch(self._offer_sql[2], (now_ms() - int(OFFER_TTL_S * 1000),)))
 
     async def heartbeat(self, records: Sequence[JobRecord]) -> list[bool]:
         sql = (f"UPDATE {self.table} j SET lease_ms = {NOW} + %s FROM unnest(%s::text[], %s::text[]) "
@@ -618,6 +733,7 @@ class PostgresDriver(QueueDriver):
 
         statements.append((expired_sql(self.table, NOW), ()))
         statements.append((stale_locks_sql(self.table, f"{self.schema}.uniques"), ()))
+        statements.append((self._lanes_sql.forget_starts, (oldest_start_kept(now_ms()),)))
 
         async def work(conn: Any) -> None:
             for sql, params in statements:

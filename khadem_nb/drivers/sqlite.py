@@ -35,12 +35,21 @@ from .._ids import new_token
 from .._time import now_ms
 from ..config import QueueSettings
 from ..errors import ConfigError, CorruptQueueError, DriverError, DriverUnavailableError
-from ..flow import ClaimPlan, rule_of
+from ..flow import OFFER_TTL_S, ClaimPlan, LaneRule, LaneUse, Offer, rule_of
 from ..job import TERMINAL_STATUSES, JobRecord, JobStatus
 from ..serializer import dumps
 from ..unique import UniqueRule
 from ._fs import check_parent_writable, is_network_filesystem, local_path
-from ._lanes import held_by_lane, lane_index_sql, lane_sql, oldest_start_kept, starts_table_sql
+from ._lanes import (
+    held_by_lane,
+    lane_index_sql,
+    lane_sql,
+    offer_sql,
+    offers_from_rows,
+    oldest_start_kept,
+    starts_table_sql,
+    workers_table_sql,
+)
 from ._polling import PollingWaits
 from ._records import due_view, reclaim
 from ._rows import (
@@ -124,7 +133,9 @@ LATER_SCHEMA = [
     "WHERE status IN ('queued', 'scheduled') AND lane IS NULL",
     *lane_index_sql("khadem_jobs", "khadem_jobs"),
     *starts_table_sql("khadem_starts", "khadem_starts_lane"),
+    workers_table_sql("khadem_workers"),
 ]
+TELL_OFFER, WITHDRAW_OFFER, READ_OFFERS = offer_sql("khadem_workers", "?")
 LANES = lane_sql("khadem_jobs", "khadem_starts", "?")
 UNIQUE_LOCK = unique_lock_sql("khadem_jobs", "khadem_unique", "?")
 STALE_LOCKS = stale_locks_sql("khadem_jobs", "khadem_unique")
@@ -335,12 +346,33 @@ class SqliteStore:
             room = min(plan.room(lane, rule), want - len(claimed))
             if room <= 0:
                 continue
-            for record in self._claim_where(conn, CLAIM_LANE, queue, now, room, lane):
+            taken = self._claim_where(conn, CLAIM_LANE, queue, now, room, lane)
+            for record in taken:
                 plan.admit(lane, rule)
-                if rule.rate is not None:
-                    conn.execute(LANES.started, (queue, lane, now))
                 claimed.append(record)
+            if rule.rate is not None and taken:
+                conn.execute(LANES.started, (len(taken), queue, lane, now))
         return claimed
+
+    def lane_use(self, queue: str, lanes: Mapping[str, LaneRule]) -> dict[str, LaneUse]:
+        conn, now = self._db(), now_ms()
+        held = held_by_lane(conn.execute(LANES.held, (queue, now)))
+        use = {}
+        for lane, rule in lanes.items():
+            since = now - (rule.rate.window_ms if rule.rate else 0)
+            starts = [row[0] for row in conn.execute(LANES.starts, (queue, lane, since))] if rule.rate else []
+            use[lane] = LaneUse(held.get(lane, 0), len(starts))
+        return use
+
+    def offer(self, worker: str, offered: Mapping[str, int], free: Mapping[str, int]) -> None:
+        if offered:
+            self.write(lambda conn: conn.execute(TELL_OFFER, (worker, dumps(dict(offered)), dumps(dict(free)),
+                                                              now_ms())))
+        else:
+            self.write(lambda conn: conn.execute(WITHDRAW_OFFER, (worker,)))
+
+    def offers(self) -> list[Offer]:
+        return offers_from_rows(self._db().execute(READ_OFFERS, (now_ms() - int(OFFER_TTL_S * 1000),)))
 
     def _reclaim_expired(self, conn: sqlite3.Connection, now: int) -> None:
         rows = conn.execute(f"{SELECT} WHERE status = 'active' AND lease_ms < ?", (now,)).fetchall()
@@ -667,6 +699,15 @@ class SqliteDriver(QueueDriver):
 
     async def find_by_keys(self, keys: Sequence[str]) -> dict[str, JobRecord]:
         return await self._call(SqliteStore.find_by_keys, list(keys))
+
+    async def lane_use(self, queue: str, lanes: Mapping[str, LaneRule]) -> dict[str, LaneUse]:
+        return await self._call(SqliteStore.lane_use, queue, lanes)
+
+    async def offer(self, worker: str, offered: Mapping[str, int], free: Mapping[str, int]) -> None:
+        await self._call(SqliteStore.offer, worker, offered, free)
+
+    async def offers(self) -> list[Offer]:
+        return await self._call(SqliteStore.offers)
 
     async def store_code(self, digest: str, envelope: bytes) -> None:
         await self._call(SqliteStore.store_code, digest, envelope)

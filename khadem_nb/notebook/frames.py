@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from ..job import Failure, JobRecord, JobStatus
@@ -14,7 +14,8 @@ if TYPE_CHECKING:
 
     from .handles import JobHandle
 
-JOB_COLUMNS = ["id", "job", "status", "failure", "priority", "attempt", "created", "started", "finished",
+JOB_COLUMNS = ["id", "job", "status", "waiting", "failure", "priority", "attempt", "created", "started",
+               "finished",
                "duration_ms", "progress", "note", "args", "result", "error", "output", "code"]
 FAILURE_KINDS = [k.value for k in Failure]
 ENDED_BADLY = (JobStatus.FAILED, JobStatus.CANCELLED)  # records whose error column says why
@@ -34,13 +35,15 @@ def _times(pd: Any, values: list[int | None]) -> Any:
     return pd.to_datetime(pd.Series(values, dtype="Float64"), unit="ms", utc=True)
 
 
-def jobs_frame(records: Sequence[JobRecord]) -> pd.DataFrame:
-    """One row per job record."""
+def jobs_frame(records: Sequence[JobRecord], waits: Mapping[str, str] | None = None) -> pd.DataFrame:
+    """One row per job record; ``waits``: why queued jobs wait (``QueueManager.why_waiting``)."""
+    waits = waits or {}
     pd = _pandas()
     rows = {
         "id": [r.id for r in records],
         "job": [r.name for r in records],
         "status": pd.Categorical([r.status.value for r in records], categories=[s.value for s in JobStatus]),
+        "waiting": [waits.get(r.id) for r in records],
         "failure": _failures(pd, records),
         "priority": pd.Series([r.priority for r in records], dtype="int64"),
         "attempt": pd.Series([r.attempt for r in records], dtype="int64"),

@@ -51,7 +51,7 @@ class FunctionCall(QueueJob):
 
     def limit_key(self) -> str | None:
         """The job function's ``limit_key`` of this call's arguments."""
-        return None if self.spec.limit_key is None else self.spec.limit_key(self.kwargs)  # type: ignore[no-any-return]
+        return None if self.spec.limit_key is None else self.spec.limit_key(self.kwargs)
 
     def job_name(self) -> str:  # type: ignore[override]
         return self.spec.name

@@ -16,7 +16,7 @@ import contextlib
 import html
 import logging
 import time
-from collections import deque
+from collections import Counter, deque
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -33,6 +33,7 @@ logger = logging.getLogger(__name__)
 
 THROUGHPUT_WINDOW_S = 5.0
 SAMPLES_KEPT = 3000  # refreshes the charts' samples cover: five minutes at the fastest refresh
+WAITING_LOOKED = 100  # queued jobs, oldest first, whose reasons to wait the panel counts
 STYLE = """<style>
 .khadem-panel { font-family: var(--jp-ui-font-family, sans-serif);
   color: var(--jp-ui-font-color1, #222);
@@ -47,6 +48,7 @@ STYLE = """<style>
   margin: 2px 6px 2px 0; }
 .khadem-error { color: var(--jp-error-color1, #c0392b); }
 .khadem-muted { color: var(--jp-ui-font-color2, #666); }
+.khadem-held { color: var(--jp-warn-color0, #b26a00); margin: 2px 0; }
 .khadem-bar { background: var(--jp-layout-color3, #ddd); height: 6px; width: 80px; display: inline-block; }
 .khadem-bar > span { background: var(--jp-brand-color1, #2980b9); height: 6px; display: block; }
 .khadem-charts { display: flex; flex-flow: row wrap; gap: 8px; }
@@ -69,6 +71,7 @@ class Snapshot:
     counts: tuple[tuple[str, int], ...]
     running: tuple[tuple[str, str, float | None, str | None, float], ...]
     failures: tuple[tuple[str, str, str, str], ...]  # name, id, failure kind, error
+    held_back: tuple[tuple[str, int], ...]  # why queued jobs wait (their limits), and how many
     state: str
     finished: int
     total: int
@@ -190,6 +193,8 @@ class QueuePanel(w.VBox):  # type: ignore[misc]
         counts = await manager.counts(self.queue.settings.name)
         active = await manager.jobs(JobStatus.ACTIVE, queue=self.queue.settings.name, limit=8)
         failed = await manager.jobs(JobStatus.FAILED, queue=self.queue.settings.name, limit=5)
+        queued = await manager.jobs(JobStatus.QUEUED, queue=self.queue.settings.name, limit=WAITING_LOOKED)
+        held_back = Counter((await manager.why_waiting(queued)).values())
         finished, total, rate = self.batch.update(counts)
         now_ms = time.time() * 1000
         worker = self.queue.worker
@@ -202,6 +207,7 @@ class QueuePanel(w.VBox):  # type: ignore[misc]
             running=tuple((r.name, r.id, r.meta.get("progress"), r.meta.get("note") or _last_line(r),
                            (now_ms - (r.started_ms or now_ms)) / 1000) for r in reversed(active)),
             failures=tuple((r.name, r.id, r.failure or "", r.error or "") for r in reversed(failed)),
+            held_back=tuple(sorted(held_back.items())),
             state=state, finished=finished, total=total, throughput=round(rate, 1),
             success_rate=_success_rate(counts), charts=charts,
         )
@@ -234,7 +240,7 @@ class QueuePanel(w.VBox):  # type: ignore[misc]
                   f"{_success_text(snap.success_rate)}</span></div>")
         counts = " ".join(f"<span class='khadem-badge' style='background:{STATUS_COLOURS[JobStatus(k)]}'>"
                           f"{k} {v}</span>" for k, v in snap.counts)
-        return f"{header}<div>{counts}</div>{_running_table(snap)}{_failures_table(snap)}"
+        return f"{header}<div>{counts}</div>{_held_back(snap)}{_running_table(snap)}{_failures_table(snap)}"
 
     def workers_stopped(self) -> None:
         """The queue's workers here stopped: the throughput starts again from nothing."""
@@ -278,6 +284,15 @@ def _last_line(record: JobRecord) -> str | None:
     any machine), cut to fit a table cell."""
     lines = str(record.meta.get("output") or "").rstrip("\n").rsplit("\n", 1)
     return lines[-1][-120:] or None
+
+
+def _held_back(snap: Snapshot) -> str:
+    """Why queued jobs wait, where their limits hold them back: one line."""
+    if not snap.held_back:
+        return ""
+    parts = " · ".join(f"{html.escape(reason)} ({n} job{'s' if n != 1 else ''})"
+                       for reason, n in snap.held_back)
+    return f"<div class='khadem-held'>waiting: {parts}</div>"
 
 
 def _running_table(snap: Snapshot) -> str:

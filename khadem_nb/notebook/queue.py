@@ -338,14 +338,20 @@ class Queue:
 
     # -- looking at it ---------------------------------------------------------------------------
     def jobs(self, status: str | None = None, limit: int | None = None) -> pd.DataFrame:
-        """One row per job (the newest ``limit``): status, times, duration, progress, args, result,
-        error and captured output."""
+        """One row per job (the newest ``limit``): status, why a queued job waits (its limits:
+        ``"limit train 2/2"``, ``"rate 30/min"``, ``"needs gpu=1, none free"``), times,
+        duration, progress, args, result, error and captured output."""
         from .frames import jobs_frame
 
         parsed = None if status is None else JobStatus.parse(status)
         if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
             raise ConfigError(f"limit must be a positive integer, got {limit!r}")
-        return jobs_frame(self.run(self.manager.jobs(parsed, queue=self.settings.name, limit=limit)))
+        return jobs_frame(*self.run(self._jobs_and_waits(parsed, limit)))
+
+    async def _jobs_and_waits(self, status: JobStatus | None,
+                              limit: int | None) -> tuple[list[JobRecord], dict[str, str]]:
+        records = await self.manager.jobs(status, queue=self.settings.name, limit=limit)
+        return records, await self.manager.why_waiting(records)
 
     def metrics(self) -> pd.DataFrame:
         """One row per job name plus a total: counts by status, retries, rates, durations (ms)."""

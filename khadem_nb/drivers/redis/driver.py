@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import json
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
@@ -33,6 +34,7 @@ from ..._ids import new_token
 from ..._time import now_ms
 from ...config import QueueSettings
 from ...errors import ConfigError, CorruptQueueError, DriverError
+from ...flow import LaneRule, LaneUse, Offer, live_offers
 from ...job import TERMINAL_STATUSES, JobRecord, JobStatus
 from ...serializer import dumps
 from ...unique import UniqueRule
@@ -50,7 +52,17 @@ from ..base import (
 from . import wire
 from .connection import Outgoing, RedisConnection
 from .directory import QueueDirectory
-from .keys import COLUMNS, KEY_INDEX, KEY_NAMES, KEY_TYPES, STATUS_SETS, code_key, queue_keys
+from .keys import (
+    COLUMNS,
+    KEY_INDEX,
+    KEY_NAMES,
+    KEY_TYPES,
+    STATUS_SETS,
+    code_key,
+    lane_key_patterns,
+    queue_keys,
+    workers_key,
+)
 from .notices import SETTLED_STATES, AbortListener, SettleListener
 from .settles import SettleBatcher
 
@@ -277,16 +289,17 @@ class RedisDriver(QueueDriver):
             with contextlib.suppress(RedisError, OSError, TimeoutError, DriverError):
                 await asyncio.wait_for(self._run("leave", queue, [self._waiter]), 2.0)
 
-    async def reserve(self, queues: Sequence[str], limit: int, wait_s: float) -> list[JobRecord]:
+    async def reserve(self, queues: Sequence[str], limit: int, wait_s: float,
+                      free: Mapping[str, int] | None = None) -> list[JobRecord]:
         self._reserving += 1
         try:
-            return await self._reserve(queues, limit, wait_s)
+            return await self._reserve(queues, limit, wait_s, "" if free is None else dumps(dict(free)))
         finally:
             self._reserving -= 1
             if self._interrupted and not self._reserving:  # paused or stopped: leave the line
                 self._leave_handoff()
 
-    async def _reserve(self, queues: Sequence[str], limit: int, wait_s: float) -> list[JobRecord]:
+    async def _reserve(self, queues: Sequence[str], limit: int, wait_s: float, free: str) -> list[JobRecord]:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + wait_s
         generation = self._generation
@@ -298,7 +311,7 @@ class RedisDriver(QueueDriver):
         while True:
             if generation != self._generation:  # paused or stopping while it waited: claim nothing
                 return []
-            claimed = await self._claim(queues, limit, wait_s)
+            claimed = await self._claim(queues, limit, wait_s, free)
             self._queue_was_empty = len(claimed) < limit
             remaining = deadline - loop.time()
             if claimed or remaining <= 0 or generation != self._generation:
@@ -308,7 +321,7 @@ class RedisDriver(QueueDriver):
                 self._queue_was_empty = False
                 return handed
 
-    async def _claim(self, queues: Sequence[str], limit: int, wait_s: float) -> list[JobRecord]:
+    async def _claim(self, queues: Sequence[str], limit: int, wait_s: float, free: str) -> list[JobRecord]:
         """Claim from each queue in turn; on the first, register for hand-off while waiting."""
         claimed: list[JobRecord] = []
         for queue in queues:
@@ -318,7 +331,7 @@ class RedisDriver(QueueDriver):
                 self._registered.add(queue)
             # the token prefix is unique per claim; the script numbers the jobs after it
             args = [limit - len(claimed), self._lease_ms, new_token(), *self._reserve_constants,
-                    self._waiter if first else "", register_ms]
+                    self._waiter if first else "", register_ms, free]
             rows = await self._run("reserve", queue, args)
             if first:
                 due_in_ms = int(rows[1])
@@ -503,9 +516,10 @@ class RedisDriver(QueueDriver):
         key = keys[KEY_INDEX["all" if status is None else STATUS_SETS[status]]]
         if status in (JobStatus.QUEUED, JobStatus.SCHEDULED):
             ids = await self._on(queue, lambda: self.client.zrange(key, 0, -1))
-            if status is JobStatus.QUEUED:  # priority 0 waits in the line (see _common.lua)
-                line = keys[KEY_INDEX["line"]]
+            if status is JobStatus.QUEUED:  # priority 0 waits in the line, limited jobs in their
+                line = keys[KEY_INDEX["line"]]  # lanes (see _common.lua)
                 ids += await self._on(queue, lambda: self.client.lrange(line, 0, -1))
+                ids += await self._run("lanes", queue, ["waiting"])
             records = [r for r in await self._fetch(queue, wire.text(ids)) if r is not None]
             records.sort(key=lambda r: r.created_ms)
             if status is JobStatus.QUEUED:  # due delayed jobs count as queued until promoted
@@ -541,6 +555,8 @@ class RedisDriver(QueueDriver):
 
         values = await self._on(queues, run)
         counts = empty_counts()
+        for name in queues:  # jobs waiting in lanes (see _common.lua)
+            counts[JobStatus.QUEUED] += int(await self._run("lanes", name, ["count"]))
         for start in range(0, len(values), per_queue):
             *sets, line, due = (int(n) for n in values[start : start + per_queue])
             for status, n in zip(JobStatus, sets, strict=True):
@@ -570,6 +586,38 @@ class RedisDriver(QueueDriver):
         return {k: r for (k, _), r in zip(pairs, records, strict=True) if r is not None}
 
     # -- shipped code --------------------------------------------------------------------------
+    async def lane_use(self, queue: str, lanes: Mapping[str, LaneRule]) -> dict[str, LaneUse]:
+        args: list[Any] = ["use"]
+        for lane, rule in lanes.items():
+            args += [lane, -1 if rule.rate is None else rule.rate.window_ms]
+        values = [int(v) for v in await self._run("lanes", queue, args)]
+        return {lane: LaneUse(values[2 * i], values[2 * i + 1]) for i, lane in enumerate(lanes)}
+
+    async def offer(self, worker: str, offered: Mapping[str, int], free: Mapping[str, int]) -> None:
+        key = workers_key(self.settings.prefix)
+        if offered:
+            told = dumps({"offered": dict(offered), "free": dict(free), "seen": now_ms()})
+            await self._on([], lambda: self.client.hset(key, worker, told))
+        else:
+            await self._on([], lambda: self.client.hdel(key, worker))
+
+    async def offers(self) -> list[Offer]:
+        """Live offers; those past OFFER_TTL_S are dropped as they are read."""
+        key = workers_key(self.settings.prefix)
+        found, stale = [], []
+        for worker, told in (await self._on([], lambda: self.client.hgetall(key))).items():
+            try:
+                data = json.loads(told)
+                found.append(Offer(worker.decode(), dict(data["offered"]), dict(data["free"]),
+                                   int(data["seen"])))
+            except (ValueError, TypeError, KeyError, UnicodeDecodeError):
+                stale.append(worker)
+        live = live_offers(found, now_ms())
+        stale += [o.worker for o in found if o not in live]
+        if stale:
+            await self._on([], lambda: self.client.hdel(key, *stale))
+        return live
+
     async def store_code(self, digest: str, envelope: bytes) -> None:
         key = code_key(self.settings.prefix)
         await self._on([], lambda: self.client.hsetnx(key, digest, envelope))
@@ -581,8 +629,12 @@ class RedisDriver(QueueDriver):
 
     async def purge(self) -> None:
         """Delete every queue under the prefix, the registry of them, and the code store."""
-        keys = [key for queue in await self._all_queues() for key in self.keys(queue)]
-        keys += [self.queues.key, code_key(self.settings.prefix)]
+        queues = await self._all_queues()
+        keys = [key for queue in queues for key in self.keys(queue)]
+        keys += [self.queues.key, code_key(self.settings.prefix), workers_key(self.settings.prefix)]
+        for queue in queues:  # each lane's own keys
+            for pattern in lane_key_patterns(self.settings.prefix, queue):
+                keys += [key async for key in self.client.scan_iter(match=pattern, count=1000)]
         await self.connection.call(lambda: self._delete(keys))
         self.queues.forget_announced()
 

@@ -30,11 +30,20 @@ line       list         ready jobs of priority 0, FIFO
 cancelled  sorted set   cancelled jobs, scored by when they were cancelled
 unique     hash         unique key -> ``job id|statuses that hold it|expiry ms (-1: none)``
 expiring   sorted set   finished jobs with a lifetime of their own, scored by when it ends
+lane_of    hash         id -> the lane of a job with limits (``flow``)
+lanes      hash         lane -> its rule (JSON, as the last dispatch to it wrote it)
+lane_wait  sorted set   lanes with ready jobs, scored by the score of their first one
+lane_held  hash         lane -> how many of its jobs are held now
 =========  ===========  ========================================================================
 
-Two keys live outside every queue's hash tag: ``{prefix}:queues``, the set of queue names any
-process dispatched to (see ``directory``), and ``{prefix}:code``, a hash of shipped code
-envelopes by digest (see ``shipping``); no script touches either.
+Each lane also has two keys of its own under the same hash tag: ``lane_wait:<lane>``, a sorted
+set of its ready jobs scored as in ``ready``, and ``lanes:<lane>:starts``, the start times of
+its rate window (``lane_keys`` names them).
+
+Three keys live outside every queue's hash tag: ``{prefix}:queues``, the set of queue names any
+process dispatched to (see ``directory``), ``{prefix}:code``, a hash of shipped code envelopes
+by digest (see ``shipping``), and ``{prefix}:workers``, the resource offers of workers; no
+script touches them.
 """
 
 from __future__ import annotations
@@ -47,7 +56,7 @@ from ...job import JobStatus
 
 KEY_NAMES = ("seq", "ready", "delayed", "active", "completed", "failed", "all", "state", "token",
              "result", "error", "reclaims", "meta", "keys", "notify", "sweep", "waiting", "handoff",
-             "line", "cancelled", "unique", "expiring")
+             "line", "cancelled", "unique", "expiring", "lane_of", "lanes", "lane_wait", "lane_held")
 #: position of each key in ``KEY_NAMES`` (and in a script's ``KEYS``, counted from 0)
 KEY_INDEX = {name: index for index, name in enumerate(KEY_NAMES)}
 #: the Redis type of each key (``TYPE`` answers ``none`` for a key not yet written)
@@ -55,7 +64,8 @@ KEY_TYPES = {"seq": "string", "ready": "zset", "delayed": "zset", "active": "zse
              "failed": "zset", "all": "zset", "state": "hash", "token": "hash", "result": "hash",
              "error": "hash", "reclaims": "hash", "meta": "hash", "keys": "hash", "notify": "list",
              "sweep": "string", "waiting": "zset", "handoff": "list", "line": "list",
-             "cancelled": "zset", "unique": "hash", "expiring": "zset"}
+             "cancelled": "zset", "unique": "hash", "expiring": "zset", "lane_of": "hash", "lanes": "hash",
+             "lane_wait": "zset", "lane_held": "hash"}
 #: the hashes that hold one field per job, in the order ``fetch.lua`` returns them
 COLUMNS = ("state", "token", "result", "error", "reclaims", "meta")
 #: the sorted set that lists the jobs of each status
@@ -74,6 +84,22 @@ def queue_keys(prefix: str, queue: str) -> list[str]:
     return [f"{tag}:{name}" for name in KEY_NAMES]
 
 
+def lane_keys(prefix: str, queue: str, lane: str) -> list[str]:
+    """The two keys of one lane of a queue: its ready jobs and its recent starts."""
+    tag = hash_tag(prefix, queue)
+    return [f"{tag}:lane_wait:{lane}", f"{tag}:lanes:{lane}:starts"]
+
+
+def lane_key_patterns(prefix: str, queue: str) -> list[str]:
+    """SCAN patterns of every lane's own keys of a queue (glob characters escaped)."""
+    tag = _glob_escaped(hash_tag(prefix, queue))
+    return [f"{tag}:lane_wait:*", f"{tag}:lanes:*"]
+
+
+def _glob_escaped(text: str) -> str:
+    return "".join("\\" + c if c in "*?[]\\" else c for c in text)
+
+
 def registry_key(prefix: str) -> str:
     """The set of queue names under ``prefix`` (no hash tag: written on its own, never by a
     script, so on Cluster it may live in any slot)."""
@@ -83,8 +109,12 @@ def registry_key(prefix: str) -> str:
 def settle_channels(prefix: str) -> str:
     """The pattern of every queue's settle channel under ``prefix`` (settle.lua publishes on
     ``{prefix:queue}:notify:settled``), with the prefix's glob characters escaped."""
-    escaped = "".join("\\" + c if c in "*?[]\\" else c for c in prefix)
-    return f"{{{escaped}:*}}:notify:settled"
+    return f"{{{_glob_escaped(prefix)}:*}}:notify:settled"
+
+
+def workers_key(prefix: str) -> str:
+    """The hash of resource offers of workers (``flow.Offer``), by worker name, under ``prefix``."""
+    return f"{prefix}:workers"
 
 
 def code_key(prefix: str) -> str:

@@ -32,16 +32,18 @@ def by_queue(records: Sequence[JobRecord]) -> dict[str, Sequence[JobRecord]]:
 
 def enqueue_args(records: Sequence[JobRecord]) -> list[Any]:
     """What enqueue.lua takes: the notify cap, the number of jobs, then the batch as one value:
-    runs of jobs sharing priority, delay and sweep key, each a header line
-    ``priority<TAB>delay_ms<TAB>key_json<TAB>n`` (key empty for none) and n job lines
+    runs of jobs sharing priority, delay, sweep key and lane, each a header line
+    ``priority<TAB>delay_ms<TAB>key_json<TAB>lane_json<TAB>n`` (key empty for none, lane
+    ``[lane, rule]`` or empty) and n job lines
     ``id<TAB>data``. Compact JSON escapes every control character, so tabs and newlines only
     ever separate; a dispatch's jobs usually make one run."""
     prefixes: dict[tuple[Any, ...], str] = {}
     parts: list[str] = []
-    run: tuple[int, int, str | None] | None = None
+    run: tuple[int, int, str | None, str | None, str | None] | None = None
     header_at = count = 0
     for record in records:
-        shape = (record.priority, record.available_ms - record.created_ms, record.key)
+        shape = (record.priority, record.available_ms - record.created_ms, record.key, record.lane,
+                 record.lane_rule)
         if shape != run:
             if run is not None:
                 parts[header_at] = _run_header(run, count)
@@ -54,9 +56,10 @@ def enqueue_args(records: Sequence[JobRecord]) -> list[Any]:
     return [NOTIFY_CAP, len(records), "\n".join(parts)]
 
 
-def _run_header(shape: tuple[int, int, str | None], count: int) -> str:
-    priority, delay, key = shape
-    return f"{priority}\t{max(0, delay)}\t{'' if key is None else dumps(key)}\t{count}"
+def _run_header(shape: tuple[int, int, str | None, str | None, str | None], count: int) -> str:
+    priority, delay, key, lane, rule = shape
+    named = "" if lane is None else dumps([lane, rule])
+    return f"{priority}\t{max(0, delay)}\t{'' if key is None else dumps(key)}\t{named}\t{count}"
 
 
 def _job_data(record: JobRecord, prefixes: dict[tuple[Any, ...], str]) -> str:
@@ -65,7 +68,8 @@ def _job_data(record: JobRecord, prefixes: dict[tuple[Any, ...], str]) -> str:
     Jobs of one kind share it up to the payload, so that part is encoded once per batch in
     ``prefixes``, and only the payload, creation time and key are encoded per job.
     """
-    shape = (record.name, record.priority, record.max_attempts, record.timeout_s, record.code, record.keep_ms)
+    shape = (record.name, record.priority, record.max_attempts, record.timeout_s, record.code, record.keep_ms,
+             record.lane, record.lane_rule)
     prefix = prefixes.get(shape)
     if prefix is None:
         prefix = prefixes[shape] = _data_prefix(record)
@@ -77,9 +81,11 @@ def _job_data(record: JobRecord, prefixes: dict[tuple[Any, ...], str]) -> str:
 def _data_prefix(record: JobRecord) -> str:
     """The job's data JSON up to its payload: ``{"job":..,"priority":..,..,"payload":``."""
     keep = "" if record.keep_ms is None else f'"keep_ms":{record.keep_ms},'
+    lane = "" if record.lane is None else \
+        f'"lane":{dumps(record.lane)},"lane_rule":{dumps(record.lane_rule)},'
     return (f'{{"job":{dumps(record.name)},"priority":{record.priority},'
             f'"max_attempts":{record.max_attempts},"timeout_s":{dumps(record.timeout_s)},'
-            f'"code":{dumps(record.code)},{keep}"payload":')
+            f'"code":{dumps(record.code)},{keep}{lane}"payload":')
 
 
 def retention_args(settings: QueueSettings) -> list[int]:
@@ -165,7 +171,9 @@ def _from_data(queue: str, job_id: str, data: bytes) -> JobRecord:
                      created_ms=fields.get("created_ms", 0), timeout_s=fields.get("timeout_s"),
                      key=fields.get("key"), code=fields.get("code"),
                      meta=dict(meta) if isinstance(meta, dict) else {},
-                     keep_ms=keep if isinstance(keep := fields.get("keep_ms"), int) else None)
+                     keep_ms=keep if isinstance(keep := fields.get("keep_ms"), int) else None,
+                     lane=lane if isinstance(lane := fields.get("lane"), str) else None,
+                     lane_rule=rule if isinstance(rule := fields.get("lane_rule"), str) else None)
 
 
 def record_from_columns(queue: str, job_id: str, values: list[Any]) -> JobRecord | None:

@@ -4,6 +4,7 @@ local K_SEQ, K_READY, K_DELAYED, K_ACTIVE, K_COMPLETED, K_FAILED, K_ALL = 1, 2, 
 local K_STATE, K_TOKEN, K_RESULT, K_ERROR, K_RECLAIMS, K_META = 8, 9, 10, 11, 12, 13
 local K_KEYS, K_NOTIFY, K_SWEEP, K_WAITING, K_HANDOFF, K_LINE = 14, 15, 16, 17, 18, 19
 local K_CANCELLED, K_UNIQUE, K_EXPIRING = 20, 21, 22
+local K_LANE_OF, K_LANES, K_LANE_WAIT, K_LANE_HELD = 23, 24, 25, 26
 
 -- Ready jobs: those of priority 0 (nearly all) wait in the K_LINE list, FIFO, where a batch is
 -- one RPUSH; the others in the K_READY sorted set, scored -priority * 1e12 + seq, so scores
@@ -49,9 +50,48 @@ local function set_state(id, s)
   redis.call('HSET', KEYS[K_STATE], id, state_text(s))
 end
 
+-- Lanes (flow control): a job with limits names its lane in K_LANE_OF. Ready, it waits in the
+-- lane's own sorted set (the K_LANE_WAIT key name, ':', the lane), scored like K_READY; K_LANE_WAIT
+-- scores each lane that has waiting jobs by its first one. K_LANES holds each lane's rule (JSON),
+-- K_LANE_HELD how many of its jobs are held now; the starts of a rated lane's window are the
+-- sorted set named K_LANES, ':', the lane, ':starts'. All share the queue's hash tag.
+local function lane_key(lane)
+  return KEYS[K_LANE_WAIT] .. ':' .. lane
+end
+
+local function starts_key(lane)
+  return KEYS[K_LANES] .. ':' .. lane .. ':starts'
+end
+
+-- the lane's place among lanes: the score of its first waiting job (or gone, with none)
+local function rank_lane(lane)
+  local head = redis.call('ZRANGE', lane_key(lane), 0, 0, 'WITHSCORES')
+  if head[2] then
+    redis.call('ZADD', KEYS[K_LANE_WAIT], head[2], lane)
+  else
+    redis.call('ZREM', KEYS[K_LANE_WAIT], lane)
+  end
+end
+
+local function wait_in_lane(lane, id, score)
+  redis.call('ZADD', lane_key(lane), score, id)
+  local rank = redis.call('ZSCORE', KEYS[K_LANE_WAIT], lane)
+  if not rank or tonumber(rank) > score then redis.call('ZADD', KEYS[K_LANE_WAIT], score, lane) end
+end
+
+-- a job of `lane` is no longer held (settled, cancelled, reclaimed): its slot is free
+local function free_slot(lane)
+  if redis.call('HINCRBY', KEYS[K_LANE_HELD], lane, -1) <= 0 then
+    redis.call('HDEL', KEYS[K_LANE_HELD], lane)
+  end
+end
+
 -- ready again (a retry, a reclaim, a release, a due delayed job): at the back of its priority
 local function make_ready(id, s)
-  if s.priority == 0 then
+  local lane = redis.call('HGET', KEYS[K_LANE_OF], id)
+  if lane then
+    wait_in_lane(lane, id, -s.priority * 1e12 + redis.call('INCR', KEYS[K_SEQ]))
+  elseif s.priority == 0 then
     redis.call('RPUSH', KEYS[K_LINE], id)
   else
     redis.call('ZADD', KEYS[K_READY], -s.priority * 1e12 + redis.call('INCR', KEYS[K_SEQ]), id)
@@ -74,6 +114,7 @@ end
 
 local function forget(id)
   for i = K_STATE, K_META do redis.call('HDEL', KEYS[i], id) end
+  redis.call('HDEL', KEYS[K_LANE_OF], id)
   redis.call('ZREM', KEYS[K_ALL], id)
 end
 

@@ -30,7 +30,11 @@ for i = 2, #ARGV do
   local s = get_state(id)
   local was = s and s.status
   local started = 1
-  if was == 'queued' then
+  local lane = was and redis.call('HGET', KEYS[K_LANE_OF], id)
+  if was == 'queued' and lane then
+    redis.call('ZREM', lane_key(lane), id)
+    rank_lane(lane)
+  elseif was == 'queued' then
     if s.priority == 0 then from_line[id] = true else redis.call('ZREM', KEYS[K_READY], id) end
   elseif was == 'scheduled' then
     redis.call('ZREM', KEYS[K_DELAYED], id)
@@ -44,6 +48,7 @@ for i = 2, #ARGV do
     else
       started = 2
       aborts[#aborts + 1] = id
+      if lane then free_slot(lane) end  -- its slot is free at once, as it stops
     end
   else
     was = nil

@@ -1,6 +1,8 @@
 -- ARGV: notify_cap, the number of jobs, then the batch as one value: runs of jobs that share
--- their priority, delay and sweep key, each run a header line "priority<TAB>delay_ms<TAB>
--- key_json<TAB>n" (key_json empty for none) followed by n lines "id<TAB>data_json". Compact
+-- their priority, delay, sweep key and lane, each run a header line "priority<TAB>delay_ms<TAB>
+-- key_json<TAB>lane_json<TAB>n" (key_json empty for none; lane_json [lane, rule] or empty)
+-- followed by n lines "id<TAB>data_json". A ready job with a lane waits in its lane, never
+-- handed off (see _common.lua). Compact
 -- JSON has no raw tab or newline. One value for the whole batch (the client packed a thousand
 -- arguments more slowly than this script splits one), and a run's status text is built once,
 -- so a job costs two finds and two subs here.
@@ -33,15 +35,23 @@ end
 local first = redis.call('INCRBY', KEYS[K_SEQ], count) - count
 local find, sub = string.find, string.sub
 local state, all = {}, {}
-local line, ready, delayed, sweep = {}, {}, {}, {}
+local line, ready, delayed, sweep, lane_of = {}, {}, {}, {}, {}
 local pos, size, j = 1, #batch, 0
 while j < count do
   local a = find(batch, '\t', pos, true)
   local b = find(batch, '\t', a + 1, true)
   local c = find(batch, '\t', b + 1, true)
-  local e = find(batch, '\n', c + 1, true)
+  local d = find(batch, '\t', c + 1, true)
+  local e = find(batch, '\n', d + 1, true)
   local priority, delay = tonumber(sub(batch, pos, a - 1)), tonumber(sub(batch, a + 1, b - 1))
   local key = c > b + 1 and cjson.decode(sub(batch, b + 1, c - 1)) or nil
+  local lane, waiting = nil, {}
+  if d > c + 1 then
+    local named = cjson.decode(sub(batch, c + 1, d - 1))
+    lane = named[1]
+    redis.call('HSET', KEYS[K_LANES], lane, named[2])
+  end
+  c = d
   local head
   if delay > 0 then
     head = 'scheduled,0,' .. priority .. ',' .. (now + delay) .. ',-1,-1,-1\t'
@@ -56,8 +66,11 @@ while j < count do
     local id, i = sub(batch, pos, t - 1), 2 * j
     all[i - 1], all[i] = first + j, id
     state[i - 1], state[i] = id, head .. sub(batch, t + 1, e - 1)
+    if lane then push2(lane_of, id, lane) end
     if delay > 0 then
       push2(delayed, now + delay, id)
+    elseif lane then
+      push2(waiting, -priority * 1e12 + first + j, id)
     elseif priority == 0 then
       line[#line + 1] = id
     else
@@ -65,6 +78,10 @@ while j < count do
     end
     if key then push2(sweep, key, id) end
     pos = e + 1
+  end
+  if #waiting > 0 then
+    call_many('ZADD', lane_key(lane), waiting)
+    rank_lane(lane)
   end
 end
 
@@ -116,6 +133,7 @@ if #line > 0 then call_many('RPUSH', KEYS[K_LINE], line) end
 if #ready > 0 then call_many('ZADD', KEYS[K_READY], ready) end
 if #delayed > 0 then call_many('ZADD', KEYS[K_DELAYED], delayed) end
 if #sweep > 0 then call_many('HSET', KEYS[K_KEYS], sweep) end
+if #lane_of > 0 then call_many('HSET', KEYS[K_LANE_OF], lane_of) end
 if count > handed then
   redis.call('LPUSH', KEYS[K_NOTIFY], unpack({1, 1, 1, 1, 1, 1, 1, 1}, 1, math.min(8, count - handed)))
   redis.call('LTRIM', KEYS[K_NOTIFY], 0, tonumber(ARGV[1]) - 1)

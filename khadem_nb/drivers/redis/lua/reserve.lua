@@ -1,13 +1,16 @@
 -- ARGV: limit, lease_ms, token_prefix, max_reclaims, sweep_every_ms, lease_lost_error,
--- waiter ("lease_ms|worker", or '' for none), wait_ms.
+-- waiter ("lease_ms|worker", or '' for none), wait_ms, free (the worker's free resource units
+-- as a JSON object, or '' for none).
 -- Promotes due delayed jobs, reclaims expired leases (at most once per sweep_every_ms across
 -- all workers, guarded by the lock key), takes jobs handed off to a worker that never popped
--- them (see enqueue.lua), then claims up to `limit` jobs in all, highest priority first, FIFO
--- within one (see make_ready in _common.lua). A waiter that got fewer than `limit` registers for hand-off for wait_ms (or
+-- them (see enqueue.lua), then claims up to `limit` jobs in all: first those of lanes whose
+-- rule lets them start now (at most LANES_LOOKED lanes, best first), then the others, highest
+-- priority first, FIFO within one (see make_ready in _common.lua). A waiter that got fewer than `limit` registers for hand-off for wait_ms (or
 -- leaves K_WAITING when it will not wait). Returns {now, ms_to_next_due, then per job: id,
 -- data, attempt, token, reclaims, meta, available}.
 local limit, lease = tonumber(ARGV[1]), tonumber(ARGV[2])
 local now = now_ms()
+local LANES_LOOKED = 100
 
 local function register(claimed)
   if ARGV[7] == '' then return end
@@ -33,6 +36,8 @@ if redis.call('SET', KEYS[K_SWEEP], 1, 'NX', 'PX', tonumber(ARGV[5])) then
     redis.call('HDEL', KEYS[K_TOKEN], id)
     local reclaims = redis.call('HINCRBY', KEYS[K_RECLAIMS], id, 1)
     local s = get_state(id) or lost_state(now)
+    local lane = redis.call('HGET', KEYS[K_LANE_OF], id)
+    if lane then free_slot(lane) end
     if reclaims > tonumber(ARGV[4]) then
       redis.call('HSET', KEYS[K_ERROR], id, cjson.encode({string.format(ARGV[6], reclaims), false, 'lost'}))
       redis.call('ZADD', KEYS[K_FAILED], now, id)
@@ -68,10 +73,59 @@ if taken >= limit then
   return out
 end
 
--- claim order: priority above 0 (scores below 0), then the line of priority 0, then below 0
+-- a lane's rule as stored; a damaged one lets one job at a time start (as flow.rule_of)
+local function rule_of(lane)
+  local ok, rule = pcall(cjson.decode, redis.call('HGET', KEYS[K_LANES], lane) or '{}')
+  if ok and type(rule) == 'table' then return rule end
+  return {c = 1}
+end
+
+-- how many jobs of `lane` may start now; a lane held back by its rate notes when it reopens
+local function room_of(lane, rule, free, want)
+  local room = want
+  if rule.c then room = math.min(room, rule.c - tonumber(redis.call('HGET', KEYS[K_LANE_HELD], lane) or 0)) end
+  for name, units in pairs(rule.u or {}) do room = math.min(room, math.floor((free[name] or 0) / units)) end
+  if rule.r and room > 0 then
+    local key = starts_key(lane)
+    redis.call('ZREMRANGEBYSCORE', key, '-inf', now - rule.r[2])
+    local recent = redis.call('ZCARD', key)
+    room = math.min(room, rule.r[1] - recent)
+    if room <= 0 then
+      local oldest = redis.call('ZRANGE', key, recent - rule.r[1], recent - rule.r[1], 'WITHSCORES')
+      local wait = math.max(1, tonumber(oldest[2]) + rule.r[2] - now)
+      if out[2] < 0 or wait < out[2] then out[2] = wait end
+    end
+  end
+  return room
+end
+
+-- claim order: lanes first, then priority above 0 (scores below 0), the line of priority 0,
+-- and below 0
 local want = limit - taken
-local ids = redis.call('ZRANGE', KEYS[K_READY], '-inf', '(0', 'BYSCORE', 'LIMIT', 0, want)
-if #ids > 0 then redis.call('ZREM', KEYS[K_READY], unpack(ids)) end
+local ids, lane_of, rule_of_lane = {}, {}, {}
+if redis.call('EXISTS', KEYS[K_LANE_WAIT]) == 1 then
+  local free = ARGV[9] ~= '' and cjson.decode(ARGV[9]) or {}
+  for _, lane in ipairs(redis.call('ZRANGE', KEYS[K_LANE_WAIT], 0, LANES_LOOKED - 1)) do
+    if #ids >= want then break end
+    local rule = rule_of(lane)
+    local room = room_of(lane, rule, free, want - #ids)
+    if room > 0 then
+      local got = redis.call('ZRANGE', lane_key(lane), 0, room - 1)
+      if #got > 0 then redis.call('ZREM', lane_key(lane), unpack(got)) end
+      rank_lane(lane)
+      for _, id in ipairs(got) do
+        ids[#ids + 1], lane_of[id] = id, lane
+      end
+      rule_of_lane[lane] = rule
+      for name, units in pairs(rule.u or {}) do free[name] = (free[name] or 0) - units * #got end
+    end
+  end
+end
+local lanes_taken = #ids
+for _, id in ipairs(redis.call('ZRANGE', KEYS[K_READY], '-inf', '(0', 'BYSCORE', 'LIMIT', 0, want - #ids)) do
+  ids[#ids + 1] = id
+end
+if #ids > lanes_taken then redis.call('ZREM', KEYS[K_READY], unpack(ids, lanes_taken + 1)) end
 if #ids < want then
   for _, id in ipairs(redis.call('LPOP', KEYS[K_LINE], want - #ids) or {}) do ids[#ids + 1] = id end
 end
@@ -93,6 +147,11 @@ for j, id in ipairs(ids) do
     push2(state_of, id, state_text(s))
     push2(token_of, id, token)
     push2(active, now + lease, id)
+    local lane = lane_of[id]
+    if lane then
+      redis.call('HINCRBY', KEYS[K_LANE_HELD], lane, 1)
+      if rule_of_lane[lane].r then redis.call('ZADD', starts_key(lane), now, token) end
+    end
     local n = #out
     out[n + 1] = id
     out[n + 2] = s.data

@@ -87,6 +87,14 @@ for j, id in ipairs(ids) do
 end
 
 if #heard > 0 then redis.call('PUBLISH', KEYS[K_NOTIFY] .. ':settled', table.concat(heard, '\n')) end
+if #settled > 0 and redis.call('EXISTS', KEYS[K_LANE_OF]) == 1 then  -- each frees its lane's slot
+  for _, lane in ipairs(hmget(KEYS[K_LANE_OF], settled)) do
+    if lane then
+      free_slot(lane)
+      notify = true
+    end
+  end
+end
 if #settled > 0 then
   call_many('ZREM', KEYS[K_ACTIVE], settled)
   call_many('HDEL', KEYS[K_TOKEN], settled)
