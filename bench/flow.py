@@ -102,7 +102,8 @@ async def main(n: int, rounds: int) -> None:
           f"{roomy[0] / plain[0]:.2f} | {plain[1]:.2f} / {roomy[1]:.2f} |")
     print(f"| drain, 20 ms jobs, 100 consumers | {naps[0]:,.0f} jobs/s | {fifty[0]:,.0f} jobs/s | "
           f"{fifty[0] / naps[0]:.2f} | {naps[1]:.2f} / {fifty[1]:.2f} |")
-    print(f"held at once with concurrency=50: {fifty[0] * NAP_S:.1f} on average (without: {naps[0] * NAP_S:.1f})")
+    print(f"held at once with concurrency=50: {fifty[0] * NAP_S:.1f} on average "
+          f"(without: {naps[0] * NAP_S:.1f})")
     held = [await rate_held(10.0) for _ in range(rounds)]
     print(f"rate 1000/s over 10 s: starts {statistics.median(h[0] for h in held):,.0f} "
           f"(runs {[h[0] for h in held]}), most in any 1 s window {max(h[1] for h in held)}")

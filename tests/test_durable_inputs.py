@@ -56,7 +56,7 @@ async def test_wal_is_on_and_writes_use_begin_immediate(tmp_path: Path) -> None:
     conn = sqlite3.connect(tmp_path / "q.db")
     assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     indexes = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type='index'")}
-    assert {"khadem_jobs_claim", "khadem_jobs_lease", "khadem_jobs_status"} <= indexes
+    assert {"khadem_jobs_ready", "khadem_jobs_lanes", "khadem_jobs_lease", "khadem_jobs_status"} <= indexes
     conn.close()
 
 

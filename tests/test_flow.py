@@ -124,7 +124,7 @@ async def test_an_expired_lease_frees_its_slot(driver: str, tmp_path: Path) -> N
         await queue.close()
 
 
-async def test_the_notebook_job_options_make_lanes(tmp_path: Path) -> None:
+def test_the_notebook_job_options_make_lanes(tmp_path: Path) -> None:
     import khadem_nb as kn
 
     q = kn.Queue(f"sqlite:///{tmp_path}/nb.db")
