@@ -23,6 +23,7 @@ from .job import ACTIVE, FAILED, QUEUED, SCHEDULED, Failure, JobRecord, JobStatu
 from .middleware import Middleware, MiddlewareChain, MiddlewareFunc
 from .monitor import BasicQueueMonitor, QueueMonitor
 from .registry import job_factories
+from .schedules import ScheduleInfo, info_of, make_schedule
 from .serializer import QueueJobSerializer, decode_value
 from .shipping import CodeLoader, CodeShipper
 from .unique import UniqueRule, running_key, unique_rule
@@ -424,6 +425,42 @@ class QueueManager:
         """Stored job records, oldest first (``limit`` keeps the newest)."""
         parsed = None if status is None else JobStatus.parse(status)
         return await self.driver.jobs(parsed, queue, limit)
+
+    # -- schedules ---------------------------------------------------------------------------
+    async def schedule(self, job: QueueJob | type[QueueJob], *, cron: str | None = None,
+                       every: float | timedelta | None = None, id: str | None = None,
+                       tz: str = "UTC", overlap: str = "skip", catchup: bool | str | None = None,
+                       queue: str | None = None, priority: int | None = None) -> str:
+        """Store a schedule that dispatches ``job`` (an instance, or a class built with no
+        arguments) at each slot of ``cron`` (in time zone ``tz``) or of ``every`` (seconds or a
+        timedelta); return its id (``id``, or the job name and a digest of its arguments).
+        Saving an id again replaces that schedule and keeps its last fired slot. Every worker of
+        the queue fires it, each slot once (see ``schedules``); ``overlap`` and ``catchup`` say
+        what a slow or a missed run does."""
+        instance = job() if isinstance(job, type) else job
+        draft = self._draft(instance, None, queue, priority, None, None)
+        template = {"name": draft.name, "payload": draft.payload, "queue": draft.queue,
+                    "priority": draft.priority, "max_attempts": draft.max_attempts,
+                    "timeout_s": draft.timeout_s, "code": draft.code, "keep_ms": draft.keep_ms,
+                    "lane": draft.lane, "lane_rule": draft.lane_rule}
+        made = make_schedule(template, cron=cron, every=every, schedule_id=id, tz=tz, overlap=overlap,
+                             catchup=catchup, now_ms=self._now_ms())
+        await self._send_unsent_code()
+        await self.driver.save_schedule(made)
+        return made.id
+
+    async def schedules(self) -> list[ScheduleInfo]:
+        """Every stored schedule: id, job, when it runs, its next and last run and how the last
+        run ended."""
+        states = await self.driver.schedule_states()
+        lasts = await self.driver.get_many([s.last_job for s in states if s.last_job is not None])
+        by_id = {r.id: r for r in lasts if r is not None}
+        now = self._now_ms()
+        return [info_of(s, by_id.get(s.last_job or ""), now) for s in states]
+
+    async def unschedule(self, schedule_id: str) -> bool:
+        """Remove a schedule; whether there was one. Jobs it dispatched stay."""
+        return await self.driver.remove_schedule(schedule_id)
 
     async def why_waiting(self, records: Sequence[JobRecord]) -> dict[str, str]:
         """Why each due job among ``records`` is not running yet, where its limits hold it back

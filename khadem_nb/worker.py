@@ -36,6 +36,7 @@ from .execution import JobExecutor, WorkerHooks
 from .flow import OFFER_EVERY_S
 from .job import JobRecord
 from .resources import ResourcePool
+from .ticker import Ticker
 
 logger = logging.getLogger(__name__)
 
@@ -44,7 +45,7 @@ BURST_TRIES = 5  # failed claims in a row after which a burst worker gives up
 YIELD_EVERY = 64  # jobs run between two turns given to the loop's other tasks, at least
 ABORT_POLL_S = 0.2  # how often a worker asks a driver that cannot tell it about cancelled jobs
 RECENT_KEPT = 200  # jobs the worker remembers for the panel's timeline
-SERVICE_TASKS = ("khadem-heartbeat", "khadem-aborts")  # run beside the consumers until the stop
+SERVICE_TASKS = ("khadem-heartbeat", "khadem-aborts", "khadem-ticks")  # beside the consumers until the stop
 
 
 class QueueWorker:
@@ -86,6 +87,8 @@ class QueueWorker:
         self.resources = ResourcePool(dict(worker.resources)) if worker.resources else None
         # nobody to claim a batch for, and no units to count: the lone consumer's fast path
         self._lone = worker.concurrency == 1 and not self._prefetch and self.resources is None
+        #: fires the due slots of the schedules of its queues (``schedules``)
+        self.ticker = Ticker(driver, self.queues)
         #: how this worker names itself in its resource offer (``QueueDriver.offer``)
         self.name = f"{socket.gethostname()}:{os.getpid()}:{id(self):x}"
         self._told: tuple[dict[str, int], float] | None = None  # the free units last offered, when
@@ -122,6 +125,8 @@ class QueueWorker:
         if self.driver.uses_leases:
             self._tasks.append(loop.create_task(self._heartbeat(), name="khadem-heartbeat"))
         self._tasks.append(loop.create_task(self._watch_aborts(), name="khadem-aborts"))
+        if not self.options.burst and not self.driver.runs_at_dispatch:  # fires the queues' schedules
+            self._tasks.append(loop.create_task(self.ticker.run(), name="khadem-ticks"))
         if self.options.timeout_s is not None:
             loop.call_later(self.options.timeout_s, self.request_stop)
 

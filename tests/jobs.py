@@ -374,3 +374,19 @@ class IsolatedGpu(NeedsGpu):
     """Runs in a child process, which sees its unit as CUDA_VISIBLE_DEVICES."""
 
     isolation = "process"
+
+
+class Beat(QueueJob):
+    """A schedule's job: when it ran, and where."""
+
+    async def handle(self) -> dict[str, float]:
+        return {"at": time.time(), "pid": os.getpid()}
+
+
+class SlowBeat(QueueJob):
+    """A schedule's job slower than its period."""
+
+    async def handle(self) -> dict[str, float]:
+        start = time.time()
+        await asyncio.sleep(2.5)
+        return {"start": start, "end": time.time()}

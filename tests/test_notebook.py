@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import html
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -270,6 +271,29 @@ def test_panel_values_after_known_work(q: kn.Queue, recorded: list[Any]) -> None
     assert "ValueError: bad 4" in panel.summary.value
     assert "no job running" in panel.summary.value
     assert any(msg == "comm_open" for msg, _ in recorded)
+    panel.close()
+
+
+def test_panel_says_what_holds_jobs_back_and_what_runs_next(q: kn.Queue, recorded: list[Any]) -> None:
+    @q.job(concurrency=1)
+    def one_at_a_time(i: int) -> int:
+        time.sleep(0.3)
+        return i
+
+    @q.every(3600)
+    def hourly() -> None:
+        return None
+
+    panel = q.panel(refresh=0.1)
+    one_at_a_time.map([{"i": i} for i in range(4)])
+    q.start(concurrency=3)
+    deadline = time.monotonic() + 10
+    while "waiting: limit" not in panel.summary.value:
+        assert time.monotonic() < deadline, panel.summary.value
+        time.sleep(0.05)
+    assert "one_at_a_time 1/1 (" in panel.summary.value
+    assert f"next: <code>{html.escape(hourly.name)}</code> in" in panel.summary.value
+    q.wait(timeout=10)
     panel.close()
 
 

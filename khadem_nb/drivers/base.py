@@ -24,6 +24,7 @@ from ..errors import ConfigError
 from ..flow import LaneRule, LaneUse, Offer
 from ..job import ACTIVE, CANCELLED, COMPLETED, FAILED, QUEUED, SCHEDULED, JobRecord, JobStatus
 from ..limits import PRIORITY_RANGE
+from ..schedules import Schedule, ScheduleState
 from ..unique import UniqueRule
 
 
@@ -273,6 +274,28 @@ class QueueDriver(ABC):
     @abstractmethod
     async def offers(self) -> list[Offer]:
         """The live offers of workers with resources, by worker name."""
+
+    # -- schedules ---------------------------------------------------------------------------
+    @abstractmethod
+    async def save_schedule(self, schedule: Schedule) -> None:
+        """Store ``schedule`` by its id, replacing one of the same id (its last fired slot is
+        kept, so an unchanged schedule saved again by every process start fires on)."""
+
+    @abstractmethod
+    async def schedule_states(self) -> list[ScheduleState]:
+        """Every stored schedule with its last fired slot and that slot's job, by id."""
+
+    @abstractmethod
+    async def remove_schedule(self, schedule_id: str) -> bool:
+        """Delete a schedule; whether there was one. Jobs it stored stay as they are."""
+
+    @abstractmethod
+    async def fire(self, schedule: Schedule, slot_ms: int, record: JobRecord) -> bool:
+        """Store ``record``, the job of one slot of ``schedule``, in one atomic step with moving
+        the schedule's last fired slot to ``slot_ms``, unless it is there already (``False``:
+        another worker fired it, or a later slot). With ``overlap="skip"`` a slot whose previous
+        job is still pending or running is recorded as fired and stores nothing (``False``). A
+        schedule removed meanwhile fires nothing."""
 
     # -- shipped code ------------------------------------------------------------------------
     async def store_code(self, digest: str, envelope: bytes) -> None:

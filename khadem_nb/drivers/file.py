@@ -7,6 +7,7 @@ Layout under ``queue.path``::
     limited/<queue>/<order>.json   due jobs with limits (``flow``), claimed as their lanes allow
     starts/<queue>.json            recent start times of each rated lane
     workers/<sha256>.json          a worker's resource offer (``flow.Offer``)
+    schedules/<sha256>.json        a schedule, its last fired slot and that slot's job
     delayed/<queue>/<due>.json     jobs waiting for their time
     active/<order>.json            claimed jobs (carry token and lease)
     done/  failed/  cancelled/     finished jobs (a job cancelled while running keeps its token
@@ -43,6 +44,7 @@ from ..config import QueueSettings
 from ..errors import DriverError, SerializationError
 from ..flow import ClaimPlan, LaneRule, LaneUse, Offer, live_offers, recent_starts, rule_of
 from ..job import TERMINAL_STATUSES, JobRecord, JobStatus
+from ..schedules import FIRE, STALE, Schedule, ScheduleState, fire_verdict
 from ..unique import UniqueRule, lock_is_live
 from . import _records
 from ._fs import check_parent_writable, local_path
@@ -65,7 +67,7 @@ logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
 STATE_DIRS = ("tmp", "ready", "delayed", "active", "done", "failed", "cancelled", "corrupt", "code",
-              "unique", "expiring", "limited", "starts", "workers")
+              "unique", "expiring", "limited", "starts", "workers", "schedules")
 CODE_DIGEST = re.compile(r"[0-9a-f]{32}\Z")
 PRIORITY_OFFSET = 10**9  # ready files sort ascending; higher priority must come first
 ID_LEN = 32
@@ -389,6 +391,59 @@ class FileStore:
             except (OSError, ValueError, TypeError, KeyError):
                 continue
         return live_offers(found, now_ms())
+
+    def _schedule_path(self, schedule_id: str) -> str:
+        return self.dir("schedules", hashlib.sha256(schedule_id.encode()).hexdigest() + ".json")
+
+    def _write_schedule(self, state: ScheduleState) -> None:
+        told = {"spec": state.schedule.text(), "last_slot": state.last_slot, "last_job": state.last_job}
+        self.write_bytes(self._schedule_path(state.schedule.id), json.dumps(told).encode())
+
+    def _read_schedule(self, path: str) -> ScheduleState | None:
+        try:
+            with open(path, "rb") as handle:
+                told = json.loads(handle.read())
+            return ScheduleState(Schedule.from_text(told["spec"]), told["last_slot"], told["last_job"])
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError, TypeError, KeyError) as exc:
+            self._set_aside(path, f"not a schedule ({exc!r})")
+            return None
+
+    def save_schedule(self, schedule: Schedule) -> None:
+        with self.locked():
+            kept = self._read_schedule(self._schedule_path(schedule.id))
+            self._write_schedule(ScheduleState(schedule) if kept is None else
+                                 ScheduleState(schedule, kept.last_slot, kept.last_job))
+
+    def schedule_states(self) -> list[ScheduleState]:
+        states = [s for e in self._entries("schedules") if (s := self._read_schedule(e.path)) is not None]
+        return sorted(states, key=lambda s: s.schedule.id)
+
+    def remove_schedule(self, schedule_id: str) -> bool:
+        with self.locked():
+            try:
+                os.unlink(self._schedule_path(schedule_id))
+            except FileNotFoundError:
+                return False
+            return True
+
+    def fire(self, schedule: Schedule, slot_ms: int, record: JobRecord) -> bool:
+        with self.locked():
+            state = self._read_schedule(self._schedule_path(schedule.id))
+            if state is None:
+                return False
+            last = None if state.last_job is None else self.find(state.last_job)
+            verdict = fire_verdict(state.last_slot, None if last is None else due_view(last).status, slot_ms,
+                                   schedule.overlap)
+            if verdict == STALE:
+                return False
+            fired = verdict == FIRE
+            if fired:
+                self._place_pending(record)
+            last_job = record.id if fired else state.last_job
+            self._write_schedule(ScheduleState(state.schedule, slot_ms, last_job))
+            return fired
 
     def _read_starts(self, path: str, now: int) -> dict[str, list[int]]:
         """Each rated lane's starts within the longest window; ``{}`` if the file is unreadable."""
@@ -836,6 +891,21 @@ class FileDriver(QueueDriver):
 
     async def offers(self) -> list[Offer]:
         return await self._call(self.store.offers)
+
+    async def save_schedule(self, schedule: Schedule) -> None:
+        await self._call(self.store.save_schedule, schedule)
+
+    async def schedule_states(self) -> list[ScheduleState]:
+        return await self._call(self.store.schedule_states)
+
+    async def remove_schedule(self, schedule_id: str) -> bool:
+        return await self._call(self.store.remove_schedule, schedule_id)
+
+    async def fire(self, schedule: Schedule, slot_ms: int, record: JobRecord) -> bool:
+        fired = await self._call(self.store.fire, schedule, slot_ms, record)
+        if fired:
+            self._waits.wake()
+        return fired
 
     async def store_code(self, digest: str, envelope: bytes) -> None:
         await self._call(self.store.store_code, digest, envelope)

@@ -46,6 +46,7 @@ from ..job import (
     JobRecord,
     JobStatus,
 )
+from ..schedules import FIRE, STALE, Schedule, ScheduleState, fire_verdict
 from ..serializer import dumps
 from ..unique import UniqueRule, lock_is_live
 from . import _records
@@ -149,6 +150,7 @@ class MemoryDriver(QueueDriver):
         self._lane_starts: dict[tuple[str, str], deque[int]] = {}
         self._reopens_at: int | None = None  # when a lane blocked by its rate may start again
         self._offers: dict[str, Offer] = {}  # resource offers of workers, by worker name
+        self._schedules: dict[str, ScheduleState] = {}
         self._delayed: dict[str, list[tuple[int, int, str]]] = {}
         self._completed: deque[str] = deque()
         # the payload JSON of each claimed job: the worker gets the stored record itself with its
@@ -629,6 +631,33 @@ class MemoryDriver(QueueDriver):
     async def offers(self) -> list[Offer]:
         return live_offers(self._offers.values(), self.clock())
 
+    async def save_schedule(self, schedule: Schedule) -> None:
+        kept = self._schedules.get(schedule.id)
+        self._schedules[schedule.id] = ScheduleState(schedule) if kept is None else \
+            ScheduleState(schedule, kept.last_slot, kept.last_job)
+
+    async def schedule_states(self) -> list[ScheduleState]:
+        return [self._schedules[i] for i in sorted(self._schedules)]
+
+    async def remove_schedule(self, schedule_id: str) -> bool:
+        return self._schedules.pop(schedule_id, None) is not None
+
+    async def fire(self, schedule: Schedule, slot_ms: int, record: JobRecord) -> bool:
+        state = self._schedules.get(schedule.id)
+        if state is None:
+            return False
+        last = None if state.last_job is None else self._records.get(state.last_job)
+        status = None if last is None else last.status
+        verdict = fire_verdict(state.last_slot, status, slot_ms, schedule.overlap)
+        if verdict == STALE:
+            return False
+        fired = verdict == FIRE
+        self._schedules[schedule.id] = ScheduleState(state.schedule, slot_ms,
+                                                     record.id if fired else state.last_job)
+        if fired:
+            await self.push([record])
+        return fired
+
     async def store_code(self, digest: str, envelope: bytes) -> None:
         self._code.setdefault(digest, envelope)
 
@@ -638,6 +667,8 @@ class MemoryDriver(QueueDriver):
     async def purge(self) -> None:
         self._code.clear()
         self._uniques.clear()
+        self._schedules.clear()
+        self._offers.clear()
         self._expiring.clear()
         self._queues.clear()
         self._records.clear()

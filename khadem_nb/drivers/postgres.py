@@ -33,6 +33,7 @@ from ..config import QueueSettings
 from ..errors import ConfigError, CorruptQueueError, DriverError, DriverUnavailableError
 from ..flow import OFFER_TTL_S, ClaimPlan, LaneRule, LaneUse, Offer, rule_of
 from ..job import JobRecord, JobStatus
+from ..schedules import Schedule, ScheduleState
 from ..serializer import dumps
 from ..unique import UniqueRule
 from ._batches import TurnBatch, through_outage
@@ -54,10 +55,13 @@ from ._rows import (
     expired_sql,
     finish_buckets,
     finished_counts_sql,
+    fire_step,
     live_holder,
     readable_status,
     record_from_row,
     row_of,
+    schedule_sql,
+    schedule_states,
     stale_locks_sql,
     status_filters,
     unique_lock_sql,
@@ -82,7 +86,7 @@ from .base import (
 
 logger = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 SETTLED = {s.value: s for s in JobStatus}  # status words as the settle notices carry them
 IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}\Z")
 NOW = "(extract(epoch FROM clock_timestamp()) * 1000)::bigint"
@@ -163,6 +167,8 @@ def upgrade_sql(schema: str) -> dict[int, list[str]]:
             *lane_index_sql(f"{s}.jobs", "jobs"),
             *starts_table_sql(f"{s}.starts", "starts_lane"),
             workers_table_sql(f"{s}.workers")],
+        # schedules (``schedules``): each one's spec, last fired slot and that slot's job
+        6: [schedule_sql(f"{s}.schedules", f"{s}.jobs", "%s")["table"]],
     }
 
 
@@ -290,6 +296,7 @@ class PostgresDriver(QueueDriver):
         self._claim_lane = claim_sql(schema, "lane = %(lane)s")
         self._lanes_sql = lane_sql(self.table, f"{schema}.starts", "%s")
         self._offer_sql = offer_sql(f"{schema}.workers", "%s")
+        self._schedule_sql = schedule_sql(f"{schema}.schedules", self.table, "%s")
         #: monotonic time until which a queue is taken to hold no due limited job (a lanes
         #: phase found none): its claims skip the lanes phase until then, or until this
         #: process dispatches a limited job to it
@@ -663,6 +670,36 @@ class PostgresDriver(QueueDriver):
     async def offers(self) -> list[Offer]:
         return offers_from_rows(await self._fetch(self._offer_sql[2], (now_ms() - int(OFFER_TTL_S * 1000),)))
 
+    async def save_schedule(self, schedule: Schedule) -> None:
+        await self._fetch(self._schedule_sql["save"], (schedule.id, schedule.queue, schedule.text()))
+
+    async def schedule_states(self) -> list[ScheduleState]:
+        return schedule_states(await self._fetch(self._schedule_sql["states"]))
+
+    async def remove_schedule(self, schedule_id: str) -> bool:
+        return bool(await self._fetch(self._schedule_sql["remove"] + " RETURNING id", (schedule_id,)))
+
+    async def fire(self, schedule: Schedule, slot_ms: int, record: JobRecord) -> bool:
+        sql = self._schedule_sql
+        row_values = row_of(record)
+
+        async def work(conn: Any) -> bool:
+            async with conn.transaction():
+                row = await (await conn.execute(sql["read"] + " FOR UPDATE OF s", (schedule.id,))).fetchone()
+                step = fire_step(row, schedule, slot_ms, record)
+                if step is None:
+                    return False
+                fired, last_job = step
+                await conn.execute(sql["fired"], (slot_ms, last_job, schedule.id))
+                if fired:
+                    await conn.execute(self._insert_sql(1), row_values)  # notifies idle workers
+                return fired
+
+        fired: bool = await self._run(work)
+        if fired:
+            self._waits.wake()
+        return fired
+
     async def heartbeat(self, records: Sequence[JobRecord]) -> list[bool]:
         sql = (f"UPDATE {self.table} j SET lease_ms = {NOW} + %s FROM unnest(%s::text[], %s::text[]) "
                "AS h(id, token) WHERE j.id = h.id AND j.token = h.token AND j.status = 'active' "
@@ -865,7 +902,9 @@ RETURNING id, token IS NOT NULL
         return {r.key or "": r for r in (due_view(record_from_row(row)) for row in rows)}
 
     async def purge(self) -> None:
-        await self._fetch(f"TRUNCATE {self.table}, {self.schema}.code, {self.schema}.uniques")
+        s = self.schema
+        tables = ", ".join(f"{s}.{name}" for name in ("code", "uniques", "starts", "workers", "schedules"))
+        await self._fetch(f"TRUNCATE {self.table}, {tables}")
 
 
 NOTIFY_PAYLOAD_MAX = 7900  # bytes of one NOTIFY payload (the server takes fewer than 8000)

@@ -37,6 +37,7 @@ from ..config import QueueSettings
 from ..errors import ConfigError, CorruptQueueError, DriverError, DriverUnavailableError
 from ..flow import OFFER_TTL_S, ClaimPlan, LaneRule, LaneUse, Offer, rule_of
 from ..job import TERMINAL_STATUSES, JobRecord, JobStatus
+from ..schedules import Schedule, ScheduleState
 from ..serializer import dumps
 from ..unique import UniqueRule
 from ._fs import check_parent_writable, is_network_filesystem, local_path
@@ -58,10 +59,13 @@ from ._rows import (
     expired_sql,
     finish_buckets,
     finished_counts_sql,
+    fire_step,
     live_holder,
     readable_status,
     record_from_row,
     row_of,
+    schedule_sql,
+    schedule_states,
     stale_locks_sql,
     status_filters,
     unique_lock_sql,
@@ -134,7 +138,9 @@ LATER_SCHEMA = [
     *lane_index_sql("khadem_jobs", "khadem_jobs"),
     *starts_table_sql("khadem_starts", "khadem_starts_lane"),
     workers_table_sql("khadem_workers"),
+    schedule_sql("khadem_schedules", "khadem_jobs", "?")["table"],
 ]
+SCHEDULES = schedule_sql("khadem_schedules", "khadem_jobs", "?")
 TELL_OFFER, WITHDRAW_OFFER, READ_OFFERS = offer_sql("khadem_workers", "?")
 LANES = lane_sql("khadem_jobs", "khadem_starts", "?")
 UNIQUE_LOCK = unique_lock_sql("khadem_jobs", "khadem_unique", "?")
@@ -374,6 +380,30 @@ class SqliteStore:
     def offers(self) -> list[Offer]:
         return offers_from_rows(self._db().execute(READ_OFFERS, (now_ms() - int(OFFER_TTL_S * 1000),)))
 
+    def save_schedule(self, schedule: Schedule) -> None:
+        values = (schedule.id, schedule.queue, schedule.text())
+        self.write(lambda conn: conn.execute(SCHEDULES["save"], values))
+
+    def schedule_states(self) -> list[ScheduleState]:
+        return schedule_states(self._db().execute(SCHEDULES["states"]))
+
+    def remove_schedule(self, schedule_id: str) -> bool:
+        return self.write(lambda conn: conn.execute(SCHEDULES["remove"], (schedule_id,)).rowcount > 0)
+
+    def fire(self, schedule: Schedule, slot_ms: int, record: JobRecord) -> bool:
+        def run(conn: sqlite3.Connection) -> bool:
+            row = conn.execute(SCHEDULES["read"], (schedule.id,)).fetchone()
+            step = fire_step(row, schedule, slot_ms, record)
+            if step is None:
+                return False
+            fired, last_job = step
+            conn.execute(SCHEDULES["fired"], (slot_ms, last_job, schedule.id))
+            if fired:
+                conn.execute(INSERT, row_of(record))
+            return fired
+
+        return self.write(run)
+
     def _reclaim_expired(self, conn: sqlite3.Connection, now: int) -> None:
         rows = conn.execute(f"{SELECT} WHERE status = 'active' AND lease_ms < ?", (now,)).fetchall()
         for row in rows:
@@ -547,6 +577,8 @@ class SqliteStore:
             conn.execute("DELETE FROM khadem_jobs")
             conn.execute("DELETE FROM khadem_code")
             conn.execute("DELETE FROM khadem_unique")
+            for table in ("khadem_starts", "khadem_workers", "khadem_schedules"):
+                conn.execute(f"DELETE FROM {table}")
 
         self.write(run)
 
@@ -702,6 +734,21 @@ class SqliteDriver(QueueDriver):
 
     async def lane_use(self, queue: str, lanes: Mapping[str, LaneRule]) -> dict[str, LaneUse]:
         return await self._call(SqliteStore.lane_use, queue, lanes)
+
+    async def save_schedule(self, schedule: Schedule) -> None:
+        await self._call(SqliteStore.save_schedule, schedule)
+
+    async def schedule_states(self) -> list[ScheduleState]:
+        return await self._call(SqliteStore.schedule_states)
+
+    async def remove_schedule(self, schedule_id: str) -> bool:
+        return await self._call(SqliteStore.remove_schedule, schedule_id)
+
+    async def fire(self, schedule: Schedule, slot_ms: int, record: JobRecord) -> bool:
+        fired = await self._call(SqliteStore.fire, schedule, slot_ms, record)
+        if fired:
+            self._waits.wake()
+        return fired
 
     async def offer(self, worker: str, offered: Mapping[str, int], free: Mapping[str, int]) -> None:
         await self._call(SqliteStore.offer, worker, offered, free)

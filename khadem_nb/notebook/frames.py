@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..job import Failure, JobRecord, JobStatus
 from ..metrics import metrics_from_records
+from ..schedules import ScheduleInfo
 from ..serializer import decode_value
 
 if TYPE_CHECKING:
@@ -17,6 +18,7 @@ if TYPE_CHECKING:
 JOB_COLUMNS = ["id", "job", "status", "waiting", "failure", "priority", "attempt", "created", "started",
                "finished",
                "duration_ms", "progress", "note", "args", "result", "error", "output", "code"]
+SCHEDULE_COLUMNS = ["id", "job", "spec", "next_run", "last_run", "last_status", "overlap", "catchup", "queue"]
 FAILURE_KINDS = [k.value for k in Failure]
 ENDED_BADLY = (JobStatus.FAILED, JobStatus.CANCELLED)  # records whose error column says why
 GROUP_COLUMNS = ["result", "status", "failure", "duration_ms", "attempt", "error", "code"]
@@ -60,6 +62,23 @@ def jobs_frame(records: Sequence[JobRecord], waits: Mapping[str, str] | None = N
         "code": [r.code for r in records],
     }
     return pd.DataFrame(rows, columns=JOB_COLUMNS)
+
+
+def schedules_frame(infos: Sequence[ScheduleInfo]) -> pd.DataFrame:
+    """One row per schedule."""
+    pd = _pandas()
+    rows = {
+        "id": [s.id for s in infos],
+        "job": [s.job for s in infos],
+        "spec": [s.spec for s in infos],
+        "next_run": pd.to_datetime(pd.Series([s.next_run for s in infos], dtype="object"), utc=True),
+        "last_run": pd.to_datetime(pd.Series([s.last_run for s in infos], dtype="object"), utc=True),
+        "last_status": [s.last_status for s in infos],
+        "overlap": [s.overlap for s in infos],
+        "catchup": [s.catchup for s in infos],
+        "queue": [s.queue for s in infos],
+    }
+    return pd.DataFrame(rows, columns=SCHEDULE_COLUMNS)
 
 
 def _failures(pd: Any, records: Sequence[JobRecord]) -> Any:

@@ -33,6 +33,7 @@ logger = logging.getLogger(__name__)
 
 THROUGHPUT_WINDOW_S = 5.0
 SAMPLES_KEPT = 3000  # refreshes the charts' samples cover: five minutes at the fastest refresh
+SCHEDULES_EVERY_S = 5.0  # how often the panel reads the schedules again
 WAITING_LOOKED = 100  # queued jobs, oldest first, whose reasons to wait the panel counts
 STYLE = """<style>
 .khadem-panel { font-family: var(--jp-ui-font-family, sans-serif);
@@ -72,6 +73,7 @@ class Snapshot:
     running: tuple[tuple[str, str, float | None, str | None, float], ...]
     failures: tuple[tuple[str, str, str, str], ...]  # name, id, failure kind, error
     held_back: tuple[tuple[str, int], ...]  # why queued jobs wait (their limits), and how many
+    next_runs: tuple[tuple[str, float], ...]  # the schedules due soonest: id, seconds until then
     state: str
     finished: int
     total: int
@@ -127,6 +129,8 @@ class QueuePanel(w.VBox):  # type: ignore[misc]
         self.queue = queue
         self.refresh_s = refresh_s
         self.batch = ProgressBatch()
+        self._schedules: list[tuple[float, str]] = []  # (next run, id) of the queue's schedules
+        self._schedules_read_at = float("-inf")
         self.updates = 0  # how many times widget values were pushed (for tests and the bench)
         self._last: Snapshot | None = None
         # Three widgets change as jobs run: all the text in one HTML, the bar (its label is its
@@ -195,6 +199,7 @@ class QueuePanel(w.VBox):  # type: ignore[misc]
         failed = await manager.jobs(JobStatus.FAILED, queue=self.queue.settings.name, limit=5)
         queued = await manager.jobs(JobStatus.QUEUED, queue=self.queue.settings.name, limit=WAITING_LOOKED)
         held_back = Counter((await manager.why_waiting(queued)).values())
+        next_runs = await self._next_runs()
         finished, total, rate = self.batch.update(counts)
         now_ms = time.time() * 1000
         worker = self.queue.worker
@@ -208,9 +213,21 @@ class QueuePanel(w.VBox):  # type: ignore[misc]
                            (now_ms - (r.started_ms or now_ms)) / 1000) for r in reversed(active)),
             failures=tuple((r.name, r.id, r.failure or "", r.error or "") for r in reversed(failed)),
             held_back=tuple(sorted(held_back.items())),
+            next_runs=next_runs,
             state=state, finished=finished, total=total, throughput=round(rate, 1),
             success_rate=_success_rate(counts), charts=charts,
         )
+
+    async def _next_runs(self) -> tuple[tuple[str, float], ...]:
+        """The schedules of this queue due soonest, read again every SCHEDULES_EVERY_S."""
+        now = time.monotonic()
+        if now >= self._schedules_read_at + SCHEDULES_EVERY_S:
+            self._schedules_read_at = now
+            infos = await self.queue.manager.schedules()
+            self._schedules = sorted((i.next_run.timestamp(), i.id) for i in infos
+                                     if i.next_run is not None and i.queue == self.queue.settings.name)
+        wall = time.time()
+        return tuple((schedule_id, round(max(0.0, at - wall))) for at, schedule_id in self._schedules[:3])
 
     def apply(self, snap: Snapshot) -> None:
         """Push ``snap`` into the widgets, in one batch, unless nothing changed."""
@@ -240,7 +257,8 @@ class QueuePanel(w.VBox):  # type: ignore[misc]
                   f"{_success_text(snap.success_rate)}</span></div>")
         counts = " ".join(f"<span class='khadem-badge' style='background:{STATUS_COLOURS[JobStatus(k)]}'>"
                           f"{k} {v}</span>" for k, v in snap.counts)
-        return f"{header}<div>{counts}</div>{_held_back(snap)}{_running_table(snap)}{_failures_table(snap)}"
+        return (f"{header}<div>{counts}</div>{_next_runs(snap)}{_held_back(snap)}{_running_table(snap)}"
+                f"{_failures_table(snap)}")
 
     def workers_stopped(self) -> None:
         """The queue's workers here stopped: the throughput starts again from nothing."""
@@ -284,6 +302,15 @@ def _last_line(record: JobRecord) -> str | None:
     any machine), cut to fit a table cell."""
     lines = str(record.meta.get("output") or "").rstrip("\n").rsplit("\n", 1)
     return lines[-1][-120:] or None
+
+
+def _next_runs(snap: Snapshot) -> str:
+    """The schedules due soonest: one line."""
+    if not snap.next_runs:
+        return ""
+    parts = " · ".join(f"<code>{html.escape(schedule_id)}</code> in {seconds:g}s"
+                       for schedule_id, seconds in snap.next_runs)
+    return f"<div class='khadem-muted'>next: {parts}</div>"
 
 
 def _held_back(snap: Snapshot) -> str:

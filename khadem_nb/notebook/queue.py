@@ -359,6 +359,41 @@ class Queue:
 
         return metrics_frame(self.run(self.manager.jobs(queue=self.settings.name)))
 
+    # -- schedules -----------------------------------------------------------------------------
+    def cron(self, expression: str, /, *, tz: str = "UTC", id: str | None = None,
+             overlap: str = "skip", catchup: bool | str | None = None,
+             **options: Any) -> Callable[[F], JobFunction]:
+        """Decorate a function of no arguments (or only defaults) as a job that every worker of
+        this queue dispatches at each slot of ``expression`` in time zone ``tz``, each slot once:
+        ``@q.cron("*/5 * * * *")``. ``id`` defaults to the function's job name; ``options`` are
+        ``@q.job``'s."""
+        return lambda fn: self._scheduled(fn, options, cron=expression, id=id, tz=tz, overlap=overlap,
+                                          catchup=catchup)
+
+    def every(self, period: float | timedelta, /, *, id: str | None = None,
+              overlap: str = "skip", catchup: bool | str | None = None,
+              **options: Any) -> Callable[[F], JobFunction]:
+        """Like :meth:`cron`, at each multiple of ``period`` (seconds or a timedelta):
+        ``@q.every(timedelta(minutes=5))``."""
+        return lambda fn: self._scheduled(fn, options, every=period, id=id, overlap=overlap, catchup=catchup)
+
+    def _scheduled(self, fn: Callable[..., Any], options: dict[str, Any], *, id: str | None,
+                   **when: Any) -> JobFunction:
+        spec: JobFunction = self.job(**options)(fn)
+        call = spec.make_call(spec.bind((), {}))
+        self.run(self.manager.schedule(call, id=id or spec.name, **when))
+        return spec
+
+    def schedules(self) -> pd.DataFrame:
+        """One row per schedule: id, job, when it runs, next run, last run, how it ended."""
+        from .frames import schedules_frame
+
+        return schedules_frame(self.run(self.manager.schedules()))
+
+    def unschedule(self, schedule_id: str) -> bool:
+        """Remove a schedule (the jobs it dispatched stay); whether there was one."""
+        return self.run(self.manager.unschedule(schedule_id))
+
     def counts(self) -> dict[str, int]:
         return self.run(self.manager.counts(self.settings.name))
 

@@ -36,6 +36,7 @@ from ...config import QueueSettings
 from ...errors import ConfigError, CorruptQueueError, DriverError
 from ...flow import LaneRule, LaneUse, Offer, live_offers
 from ...job import TERMINAL_STATUSES, JobRecord, JobStatus
+from ...schedules import Schedule, ScheduleState
 from ...serializer import dumps
 from ...unique import UniqueRule
 from .._records import due_view
@@ -213,6 +214,41 @@ class RedisDriver(QueueDriver):
         lock = f"{record.id}|{rule.holds_text}|{-1 if rule.expires_ms is None else rule.expires_ms}"
         held = await self._run("enqueue", record.queue, [*wire.enqueue_args([record]), rule.key, lock])
         return held.decode() if isinstance(held, bytes) else None
+
+    async def save_schedule(self, schedule: Schedule) -> None:
+        await self._announce([schedule.queue])
+        key = self.keys(schedule.queue)[KEY_INDEX["schedules"]]
+        await self._on(schedule.queue, lambda: self.client.hset(key, schedule.id, schedule.text()))
+
+    async def schedule_states(self) -> list[ScheduleState]:
+        """The schedules of every queue under the prefix, with their last fired slots."""
+        states: list[ScheduleState] = []
+        for queue in await self._all_queues():
+            keys = self.keys(queue)
+            specs_key, ticks_key = keys[KEY_INDEX["schedules"]], keys[KEY_INDEX["ticks"]]
+            specs = await self._on(queue, functools.partial(self.client.hgetall, specs_key))
+            if specs:
+                ticks = await self._on(queue, functools.partial(self.client.hgetall, ticks_key))
+                states += [state for sid, spec in specs.items()
+                           if (state := wire.schedule_state(spec, ticks.get(sid))) is not None]
+        return sorted(states, key=lambda s: s.schedule.id)
+
+    async def remove_schedule(self, schedule_id: str) -> bool:
+        removed = False
+        for queue in await self._all_queues():
+            keys = self.keys(queue)
+            specs_key, ticks_key = keys[KEY_INDEX["schedules"]], keys[KEY_INDEX["ticks"]]
+            gone = await self._on(queue, functools.partial(self.client.hdel, specs_key, schedule_id))
+            await self._on(queue, functools.partial(self.client.hdel, ticks_key, schedule_id))
+            removed = removed or bool(gone)
+        return removed
+
+    async def fire(self, schedule: Schedule, slot_ms: int, record: JobRecord) -> bool:
+        """enqueue.lua checks and moves the schedule's last slot and stores the job in one script."""
+        await self._left()
+        args = [*wire.enqueue_args([record]), "", "", schedule.id, slot_ms, schedule.overlap]
+        answer = await self._run("enqueue", record.queue, args)
+        return answer not in (b"stale", b"passed")
 
     async def push_chunks(self, chunks: Iterable[Sequence[JobRecord]]) -> None:
         await self._left()

@@ -34,6 +34,8 @@ lane_of    hash         id -> the lane of a job with limits (``flow``)
 lanes      hash         lane -> its rule (JSON, as the last dispatch to it wrote it)
 lane_wait  sorted set   lanes with ready jobs, scored by the score of their first one
 lane_held  hash         lane -> how many of its jobs are held now
+schedules  hash         schedule id -> the schedule (JSON) of this queue
+ticks      hash         schedule id -> ``last fired slot ms|that slot's job id``
 =========  ===========  ========================================================================
 
 Each lane also has two keys of its own under the same hash tag: ``lane_wait:<lane>``, a sorted
@@ -56,7 +58,8 @@ from ...job import JobStatus
 
 KEY_NAMES = ("seq", "ready", "delayed", "active", "completed", "failed", "all", "state", "token",
              "result", "error", "reclaims", "meta", "keys", "notify", "sweep", "waiting", "handoff",
-             "line", "cancelled", "unique", "expiring", "lane_of", "lanes", "lane_wait", "lane_held")
+             "line", "cancelled", "unique", "expiring", "lane_of", "lanes", "lane_wait", "lane_held",
+             "schedules", "ticks")
 #: position of each key in ``KEY_NAMES`` (and in a script's ``KEYS``, counted from 0)
 KEY_INDEX = {name: index for index, name in enumerate(KEY_NAMES)}
 #: the Redis type of each key (``TYPE`` answers ``none`` for a key not yet written)
@@ -65,7 +68,7 @@ KEY_TYPES = {"seq": "string", "ready": "zset", "delayed": "zset", "active": "zse
              "error": "hash", "reclaims": "hash", "meta": "hash", "keys": "hash", "notify": "list",
              "sweep": "string", "waiting": "zset", "handoff": "list", "line": "list",
              "cancelled": "zset", "unique": "hash", "expiring": "zset", "lane_of": "hash", "lanes": "hash",
-             "lane_wait": "zset", "lane_held": "hash"}
+             "lane_wait": "zset", "lane_held": "hash", "schedules": "hash", "ticks": "hash"}
 #: the hashes that hold one field per job, in the order ``fetch.lua`` returns them
 COLUMNS = ("state", "token", "result", "error", "reclaims", "meta")
 #: the sorted set that lists the jobs of each status

@@ -9,6 +9,7 @@ from typing import Any
 
 from ...config import QueueSettings
 from ...job import JobRecord, JobStatus
+from ...schedules import Schedule, ScheduleState
 from ...serializer import dumps
 from .._records import due_view
 from ..base import COMPLETE, Settlement
@@ -86,6 +87,18 @@ def _data_prefix(record: JobRecord) -> str:
     return (f'{{"job":{dumps(record.name)},"priority":{record.priority},'
             f'"max_attempts":{record.max_attempts},"timeout_s":{dumps(record.timeout_s)},'
             f'"code":{dumps(record.code)},{keep}{lane}"payload":')
+
+
+def schedule_state(spec: bytes, tick: bytes | None) -> ScheduleState | None:
+    """A schedule read back with its ``slot|job`` tick; a spec that does not read is left out."""
+    try:
+        schedule = Schedule.from_text(spec)
+    except (ValueError, KeyError, TypeError):
+        return None
+    if not tick:
+        return ScheduleState(schedule)
+    slot, _, job = tick.decode().partition("|")
+    return ScheduleState(schedule, int(slot), job or None)
 
 
 def retention_args(settings: QueueSettings) -> list[int]:
