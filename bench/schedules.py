@@ -2,7 +2,7 @@
 consumers, with no schedule and with a schedule every second (its worker fires the ticks while
 it drains), on Redis and on SQLite; medians of alternating rounds and the ratio.
 
-    BENCH_REDIS_URL=redis://127.0.0.1:6379/9 python bench/schedules.py [--n 30000] [--rounds 3]
+    BENCH_REDIS_URL=redis://127.0.0.1:6379/9 python bench/schedules.py [--n 100000] [--rounds 5]
 """
 
 from __future__ import annotations
@@ -61,7 +61,7 @@ async def main(n: int, rounds: int) -> None:
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser()
-    parser.add_argument("--n", type=int, default=30_000)
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--n", type=int, default=100_000)
+    parser.add_argument("--rounds", type=int, default=5)
     args = parser.parse_args()
     asyncio.run(main(args.n, args.rounds))
