@@ -25,11 +25,12 @@ class LaneSql:
     waiting: str  # (queue, now) -> lane, lane_rule of the lanes with due jobs, best first
     held: str  # (queue, now) -> lane, count of jobs held under a live lease
     starts: str  # (queue, lane, since) -> start times of the lane's window
-    started: str  # (queue, lane, at, n) -> n starts recorded
+    started: str  # (n, queue, lane, at) -> n starts recorded
     forget_starts: str  # (before) -> starts older than the longest window dropped
 
 
 def lane_sql(jobs: str, starts: str, mark: str) -> LaneSql:
+    """The lanes phase over the tables ``jobs`` and ``starts``, with the driver's placeholder."""
     m = mark
     return LaneSql(
         waiting=(f"SELECT lane, lane_rule, MAX(priority), MIN(seq) FROM {jobs} WHERE queue = {m} "
