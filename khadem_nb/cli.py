@@ -95,7 +95,9 @@ def _add_worker(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
                         help="jobs claimed ahead of free consumers (default: half the concurrency on "
                         "Redis, 0 elsewhere; 0 suits long jobs spread over many machines)")
     worker.add_argument("--max-jobs", type=int, default=None, help="exit after this many jobs")
-    worker.add_argument("--burst", action="store_true", help="exit when no job is due")
+    worker.add_argument("--burst", action="store_true",
+                        help="exit when no job is due (jobs waiting only for a concurrency slot or a rate "
+                        "window are waited for)")
     worker.add_argument("--grace", type=float, default=30.0, help="seconds running jobs get on stop")
     worker.add_argument("--lease", type=float, default=None, help="lease seconds (queue.lease)")
     worker.add_argument("--isolation", default=None, choices=("none", "process"),

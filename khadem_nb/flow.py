@@ -253,75 +253,9 @@ class LaneUse:
     recent: int = 0
 
 
-@dataclass(frozen=True, slots=True)
-class Offer:
-    """A live worker's resource units: all it offers, and those free at ``seen_ms``."""
-
-    worker: str
-    offered: dict[str, int]
-    free: dict[str, int]
-    seen_ms: int
-
-
-#: seconds a worker's offer counts as live after it last told it (workers tell at least every
-#: OFFER_EVERY_S while they run)
-OFFER_TTL_S = 30.0
-OFFER_EVERY_S = 5.0
-
-
 def recent_starts(starts: Iterable[int], rule: LaneRule, now_ms: int) -> int:
     """How many of ``starts`` fall within the window of ``rule``'s rate (0 without one)."""
     if rule.rate is None:
         return 0
     since = now_ms - rule.rate.window_ms
     return sum(1 for t in starts if t > since)
-
-
-def live_offers(offers: Iterable[Offer], now_ms: int) -> list[Offer]:
-    """The offers told within OFFER_TTL_S, by worker name."""
-    since = now_ms - int(OFFER_TTL_S * 1000)
-    return sorted((o for o in offers if o.seen_ms >= since), key=lambda o: o.worker)
-
-
-def wait_reason(lane: str, rule: LaneRule, use: LaneUse, offers: Iterable[Offer]) -> str | None:
-    """Why a due job of ``lane`` is not running, in a few words (``None``: nothing in its rule
-    holds it back, it waits for a worker)."""
-    if lane.startswith("unique\t") and rule.concurrency is not None and use.held >= rule.concurrency:
-        return "unique: same job running"
-    if rule.concurrency is not None and use.held >= rule.concurrency:
-        return f"limit {shown_lane(lane)} {use.held}/{rule.concurrency}"
-    if rule.rate is not None and use.recent >= rule.rate.n:
-        return f"rate {rule.rate}"
-    if rule.needs:
-        return _resource_reason(dict(rule.needs), list(offers))
-    return None
-
-
-def _resource_reason(needs: dict[str, int], offers: list[Offer]) -> str | None:
-    asked = ",".join(f"{name}={units}" for name, units in needs.items())
-    if not any(all(o.offered.get(n, 0) >= u for n, u in needs.items()) for o in offers):
-        most = {n: max((o.offered.get(n, 0) for o in offers), default=0) for n in needs}
-        offered = ",".join(f"{n}={u}" for n, u in most.items())
-        return f"needs {asked}; no live worker offers that many (most: {offered})"
-    if not any(all(o.free.get(n, 0) >= u for n, u in needs.items()) for o in offers):
-        return f"needs {asked}, none free"
-    return None
-
-
-async def wait_reasons(driver: Any, records: Iterable[Any]) -> dict[str, str]:
-    """Why each due job with limits among ``records`` is not running yet: job id -> a few
-    words (see ``wait_reason``); jobs that only wait for a worker are left out."""
-    waiting = [r for r in records if r.lane is not None and r.status.value == "queued"]
-    lanes_of: dict[str, dict[str, LaneRule]] = {}
-    for record in waiting:
-        lanes_of.setdefault(record.queue, {})[record.lane] = rule_of(record.lane_rule or "")
-    needs_units = any(rule.needs for lanes in lanes_of.values() for rule in lanes.values())
-    offers = await driver.offers() if needs_units else []
-    reasons: dict[str, str] = {}
-    for queue, lanes in lanes_of.items():
-        use = await driver.lane_use(queue, lanes)
-        for record in (r for r in waiting if r.queue == queue):
-            reason = wait_reason(record.lane, lanes[record.lane], use.get(record.lane, LaneUse()), offers)
-            if reason is not None:
-                reasons[record.id] = reason
-    return reasons

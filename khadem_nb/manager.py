@@ -18,7 +18,7 @@ from .drivers.base import QueueDriver
 from .errors import ConfigError, DuplicateJobError, JobNotFoundError, KhademError
 from .execution import Hook, JobExecutor, WorkerHooks
 from .factory import QueueFactory
-from .flow import job_lane, wait_reasons
+from .flow import job_lane
 from .job import ACTIVE, FAILED, QUEUED, SCHEDULED, Failure, JobRecord, JobStatus, QueueJob
 from .middleware import Middleware, MiddlewareChain, MiddlewareFunc
 from .monitor import BasicQueueMonitor, QueueMonitor
@@ -37,6 +37,7 @@ from .waiting import (
     wait_until_idle,
     watch,
 )
+from .why_waiting import wait_reasons
 from .worker import QueueWorker
 
 logger = logging.getLogger(__name__)
@@ -369,7 +370,8 @@ class QueueManager:
 
         ``max_jobs`` stops it after that many jobs, ``timeout`` after that many seconds,
         ``delay`` is the longest it waits for new work between checks; with ``burst`` it stops
-        once no job is due. ``isolation="process"`` runs jobs that do not choose their
+        once no job is due (jobs held back only by a concurrency slot or a rate window are
+        waited for). ``isolation="process"`` runs jobs that do not choose their
         isolation in child processes. ``resources`` (``{"gpu": 4}`` or ``"gpu=4"``): units this
         worker offers to jobs that ask for them; it claims only jobs that fit what is free.
         """

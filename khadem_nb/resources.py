@@ -1,5 +1,5 @@
-"""A worker's resource units: what it offers (``--resources gpu=4``), and which units each of
-its jobs holds.
+"""A worker's resource units: what it offers (``--resources gpu=4``), which units each of its
+jobs holds, and the offers workers tell their queue (what says a job asks for too much).
 
 Units of a resource are numbered from 0; a job asking ``{"gpu": 1}`` gets the lowest free
 number, sees it in ``context().resources == {"gpu": [2]}``, and an isolated job runs with
@@ -10,10 +10,34 @@ once, before the next claim.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 
 from .errors import KhademError
 from .flow import rule_of
+
+
+@dataclass(frozen=True, slots=True)
+class Offer:
+    """A live worker's resource units: all it offers, and those free at ``seen_ms``."""
+
+    worker: str
+    offered: dict[str, int]
+    free: dict[str, int]
+    seen_ms: int
+
+
+#: seconds a worker's offer counts as live after it last told it (workers tell at least every
+#: OFFER_EVERY_S while they run)
+OFFER_TTL_S = 30.0
+OFFER_EVERY_S = 5.0
+
+
+def live_offers(offers: Iterable[Offer], now_ms: int) -> list[Offer]:
+    """The offers told within OFFER_TTL_S, by worker name."""
+    since = now_ms - int(OFFER_TTL_S * 1000)
+    return sorted((o for o in offers if o.seen_ms >= since), key=lambda o: o.worker)
+
 
 #: the resource whose units an isolated job sees as ``CUDA_VISIBLE_DEVICES``
 GPU = "gpu"

@@ -33,15 +33,16 @@ from .config import QueueSettings, WorkerSettings
 from .drivers.base import QueueDriver
 from .errors import DriverError, KhademError
 from .execution import JobExecutor, WorkerHooks
-from .flow import OFFER_EVERY_S
-from .job import JobRecord
-from .resources import ResourcePool
+from .job import QUEUED, JobRecord
+from .resources import OFFER_EVERY_S, ResourcePool
 from .ticker import Ticker
+from .why_waiting import frees_up, wait_reasons
 
 logger = logging.getLogger(__name__)
 
 MAX_ERROR_BACKOFF_S = 5.0
 BURST_TRIES = 5  # failed claims in a row after which a burst worker gives up
+BURST_LOOKED = 100  # queued jobs a burst worker looks at, after an empty claim, to see why they wait
 YIELD_EVERY = 64  # jobs run between two turns given to the loop's other tasks, at least
 ABORT_POLL_S = 0.2  # how often a worker asks a driver that cannot tell it about cancelled jobs
 RECENT_KEPT = 200  # jobs the worker remembers for the panel's timeline
@@ -313,7 +314,7 @@ class QueueWorker:
             return []
         self._count_claimed(records)
         if not records and self.options.burst:
-            self._drained = True
+            self._drained = not await self._held_back_for_a_while()
         if records and self.paused:  # paused while this claim was on its way: claim nothing
             if self._claims_left is not None:
                 self._claims_left += len(records)
@@ -336,6 +337,18 @@ class QueueWorker:
                 await self.driver.offer(self.name, {}, {})
             except Exception as exc:  # it expires on its own
                 logger.debug("could not withdraw the resource offer: %r", exc)
+
+    async def _held_back_for_a_while(self) -> bool:
+        """Burst mode, after a claim found nothing: whether queued jobs wait only for what frees
+        up by itself (a lane's slot, a rate window), so the worker waits for them rather than
+        stopping. Jobs that need units this worker does not offer never keep it."""
+        try:
+            queued = [r for q in self.queues for r in await self.driver.jobs(QUEUED, q, limit=BURST_LOOKED)]
+            reasons = await wait_reasons(self.driver, queued)
+        except Exception as exc:  # the storage is away: the claims' own failures decide
+            logger.debug("could not read why jobs wait: %r", exc)
+            return False
+        return any(frees_up(reason) for reason in reasons.values())
 
     def _give_up(self, exc: Exception) -> None:
         """A burst worker stops after BURST_TRIES failed claims in a row, keeping why."""

@@ -344,3 +344,17 @@ async def test_isolated_jobs_see_their_gpus_as_cuda_visible_devices(tmp_path: Pa
     assert sorted(r["gpu"][0] for r in results) == [0, 1]  # both ran at once, on different units
     assert sorted(r["cuda"] for r in results) == ["0", "1"]
     assert all(r["cuda"] == str(r["gpu"][0]) for r in results)
+
+
+@pytest.mark.parametrize("driver", ["memory", "sqlite"])
+async def test_a_burst_worker_waits_for_slots_and_windows_not_for_units(driver: str, tmp_path: Path) -> None:
+    queue = await make_manager(driver, tmp_path)
+    try:
+        ids = [await queue.dispatch(Limited(i, 0.05)) for i in range(6)]
+        ids += [await queue.dispatch(ThreePerSecond(i)) for i in range(5)]
+        gpu = await queue.dispatch(NeedsGpu(0))
+        await queue.start_worker(concurrency=4, burst=True)  # returns once it stops
+        assert {r.status for r in await queue.get_jobs(ids)} == {JobStatus.COMPLETED}
+        assert (await queue.get_job(gpu)).status is JobStatus.QUEUED  # a unit it lacks: not waited for
+    finally:
+        await queue.close()

@@ -15,7 +15,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ..flow import RATE_UNITS, Offer
+from ..flow import RATE_UNITS
+from ..resources import Offer
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,7 +54,7 @@ def starts_table_sql(starts: str, index: str) -> list[str]:
 
 
 def workers_table_sql(workers: str) -> str:
-    """The table of resource offers, one row per worker (see ``flow.Offer``)."""
+    """The table of resource offers, one row per worker (see ``resources.Offer``)."""
     return (f"CREATE TABLE IF NOT EXISTS {workers} (worker TEXT PRIMARY KEY, offered TEXT NOT NULL, "
             "free TEXT NOT NULL, seen_ms BIGINT NOT NULL)")
 

@@ -21,9 +21,10 @@ from .._ids import new_token
 from .._time import now_ms
 from ..config import QueueSettings, parse_config
 from ..errors import ConfigError
-from ..flow import LaneRule, LaneUse, Offer
+from ..flow import LaneRule, LaneUse
 from ..job import ACTIVE, CANCELLED, COMPLETED, FAILED, QUEUED, SCHEDULED, JobRecord, JobStatus
 from ..limits import PRIORITY_RANGE
+from ..resources import Offer
 from ..schedules import Schedule, ScheduleState
 from ..unique import UniqueRule
 

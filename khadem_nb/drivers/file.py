@@ -6,7 +6,7 @@ Layout under ``queue.path``::
     ready/<queue>/<order>.json     due jobs; <order> sorts by priority, then dispatch time
     limited/<queue>/<order>.json   due jobs with limits (``flow``), claimed as their lanes allow
     starts/<queue>.json            recent start times of each rated lane
-    workers/<sha256>.json          a worker's resource offer (``flow.Offer``)
+    workers/<sha256>.json          a worker's resource offer (``resources.Offer``)
     schedules/<sha256>.json        a schedule, its last fired slot and that slot's job
     delayed/<queue>/<due>.json     jobs waiting for their time
     active/<order>.json            claimed jobs (carry token and lease)
@@ -42,8 +42,9 @@ from typing import Any, ClassVar, TypeVar
 from .._time import now_ms
 from ..config import QueueSettings
 from ..errors import DriverError, SerializationError
-from ..flow import ClaimPlan, LaneRule, LaneUse, Offer, live_offers, recent_starts, rule_of
+from ..flow import ClaimPlan, LaneRule, LaneUse, recent_starts, rule_of
 from ..job import TERMINAL_STATUSES, JobRecord, JobStatus
+from ..resources import Offer, live_offers
 from ..schedules import FIRE, STALE, Schedule, ScheduleState, fire_verdict
 from ..unique import UniqueRule, lock_is_live
 from . import _records

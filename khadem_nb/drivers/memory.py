@@ -30,8 +30,6 @@ from ..flow import (
     ClaimPlan,
     LaneRule,
     LaneUse,
-    Offer,
-    live_offers,
     recent_starts,
     rule_of,
 )
@@ -46,6 +44,7 @@ from ..job import (
     JobRecord,
     JobStatus,
 )
+from ..resources import Offer, live_offers
 from ..schedules import FIRE, STALE, Schedule, ScheduleState, fire_verdict
 from ..serializer import dumps
 from ..unique import UniqueRule, lock_is_live

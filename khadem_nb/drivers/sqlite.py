@@ -35,8 +35,9 @@ from .._ids import new_token
 from .._time import now_ms
 from ..config import QueueSettings
 from ..errors import ConfigError, CorruptQueueError, DriverError, DriverUnavailableError
-from ..flow import OFFER_TTL_S, ClaimPlan, LaneRule, LaneUse, Offer, rule_of
+from ..flow import ClaimPlan, LaneRule, LaneUse, rule_of
 from ..job import TERMINAL_STATUSES, JobRecord, JobStatus
+from ..resources import OFFER_TTL_S, Offer
 from ..schedules import Schedule, ScheduleState
 from ..serializer import dumps
 from ..unique import UniqueRule

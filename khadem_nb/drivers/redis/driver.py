@@ -34,8 +34,9 @@ from ..._ids import new_token
 from ..._time import now_ms
 from ...config import QueueSettings
 from ...errors import ConfigError, CorruptQueueError, DriverError
-from ...flow import LaneRule, LaneUse, Offer, live_offers
+from ...flow import LaneRule, LaneUse
 from ...job import TERMINAL_STATUSES, JobRecord, JobStatus
+from ...resources import Offer, live_offers
 from ...schedules import Schedule, ScheduleState
 from ...serializer import dumps
 from ...unique import UniqueRule

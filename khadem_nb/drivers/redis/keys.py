@@ -116,7 +116,7 @@ def settle_channels(prefix: str) -> str:
 
 
 def workers_key(prefix: str) -> str:
-    """The hash of resource offers of workers (``flow.Offer``), by worker name, under ``prefix``."""
+    """The hash of resource offers of workers (``resources.Offer``), by worker name, under ``prefix``."""
     return f"{prefix}:workers"
 
 
