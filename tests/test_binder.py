@@ -45,6 +45,19 @@ def test_requirements_are_pinned_and_remote() -> None:
     assert (BINDER / "runtime.txt").read_text().strip() == "python-3.11"
 
 
+def test_requirements_hold_every_dependency_of_the_package() -> None:
+    """postBuild installs khadem_nb with --no-deps: each of its dependencies must be pinned."""
+    import re
+    import tomllib
+
+    project = tomllib.loads((BINDER.parent / "pyproject.toml").read_text())["project"]
+    wanted = {re.split(r"[\[<>=!~ ]", dep, maxsplit=1)[0].lower() for dep in project["dependencies"]}
+    lines = (BINDER / "requirements.txt").read_text().splitlines()
+    pinned = {line.split("==")[0].strip().lower() for line in lines
+              if "==" in line and not line.startswith("#")}
+    assert wanted <= pinned, f"not pinned for Binder: {sorted(wanted - pinned)}"
+
+
 def test_repo2docker_reads_the_config(tmp_path: Path) -> None:
     run = subprocess.run([_tool("repo2docker"), "--no-build", "--debug", str(ROOT)], capture_output=True,
                          text=True, timeout=300, cwd=tmp_path)
