@@ -133,8 +133,8 @@ class LaneRule:
 
 @functools.lru_cache(maxsize=1024)
 def rule_of(text: str) -> LaneRule:
-    """The rule a record carries, read back; a damaged one limits nothing (its job still runs
-    once, so a damaged record never stalls the lane behind it)."""
+    """The rule a record carries, read back; a damaged one lets one job of its lane run at a
+    time, so its jobs still run and never stall the lane behind them."""
     try:
         data = json.loads(text)
         rate = data.get("r")

@@ -6,14 +6,14 @@ import asyncio
 import logging
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
 from . import limits
-from ._ids import job_ids, new_job_id
+from ._ids import job_ids
 from ._time import now_ms, to_seconds
 from .config import QueueSettings, parse_config, worker_settings
+from .draft import Draft
 from .drivers.base import QueueDriver
 from .errors import ConfigError, DuplicateJobError, JobNotFoundError, KhademError
 from .execution import Hook, JobExecutor, WorkerHooks
@@ -48,43 +48,6 @@ MAX_ATTEMPTS = limits.COUNTS["max_attempts"][1]
 PRIORITY_RANGE = limits.PRIORITY_RANGE
 REPLACE_TRIES = 3  # a replacing dispatch cancels the holder and tries again, at most this often
 DISPATCH_CHUNK = 200  # records built at a time by dispatch_many (see bench/RESULTS.md)
-
-
-@dataclass(slots=True)
-class Draft:
-    """A job encoded and checked, everything about it that can be wrong, not yet a record
-    (no id, no creation time)."""
-
-    name: str
-    payload: Any
-    queue: str
-    priority: int
-    max_attempts: int
-    delay_ms: int
-    timeout_s: float | None
-    key: str | None
-    code: str
-    keep_ms: int | None = None
-    lane: str | None = None
-    lane_rule: str | None = None
-
-    def record(self, now: int) -> JobRecord:
-        """The record of this job, created at ``now``, with a fresh id."""
-        # JobRecord's first ten fields in order: keyword arguments to its 21-field constructor
-        # cost a memory-queue job more than 5 % end to end (see bench/RESULTS.md)
-        record = JobRecord(new_job_id(), self.name, self.payload, self.queue, self.priority, 0,
-                           self.max_attempts, SCHEDULED if self.delay_ms > 0 else QUEUED, now,
-                           now + self.delay_ms)
-        if self.timeout_s is not None:
-            record.timeout_s = self.timeout_s
-        if self.key is not None:
-            record.key = self.key
-        record.code = self.code
-        if self.keep_ms is not None:
-            record.keep_ms = self.keep_ms
-        if self.lane is not None:
-            record.lane, record.lane_rule = self.lane, self.lane_rule
-        return record
 
 
 class QueueManager:
@@ -441,11 +404,7 @@ class QueueManager:
         what a slow or a missed run does."""
         instance = job() if isinstance(job, type) else job
         draft = self._draft(instance, None, queue, priority, None, None)
-        template = {"name": draft.name, "payload": draft.payload, "queue": draft.queue,
-                    "priority": draft.priority, "max_attempts": draft.max_attempts,
-                    "timeout_s": draft.timeout_s, "code": draft.code, "keep_ms": draft.keep_ms,
-                    "lane": draft.lane, "lane_rule": draft.lane_rule}
-        made = make_schedule(template, cron=cron, every=every, schedule_id=id, tz=tz, overlap=overlap,
+        made = make_schedule(draft, cron=cron, every=every, schedule_id=id, tz=tz, overlap=overlap,
                              catchup=catchup, now_ms=self._now_ms())
         await self._send_unsent_code()
         await self.driver.save_schedule(made)

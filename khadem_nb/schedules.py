@@ -18,15 +18,17 @@ of any of them. A tick's job carries the key ``schedule:<id>@<slot ms>``.
 
 from __future__ import annotations
 
+import dataclasses
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from . import limits
-from ._ids import new_job_id
+from .draft import Draft
 from .errors import ConfigError
+from .flow import LaneRule
 from .job import ACTIVE, QUEUED, SCHEDULED, JobRecord, JobStatus
 from .unique import canonical_key
 
@@ -37,6 +39,8 @@ LOOK_EVERY_S = 1.0  # a worker looks at the schedules at least this often
 RELIST_EVERY_S = 5.0  # and reads them again from the driver at least this often
 MIN_EVERY_S = 0.1  # the shortest period
 MAX_ID = 200  # characters of a schedule id
+#: the rule of the lane an ``overlap="queue"`` schedule's jobs share
+ONE_AT_A_TIME = LaneRule(concurrency=1).text()
 NONE_GRACE_MS = 2_000  # with catchup="none", a slot this late still fires (a worker was busy)
 #: what a driver does with a slot offered to ``fire``
 FIRE, PASS, STALE = "fire", "pass", "stale"
@@ -58,7 +62,7 @@ class Schedule:
     """A stored schedule: its id, the job it stores at each slot, and when and how."""
 
     id: str
-    job: dict[str, Any]  # the record template: name, payload, queue and the job's options
+    job: Draft  # the job of every slot, encoded and checked when the schedule was saved
     cron: str | None = None
     every_ms: int | None = None
     tz: str = "UTC"
@@ -68,7 +72,7 @@ class Schedule:
 
     @property
     def queue(self) -> str:
-        return str(self.job["queue"])
+        return self.job.queue
 
     @property
     def spec(self) -> str:
@@ -78,16 +82,15 @@ class Schedule:
         return f"every {(self.every_ms or 0) / 1000:g}s"
 
     def text(self) -> str:
-        """The schedule as the stores keep it: JSON."""
-        return json.dumps({"id": self.id, "job": self.job, "cron": self.cron, "every_ms": self.every_ms,
-                           "tz": self.tz, "overlap": self.overlap, "catchup": self.catchup,
-                           "created_ms": self.created_ms}, separators=(",", ":"), sort_keys=True)
+        """The schedule as the stores keep it: JSON of its fields, its job's among them."""
+        return json.dumps(dataclasses.asdict(self), separators=(",", ":"), sort_keys=True)
 
     @classmethod
     def from_text(cls, text: str | bytes) -> Schedule:
+        """A stored schedule read back; ``ValueError``, ``KeyError`` or ``TypeError`` when it
+        does not read (the stores then leave it out)."""
         data = json.loads(text)
-        return cls(data["id"], data["job"], data.get("cron"), data.get("every_ms"), data.get("tz", "UTC"),
-                   data.get("overlap", "skip"), data.get("catchup", "latest"), int(data.get("created_ms", 0)))
+        return cls(**{**data, "job": Draft(**data["job"])})
 
     # -- slots --------------------------------------------------------------------------------
     def latest_slot(self, now_ms: int) -> int | None:
@@ -146,19 +149,12 @@ class Schedule:
         return slots[::-1]
 
     def tick(self, slot_ms: int, now_ms: int) -> JobRecord:
-        """The job of one slot: a new record from the template, keyed by the slot."""
-        job = self.job
-        record = JobRecord(new_job_id(), job["name"], job["payload"], job["queue"], job.get("priority", 0), 0,
-                           job.get("max_attempts", 1), JobStatus.QUEUED, now_ms, now_ms)
-        record.timeout_s = job.get("timeout_s")
-        record.code = job.get("code")
-        record.keep_ms = job.get("keep_ms")
+        """The job of one slot: a new record of the schedule's job, keyed by the slot."""
+        record = self.job.record(now_ms)
         record.key = f"schedule:{self.id}@{slot_ms}"
         record.meta = {"schedule": self.id, "slot_ms": slot_ms}
         if self.overlap == "queue":
-            record.lane, record.lane_rule = f"schedule\t{self.id}", '{"c":1}'
-        else:
-            record.lane, record.lane_rule = job.get("lane"), job.get("lane_rule")
+            record.lane, record.lane_rule = f"schedule\t{self.id}", ONE_AT_A_TIME
         return record
 
 
@@ -185,14 +181,13 @@ class ScheduleInfo:
     catchup: str
     queue: str
     last_job: str | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def _ms(moment: datetime) -> int:
     return int(moment.timestamp() * 1000)
 
 
-def make_schedule(template: dict[str, Any], *, cron: Any, every: Any, schedule_id: Any, tz: Any,
+def make_schedule(template: Draft, *, cron: Any, every: Any, schedule_id: Any, tz: Any,
                   overlap: Any, catchup: Any, now_ms: int) -> Schedule:
     """A checked schedule; ``ConfigError`` naming a bad value and the valid forms."""
     if (cron is None) == (every is None):
@@ -222,10 +217,10 @@ def _catchup(catchup: Any) -> str:
     return catch
 
 
-def _schedule_id(schedule_id: Any, template: dict[str, Any]) -> str:
+def _schedule_id(schedule_id: Any, template: Draft) -> str:
     """``schedule_id``, or the job name and a digest of its arguments."""
     if schedule_id is None:
-        return canonical_key(template["name"], template["payload"])
+        return canonical_key(template.name, template.payload)
     if not isinstance(schedule_id, str) or not schedule_id or len(schedule_id) > MAX_ID:
         raise ConfigError(f"a schedule id must be a non-empty string of at most {MAX_ID} characters, "
                           f"got {schedule_id!r}")
@@ -274,7 +269,7 @@ def info_of(state: ScheduleState, last: JobRecord | None, now_ms: int) -> Schedu
     after = now_ms if state.last_slot is None else max(now_ms, state.last_slot)
     following = s.next_slot(after)
     return ScheduleInfo(
-        id=s.id, job=str(s.job["name"]), spec=s.spec, queue=s.queue, overlap=s.overlap, catchup=s.catchup,
+        id=s.id, job=s.job.name, spec=s.spec, queue=s.queue, overlap=s.overlap, catchup=s.catchup,
         next_run=None if following is None else datetime.fromtimestamp(following / 1000, UTC),
         last_run=None if state.last_slot is None else datetime.fromtimestamp(state.last_slot / 1000, UTC),
         last_status=None if last is None else last.status.value, last_job=state.last_job)

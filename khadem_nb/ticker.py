@@ -20,7 +20,6 @@ class Ticker:
     def __init__(self, driver: QueueDriver, queues: Sequence[str]) -> None:
         self.driver = driver
         self.queues = set(queues)
-        self.fired = 0  # slots this ticker stored (another worker may have stored the rest)
         self._states: list[ScheduleState] = []
         self._last: dict[str, int] = {}  # schedule id -> the last slot offered here or stored
         self._listed_at = float("-inf")
@@ -58,8 +57,7 @@ class Ticker:
             schedule = state.schedule
             now = self.driver.clock()
             for slot in schedule.due_slots(self._last.get(schedule.id), now):
-                if await self.driver.fire(schedule, slot, schedule.tick(slot, now)):
-                    self.fired += 1
+                await self.driver.fire(schedule, slot, schedule.tick(slot, now))
                 self._last[schedule.id] = slot
             following = schedule.next_slot(self.driver.clock())
             if following is not None:

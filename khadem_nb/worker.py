@@ -297,11 +297,10 @@ class QueueWorker:
             limit = min(limit, self._claims_left)
         pool = self.resources
         try:
-            if pool is not None:
-                await self._tell_offer(pool)
             if pool is None:
                 records = await self.driver.reserve(self.queues, limit, self.options.delay_s)
             else:
+                await self._tell_offer(pool)
                 records = await self.driver.reserve(self.queues, limit, self.options.delay_s, pool.free())
                 for record in records:  # taken now, so the next claim sees them gone
                     pool.take(record.id, record.lane_rule)

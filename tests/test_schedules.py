@@ -20,6 +20,7 @@ from jobs import Beat, Echo, SlowBeat
 from procs import finish, kill, start_worker
 
 from khadem_nb import ConfigError, JobStatus, QueueManager
+from khadem_nb.draft import Draft
 from khadem_nb.schedules import Schedule, make_schedule
 
 
@@ -95,7 +96,7 @@ async def test_schedules_are_upserted_listed_and_removed(queue: QueueManager) ->
 
 
 def test_slots_and_catchup() -> None:
-    template = {"name": "Echo", "payload": {"value": 1}, "queue": "default"}
+    template = Draft("Echo", {"value": 1}, "default", 0, 1, 0, None, None, "code")
     made = {c: make_schedule(template, cron=None, every=60, schedule_id="s", tz="UTC", overlap="skip",
                              catchup=c, now_ms=0) for c in (None, True, False)}
     now = 10 * 60_000 + 30_000  # 10.5 minutes in: the slots are whole minutes

@@ -329,18 +329,21 @@ class FileStore:
         starts = self._read_starts(starts_path, now)
         plan = ClaimPlan(now, held, lambda lane, _: starts.get(lane, []), free)
         claimed: list[JobRecord] = []
+        started = False  # a job of a rated lane was claimed: the window's log changed
         for name in waiting:
             lane = self._lane_of("limited", queue, name)
             if len(claimed) >= want:
                 break
-            if lane is None or not plan.admit(lane[0], rule_of(lane[1])):
+            rule = None if lane is None else rule_of(lane[1])
+            if lane is None or rule is None or not plan.admit(lane[0], rule):
                 continue
             record = self._claim_file(queue, name, now, "limited")
             if record is not None:
                 claimed.append(record)
-                if "r" in lane[1]:
+                if rule.rate is not None:
                     starts.setdefault(lane[0], []).append(now)
-        if any("r" in (r.lane_rule or "") for r in claimed):
+                    started = True
+        if started:
             self.write_bytes(starts_path, json.dumps(starts).encode(), sync_dir=False)
         return claimed
 

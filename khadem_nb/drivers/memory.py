@@ -314,12 +314,13 @@ class MemoryDriver(QueueDriver):
                 if record is None or record.status is not QUEUED:  # requeued or gone
                     ids.popleft()
                     continue
-                if not plan.admit(lane, rule_of(record.lane_rule or "")):
+                rule = rule_of(record.lane_rule or "")
+                if not plan.admit(lane, rule):
                     break
                 ids.popleft()
                 claimed.append(self._hand_out(record, now))
                 self._lane_held[queue, lane] = self._lane_held.get((queue, lane), 0) + 1
-                if "r" in (record.lane_rule or ""):
+                if rule.rate is not None:
                     self._lane_starts.setdefault((queue, lane), deque()).append(now)
             if ids.peek() is None:
                 del lanes[lane]
