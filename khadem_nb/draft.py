@@ -27,6 +27,10 @@ class Draft:
     keep_ms: int | None = None
     lane: str | None = None
     lane_rule: str | None = None
+    #: the jobs it runs after, what their failure does, what it is given (``dependencies``)
+    parents: list[str] | None = None
+    on_upstream_failure: str | None = None
+    feed: str | None = None
 
     def record(self, now: int) -> JobRecord:
         """The record of this job, created at ``now``, with a fresh id."""
@@ -44,4 +48,7 @@ class Draft:
             record.keep_ms = self.keep_ms
         if self.lane is not None:
             record.lane, record.lane_rule = self.lane, self.lane_rule
+        if self.parents:
+            record.parents, record.on_upstream_failure = self.parents, self.on_upstream_failure
+            record.feed = self.feed
         return record

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .context import ENDED, ORPHANED, JobContext, current_job
+from .dependencies import upstream_of
 from .drivers.base import QueueDriver
 from .errors import (
     JobCancelledError,
@@ -102,7 +103,8 @@ class JobExecutor:
         token = current_job.set(context)
         failure: Exception | None = None
         try:
-            result = await self._start(job, record, context)
+            result = await (self._start(job, record, context) if record.feed is None
+                            else self._start_fed(job, record, context))
             encoded = result if result is None else encode_value(result, f"result of {record.name}")
         except asyncio.CancelledError:
             failure = await self._interrupted(record, context, started)
@@ -178,6 +180,11 @@ class JobExecutor:
         if record.timeout_s is None and self._is_async.get(type(job)) and not context.isolated:
             return job.handle()
         return self._invoke(job, record, context)
+
+    async def _start_fed(self, job: QueueJob, record: JobRecord, context: JobContext) -> Any:
+        """Run a job given what it is fed of the jobs it ran after (``dependencies``)."""
+        job.take_upstream(await upstream_of(self.driver, record))
+        return await self._start(job, record, context)
 
     def _begin(self, record: JobRecord) -> QueueJob | SerializationError:
         """Count the start and rebuild the job, or return why it cannot be rebuilt."""

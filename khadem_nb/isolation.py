@@ -121,6 +121,7 @@ def _call(entry: Any, kind: str, args: dict[str, Any]) -> Any:
     else:
         job = entry.from_json(args["data"])
         job.attempt = args["attempt"]
+        job.take_upstream(args.get("upstream"))
         value = job.handle()
     if inspect.iscoroutine(value):
         value = asyncio.run(value)

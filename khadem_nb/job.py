@@ -22,6 +22,7 @@ E = TypeVar("E", bound=Enum)
 class JobStatus(str, Enum):
     """Where a job is in its life."""
 
+    WAITING = "waiting"  # waits for the jobs it runs after (``dispatch(job, after=[...])``)
     QUEUED = "queued"  # ready to run
     SCHEDULED = "scheduled"  # waiting for its time (delay or retry backoff)
     ACTIVE = "active"  # held by a worker under a lease
@@ -40,10 +41,11 @@ class JobStatus(str, Enum):
 # The members as module constants for the hot paths: on Python 3.11 every ``JobStatus.X`` goes
 # through ``EnumType``'s Python-level ``__getattr__``, and a job reads a dozen of them.
 QUEUED, SCHEDULED, ACTIVE = JobStatus.QUEUED, JobStatus.SCHEDULED, JobStatus.ACTIVE
+WAITING = JobStatus.WAITING
 COMPLETED, FAILED, CANCELLED = JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELLED
 TERMINAL_STATUSES = frozenset({COMPLETED, FAILED, CANCELLED})
 PENDING_STATUSES = (QUEUED, SCHEDULED)
-CANCELLABLE_STATUSES = frozenset({QUEUED, SCHEDULED, ACTIVE})
+CANCELLABLE_STATUSES = frozenset({WAITING, QUEUED, SCHEDULED, ACTIVE})
 
 
 class Failure(str, Enum):
@@ -117,6 +119,10 @@ class QueueJob:
     resources: ClassVar[Mapping[str, int] | None] = None
 
     attempt: int = 0  # set by the worker before handle(): 1 on the first run
+    #: what a job dispatched to run after others is given of them, set by the worker before
+    #: ``handle()`` (``dependencies``): its parent's result (``then``), or one dict per parent
+    #: (``reduce``); ``None`` for a job given nothing
+    upstream: Any = None
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -161,10 +167,16 @@ class QueueJob:
         """The definition this job runs, fingerprinted and (from a cell) shipped: its class."""
         return type(self)
 
+    def take_upstream(self, given: Any) -> None:
+        """Receive what this job is given of its parents before it runs: kept as
+        ``self.upstream`` (a job function binds it to its first parameter instead)."""
+        self.upstream = given
+
     def isolated_entry(self) -> tuple[Any, dict[str, Any], str]:
         """What an isolated process needs to run this job: the code to send (here the class,
         rebuilt there with ``from_json``), its JSON arguments, and which of the two it is."""
-        return type(self), {"data": self.to_json(), "attempt": self.attempt}, "class"
+        args = {"data": self.to_json(), "attempt": self.attempt, "upstream": self.upstream}
+        return type(self), args, "class"
 
     def get_next_retry_delay(self) -> float:
         """Seconds to wait after attempt ``self.attempt`` failed: ``retry_backoff``'s delay, or
@@ -202,7 +214,7 @@ class QueueJobWithMetadata(QueueJob):
     created_at: datetime | None = None
 
 
-_META = frozenset({"attempt", "created_at"})
+_META = frozenset({"attempt", "created_at", "upstream"})
 
 
 @dataclass(slots=True)
@@ -242,6 +254,12 @@ class JobRecord:
     lane: str | None = None
     #: the lane's rule as JSON text (``flow.LaneRule``)
     lane_rule: str | None = None
+    #: the ids of the jobs this one runs after (``dependencies``); ``None``: it runs when due
+    parents: list[str] | None = None
+    #: what a parent that failed or was cancelled does to it: ``"cancel"`` or ``"run"``
+    on_upstream_failure: str | None = None
+    #: what it is given of its parents when it runs (``dependencies.FEEDS``); ``None``: nothing
+    feed: str | None = None
 
     @property
     def duration_ms(self) -> float | None:

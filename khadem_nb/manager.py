@@ -13,6 +13,7 @@ from . import limits
 from ._ids import job_ids
 from ._time import now_ms, to_seconds
 from .config import QueueSettings, parse_config, worker_settings
+from .dependencies import check_feed, check_policy, parent_ids
 from .draft import Draft
 from .drivers.base import QueueDriver
 from .errors import ConfigError, DuplicateJobError, JobNotFoundError, KhademError
@@ -198,8 +199,15 @@ class QueueManager:
                        max_attempts: int | None = None, connection: Any = None,
                        unique: bool | str | None = None, unique_for: float | timedelta | None = None,
                        unique_key: str | None = None, on_conflict: str = "skip",
-                       keep_result: float | timedelta | None = None) -> str:
+                       keep_result: float | timedelta | None = None, after: Any = None,
+                       on_upstream_failure: str = "cancel", feed: str | None = None) -> str:
         """Queue ``job`` (after ``delay``) and return its id. On ``sync`` it runs before returning.
+
+        ``after`` (ids, handles or groups of jobs stored here, in any queue): the job waits
+        (status ``waiting``) until every one of them has ended, then runs; one that fails or is
+        cancelled cancels it at once, unless ``on_upstream_failure="run"``. ``feed`` says what
+        it is given of them in ``job.upstream`` (see ``then`` and ``reduce``). An id not stored
+        here raises ``JobNotFoundError`` and nothing is stored.
 
         ``connection`` (PostgreSQL): the application's own psycopg connection; the job is
         written inside its open transaction and exists exactly when that transaction commits.
@@ -220,6 +228,8 @@ class QueueManager:
                                 running_key(unique_for, unique_key, on_conflict, job, self.serializer))
         else:
             draft = self._draft(job, delay, queue, priority, max_attempts, None, keep_result)
+        if after is not None or feed is not None:
+            await self._add_parents(draft, after, on_upstream_failure, feed)
         record = self._new_record(draft, self._now_ms())
         if unique != "running" and (unique is not None or unique_for is not None or unique_key is not None
                                     or on_conflict != "skip"):
@@ -231,10 +241,49 @@ class QueueManager:
                                now_ms=record.created_ms)
             return await self._push_unique(record, rule, on_conflict)
         if connection is not None:
+            if record.parents:
+                raise ConfigError("dispatch(connection=...) does not take after= (the parents are "
+                                  "locked in a transaction of the driver's own)")
             await self._push_in(connection, [record])
             return record.id
         await self.push((record,))
         return record.id
+
+    async def _add_parents(self, draft: Draft, after: Any, on_upstream_failure: str,
+                           feed: str | None) -> None:
+        """Give ``draft`` the parents ``after`` names, once each is known to be stored here."""
+        parents = parent_ids([] if after is None else after)
+        policy = check_policy(on_upstream_failure)
+        draft.feed = check_feed(feed, parents)
+        if not parents:
+            return
+        await self._check_stored(parents)
+        await self.driver.check_parents(draft.queue, parents)
+        draft.parents, draft.on_upstream_failure = parents, policy
+
+    async def _check_stored(self, job_ids: list[str]) -> None:
+        """``JobNotFoundError`` naming the first of ``job_ids`` not stored here."""
+        statuses = await self.driver.statuses(job_ids)
+        missing = [job_id for job_id, status in zip(job_ids, statuses, strict=True) if status is None]
+        if missing:
+            more = f" (and {len(missing) - 1} more ids not found)" if len(missing) > 1 else ""
+            raise JobNotFoundError(f"no job with id {missing[0]!r} in {self.settings.redacted_url()}{more}")
+
+    async def then(self, parent: Any, job: QueueJob, **options: Any) -> str:
+        """Dispatch ``job`` to run when ``parent`` (an id or a handle) completes, given the
+        parent's result as ``job.upstream``; a failed or cancelled parent cancels it. Takes
+        ``dispatch``'s options; returns its id."""
+        return await self.dispatch(job, after=[parent], feed="result", **options)
+
+    async def reduce(self, parents: Any, job: QueueJob, *, include_failed: bool = True,
+                     **options: Any) -> str:
+        """Dispatch ``job`` to run once after every one of ``parents`` has ended (completed,
+        failed or cancelled), given one dict per parent as ``job.upstream`` (``id``, ``job``,
+        ``key``, ``params``, ``result``, ``status``, ``failure``, ``duration_ms``, ``attempt``,
+        ``error``, ``code``); ``include_failed=False`` gives completed ones only. Takes
+        ``dispatch``'s options; returns its id."""
+        feed = "results" if include_failed else "completed_results"
+        return await self.dispatch(job, after=parents, on_upstream_failure="run", feed=feed, **options)
 
     async def _push_unique(self, record: JobRecord, rule: UniqueRule, on_conflict: str) -> str:
         """Store ``record`` under ``rule``; what a conflict does is ``on_conflict``'s."""
@@ -535,11 +584,7 @@ class QueueManager:
         ids = job_ids(job_id_or_ids, "cancel()")
         if not isinstance(reason, str) or not reason:
             raise ConfigError(f"cancel(reason=...) must be a non-empty string, got {reason!r}")
-        statuses = await self.driver.statuses(ids)
-        missing = [job_id for job_id, status in zip(ids, statuses, strict=True) if status is None]
-        if missing:
-            more = f" (and {len(missing) - 1} more ids not found)" if len(missing) > 1 else ""
-            raise JobNotFoundError(f"no job with id {missing[0]!r} in {self.settings.redacted_url()}{more}")
+        await self._check_stored(ids)
         return await self.driver.cancel(ids, reason)
 
     async def cancel_all(self, status: str = "queued", *, queue: str | None = None,

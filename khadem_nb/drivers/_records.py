@@ -34,7 +34,7 @@ def reclaim(record: JobRecord, now: int, max_reclaims: int) -> JobRecord:
 
 
 def cancel(record: JobRecord, now: int, reason: str) -> JobStatus:
-    """Make a QUEUED, SCHEDULED or ACTIVE record CANCELLED; return the status it had. An active
+    """Make a WAITING, QUEUED, SCHEDULED or ACTIVE record CANCELLED; return the status it had. An active
     one keeps its token, so its holder's next settle is recognised and stops it."""
     was = due_view(record).status
     record.status = CANCELLED

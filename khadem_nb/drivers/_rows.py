@@ -21,9 +21,9 @@ logger = logging.getLogger(__name__)
 COLUMNS = ("id", "queue", "name", "status", "priority", "attempt", "max_attempts", "reclaims",
            "created_ms", "available_ms", "started_ms", "finished_ms", "lease_ms", "token",
            "timeout_s", "key", "payload", "result", "error", "traceback", "meta", "failure", "code",
-           "keep_ms", "lane", "lane_rule")
+           "keep_ms", "lane", "lane_rule", "parents", "on_upstream_failure", "feed")
 #: statuses a version writes; any other stored status reads as failed
-WRITTEN = "('queued', 'scheduled', 'active', 'completed', 'cancelled')"
+WRITTEN = "('waiting', 'queued', 'scheduled', 'active', 'completed', 'cancelled')"
 
 
 def unique_lock_sql(jobs: str, locks: str, mark: str) -> tuple[str, str]:
@@ -127,7 +127,8 @@ def row_of(record: JobRecord) -> tuple[Any, ...]:
             record.token, record.timeout_s, record.key, dumps(record.payload),
             None if record.result is None else dumps(record.result), record.error,
             record.traceback, dumps(record.meta), record.failure, record.code, record.keep_ms,
-            record.lane, record.lane_rule)
+            record.lane, record.lane_rule, None if record.parents is None else dumps(record.parents),
+            record.on_upstream_failure, record.feed)
 
 
 def readable_status(text: Any) -> JobStatus:
@@ -143,7 +144,7 @@ def record_from_row(row: Sequence[Any]) -> JobRecord:
     is quarantined (see ``quarantine``), never an error."""
     values = dict(zip(COLUMNS, row, strict=True))
     problems = []
-    for column, empty in (("payload", None), ("result", None), ("meta", {})):
+    for column, empty in (("payload", None), ("result", None), ("meta", {}), ("parents", None)):
         text = values[column]
         if text is None and column != "payload":
             values[column] = empty

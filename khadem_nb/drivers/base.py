@@ -174,6 +174,10 @@ class QueueDriver(ABC):
         """
         await self.push([record for chunk in chunks for record in chunk])
 
+    async def check_parents(self, queue: str, parent_ids: Sequence[str]) -> None:
+        """Refuse, with a ``ConfigError`` naming why, parents (stored here) that a job of
+        ``queue`` cannot wait for on this driver; every parent will do here."""
+
     # -- consuming ---------------------------------------------------------------------------
     @abstractmethod
     async def reserve(self, queues: Sequence[str], limit: int, wait_s: float,

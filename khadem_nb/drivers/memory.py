@@ -25,6 +25,7 @@ from typing import Any, ClassVar
 
 from .._ids import new_token
 from ..config import QueueSettings
+from ..dependencies import DependencyIndex, ended_reason, judge, stop_child, stops_child
 from ..flow import (
     RATE_UNITS,
     ClaimPlan,
@@ -41,6 +42,7 @@ from ..job import (
     FAILED,
     QUEUED,
     SCHEDULED,
+    WAITING,
     JobRecord,
     JobStatus,
 )
@@ -72,7 +74,7 @@ def _parse_own_json(text: str) -> Any:
 
 
 PENDING = (QUEUED, SCHEDULED)
-HELD = (ACTIVE, FAILED, CANCELLED)  # kept as id sets; the rest are listed from heaps/deque
+HELD = (WAITING, ACTIVE, FAILED, CANCELLED)  # kept as id sets; the rest are listed from heaps/deque
 FINISHED = (COMPLETED, FAILED, CANCELLED)
 
 
@@ -150,6 +152,7 @@ class MemoryDriver(QueueDriver):
         self._reopens_at: int | None = None  # when a lane blocked by its rate may start again
         self._offers: dict[str, Offer] = {}  # resource offers of workers, by worker name
         self._schedules: dict[str, ScheduleState] = {}
+        self._deps = DependencyIndex()  # waiting jobs and the parents they wait for
         self._delayed: dict[str, list[tuple[int, int, str]]] = {}
         self._completed: deque[str] = deque()
         # the payload JSON of each claimed job: the worker gets the stored record itself with its
@@ -197,9 +200,52 @@ class MemoryDriver(QueueDriver):
         now = 0  # read the clock only for a record due after its creation (a delayed one)
         for record in records:  # the driver owns pushed records from here on
             record.payload = dumps(record.payload)
+            if record.parents:
+                self._store_child(record)
+                continue
             if record.available_ms > record.created_ms and not now:
                 now = self.clock()
             self._enqueue(record, None, now or record.created_ms)
+
+    def _store_child(self, record: JobRecord) -> None:
+        """Store a job with parents: waiting, or judged at once against parents that ended."""
+        records = self._records
+        judgement = judge(record, {p: None if (r := records.get(p)) is None else r.status
+                                   for p in record.parents or ()})
+        if judgement.stopper is not None:
+            records[record.id] = record
+            stop_child(record, judgement.reason, self.clock())
+            self._enter(record.id, CANCELLED)
+        elif judgement.left:
+            records[record.id] = record
+            record.status = WAITING
+            self._enter(record.id, WAITING)
+            self._deps.add(record.id, judgement.left)
+        else:
+            self._enqueue(record, None)
+
+    def _upstream_ended(self, parent: JobRecord) -> int:
+        """Tell the children of a job that just ended (and, through a child it cancels, that
+        child's children): each is released, cancelled, or waits on. Returns how many became
+        ready."""
+        released, ended, now = 0, [parent], self.clock()
+        while ended:
+            record = ended.pop()
+            for child_id, last in self._deps.ended(record.id):
+                child = self._records.get(child_id)
+                if child is None or child.status is not WAITING:
+                    self._deps.drop(child_id)
+                elif stops_child(child, record.status):
+                    self._deps.drop(child_id)
+                    self._leave(child_id, WAITING)
+                    stop_child(child, ended_reason(record.id, record.status), now)
+                    self._enter(child_id, CANCELLED)
+                    ended.append(child)
+                elif last:
+                    self._deps.drop(child_id)
+                    self._enqueue(child, WAITING, now)
+                    released += 1
+        return released
 
     def _enqueue(self, record: JobRecord, previous: JobStatus | None, now: int | None = None) -> None:
         if record.available_ms > (self.clock() if now is None else now) and self._honours_delay:
@@ -392,13 +438,15 @@ class MemoryDriver(QueueDriver):
             self._enqueue(stored, ACTIVE)
             await self._notify(1)
             return True
-        if freed:
-            await self._notify(1)
         del self._active[job_id]
         status = stored.status
         counts = self._counts
         counts[ACTIVE] -= 1
         counts[status] += 1
+        # a lane slot freed, and children released by this end, wake waiting claims
+        woken = freed + (self._upstream_ended(stored) if job_id in self._deps.children else 0)
+        if woken:
+            await self._notify(woken)
         if stored.keep_ms is not None:
             heapq.heappush(self._expiring, (settlement.at_ms + stored.keep_ms, job_id))
         if self._expiring:
@@ -440,17 +488,22 @@ class MemoryDriver(QueueDriver):
 
     # -- cancelling ----------------------------------------------------------------------------
     async def cancel(self, job_ids: Sequence[str], reason: str) -> list[str]:
-        now, cancelled, running = self.clock(), [], []
+        now, cancelled, running, released = self.clock(), [], [], 0
         for job_id in job_ids:
             stored = self._records.get(job_id)
             if stored is None or stored.status not in CANCELLABLE_STATUSES:
                 continue
             self._leave(job_id, stored.status)
-            if _records.cancel(stored, now, reason) is ACTIVE:
+            was = _records.cancel(stored, now, reason)
+            if was is ACTIVE:
                 running.append(job_id)
                 self._let_go(stored)  # its lane's slot is free at once
+            elif was is WAITING:
+                self._deps.drop(job_id)
             self._enter(job_id, CANCELLED)
             cancelled.append(job_id)
+            released += self._upstream_ended(stored)
+        await self._notify(released)
         for job_id in running:
             for notice in list(self._aborts):
                 notice(job_id)
@@ -668,6 +721,7 @@ class MemoryDriver(QueueDriver):
         self._code.clear()
         self._uniques.clear()
         self._schedules.clear()
+        self._deps.clear()
         self._offers.clear()
         self._expiring.clear()
         self._queues.clear()

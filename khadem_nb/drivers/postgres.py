@@ -38,6 +38,7 @@ from ..schedules import Schedule, ScheduleState
 from ..serializer import dumps
 from ..unique import UniqueRule
 from ._batches import TurnBatch, through_outage
+from ._deps import edge_rows, edges_table_sql, postgres_trigger_sql, stored_child
 from ._lanes import (
     held_by_lane,
     lane_index_sql,
@@ -87,7 +88,7 @@ from .base import (
 
 logger = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 SETTLED = {s.value: s for s in JobStatus}  # status words as the settle notices carry them
 IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}\Z")
 NOW = "(extract(epoch FROM clock_timestamp()) * 1000)::bigint"
@@ -170,6 +171,14 @@ def upgrade_sql(schema: str) -> dict[int, list[str]]:
             workers_table_sql(f"{s}.workers")],
         # schedules (``schedules``): each one's spec, last fired slot and that slot's job
         6: [schedule_sql(f"{s}.schedules", f"{s}.jobs", "%s")["table"]],
+        # jobs that wait for others (``dependencies``, ``_deps``): their parents, what a failed
+        # parent does, what they are given; the edges they still wait on; the trigger that
+        # releases them as each parent ends
+        7: [f"ALTER TABLE {s}.jobs ADD COLUMN IF NOT EXISTS parents text",
+            f"ALTER TABLE {s}.jobs ADD COLUMN IF NOT EXISTS on_upstream_failure text",
+            f"ALTER TABLE {s}.jobs ADD COLUMN IF NOT EXISTS feed text",
+            *edges_table_sql(f"{s}.edges", "edges_child"),
+            *postgres_trigger_sql(s, f"khadem_{s}", f"khadem_settled_{s}")],
     }
 
 
@@ -493,6 +502,10 @@ class PostgresDriver(QueueDriver):
                 "SELECT (SELECT count(*) FROM lock), (SELECT count(*) FROM told)")
 
     async def push(self, records: Sequence[JobRecord]) -> None:
+        if any(r.parents for r in records):
+            await self._run(lambda conn: self._insert_children(conn, records))
+            self._waits.wake()
+            return
         rows, queues = self._rows(records)
 
         async def work(conn: Any) -> None:
@@ -505,6 +518,45 @@ class PostgresDriver(QueueDriver):
         await self._run(work)
         self._heard_of_lanes(records)
         self._waits.wake()
+
+    async def _insert_children(self, conn: Any, records: Sequence[JobRecord],
+                               lock: tuple[Any, ...] | None = None) -> str | None:
+        """Insert jobs some of which have parents, in one transaction that first locks the
+        parents' rows (FOR SHARE, so a parent's end waits for this commit or is seen by it) and
+        judges each child against them. With ``lock`` (a unique rule's key, job, statuses,
+        expiry): first take that lock, or return the id of the live job holding it."""
+        self._rows(records)
+        parents = sorted({p for r in records for p in r.parents or ()})
+        async with conn.transaction():
+            if lock is not None:
+                holder = await self._take_lock(conn, lock)
+                if holder is not None:
+                    return holder
+            rows = await (await conn.execute(f"SELECT id, status FROM {self.table} WHERE id = ANY(%s) "
+                                             "ORDER BY id FOR SHARE", (parents,))).fetchall()
+            found = {job_id: readable_status(status) for job_id, status in rows}
+            now = (await (await conn.execute(f"SELECT {NOW}")).fetchone())[0]
+            edges = []
+            for record in records:
+                if record.parents:
+                    edges += edge_rows(record, stored_child(record, found, now))
+            await conn.execute(self._insert_sql(len(records)), [v for r in records for v in row_of(r)])
+            if edges:
+                await conn.cursor().executemany(f"INSERT INTO {self.schema}.edges (parent, child) "
+                                                "VALUES (%s, %s) ON CONFLICT DO NOTHING", edges)
+        return None
+
+    async def _take_lock(self, conn: Any, lock: tuple[Any, ...]) -> str | None:
+        """Inside a transaction: take a unique lock (key, job, statuses, expiry) unless a live
+        job holds it (its id then); concurrent takers of one key wait for each other."""
+        read, write = self._unique_lock
+        await conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (f"khadem unique {lock[0]}",))
+        found = await (await conn.execute(read + " FOR UPDATE OF u", (lock[0],))).fetchone()
+        now = (await (await conn.execute(f"SELECT {NOW}")).fetchone())[0]
+        holder = live_holder(found, now)
+        if holder is None:
+            await conn.execute(write, lock)
+        return holder
 
     def _heard_of_lanes(self, records: Sequence[JobRecord]) -> None:
         """Limited jobs dispatched here: the next claim of their queue looks at its lanes."""
@@ -537,18 +589,20 @@ class PostgresDriver(QueueDriver):
             return bool((await (await conn.execute(self._unique_insert, (*lock, *row))).fetchone())[0])
 
         async def take_over(conn: Any) -> str | None:
-            read, write = self._unique_lock
             async with conn.transaction():
-                found = await (await conn.execute(read + " FOR UPDATE OF u", (rule.key,))).fetchone()
-                now = (await (await conn.execute(f"SELECT {NOW}")).fetchone())[0]
-                holder = live_holder(found, now)
-                if holder is not None:
-                    return holder
-                await conn.execute(write, lock)
-                await conn.execute(self._insert_sql(1), row)
-                return None
+                holder = await self._take_lock(conn, lock)
+                if holder is None:
+                    await conn.execute(self._insert_sql(1), row)
+                return holder
 
-        holder: str | None = None if await self._run(first) else await self._run(take_over)
+        async def with_parents(conn: Any) -> str | None:
+            return await self._insert_children(conn, [record], lock)
+
+        holder: str | None
+        if record.parents:  # the parents are locked and judged in the same transaction
+            holder = await self._run(with_parents)
+        else:
+            holder = None if await self._run(first) else await self._run(take_over)
         if holder is None:
             self._waits.wake()
         return holder
@@ -793,7 +847,7 @@ UPDATE {self.table}
        error = %(reason)s || ' (was ' || (CASE WHEN status = 'scheduled' AND available_ms <= {NOW}
                                              THEN 'queued' ELSE status END) || ')',
        token = CASE WHEN status = 'active' THEN token END
- WHERE id = ANY(%(ids)s) AND status IN ('queued', 'scheduled', 'active')
+ WHERE id = ANY(%(ids)s) AND status IN ('waiting', 'queued', 'scheduled', 'active')
 RETURNING id, token IS NOT NULL
 """
 
@@ -904,7 +958,8 @@ RETURNING id, token IS NOT NULL
 
     async def purge(self) -> None:
         s = self.schema
-        tables = ", ".join(f"{s}.{name}" for name in ("code", "uniques", "starts", "workers", "schedules"))
+        tables = ", ".join(f"{s}.{name}" for name in ("code", "uniques", "starts", "workers", "schedules",
+                                                      "edges"))
         await self._fetch(f"TRUNCATE {self.table}, {tables}")
 
 

@@ -41,6 +41,7 @@ from ..resources import OFFER_TTL_S, Offer
 from ..schedules import Schedule, ScheduleState
 from ..serializer import dumps
 from ..unique import UniqueRule
+from ._deps import edge_rows, edges_table_sql, sqlite_trigger_sql, stored_child
 from ._fs import check_parent_writable, is_network_filesystem, local_path
 from ._lanes import (
     held_by_lane,
@@ -113,7 +114,10 @@ CREATE TABLE IF NOT EXISTS khadem_jobs (
     code         TEXT,
     keep_ms      INTEGER,
     lane         TEXT,
-    lane_rule    TEXT
+    lane_rule    TEXT,
+    parents      TEXT,
+    on_upstream_failure TEXT,
+    feed         TEXT
 );
 CREATE INDEX IF NOT EXISTS khadem_jobs_lease ON khadem_jobs (lease_ms) WHERE status = 'active';
 CREATE INDEX IF NOT EXISTS khadem_jobs_status ON khadem_jobs (status, seq);
@@ -140,6 +144,8 @@ LATER_SCHEMA = [
     *starts_table_sql("khadem_starts", "khadem_starts_lane"),
     workers_table_sql("khadem_workers"),
     schedule_sql("khadem_schedules", "khadem_jobs", "?")["table"],
+    *edges_table_sql("khadem_edges", "khadem_edges_child"),
+    sqlite_trigger_sql("khadem_jobs", "khadem_edges"),
 ]
 SCHEDULES = schedule_sql("khadem_schedules", "khadem_jobs", "?")
 TELL_OFFER, WITHDRAW_OFFER, READ_OFFERS = offer_sql("khadem_workers", "?")
@@ -153,6 +159,7 @@ TRIM_BY_COUNT = ("DELETE FROM khadem_jobs WHERE seq IN (SELECT seq FROM khadem_j
 TRIM_BY_AGE = "DELETE FROM khadem_jobs WHERE status = ? AND finished_ms < ?"
 
 SELECT = "SELECT " + ", ".join(COLUMNS) + " FROM khadem_jobs"
+INSERT_EDGE = "INSERT OR IGNORE INTO khadem_edges (parent, child) VALUES (?, ?)"
 INSERT = (f"INSERT INTO khadem_jobs ({', '.join(COLUMNS)}) "
           f"VALUES ({', '.join('?' for _ in COLUMNS)})")
 CLAIM_WHERE = f"""
@@ -187,7 +194,7 @@ UPDATE khadem_jobs
        error = :reason || ' (was ' || (CASE WHEN status = 'scheduled' AND available_ms <= :now
                                             THEN 'queued' ELSE status END) || ')',
        token = CASE WHEN status = 'active' THEN token END
- WHERE id = :id AND status IN ('queued', 'scheduled', 'active')
+ WHERE id = :id AND status IN ('waiting', 'queued', 'scheduled', 'active')
 RETURNING token IS NOT NULL
 """
 
@@ -229,6 +236,7 @@ class SqliteStore:
             conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False,
                                    timeout=self.busy_timeout_ms / 1000)
             conn.execute(f"PRAGMA busy_timeout = {self.busy_timeout_ms}")
+            conn.execute("PRAGMA recursive_triggers = ON")  # a cancelled child ends its children
             if create:
                 self.journal_mode = self._set_journal(conn)
                 conn.executescript(SCHEMA)
@@ -294,6 +302,9 @@ class SqliteStore:
         return value
 
     def insert(self, records: Sequence[JobRecord]) -> None:
+        if any(r.parents for r in records):
+            self.write(lambda conn: _insert(conn, records))
+            return
         rows = [row_of(r) for r in records]
         self.write(lambda conn: conn.executemany(INSERT, rows))
 
@@ -306,7 +317,7 @@ class SqliteStore:
             if holder is not None:
                 return holder
             conn.execute(write, (rule.key, record.id, rule.holds_text, rule.expires_ms))
-            conn.execute(INSERT, row_of(record))
+            _insert(conn, [record])
             return None
 
         return self.write(run)
@@ -400,7 +411,7 @@ class SqliteStore:
             fired, last_job = step
             conn.execute(SCHEDULES["fired"], (slot_ms, last_job, schedule.id))
             if fired:
-                conn.execute(INSERT, row_of(record))
+                _insert(conn, [record])
             return fired
 
         return self.write(run)
@@ -578,10 +589,25 @@ class SqliteStore:
             conn.execute("DELETE FROM khadem_jobs")
             conn.execute("DELETE FROM khadem_code")
             conn.execute("DELETE FROM khadem_unique")
+            conn.execute("DELETE FROM khadem_edges")
             for table in ("khadem_starts", "khadem_workers", "khadem_schedules"):
                 conn.execute(f"DELETE FROM {table}")
 
         self.write(run)
+
+
+def _insert(conn: sqlite3.Connection, records: Sequence[JobRecord]) -> None:
+    """Insert ``records`` inside the open transaction; a job with parents is judged against
+    them here, and waits with one edge per parent that has not ended."""
+    now = now_ms()
+    for record in records:
+        if record.parents:
+            found = dict(conn.execute(f"SELECT id, status FROM khadem_jobs WHERE id IN "
+                                      f"({', '.join('?' for _ in record.parents)})", record.parents))
+            left = stored_child(record, {p: readable_status(found[p]) if p in found else None
+                                         for p in record.parents}, now)
+            conn.executemany(INSERT_EDGE, edge_rows(record, left))
+        conn.execute(INSERT, row_of(record))
 
 
 def _add_missing_columns(conn: sqlite3.Connection) -> None:
@@ -589,7 +615,8 @@ def _add_missing_columns(conn: sqlite3.Connection) -> None:
     added (empty), so its records read and its jobs run on."""
     present = {row[1] for row in conn.execute("PRAGMA table_info(khadem_jobs)")}
     for column, kind in (("failure", "TEXT"), ("code", "TEXT"), ("keep_ms", "INTEGER"), ("lane", "TEXT"),
-                         ("lane_rule", "TEXT")):
+                         ("lane_rule", "TEXT"), ("parents", "TEXT"), ("on_upstream_failure", "TEXT"),
+                         ("feed", "TEXT")):
         if column not in present:
             conn.execute(f"ALTER TABLE khadem_jobs ADD COLUMN {column} {kind}")
 
