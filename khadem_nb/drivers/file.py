@@ -9,6 +9,9 @@ Layout under ``queue.path``::
     workers/<sha256>.json          a worker's resource offer (``resources.Offer``)
     schedules/<sha256>.json        a schedule, its last fired slot and that slot's job
     delayed/<queue>/<due>.json     jobs waiting for their time
+    waiting/<order>.json           jobs waiting for the jobs they run after (``dependencies``)
+    edges/<parent>/<child>         an empty file per child still waiting for that parent
+    left/<child>/<parent>          an empty file per parent that child still waits for
     active/<order>.json            claimed jobs (carry token and lease)
     done/  failed/  cancelled/     finished jobs (a job cancelled while running keeps its token
                                    in cancelled/ until its holder stops it)
@@ -33,6 +36,7 @@ import json
 import logging
 import os
 import re
+import shutil
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -41,9 +45,21 @@ from typing import Any, ClassVar, TypeVar
 
 from .._time import now_ms
 from ..config import QueueSettings
+from ..dependencies import ENDED, ended_reason, judge, stop_child, stops_child
 from ..errors import DriverError, SerializationError
 from ..flow import ClaimPlan, LaneRule, LaneUse, recent_starts, rule_of
-from ..job import TERMINAL_STATUSES, JobRecord, JobStatus
+from ..job import (
+    ACTIVE,
+    CANCELLED,
+    COMPLETED,
+    FAILED,
+    QUEUED,
+    SCHEDULED,
+    TERMINAL_STATUSES,
+    WAITING,
+    JobRecord,
+    JobStatus,
+)
 from ..resources import Offer, live_offers
 from ..schedules import FIRE, STALE, Schedule, ScheduleState, fire_verdict
 from ..unique import UniqueRule, lock_is_live
@@ -68,7 +84,11 @@ logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
 STATE_DIRS = ("tmp", "ready", "delayed", "active", "done", "failed", "cancelled", "corrupt", "code",
-              "unique", "expiring", "limited", "starts", "workers", "schedules")
+              "unique", "expiring", "limited", "starts", "workers", "schedules", "waiting", "edges", "left")
+#: the status of a job by the folder its file is in (``ready/`` and the rest hold per-queue folders)
+FOLDER_STATUS = {"waiting": WAITING, "active": ACTIVE, "done": COMPLETED, "failed": FAILED,
+                 "cancelled": CANCELLED}
+QUEUE_FOLDER_STATUS = {"ready": QUEUED, "limited": QUEUED, "delayed": SCHEDULED}
 CODE_DIGEST = re.compile(r"[0-9a-f]{32}\Z")
 PRIORITY_OFFSET = 10**9  # ready files sort ascending; higher priority must come first
 ID_LEN = 32
@@ -243,10 +263,106 @@ class FileStore:
 
     # -- operations --------------------------------------------------------------------------
     def insert(self, records: Sequence[JobRecord]) -> None:
+        """Store new records; those with parents under the lock their parents' ends take."""
+        if any(r.parents for r in records):
+            with self.locked():
+                self._insert(records)
+        else:
+            self._insert(records)
+
+    def _insert(self, records: Sequence[JobRecord]) -> None:
+        statuses = self._status_map() if any(r.parents for r in records) else {}
         for record in records:
             self._seq += 1
             record.meta.setdefault("_seq", self._seq)
+            if record.parents:
+                self._insert_child(record, statuses)
+            else:
+                self._place_pending(record)
+
+    # -- jobs that wait for others -----------------------------------------------------------
+    def _status_map(self) -> dict[str, JobStatus]:
+        """Every stored job's status by id, from the folders its file is in (none is read)."""
+        found: dict[str, JobStatus] = {}
+        for folder, status in QUEUE_FOLDER_STATUS.items():
+            for queue in self.queue_dirs(folder):
+                found.update(dict.fromkeys(map(_id_of, self.listdir(folder, queue)), status))
+        for folder, status in FOLDER_STATUS.items():
+            found.update(dict.fromkeys(map(_id_of, self.listdir(folder)), status))
+        return found
+
+    def _insert_child(self, record: JobRecord, statuses: Mapping[str, JobStatus]) -> None:
+        """Judge a child against its parents and store it waiting (its marks first), queued,
+        or cancelled by a parent that ended it."""
+        judgement = judge(record, statuses)
+        if judgement.stopper is not None:
+            stop_child(record, judgement.reason, now_ms())
+            self.write(self.dir("cancelled", _ready_name(record)), record)
+        elif judgement.left:
+            for parent in judgement.left:
+                _mark(self.dir("edges", parent), record.id)
+                _mark(self.dir("left", record.id), parent)
+            record.status = WAITING
+            self.write(self.dir("waiting", _ready_name(record)), record)
+        else:
             self._place_pending(record)
+
+    def _upstream_ended(self, parent: str, status: JobStatus) -> None:
+        """Under the lock: tell the children of a job that just ended (and, through a child it
+        cancels, that child's children): each is released, cancelled, or waits on."""
+        ended = [(parent, status)]
+        while ended:
+            job_id, job_status = ended.pop()
+            children = [e.name for e in self._entries("edges", job_id)]
+            if not children:
+                continue
+            waiting = {_id_of(name): name for name in self.listdir("waiting")}
+            for child_id in children:
+                name = waiting.get(child_id)
+                child = None if name is None else self.read(self.dir("waiting", name))
+                if name is None or child is None:
+                    _unmark(self.dir("left", child_id))
+                elif stops_child(child, job_status):
+                    self._end_waiting(name, child, ended_reason(job_id, job_status))
+                    ended.append((child_id, CANCELLED))
+                else:
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(self.dir("left", child_id, job_id))
+                    if not self._entries("left", child_id):
+                        self._release(name, child)
+            _unmark(self.dir("edges", job_id))
+
+    def _end_waiting(self, name: str, child: JobRecord, reason: str) -> None:
+        stop_child(child, reason, now_ms())
+        self.write(self.dir("cancelled", name), child)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.dir("waiting", name))
+        _unmark(self.dir("left", child.id))
+
+    def _release(self, name: str, child: JobRecord) -> None:
+        self._place_pending(child)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.dir("waiting", name))
+        _unmark(self.dir("left", child.id))
+
+    def _rejudge_waiting(self) -> None:
+        """Under the lock: judge every waiting job against its parents again, which finishes
+        what a process that died midway through a parent's end left undone, and ends a job
+        whose parent's file is gone."""
+        names = self.listdir("waiting")
+        if not names:
+            return
+        statuses = self._status_map()
+        for name in names:
+            child = self.read(self.dir("waiting", name))
+            if child is None:
+                continue
+            judgement = judge(child, statuses)
+            if judgement.stopper is not None:
+                self._end_waiting(name, child, judgement.reason)
+                self._upstream_ended(child.id, CANCELLED)
+            elif not judgement.left:
+                self._release(name, child)
 
     def insert_unique(self, record: JobRecord, rule: UniqueRule) -> str | None:
         """Under the store lock: insert ``record`` and write ``rule``'s lock file
@@ -260,9 +376,9 @@ class FileStore:
                 if lock_is_live(str(lock.get("holds")), status, lock.get("expires_ms"), now_ms()):
                     return str(lock["job_id"])
             fields = {"key": rule.key, "job_id": record.id, "holds": rule.holds_text,
-                      "expires_ms": rule.expires_ms}
+                      "expires_ms": rule.expires_ms}  # the lock is taken before the job is stored
             self.write_bytes(path, json.dumps(fields).encode())
-            self.insert([record])
+            self._insert([record])
         return None
 
     def _read_lock(self, path: str) -> dict[str, Any] | None:
@@ -296,6 +412,7 @@ class FileStore:
             now = now_ms()
             if now >= self._next_sweep_ms:
                 self._reclaim_expired(now)
+                self._rejudge_waiting()
                 self._next_sweep_ms = now + int(self.settings.lease_s * 250)
             claimed: list[JobRecord] = []
             for queue in queues:
@@ -518,6 +635,8 @@ class FileStore:
             self._place_pending(record)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(path)  # if a crash undoes this unlink, the sweep drops the stale copy
+        if record.status in ENDED:
+            self._upstream_ended(record.id, record.status)
 
     def _find_active(self, job_id: str) -> str | None:
         for name in self.listdir("active"):
@@ -577,10 +696,12 @@ class FileStore:
                     continue
                 target = self.dir("cancelled", _ready_name(record))
                 os.rename(source, target)  # atomic: no claim can take it from here on
-                _records.cancel(record, now, reason)
+                if _records.cancel(record, now, reason) is WAITING:
+                    _unmark(self.dir("left", job_id))
                 self.write(target, record)
                 self._ready_cache.pop(record.queue, None)
                 cancelled.append(job_id)
+                self._upstream_ended(job_id, CANCELLED)
         return cancelled
 
     def _pending_and_active(self) -> Iterator[str]:
@@ -588,8 +709,9 @@ class FileStore:
             for queue in self.queue_dirs(folder):
                 for name in self.listdir(folder, queue):
                     yield self.dir(folder, queue, name)
-        for name in self.listdir("active"):
-            yield self.dir("active", name)
+        for folder in ("waiting", "active"):
+            for name in self.listdir(folder):
+                yield self.dir(folder, name)
 
     def cancelled_ids(self) -> set[str]:
         return set(map(_id_of, self.listdir("cancelled")))
@@ -748,6 +870,21 @@ class FileStore:
                     for name in files:
                         with contextlib.suppress(FileNotFoundError):
                             os.unlink(os.path.join(dirpath, name))
+            for folder in ("edges", "left"):
+                for entry in self._entries(folder):
+                    _unmark(entry.path)
+
+
+def _mark(folder: str, name: str) -> None:
+    """An empty marker file ``folder/name``. Not fsynced: a mark lost in a crash is made good
+    by ``_rejudge_waiting``, which needs none."""
+    os.makedirs(folder, exist_ok=True)
+    os.close(os.open(os.path.join(folder, name), os.O_WRONLY | os.O_CREAT, 0o644))
+
+
+def _unmark(folder: str) -> None:
+    """Remove a folder of marker files, if it is there."""
+    shutil.rmtree(folder, ignore_errors=True)
 
 
 def _writer_runs(tmp_name: str) -> bool:
