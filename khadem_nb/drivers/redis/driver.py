@@ -61,7 +61,7 @@ from .keys import (
     KEY_TYPES,
     STATUS_SETS,
     code_key,
-    lane_key_patterns,
+    item_key_patterns,
     queue_keys,
     workers_key,
 )
@@ -213,7 +213,7 @@ class RedisDriver(QueueDriver):
         await self._left()
         await self._announce([record.queue])
         lock = f"{record.id}|{rule.holds_text}|{-1 if rule.expires_ms is None else rule.expires_ms}"
-        held = await self._run("enqueue", record.queue, [*wire.enqueue_args([record]), rule.key, lock])
+        held = await self._run("enqueue", record.queue, wire.enqueue_args([record], [rule.key, lock]))
         return held.decode() if isinstance(held, bytes) else None
 
     async def save_schedule(self, schedule: Schedule) -> None:
@@ -247,7 +247,7 @@ class RedisDriver(QueueDriver):
     async def fire(self, schedule: Schedule, slot_ms: int, record: JobRecord) -> bool:
         """enqueue.lua checks and moves the schedule's last slot and stores the job in one script."""
         await self._left()
-        args = [*wire.enqueue_args([record]), "", "", schedule.id, slot_ms, schedule.overlap]
+        args = wire.enqueue_args([record], ["", "", schedule.id, slot_ms, schedule.overlap])
         answer = await self._run("enqueue", record.queue, args)
         return answer not in (b"stale", b"passed")
 
@@ -447,6 +447,16 @@ class RedisDriver(QueueDriver):
                 flags = await self._run("cancel", queue, [reason, *chunk])
                 cancelled.update(i for i, flag in zip(chunk, flags, strict=True) if flag)
         return [job_id for job_id in ids if job_id in cancelled]
+
+    async def check_parents(self, queue: str, parent_ids: Sequence[str]) -> None:
+        """Parents must be jobs of the child's own queue: the scripts that end a parent and
+        release its children touch only the keys of one queue (one Cluster slot)."""
+        elsewhere = {q: ids for q, ids in (await self._by_queue(parent_ids)).items() if q != queue}
+        if elsewhere:
+            other, ids = next(iter(elsewhere.items()))
+            raise ConfigError(f"after= names job {ids[0]} of queue {other!r}; on the redis driver a job "
+                              f"waits only for jobs of its own queue ({queue!r}), whose keys share one "
+                              "hash slot")
 
     async def _by_queue(self, ids: Sequence[str]) -> dict[str, list[str]]:
         """The ids of each queue, for the ids that name a job."""
@@ -670,7 +680,7 @@ class RedisDriver(QueueDriver):
         keys = [key for queue in queues for key in self.keys(queue)]
         keys += [self.queues.key, code_key(self.settings.prefix), workers_key(self.settings.prefix)]
         for queue in queues:  # each lane's own keys
-            for pattern in lane_key_patterns(self.settings.prefix, queue):
+            for pattern in item_key_patterns(self.settings.prefix, queue):
                 keys += [key async for key in self.client.scan_iter(match=pattern, count=1000)]
         await self.connection.call(lambda: self._delete(keys))
         self.queues.forget_announced()

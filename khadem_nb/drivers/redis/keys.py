@@ -36,11 +36,14 @@ lane_wait  sorted set   lanes with ready jobs, scored by the score of their firs
 lane_held  hash         lane -> how many of its jobs are held now
 schedules  hash         schedule id -> the schedule (JSON) of this queue
 ticks      hash         schedule id -> ``last fired slot ms|that slot's job id``
+awaiting   sorted set   jobs waiting for others (``dependencies``), scored by creation order
 =========  ===========  ========================================================================
 
 Each lane also has two keys of its own under the same hash tag: ``lane_wait:<lane>``, a sorted
 set of its ready jobs scored as in ``ready``, and ``lanes:<lane>:starts``, the start times of
-its rate window (``lane_keys`` names them).
+its rate window (``lane_keys`` names them). A waiting job has ``awaiting:left:<id>``, the set of
+parents it still waits for, and a parent with waiting children ``awaiting:children:<id>``, the
+set of them as ``child|on_upstream_failure``.
 
 Three keys live outside every queue's hash tag: ``{prefix}:queues``, the set of queue names any
 process dispatched to (see ``directory``), ``{prefix}:code``, a hash of shipped code envelopes
@@ -59,7 +62,7 @@ from ...job import JobStatus
 KEY_NAMES = ("seq", "ready", "delayed", "active", "completed", "failed", "all", "state", "token",
              "result", "error", "reclaims", "meta", "keys", "notify", "sweep", "waiting", "handoff",
              "line", "cancelled", "unique", "expiring", "lane_of", "lanes", "lane_wait", "lane_held",
-             "schedules", "ticks")
+             "schedules", "ticks", "awaiting")
 #: position of each key in ``KEY_NAMES`` (and in a script's ``KEYS``, counted from 0)
 KEY_INDEX = {name: index for index, name in enumerate(KEY_NAMES)}
 #: the Redis type of each key (``TYPE`` answers ``none`` for a key not yet written)
@@ -68,12 +71,13 @@ KEY_TYPES = {"seq": "string", "ready": "zset", "delayed": "zset", "active": "zse
              "error": "hash", "reclaims": "hash", "meta": "hash", "keys": "hash", "notify": "list",
              "sweep": "string", "waiting": "zset", "handoff": "list", "line": "list",
              "cancelled": "zset", "unique": "hash", "expiring": "zset", "lane_of": "hash", "lanes": "hash",
-             "lane_wait": "zset", "lane_held": "hash", "schedules": "hash", "ticks": "hash"}
+             "lane_wait": "zset", "lane_held": "hash", "schedules": "hash", "ticks": "hash",
+             "awaiting": "zset"}
 #: the hashes that hold one field per job, in the order ``fetch.lua`` returns them
 COLUMNS = ("state", "token", "result", "error", "reclaims", "meta")
 #: the sorted set that lists the jobs of each status
-STATUS_SETS = {JobStatus.QUEUED: "ready", JobStatus.SCHEDULED: "delayed", JobStatus.ACTIVE: "active",
-               JobStatus.COMPLETED: "completed", JobStatus.FAILED: "failed",
+STATUS_SETS = {JobStatus.WAITING: "awaiting", JobStatus.QUEUED: "ready", JobStatus.SCHEDULED: "delayed",
+               JobStatus.ACTIVE: "active", JobStatus.COMPLETED: "completed", JobStatus.FAILED: "failed",
                JobStatus.CANCELLED: "cancelled"}
 
 
@@ -93,10 +97,10 @@ def lane_keys(prefix: str, queue: str, lane: str) -> list[str]:
     return [f"{tag}:lane_wait:{lane}", f"{tag}:lanes:{lane}:starts"]
 
 
-def lane_key_patterns(prefix: str, queue: str) -> list[str]:
-    """SCAN patterns of every lane's own keys of a queue (glob characters escaped)."""
+def item_key_patterns(prefix: str, queue: str) -> list[str]:
+    """SCAN patterns of the keys of a queue's lanes and waiting jobs (glob characters escaped)."""
     tag = _glob_escaped(hash_tag(prefix, queue))
-    return [f"{tag}:lane_wait:*", f"{tag}:lanes:*"]
+    return [f"{tag}:lane_wait:*", f"{tag}:lanes:*", f"{tag}:awaiting:*"]
 
 
 def _glob_escaped(text: str) -> str:

@@ -31,13 +31,14 @@ def by_queue(records: Sequence[JobRecord]) -> dict[str, Sequence[JobRecord]]:
     return {**grouped}
 
 
-def enqueue_args(records: Sequence[JobRecord]) -> list[Any]:
+def enqueue_args(records: Sequence[JobRecord], extra: Sequence[Any] = ()) -> list[Any]:
     """What enqueue.lua takes: the notify cap, the number of jobs, then the batch as one value:
     runs of jobs sharing priority, delay, sweep key and lane, each a header line
     ``priority<TAB>delay_ms<TAB>key_json<TAB>lane_json<TAB>n`` (key empty for none, lane
     ``[lane, rule]`` or empty) and n job lines
     ``id<TAB>data``. Compact JSON escapes every control character, so tabs and newlines only
-    ever separate; a dispatch's jobs usually make one run."""
+    ever separate; a dispatch's jobs usually make one run. Then ``extra`` (a unique lock, a
+    schedule's tick), and where jobs have parents, their parents as JSON in the ninth place."""
     prefixes: dict[tuple[Any, ...], str] = {}
     parts: list[str] = []
     run: tuple[int, int, str | None, str | None, str | None] | None = None
@@ -54,7 +55,11 @@ def enqueue_args(records: Sequence[JobRecord]) -> list[Any]:
         count += 1
     if run is not None:
         parts[header_at] = _run_header(run, count)
-    return [NOTIFY_CAP, len(records), "\n".join(parts)]
+    args = [NOTIFY_CAP, len(records), "\n".join(parts), *extra]
+    children = {r.id: [r.on_upstream_failure, r.parents] for r in records if r.parents}
+    if children:
+        args += [""] * (8 - len(args)) + [dumps(children)]
+    return args
 
 
 def _run_header(shape: tuple[int, int, str | None, str | None, str | None], count: int) -> str:
@@ -76,6 +81,9 @@ def _job_data(record: JobRecord, prefixes: dict[tuple[Any, ...], str]) -> str:
         prefix = prefixes[shape] = _data_prefix(record)
     key = "null" if record.key is None else dumps(record.key)
     meta = f',"meta":{dumps(record.meta)}' if record.meta else ""  # what dispatch hooks added
+    if record.parents:
+        meta += (f',"parents":{dumps(record.parents)},'
+                 f'"on_upstream_failure":{dumps(record.on_upstream_failure)},"feed":{dumps(record.feed)}')
     return f'{prefix}{dumps(record.payload)},"created_ms":{record.created_ms},"key":{key}{meta}}}'
 
 
@@ -186,7 +194,18 @@ def _from_data(queue: str, job_id: str, data: bytes) -> JobRecord:
                      meta=dict(meta) if isinstance(meta, dict) else {},
                      keep_ms=keep if isinstance(keep := fields.get("keep_ms"), int) else None,
                      lane=lane if isinstance(lane := fields.get("lane"), str) else None,
-                     lane_rule=rule if isinstance(rule := fields.get("lane_rule"), str) else None)
+                     lane_rule=rule if isinstance(rule := fields.get("lane_rule"), str) else None,
+                     parents=_text_list(fields.get("parents")),
+                     on_upstream_failure=_text_or_none(fields.get("on_upstream_failure")),
+                     feed=_text_or_none(fields.get("feed")))
+
+
+def _text_or_none(value: Any) -> str | None:
+    return value if isinstance(value, str) else None
+
+
+def _text_list(value: Any) -> list[str] | None:
+    return [str(v) for v in value] if isinstance(value, list) else None
 
 
 def record_from_columns(queue: str, job_id: str, values: list[Any]) -> JobRecord | None:

@@ -6,6 +6,7 @@ local K_KEYS, K_NOTIFY, K_SWEEP, K_WAITING, K_HANDOFF, K_LINE = 14, 15, 16, 17, 
 local K_CANCELLED, K_UNIQUE, K_EXPIRING = 20, 21, 22
 local K_LANE_OF, K_LANES, K_LANE_WAIT, K_LANE_HELD = 23, 24, 25, 26
 local K_SCHEDULES, K_TICKS = 27, 28
+local K_AWAITING = 29
 
 -- Ready jobs: those of priority 0 (nearly all) wait in the K_LINE list, FIFO, where a batch is
 -- one RPUSH; the others in the K_READY sorted set, scored -priority * 1e12 + seq, so scores
@@ -174,4 +175,65 @@ local function still_held(id, token)
   local s = get_state(id)
   if s and s.status == 'active' then return s end
   return nil
+end
+
+-- Jobs that wait for others (dependencies): a waiting job is in K_AWAITING (scored by its
+-- sequence number) with its state 'waiting'. The set named K_AWAITING, ':left:', the job holds
+-- the parents it still waits for; the set K_AWAITING, ':children:', a parent holds its waiting
+-- children as "child|on_upstream_failure". Parents and children share the queue's hash tag.
+local function left_key(id)
+  return KEYS[K_AWAITING] .. ':left:' .. id
+end
+
+local function children_key(id)
+  return KEYS[K_AWAITING] .. ':children:' .. id
+end
+
+-- why a parent ends its child, as the child's error says it (status nil: the parent is gone)
+local function upstream_reason(parent, status)
+  if not status then return 'upstream job ' .. parent .. ' is gone' end
+  if status == 'failed' then return 'upstream job ' .. parent .. ' failed' end
+  return 'upstream job ' .. parent .. ' was cancelled'
+end
+
+-- a waiting job ended by a parent: cancelled, with the reason
+local function stop_waiting(id, s, reason, now)
+  s.status, s.finished = 'cancelled', now
+  set_state(id, s)
+  redis.call('ZREM', KEYS[K_AWAITING], id)
+  redis.call('DEL', left_key(id))
+  redis.call('HSET', KEYS[K_ERROR], id, cjson.encode({reason .. ' (was waiting)', false}))
+  redis.call('ZADD', KEYS[K_CANCELLED], now, id)
+end
+
+-- Jobs `ended` ({{id, status}, ...}) just ended: each child waiting for one is cancelled (a
+-- failed or cancelled parent, unless it runs anyway), or released when it was its last parent,
+-- or waits on; a cancelled child's own children follow. Adds "id<TAB>cancelled" settle notices
+-- to `heard`; returns how many children became ready.
+local function upstream_ended(ended, now, heard)
+  local released = 0
+  while #ended > 0 do
+    local parent, status = unpack(table.remove(ended))
+    local key = children_key(parent)
+    for _, member in ipairs(redis.call('SMEMBERS', key)) do
+      local child, policy = string.match(member, '^(.*)|(%a+)$')
+      local s = child and get_state(child)
+      if s and s.status == 'waiting' then
+        if status ~= 'completed' and policy ~= 'run' then
+          stop_waiting(child, s, upstream_reason(parent, status), now)
+          heard[#heard + 1] = child .. '\tcancelled'
+          ended[#ended + 1] = {child, 'cancelled'}
+        else
+          redis.call('SREM', left_key(child), parent)
+          if redis.call('SCARD', left_key(child)) == 0 then
+            redis.call('ZREM', KEYS[K_AWAITING], child)
+            wait_or_ready(child, s, now, math.max(0, s.available - now))
+            released = released + 1
+          end
+        end
+      end
+    end
+    redis.call('DEL', key)
+  end
+  return released
 end

@@ -1,4 +1,4 @@
--- ARGV: reason, then job ids. Cancels each job that is queued, scheduled or active, in one
+-- ARGV: reason, then job ids. Cancels each job that is waiting, queued, scheduled or active, in one
 -- step against claims (scripts run one at a time): the state becomes 'cancelled', the job
 -- leaves its ready, delayed or active set for K_CANCELLED, and its error says the reason and
 -- the status it had. A pending job never starts. A job handed off (enqueue.lua) but not yet
@@ -9,7 +9,7 @@
 -- Returns, per id: 0 left as it was, 1 cancelled before it started, 2 cancelled while running.
 local now = now_ms()
 local reason = ARGV[1]
-local out, aborts, from_line, heard = {}, {}, {}, {}
+local out, aborts, from_line, heard, ended = {}, {}, {}, {}, {}
 local handoff = nil  -- id -> row on K_HANDOFF, read once when a running job is cancelled
 
 local function handed_off(id)
@@ -39,6 +39,9 @@ for i = 2, #ARGV do
   elseif was == 'scheduled' then
     redis.call('ZREM', KEYS[K_DELAYED], id)
     if s.available <= now then was = 'queued' end
+  elseif was == 'waiting' then
+    redis.call('ZREM', KEYS[K_AWAITING], id)
+    redis.call('DEL', left_key(id))
   elseif was == 'active' then
     redis.call('ZREM', KEYS[K_ACTIVE], id)
     if handed_off(id) then
@@ -59,6 +62,7 @@ for i = 2, #ARGV do
     redis.call('HSET', KEYS[K_ERROR], id, cjson.encode({reason .. ' (was ' .. was .. ')', false}))
     redis.call('ZADD', KEYS[K_CANCELLED], now, id)
     heard[#heard + 1] = id .. '\tcancelled'
+    ended[#ended + 1] = {id, 'cancelled'}
     out[#out + 1] = started
   else
     out[#out + 1] = 0
@@ -79,6 +83,10 @@ elseif n > 0 then
   if #kept > 0 then call_many('RPUSH', KEYS[K_LINE], kept) end
 end
 
+if #ended > 0 and redis.call('EXISTS', KEYS[K_AWAITING]) == 1
+    and upstream_ended(ended, now, heard) > 0 then
+  redis.call('LPUSH', KEYS[K_NOTIFY], 1)
+end
 if #heard > 0 then redis.call('PUBLISH', KEYS[K_NOTIFY] .. ':settled', table.concat(heard, '\n')) end
 if #aborts > 0 then redis.call('PUBLISH', KEYS[K_NOTIFY] .. ':abort', table.concat(aborts, '\n')) end
 return out

@@ -24,7 +24,7 @@ if count == 0 then return now end
 -- its overlap. A slot at or before the last fired one stores nothing ('stale'); with overlap
 -- 'skip', neither does a slot whose previous job is pending or running ('passed', the slot
 -- counted as fired). A schedule removed meanwhile fires nothing.
-if ARGV[6] then
+if ARGV[6] and ARGV[6] ~= '' then
   if redis.call('HEXISTS', KEYS[K_SCHEDULES], ARGV[6]) == 0 then return 'stale' end
   local last = redis.call('HGET', KEYS[K_TICKS], ARGV[6])
   local id = string.match(batch, '\n([^\t\n]+)\t')
@@ -51,6 +51,32 @@ if ARGV[4] and ARGV[4] ~= '' then
   end
   redis.call('HSET', KEYS[K_UNIQUE], ARGV[4], ARGV[5])
 end
+-- Jobs with parents: ARGV[9], JSON {id: [on_upstream_failure, [parent ids]]}. Each is judged
+-- against its parents here: a parent gone, or failed or cancelled (unless the job runs anyway),
+-- cancels it; parents not ended yet make it wait (see _common.lua); else it is stored ready.
+local kids = ARGV[9] and ARGV[9] ~= '' and cjson.decode(ARGV[9]) or nil
+
+-- 'waiting' or 'cancelled' for a job with parents that does not start ready, its sets written
+local function place_child(id, kid, seq, now)
+  local policy, left = kid[1], {}
+  for _, parent in ipairs(kid[2]) do
+    local s = get_state(parent)
+    local status = s and s.status
+    if not s or ((status == 'failed' or status == 'cancelled') and policy ~= 'run') then
+      redis.call('HSET', KEYS[K_ERROR], id, cjson.encode({upstream_reason(parent, status) .. ' (was waiting)', false}))
+      redis.call('ZADD', KEYS[K_CANCELLED], now, id)
+      return 'cancelled'
+    elseif status ~= 'completed' and status ~= 'failed' and status ~= 'cancelled' then
+      left[#left + 1] = parent
+    end
+  end
+  if #left == 0 then return nil end
+  call_many('SADD', left_key(id), left)
+  for _, parent in ipairs(left) do redis.call('SADD', children_key(parent), id .. '|' .. policy) end
+  redis.call('ZADD', KEYS[K_AWAITING], seq, id)
+  return 'waiting'
+end
+
 local first = redis.call('INCRBY', KEYS[K_SEQ], count) - count
 local find, sub = string.find, string.sub
 local state, all = {}, {}
@@ -86,7 +112,11 @@ while j < count do
     all[i - 1], all[i] = first + j, id
     state[i - 1], state[i] = id, head .. sub(batch, t + 1, e - 1)
     if lane then push2(lane_of, id, lane) end
-    if delay > 0 then
+    local held = kids and kids[id] and place_child(id, kids[id], first + j, now)
+    if held then
+      state[i] = held .. ',0,' .. priority .. ',' .. (now + delay) .. ',-1,' ..
+        (held == 'cancelled' and now or -1) .. ',-1\t' .. sub(batch, t + 1, e - 1)
+    elseif delay > 0 then
       push2(delayed, now + delay, id)
     elseif lane then
       push2(waiting, -priority * 1e12 + first + j, id)

@@ -43,6 +43,11 @@ if redis.call('SET', KEYS[K_SWEEP], 1, 'NX', 'PX', tonumber(ARGV[5])) then
       redis.call('ZADD', KEYS[K_FAILED], now, id)
       s.status, s.finished, s.lease = 'failed', now, -1
       set_state(id, s)
+      if redis.call('EXISTS', KEYS[K_AWAITING]) == 1 then
+        local heard = {}
+        upstream_ended({{id, 'failed'}}, now, heard)
+        if #heard > 0 then redis.call('PUBLISH', KEYS[K_NOTIFY] .. ':settled', table.concat(heard, '\n')) end
+      end
     else
       wait_or_ready(id, s, now, 0)
     end

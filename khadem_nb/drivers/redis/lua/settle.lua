@@ -22,11 +22,13 @@ if #ids == 0 then return {} end
 local tokens, states = hmget(KEYS[K_TOKEN], ids), hmget(KEYS[K_STATE], ids)
 local out, seen, settled, heard, metas = {}, {}, {}, {}, {}
 local finished, results, errors, done, failed, clear_error = {}, {}, {}, {}, {}, {}
+local ended = {}  -- {id, status} of each job that ended, for the jobs waiting for it
 local notify = false
 
 local function finish(s, id, status)
   s.status, s.finished, s.lease = status, now, -1
   push2(finished, id, state_text(s))
+  ended[#ended + 1] = {id, status}
 end
 
 local function give_back(i, id, s, verb)
@@ -86,6 +88,9 @@ for j, id in ipairs(ids) do
   end
 end
 
+if #ended > 0 and redis.call('EXISTS', KEYS[K_AWAITING]) == 1 then  -- jobs wait for others here
+  notify = upstream_ended(ended, now, heard) > 0 or notify
+end
 if #heard > 0 then redis.call('PUBLISH', KEYS[K_NOTIFY] .. ':settled', table.concat(heard, '\n')) end
 if #settled > 0 and redis.call('EXISTS', KEYS[K_LANE_OF]) == 1 then  -- each frees its lane's slot
   for _, lane in ipairs(hmget(KEYS[K_LANE_OF], settled)) do
