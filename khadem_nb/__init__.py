@@ -43,7 +43,7 @@ from .worker import QueueWorker
 
 __version__ = "0.1.0"
 
-_LAZY = {"Queue", "JobHandle", "JobGroup", "JobFunction"}
+_LAZY = {"Queue", "JobHandle", "JobGroup", "JobFunction", "chain"}
 
 
 def __getattr__(name: str) -> Any:
@@ -97,6 +97,7 @@ __all__ = [
     "WorkerSettings",
     "__version__",
     "cancelled",
+    "chain",
     "context",
     "parse_config",
     "progress",

@@ -27,6 +27,8 @@ if TYPE_CHECKING:
 
 UPSTREAM_POLICIES = ("cancel", "run")
 FEEDS = ("result", "results", "completed_results")
+#: the feeds that give one dict per parent (a reduce)
+GROUP_FEEDS = ("results", "completed_results")
 #: statuses in which a parent has ended, for its children
 ENDED = frozenset({COMPLETED, FAILED, CANCELLED})
 MAX_PARENTS = 100_000

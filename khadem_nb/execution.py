@@ -183,7 +183,7 @@ class JobExecutor:
 
     async def _start_fed(self, job: QueueJob, record: JobRecord, context: JobContext) -> Any:
         """Run a job given what it is fed of the jobs it ran after (``dependencies``)."""
-        job.take_upstream(await upstream_of(self.driver, record))
+        job.take_upstream(await upstream_of(self.driver, record), record.feed or "")
         return await self._start(job, record, context)
 
     def _begin(self, record: JobRecord) -> QueueJob | SerializationError:

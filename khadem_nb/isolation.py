@@ -117,11 +117,16 @@ def _run_request(entry: Any, header: dict[str, Any], conn: Connection) -> str:
 
 def _call(entry: Any, kind: str, args: dict[str, Any]) -> Any:
     if kind == "function":
-        value = entry(**args["kwargs"])
+        kwargs = args["kwargs"]
+        if args.get("frame"):  # a reduce of a notebook sweep: its results as a DataFrame
+            from .notebook.frames import outcomes_frame
+
+            kwargs = {**kwargs, args["frame"]: outcomes_frame(kwargs[args["frame"]])}
+        value = entry(**kwargs)
     else:
         job = entry.from_json(args["data"])
         job.attempt = args["attempt"]
-        job.take_upstream(args.get("upstream"))
+        job.upstream = args.get("upstream")
         value = job.handle()
     if inspect.iscoroutine(value):
         value = asyncio.run(value)

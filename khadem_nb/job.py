@@ -167,9 +167,10 @@ class QueueJob:
         """The definition this job runs, fingerprinted and (from a cell) shipped: its class."""
         return type(self)
 
-    def take_upstream(self, given: Any) -> None:
-        """Receive what this job is given of its parents before it runs: kept as
-        ``self.upstream`` (a job function binds it to its first parameter instead)."""
+    def take_upstream(self, given: Any, feed: str) -> None:
+        """Receive what this job is given of its parents before it runs (``feed`` says what it
+        is, see ``dependencies.FEEDS``): kept as ``self.upstream`` (a job function binds it to
+        its first parameter instead)."""
         self.upstream = given
 
     def isolated_entry(self) -> tuple[Any, dict[str, Any], str]:

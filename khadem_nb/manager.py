@@ -200,7 +200,8 @@ class QueueManager:
                        unique: bool | str | None = None, unique_for: float | timedelta | None = None,
                        unique_key: str | None = None, on_conflict: str = "skip",
                        keep_result: float | timedelta | None = None, after: Any = None,
-                       on_upstream_failure: str = "cancel", feed: str | None = None) -> str:
+                       on_upstream_failure: str = "cancel", feed: str | None = None,
+                       key: str | None = None) -> str:
         """Queue ``job`` (after ``delay``) and return its id. On ``sync`` it runs before returning.
 
         ``after`` (ids, handles or groups of jobs stored here, in any queue): the job waits
@@ -208,6 +209,8 @@ class QueueManager:
         cancelled cancels it at once, unless ``on_upstream_failure="run"``. ``feed`` says what
         it is given of them in ``job.upstream`` (see ``then`` and ``reduce``). An id not stored
         here raises ``JobNotFoundError`` and nothing is stored.
+
+        ``key``: the record's key, by which ``find_by_keys`` finds it again (resumable work).
 
         ``connection`` (PostgreSQL): the application's own psycopg connection; the job is
         written inside its open transaction and exists exactly when that transaction commits.
@@ -224,10 +227,10 @@ class QueueManager:
         finished record, its result or error, is kept, beside the queue's retention.
         """
         if unique == "running":  # a claim-time rule: the job is always stored
-            draft = self._draft(job, delay, queue, priority, max_attempts, None, keep_result,
+            draft = self._draft(job, delay, queue, priority, max_attempts, key, keep_result,
                                 running_key(unique_for, unique_key, on_conflict, job, self.serializer))
         else:
-            draft = self._draft(job, delay, queue, priority, max_attempts, None, keep_result)
+            draft = self._draft(job, delay, queue, priority, max_attempts, key, keep_result)
         if after is not None or feed is not None:
             await self._add_parents(draft, after, on_upstream_failure, feed)
         record = self._new_record(draft, self._now_ms())

@@ -6,8 +6,8 @@ statuses and the expiry has not passed; a dead lock is taken over by the next di
 driver checks and takes a lock in one atomic step with storing the job (``push_unique``), so
 concurrent dispatches from many processes store one job.
 
-- ``unique="queued"``: held while the job waits (queued or scheduled); once it starts, the same
-  job may be dispatched again.
+- ``unique="queued"``: held while the job waits (for other jobs, queued or scheduled); once it
+  starts, the same job may be dispatched again.
 - ``unique=True`` or ``"until_done"``: held while it waits or runs.
 - ``unique="running"`` takes no lock: every dispatch is stored, and the claim runs one job of
   the key at a time (a lane of concurrency 1, see ``flow``).
@@ -21,14 +21,14 @@ from typing import Any
 
 from . import limits
 from .errors import ConfigError
-from .job import ACTIVE, QUEUED, SCHEDULED, JobStatus
+from .job import ACTIVE, QUEUED, SCHEDULED, WAITING, JobStatus
 from .serializer import dumps
 
 #: the statuses in which a lock's job holds it, by ``unique=`` value
 MODES: dict[object, tuple[JobStatus, ...]] = {
-    "queued": (QUEUED, SCHEDULED),
-    "until_done": (QUEUED, SCHEDULED, ACTIVE),
-    True: (QUEUED, SCHEDULED, ACTIVE),
+    "queued": (WAITING, QUEUED, SCHEDULED),
+    "until_done": (WAITING, QUEUED, SCHEDULED, ACTIVE),
+    True: (WAITING, QUEUED, SCHEDULED, ACTIVE),
 }
 CONFLICTS = ("skip", "replace", "error")
 

@@ -4,5 +4,6 @@ from ..context import progress
 from .functions import JobFunction
 from .handles import JobGroup, JobHandle
 from .queue import Queue
+from .workflows import chain
 
-__all__ = ["JobFunction", "JobGroup", "JobHandle", "Queue", "progress"]
+__all__ = ["JobFunction", "JobGroup", "JobHandle", "Queue", "chain", "progress"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
+from ..dependencies import outcome
 from ..job import Failure, JobRecord, JobStatus
 from ..metrics import metrics_from_records
 from ..schedules import ScheduleInfo
@@ -96,27 +97,30 @@ def _args(record: JobRecord) -> Any:
 
 def group_frame(handles: Sequence[JobHandle], records: Sequence[JobRecord]) -> pd.DataFrame:
     """One row per point: its parameters, its result (dicts flattened), status, duration, error."""
+    return outcomes_frame([outcome(r, h.params) for h, r in zip(handles, records, strict=True)])
+
+
+def outcomes_frame(outcomes: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
+    """One row per point from ``dependencies.outcome`` dicts (what a reduce is given): its
+    parameters, its result (dicts flattened when every completed point's result is one),
+    status, failure kind, duration, attempt, error and code fingerprint."""
     pd = _pandas()
-    rows: list[dict[str, Any]] = []
-    results = [decode_value(r.result) if r.status is JobStatus.COMPLETED else None for r in records]
+    if not outcomes:
+        return pd.DataFrame(columns=GROUP_COLUMNS)
+    results = [o["result"] for o in outcomes]
     flatten = any(isinstance(x, dict) for x in results) and all(
-        isinstance(x, dict) for x, r in zip(results, records, strict=True) if r.status is JobStatus.COMPLETED)
-    for handle, record, result in zip(handles, records, results, strict=True):
-        row: dict[str, Any] = dict(handle.params)
+        isinstance(x, dict) for x, o in zip(results, outcomes, strict=True) if o["status"] == "completed")
+    rows: list[dict[str, Any]] = []
+    for point, result in zip(outcomes, results, strict=True):
+        params = point["params"]
+        row: dict[str, Any] = dict(params)
         if flatten:
-            row.update({k if k not in handle.params else f"result.{k}": v for k, v in (result or {}).items()})
+            row.update({k if k not in params else f"result.{k}": v for k, v in (result or {}).items()})
         else:
             row["result"] = result
-        row["status"] = record.status.value
-        row["failure"] = record.failure if record.status is JobStatus.FAILED else None
-        row["duration_ms"] = record.duration_ms
-        row["attempt"] = record.attempt
-        row["error"] = record.error if record.status in ENDED_BADLY else None
-        row["code"] = record.code
+        row.update({column: point[column] for column in GROUP_COLUMNS[1:]})
         rows.append(row)
     frame = pd.DataFrame(rows)
-    if not rows:
-        return pd.DataFrame(columns=GROUP_COLUMNS)
     frame["duration_ms"] = frame["duration_ms"].astype("float64")
     frame["status"] = pd.Categorical(frame["status"], categories=[s.value for s in JobStatus])
     frame["failure"] = pd.Categorical(frame["failure"], categories=FAILURE_KINDS)

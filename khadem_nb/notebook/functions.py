@@ -16,6 +16,7 @@ from datetime import timedelta
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from .. import limits
+from ..dependencies import GROUP_FEEDS
 from ..errors import ConfigError, SerializationError
 from ..flow import check_concurrency, check_limit_key, check_resources, parse_rate
 from ..isolation import check_isolation
@@ -27,6 +28,8 @@ from ..unique import canonical_key
 if TYPE_CHECKING:
     from .handles import JobGroup, JobHandle
     from .queue import Queue
+    from .workflows import Step
+
 
 
 class FunctionCall(QueueJob):
@@ -38,6 +41,8 @@ class FunctionCall(QueueJob):
     def __init__(self, spec: JobFunction, kwargs: dict[str, Any]) -> None:
         self.spec = spec
         self.kwargs = kwargs
+        #: the parameter that gets a sweep's results as a DataFrame (a reduce), if any
+        self.frame_of: str | None = None
         self.max_attempts = spec.max_attempts  # type: ignore[misc]
         self.retry_delay = spec.retry_delay  # type: ignore[misc]
         self.priority = spec.priority  # type: ignore[misc]
@@ -62,9 +67,26 @@ class FunctionCall(QueueJob):
     def code_entry(self) -> Any:
         return self.spec.fn
 
+    def take_upstream(self, given: Any, feed: str) -> None:
+        """What the jobs this call ran after give it goes to the function's first parameter:
+        the parent's result (``then``), or the group's results as a DataFrame (``reduce``)."""
+        self.upstream = given
+        first = self.spec.first_parameter()
+        self.kwargs = {first: given, **self.kwargs}
+        if feed in GROUP_FEEDS:
+            self.frame_of = first
+
+    def arguments(self) -> dict[str, Any]:
+        """The keyword arguments the function is called with."""
+        if self.frame_of is None:
+            return self.kwargs
+        from .frames import outcomes_frame
+
+        return {**self.kwargs, self.frame_of: outcomes_frame(self.kwargs[self.frame_of])}
+
     def isolated_entry(self) -> tuple[Any, dict[str, Any], str]:
         """The function itself travels (by value when a cell defined it), with its arguments."""
-        return self.spec.fn, {"kwargs": self.kwargs}, "function"
+        return self.spec.fn, {"kwargs": self.kwargs, "frame": self.frame_of}, "function"
 
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.kwargs.items())
@@ -75,14 +97,14 @@ class AsyncFunctionCall(FunctionCall):
     _abstract_job = True
 
     async def handle(self) -> Any:
-        return await self.spec.fn(**self.kwargs)
+        return await self.spec.fn(**self.arguments())
 
 
 class SyncFunctionCall(FunctionCall):
     _abstract_job = True
 
     def handle(self) -> Any:
-        return self.spec.fn(**self.kwargs)
+        return self.spec.fn(**self.arguments())
 
 
 class JobFunction:
@@ -147,6 +169,33 @@ class JobFunction:
             if param.kind is inspect.Parameter.VAR_KEYWORD and name in params:
                 params.update(params.pop(name))
         return params
+
+    def first_parameter(self) -> str:
+        """The name of the parameter a job run after others is given their output in."""
+        for name, param in self.signature.parameters.items():
+            if param.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY):
+                return name
+            break
+        raise ConfigError(f"{self.name}{self.signature} cannot run after another job: its first parameter "
+                          "gets the other job's result, so it needs one that can be passed by name")
+
+    def bind_after(self, kwargs: Mapping[str, Any]) -> dict[str, Any]:
+        """The arguments of a call that runs after other jobs: all but the first parameter,
+        which their output fills when it runs; a clear error if they do not fit."""
+        first = self.first_parameter()
+        if first in kwargs:
+            raise ConfigError(f"{self.name}: {first!r} is given the output of the jobs it runs after; "
+                              "pass the other arguments only")
+        params = self.bind((None,), kwargs)
+        del params[first]
+        return params
+
+    def s(self, *args: Any, **kwargs: Any) -> Step:
+        """This function with these arguments, as one step of ``kn.chain``: the first step
+        takes all of its arguments, a later one all but its first (the step before gives it)."""
+        from .workflows import Step
+
+        return Step(self, args, kwargs)
 
     def key(self, params: Mapping[str, Any]) -> str:
         """The point's identity in resumable sweeps: job name + canonical parameters."""

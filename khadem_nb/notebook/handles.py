@@ -69,6 +69,15 @@ class JobHandle:
         cancelled it (``False`` if it had finished or was cancelled already)."""
         return bool(self.queue.run(self.queue.manager.cancel(self.id, reason=reason)))
 
+    def then(self, fn: Callable[..., Any], /, **kwargs: Any) -> JobHandle:
+        """Dispatch ``fn(this job's result, **kwargs)`` to run when this job completes, and
+        return its handle. It waits (status ``waiting``) until then; if this job fails or is
+        cancelled, it is cancelled with a reason naming this job. ``fn`` is a job function, or
+        a plain function made one here."""
+        from .workflows import then
+
+        return then(self.queue, self.id, fn, kwargs)
+
     def debug(self) -> Any:
         """Run this point again here, in the foreground, with its stored arguments and the
         job's current definition: an exception surfaces in the cell, and ``%debug`` opens where
@@ -147,6 +156,16 @@ class JobGroup:
 
         return group_frame(self.handles, self.records())
 
+    def then(self, fn: Callable[..., Any], /, *, include_failed: bool = True, **kwargs: Any) -> JobHandle:
+        """Dispatch ``fn(results, **kwargs)`` to run once after every job of this group has
+        ended, and return its handle; ``results`` is the group's results DataFrame (as
+        :meth:`results`), failed and cancelled points included with their status unless
+        ``include_failed=False``. Running the cell again reuses the reduce already stored for
+        these jobs (a failed one runs again)."""
+        from .workflows import reduce
+
+        return reduce(self.queue, self.ids, fn, include_failed, kwargs)
+
     def retry_failed(self, kind: str | None = None) -> int:
         """Requeue this group's failed jobs with a fresh attempt budget; with ``kind``, only
         those that failed that way (``raised``, ``timed_out``, ``crashed``, ``lost``)."""
@@ -179,7 +198,8 @@ class JobGroup:
 
 
 STATUS_COLOURS = {
-    JobStatus.QUEUED: "#7f8c8d", JobStatus.SCHEDULED: "#8e44ad", JobStatus.ACTIVE: "#2980b9",
+    JobStatus.WAITING: "#16a085", JobStatus.QUEUED: "#7f8c8d", JobStatus.SCHEDULED: "#8e44ad",
+    JobStatus.ACTIVE: "#2980b9",
     JobStatus.COMPLETED: "#27ae60", JobStatus.FAILED: "#c0392b", JobStatus.CANCELLED: "#d35400",
 }
 DROPPED = "dropped"  # finished, then removed by retention: no status left to read

@@ -2,7 +2,7 @@
 // typed in the header (kept for this browser tab only) in the X-Khadem-Token header.
 "use strict";
 
-const STATUSES = ["queued", "scheduled", "active", "completed", "failed", "cancelled"];
+const STATUSES = ["waiting", "queued", "scheduled", "active", "completed", "failed", "cancelled"];
 const tokenField = document.getElementById("token");
 tokenField.value = sessionStorage.getItem("khadem-token") || "";
 tokenField.addEventListener("change", () => sessionStorage.setItem("khadem-token", tokenField.value));
