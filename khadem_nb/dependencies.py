@@ -195,6 +195,24 @@ async def upstream_of(driver: QueueDriver, record: JobRecord) -> Any:
     return [outcome(r) for r in records]
 
 
+async def end_orphans(driver: QueueDriver, queues: Iterable[str]) -> int:
+    """Cancel the waiting jobs of ``queues`` one of whose parents' records is gone (lost with
+    its storage), with that reason; their own children follow. Returns how many it ended. Every
+    driver releases and ends children as their parents end; this finds what nothing else can:
+    a parent that vanished while its child waited."""
+    waiting = [r for q in set(queues) for r in await driver.jobs(WAITING, q)]
+    parents = sorted({p for r in waiting for p in r.parents or ()})
+    if not parents:
+        return 0
+    statuses = dict(zip(parents, await driver.statuses(parents), strict=True))
+    ended = 0
+    for record in waiting:
+        gone = next((p for p in record.parents or () if statuses[p] is None), None)
+        if gone is not None:
+            ended += len(await driver.cancel([record.id], ended_reason(gone, None)))
+    return ended
+
+
 def check_feed(feed: Any, parents: Sequence[str]) -> str | None:
     if feed is None:
         return None

@@ -1,5 +1,6 @@
-"""The part of every worker that fires schedules: it reads them from the driver, and at each due
-slot offers the slot's job to ``QueueDriver.fire``, which stores it once across all workers."""
+"""The part of every worker that keeps time: it reads schedules from the driver and at each due
+slot offers the slot's job to ``QueueDriver.fire``, which stores it once across all workers;
+and now and then it ends jobs waiting for a parent whose record is gone (``dependencies``)."""
 
 from __future__ import annotations
 
@@ -7,11 +8,13 @@ import asyncio
 import logging
 from collections.abc import Sequence
 
+from .dependencies import end_orphans
 from .drivers.base import QueueDriver
 from .schedules import LOOK_EVERY_S, RELIST_EVERY_S, ScheduleState
 
 logger = logging.getLogger(__name__)
 MAX_BACKOFF_S = 30.0
+ORPHANS_EVERY_S = 60.0  # between looks for waiting jobs whose parent is gone
 
 
 class Ticker:
@@ -23,6 +26,7 @@ class Ticker:
         self._states: list[ScheduleState] = []
         self._last: dict[str, int] = {}  # schedule id -> the last slot offered here or stored
         self._listed_at = float("-inf")
+        self._orphans_at = float("-inf")
         self._failures = 0
 
     async def run(self) -> None:
@@ -32,6 +36,10 @@ class Ticker:
                 if loop.time() >= self._listed_at + RELIST_EVERY_S:
                     await self._list()
                     self._listed_at = loop.time()
+                if loop.time() >= self._orphans_at + ORPHANS_EVERY_S:
+                    self._orphans_at = loop.time()
+                    if ended := await end_orphans(self.driver, self.queues):
+                        logger.warning("ended %d job(s) waiting for a parent whose record is gone", ended)
                 wait_s = await self._fire_due()
                 self._failures = 0
             except asyncio.CancelledError:

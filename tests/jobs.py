@@ -390,3 +390,37 @@ class SlowBeat(QueueJob):
         start = time.time()
         await asyncio.sleep(2.5)
         return {"start": start, "end": time.time()}
+
+
+class Step(QueueJob):
+    """A step of a workflow: its name, the process it ran in and what it was given of the jobs
+    it ran after (``upstream``); appends its name to ``path`` when one is given."""
+
+    def __init__(self, name: str, fail: bool = False, path: str = "") -> None:
+        self.name = name
+        self.fail = fail
+        self.path = path
+
+    async def handle(self) -> dict[str, Any]:
+        if self.path:
+            with open(self.path, "a", encoding="utf-8") as handle:
+                handle.write(f"{self.name} {os.getpid()}\n")
+        if self.fail:
+            raise ValueError(f"step {self.name} fails")
+        return {"name": self.name, "pid": os.getpid(), "got": self.upstream}
+
+
+class Summarise(QueueJob):
+    """A reduce: how many points it was given, their statuses, the sum of their ``value``
+    results; appends a line to ``path`` on every run (counts how often it ran)."""
+
+    def __init__(self, path: str = "") -> None:
+        self.path = path
+
+    async def handle(self) -> dict[str, Any]:
+        if self.path:
+            with open(self.path, "a", encoding="utf-8") as handle:
+                handle.write(f"reduce {os.getpid()}\n")
+        points = self.upstream or []
+        return {"count": len(points), "statuses": sorted({p["status"] for p in points}),
+                "total": sum(p["result"] for p in points if p["status"] == "completed")}
