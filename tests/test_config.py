@@ -186,5 +186,5 @@ def test_bad_middleware_is_refused() -> None:
 
 async def test_unknown_status_lists_valid_ones() -> None:
     manager = await QueueManager().init()
-    with pytest.raises(ConfigError, match="unknown job status 'done'; valid statuses: queued"):
+    with pytest.raises(ConfigError, match="unknown job status 'done'; valid statuses: waiting, queued"):
         await manager.jobs("done")

@@ -72,7 +72,7 @@ async def test_search_by_id_name_and_status(queue: QueueManager) -> None:
     assert [j["id"] for j in by_id] == [failed[0].id]
     assert failed[0].id in [j["id"] for j in by_prefix]
     assert [(j["name"], j["queue"]) for j in queued] == [("Echo", "mail")]
-    assert bad.status_code == 400 and "status must be one of queued" in bad.json()["error"]
+    assert bad.status_code == 400 and "status must be one of waiting, queued" in bad.json()["error"]
 
 
 async def test_a_job_page_shows_the_job_and_an_unknown_id_is_a_404_page(queue: QueueManager) -> None:
