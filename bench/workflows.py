@@ -94,9 +94,11 @@ def rq_round(n: int) -> float | None:
 
 async def main(n: int, rounds: int) -> None:
     with tempfile.TemporaryDirectory() as folder:
-        configs: dict[str, dict[str, Any]] = {"sqlite": {"driver": "sqlite", "path": f"{folder}/q.db"}}
+        keep = {"retention": 10 * n}  # the reduce reads every point when it starts
+        sqlite = {"driver": "sqlite", "path": f"{folder}/q.db", **keep}
+        configs: dict[str, dict[str, Any]] = {"sqlite": sqlite}
         if os.environ.get("BENCH_REDIS_URL"):
-            configs["redis"] = {"url": URL, "prefix": "bench-workflows"}
+            configs["redis"] = {"url": URL, "prefix": "bench-workflows", **keep}
         print(f"n={n}, rounds={rounds}; medians, ms from the last point's settle")
         print("| engine | to the reduce's claim | to its code starting |")
         print("|---|---:|---:|")

@@ -184,8 +184,9 @@ async def upstream_of(driver: QueueDriver, record: JobRecord) -> Any:
     found = await driver.get_many(parents)
     missing = [job_id for job_id, r in zip(parents, found, strict=True) if r is None]
     if missing:
-        raise JobError(f"{ended_reason(missing[0], None)}: its result cannot be read "
-                       f"({len(missing)} parent record(s) missing)")
+        raise JobError(f"{ended_reason(missing[0], None)}: {len(missing)} parent record(s) cannot be read "
+                       "(finished and dropped by retention, or lost); a job given its parents' results "
+                       "reads them when it starts, so keep queue.retention above the size of the group")
     records = [r for r in found if r is not None]
     if record.feed == "result":
         parent = records[0]

@@ -297,6 +297,24 @@ def test_panel_says_what_holds_jobs_back_and_what_runs_next(q: kn.Queue, recorde
     panel.close()
 
 
+def test_panel_counts_jobs_waiting_on_others(q: kn.Queue, recorded: list[Any]) -> None:
+    @q.job
+    def step(x: int) -> int:
+        return x + 1
+
+    first = step.dispatch(1)
+    later = first.then(step).then(step)
+    panel = q.panel(refresh=0.1)
+    deadline = time.monotonic() + 10
+    while "waiting 2</span>" not in panel.summary.value:
+        assert time.monotonic() < deadline, panel.summary.value
+        time.sleep(0.05)
+    assert "title='waiting for other jobs to end'" in panel.summary.value
+    q.start()
+    assert later.result(timeout=10) == 4
+    panel.close()
+
+
 def test_panel_buttons_act(q: kn.Queue, recorded: list[Any], tmp_path: Path) -> None:
     @q.job
     def fails_until_fixed() -> str:

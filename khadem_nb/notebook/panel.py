@@ -255,8 +255,8 @@ class QueuePanel(w.VBox):  # type: ignore[misc]
         header = (f"<div><b>khadem_nb</b> <code>{html.escape(self.queue.settings.redacted_url())}</code>"
                   f" <span class='khadem-muted'>{snap.state} · {snap.throughput:g} jobs/s"
                   f"{_success_text(snap.success_rate)}</span></div>")
-        counts = " ".join(f"<span class='khadem-badge' style='background:{STATUS_COLOURS[JobStatus(k)]}'>"
-                          f"{k} {v}</span>" for k, v in snap.counts)
+        counts = " ".join(f"<span class='khadem-badge' style='background:{STATUS_COLOURS[JobStatus(k)]}'"
+                          f"{_badge_title(k)}>{k} {v}</span>" for k, v in snap.counts)
         return (f"{header}<div>{counts}</div>{_next_runs(snap)}{_held_back(snap)}{_running_table(snap)}"
                 f"{_failures_table(snap)}")
 
@@ -286,6 +286,11 @@ def _success_rate(counts: dict[str, int]) -> float | None:
     if not counts.get("completed", 0) + counts.get("failed", 0):
         return None
     return round(float(metrics_from_counts(counts)["success_rate"]), 3)
+
+
+def _badge_title(status: str) -> str:
+    """A status badge's tooltip, where the word alone may mislead."""
+    return " title='waiting for other jobs to end'" if status == JobStatus.WAITING.value else ""
 
 
 def _success_text(rate: float | None) -> str:
