@@ -319,16 +319,21 @@ class FileStore:
             waiting = {_id_of(name): name for name in self.listdir("waiting")}
             for child_id in children:
                 name = waiting.get(child_id)
-                child = None if name is None else self.read(self.dir("waiting", name))
-                if name is None or child is None:
+                if name is None:
                     _unmark(self.dir("left", child_id))
-                elif stops_child(child, job_status):
-                    self._end_waiting(name, child, ended_reason(job_id, job_status))
-                    ended.append((child_id, CANCELLED))
-                else:
-                    with contextlib.suppress(FileNotFoundError):
-                        os.unlink(self.dir("left", child_id, job_id))
-                    if not self._entries("left", child_id):
+                    continue
+                # a child's file (it lists every parent) is read only when the child changes
+                if job_status is not COMPLETED:
+                    child = self.read(self.dir("waiting", name))
+                    if child is not None and stops_child(child, job_status):
+                        self._end_waiting(name, child, ended_reason(job_id, job_status))
+                        ended.append((child_id, CANCELLED))
+                        continue
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(self.dir("left", child_id, job_id))
+                if not self._entries("left", child_id):
+                    child = self.read(self.dir("waiting", name))
+                    if child is not None:
                         self._release(name, child)
             _unmark(self.dir("edges", job_id))
 
@@ -813,6 +818,20 @@ class FileStore:
                     return record
         return next((r for r in self.set_aside() if r.id == job_id), None)
 
+    def find_many(self, job_ids: set[str]) -> dict[str, JobRecord]:
+        """The records of ``job_ids`` that are stored, by id: one pass over the folders, which
+        reads only the files of those jobs."""
+        found: dict[str, JobRecord] = {}
+        for path in self.paths():
+            job_id = _id_of(os.path.basename(path))
+            if job_id in job_ids and job_id not in found and (record := self.read(path)) is not None:
+                found[job_id] = record
+        if len(found) < len(job_ids):
+            for record in self.set_aside():
+                if record.id in job_ids:
+                    found.setdefault(record.id, record)
+        return found
+
     def all_records(self) -> Iterator[JobRecord]:
         for path in self.paths():
             record = self.read(path)
@@ -999,6 +1018,10 @@ class FileDriver(QueueDriver):
     async def get(self, job_id: str) -> JobRecord | None:
         record = await self._call(self.store.find, job_id)
         return None if record is None else due_view(record)
+
+    async def get_many(self, job_ids: Sequence[str]) -> list[JobRecord | None]:
+        found = await self._call(self.store.find_many, set(job_ids))
+        return [None if (r := found.get(i)) is None else due_view(r) for i in job_ids]
 
     async def jobs(self, status: JobStatus | None = None, queue: str | None = None,
                    limit: int | None = None) -> list[JobRecord]:

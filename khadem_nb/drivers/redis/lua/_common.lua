@@ -216,16 +216,17 @@ local function upstream_ended(ended, now, heard)
     local parent, status = unpack(table.remove(ended))
     local key = children_key(parent)
     for _, member in ipairs(redis.call('SMEMBERS', key)) do
+      -- a child's state (its data holds every parent id) is read only when it changes
       local child, policy = string.match(member, '^(.*)|(%a+)$')
-      local s = child and get_state(child)
-      if s and s.status == 'waiting' then
+      if child and redis.call('ZSCORE', KEYS[K_AWAITING], child) then
         if status ~= 'completed' and policy ~= 'run' then
-          stop_waiting(child, s, upstream_reason(parent, status), now)
+          stop_waiting(child, get_state(child) or lost_state(now), upstream_reason(parent, status), now)
           heard[#heard + 1] = child .. '\tcancelled'
           ended[#ended + 1] = {child, 'cancelled'}
         else
           redis.call('SREM', left_key(child), parent)
           if redis.call('SCARD', left_key(child)) == 0 then
+            local s = get_state(child) or lost_state(now)
             redis.call('ZREM', KEYS[K_AWAITING], child)
             wait_or_ready(child, s, now, math.max(0, s.available - now))
             released = released + 1
