@@ -1,6 +1,7 @@
 """Jobs that run after others on every driver: waiting, release at the last parent's end, a
 failed or cancelled parent, a parent that is gone, ``then`` and ``reduce``, bad input; then
-the same across worker processes on Redis and SQLite, and a reduce dispatched from two kernels."""
+the same across worker processes on Redis, SQLite and PostgreSQL, and a reduce dispatched from
+two kernels."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from procs import kill, start_worker
 from khadem_nb import ConfigError, JobNotFoundError, JobStatus, QueueManager
 from khadem_nb.dependencies import end_orphans
 from khadem_nb.drivers.redis.keys import KEY_INDEX
+from khadem_nb.testing import QueueFake
 
 WAITING, QUEUED, COMPLETED = JobStatus.WAITING, JobStatus.QUEUED, JobStatus.COMPLETED
 FAILED, CANCELLED = JobStatus.FAILED, JobStatus.CANCELLED
@@ -218,10 +220,13 @@ async def test_postgres_refuses_after_inside_the_applications_transaction(tmp_pa
 
 
 # -- across worker processes -----------------------------------------------------------------
-@pytest.fixture(params=["redis", "sqlite"])
+@pytest.fixture(params=["redis", "sqlite", "postgres"])
 def shared_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     if request.param == "sqlite":
         yield f"sqlite:///{tmp_path / 'workflow.db'}"
+        return
+    if request.param == "postgres":
+        yield postgres_url(tmp_path)
         return
     url = f"{need_redis()}?prefix=khadem-wf-{tmp_path.name}"
     yield url
@@ -307,3 +312,36 @@ async def test_a_redis_parent_lost_ends_its_waiting_child(tmp_path: Path) -> Non
     finally:
         await manager.driver.purge()
         await manager.close()
+
+
+async def test_the_testing_kit_runs_a_pipeline_in_order() -> None:
+    async with QueueManager() as manager:
+        with QueueFake(manager) as fake:
+            a = await manager.dispatch(Echo(3))
+            b = await manager.then(a, Step("b"))
+            fake.assert_dispatched(Step, times=1)
+            assert await manager.statuses([b]) == [WAITING]
+            await fake.run_all()
+            assert (await manager.get_job(b)).result["got"] == 3
+
+
+async def test_parents_ending_at_once_in_many_transactions_release_their_child(tmp_path: Path) -> None:
+    """PostgreSQL settles in several transactions at once: the last two parents of a child
+    ending together must not each see the other's edge and leave the child waiting."""
+    url = postgres_url(tmp_path)
+    settlers = [await QueueManager(url).init() for _ in range(4)]  # four pools: four transactions
+    try:
+        queue = settlers[0]
+        for _ in range(10):
+            parents = await queue.dispatch_many([Echo(i) for i in range(8)])
+            child = await queue.reduce(parents, Summarise())
+            held = await queue.driver.reserve(["default"], 8, 0)
+            assert len(held) == 8
+            await asyncio.gather(*(settlers[i % 4].driver.complete(record, 1)
+                                   for i, record in enumerate(held)))
+            assert await queue.statuses([child]) == [QUEUED]
+            [claimed] = await queue.driver.reserve(["default"], 1, 0)
+            assert claimed.id == child and await queue.driver.complete(claimed, None)
+    finally:
+        for manager in settlers:
+            await manager.close()
