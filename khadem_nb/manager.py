@@ -20,7 +20,7 @@ from .errors import ConfigError, DuplicateJobError, JobNotFoundError, KhademErro
 from .execution import Hook, JobExecutor, WorkerHooks
 from .factory import QueueFactory
 from .flow import job_lane
-from .job import ACTIVE, FAILED, QUEUED, SCHEDULED, Failure, JobRecord, JobStatus, QueueJob
+from .job import ACTIVE, FAILED, QUEUED, SCHEDULED, WAITING, Failure, JobRecord, JobStatus, QueueJob
 from .middleware import Middleware, MiddlewareChain, MiddlewareFunc
 from .monitor import BasicQueueMonitor, QueueMonitor
 from .registry import job_factories
@@ -43,7 +43,8 @@ from .worker import QueueWorker
 
 logger = logging.getLogger(__name__)
 #: what ``cancel_all`` takes: a word, and the statuses it covers
-CANCEL_SCOPES = {"queued": (QUEUED, SCHEDULED), "active": (ACTIVE,), "all": (QUEUED, SCHEDULED, ACTIVE)}
+CANCEL_SCOPES = {"queued": (WAITING, QUEUED, SCHEDULED), "active": (ACTIVE,),
+                 "all": (WAITING, QUEUED, SCHEDULED, ACTIVE)}
 
 MAX_ATTEMPTS = limits.COUNTS["max_attempts"][1]
 PRIORITY_RANGE = limits.PRIORITY_RANGE
@@ -593,7 +594,8 @@ class QueueManager:
     async def cancel_all(self, status: str = "queued", *, queue: str | None = None,
                          reason: str = "cancelled") -> list[str]:
         """Cancel every job of ``queue`` (every queue if ``None``) in ``status``: ``"queued"``
-        (queued and scheduled), ``"active"`` (running), or ``"all"`` (both)."""
+        (waiting for other jobs, queued and scheduled; waiting ones first, so a reduce is not
+        released by its points being cancelled), ``"active"`` (running), or ``"all"`` (both)."""
         if status not in CANCEL_SCOPES:
             raise ConfigError(f"cancel status must be one of {', '.join(CANCEL_SCOPES)}, got {status!r}")
         wanted = CANCEL_SCOPES[status]

@@ -70,6 +70,26 @@ def test_a_sweep_then_a_reduce_on_its_results_frame(q: kn.Queue) -> None:
     assert again.id == everything.id and len(seen) == 2
 
 
+def test_dispatch_after_handles_and_groups(q: kn.Queue) -> None:
+    square, add = define(q)
+    g = square.map([{"x": 1}, {"x": 2}])
+    h = square.dispatch(3)
+    last = add.dispatch(5, after=[g, h], on_upstream_failure="run")
+    assert last.status == "waiting"
+    q.start()
+    assert last.result(timeout=10) == 6
+    assert all(x.status == "completed" for x in [*g, h])
+
+
+def test_cancelling_queued_work_cancels_what_waits_first(q: kn.Queue) -> None:
+    square, _ = define(q)
+    g = square.sweep(x=[1, 2, 3])
+    summary = g.then(lambda results: len(results))
+    cancelled = q.cancel(status="queued")
+    assert summary.id in cancelled and summary.status == "cancelled"
+    assert summary.record().error == "cancelled (was waiting)"  # not released by its points' cancel
+
+
 def test_chain_runs_its_steps_in_order(q: kn.Queue) -> None:
     square, add = define(q)
     last = kn.chain(square.s(4), add.s(n=1), add.s(n=100))

@@ -65,7 +65,8 @@ BEGIN
     -- lock the children first: two parents of one child ending in two transactions at once
     -- would each still see the other's edge (read committed) and neither release it; the
     -- second now waits for the first to commit, and its next statements see that edge gone
-    PERFORM 1 FROM {jobs} WHERE id IN (SELECT child FROM {edges} WHERE parent = NEW.id) ORDER BY id FOR UPDATE;
+    PERFORM 1 FROM {jobs} WHERE id IN (SELECT child FROM {edges} WHERE parent = NEW.id)
+        ORDER BY id FOR UPDATE;
     FOR found IN WITH c AS ({stops} RETURNING id) SELECT id FROM c LOOP
         PERFORM pg_notify('{settled_channel}', found.id || E'\tcancelled');
     END LOOP;

@@ -205,12 +205,16 @@ class JobFunction:
     def dispatch(self, *args: Any, priority: int | None = None, delay: float | timedelta | None = None,
                  max_attempts: int | None = None, unique: bool | str | None = None,
                  unique_for: float | timedelta | None = None, unique_key: str | None = None,
-                 on_conflict: str = "skip", **kwargs: Any) -> JobHandle:
+                 on_conflict: str = "skip", after: Any = None, on_upstream_failure: str = "cancel",
+                 **kwargs: Any) -> JobHandle:
         """Queue one call; returns a :class:`JobHandle` at once. ``unique=`` and its options
         work as in ``QueueManager.dispatch``: with ``on_conflict="skip"`` the handle is the
-        job already queued or running with these arguments."""
+        job already queued or running with these arguments. ``after=`` (handles, groups or
+        ids) makes it wait until they have ended; ``on_upstream_failure`` as in
+        ``QueueManager.dispatch``."""
         params = self.bind(args, kwargs)
-        if unique is None and unique_for is None and unique_key is None and on_conflict == "skip":
+        if unique is None and unique_for is None and unique_key is None and on_conflict == "skip" \
+                and after is None:
             group = self.queue.submit(self, [params], priority=priority, delay=delay,
                                       max_attempts=max_attempts, resumable=False)
             return group.handles[0]
@@ -220,7 +224,7 @@ class JobFunction:
         job_id = queue.run(queue.manager.dispatch(
             self.make_call(params), delay, queue=queue.settings.name, priority=priority,
             max_attempts=max_attempts, unique=unique, unique_for=unique_for, unique_key=unique_key,
-            on_conflict=on_conflict))
+            on_conflict=on_conflict, after=after, on_upstream_failure=on_upstream_failure))
         return JobHandle(queue, job_id, self.name, params)
 
     def map(self, calls: Iterable[Mapping[str, Any]], *, priority: int | None = None,

@@ -303,7 +303,8 @@ class Queue:
     def cancel(self, ids: str | Sequence[str] | None = None, *, status: str = "queued",
                reason: str = "cancelled") -> list[str]:
         """Cancel jobs: the given ids, or every job of this queue in ``status`` (``"queued"``:
-        queued and scheduled; ``"active"``: running; ``"all"``: both). Returns the ids cancelled."""
+        waiting for other jobs, queued and scheduled; ``"active"``: running; ``"all"``: both).
+        Returns the ids cancelled."""
         if ids is not None:
             return self.run(self.manager.cancel(ids, reason=reason))
         return self.run(self.manager.cancel_all(status, queue=self.settings.name, reason=reason))
