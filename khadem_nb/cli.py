@@ -52,7 +52,7 @@ def _add_cancel(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
     cancel.add_argument("ids", nargs="*", metavar="ID", help="job ids to cancel")
     cancel.add_argument("--queue-url", default=os.environ.get("KHADEM_QUEUE_URL"), help=URL_HELP)
     cancel.add_argument("--all-queued", action="store_true",
-                        help="cancel every queued and scheduled job (of --queue, or of every queue)")
+                        help="cancel every waiting, queued and scheduled job (of --queue, or of every queue)")
     cancel.add_argument("--queue", default=None, help="with --all-queued: only this named queue")
     cancel.add_argument("--reason", default="cancelled", help="kept as the jobs' error (default: cancelled)")
 

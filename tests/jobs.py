@@ -392,8 +392,8 @@ class SlowBeat(QueueJob):
         return {"start": start, "end": time.time()}
 
 
-class Step(QueueJob):
-    """A step of a workflow: its name, the process it ran in and what it was given of the jobs
+class Stage(QueueJob):
+    """A stage of a workflow: its name, the process it ran in and what it was given of the jobs
     it ran after (``upstream``); appends its name to ``path`` when one is given."""
 
     def __init__(self, name: str, fail: bool = False, path: str = "") -> None:
@@ -406,7 +406,7 @@ class Step(QueueJob):
             with open(self.path, "a", encoding="utf-8") as handle:
                 handle.write(f"{self.name} {os.getpid()}\n")
         if self.fail:
-            raise ValueError(f"step {self.name} fails")
+            raise ValueError(f"stage {self.name} fails")
         return {"name": self.name, "pid": os.getpid(), "got": self.upstream}
 
 

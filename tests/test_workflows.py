@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 from conftest import QUEUED_DRIVERS, make_manager, need_postgres, need_redis, postgres_url, purge_url
-from jobs import Echo, Step, Summarise
+from jobs import Echo, Stage, Summarise
 from procs import kill, start_worker
 
 from khadem_nb import ConfigError, JobNotFoundError, JobStatus, QueueManager
@@ -45,10 +45,10 @@ async def statuses(queue: QueueManager, *ids: str) -> list[JobStatus | None]:
 
 
 async def test_a_diamond_runs_each_job_after_its_parents(queue: QueueManager) -> None:
-    a = await queue.dispatch(Step("a"))
-    b = await queue.dispatch(Step("b"), after=[a])
-    c = await queue.then(a, Step("c"))
-    d = await queue.reduce([b, c], Step("d"))
+    a = await queue.dispatch(Stage("a"))
+    b = await queue.dispatch(Stage("b"), after=[a])
+    c = await queue.then(a, Stage("c"))
+    d = await queue.reduce([b, c], Stage("d"))
     assert await statuses(queue, a, b, c, d) == [QUEUED, WAITING, WAITING, WAITING]
     assert (await queue.counts())["waiting"] == 3
     assert [r.id for r in await queue.jobs("waiting")] == [b, c, d]
@@ -57,9 +57,9 @@ async def test_a_diamond_runs_each_job_after_its_parents(queue: QueueManager) ->
 
 
 async def test_release_happens_at_the_last_parents_end(queue: QueueManager) -> None:
-    a = await queue.dispatch(Step("a"))
-    b = await queue.dispatch(Step("b"))
-    child = await queue.reduce([a, b], Step("child"))
+    a = await queue.dispatch(Stage("a"))
+    b = await queue.dispatch(Stage("b"))
+    child = await queue.reduce([a, b], Stage("child"))
     await run_one(queue, a)
     assert await statuses(queue, child) == [WAITING]
     await run_one(queue, b)
@@ -74,18 +74,18 @@ async def test_release_happens_at_the_last_parents_end(queue: QueueManager) -> N
 
 async def test_then_gives_the_parents_result(queue: QueueManager) -> None:
     a = await queue.dispatch(Echo(41))
-    b = await queue.then(a, Step("b"))
+    b = await queue.then(a, Stage("b"))
     await run_one(queue, a)
     await run_one(queue, b)
     assert (await queue.get_job(b)).result["got"] == 41
 
 
 async def test_a_failed_parent_cancels_its_children_and_theirs(queue: QueueManager) -> None:
-    a = await queue.dispatch(Step("a", fail=True))
-    other = await queue.dispatch(Step("other"))
-    b = await queue.dispatch(Step("b"), after=[a, other])
-    c = await queue.then(b, Step("c"))
-    runs_anyway = await queue.dispatch(Step("d"), after=[a], on_upstream_failure="run")
+    a = await queue.dispatch(Stage("a", fail=True))
+    other = await queue.dispatch(Stage("other"))
+    b = await queue.dispatch(Stage("b"), after=[a, other])
+    c = await queue.then(b, Stage("c"))
+    runs_anyway = await queue.dispatch(Stage("d"), after=[a], on_upstream_failure="run")
     await run_one(queue, a)
     b_record, c_record = await queue.get_jobs([b, c])
     assert b_record.status is CANCELLED and b_record.error == f"upstream job {a} failed (was waiting)"
@@ -98,16 +98,16 @@ async def test_a_failed_parent_cancels_its_children_and_theirs(queue: QueueManag
 
 
 async def test_a_cancelled_parent_cancels_its_child(queue: QueueManager) -> None:
-    a = await queue.dispatch(Step("a"))
-    b = await queue.dispatch(Step("b"), after=[a])
+    a = await queue.dispatch(Stage("a"))
+    b = await queue.dispatch(Stage("b"), after=[a])
     assert await queue.cancel(a) == [a]
     record = await queue.get_job(b)
     assert record.status is CANCELLED and record.error == f"upstream job {a} was cancelled (was waiting)"
 
 
 async def test_a_cancelled_child_stays_cancelled_when_its_parent_ends(queue: QueueManager) -> None:
-    a = await queue.dispatch(Step("a"))
-    b = await queue.dispatch(Step("b"), after=[a])
+    a = await queue.dispatch(Stage("a"))
+    b = await queue.dispatch(Stage("b"), after=[a])
     assert await queue.cancel(b) == [b]
     assert (await queue.get_job(b)).error == "cancelled (was waiting)"
     await run_one(queue, a)
@@ -117,11 +117,11 @@ async def test_a_cancelled_child_stays_cancelled_when_its_parent_ends(queue: Que
 
 async def test_a_child_of_parents_that_ended_is_judged_when_stored(queue: QueueManager) -> None:
     good = await queue.dispatch(Echo(5))
-    bad = await queue.dispatch(Step("bad", fail=True))
+    bad = await queue.dispatch(Stage("bad", fail=True))
     await run_one(queue, good)
     await run_one(queue, bad)
-    ready = await queue.then(good, Step("ready"))
-    ended = await queue.dispatch(Step("ended"), after=[good, bad])
+    ready = await queue.then(good, Stage("ready"))
+    ended = await queue.dispatch(Stage("ended"), after=[good, bad])
     anyway = await queue.reduce([good, bad], Summarise(), include_failed=False)
     assert await statuses(queue, ready, ended, anyway) == [QUEUED, CANCELLED, QUEUED]
     assert (await queue.get_job(ended)).error == f"upstream job {bad} failed (was waiting)"
@@ -133,7 +133,7 @@ async def test_a_child_of_parents_that_ended_is_judged_when_stored(queue: QueueM
 
 async def test_a_reduce_includes_failed_points_with_their_status(queue: QueueManager) -> None:
     points = [await queue.dispatch(Echo(i)) for i in range(4)]
-    broken = await queue.dispatch(Step("x", fail=True))
+    broken = await queue.dispatch(Stage("x", fail=True))
     total = await queue.reduce([*points, broken], Summarise())
     completed_only = await queue.reduce([*points, broken], Summarise(), include_failed=False)
     for _ in range(5):
@@ -147,9 +147,9 @@ async def test_a_reduce_includes_failed_points_with_their_status(queue: QueueMan
 
 
 async def test_a_parent_gone_when_its_child_is_stored_ends_the_child(queue: QueueManager) -> None:
-    a = await queue.dispatch(Step("a"))
+    a = await queue.dispatch(Stage("a"))
     await run_one(queue, a)
-    child = queue.build_record(Step("child"))
+    child = queue.build_record(Stage("child"))
     child.parents, child.on_upstream_failure = [a, "0" * 32], "cancel"  # the second was never stored
     await queue.push([child])
     stored = await queue.get_job(child.id)
@@ -157,40 +157,40 @@ async def test_a_parent_gone_when_its_child_is_stored_ends_the_child(queue: Queu
 
 
 async def test_bad_dependencies_are_refused_and_nothing_is_stored(queue: QueueManager) -> None:
-    a = await queue.dispatch(Step("a"))
+    a = await queue.dispatch(Stage("a"))
     before = await queue.counts()
     with pytest.raises(JobNotFoundError, match="no job with id 'nope'"):
-        await queue.dispatch(Step("b"), after=[a, "nope"])
+        await queue.dispatch(Stage("b"), after=[a, "nope"])
     with pytest.raises(ConfigError, match="on_upstream_failure must be one of cancel, run, got 'skip'"):
-        await queue.dispatch(Step("b"), after=[a], on_upstream_failure="skip")
+        await queue.dispatch(Stage("b"), after=[a], on_upstream_failure="skip")
     with pytest.raises(ConfigError, match="after= takes job ids, handles or groups, got 3"):
-        await queue.dispatch(Step("b"), after=[a, 3])
+        await queue.dispatch(Stage("b"), after=[a, 3])
     with pytest.raises(ConfigError, match="feed='result' passes one parent's result"):
-        await queue.dispatch(Step("b"), after=[a, a + "x"], feed="result")
+        await queue.dispatch(Stage("b"), after=[a, a + "x"], feed="result")
     with pytest.raises(ConfigError, match="feed must be one of result, results, completed_results"):
-        await queue.dispatch(Step("b"), after=[a], feed="everything")
+        await queue.dispatch(Stage("b"), after=[a], feed="everything")
     with pytest.raises(ConfigError, match="needs parents"):
-        await queue.dispatch(Step("b"), feed="results")
+        await queue.dispatch(Stage("b"), feed="results")
     assert await queue.counts() == before
 
 
 async def test_a_cycle_cannot_be_built_from_ids(queue: QueueManager) -> None:
     """Every parent must be stored before its child, and a job's id is new when it is
     dispatched: naming a job that does not exist yet (what a cycle needs) is refused."""
-    a = await queue.dispatch(Step("a"))
-    b = await queue.dispatch(Step("b"), after=[a])
-    ahead = queue.build_record(Step("c")).id  # an id not stored yet
+    a = await queue.dispatch(Stage("a"))
+    b = await queue.dispatch(Stage("b"), after=[a])
+    ahead = queue.build_record(Stage("c")).id  # an id not stored yet
     with pytest.raises(JobNotFoundError):
-        await queue.dispatch(Step("a2"), after=[b, ahead])
+        await queue.dispatch(Stage("a2"), after=[b, ahead])
     assert [r.id for r in await queue.jobs()] == [a, b]
 
 
 async def test_the_sync_driver_runs_a_chain_at_dispatch(tmp_path: Path) -> None:
     async with QueueManager("sync://") as queue:
         a = await queue.dispatch(Echo(2))
-        b = await queue.then(a, Step("b"))
-        bad = await queue.dispatch(Step("bad", fail=True))
-        c = await queue.dispatch(Step("c"), after=[bad])
+        b = await queue.then(a, Stage("b"))
+        bad = await queue.dispatch(Stage("bad", fail=True))
+        c = await queue.dispatch(Stage("c"), after=[bad])
         assert (await queue.get_job(b)).result["got"] == 2
         assert (await queue.get_job(c)).status is CANCELLED
 
@@ -198,9 +198,9 @@ async def test_the_sync_driver_runs_a_chain_at_dispatch(tmp_path: Path) -> None:
 async def test_redis_refuses_parents_of_another_queue(tmp_path: Path) -> None:
     manager = await make_manager("redis", tmp_path)
     try:
-        other = await manager.dispatch(Step("x"), queue="elsewhere")
+        other = await manager.dispatch(Stage("x"), queue="elsewhere")
         with pytest.raises(ConfigError, match="waits only for jobs of its own queue"):
-            await manager.dispatch(Step("y"), after=[other])
+            await manager.dispatch(Stage("y"), after=[other])
     finally:
         await manager.driver.purge()
         await manager.close()
@@ -212,10 +212,10 @@ async def test_postgres_refuses_after_inside_the_applications_transaction(tmp_pa
 
     url = postgres_url(tmp_path)
     async with QueueManager(url) as manager:
-        parent = await manager.dispatch(Step("p"))
+        parent = await manager.dispatch(Stage("p"))
         async with await psycopg.AsyncConnection.connect(url.split("?")[0]) as conn:
             with pytest.raises(ConfigError, match="does not take after="):
-                await manager.dispatch(Step("c"), after=[parent], connection=conn)
+                await manager.dispatch(Stage("c"), after=[parent], connection=conn)
         await manager.driver.purge()
 
 
@@ -243,13 +243,13 @@ async def test_a_diamond_and_a_failed_parent_across_worker_processes(shared_url:
     workers = [start_worker(shared_url, "--concurrency", "2") for _ in range(3)]
     try:
         async with QueueManager(shared_url) as queue:
-            a = await queue.dispatch(Step("a", path=str(ran)))
-            b = await queue.then(a, Step("b", path=str(ran)))
-            c = await queue.then(a, Step("c", path=str(ran)))
-            d = await queue.reduce([b, c], Step("d", path=str(ran)))
-            bad = await queue.dispatch(Step("bad", fail=True, path=str(ran)))
-            child = await queue.then(bad, Step("never", path=str(ran)))
-            grandchild = await queue.then(child, Step("never either", path=str(ran)))
+            a = await queue.dispatch(Stage("a", path=str(ran)))
+            b = await queue.then(a, Stage("b", path=str(ran)))
+            c = await queue.then(a, Stage("c", path=str(ran)))
+            d = await queue.reduce([b, c], Stage("d", path=str(ran)))
+            bad = await queue.dispatch(Stage("bad", fail=True, path=str(ran)))
+            child = await queue.then(bad, Stage("never", path=str(ran)))
+            grandchild = await queue.then(child, Stage("never either", path=str(ran)))
             done = await queue.wait([a, b, c, d, bad, child, grandchild], timeout=60)
             assert [r.status for r in done] == [COMPLETED] * 4 + [FAILED, CANCELLED, CANCELLED]
             names = [line.split()[0] for line in read_lines(ran)]
@@ -288,9 +288,9 @@ async def test_a_parent_lost_with_its_storage_ends_its_waiting_child(tmp_path: P
 
     path = tmp_path / "lost.db"
     async with QueueManager(f"sqlite:///{path}") as queue:
-        a = await queue.dispatch(Step("a"))
-        b = await queue.then(a, Step("b"))
-        c = await queue.then(b, Step("c"))
+        a = await queue.dispatch(Stage("a"))
+        b = await queue.then(a, Stage("b"))
+        c = await queue.then(b, Stage("c"))
         assert await end_orphans(queue.driver, ["default"]) == 0
         with sqlite3.connect(path) as conn:
             conn.execute("DELETE FROM khadem_jobs WHERE id = ?", (a,))
@@ -303,8 +303,8 @@ async def test_a_parent_lost_with_its_storage_ends_its_waiting_child(tmp_path: P
 async def test_a_redis_parent_lost_ends_its_waiting_child(tmp_path: Path) -> None:
     manager = await make_manager("redis", tmp_path)
     try:
-        a = await manager.dispatch(Step("a"))
-        b = await manager.then(a, Step("b"))
+        a = await manager.dispatch(Stage("a"))
+        b = await manager.then(a, Stage("b"))
         state_key = manager.driver.keys("default")[KEY_INDEX["state"]]  # type: ignore[attr-defined]
         await manager.driver.client.hdel(state_key, a)  # type: ignore[attr-defined]
         assert await end_orphans(manager.driver, ["default"]) == 1
@@ -318,8 +318,8 @@ async def test_the_testing_kit_runs_a_pipeline_in_order() -> None:
     async with QueueManager() as manager:
         with QueueFake(manager) as fake:
             a = await manager.dispatch(Echo(3))
-            b = await manager.then(a, Step("b"))
-            fake.assert_dispatched(Step, times=1)
+            b = await manager.then(a, Stage("b"))
+            fake.assert_dispatched(Stage, times=1)
             assert await manager.statuses([b]) == [WAITING]
             await fake.run_all()
             assert (await manager.get_job(b)).result["got"] == 3
