@@ -411,7 +411,7 @@ class Stage(QueueJob):
 
 
 class Summarise(QueueJob):
-    """A reduce: how many points it was given, their statuses, the sum of their ``value``
+    """A reduce: how many points it was given, their statuses, the sum of their integer
     results; appends a line to ``path`` on every run (counts how often it ran)."""
 
     def __init__(self, path: str = "") -> None:
@@ -422,5 +422,6 @@ class Summarise(QueueJob):
             with open(self.path, "a", encoding="utf-8") as handle:
                 handle.write(f"reduce {os.getpid()}\n")
         points = self.upstream or []
-        return {"count": len(points), "statuses": sorted({p["status"] for p in points}),
-                "total": sum(p["result"] for p in points if p["status"] == "completed")}
+        numbers = [p["result"] for p in points if p["status"] == "completed" and isinstance(p["result"], int)]
+        statuses = sorted({p["status"] for p in points})
+        return {"count": len(points), "statuses": statuses, "total": sum(numbers)}

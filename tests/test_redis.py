@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 import redis
 from conftest import driver_config, need_redis
-from jobs import RUN_LOG, ClaimToken, Echo, Mark
+from jobs import RUN_LOG, ClaimToken, Echo, Mark, Stage, Summarise
 from procs import finish, start_worker
 from redis_servers import RedisServer, spare_port
 
@@ -290,14 +290,18 @@ async def test_three_queues_on_three_slots_of_a_cluster(cluster: list[RedisServe
         held = await manager.driver.reserve([name], 1, 0)
         assert await manager.driver.heartbeat(held) == [True]
         await manager.driver.release(held[0])
+        after = await manager.then(ids[-1], Stage(f"{name}-after"))  # waits in the queue's slot
+        summary = await manager.reduce(ids, Summarise())
         await manager.start_worker(burst=True, delay=0.05, concurrency=2)
         records = [await manager.get_job(i) for i in ids]
         assert [r.result for r in records] == [f"{name}-{i}" for i in range(20)]
-        assert (await manager.counts(name))["completed"] == 20
+        assert (await manager.get_job(after)).result["got"] == f"{name}-19"
+        assert (await manager.get_job(summary)).result["count"] == 20
+        assert (await manager.counts(name))["completed"] == 22
         await manager.close()
     # a fresh manager finds every queue through the registry (a key in a slot of its own)
     manager = await QueueManager({"queue": {"url": seed, "name": "elsewhere"}}).init()
-    assert (await manager.counts())["completed"] == 60
+    assert (await manager.counts())["completed"] == 66
     found = await manager.get_jobs(list(first_ids.values()))
     assert [(r.queue, r.result) for r in found] == [(n, f"{n}-0") for n in names]
     await manager.driver.purge()
