@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+import inspect
 import os
 import sys
+import warnings
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -147,6 +150,25 @@ def driver_config(driver: str, tmp_path: Path, **extra: Any) -> dict[str, Any]:
         section.pop("driver")
         section["url"] = postgres_url(tmp_path)
     return {"queue": section}
+
+
+@pytest.fixture(autouse=True)
+def _no_stray_event_loop(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Close an event loop that a library (jupyter_client's blocking client, Playwright's sync
+    API) left set on this thread during a sync test: left there, the garbage collector finds it
+    unclosed, with its sockets, during some later test, which then fails on the warning."""
+    yield
+    if inspect.iscoroutinefunction(request.function):
+        return  # pytest-asyncio owns the loop of an async test
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        try:
+            loop = asyncio.get_event_loop_policy().get_event_loop()
+        except RuntimeError:  # none is set
+            return
+    if not loop.is_running() and not loop.is_closed():
+        loop.close()
+    asyncio.set_event_loop(None)
 
 
 @pytest.fixture(autouse=True)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import gc
 import time
 import warnings
@@ -64,14 +63,4 @@ class Kernel:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", ResourceWarning)
             gc.collect()
-        # the client's blocking calls leave an event loop set on this thread; closed here, it
-        # cannot be collected (unclosed, with its sockets) during a later test
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", DeprecationWarning)
-            try:
-                loop = asyncio.get_event_loop_policy().get_event_loop()
-            except RuntimeError:
-                loop = None
-        if loop is not None and not loop.is_running() and not loop.is_closed():
-            loop.close()
-            asyncio.set_event_loop(None)
+
