@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from .errors import ConfigError, JobError
-from .job import CANCELLED, COMPLETED, FAILED, QUEUED, SCHEDULED, WAITING, JobRecord, JobStatus
+from .job import CANCELLED, COMPLETED, FAILED, WAITING, JobRecord, JobStatus, cancel_error
 from .serializer import decode_value
 
 if TYPE_CHECKING:
@@ -101,16 +101,8 @@ def judge(child: JobRecord, statuses: Mapping[str, JobStatus | None]) -> Judgeme
     return judgement
 
 
-def released_status(child: JobRecord, now_ms: int) -> JobStatus:
-    """The status a child takes when its last parent ends: queued, or scheduled until the
-    delay it was dispatched with has passed."""
-    return SCHEDULED if child.available_ms > now_ms else QUEUED
-
-
 def stop_child(child: JobRecord, reason: str, now_ms: int) -> None:
     """End a waiting child because of a parent (see ``job.cancel_error``)."""
-    from .job import cancel_error
-
     child.status = CANCELLED
     child.finished_ms = now_ms
     child.error, child.traceback = cancel_error(reason, WAITING), None
