@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from .errors import ConfigError, JobError
-from .job import CANCELLED, COMPLETED, FAILED, WAITING, JobRecord, JobStatus, cancel_error
+from .job import CANCELLED, COMPLETED, FAILED, TERMINAL_STATUSES, WAITING, JobRecord, JobStatus, cancel_error
 from .serializer import decode_value
 
 if TYPE_CHECKING:
@@ -29,8 +29,6 @@ UPSTREAM_POLICIES = ("cancel", "run")
 FEEDS = ("result", "results", "completed_results")
 #: the feeds that give one dict per parent (a reduce)
 GROUP_FEEDS = ("results", "completed_results")
-#: statuses in which a parent has ended, for its children
-ENDED = frozenset({COMPLETED, FAILED, CANCELLED})
 MAX_PARENTS = 100_000
 
 
@@ -93,7 +91,7 @@ def judge(child: JobRecord, statuses: Mapping[str, JobStatus | None]) -> Judgeme
     judgement = Judgement()
     for parent in child.parents or ():
         status = statuses.get(parent)
-        if status is None or status in ENDED:
+        if status is None or status in TERMINAL_STATUSES:
             if stops_child(child, status):
                 return Judgement([], parent, status)
         else:
@@ -106,6 +104,18 @@ def stop_child(child: JobRecord, reason: str, now_ms: int) -> None:
     child.status = CANCELLED
     child.finished_ms = now_ms
     child.error, child.traceback = cancel_error(reason, WAITING), None
+
+
+def place_child(record: JobRecord, statuses: Mapping[str, JobStatus | None], now_ms: int) -> list[str]:
+    """Judge a child about to be stored against its parents' statuses (read in the step that
+    stores it; ``None``: gone) and set its status: cancelled by a parent that ends it, waiting,
+    or left as dispatched (its parents have all ended). Returns the parents it waits for."""
+    judgement = judge(record, statuses)
+    if judgement.stopper is not None:
+        stop_child(record, judgement.reason, now_ms)
+    elif judgement.left:
+        record.status = WAITING
+    return judgement.left
 
 
 class DependencyIndex:

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 TESTS = Path(__file__).parent
@@ -20,6 +21,18 @@ def start_worker(url: str, *extra: str) -> subprocess.Popen[str]:
     cmd = [sys.executable, "-m", "khadem_nb.cli", "--log-level", "WARNING", "worker",
            "--queue-url", url, "--import", "jobs", *extra]
     return subprocess.Popen(cmd, env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+@contextlib.contextmanager
+def workers(url: str, count: int, *extra: str) -> Iterator[list[subprocess.Popen[str]]]:
+    """``count`` worker processes of ``url``, SIGKILLed on the way out (those still in the
+    list: a test that kills one itself pops it)."""
+    running = [start_worker(url, *extra) for _ in range(count)]
+    try:
+        yield running
+    finally:
+        for proc in running:
+            kill(proc)
 
 
 def run_script(code: str, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:

@@ -10,9 +10,9 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from conftest import QUEUED_DRIVERS, make_manager, need_postgres, need_redis, postgres_url, purge_url
+from conftest import make_manager, need_postgres, need_redis, postgres_url, purge_url
 from jobs import Echo, Stage, Summarise
-from procs import kill, start_worker
+from procs import kill, workers
 
 from khadem_nb import ConfigError, JobNotFoundError, JobStatus, QueueManager
 from khadem_nb.dependencies import end_orphans
@@ -23,12 +23,10 @@ WAITING, QUEUED, COMPLETED = JobStatus.WAITING, JobStatus.QUEUED, JobStatus.COMP
 FAILED, CANCELLED = JobStatus.FAILED, JobStatus.CANCELLED
 
 
-@pytest.fixture(params=QUEUED_DRIVERS)
-async def queue(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[QueueManager]:
-    manager = await make_manager(request.param, tmp_path, lease=30.0)
-    yield manager
-    await manager.driver.purge()
-    await manager.close()
+@pytest.fixture
+def queue(queued_manager: QueueManager) -> QueueManager:
+    """A queue of each queued driver (conftest's ``queued_manager``)."""
+    return queued_manager
 
 
 async def run_one(queue: QueueManager, expect: str | None = None) -> str:
@@ -249,8 +247,7 @@ SOMEONE_ELSES_LEAK = pytest.mark.filterwarnings("ignore::pytest.PytestUnraisable
 @SOMEONE_ELSES_LEAK
 async def test_a_diamond_and_a_failed_parent_across_worker_processes(shared_url: str, tmp_path: Path) -> None:
     ran = tmp_path / "ran.txt"
-    workers = [start_worker(shared_url, "--concurrency", "2") for _ in range(3)]
-    try:
+    with workers(shared_url, 3, "--concurrency", "2"):
         async with QueueManager(shared_url) as queue:
             a = await queue.dispatch(Stage("a", path=str(ran)))
             b = await queue.then(a, Stage("b", path=str(ran)))
@@ -267,27 +264,20 @@ async def test_a_diamond_and_a_failed_parent_across_worker_processes(shared_url:
             got = done[3].result["got"]
             assert [p["result"]["got"]["name"] for p in got] == ["a", "a"]
             assert done[6].error == f"upstream job {child} was cancelled (was waiting)"
-    finally:
-        for worker in workers:
-            kill(worker)
 
 
 @pytest.mark.slow
 @SOMEONE_ELSES_LEAK
 async def test_a_reduce_of_100_points_runs_once_across_processes(shared_url: str, tmp_path: Path) -> None:
     ran = tmp_path / "ran.txt"
-    workers = [start_worker(shared_url, "--concurrency", "4") for _ in range(3)]
-    try:
+    with workers(shared_url, 3, "--concurrency", "4") as running:
         async with QueueManager(shared_url) as queue:
             points = await queue.dispatch_many([Echo(i) for i in range(100)])
-            kill(workers.pop(0))  # a worker lost midway changes nothing
+            kill(running.pop(0))  # a worker lost midway changes nothing
             reduce_id = await queue.reduce(points, Summarise(str(ran)))
             [record] = await queue.wait([reduce_id], timeout=90)
             assert record.result == {"count": 100, "statuses": ["completed"], "total": sum(range(100))}
             assert len(read_lines(ran)) == 1
-    finally:
-        for worker in workers:
-            kill(worker)
 
 
 async def test_a_parent_lost_with_its_storage_ends_its_waiting_child(tmp_path: Path) -> None:

@@ -5,16 +5,15 @@ trigger on the jobs table acts on every change of a job into an ended status, wh
 statement makes it (a settle, a cancel, a lost lease), inside that statement's transaction: the
 job's children are cancelled (a failed or cancelled parent, unless they run anyway) or, when it
 was their last parent, queued; the cancel of a child runs the same trigger for its own children.
-A child is judged against its parents in the transaction that stores it (``stored_child``).
+A child is judged against its parents in the transaction that stores it
+(``dependencies.place_child``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any
 
-from ..dependencies import judge, stop_child
-from ..job import WAITING, JobRecord, JobStatus
+from ..job import JobRecord
 
 ENDED_SQL = "('completed', 'failed', 'cancelled')"
 
@@ -90,18 +89,6 @@ def sqlite_trigger_sql(jobs: str, edges: str) -> str:
     return (f"CREATE TRIGGER IF NOT EXISTS {jobs}_ended AFTER UPDATE OF status ON {jobs}\n"
             f"WHEN NEW.status IN {ENDED_SQL} AND OLD.status NOT IN {ENDED_SQL}\n"
             f"BEGIN\n  {steps};\nEND")
-
-
-def stored_child(record: JobRecord, statuses: Mapping[str, JobStatus | None], now_ms: int) -> list[str]:
-    """Judge a child about to be stored against its parents' statuses (read in the storing
-    transaction): set its status (waiting, queued, or cancelled by a parent that ended it) and
-    return the parents it waits for, one edge each."""
-    judgement = judge(record, statuses)
-    if judgement.stopper is not None:
-        stop_child(record, judgement.reason, now_ms)
-    elif judgement.left:
-        record.status = WAITING
-    return judgement.left
 
 
 def edge_rows(record: JobRecord, left: list[str]) -> list[tuple[Any, ...]]:

@@ -45,7 +45,7 @@ from typing import Any, ClassVar, TypeVar
 
 from .._time import now_ms
 from ..config import QueueSettings
-from ..dependencies import ENDED, ended_reason, judge, stop_child, stops_child
+from ..dependencies import ended_reason, judge, place_child, stop_child, stops_child
 from ..errors import DriverError, SerializationError
 from ..flow import ClaimPlan, LaneRule, LaneUse, recent_starts, rule_of
 from ..job import (
@@ -294,15 +294,13 @@ class FileStore:
     def _insert_child(self, record: JobRecord, statuses: Mapping[str, JobStatus]) -> None:
         """Judge a child against its parents and store it waiting (its marks first), queued,
         or cancelled by a parent that ended it."""
-        judgement = judge(record, statuses)
-        if judgement.stopper is not None:
-            stop_child(record, judgement.reason, now_ms())
+        left = place_child(record, statuses, now_ms())
+        if record.status is CANCELLED:
             self.write(self.dir("cancelled", _ready_name(record)), record)
-        elif judgement.left:
-            for parent in judgement.left:
+        elif left:
+            for parent in left:
                 _mark(self.dir("edges", parent), record.id)
                 _mark(self.dir("left", record.id), parent)
-            record.status = WAITING
             self.write(self.dir("waiting", _ready_name(record)), record)
         else:
             self._place_pending(record)
@@ -640,7 +638,7 @@ class FileStore:
             self._place_pending(record)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(path)  # if a crash undoes this unlink, the sweep drops the stale copy
-        if record.status in ENDED:
+        if record.status in TERMINAL_STATUSES:
             self._upstream_ended(record.id, record.status)
 
     def _find_active(self, job_id: str) -> str | None:

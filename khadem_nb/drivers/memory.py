@@ -25,7 +25,7 @@ from typing import Any, ClassVar
 
 from .._ids import new_token
 from ..config import QueueSettings
-from ..dependencies import DependencyIndex, ended_reason, judge, stop_child, stops_child
+from ..dependencies import DependencyIndex, ended_reason, place_child, stop_child, stops_child
 from ..flow import (
     RATE_UNITS,
     ClaimPlan,
@@ -210,17 +210,13 @@ class MemoryDriver(QueueDriver):
     def _store_child(self, record: JobRecord) -> None:
         """Store a job with parents: waiting, or judged at once against parents that ended."""
         records = self._records
-        judgement = judge(record, {p: None if (r := records.get(p)) is None else r.status
-                                   for p in record.parents or ()})
-        if judgement.stopper is not None:
+        left = place_child(record, {p: None if (r := records.get(p)) is None else r.status
+                                    for p in record.parents or ()}, self.clock())
+        if record.status is CANCELLED or record.status is WAITING:
             records[record.id] = record
-            stop_child(record, judgement.reason, self.clock())
-            self._enter(record.id, CANCELLED)
-        elif judgement.left:
-            records[record.id] = record
-            record.status = WAITING
-            self._enter(record.id, WAITING)
-            self._deps.add(record.id, judgement.left)
+            self._enter(record.id, record.status)
+            if left:
+                self._deps.add(record.id, left)
         else:
             self._enqueue(record, None)
 

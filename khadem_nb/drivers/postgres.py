@@ -30,6 +30,7 @@ from typing import Any, ClassVar
 from .._ids import new_token
 from .._time import now_ms
 from ..config import QueueSettings
+from ..dependencies import place_child
 from ..errors import ConfigError, CorruptQueueError, DriverError, DriverUnavailableError
 from ..flow import ClaimPlan, LaneRule, LaneUse, rule_of
 from ..job import JobRecord, JobStatus
@@ -38,7 +39,7 @@ from ..schedules import Schedule, ScheduleState
 from ..serializer import dumps
 from ..unique import UniqueRule
 from ._batches import TurnBatch, through_outage
-from ._deps import edge_rows, edges_table_sql, postgres_trigger_sql, stored_child
+from ._deps import edge_rows, edges_table_sql, postgres_trigger_sql
 from ._lanes import (
     held_by_lane,
     lane_index_sql,
@@ -525,7 +526,7 @@ class PostgresDriver(QueueDriver):
         parents' rows (FOR SHARE, so a parent's end waits for this commit or is seen by it) and
         judges each child against them. With ``lock`` (a unique rule's key, job, statuses,
         expiry): first take that lock, or return the id of the live job holding it."""
-        self._rows(records)
+        self._check_priorities(records)
         parents = sorted({p for r in records for p in r.parents or ()})
         async with conn.transaction():
             if lock is not None:
@@ -539,7 +540,7 @@ class PostgresDriver(QueueDriver):
             edges = []
             for record in records:
                 if record.parents:
-                    edges += edge_rows(record, stored_child(record, found, now))
+                    edges += edge_rows(record, place_child(record, found, now))
             await conn.execute(self._insert_sql(len(records)), [v for r in records for v in row_of(r)])
             if edges:
                 await conn.cursor().executemany(f"INSERT INTO {self.schema}.edges (parent, child) "
@@ -574,9 +575,12 @@ class PostgresDriver(QueueDriver):
             await conn.execute("SELECT pg_notify(%s, %s)", (self.channel, queue))
 
     def _rows(self, records: Sequence[JobRecord]) -> tuple[list[tuple[Any, ...]], list[str]]:
+        self._check_priorities(records)
+        return [row_of(r) for r in records], sorted({r.queue for r in records})
+
+    def _check_priorities(self, records: Sequence[JobRecord]) -> None:
         for record in records:  # built before the manager had this driver: checked here, all first
             self.check_priority(record.priority)
-        return [row_of(r) for r in records], sorted({r.queue for r in records})
 
     async def push_unique(self, record: JobRecord, rule: UniqueRule) -> str | None:
         """A key nobody holds yet: one statement inserts the lock and the job (a concurrent

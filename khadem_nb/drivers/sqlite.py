@@ -34,6 +34,7 @@ from typing import Any, ClassVar, Concatenate, ParamSpec, TypeVar
 from .._ids import new_token
 from .._time import now_ms
 from ..config import QueueSettings
+from ..dependencies import place_child
 from ..errors import ConfigError, CorruptQueueError, DriverError, DriverUnavailableError
 from ..flow import ClaimPlan, LaneRule, LaneUse, rule_of
 from ..job import TERMINAL_STATUSES, JobRecord, JobStatus
@@ -41,7 +42,7 @@ from ..resources import OFFER_TTL_S, Offer
 from ..schedules import Schedule, ScheduleState
 from ..serializer import dumps
 from ..unique import UniqueRule
-from ._deps import edge_rows, edges_table_sql, sqlite_trigger_sql, stored_child
+from ._deps import edge_rows, edges_table_sql, sqlite_trigger_sql
 from ._fs import check_parent_writable, is_network_filesystem, local_path
 from ._lanes import (
     held_by_lane,
@@ -604,7 +605,7 @@ def _insert(conn: sqlite3.Connection, records: Sequence[JobRecord]) -> None:
         if record.parents:
             found = dict(conn.execute(f"SELECT id, status FROM khadem_jobs WHERE id IN "
                                       f"({', '.join('?' for _ in record.parents)})", record.parents))
-            left = stored_child(record, {p: readable_status(found[p]) if p in found else None
+            left = place_child(record, {p: readable_status(found[p]) if p in found else None
                                          for p in record.parents}, now)
             conn.executemany(INSERT_EDGE, edge_rows(record, left))
         conn.execute(INSERT, row_of(record))
