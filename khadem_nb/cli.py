@@ -68,6 +68,9 @@ def _add_dashboard(commands: argparse._SubParsersAction[argparse.ArgumentParser]
     board.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port (default {DEFAULT_PORT})")
     board.add_argument("--token", default=os.environ.get("KHADEM_DASHBOARD_TOKEN"),
                        help="the token actions need (default: a new one, printed at start)")
+    board.add_argument("--allowed-host", dest="allowed_hosts", action="append", default=[], metavar="NAME",
+                       help="a host name the dashboard is reached by, beside its address (repeatable; "
+                       "on loopback only 127.0.0.1, localhost and [::1] are answered otherwise)")
 
 
 def _add_demo(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -154,7 +157,7 @@ def _dispatch(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     if args.command == "dashboard":
         from .dashboard.serve import run
 
-        run(args.queue_url, args.host, args.port, args.token)
+        run(args.queue_url, args.host, args.port, args.token, args.allowed_hosts)
         return 0
     if args.command == "cancel":
         if bool(args.ids) == bool(args.all_queued):

@@ -7,6 +7,7 @@ Accepted forms: ``None`` (memory), a queue URL (``"sqlite:///runs.db"``), a dict
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
@@ -92,12 +93,31 @@ class QueueSettings:
         return f"{self.driver}://{self.path or ''}"
 
 
+#: query keys whose values are credentials (libpq's, redis-py's and the usual token names)
+SECRET_QUERY_KEYS = re.compile(r"(?i)^(password|passwd|pwd|sslpassword|sslkey|passfile|secret|"
+                               r"client_secret|token|access_token|auth|auth_token|api_key|apikey|key)$")
+
+
 def redact_url(url: str) -> str:
+    """``url`` with every credential replaced by ``***``: the password of its user info
+    (``user:pw@``, or a bare ``pw@`` as redis URLs allow), and the values of query keys
+    such as ``password=``, ``sslpassword=`` and ``token=``; for messages and logs."""
     parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
-    return parts._replace(netloc=netloc).geturl()
+    netloc = parts.netloc
+    if "@" in netloc:
+        userinfo, _, hostport = netloc.rpartition("@")
+        user, colon, _ = userinfo.partition(":")
+        netloc = f"{user}:***@{hostport}" if colon else f"***@{hostport}" if parts.scheme.startswith(
+            "redis") else f"{user}@{hostport}"
+    query = "&".join(_redacted_pair(pair) for pair in parts.query.split("&")) if parts.query else ""
+    # replaced in the text as given (geturl would turn "sqlite:///x" into "sqlite:/x")
+    redacted = url.replace(f"//{parts.netloc}", f"//{netloc}", 1) if netloc != parts.netloc else url
+    return redacted.replace(f"?{parts.query}", f"?{query}", 1) if query != parts.query else redacted
+
+
+def _redacted_pair(pair: str) -> str:
+    key, equals, _ = pair.partition("=")
+    return f"{key}=***" if equals and SECRET_QUERY_KEYS.match(unquote(key)) else pair
 
 
 def parse_config(config: Any = None) -> QueueSettings:
@@ -223,13 +243,23 @@ def _check_consistency(settings: QueueSettings, *, explicit_heartbeat: bool) -> 
     if settings.driver in ("file", "sqlite") and not settings.path:
         raise ConfigError(f"the {settings.driver} driver needs queue.path or a "
                           f"{settings.driver}:/// URL")
-    if not settings.name:
-        raise ConfigError("queue.name must not be empty")
+    limits.queue_name(settings.name, "queue.name")
+    limits.key_prefix(settings.prefix)
+    if settings.driver == "sqlite" and _sqlite_in_memory(settings.path or ""):
+        raise ConfigError("sqlite:///:memory: is a database of one connection, which a worker and a "
+                          "dispatcher cannot share; use the memory driver (memory:// or no URL) for a "
+                          "queue in this process, or a file such as sqlite:///runs.db")
     if settings.ship_code or settings.trust_code:
         from .shipping import checked_secret
 
         checked_secret(settings.secret, "queue.ship_code" if settings.ship_code else "queue.trust_code")
     return settings
+
+
+def _sqlite_in_memory(path: str) -> bool:
+    """Whether SQLite would open ``path`` as a private in-memory database (or, through
+    Python's ``sqlite3``, as a file literally named ``:memory:``)."""
+    return path == ":memory:" or path.startswith("file::memory:") or "mode=memory" in path
 
 
 URL_QUERY_KEYS = frozenset({"name", "lease", "heartbeat", "max_reclaims", "retention", "retention_age",

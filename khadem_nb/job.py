@@ -11,6 +11,7 @@ from datetime import datetime
 from enum import Enum
 from typing import Any, ClassVar, Self, TypeVar
 
+from . import limits
 from ._time import ms_to_datetime
 from .errors import SerializationError
 from .retry import BackoffPolicy, ExponentialBackoff
@@ -199,6 +200,8 @@ def _check_flow(cls: type[QueueJob]) -> None:
 
     where = cls.__name__
     own = cls.__dict__
+    if isinstance(own.get("queue"), str):
+        limits.queue_name(own["queue"], f"{where}.queue")
     if not isinstance(own.get("concurrency"), property):
         check_concurrency(own.get("concurrency"), f"{where}.concurrency")
     if not isinstance(own.get("rate"), property):

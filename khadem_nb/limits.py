@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import math
 import operator
+import re
+from collections.abc import Iterable
 from typing import Any
 
 from ._time import seconds_of
@@ -101,3 +103,39 @@ def priority(value: Any, limit: int) -> int:
     if not -limit <= number <= limit:
         raise ConfigError(f"priority must be between {-limit} and {limit} on this driver, got {number}")
     return number
+
+
+#: a queue name: a letter or digit, then letters, digits, ``_``, ``-`` and ``.``; at most 100
+#: characters. Every driver can hold it as it is: never a path (no ``/``, never ``.`` or ``..``),
+#: never a second separator in a Redis key (no ``:``), never a control character.
+QUEUE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}\Z")
+QUEUE_NAME_RULE = ("a letter or digit, then letters, digits, '_', '-' or '.', at most 100 characters "
+                   "(no '/', ':', spaces or control characters)")
+#: a Redis key prefix: letters, digits, ``_``, ``-``, ``.`` and ``:``, at most 64 characters
+#: (never ``{`` or ``}``, which would move a queue's hash tag)
+KEY_PREFIX = re.compile(r"[A-Za-z0-9_.:-]{1,64}\Z")
+
+
+def queue_name(value: Any, name: str = "queue") -> str:
+    """``value`` as a queue name that is safe on every driver (``QUEUE_NAME_RULE``), else a
+    ``ConfigError`` naming the rule; ``name`` is what errors call the option."""
+    if not isinstance(value, str) or not value:
+        raise ConfigError(f"{name} must be a queue name (a non-empty string), got {value!r}")
+    if not QUEUE_NAME.match(value):
+        raise ConfigError(f"{name} {value!r} is not a valid queue name: use {QUEUE_NAME_RULE}")
+    return value
+
+
+def queue_names(values: Any, name: str = "queues") -> list[str]:
+    """A list of queue names, each checked by ``queue_name``."""
+    if isinstance(values, str | bytes) or not isinstance(values, Iterable):
+        raise ConfigError(f"{name} must be a list of queue names, got {values!r}")
+    return [queue_name(v, name) for v in values]
+
+
+def key_prefix(value: str) -> str:
+    """A Redis key prefix (``queue.prefix``), checked."""
+    if not KEY_PREFIX.match(value):
+        raise ConfigError(f"queue.prefix {value!r} is not a valid key prefix: use 1 to 64 letters, digits, "
+                          "'_', '-', '.' or ':' (no braces, spaces or control characters)")
+    return value

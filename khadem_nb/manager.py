@@ -72,6 +72,7 @@ class QueueManager:
         self._shipper: CodeShipper | None = None
         self._loader: CodeLoader | None = None
         self._class_codes: dict[type, str] = {}  # fingerprints of job classes that are their code
+        self._queue_names: set[str] = set()  # queue names dispatched to, checked (limits.queue_name)
         #: called with each new record as it is dispatched, before it is stored; a hook may add
         #: to ``record.meta``, which every driver stores with the job (``tracing`` does)
         self.dispatch_hooks: list[Callable[[JobRecord], None]] = []
@@ -177,9 +178,10 @@ class QueueManager:
             level = limits.priority(level, limit) if driver is None else driver.check_priority(level)
         timeout = job.timeout
         timeout_s = None if timeout is None else limits.seconds(timeout, "timeout")
-        queue = queue or job.queue or self.settings.name
-        if queue.__class__ is not str:
-            raise ConfigError(f"queue must be a queue name (a non-empty string), got {queue!r}")
+        if queue is None:
+            queue = job.queue or self.settings.name
+        if queue not in self._queue_names:  # each name is checked once per manager
+            self._queue_names.add(limits.queue_name(queue))
         code = self._class_codes.get(job.__class__) or self._code_of(job)
         keep = job.keep_result if keep_result is None else keep_result
         keep_ms = None if keep is None else int(limits.seconds(keep, "keep_result") * 1000)
@@ -394,9 +396,9 @@ class QueueManager:
         options = worker_settings(self.settings.workers, max_jobs=max_jobs, delay=delay,
                                   timeout=timeout, concurrency=concurrency, burst=burst,
                                   prefetch=prefetch, isolation=isolation, resources=resources)
+        names = limits.queue_names(queues) if queues else [self.settings.name]
         self._set_hooks(on_error, on_job_start, on_job_complete, on_job_error)
-        worker = QueueWorker(self.driver, self.executor, self.settings, options,
-                             list(queues) if queues else [self.settings.name], self.hooks)
+        worker = QueueWorker(self.driver, self.executor, self.settings, options, names, self.hooks)
         self._workers.append(worker)
         worker.start()
         if not run_in_background:
@@ -442,7 +444,7 @@ class QueueManager:
                    limit: int | None = None) -> list[JobRecord]:
         """Stored job records, oldest first (``limit`` keeps the newest)."""
         parsed = None if status is None else JobStatus.parse(status)
-        return await self.driver.jobs(parsed, queue, limit)
+        return await self.driver.jobs(parsed, _queue_filter(queue), limit)
 
     # -- schedules ---------------------------------------------------------------------------
     async def schedule(self, job: QueueJob | type[QueueJob], *, cron: str | None = None,
@@ -514,7 +516,7 @@ class QueueManager:
         """Wait until ``queue`` (every queue if ``None``) has nothing queued, scheduled or
         running. ``ResultTimeoutError`` after ``timeout``."""
         seconds = to_seconds(timeout, name="timeout")
-        await wait_until_idle(self.driver, self.executor.listeners, queue, seconds)
+        await wait_until_idle(self.driver, self.executor.listeners, _queue_filter(queue), seconds)
 
     async def dispatch_and_wait(self, job: QueueJob, timeout: float | timedelta | None = None, *,
                                 queue: str | None = None, priority: int | None = None,
@@ -539,7 +541,7 @@ class QueueManager:
 
     async def counts(self, queue: str | None = None) -> dict[str, int]:
         """How many jobs are in each status (every status present), in ``queue`` or in all."""
-        return {status.value: n for status, n in (await self.driver.counts(queue)).items()}
+        return {status.value: n for status, n in (await self.driver.counts(_queue_filter(queue))).items()}
 
     async def statuses(self, job_ids: Sequence[str]) -> list[JobStatus | None]:
         """Each job's status, read in one call; ``None`` for an id that is not stored (never
@@ -575,7 +577,7 @@ class QueueManager:
 
     async def purge_failed(self, *, queue: str | None = None) -> int:
         """Delete every failed record of ``queue`` (every queue if ``None``); return how many."""
-        failed = await self.driver.jobs(FAILED, queue)
+        failed = await self.driver.jobs(FAILED, _queue_filter(queue))
         return await self.driver.forget([r.id for r in failed]) if failed else 0
 
     # -- cancelling ------------------------------------------------------------------------
@@ -599,6 +601,7 @@ class QueueManager:
         if status not in CANCEL_SCOPES:
             raise ConfigError(f"cancel status must be one of {', '.join(CANCEL_SCOPES)}, got {status!r}")
         wanted = CANCEL_SCOPES[status]
+        queue = _queue_filter(queue)
         found = [r.id for s in wanted for r in await self.driver.jobs(s, queue)]
         return await self.driver.cancel(found, reason) if found else []
 
@@ -607,3 +610,8 @@ class QueueManager:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
+
+
+def _queue_filter(queue: str | None) -> str | None:
+    """A queue name given to narrow a read or a cancel, checked like one given to dispatch."""
+    return None if queue is None else limits.queue_name(queue)

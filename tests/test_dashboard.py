@@ -20,7 +20,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from redis_servers import spare_port
 
 from khadem_nb import JobStatus, QueueManager
-from khadem_nb.dashboard.app import create_app
+from khadem_nb.dashboard.app import allowed_hosts, create_app
 
 TOKEN = "s3cret-token-for-tests"
 
@@ -40,7 +40,7 @@ async def queue(tmp_path: Path) -> AsyncIterator[QueueManager]:
 
 
 def client(manager: QueueManager, *, private: bool = False) -> httpx.AsyncClient:
-    app = create_app(manager, TOKEN, private_reads=private)
+    app = create_app(manager, TOKEN, private_reads=private, hosts=allowed_hosts("127.0.0.1", 8642))
     return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://127.0.0.1:8642")
 
 
@@ -253,7 +253,7 @@ def test_the_dashboard_in_a_real_browser(tmp_path: Path) -> None:
     from test_browser import ARTIFACTS, _browser, need_chromium
 
     need_chromium()
-    from playwright.sync_api import sync_playwright
+    from playwright.sync_api import expect, sync_playwright
 
     url = f"sqlite:///{tmp_path / 'q.db'}"
 
@@ -273,14 +273,12 @@ def test_the_dashboard_in_a_real_browser(tmp_path: Path) -> None:
             wait_until(lambda: _answers(port), timeout=60)
             page.goto(f"http://127.0.0.1:{port}/", timeout=60_000)
             failed_cell = "#counts tr[data-queue='*'] [data-status='failed']"
-            page.wait_for_function(f"document.querySelector(\"{failed_cell}\")?.textContent === '1'",
-                                   timeout=60_000)
+            # expect() rather than wait_for_function: the page's CSP forbids evaluating strings
+            expect(page.locator(failed_cell)).to_have_text("1", timeout=60_000)
             completed_cell = "#counts tr[data-queue='*'] [data-status='completed']"
-            page.wait_for_function(f"document.querySelector(\"{completed_cell}\")?.textContent === '5'",
-                                   timeout=60_000)
+            expect(page.locator(completed_cell)).to_have_text("5", timeout=60_000)
             _off_loop(_dispatch_more(url))  # the page shows new work arriving and finishing
-            page.wait_for_function(f"document.querySelector(\"{completed_cell}\")?.textContent === '15'",
-                                   timeout=60_000)
+            expect(page.locator(completed_cell)).to_have_text("15", timeout=60_000)
             failure = page.locator("#failures details").first
             failure.locator("summary").click()
             assert "RuntimeError: failed on purpose" in failure.inner_text()

@@ -10,15 +10,17 @@ site's page cannot send without a CORS preflight this app never grants, and a PO
 from __future__ import annotations
 
 import hmac
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from importlib import resources
 from typing import Any
 
 from starlette.applications import Starlette
+from starlette.datastructures import MutableHeaders
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ..errors import KhademError
 from ..job import JobStatus
@@ -26,6 +28,7 @@ from ..manager import QueueManager
 from ..prometheus import QueueGauges, exposition, new_registry
 from .overview import Overview, record_json
 from .pages import job_page, not_found_page
+from .serve import is_loopback
 
 TOKEN_HEADER = "x-khadem-token"
 TOKEN_COOKIE = "khadem_token"
@@ -35,13 +38,48 @@ SEARCH_SHOWN = 100
 Handler = Callable[[Request], Awaitable[Response]]
 
 
+#: sent with every answer: no framing, no scripts or styles from elsewhere, no type sniffing,
+#: no Referer (a job page's address names a job)
+SECURITY_HEADERS = {
+    "content-security-policy": "default-src 'self'; img-src 'self' data:; style-src 'self'; "
+                               "script-src 'self'; connect-src 'self'; frame-ancestors 'none'; "
+                               "base-uri 'none'; form-action 'self'",
+    "x-frame-options": "DENY",
+    "x-content-type-options": "nosniff",
+    "referrer-policy": "no-referrer",
+}
+LOOPBACK_NAMES = ("127.0.0.1", "localhost", "[::1]")
+
+
+def allowed_hosts(host: str, port: int, extra: Iterable[str] = ()) -> frozenset[str] | None:
+    """The ``Host`` headers the dashboard bound to ``host:port`` answers: on loopback only
+    ``127.0.0.1``, ``localhost`` and ``[::1]`` with the port (so a page on another origin cannot
+    read it through DNS rebinding), plus ``extra`` names; on other addresses the bound address
+    and ``extra``, or any name (``None``) when bound to every address without ``extra`` (every
+    request needs the token there)."""
+    shown = f"[{host}]" if ":" in host and not host.startswith("[") else host
+    names = {shown, *extra}
+    if is_loopback(host):
+        names.update(LOOPBACK_NAMES)
+    elif host in ("0.0.0.0", "::") and not extra:
+        return None
+    return frozenset(f"{name}:{port}" if not _has_port(name) else name for name in names) | (
+        frozenset(names) if port == 80 else frozenset())
+
+
+def _has_port(name: str) -> bool:
+    return name.rsplit("]", 1)[-1].count(":") == 1 if name.startswith("[") else name.count(":") == 1
+
+
 class Dashboard:
     """The state behind the routes: the manager, the token and the shared overview."""
 
-    def __init__(self, manager: QueueManager, token: str, private_reads: bool) -> None:
+    def __init__(self, manager: QueueManager, token: str, private_reads: bool,
+                 hosts: frozenset[str] | None) -> None:
         self.manager = manager
         self.token = token
         self.private_reads = private_reads
+        self.hosts = hosts
         self.overview = Overview(manager)
         self.registry = new_registry()
         self.gauges = QueueGauges(self.registry)
@@ -68,10 +106,26 @@ class Dashboard:
 
         return guarded
 
+    def host_refused(self, request: Request) -> Response | None:
+        """A 421 answer for a request whose ``Host`` is not one this dashboard serves."""
+        host = request.headers.get("host", "").lower()
+        if self.hosts is None or host in self.hosts:
+            return None
+        return _refused(f"this dashboard does not answer to the host {host!r}; start it with "
+                        "--allowed-host NAME to add a name it is reached by", 421)
+
+    def own_origin(self, origin: str, request: Request) -> bool:
+        """Whether ``origin`` is this dashboard's own page: a host it was bound to or allowed,
+        never merely the host the request names (DNS rebinding makes that the attacker's)."""
+        if self.hosts is None:  # any host, and every request needs the token
+            return origin == f"{request.url.scheme}://{request.url.netloc}"
+        scheme, _, host = origin.partition("://")
+        return scheme in ("http", "https") and host.lower() in self.hosts
+
     def acting(self, handler: Handler) -> Handler:
         async def guarded(request: Request) -> Response:
             origin = request.headers.get("origin")
-            if origin is not None and origin != f"{request.url.scheme}://{request.url.netloc}":
+            if origin is not None and not self.own_origin(origin, request):
                 return _refused(f"actions come from this dashboard's own page, not from {origin}", 403)
             if request.headers.get("sec-fetch-site") == "cross-site":
                 return _refused("actions come from this dashboard's own page", 403)
@@ -160,9 +214,11 @@ class Dashboard:
         return JSONResponse({"deleted": await self.manager.purge_failed()})
 
 
-def create_app(manager: QueueManager, token: str, *, private_reads: bool = False) -> Starlette:
-    """The dashboard of ``manager``'s queue (an initialised manager, closed by its owner)."""
-    board = Dashboard(manager, token, private_reads)
+def create_app(manager: QueueManager, token: str, *, private_reads: bool = False,
+               hosts: frozenset[str] | None = None) -> Starlette:
+    """The dashboard of ``manager``'s queue (an initialised manager, closed by its owner),
+    answering requests whose ``Host`` is in ``hosts`` (see ``allowed_hosts``; ``None``: any)."""
+    board = Dashboard(manager, token, private_reads, hosts)
     read, act = board.reading, board.acting
     routes = [
         Route("/", board.index),
@@ -179,7 +235,32 @@ def create_app(manager: QueueManager, token: str, *, private_reads: bool = False
     ]
     app = Starlette(routes=routes, exception_handlers={404: _not_found})
     app.state.dashboard = board
+    app.add_middleware(_Guard, board=board)
     return app
+
+
+class _Guard:
+    """ASGI middleware: refuses a foreign ``Host`` before any route runs, and adds
+    ``SECURITY_HEADERS`` to every answer."""
+
+    def __init__(self, app: ASGIApp, board: Dashboard) -> None:
+        self.app = app
+        self.board = board
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        refused = self.board.host_refused(Request(scope))
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = MutableHeaders(scope=message)
+                for name, value in SECURITY_HEADERS.items():
+                    headers[name] = value
+            await send(message)
+
+        await (refused or self.app)(scope, receive, send_with_headers)
 
 
 async def _not_found(request: Request, exc: Exception) -> Response:

@@ -10,9 +10,11 @@ from __future__ import annotations
 import asyncio
 import errno
 import ipaddress
+import re
 import secrets
 import socket
 import sys
+from collections.abc import Sequence
 from typing import TextIO
 
 from .. import limits
@@ -21,6 +23,7 @@ from ..manager import QueueManager
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8642
+HOST_NAME = re.compile(r"([A-Za-z0-9.-]{1,253}|\[[0-9A-Fa-f:.]{2,45}\])(:\d{1,5})?\Z")
 
 
 def is_loopback(host: str) -> bool:
@@ -62,30 +65,44 @@ def check_access(host: str, token: str | None) -> str:
 
 
 async def serve(url: str, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, token: str | None = None,
-                out: TextIO = sys.stdout) -> None:
-    """Serve the dashboard of the queue at ``url`` until cancelled (Ctrl-C)."""
+                out: TextIO = sys.stdout, allowed: Sequence[str] = ()) -> None:
+    """Serve the dashboard of the queue at ``url`` until cancelled (Ctrl-C); ``allowed``: more
+    host names (``--allowed-host``) it answers to, beside the address it is bound to."""
     try:
         import uvicorn
 
-        from .app import create_app
+        from .app import allowed_hosts, create_app
     except ImportError as exc:
         raise ConfigError(f"the dashboard needs its extra ({exc.name} is missing): "
                           'pip install "khadem_nb[dashboard]"') from None
 
+    made = token is None
     token = check_access(host, token)
     port = limits.count(port, "--port")
+    extra = [check_host_name(name) for name in allowed]
     manager = await QueueManager(url).init()
     try:
         sock = bind(host, port)
-        app = create_app(manager, token, private_reads=not is_loopback(host))
+        app = create_app(manager, token, private_reads=not is_loopback(host),
+                         hosts=allowed_hosts(host, port, extra))
         shown = f"[{host}]" if ":" in host else host
-        print(f"khadem_nb dashboard for {manager.settings.redacted_url()} at http://{shown}:{port}/\n"
-              f"token for actions: {token}", file=out, flush=True)
+        # a token given by its owner is not echoed (terminals and CI logs keep what is printed)
+        told = f"token for actions: {token}" if made else "token for actions: the one given with --token"
+        print(f"khadem_nb dashboard for {manager.settings.redacted_url()} at http://{shown}:{port}/\n{told}",
+              file=out, flush=True)
         config = uvicorn.Config(app, log_level="warning", lifespan="off", access_log=False)
         await uvicorn.Server(config).serve(sockets=[sock])
     finally:
         await manager.close()
 
 
-def run(url: str, host: str, port: int, token: str | None) -> None:
-    asyncio.run(serve(url, host, port, token))
+def check_host_name(name: str) -> str:
+    """An ``--allowed-host`` value: a host name or address, with an optional port."""
+    if not isinstance(name, str) or not HOST_NAME.match(name):
+        raise ConfigError(f"--allowed-host {name!r} is not a host name (letters, digits, '-' and '.', "
+                          "or an address in brackets, with an optional :port)")
+    return name.lower()
+
+
+def run(url: str, host: str, port: int, token: str | None, allowed: Sequence[str] = ()) -> None:
+    asyncio.run(serve(url, host, port, token, allowed=allowed))

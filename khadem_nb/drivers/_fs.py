@@ -13,6 +13,12 @@ NETWORK_FILESYSTEMS = frozenset({
 })
 
 
+#: queue folders and files are the owner's alone: job arguments, results and shipped code are
+#: not for other accounts on the machine, whatever the umask
+FOLDER_MODE = 0o700
+FILE_MODE = 0o600
+
+
 def local_path(settings: QueueSettings) -> str:
     """The absolute path of a file-backed queue (``~`` expanded); config checked it is set."""
     assert settings.path is not None
@@ -41,11 +47,12 @@ def is_network_filesystem(path: str, mounts_file: str = "/proc/self/mounts") -> 
     return kind is not None and kind in NETWORK_FILESYSTEMS
 
 
-def check_parent_writable(path: str, *, kind: str) -> None:
-    """Create the parent folder if needed; raise a clear error if it is not a writable folder."""
+def check_parent_writable(path: str, *, kind: str, mode: int = 0o777) -> None:
+    """Create the parent folder if needed (with ``mode``, before the umask); raise a clear
+    error if it is not a writable folder."""
     parent = os.path.dirname(os.path.abspath(path))
     try:
-        os.makedirs(parent, exist_ok=True)
+        os.makedirs(parent, mode=mode, exist_ok=True)
     except (FileExistsError, NotADirectoryError):
         raise DriverError(f"cannot create {kind} {path!r}: a parent of it is a file, not a folder") from None
     except OSError as exc:

@@ -43,6 +43,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, ClassVar, TypeVar
 
+from .. import limits
 from .._time import now_ms
 from ..config import QueueSettings
 from ..dependencies import ended_reason, judge, place_child, stop_child, stops_child
@@ -64,7 +65,7 @@ from ..resources import Offer, live_offers
 from ..schedules import FIRE, STALE, Schedule, ScheduleState, fire_verdict
 from ..unique import UniqueRule, lock_is_live
 from . import _records
-from ._fs import check_parent_writable, local_path
+from ._fs import FILE_MODE, FOLDER_MODE, check_parent_writable, local_path
 from ._lanes import oldest_start_kept
 from ._polling import PollingWaits
 from ._records import due_view, reclaim
@@ -139,9 +140,10 @@ class FileStore:
     def open(self) -> None:
         if os.path.exists(self.root) and not os.path.isdir(self.root):
             raise DriverError(f"queue path {self.root!r} is a file; the file driver needs a folder")
-        check_parent_writable(os.path.join(self.root, "x"), kind="queue folder")
+        check_parent_writable(os.path.join(self.root, "x"), kind="queue folder", mode=FOLDER_MODE)
+        os.makedirs(self.root, mode=FOLDER_MODE, exist_ok=True)
         for name in STATE_DIRS:
-            os.makedirs(self.dir(name), exist_ok=True)
+            os.makedirs(self.dir(name), mode=FOLDER_MODE, exist_ok=True)
         if not os.access(self.root, os.W_OK):
             raise DriverError(f"queue folder {self.root!r} is not writable")
         self._remove_stale_temporaries()
@@ -167,7 +169,8 @@ class FileStore:
 
     @contextlib.contextmanager
     def locked(self) -> Iterator[None]:
-        with self._thread_lock, open(self.dir(".lock"), "a+") as handle:
+        lock_fd = os.open(self.dir(".lock"), os.O_RDWR | os.O_CREAT, FILE_MODE)
+        with self._thread_lock, open(lock_fd, "a+") as handle:
             fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
             try:
                 yield
@@ -177,7 +180,7 @@ class FileStore:
     def write_bytes(self, path: str, data: bytes, *, sync_dir: bool = True) -> None:
         """Atomically place ``data`` at ``path`` (temp file, fsync, replace, fsync dir)."""
         tmp = self.dir("tmp", f"{os.getpid()}-{threading.get_ident()}-{os.path.basename(path)}")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, FILE_MODE)
         try:
             os.write(fd, data)
             os.fsync(fd)
@@ -264,6 +267,7 @@ class FileStore:
     # -- operations --------------------------------------------------------------------------
     def insert(self, records: Sequence[JobRecord]) -> None:
         """Store new records; those with parents under the lock their parents' ends take."""
+        _check_queues({r.queue for r in records})
         if any(r.parents for r in records):
             with self.locked():
                 self._insert(records)
@@ -370,6 +374,7 @@ class FileStore:
     def insert_unique(self, record: JobRecord, rule: UniqueRule) -> str | None:
         """Under the store lock: insert ``record`` and write ``rule``'s lock file
         (``unique/<digest of the key>.json``) unless a live job holds the lock (its id then)."""
+        _check_queues((record.queue,))
         path = self.dir("unique", hashlib.sha256(rule.key.encode()).hexdigest() + ".json")
         with self.locked():
             lock = self._read_lock(path)
@@ -405,12 +410,13 @@ class FileStore:
             record.status = JobStatus.QUEUED
             folder = self.dir("ready" if record.lane is None else "limited", record.queue)
             name = _ready_name(record)
-        os.makedirs(folder, exist_ok=True)
+        os.makedirs(folder, mode=FOLDER_MODE, exist_ok=True)
         self.write(os.path.join(folder, name), record)
         self._ready_cache.pop(record.queue, None)
 
     def claim(self, queues: Sequence[str], limit: int,
               free: Mapping[str, int] | None = None) -> list[JobRecord]:
+        _check_queues(queues)
         with self.locked():
             now = now_ms()
             if now >= self._next_sweep_ms:
@@ -489,6 +495,7 @@ class FileStore:
         return self._lanes[job_id]
 
     def lane_use(self, queue: str, lanes: Mapping[str, LaneRule]) -> dict[str, LaneUse]:
+        _check_queues((queue,))
         held = self._held_by_lane(self.listdir("active"))
         now = now_ms()
         starts = self._read_starts(self.dir("starts", f"{queue}.json"), now)
@@ -603,7 +610,7 @@ class FileStore:
                 continue
             record.status = JobStatus.QUEUED
             folder = "ready" if record.lane is None else "limited"
-            os.makedirs(self.dir(folder, queue), exist_ok=True)
+            os.makedirs(self.dir(folder, queue), mode=FOLDER_MODE, exist_ok=True)
             self.write(self.dir(folder, queue, _ready_name(record)), record)
             promoted = True
             with contextlib.suppress(FileNotFoundError):
@@ -895,8 +902,8 @@ class FileStore:
 def _mark(folder: str, name: str) -> None:
     """An empty marker file ``folder/name``. Not fsynced: a mark lost in a crash is made good
     by ``_rejudge_waiting``, which needs none."""
-    os.makedirs(folder, exist_ok=True)
-    os.close(os.open(os.path.join(folder, name), os.O_WRONLY | os.O_CREAT, 0o644))
+    os.makedirs(folder, mode=FOLDER_MODE, exist_ok=True)
+    os.close(os.open(os.path.join(folder, name), os.O_WRONLY | os.O_CREAT, FILE_MODE))
 
 
 def _unmark(folder: str) -> None:
@@ -1078,3 +1085,10 @@ class FileDriver(QueueDriver):
     async def purge(self) -> None:
         await self._call(self.store.purge)
 
+
+
+def _check_queues(queues: Iterable[str]) -> None:
+    """Refuse a queue name that is not safe as one folder name (``limits.queue_name``): the
+    driver joins queue names into paths, so ``..`` or ``a/b`` would reach other folders."""
+    for queue in queues:
+        limits.queue_name(queue)

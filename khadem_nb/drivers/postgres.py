@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import re
 import time
@@ -92,6 +93,7 @@ logger = logging.getLogger(__name__)
 SCHEMA_VERSION = 7
 SETTLED = {s.value: s for s in JobStatus}  # status words as the settle notices carry them
 IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}\Z")
+MAX_IDENTIFIER = 63  # bytes of a PostgreSQL name (NAMEDATALEN - 1), channels included
 NOW = "(extract(epoch FROM clock_timestamp()) * 1000)::bigint"
 SELECT_COLUMNS = ", ".join("meta::text" if c == "meta" else c for c in COLUMNS)
 TRIM_EVERY = 500  # finished jobs between retention passes (or retention_pass_interval seconds)
@@ -102,6 +104,31 @@ POLL_LISTENING_S = 1.0  # longest idle wait while notices arrive (delayed jobs f
 POLL_FALLBACK_S = 0.25  # longest idle wait when LISTEN does not work here
 LANES_RECHECK_S = 0.5  # a queue whose lanes phase found nothing due is looked at again after this
 DEADLOCK_RETRIES = 5  # times a work is run again after the server broke a deadlock
+
+
+def schema_name(schema: str) -> str:
+    """``schema`` as PostgreSQL names it: an unquoted identifier, which it folds to lower case
+    (``SEC_PROBE`` and ``sec_probe`` are one schema, so both are ``sec_probe`` here, and its
+    notification channels are the same for every spelling)."""
+    if not IDENTIFIER.match(schema):
+        raise ConfigError(f"queue schema {schema!r} is not a PostgreSQL identifier (letters, digits "
+                          "and _, not starting with a digit, at most 63 characters)")
+    return schema.lower()
+
+
+def channels(schema: str) -> tuple[str, str, str]:
+    """The NOTIFY channels of ``schema``: ready work, cancels, and settled jobs. Each is
+    ``khadem_[kind_]<schema>`` where that fits PostgreSQL's 63-byte identifiers, else the
+    schema's first characters and a digest of the whole name, so every channel always fits and
+    two schemas never share one."""
+    names = []
+    for kind in ("khadem_", "khadem_abort_", "khadem_settled_"):
+        name = kind + schema
+        if len(name) > MAX_IDENTIFIER:
+            digest = hashlib.sha256(schema.encode()).hexdigest()[:16]
+            name = f"{kind}{schema[:MAX_IDENTIFIER - len(kind) - 17]}_{digest}"
+        names.append(name)
+    return names[0], names[1], names[2]
 
 
 def schema_sql(schema: str) -> list[str]:
@@ -179,7 +206,7 @@ def upgrade_sql(schema: str) -> dict[int, list[str]]:
             f"ALTER TABLE {s}.jobs ADD COLUMN IF NOT EXISTS on_upstream_failure text",
             f"ALTER TABLE {s}.jobs ADD COLUMN IF NOT EXISTS feed text",
             *edges_table_sql(f"{s}.edges", "edges_child"),
-            *postgres_trigger_sql(s, f"khadem_{s}", f"khadem_settled_{s}")],
+            *postgres_trigger_sql(s, channels(s)[0], channels(s)[2])],
     }
 
 
@@ -286,15 +313,11 @@ class PostgresDriver(QueueDriver):
     def __init__(self, settings: QueueSettings | str | Mapping[str, Any] | None = None) -> None:
         super().__init__(settings)
         settings = self.settings
-        schema = settings.schema
-        if not IDENTIFIER.match(schema):
-            raise ConfigError(f"queue schema {schema!r} is not a PostgreSQL identifier (letters, digits "
-                              "and _, not starting with a digit, at most 63 characters)")
+        schema = schema_name(settings.schema)
         self.schema = schema
         self.table = f"{schema}.jobs"
-        self.channel = f"khadem_{schema}"
-        self.abort_channel = f"khadem_abort_{schema}"
-        self.settled_channel = f"khadem_settled_{schema}"  # "id<TAB>status" lines, for waiters
+        self.channel, self.abort_channel, self.settled_channel = channels(schema)
+        # the settled channel carries "id<TAB>status" lines, for waiters
         #: where the listener connects, when LISTEN cannot go where the pool goes (a
         #: transaction-pooling proxy): ``queue.options.listen_url``, a direct URL
         self.listen_url = str(settings.options.get("listen_url") or "") or None

@@ -22,6 +22,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import os
@@ -43,7 +44,7 @@ from ..schedules import Schedule, ScheduleState
 from ..serializer import dumps
 from ..unique import UniqueRule
 from ._deps import edge_rows, edges_table_sql, sqlite_trigger_sql
-from ._fs import check_parent_writable, is_network_filesystem, local_path
+from ._fs import FILE_MODE, check_parent_writable, is_network_filesystem, local_path
 from ._lanes import (
     held_by_lane,
     lane_index_sql,
@@ -233,6 +234,9 @@ class SqliteStore:
         check_parent_writable(self.path, kind="SQLite database")
         if os.path.isdir(self.path):
             raise DriverError(f"queue path {self.path!r} is a directory; the sqlite driver needs a file")
+        if create and not os.path.exists(self.path):  # SQLite gives its WAL and journal the same mode
+            with contextlib.suppress(FileExistsError):
+                os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE))
         try:
             conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False,
                                    timeout=self.busy_timeout_ms / 1000)
