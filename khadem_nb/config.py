@@ -23,11 +23,12 @@ QUEUE_KEYS = frozenset({
     "heartbeat", "max_reclaims", "retention", "retention_age", "failed_retention",
     "failed_retention_age", "prefix", "connect_timeout", "workers", "options",
     "ship_code", "ship_modules", "secret", "secret_file", "code_limit", "trust_code", "strict_versions",
-    "schema",
+    "schema", "max_payload",
 })
 WORKER_KEYS = frozenset({"max_jobs", "delay", "timeout", "concurrency", "prefetch", "isolation", "resources"})
 SECRET_ENV = "KHADEM_SECRET"
 CODE_LIMIT = 16 * 2**20  # bytes of one shipped code envelope, at most (queue.code_limit)
+MAX_PAYLOAD = 16 * 2**20  # bytes of a job's arguments or result held in its record (queue.max_payload)
 
 
 class DottedConfig(Protocol):
@@ -81,6 +82,8 @@ class QueueSettings:
     code_limit: int = CODE_LIMIT
     trust_code: bool = False  # this process's workers run shipped code signed with the secret
     strict_versions: bool = False  # a package version mismatch fails shipped code (else a warning)
+    #: bytes of JSON a record holds for a job's arguments, and for its result, at most
+    max_payload: int = MAX_PAYLOAD
 
     def redacted_url(self) -> str:
         """The queue URL with any password replaced by ``***``, for messages and logs."""
@@ -186,6 +189,8 @@ def _plain_values(section: dict[str, Any]) -> dict[str, Any]:
                       ("failed_retention_age", "failed_retention_age_s")):
         if section.get(key) is not None:
             values[attr] = limits.seconds(section[key], f"queue.{key}")
+    if section.get("max_payload") is not None:
+        values["max_payload"] = limits.size(section["max_payload"], "queue.max_payload")
     if section.get("options") is not None:
         if not isinstance(section["options"], Mapping):
             raise ConfigError("queue.options must be a mapping of driver-specific settings")
@@ -264,7 +269,7 @@ def _sqlite_in_memory(path: str) -> bool:
 
 URL_QUERY_KEYS = frozenset({"name", "lease", "heartbeat", "max_reclaims", "retention", "retention_age",
                             "failed_retention", "failed_retention_age", "prefix", "connect_timeout",
-                            "schema"})
+                            "schema", "max_payload"})
 
 
 def _url_query(url: str) -> dict[str, Any]:
@@ -277,7 +282,8 @@ def _url_query(url: str) -> dict[str, Any]:
     if unknown:
         raise ConfigError(f"unknown settings {sorted(unknown)} in the query of {redact_url(url)!r}; "
                           f"valid: {sorted(URL_QUERY_KEYS)}")
-    return {k: (v if k in ("name", "prefix", "schema") else _number(v, k)) for k, v in query.items()}
+    return {k: (v if k in ("name", "prefix", "schema", "max_payload") else _number(v, k))
+            for k, v in query.items()}
 
 
 def _number(text: str, key: str) -> float | int:

@@ -9,6 +9,7 @@ from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any
 
 from .errors import JobCancelledError, KhademError
+from .limits import cut_text
 
 if TYPE_CHECKING:
     from .drivers.base import QueueDriver
@@ -102,7 +103,7 @@ class JobContext:
             raise KhademError(f"progress must be a number between 0 and 1, got {fraction!r}")
         meta: dict[str, Any] = {"progress": min(1.0, max(0.0, float(fraction)))}
         if note is not None:
-            meta["note"] = str(note)
+            meta["note"] = cut_text(str(note))
         self.record.meta.update(meta)
         self._schedule(self.driver.update_meta(self.record, meta))
 
@@ -133,7 +134,7 @@ class _LocalContext(JobContext):
     def set_progress(self, fraction: float, note: str | None = None) -> None:
         self.record.meta["progress"] = fraction
         if note is not None:
-            self.record.meta["note"] = str(note)
+            self.record.meta["note"] = cut_text(str(note))
 
 
 def local_context(record: JobRecord) -> JobContext:

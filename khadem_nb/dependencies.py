@@ -170,7 +170,8 @@ def outcome(record: JobRecord, params: Mapping[str, Any] | None = None) -> dict[
             "status": record.status.value,
             "failure": record.failure if record.status is FAILED else None,
             "duration_ms": record.duration_ms, "attempt": record.attempt,
-            "error": record.error if record.status in (FAILED, CANCELLED) else None, "code": record.code}
+            "error": record.error if record.status in (FAILED, CANCELLED) else None,
+            "code": record.fingerprint}
 
 
 def _params_of(payload: Any) -> dict[str, Any]:

@@ -80,7 +80,8 @@ class JobCrashedError(JobError):
 
 class ShippedCodeError(JobError):
     """A worker refused a job's shipped code; ``check`` names the check that failed (``trust``,
-    ``format``, ``signature``, ``digest``, ``python``, ``versions``). Nothing was unpickled."""
+    ``seal``, ``format``, ``signature``, ``digest``, ``python``, ``versions``). Nothing was
+    unpickled."""
 
     def __init__(self, check: str, reason: str) -> None:
         self.check = check

@@ -34,10 +34,10 @@ from .errors import (
 )
 from .isolation import ChildRaised, ProcessPool
 from .job import CANCELLED, Failure, JobRecord, QueueJob
-from .limits import DURATIONS
+from .limits import DURATIONS, cut_text
 from .middleware import MiddlewareChain
 from .monitor import QueueMonitor
-from .serializer import QueueJobSerializer, decode_value, encode_value
+from .serializer import QueueJobSerializer, check_size, decode_value, encode_value
 from .shipping import CodeLoader
 
 logger = logging.getLogger(__name__)
@@ -74,6 +74,9 @@ class JobExecutor:
         self._doomed: set[str] = set()  # claimed here, cancelled before they started
         self._thread_lock = threading.Lock()
         self._orphans = 0  # threads of timed-out sync jobs still running
+        #: sync jobs whose ``handle`` runs on a pool thread now, by id (a thread cannot be
+        #: stopped: a worker process that must end exits with these still running)
+        self._on_threads: dict[str, JobRecord] = {}
         self._pool: ProcessPool | None = None  # children of isolated jobs, started on first use
         #: called with each record this process settles (used by notebook handles to wake up)
         self.listeners: list[Callable[[JobRecord], None]] = []
@@ -105,7 +108,7 @@ class JobExecutor:
         try:
             result = await (self._start(job, record, context) if record.feed is None
                             else self._start_fed(job, record, context))
-            encoded = result if result is None else encode_value(result, f"result of {record.name}")
+            encoded = None if result is None else self._encoded_result(record, result)
         except asyncio.CancelledError:
             failure = await self._interrupted(record, context, started)
         except Exception as exc:  # every job failure, middleware failure or bad result lands here
@@ -125,6 +128,13 @@ class JobExecutor:
                 await self._run_hook(self.hooks.on_job_complete, job, result)
         else:  # lost its lease, or cancelled while it ran and stopped by this settle
             self._not_completed(record, started)
+
+    def _encoded_result(self, record: JobRecord, result: Any) -> Any:
+        """``result`` as stored JSON data; ``SerializationError`` for a value JSON cannot hold
+        or one over ``queue.max_payload``."""
+        encoded = encode_value(result, f"result of {record.name}")
+        check_size(encoded, self.driver.settings.max_payload, f"the result of {record.name}")
+        return encoded
 
     async def _interrupted(self, record: JobRecord, context: JobContext, started: float) -> Exception:
         """The job's task was cancelled: the abort of a cancelled job becomes its failure;
@@ -269,6 +279,7 @@ class JobExecutor:
         context.in_thread = True
         run = contextvars.copy_context().run
         loop = asyncio.get_running_loop()
+        self._on_threads[context.record.id] = context.record
         return loop.run_in_executor(self.threads, self._on_thread, run, job.handle, context)
 
     def _on_thread(self, run: Callable[..., Any], handle: Callable[[], Any], context: JobContext) -> Any:
@@ -276,6 +287,7 @@ class JobExecutor:
         try:
             return run(handle)
         finally:
+            self._on_threads.pop(context.record.id, None)
             with self._thread_lock:
                 if context.thread_state == ORPHANED:
                     self._orphans -= 1
@@ -296,6 +308,10 @@ class JobExecutor:
         if self._pool is not None:
             await self._pool.close()
             self._pool = None
+
+    def jobs_on_threads(self) -> list[JobRecord]:
+        """The sync jobs whose code still runs on a pool thread."""
+        return list(self._on_threads.values())
 
     @property
     def orphaned_threads(self) -> int:
@@ -405,16 +421,18 @@ def failure_kind(exc: BaseException) -> str:
 
 
 def _describe(exc: BaseException) -> str:
+    """The error a record keeps: the exception's type and message, cut to ``TEXT_LIMIT``."""
     if isinstance(exc, ChildRaised):
-        return exc.description
+        return cut_text(exc.description)
     text = str(exc)
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+    return cut_text(f"{type(exc).__name__}: {text}" if text else type(exc).__name__)
 
 
 def _format(exc: BaseException) -> str:
+    """The traceback a record keeps, cut to ``TEXT_LIMIT``."""
     if isinstance(exc, ChildRaised):
-        return exc.child_traceback
-    return "".join(tb_module.format_exception(exc))
+        return cut_text(exc.child_traceback)
+    return cut_text("".join(tb_module.format_exception(exc)))
 
 
 def safe_call(method: Callable[..., Any], *args: Any) -> None:

@@ -249,7 +249,8 @@ class JobRecord:
     #: why the last attempt failed (a ``Failure`` value) on failed and retried records
     failure: str | None = None
     #: the fingerprint of the job's code (``shipping.fingerprint``); shipped code is stored
-    #: under it
+    #: under it, and a record that runs shipped code adds its dispatcher's seal after a dot
+    #: (``shipping.job_seal``)
     code: str | None = None
     #: how long the record is kept once finished (``keep_result``), in ms; ``None``: as the
     #: queue's retention says
@@ -264,6 +265,11 @@ class JobRecord:
     on_upstream_failure: str | None = None
     #: what it is given of its parents when it runs (``dependencies.FEEDS``); ``None``: nothing
     feed: str | None = None
+
+    @property
+    def fingerprint(self) -> str | None:
+        """The fingerprint of the job's code, without a shipped job's seal."""
+        return None if self.code is None else self.code.partition(".")[0]
 
     @property
     def duration_ms(self) -> float | None:

@@ -139,3 +139,38 @@ def key_prefix(value: str) -> str:
         raise ConfigError(f"queue.prefix {value!r} is not a valid key prefix: use 1 to 64 letters, digits, "
                           "'_', '-', '.' or ':' (no braces, spaces or control characters)")
     return value
+
+
+#: the longest error message, traceback or progress note a record keeps, in characters
+TEXT_LIMIT = 64 * 1024
+SIZE_UNITS = {"": 1, "b": 1, "kb": 1000, "kib": 1024, "mb": 1000**2, "mib": 1024**2, "gb": 1000**3,
+              "gib": 1024**3}
+SIZE_TEXT = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*\Z")
+#: bytes: (lowest, highest), both included
+SIZES: dict[str, tuple[int, int]] = {"queue.max_payload": (1024, 2**31)}
+
+
+def cut_text(text: str, limit: int = TEXT_LIMIT) -> str:
+    """``text`` if it has at most ``limit`` characters, else its start and its end around a
+    ``[... N characters cut ...]`` marker, ``limit`` characters in all (about)."""
+    if len(text) <= limit:
+        return text
+    keep = limit // 2
+    return f"{text[:keep]}\n[... {len(text) - 2 * keep} characters cut ...]\n{text[-keep:]}"
+
+
+def size(value: Any, name: str) -> int:
+    """A size in bytes: an integer, or text such as ``"16MiB"``, ``"512 kB"`` or ``"1000"``."""
+    low, high = SIZES[name]
+    if isinstance(value, str):
+        match = SIZE_TEXT.match(value)
+        unit = match.group(2).lower() if match else ""
+        if match is None or unit not in SIZE_UNITS:
+            raise ConfigError(f"{name} must be a size in bytes, like 16777216 or '16MiB' (units: "
+                              f"{', '.join(u for u in SIZE_UNITS if u)}), got {value!r}")
+        number = int(float(match.group(1)) * SIZE_UNITS[unit])
+    else:
+        number = integer(value, name)
+    if not low <= number <= high:
+        raise ConfigError(f"{name} must be between {low} and {high} bytes, got {number}")
+    return number

@@ -10,12 +10,21 @@ code store (``QueueDriver.store_code``)::
 
     khadem-code-1\\n <hmac hex>\\n <header JSON>\\n <cloudpickle bytes>
 
-The header says what the bytes are (kind, job name, SHA-256 of the bytes, Python and
-cloudpickle versions, the versions of the packages the code refers to); the HMAC-SHA256 with
-the shared secret covers the magic, the header and the bytes. A worker started with
-``--trust-code`` checks, in order, the format, the signature, the digest, the Python version
-and the package versions, and unpickles the bytes only after every check passed. Arguments
-and results never travel pickled. docs/shipping.md says what the signature guarantees.
+The header says what the bytes are (kind, job name, the queue store it was made for, SHA-256
+of the bytes, Python and cloudpickle versions, the versions of the packages the code refers
+to); the HMAC-SHA256 with the shared secret covers the magic, the header and the bytes.
+
+An envelope alone does not let anyone run it: every job record that runs shipped code carries,
+in ``code``, the fingerprint and a *seal* (``<fingerprint>.<seal>``), an HMAC-SHA256 with the
+same secret over the queue's identity (driver, key prefix or schema, queue name), the job name,
+the code's fingerprint and the arguments, made at dispatch. Someone who can write to the
+queue's storage but has no secret can neither copy an envelope into another queue's store nor
+write records with other names or arguments that a trusting worker would run.
+
+A worker started with ``--trust-code`` checks, in order, the record's seal, the envelope's
+format, signature and digest, the store and job name the envelope was made for, the Python
+version and the package versions, and unpickles the bytes only after every check passed.
+Arguments and results never travel pickled. docs/shipping.md says what this guarantees.
 """
 
 from __future__ import annotations
@@ -245,6 +254,36 @@ def _distributions() -> dict[str, list[str]]:
     return dict(importlib.metadata.packages_distributions())
 
 
+# -- seals: who dispatched what -----------------------------------------------------------------
+SEAL_MAGIC = b"khadem-job-1\n"
+SEAL_SEPARATOR = "."
+
+
+def store_identity(settings: QueueSettings) -> str:
+    """The code store's identity: the driver and the namespace its queues live in (the Redis key
+    prefix, the PostgreSQL schema); file and SQLite queues are one store each."""
+    if settings.driver == "redis":
+        return f"redis:{settings.prefix}"
+    if settings.driver == "postgres":
+        return f"postgres:{settings.schema.lower()}"
+    return settings.driver
+
+
+def job_seal(secret: bytes, settings: QueueSettings, queue: str, name: str, fingerprint: str,
+             payload: Any) -> str:
+    """The HMAC-SHA256 (hex) that binds a record to the dispatcher who held ``secret``: over the
+    queue's identity, the job name, the code's fingerprint and the arguments (canonical JSON)."""
+    arguments = json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    message = "\n".join((store_identity(settings), queue, name, fingerprint, arguments)).encode()
+    return hmac.new(secret, SEAL_MAGIC + message, hashlib.sha256).hexdigest()
+
+
+def split_code(code: str) -> tuple[str, str | None]:
+    """A record's ``code`` as (fingerprint, seal or ``None``)."""
+    fingerprint, _, seal = code.partition(SEAL_SEPARATOR)
+    return fingerprint, seal or None
+
+
 # -- secrets ------------------------------------------------------------------------------------
 SECRET_HELP = ("set KHADEM_SECRET in the environment, or queue.secret, or queue.secret_file (at least "
                f"{MIN_SECRET_BYTES} bytes, the same for the notebook and the workers that run its code)")
@@ -282,6 +321,13 @@ class CodeShipper:
         self._codes: dict[Any, Code] = {}  # by job class or function (each definition its own)
         #: envelopes not yet in this queue's code store, by fingerprint
         self.unsent: dict[str, bytes] = {}
+        #: fingerprints of the code this shipper ships, whose records carry a seal
+        self.shipped: set[str] = set()
+
+    def sealed(self, fingerprint: str, queue: str, name: str, payload: Any) -> str:
+        """The ``code`` of a record that runs shipped code: its fingerprint and its seal."""
+        seal = job_seal(self.secret, self.settings, queue, name, fingerprint, payload)
+        return f"{fingerprint}{SEAL_SEPARATOR}{seal}"
 
     def code_of(self, job: QueueJob) -> str:
         """The fingerprint of ``job``'s definition; its envelope is built here the first time."""
@@ -291,6 +337,7 @@ class CodeShipper:
             code = self._codes[entry] = self._code(entry, job)
             if code.envelope is not None:
                 self.unsent[code.fingerprint] = code.envelope
+                self.shipped.add(code.fingerprint)
         return code.fingerprint
 
     def _code(self, entry: Any, job: QueueJob) -> Code:
@@ -301,7 +348,7 @@ class CodeShipper:
         kind = "class" if isinstance(entry, type) else "function"
         envelope = seal(entry, kind=kind, name=job.job_name(), code=digest, secret=self.secret,
                         limit=self.settings.code_limit,
-                        extra={"isolation": job.isolation,
+                        extra={"store": store_identity(self.settings), "isolation": job.isolation,
                                "is_async": inspect.iscoroutinefunction(getattr(entry, "handle", entry))})
         return Code(digest, envelope)
 
@@ -359,6 +406,7 @@ class ShippedSyncCall(ShippedCall):
 class Loaded:
     factory: JobFactory
     warnings: tuple[str, ...]
+    names: frozenset[str]  # the job names the envelope was made for
 
 
 class CodeLoader:
@@ -366,6 +414,7 @@ class CodeLoader:
     fingerprint."""
 
     def __init__(self, settings: QueueSettings) -> None:
+        self.settings = settings
         self.trusted = settings.trust_code
         self.strict = settings.strict_versions
         self.secret = checked_secret(settings.secret, "a worker that trusts shipped code") \
@@ -375,7 +424,7 @@ class CodeLoader:
     async def job_for(self, record: JobRecord, driver: QueueDriver, payload: Any) -> QueueJob | None:
         """Rebuild ``record``'s job from the code shipped under its digest (``None`` if none
         was); an error names the check that failed."""
-        digest = record.code or ""
+        digest, seal = split_code(record.code or "")
         loaded = self._loaded.get(digest)
         if loaded is None:
             data = await driver.load_code(digest) if digest else None
@@ -384,12 +433,29 @@ class CodeLoader:
             if not self.trusted:
                 raise ShippedCodeError("trust", "this worker does not run shipped code; start it "
                                        "with `khadem-nb worker --trust-code` and the same secret")
+            self._check_seal(record, digest, seal)
             loaded = self._loaded[digest] = self._load(Envelope.parse(data), digest)
+        else:
+            self._check_seal(record, digest, seal)
+        if record.name not in loaded.names:
+            raise ShippedCodeError("seal", f"the code {digest} was shipped for the job "
+                                   f"{', '.join(sorted(loaded.names))}, not {record.name}")
         for warning in loaded.warnings:
             record.meta.setdefault("warnings", [])
             if warning not in record.meta["warnings"]:
                 record.meta["warnings"].append(warning)
         return loaded.factory(payload)
+
+    def _check_seal(self, record: JobRecord, digest: str, seal: str | None) -> None:
+        """Refuse a record that the holder of the secret did not dispatch as it is now."""
+        if seal is None:
+            raise ShippedCodeError("seal", "the job record carries no dispatcher's seal (dispatched by "
+                                   "an older khadem_nb, or written by someone without the secret)")
+        expected = job_seal(self.secret, self.settings, record.queue, record.name, digest, record.payload)
+        if not hmac.compare_digest(expected, seal):
+            raise ShippedCodeError("seal", "the job record's seal does not match: the worker's secret "
+                                   "differs from the dispatcher's, or the record's queue, job name, code "
+                                   "or arguments are not what the secret's holder dispatched")
 
     def _load(self, envelope: Envelope, digest: str) -> Loaded:
         import cloudpickle
@@ -398,6 +464,10 @@ class CodeLoader:
         if header.get("code") != digest:
             raise ShippedCodeError("digest", f"the envelope stored under {digest} holds the code "
                                    f"{header.get('code')}")
+        store = store_identity(self.settings)
+        if header.get("store") != store:
+            raise ShippedCodeError("seal", f"the envelope was made for the queue store "
+                                   f"{header.get('store')!r}, not {store!r}")
         if header.get("python") != PYTHON:
             raise ShippedCodeError("python", f"the code was pickled on Python {header.get('python')} and "
                                    f"this worker runs Python {PYTHON}; run workers on the same version")
@@ -405,7 +475,7 @@ class CodeLoader:
         entry = cloudpickle.loads(envelope.payload)  # signed by the secret's holder, checked above
         logger.info("loaded shipped code %s (%s, %d bytes)", digest, header.get("name"),
                     len(envelope.payload))
-        return Loaded(_factory(entry, header), tuple(warnings))
+        return Loaded(_factory(entry, header), tuple(warnings), frozenset([str(header.get("name"))]))
 
     def _version_warnings(self, header: dict[str, Any]) -> list[str]:
         warnings = []

@@ -8,6 +8,7 @@ import asyncio
 import logging
 from collections.abc import Sequence
 
+from ._tasks import stop_if_cancelled
 from .dependencies import end_orphans
 from .drivers.base import QueueDriver
 from .schedules import LOOK_EVERY_S, RELIST_EVERY_S, ScheduleState
@@ -45,6 +46,7 @@ class Ticker:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # the storage is away: try again later, never stop the worker
+                stop_if_cancelled()
                 self._failures += 1
                 if self._failures == 1:
                     logger.warning("could not fire schedules (%s); trying again", exc)

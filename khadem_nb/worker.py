@@ -27,8 +27,10 @@ import time
 import traceback
 from collections import deque
 from collections.abc import Sequence
+from typing import Any
 
 from . import limits
+from ._tasks import stop_if_cancelled
 from .config import QueueSettings, WorkerSettings
 from .drivers.base import QueueDriver
 from .errors import DriverError, KhademError
@@ -47,6 +49,7 @@ YIELD_EVERY = 64  # jobs run between two turns given to the loop's other tasks, 
 ABORT_POLL_S = 0.2  # how often a worker asks a driver that cannot tell it about cancelled jobs
 RECENT_KEPT = 200  # jobs the worker remembers for the panel's timeline
 SERVICE_TASKS = ("khadem-heartbeat", "khadem-aborts", "khadem-ticks")  # beside the consumers until the stop
+STOP_WAIT_S = 5.0  # how long a stop waits for cancelled tasks to end before leaving them behind
 
 
 class QueueWorker:
@@ -174,9 +177,7 @@ class QueueWorker:
         for task in self._tasks:
             if task.get_name() in SERVICE_TASKS:
                 task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        if self._fetcher is not None:
-            await asyncio.gather(self._fetcher, return_exceptions=True)
+        await _ended([*self._tasks, *([self._fetcher] if self._fetcher is not None else [])])
         buffered, self._buffer = list(self._buffer), deque()
         await self._release(buffered)
         await self._withdraw_offer()
@@ -305,6 +306,7 @@ class QueueWorker:
                 for record in records:  # taken now, so the next claim sees them gone
                     pool.take(record.id, record.lane_rule)
         except Exception as exc:
+            stop_if_cancelled()
             self._errors += 1
             if self.options.burst and self._errors >= BURST_TRIES:
                 self._give_up(exc)
@@ -345,6 +347,7 @@ class QueueWorker:
             queued = [r for q in self.queues for r in await self.driver.jobs(QUEUED, q, limit=BURST_LOOKED)]
             reasons = await wait_reasons(self.driver, queued)
         except Exception as exc:  # the storage is away: the claims' own failures decide
+            stop_if_cancelled()
             logger.debug("could not read why jobs wait: %r", exc)
             return False
         return any(frees_up(reason) for reason in reasons.values())
@@ -441,6 +444,7 @@ class QueueWorker:
         try:
             unsubscribe = await self.driver.listen_aborts(self.queues, self.abort)
         except Exception as exc:
+            stop_if_cancelled()
             logger.warning("cannot listen for cancels (%s); asking every %gs instead", exc, ABORT_POLL_S)
             unsubscribe = None
         if unsubscribe is not None:
@@ -463,6 +467,7 @@ class QueueWorker:
         try:
             cancelled = await self.driver.aborted(held)
         except Exception as exc:
+            stop_if_cancelled()
             logger.debug("could not ask for cancelled jobs: %r", exc)
             return
         for job_id in cancelled:
@@ -478,6 +483,7 @@ class QueueWorker:
             try:
                 alive = await self.driver.heartbeat(held)
             except Exception as exc:
+                stop_if_cancelled()
                 logger.warning("heartbeat failed (%s); leases may expire", exc)
                 continue
             lost = [r for r, ok in zip(held, alive, strict=True)
@@ -489,3 +495,19 @@ class QueueWorker:
                     logger.warning("lost the lease on job %s (%s); its result will be discarded",
                                    record.name, record.id)
 
+
+async def _ended(tasks: Sequence[asyncio.Task[Any]]) -> None:
+    """Wait for cancelled ``tasks`` to end, cancelling again any that swallowed its cancel, for
+    at most STOP_WAIT_S; a task still running then is named in the log and left behind (its
+    job, if any, goes back to the queue when its lease expires)."""
+    deadline = asyncio.get_running_loop().time() + STOP_WAIT_S
+    pending = {t for t in tasks if not t.done()}
+    while pending:
+        left = deadline - asyncio.get_running_loop().time()
+        if left <= 0:
+            logger.error("worker stopped; %d task(s) ignored their cancel and are left behind: %s",
+                         len(pending), ", ".join(sorted(t.get_name() for t in pending)))
+            return
+        _, pending = await asyncio.wait(pending, timeout=min(left, 0.05))
+        for task in pending:
+            task.cancel()

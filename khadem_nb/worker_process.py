@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from . import capture, limits
+from .config import SECRET_ENV
 from .errors import ConfigError
 from .manager import QueueManager
 
@@ -71,9 +72,14 @@ def _serve_metrics(options: WorkerOptions, monitor: Any, manager: QueueManager) 
 async def run_worker_process(options: WorkerOptions) -> int:
     """Run until stopped; returns how many jobs this process handled."""
     limits.seconds(options.grace_s, "--grace", kind="grace")
+    # read once and taken out of the environment: the jobs this process runs, and the child
+    # processes it starts, cannot read the secret that signs and seals shipped code
+    secret = os.environ.pop(SECRET_ENV, None)
     import_job_modules(options.imports)
     config: dict[str, object] = {"url": options.queue_url, "trust_code": options.trust_code,
                                  "strict_versions": options.strict_versions}
+    if secret and options.trust_code:
+        config["secret"] = secret
     if options.lease_s is not None:
         config["lease"] = options.lease_s
     monitor = None
@@ -106,6 +112,7 @@ async def run_worker_process(options: WorkerOptions) -> int:
     logger.info("worker %d on %s (queues %s, concurrency %d%s)", os.getpid(),
                 manager.settings.redacted_url(), worker.queues, options.concurrency,
                 f", resources {options.resources}" if options.resources else "")
+    executor = manager.executor
     try:
         await worker.run()
     finally:
@@ -116,4 +123,21 @@ async def run_worker_process(options: WorkerOptions) -> int:
             metrics_server.shutdown()
         await manager.close()
     logger.info("worker %d stopped after %d jobs", os.getpid(), worker.processed)
+    abandoned = executor.jobs_on_threads()
+    if abandoned:
+        exit_now(abandoned)
     return worker.processed
+
+
+def exit_now(abandoned: Sequence[Any]) -> None:
+    """End this process although sync jobs still run on its threads after the grace: a thread
+    cannot be stopped, their jobs are already back in the queue (or go back when their lease
+    expires), and another worker may start them, so this one must not keep running them.
+    The log names them; stored state is flushed (the driver is closed), then ``os._exit``."""
+    logger.warning("worker %d exits with %d job(s) still running on its threads after the grace, "
+                   "abandoned here and back in the queue: %s", os.getpid(), len(abandoned),
+                   ", ".join(f"{r.name} ({r.id})" for r in abandoned))
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)

@@ -4,22 +4,29 @@ names that break notifications, Redis keys that collide, and ``sqlite:///:memory
 
 from __future__ import annotations
 
+import asyncio
+import json
 import os
+import signal
 import stat
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import httpx
 import pytest
-from conftest import QUEUED_DRIVERS, make_manager, need_postgres, need_redis, postgres_url
-from jobs import Echo
+from conftest import QUEUED_DRIVERS, driver_config, make_manager, need_postgres, need_redis, postgres_url
+from jobs import BlockingSleep, Echo
 from procs import env as process_env
+from procs import kill, start_worker, wait_until
 from redis_servers import spare_port
 from test_dashboard import TOKEN, dashboard_process
 
-from khadem_nb import ConfigError, QueueJob, QueueManager
-from khadem_nb.config import redact_url
+from khadem_nb import ConfigError, QueueJob, QueueManager, SerializationError, progress
+from khadem_nb.config import parse_config, redact_url
+from khadem_nb.dashboard.overview import Overview
+from khadem_nb.limits import TEXT_LIMIT
 from khadem_nb.dashboard.app import SECURITY_HEADERS, allowed_hosts, create_app
 
 BAD_QUEUE_NAMES = ["../escape", "/srv/other", "..", ".", "a/b", "a\0b", "b:c", "", " spaced", "x" * 101]
@@ -220,3 +227,161 @@ async def test_sqlite_in_memory_is_refused_with_the_memory_driver_named(
 
 
 assert QUEUED_DRIVERS  # the parametrised tests above run on every queued driver
+
+
+# -- 8. a stopped worker ends within its grace -----------------------------------------------------
+def test_a_worker_whose_sync_job_outlives_the_grace_exits_and_names_it(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'q.db'}"
+
+    async def dispatch() -> str:
+        async with QueueManager(url) as manager:
+            return await manager.dispatch(BlockingSleep(120))
+
+    job_id = asyncio.run(dispatch())
+    worker = start_worker(url, "--grace", "1")
+    try:
+        wait_until(lambda: asyncio.run(_status(url, job_id)) == "active", timeout=60, interval=0.2)
+        started = time.monotonic()
+        worker.send_signal(signal.SIGTERM)
+        _, err = worker.communicate(timeout=30)
+        assert time.monotonic() - started < 15, "the worker outlived its grace"
+    finally:
+        kill(worker)
+    assert f"BlockingSleep ({job_id})" in err and "abandoned" in err, err
+    assert asyncio.run(_status(url, job_id)) == "queued"  # back in the queue, for another worker
+
+
+async def _status(url: str, job_id: str) -> str:
+    async with QueueManager(url) as manager:
+        return (await manager.get_job(job_id)).status.value
+
+
+# -- 14. stopping a worker stops every task it started -------------------------------------------------
+async def test_a_worker_with_max_jobs_and_a_timeout_returns_and_closes_on_redis(tmp_path: Path) -> None:
+    for _ in range(3):  # it hung in 3 runs of 3 when the schedule ticker swallowed its stop
+        manager = await make_manager("redis", tmp_path)
+        try:
+            await manager.dispatch(Echo(1), queue="emails")
+            async with asyncio.timeout(20):
+                await manager.start_worker(run_in_background=False, max_jobs=1, timeout=4, queues=["emails"])
+        finally:
+            await manager.driver.purge()
+            async with asyncio.timeout(20):
+                await manager.close()
+        assert (await _counts_after(tmp_path))["completed"] == 0  # purged: nothing left behind
+
+
+async def _counts_after(tmp_path: Path) -> dict[str, int]:
+    manager = await QueueManager(driver_config("redis", tmp_path)).init()
+    try:
+        return await manager.counts()
+    finally:
+        await manager.close()
+
+
+# -- 7. unique locks do not outlive their jobs ---------------------------------------------------------
+def _lock_count(manager: QueueManager, driver: str, tmp_path: Path) -> int:
+    if driver == "file":
+        return len(list((tmp_path / "queue" / "unique").glob("*.json")))
+    import redis
+
+    client = redis.Redis.from_url(need_redis())
+    try:
+        return int(client.hlen(f"{{{manager.settings.prefix}:default}}:unique"))
+    finally:
+        client.close()
+
+
+@pytest.mark.parametrize("driver", ["redis", "file"])
+async def test_unique_locks_of_ended_jobs_are_dropped(tmp_path: Path, driver: str) -> None:
+    manager = await make_manager(driver, tmp_path, retention=50)
+    try:
+        for i in range(300):
+            await manager.dispatch(Echo(i), unique=True)
+        await manager.start_worker(burst=True, concurrency=8)
+        await manager.dispatch(Echo("still queued"), unique=True)
+        assert _lock_count(manager, driver, tmp_path) > 250  # a pass may have run during the drain
+        await manager.driver.trim()
+        assert _lock_count(manager, driver, tmp_path) == 1  # only the live one
+        assert len(await manager.jobs("completed")) == 50
+        again = await manager.dispatch(Echo("still queued"), unique=True)  # still held: the same job
+        assert (await manager.get_job(again)).payload == (await manager.jobs("queued"))[0].payload
+        assert len(await manager.jobs("queued")) == 1
+        assert await manager.dispatch(Echo(0), unique=True)  # its lock was dead: a new job
+        assert len(await manager.jobs("queued")) == 2
+    finally:
+        await manager.driver.purge()
+        await manager.close()
+
+
+# -- 9. sizes: errors, tracebacks and notes are cut; arguments and results are bounded -----------------
+class LoudFailure(QueueJob):
+    """Reports a 20 MB progress note, then raises a 30 MB message."""
+
+    def __init__(self, chars: int) -> None:
+        self.chars = chars
+
+    async def handle(self) -> None:
+        progress(0.5, note="n" * 20_000_000)
+        raise RuntimeError("e" * self.chars)
+
+
+class BigResult(QueueJob):
+    def __init__(self, chars: int) -> None:
+        self.chars = chars
+
+    async def handle(self) -> str:
+        return "r" * self.chars
+
+
+@pytest.mark.parametrize("driver", ["memory", "sqlite", "redis"])
+async def test_errors_tracebacks_and_notes_are_cut_where_they_are_made(tmp_path: Path, driver: str) -> None:
+    manager = await make_manager(driver, tmp_path)
+    try:
+        job_id = await manager.dispatch(LoudFailure(30_000_000))
+        await manager.start_worker(burst=True)
+        record = await manager.get_job(job_id)
+        assert record.status.value == "failed"
+        for text in (record.error, record.traceback, record.meta["note"]):
+            assert text is not None and len(text) <= TEXT_LIMIT + 100
+            assert "characters cut ...]" in text
+        assert record.error.startswith("RuntimeError: eee") and record.error.endswith("eee")
+        overview = Overview(manager)
+        assert len(json.dumps(await overview.read())) < 1_000_000  # was 62.9 MB per poll
+    finally:
+        await manager.driver.purge()
+        await manager.close()
+
+
+@pytest.mark.parametrize("driver", ["memory", "sqlite", "redis"])
+async def test_arguments_and_results_over_max_payload_are_refused(tmp_path: Path, driver: str) -> None:
+    manager = await make_manager(driver, tmp_path, max_payload="1MiB")
+    try:
+        with pytest.raises(SerializationError, match=r"arguments of Echo is 2,000,0\d\d bytes as JSON, over "
+                                                     r"queue\.max_payload \(1,048,576 bytes\)"):
+            await manager.dispatch(Echo("x" * 2_000_000))
+        with pytest.raises(SerializationError, match="max_payload"):
+            await manager.dispatch(Echo({"nested": ["é" * 600_000]}))  # 600 k characters, 1.2 MB as UTF-8
+        assert sum((await manager.counts()).values()) == 0  # nothing was stored
+        fits = await manager.dispatch(Echo("x" * 900_000))
+        too_big = await manager.dispatch(BigResult(2_000_000))
+        await manager.start_worker(burst=True)
+        assert (await manager.get_job(fits)).status.value == "completed"
+        failed = await manager.get_job(too_big)
+        assert failed.status.value == "failed" and "queue.max_payload" in (failed.error or "")
+    finally:
+        await manager.driver.purge()
+        await manager.close()
+
+
+@pytest.mark.parametrize(("value", "expected"), [
+    ("16MiB", 16 * 2**20), ("512 kB", 512_000), (4096, 4096), ("2GiB", 2**31), ("1.5MiB", 1_572_864)])
+def test_max_payload_takes_bytes_or_text(value: object, expected: int) -> None:
+    assert parse_config({"queue": {"driver": "memory", "max_payload": value}}).max_payload == expected
+    assert parse_config(None).max_payload == 16 * 2**20
+
+
+@pytest.mark.parametrize("value", ["16 parsecs", "-1", 10, "3GiB", True, "MiB"])
+def test_a_bad_max_payload_names_the_setting(value: object) -> None:
+    with pytest.raises(ConfigError, match=r"queue\.max_payload"):
+        parse_config({"queue": {"driver": "memory", "max_payload": value}})

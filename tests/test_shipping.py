@@ -20,7 +20,7 @@ from procs import env, kill
 
 from khadem_nb import ConfigError, JobStatus, QueueManager, SerializationError
 from khadem_nb.config import parse_config
-from khadem_nb.shipping import PYTHON, Envelope, fingerprint, seal
+from khadem_nb.shipping import PYTHON, Envelope, fingerprint, job_seal, seal, store_identity
 
 SECRET = "a shared secret of the notebook and its workers"
 
@@ -90,7 +90,7 @@ def test_a_main_job_and_a_helper_module_run_on_a_worker_elsewhere(url: str, tmp_
 
 FAILING_CASES = {
     "untrusting worker": ((), SECRET, "trust check"),
-    "wrong secret": (("--trust-code",), "another secret, sixteen bytes+", "signature check"),
+    "wrong secret": (("--trust-code",), "another secret, sixteen bytes+", "seal check"),
 }
 
 
@@ -134,13 +134,22 @@ class Boobytrap:
         return (pathlib.Path(self.target).touch, ())
 
 
-async def _run_shipped(manager: QueueManager, envelope: bytes, digest: str) -> Any:
-    """Store ``envelope`` under ``digest``, dispatch a job that names it, run one worker job."""
+def sealed_record(manager: QueueManager, digest: str, secret: bytes, *, name: str = "__main__.trap",
+                  payload: Any = None, queue: str = "default") -> Any:
+    """A record of ``digest``'s shipped code as a dispatcher holding ``secret`` seals it."""
     from khadem_nb.job import JobRecord
 
+    payload = {"kwargs": {}} if payload is None else payload
+    code = f"{digest}.{job_seal(secret, manager.settings, queue, name, digest, payload)}"
+    return JobRecord(id="f" * 32, name=name, payload=payload, code=code, queue=queue, created_ms=1,
+                     available_ms=1)
+
+
+async def _run_shipped(manager: QueueManager, envelope: bytes, digest: str, secret: bytes,
+                       name: str = "__main__.trap") -> Any:
+    """Store ``envelope`` under ``digest``, dispatch a job that names it, run one worker job."""
     await manager.driver.store_code(digest, envelope)
-    record = JobRecord(id="f" * 32, name="__main__.trap", payload={"kwargs": {}}, code=digest,
-                       created_ms=1, available_ms=1)
+    record = sealed_record(manager, digest, secret, name=name)
     await manager.push([record])
     await manager.start_worker(max_jobs=1, delay=0.05)
     return await manager.get_job(record.id)
@@ -151,30 +160,29 @@ async def _run_shipped(manager: QueueManager, envelope: bytes, digest: str) -> A
 async def test_nothing_is_unpickled_before_the_checks(tmp_path: Path, driver: str, how: str) -> None:
     target = tmp_path / "unpickled"
     secret = b"the worker's own secret, 16+ bytes"
-    signed_by = b"somebody else's secret, 16+ bytes" if how == "wrong secret" else secret
-    trap = seal(Boobytrap(str(target)), kind="function", name="__main__.trap", code="c" * 32,
-                secret=signed_by, limit=2**20, python="3.10" if how == "python" else PYTHON)
-    if how == "payload swapped":  # a good envelope's bytes replaced by the trap's
-        good = seal(len, kind="function", name="__main__.trap", code="c" * 32, secret=secret, limit=2**20)
-        parts = Envelope.parse(good)
-        trap = good[: len(good) - len(parts.payload)] + Envelope.parse(trap).payload
-    if how == "garbage":
-        trap = b"\x80\x04 not an envelope"
     path = tmp_path / "q.db" if driver == "sqlite" else tmp_path / "q"
     config = {"driver": driver, "trust_code": True, "secret": secret.decode()}
     if driver != "memory":
         config["path"] = str(path)
     manager = await QueueManager({"queue": config}).init()
+    store = {"store": store_identity(manager.settings)}
+    signed_by = b"somebody else's secret, 16+ bytes" if how == "wrong secret" else secret
+    trap = seal(Boobytrap(str(target)), kind="function", name="__main__.trap", code="c" * 32,
+                secret=signed_by, limit=2**20, python="3.10" if how == "python" else PYTHON, extra=store)
+    if how == "payload swapped":  # a good envelope's bytes replaced by the trap's
+        good = seal(len, kind="function", name="__main__.trap", code="c" * 32, secret=secret, limit=2**20,
+                    extra=store)
+        parts = Envelope.parse(good)
+        trap = good[: len(good) - len(parts.payload)] + Envelope.parse(trap).payload
+    if how == "garbage":
+        trap = b"\x80\x04 not an envelope"
     digest = "c" * 32
     if how == "missing":
-        from khadem_nb.job import JobRecord
-
-        await manager.push([JobRecord(id="f" * 32, name="__main__.trap", payload={"kwargs": {}},
-                                      code=digest, created_ms=1, available_ms=1)])
+        await manager.push([sealed_record(manager, digest, secret)])
         await manager.start_worker(max_jobs=1, delay=0.05)
         record = await manager.get_job("f" * 32)
     else:
-        record = await _run_shipped(manager, trap, digest)
+        record = await _run_shipped(manager, trap, digest, secret)
     await manager.close()
     assert record.status is JobStatus.FAILED, record
     expected = {"wrong secret": "signature check", "payload swapped": "signature check",
@@ -196,7 +204,7 @@ async def test_package_versions_warn_or_fail(tmp_path: Path) -> None:
     header = Envelope.parse(envelope).verified(secret).header
     assert header["packages"].get("pytest") == pytest.__version__
     forged = seal(uses_pytest, kind="function", name="__main__.uses_pytest", code="d" * 32,
-                  secret=secret, limit=2**22)
+                  secret=secret, limit=2**22, extra={"store": "memory"})
     forged = forged.replace(f'"pytest":"{pytest.__version__}"'.encode(), b'"pytest":"0.0.1"')
     assert b'"pytest":"0.0.1"' in forged  # the forgery breaks the signature: sign it anew
     parts = Envelope.parse(forged)
@@ -209,7 +217,7 @@ async def test_package_versions_warn_or_fail(tmp_path: Path) -> None:
     for strict in (False, True):
         manager = await QueueManager({"queue": {"driver": "memory", "trust_code": True,
                                                 "secret": secret.decode(), "strict_versions": strict}}).init()
-        record = await _run_shipped(manager, forged, "d" * 32)
+        record = await _run_shipped(manager, forged, "d" * 32, secret, "__main__.uses_pytest")
         await manager.close()
         if strict:
             assert record.status is JobStatus.FAILED and "versions check" in (record.error or "")
@@ -285,3 +293,76 @@ async def test_bad_shipping_input(tmp_path: Path) -> None:
         small.close()
     finally:
         q.close()
+
+
+REPLAYS = ["no seal", "other arguments", "other job name", "other queue", "other store"]
+
+
+@pytest.mark.parametrize("how", REPLAYS)
+async def test_a_copied_envelope_or_a_forged_record_never_runs(tmp_path: Path, how: str) -> None:
+    """Someone who can write to the storage but has no secret copies a signed envelope into
+    another queue's code store, and writes records with their own name, arguments or queue:
+    a trusting worker refuses every one before anything is unpickled."""
+    url = need_redis()
+    secret = b"the shared secret, 16+ bytes long"
+    target = tmp_path / "unpickled"
+    made_for = QueueManager({"queue": {"url": url, "prefix": f"secA-{tmp_path.name}"}})
+    victim = QueueManager({"queue": {"url": url, "prefix": f"secB-{tmp_path.name}", "trust_code": True,
+                                     "secret": secret.decode()}})
+    await made_for.init()
+    await victim.init()
+    try:
+        store = "store-of-A" if how == "other store" else store_identity(victim.settings)
+        envelope = seal(Boobytrap(str(target)), kind="function", name="__main__.trap", code="e" * 32,
+                        secret=secret, limit=2**20, extra={"store": store})
+        await victim.driver.store_code("e" * 32, envelope)
+        record = sealed_record(victim, "e" * 32, secret, payload={"kwargs": {"x": 1}})
+        if how == "no seal":
+            record.code = "e" * 32
+        elif how == "other arguments":
+            record.payload = {"kwargs": {"x": 2}}
+        elif how == "other job name":
+            record = sealed_record(victim, "e" * 32, secret, name="__main__.other", payload={"kwargs": {}})
+            record.code = sealed_record(victim, "e" * 32, secret).code  # a seal copied from a real job
+            record.name = "__main__.other"
+        elif how == "other queue":  # a whole record copied from queue default into queue other
+            record.queue = "other"
+        await victim.push([record])
+        await victim.start_worker(max_jobs=1, delay=0.05, queues=[record.queue])
+        ran = await victim.get_job(record.id)
+    finally:
+        await victim.driver.purge()
+        await made_for.driver.purge()
+        await victim.close()
+        await made_for.close()
+    assert ran.status is JobStatus.FAILED, ran
+    assert "seal check" in (ran.error or ""), ran.error
+    assert not target.exists()
+
+
+def test_a_trusting_worker_hides_its_secret_from_the_jobs_it_runs(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path}/q.db"
+    process = worker(url, tmp_path / "worker", "--trust-code")
+    try:
+        out = dispatcher(tmp_path / "notebook", f"""
+            import khadem_nb as kn
+
+            q = kn.Queue({url!r}, ship_code=True)
+
+            @q.job
+            def peek() -> str:
+                import os
+                return repr(os.environ.get("KHADEM_SECRET"))
+
+            @q.job(isolation="process")
+            def peek_isolated() -> str:
+                import os
+                return repr(os.environ.get("KHADEM_SECRET"))
+
+            print(peek.dispatch().result(timeout=60), peek_isolated.dispatch().result(timeout=60))
+            q.close()
+        """)
+        assert out.split() == ["None", "None"], out
+        assert process.poll() is None
+    finally:
+        kill(process)

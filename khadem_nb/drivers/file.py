@@ -675,6 +675,7 @@ class FileStore:
             if record.status in TERMINAL_STATUSES and time.monotonic() >= self._next_age_pass:
                 self._trim_by_age()
                 self._trim_expired()
+                self._drop_dead_locks()
             return "settled"
 
     def _stop(self, held: JobRecord, settlement: Settlement) -> str | None:
@@ -777,6 +778,26 @@ class FileStore:
                 self._trim_to_count("failed", self.settings.failed_retention)
             self._trim_by_age()
             self._trim_expired()
+            self._drop_dead_locks()
+
+    def _drop_dead_locks(self) -> None:
+        """Remove the lock files of ``unique/`` that no live job holds (its job gone, in a status
+        that no longer holds it, or expired), under the store lock that dispatches take: a dead
+        lock would be taken over by the next dispatch of its key anyway, and kept it would make
+        ``unique/`` grow with every unique job ever dispatched."""
+        names = [e.name for e in self._entries("unique") if e.name.endswith(".json")]
+        if not names:
+            return
+        statuses, now = self._status_map(), now_ms()
+        for name in names:
+            path = self.dir("unique", name)
+            lock = self._read_lock(path)
+            if lock is None:
+                continue
+            status = statuses.get(str(lock.get("job_id")))
+            if not lock_is_live(str(lock.get("holds")), status, lock.get("expires_ms"), now):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(path)
 
     def _mtime(self, folder: str, name: str) -> float:
         try:

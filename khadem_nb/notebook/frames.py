@@ -60,7 +60,7 @@ def jobs_frame(records: Sequence[JobRecord], waits: Mapping[str, str] | None = N
         "result": [decode_value(r.result) for r in records],
         "error": [r.error if r.status in ENDED_BADLY else None for r in records],
         "output": [r.meta.get("output") for r in records],
-        "code": [r.code for r in records],
+        "code": [r.fingerprint for r in records],
     }
     return pd.DataFrame(rows, columns=JOB_COLUMNS)
 

@@ -192,7 +192,8 @@ class Queue:
         fresh, failed, older = [], [], 0
         for index, record in enumerate(records):
             found = existing.get(record.key or "")
-            changed = found is not None and found.status is JobStatus.COMPLETED and found.code != record.code
+            changed = (found is not None and found.status is JobStatus.COMPLETED
+                       and found.fingerprint != record.fingerprint)
             if found is None or (rerun_cancelled and found.status is JobStatus.CANCELLED) \
                     or (changed and on_code_change == "rerun"):
                 fresh.append(record)

@@ -34,7 +34,7 @@ T = TypeVar("T")
 REDIS_PY_RANGE = (">=5.3", "<9")
 MIN_REDIS = (6, 2)  # LPOP with a count (reserve.lua)
 SCRIPTS = ("enqueue", "reserve", "settle", "heartbeat", "meta", "requeue", "fetch", "leave", "statuses",
-           "cancel", "forget", "lanes")
+           "cancel", "forget", "lanes", "unlock")
 #: a raw command for :meth:`RedisConnection.send_in_order`: packed bytes, or its arguments
 Outgoing = bytes | tuple[Any, ...]
 _persistence_warned: set[str] = set()

@@ -77,6 +77,8 @@ PUSH_CHUNK = 200  # jobs per enqueue call; a bigger push streams its chunks
 CANCEL_CHUNK = 5000  # jobs per cancel.lua call: Redis serves other clients between calls
 EXPIRY_PASS_S = 5.0  # how often settles of records with a lifetime of their own look for expired ones
 MAX_WINDOWS = 1440  # windows one finished_counts call counts at most (a day of minutes)
+LOCK_PASS_S = 10.0  # a worker drops its queues' dead unique locks this often (unlock.lua)
+LOCK_CHUNK = 1000  # lock fields looked at per unlock.lua call
 MAX_WAIT_S = 1.0  # longest block on a notify list: other queues and sweeps are looked at as often
 
 
@@ -107,6 +109,7 @@ class RedisDriver(QueueDriver):
         self._waiter = f"{self._lease_ms}|{new_token()}"
         self._registered: set[str] = set()  # queues whose K_WAITING may hold self._waiter
         self._next_expiry_pass = 0.0  # monotonic time of the next look for expired records
+        self._next_lock_pass = time.monotonic() + LOCK_PASS_S  # of the next drop of dead unique locks
         self._generation = 0  # bumped by interrupt_waits: a reserve under an older one claims nothing
         self._reserving = 0  # reserve calls in flight
         self._interrupted = False  # interrupt_waits called, and the hand-off line not left since
@@ -330,6 +333,8 @@ class RedisDriver(QueueDriver):
                       free: Mapping[str, int] | None = None) -> list[JobRecord]:
         self._reserving += 1
         try:
+            if time.monotonic() >= self._next_lock_pass:
+                await self._drop_dead_locks(queues)
             return await self._reserve(queues, limit, wait_s, "" if free is None else dumps(dict(free)))
         finally:
             self._reserving -= 1
@@ -425,11 +430,26 @@ class RedisDriver(QueueDriver):
         if time.monotonic() >= self._next_expiry_pass:
             await self.trim()
 
+    async def _drop_dead_locks(self, queues: Sequence[str]) -> None:
+        """Drop the unique locks of ``queues`` that no live job holds (``unlock.lua``), in
+        chunks of LOCK_CHUNK fields, each chunk one atomic step against dispatches."""
+        self._next_lock_pass = time.monotonic() + LOCK_PASS_S
+        for queue in queues:
+            cursor = "0"
+            while True:
+                cursor, _ = await self._run("unlock", queue, [cursor, LOCK_CHUNK])
+                cursor = cursor.decode() if isinstance(cursor, bytes) else str(cursor)
+                if cursor == "0":
+                    break
+
     async def trim(self) -> None:
         """Retention by count and age runs in settle.lua; this forgets the finished records whose
-        own ``keep_ms`` ran out (``forget.lua``, which also takes them off ``expiring``)."""
+        own ``keep_ms`` ran out (``forget.lua``, which also takes them off ``expiring``), and
+        drops unique locks that no live job holds."""
         self._next_expiry_pass = time.monotonic() + EXPIRY_PASS_S
-        for queue in await self._all_queues():
+        queues = await self._all_queues()
+        await self._drop_dead_locks(queues)
+        for queue in queues:
             due = await self._on(queue, functools.partial(self.client.zrangebyscore,
                                                           self.keys(queue)[KEY_INDEX["expiring"]], "-inf",
                                                           now_ms(), start=0, num=1000))

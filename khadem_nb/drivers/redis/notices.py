@@ -97,13 +97,18 @@ class AbortListener:
         loop = asyncio.get_running_loop()
         subscribed = loop.create_future()
         self._task = loop.create_task(self._listen(subscribed))
-        await subscribed
+        try:
+            await subscribed
+        except asyncio.CancelledError:  # the worker stopped meanwhile: nobody will close it later
+            await self.close()
+            raise
 
     async def _listen(self, subscribed: asyncio.Future[None]) -> None:
         pubsub = self.connection.client.pubsub()
         try:
             await pubsub.subscribe(*self.channels)
-            subscribed.set_result(None)
+            if not subscribed.done():  # its waiter may have been cancelled meanwhile
+                subscribed.set_result(None)
             while True:
                 message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
                 if message is not None:

@@ -52,6 +52,18 @@ local function set_state(id, s)
   redis.call('HSET', KEYS[K_STATE], id, state_text(s))
 end
 
+-- The holder of a unique lock ("id|statuses that hold it|expiry ms (-1: none)") while the lock
+-- is live (its job exists in one of those statuses, not expired); nil for a dead lock.
+local function live_holder(lock, now)
+  local holder, holds, expires = string.match(lock, '^(.-)|(.-)|(%-?%d+)$')
+  local s = holder and get_state(holder)
+  if s and (tonumber(expires) < 0 or now < tonumber(expires))
+      and string.find(',' .. holds .. ',', ',' .. s.status .. ',', 1, true) then
+    return holder
+  end
+  return nil
+end
+
 -- Lanes (flow control): a job with limits names its lane in K_LANE_OF. Ready, it waits in the
 -- lane's own sorted set (the K_LANE_WAIT key name, ':', the lane), scored like K_READY; K_LANE_WAIT
 -- scores each lane that has waiting jobs by its first one. K_LANES holds each lane's rule (JSON),

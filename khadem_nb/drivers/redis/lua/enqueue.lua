@@ -41,14 +41,8 @@ if ARGV[6] and ARGV[6] ~= '' then
 end
 if ARGV[4] and ARGV[4] ~= '' then
   local lock = redis.call('HGET', KEYS[K_UNIQUE], ARGV[4])
-  if lock then
-    local holder, holds, expires = string.match(lock, '^(.-)|(.-)|(%-?%d+)$')
-    local s = holder and get_state(holder)
-    if s and (tonumber(expires) < 0 or now < tonumber(expires))
-        and string.find(',' .. holds .. ',', ',' .. s.status .. ',', 1, true) then
-      return holder
-    end
-  end
+  local holder = lock and live_holder(lock, now)
+  if holder then return holder end
   redis.call('HSET', KEYS[K_UNIQUE], ARGV[4], ARGV[5])
 end
 -- Jobs with parents: ARGV[9], JSON {id: [on_upstream_failure, [parent ids]]}. Each is judged
