@@ -166,7 +166,8 @@ class QueueManager:
         """Everything about a job that can be wrong, encoded and checked; no id or time yet.
         ``running_key``: the unique key of a ``unique="running"`` dispatch."""
         name, payload = self.serializer.encode_job(job)
-        check_size(payload, self.settings.max_payload, f"the arguments of {name}")
+        settings = self._settings or self.shipper.settings  # a notebook builds records before init()
+        check_size(payload, settings.max_payload, f"the arguments of {name}")
         delay_ms = 0 if delay is None else int(limits.seconds(delay, "delay") * 1000)
         # each option's usual case is checked inline; the full check names what is wrong
         attempts = job.max_attempts if max_attempts is None else max_attempts
