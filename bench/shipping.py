@@ -24,7 +24,7 @@ import numpy as np
 
 import khadem_nb as kn
 from khadem_nb import SerializationError
-from khadem_nb.shipping import fingerprint
+from khadem_nb.runtime.shipping import fingerprint
 
 HERE = Path(__file__).resolve().parent
 REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/9")

@@ -9,8 +9,8 @@ from __future__ import annotations
 from typing import Any
 
 from .config import QueueSettings, WorkerSettings, parse_config
-from .context import cancelled, context, progress
 from .drivers.base import QueueDriver
+from .drivers.registry import QueueDriverRegistry
 from .errors import (
     CodeChangedWarning,
     ConfigError,
@@ -30,16 +30,16 @@ from .errors import (
     SerializationError,
     UnknownJobError,
 )
-from .execution import WorkerHooks
 from .factory import QueueFactory
 from .job import Failure, JobRecord, JobStatus, QueueJob, QueueJobWithMetadata
 from .manager import QueueManager
 from .middleware import Middleware
 from .monitor import BasicQueueMonitor, QueueMonitor
-from .registry import QueueDriverRegistry
 from .retry import ExponentialBackoff, FixedBackoff
+from .runtime.context import cancelled, context, progress
+from .runtime.execution import WorkerHooks
+from .runtime.worker import QueueWorker
 from .serializer import QueueJobSerializer
-from .worker import QueueWorker
 
 __version__ = "0.1.0"
 

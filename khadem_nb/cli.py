@@ -139,14 +139,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _dispatch(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     if args.command == "demo":
         logging.getLogger("khadem_nb").setLevel(logging.ERROR)  # the demo prints failures itself
-        from .demo import run_demo
+        from .ops.demo import run_demo
 
         run_demo(args.queue_url, args.concurrency)
         return 0
     if not args.queue_url:
         parser.error(f"{args.command} needs --queue-url or KHADEM_QUEUE_URL")
     if args.command == "worker":
-        from .worker_process import WorkerOptions, run_worker_process
+        from .ops.worker_process import WorkerOptions, run_worker_process
 
         options = WorkerOptions(args.queue_url, args.imports, args.queues, args.concurrency,
                                 args.max_jobs, args.burst, args.grace, args.lease, args.prefetch,
@@ -166,7 +166,7 @@ def _dispatch(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         for job_id in cancelled:
             print(job_id)
         return 0
-    from .stats import print_stats
+    from .ops.stats import print_stats
 
     asyncio.run(print_stats(args.queue_url, args.queue))
     return 0

@@ -201,21 +201,19 @@ def _plain_values(section: dict[str, Any]) -> dict[str, Any]:
 def _shipping_values(section: dict[str, Any]) -> dict[str, Any]:
     import os
 
-    from .shipping import checked_secret, ship_modules_of
-
     values: dict[str, Any] = {}
     for key in ("ship_code", "trust_code", "strict_versions"):
         if section.get(key) is not None:
             if not isinstance(section[key], bool):
                 raise ConfigError(f"queue.{key} must be true or false, got {section[key]!r}")
             values[key] = section[key]
-    values["ship_modules"] = ship_modules_of(section.get("ship_modules"))
+    values["ship_modules"] = limits.ship_modules_of(section.get("ship_modules"))
     if section.get("code_limit") is not None:
         values["code_limit"] = limits.count(section["code_limit"], "queue.code_limit")
     explicit = section.get("secret") is not None or section.get("secret_file") is not None
     secret = _secret(section, os.environ.get(SECRET_ENV))
     if secret is not None:  # one from the environment is checked when shipping or trusting uses it
-        values["secret"] = checked_secret(secret, "code shipping") if explicit else secret
+        values["secret"] = limits.checked_secret(secret, "code shipping") if explicit else secret
     return values
 
 
@@ -255,9 +253,8 @@ def _check_consistency(settings: QueueSettings, *, explicit_heartbeat: bool) -> 
                           "dispatcher cannot share; use the memory driver (memory:// or no URL) for a "
                           "queue in this process, or a file such as sqlite:///runs.db")
     if settings.ship_code or settings.trust_code:
-        from .shipping import checked_secret
-
-        checked_secret(settings.secret, "queue.ship_code" if settings.ship_code else "queue.trust_code")
+        why = "queue.ship_code" if settings.ship_code else "queue.trust_code"
+        limits.checked_secret(settings.secret, why)
     return settings
 
 
@@ -367,9 +364,7 @@ def worker_settings(base: WorkerSettings, **overrides: Any) -> WorkerSettings:
     if overrides.get("timeout") is not None:
         values["timeout_s"] = limits.seconds(overrides["timeout"], "worker timeout", kind="timeout")
     if overrides.get("isolation") is not None:
-        from .isolation import check_isolation
-
-        values["isolation"] = check_isolation(overrides["isolation"], "worker")
+        values["isolation"] = limits.check_isolation(overrides["isolation"], "worker")
     if overrides.get("resources") is not None:
         values["resources"] = worker_resources(overrides["resources"])
     return replace(base, **values)
@@ -377,9 +372,9 @@ def worker_settings(base: WorkerSettings, **overrides: Any) -> WorkerSettings:
 
 def worker_resources(value: Any) -> tuple[tuple[str, int], ...]:
     """What a worker offers: ``{"gpu": 4}`` or ``"gpu=4,mem_gb=64"``, checked."""
-    from .flow import check_resources, parse_resources
-
-    offered = parse_resources(value, "resources") if isinstance(value, str) else check_resources(value)
+    if isinstance(value, str):
+        return tuple(limits.parse_resources(value, "resources").items())
+    offered = limits.check_resources(value)
     return tuple(offered.items())
 
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from .registry import DriverFactory, JobFactory, driver_registry, job_factories
+from .drivers.registry import DriverFactory, driver_registry
+from .registry import JobFactory, job_factories
 
 if TYPE_CHECKING:
     from .config import QueueSettings

@@ -128,9 +128,7 @@ class QueueJob:
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         if isinstance(cls.__dict__.get("isolation"), str | None):  # a property is checked when read
-            from .isolation import check_isolation
-
-            check_isolation(cls.__dict__.get("isolation"), f"{cls.__name__}.isolation")
+            limits.check_isolation(cls.__dict__.get("isolation"), f"{cls.__name__}.isolation")
         _check_flow(cls)
         if not inspect.isabstract(cls) and not cls.__dict__.get("_abstract_job", False):
             from .registry import job_factories
@@ -196,18 +194,16 @@ class QueueJob:
 def _check_flow(cls: type[QueueJob]) -> None:
     """Refuse a bad ``concurrency``, ``rate`` or ``resources`` when the class is defined (a
     property is checked at dispatch)."""
-    from .flow import check_concurrency, check_resources, parse_rate
-
     where = cls.__name__
     own = cls.__dict__
     if isinstance(own.get("queue"), str):
         limits.queue_name(own["queue"], f"{where}.queue")
     if not isinstance(own.get("concurrency"), property):
-        check_concurrency(own.get("concurrency"), f"{where}.concurrency")
+        limits.check_concurrency(own.get("concurrency"), f"{where}.concurrency")
     if not isinstance(own.get("rate"), property):
-        parse_rate(own.get("rate"), f"{where}.rate")
+        limits.parse_rate(own.get("rate"), f"{where}.rate")
     if not isinstance(own.get("resources"), property):
-        check_resources(own.get("resources"), f"{where}.resources")
+        limits.check_resources(own.get("resources"), f"{where}.resources")
 
 
 class QueueJobWithMetadata(QueueJob):

@@ -11,7 +11,8 @@ from __future__ import annotations
 import math
 import operator
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from ._time import seconds_of
@@ -174,3 +175,116 @@ def size(value: Any, name: str) -> int:
     if not low <= number <= high:
         raise ConfigError(f"{name} must be between {low} and {high} bytes, got {number}")
     return number
+
+
+# -- flow control: concurrency, rates and resource units (rules in features.flow) ------------
+#: the window of a rate, in ms, by the unit its text names
+RATE_UNITS = {"s": 1000, "sec": 1000, "second": 1000, "m": 60_000, "min": 60_000, "minute": 60_000,
+              "h": 3_600_000, "hour": 3_600_000}
+RATE_FORMS = "'N/s', 'N/min' or 'N/h' (also 'N/second', 'N/minute', 'N/hour'), N a whole number >= 1"
+_RATE = re.compile(r"^\s*(\d+)\s*/\s*([a-z]+)\s*$")
+MAX_RATE = 1_000_000  # starts per window at most: the window's log is kept in full
+MAX_UNITS = 1_000_000  # units of one resource a job asks for or a worker offers, at most
+_RESOURCE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,63}$")
+
+
+@dataclass(frozen=True, slots=True)
+class Rate:
+    """At most ``n`` starts in any window of ``window_ms``."""
+
+    n: int
+    window_ms: int
+
+    def __str__(self) -> str:
+        unit = {1000: "s", 60_000: "min", 3_600_000: "h"}[self.window_ms]
+        return f"{self.n}/{unit}"
+
+
+def parse_rate(value: Any, where: str = "rate") -> Rate | None:
+    """``"30/min"`` as a ``Rate`` (``None`` stays ``None``); ``ConfigError`` naming the forms."""
+    if value is None:
+        return None
+    match = _RATE.match(value) if isinstance(value, str) else None
+    if match is None or match.group(2) not in RATE_UNITS or not 1 <= int(match.group(1)) <= MAX_RATE:
+        raise ConfigError(f"{where} must be {RATE_FORMS} (N at most {MAX_RATE}), got {value!r}")
+    return Rate(int(match.group(1)), RATE_UNITS[match.group(2)])
+
+
+def check_concurrency(value: Any, where: str = "concurrency") -> int | None:
+    """A job kind's ``concurrency``: ``None`` or a whole number >= 1."""
+    if value is None:
+        return None
+    highest = COUNTS["concurrency"][1]
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= highest:
+        raise ConfigError(f"{where} must be a whole number from 1 to {highest} "
+                          f"(or None for no limit), got {value!r}")
+    return value
+
+
+def check_resources(value: Any, where: str = "resources") -> dict[str, int]:
+    """Units of named resources: ``{"gpu": 1}``, names like identifiers, units whole numbers
+    >= 1 (``{}`` or ``None``: none)."""
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"{where} must be a dict of resource name -> units, like {{'gpu': 1}}, "
+                          f"got {value!r}")
+    checked: dict[str, int] = {}
+    for name, units in value.items():
+        if not isinstance(name, str) or not _RESOURCE_NAME.match(name):
+            raise ConfigError(f"{where}: resource names are letters, digits, '_', '.' or '-' (not first), "
+                              f"got {name!r}")
+        if isinstance(units, bool) or not isinstance(units, int) or not 1 <= units <= MAX_UNITS:
+            raise ConfigError(f"{where}: units of {name!r} must be a whole number from 1 to {MAX_UNITS}, "
+                              f"got {units!r}")
+        checked[name] = units
+    return dict(sorted(checked.items()))
+
+
+def parse_resources(text: str, where: str = "--resources") -> dict[str, int]:
+    """``"gpu=4,mem_gb=64"`` as ``{"gpu": 4, "mem_gb": 64}``; ``ConfigError`` naming the form."""
+    pairs: dict[str, Any] = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        name, sep, units = part.partition("=")
+        if not sep or not units.strip().isdigit():
+            raise ConfigError(f"{where} must be name=units pairs separated by commas, like "
+                              f"'gpu=4,mem_gb=64', got {text!r}")
+        pairs[name.strip()] = int(units)
+    return check_resources(pairs, where)
+
+
+# -- isolation --------------------------------------------------------------------------------
+ISOLATIONS = ("none", "process")
+
+
+def check_isolation(value: Any, where: str) -> str | None:
+    """``value`` if it is a valid isolation (or ``None``: the worker's default), else
+    ``ConfigError`` naming the valid ones."""
+    if value is None or value in ISOLATIONS:
+        return value  # type: ignore[no-any-return]
+    raise ConfigError(f"{where}: isolation must be one of {', '.join(ISOLATIONS)}, got {value!r}")
+
+
+# -- shipped code: the secret and the modules shipped by value (``runtime.shipping``) ---------
+MIN_SECRET_BYTES = 16
+SECRET_HELP = ("set KHADEM_SECRET in the environment, or queue.secret, or queue.secret_file (at least "
+               f"{MIN_SECRET_BYTES} bytes, the same for the notebook and the workers that run its code)")
+
+
+def checked_secret(secret: bytes | None, why: str) -> bytes:
+    if secret is None:
+        raise ConfigError(f"{why} needs a secret: {SECRET_HELP}")
+    if len(secret) < MIN_SECRET_BYTES:
+        raise ConfigError(f"the code-shipping secret has {len(secret)} bytes; it needs at least "
+                          f"{MIN_SECRET_BYTES} ({SECRET_HELP})")
+    return secret
+
+
+def ship_modules_of(value: Any) -> Sequence[str]:
+    """``ship_modules`` as a list of module names; ``ConfigError`` for anything else."""
+    if value is None:
+        return ()
+    names = [value] if isinstance(value, str) else value
+    if not isinstance(names, list | tuple) or not all(isinstance(n, str) and n for n in names):
+        raise ConfigError(f"ship_modules must be a list of module names, got {value!r}")
+    return tuple(names)

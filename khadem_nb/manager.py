@@ -13,22 +13,22 @@ from . import limits
 from ._ids import job_ids
 from ._time import now_ms, to_seconds
 from .config import QueueSettings, parse_config, worker_settings
-from .dependencies import check_feed, check_policy, parent_ids
 from .draft import Draft
 from .drivers.base import QueueDriver
 from .errors import ConfigError, DuplicateJobError, JobNotFoundError, KhademError
-from .execution import Hook, JobExecutor, WorkerHooks
 from .factory import QueueFactory
-from .flow import job_lane
+from .features.dependencies import check_feed, check_policy, parent_ids
+from .features.flow import job_lane
+from .features.schedules import ScheduleInfo, info_of, make_schedule
+from .features.unique import UniqueRule, running_key, unique_rule
+from .features.why_waiting import wait_reasons
 from .job import ACTIVE, FAILED, QUEUED, SCHEDULED, WAITING, Failure, JobRecord, JobStatus, QueueJob
 from .middleware import Middleware, MiddlewareChain, MiddlewareFunc
 from .monitor import BasicQueueMonitor, QueueMonitor
 from .registry import job_factories
-from .schedules import ScheduleInfo, info_of, make_schedule
-from .serializer import QueueJobSerializer, check_size, decode_value
-from .shipping import CodeLoader, CodeShipper
-from .unique import UniqueRule, running_key, unique_rule
-from .waiting import (
+from .runtime.execution import Hook, JobExecutor, WorkerHooks
+from .runtime.shipping import CodeLoader, CodeShipper
+from .runtime.waiting import (
     SettleNotices,
     outcome,
     read_records,
@@ -38,8 +38,8 @@ from .waiting import (
     wait_until_idle,
     watch,
 )
-from .why_waiting import wait_reasons
-from .worker import QueueWorker
+from .runtime.worker import QueueWorker
+from .serializer import QueueJobSerializer, check_size, decode_value
 
 logger = logging.getLogger(__name__)
 #: what ``cancel_all`` takes: a word, and the statuses it covers

@@ -10,7 +10,7 @@ import time
 from typing import Any, ClassVar
 
 from khadem_nb import QueueJob, QueueJobWithMetadata, RetryJob, cancelled, progress
-from khadem_nb.context import current_job
+from khadem_nb.runtime.context import current_job
 
 RUN_LOG: list[Any] = []  # in-process record of what ran, in order
 

@@ -63,7 +63,7 @@ async def test_queued_and_scheduled_jobs_are_cancelled_and_never_run(queued_mana
 
 
 async def _result(manager: QueueManager, job_id: str) -> object:
-    from khadem_nb.waiting import outcome
+    from khadem_nb.runtime.waiting import outcome
 
     return outcome((await manager.wait([job_id], timeout=5))[0])
 

@@ -140,14 +140,14 @@ async def test_custom_driver_registration() -> None:
         assert len(created) == 1 and manager.driver is created[0]
         assert "counting" in QueueFactory.driver_names()
     finally:
-        from khadem_nb.registry import driver_registry
+        from khadem_nb.drivers.registry import driver_registry
 
         driver_registry.unregister("counting")
 
 
 @pytest.mark.parametrize("settings", [{"queue": {"driver": "memory"}}, "memory://", None])
 async def test_a_driver_built_by_hand_takes_what_the_manager_takes(settings: Any) -> None:
-    from khadem_nb.registry import driver_registry
+    from khadem_nb.drivers.registry import driver_registry
 
     driver = MemoryDriver(settings)
     QueueFactory.register_driver("by-hand", driver)
@@ -174,7 +174,7 @@ async def test_driver_factory_must_return_a_driver() -> None:
         with pytest.raises(ConfigError, match="not a QueueDriver"):
             await QueueManager({"queue": {"driver": "broken"}}).init()
     finally:
-        from khadem_nb.registry import driver_registry
+        from khadem_nb.drivers.registry import driver_registry
 
         driver_registry.unregister("broken")
 

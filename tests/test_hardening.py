@@ -25,9 +25,9 @@ from test_dashboard import TOKEN, dashboard_process
 
 from khadem_nb import ConfigError, QueueJob, QueueManager, SerializationError, progress
 from khadem_nb.config import parse_config, redact_url
+from khadem_nb.dashboard.app import SECURITY_HEADERS, allowed_hosts, create_app
 from khadem_nb.dashboard.overview import Overview
 from khadem_nb.limits import TEXT_LIMIT
-from khadem_nb.dashboard.app import SECURITY_HEADERS, allowed_hosts, create_app
 
 BAD_QUEUE_NAMES = ["../escape", "/srv/other", "..", ".", "a/b", "a\0b", "b:c", "", " spaced", "x" * 101]
 

@@ -14,7 +14,7 @@ from jobs import BlockingSleep, BusyLoop, Echo, ExitHard, Isolated, IsolatedSlee
 from test_cancel import wait_status, wait_stopped
 
 from khadem_nb import ConfigError, JobStatus, QueueJob, QueueManager
-from khadem_nb.isolation import TERMINATE_GRACE_S
+from khadem_nb.runtime.isolation import TERMINATE_GRACE_S
 
 
 @pytest.fixture(params=["memory", "sqlite"])

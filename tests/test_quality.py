@@ -1,4 +1,6 @@
-"""Lint and types are part of the suite: ruff (with a complexity limit) and mypy --strict."""
+"""Lint, types and layers are part of the suite: ruff (with a complexity limit), mypy --strict,
+and import-linter's contract that the package's layers point one way (pyproject.toml,
+docs/architecture.md): a module that imports from a layer above its own fails here."""
 
 from __future__ import annotations
 
@@ -9,6 +11,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).parent.parent
+LINT_IMPORTS = "import sys; from importlinter.cli import lint_imports; sys.exit(lint_imports())"
 
 
 @pytest.mark.parametrize(
@@ -16,8 +19,9 @@ ROOT = Path(__file__).parent.parent
     [
         [sys.executable, "-m", "ruff", "check", "khadem_nb", "tests", "bench"],
         [sys.executable, "-m", "mypy"],
+        [sys.executable, "-c", LINT_IMPORTS],
     ],
-    ids=["ruff", "mypy"],
+    ids=["ruff", "mypy", "layers"],
 )
 def test_code_quality(command: list[str]) -> None:
     run = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)

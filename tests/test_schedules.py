@@ -21,7 +21,7 @@ from procs import finish, kill, start_worker
 
 from khadem_nb import ConfigError, JobStatus, QueueManager
 from khadem_nb.draft import Draft
-from khadem_nb.schedules import Schedule, make_schedule
+from khadem_nb.features.schedules import Schedule, make_schedule
 
 
 @pytest.fixture

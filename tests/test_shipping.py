@@ -20,7 +20,7 @@ from procs import env, kill
 
 from khadem_nb import ConfigError, JobStatus, QueueManager, SerializationError
 from khadem_nb.config import parse_config
-from khadem_nb.shipping import PYTHON, Envelope, fingerprint, job_seal, seal, store_identity
+from khadem_nb.runtime.shipping import PYTHON, Envelope, fingerprint, job_seal, seal, store_identity
 
 SECRET = "a shared secret of the notebook and its workers"
 
@@ -211,7 +211,7 @@ async def test_package_versions_warn_or_fail(tmp_path: Path) -> None:
     import hashlib
     import hmac
 
-    from khadem_nb.shipping import MAGIC
+    from khadem_nb.runtime.shipping import MAGIC
     mac = hmac.new(secret, MAGIC + parts.head + b"\n" + parts.payload, hashlib.sha256).hexdigest().encode()
     forged = MAGIC + mac + b"\n" + parts.head + b"\n" + parts.payload
     for strict in (False, True):

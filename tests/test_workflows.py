@@ -15,8 +15,8 @@ from jobs import Echo, Stage, Summarise
 from procs import kill, workers
 
 from khadem_nb import ConfigError, JobNotFoundError, JobStatus, QueueManager
-from khadem_nb.dependencies import end_orphans
 from khadem_nb.drivers.redis.keys import KEY_INDEX
+from khadem_nb.features.dependencies import end_orphans
 from khadem_nb.testing import QueueFake
 
 WAITING, QUEUED, COMPLETED = JobStatus.WAITING, JobStatus.QUEUED, JobStatus.COMPLETED

@@ -25,7 +25,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from ..errors import KhademError
 from ..job import JobStatus
 from ..manager import QueueManager
-from ..prometheus import QueueGauges, exposition, new_registry
+from ..ops.prometheus import QueueGauges, exposition, new_registry
 from .overview import Overview, record_json
 from .pages import job_page, not_found_page
 from .serve import is_loopback

@@ -15,8 +15,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ..flow import RATE_UNITS
-from ..resources import Offer
+from ..features.resources import Offer
+from ..limits import RATE_UNITS
 
 
 @dataclass(frozen=True, slots=True)

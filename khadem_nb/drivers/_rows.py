@@ -9,10 +9,10 @@ import logging
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+from ..features.schedules import FIRE, STALE, Schedule, ScheduleState, fire_verdict
+from ..features.unique import lock_is_live
 from ..job import JobRecord, JobStatus
-from ..schedules import FIRE, STALE, Schedule, ScheduleState, fire_verdict
 from ..serializer import dumps
-from ..unique import lock_is_live
 from .quarantine import checked
 
 logger = logging.getLogger(__name__)

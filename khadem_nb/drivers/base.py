@@ -21,12 +21,12 @@ from .._ids import new_token
 from .._time import now_ms
 from ..config import QueueSettings, parse_config
 from ..errors import ConfigError
-from ..flow import LaneRule, LaneUse
+from ..features.flow import LaneRule, LaneUse
+from ..features.resources import Offer
+from ..features.schedules import Schedule, ScheduleState
+from ..features.unique import UniqueRule
 from ..job import ACTIVE, CANCELLED, COMPLETED, FAILED, QUEUED, SCHEDULED, JobRecord, JobStatus
 from ..limits import PRIORITY_RANGE
-from ..resources import Offer
-from ..schedules import Schedule, ScheduleState
-from ..unique import UniqueRule
 
 
 class _NoResult:

@@ -46,9 +46,12 @@ from typing import Any, ClassVar, TypeVar
 from .. import limits
 from .._time import now_ms
 from ..config import QueueSettings
-from ..dependencies import ended_reason, judge, place_child, stop_child, stops_child
 from ..errors import DriverError, SerializationError
-from ..flow import ClaimPlan, LaneRule, LaneUse, recent_starts, rule_of
+from ..features.dependencies import ended_reason, judge, place_child, stop_child, stops_child
+from ..features.flow import ClaimPlan, LaneRule, LaneUse, recent_starts, rule_of
+from ..features.resources import Offer, live_offers
+from ..features.schedules import FIRE, STALE, Schedule, ScheduleState, fire_verdict
+from ..features.unique import UniqueRule, lock_is_live
 from ..job import (
     ACTIVE,
     CANCELLED,
@@ -61,9 +64,6 @@ from ..job import (
     JobRecord,
     JobStatus,
 )
-from ..resources import Offer, live_offers
-from ..schedules import FIRE, STALE, Schedule, ScheduleState, fire_verdict
-from ..unique import UniqueRule, lock_is_live
 from . import _records
 from ._fs import FILE_MODE, FOLDER_MODE, check_parent_writable, local_path
 from ._lanes import oldest_start_kept

@@ -25,15 +25,17 @@ from typing import Any, ClassVar
 
 from .._ids import new_token
 from ..config import QueueSettings
-from ..dependencies import DependencyIndex, ended_reason, place_child, stop_child, stops_child
-from ..flow import (
-    RATE_UNITS,
+from ..features.dependencies import DependencyIndex, ended_reason, place_child, stop_child, stops_child
+from ..features.flow import (
     ClaimPlan,
     LaneRule,
     LaneUse,
     recent_starts,
     rule_of,
 )
+from ..features.resources import Offer, live_offers
+from ..features.schedules import FIRE, STALE, Schedule, ScheduleState, fire_verdict
+from ..features.unique import UniqueRule, lock_is_live
 from ..job import (
     ACTIVE,
     CANCELLABLE_STATUSES,
@@ -46,10 +48,8 @@ from ..job import (
     JobRecord,
     JobStatus,
 )
-from ..resources import Offer, live_offers
-from ..schedules import FIRE, STALE, Schedule, ScheduleState, fire_verdict
+from ..limits import RATE_UNITS
 from ..serializer import dumps
-from ..unique import UniqueRule, lock_is_live
 from . import _records
 from .base import (
     RELEASE,

@@ -35,14 +35,14 @@ from typing import Any, ClassVar, Concatenate, ParamSpec, TypeVar
 from .._ids import new_token
 from .._time import now_ms
 from ..config import QueueSettings
-from ..dependencies import place_child
 from ..errors import ConfigError, CorruptQueueError, DriverError, DriverUnavailableError
-from ..flow import ClaimPlan, LaneRule, LaneUse, rule_of
+from ..features.dependencies import place_child
+from ..features.flow import ClaimPlan, LaneRule, LaneUse, rule_of
+from ..features.resources import OFFER_TTL_S, Offer
+from ..features.schedules import Schedule, ScheduleState
+from ..features.unique import UniqueRule
 from ..job import TERMINAL_STATUSES, JobRecord, JobStatus
-from ..resources import OFFER_TTL_S, Offer
-from ..schedules import Schedule, ScheduleState
 from ..serializer import dumps
-from ..unique import UniqueRule
 from ._deps import edge_rows, edges_table_sql, sqlite_trigger_sql
 from ._fs import FILE_MODE, check_parent_writable, is_network_filesystem, local_path
 from ._lanes import (

@@ -1,6 +1,6 @@
 """The notebook layer: cell-defined jobs, in-kernel workers, handles, DataFrames, the panel."""
 
-from ..context import progress
+from ..runtime.context import progress
 from .functions import JobFunction
 from .handles import JobGroup, JobHandle
 from .queue import Queue

@@ -5,10 +5,10 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from ..dependencies import outcome
+from ..features.dependencies import outcome
+from ..features.schedules import ScheduleInfo
 from ..job import Failure, JobRecord, JobStatus
 from ..metrics import metrics_from_records
-from ..schedules import ScheduleInfo
 from ..serializer import decode_value
 
 if TYPE_CHECKING:

@@ -9,6 +9,7 @@ notebook cell lives in ``__main__`` and only in-kernel workers can run it (with
 
 from __future__ import annotations
 
+import functools
 import inspect
 import itertools
 from collections.abc import Callable, Iterable, Mapping
@@ -16,14 +17,14 @@ from datetime import timedelta
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from .. import limits
-from ..dependencies import GROUP_FEEDS
 from ..errors import ConfigError, SerializationError
-from ..flow import check_concurrency, check_limit_key, check_resources, parse_rate
-from ..isolation import check_isolation
+from ..features.dependencies import GROUP_FEEDS
+from ..features.flow import check_limit_key
+from ..features.unique import canonical_key
 from ..job import QueueJob
+from ..limits import check_concurrency, check_isolation, check_resources, parse_rate
 from ..registry import job_factories
 from ..serializer import encode_value
-from ..unique import canonical_key
 
 if TYPE_CHECKING:
     from .handles import JobGroup, JobHandle
@@ -85,12 +86,22 @@ class FunctionCall(QueueJob):
         return {**self.kwargs, self.frame_of: outcomes_frame(self.kwargs[self.frame_of])}
 
     def isolated_entry(self) -> tuple[Any, dict[str, Any], str]:
-        """The function itself travels (by value when a cell defined it), with its arguments."""
-        return self.spec.fn, {"kwargs": self.kwargs, "frame": self.frame_of}, "function"
+        """The function itself travels (by value when a cell defined it), with its arguments;
+        a reduce's parent outcomes become their DataFrame in the child, as they do here."""
+        entry = self.spec.fn if not self.frame_of else functools.partial(_given_frame, self.spec.fn,
+                                                                          self.frame_of)
+        return entry, {"kwargs": self.kwargs}, "function"
 
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.kwargs.items())
         return f"{self.spec.name}({args})"
+
+
+def _given_frame(fn: Callable[..., Any], frame_of: str, **kwargs: Any) -> Any:
+    """Call ``fn`` with the outcomes in ``kwargs[frame_of]`` as a DataFrame (an isolated reduce)."""
+    from .frames import outcomes_frame  # pandas, only where a reduce runs
+
+    return fn(**{**kwargs, frame_of: outcomes_frame(kwargs[frame_of])})
 
 
 class AsyncFunctionCall(FunctionCall):

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 from .._ids import short_id
 from ..errors import ConfigError
 from ..job import TERMINAL_STATUSES, JobRecord, JobStatus
-from ..waiting import outcome
+from ..runtime.waiting import outcome
 
 if TYPE_CHECKING:
     import pandas as pd

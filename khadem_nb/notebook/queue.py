@@ -17,13 +17,14 @@ from dataclasses import replace
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, TypeVar, overload
 
-from .. import capture, limits
+from .. import limits
 from ..config import QueueSettings, parse_config
 from ..errors import CodeChangedWarning, ConfigError
 from ..job import JobRecord, JobStatus
+from ..limits import checked_secret
 from ..manager import QueueManager
-from ..shipping import checked_secret
-from ..worker import QueueWorker
+from ..runtime import capture
+from ..runtime.worker import QueueWorker
 from ._loop import LoopRunner
 from .functions import JobFunction
 from .handles import JobGroup, JobHandle
@@ -313,7 +314,7 @@ class Queue:
     def run_here(self, record: JobRecord) -> Any:
         """Run ``record``'s job in the foreground with the job's current definition (see
         ``JobHandle.debug``); nothing is stored."""
-        from ..context import current_job, local_context
+        from ..runtime.context import current_job, local_context
 
         job = self.manager.serializer.decode_job(record.name, record.payload)
         job.attempt = record.attempt

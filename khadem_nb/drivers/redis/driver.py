@@ -34,12 +34,12 @@ from ..._ids import new_token
 from ..._time import now_ms
 from ...config import QueueSettings
 from ...errors import ConfigError, CorruptQueueError, DriverError
-from ...flow import LaneRule, LaneUse
+from ...features.flow import LaneRule, LaneUse
+from ...features.resources import Offer, live_offers
+from ...features.schedules import Schedule, ScheduleState
+from ...features.unique import UniqueRule
 from ...job import TERMINAL_STATUSES, JobRecord, JobStatus
-from ...resources import Offer, live_offers
-from ...schedules import Schedule, ScheduleState
 from ...serializer import dumps
-from ...unique import UniqueRule
 from .._records import due_view
 from ..base import (
     LEASE_LOST_ERROR,

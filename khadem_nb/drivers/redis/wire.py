@@ -8,8 +8,8 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from ...config import QueueSettings
+from ...features.schedules import Schedule, ScheduleState
 from ...job import JobRecord, JobStatus
-from ...schedules import Schedule, ScheduleState
 from ...serializer import dumps
 from .._records import due_view
 from ..base import COMPLETE, Settlement

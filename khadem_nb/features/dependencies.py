@@ -18,12 +18,12 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from .errors import ConfigError, JobError
-from .job import CANCELLED, COMPLETED, FAILED, TERMINAL_STATUSES, WAITING, JobRecord, JobStatus, cancel_error
-from .serializer import decode_value
+from ..errors import ConfigError, JobError
+from ..job import CANCELLED, COMPLETED, FAILED, TERMINAL_STATUSES, WAITING, JobRecord, JobStatus, cancel_error
+from ..serializer import decode_value
 
 if TYPE_CHECKING:
-    from .drivers.base import QueueDriver
+    from ..drivers.base import QueueDriver
 
 UPSTREAM_POLICIES = ("cancel", "run")
 FEEDS = ("result", "results", "completed_results")

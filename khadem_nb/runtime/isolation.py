@@ -28,26 +28,17 @@ from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 from typing import TYPE_CHECKING, Any
 
+from ..errors import JobCrashedError, RetryJob, SerializationError
+from ..features.resources import cuda_devices
+from ..serializer import decode_value, dumps, encode_value
 from .context import JobContext, current_job
-from .errors import ConfigError, JobCrashedError, RetryJob, SerializationError
-from .resources import cuda_devices
-from .serializer import decode_value, dumps, encode_value
 
 if TYPE_CHECKING:
-    from .job import JobRecord, QueueJob
+    from ..job import JobRecord, QueueJob
 
 logger = logging.getLogger(__name__)
 
-ISOLATIONS = ("none", "process")
 TERMINATE_GRACE_S = 3.0  # after SIGTERM, how long a child has before SIGKILL
-
-
-def check_isolation(value: Any, where: str) -> str | None:
-    """``value`` if it is a valid isolation (or ``None``: the worker's default), else
-    ``ConfigError`` naming the valid ones."""
-    if value is None or value in ISOLATIONS:
-        return value  # type: ignore[no-any-return]
-    raise ConfigError(f"{where}: isolation must be one of {', '.join(ISOLATIONS)}, got {value!r}")
 
 
 class ChildRaised(Exception):
@@ -96,7 +87,7 @@ def child_main(conn: Connection, devices: str | None = None) -> None:
 
 
 def _run_request(entry: Any, header: dict[str, Any], conn: Connection) -> str:
-    from .job import JobRecord
+    from ..job import JobRecord
 
     record = JobRecord(id=header["id"], name=header["name"], payload=None, attempt=header["attempt"])
     context = ChildContext(record, conn)
@@ -117,12 +108,7 @@ def _run_request(entry: Any, header: dict[str, Any], conn: Connection) -> str:
 
 def _call(entry: Any, kind: str, args: dict[str, Any]) -> Any:
     if kind == "function":
-        kwargs = args["kwargs"]
-        if args.get("frame"):  # a reduce of a notebook sweep: its results as a DataFrame
-            from .notebook.frames import outcomes_frame
-
-            kwargs = {**kwargs, args["frame"]: outcomes_frame(kwargs[args["frame"]])}
-        value = entry(**kwargs)
+        value = entry(**args["kwargs"])
     else:
         job = entry.from_json(args["data"])
         job.attempt = args["attempt"]

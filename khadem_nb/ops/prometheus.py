@@ -14,14 +14,14 @@ import logging
 from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
-from .job import JobRecord, JobStatus
-from .monitor import BasicQueueMonitor
+from ..job import JobRecord, JobStatus
+from ..monitor import BasicQueueMonitor
 
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
     from prometheus_client.core import Metric
 
-    from .manager import QueueManager
+    from ..manager import QueueManager
 
 logger = logging.getLogger(__name__)
 

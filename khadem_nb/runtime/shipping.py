@@ -39,23 +39,23 @@ import logging
 import marshal
 import sys
 import types
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from functools import cache
 from typing import TYPE_CHECKING, Any
 
-from .errors import ConfigError, SerializationError, ShippedCodeError
-from .job import QueueJob
+from ..errors import ConfigError, SerializationError, ShippedCodeError
+from ..job import QueueJob
+from ..limits import checked_secret
 
 if TYPE_CHECKING:
-    from .config import QueueSettings
-    from .drivers.base import QueueDriver
-    from .job import JobRecord
+    from ..config import QueueSettings
+    from ..drivers.base import QueueDriver
+    from ..job import JobRecord
 
 logger = logging.getLogger(__name__)
 
 MAGIC = b"khadem-code-1\n"
-MIN_SECRET_BYTES = 16
 PYTHON = f"{sys.version_info.major}.{sys.version_info.minor}"
 
 
@@ -285,19 +285,6 @@ def split_code(code: str) -> tuple[str, str | None]:
 
 
 # -- secrets ------------------------------------------------------------------------------------
-SECRET_HELP = ("set KHADEM_SECRET in the environment, or queue.secret, or queue.secret_file (at least "
-               f"{MIN_SECRET_BYTES} bytes, the same for the notebook and the workers that run its code)")
-
-
-def checked_secret(secret: bytes | None, why: str) -> bytes:
-    if secret is None:
-        raise ConfigError(f"{why} needs a secret: {SECRET_HELP}")
-    if len(secret) < MIN_SECRET_BYTES:
-        raise ConfigError(f"the code-shipping secret has {len(secret)} bytes; it needs at least "
-                          f"{MIN_SECRET_BYTES} ({SECRET_HELP})")
-    return secret
-
-
 # -- the dispatching side -----------------------------------------------------------------------
 @dataclass(frozen=True)
 class Code:
@@ -508,13 +495,3 @@ def _factory(entry: Any, header: dict[str, Any]) -> JobFactory:
         return call
 
     return build
-
-
-def ship_modules_of(value: Any) -> Sequence[str]:
-    """``ship_modules`` as a list of module names; ``ConfigError`` for anything else."""
-    if value is None:
-        return ()
-    names = [value] if isinstance(value, str) else value
-    if not isinstance(names, list | tuple) or not all(isinstance(n, str) and n for n in names):
-        raise ConfigError(f"ship_modules must be a list of module names, got {value!r}")
-    return tuple(names)

@@ -29,16 +29,16 @@ from collections import deque
 from collections.abc import Sequence
 from typing import Any
 
-from . import limits
+from .. import limits
+from ..config import QueueSettings, WorkerSettings
+from ..drivers.base import QueueDriver
+from ..errors import DriverError, KhademError
+from ..features.resources import OFFER_EVERY_S, ResourcePool
+from ..features.why_waiting import frees_up, wait_reasons
+from ..job import QUEUED, JobRecord
 from ._tasks import stop_if_cancelled
-from .config import QueueSettings, WorkerSettings
-from .drivers.base import QueueDriver
-from .errors import DriverError, KhademError
 from .execution import JobExecutor, WorkerHooks
-from .job import QUEUED, JobRecord
-from .resources import OFFER_EVERY_S, ResourcePool
 from .ticker import Ticker
-from .why_waiting import frees_up, wait_reasons
 
 logger = logging.getLogger(__name__)
 

@@ -14,10 +14,10 @@ import contextlib
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
-from .drivers.base import NO_RESULT, QueueDriver
-from .errors import JobCancelledError, JobFailedError, JobNotFoundError, ResultTimeoutError
-from .job import TERMINAL_STATUSES, JobRecord, JobStatus
-from .serializer import decode_value
+from ..drivers.base import NO_RESULT, QueueDriver
+from ..errors import JobCancelledError, JobFailedError, JobNotFoundError, ResultTimeoutError
+from ..job import TERMINAL_STATUSES, JobRecord, JobStatus
+from ..serializer import decode_value
 
 POLL_MIN_S, POLL_MAX_S = 0.02, 0.5  # polling for jobs other processes run, when nothing is heard
 WAKE_BATCH_S = 0.01  # a group woken by a notice without a status gathers more before re-reading

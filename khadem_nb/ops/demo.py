@@ -49,8 +49,8 @@ def fit_ridge(alpha: float, n_samples: int, seed: int = 0) -> dict[str, float]:
 
 def run_demo(queue_url: str | None = None, concurrency: int = 4, stream: TextIO | None = None) -> Any:
     """Run the sweep and print its results; returns the results DataFrame."""
-    from .notebook.functions import JobFunction
-    from .notebook.queue import Queue
+    from ..notebook.functions import JobFunction
+    from ..notebook.queue import Queue
 
     out = stream or sys.stdout
     q = Queue(queue_url) if queue_url else Queue()

@@ -18,10 +18,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from . import capture, limits
-from .config import SECRET_ENV
-from .errors import ConfigError
-from .manager import QueueManager
+from .. import limits
+from ..config import SECRET_ENV
+from ..errors import ConfigError
+from ..manager import QueueManager
+from ..runtime import capture
 
 logger = logging.getLogger(__name__)
 

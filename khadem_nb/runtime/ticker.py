@@ -8,10 +8,10 @@ import asyncio
 import logging
 from collections.abc import Sequence
 
+from ..drivers.base import QueueDriver
+from ..features.dependencies import end_orphans
+from ..features.schedules import LOOK_EVERY_S, RELIST_EVERY_S, ScheduleState
 from ._tasks import stop_if_cancelled
-from .dependencies import end_orphans
-from .drivers.base import QueueDriver
-from .schedules import LOOK_EVERY_S, RELIST_EVERY_S, ScheduleState
 
 logger = logging.getLogger(__name__)
 MAX_BACKOFF_S = 30.0

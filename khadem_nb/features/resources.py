@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-from .errors import KhademError
+from ..errors import KhademError
 from .flow import rule_of
 
 

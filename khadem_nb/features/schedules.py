@@ -25,11 +25,11 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from . import limits
-from .draft import Draft
-from .errors import ConfigError
+from .. import limits
+from ..draft import Draft
+from ..errors import ConfigError
+from ..job import ACTIVE, QUEUED, SCHEDULED, JobRecord, JobStatus
 from .flow import LaneRule
-from .job import ACTIVE, QUEUED, SCHEDULED, JobRecord, JobStatus
 from .unique import canonical_key
 
 OVERLAPS = ("skip", "queue", "allow")

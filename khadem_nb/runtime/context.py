@@ -8,12 +8,12 @@ import math
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any
 
-from .errors import JobCancelledError, KhademError
-from .limits import cut_text
+from ..errors import JobCancelledError, KhademError
+from ..limits import cut_text
 
 if TYPE_CHECKING:
-    from .drivers.base import QueueDriver
-    from .job import JobRecord
+    from ..drivers.base import QueueDriver
+    from ..job import JobRecord
 
 logger = logging.getLogger(__name__)
 

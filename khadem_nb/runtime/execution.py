@@ -20,10 +20,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-from .context import ENDED, ORPHANED, JobContext, current_job
-from .dependencies import upstream_of
-from .drivers.base import QueueDriver
-from .errors import (
+from ..drivers.base import QueueDriver
+from ..errors import (
     JobCancelledError,
     JobCrashedError,
     JobTimeoutError,
@@ -32,12 +30,14 @@ from .errors import (
     SerializationError,
     UnknownJobError,
 )
+from ..features.dependencies import upstream_of
+from ..job import CANCELLED, Failure, JobRecord, QueueJob
+from ..limits import DURATIONS, cut_text
+from ..middleware import MiddlewareChain
+from ..monitor import QueueMonitor
+from ..serializer import QueueJobSerializer, check_size, decode_value, encode_value
+from .context import ENDED, ORPHANED, JobContext, current_job
 from .isolation import ChildRaised, ProcessPool
-from .job import CANCELLED, Failure, JobRecord, QueueJob
-from .limits import DURATIONS, cut_text
-from .middleware import MiddlewareChain
-from .monitor import QueueMonitor
-from .serializer import QueueJobSerializer, check_size, decode_value, encode_value
 from .shipping import CodeLoader
 
 logger = logging.getLogger(__name__)

@@ -19,10 +19,10 @@ import hashlib
 from dataclasses import dataclass
 from typing import Any
 
-from . import limits
-from .errors import ConfigError
-from .job import ACTIVE, QUEUED, SCHEDULED, WAITING, JobStatus
-from .serializer import dumps
+from .. import limits
+from ..errors import ConfigError
+from ..job import ACTIVE, QUEUED, SCHEDULED, WAITING, JobStatus
+from ..serializer import dumps
 
 #: the statuses in which a lock's job holds it, by ``unique=`` value
 MODES: dict[object, tuple[JobStatus, ...]] = {

@@ -20,40 +20,34 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import hashlib
 import logging
-import re
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, ClassVar
 
-from .._ids import new_token
-from .._time import now_ms
-from ..config import QueueSettings
-from ..dependencies import place_child
-from ..errors import ConfigError, CorruptQueueError, DriverError, DriverUnavailableError
-from ..flow import ClaimPlan, LaneRule, LaneUse, rule_of
-from ..job import JobRecord, JobStatus
-from ..resources import OFFER_TTL_S, Offer
-from ..schedules import Schedule, ScheduleState
-from ..serializer import dumps
-from ..unique import UniqueRule
-from ._batches import TurnBatch, through_outage
-from ._deps import edge_rows, edges_table_sql, postgres_trigger_sql
-from ._lanes import (
+from ..._ids import new_token
+from ..._time import now_ms
+from ...config import URL_QUERY_KEYS, QueueSettings
+from ...errors import ConfigError, CorruptQueueError, DriverError, DriverUnavailableError
+from ...features.dependencies import place_child
+from ...features.flow import ClaimPlan, LaneRule, LaneUse, rule_of
+from ...features.resources import OFFER_TTL_S, Offer
+from ...features.schedules import Schedule, ScheduleState
+from ...features.unique import UniqueRule
+from ...job import JobRecord, JobStatus
+from ...serializer import dumps
+from .._batches import TurnBatch, through_outage
+from .._deps import edge_rows
+from .._lanes import (
     held_by_lane,
-    lane_index_sql,
     lane_sql,
     offer_sql,
     offers_from_rows,
     oldest_start_kept,
-    starts_table_sql,
-    workers_table_sql,
 )
-from ._polling import PollingWaits
-from ._records import due_view
-from ._rows import (
+from .._polling import PollingWaits
+from .._records import due_view
+from .._rows import (
     COLUMNS,
     WRITTEN,
     expired_sql,
@@ -70,12 +64,8 @@ from ._rows import (
     status_filters,
     unique_lock_sql,
 )
-from ._watchers import SettleWatchers
-from .base import (
-    COMPLETE,
-    FAIL,
+from ..base import (
     LEASE_LOST_ERROR,
-    NO_RESULT,
     RELEASE,
     RETRY,
     AbortNotice,
@@ -87,222 +77,31 @@ from .base import (
     retention_cutoffs,
     retention_pass_interval,
 )
+from .listener import POLL_FALLBACK_S, Listener
+from .schema import (
+    FINISHING_VERBS,
+    NOW,
+    SCHEMA_VERSION,
+    SELECT_COLUMNS,
+    SETTLE_ARRAYS,
+    SETTLED_NOW,
+    STOPPED,
+    UNTOUCHED,
+    channels,
+    claim_sql,
+    schema_name,
+    schema_sql,
+    settle_sql,
+    upgrade_sql,
+)
 
 logger = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 7
-SETTLED = {s.value: s for s in JobStatus}  # status words as the settle notices carry them
-IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}\Z")
-MAX_IDENTIFIER = 63  # bytes of a PostgreSQL name (NAMEDATALEN - 1), channels included
-NOW = "(extract(epoch FROM clock_timestamp()) * 1000)::bigint"
-SELECT_COLUMNS = ", ".join("meta::text" if c == "meta" else c for c in COLUMNS)
 TRIM_EVERY = 500  # finished jobs between retention passes (or retention_pass_interval seconds)
 TRIM_BATCH = 5000  # rows one retention statement deletes at most
-RECLAIM_BATCH = 100  # expired leases one claim puts back at most
 INSERT_ROWS = 16  # a push of up to this many jobs is one INSERT statement; more go by COPY
-POLL_LISTENING_S = 1.0  # longest idle wait while notices arrive (delayed jobs falling due)
-POLL_FALLBACK_S = 0.25  # longest idle wait when LISTEN does not work here
 LANES_RECHECK_S = 0.5  # a queue whose lanes phase found nothing due is looked at again after this
 DEADLOCK_RETRIES = 5  # times a work is run again after the server broke a deadlock
-
-
-def schema_name(schema: str) -> str:
-    """``schema`` as PostgreSQL names it: an unquoted identifier, which it folds to lower case
-    (``SEC_PROBE`` and ``sec_probe`` are one schema, so both are ``sec_probe`` here, and its
-    notification channels are the same for every spelling)."""
-    if not IDENTIFIER.match(schema):
-        raise ConfigError(f"queue schema {schema!r} is not a PostgreSQL identifier (letters, digits "
-                          "and _, not starting with a digit, at most 63 characters)")
-    return schema.lower()
-
-
-def channels(schema: str) -> tuple[str, str, str]:
-    """The NOTIFY channels of ``schema``: ready work, cancels, and settled jobs. Each is
-    ``khadem_[kind_]<schema>`` where that fits PostgreSQL's 63-byte identifiers, else the
-    schema's first characters and a digest of the whole name, so every channel always fits and
-    two schemas never share one."""
-    names = []
-    for kind in ("khadem_", "khadem_abort_", "khadem_settled_"):
-        name = kind + schema
-        if len(name) > MAX_IDENTIFIER:
-            digest = hashlib.sha256(schema.encode()).hexdigest()[:16]
-            name = f"{kind}{schema[:MAX_IDENTIFIER - len(kind) - 17]}_{digest}"
-        names.append(name)
-    return names[0], names[1], names[2]
-
-
-def schema_sql(schema: str) -> list[str]:
-    """The statements of schema version 1, the first, each idempotent; later versions are
-    reached through ``upgrade_sql`` from it, so every schema takes the same path."""
-    s = schema
-    return [
-        f"""CREATE TABLE IF NOT EXISTS {s}.jobs (
-            seq          bigserial PRIMARY KEY,
-            id           text NOT NULL UNIQUE,
-            queue        text NOT NULL,
-            name         text NOT NULL,
-            status       text NOT NULL,
-            priority     bigint NOT NULL,
-            attempt      integer NOT NULL,
-            max_attempts integer NOT NULL,
-            reclaims     integer NOT NULL DEFAULT 0,
-            created_ms   bigint NOT NULL,
-            available_ms bigint NOT NULL,
-            started_ms   bigint,
-            finished_ms  bigint,
-            lease_ms     bigint,
-            token        text,
-            timeout_s    double precision,
-            key          text,
-            payload      text NOT NULL,
-            result       text,
-            error        text,
-            traceback    text,
-            meta         jsonb NOT NULL DEFAULT '{{}}',
-            failure      text,
-            code         text)""",
-        f"CREATE INDEX IF NOT EXISTS jobs_pending ON {s}.jobs (queue, priority DESC, seq) "
-        "WHERE status IN ('queued', 'scheduled')",
-        f"CREATE INDEX IF NOT EXISTS jobs_leases ON {s}.jobs (queue, lease_ms) WHERE status = 'active'",
-        f"CREATE INDEX IF NOT EXISTS jobs_status ON {s}.jobs (status, seq)",
-        f"CREATE INDEX IF NOT EXISTS jobs_key ON {s}.jobs (key) WHERE key IS NOT NULL",
-        f"""CREATE TABLE IF NOT EXISTS {s}.code (
-            digest     text PRIMARY KEY,
-            envelope   bytea NOT NULL,
-            created_ms bigint NOT NULL)""",
-    ]
-
-
-def upgrade_sql(schema: str) -> dict[int, list[str]]:
-    """The statements that take a schema from version ``n - 1`` to ``n``, by ``n``."""
-    s = schema
-    return {
-        # retention by age finds old finished rows without walking every finished row
-        2: [f"CREATE INDEX IF NOT EXISTS jobs_finished ON {s}.jobs (status, finished_ms) "
-            "WHERE status IN ('completed', 'failed', 'cancelled')"],
-        # unique-job locks (see ``unique``): key -> the job holding it
-        3: [f"CREATE TABLE IF NOT EXISTS {s}.uniques (key text PRIMARY KEY, job_id text NOT NULL, "
-            "holds text NOT NULL, expires_ms bigint)"],
-        # a record's own lifetime once finished (``keep_result``), and what finds expired ones
-        4: [f"ALTER TABLE {s}.jobs ADD COLUMN IF NOT EXISTS keep_ms bigint",
-            f"CREATE INDEX IF NOT EXISTS jobs_expiring ON {s}.jobs ((finished_ms + keep_ms)) "
-            "WHERE keep_ms IS NOT NULL AND status IN ('completed', 'failed')"],
-        # flow control (``flow``, ``_lanes``): each job's lane and rule, the claim of jobs
-        # without limits over their own index, and the recent starts of rated lanes
-        5: [f"ALTER TABLE {s}.jobs ADD COLUMN IF NOT EXISTS lane text",
-            f"ALTER TABLE {s}.jobs ADD COLUMN IF NOT EXISTS lane_rule text",
-            f"CREATE INDEX IF NOT EXISTS jobs_ready ON {s}.jobs (queue, priority DESC, seq) "
-            "WHERE status IN ('queued', 'scheduled') AND lane IS NULL",
-            f"DROP INDEX IF EXISTS {s}.jobs_pending",
-            *lane_index_sql(f"{s}.jobs", "jobs"),
-            *starts_table_sql(f"{s}.starts", "starts_lane"),
-            workers_table_sql(f"{s}.workers")],
-        # schedules (``schedules``): each one's spec, last fired slot and that slot's job
-        6: [schedule_sql(f"{s}.schedules", f"{s}.jobs", "%s")["table"]],
-        # jobs that wait for others (``dependencies``, ``_deps``): their parents, what a failed
-        # parent does, what they are given; the edges they still wait on; the trigger that
-        # releases them as each parent ends
-        7: [f"ALTER TABLE {s}.jobs ADD COLUMN IF NOT EXISTS parents text",
-            f"ALTER TABLE {s}.jobs ADD COLUMN IF NOT EXISTS on_upstream_failure text",
-            f"ALTER TABLE {s}.jobs ADD COLUMN IF NOT EXISTS feed text",
-            *edges_table_sql(f"{s}.edges", "edges_child"),
-            *postgres_trigger_sql(s, channels(s)[0], channels(s)[2])],
-    }
-
-
-def claim_sql(schema: str, lane: str = "lane IS NULL") -> str:
-    """One statement: expired leases of the queue put back (or failed), then a batch of due
-    jobs claimed, those without limits, or with ``lane = %(lane)s`` one lane's (see
-    ``_lanes``). Both take only rows no other claim holds (SKIP LOCKED)."""
-    s = schema
-    return f"""
-WITH now AS (SELECT {NOW} AS ms),
-expired AS (
-    SELECT seq FROM {s}.jobs, now
-     WHERE queue = %(queue)s AND status = 'active' AND lease_ms < now.ms
-     LIMIT {RECLAIM_BATCH} FOR UPDATE SKIP LOCKED
-),
-reclaimed AS (
-    UPDATE {s}.jobs j
-       SET status = CASE WHEN j.reclaims >= %(max_reclaims)s THEN 'failed' ELSE 'queued' END,
-           reclaims = j.reclaims + CASE WHEN j.reclaims >= %(max_reclaims)s THEN 0 ELSE 1 END,
-           finished_ms = CASE WHEN j.reclaims >= %(max_reclaims)s THEN now.ms END,
-           error = CASE WHEN j.reclaims >= %(max_reclaims)s
-                        THEN replace(%(lost)s, '{{n}}', (j.reclaims + 1)::text) ELSE j.error END,
-           traceback = CASE WHEN j.reclaims >= %(max_reclaims)s THEN NULL ELSE j.traceback END,
-           failure = CASE WHEN j.reclaims >= %(max_reclaims)s THEN 'lost' ELSE j.failure END,
-           available_ms = now.ms, started_ms = NULL, token = NULL, lease_ms = NULL
-      FROM expired, now
-     WHERE j.seq = expired.seq
-),
-picked AS (
-    SELECT seq FROM {s}.jobs, now
-     WHERE queue = %(queue)s AND status IN ('queued', 'scheduled') AND available_ms <= now.ms
-           AND {lane}
-     ORDER BY priority DESC, seq
-     LIMIT %(limit)s FOR UPDATE SKIP LOCKED
-)
-UPDATE {s}.jobs j
-   SET status = 'active', attempt = j.attempt + 1, started_ms = now.ms, finished_ms = NULL,
-       lease_ms = now.ms + %(lease_ms)s, token = %(token)s || '-' || j.seq
-  FROM picked, now
- WHERE j.seq = picked.seq
-RETURNING j.seq, {", ".join("j.meta::text" if c == "meta" else "j." + c for c in COLUMNS)}
-"""
-
-
-#: the arrays ``settle_sql`` takes, one element per settle, in this order
-SETTLE_ARRAYS = ("id text", "token text", "status text", "attempt integer", "available_ms bigint",
-                 "started_ms bigint", "finished_ms bigint", "result text", "error text", "traceback text",
-                 "meta jsonb", "failure text", "at_ms bigint")
-#: what ``settle_sql`` says of each settle: applied, stopped (cancelled while held), or neither
-UNTOUCHED, SETTLED_NOW, STOPPED = 0, 1, 2
-FINISHING_VERBS = (COMPLETE, FAIL)
-NOTICE_CHUNK = 3800  # bytes of settle lines per NOTIFY (one line at most more; the server takes < 8000)
-
-
-def settle_sql(table: str, channel: str, settled_channel: str) -> str:
-    """One statement for a batch of settles, each fenced by its token: the jobs still held are
-    settled, those cancelled while held are stopped; then waiters hear of the settled ones
-    (``settled_channel``, "id<TAB>status" lines) and idle workers of jobs put back, or of a
-    lane's slot freed (``channel``)."""
-    arrays = ", ".join(f"%s::{kind.split()[1]}[]" for kind in SETTLE_ARRAYS)
-    names = ", ".join(kind.split()[0] for kind in SETTLE_ARRAYS)
-    return f"""
-WITH s AS (SELECT * FROM unnest({arrays}) AS s({names})),
-done AS (
-    UPDATE {table} j
-       SET status = s.status, attempt = s.attempt, available_ms = s.available_ms,
-           started_ms = s.started_ms, finished_ms = s.finished_ms, lease_ms = NULL, token = NULL,
-           result = s.result, error = s.error, traceback = s.traceback, meta = j.meta || s.meta,
-           failure = s.failure
-      FROM s
-     WHERE j.id = s.id AND j.token = s.token AND j.status = 'active'
-    RETURNING j.id, j.status, j.queue, j.lane
-),
-stopped AS (
-    UPDATE {table} j SET token = NULL, finished_ms = s.at_ms, meta = j.meta || s.meta
-      FROM s
-     WHERE j.id = s.id AND j.token = s.token AND j.status = 'cancelled'
-    RETURNING j.id
-),
-lines AS (
-    SELECT id || E'\t' || status AS line,
-           sum(length(id) + 11) OVER (ORDER BY id ROWS UNBOUNDED PRECEDING) / {NOTICE_CHUNK} AS chunk
-      FROM done
-),
-settled AS (
-    SELECT pg_notify('{settled_channel}', string_agg(line, E'\n')) FROM lines GROUP BY chunk
-),
-woken AS (
-    SELECT pg_notify('{channel}', queue)
-      FROM (SELECT DISTINCT queue FROM done
-             WHERE status IN ('queued', 'scheduled') OR lane IS NOT NULL) AS q
-)
-SELECT outcome.id, outcome.flag
-  FROM (SELECT id, {SETTLED_NOW} AS flag FROM done UNION ALL SELECT id, {STOPPED} FROM stopped) AS outcome,
-       (SELECT count(*) FROM settled) AS told, (SELECT count(*) FROM woken) AS woke
-"""
 
 
 class PostgresDriver(QueueDriver):
@@ -355,8 +154,6 @@ class PostgresDriver(QueueDriver):
     def conninfo(self) -> str:
         """The URL psycopg connects with: the queue URL without the queue's own settings."""
         from urllib.parse import parse_qsl, urlencode, urlsplit
-
-        from ..config import URL_QUERY_KEYS
 
         parts = urlsplit(self.settings.url or "postgresql://127.0.0.1:5432/")
         query = [(k, v) for k, v in parse_qsl(parts.query) if k not in URL_QUERY_KEYS]
@@ -1023,101 +820,3 @@ def check_open_connection(connection: Any) -> None:
         raise ConfigError("the connection given to dispatch(connection=...) is in a failed transaction; "
                           "roll it back first (nothing was stored)")
 
-
-class Listener:
-    """One connection that LISTENs for work and for cancels; reconnects after a restart."""
-
-    def __init__(self, driver: PostgresDriver, waits: PollingWaits) -> None:
-        self.driver = driver
-        self.waits = waits
-        self.working = False  # the self-test at open heard its own notice
-        self.connected = False  # listening now (false while the server is away)
-        self._aborts: list[AbortNotice] = []
-        self._watchers = SettleWatchers()
-        self._task: asyncio.Task[None] | None = None
-        self._proved: asyncio.Event | None = None
-        self._probe = f"self-test {new_token()}"
-
-    async def start(self) -> None:
-        """Listen, and prove it works by notifying ourselves (behind a transaction-pooling
-        proxy LISTEN does nothing); without proof, idle waits poll with backoff."""
-        self._proved = asyncio.Event()
-        self._task = asyncio.get_running_loop().create_task(self._listen_forever())
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(2.0):
-                while not self._proved.is_set():
-                    with contextlib.suppress(DriverError):
-                        await self.driver.notify(self.driver.channel, self._probe)
-                    with contextlib.suppress(TimeoutError):
-                        async with asyncio.timeout(0.2):
-                            await self._proved.wait()
-        self.working = self._proved.is_set()
-        if self.working:
-            self.waits.poll_max_s = POLL_LISTENING_S
-        else:
-            logger.warning("PostgreSQL at %s: LISTEN/NOTIFY does not reach this process (a transaction-"
-                           "pooling proxy?); idle workers poll with backoff instead", self.driver._where())
-
-    def on_settle(self, job_ids: Sequence[str], notice: SettleNotice) -> Callable[[], None]:
-        return self._watchers.add(job_ids, notice)
-
-    def on_abort(self, notice: AbortNotice) -> Unsubscribe:
-        self._aborts.append(notice)
-
-        async def unsubscribe() -> None:
-            if notice in self._aborts:
-                self._aborts.remove(notice)
-
-        return unsubscribe
-
-    async def _listen_forever(self) -> None:
-        import psycopg
-
-        delay = 0.1
-        while True:
-            try:
-                conn = await psycopg.AsyncConnection.connect(self.driver.listen_url or self.driver.conninfo(),
-                                                             autocommit=True)
-                try:
-                    await conn.execute(f"LISTEN {self.driver.channel}")
-                    await conn.execute(f"LISTEN {self.driver.abort_channel}")
-                    await conn.execute(f"LISTEN {self.driver.settled_channel}")
-                    self.connected, delay = True, 0.1
-                    self.waits.wake()  # work may have come while we did not listen
-                    async for notice in conn.notifies():
-                        self._tell(notice.channel, notice.payload)
-                finally:
-                    self.connected = False
-                    await conn.close()
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # the server went away: listen again once it is back
-                logger.warning("PostgreSQL listener at %s lost (%s); reconnecting in %.1fs",
-                               self.driver._where(), exc, delay)
-                await asyncio.sleep(delay)
-                delay = min(5.0, delay * 2)
-
-    def _tell(self, channel: str, payload: str) -> None:
-        if channel == self.driver.settled_channel:
-            if self._watchers:
-                self._tell_settled(payload)
-            return
-        if channel == self.driver.abort_channel:
-            for job_id in payload.split("\n"):
-                for notice in list(self._aborts):
-                    notice(job_id)
-            return
-        if payload == self._probe and self._proved is not None:
-            self._proved.set()
-        self.waits.wake()
-
-    def _tell_settled(self, payload: str) -> None:
-        for line in payload.split("\n"):
-            job_id, _, status = line.partition("\t")
-            self._watchers.tell(job_id, SETTLED.get(status), NO_RESULT)
-
-    async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-            self._task = None

@@ -5,9 +5,9 @@ from __future__ import annotations
 import sys
 from typing import TextIO
 
+from ..manager import QueueManager
+from ..metrics import metrics_from_records
 from ._terminal import format_table, metrics_table
-from .manager import QueueManager
-from .metrics import metrics_from_records
 
 
 async def print_stats(url: str, queue: str | None = None, stream: TextIO | None = None) -> None:
