@@ -112,9 +112,9 @@ def priority(value: Any, limit: int) -> int:
 QUEUE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}\Z")
 QUEUE_NAME_RULE = ("a letter or digit, then letters, digits, '_', '-' or '.', at most 100 characters "
                    "(no '/', ':', spaces or control characters)")
-#: a Redis key prefix: letters, digits, ``_``, ``-``, ``.`` and ``:``, at most 64 characters
-#: (never ``{`` or ``}``, which would move a queue's hash tag)
-KEY_PREFIX = re.compile(r"[A-Za-z0-9_.:-]{1,64}\Z")
+#: a Redis key prefix: 1 to 64 characters, none of them a brace (which would move a queue's hash
+#: tag), a space or a control character
+KEY_PREFIX = re.compile(r"[^{}\s\x00-\x1f\x7f]{1,64}\Z")
 
 
 def queue_name(value: Any, name: str = "queue") -> str:
@@ -137,8 +137,9 @@ def queue_names(values: Any, name: str = "queues") -> list[str]:
 def key_prefix(value: str) -> str:
     """A Redis key prefix (``queue.prefix``), checked."""
     if not KEY_PREFIX.match(value):
-        raise ConfigError(f"queue.prefix {value!r} is not a valid key prefix: use 1 to 64 letters, digits, "
-                          "'_', '-', '.' or ':' (no braces, spaces or control characters)")
+        raise ConfigError(f"queue.prefix {value!r} is not a valid key prefix: use 1 to 64 characters without "
+                          "spaces or control characters, and without '{' or '}', which would give a "
+                          "queue's keys different hash tags and split it across cluster slots")
     return value
 
 

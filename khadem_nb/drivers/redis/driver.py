@@ -91,9 +91,6 @@ class RedisDriver(QueueDriver):
     def __init__(self, settings: QueueSettings | str | Mapping[str, Any] | None = None) -> None:
         super().__init__(settings)
         settings = self.settings
-        if "{" in settings.prefix or "}" in settings.prefix:
-            raise ConfigError(f"queue.prefix {settings.prefix!r} contains '{{' or '}}', which would give a "
-                              "queue's keys different hash tags and split it across cluster slots")
         self.url = settings.redacted_url()
         self.connection = RedisConnection(settings)
         self.queues = QueueDirectory(settings.prefix, settings.name)  # where get() looks for an id
