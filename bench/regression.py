@@ -215,9 +215,9 @@ def report(results: dict[str, dict[str, list[dict[str, float]]]], trees: list[Pa
             a = [r[key] for r in sides["A"]]
             b = [r[key] for r in sides["B"]]
             ratios = [y / x for x, y in zip(a, b, strict=True)]
-            sides = f"{statistics.median(a):,.1f} | {statistics.median(b):,.1f}"
+            medians = f"{statistics.median(a):,.1f} | {statistics.median(b):,.1f}"
             spread = f"{min(ratios):.2f}-{max(ratios):.2f}"
-            print(f"| {driver} | {key} ({unit}) | {sides} | {statistics.median(ratios):.2f} ({spread}) |")
+            print(f"| {driver} | {key} ({unit}) | {medians} | {statistics.median(ratios):.2f} ({spread}) |")
 
 
 if __name__ == "__main__":

@@ -166,8 +166,9 @@ class QueueManager:
         """Everything about a job that can be wrong, encoded and checked; no id or time yet.
         ``running_key``: the unique key of a ``unique="running"`` dispatch."""
         name, payload = self.serializer.encode_job(job)
-        settings = self._settings or self.shipper.settings  # a notebook builds records before init()
-        check_size(payload, settings.max_payload, f"the arguments of {name}")
+        if payload:  # no arguments always fit
+            settings = self._settings or self.shipper.settings  # a notebook builds records before init()
+            check_size(payload, settings.max_payload, f"the arguments of {name}")
         delay_ms = 0 if delay is None else int(limits.seconds(delay, "delay") * 1000)
         # each option's usual case is checked inline; the full check names what is wrong
         attempts = job.max_attempts if max_attempts is None else max_attempts
@@ -185,8 +186,9 @@ class QueueManager:
         if queue not in self._queue_names:  # each name is checked once per manager
             self._queue_names.add(limits.queue_name(queue))
         code = self._class_codes.get(job.__class__) or self._code_of(job)
-        if code in self.shipper.shipped:  # bound to this dispatch (shipping.job_seal)
-            code = self.shipper.sealed(code, queue, name, payload)
+        shipper = self._shipper or self.shipper
+        if shipper.shipped and code in shipper.shipped:  # bound to this dispatch (shipping.job_seal)
+            code = shipper.sealed(code, queue, name, payload)
         keep = job.keep_result if keep_result is None else keep_result
         keep_ms = None if keep is None else int(limits.seconds(keep, "keep_result") * 1000)
         draft = Draft(name, payload, queue, level, attempts, delay_ms, timeout_s, key, code, keep_ms)

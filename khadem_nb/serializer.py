@@ -239,33 +239,28 @@ def dumps(value: Any) -> str:
 
 def check_size(value: Any, limit: int, what: str) -> None:
     """``SerializationError`` when encoded ``value`` is over ``limit`` bytes as JSON (the
-    ``queue.max_payload`` a record holds inline); a flat dict of short values passes without
-    being encoded here."""
-    if _surely_within(value, limit):
-        return
+    ``queue.max_payload`` a record holds inline). A dict of plain values whose JSON cannot
+    exceed ``limit`` (each character is at most 6 bytes escaped, each number at most 32)
+    passes without being encoded here: the usual arguments of a job."""
+    if type(value) is dict:
+        total = 2
+        for key, item in value.items():
+            kind = type(item)
+            if kind is str:
+                total += 6 * (len(key) + len(item)) + 6
+            elif kind in _PLAIN:
+                total += 6 * len(key) + 36
+            else:
+                break
+        else:
+            if total <= limit:
+                return
     text = dumps(value)
     found = len(text) if len(text) * 4 <= limit else len(text.encode("utf-8"))
     if found > limit:
         raise SerializationError(
             f"{what} is {found:,} bytes as JSON, over queue.max_payload ({limit:,} bytes): pass a path "
             "or a reference to large data instead, or raise queue.max_payload")
-
-
-def _surely_within(value: Any, limit: int) -> bool:
-    """Whether ``value`` is a dict of plain values whose JSON cannot exceed ``limit`` bytes
-    (each character is at most 6 bytes escaped, each number at most 32)."""
-    if type(value) is not dict:
-        return False
-    total = 2
-    for key, item in value.items():
-        kind = type(item)
-        if kind is str:
-            total += 6 * (len(key) + len(item)) + 6
-        elif kind in _PLAIN:
-            total += 6 * len(key) + 36
-        else:
-            return False
-    return total <= limit
 
 
 class UnreadablePayload(str):
