@@ -385,3 +385,17 @@ def test_max_payload_takes_bytes_or_text(value: object, expected: int) -> None:
 def test_a_bad_max_payload_names_the_setting(value: object) -> None:
     with pytest.raises(ConfigError, match=r"queue\.max_payload"):
         parse_config({"queue": {"driver": "memory", "max_payload": value}})
+
+
+async def test_the_memory_drivers_unique_locks_stay_near_the_live_ones(tmp_path: Path) -> None:
+    manager = await make_manager("memory", tmp_path, retention=100)
+    try:
+        for start in range(0, 5000, 500):
+            for i in range(start, start + 500):
+                await manager.dispatch(Echo(i), unique=True)
+            await manager.start_worker(burst=True, concurrency=8)
+        held = await manager.dispatch(Echo("held"), unique=True)
+        assert len(manager.driver._uniques) <= 2048  # type: ignore[attr-defined]
+        assert await manager.dispatch(Echo("held"), unique=True) == held  # a live lock is kept
+    finally:
+        await manager.close()

@@ -76,6 +76,7 @@ def _parse_own_json(text: str) -> Any:
 PENDING = (QUEUED, SCHEDULED)
 HELD = (WAITING, ACTIVE, FAILED, CANCELLED)  # kept as id sets; the rest are listed from heaps/deque
 FINISHED = (COMPLETED, FAILED, CANCELLED)
+LOCK_SWEEP_MIN = 1024  # unique locks kept before the memory driver first drops dead ones
 
 
 def _older(record: JobRecord, cutoff_ms: int | None) -> bool:
@@ -140,6 +141,7 @@ class MemoryDriver(QueueDriver):
         self._code: dict[str, bytes] = {}  # shipped code envelopes by digest
         #: unique-job locks: key -> (job id, statuses that hold it, expiry ms or None)
         self._uniques: dict[str, tuple[str, str, int | None]] = {}
+        self._uniques_swept_at = LOCK_SWEEP_MIN  # locks held when dead ones are next dropped
         #: (expiry ms, id) of finished records with a ``keep_ms`` of their own, soonest first
         self._expiring: list[tuple[int, str]] = []
         self._retention = settings.retention
@@ -662,8 +664,20 @@ class MemoryDriver(QueueDriver):
             if lock_is_live(holds, None if stored is None else stored.status, expires, self.clock()):
                 return holder
         self._uniques[rule.key] = (record.id, rule.holds_text, rule.expires_ms)
+        if len(self._uniques) >= self._uniques_swept_at:
+            self._drop_dead_locks()
         await self.push([record])
         return None
+
+    def _drop_dead_locks(self) -> None:
+        """Forget the locks no live job holds, once the locks have doubled since the last time:
+        amortised O(1) a unique dispatch, and never more locks than twice the live ones."""
+        now = self.clock()
+        for key, (holder, holds, expires) in list(self._uniques.items()):
+            stored = self._records.get(holder)
+            if not lock_is_live(holds, None if stored is None else stored.status, expires, now):
+                del self._uniques[key]
+        self._uniques_swept_at = max(LOCK_SWEEP_MIN, 2 * len(self._uniques))
 
     async def lane_use(self, queue: str, lanes: Mapping[str, LaneRule]) -> dict[str, LaneUse]:
         now = self.clock()
