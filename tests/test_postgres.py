@@ -336,3 +336,48 @@ async def test_a_server_restart_under_load_loses_nothing(tmp_path: Path) -> None
     tags = log.read_text().split()[0::2]
     assert counts["completed"] == 450 and len(ids) == 450, counts
     assert set(tags) == {str(i) for i in range(450)}  # nothing lost (a job cut by the restart may run again)
+
+
+async def test_a_version_7_workflow_upgrades_and_plain_jobs_skip_the_trigger(tmp_path: Path) -> None:
+    """A schema at version 7 with a child waiting on its parent is taken to version 8: the rows
+    of the workflow are marked, the child is still released by its parent's end, and jobs
+    outside every workflow are never marked, so their ends do not run the trigger."""
+    import psycopg
+
+    from khadem_nb.drivers.postgres import schema_sql, upgrade_sql
+
+    schema = schema_for(tmp_path)
+    with psycopg.connect(need_postgres(), autocommit=True) as conn:
+        conn.execute(f"CREATE SCHEMA {schema}")
+        conn.execute(f"CREATE TABLE {schema}.version (version integer NOT NULL)")
+        steps = upgrade_sql(schema)
+        for statement in [*schema_sql(schema), *(s for n in range(2, 8) for s in steps[n])]:
+            conn.execute(statement)
+        conn.execute(f"INSERT INTO {schema}.version SELECT generate_series(1, 7)")
+        for job_id, status, value in (("parent", "queued", "first"), ("child", "waiting", "second")):
+            conn.execute(f"INSERT INTO {schema}.jobs (id, queue, name, status, priority, attempt, max_attempts, "
+                         "created_ms, available_ms, payload, parents, on_upstream_failure) VALUES (%s, 'default', "
+                         "'Echo', %s, 0, 0, 1, 0, 0, %s, %s, %s)",
+                         (job_id, status, f'{{"value": "{value}"}}', '["parent"]' if job_id == "child" else None,
+                          "cancel" if job_id == "child" else None))
+        conn.execute(f"INSERT INTO {schema}.edges (parent, child) VALUES ('parent', 'child')")
+    manager = await QueueManager(postgres_url(tmp_path)).init()
+    try:
+        plain = await manager.dispatch(Echo("plain"))
+        with psycopg.connect(need_postgres(), autocommit=True) as conn:
+            marks = dict(conn.execute(f"SELECT id, in_graph FROM {schema}.jobs").fetchall())
+            trigger = conn.execute("SELECT pg_get_triggerdef(oid) FROM pg_trigger WHERE tgname = 'jobs_ended' "
+                                   "AND tgrelid = %s::regclass", (f"{schema}.jobs",)).fetchone()[0]
+        assert marks == {"parent": True, "child": True, plain: False}
+        assert "new.in_graph" in trigger.lower()
+        await manager.start_worker(burst=True)
+        assert (await manager.get_job("child")).result == "second"  # released by its parent's end
+        later = await manager.dispatch(Echo("after"), after=[plain])
+        with psycopg.connect(need_postgres(), autocommit=True) as conn:
+            marks = dict(conn.execute(f"SELECT id, in_graph FROM {schema}.jobs").fetchall())
+        assert marks[later] is False  # its parent had ended: it was stored queued, with no edge
+        await manager.start_worker(burst=True)
+        assert (await manager.get_job(later)).result == "after"
+    finally:
+        await manager.purge()
+        await manager.close()

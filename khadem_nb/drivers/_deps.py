@@ -49,10 +49,13 @@ def ended_steps_sql(jobs: str, edges: str, parent: str) -> list[str]:
     ]
 
 
-def postgres_trigger_sql(schema: str, ready_channel: str, settled_channel: str) -> list[str]:
+def postgres_trigger_sql(schema: str, ready_channel: str, settled_channel: str, *,
+                         marked_only: bool = True) -> list[str]:
     """The PostgreSQL trigger function and trigger: the same steps, which also tell waiters of
     each child cancelled (``settled_channel``) and idle workers of each queue that gained ready
-    jobs (``ready_channel``)."""
+    jobs (``ready_channel``). With ``marked_only`` (schema version 8 on) the trigger fires only
+    for rows marked ``in_graph`` (a parent with children, or a child with parents): a job
+    outside every workflow ends without running a statement of it."""
     jobs, edges = f"{schema}.jobs", f"{schema}.edges"
     waits, stops, releases, done = ended_steps_sql(jobs, edges, "NEW")
     return [
@@ -76,8 +79,10 @@ BEGIN
     RETURN NULL;
 END
 $$""",
+        f"DROP TRIGGER IF EXISTS jobs_ended ON {jobs}",
         f"CREATE TRIGGER jobs_ended AFTER UPDATE OF status ON {jobs} FOR EACH ROW "
-        f"WHEN (NEW.status IN {ENDED_SQL} AND OLD.status NOT IN {ENDED_SQL}) "
+        f"WHEN ({'NEW.in_graph AND ' if marked_only else ''}"
+        f"NEW.status IN {ENDED_SQL} AND OLD.status NOT IN {ENDED_SQL}) "
         f"EXECUTE FUNCTION {schema}.job_ended()",
     ]
 

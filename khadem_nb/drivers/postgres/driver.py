@@ -353,9 +353,11 @@ class PostgresDriver(QueueDriver):
                 holder = await self._take_lock(conn, lock)
                 if holder is not None:
                     return holder
-            rows = await (await conn.execute(f"SELECT id, status FROM {self.table} WHERE id = ANY(%s) "
-                                             "ORDER BY id FOR SHARE", (parents,))).fetchall()
-            found = {job_id: readable_status(status) for job_id, status in rows}
+            locked = await conn.execute(f"SELECT id, status, in_graph FROM {self.table} "
+                                        "WHERE id = ANY(%s) ORDER BY id FOR SHARE", (parents,))
+            rows = await locked.fetchall()
+            found = {job_id: readable_status(status) for job_id, status, _ in rows}
+            marked = {job_id for job_id, _, in_graph in rows if in_graph}
             now = (await (await conn.execute(f"SELECT {NOW}")).fetchone())[0]
             edges = []
             for record in records:
@@ -365,6 +367,11 @@ class PostgresDriver(QueueDriver):
             if edges:
                 await conn.cursor().executemany(f"INSERT INTO {self.schema}.edges (parent, child) "
                                                 "VALUES (%s, %s) ON CONFLICT DO NOTHING", edges)
+                # the end of each now runs the trigger (a parent once: its later children
+                # find it marked and leave its row alone)
+                in_graph = sorted({c for _, c in edges} | ({p for p, _ in edges} - marked))
+                await conn.execute(f"UPDATE {self.table} SET in_graph = true WHERE id = ANY(%s)",
+                                   (in_graph,))
         return None
 
     async def _take_lock(self, conn: Any, lock: tuple[Any, ...]) -> str | None:

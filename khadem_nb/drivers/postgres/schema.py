@@ -27,7 +27,7 @@ from ..base import (
 logger = logging.getLogger(__name__)
 
 
-SCHEMA_VERSION = 7
+SCHEMA_VERSION = 8
 IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}\Z")
 MAX_IDENTIFIER = 63  # bytes of a PostgreSQL name (NAMEDATALEN - 1), channels included
 NOW = "(extract(epoch FROM clock_timestamp()) * 1000)::bigint"
@@ -135,6 +135,12 @@ def upgrade_sql(schema: str) -> dict[int, list[str]]:
             f"ALTER TABLE {s}.jobs ADD COLUMN IF NOT EXISTS on_upstream_failure text",
             f"ALTER TABLE {s}.jobs ADD COLUMN IF NOT EXISTS feed text",
             *edges_table_sql(f"{s}.edges", "edges_child"),
+            *postgres_trigger_sql(s, channels(s)[0], channels(s)[2], marked_only=False)],
+        # the trigger runs only for jobs in a workflow (``in_graph``: marked when an edge names
+        # them), so a job outside every workflow pays nothing for dependencies at its end
+        8: [f"ALTER TABLE {s}.jobs ADD COLUMN IF NOT EXISTS in_graph boolean NOT NULL DEFAULT false",
+            f"UPDATE {s}.jobs SET in_graph = true WHERE id IN (SELECT parent FROM {s}.edges) "
+            f"OR id IN (SELECT child FROM {s}.edges)",
             *postgres_trigger_sql(s, channels(s)[0], channels(s)[2])],
     }
 
