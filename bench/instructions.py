@@ -41,7 +41,11 @@ def url_of(driver: str, folder: str) -> str:
 
 
 async def child(n: int, url: str) -> None:
+    import gc
+
     from khadem_nb import QueueJob, QueueManager
+
+    gc.disable()  # a collection's timing would move the count
 
     class InstructionsNoop(QueueJob):
         async def handle(self) -> None:
@@ -64,7 +68,8 @@ def count(tree: Path, driver: str, n: int) -> int:
         python = os.path.realpath(sys.executable)  # the interpreter itself, not a shim script
         run = subprocess.run(["valgrind", "--tool=callgrind", f"--callgrind-out-file={folder}/out", python,
                               __file__, "--child", str(n), url_of(driver, folder)],
-                             env={**os.environ, "PYTHONPATH": str(tree)}, capture_output=True, text=True,
+                             env={**os.environ, "PYTHONPATH": str(tree), "PYTHONHASHSEED": "1"},
+                             capture_output=True, text=True,
                              timeout=1800)
         found = re.search(r"Collected : (\d+)", run.stderr)
         if run.returncode != 0 or found is None:
