@@ -79,6 +79,7 @@ EXPIRY_PASS_S = 5.0  # how often settles of records with a lifetime of their own
 MAX_WINDOWS = 1440  # windows one finished_counts call counts at most (a day of minutes)
 LOCK_PASS_S = 10.0  # a worker drops its queues' dead unique locks this often (unlock.lua)
 LOCK_CHUNK = 1000  # lock fields looked at per unlock.lua call
+LOCK_PASS_CHUNKS = 10  # unlock.lua calls per queue in one worker's pass (trim() looks at them all)
 MAX_WAIT_S = 1.0  # longest block on a notify list: other queues and sweeps are looked at as often
 
 
@@ -107,6 +108,7 @@ class RedisDriver(QueueDriver):
         self._registered: set[str] = set()  # queues whose K_WAITING may hold self._waiter
         self._next_expiry_pass = 0.0  # monotonic time of the next look for expired records
         self._next_lock_pass = time.monotonic() + LOCK_PASS_S  # of the next drop of dead unique locks
+        self._lock_cursors: dict[str, str] = {}  # where each queue's next pass over its locks starts
         self._generation = 0  # bumped by interrupt_waits: a reserve under an older one claims nothing
         self._reserving = 0  # reserve calls in flight
         self._interrupted = False  # interrupt_waits called, and the hand-off line not left since
@@ -427,17 +429,22 @@ class RedisDriver(QueueDriver):
         if time.monotonic() >= self._next_expiry_pass:
             await self.trim()
 
-    async def _drop_dead_locks(self, queues: Sequence[str]) -> None:
+    async def _drop_dead_locks(self, queues: Sequence[str], chunks: int | None = LOCK_PASS_CHUNKS) -> None:
         """Drop the unique locks of ``queues`` that no live job holds (``unlock.lua``), in
-        chunks of LOCK_CHUNK fields, each chunk one atomic step against dispatches."""
+        chunks of LOCK_CHUNK fields, each chunk one atomic step against dispatches. A pass
+        looks at ``chunks`` chunks at most (``None``: the whole hash) and the next one goes on
+        from there, so a queue with a million live locks costs a worker a bounded amount of
+        work every LOCK_PASS_S."""
         self._next_lock_pass = time.monotonic() + LOCK_PASS_S
         for queue in queues:
-            cursor = "0"
-            while True:
+            cursor, looked = self._lock_cursors.get(queue, "0"), 0
+            while chunks is None or looked < chunks:
                 cursor, _ = await self._run("unlock", queue, [cursor, LOCK_CHUNK])
                 cursor = cursor.decode() if isinstance(cursor, bytes) else str(cursor)
+                looked += 1
                 if cursor == "0":
                     break
+            self._lock_cursors[queue] = cursor
 
     async def trim(self) -> None:
         """Retention by count and age runs in settle.lua; this forgets the finished records whose
@@ -445,7 +452,7 @@ class RedisDriver(QueueDriver):
         drops unique locks that no live job holds."""
         self._next_expiry_pass = time.monotonic() + EXPIRY_PASS_S
         queues = await self._all_queues()
-        await self._drop_dead_locks(queues)
+        await self._drop_dead_locks(queues, chunks=None)
         for queue in queues:
             due = await self._on(queue, functools.partial(self.client.zrangebyscore,
                                                           self.keys(queue)[KEY_INDEX["expiring"]], "-inf",
