@@ -35,6 +35,7 @@ DURATIONS: dict[str, tuple[float, float]] = {
     "grace": (0.0, DAY_S),
     "unique_for": (0.001, 10 * YEAR_S),  # how long a unique dispatch holds its key at most
     "keep_result": (0.0, 10 * YEAR_S),  # how long one job's finished record is kept at most
+    "ttl": (0.001, 10 * YEAR_S),  # the lifetime of a value in a driver's keyed store
 }
 #: counts: (lowest, highest), both included
 COUNTS: dict[str, tuple[int, int]] = {

@@ -354,20 +354,20 @@ async def test_a_version_7_workflow_upgrades_and_plain_jobs_skip_the_trigger(tmp
         for statement in [*schema_sql(schema), *(s for n in range(2, 8) for s in steps[n])]:
             conn.execute(statement)
         conn.execute(f"INSERT INTO {schema}.version SELECT generate_series(1, 7)")
-        for job_id, status, value in (("parent", "queued", "first"), ("child", "waiting", "second")):
-            conn.execute(f"INSERT INTO {schema}.jobs (id, queue, name, status, priority, attempt, max_attempts, "
-                         "created_ms, available_ms, payload, parents, on_upstream_failure) VALUES (%s, 'default', "
-                         "'Echo', %s, 0, 0, 1, 0, 0, %s, %s, %s)",
-                         (job_id, status, f'{{"value": "{value}"}}', '["parent"]' if job_id == "child" else None,
-                          "cancel" if job_id == "child" else None))
+        insert = (f"INSERT INTO {schema}.jobs (id, queue, name, status, priority, attempt, max_attempts, "
+                  "created_ms, available_ms, payload, parents, on_upstream_failure) "
+                  "VALUES (%s, 'default', 'Echo', %s, 0, 0, 1, 0, 0, %s, %s, %s)")
+        conn.execute(insert, ("parent", "queued", '{"value": "first"}', None, None))
+        conn.execute(insert, ("child", "waiting", '{"value": "second"}', '["parent"]', "cancel"))
         conn.execute(f"INSERT INTO {schema}.edges (parent, child) VALUES ('parent', 'child')")
     manager = await QueueManager(postgres_url(tmp_path)).init()
     try:
         plain = await manager.dispatch(Echo("plain"))
         with psycopg.connect(need_postgres(), autocommit=True) as conn:
             marks = dict(conn.execute(f"SELECT id, in_graph FROM {schema}.jobs").fetchall())
-            trigger = conn.execute("SELECT pg_get_triggerdef(oid) FROM pg_trigger WHERE tgname = 'jobs_ended' "
-                                   "AND tgrelid = %s::regclass", (f"{schema}.jobs",)).fetchone()[0]
+            trigger = conn.execute("SELECT pg_get_triggerdef(oid) FROM pg_trigger WHERE "
+                                   "tgname = 'jobs_ended' AND tgrelid = %s::regclass",
+                                   (f"{schema}.jobs",)).fetchone()[0]
         assert marks == {"parent": True, "child": True, plain: False}
         assert "new.in_graph" in trigger.lower()
         await manager.start_worker(burst=True)

@@ -302,6 +302,31 @@ class QueueDriver(ABC):
         job is still pending or running is recorded as fired and stores nothing (``False``). A
         schedule removed meanwhile fires nothing."""
 
+    # -- the keyed store -----------------------------------------------------------------------
+    # Bytes under short text keys (``_kv.check_key``), each with an optional lifetime in
+    # seconds, in the queue's own storage: what a feature keeps beside the jobs. An expired
+    # value reads as absent at once and is removed by the driver in time.
+    @abstractmethod
+    async def kv_put(self, key: str, value: bytes, ttl_s: float | None = None) -> None:
+        """Store ``value`` under ``key``, replacing what is there."""
+
+    @abstractmethod
+    async def kv_put_new(self, key: str, value: bytes, ttl_s: float | None = None) -> bool:
+        """Store ``value`` under ``key`` only if no live value is there, in one atomic step
+        against every other process; whether it was stored."""
+
+    @abstractmethod
+    async def kv_get(self, key: str) -> bytes | None:
+        """The live value under ``key``, or ``None``."""
+
+    @abstractmethod
+    async def kv_scan(self, prefix: str) -> dict[str, bytes]:
+        """Every live value whose key starts with ``prefix`` (``""``: all), by key."""
+
+    @abstractmethod
+    async def kv_delete(self, key: str) -> bool:
+        """Remove ``key``; whether a live value was there."""
+
     # -- shipped code ------------------------------------------------------------------------
     async def store_code(self, digest: str, envelope: bytes) -> None:
         """Keep a shipped code envelope under its digest, once (storing it again changes

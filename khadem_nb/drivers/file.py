@@ -66,6 +66,7 @@ from ..job import (
 )
 from . import _records
 from ._fs import FILE_MODE, FOLDER_MODE, check_parent_writable, local_path
+from ._kv import check_key, check_prefix, check_value, expiry
 from ._lanes import oldest_start_kept
 from ._polling import PollingWaits
 from ._records import due_view, reclaim
@@ -85,7 +86,8 @@ logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
 STATE_DIRS = ("tmp", "ready", "delayed", "active", "done", "failed", "cancelled", "corrupt", "code",
-              "unique", "expiring", "limited", "starts", "workers", "schedules", "waiting", "edges", "left")
+              "unique", "expiring", "limited", "starts", "workers", "schedules", "waiting", "edges", "left",
+              "kv")
 #: the status of a job by the folder its file is in (``ready/`` and the rest hold per-queue folders)
 FOLDER_STATUS = {"waiting": WAITING, "active": ACTIVE, "done": COMPLETED, "failed": FAILED,
                  "cancelled": CANCELLED}
@@ -676,6 +678,7 @@ class FileStore:
                 self._trim_by_age()
                 self._trim_expired()
                 self._drop_dead_locks()
+                self.kv_scan("")  # drops expired values
             return "settled"
 
     def _stop(self, held: JobRecord, settlement: Settlement) -> str | None:
@@ -779,6 +782,60 @@ class FileStore:
             self._trim_by_age()
             self._trim_expired()
             self._drop_dead_locks()
+            self.kv_scan("")  # drops expired values
+
+    # -- the keyed store: kv/<digest of the key>.kv, a JSON header line then the value ------------
+    def _kv_path(self, key: str) -> str:
+        return self.dir("kv", hashlib.sha256(key.encode()).hexdigest()[:40] + ".kv")
+
+    def kv_put(self, key: str, value: bytes, expires_ms: int | None) -> None:
+        header = json.dumps({"key": key, "expires_ms": expires_ms}).encode()
+        self.write_bytes(self._kv_path(key), header + b"\n" + value)
+
+    def kv_put_new(self, key: str, value: bytes, expires_ms: int | None) -> bool:
+        with self.locked():
+            if self.kv_get(key) is not None:
+                return False
+            self.kv_put(key, value, expires_ms)
+            return True
+
+    def kv_get(self, key: str) -> bytes | None:
+        found = self._kv_read(self._kv_path(key))
+        return None if found is None or found[0] != key else found[1]
+
+    def kv_scan(self, prefix: str) -> dict[str, bytes]:
+        found = {}
+        for entry in self._entries("kv"):
+            read = self._kv_read(entry.path)
+            if read is not None and read[0].startswith(prefix):
+                found[read[0]] = read[1]
+        return found
+
+    def kv_delete(self, key: str) -> bool:
+        with self.locked():
+            live = self.kv_get(key) is not None
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self._kv_path(key))
+            return live
+
+    def _kv_read(self, path: str) -> tuple[str, bytes] | None:
+        """The key and value of one file while it lives; an expired one is removed, one that
+        cannot be read is set aside."""
+        try:
+            with open(path, "rb") as handle:
+                head, _, value = handle.read().partition(b"\n")
+            header = json.loads(head)
+            key, expires = str(header["key"]), header.get("expires_ms")
+        except FileNotFoundError:
+            return None
+        except (ValueError, KeyError, TypeError, UnicodeDecodeError) as exc:
+            self._set_aside(path, f"not a keyed-store value ({exc!r})")
+            return None
+        if expires is not None and now_ms() >= expires:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+            return None
+        return key, value
 
     def _drop_dead_locks(self) -> None:
         """Remove the lock files of ``unique/`` that no live job holds (its job gone, in a status
@@ -1096,6 +1153,22 @@ class FileDriver(QueueDriver):
         if fired:
             self._waits.wake()
         return fired
+
+    async def kv_put(self, key: str, value: bytes, ttl_s: float | None = None) -> None:
+        await self._call(self.store.kv_put, check_key(key), check_value(value), expiry(now_ms(), ttl_s))
+
+    async def kv_put_new(self, key: str, value: bytes, ttl_s: float | None = None) -> bool:
+        return await self._call(self.store.kv_put_new, check_key(key), check_value(value),
+                                expiry(now_ms(), ttl_s))
+
+    async def kv_get(self, key: str) -> bytes | None:
+        return await self._call(self.store.kv_get, check_key(key))
+
+    async def kv_scan(self, prefix: str) -> dict[str, bytes]:
+        return await self._call(self.store.kv_scan, check_prefix(prefix))
+
+    async def kv_delete(self, key: str) -> bool:
+        return await self._call(self.store.kv_delete, check_key(key))
 
     async def store_code(self, digest: str, envelope: bytes) -> None:
         await self._call(self.store.store_code, digest, envelope)

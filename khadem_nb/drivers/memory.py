@@ -50,7 +50,7 @@ from ..job import (
 )
 from ..limits import RATE_UNITS
 from ..serializer import dumps
-from . import _records
+from . import _kv, _records
 from .base import (
     RELEASE,
     RETRY,
@@ -142,6 +142,8 @@ class MemoryDriver(QueueDriver):
         #: unique-job locks: key -> (job id, statuses that hold it, expiry ms or None)
         self._uniques: dict[str, tuple[str, str, int | None]] = {}
         self._uniques_swept_at = LOCK_SWEEP_MIN  # locks held when dead ones are next dropped
+        self._kv: dict[str, tuple[bytes, int | None]] = {}  # the keyed store: value, expiry ms
+        self._kv_swept_at = LOCK_SWEEP_MIN  # values held when expired ones are next dropped
         #: (expiry ms, id) of finished records with a ``keep_ms`` of their own, soonest first
         self._expiring: list[tuple[int, str]] = []
         self._retention = settings.retention
@@ -721,6 +723,50 @@ class MemoryDriver(QueueDriver):
             await self.push([record])
         return fired
 
+    # -- the keyed store -----------------------------------------------------------------------
+    async def kv_put(self, key: str, value: bytes, ttl_s: float | None = None) -> None:
+        self._kv_set(_kv.check_key(key), _kv.check_value(value), ttl_s)
+
+    async def kv_put_new(self, key: str, value: bytes, ttl_s: float | None = None) -> bool:
+        if self._kv_live(_kv.check_key(key)) is not None:
+            return False
+        self._kv_set(key, _kv.check_value(value), ttl_s)
+        return True
+
+    async def kv_get(self, key: str) -> bytes | None:
+        return self._kv_live(_kv.check_key(key))
+
+    async def kv_scan(self, prefix: str) -> dict[str, bytes]:
+        _kv.check_prefix(prefix)
+        found = {}
+        for key in [k for k in self._kv if k.startswith(prefix)]:
+            value = self._kv_live(key)
+            if value is not None:
+                found[key] = value
+        return found
+
+    async def kv_delete(self, key: str) -> bool:
+        found = self._kv_live(_kv.check_key(key))
+        self._kv.pop(key, None)
+        return found is not None
+
+    def _kv_set(self, key: str, value: bytes, ttl_s: float | None) -> None:
+        self._kv[key] = (value, _kv.expiry(self.clock(), ttl_s))
+        if len(self._kv) >= self._kv_swept_at:  # amortised: expired values never pile up
+            for stale in [k for k, (_, expires) in self._kv.items() if not _kv.live(expires, self.clock())]:
+                del self._kv[stale]
+            self._kv_swept_at = max(LOCK_SWEEP_MIN, 2 * len(self._kv))
+
+    def _kv_live(self, key: str) -> bytes | None:
+        """The value under ``key`` while it lives; an expired one is dropped."""
+        entry = self._kv.get(key)
+        if entry is None:
+            return None
+        if not _kv.live(entry[1], self.clock()):
+            del self._kv[key]
+            return None
+        return entry[0]
+
     async def store_code(self, digest: str, envelope: bytes) -> None:
         self._code.setdefault(digest, envelope)
 
@@ -729,6 +775,7 @@ class MemoryDriver(QueueDriver):
 
     async def purge(self) -> None:
         self._code.clear()
+        self._kv.clear()
         self._uniques.clear()
         self._schedules.clear()
         self._deps.clear()

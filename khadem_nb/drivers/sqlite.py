@@ -45,6 +45,7 @@ from ..job import TERMINAL_STATUSES, JobRecord, JobStatus
 from ..serializer import dumps
 from ._deps import edge_rows, edges_table_sql, sqlite_trigger_sql
 from ._fs import FILE_MODE, check_parent_writable, is_network_filesystem, local_path
+from ._kv import check_key, check_prefix, check_value, expiry, scan_end
 from ._lanes import (
     held_by_lane,
     lane_index_sql,
@@ -148,7 +149,14 @@ LATER_SCHEMA = [
     schedule_sql("khadem_schedules", "khadem_jobs", "?")["table"],
     *edges_table_sql("khadem_edges", "khadem_edges_child"),
     sqlite_trigger_sql("khadem_jobs", "khadem_edges"),
+    # the keyed store (``QueueDriver.kv_put``): bytes under a key, with an optional expiry
+    "CREATE TABLE IF NOT EXISTS khadem_kv (key TEXT PRIMARY KEY, value BLOB NOT NULL, expires_ms INTEGER)",
 ]
+KV_LIVE = "(expires_ms IS NULL OR expires_ms > ?)"
+#: an upsert that replaces only an expired value: no row changes while a live one is there
+KV_PUT_NEW = ("INSERT INTO khadem_kv (key, value, expires_ms) VALUES (?, ?, ?) ON CONFLICT (key) DO UPDATE "
+              "SET value = excluded.value, expires_ms = excluded.expires_ms "
+              "WHERE khadem_kv.expires_ms IS NOT NULL AND khadem_kv.expires_ms <= ?")
 SCHEDULES = schedule_sql("khadem_schedules", "khadem_jobs", "?")
 TELL_OFFER, WITHDRAW_OFFER, READ_OFFERS = offer_sql("khadem_workers", "?")
 LANES = lane_sql("khadem_jobs", "khadem_starts", "?")
@@ -492,6 +500,7 @@ class SqliteStore:
                 conn.execute(sql, params)
             conn.execute(EXPIRED, (now_ms(),))
             conn.execute(STALE_LOCKS)
+            conn.execute("DELETE FROM khadem_kv WHERE expires_ms <= ?", (now_ms(),))
 
         self.write(run)
 
@@ -581,6 +590,35 @@ class SqliteStore:
         records = (due_view(record_from_row(row)) for row in self._rows_where_in(SELECT, "key", keys))
         return {r.key or "": r for r in records}  # rows come in seq order: the newest per key wins
 
+    # -- the keyed store -----------------------------------------------------------------------
+    def kv_put(self, key: str, value: bytes, expires_ms: int | None) -> None:
+        sql = ("INSERT INTO khadem_kv (key, value, expires_ms) VALUES (?, ?, ?) ON CONFLICT (key) DO UPDATE "
+               "SET value = excluded.value, expires_ms = excluded.expires_ms")
+        self.write(lambda conn: conn.execute(sql, (key, value, expires_ms)))
+
+    def kv_put_new(self, key: str, value: bytes, expires_ms: int | None) -> bool:
+        values = (key, value, expires_ms, now_ms())
+        return bool(self.write(lambda conn: conn.execute(KV_PUT_NEW, values).rowcount))
+
+    def kv_get(self, key: str) -> bytes | None:
+        row = self._db().execute(f"SELECT value FROM khadem_kv WHERE key = ? AND {KV_LIVE}",
+                                 (key, now_ms())).fetchone()
+        return None if row is None else bytes(row[0])
+
+    def kv_scan(self, prefix: str) -> dict[str, bytes]:
+        sql = f"SELECT key, value FROM khadem_kv WHERE key >= ? AND key < ? AND {KV_LIVE}"
+        rows = self._db().execute(sql, (prefix, scan_end(prefix), now_ms())).fetchall()
+        return {key: bytes(value) for key, value in rows}
+
+    def kv_delete(self, key: str) -> bool:
+        def run(conn: sqlite3.Connection) -> bool:
+            sql = f"SELECT 1 FROM khadem_kv WHERE key = ? AND {KV_LIVE}"
+            found = conn.execute(sql, (key, now_ms())).fetchone()
+            conn.execute("DELETE FROM khadem_kv WHERE key = ?", (key,))
+            return found is not None
+
+        return self.write(run)
+
     def store_code(self, digest: str, envelope: bytes) -> None:
         sql = "INSERT OR IGNORE INTO khadem_code (digest, envelope, created_ms) VALUES (?, ?, ?)"
         self.write(lambda conn: conn.execute(sql, (digest, envelope, now_ms())))
@@ -593,6 +631,7 @@ class SqliteStore:
         def run(conn: sqlite3.Connection) -> None:
             conn.execute("DELETE FROM khadem_jobs")
             conn.execute("DELETE FROM khadem_code")
+            conn.execute("DELETE FROM khadem_kv")
             conn.execute("DELETE FROM khadem_unique")
             conn.execute("DELETE FROM khadem_edges")
             for table in ("khadem_starts", "khadem_workers", "khadem_schedules"):
@@ -788,6 +827,22 @@ class SqliteDriver(QueueDriver):
 
     async def offers(self) -> list[Offer]:
         return await self._call(SqliteStore.offers)
+
+    async def kv_put(self, key: str, value: bytes, ttl_s: float | None = None) -> None:
+        await self._call(SqliteStore.kv_put, check_key(key), check_value(value), expiry(now_ms(), ttl_s))
+
+    async def kv_put_new(self, key: str, value: bytes, ttl_s: float | None = None) -> bool:
+        return await self._call(SqliteStore.kv_put_new, check_key(key), check_value(value),
+                                expiry(now_ms(), ttl_s))
+
+    async def kv_get(self, key: str) -> bytes | None:
+        return await self._call(SqliteStore.kv_get, check_key(key))
+
+    async def kv_scan(self, prefix: str) -> dict[str, bytes]:
+        return await self._call(SqliteStore.kv_scan, check_prefix(prefix))
+
+    async def kv_delete(self, key: str) -> bool:
+        return await self._call(SqliteStore.kv_delete, check_key(key))
 
     async def store_code(self, digest: str, envelope: bytes) -> None:
         await self._call(SqliteStore.store_code, digest, envelope)

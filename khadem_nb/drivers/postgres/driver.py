@@ -25,6 +25,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, ClassVar
 
+from ... import limits
 from ..._ids import new_token
 from ..._time import now_ms
 from ...config import URL_QUERY_KEYS, QueueSettings
@@ -38,6 +39,7 @@ from ...job import JobRecord, JobStatus
 from ...serializer import dumps
 from .._batches import TurnBatch, through_outage
 from .._deps import edge_rows
+from .._kv import check_key, check_prefix, check_value, scan_end
 from .._lanes import (
     held_by_lane,
     lane_sql,
@@ -656,6 +658,7 @@ class PostgresDriver(QueueDriver):
 
         statements.append((expired_sql(self.table, NOW), ()))
         statements.append((stale_locks_sql(self.table, f"{self.schema}.uniques"), ()))
+        statements.append((f"DELETE FROM {self.schema}.kv WHERE expires_ms <= {NOW}", ()))
         statements.append((self._lanes_sql.forget_starts, (oldest_start_kept(now_ms()),)))
 
         async def work(conn: Any) -> None:
@@ -711,6 +714,38 @@ RETURNING id, token IS NOT NULL
         return None
 
     # -- shipped code --------------------------------------------------------------------------
+    # -- the keyed store (times are the server's) ------------------------------------------------
+    def _kv_upsert(self, ttl_s: float | None, only_over_expired: bool) -> str:
+        """Store a value with an expiry ``ttl_s`` from now on the server's clock; with
+        ``only_over_expired``, replace only an expired one (``RETURNING`` says if it stored)."""
+        expires = "NULL" if ttl_s is None else f"{NOW} + {int(limits.seconds(ttl_s, 'ttl') * 1000)}"
+        where = f" WHERE kv.expires_ms <= {NOW}" if only_over_expired else ""
+        return (f"INSERT INTO {self.schema}.kv AS kv (key, value, expires_ms) VALUES (%s, %s, {expires}) "
+                "ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value, expires_ms = EXCLUDED.expires_ms"
+                f"{where} RETURNING 1")
+
+    async def kv_put(self, key: str, value: bytes, ttl_s: float | None = None) -> None:
+        await self._fetch(self._kv_upsert(ttl_s, False), (check_key(key), check_value(value)))
+
+    async def kv_put_new(self, key: str, value: bytes, ttl_s: float | None = None) -> bool:
+        return bool(await self._fetch(self._kv_upsert(ttl_s, True), (check_key(key), check_value(value))))
+
+    async def kv_get(self, key: str) -> bytes | None:
+        rows = await self._fetch(f"SELECT value FROM {self.schema}.kv WHERE key = %s AND "
+                                 f"(expires_ms IS NULL OR expires_ms > {NOW})", (check_key(key),))
+        return bytes(rows[0][0]) if rows else None
+
+    async def kv_scan(self, prefix: str) -> dict[str, bytes]:
+        rows = await self._fetch(f"SELECT key, value FROM {self.schema}.kv WHERE key >= %s AND key < %s "
+                                 f"AND (expires_ms IS NULL OR expires_ms > {NOW})",
+                                 (check_prefix(prefix), scan_end(prefix)))
+        return {key: bytes(value) for key, value in rows}
+
+    async def kv_delete(self, key: str) -> bool:
+        rows = await self._fetch(f"DELETE FROM {self.schema}.kv WHERE key = %s "
+                                 f"RETURNING expires_ms IS NULL OR expires_ms > {NOW}", (check_key(key),))
+        return bool(rows and rows[0][0])
+
     async def store_code(self, digest: str, envelope: bytes) -> None:
         await self._fetch(f"INSERT INTO {self.schema}.code (digest, envelope, created_ms) "
                           f"VALUES (%s, %s, {NOW}) ON CONFLICT (digest) DO NOTHING", (digest, envelope))
@@ -790,7 +825,7 @@ RETURNING id, token IS NOT NULL
     async def purge(self) -> None:
         s = self.schema
         tables = ", ".join(f"{s}.{name}" for name in ("code", "uniques", "starts", "workers", "schedules",
-                                                      "edges"))
+                                                      "edges", "kv"))
         await self._fetch(f"TRUNCATE {self.table}, {tables}")
 
 

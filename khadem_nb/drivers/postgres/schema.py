@@ -27,7 +27,7 @@ from ..base import (
 logger = logging.getLogger(__name__)
 
 
-SCHEMA_VERSION = 8
+SCHEMA_VERSION = 9
 IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}\Z")
 MAX_IDENTIFIER = 63  # bytes of a PostgreSQL name (NAMEDATALEN - 1), channels included
 NOW = "(extract(epoch FROM clock_timestamp()) * 1000)::bigint"
@@ -142,6 +142,9 @@ def upgrade_sql(schema: str) -> dict[int, list[str]]:
             f"UPDATE {s}.jobs SET in_graph = true WHERE id IN (SELECT parent FROM {s}.edges) "
             f"OR id IN (SELECT child FROM {s}.edges)",
             *postgres_trigger_sql(s, channels(s)[0], channels(s)[2])],
+        # the keyed store (``QueueDriver.kv_put``): bytes under a key, with an optional expiry
+        9: [f"CREATE TABLE IF NOT EXISTS {s}.kv (key text PRIMARY KEY, value bytea NOT NULL, "
+            "expires_ms bigint)"],
     }
 
 

@@ -30,6 +30,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, ClassVar, TypeVar
 
+from ... import limits
 from ..._ids import new_token
 from ..._time import now_ms
 from ...config import QueueSettings
@@ -40,6 +41,7 @@ from ...features.schedules import Schedule, ScheduleState
 from ...features.unique import UniqueRule
 from ...job import TERMINAL_STATUSES, JobRecord, JobStatus
 from ...serializer import dumps
+from .._kv import check_key, check_prefix, check_value
 from .._records import due_view
 from ..base import (
     LEASE_LOST_ERROR,
@@ -62,6 +64,8 @@ from .keys import (
     STATUS_SETS,
     code_key,
     item_key_patterns,
+    kv_key,
+    kv_pattern,
     queue_keys,
     workers_key,
 )
@@ -698,11 +702,47 @@ class RedisDriver(QueueDriver):
         found = await self._on([], lambda: self.client.hget(key, digest))
         return found if isinstance(found, bytes) else None
 
+    # -- the keyed store: one string a key, its lifetime Redis's own expiry ----------------------
+    async def kv_put(self, key: str, value: bytes, ttl_s: float | None = None) -> None:
+        name, data, px = kv_key(self.settings.prefix, check_key(key)), check_value(value), _px(ttl_s)
+        await self._on([], lambda: self.client.set(name, data, px=px))
+
+    async def kv_put_new(self, key: str, value: bytes, ttl_s: float | None = None) -> bool:
+        name, data, px = kv_key(self.settings.prefix, check_key(key)), check_value(value), _px(ttl_s)
+        return bool(await self._on([], lambda: self.client.set(name, data, px=px, nx=True)))
+
+    async def kv_get(self, key: str) -> bytes | None:
+        name = kv_key(self.settings.prefix, check_key(key))
+        found = await self._on([], lambda: self.client.get(name))
+        return found if isinstance(found, bytes) else None
+
+    async def kv_scan(self, prefix: str) -> dict[str, bytes]:
+        start = len(kv_key(self.settings.prefix, ""))
+        pattern = kv_pattern(self.settings.prefix, check_prefix(prefix))
+
+        async def scan() -> dict[str, bytes]:
+            names = [name async for name in self.client.scan_iter(match=pattern, count=1000)]
+            pipe = self.client.pipeline(transaction=False)
+            for name in names:
+                pipe.get(name)
+            values = await pipe.execute() if names else []
+            return {(n.decode() if isinstance(n, bytes) else n)[start:]: v
+                    for n, v in zip(names, values, strict=True) if isinstance(v, bytes)}
+
+        return await self._on([], scan)
+
+    async def kv_delete(self, key: str) -> bool:
+        name = kv_key(self.settings.prefix, check_key(key))
+        return bool(await self._on([], lambda: self.client.delete(name)))
+
     async def purge(self) -> None:
-        """Delete every queue under the prefix, the registry of them, and the code store."""
+        """Delete every queue under the prefix, the registry of them, the code store and the
+        keyed store."""
         queues = await self._all_queues()
         keys = [key for queue in queues for key in self.keys(queue)]
         keys += [self.queues.key, code_key(self.settings.prefix), workers_key(self.settings.prefix)]
+        pattern = kv_pattern(self.settings.prefix, "")
+        keys += [key async for key in self.client.scan_iter(match=pattern, count=1000)]
         for queue in queues:  # each lane's own keys
             for pattern in item_key_patterns(self.settings.prefix, queue):
                 keys += [key async for key in self.client.scan_iter(match=pattern, count=1000)]
@@ -719,3 +759,8 @@ class RedisDriver(QueueDriver):
 
 def loop_time() -> float:
     return asyncio.get_running_loop().time()
+
+
+def _px(ttl_s: float | None) -> int | None:
+    """A keyed-store lifetime as Redis's PX (ms), checked; ``None``: none."""
+    return None if ttl_s is None else max(1, int(limits.seconds(ttl_s, "ttl") * 1000))

@@ -45,10 +45,11 @@ its rate window (``lane_keys`` names them). A waiting job has ``awaiting:left:<i
 parents it still waits for, and a parent with waiting children ``awaiting:children:<id>``, the
 set of them as ``child|on_upstream_failure``.
 
-Three keys live outside every queue's hash tag: ``{prefix}:queues``, the set of queue names any
-process dispatched to (see ``directory``), ``{prefix}:code``, a hash of shipped code envelopes
-by digest (see ``shipping``), and ``{prefix}:workers``, the resource offers of workers; no
-script touches them.
+Keys outside every queue's hash tag: ``{prefix}:queues``, the set of queue names any process
+dispatched to (see ``directory``), ``{prefix}:code``, a hash of shipped code envelopes by digest
+(see ``shipping``), ``{prefix}:workers``, the resource offers of workers, and one string
+``{prefix}:kv:<key>`` per key of the keyed store (``QueueDriver.kv_put``), with its own expiry;
+no script touches them.
 """
 
 from __future__ import annotations
@@ -122,6 +123,17 @@ def settle_channels(prefix: str) -> str:
 def workers_key(prefix: str) -> str:
     """The hash of resource offers of workers (``resources.Offer``), by worker name, under ``prefix``."""
     return f"{prefix}:workers"
+
+
+def kv_key(prefix: str, key: str) -> str:
+    """The Redis key of one key of the keyed store (a string with its own expiry), under
+    ``prefix``; no hash tag, so on Cluster the store spreads over the slots."""
+    return f"{prefix}:kv:{key}"
+
+
+def kv_pattern(prefix: str, key_prefix: str) -> str:
+    """The SCAN pattern of the keyed store's keys that start with ``key_prefix``."""
+    return _glob_escaped(kv_key(prefix, key_prefix)) + "*"
 
 
 def code_key(prefix: str) -> str:
