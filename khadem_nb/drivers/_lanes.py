@@ -10,12 +10,10 @@ expires.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ..features.resources import Offer
 from ..limits import RATE_UNITS
 
 
@@ -58,27 +56,6 @@ def workers_table_sql(workers: str) -> str:
     return (f"CREATE TABLE IF NOT EXISTS {workers} (worker TEXT PRIMARY KEY, offered TEXT NOT NULL, "
             "free TEXT NOT NULL, seen_ms BIGINT NOT NULL)")
 
-
-def offer_sql(workers: str, mark: str) -> tuple[str, str, str]:
-    """Statements that tell an offer (worker, offered, free, seen), withdraw one (worker), and
-    read those seen since a time, dropping older ones first (since)."""
-    m = mark
-    tell = (f"INSERT INTO {workers} (worker, offered, free, seen_ms) VALUES ({m}, {m}, {m}, {m}) "
-            "ON CONFLICT (worker) DO UPDATE SET offered = excluded.offered, free = excluded.free, "
-            "seen_ms = excluded.seen_ms")
-    return tell, f"DELETE FROM {workers} WHERE worker = {m}", \
-        f"SELECT worker, offered, free, seen_ms FROM {workers} WHERE seen_ms >= {m} ORDER BY worker"
-
-
-def offers_from_rows(rows: Iterable[Sequence[Any]]) -> list[Offer]:
-    """Offers read back; a row that does not read is left out."""
-    found = []
-    for worker, offered, free, seen in rows:
-        try:
-            found.append(Offer(str(worker), dict(json.loads(offered)), dict(json.loads(free)), int(seen)))
-        except (ValueError, TypeError):
-            continue
-    return found
 
 
 def lane_index_sql(jobs: str, prefix: str) -> list[str]:

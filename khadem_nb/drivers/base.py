@@ -10,6 +10,7 @@ the refusal is counted in ``stale_acks``.
 
 from __future__ import annotations
 
+import json
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -22,11 +23,13 @@ from .._time import now_ms
 from ..config import QueueSettings, parse_config
 from ..errors import ConfigError
 from ..features.flow import LaneRule, LaneUse
-from ..features.resources import Offer
+from ..features.resources import OFFER_TTL_S, Offer
 from ..features.schedules import Schedule, ScheduleState
 from ..features.unique import UniqueRule
 from ..job import ACTIVE, CANCELLED, COMPLETED, FAILED, QUEUED, SCHEDULED, JobRecord, JobStatus
 from ..limits import PRIORITY_RANGE
+
+OFFERS_KEY = "offers/"  # the keyed store's prefix of workers' resource offers
 
 
 class _NoResult:
@@ -271,14 +274,28 @@ class QueueDriver(ABC):
         """How much of each of ``queue``'s ``lanes`` is in use now: its jobs held under a live
         lease, and its starts within its rate's window (``flow``)."""
 
-    @abstractmethod
     async def offer(self, worker: str, offered: Mapping[str, int], free: Mapping[str, int]) -> None:
         """Tell that ``worker`` offers ``offered`` resource units, ``free`` of them now; an
-        empty ``offered`` withdraws its offer (it stops). Offers expire after OFFER_TTL_S."""
+        empty ``offered`` withdraws its offer (it stops). An offer lives OFFER_TTL_S in the
+        keyed store (``offers/<worker>``), so a worker that died drops out by itself."""
+        key = f"{OFFERS_KEY}{worker}"
+        if not offered:
+            await self.kv_delete(key)
+            return
+        told = {"offered": dict(offered), "free": dict(free), "seen": self.clock()}
+        await self.kv_put(key, json.dumps(told).encode(), ttl_s=OFFER_TTL_S)
 
-    @abstractmethod
     async def offers(self) -> list[Offer]:
-        """The live offers of workers with resources, by worker name."""
+        """The live offers of workers with resources, by worker name (a damaged one is left out)."""
+        found = []
+        for key, value in (await self.kv_scan(OFFERS_KEY)).items():
+            try:
+                told = json.loads(value)
+                found.append(Offer(key[len(OFFERS_KEY):], dict(told["offered"]), dict(told["free"]),
+                                   int(told["seen"])))
+            except (ValueError, TypeError, KeyError):
+                continue
+        return sorted(found, key=lambda offer: offer.worker)
 
     # -- schedules ---------------------------------------------------------------------------
     @abstractmethod

@@ -49,7 +49,6 @@ from ..config import QueueSettings
 from ..errors import DriverError, SerializationError
 from ..features.dependencies import ended_reason, judge, place_child, stop_child, stops_child
 from ..features.flow import ClaimPlan, LaneRule, LaneUse, recent_starts, rule_of
-from ..features.resources import Offer, live_offers
 from ..features.schedules import FIRE, STALE, Schedule, ScheduleState, fire_verdict
 from ..features.unique import UniqueRule, lock_is_live
 from ..job import (
@@ -503,27 +502,6 @@ class FileStore:
         starts = self._read_starts(self.dir("starts", f"{queue}.json"), now)
         return {lane: LaneUse(held.get(lane, 0), recent_starts(starts.get(lane, []), rule, now))
                 for lane, rule in lanes.items()}
-
-    def offer(self, worker: str, offered: Mapping[str, int], free: Mapping[str, int]) -> None:
-        path = self.dir("workers", hashlib.sha256(worker.encode()).hexdigest() + ".json")
-        if not offered:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(path)
-            return
-        told = {"worker": worker, "offered": dict(offered), "free": dict(free), "seen": now_ms()}
-        self.write_bytes(path, json.dumps(told).encode(), sync_dir=False)
-
-    def offers(self) -> list[Offer]:
-        found = []
-        for entry in self._entries("workers"):
-            try:
-                with open(entry.path, "rb") as handle:
-                    told = json.loads(handle.read())
-                found.append(Offer(str(told["worker"]), dict(told["offered"]), dict(told["free"]),
-                                   int(told["seen"])))
-            except (OSError, ValueError, TypeError, KeyError):
-                continue
-        return live_offers(found, now_ms())
 
     def _schedule_path(self, schedule_id: str) -> str:
         return self.dir("schedules", hashlib.sha256(schedule_id.encode()).hexdigest() + ".json")
@@ -1132,12 +1110,6 @@ class FileDriver(QueueDriver):
 
     async def lane_use(self, queue: str, lanes: Mapping[str, LaneRule]) -> dict[str, LaneUse]:
         return await self._call(self.store.lane_use, queue, lanes)
-
-    async def offer(self, worker: str, offered: Mapping[str, int], free: Mapping[str, int]) -> None:
-        await self._call(self.store.offer, worker, offered, free)
-
-    async def offers(self) -> list[Offer]:
-        return await self._call(self.store.offers)
 
     async def save_schedule(self, schedule: Schedule) -> None:
         await self._call(self.store.save_schedule, schedule)

@@ -33,7 +33,6 @@ from ..features.flow import (
     recent_starts,
     rule_of,
 )
-from ..features.resources import Offer, live_offers
 from ..features.schedules import FIRE, STALE, Schedule, ScheduleState, fire_verdict
 from ..features.unique import UniqueRule, lock_is_live
 from ..job import (
@@ -154,7 +153,6 @@ class MemoryDriver(QueueDriver):
         self._lane_held: dict[tuple[str, str], int] = {}
         self._lane_starts: dict[tuple[str, str], deque[int]] = {}
         self._reopens_at: int | None = None  # when a lane blocked by its rate may start again
-        self._offers: dict[str, Offer] = {}  # resource offers of workers, by worker name
         self._schedules: dict[str, ScheduleState] = {}
         self._deps = DependencyIndex()  # waiting jobs and the parents they wait for
         self._delayed: dict[str, list[tuple[int, int, str]]] = {}
@@ -687,15 +685,6 @@ class MemoryDriver(QueueDriver):
                               recent_starts(self._lane_starts.get((queue, lane), ()), rule, now))
                 for lane, rule in lanes.items()}
 
-    async def offer(self, worker: str, offered: Mapping[str, int], free: Mapping[str, int]) -> None:
-        if offered:
-            self._offers[worker] = Offer(worker, dict(offered), dict(free), self.clock())
-        else:
-            self._offers.pop(worker, None)
-
-    async def offers(self) -> list[Offer]:
-        return live_offers(self._offers.values(), self.clock())
-
     async def save_schedule(self, schedule: Schedule) -> None:
         kept = self._schedules.get(schedule.id)
         self._schedules[schedule.id] = ScheduleState(schedule) if kept is None else \
@@ -779,7 +768,6 @@ class MemoryDriver(QueueDriver):
         self._uniques.clear()
         self._schedules.clear()
         self._deps.clear()
-        self._offers.clear()
         self._expiring.clear()
         self._queues.clear()
         self._records.clear()

@@ -38,7 +38,6 @@ from ..config import QueueSettings
 from ..errors import ConfigError, CorruptQueueError, DriverError, DriverUnavailableError
 from ..features.dependencies import place_child
 from ..features.flow import ClaimPlan, LaneRule, LaneUse, rule_of
-from ..features.resources import OFFER_TTL_S, Offer
 from ..features.schedules import Schedule, ScheduleState
 from ..features.unique import UniqueRule
 from ..job import TERMINAL_STATUSES, JobRecord, JobStatus
@@ -50,8 +49,6 @@ from ._lanes import (
     held_by_lane,
     lane_index_sql,
     lane_sql,
-    offer_sql,
-    offers_from_rows,
     oldest_start_kept,
     starts_table_sql,
     workers_table_sql,
@@ -158,7 +155,6 @@ KV_PUT_NEW = ("INSERT INTO khadem_kv (key, value, expires_ms) VALUES (?, ?, ?) O
               "SET value = excluded.value, expires_ms = excluded.expires_ms "
               "WHERE khadem_kv.expires_ms IS NOT NULL AND khadem_kv.expires_ms <= ?")
 SCHEDULES = schedule_sql("khadem_schedules", "khadem_jobs", "?")
-TELL_OFFER, WITHDRAW_OFFER, READ_OFFERS = offer_sql("khadem_workers", "?")
 LANES = lane_sql("khadem_jobs", "khadem_starts", "?")
 UNIQUE_LOCK = unique_lock_sql("khadem_jobs", "khadem_unique", "?")
 STALE_LOCKS = stale_locks_sql("khadem_jobs", "khadem_unique")
@@ -394,16 +390,6 @@ class SqliteStore:
             starts = [row[0] for row in conn.execute(LANES.starts, (queue, lane, since))] if rule.rate else []
             use[lane] = LaneUse(held.get(lane, 0), len(starts))
         return use
-
-    def offer(self, worker: str, offered: Mapping[str, int], free: Mapping[str, int]) -> None:
-        if offered:
-            self.write(lambda conn: conn.execute(TELL_OFFER, (worker, dumps(dict(offered)), dumps(dict(free)),
-                                                              now_ms())))
-        else:
-            self.write(lambda conn: conn.execute(WITHDRAW_OFFER, (worker,)))
-
-    def offers(self) -> list[Offer]:
-        return offers_from_rows(self._db().execute(READ_OFFERS, (now_ms() - int(OFFER_TTL_S * 1000),)))
 
     def save_schedule(self, schedule: Schedule) -> None:
         values = (schedule.id, schedule.queue, schedule.text())
@@ -821,12 +807,6 @@ class SqliteDriver(QueueDriver):
         if fired:
             self._waits.wake()
         return fired
-
-    async def offer(self, worker: str, offered: Mapping[str, int], free: Mapping[str, int]) -> None:
-        await self._call(SqliteStore.offer, worker, offered, free)
-
-    async def offers(self) -> list[Offer]:
-        return await self._call(SqliteStore.offers)
 
     async def kv_put(self, key: str, value: bytes, ttl_s: float | None = None) -> None:
         await self._call(SqliteStore.kv_put, check_key(key), check_value(value), expiry(now_ms(), ttl_s))

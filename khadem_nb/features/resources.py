@@ -10,7 +10,7 @@ once, before the next claim.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from ..errors import KhademError
@@ -32,11 +32,6 @@ class Offer:
 OFFER_TTL_S = 30.0
 OFFER_EVERY_S = 5.0
 
-
-def live_offers(offers: Iterable[Offer], now_ms: int) -> list[Offer]:
-    """The offers told within OFFER_TTL_S, by worker name."""
-    since = now_ms - int(OFFER_TTL_S * 1000)
-    return sorted((o for o in offers if o.seen_ms >= since), key=lambda o: o.worker)
 
 
 #: the resource whose units an isolated job sees as ``CUDA_VISIBLE_DEVICES``

@@ -32,7 +32,6 @@ from ...config import URL_QUERY_KEYS, QueueSettings
 from ...errors import ConfigError, CorruptQueueError, DriverError, DriverUnavailableError
 from ...features.dependencies import place_child
 from ...features.flow import ClaimPlan, LaneRule, LaneUse, rule_of
-from ...features.resources import OFFER_TTL_S, Offer
 from ...features.schedules import Schedule, ScheduleState
 from ...features.unique import UniqueRule
 from ...job import JobRecord, JobStatus
@@ -43,8 +42,6 @@ from .._kv import check_key, check_prefix, check_value, scan_end
 from .._lanes import (
     held_by_lane,
     lane_sql,
-    offer_sql,
-    offers_from_rows,
     oldest_start_kept,
 )
 from .._polling import PollingWaits
@@ -130,7 +127,6 @@ class PostgresDriver(QueueDriver):
         self._claim = claim_sql(schema)
         self._claim_lane = claim_sql(schema, "lane = %(lane)s")
         self._lanes_sql = lane_sql(self.table, f"{schema}.starts", "%s")
-        self._offer_sql = offer_sql(f"{schema}.workers", "%s")
         self._schedule_sql = schedule_sql(f"{schema}.schedules", self.table, "%s")
         #: monotonic time until which a queue is taken to hold no due limited job (a lanes
         #: phase found none): its claims skip the lanes phase until then, or until this
@@ -546,17 +542,6 @@ class PostgresDriver(QueueDriver):
             return use
 
         return await self._run(work)  # type: ignore[no-any-return]
-
-    async def offer(self, worker: str, offered: Mapping[str, int], free: Mapping[str, int]) -> None:
-        tell, withdraw, _ = self._offer_sql
-        if offered:
-            await self._fetch(tell, (worker, dumps(dict(offered)), dumps(dict(free)),
-                                                           now_ms()))
-        else:
-            await self._fetch(withdraw, (worker,))
-
-    async def offers(self) -> list[Offer]:
-        return offers_from_rows(await self._fetch(self._offer_sql[2], (now_ms() - int(OFFER_TTL_S * 1000),)))
 
     async def save_schedule(self, schedule: Schedule) -> None:
         await self._fetch(self._schedule_sql["save"], (schedule.id, schedule.queue, schedule.text()))

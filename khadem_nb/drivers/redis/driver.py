@@ -24,7 +24,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import json
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
@@ -36,7 +35,6 @@ from ..._time import now_ms
 from ...config import QueueSettings
 from ...errors import ConfigError, CorruptQueueError, DriverError
 from ...features.flow import LaneRule, LaneUse
-from ...features.resources import Offer, live_offers
 from ...features.schedules import Schedule, ScheduleState
 from ...features.unique import UniqueRule
 from ...job import TERMINAL_STATUSES, JobRecord, JobStatus
@@ -667,31 +665,6 @@ class RedisDriver(QueueDriver):
             args += [lane, -1 if rule.rate is None else rule.rate.window_ms]
         values = [int(v) for v in await self._run("lanes", queue, args)]
         return {lane: LaneUse(values[2 * i], values[2 * i + 1]) for i, lane in enumerate(lanes)}
-
-    async def offer(self, worker: str, offered: Mapping[str, int], free: Mapping[str, int]) -> None:
-        key = workers_key(self.settings.prefix)
-        if offered:
-            told = dumps({"offered": dict(offered), "free": dict(free), "seen": now_ms()})
-            await self._on([], lambda: self.client.hset(key, worker, told))
-        else:
-            await self._on([], lambda: self.client.hdel(key, worker))
-
-    async def offers(self) -> list[Offer]:
-        """Live offers; those past OFFER_TTL_S are dropped as they are read."""
-        key = workers_key(self.settings.prefix)
-        found, stale = [], []
-        for worker, told in (await self._on([], lambda: self.client.hgetall(key))).items():
-            try:
-                data = json.loads(told)
-                found.append(Offer(worker.decode(), dict(data["offered"]), dict(data["free"]),
-                                   int(data["seen"])))
-            except (ValueError, TypeError, KeyError, UnicodeDecodeError):
-                stale.append(worker)
-        live = live_offers(found, now_ms())
-        stale += [o.worker for o in found if o not in live]
-        if stale:
-            await self._on([], lambda: self.client.hdel(key, *stale))
-        return live
 
     async def store_code(self, digest: str, envelope: bytes) -> None:
         key = code_key(self.settings.prefix)

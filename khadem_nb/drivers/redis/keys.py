@@ -47,7 +47,8 @@ set of them as ``child|on_upstream_failure``.
 
 Keys outside every queue's hash tag: ``{prefix}:queues``, the set of queue names any process
 dispatched to (see ``directory``), ``{prefix}:code``, a hash of shipped code envelopes by digest
-(see ``shipping``), ``{prefix}:workers``, the resource offers of workers, and one string
+(see ``shipping``), ``{prefix}:workers`` (resource offers as versions before the keyed store
+kept them; only ``purge`` touches it now), and one string
 ``{prefix}:kv:<key>`` per key of the keyed store (``QueueDriver.kv_put``), with its own expiry;
 no script touches them.
 """
