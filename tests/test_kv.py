@@ -77,3 +77,60 @@ async def test_bad_keys_values_and_lifetimes_are_refused(manager: QueueManager) 
         with pytest.raises(ConfigError, match="ttl"):
             await kv.kv_put("k", b"v", ttl_s=ttl)  # type: ignore[arg-type]
     assert await kv.kv_get("k") is None  # nothing was stored
+
+
+ENVELOPE = b"khadem-code-1\nan envelope an earlier version stored"
+
+
+@pytest.mark.parametrize("driver", ["sqlite", "file", "redis", "postgres"])
+async def test_code_an_earlier_version_stored_is_found_in_the_keyed_store(driver: str,
+                                                                         tmp_path: Path) -> None:
+    """Shipped code lives in the keyed store (``code/<digest>``); what a version before it kept
+    in its own table, hash or folder is moved there when the queue opens or its schema upgrades."""
+    digest = "a" * 32
+    config = driver_config(driver, tmp_path)
+    manager = await QueueManager(config).init()
+    await manager.driver.purge()
+    await manager.close()
+    await _store_the_old_way(driver, config["queue"], digest)
+    manager = await QueueManager(config).init()
+    try:
+        assert await manager.driver.load_code(digest) == ENVELOPE
+        assert await manager.driver.kv_get(f"code/{digest}") == ENVELOPE
+        await manager.driver.store_code("b" * 32, b"new")
+        assert await manager.driver.load_code("b" * 32) == b"new"
+        await manager.driver.store_code("b" * 32, b"stored again changes nothing")
+        assert await manager.driver.load_code("b" * 32) == b"new"
+        assert await manager.driver.load_code("../not-a-digest") is None
+    finally:
+        await manager.driver.purge()
+        await manager.close()
+
+
+async def _store_the_old_way(driver: str, section: dict[str, object], digest: str) -> None:
+    if driver == "sqlite":
+        import sqlite3
+
+        with sqlite3.connect(str(section["path"])) as conn:
+            conn.execute("DELETE FROM khadem_kv")
+            conn.execute("INSERT INTO khadem_code (digest, envelope, created_ms) VALUES (?, ?, 1)",
+                         (digest, ENVELOPE))
+    elif driver == "file":
+        (Path(str(section["path"])) / "code" / f"{digest}.env").write_bytes(ENVELOPE)
+    elif driver == "redis":
+        import redis
+
+        client = redis.Redis.from_url(str(section["url"]))
+        client.hset(f"{section['prefix']}:code", digest, ENVELOPE)
+        client.close()
+    else:  # a schema at version 8 with the code table filled, upgraded on open
+        import psycopg
+
+        from khadem_nb.config import parse_config
+
+        schema = parse_config({"queue": section}).schema.lower()
+        with psycopg.connect(str(section["url"]).split("?")[0], autocommit=True) as conn:
+            conn.execute(f"DELETE FROM {schema}.version WHERE version = 9")
+            conn.execute(f"DROP TABLE {schema}.kv")
+            conn.execute(f"INSERT INTO {schema}.code (digest, envelope, created_ms) VALUES (%s, %s, 1)",
+                         (digest, ENVELOPE))

@@ -11,6 +11,7 @@ the refusal is counted in ``stale_acks``.
 from __future__ import annotations
 
 import json
+import re
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -30,6 +31,8 @@ from ..job import ACTIVE, CANCELLED, COMPLETED, FAILED, QUEUED, SCHEDULED, JobRe
 from ..limits import PRIORITY_RANGE
 
 OFFERS_KEY = "offers/"  # the keyed store's prefix of workers' resource offers
+CODE_KEY = "code/"  # the keyed store's prefix of shipped code envelopes, by digest
+CODE_DIGEST = re.compile(r"[0-9a-f]{32}\Z")  # what a code fingerprint looks like
 
 
 class _NoResult:
@@ -347,13 +350,12 @@ class QueueDriver(ABC):
     # -- shipped code ------------------------------------------------------------------------
     async def store_code(self, digest: str, envelope: bytes) -> None:
         """Keep a shipped code envelope under its digest, once (storing it again changes
-        nothing). Drivers without a code store refuse shipping with a clear error."""
-        raise ConfigError(f"the {self.settings.driver!r} driver has no code store; ship code through "
-                          "a memory, SQLite, file or Redis queue")
+        nothing), in the keyed store (``code/<digest>``)."""
+        await self.kv_put_new(f"{CODE_KEY}{digest}", envelope)
 
     async def load_code(self, digest: str) -> bytes | None:
         """The envelope stored under ``digest``, or ``None``."""
-        return None
+        return await self.kv_get(f"{CODE_KEY}{digest}") if CODE_DIGEST.match(digest) else None
 
     # -- inspecting --------------------------------------------------------------------------
     @abstractmethod

@@ -70,6 +70,7 @@ from ._lanes import oldest_start_kept
 from ._polling import PollingWaits
 from ._records import due_view, reclaim
 from .base import (
+    CODE_DIGEST,
     RELEASE,
     RETRY,
     QueueDriver,
@@ -91,7 +92,6 @@ STATE_DIRS = ("tmp", "ready", "delayed", "active", "done", "failed", "cancelled"
 FOLDER_STATUS = {"waiting": WAITING, "active": ACTIVE, "done": COMPLETED, "failed": FAILED,
                  "cancelled": CANCELLED}
 QUEUE_FOLDER_STATUS = {"ready": QUEUED, "limited": QUEUED, "delayed": SCHEDULED}
-CODE_DIGEST = re.compile(r"[0-9a-f]{32}\Z")
 PRIORITY_OFFSET = 10**9  # ready files sort ascending; higher priority must come first
 ID_LEN = 32
 JOB_FILE = re.compile(r"\d{10}-\d{15}-\d{12}-[0-9a-f]{32}\.json\Z")  # all but delayed/
@@ -149,6 +149,16 @@ class FileStore:
             raise DriverError(f"queue folder {self.root!r} is not writable")
         self._remove_stale_temporaries()
         self._finish_cancels()
+        self._move_legacy_code()
+
+    def _move_legacy_code(self) -> None:
+        """Copy shipped code that versions before the keyed store kept as ``code/<digest>.env``
+        into the keyed store (the files are left for them)."""
+        for entry in self._entries("code"):
+            key = "code/" + entry.name.removesuffix(".env")
+            if entry.name.endswith(".env") and CODE_DIGEST.match(key[5:]) and self.kv_get(key) is None:
+                with open(entry.path, "rb") as handle:
+                    self.kv_put(key, handle.read(), None)
 
     def _finish_cancels(self) -> None:
         """Complete cancels cut short between their rename into ``cancelled/`` and the rewrite."""
@@ -190,23 +200,6 @@ class FileStore:
         os.replace(tmp, path)
         if sync_dir:
             _fsync_dir(os.path.dirname(path))
-
-    def store_code(self, digest: str, envelope: bytes) -> None:
-        path = self._code_path(digest)
-        if path is not None and not os.path.exists(path):
-            self.write_bytes(path, envelope)
-
-    def load_code(self, digest: str) -> bytes | None:
-        path = self._code_path(digest)
-        try:
-            with open(path or "", "rb") as handle:
-                return handle.read()
-        except FileNotFoundError:
-            return None
-
-    def _code_path(self, digest: str) -> str | None:
-        """Where the envelope of ``digest`` lives; ``None`` for a digest that is not one."""
-        return self.dir("code", f"{digest}.env") if CODE_DIGEST.match(digest) else None
 
     def write(self, path: str, record: JobRecord, *, sync_dir: bool = True) -> None:
         """Atomically (re)place ``path`` with ``record``: temp file, fsync, replace, fsync dir.
@@ -1141,12 +1134,6 @@ class FileDriver(QueueDriver):
 
     async def kv_delete(self, key: str) -> bool:
         return await self._call(self.store.kv_delete, check_key(key))
-
-    async def store_code(self, digest: str, envelope: bytes) -> None:
-        await self._call(self.store.store_code, digest, envelope)
-
-    async def load_code(self, digest: str) -> bytes | None:
-        return await self._call(self.store.load_code, digest)
 
     async def purge(self) -> None:
         await self._call(self.store.purge)

@@ -137,7 +137,6 @@ class MemoryDriver(QueueDriver):
         self._active = self._held[ACTIVE]  # ids of claimed jobs, in the order they were claimed
         self._failed = self._held[FAILED]  # ids of failed jobs, in the order they failed
         self._aborts: list[AbortNotice] = []  # workers told at once of a running job cancelled
-        self._code: dict[str, bytes] = {}  # shipped code envelopes by digest
         #: unique-job locks: key -> (job id, statuses that hold it, expiry ms or None)
         self._uniques: dict[str, tuple[str, str, int | None]] = {}
         self._uniques_swept_at = LOCK_SWEEP_MIN  # locks held when dead ones are next dropped
@@ -756,14 +755,7 @@ class MemoryDriver(QueueDriver):
             return None
         return entry[0]
 
-    async def store_code(self, digest: str, envelope: bytes) -> None:
-        self._code.setdefault(digest, envelope)
-
-    async def load_code(self, digest: str) -> bytes | None:
-        return self._code.get(digest)
-
     async def purge(self) -> None:
-        self._code.clear()
         self._kv.clear()
         self._uniques.clear()
         self._schedules.clear()

@@ -148,6 +148,9 @@ LATER_SCHEMA = [
     sqlite_trigger_sql("khadem_jobs", "khadem_edges"),
     # the keyed store (``QueueDriver.kv_put``): bytes under a key, with an optional expiry
     "CREATE TABLE IF NOT EXISTS khadem_kv (key TEXT PRIMARY KEY, value BLOB NOT NULL, expires_ms INTEGER)",
+    # shipped code kept in its own table by earlier versions moves into the keyed store
+    "INSERT OR IGNORE INTO khadem_kv (key, value, expires_ms) SELECT 'code/' || digest, envelope, NULL "
+    "FROM khadem_code",
 ]
 KV_LIVE = "(expires_ms IS NULL OR expires_ms > ?)"
 #: an upsert that replaces only an expired value: no row changes while a live one is there
@@ -605,14 +608,6 @@ class SqliteStore:
 
         return self.write(run)
 
-    def store_code(self, digest: str, envelope: bytes) -> None:
-        sql = "INSERT OR IGNORE INTO khadem_code (digest, envelope, created_ms) VALUES (?, ?, ?)"
-        self.write(lambda conn: conn.execute(sql, (digest, envelope, now_ms())))
-
-    def load_code(self, digest: str) -> bytes | None:
-        row = self._db().execute("SELECT envelope FROM khadem_code WHERE digest = ?", (digest,)).fetchone()
-        return None if row is None or not isinstance(row[0], bytes) else row[0]
-
     def purge(self) -> None:
         def run(conn: sqlite3.Connection) -> None:
             conn.execute("DELETE FROM khadem_jobs")
@@ -823,12 +818,6 @@ class SqliteDriver(QueueDriver):
 
     async def kv_delete(self, key: str) -> bool:
         return await self._call(SqliteStore.kv_delete, check_key(key))
-
-    async def store_code(self, digest: str, envelope: bytes) -> None:
-        await self._call(SqliteStore.store_code, digest, envelope)
-
-    async def load_code(self, digest: str) -> bytes | None:
-        return await self._call(SqliteStore.load_code, digest)
 
     async def purge(self) -> None:
         await self._call(SqliteStore.purge)

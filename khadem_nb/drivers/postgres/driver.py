@@ -731,14 +731,6 @@ RETURNING id, token IS NOT NULL
                                  f"RETURNING expires_ms IS NULL OR expires_ms > {NOW}", (check_key(key),))
         return bool(rows and rows[0][0])
 
-    async def store_code(self, digest: str, envelope: bytes) -> None:
-        await self._fetch(f"INSERT INTO {self.schema}.code (digest, envelope, created_ms) "
-                          f"VALUES (%s, %s, {NOW}) ON CONFLICT (digest) DO NOTHING", (digest, envelope))
-
-    async def load_code(self, digest: str) -> bytes | None:
-        rows = await self._fetch(f"SELECT envelope FROM {self.schema}.code WHERE digest = %s", (digest,))
-        return bytes(rows[0][0]) if rows else None
-
     # -- inspecting ----------------------------------------------------------------------------
     async def get(self, job_id: str) -> JobRecord | None:
         return (await self.get_many([job_id]))[0]

@@ -143,8 +143,11 @@ def upgrade_sql(schema: str) -> dict[int, list[str]]:
             f"OR id IN (SELECT child FROM {s}.edges)",
             *postgres_trigger_sql(s, channels(s)[0], channels(s)[2])],
         # the keyed store (``QueueDriver.kv_put``): bytes under a key, with an optional expiry
+        # shipped code, kept in its own table until version 8, moves into it
         9: [f"CREATE TABLE IF NOT EXISTS {s}.kv (key text PRIMARY KEY, value bytea NOT NULL, "
-            "expires_ms bigint)"],
+            "expires_ms bigint)",
+            f"INSERT INTO {s}.kv (key, value, expires_ms) SELECT 'code/' || digest, envelope, NULL "
+            f"FROM {s}.code ON CONFLICT DO NOTHING"],
     }
 
 

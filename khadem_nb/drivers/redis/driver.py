@@ -130,6 +130,15 @@ class RedisDriver(QueueDriver):
     # -- lifecycle -----------------------------------------------------------------------------
     async def open(self) -> None:
         await self.connection.open()
+        await self._move_legacy_code()
+
+    async def _move_legacy_code(self) -> None:
+        """Copy shipped code that versions before the keyed store kept in ``{prefix}:code`` (a
+        hash by digest) into the keyed store, once per process; the hash is left for them."""
+        legacy = code_key(self.settings.prefix)
+        found = await self._on([], lambda: self.client.hgetall(legacy))
+        for digest, envelope in found.items():
+            await self.store_code(digest.decode() if isinstance(digest, bytes) else str(digest), envelope)
 
     async def close(self) -> None:
         await self.notices.close()
@@ -665,15 +674,6 @@ class RedisDriver(QueueDriver):
             args += [lane, -1 if rule.rate is None else rule.rate.window_ms]
         values = [int(v) for v in await self._run("lanes", queue, args)]
         return {lane: LaneUse(values[2 * i], values[2 * i + 1]) for i, lane in enumerate(lanes)}
-
-    async def store_code(self, digest: str, envelope: bytes) -> None:
-        key = code_key(self.settings.prefix)
-        await self._on([], lambda: self.client.hsetnx(key, digest, envelope))
-
-    async def load_code(self, digest: str) -> bytes | None:
-        key = code_key(self.settings.prefix)
-        found = await self._on([], lambda: self.client.hget(key, digest))
-        return found if isinstance(found, bytes) else None
 
     # -- the keyed store: one string a key, its lifetime Redis's own expiry ----------------------
     async def kv_put(self, key: str, value: bytes, ttl_s: float | None = None) -> None:
