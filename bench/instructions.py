@@ -60,6 +60,13 @@ async def child(n: int, url: str) -> None:
         await manager.start_worker(max_jobs=n, delay=0.01)
     await manager.driver.purge()
     await manager.close()
+    if url.startswith("postgresql"):  # leave the server as it was
+        import psycopg
+
+        from khadem_nb.config import parse_config
+
+        with psycopg.connect(url.split("?")[0], autocommit=True) as conn:
+            conn.execute(f"DROP SCHEMA IF EXISTS {parse_config(url).schema.lower()} CASCADE")
 
 
 def count(tree: Path, driver: str, n: int) -> int:

@@ -87,9 +87,23 @@ async def child(driver: str, folder: str, tag: str) -> dict[str, float]:
     finally:
         await manager.driver.purge()
         await manager.close()
+        drop_schema(url)
     if driver == "memory":
         results["pool"], results["gather"] = pool_rate(DRAIN_N[driver]), await gather_rate(DRAIN_N[driver])
     return results
+
+
+def drop_schema(url: str) -> None:
+    """Leave the PostgreSQL server as it was: drop the schema a measurement made."""
+    if not url.startswith("postgresql"):
+        return
+    import psycopg
+
+    from khadem_nb.config import parse_config
+
+    schema = parse_config(url).schema.lower()
+    with psycopg.connect(url.split("?")[0], autocommit=True) as conn:
+        conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
 
 
 async def enqueue_rate(manager: Any, job_class: Any, n: int) -> float:
