@@ -156,16 +156,21 @@ class QueueManager:
     # -- producing ---------------------------------------------------------------------------
     def build_record(self, job: QueueJob, *, delay: float | timedelta | None = None,
                      queue: str | None = None, priority: int | None = None,
-                     max_attempts: int | None = None, key: str | None = None) -> JobRecord:
-        """Encode ``job`` into a record ready to push (raises SerializationError at once)."""
-        return self._new_record(self._draft(job, delay, queue, priority, max_attempts, key), self._now_ms())
+                     max_attempts: int | None = None, key: str | None = None,
+                     encoded: tuple[str, Any] | None = None) -> JobRecord:
+        """Encode ``job`` into a record ready to push (raises SerializationError at once);
+        ``encoded``: its name and payload, already encoded by the caller (a sweep encodes each
+        argument once)."""
+        draft = self._draft(job, delay, queue, priority, max_attempts, key, encoded=encoded)
+        return self._new_record(draft, self._now_ms())
 
     def _draft(self, job: QueueJob, delay: float | timedelta | None, queue: str | None,
                priority: int | None, max_attempts: int | None, key: str | None,
-               keep_result: float | timedelta | None = None, running_key: str | None = None) -> Draft:
+               keep_result: float | timedelta | None = None, running_key: str | None = None,
+               encoded: tuple[str, Any] | None = None) -> Draft:
         """Everything about a job that can be wrong, encoded and checked; no id or time yet.
         ``running_key``: the unique key of a ``unique="running"`` dispatch."""
-        name, payload = self.serializer.encode_job(job)
+        name, payload = self.serializer.encode_job(job) if encoded is None else encoded
         if payload:  # no arguments always fit
             settings = self._settings or self.shipper.settings  # a notebook builds records before init()
             check_size(payload, settings.max_payload, f"the arguments of {name}")

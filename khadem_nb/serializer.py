@@ -237,6 +237,14 @@ def dumps(value: Any) -> str:
     return "".join(_c_encoder(value, 0))
 
 
+def encode_arguments(params: Mapping[str, Any], where: Callable[[str], str]) -> dict[str, Any]:
+    """A call's keyword arguments encoded as ``encode_job`` encodes a ``{"kwargs": ...}``
+    payload's (the same depth budget, a ``__kn__`` key escaped the same way); ``where(name)``
+    names an argument in an error."""
+    encoded = {name: encode_value(value, where(name), 2) for name, value in params.items()}
+    return {TAG: "dict", "v": encoded} if TAG in encoded else encoded
+
+
 def check_size(value: Any, limit: int, what: str) -> None:
     """``SerializationError`` when encoded ``value`` is over ``limit`` bytes as JSON (the
     ``queue.max_payload`` a record holds inline). A dict of plain values whose JSON cannot

@@ -16,13 +16,13 @@ concurrent dispatches from many processes store one job.
 from __future__ import annotations
 
 import hashlib
+import json
 from dataclasses import dataclass
 from typing import Any
 
 from .. import limits
 from ..errors import ConfigError
 from ..job import ACTIVE, QUEUED, SCHEDULED, WAITING, JobStatus
-from ..serializer import dumps
 
 #: the statuses in which a lock's job holds it, by ``unique=`` value
 MODES: dict[object, tuple[JobStatus, ...]] = {
@@ -53,19 +53,16 @@ class UniqueRule:
         return ",".join(status.value for status in self.holds)
 
 
+#: compact JSON with keys sorted at every level, by the C encoder (the text ``dumps`` of the
+#: same value with its dicts sorted gives, so keys made before stay the same)
+_CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+
 def canonical_key(name: str, payload: Any) -> str:
     """``name`` and a digest of the canonical JSON of ``payload`` (keys sorted at every level):
     the same arguments give the same key in any process."""
-    canonical = dumps(_sorted(payload))
+    canonical = _CANONICAL.encode(payload)
     return f"{name}:{hashlib.sha256(canonical.encode()).hexdigest()[:32]}"
-
-
-def _sorted(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {k: _sorted(value[k]) for k in sorted(value)}
-    if isinstance(value, list):
-        return [_sorted(v) for v in value]
-    return value
 
 
 def unique_rule(unique: object, unique_for: Any, unique_key: Any, on_conflict: Any, *, name: str,

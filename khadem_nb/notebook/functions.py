@@ -24,7 +24,6 @@ from ..features.unique import canonical_key
 from ..job import QueueJob
 from ..limits import check_concurrency, check_isolation, check_resources, parse_rate
 from ..registry import job_factories
-from ..serializer import encode_value
 
 if TYPE_CHECKING:
     from .handles import JobGroup, JobHandle
@@ -208,9 +207,10 @@ class JobFunction:
 
         return Step(self, args, kwargs)
 
-    def key(self, params: Mapping[str, Any]) -> str:
-        """The point's identity in resumable sweeps: job name + canonical parameters."""
-        return canonical_key(self.name, encode_value(dict(params), path=f"{self.name} argument"))
+    def key(self, kwargs: dict[str, Any]) -> str:
+        """The point's identity in resumable sweeps: job name + canonical parameters, given
+        encoded (``serializer.encode_arguments``)."""
+        return canonical_key(self.name, kwargs)
 
     # -- dispatching -------------------------------------------------------------------------
     def dispatch(self, *args: Any, priority: int | None = None, delay: float | timedelta | None = None,

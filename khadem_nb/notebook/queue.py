@@ -171,13 +171,15 @@ class Queue:
 
     def _build_record(self, spec: JobFunction, params: dict[str, Any], priority: int | None,
                       delay: float | timedelta | None, max_attempts: int | None) -> JobRecord:
-        from ..serializer import encode_value
+        """The record of one point, each argument encoded once: the same encoding names a bad
+        argument in its error, makes the point's sweep key, and is the stored payload."""
+        from ..serializer import encode_arguments
 
-        for name, value in params.items():  # name the argument in the error, not the payload path
-            encode_value(value, path=f"argument {name!r} of {spec.name}()")
+        kwargs = encode_arguments(params, lambda name: f"argument {name!r} of {spec.name}()")
         return self.manager.build_record(spec.make_call(params), delay=delay, queue=self.settings.name,
                                          priority=priority, max_attempts=max_attempts,
-                                         key=spec.key(params))
+                                         key=spec.key(kwargs),
+                                         encoded=(spec.name, {"kwargs": kwargs}))
 
     async def _store(self, records: list[JobRecord], resumable: bool, rerun_cancelled: bool,
                      on_code_change: str = "warn") -> list[str]:
