@@ -23,21 +23,9 @@ import sys
 import tempfile
 from pathlib import Path
 
+from regression import drop_schema, queue_url  # the same queues as the regression guard
+
 N = {"memory": 3000, "file": 1000, "sqlite": 2000, "redis": 2000, "postgres": 2000}
-
-
-def url_of(driver: str, folder: str) -> str:
-    keep = "retention=100000"
-    if driver == "file":
-        return f"file://{folder}/q?{keep}"
-    if driver == "sqlite":
-        return f"sqlite:///{folder}/q.db?{keep}"
-    if driver == "redis":
-        return f"{os.environ.get('BENCH_REDIS_URL', 'redis://127.0.0.1:6379/9')}?prefix=khadem-instr&{keep}"
-    if driver == "postgres":
-        base = os.environ.get("BENCH_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
-        return f"{base}{'&' if '?' in base else '?'}schema=khadem_instr&{keep}"
-    return f"memory://?{keep}"
 
 
 async def child(n: int, url: str) -> None:
@@ -60,13 +48,7 @@ async def child(n: int, url: str) -> None:
         await manager.start_worker(max_jobs=n, delay=0.01)
     await manager.driver.purge()
     await manager.close()
-    if url.startswith("postgresql"):  # leave the server as it was
-        import psycopg
-
-        from khadem_nb.config import parse_config
-
-        with psycopg.connect(url.split("?")[0], autocommit=True) as conn:
-            conn.execute(f"DROP SCHEMA IF EXISTS {parse_config(url).schema.lower()} CASCADE")
+    drop_schema(url)
 
 
 def count(tree: Path, driver: str, n: int) -> int:
@@ -74,7 +56,7 @@ def count(tree: Path, driver: str, n: int) -> int:
     with tempfile.TemporaryDirectory() as folder:
         python = os.path.realpath(sys.executable)  # the interpreter itself, not a shim script
         run = subprocess.run(["valgrind", "--tool=callgrind", f"--callgrind-out-file={folder}/out", python,
-                              __file__, "--child", str(n), url_of(driver, folder)],
+                              __file__, "--child", str(n), queue_url(driver, folder, "instr")],
                              env={**os.environ, "PYTHONPATH": str(tree), "PYTHONHASHSEED": "1"},
                              capture_output=True, text=True,
                              timeout=1800)

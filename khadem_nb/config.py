@@ -110,8 +110,11 @@ def redact_url(url: str) -> str:
     if "@" in netloc:
         userinfo, _, hostport = netloc.rpartition("@")
         user, colon, _ = userinfo.partition(":")
-        netloc = f"{user}:***@{hostport}" if colon else f"***@{hostport}" if parts.scheme.startswith(
-            "redis") else f"{user}@{hostport}"
+        if colon:
+            user = f"{user}:***"
+        elif parts.scheme.startswith("redis"):  # redis://secret@host: the one word is a password
+            user = "***"
+        netloc = f"{user}@{hostport}"
     query = "&".join(_redacted_pair(pair) for pair in parts.query.split("&")) if parts.query else ""
     # replaced in the text as given (geturl would turn "sqlite:///x" into "sqlite:/x")
     redacted = url.replace(f"//{parts.netloc}", f"//{netloc}", 1) if netloc != parts.netloc else url

@@ -95,6 +95,11 @@ def _encode_dict(value: Mapping[Any, Any], path: Path, depth: int = 0) -> Any:
             raise SerializationError(f"{where(path)} has a key {key!r} of type "
                                      f"{type(key).__name__}; JSON object keys must be str")
         encoded[key] = encode_value(item, (path, key), depth + 1)
+    return _escaped(encoded)
+
+
+def _escaped(encoded: dict[str, Any]) -> dict[str, Any]:
+    """An encoded dict as stored: wrapped when one of its keys is the tag itself."""
     return {TAG: "dict", "v": encoded} if TAG in encoded else encoded
 
 
@@ -241,34 +246,51 @@ def encode_arguments(params: Mapping[str, Any], where: Callable[[str], str]) -> 
     """A call's keyword arguments encoded as ``encode_job`` encodes a ``{"kwargs": ...}``
     payload's (the same depth budget, a ``__kn__`` key escaped the same way); ``where(name)``
     names an argument in an error."""
-    encoded = {name: encode_value(value, where(name), 2) for name, value in params.items()}
-    return {TAG: "dict", "v": encoded} if TAG in encoded else encoded
+    return _escaped({name: encode_value(value, where(name), 2) for name, value in params.items()})
+
+
+def canonical_json(value: Any) -> str:
+    """Encoded ``value`` as compact JSON with the keys of every object sorted: the same text
+    for the same value in any process (sweep and unique keys, seals of shipped jobs)."""
+    return _CANONICAL.encode(value)
+
+
+_CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
 
 
 def check_size(value: Any, limit: int, what: str) -> None:
     """``SerializationError`` when encoded ``value`` is over ``limit`` bytes as JSON (the
-    ``queue.max_payload`` a record holds inline). A dict of plain values whose JSON cannot
-    exceed ``limit`` (each character is at most 6 bytes escaped, each number at most 32)
-    passes without being encoded here: the usual arguments of a job."""
-    if type(value) is dict:
-        total = 2
-        for key, item in value.items():
-            kind = type(item)
-            if kind is str:
-                total += 6 * (len(key) + len(item)) + 6
-            elif kind in _PLAIN:
-                total += 6 * len(key) + 36
-            else:
-                break
-        else:
-            if total <= limit:
-                return
+    ``queue.max_payload`` a record holds inline). Dicts of plain values, nested or not, whose
+    JSON cannot exceed ``limit`` pass without being encoded here: the usual arguments of a
+    job, and a notebook call's ``{"kwargs": {...}}``."""
+    if type(value) is dict and _json_bound(value, limit) <= limit:
+        return
     text = dumps(value)
     found = len(text) if len(text) * 4 <= limit else len(text.encode("utf-8"))
     if found > limit:
         raise SerializationError(
             f"{what} is {found:,} bytes as JSON, over queue.max_payload ({limit:,} bytes): pass a path "
             "or a reference to large data instead, or raise queue.max_payload")
+
+
+def _json_bound(value: dict[str, Any], limit: int) -> int:
+    """At least as many bytes as ``value`` takes as JSON (each character at most 6 bytes
+    escaped, each number at most 32), for dicts of strings, numbers and such dicts; past
+    ``limit``, or on any other value, ``limit + 1``: the caller encodes it to know."""
+    total = 2
+    for key, item in value.items():
+        kind = type(item)
+        if kind is str:
+            total += 6 * (len(key) + len(item)) + 6
+        elif kind in _PLAIN:
+            total += 6 * len(key) + 36
+        elif kind is dict:
+            total += 6 * len(key) + 6 + _json_bound(item, limit - total)
+        else:
+            return limit + 1
+        if total > limit:
+            return limit + 1
+    return total
 
 
 class UnreadablePayload(str):

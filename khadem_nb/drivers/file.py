@@ -152,13 +152,15 @@ class FileStore:
         self._move_legacy_code()
 
     def _move_legacy_code(self) -> None:
-        """Copy shipped code that versions before the keyed store kept as ``code/<digest>.env``
-        into the keyed store (the files are left for them)."""
+        """Move shipped code that versions before the keyed store kept as ``code/<digest>.env``
+        into the keyed store, once: a moved file is removed."""
         for entry in self._entries("code"):
             key = "code/" + entry.name.removesuffix(".env")
-            if entry.name.endswith(".env") and CODE_DIGEST.match(key[5:]) and self.kv_get(key) is None:
-                with open(entry.path, "rb") as handle:
-                    self.kv_put(key, handle.read(), None)
+            if entry.name.endswith(".env") and CODE_DIGEST.match(key[5:]):
+                if self.kv_get(key) is None:
+                    with open(entry.path, "rb") as handle:
+                        self.kv_put(key, handle.read(), None)
+                os.unlink(entry.path)
 
     def _finish_cancels(self) -> None:
         """Complete cancels cut short between their rename into ``cancelled/`` and the rewrite."""
@@ -649,7 +651,7 @@ class FileStore:
                 self._trim_by_age()
                 self._trim_expired()
                 self._drop_dead_locks()
-                self.kv_scan("")  # drops expired values
+                self._drop_expired_values()
             return "settled"
 
     def _stop(self, held: JobRecord, settlement: Settlement) -> str | None:
@@ -753,7 +755,7 @@ class FileStore:
             self._trim_by_age()
             self._trim_expired()
             self._drop_dead_locks()
-            self.kv_scan("")  # drops expired values
+            self._drop_expired_values()
 
     # -- the keyed store: kv/<digest of the key>.kv, a JSON header line then the value ------------
     def _kv_path(self, key: str) -> str:
@@ -771,16 +773,21 @@ class FileStore:
             return True
 
     def kv_get(self, key: str) -> bytes | None:
-        found = self._kv_read(self._kv_path(key))
-        return None if found is None or found[0] != key else found[1]
+        found = self._kv_read(self._kv_path(key), key)
+        return found[1] if found is not None and found[0] == key else None
 
     def kv_scan(self, prefix: str) -> dict[str, bytes]:
         found = {}
         for entry in self._entries("kv"):
-            read = self._kv_read(entry.path)
-            if read is not None and read[0].startswith(prefix):
+            read = self._kv_read(entry.path, prefix)
+            if read is not None:
                 found[read[0]] = read[1]
         return found
+
+    def _drop_expired_values(self) -> None:
+        """Remove the keyed store's expired values (reading each file's header line only)."""
+        for entry in self._entries("kv"):
+            self._kv_read(entry.path, None)
 
     def kv_delete(self, key: str) -> bool:
         with self.locked():
@@ -789,24 +796,23 @@ class FileStore:
                 os.unlink(self._kv_path(key))
             return live
 
-    def _kv_read(self, path: str) -> tuple[str, bytes] | None:
-        """The key and value of one file while it lives; an expired one is removed, one that
-        cannot be read is set aside."""
+    def _kv_read(self, path: str, prefix: str | None) -> tuple[str, bytes] | None:
+        """The key and value of one file while it lives and its key starts with ``prefix``
+        (the value is read only then; ``None``: the header alone is read); an expired one is
+        removed, one that cannot be read is set aside."""
         try:
             with open(path, "rb") as handle:
-                head, _, value = handle.read().partition(b"\n")
-            header = json.loads(head)
-            key, expires = str(header["key"]), header.get("expires_ms")
+                header = json.loads(handle.readline())
+                key, expires = str(header["key"]), header.get("expires_ms")
+                if expires is not None and now_ms() >= expires:
+                    os.unlink(path)
+                    return None
+                return (key, handle.read()) if prefix is not None and key.startswith(prefix) else None
         except FileNotFoundError:
             return None
         except (ValueError, KeyError, TypeError, UnicodeDecodeError) as exc:
             self._set_aside(path, f"not a keyed-store value ({exc!r})")
             return None
-        if expires is not None and now_ms() >= expires:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(path)
-            return None
-        return key, value
 
     def _drop_dead_locks(self) -> None:
         """Remove the lock files of ``unique/`` that no live job holds (its job gone, in a status

@@ -148,9 +148,10 @@ LATER_SCHEMA = [
     sqlite_trigger_sql("khadem_jobs", "khadem_edges"),
     # the keyed store (``QueueDriver.kv_put``): bytes under a key, with an optional expiry
     "CREATE TABLE IF NOT EXISTS khadem_kv (key TEXT PRIMARY KEY, value BLOB NOT NULL, expires_ms INTEGER)",
-    # shipped code kept in its own table by earlier versions moves into the keyed store
+    # shipped code kept in its own table by earlier versions moves into the keyed store, once
     "INSERT OR IGNORE INTO khadem_kv (key, value, expires_ms) SELECT 'code/' || digest, envelope, NULL "
     "FROM khadem_code",
+    "DELETE FROM khadem_code",
 ]
 KV_LIVE = "(expires_ms IS NULL OR expires_ms > ?)"
 #: an upsert that replaces only an expired value: no row changes while a live one is there

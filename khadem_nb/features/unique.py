@@ -16,13 +16,13 @@ concurrent dispatches from many processes store one job.
 from __future__ import annotations
 
 import hashlib
-import json
 from dataclasses import dataclass
 from typing import Any
 
 from .. import limits
 from ..errors import ConfigError
 from ..job import ACTIVE, QUEUED, SCHEDULED, WAITING, JobStatus
+from ..serializer import canonical_json
 
 #: the statuses in which a lock's job holds it, by ``unique=`` value
 MODES: dict[object, tuple[JobStatus, ...]] = {
@@ -53,15 +53,10 @@ class UniqueRule:
         return ",".join(status.value for status in self.holds)
 
 
-#: compact JSON with keys sorted at every level, by the C encoder (the text ``dumps`` of the
-#: same value with its dicts sorted gives, so keys made before stay the same)
-_CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
-
-
 def canonical_key(name: str, payload: Any) -> str:
     """``name`` and a digest of the canonical JSON of ``payload`` (keys sorted at every level):
     the same arguments give the same key in any process."""
-    canonical = _CANONICAL.encode(payload)
+    canonical = canonical_json(payload)
     return f"{name}:{hashlib.sha256(canonical.encode()).hexdigest()[:32]}"
 
 

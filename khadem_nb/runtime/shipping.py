@@ -47,6 +47,7 @@ from typing import TYPE_CHECKING, Any
 from ..errors import ConfigError, SerializationError, ShippedCodeError
 from ..job import QueueJob
 from ..limits import checked_secret
+from ..serializer import canonical_json
 
 if TYPE_CHECKING:
     from ..config import QueueSettings
@@ -273,9 +274,8 @@ def job_seal(secret: bytes, settings: QueueSettings, queue: str, name: str, fing
              payload: Any) -> str:
     """The HMAC-SHA256 (hex) that binds a record to the dispatcher who held ``secret``: over the
     queue's identity, the job name, the code's fingerprint and the arguments (canonical JSON)."""
-    arguments = json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    message = "\n".join((store_identity(settings), queue, name, fingerprint, arguments)).encode()
-    return hmac.new(secret, SEAL_MAGIC + message, hashlib.sha256).hexdigest()
+    message = "\n".join((store_identity(settings), queue, name, fingerprint, canonical_json(payload)))
+    return hmac.new(secret, SEAL_MAGIC + message.encode(), hashlib.sha256).hexdigest()
 
 
 def split_code(code: str) -> tuple[str, str | None]:
@@ -393,7 +393,7 @@ class ShippedSyncCall(ShippedCall):
 class Loaded:
     factory: JobFactory
     warnings: tuple[str, ...]
-    names: frozenset[str]  # the job names the envelope was made for
+    name: str  # the job name the envelope was made for
 
 
 class CodeLoader:
@@ -413,6 +413,7 @@ class CodeLoader:
         was); an error names the check that failed."""
         digest, seal = split_code(record.code or "")
         loaded = self._loaded.get(digest)
+        data = None
         if loaded is None:
             data = await driver.load_code(digest) if digest else None
             if data is None:
@@ -420,13 +421,12 @@ class CodeLoader:
             if not self.trusted:
                 raise ShippedCodeError("trust", "this worker does not run shipped code; start it "
                                        "with `khadem-nb worker --trust-code` and the same secret")
-            self._check_seal(record, digest, seal)
-            loaded = self._loaded[digest] = self._load(Envelope.parse(data), digest)
-        else:
-            self._check_seal(record, digest, seal)
-        if record.name not in loaded.names:
-            raise ShippedCodeError("seal", f"the code {digest} was shipped for the job "
-                                   f"{', '.join(sorted(loaded.names))}, not {record.name}")
+        self._check_seal(record, digest, seal)  # before a byte of new code is unpickled
+        if loaded is None:
+            loaded = self._loaded[digest] = self._load(Envelope.parse(data or b""), digest)
+        if record.name != loaded.name:
+            raise ShippedCodeError("seal", f"the code {digest} was shipped for the job {loaded.name}, "
+                                   f"not {record.name}")
         for warning in loaded.warnings:
             record.meta.setdefault("warnings", [])
             if warning not in record.meta["warnings"]:
@@ -462,7 +462,7 @@ class CodeLoader:
         entry = cloudpickle.loads(envelope.payload)  # signed by the secret's holder, checked above
         logger.info("loaded shipped code %s (%s, %d bytes)", digest, header.get("name"),
                     len(envelope.payload))
-        return Loaded(_factory(entry, header), tuple(warnings), frozenset([str(header.get("name"))]))
+        return Loaded(_factory(entry, header), tuple(warnings), str(header.get("name")))
 
     def _version_warnings(self, header: dict[str, Any]) -> list[str]:
         warnings = []

@@ -133,12 +133,14 @@ class RedisDriver(QueueDriver):
         await self._move_legacy_code()
 
     async def _move_legacy_code(self) -> None:
-        """Copy shipped code that versions before the keyed store kept in ``{prefix}:code`` (a
-        hash by digest) into the keyed store, once per process; the hash is left for them."""
+        """Move shipped code that versions before the keyed store kept in ``{prefix}:code`` (a
+        hash by digest) into the keyed store, once: a moved field is deleted, so a later open
+        finds the hash gone."""
         legacy = code_key(self.settings.prefix)
         found = await self._on([], lambda: self.client.hgetall(legacy))
         for digest, envelope in found.items():
             await self.store_code(digest.decode() if isinstance(digest, bytes) else str(digest), envelope)
+            await self._on([], functools.partial(self.client.hdel, legacy, digest))
 
     async def close(self) -> None:
         await self.notices.close()
@@ -450,8 +452,8 @@ class RedisDriver(QueueDriver):
         for queue in queues:
             cursor, looked = self._lock_cursors.get(queue, "0"), 0
             while chunks is None or looked < chunks:
-                cursor, _ = await self._run("unlock", queue, [cursor, LOCK_CHUNK])
-                cursor = cursor.decode() if isinstance(cursor, bytes) else str(cursor)
+                found = await self._run("unlock", queue, [cursor, LOCK_CHUNK])
+                cursor = found.decode() if isinstance(found, bytes) else str(found)
                 looked += 1
                 if cursor == "0":
                     break
