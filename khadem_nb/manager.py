@@ -6,6 +6,7 @@ import asyncio
 import logging
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
@@ -20,7 +21,7 @@ from .factory import QueueFactory
 from .features.dependencies import check_feed, check_policy, parent_ids
 from .features.flow import job_lane
 from .features.schedules import ScheduleInfo, info_of, make_schedule
-from .features.unique import UniqueRule, running_key, unique_rule
+from .features.unique import Lock, running_key, unique_rule
 from .features.why_waiting import wait_reasons
 from .job import ACTIVE, FAILED, QUEUED, SCHEDULED, WAITING, Failure, JobRecord, JobStatus, QueueJob
 from .middleware import Middleware, MiddlewareChain, MiddlewareFunc
@@ -50,6 +51,16 @@ MAX_ATTEMPTS = limits.COUNTS["max_attempts"][1]
 PRIORITY_RANGE = limits.PRIORITY_RANGE
 REPLACE_TRIES = 3  # a replacing dispatch cancels the holder and tries again, at most this often
 DISPATCH_CHUNK = 200  # records built at a time by dispatch_many (see bench/RESULTS.md)
+
+
+@dataclass(slots=True)
+class Dispatch:
+    """One dispatch built and checked by ``QueueManager.prepare``, not yet stored: its record,
+    and for a unique job the lock it is stored with and what a held key does."""
+
+    record: JobRecord
+    lock: Lock | None = None
+    on_conflict: str = "skip"
 
 
 class QueueManager:
@@ -115,6 +126,12 @@ class QueueManager:
             hook(record)
         return record
 
+    @property
+    def _built_settings(self) -> QueueSettings:
+        """The settings, read from the config before ``init()`` too: a dispatch is built (and
+        a notebook builds records) before the queue opens."""
+        return self._settings or self.shipper.settings
+
     def _now_ms(self) -> int:
         """The driver's clock (a test's virtual one under ``QueueFake``); the wall clock while
         no driver is open yet (a notebook queue builds records before it opens)."""
@@ -160,20 +177,18 @@ class QueueManager:
                      encoded: tuple[str, Any] | None = None) -> JobRecord:
         """Encode ``job`` into a record ready to push (raises SerializationError at once);
         ``encoded``: its name and payload, already encoded by the caller (a sweep encodes each
-        argument once)."""
+        argument once). A record of ``prepare`` without its options of storing."""
         draft = self._draft(job, delay, queue, priority, max_attempts, key, encoded=encoded)
         return self._new_record(draft, self._now_ms())
 
     def _draft(self, job: QueueJob, delay: float | timedelta | None, queue: str | None,
                priority: int | None, max_attempts: int | None, key: str | None,
-               keep_result: float | timedelta | None = None, running_key: str | None = None,
+               keep_result: float | timedelta | None = None,
                encoded: tuple[str, Any] | None = None) -> Draft:
-        """Everything about a job that can be wrong, encoded and checked; no id or time yet.
-        ``running_key``: the unique key of a ``unique="running"`` dispatch."""
+        """Everything about a job that can be wrong, encoded and checked; no id or time yet."""
         name, payload = self.serializer.encode_job(job) if encoded is None else encoded
         if payload:  # no arguments always fit
-            settings = self._settings or self.shipper.settings  # a notebook builds records before init()
-            check_size(payload, settings.max_payload, f"the arguments of {name}")
+            check_size(payload, self._built_settings.max_payload, f"the arguments of {name}")
         delay_ms = 0 if delay is None else int(limits.seconds(delay, "delay") * 1000)
         # each option's usual case is checked inline; the full check names what is wrong
         attempts = job.max_attempts if max_attempts is None else max_attempts
@@ -187,7 +202,7 @@ class QueueManager:
         timeout = job.timeout
         timeout_s = None if timeout is None else limits.seconds(timeout, "timeout")
         if queue is None:
-            queue = job.queue or self.settings.name
+            queue = job.queue or self._built_settings.name
         if queue not in self._queue_names:  # each name is checked once per manager
             self._queue_names.add(limits.queue_name(queue))
         code = self._class_codes.get(job.__class__) or self._code_of(job)
@@ -197,8 +212,8 @@ class QueueManager:
         keep = job.keep_result if keep_result is None else keep_result
         keep_ms = None if keep is None else int(limits.seconds(keep, "keep_result") * 1000)
         draft = Draft(name, payload, queue, level, attempts, delay_ms, timeout_s, key, code, keep_ms)
-        if running_key is not None or job.concurrency is not None or job.rate is not None or job.resources:
-            draft.lane, draft.lane_rule = job_lane(job, name, running_key)
+        if job.concurrency is not None or job.rate is not None or job.resources:
+            draft.lane, draft.lane_rule = job_lane(job, name)
         return draft
 
     def _code_of(self, job: QueueJob) -> str:
@@ -240,43 +255,62 @@ class QueueManager:
         ``keep_result`` (seconds; default the job's ``keep_result``) limits how long the
         finished record, its result or error, is kept, beside the queue's retention.
         """
-        if unique == "running":  # a claim-time rule: the job is always stored
-            draft = self._draft(job, delay, queue, priority, max_attempts, key, keep_result,
-                                running_key(unique_for, unique_key, on_conflict, job, self.serializer))
-        else:
-            draft = self._draft(job, delay, queue, priority, max_attempts, key, keep_result)
-        if after is not None or feed is not None:
-            await self._add_parents(draft, after, on_upstream_failure, feed)
+        return await self.store(self.prepare(
+            job, delay, queue=queue, priority=priority, max_attempts=max_attempts, unique=unique,
+            unique_for=unique_for, unique_key=unique_key, on_conflict=on_conflict,
+            keep_result=keep_result, after=after, on_upstream_failure=on_upstream_failure, feed=feed,
+            key=key), connection=connection)
+
+    def prepare(self, job: QueueJob, delay: float | timedelta | None = None, *,
+                queue: str | None = None, priority: int | None = None, max_attempts: int | None = None,
+                unique: bool | str | None = None, unique_for: float | timedelta | None = None,
+                unique_key: str | None = None, on_conflict: str = "skip",
+                keep_result: float | timedelta | None = None, after: Any = None,
+                on_upstream_failure: str = "cancel", feed: str | None = None, key: str | None = None,
+                encoded: tuple[str, Any] | None = None) -> Dispatch:
+        """The one builder of a dispatch: ``job`` encoded (``encoded``: its name and payload,
+        encoded already by the caller) and every option of ``dispatch`` checked, once, into a
+        record and the lock a unique one is stored with. Nothing is read or stored here: a
+        bad value raises before any I/O, and ``store`` stores what this returns."""
+        draft = self._draft(job, delay, queue, priority, max_attempts, key, keep_result, encoded=encoded)
+        if unique == "running":  # a claim-time rule: the job is always stored, one runs at a time
+            shared = running_key(unique_for, unique_key, on_conflict, draft.name, draft.payload)
+            draft.lane, draft.lane_rule = job_lane(job, draft.name, shared)
+        if after is not None or feed is not None or on_upstream_failure != "cancel":
+            parents = parent_ids([] if after is None else after)
+            policy, draft.feed = check_policy(on_upstream_failure), check_feed(feed, parents)
+            if parents:
+                draft.parents, draft.on_upstream_failure = parents, policy
         record = self._new_record(draft, self._now_ms())
-        if unique != "running" and (unique is not None or unique_for is not None or unique_key is not None
-                                    or on_conflict != "skip"):
-            if connection is not None:
-                raise ConfigError("unique dispatch does not take connection= (the lock is taken outside "
-                                  "the application's transaction)")
-            rule = unique_rule(True if unique is None else unique, unique_for, unique_key, on_conflict,
-                               name=draft.name, payload=draft.payload, queue=draft.queue,
-                               now_ms=record.created_ms)
-            return await self._push_unique(record, rule, on_conflict)
+        if unique == "running" or (unique is None and unique_for is None and unique_key is None
+                                   and on_conflict == "skip"):
+            return Dispatch(record)
+        lock = unique_rule(True if unique is None else unique, unique_for, unique_key, on_conflict,
+                           name=draft.name, payload=draft.payload, queue=draft.queue,
+                           now_ms=record.created_ms)
+        return Dispatch(record, lock, on_conflict)
+
+    async def store(self, dispatch: Dispatch, *, connection: Any = None) -> str:
+        """Store what ``prepare`` built, and return the job's id (or, for a unique job whose
+        key is held, what ``on_conflict`` says). ``connection``: see ``dispatch``. The parents
+        a job names must be stored here (``JobNotFoundError``)."""
+        record = dispatch.record
+        if connection is not None and dispatch.lock is not None:
+            raise ConfigError("unique dispatch does not take connection= (the lock is taken outside "
+                              "the application's transaction)")
+        if connection is not None and record.parents:
+            raise ConfigError("dispatch(connection=...) does not take after= (the parents are "
+                              "locked in a transaction of the driver's own)")
+        if record.parents:
+            await self._check_stored(record.parents)
+            await self.driver.check_parents(record.queue, record.parents)
+        if dispatch.lock is not None:
+            return await self._push_unique(record, dispatch.lock, dispatch.on_conflict)
         if connection is not None:
-            if record.parents:
-                raise ConfigError("dispatch(connection=...) does not take after= (the parents are "
-                                  "locked in a transaction of the driver's own)")
             await self._push_in(connection, [record])
             return record.id
         await self.push((record,))
         return record.id
-
-    async def _add_parents(self, draft: Draft, after: Any, on_upstream_failure: str,
-                           feed: str | None) -> None:
-        """Give ``draft`` the parents ``after`` names, once each is known to be stored here."""
-        parents = parent_ids([] if after is None else after)
-        policy = check_policy(on_upstream_failure)
-        draft.feed = check_feed(feed, parents)
-        if not parents:
-            return
-        await self._check_stored(parents)
-        await self.driver.check_parents(draft.queue, parents)
-        draft.parents, draft.on_upstream_failure = parents, policy
 
     async def _check_stored(self, job_ids: list[str]) -> None:
         """``JobNotFoundError`` naming the first of ``job_ids`` not stored here."""
@@ -302,12 +336,12 @@ class QueueManager:
         feed = "results" if include_failed else "completed_results"
         return await self.dispatch(job, after=parents, on_upstream_failure="run", feed=feed, **options)
 
-    async def _push_unique(self, record: JobRecord, rule: UniqueRule, on_conflict: str) -> str:
+    async def _push_unique(self, record: JobRecord, rule: Lock, on_conflict: str) -> str:
         """Store ``record`` under ``rule``; what a conflict does is ``on_conflict``'s."""
         await self._send_unsent_code()
         holder = ""
         for _ in range(REPLACE_TRIES):
-            found = await self.driver.push_unique(record, rule)
+            found = await self.driver.push_keyed(record, rule)
             if found is None:
                 await self._stored([record])
                 return record.id

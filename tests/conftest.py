@@ -93,6 +93,20 @@ def _postgres_left_clean() -> Iterator[None]:
             conn.execute(f"DROP SCHEMA IF EXISTS {name} CASCADE")
 
 
+def postgres_schema_at(conn: Any, schema: str, version: int) -> None:
+    """Make ``schema`` anew as version ``version`` left it, from that version's own statements
+    (``conn``: an autocommit psycopg connection), to test the upgrades after it."""
+    from khadem_nb.drivers.postgres import schema_sql, upgrade_sql
+
+    conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+    conn.execute(f"CREATE SCHEMA {schema}")
+    conn.execute(f"CREATE TABLE {schema}.version (version integer NOT NULL)")
+    steps = upgrade_sql(schema)
+    for statement in [*schema_sql(schema), *(s for n in range(2, version + 1) for s in steps[n])]:
+        conn.execute(statement)
+    conn.execute(f"INSERT INTO {schema}.version SELECT generate_series(1, %s)", (version,))
+
+
 def missing(reason: str, flag: str) -> None:
     """Something a test needs is not on this machine: skip with ``reason``, or fail when the
     environment flag ``flag`` (``KHADEM_REQUIRE_REDIS``, ``KHADEM_REQUIRE_BROWSER``) is set, as

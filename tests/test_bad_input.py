@@ -517,3 +517,33 @@ def test_a_record_built_before_init_has_its_options_checked_too() -> None:
         manager.build_record(Echo("x"), queue="default", priority="high")  # type: ignore[arg-type]
     with pytest.raises(ConfigError, match="max_attempts must be between 1 and 10000, got 0"):
         manager.build_record(Echo("x"), queue="default", max_attempts=0)
+
+
+def test_one_builder_checks_every_option_of_a_dispatch_before_any_io(tmp_path: Path) -> None:
+    """``QueueManager.prepare`` is the one road of a dispatch (the manager's, the notebook's,
+    with unique= and after= too): it checks every option and builds the record and lock
+    without opening the queue, so a bad value raises before anything is read or stored."""
+    path = tmp_path / "never-opened.db"
+    manager = QueueManager(f"sqlite:///{path}")
+    parent = "a" * 32
+    prepared = manager.prepare(Echo("x"), unique="queued", unique_key="nightly", after=[parent],
+                               on_upstream_failure="run", feed="result", priority=3)
+    assert prepared.record.parents == [parent] and prepared.record.on_upstream_failure == "run"
+    assert prepared.lock is not None and prepared.lock.shown_key == "nightly"
+    assert prepared.record.priority == 3 and prepared.record.feed == "result"
+    running = manager.prepare(Echo("x"), unique="running")
+    assert running.lock is None and running.record.lane is not None
+    bad: list[tuple[dict[str, Any], str]] = [
+        ({"unique": True, "on_conflict": "maybe"}, "on_conflict must be one of"),
+        ({"unique": "sometimes"}, "unique must be True"),
+        ({"unique": "running", "unique_for": 5}, 'unique="running" takes no unique_for'),
+        ({"after": [parent], "on_upstream_failure": "ignore"}, "on_upstream_failure must be one of"),
+        ({"on_upstream_failure": "ignore"}, "on_upstream_failure must be one of"),
+        ({"after": [parent], "feed": "everything"}, "feed"),
+        ({"after": 42}, "after"),
+        ({"priority": "high"}, "priority"),
+    ]
+    for options, message in bad:
+        with pytest.raises(ConfigError, match=message):
+            manager.prepare(Echo("x"), **options)
+    assert not path.exists()  # nothing was opened, read or stored

@@ -387,7 +387,7 @@ async def test_the_memory_drivers_unique_locks_stay_near_the_live_ones(tmp_path:
                 await manager.dispatch(Echo(i), unique=True)
             await manager.start_worker(burst=True, concurrency=8)
         held = await manager.dispatch(Echo("held"), unique=True)
-        assert len(manager.driver._uniques) <= 2048  # type: ignore[attr-defined]
+        assert len(manager.driver._locks) <= 2048  # type: ignore[attr-defined]
         assert await manager.dispatch(Echo("held"), unique=True) == held  # a live lock is kept
     finally:
         await manager.close()

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import make_manager, need_redis, purge_url
+from conftest import driver_config, make_manager, need_redis, purge_url
 from jobs import Beat, Echo, SlowBeat
 from procs import finish, kill, start_worker
 
@@ -47,6 +47,23 @@ async def test_a_slot_fires_once_however_many_workers_offer_it(queue: QueueManag
     assert await queue.driver.fire(schedule, slot + 60_000, schedule.tick(slot + 60_000, slot))
     [state] = await queue.driver.schedule_states()
     assert state.last_slot == slot + 60_000 and state.last_job is not None
+
+
+async def test_a_slot_lock_outlives_its_job_and_a_lost_record_of_the_slot(queue: QueueManager) -> None:
+    """The slot's lock, taken with its job, holds whatever the job's status, even once the job
+    is gone: a worker that lost the record of the last fired slot (it died between storing
+    the job and writing the slot) offers the slot again and stores nothing."""
+    await queue.schedule(Echo("tick"), every=60, id="minutely", overlap="allow")
+    schedule = await stored(queue, "minutely")
+    slot = schedule.latest_slot(queue.driver.clock()) or 0
+    assert await queue.driver.fire(schedule, slot, schedule.tick(slot, slot))
+    [held] = await queue.driver.reserve(["default"], 1, 0)
+    assert await queue.driver.complete(held, None)
+    assert await queue.driver.forget([held.id]) == 1
+    assert await queue.driver.kv_delete("fired/minutely")
+    assert not await queue.driver.fire(schedule, slot, schedule.tick(slot, slot))
+    assert await queue.jobs() == []
+    assert await queue.driver.fire(schedule, slot + 60_000, schedule.tick(slot + 60_000, slot))
 
 
 async def test_overlap_skip_passes_a_slot_while_the_last_run_is_not_done(queue: QueueManager) -> None:
@@ -228,3 +245,69 @@ async def test_overlap_skip_never_runs_a_slow_job_twice_at_once(shared_url: str)
     spans = sorted((r["start"], r["end"]) for r in done)
     assert 2 <= len(spans) <= 4, spans
     assert all(later[0] >= earlier[1] for earlier, later in itertools.pairwise(spans))
+
+
+@pytest.mark.parametrize("driver", ["sqlite", "file", "redis", "postgres"])
+async def test_a_schedule_an_earlier_version_stored_fires_on(driver: str, tmp_path: Path) -> None:
+    """Before the keyed store, schedules lived in a table, folder or hashes of their own: opened
+    by this version, each moves into the keyed store with its last fired slot and fires on from
+    there."""
+    config = driver_config(driver, tmp_path)
+    async with QueueManager(config) as queue:
+        await queue.driver.purge()
+        await queue.schedule(Echo("tick"), every=60, id="minutely", overlap="allow")
+        spec = (await stored(queue, "minutely")).text()
+        await queue.driver.purge()
+    await _store_schedule_the_old_way(driver, config["queue"], spec, "120000|job-before")
+    queue = await QueueManager(config).init()
+    try:
+        [state] = await queue.driver.schedule_states()
+        assert (state.schedule.text(), state.last_slot, state.last_job) == (spec, 120_000, "job-before")
+        schedule = state.schedule
+        assert not await queue.driver.fire(schedule, 120_000, schedule.tick(120_000, 120_000))  # fired then
+        assert await queue.driver.fire(schedule, 180_000, schedule.tick(180_000, 180_000))
+        [again] = await queue.driver.schedule_states()  # moved once: it is listed once
+        assert (again.last_slot, again.last_job) == (180_000, (await queue.jobs())[0].id)
+    finally:
+        await queue.driver.purge()
+        await queue.close()
+
+
+async def _store_schedule_the_old_way(driver: str, section: dict[str, Any], spec: str, tick: str) -> None:
+    slot, job = tick.split("|")
+    if driver == "sqlite":
+        import sqlite3
+
+        with sqlite3.connect(str(section["path"])) as conn:
+            conn.execute("CREATE TABLE khadem_schedules (id TEXT PRIMARY KEY, queue TEXT NOT NULL, "
+                         "spec TEXT NOT NULL, last_slot BIGINT, last_job TEXT)")
+            conn.execute("INSERT INTO khadem_schedules VALUES ('minutely', 'default', ?, ?, ?)",
+                         (spec, int(slot), job))
+    elif driver == "file":
+        import hashlib
+        import json
+
+        folder = Path(str(section["path"])) / "schedules"
+        folder.mkdir()
+        told = {"spec": spec, "last_slot": int(slot), "last_job": job}
+        (folder / f"{hashlib.sha256(b'minutely').hexdigest()}.json").write_text(json.dumps(told))
+    elif driver == "redis":
+        import redis
+
+        prefix = section["prefix"]
+        client = redis.Redis.from_url(str(section["url"]))
+        client.sadd(f"{prefix}:queues", "default")
+        client.hset(f"{{{prefix}:default}}:schedules", "minutely", spec)
+        client.hset(f"{{{prefix}:default}}:ticks", "minutely", tick)
+        client.close()
+    else:  # a schema at version 9, the last with a schedules table
+        import psycopg
+        from conftest import postgres_schema_at
+
+        from khadem_nb.config import parse_config
+
+        schema = parse_config({"queue": section}).schema.lower()
+        with psycopg.connect(str(section["url"]).split("?")[0], autocommit=True) as conn:
+            postgres_schema_at(conn, schema, 9)
+            conn.execute(f"INSERT INTO {schema}.schedules VALUES ('minutely', 'default', %s, %s, %s)",
+                         (spec, int(slot), job))

@@ -13,7 +13,7 @@ from typing import Any
 from .. import limits
 from ..errors import ConfigError
 
-MAX_KEY = 200  # characters of a key
+MAX_KEY = 256  # characters of a key: room for a prefix and a 200-character name
 
 
 def check_key(key: Any) -> str:
@@ -37,11 +37,14 @@ def check_value(value: Any) -> bytes:
     return bytes(value)
 
 
-def expiry(now_ms: int, ttl_s: Any) -> int | None:
+def check_ttl(ttl_s: Any) -> float | None:
+    """A lifetime in seconds, or ``None`` for none."""
+    return None if ttl_s is None else limits.seconds(ttl_s, "ttl")
+
+
+def expiry(now_ms: int, ttl_s: float | None) -> int | None:
     """When a value put now with lifetime ``ttl_s`` (seconds, or ``None``: none) expires."""
-    if ttl_s is None:
-        return None
-    return now_ms + max(1, int(limits.seconds(ttl_s, "ttl") * 1000))
+    return None if ttl_s is None else now_ms + max(1, int(ttl_s * 1000))
 
 
 def live(expires_ms: int | None, now_ms: int) -> bool:

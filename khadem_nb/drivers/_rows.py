@@ -9,8 +9,7 @@ import logging
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from ..features.schedules import FIRE, STALE, Schedule, ScheduleState, fire_verdict
-from ..features.unique import lock_is_live
+from ..features.unique import ANY_STATUS, lock_is_live
 from ..job import JobRecord, JobStatus
 from ..serializer import dumps
 from .quarantine import checked
@@ -37,11 +36,13 @@ def unique_lock_sql(jobs: str, locks: str, mark: str) -> tuple[str, str]:
     return read, write
 
 
-def stale_locks_sql(jobs: str, locks: str) -> str:
-    """Delete up to 5,000 unique locks whose job is gone (retention took it): such a lock is
-    dead anyway, and would otherwise stay until its key is dispatched again."""
-    return (f"DELETE FROM {locks} WHERE key IN (SELECT u.key FROM {locks} u WHERE NOT EXISTS "
-            f"(SELECT 1 FROM {jobs} j WHERE j.id = u.job_id) LIMIT 5000)")
+def stale_locks_sql(jobs: str, locks: str, mark: str) -> str:
+    """Delete up to 5,000 dead locks: expired by ``mark`` (now), or of a unique job that is gone
+    (retention took it). Such a lock would otherwise stay until its key is taken again; a
+    schedule slot's lock (it holds whatever its job's status) goes when it expires."""
+    return (f"DELETE FROM {locks} WHERE key IN (SELECT u.key FROM {locks} u WHERE u.expires_ms <= {mark} OR "
+            f"(u.holds <> '{ANY_STATUS}' AND NOT EXISTS (SELECT 1 FROM {jobs} j WHERE j.id = u.job_id)) "
+            "LIMIT 5000)")
 
 
 def live_holder(row: Sequence[Any] | None, now_ms: int) -> str | None:
@@ -51,50 +52,6 @@ def live_holder(row: Sequence[Any] | None, now_ms: int) -> str | None:
     job_id, holds, expires_ms, status = row
     found = None if status is None else readable_status(status)
     return str(job_id) if lock_is_live(holds, found, expires_ms, now_ms) else None
-
-
-def schedule_sql(schedules: str, jobs: str, mark: str) -> dict[str, str]:
-    """The statements both SQL drivers keep schedules with: save (id, queue, spec), states,
-    remove (id), read one for a fire (id: last slot, last job, that job's status), and mark a
-    slot fired (slot, job, id)."""
-    m = mark
-    return {
-        "table": (f"CREATE TABLE IF NOT EXISTS {schedules} (id TEXT PRIMARY KEY, queue TEXT NOT NULL, "
-                  "spec TEXT NOT NULL, last_slot BIGINT, last_job TEXT)"),
-        "save": (f"INSERT INTO {schedules} (id, queue, spec) VALUES ({m}, {m}, {m}) "
-                 "ON CONFLICT (id) DO UPDATE SET queue = excluded.queue, spec = excluded.spec"),
-        "states": f"SELECT spec, last_slot, last_job FROM {schedules} ORDER BY id",
-        "remove": f"DELETE FROM {schedules} WHERE id = {m}",
-        "read": (f"SELECT s.last_slot, s.last_job, j.status FROM {schedules} s "
-                 f"LEFT JOIN {jobs} j ON j.id = s.last_job WHERE s.id = {m}"),
-        "fired": f"UPDATE {schedules} SET last_slot = {m}, last_job = {m} WHERE id = {m}",
-    }
-
-
-def fire_step(row: Sequence[Any] | None, schedule: Schedule, slot_ms: int,
-              record: JobRecord) -> tuple[bool, str | None] | None:
-    """What a fire does, from the schedule's row read by ``schedule_sql``'s ``read`` (last slot,
-    last job, that job's status): ``None`` to change nothing (a stale slot, or no schedule),
-    else whether to store ``record`` and the last job to keep with the slot."""
-    if row is None:
-        return None
-    last_slot, last_job, status = row
-    found = None if status is None else readable_status(status)
-    verdict = fire_verdict(last_slot, found, slot_ms, schedule.overlap)
-    if verdict == STALE:
-        return None
-    return (True, record.id) if verdict == FIRE else (False, last_job)
-
-
-def schedule_states(rows: Iterable[Sequence[Any]]) -> list[ScheduleState]:
-    """Stored schedules read back; a spec that does not read is left out, with a warning."""
-    states = []
-    for spec, last_slot, last_job in rows:
-        try:
-            states.append(ScheduleState(Schedule.from_text(spec), last_slot, last_job))
-        except (ValueError, KeyError, TypeError) as exc:
-            logger.warning("a stored schedule cannot be read (%r); it is left out", exc)
-    return states
 
 
 def expired_sql(table: str, mark: str) -> str:

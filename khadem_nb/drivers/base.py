@@ -11,6 +11,7 @@ the refusal is counted in ``stale_acks``.
 from __future__ import annotations
 
 import json
+import logging
 import re
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
@@ -25,14 +26,19 @@ from ..config import QueueSettings, parse_config
 from ..errors import ConfigError
 from ..features.flow import LaneRule, LaneUse
 from ..features.resources import OFFER_TTL_S, Offer
-from ..features.schedules import Schedule, ScheduleState
-from ..features.unique import UniqueRule
+from ..features.schedules import FIRE, STALE, Schedule, ScheduleState, fire_verdict
+from ..features.unique import Lock
 from ..job import ACTIVE, CANCELLED, COMPLETED, FAILED, QUEUED, SCHEDULED, JobRecord, JobStatus
 from ..limits import PRIORITY_RANGE
+from ._kv import check_key, check_ttl, check_value
 
 OFFERS_KEY = "offers/"  # the keyed store's prefix of workers' resource offers
 CODE_KEY = "code/"  # the keyed store's prefix of shipped code envelopes, by digest
 CODE_DIGEST = re.compile(r"[0-9a-f]{32}\Z")  # what a code fingerprint looks like
+SCHEDULES_KEY = "schedules/"  # the keyed store's prefix of schedule definitions, by id
+FIRED_KEY = "fired/"  # and of each schedule's last fired slot and its job (JSON), by id
+
+logger = logging.getLogger(__name__)
 
 
 class _NoResult:
@@ -301,39 +307,80 @@ class QueueDriver(ABC):
         return sorted(found, key=lambda offer: offer.worker)
 
     # -- schedules ---------------------------------------------------------------------------
-    @abstractmethod
+    # A schedule lives in the keyed store: its definition under ``schedules/<id>``, its last
+    # fired slot and that slot's job under ``fired/<id>`` (JSON). A slot's job is stored with
+    # the slot's lock (``Schedule.slot_lock``) by ``push_keyed``: that one atomic step is what
+    # makes a slot fire once across every worker.
     async def save_schedule(self, schedule: Schedule) -> None:
         """Store ``schedule`` by its id, replacing one of the same id (its last fired slot is
         kept, so an unchanged schedule saved again by every process start fires on)."""
+        await self.kv_put(f"{SCHEDULES_KEY}{schedule.id}", schedule.text().encode())
 
-    @abstractmethod
     async def schedule_states(self) -> list[ScheduleState]:
-        """Every stored schedule with its last fired slot and that slot's job, by id."""
+        """Every stored schedule with its last fired slot and that slot's job, by id; one whose
+        definition does not read is left out, with a warning."""
+        fired = await self.kv_scan(FIRED_KEY)
+        states = []
+        for key, text in sorted((await self.kv_scan(SCHEDULES_KEY)).items()):
+            try:
+                schedule = Schedule.from_text(text)
+            except (ValueError, KeyError, TypeError) as exc:
+                logger.warning("the stored schedule %r cannot be read (%r); it is left out", key, exc)
+                continue
+            states.append(ScheduleState(schedule, *_fired(fired.get(f"{FIRED_KEY}{schedule.id}"))))
+        return states
 
-    @abstractmethod
     async def remove_schedule(self, schedule_id: str) -> bool:
         """Delete a schedule; whether there was one. Jobs it stored stay as they are."""
+        await self.kv_delete(f"{FIRED_KEY}{schedule_id}")
+        return await self.kv_delete(f"{SCHEDULES_KEY}{schedule_id}")
 
-    @abstractmethod
     async def fire(self, schedule: Schedule, slot_ms: int, record: JobRecord) -> bool:
-        """Store ``record``, the job of one slot of ``schedule``, in one atomic step with moving
-        the schedule's last fired slot to ``slot_ms``, unless it is there already (``False``:
-        another worker fired it, or a later slot). With ``overlap="skip"`` a slot whose previous
-        job is still pending or running is recorded as fired and stores nothing (``False``). A
-        schedule removed meanwhile fires nothing."""
+        """Store ``record``, the job of one slot of ``schedule``, with the slot's lock, unless the
+        schedule's last fired slot is that one or later, or the lock is taken (``False``:
+        another worker fired it). With ``overlap="skip"`` a slot whose previous job is still
+        pending or running is recorded as fired and stores nothing (``False``). A schedule
+        removed by the time its slot is offered fires nothing."""
+        if await self.kv_get(f"{SCHEDULES_KEY}{schedule.id}") is None:
+            return False
+        last_slot, last_job = await self._fired_state(schedule.id)
+        status = None
+        if schedule.overlap == "skip" and last_job is not None:
+            status = (await self.statuses([last_job]))[0]
+        verdict = fire_verdict(last_slot, status, slot_ms, schedule.overlap)
+        if verdict == STALE:
+            return False
+        if verdict == FIRE:
+            if await self.push_keyed(record, schedule.slot_lock(slot_ms, self.clock())) is not None:
+                return False
+            last_job = record.id
+        recorded, _ = await self._fired_state(schedule.id)
+        if recorded is None or recorded < slot_ms:  # a later slot recorded meanwhile stays
+            fired = {"slot": slot_ms, "job": last_job}
+            await self.kv_put(f"{FIRED_KEY}{schedule.id}", json.dumps(fired).encode())
+        return verdict == FIRE
+
+    async def _fired_state(self, schedule_id: str) -> tuple[int | None, str | None]:
+        return _fired(await self.kv_get(f"{FIRED_KEY}{schedule_id}"))
 
     # -- the keyed store -----------------------------------------------------------------------
     # Bytes under short text keys (``_kv.check_key``), each with an optional lifetime in
     # seconds, in the queue's own storage: what a feature keeps beside the jobs. An expired
     # value reads as absent at once and is removed by the driver in time.
-    @abstractmethod
     async def kv_put(self, key: str, value: bytes, ttl_s: float | None = None) -> None:
         """Store ``value`` under ``key``, replacing what is there."""
+        await self._kv_write(check_key(key), check_value(value), check_ttl(ttl_s), only_new=False)
 
-    @abstractmethod
     async def kv_put_new(self, key: str, value: bytes, ttl_s: float | None = None) -> bool:
         """Store ``value`` under ``key`` only if no live value is there, in one atomic step
         against every other process; whether it was stored."""
+        return await self._kv_write(check_key(key), check_value(value), check_ttl(ttl_s), only_new=True)
+
+    @abstractmethod
+    async def _kv_write(self, key: str, value: bytes, ttl_s: float | None, *, only_new: bool) -> bool:
+        """Store ``value`` under ``key`` (both checked) for ``ttl_s`` seconds (checked; ``None``:
+        for good) by the storage's clock; with ``only_new``, only if no live value is there, in
+        one atomic step against every other process. Whether it was stored."""
 
     @abstractmethod
     async def kv_get(self, key: str) -> bytes | None:
@@ -394,14 +441,20 @@ class QueueDriver(ABC):
         knows of that hold none, as Redis does with the queues registered under its prefix)."""
         return sorted({record.queue for record in await self.jobs()})
 
-    @abstractmethod
     async def counts(self, queue: str | None = None) -> dict[JobStatus, int]:
-        """How many records are in each status (every status present as a key)."""
+        """How many records are in each status (every status present as a key). Counted from
+        ``jobs`` here; drivers count in their storage."""
+        counts = empty_counts()
+        for record in await self.jobs(queue=queue):
+            counts[record.status] += 1
+        return counts
 
     @abstractmethod
-    async def push_unique(self, record: JobRecord, rule: UniqueRule) -> str | None:
-        """Store ``record`` and give it ``rule.key``'s lock, in one atomic step, unless a live
-        job holds the lock (see ``unique``): then store nothing and return that job's id."""
+    async def push_keyed(self, record: JobRecord, lock: Lock) -> str | None:
+        """Store ``record`` and give it ``lock.key``, in one atomic step, unless a live lock
+        holds the key (``unique.lock_is_live``: not expired, and its job in one of the lock's
+        statuses, or any status for a lock that holds whatever): then store nothing and return
+        the id of the lock's job. Unique jobs and schedules' slots take their locks here."""
 
     @abstractmethod
     async def requeue(self, job_ids: Iterable[str]) -> int:
@@ -474,6 +527,15 @@ def retention_pass_interval(settings: QueueSettings) -> float:
     records outlive their age limit by at most half of it, and at least every 10 s."""
     ages = [a for a in (settings.retention_age_s, settings.failed_retention_age_s) if a]
     return min([10.0, *(a / 2 for a in ages)])
+
+
+def _fired(text: bytes | None) -> tuple[int | None, str | None]:
+    """A schedule's last fired slot and its job, from what ``fire`` keeps (``None``s if unread)."""
+    try:
+        state = json.loads(text) if text is not None else {}
+        return int(state["slot"]), state.get("job")
+    except (ValueError, TypeError, KeyError):
+        return None, None
 
 
 def empty_counts() -> dict[JobStatus, int]:

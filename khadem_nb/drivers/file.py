@@ -49,8 +49,7 @@ from ..config import QueueSettings
 from ..errors import DriverError, SerializationError
 from ..features.dependencies import ended_reason, judge, place_child, stop_child, stops_child
 from ..features.flow import ClaimPlan, LaneRule, LaneUse, recent_starts, rule_of
-from ..features.schedules import FIRE, STALE, Schedule, ScheduleState, fire_verdict
-from ..features.unique import UniqueRule, lock_is_live
+from ..features.unique import Lock, lock_is_live
 from ..job import (
     ACTIVE,
     CANCELLED,
@@ -65,14 +64,16 @@ from ..job import (
 )
 from . import _records
 from ._fs import FILE_MODE, FOLDER_MODE, check_parent_writable, local_path
-from ._kv import check_key, check_prefix, check_value, expiry
+from ._kv import check_key, check_prefix, expiry
 from ._lanes import oldest_start_kept
 from ._polling import PollingWaits
 from ._records import due_view, reclaim
 from .base import (
     CODE_DIGEST,
+    FIRED_KEY,
     RELEASE,
     RETRY,
+    SCHEDULES_KEY,
     QueueDriver,
     Settlement,
     claim,
@@ -86,8 +87,7 @@ logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
 STATE_DIRS = ("tmp", "ready", "delayed", "active", "done", "failed", "cancelled", "corrupt", "code",
-              "unique", "expiring", "limited", "starts", "workers", "schedules", "waiting", "edges", "left",
-              "kv")
+              "unique", "expiring", "limited", "starts", "workers", "waiting", "edges", "left", "kv")
 #: the status of a job by the folder its file is in (``ready/`` and the rest hold per-queue folders)
 FOLDER_STATUS = {"waiting": WAITING, "active": ACTIVE, "done": COMPLETED, "failed": FAILED,
                  "cancelled": CANCELLED}
@@ -150,6 +150,7 @@ class FileStore:
         self._remove_stale_temporaries()
         self._finish_cancels()
         self._move_legacy_code()
+        self._move_legacy_schedules()
 
     def _move_legacy_code(self) -> None:
         """Move shipped code that versions before the keyed store kept as ``code/<digest>.env``
@@ -159,8 +160,27 @@ class FileStore:
             if entry.name.endswith(".env") and CODE_DIGEST.match(key[5:]):
                 if self.kv_get(key) is None:
                     with open(entry.path, "rb") as handle:
-                        self.kv_put(key, handle.read(), None)
+                        self.kv_write(key, handle.read(), None)
                 os.unlink(entry.path)
+
+    def _move_legacy_schedules(self) -> None:
+        """Move schedules that versions before the keyed store kept as ``schedules/<digest>.json``
+        (the spec, the last fired slot and its job) into the keyed store, once: a moved file is
+        removed, one that does not read is set aside."""
+        for entry in self._entries("schedules"):
+            try:
+                with open(entry.path, "rb") as handle:
+                    told = json.loads(handle.read())
+                schedule_id = str(json.loads(told["spec"])["id"])
+                if self.kv_get(f"{SCHEDULES_KEY}{schedule_id}") is None:
+                    self.kv_write(f"{SCHEDULES_KEY}{schedule_id}", str(told["spec"]).encode(), None)
+                    if told.get("last_slot") is not None:
+                        fired = {"slot": told["last_slot"], "job": told.get("last_job")}
+                        self.kv_write(f"{FIRED_KEY}{schedule_id}", json.dumps(fired).encode(), None)
+            except (OSError, ValueError, TypeError, KeyError) as exc:
+                self._set_aside(entry.path, f"not a schedule ({exc!r})")
+                continue
+            os.unlink(entry.path)
 
     def _finish_cancels(self) -> None:
         """Complete cancels cut short between their rename into ``cancelled/`` and the rewrite."""
@@ -367,20 +387,21 @@ class FileStore:
             elif not judgement.left:
                 self._release(name, child)
 
-    def insert_unique(self, record: JobRecord, rule: UniqueRule) -> str | None:
-        """Under the store lock: insert ``record`` and write ``rule``'s lock file
-        (``unique/<digest of the key>.json``) unless a live job holds the lock (its id then)."""
+    def insert_keyed(self, record: JobRecord, lock: Lock) -> str | None:
+        """Under the store lock: insert ``record`` and write ``lock``'s file
+        (``unique/<digest of the key>.json``) unless a live lock holds the key (its job's id
+        then)."""
         _check_queues((record.queue,))
-        path = self.dir("unique", hashlib.sha256(rule.key.encode()).hexdigest() + ".json")
+        path = self.dir("unique", hashlib.sha256(lock.key.encode()).hexdigest() + ".json")
         with self.locked():
-            lock = self._read_lock(path)
-            if lock is not None:
-                holder = self.find(str(lock.get("job_id")))
+            held = self._read_lock(path)
+            if held is not None:
+                holder = self.find(str(held.get("job_id")))
                 status = None if holder is None else holder.status
-                if lock_is_live(str(lock.get("holds")), status, lock.get("expires_ms"), now_ms()):
-                    return str(lock["job_id"])
-            fields = {"key": rule.key, "job_id": record.id, "holds": rule.holds_text,
-                      "expires_ms": rule.expires_ms}  # the lock is taken before the job is stored
+                if lock_is_live(str(held.get("holds")), status, held.get("expires_ms"), now_ms()):
+                    return str(held["job_id"])
+            fields = {"key": lock.key, "job_id": record.id, "holds": lock.holds_text,
+                      "expires_ms": lock.expires_ms}  # the lock is taken before the job is stored
             self.write_bytes(path, json.dumps(fields).encode())
             self._insert([record])
         return None
@@ -497,59 +518,6 @@ class FileStore:
         starts = self._read_starts(self.dir("starts", f"{queue}.json"), now)
         return {lane: LaneUse(held.get(lane, 0), recent_starts(starts.get(lane, []), rule, now))
                 for lane, rule in lanes.items()}
-
-    def _schedule_path(self, schedule_id: str) -> str:
-        return self.dir("schedules", hashlib.sha256(schedule_id.encode()).hexdigest() + ".json")
-
-    def _write_schedule(self, state: ScheduleState) -> None:
-        told = {"spec": state.schedule.text(), "last_slot": state.last_slot, "last_job": state.last_job}
-        self.write_bytes(self._schedule_path(state.schedule.id), json.dumps(told).encode())
-
-    def _read_schedule(self, path: str) -> ScheduleState | None:
-        try:
-            with open(path, "rb") as handle:
-                told = json.loads(handle.read())
-            return ScheduleState(Schedule.from_text(told["spec"]), told["last_slot"], told["last_job"])
-        except FileNotFoundError:
-            return None
-        except (OSError, ValueError, TypeError, KeyError) as exc:
-            self._set_aside(path, f"not a schedule ({exc!r})")
-            return None
-
-    def save_schedule(self, schedule: Schedule) -> None:
-        with self.locked():
-            kept = self._read_schedule(self._schedule_path(schedule.id))
-            self._write_schedule(ScheduleState(schedule) if kept is None else
-                                 ScheduleState(schedule, kept.last_slot, kept.last_job))
-
-    def schedule_states(self) -> list[ScheduleState]:
-        states = [s for e in self._entries("schedules") if (s := self._read_schedule(e.path)) is not None]
-        return sorted(states, key=lambda s: s.schedule.id)
-
-    def remove_schedule(self, schedule_id: str) -> bool:
-        with self.locked():
-            try:
-                os.unlink(self._schedule_path(schedule_id))
-            except FileNotFoundError:
-                return False
-            return True
-
-    def fire(self, schedule: Schedule, slot_ms: int, record: JobRecord) -> bool:
-        with self.locked():
-            state = self._read_schedule(self._schedule_path(schedule.id))
-            if state is None:
-                return False
-            last = None if state.last_job is None else self.find(state.last_job)
-            verdict = fire_verdict(state.last_slot, None if last is None else due_view(last).status, slot_ms,
-                                   schedule.overlap)
-            if verdict == STALE:
-                return False
-            fired = verdict == FIRE
-            if fired:
-                self._place_pending(record)
-            last_job = record.id if fired else state.last_job
-            self._write_schedule(ScheduleState(state.schedule, slot_ms, last_job))
-            return fired
 
     def _read_starts(self, path: str, now: int) -> dict[str, list[int]]:
         """Each rated lane's starts within the longest window; ``{}`` if the file is unreadable."""
@@ -761,16 +729,15 @@ class FileStore:
     def _kv_path(self, key: str) -> str:
         return self.dir("kv", hashlib.sha256(key.encode()).hexdigest()[:40] + ".kv")
 
-    def kv_put(self, key: str, value: bytes, expires_ms: int | None) -> None:
+    def kv_write(self, key: str, value: bytes, expires_ms: int | None, only_new: bool = False) -> bool:
+        """Write one value's file; with ``only_new``, under the store lock and only if no live
+        value is there. Whether it was written."""
+        if only_new:
+            with self.locked():
+                return self.kv_get(key) is None and self.kv_write(key, value, expires_ms)
         header = json.dumps({"key": key, "expires_ms": expires_ms}).encode()
         self.write_bytes(self._kv_path(key), header + b"\n" + value)
-
-    def kv_put_new(self, key: str, value: bytes, expires_ms: int | None) -> bool:
-        with self.locked():
-            if self.kv_get(key) is not None:
-                return False
-            self.kv_put(key, value, expires_ms)
-            return True
+        return True
 
     def kv_get(self, key: str) -> bytes | None:
         found = self._kv_read(self._kv_path(key), key)
@@ -1035,8 +1002,8 @@ class FileDriver(QueueDriver):
         await self._call(self.store.insert, records)
         self._waits.wake()
 
-    async def push_unique(self, record: JobRecord, rule: UniqueRule) -> str | None:
-        holder = await self._call(self.store.insert_unique, record, rule)
+    async def push_keyed(self, record: JobRecord, lock: Lock) -> str | None:
+        holder = await self._call(self.store.insert_keyed, record, lock)
         if holder is None:
             self._waits.wake()
         return holder
@@ -1110,27 +1077,8 @@ class FileDriver(QueueDriver):
     async def lane_use(self, queue: str, lanes: Mapping[str, LaneRule]) -> dict[str, LaneUse]:
         return await self._call(self.store.lane_use, queue, lanes)
 
-    async def save_schedule(self, schedule: Schedule) -> None:
-        await self._call(self.store.save_schedule, schedule)
-
-    async def schedule_states(self) -> list[ScheduleState]:
-        return await self._call(self.store.schedule_states)
-
-    async def remove_schedule(self, schedule_id: str) -> bool:
-        return await self._call(self.store.remove_schedule, schedule_id)
-
-    async def fire(self, schedule: Schedule, slot_ms: int, record: JobRecord) -> bool:
-        fired = await self._call(self.store.fire, schedule, slot_ms, record)
-        if fired:
-            self._waits.wake()
-        return fired
-
-    async def kv_put(self, key: str, value: bytes, ttl_s: float | None = None) -> None:
-        await self._call(self.store.kv_put, check_key(key), check_value(value), expiry(now_ms(), ttl_s))
-
-    async def kv_put_new(self, key: str, value: bytes, ttl_s: float | None = None) -> bool:
-        return await self._call(self.store.kv_put_new, check_key(key), check_value(value),
-                                expiry(now_ms(), ttl_s))
+    async def _kv_write(self, key: str, value: bytes, ttl_s: float | None, *, only_new: bool) -> bool:
+        return await self._call(self.store.kv_write, key, value, expiry(now_ms(), ttl_s), only_new)
 
     async def kv_get(self, key: str) -> bytes | None:
         return await self._call(self.store.kv_get, check_key(key))

@@ -33,8 +33,7 @@ from ..features.flow import (
     recent_starts,
     rule_of,
 )
-from ..features.schedules import FIRE, STALE, Schedule, ScheduleState, fire_verdict
-from ..features.unique import UniqueRule, lock_is_live
+from ..features.unique import Lock, lock_is_live
 from ..job import (
     ACTIVE,
     CANCELLABLE_STATUSES,
@@ -137,9 +136,9 @@ class MemoryDriver(QueueDriver):
         self._active = self._held[ACTIVE]  # ids of claimed jobs, in the order they were claimed
         self._failed = self._held[FAILED]  # ids of failed jobs, in the order they failed
         self._aborts: list[AbortNotice] = []  # workers told at once of a running job cancelled
-        #: unique-job locks: key -> (job id, statuses that hold it, expiry ms or None)
-        self._uniques: dict[str, tuple[str, str, int | None]] = {}
-        self._uniques_swept_at = LOCK_SWEEP_MIN  # locks held when dead ones are next dropped
+        #: locks of unique jobs and schedule slots: key -> (job id, statuses that hold it, expiry)
+        self._locks: dict[str, tuple[str, str, int | None]] = {}
+        self._locks_swept_at = LOCK_SWEEP_MIN  # locks held when dead ones are next dropped
         self._kv: dict[str, tuple[bytes, int | None]] = {}  # the keyed store: value, expiry ms
         self._kv_swept_at = LOCK_SWEEP_MIN  # values held when expired ones are next dropped
         #: (expiry ms, id) of finished records with a ``keep_ms`` of their own, soonest first
@@ -152,7 +151,6 @@ class MemoryDriver(QueueDriver):
         self._lane_held: dict[tuple[str, str], int] = {}
         self._lane_starts: dict[tuple[str, str], deque[int]] = {}
         self._reopens_at: int | None = None  # when a lane blocked by its rate may start again
-        self._schedules: dict[str, ScheduleState] = {}
         self._deps = DependencyIndex()  # waiting jobs and the parents they wait for
         self._delayed: dict[str, list[tuple[int, int, str]]] = {}
         self._completed: deque[str] = deque()
@@ -655,15 +653,15 @@ class MemoryDriver(QueueDriver):
                 count += 1
         return count
 
-    async def push_unique(self, record: JobRecord, rule: UniqueRule) -> str | None:
-        lock = self._uniques.get(rule.key)
-        if lock is not None:
-            holder, holds, expires = lock
+    async def push_keyed(self, record: JobRecord, lock: Lock) -> str | None:
+        held = self._locks.get(lock.key)
+        if held is not None:
+            holder, holds, expires = held
             stored = self._records.get(holder)
             if lock_is_live(holds, None if stored is None else stored.status, expires, self.clock()):
                 return holder
-        self._uniques[rule.key] = (record.id, rule.holds_text, rule.expires_ms)
-        if len(self._uniques) >= self._uniques_swept_at:
+        self._locks[lock.key] = (record.id, lock.holds_text, lock.expires_ms)
+        if len(self._locks) >= self._locks_swept_at:
             self._drop_dead_locks()
         await self.push([record])
         return None
@@ -672,11 +670,11 @@ class MemoryDriver(QueueDriver):
         """Forget the locks no live job holds, once the locks have doubled since the last time:
         amortised O(1) a unique dispatch, and never more locks than twice the live ones."""
         now = self.clock()
-        for key, (holder, holds, expires) in list(self._uniques.items()):
+        for key, (holder, holds, expires) in list(self._locks.items()):
             stored = self._records.get(holder)
             if not lock_is_live(holds, None if stored is None else stored.status, expires, now):
-                del self._uniques[key]
-        self._uniques_swept_at = max(LOCK_SWEEP_MIN, 2 * len(self._uniques))
+                del self._locks[key]
+        self._locks_swept_at = max(LOCK_SWEEP_MIN, 2 * len(self._locks))
 
     async def lane_use(self, queue: str, lanes: Mapping[str, LaneRule]) -> dict[str, LaneUse]:
         now = self.clock()
@@ -684,41 +682,11 @@ class MemoryDriver(QueueDriver):
                               recent_starts(self._lane_starts.get((queue, lane), ()), rule, now))
                 for lane, rule in lanes.items()}
 
-    async def save_schedule(self, schedule: Schedule) -> None:
-        kept = self._schedules.get(schedule.id)
-        self._schedules[schedule.id] = ScheduleState(schedule) if kept is None else \
-            ScheduleState(schedule, kept.last_slot, kept.last_job)
-
-    async def schedule_states(self) -> list[ScheduleState]:
-        return [self._schedules[i] for i in sorted(self._schedules)]
-
-    async def remove_schedule(self, schedule_id: str) -> bool:
-        return self._schedules.pop(schedule_id, None) is not None
-
-    async def fire(self, schedule: Schedule, slot_ms: int, record: JobRecord) -> bool:
-        state = self._schedules.get(schedule.id)
-        if state is None:
-            return False
-        last = None if state.last_job is None else self._records.get(state.last_job)
-        status = None if last is None else last.status
-        verdict = fire_verdict(state.last_slot, status, slot_ms, schedule.overlap)
-        if verdict == STALE:
-            return False
-        fired = verdict == FIRE
-        self._schedules[schedule.id] = ScheduleState(state.schedule, slot_ms,
-                                                     record.id if fired else state.last_job)
-        if fired:
-            await self.push([record])
-        return fired
-
     # -- the keyed store -----------------------------------------------------------------------
-    async def kv_put(self, key: str, value: bytes, ttl_s: float | None = None) -> None:
-        self._kv_set(_kv.check_key(key), _kv.check_value(value), ttl_s)
-
-    async def kv_put_new(self, key: str, value: bytes, ttl_s: float | None = None) -> bool:
-        if self._kv_live(_kv.check_key(key)) is not None:
+    async def _kv_write(self, key: str, value: bytes, ttl_s: float | None, *, only_new: bool) -> bool:
+        if only_new and self._kv_live(key) is not None:
             return False
-        self._kv_set(key, _kv.check_value(value), ttl_s)
+        self._kv_set(key, value, _kv.expiry(self.clock(), ttl_s))
         return True
 
     async def kv_get(self, key: str) -> bytes | None:
@@ -738,8 +706,8 @@ class MemoryDriver(QueueDriver):
         self._kv.pop(key, None)
         return found is not None
 
-    def _kv_set(self, key: str, value: bytes, ttl_s: float | None) -> None:
-        self._kv[key] = (value, _kv.expiry(self.clock(), ttl_s))
+    def _kv_set(self, key: str, value: bytes, expires_ms: int | None) -> None:
+        self._kv[key] = (value, expires_ms)
         if len(self._kv) >= self._kv_swept_at:  # amortised: expired values never pile up
             for stale in [k for k, (_, expires) in self._kv.items() if not _kv.live(expires, self.clock())]:
                 del self._kv[stale]
@@ -757,8 +725,7 @@ class MemoryDriver(QueueDriver):
 
     async def purge(self) -> None:
         self._kv.clear()
-        self._uniques.clear()
-        self._schedules.clear()
+        self._locks.clear()
         self._deps.clear()
         self._expiring.clear()
         self._queues.clear()

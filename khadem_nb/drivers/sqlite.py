@@ -38,13 +38,12 @@ from ..config import QueueSettings
 from ..errors import ConfigError, CorruptQueueError, DriverError, DriverUnavailableError
 from ..features.dependencies import place_child
 from ..features.flow import ClaimPlan, LaneRule, LaneUse, rule_of
-from ..features.schedules import Schedule, ScheduleState
-from ..features.unique import UniqueRule
+from ..features.unique import Lock
 from ..job import TERMINAL_STATUSES, JobRecord, JobStatus
 from ..serializer import dumps
 from ._deps import edge_rows, edges_table_sql, sqlite_trigger_sql
 from ._fs import FILE_MODE, check_parent_writable, is_network_filesystem, local_path
-from ._kv import check_key, check_prefix, check_value, expiry, scan_end
+from ._kv import check_key, check_prefix, expiry, scan_end
 from ._lanes import (
     held_by_lane,
     lane_index_sql,
@@ -61,13 +60,10 @@ from ._rows import (
     expired_sql,
     finish_buckets,
     finished_counts_sql,
-    fire_step,
     live_holder,
     readable_status,
     record_from_row,
     row_of,
-    schedule_sql,
-    schedule_states,
     stale_locks_sql,
     status_filters,
     unique_lock_sql,
@@ -143,7 +139,6 @@ LATER_SCHEMA = [
     *lane_index_sql("khadem_jobs", "khadem_jobs"),
     *starts_table_sql("khadem_starts", "khadem_starts_lane"),
     workers_table_sql("khadem_workers"),
-    schedule_sql("khadem_schedules", "khadem_jobs", "?")["table"],
     *edges_table_sql("khadem_edges", "khadem_edges_child"),
     sqlite_trigger_sql("khadem_jobs", "khadem_edges"),
     # the keyed store (``QueueDriver.kv_put``): bytes under a key, with an optional expiry
@@ -154,14 +149,15 @@ LATER_SCHEMA = [
     "DELETE FROM khadem_code",
 ]
 KV_LIVE = "(expires_ms IS NULL OR expires_ms > ?)"
+KV_PUT = ("INSERT INTO khadem_kv (key, value, expires_ms) VALUES (?, ?, ?) ON CONFLICT (key) DO UPDATE "
+          "SET value = excluded.value, expires_ms = excluded.expires_ms")
 #: an upsert that replaces only an expired value: no row changes while a live one is there
 KV_PUT_NEW = ("INSERT INTO khadem_kv (key, value, expires_ms) VALUES (?, ?, ?) ON CONFLICT (key) DO UPDATE "
               "SET value = excluded.value, expires_ms = excluded.expires_ms "
               "WHERE khadem_kv.expires_ms IS NOT NULL AND khadem_kv.expires_ms <= ?")
-SCHEDULES = schedule_sql("khadem_schedules", "khadem_jobs", "?")
 LANES = lane_sql("khadem_jobs", "khadem_starts", "?")
 UNIQUE_LOCK = unique_lock_sql("khadem_jobs", "khadem_unique", "?")
-STALE_LOCKS = stale_locks_sql("khadem_jobs", "khadem_unique")
+STALE_LOCKS = stale_locks_sql("khadem_jobs", "khadem_unique", "?")
 EXPIRED = expired_sql("khadem_jobs", "?")
 TRIM_EVERY = 500  # finished jobs between retention passes (or retention_pass_interval seconds)
 TRIM_BY_COUNT = ("DELETE FROM khadem_jobs WHERE seq IN (SELECT seq FROM khadem_jobs WHERE status = ? "
@@ -256,6 +252,7 @@ class SqliteStore:
                 _add_missing_columns(conn)
                 for statement in LATER_SCHEMA:
                     conn.execute(statement)
+                _move_schedules(conn)
             else:
                 self.journal_mode = str(conn.execute("PRAGMA journal_mode").fetchone()[0]).lower()
             conn.execute("PRAGMA synchronous = NORMAL" if self.journal_mode == "wal"
@@ -321,15 +318,15 @@ class SqliteStore:
         rows = [row_of(r) for r in records]
         self.write(lambda conn: conn.executemany(INSERT, rows))
 
-    def insert_unique(self, record: JobRecord, rule: UniqueRule) -> str | None:
-        """Insert ``record`` under ``rule``'s lock unless a live job holds it (its id then)."""
+    def insert_keyed(self, record: JobRecord, lock: Lock) -> str | None:
+        """Insert ``record`` with ``lock`` unless a live lock holds its key (its job's id then)."""
         read, write = UNIQUE_LOCK
 
         def run(conn: sqlite3.Connection) -> str | None:
-            holder = live_holder(conn.execute(read, (rule.key,)).fetchone(), now_ms())
+            holder = live_holder(conn.execute(read, (lock.key,)).fetchone(), now_ms())
             if holder is not None:
                 return holder
-            conn.execute(write, (rule.key, record.id, rule.holds_text, rule.expires_ms))
+            conn.execute(write, (lock.key, record.id, lock.holds_text, lock.expires_ms))
             _insert(conn, [record])
             return None
 
@@ -394,30 +391,6 @@ class SqliteStore:
             starts = [row[0] for row in conn.execute(LANES.starts, (queue, lane, since))] if rule.rate else []
             use[lane] = LaneUse(held.get(lane, 0), len(starts))
         return use
-
-    def save_schedule(self, schedule: Schedule) -> None:
-        values = (schedule.id, schedule.queue, schedule.text())
-        self.write(lambda conn: conn.execute(SCHEDULES["save"], values))
-
-    def schedule_states(self) -> list[ScheduleState]:
-        return schedule_states(self._db().execute(SCHEDULES["states"]))
-
-    def remove_schedule(self, schedule_id: str) -> bool:
-        return self.write(lambda conn: conn.execute(SCHEDULES["remove"], (schedule_id,)).rowcount > 0)
-
-    def fire(self, schedule: Schedule, slot_ms: int, record: JobRecord) -> bool:
-        def run(conn: sqlite3.Connection) -> bool:
-            row = conn.execute(SCHEDULES["read"], (schedule.id,)).fetchone()
-            step = fire_step(row, schedule, slot_ms, record)
-            if step is None:
-                return False
-            fired, last_job = step
-            conn.execute(SCHEDULES["fired"], (slot_ms, last_job, schedule.id))
-            if fired:
-                _insert(conn, [record])
-            return fired
-
-        return self.write(run)
 
     def _reclaim_expired(self, conn: sqlite3.Connection, now: int) -> None:
         rows = conn.execute(f"{SELECT} WHERE status = 'active' AND lease_ms < ?", (now,)).fetchall()
@@ -489,7 +462,7 @@ class SqliteStore:
             for sql, params in passes:
                 conn.execute(sql, params)
             conn.execute(EXPIRED, (now_ms(),))
-            conn.execute(STALE_LOCKS)
+            conn.execute(STALE_LOCKS, (now_ms(),))
             conn.execute("DELETE FROM khadem_kv WHERE expires_ms <= ?", (now_ms(),))
 
         self.write(run)
@@ -581,14 +554,12 @@ class SqliteStore:
         return {r.key or "": r for r in records}  # rows come in seq order: the newest per key wins
 
     # -- the keyed store -----------------------------------------------------------------------
-    def kv_put(self, key: str, value: bytes, expires_ms: int | None) -> None:
-        sql = ("INSERT INTO khadem_kv (key, value, expires_ms) VALUES (?, ?, ?) ON CONFLICT (key) DO UPDATE "
-               "SET value = excluded.value, expires_ms = excluded.expires_ms")
-        self.write(lambda conn: conn.execute(sql, (key, value, expires_ms)))
-
-    def kv_put_new(self, key: str, value: bytes, expires_ms: int | None) -> bool:
-        values = (key, value, expires_ms, now_ms())
-        return bool(self.write(lambda conn: conn.execute(KV_PUT_NEW, values).rowcount))
+    def kv_write(self, key: str, value: bytes, expires_ms: int | None, only_new: bool) -> bool:
+        if only_new:
+            values = (key, value, expires_ms, now_ms())
+            return bool(self.write(lambda conn: conn.execute(KV_PUT_NEW, values).rowcount))
+        self.write(lambda conn: conn.execute(KV_PUT, (key, value, expires_ms)))
+        return True
 
     def kv_get(self, key: str) -> bytes | None:
         row = self._db().execute(f"SELECT value FROM khadem_kv WHERE key = ? AND {KV_LIVE}",
@@ -616,10 +587,30 @@ class SqliteStore:
             conn.execute("DELETE FROM khadem_kv")
             conn.execute("DELETE FROM khadem_unique")
             conn.execute("DELETE FROM khadem_edges")
-            for table in ("khadem_starts", "khadem_workers", "khadem_schedules"):
+            for table in ("khadem_starts", "khadem_workers"):
                 conn.execute(f"DELETE FROM {table}")
 
         self.write(run)
+
+
+def _move_schedules(conn: sqlite3.Connection) -> None:
+    """Schedules that earlier versions kept in a table of their own move into the keyed store
+    (``QueueDriver.save_schedule``), with their last fired slots, once; the table goes."""
+    found = "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'khadem_schedules'"
+    if conn.execute(found).fetchone() is None:
+        return
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        conn.execute("INSERT OR IGNORE INTO khadem_kv (key, value, expires_ms) "
+                     "SELECT 'schedules/' || id, CAST(spec AS BLOB), NULL FROM khadem_schedules")
+        conn.execute("INSERT OR IGNORE INTO khadem_kv (key, value, expires_ms) "
+                     "SELECT 'fired/' || id, CAST(json_object('slot', last_slot, 'job', last_job) AS BLOB), "
+                     "NULL FROM khadem_schedules WHERE last_slot IS NOT NULL")
+        conn.execute("DROP TABLE khadem_schedules")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
 
 
 def _insert(conn: sqlite3.Connection, records: Sequence[JobRecord]) -> None:
@@ -715,8 +706,8 @@ class SqliteDriver(QueueDriver):
         await self._call(SqliteStore.insert, records)
         self._waits.wake()
 
-    async def push_unique(self, record: JobRecord, rule: UniqueRule) -> str | None:
-        holder = await self._call(SqliteStore.insert_unique, record, rule)
+    async def push_keyed(self, record: JobRecord, lock: Lock) -> str | None:
+        holder = await self._call(SqliteStore.insert_keyed, record, lock)
         if holder is None:
             self._waits.wake()
         return holder
@@ -789,27 +780,8 @@ class SqliteDriver(QueueDriver):
     async def lane_use(self, queue: str, lanes: Mapping[str, LaneRule]) -> dict[str, LaneUse]:
         return await self._call(SqliteStore.lane_use, queue, lanes)
 
-    async def save_schedule(self, schedule: Schedule) -> None:
-        await self._call(SqliteStore.save_schedule, schedule)
-
-    async def schedule_states(self) -> list[ScheduleState]:
-        return await self._call(SqliteStore.schedule_states)
-
-    async def remove_schedule(self, schedule_id: str) -> bool:
-        return await self._call(SqliteStore.remove_schedule, schedule_id)
-
-    async def fire(self, schedule: Schedule, slot_ms: int, record: JobRecord) -> bool:
-        fired = await self._call(SqliteStore.fire, schedule, slot_ms, record)
-        if fired:
-            self._waits.wake()
-        return fired
-
-    async def kv_put(self, key: str, value: bytes, ttl_s: float | None = None) -> None:
-        await self._call(SqliteStore.kv_put, check_key(key), check_value(value), expiry(now_ms(), ttl_s))
-
-    async def kv_put_new(self, key: str, value: bytes, ttl_s: float | None = None) -> bool:
-        return await self._call(SqliteStore.kv_put_new, check_key(key), check_value(value),
-                                expiry(now_ms(), ttl_s))
+    async def _kv_write(self, key: str, value: bytes, ttl_s: float | None, *, only_new: bool) -> bool:
+        return await self._call(SqliteStore.kv_write, key, value, expiry(now_ms(), ttl_s), only_new)
 
     async def kv_get(self, key: str) -> bytes | None:
         return await self._call(SqliteStore.kv_get, check_key(key))

@@ -4,9 +4,10 @@ missed or overlapping run does.
 Time is cut into *slots*: the times a cron expression matches (in the schedule's time zone,
 parsed by cronsim), or the multiples of a period since the epoch. Every worker of the queue
 looks at the schedules and offers each due slot to its driver (``QueueDriver.fire``), which
-stores the slot's job only if the schedule's last fired slot is older, in one atomic step with
-storing it: a slot fires once whatever the number of workers, and a schedule survives the loss
-of any of them. A tick's job carries the key ``schedule:<id>@<slot ms>``.
+stores the slot's job only if the schedule's last fired slot is older, and takes the slot's
+lock (``slot_lock``) in one atomic step with storing it: a slot fires once whatever the number
+of workers, and a schedule survives the loss of any of them. A tick's job carries the key
+``schedule:<id>@<slot ms>``.
 
 - ``overlap="skip"`` (the default): a slot whose previous run is still queued or running is
   passed over; ``"queue"``: it is stored and waits until the previous run ends (a lane of one,
@@ -30,7 +31,7 @@ from ..draft import Draft
 from ..errors import ConfigError
 from ..job import ACTIVE, QUEUED, SCHEDULED, JobRecord, JobStatus
 from .flow import LaneRule
-from .unique import canonical_key
+from .unique import Lock, canonical_key
 
 OVERLAPS = ("skip", "queue", "allow")
 CATCHUPS = ("latest", "all", "none")
@@ -42,6 +43,10 @@ MAX_ID = 200  # characters of a schedule id
 #: the rule of the lane an ``overlap="queue"`` schedule's jobs share
 ONE_AT_A_TIME = LaneRule(concurrency=1).text()
 NONE_GRACE_MS = 2_000  # with catchup="none", a slot this late still fires (a worker was busy)
+#: how much longer than its period a slot's lock lives: past the time any worker may still
+#: offer the slot (its view of the last fired slot is RELIST_EVERY_S old at most, and one
+#: lost write of that slot leaves it one slot behind)
+SLOT_LOCK_MARGIN_MS = 600_000
 #: what a driver does with a slot offered to ``fire``
 FIRE, PASS, STALE = "fire", "pass", "stale"
 
@@ -147,6 +152,13 @@ class Schedule:
                 break
             slots.append(slot)
         return slots[::-1]
+
+    def slot_lock(self, slot_ms: int, now_ms: int) -> Lock:
+        """The lock a slot's job is stored with: once taken, no other job of that slot is
+        stored while it lives (whatever the job's status), one period and SLOT_LOCK_MARGIN_MS."""
+        following = self.next_slot(slot_ms)
+        period = 0 if following is None else following - slot_ms
+        return Lock(f"{self.queue}\tschedule\t{self.id}@{slot_ms}", (), now_ms + period + SLOT_LOCK_MARGIN_MS)
 
     def tick(self, slot_ms: int, now_ms: int) -> JobRecord:
         """The job of one slot: a new record of the schedule's job, keyed by the slot."""

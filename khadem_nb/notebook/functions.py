@@ -223,20 +223,10 @@ class JobFunction:
         job already queued or running with these arguments. ``after=`` (handles, groups or
         ids) makes it wait until they have ended; ``on_upstream_failure`` as in
         ``QueueManager.dispatch``."""
-        params = self.bind(args, kwargs)
-        if unique is None and unique_for is None and unique_key is None and on_conflict == "skip" \
-                and after is None:
-            group = self.queue.submit(self, [params], priority=priority, delay=delay,
-                                      max_attempts=max_attempts, resumable=False)
-            return group.handles[0]
-        from .handles import JobHandle
-
-        queue = self.queue
-        job_id = queue.run(queue.manager.dispatch(
-            self.make_call(params), delay, queue=queue.settings.name, priority=priority,
-            max_attempts=max_attempts, unique=unique, unique_for=unique_for, unique_key=unique_key,
-            on_conflict=on_conflict, after=after, on_upstream_failure=on_upstream_failure))
-        return JobHandle(queue, job_id, self.name, params)
+        return self.queue.dispatch_one(self, self.bind(args, kwargs), priority=priority, delay=delay,
+                                       max_attempts=max_attempts, unique=unique, unique_for=unique_for,
+                                       unique_key=unique_key, on_conflict=on_conflict, after=after,
+                                       on_upstream_failure=on_upstream_failure)
 
     def map(self, calls: Iterable[Mapping[str, Any]], *, priority: int | None = None,
             delay: float | timedelta | None = None, max_attempts: int | None = None,

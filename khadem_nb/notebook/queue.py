@@ -169,17 +169,31 @@ class Queue:
             handle.id = job_id
         return JobGroup(self, handles)
 
+    def dispatch_one(self, spec: JobFunction, params: dict[str, Any], **options: Any) -> JobHandle:
+        """One call, through the manager's one road of a dispatch (``prepare``, which checks
+        every option of ``QueueManager.dispatch`` once, then ``store``), its arguments encoded
+        once; the handle of the job stored (or, unique, of the one holding its key)."""
+        kwargs, key = self._encoded(spec, params)
+        prepared = self.manager.prepare(spec.make_call(params), queue=self.settings.name, key=key,
+                                        encoded=(spec.name, {"kwargs": kwargs}), **options)
+        return JobHandle(self, self.run(self.manager.store(prepared)), spec.name, params, key)
+
     def _build_record(self, spec: JobFunction, params: dict[str, Any], priority: int | None,
                       delay: float | timedelta | None, max_attempts: int | None) -> JobRecord:
-        """The record of one point, each argument encoded once: the same encoding names a bad
-        argument in its error, makes the point's sweep key, and is the stored payload."""
+        """The record of one point of a batch, each argument encoded once."""
+        kwargs, key = self._encoded(spec, params)
+        return self.manager.build_record(spec.make_call(params), delay=delay, queue=self.settings.name,
+                                         priority=priority, max_attempts=max_attempts, key=key,
+                                         encoded=(spec.name, {"kwargs": kwargs}))
+
+    @staticmethod
+    def _encoded(spec: JobFunction, params: dict[str, Any]) -> tuple[dict[str, Any], str]:
+        """A call's arguments encoded once: the same encoding names a bad argument in its
+        error, makes the call's sweep key, and is the stored payload."""
         from ..serializer import encode_arguments
 
         kwargs = encode_arguments(params, lambda name: f"argument {name!r} of {spec.name}()")
-        return self.manager.build_record(spec.make_call(params), delay=delay, queue=self.settings.name,
-                                         priority=priority, max_attempts=max_attempts,
-                                         key=spec.key(kwargs),
-                                         encoded=(spec.name, {"kwargs": kwargs}))
+        return kwargs, spec.key(kwargs)
 
     async def _store(self, records: list[JobRecord], resumable: bool, rerun_cancelled: bool,
                      on_code_change: str = "warn") -> list[str]:

@@ -25,20 +25,18 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, ClassVar
 
-from ... import limits
 from ..._ids import new_token
 from ..._time import now_ms
 from ...config import URL_QUERY_KEYS, QueueSettings
 from ...errors import ConfigError, CorruptQueueError, DriverError, DriverUnavailableError
 from ...features.dependencies import place_child
 from ...features.flow import ClaimPlan, LaneRule, LaneUse, rule_of
-from ...features.schedules import Schedule, ScheduleState
-from ...features.unique import UniqueRule
+from ...features.unique import Lock
 from ...job import JobRecord, JobStatus
 from ...serializer import dumps
 from .._batches import TurnBatch, through_outage
 from .._deps import edge_rows
-from .._kv import check_key, check_prefix, check_value, scan_end
+from .._kv import check_key, check_prefix, scan_end
 from .._lanes import (
     held_by_lane,
     lane_sql,
@@ -52,13 +50,10 @@ from .._rows import (
     expired_sql,
     finish_buckets,
     finished_counts_sql,
-    fire_step,
     live_holder,
     readable_status,
     record_from_row,
     row_of,
-    schedule_sql,
-    schedule_states,
     stale_locks_sql,
     status_filters,
     unique_lock_sql,
@@ -127,7 +122,6 @@ class PostgresDriver(QueueDriver):
         self._claim = claim_sql(schema)
         self._claim_lane = claim_sql(schema, "lane = %(lane)s")
         self._lanes_sql = lane_sql(self.table, f"{schema}.starts", "%s")
-        self._schedule_sql = schedule_sql(f"{schema}.schedules", self.table, "%s")
         #: monotonic time until which a queue is taken to hold no due limited job (a lanes
         #: phase found none): its claims skip the lanes phase until then, or until this
         #: process dispatches a limited job to it
@@ -407,25 +401,25 @@ class PostgresDriver(QueueDriver):
         for record in records:  # built before the manager had this driver: checked here, all first
             self.check_priority(record.priority)
 
-    async def push_unique(self, record: JobRecord, rule: UniqueRule) -> str | None:
+    async def push_keyed(self, record: JobRecord, lock: Lock) -> str | None:
         """A key nobody holds yet: one statement inserts the lock and the job (a concurrent
         dispatch of the same key waits on the lock's index entry, then finds it taken). A key
         with a lock: one transaction locks its row (FOR UPDATE) and takes it over only if dead."""
-        lock = (rule.key, record.id, rule.holds_text, rule.expires_ms)
+        row_lock = (lock.key, record.id, lock.holds_text, lock.expires_ms)
         row = row_of(record)
 
         async def first(conn: Any) -> bool:
-            return bool((await (await conn.execute(self._unique_insert, (*lock, *row))).fetchone())[0])
+            return bool((await (await conn.execute(self._unique_insert, (*row_lock, *row))).fetchone())[0])
 
         async def take_over(conn: Any) -> str | None:
             async with conn.transaction():
-                holder = await self._take_lock(conn, lock)
+                holder = await self._take_lock(conn, row_lock)
                 if holder is None:
                     await conn.execute(self._insert_sql(1), row)
                 return holder
 
         async def with_parents(conn: Any) -> str | None:
-            return await self._insert_children(conn, [record], lock)
+            return await self._insert_children(conn, [record], row_lock)
 
         holder: str | None
         if record.parents:  # the parents are locked and judged in the same transaction
@@ -543,36 +537,6 @@ class PostgresDriver(QueueDriver):
 
         return await self._run(work)  # type: ignore[no-any-return]
 
-    async def save_schedule(self, schedule: Schedule) -> None:
-        await self._fetch(self._schedule_sql["save"], (schedule.id, schedule.queue, schedule.text()))
-
-    async def schedule_states(self) -> list[ScheduleState]:
-        return schedule_states(await self._fetch(self._schedule_sql["states"]))
-
-    async def remove_schedule(self, schedule_id: str) -> bool:
-        return bool(await self._fetch(self._schedule_sql["remove"] + " RETURNING id", (schedule_id,)))
-
-    async def fire(self, schedule: Schedule, slot_ms: int, record: JobRecord) -> bool:
-        sql = self._schedule_sql
-        row_values = row_of(record)
-
-        async def work(conn: Any) -> bool:
-            async with conn.transaction():
-                row = await (await conn.execute(sql["read"] + " FOR UPDATE OF s", (schedule.id,))).fetchone()
-                step = fire_step(row, schedule, slot_ms, record)
-                if step is None:
-                    return False
-                fired, last_job = step
-                await conn.execute(sql["fired"], (slot_ms, last_job, schedule.id))
-                if fired:
-                    await conn.execute(self._insert_sql(1), row_values)  # notifies idle workers
-                return fired
-
-        fired: bool = await self._run(work)
-        if fired:
-            self._waits.wake()
-        return fired
-
     async def heartbeat(self, records: Sequence[JobRecord]) -> list[bool]:
         sql = (f"UPDATE {self.table} j SET lease_ms = {NOW} + %s FROM unnest(%s::text[], %s::text[]) "
                "AS h(id, token) WHERE j.id = h.id AND j.token = h.token AND j.status = 'active' "
@@ -642,7 +606,7 @@ class PostgresDriver(QueueDriver):
                        (("completed", completed_before), ("failed", failed_before)) if cutoff is not None]
 
         statements.append((expired_sql(self.table, NOW), ()))
-        statements.append((stale_locks_sql(self.table, f"{self.schema}.uniques"), ()))
+        statements.append((stale_locks_sql(self.table, f"{self.schema}.uniques", NOW), ()))
         statements.append((f"DELETE FROM {self.schema}.kv WHERE expires_ms <= {NOW}", ()))
         statements.append((self._lanes_sql.forget_starts, (oldest_start_kept(now_ms()),)))
 
@@ -703,17 +667,14 @@ RETURNING id, token IS NOT NULL
     def _kv_upsert(self, ttl_s: float | None, only_over_expired: bool) -> str:
         """Store a value with an expiry ``ttl_s`` from now on the server's clock; with
         ``only_over_expired``, replace only an expired one (``RETURNING`` says if it stored)."""
-        expires = "NULL" if ttl_s is None else f"{NOW} + {int(limits.seconds(ttl_s, 'ttl') * 1000)}"
+        expires = "NULL" if ttl_s is None else f"{NOW} + {max(1, int(ttl_s * 1000))}"
         where = f" WHERE kv.expires_ms <= {NOW}" if only_over_expired else ""
         return (f"INSERT INTO {self.schema}.kv AS kv (key, value, expires_ms) VALUES (%s, %s, {expires}) "
                 "ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value, expires_ms = EXCLUDED.expires_ms"
                 f"{where} RETURNING 1")
 
-    async def kv_put(self, key: str, value: bytes, ttl_s: float | None = None) -> None:
-        await self._fetch(self._kv_upsert(ttl_s, False), (check_key(key), check_value(value)))
-
-    async def kv_put_new(self, key: str, value: bytes, ttl_s: float | None = None) -> bool:
-        return bool(await self._fetch(self._kv_upsert(ttl_s, True), (check_key(key), check_value(value))))
+    async def _kv_write(self, key: str, value: bytes, ttl_s: float | None, *, only_new: bool) -> bool:
+        return bool(await self._fetch(self._kv_upsert(ttl_s, only_new), (key, value)))
 
     async def kv_get(self, key: str) -> bytes | None:
         rows = await self._fetch(f"SELECT value FROM {self.schema}.kv WHERE key = %s AND "
@@ -801,8 +762,8 @@ RETURNING id, token IS NOT NULL
 
     async def purge(self) -> None:
         s = self.schema
-        tables = ", ".join(f"{s}.{name}" for name in ("code", "uniques", "starts", "workers", "schedules",
-                                                      "edges", "kv"))
+        tables = ", ".join(f"{s}.{name}" for name in ("code", "uniques", "starts", "workers", "edges",
+                                                      "kv"))
         await self._fetch(f"TRUNCATE {self.table}, {tables}")
 
 

@@ -17,7 +17,6 @@ from .._lanes import (
 )
 from .._rows import (
     COLUMNS,
-    schedule_sql,
 )
 from ..base import (
     COMPLETE,
@@ -27,7 +26,7 @@ from ..base import (
 logger = logging.getLogger(__name__)
 
 
-SCHEMA_VERSION = 9
+SCHEMA_VERSION = 10
 IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}\Z")
 MAX_IDENTIFIER = 63  # bytes of a PostgreSQL name (NAMEDATALEN - 1), channels included
 NOW = "(extract(epoch FROM clock_timestamp()) * 1000)::bigint"
@@ -127,7 +126,8 @@ def upgrade_sql(schema: str) -> dict[int, list[str]]:
             *starts_table_sql(f"{s}.starts", "starts_lane"),
             workers_table_sql(f"{s}.workers")],
         # schedules (``schedules``): each one's spec, last fired slot and that slot's job
-        6: [schedule_sql(f"{s}.schedules", f"{s}.jobs", "%s")["table"]],
+        6: [f"CREATE TABLE IF NOT EXISTS {s}.schedules (id TEXT PRIMARY KEY, queue TEXT NOT NULL, "
+            "spec TEXT NOT NULL, last_slot BIGINT, last_job TEXT)"],
         # jobs that wait for others (``dependencies``, ``_deps``): their parents, what a failed
         # parent does, what they are given; the edges they still wait on; the trigger that
         # releases them as each parent ends
@@ -148,6 +148,14 @@ def upgrade_sql(schema: str) -> dict[int, list[str]]:
             "expires_ms bigint)",
             f"INSERT INTO {s}.kv (key, value, expires_ms) SELECT 'code/' || digest, envelope, NULL "
             f"FROM {s}.code ON CONFLICT DO NOTHING"],
+        # schedules, kept in their own table until version 9, move into the keyed store: the
+        # definition under ``schedules/<id>``, the last fired slot and its job under ``fired/<id>``
+        10: [f"INSERT INTO {s}.kv (key, value, expires_ms) SELECT 'schedules/' || id, "
+             f"convert_to(spec, 'UTF8'), NULL FROM {s}.schedules ON CONFLICT DO NOTHING",
+             f"INSERT INTO {s}.kv (key, value, expires_ms) SELECT 'fired/' || id, "
+             "convert_to(json_build_object('slot', last_slot, 'job', last_job)::text, 'UTF8'), NULL "
+             f"FROM {s}.schedules WHERE last_slot IS NOT NULL ON CONFLICT DO NOTHING",
+             f"DROP TABLE {s}.schedules"],
     }
 
 

@@ -24,25 +24,27 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import json
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, ClassVar, TypeVar
 
-from ... import limits
 from ..._ids import new_token
 from ..._time import now_ms
 from ...config import QueueSettings
 from ...errors import ConfigError, CorruptQueueError, DriverError
 from ...features.flow import LaneRule, LaneUse
-from ...features.schedules import Schedule, ScheduleState
-from ...features.unique import UniqueRule
+from ...features.schedules import ScheduleState
+from ...features.unique import Lock
 from ...job import TERMINAL_STATUSES, JobRecord, JobStatus
 from ...serializer import dumps
-from .._kv import check_key, check_prefix, check_value
+from .._kv import check_key, check_prefix
 from .._records import due_view
 from ..base import (
+    FIRED_KEY,
     LEASE_LOST_ERROR,
+    SCHEDULES_KEY,
     AbortNotice,
     QueueDriver,
     Settlement,
@@ -64,6 +66,7 @@ from .keys import (
     item_key_patterns,
     kv_key,
     kv_pattern,
+    legacy_keys,
     queue_keys,
     workers_key,
 )
@@ -117,6 +120,7 @@ class RedisDriver(QueueDriver):
         self._leaving: asyncio.Task[None] | None = None  # leave.lua calls after an interrupt
         self._queue_was_empty = False  # the last claim came back short: wait before claiming
         self._next_due_at: float | None = None  # loop time when the next delayed job is due
+        self._legacy_moved = False  # schedules of earlier versions moved into the keyed store
 
     @property
     def client(self) -> Any:
@@ -222,49 +226,41 @@ class RedisDriver(QueueDriver):
         chunks = [records[i : i + PUSH_CHUNK] for i in range(0, len(records), PUSH_CHUNK)]
         await (self._enqueue_each(chunks) if len(chunks) <= 1 else self.push_chunks(chunks))
 
-    async def push_unique(self, record: JobRecord, rule: UniqueRule) -> str | None:
+    async def push_keyed(self, record: JobRecord, lock: Lock) -> str | None:
         """enqueue.lua checks and takes the lock and stores the job in one script."""
         self.check_priority(record.priority)
         await self._left()
         await self._announce([record.queue])
-        lock = f"{record.id}|{rule.holds_text}|{-1 if rule.expires_ms is None else rule.expires_ms}"
-        held = await self._run("enqueue", record.queue, wire.enqueue_args([record], [rule.key, lock]))
+        value = f"{record.id}|{lock.holds_text}|{-1 if lock.expires_ms is None else lock.expires_ms}"
+        held = await self._run("enqueue", record.queue, wire.enqueue_args([record], [lock.key, value]))
         return held.decode() if isinstance(held, bytes) else None
 
-    async def save_schedule(self, schedule: Schedule) -> None:
-        await self._announce([schedule.queue])
-        key = self.keys(schedule.queue)[KEY_INDEX["schedules"]]
-        await self._on(schedule.queue, lambda: self.client.hset(key, schedule.id, schedule.text()))
-
     async def schedule_states(self) -> list[ScheduleState]:
-        """The schedules of every queue under the prefix, with their last fired slots."""
-        states: list[ScheduleState] = []
-        for queue in await self._all_queues():
-            keys = self.keys(queue)
-            specs_key, ticks_key = keys[KEY_INDEX["schedules"]], keys[KEY_INDEX["ticks"]]
-            specs = await self._on(queue, functools.partial(self.client.hgetall, specs_key))
-            if specs:
-                ticks = await self._on(queue, functools.partial(self.client.hgetall, ticks_key))
-                states += [state for sid, spec in specs.items()
-                           if (state := wire.schedule_state(spec, ticks.get(sid))) is not None]
-        return sorted(states, key=lambda s: s.schedule.id)
+        await self._move_legacy_schedules()
+        return await super().schedule_states()
 
     async def remove_schedule(self, schedule_id: str) -> bool:
-        removed = False
-        for queue in await self._all_queues():
-            keys = self.keys(queue)
-            specs_key, ticks_key = keys[KEY_INDEX["schedules"]], keys[KEY_INDEX["ticks"]]
-            gone = await self._on(queue, functools.partial(self.client.hdel, specs_key, schedule_id))
-            await self._on(queue, functools.partial(self.client.hdel, ticks_key, schedule_id))
-            removed = removed or bool(gone)
-        return removed
+        await self._move_legacy_schedules()
+        return await super().remove_schedule(schedule_id)
 
-    async def fire(self, schedule: Schedule, slot_ms: int, record: JobRecord) -> bool:
-        """enqueue.lua checks and moves the schedule's last slot and stores the job in one script."""
-        await self._left()
-        args = wire.enqueue_args([record], ["", "", schedule.id, slot_ms, schedule.overlap])
-        answer = await self._run("enqueue", record.queue, args)
-        return answer not in (b"stale", b"passed")
+    async def _move_legacy_schedules(self) -> None:
+        """Move the schedules that versions before the keyed store kept in each queue's
+        ``schedules`` and ``ticks`` hashes into the keyed store, once a process."""
+        if self._legacy_moved:
+            return
+        for queue in await self._all_queues():
+            specs_key, ticks_key = legacy_keys(self.settings.prefix, queue)
+            specs = await self._on(queue, functools.partial(self.client.hgetall, specs_key))
+            ticks = await self._on(queue, functools.partial(self.client.hgetall, ticks_key)) if specs else {}
+            for schedule_id, spec in specs.items():
+                sid = schedule_id.decode()
+                if await self.kv_put_new(f"{SCHEDULES_KEY}{sid}", spec) and ticks.get(schedule_id):
+                    slot, _, job = ticks[schedule_id].decode().partition("|")
+                    fired = {"slot": int(slot), "job": job or None}
+                    await self.kv_put(f"{FIRED_KEY}{sid}", json.dumps(fired).encode())
+            if specs:
+                await self._on(queue, functools.partial(self.client.delete, specs_key, ticks_key))
+        self._legacy_moved = True
 
     async def push_chunks(self, chunks: Iterable[Sequence[JobRecord]]) -> None:
         await self._left()
@@ -678,13 +674,9 @@ class RedisDriver(QueueDriver):
         return {lane: LaneUse(values[2 * i], values[2 * i + 1]) for i, lane in enumerate(lanes)}
 
     # -- the keyed store: one string a key, its lifetime Redis's own expiry ----------------------
-    async def kv_put(self, key: str, value: bytes, ttl_s: float | None = None) -> None:
-        name, data, px = kv_key(self.settings.prefix, check_key(key)), check_value(value), _px(ttl_s)
-        await self._on([], lambda: self.client.set(name, data, px=px))
-
-    async def kv_put_new(self, key: str, value: bytes, ttl_s: float | None = None) -> bool:
-        name, data, px = kv_key(self.settings.prefix, check_key(key)), check_value(value), _px(ttl_s)
-        return bool(await self._on([], lambda: self.client.set(name, data, px=px, nx=True)))
+    async def _kv_write(self, key: str, value: bytes, ttl_s: float | None, *, only_new: bool) -> bool:
+        name, px = kv_key(self.settings.prefix, key), None if ttl_s is None else max(1, int(ttl_s * 1000))
+        return bool(await self._on([], lambda: self.client.set(name, value, px=px, nx=only_new)))
 
     async def kv_get(self, key: str) -> bytes | None:
         name = kv_key(self.settings.prefix, check_key(key))
@@ -715,6 +707,7 @@ class RedisDriver(QueueDriver):
         keyed store."""
         queues = await self._all_queues()
         keys = [key for queue in queues for key in self.keys(queue)]
+        keys += [key for queue in queues for key in legacy_keys(self.settings.prefix, queue)]
         keys += [self.queues.key, code_key(self.settings.prefix), workers_key(self.settings.prefix)]
         pattern = kv_pattern(self.settings.prefix, "")
         keys += [key async for key in self.client.scan_iter(match=pattern, count=1000)]
@@ -734,8 +727,3 @@ class RedisDriver(QueueDriver):
 
 def loop_time() -> float:
     return asyncio.get_running_loop().time()
-
-
-def _px(ttl_s: float | None) -> int | None:
-    """A keyed-store lifetime as Redis's PX (ms), checked; ``None``: none."""
-    return None if ttl_s is None else max(1, int(limits.seconds(ttl_s, "ttl") * 1000))

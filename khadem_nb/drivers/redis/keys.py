@@ -28,14 +28,12 @@ waiting    sorted set   workers registered for hand-off, scored by when their wa
 handoff    list         jobs a dispatch claimed for a waiting worker
 line       list         ready jobs of priority 0, FIFO
 cancelled  sorted set   cancelled jobs, scored by when they were cancelled
-unique     hash         unique key -> ``job id|statuses that hold it|expiry ms (-1: none)``
+unique     hash         lock key -> ``job id|statuses that hold it (*: any)|expiry ms (-1: none)``
 expiring   sorted set   finished jobs with a lifetime of their own, scored by when it ends
 lane_of    hash         id -> the lane of a job with limits (``flow``)
 lanes      hash         lane -> its rule (JSON, as the last dispatch to it wrote it)
 lane_wait  sorted set   lanes with ready jobs, scored by the score of their first one
 lane_held  hash         lane -> how many of its jobs are held now
-schedules  hash         schedule id -> the schedule (JSON) of this queue
-ticks      hash         schedule id -> ``last fired slot ms|that slot's job id``
 awaiting   sorted set   jobs waiting for others (``dependencies``), scored by creation order
 =========  ===========  ========================================================================
 
@@ -43,7 +41,9 @@ Each lane also has two keys of its own under the same hash tag: ``lane_wait:<lan
 set of its ready jobs scored as in ``ready``, and ``lanes:<lane>:starts``, the start times of
 its rate window (``lane_keys`` names them). A waiting job has ``awaiting:left:<id>``, the set of
 parents it still waits for, and a parent with waiting children ``awaiting:children:<id>``, the
-set of them as ``child|on_upstream_failure``.
+set of them as ``child|on_upstream_failure``. Versions before the keyed store kept a queue's
+schedules in two more hashes, ``schedules`` and ``ticks`` (``LEGACY_NAMES``): the driver moves
+them into the keyed store the first time it lists schedules.
 
 Keys outside every queue's hash tag: ``{prefix}:queues``, the set of queue names any process
 dispatched to (see ``directory``), ``{prefix}:code``, a hash of shipped code envelopes by digest
@@ -64,7 +64,7 @@ from ...job import JobStatus
 KEY_NAMES = ("seq", "ready", "delayed", "active", "completed", "failed", "all", "state", "token",
              "result", "error", "reclaims", "meta", "keys", "notify", "sweep", "waiting", "handoff",
              "line", "cancelled", "unique", "expiring", "lane_of", "lanes", "lane_wait", "lane_held",
-             "schedules", "ticks", "awaiting")
+             "awaiting")
 #: position of each key in ``KEY_NAMES`` (and in a script's ``KEYS``, counted from 0)
 KEY_INDEX = {name: index for index, name in enumerate(KEY_NAMES)}
 #: the Redis type of each key (``TYPE`` answers ``none`` for a key not yet written)
@@ -73,8 +73,10 @@ KEY_TYPES = {"seq": "string", "ready": "zset", "delayed": "zset", "active": "zse
              "error": "hash", "reclaims": "hash", "meta": "hash", "keys": "hash", "notify": "list",
              "sweep": "string", "waiting": "zset", "handoff": "list", "line": "list",
              "cancelled": "zset", "unique": "hash", "expiring": "zset", "lane_of": "hash", "lanes": "hash",
-             "lane_wait": "zset", "lane_held": "hash", "schedules": "hash", "ticks": "hash",
-             "awaiting": "zset"}
+             "lane_wait": "zset", "lane_held": "hash", "awaiting": "zset"}
+#: a queue's keys of earlier versions: its schedules by id, and ``slot|job`` of each one's last
+#: fired slot
+LEGACY_NAMES = ("schedules", "ticks")
 #: the hashes that hold one field per job, in the order ``fetch.lua`` returns them
 COLUMNS = ("state", "token", "result", "error", "reclaims", "meta")
 #: the sorted set that lists the jobs of each status
@@ -91,6 +93,12 @@ def queue_keys(prefix: str, queue: str) -> list[str]:
     """All keys of one queue, in ``KEY_NAMES`` order, sharing the hash tag ``{prefix:queue}``."""
     tag = hash_tag(prefix, queue)
     return [f"{tag}:{name}" for name in KEY_NAMES]
+
+
+def legacy_keys(prefix: str, queue: str) -> list[str]:
+    """The keys ``LEGACY_NAMES`` names, of one queue."""
+    tag = hash_tag(prefix, queue)
+    return [f"{tag}:{name}" for name in LEGACY_NAMES]
 
 
 def lane_keys(prefix: str, queue: str, lane: str) -> list[str]:

@@ -8,7 +8,6 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from ...config import QueueSettings
-from ...features.schedules import Schedule, ScheduleState
 from ...job import JobRecord, JobStatus
 from ...serializer import dumps
 from .._records import due_view
@@ -37,8 +36,8 @@ def enqueue_args(records: Sequence[JobRecord], extra: Sequence[Any] = ()) -> lis
     ``priority<TAB>delay_ms<TAB>key_json<TAB>lane_json<TAB>n`` (key empty for none, lane
     ``[lane, rule]`` or empty) and n job lines
     ``id<TAB>data``. Compact JSON escapes every control character, so tabs and newlines only
-    ever separate; a dispatch's jobs usually make one run. Then ``extra`` (a unique lock, a
-    schedule's tick), and where jobs have parents, their parents as JSON in the ninth place."""
+    ever separate; a dispatch's jobs usually make one run. Then ``extra`` (a lock's key and
+    value), and where jobs have parents, their parents as JSON in the sixth place."""
     prefixes: dict[tuple[Any, ...], str] = {}
     parts: list[str] = []
     run: tuple[int, int, str | None, str | None, str | None] | None = None
@@ -58,7 +57,7 @@ def enqueue_args(records: Sequence[JobRecord], extra: Sequence[Any] = ()) -> lis
     args = [NOTIFY_CAP, len(records), "\n".join(parts), *extra]
     children = {r.id: [r.on_upstream_failure, r.parents] for r in records if r.parents}
     if children:
-        args += [""] * (8 - len(args)) + [dumps(children)]
+        args += [""] * (5 - len(args)) + [dumps(children)]
     return args
 
 
@@ -95,18 +94,6 @@ def _data_prefix(record: JobRecord) -> str:
     return (f'{{"job":{dumps(record.name)},"priority":{record.priority},'
             f'"max_attempts":{record.max_attempts},"timeout_s":{dumps(record.timeout_s)},'
             f'"code":{dumps(record.code)},{keep}{lane}"payload":')
-
-
-def schedule_state(spec: bytes, tick: bytes | None) -> ScheduleState | None:
-    """A schedule read back with its ``slot|job`` tick; a spec that does not read is left out."""
-    try:
-        schedule = Schedule.from_text(spec)
-    except (ValueError, KeyError, TypeError):
-        return None
-    if not tick:
-        return ScheduleState(schedule)
-    slot, _, job = tick.decode().partition("|")
-    return ScheduleState(schedule, int(slot), job or None)
 
 
 def retention_args(settings: QueueSettings) -> list[int]:

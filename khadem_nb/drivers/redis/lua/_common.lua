@@ -5,8 +5,7 @@ local K_STATE, K_TOKEN, K_RESULT, K_ERROR, K_RECLAIMS, K_META = 8, 9, 10, 11, 12
 local K_KEYS, K_NOTIFY, K_SWEEP, K_WAITING, K_HANDOFF, K_LINE = 14, 15, 16, 17, 18, 19
 local K_CANCELLED, K_UNIQUE, K_EXPIRING = 20, 21, 22
 local K_LANE_OF, K_LANES, K_LANE_WAIT, K_LANE_HELD = 23, 24, 25, 26
-local K_SCHEDULES, K_TICKS = 27, 28
-local K_AWAITING = 29
+local K_AWAITING = 27
 
 -- Ready jobs: those of priority 0 (nearly all) wait in the K_LINE list, FIFO, where a batch is
 -- one RPUSH; the others in the K_READY sorted set, scored -priority * 1e12 + seq, so scores
@@ -52,13 +51,15 @@ local function set_state(id, s)
   redis.call('HSET', KEYS[K_STATE], id, state_text(s))
 end
 
--- The holder of a unique lock ("id|statuses that hold it|expiry ms (-1: none)") while the lock
--- is live (its job exists in one of those statuses, not expired); nil for a dead lock.
+-- The holder of a lock ("id|statuses that hold it|expiry ms (-1: none)") while the lock is
+-- live (not expired, and its job exists in one of those statuses, or any status for '*', even
+-- gone); nil for a dead lock.
 local function live_holder(lock, now)
   local holder, holds, expires = string.match(lock, '^(.-)|(.-)|(%-?%d+)$')
-  local s = holder and get_state(holder)
-  if s and (tonumber(expires) < 0 or now < tonumber(expires))
-      and string.find(',' .. holds .. ',', ',' .. s.status .. ',', 1, true) then
+  if not holder or (tonumber(expires) >= 0 and now >= tonumber(expires)) then return nil end
+  if holds == '*' then return holder end
+  local s = get_state(holder)
+  if s and string.find(',' .. holds .. ',', ',' .. s.status .. ',', 1, true) then
     return holder
   end
   return nil

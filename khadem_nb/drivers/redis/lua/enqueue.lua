@@ -17,38 +17,19 @@
 local now = now_ms()
 local count, batch = tonumber(ARGV[2]), ARGV[3]
 if count == 0 then return now end
--- A unique dispatch (one job) names its lock: ARGV[4] the lock's field, ARGV[5] the lock to
--- store, "id|statuses that hold it|expiry ms (-1: none)". A live lock (its job exists in one of
--- those statuses, not expired) stores nothing and returns the holder's id.
--- A schedule's tick (one job) names its schedule: ARGV[6] its id, ARGV[7] the slot (ms), ARGV[8]
--- its overlap. A slot at or before the last fired one stores nothing ('stale'); with overlap
--- 'skip', neither does a slot whose previous job is pending or running ('passed', the slot
--- counted as fired). A schedule removed meanwhile fires nothing.
-if ARGV[6] and ARGV[6] ~= '' then
-  if redis.call('HEXISTS', KEYS[K_SCHEDULES], ARGV[6]) == 0 then return 'stale' end
-  local last = redis.call('HGET', KEYS[K_TICKS], ARGV[6])
-  local id = string.match(batch, '\n([^\t\n]+)\t')
-  if last then
-    local slot, job = string.match(last, '^(%-?%d+)|(.*)$')
-    if tonumber(slot) >= tonumber(ARGV[7]) then return 'stale' end
-    local s = ARGV[8] == 'skip' and job ~= '' and get_state(job)
-    if s and (s.status == 'queued' or s.status == 'scheduled' or s.status == 'active') then
-      redis.call('HSET', KEYS[K_TICKS], ARGV[6], ARGV[7] .. '|' .. job)
-      return 'passed'
-    end
-  end
-  redis.call('HSET', KEYS[K_TICKS], ARGV[6], ARGV[7] .. '|' .. id)
-end
+-- A keyed dispatch (one job: a unique job, a schedule's slot) names its lock: ARGV[4] the
+-- lock's field, ARGV[5] the lock to store, "id|statuses that hold it|expiry ms (-1: none)". A
+-- live lock (see live_holder) stores nothing and returns the holder's id.
 if ARGV[4] and ARGV[4] ~= '' then
   local lock = redis.call('HGET', KEYS[K_UNIQUE], ARGV[4])
   local holder = lock and live_holder(lock, now)
   if holder then return holder end
   redis.call('HSET', KEYS[K_UNIQUE], ARGV[4], ARGV[5])
 end
--- Jobs with parents: ARGV[9], JSON {id: [on_upstream_failure, [parent ids]]}. Each is judged
+-- Jobs with parents: ARGV[6], JSON {id: [on_upstream_failure, [parent ids]]}. Each is judged
 -- against its parents here: a parent gone, or failed or cancelled (unless the job runs anyway),
 -- cancels it; parents not ended yet make it wait (see _common.lua); else it is stored ready.
-local kids = ARGV[9] and ARGV[9] ~= '' and cjson.decode(ARGV[9]) or nil
+local kids = ARGV[6] and ARGV[6] ~= '' and cjson.decode(ARGV[6]) or nil
 
 -- 'waiting' or 'cancelled' for a job with parents that does not start ready, its sets written
 local function place_child(id, kid, seq, now)
