@@ -5,7 +5,8 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import json
-from collections.abc import Mapping
+import operator
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import Enum
@@ -316,4 +317,82 @@ class JobRecord:
         """A shallow copy with its own ``meta`` dict."""
         return dataclasses.replace(self, meta=dict(self.meta))
 
+    def extra_json(self, cache: dict[tuple[Any, ...], str | None] | None = None) -> str | None:
+        """The fields of EXTRA_FIELDS that are set, as one JSON object (``None`` when none is):
+        how a driver stores them, in one field. ``cache``: texts made for earlier records of a
+        batch, by their values (records of one job class share them)."""
+        values = _extra_values(self)
+        if cache is not None:
+            try:
+                return cache[values]
+            except KeyError:
+                pass
+            except TypeError:  # a list among them (parents): not kept
+                cache = None
+        extra = {name: value for name, value in zip(EXTRA_FIELDS, values, strict=True) if value is not None}
+        from .serializer import dumps
+
+        text = dumps(extra) if extra else None
+        if cache is not None:
+            cache[values] = text
+        return text
+
+    def read_extra(self, text: str | bytes | None) -> str | None:
+        """Set the fields of EXTRA_FIELDS from what ``extra_json`` stored; a field that does not
+        read is left unset. What is wrong, or ``None``."""
+        if text is None:
+            return None
+        try:
+            extra = json.loads(text)
+        except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+            return f"its extra fields are not JSON ({exc})"
+        return self.apply_extra(extra)
+
+    def apply_extra(self, extra: Any) -> str | None:
+        """Set the fields of EXTRA_FIELDS that ``extra`` (a parsed ``extra_json``) holds; what
+        is wrong, or ``None``."""
+        if not isinstance(extra, dict):
+            return f"its extra fields are {type(extra).__name__}, not an object"
+        problems = []
+        for name, read in EXTRA_FIELDS.items():
+            value = extra.get(name)
+            if value is None:
+                continue
+            try:
+                setattr(self, name, read(value))
+            except (TypeError, ValueError) as exc:
+                problems.append(f"{name} is {value!r}, {exc}")
+        return "; ".join(problems) or None
+
 _WIRE_FIELDS = tuple(f.name for f in dataclasses.fields(JobRecord) if f.name not in ("name", "status"))
+
+
+def _seconds(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError("not a number")
+    return float(value)
+
+
+def _text(value: Any) -> str:
+    if not isinstance(value, str):
+        raise TypeError("not text")
+    return value
+
+
+def _texts(value: Any) -> list[str]:
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise TypeError("not a list of text")
+    return list(value)
+
+
+#: the record fields that no claim, index or filter reads, and how each reads back (a
+#: ``TypeError`` saying what it is not, and the record is quarantined): every
+#: driver keeps them together in one JSON field (``JobRecord.extra_json``), so a new one is
+#: declared here and on ``JobRecord``, and nowhere in the drivers
+EXTRA_FIELDS: dict[str, Callable[[Any], Any]] = {
+    "timeout_s": _seconds,
+    "code": _text,
+    "parents": _texts,
+    "feed": _text,
+}
+_extra_values = operator.attrgetter(*EXTRA_FIELDS)

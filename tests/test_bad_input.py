@@ -200,7 +200,9 @@ def _sqlite_update(path: Path, sql: str, *params: Any) -> None:
 @pytest.mark.parametrize(("column", "value", "reason"), [
     ("payload", "{not json", "payload is not JSON"),
     ("meta", "[[[garbage", "meta is not JSON"),
-    ("timeout_s", "soon", "timeout_s is 'soon', not a number"),
+    ("extra", '{"timeout_s": "soon"}', "timeout_s is 'soon', not a number"),
+    ("extra", '{"parents": [1, 2]}', "parents is [1, 2], not a list of text"),
+    ("extra", "{cut off", "its extra fields are not JSON"),
     ("status", "weird", "status 'weird' is not one of"),
 ])
 async def test_sqlite_a_damaged_row_is_quarantined(tmp_path: Path, column: str, value: str,

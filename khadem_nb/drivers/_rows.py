@@ -16,11 +16,15 @@ from .quarantine import checked
 
 logger = logging.getLogger(__name__)
 
-#: a job's columns, in the order rows are written and read
+#: a job's columns, in the order rows are written and read: those a claim, an index, a filter
+#: or a statement reads or writes, then ``extra``, the JSON of the fields no query reads
+#: (``job.EXTRA_FIELDS``)
 COLUMNS = ("id", "queue", "name", "status", "priority", "attempt", "max_attempts", "reclaims",
            "created_ms", "available_ms", "started_ms", "finished_ms", "lease_ms", "token",
-           "timeout_s", "key", "payload", "result", "error", "traceback", "meta", "failure", "code",
-           "keep_ms", "lane", "lane_rule", "parents", "on_upstream_failure", "feed")
+           "key", "payload", "result", "error", "traceback", "meta", "failure",
+           "keep_ms", "lane", "lane_rule", "on_upstream_failure", "extra")
+#: the columns of EXTRA_FIELDS in schemas before ``extra`` (SQLite files, PostgreSQL version 10)
+EXTRA_COLUMNS = ("timeout_s", "code", "parents", "feed")
 #: statuses a version writes; any other stored status reads as failed
 WRITTEN = "('waiting', 'queued', 'scheduled', 'active', 'completed', 'cancelled')"
 
@@ -76,16 +80,16 @@ def finish_buckets(rows: Iterable[Sequence[Any]]) -> dict[int, tuple[int, int]]:
     return buckets
 
 
-def row_of(record: JobRecord) -> tuple[Any, ...]:
-    """``record`` as the values of ``COLUMNS`` (payload, result and meta as JSON text)."""
+def row_of(record: JobRecord, extras: dict[tuple[Any, ...], str | None] | None = None) -> tuple[Any, ...]:
+    """``record`` as the values of ``COLUMNS`` (payload, result, meta and extra as JSON text);
+    ``extras``: the extra texts of a batch's records made so far (``JobRecord.extra_json``)."""
     return (record.id, record.queue, record.name, record.status.value, record.priority,
             record.attempt, record.max_attempts, record.reclaims, record.created_ms,
             record.available_ms, record.started_ms, record.finished_ms, record.lease_ms,
-            record.token, record.timeout_s, record.key, dumps(record.payload),
+            record.token, record.key, dumps(record.payload),
             None if record.result is None else dumps(record.result), record.error,
-            record.traceback, dumps(record.meta), record.failure, record.code, record.keep_ms,
-            record.lane, record.lane_rule, None if record.parents is None else dumps(record.parents),
-            record.on_upstream_failure, record.feed)
+            record.traceback, dumps(record.meta), record.failure, record.keep_ms,
+            record.lane, record.lane_rule, record.on_upstream_failure, record.extra_json(extras))
 
 
 def readable_status(text: Any) -> JobStatus:
@@ -100,8 +104,9 @@ def record_from_row(row: Sequence[Any]) -> JobRecord:
     """A row of ``COLUMNS`` as a record (payload, result and meta as JSON text); a damaged row
     is quarantined (see ``quarantine``), never an error."""
     values = dict(zip(COLUMNS, row, strict=True))
+    extra = values.pop("extra")
     problems = []
-    for column, empty in (("payload", None), ("result", None), ("meta", {}), ("parents", None)):
+    for column, empty in (("payload", None), ("result", None), ("meta", {})):
         text = values[column]
         if text is None and column != "payload":
             values[column] = empty
@@ -113,7 +118,10 @@ def record_from_row(row: Sequence[Any]) -> JobRecord:
             values[column] = empty
     with contextlib.suppress(ValueError):  # else left as the text it is: quarantine names it
         values["status"] = JobStatus(values["status"])
-    return checked(JobRecord(**values), problems)
+    record = JobRecord(**values)
+    if extra is not None and (problem := record.read_extra(extra)) is not None:
+        problems.append(problem)
+    return checked(record, problems)
 
 
 def status_filters(status: JobStatus | None, queue: str | None, mark: str) -> tuple[str, tuple[Any, ...]]:

@@ -56,6 +56,7 @@ from ._polling import PollingWaits
 from ._records import due_view, reclaim
 from ._rows import (
     COLUMNS,
+    EXTRA_COLUMNS,
     WRITTEN,
     expired_sql,
     finish_buckets,
@@ -99,7 +100,6 @@ CREATE TABLE IF NOT EXISTS khadem_jobs (
     finished_ms  INTEGER,
     lease_ms     INTEGER,
     token        TEXT,
-    timeout_s    REAL,
     key          TEXT,
     payload      TEXT NOT NULL,
     result       TEXT,
@@ -107,13 +107,11 @@ CREATE TABLE IF NOT EXISTS khadem_jobs (
     traceback    TEXT,
     meta         TEXT NOT NULL DEFAULT '{}',
     failure      TEXT,
-    code         TEXT,
     keep_ms      INTEGER,
     lane         TEXT,
     lane_rule    TEXT,
-    parents      TEXT,
     on_upstream_failure TEXT,
-    feed         TEXT
+    extra        TEXT
 );
 CREATE INDEX IF NOT EXISTS khadem_jobs_lease ON khadem_jobs (lease_ms) WHERE status = 'active';
 CREATE INDEX IF NOT EXISTS khadem_jobs_status ON khadem_jobs (status, seq);
@@ -315,7 +313,8 @@ class SqliteStore:
         if any(r.parents for r in records):
             self.write(lambda conn: _insert(conn, records))
             return
-        rows = [row_of(r) for r in records]
+        extras: dict[tuple[Any, ...], str | None] = {}
+        rows = [row_of(r, extras) for r in records]
         self.write(lambda conn: conn.executemany(INSERT, rows))
 
     def insert_keyed(self, record: JobRecord, lock: Lock) -> str | None:
@@ -631,11 +630,31 @@ def _add_missing_columns(conn: sqlite3.Connection) -> None:
     """Bring a queue file made by an earlier version up to ``SCHEMA``: columns added since are
     added (empty), so its records read and its jobs run on."""
     present = {row[1] for row in conn.execute("PRAGMA table_info(khadem_jobs)")}
-    for column, kind in (("failure", "TEXT"), ("code", "TEXT"), ("keep_ms", "INTEGER"), ("lane", "TEXT"),
-                         ("lane_rule", "TEXT"), ("parents", "TEXT"), ("on_upstream_failure", "TEXT"),
-                         ("feed", "TEXT")):
+    for column, kind in (("failure", "TEXT"), ("keep_ms", "INTEGER"), ("lane", "TEXT"), ("lane_rule", "TEXT"),
+                         ("on_upstream_failure", "TEXT"), ("extra", "TEXT")):
         if column not in present:
             conn.execute(f"ALTER TABLE khadem_jobs ADD COLUMN {column} {kind}")
+    _move_extra_columns(conn, [column for column in EXTRA_COLUMNS if column in present])
+
+
+def _move_extra_columns(conn: sqlite3.Connection, columns: list[str]) -> None:
+    """Move the fields that earlier versions kept in columns of their own (``columns``, among
+    EXTRA_COLUMNS) into ``extra``, one JSON object a row without its null fields
+    (``json_patch`` drops them), and drop those columns: once, in one transaction."""
+    if not columns:
+        return
+    pairs = ", ".join(f"'{c}', json({c})" if c == "parents" else f"'{c}', {c}" for c in columns)
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        some = " OR ".join(f"{c} IS NOT NULL" for c in columns)
+        conn.execute(f"UPDATE khadem_jobs SET extra = NULLIF(json_patch(coalesce(extra, '{{}}'), "
+                     f"json_object({pairs})), '{{}}') WHERE {some}")
+        for column in columns:
+            conn.execute(f"ALTER TABLE khadem_jobs DROP COLUMN {column}")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
 
 
 IN_CHUNK = 500  # ids per "IN (...)" query, well under SQLite's bound-variable limit

@@ -355,7 +355,9 @@ class PostgresDriver(QueueDriver):
             for record in records:
                 if record.parents:
                     edges += edge_rows(record, place_child(record, found, now))
-            await conn.execute(self._insert_sql(len(records)), [v for r in records for v in row_of(r)])
+            extras: dict[tuple[Any, ...], str | None] = {}
+            rows = [v for r in records for v in row_of(r, extras)]
+            await conn.execute(self._insert_sql(len(records)), rows)
             if edges:
                 await conn.cursor().executemany(f"INSERT INTO {self.schema}.edges (parent, child) "
                                                 "VALUES (%s, %s) ON CONFLICT DO NOTHING", edges)
@@ -395,7 +397,8 @@ class PostgresDriver(QueueDriver):
 
     def _rows(self, records: Sequence[JobRecord]) -> tuple[list[tuple[Any, ...]], list[str]]:
         self._check_priorities(records)
-        return [row_of(r) for r in records], sorted({r.queue for r in records})
+        extras: dict[tuple[Any, ...], str | None] = {}
+        return [row_of(r, extras) for r in records], sorted({r.queue for r in records})
 
     def _check_priorities(self, records: Sequence[JobRecord]) -> None:
         for record in records:  # built before the manager had this driver: checked here, all first

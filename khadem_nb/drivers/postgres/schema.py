@@ -17,6 +17,7 @@ from .._lanes import (
 )
 from .._rows import (
     COLUMNS,
+    EXTRA_COLUMNS,
 )
 from ..base import (
     COMPLETE,
@@ -26,7 +27,7 @@ from ..base import (
 logger = logging.getLogger(__name__)
 
 
-SCHEMA_VERSION = 10
+SCHEMA_VERSION = 11
 IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}\Z")
 MAX_IDENTIFIER = 63  # bytes of a PostgreSQL name (NAMEDATALEN - 1), channels included
 NOW = "(extract(epoch FROM clock_timestamp()) * 1000)::bigint"
@@ -156,6 +157,13 @@ def upgrade_sql(schema: str) -> dict[int, list[str]]:
              "convert_to(json_build_object('slot', last_slot, 'job', last_job)::text, 'UTF8'), NULL "
              f"FROM {s}.schedules WHERE last_slot IS NOT NULL ON CONFLICT DO NOTHING",
              f"DROP TABLE {s}.schedules"],
+        # the fields no query reads (``job.EXTRA_FIELDS``) move into one JSON column, without
+        # their null fields, and their own columns go
+        11: [f"ALTER TABLE {s}.jobs ADD COLUMN IF NOT EXISTS extra text",
+             f"UPDATE {s}.jobs SET extra = NULLIF(json_strip_nulls(json_build_object("
+             "'timeout_s', timeout_s, 'code', code, 'parents', parents::json, 'feed', feed))::text, '{}') "
+             "WHERE timeout_s IS NOT NULL OR code IS NOT NULL OR parents IS NOT NULL OR feed IS NOT NULL",
+             f"ALTER TABLE {s}.jobs " + ", ".join(f"DROP COLUMN {c}" for c in EXTRA_COLUMNS)],
     }
 
 

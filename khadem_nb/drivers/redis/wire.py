@@ -8,7 +8,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from ...config import QueueSettings
-from ...job import JobRecord, JobStatus
+from ...job import EXTRA_FIELDS, JobRecord, JobStatus
 from ...serializer import dumps
 from .._records import due_view
 from ..base import COMPLETE, Settlement
@@ -39,6 +39,7 @@ def enqueue_args(records: Sequence[JobRecord], extra: Sequence[Any] = ()) -> lis
     ever separate; a dispatch's jobs usually make one run. Then ``extra`` (a lock's key and
     value), and where jobs have parents, their parents as JSON in the sixth place."""
     prefixes: dict[tuple[Any, ...], str] = {}
+    extras: dict[tuple[Any, ...], str | None] = {}
     parts: list[str] = []
     run: tuple[int, int, str | None, str | None, str | None] | None = None
     header_at = count = 0
@@ -50,7 +51,7 @@ def enqueue_args(records: Sequence[JobRecord], extra: Sequence[Any] = ()) -> lis
                 parts[header_at] = _run_header(run, count)
             run, header_at, count = shape, len(parts), 0
             parts.append("")
-        parts.append(f"{record.id}\t{_job_data(record, prefixes)}")
+        parts.append(f"{record.id}\t{_job_data(record, prefixes, extras)}")
         count += 1
     if run is not None:
         parts[header_at] = _run_header(run, count)
@@ -67,33 +68,36 @@ def _run_header(shape: tuple[int, int, str | None, str | None, str | None], coun
     return f"{priority}\t{max(0, delay)}\t{'' if key is None else dumps(key)}\t{named}\t{count}"
 
 
-def _job_data(record: JobRecord, prefixes: dict[tuple[Any, ...], str]) -> str:
+def _job_data(record: JobRecord, prefixes: dict[tuple[Any, ...], str],
+              extras: dict[tuple[Any, ...], str | None]) -> str:
     """The job's data JSON, as stored once at dispatch and handed to every claim.
 
     Jobs of one kind share it up to the payload, so that part is encoded once per batch in
-    ``prefixes``, and only the payload, creation time and key are encoded per job.
+    ``prefixes`` (with the fields no query reads, ``extra``, as ``JobRecord.extra_json`` makes
+    them, once per batch for the jobs of one class in ``extras``), and only the payload,
+    creation time and key are encoded per job.
     """
-    shape = (record.name, record.priority, record.max_attempts, record.timeout_s, record.code, record.keep_ms,
-             record.lane, record.lane_rule)
+    extra = record.extra_json(extras)
+    shape = (record.name, record.priority, record.max_attempts, record.keep_ms, record.lane, record.lane_rule,
+             extra)
     prefix = prefixes.get(shape)
     if prefix is None:
-        prefix = prefixes[shape] = _data_prefix(record)
+        prefix = prefixes[shape] = _data_prefix(record, extra)
     key = "null" if record.key is None else dumps(record.key)
     meta = f',"meta":{dumps(record.meta)}' if record.meta else ""  # what dispatch hooks added
-    if record.parents:
-        meta += (f',"parents":{dumps(record.parents)},'
-                 f'"on_upstream_failure":{dumps(record.on_upstream_failure)},"feed":{dumps(record.feed)}')
+    if record.on_upstream_failure is not None:
+        meta += f',"on_upstream_failure":{dumps(record.on_upstream_failure)}'
     return f'{prefix}{dumps(record.payload)},"created_ms":{record.created_ms},"key":{key}{meta}}}'
 
 
-def _data_prefix(record: JobRecord) -> str:
+def _data_prefix(record: JobRecord, extra: str | None) -> str:
     """The job's data JSON up to its payload: ``{"job":..,"priority":..,..,"payload":``."""
     keep = "" if record.keep_ms is None else f'"keep_ms":{record.keep_ms},'
     lane = "" if record.lane is None else \
         f'"lane":{dumps(record.lane)},"lane_rule":{dumps(record.lane_rule)},'
+    more = "" if extra is None else f'"extra":{extra},'
     return (f'{{"job":{dumps(record.name)},"priority":{record.priority},'
-            f'"max_attempts":{record.max_attempts},"timeout_s":{dumps(record.timeout_s)},'
-            f'"code":{dumps(record.code)},{keep}{lane}"payload":')
+            f'"max_attempts":{record.max_attempts},{keep}{lane}{more}"payload":')
 
 
 def retention_args(settings: QueueSettings) -> list[int]:
@@ -174,25 +178,22 @@ def _from_data(queue: str, job_id: str, data: bytes) -> JobRecord:
         unread = JobRecord(id=job_id, name="(unreadable)", payload=None, queue=queue)
         return quarantine(unread, [f"its data is not a job's JSON ({exc!r})"])
     meta = fields.get("meta")
-    return JobRecord(id=job_id, name=fields["job"], payload=fields["payload"], queue=queue,
-                     priority=fields.get("priority", 0), max_attempts=fields.get("max_attempts", 1),
-                     created_ms=fields.get("created_ms", 0), timeout_s=fields.get("timeout_s"),
-                     key=fields.get("key"), code=fields.get("code"),
-                     meta=dict(meta) if isinstance(meta, dict) else {},
-                     keep_ms=keep if isinstance(keep := fields.get("keep_ms"), int) else None,
-                     lane=lane if isinstance(lane := fields.get("lane"), str) else None,
-                     lane_rule=rule if isinstance(rule := fields.get("lane_rule"), str) else None,
-                     parents=_text_list(fields.get("parents")),
-                     on_upstream_failure=_text_or_none(fields.get("on_upstream_failure")),
-                     feed=_text_or_none(fields.get("feed")))
+    record = JobRecord(id=job_id, name=fields["job"], payload=fields["payload"], queue=queue,
+                       priority=fields.get("priority", 0), max_attempts=fields.get("max_attempts", 1),
+                       created_ms=fields.get("created_ms", 0), key=fields.get("key"),
+                       meta=dict(meta) if isinstance(meta, dict) else {},
+                       keep_ms=keep if isinstance(keep := fields.get("keep_ms"), int) else None,
+                       lane=lane if isinstance(lane := fields.get("lane"), str) else None,
+                       lane_rule=rule if isinstance(rule := fields.get("lane_rule"), str) else None,
+                       on_upstream_failure=_text_or_none(fields.get("on_upstream_failure")))
+    # records written before ``extra`` keep those fields at the top level
+    extra = fields.get("extra", {name: fields[name] for name in EXTRA_FIELDS if name in fields})
+    problem = record.apply_extra(extra)
+    return record if problem is None else quarantine(record, [problem])
 
 
 def _text_or_none(value: Any) -> str | None:
     return value if isinstance(value, str) else None
-
-
-def _text_list(value: Any) -> list[str] | None:
-    return [str(v) for v in value] if isinstance(value, list) else None
 
 
 def record_from_columns(queue: str, job_id: str, values: list[Any]) -> JobRecord | None:
