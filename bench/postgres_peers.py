@@ -38,9 +38,10 @@ from common import p50_p99_ms, stop, time_to_stamp  # noqa: E402
 from pgcommon import BASE_URL  # noqa: E402
 
 ENGINES = {"khadem_nb": "khadem_pg_peer", "procrastinate": "procrastinate_peer", "saq": "saq_pg_peer",
-           "pgqueuer": "pgqueuer_peer"}
-DATABASES = {"khadem_nb": "khadem", "procrastinate": "procrastinate", "saq": "saq", "pgqueuer": "pgqueuer"}
-BULK = {"khadem_nb", "procrastinate", "pgqueuer"}
+           "pgqueuer": "pgqueuer_peer", "ceiling": "ceiling_peer"}
+DATABASES = {"khadem_nb": "khadem", "procrastinate": "procrastinate", "saq": "saq", "pgqueuer": "pgqueuer",
+             "ceiling": "ceiling"}
+BULK = {"khadem_nb", "procrastinate", "pgqueuer", "ceiling"}
 
 
 def fresh(engine: str, module: Any) -> None:

@@ -14,8 +14,9 @@ from typing import Any, ClassVar, Self, TypeVar
 
 from . import limits
 from ._time import ms_to_datetime
-from .errors import SerializationError
+from .errors import ConfigError, SerializationError
 from .retry import BackoffPolicy, ExponentialBackoff
+from .serializer import dumps
 
 WIRE_VERSION = 1
 E = TypeVar("E", bound=Enum)
@@ -119,6 +120,11 @@ class QueueJob:
     #: units of named resources one run holds, like ``{"gpu": 1}``; only a worker with that many
     #: free claims it, and the job sees its units in ``context().resources``
     resources: ClassVar[Mapping[str, int] | None] = None
+    #: run in calls of up to this many jobs of this kind (``handle_batch``, see
+    #: ``runtime.batching``); ``None``: each job alone (``handle``)
+    batch_size: ClassVar[int | None] = None
+    #: seconds the first job of a batch waits for more before the call (0 to 60)
+    batch_wait: ClassVar[float] = 0.05
 
     attempt: int = 0  # set by the worker before handle(): 1 on the first run
     #: what a job dispatched to run after others is given of them, set by the worker before
@@ -149,6 +155,13 @@ class QueueJob:
     async def handle(self) -> Any:
         """Do the work; the return value is stored as the job's result."""
         raise NotImplementedError(f"{type(self).__name__} must implement handle()")
+
+    @classmethod
+    def handle_batch(cls, jobs: list[Self]) -> Any:
+        """Do the work of ``jobs`` (a kind with ``batch_size``) in one call, sync or async:
+        return a list with one result per job, in order; an exception instance in a job's
+        place fails that job alone (its retries apply), an exception raised fails them all."""
+        raise NotImplementedError(f"{cls.__name__} sets batch_size and must implement handle_batch()")
 
     def to_json(self) -> dict[str, Any]:
         """The job's arguments as a dict; defaults to its public instance attributes."""
@@ -205,6 +218,15 @@ def _check_flow(cls: type[QueueJob]) -> None:
         limits.parse_rate(own.get("rate"), f"{where}.rate")
     if not isinstance(own.get("resources"), property):
         limits.check_resources(own.get("resources"), f"{where}.resources")
+    if "batch_size" in own or "batch_wait" in own:
+        size, _ = limits.check_batch(cls.batch_size, cls.batch_wait, where)
+        if size is not None and not own.get("_abstract_job", False) \
+                and cls.handle_batch.__func__ is QueueJob.handle_batch.__func__:  # type: ignore[attr-defined]
+            raise ConfigError(f"{where} sets batch_size and must implement handle_batch(cls, jobs), "
+                              "which returns one result per job")
+        if size is not None and cls.isolation == "process":
+            raise ConfigError(f"{where}: a batched kind runs in the worker; isolation='process' cannot "
+                              "be combined with batch_size")
 
 
 class QueueJobWithMetadata(QueueJob):
@@ -287,8 +309,6 @@ class JobRecord:
 
     def to_wire(self) -> str:
         """The record as compact JSON text (payload and result are already encoded)."""
-        from .serializer import dumps
-
         return dumps(self.to_dict())
 
     @classmethod
@@ -324,14 +344,16 @@ class JobRecord:
         values = _extra_values(self)
         if cache is not None:
             try:
-                return cache[values]
-            except KeyError:
-                pass
+                found = cache.get(values, _UNSET)
             except TypeError:  # a list among them (parents): not kept
                 cache = None
-        extra = {name: value for name, value in zip(EXTRA_FIELDS, values, strict=True) if value is not None}
-        from .serializer import dumps
-
+            else:
+                if found is not _UNSET:
+                    return found
+        extra = {}
+        for name, value in zip(EXTRA_FIELDS, values, strict=True):
+            if value is not None:
+                extra[name] = value
         text = dumps(extra) if extra else None
         if cache is not None:
             cache[values] = text
@@ -354,9 +376,9 @@ class JobRecord:
         if not isinstance(extra, dict):
             return f"its extra fields are {type(extra).__name__}, not an object"
         problems = []
-        for name, read in EXTRA_FIELDS.items():
-            value = extra.get(name)
-            if value is None:
+        for name, value in extra.items():
+            read = EXTRA_FIELDS.get(name)
+            if read is None or value is None:  # a field of a later version, or unset
                 continue
             try:
                 setattr(self, name, read(value))
@@ -396,3 +418,4 @@ EXTRA_FIELDS: dict[str, Callable[[Any], Any]] = {
     "feed": _text,
 }
 _extra_values = operator.attrgetter(*EXTRA_FIELDS)
+_UNSET = "\0not in the cache"  # a text no extra_json makes

@@ -256,6 +256,24 @@ def parse_resources(text: str, where: str = "--resources") -> dict[str, int]:
 
 
 # -- isolation --------------------------------------------------------------------------------
+MAX_BATCH = 10_000  # jobs of one batched call at most
+MAX_BATCH_WAIT_S = 60.0  # how long the first job of a batch waits for more, at most
+
+
+def check_batch(size: Any, wait_s: Any, where: str) -> tuple[int | None, float]:
+    """A batched kind's ``batch_size`` (``None``: not batched, else a whole number from 1 to
+    MAX_BATCH) and ``batch_wait`` (seconds from 0 to MAX_BATCH_WAIT_S)."""
+    whole = isinstance(size, int) and not isinstance(size, bool)
+    if size is not None and not (whole and 1 <= size <= MAX_BATCH):
+        raise ConfigError(f"{where}: batch size must be a whole number from 1 to {MAX_BATCH} (or None to run "
+                          f"each job alone), got {size!r}")
+    number = isinstance(wait_s, int | float) and not isinstance(wait_s, bool)
+    if not (number and 0 <= wait_s <= MAX_BATCH_WAIT_S):
+        raise ConfigError(f"{where}: batch wait must be seconds from 0 to {MAX_BATCH_WAIT_S:g}, "
+                          f"got {wait_s!r}")
+    return size, float(wait_s)
+
+
 ISOLATIONS = ("none", "process")
 
 

@@ -425,3 +425,44 @@ class Summarise(QueueJob):
         numbers = [p["result"] for p in points if p["status"] == "completed" and isinstance(p["result"], int)]
         statuses = sorted({p["status"] for p in points})
         return {"count": len(points), "statuses": statuses, "total": sum(numbers)}
+
+
+class Square(QueueJob):
+    """Batched (up to 8 a call): squares its number, and says how many jobs shared the call; a
+    negative number fails alone."""
+
+    batch_size: ClassVar[int | None] = 8
+    batch_wait: ClassVar[float] = 0.2
+    calls: ClassVar[list[int]] = []  # the size of each call, in this process
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+
+    @classmethod
+    def handle_batch(cls, jobs: list[Square]) -> list[Any]:
+        cls.calls.append(len(jobs))
+        return [ValueError(f"negative: {job.n}") if job.n < 0 else {"square": job.n * job.n, "shared": len(jobs)}
+                for job in jobs]
+
+
+class SquareAsync(QueueJob):
+    """Batched and async: a call that raises fails every job of it (each retries once)."""
+
+    batch_size: ClassVar[int | None] = 4
+    batch_wait: ClassVar[float] = 0.05
+    max_attempts: ClassVar[int] = 2
+    retry_delay: ClassVar[float] = 0.01
+    calls: ClassVar[list[list[int]]] = []
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+
+    @classmethod
+    async def handle_batch(cls, jobs: list[SquareAsync]) -> list[Any]:
+        cls.calls.append([job.n for job in jobs])
+        await asyncio.sleep(0)
+        if any(job.n == 13 and job.attempt == 1 for job in jobs):
+            raise RuntimeError("unlucky batch")
+        if any(job.n == 99 for job in jobs):
+            return [1]  # one result for the whole batch: a broken batch function
+        return [job.n * job.n for job in jobs]

@@ -14,7 +14,7 @@ import inspect
 import itertools
 from collections.abc import Callable, Iterable, Mapping
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Self
 
 from .. import limits
 from ..errors import ConfigError, SerializationError
@@ -53,6 +53,8 @@ class FunctionCall(QueueJob):
         self.concurrency = spec.concurrency  # type: ignore[misc]
         self.rate = spec.rate  # type: ignore[misc]
         self.resources = spec.resources  # type: ignore[misc]
+        self.batch_size = spec.batch_size  # type: ignore[misc]
+        self.batch_wait = spec.batch_wait  # type: ignore[misc]
 
     def limit_key(self) -> str | None:
         """The job function's ``limit_key`` of this call's arguments."""
@@ -103,11 +105,22 @@ def _given_frame(fn: Callable[..., Any], frame_of: str, **kwargs: Any) -> Any:
     return fn(**{**kwargs, frame_of: outcomes_frame(kwargs[frame_of])})
 
 
+def _columns(calls: list[FunctionCall]) -> dict[str, list[Any]]:
+    """A batch's arguments as the function takes them: each parameter bound to the list of the
+    calls' values for it, in the calls' order."""
+    return {name: [call.arguments()[name] for call in calls] for name in calls[0].arguments()}
+
+
 class AsyncFunctionCall(FunctionCall):
     _abstract_job = True
 
     async def handle(self) -> Any:
         return await self.spec.fn(**self.arguments())
+
+    @classmethod
+    async def handle_batch(cls, jobs: list[Self]) -> Any:
+        """A batched job function is called once with each parameter a list (``_columns``)."""
+        return await jobs[0].spec.fn(**_columns(list(jobs)))
 
 
 class SyncFunctionCall(FunctionCall):
@@ -115,6 +128,11 @@ class SyncFunctionCall(FunctionCall):
 
     def handle(self) -> Any:
         return self.spec.fn(**self.arguments())
+
+    @classmethod
+    def handle_batch(cls, jobs: list[Self]) -> Any:
+        """A batched job function is called once with each parameter a list (``_columns``)."""
+        return jobs[0].spec.fn(**_columns(list(jobs)))
 
 
 class JobFunction:
@@ -126,7 +144,8 @@ class JobFunction:
                  isolation: str | None = None, keep_result: float | timedelta | None = None,
                  concurrency: int | None = None, rate: str | None = None,
                  limit_key: Callable[[dict[str, Any]], Any] | None = None,
-                 resources: Mapping[str, int] | None = None) -> None:
+                 resources: Mapping[str, int] | None = None, batch: int | None = None,
+                 batch_wait: float = 0.05) -> None:
         if not callable(fn):
             raise ConfigError(f"@q.job needs a function, got {fn!r}")
         self.queue = queue
@@ -146,6 +165,10 @@ class JobFunction:
         self.rate = None if parse_rate(rate, f"{where}: rate") is None else rate
         self.limit_key = check_limit_key(limit_key, f"{where}: limit_key")
         self.resources = check_resources(resources, f"{where}: resources") or None
+        self.batch_size, self.batch_wait = limits.check_batch(batch, batch_wait, where)
+        if self.batch_size is not None and self.isolation == "process":
+            raise ConfigError(f"{where}: a batched job runs in the worker; isolation='process' cannot be "
+                              "combined with batch=")
         self.__doc__ = fn.__doc__
         self.__wrapped__ = fn
         job_factories.register(self.name, self._rebuild)

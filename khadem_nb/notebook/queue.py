@@ -146,7 +146,7 @@ class Queue:
         ``resources`` (``{"gpu": 1}``: units a call holds on the worker that runs it).
         """
         valid = {"name", "max_attempts", "retry_delay", "retry_jitter", "priority", "timeout", "isolation",
-                 "keep_result", "concurrency", "rate", "limit_key", "resources"}
+                 "keep_result", "concurrency", "rate", "limit_key", "resources", "batch", "batch_wait"}
         unknown = set(options) - valid
         if unknown:
             raise ConfigError(f"unknown @q.job options {sorted(unknown)}; valid: {sorted(valid)}")

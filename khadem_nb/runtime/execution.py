@@ -36,6 +36,7 @@ from ..limits import DURATIONS, cut_text
 from ..middleware import MiddlewareChain
 from ..monitor import QueueMonitor
 from ..serializer import QueueJobSerializer, check_size, decode_value, encode_value
+from .batching import BatchGate
 from .context import ENDED, ORPHANED, JobContext, current_job
 from .isolation import ChildRaised, ProcessPool
 from .shipping import CodeLoader
@@ -78,6 +79,8 @@ class JobExecutor:
         #: stopped: a worker process that must end exits with these still running)
         self._on_threads: dict[str, JobRecord] = {}
         self._pool: ProcessPool | None = None  # children of isolated jobs, started on first use
+        self._gates: dict[str, BatchGate] = {}  # batched kinds met here, by job name
+        self._batch_sizes: dict[Any, int | None] = {}  # by the factory registered for a name
         #: called with each record this process settles (used by notebook handles to wake up)
         self.listeners: list[Callable[[JobRecord], None]] = []
 
@@ -266,6 +269,8 @@ class JobExecutor:
             ) from None
 
     def _start_handle(self, job: QueueJob, context: JobContext) -> Awaitable[Any]:
+        if job.batch_size is not None:  # its work is one share of its kind's next batched call
+            return self._gate_of(context.record.name, job).submit(job)
         if context.isolated:
             if self._pool is None:
                 self._pool = ProcessPool()
@@ -281,6 +286,27 @@ class JobExecutor:
         loop = asyncio.get_running_loop()
         self._on_threads[context.record.id] = context.record
         return loop.run_in_executor(self.threads, self._on_thread, run, job.handle, context)
+
+    def _gate_of(self, name: str, job: QueueJob) -> BatchGate:
+        """The gate that gathers the jobs named ``name`` into batched calls."""
+        gate = self._gates.get(name)
+        if gate is None or (gate.size, gate.wait_s) != (job.batch_size, job.batch_wait):  # a cell run again
+            gate = self._gates[name] = BatchGate(job.batch_size or 1, job.batch_wait, lambda: self.threads)
+        return gate
+
+    def batch_size_of(self, name: str) -> int | None:
+        """The batch size of the jobs named ``name`` (``None``: each runs alone), read from the
+        job class or job function registered for it, before one of them runs; what the worker
+        asks to let such a job wait for its batch without holding a consumer."""
+        factory = self.serializer.factories.get(name)
+        try:
+            return self._batch_sizes[factory]
+        except KeyError:
+            pass
+        owner = getattr(factory, "__self__", None)  # a job class's from_json, a job function's _rebuild
+        size = getattr(owner, "batch_size", None)
+        self._batch_sizes[factory] = size if isinstance(size, int) else None
+        return self._batch_sizes[factory]
 
     def _on_thread(self, run: Callable[..., Any], handle: Callable[[], Any], context: JobContext) -> Any:
         """Run a sync job's ``handle`` on a pool thread; count its end if it outlived its timeout."""

@@ -49,6 +49,7 @@ YIELD_EVERY = 64  # jobs run between two turns given to the loop's other tasks, 
 ABORT_POLL_S = 0.2  # how often a worker asks a driver that cannot tell it about cancelled jobs
 RECENT_KEPT = 200  # jobs the worker remembers for the panel's timeline
 SERVICE_TASKS = ("khadem-heartbeat", "khadem-aborts", "khadem-ticks")  # beside the consumers until the stop
+BATCHED = "khadem-batched-"  # the name of a task on which a job waits for its batch (and its id)
 STOP_WAIT_S = 5.0  # how long a stop waits for cancelled tasks to end before leaving them behind
 
 
@@ -78,6 +79,7 @@ class QueueWorker:
         self._fetcher: asyncio.Task[None] | None = None  # claims for idle consumers, one batch at a time
         self._idle: deque[asyncio.Future[JobRecord | None]] = deque()  # consumers waiting for a job
         self._dropping: set[asyncio.Task[None]] = set()  # settles of cancelled buffered jobs
+        self._batched: dict[str, int] = {}  # jobs waiting for their batch on tasks of their own, by kind
         self._errors = 0
         #: the last jobs each consumer ran, as (consumer, record): the panel's timeline
         self.recent: deque[tuple[str, JobRecord]] = deque(maxlen=RECENT_KEPT)
@@ -203,17 +205,49 @@ class QueueWorker:
                 record = self._claim_ready() if self._lone else None
                 if record is None:
                     record = await self._next_record()
-                if record is not None:
+                if record is not None and self._waits_for_its_batch(record):
+                    self._run_batched(record)  # this consumer claims on meanwhile
+                elif record is not None:
                     await self._execute(record, task)
                     self.recent.append((name, record))
                     if not self.processed % YIELD_EVERY:  # claims and jobs that never wait (memory,
                         await asyncio.sleep(0)  # SQLite on the loop) would otherwise hold the loop
                 elif self._drained or self._claims_exhausted():
                     break
+            batched = [t for t in self._tasks if t.get_name().startswith(BATCHED)]
+            if batched and not self._stopping.is_set():  # a burst ends when its batches have
+                await asyncio.wait(batched)
         finally:
             self._consumers_left -= 1
             if self._consumers_left == 0 and not self._stopping.is_set():
                 self.request_stop()
+
+    def _waits_for_its_batch(self, record: JobRecord) -> bool:
+        """Whether ``record``, of a batched kind, waits for its batch on a task of its own rather
+        than on this consumer: while fewer than two batches of its kind (one called, one
+        gathering) are held so. Beyond that a consumer waits with it, which bounds the jobs a
+        worker holds for batches."""
+        size = self.executor.batch_size_of(record.name)
+        return size is not None and self._batched.get(record.name, 0) < 2 * size
+
+    def _run_batched(self, record: JobRecord) -> None:
+        """Run ``record`` on a task of its own (stopped, aborted and waited for like a consumer)."""
+        name = record.name
+        self._batched[name] = self._batched.get(name, 0) + 1
+
+        async def run() -> None:
+            await self._execute(record, asyncio.current_task())
+            self.recent.append(("batch", record))
+
+        task = asyncio.get_running_loop().create_task(run(), name=f"{BATCHED}{record.id}")
+        self._tasks.append(task)
+
+        def ended(done: asyncio.Task[None]) -> None:
+            self._batched[name] -= 1
+            if done in self._tasks:
+                self._tasks.remove(done)
+
+        task.add_done_callback(ended)
 
     def _claim_ready(self) -> JobRecord | None:
         """The one fast branch of claiming, for a lone consumer: a job the driver has at hand

@@ -186,8 +186,9 @@ def _from_data(queue: str, job_id: str, data: bytes) -> JobRecord:
                        lane=lane if isinstance(lane := fields.get("lane"), str) else None,
                        lane_rule=rule if isinstance(rule := fields.get("lane_rule"), str) else None,
                        on_upstream_failure=_text_or_none(fields.get("on_upstream_failure")))
-    # records written before ``extra`` keep those fields at the top level
-    extra = fields.get("extra", {name: fields[name] for name in EXTRA_FIELDS if name in fields})
+    extra = fields.get("extra")
+    if extra is None:  # records written before ``extra`` keep those fields at the top level
+        extra = {name: fields[name] for name in EXTRA_FIELDS if name in fields}
     problem = record.apply_extra(extra)
     return record if problem is None else quarantine(record, [problem])
 
