@@ -12,6 +12,7 @@ from .config import QueueSettings, WorkerSettings, parse_config
 from .drivers.base import QueueDriver
 from .drivers.registry import QueueDriverRegistry
 from .errors import (
+    BatchResultError,
     CodeChangedWarning,
     ConfigError,
     CorruptQueueError,
@@ -25,6 +26,7 @@ from .errors import (
     JobNotFoundError,
     JobTimeoutError,
     KhademError,
+    ReportError,
     ResultTimeoutError,
     RetryJob,
     SerializationError,
@@ -36,7 +38,7 @@ from .manager import QueueManager
 from .middleware import Middleware
 from .monitor import BasicQueueMonitor, QueueMonitor
 from .retry import ExponentialBackoff, FixedBackoff
-from .runtime.context import cancelled, context, progress
+from .runtime.context import cancelled, context, progress, report
 from .runtime.execution import WorkerHooks
 from .runtime.worker import QueueWorker
 from .serializer import QueueJobSerializer
@@ -56,6 +58,7 @@ def __getattr__(name: str) -> Any:
 
 __all__ = [
     "BasicQueueMonitor",
+    "BatchResultError",
     "CodeChangedWarning",
     "ConfigError",
     "CorruptQueueError",
@@ -89,6 +92,7 @@ __all__ = [
     "QueueMonitor",
     "QueueSettings",
     "QueueWorker",
+    "ReportError",
     "ResultTimeoutError",
     "RetryJob",
     "SerializationError",
@@ -101,4 +105,5 @@ __all__ = [
     "context",
     "parse_config",
     "progress",
+    "report",
 ]

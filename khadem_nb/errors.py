@@ -15,6 +15,8 @@
     │   ├── JobCrashedError         the process of an isolated job died under it
     │   ├── ShippedCodeError        shipped code refused: names the check that failed
     │   ├── DuplicateJobError       a unique dispatch met a live job holding its key
+    │   ├── ReportError             a job's ``report()`` names a bad metric, value or step
+    │   ├── BatchResultError        a batched call returned other than one result per job
     │   ├── JobFailedError          waiting on a job that ended failed (carries the record)
     │   ├── JobCancelledError       a job was cancelled: raised by waits and, inside a
     │   │                           cancelled job, by ``progress()`` (carries the record if known)
@@ -86,6 +88,15 @@ class ShippedCodeError(JobError):
     def __init__(self, check: str, reason: str) -> None:
         self.check = check
         super().__init__(f"shipped code refused ({check} check): {reason}")
+
+
+class ReportError(JobError, ValueError):
+    """A report a job made cannot be kept: a metric name that is not an identifier, a value
+    that is not a finite number, a bad step (``telemetry``)."""
+
+
+class BatchResultError(JobError):
+    """A batched kind's ``handle_batch`` returned other than one result per job (``batching``)."""
 
 
 class DuplicateJobError(JobError):

@@ -9,7 +9,7 @@ import threading
 import time
 from typing import Any, ClassVar
 
-from khadem_nb import QueueJob, QueueJobWithMetadata, RetryJob, cancelled, progress
+from khadem_nb import QueueJob, QueueJobWithMetadata, RetryJob, cancelled, progress, report
 from khadem_nb.runtime.context import current_job
 
 RUN_LOG: list[Any] = []  # in-process record of what ran, in order
@@ -466,3 +466,18 @@ class SquareAsync(QueueJob):
         if any(job.n == 99 for job in jobs):
             return [1]  # one result for the whole batch: a broken batch function
         return [job.n * job.n for job in jobs]
+
+
+class Trains(QueueJob):
+    """Reports a falling loss per epoch (a NaN at epoch 2), sleeping ``pause`` seconds an epoch."""
+
+    def __init__(self, epochs: int, pause: float = 0.0, scale: float = 1.0) -> None:
+        self.epochs = epochs
+        self.pause = pause
+        self.scale = scale
+
+    async def handle(self) -> float:
+        for epoch in range(self.epochs):
+            report(epoch, loss=self.scale / (epoch + 1), acc=float("nan") if epoch == 2 else epoch / 10)
+            await asyncio.sleep(self.pause)
+        return self.scale / self.epochs

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..features.dependencies import outcome
 from ..features.schedules import ScheduleInfo
+from ..features.telemetry import last_values, points
 from ..job import Failure, JobRecord, JobStatus
 from ..metrics import metrics_from_records
 from ..serializer import decode_value
@@ -96,8 +97,40 @@ def _args(record: JobRecord) -> Any:
 
 
 def group_frame(handles: Sequence[JobHandle], records: Sequence[JobRecord]) -> pd.DataFrame:
-    """One row per point: its parameters, its result (dicts flattened), status, duration, error."""
-    return outcomes_frame([outcome(r, h.params) for h, r in zip(handles, records, strict=True)])
+    """One row per point: its parameters, its result (dicts flattened), status, duration, error,
+    and the last reported value of each metric (``telemetry``): a column named after the metric,
+    ``last_<metric>`` where a parameter or a result field has that name."""
+    frame = outcomes_frame([outcome(r, h.params) for h, r in zip(handles, records, strict=True)])
+    lasts = [last_values(r.meta) for r in records]
+    taken = set(frame.columns)
+    for metric in sorted({m for last in lasts for m in last}):
+        column = metric if metric not in taken else f"last_{metric}"
+        frame[column] = _pandas().Series([last.get(metric) for last in lasts], dtype="float64")
+    return frame
+
+
+def curves_frame(params: Sequence[Mapping[str, Any]], records: Sequence[JobRecord]) -> pd.DataFrame:
+    """Every reported point of ``records`` (each with its parameters), one row a metric a step:
+    ``id``, the parameters, ``step``, ``metric``, ``value`` (NaN kept), ``time``; ready for
+    ``pivot`` and plotting."""
+    pd = _pandas()
+    names = list(dict.fromkeys(name for point in params for name in point))
+    rows: dict[str, list[Any]] = {"id": [], **{name: [] for name in names}, "step": [], "metric": [],
+                                  "value": [], "time": []}
+    for point, record in zip(params, records, strict=True):
+        for metric, step, value, ms in points(record.meta):
+            rows["id"].append(record.id)
+            for name in names:
+                rows[name].append(point.get(name))
+            rows["step"].append(step)
+            rows["metric"].append(metric)
+            rows["value"].append(value)
+            rows["time"].append(ms)
+    frame = pd.DataFrame({key: values for key, values in rows.items() if key != "time"})
+    frame["step"] = frame["step"].astype("int64")
+    frame["value"] = frame["value"].astype("float64")
+    frame["time"] = _times(pd, rows["time"])
+    return frame.sort_values(["id", "metric", "step"], kind="stable").reset_index(drop=True)
 
 
 def outcomes_frame(outcomes: Sequence[Mapping[str, Any]]) -> pd.DataFrame:

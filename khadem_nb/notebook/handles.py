@@ -58,6 +58,13 @@ class JobHandle:
         included: its output reaches the record about once a second)."""
         return str(self.record().meta.get("output") or "")
 
+    def curves(self) -> pd.DataFrame:
+        """What the job reported so far (``kn.report``): one row a metric a step, as
+        ``JobGroup.curves`` has them."""
+        from .frames import curves_frame
+
+        return curves_frame([self.params], [self.record()])
+
     def tail(self, lines: int = 10) -> str:
         """The last ``lines`` lines of :attr:`output`."""
         if isinstance(lines, bool) or not isinstance(lines, int) or lines < 0:
@@ -151,10 +158,32 @@ class JobGroup:
         return self.await_all().__await__()
 
     def results(self) -> pd.DataFrame:
-        """One row per point: parameters, result fields, status, duration_ms, error."""
+        """One row per point: parameters, result fields, status, duration_ms, error, and the
+        last reported value of each metric (``kn.report``)."""
         from .frames import group_frame
 
         return group_frame(self.handles, self.records())
+
+    def curves(self) -> pd.DataFrame:
+        """What every point reported (``kn.report``), one row a metric a step: ``id``, the
+        point's parameters, ``step``, ``metric``, ``value``, ``time``; read while they run too.
+        ``g.curves().pivot_table(index="step", columns="lr", values="value")`` is one metric's
+        curves side by side."""
+        from .frames import curves_frame
+
+        return curves_frame([h.params for h in self.handles], self.records())
+
+    def best(self, metric: str, mode: str = "min") -> pd.Series:
+        """The row of ``results()`` with the best last value of ``metric`` (``mode``: ``"min"``
+        or ``"max"``); ``ConfigError`` if no point reported it."""
+        if mode not in ("min", "max"):
+            raise ConfigError(f"mode must be 'min' or 'max', got {mode!r}")
+        frame = self.results()
+        column = f"last_{metric}" if f"last_{metric}" in frame.columns else metric  # as group_frame names it
+        if column not in frame.columns or frame[column].dtype != "float64" or frame[column].isna().all():
+            raise ConfigError(f"no point of this group reported {metric!r}")
+        best = frame[column].idxmin() if mode == "min" else frame[column].idxmax()
+        return frame.loc[best]
 
     def then(self, fn: Callable[..., Any], /, *, include_failed: bool = True, **kwargs: Any) -> JobHandle:
         """Dispatch ``fn(results, **kwargs)`` to run once after every job of this group has

@@ -22,14 +22,10 @@ from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from ..errors import KhademError
+from ..errors import BatchResultError
 from ..job import QueueJob
 
 logger = logging.getLogger(__name__)
-
-
-class BatchResultError(KhademError):
-    """A batch call's return value is not one result per job."""
 
 
 class BatchGate:

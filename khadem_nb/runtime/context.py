@@ -8,7 +8,9 @@ import math
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any
 
+from .._time import now_ms
 from ..errors import JobCancelledError, KhademError
+from ..features.telemetry import REPORTS, Curves
 from ..limits import cut_text
 
 if TYPE_CHECKING:
@@ -30,8 +32,8 @@ class JobContext:
     a sync job on a thread, which cannot be interrupted and sees ``cancelled`` instead.
     """
 
-    __slots__ = ("cancelled", "driver", "flushed", "in_thread", "isolated", "loop", "output", "output_chars",
-                 "output_cut", "record", "resources", "task", "thread_state")
+    __slots__ = ("armed", "cancelled", "curves", "driver", "flushed", "in_thread", "isolated", "loop",
+                 "output", "output_chars", "output_cut", "record", "resources", "task", "thread_state")
 
     def __init__(self, record: JobRecord, driver: QueueDriver, loop: asyncio.AbstractEventLoop,
                  task: asyncio.Task[Any] | None = None, isolated: bool = False,
@@ -42,6 +44,8 @@ class JobContext:
         self.task = task  # the task awaiting the job, cancelled by ``cancel`` (if known)
         self.output: list[str] | None = None
         self.output_chars = 0
+        self.curves: Curves | None = None  # what the job reported (``report``), once it has
+        self.armed = False  # a flush of its output and reports to its record is due
         self.cancelled = False  # the job was cancelled: it stops as soon as it can
         self.in_thread = False  # a sync job runs on a thread: cancel only sets ``cancelled``
         self.thread_state = RUNNING  # of that thread: ENDED, or ORPHANED by a timeout
@@ -65,8 +69,7 @@ class JobContext:
         if self.output is None:
             self.output = []
             self.output_cut = self.flushed = 0
-            if self.driver is not None:
-                self.loop.call_soon_threadsafe(self._arm_flush)
+            self._start_flushing()
         self.output.append(text)
         self.output_chars += len(text)
         if self.output_chars > 2 * OUTPUT_LIMIT:
@@ -83,17 +86,46 @@ class JobContext:
         cut = self.output_cut + max(0, len(text) - OUTPUT_LIMIT)
         return f"[... {cut} characters cut ...]\n{text[-OUTPUT_LIMIT:]}" if cut else text
 
+    def report(self, step: Any, metrics: dict[str, Any]) -> None:
+        """Keep numbers the job reports at a step (``telemetry``); they reach its record with
+        its output, at most OUTPUT_FLUSH_S later. From any thread."""
+        if self.cancelled:
+            raise JobCancelledError(message=f"job {self.record.name!r} ({self.record.id}) was cancelled")
+        if self.curves is None:
+            self.curves = Curves()
+            self._start_flushing()
+        self.curves.add(step, metrics, now_ms())
+
+    def stored_meta(self) -> dict[str, Any]:
+        """The output and reports the record gets when the job ends (its settle stores them)."""
+        meta: dict[str, Any] = {}
+        if self.output:
+            meta["output"] = self.captured_output()
+        if self.curves is not None:
+            meta[REPORTS] = self.curves.stored()
+        return meta
+
+    def _start_flushing(self) -> None:
+        if self.driver is not None and not self.armed:
+            self.armed = True
+            self.loop.call_soon_threadsafe(self._arm_flush)
+
     def _arm_flush(self) -> None:
         self.loop.call_later(OUTPUT_FLUSH_S, self._flush)
 
     def _flush(self) -> None:
-        """Store the output written since the last flush while the job still runs here."""
+        """Store the output written and the reports made since the last flush while the job
+        still runs here: one write for both."""
         if self.record.token is None or self.record.status != "active":
-            return  # settled: its settle stored the output
-        written = self.output_cut + self.output_chars
-        if written != self.flushed:
-            self.flushed = written
-            self._schedule(self.driver.update_meta(self.record, {"output": self.captured_output()}))
+            return  # settled: its settle stored them
+        meta: dict[str, Any] = {}
+        if self.output is not None and self.output_cut + self.output_chars != self.flushed:
+            self.flushed = self.output_cut + self.output_chars
+            meta["output"] = self.captured_output()
+        if self.curves is not None and self.curves.changed:
+            meta[REPORTS] = self.curves.stored()
+        if meta:
+            self._schedule(self.driver.update_meta(self.record, meta))
         self._arm_flush()
 
     def set_progress(self, fraction: float, note: str | None = None) -> None:
@@ -153,6 +185,18 @@ def progress(fraction: float, note: str | None = None) -> None:
     if context is None:
         raise KhademError("progress() was called outside a running job")
     context.set_progress(fraction, note)
+
+
+def report(step: int | None = None, **metrics: float) -> None:
+    """Record numbers of the running job at a step: ``kn.report(epoch, loss=0.31, val_loss=0.4)``
+    (``step`` left out: the step after the last one). They reach the job's record while it runs,
+    about once a second (``telemetry``). Raises ``JobCancelledError`` once the job was cancelled
+    (or pruned), and ``ReportError`` for a name that is not an identifier or a value that is not
+    a finite number (NaN is kept as NaN)."""
+    context = current_job.get()
+    if context is None:
+        raise KhademError("report() was called outside a running job")
+    context.report(step, metrics)
 
 
 def context() -> JobContext:

@@ -119,8 +119,8 @@ class JobExecutor:
         finally:
             self.running.pop(record.id, None)
             current_job.reset(token)
-            if context.output:  # kept with the record before it is settled
-                record.meta["output"] = context.captured_output()
+            if context.output or context.curves is not None:  # kept with the record, then settled
+                record.meta.update(context.stored_meta())
         if context.cancelled:
             await self._stop(record, started)
         elif failure is not None:

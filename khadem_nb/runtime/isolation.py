@@ -20,6 +20,7 @@ import hashlib
 import inspect
 import json
 import logging
+import math
 import multiprocessing
 import os
 import signal
@@ -30,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import JobCrashedError, RetryJob, SerializationError
 from ..features.resources import cuda_devices
+from ..features.telemetry import check_metric, check_step
 from ..serializer import decode_value, dumps, encode_value
 from .context import JobContext, current_job
 
@@ -62,6 +64,12 @@ class ChildContext(JobContext):
 
     def set_progress(self, fraction: float, note: str | None = None) -> None:
         message = {"type": "progress", "fraction": fraction, "note": None if note is None else str(note)}
+        self.conn.send_bytes(dumps(message).encode())
+
+    def report(self, step: Any, metrics: dict[str, Any]) -> None:
+        """Checked here, so a bad report raises in the job; the parent keeps it (NaN as null)."""
+        values = {name: check_metric(name, value) for name, value in metrics.items()}
+        message = {"type": "report", "step": None if step is None else check_step(step), "metrics": values}
         self.conn.send_bytes(dumps(message).encode())
 
 
@@ -214,8 +222,12 @@ class ProcessPool:
         try:
             child.send(header, code)
             message = await child.receive()
-            while message["type"] == "progress":
-                context.set_progress(message["fraction"], message["note"])
+            while message["type"] in ("progress", "report"):
+                if message["type"] == "progress":
+                    context.set_progress(message["fraction"], message["note"])
+                else:
+                    context.report(message["step"], {name: math.nan if value is None else value
+                                                     for name, value in message["metrics"].items()})
                 message = await child.receive()
         except BaseException:  # a timeout, a cancel, a crash: this child is done for
             self._busy.discard(child)
