@@ -441,7 +441,8 @@ class Square(QueueJob):
     @classmethod
     def handle_batch(cls, jobs: list[Square]) -> list[Any]:
         cls.calls.append(len(jobs))
-        return [ValueError(f"negative: {job.n}") if job.n < 0 else {"square": job.n * job.n, "shared": len(jobs)}
+        shared = len(jobs)
+        return [ValueError(f"negative: {job.n}") if job.n < 0 else {"square": job.n * job.n, "shared": shared}
                 for job in jobs]
 
 
