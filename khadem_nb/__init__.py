@@ -33,6 +33,7 @@ from .errors import (
     UnknownJobError,
 )
 from .factory import QueueFactory
+from .features.pruning import MedianPruner, SuccessiveHalving
 from .job import Failure, JobRecord, JobStatus, QueueJob, QueueJobWithMetadata
 from .manager import QueueManager
 from .middleware import Middleware
@@ -80,6 +81,7 @@ __all__ = [
     "JobStatus",
     "JobTimeoutError",
     "KhademError",
+    "MedianPruner",
     "Middleware",
     "Queue",
     "QueueDriver",
@@ -96,6 +98,7 @@ __all__ = [
     "ResultTimeoutError",
     "RetryJob",
     "SerializationError",
+    "SuccessiveHalving",
     "UnknownJobError",
     "WorkerHooks",
     "WorkerSettings",

@@ -6,6 +6,7 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from ..features.dependencies import outcome
+from ..features.pruning import PRUNED
 from ..features.schedules import ScheduleInfo
 from ..features.telemetry import last_values, points
 from ..job import Failure, JobRecord, JobStatus
@@ -98,9 +99,13 @@ def _args(record: JobRecord) -> Any:
 
 def group_frame(handles: Sequence[JobHandle], records: Sequence[JobRecord]) -> pd.DataFrame:
     """One row per point: its parameters, its result (dicts flattened), status, duration, error,
-    and the last reported value of each metric (``telemetry``): a column named after the metric,
-    ``last_<metric>`` where a parameter or a result field has that name."""
+    whether a pruner stopped it (``pruned``), and the last reported value of each metric
+    (``telemetry``): a column named after the metric, ``last_<metric>`` where a parameter or a
+    result field has that name."""
     frame = outcomes_frame([outcome(r, h.params) for h, r in zip(handles, records, strict=True)])
+    if records:  # stopped by a pruner (``features.pruning``): cancelled, never a failure
+        frame["pruned"] = [r.status is JobStatus.CANCELLED and (r.error or "").startswith(PRUNED)
+                           for r in records]
     lasts = [last_values(r.meta) for r in records]
     taken = set(frame.columns)
     for metric in sorted({m for last in lasts for m in last}):

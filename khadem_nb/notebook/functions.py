@@ -20,6 +20,7 @@ from .. import limits
 from ..errors import ConfigError, SerializationError
 from ..features.dependencies import GROUP_FEEDS
 from ..features.flow import check_limit_key
+from ..features.pruning import check_pruner
 from ..features.unique import canonical_key
 from ..job import QueueJob
 from ..limits import check_concurrency, check_isolation, check_resources, parse_rate
@@ -254,21 +255,28 @@ class JobFunction:
     def map(self, calls: Iterable[Mapping[str, Any]], *, priority: int | None = None,
             delay: float | timedelta | None = None, max_attempts: int | None = None,
             fresh: bool = False, rerun_cancelled: bool = False,
-            on_code_change: str = "warn") -> JobGroup:
-        """Queue one call per dict of keyword arguments; returns a :class:`JobGroup`."""
+            on_code_change: str = "warn", prune: Any = None) -> JobGroup:
+        """Queue one call per dict of keyword arguments; returns a :class:`JobGroup`.
+        ``prune`` (``kn.MedianPruner(...)``, ``kn.SuccessiveHalving(...)``): stop the calls
+        that are clearly losing, from what they report (``features.pruning``)."""
+        pruner = check_pruner(prune)
         points = [self.bind((), call) for call in calls]
-        return self.queue.submit(self, points, priority=priority, delay=delay,
-                                 max_attempts=max_attempts, resumable=not fresh,
-                                 rerun_cancelled=bool(rerun_cancelled), on_code_change=on_code_change)
+        group = self.queue.submit(self, points, priority=priority, delay=delay,
+                                  max_attempts=max_attempts, resumable=not fresh,
+                                  rerun_cancelled=bool(rerun_cancelled), on_code_change=on_code_change)
+        if pruner is not None:
+            self.queue.watch_pruning(group.ids, pruner)
+        return group
 
     def sweep(self, *, priority: int | None = None, delay: float | timedelta | None = None,
               max_attempts: int | None = None, fresh: bool = False, rerun_cancelled: bool = False,
-              on_code_change: str = "warn", **grids: Iterable[Any]) -> JobGroup:
+              on_code_change: str = "warn", prune: Any = None, **grids: Iterable[Any]) -> JobGroup:
         """Queue the cartesian product of the given value lists, e.g. ``sweep(lr=[.1, .01], epochs=[1, 2])``.
 
         On a durable queue, running the same sweep again reuses points that already exist
         (finished or pending) and requeues failed ones; cancelled points stay cancelled unless
-        ``rerun_cancelled=True``; ``fresh=True`` runs every point anew. Finished points computed
+        ``rerun_cancelled=True`` (pruned points too); ``fresh=True`` runs every point anew.
+        ``prune=kn.MedianPruner("val_loss")`` stops losing points (see :meth:`map`). Finished points computed
         by an older version of the function follow ``on_code_change``: ``"warn"`` reuses them
         and says how many, ``"rerun"`` runs them again, ``"keep"`` reuses them silently.
         """
@@ -283,5 +291,5 @@ class JobFunction:
             values.append(list(grid))
         calls = [dict(zip(names, combo, strict=True)) for combo in itertools.product(*values)]
         return self.map(calls, priority=priority, delay=delay, max_attempts=max_attempts, fresh=fresh,
-                        rerun_cancelled=rerun_cancelled, on_code_change=on_code_change)
+                        rerun_cancelled=rerun_cancelled, on_code_change=on_code_change, prune=prune)
 

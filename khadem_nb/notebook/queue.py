@@ -19,8 +19,10 @@ from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 from .. import limits
 from ..config import QueueSettings, parse_config
-from ..errors import CodeChangedWarning, ConfigError
-from ..job import JobRecord, JobStatus
+from ..errors import CodeChangedWarning, ConfigError, KhademError
+from ..features.pruning import Pruner, decide, reported
+from ..features.telemetry import last_values
+from ..job import TERMINAL_STATUSES, JobRecord, JobStatus
 from ..limits import checked_secret
 from ..manager import QueueManager
 from ..runtime import capture
@@ -41,6 +43,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 NOTEBOOK_RETENTION = 200_000  # finished records kept (unless queue.retention says otherwise)
 
 
+PRUNE_EVERY_S = 1.0  # how often a watched group's reports are read for pruning
 CODE_CHANGES = ("warn", "rerun", "keep")  # what a sweep run again does with points of older code
 
 
@@ -91,6 +94,7 @@ class Queue:
         self._worker: QueueWorker | None = None
         self._captured = False
         self._panels: list[QueuePanel] = []
+        self._pruners: set[Future[None] | asyncio.Task[None]] = set()  # groups watched for pruning
 
     # -- running the manager's coroutines: what handles and panels use ------------------------
     def run(self, coro: Coroutine[Any, Any, T]) -> T:
@@ -291,6 +295,34 @@ class Queue:
     @property
     def paused(self) -> bool:
         return self._worker is not None and self._worker.paused
+
+    # -- pruning -------------------------------------------------------------------------------
+    def watch_pruning(self, ids: Sequence[str], pruner: Pruner) -> None:
+        """Watch the points ``ids`` of a group until all have ended, stopping those ``pruner``
+        names (``features.pruning``), about once a second, from this kernel: the points run
+        wherever their workers are. A cell run again watches its group again."""
+        task = self.run_soon(self._prune(list(ids), pruner))
+        self._pruners.add(task)
+        task.add_done_callback(self._pruners.discard)
+
+    async def _prune(self, ids: list[str], pruner: Pruner) -> None:
+        await self.opened()
+        driver, told = self.manager.driver, False
+        while True:
+            try:
+                records = [r for r in await driver.get_many(ids) if r is not None]
+                for job_id, why in decide(pruner, records).items():
+                    await driver.cancel([job_id], why)
+                if not told and reported(pruner, records) is False:
+                    told = True
+                    names = ", ".join(sorted({m for r in records for m in last_values(r.meta)}))
+                    logger.warning("pruning: no point reports %r (they report %s); nothing is pruned",
+                                   pruner.metric, names)
+                if all(r.status in TERMINAL_STATUSES for r in records):
+                    return
+            except KhademError as exc:  # the storage is away: look again later
+                logger.warning("pruning: could not read the group (%s); trying again", exc)
+            await asyncio.sleep(PRUNE_EVERY_S)
 
     def stop(self, grace: float | timedelta = 10.0) -> None:
         """Stop the in-process workers; jobs still running after ``grace`` go back to the queue."""

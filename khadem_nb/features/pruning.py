@@ -1,0 +1,158 @@
+"""Pruning: stop the points of a group that are clearly losing, from what every point reported.
+
+A rule looks at the reports (``telemetry``) of every point of a group, running or ended,
+wherever it runs, and names the running points to stop, each with why. Whoever watches the
+group (the notebook's sweep) cancels them through the usual cancel, so a cooperative job sees
+``kn.cancelled()`` (its next ``kn.report`` raises), an async one is cancelled, an isolated one
+killed; the point ends ``cancelled`` with ``pruned: <why>`` as its error.
+
+- ``MedianPruner`` (Optuna's rule): at step ``s`` after ``warmup_steps``, a point whose best
+  value so far is strictly worse than the median of the values the other points reported at
+  ``s`` is pruned, once at least ``min_points`` of them have.
+- ``SuccessiveHalving`` (asynchronous successive halving): rungs at ``min_steps *
+  reduction_factor**k``; a point that reached a rung goes on only while its value there is
+  among the best ``1/reduction_factor`` of the values every point reported there.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from ..errors import ConfigError
+from ..job import ACTIVE, JobRecord
+from .telemetry import METRIC_NAME, points
+
+PRUNED = "pruned: "  # how the error of a pruned point starts
+MODES = ("min", "max")
+
+Series = dict[int, float]  # one point's values of the rule's metric, by step
+
+
+def _check(metric: Any, mode: Any, counts: Mapping[str, Any]) -> None:
+    if not isinstance(metric, str) or not METRIC_NAME.match(metric):
+        raise ConfigError(f"a pruner's metric is a metric name (an identifier, like 'val_loss'), "
+                          f"got {metric!r}")
+    if mode not in MODES:
+        raise ConfigError(f"mode must be 'min' or 'max', got {mode!r}")
+    for name, (value, lowest) in counts.items():
+        if isinstance(value, bool) or not isinstance(value, int) or value < lowest:
+            raise ConfigError(f"{name} must be a whole number >= {lowest}, got {value!r}")
+
+
+def series_of(record: JobRecord, metric: str) -> Series:
+    """``record``'s reported values of ``metric`` by step (NaN left out: it is no evidence)."""
+    return {step: value for name, step, value, _ in points(record.meta)
+            if name == metric and not math.isnan(value)}
+
+
+def _best(values: Sequence[float], mode: str) -> float:
+    return min(values) if mode == "min" else max(values)
+
+
+def _worse(value: float, than: float, mode: str) -> bool:
+    return value > than if mode == "min" else value < than
+
+
+@dataclass(frozen=True)
+class MedianPruner:
+    """Prune a point worse than the median of the others at its step (see the module)."""
+
+    metric: str
+    mode: str = "min"
+    warmup_steps: int = 0
+    min_points: int = 4
+
+    def __post_init__(self) -> None:
+        _check(self.metric, self.mode, {"warmup_steps": (self.warmup_steps, 0),
+                                        "min_points": (self.min_points, 1)})
+
+    def verdict(self, series: Series, others: Sequence[Series]) -> str | None:
+        """Why a running point with ``series`` is pruned, given the others' series; ``None``
+        to let it run."""
+        if not series:
+            return None
+        step = max(series)
+        if step < self.warmup_steps:
+            return None
+        at_step = [other[step] for other in others if step in other]
+        if len(at_step) < self.min_points:
+            return None
+        median = statistics.median(at_step)
+        best = _best([v for s, v in series.items() if s <= step], self.mode)
+        if not _worse(best, median, self.mode):
+            return None
+        return (f"{self.metric} {best:.6g} at step {step}, worse than the median {median:.6g} of "
+                f"{len(at_step)} other points (MedianPruner)")
+
+
+@dataclass(frozen=True)
+class SuccessiveHalving:
+    """Asynchronous successive halving (see the module)."""
+
+    metric: str
+    mode: str = "min"
+    min_steps: int = 1
+    reduction_factor: int = 3
+
+    def __post_init__(self) -> None:
+        _check(self.metric, self.mode, {"min_steps": (self.min_steps, 1),
+                                        "reduction_factor": (self.reduction_factor, 2)})
+
+    def rungs(self, up_to: int) -> list[int]:
+        """The rung steps at or below ``up_to``."""
+        found, step = [], self.min_steps
+        while step <= up_to:
+            found.append(step)
+            step *= self.reduction_factor
+        return found
+
+    def verdict(self, series: Series, others: Sequence[Series]) -> str | None:
+        if not series:
+            return None
+        for rung in reversed(self.rungs(max(series))):
+            if rung not in series:
+                continue
+            value = series[rung]
+            there = sorted([other[rung] for other in others if rung in other] + [value],
+                           reverse=self.mode == "max")
+            kept = max(1, len(there) // self.reduction_factor)
+            if _worse(value, there[kept - 1], self.mode):
+                return (f"{self.metric} {value:.6g} at step {rung}, not among the best {kept} of "
+                        f"{len(there)} points at that rung (SuccessiveHalving)")
+            return None
+        return None
+
+
+Pruner = MedianPruner | SuccessiveHalving
+
+
+def check_pruner(prune: Any) -> Pruner | None:
+    if prune is None or isinstance(prune, MedianPruner | SuccessiveHalving):
+        return prune
+    raise ConfigError(f"prune= takes kn.MedianPruner(...) or kn.SuccessiveHalving(...), got {prune!r}")
+
+
+def decide(pruner: Pruner, records: Sequence[JobRecord]) -> dict[str, str]:
+    """The running points of a group to stop, by id, each with its error (``pruned: ...``)."""
+    series = {record.id: series_of(record, pruner.metric) for record in records}
+    stops = {}
+    for record in records:
+        if record.status is not ACTIVE:
+            continue
+        others = [s for job_id, s in series.items() if job_id != record.id]
+        why = pruner.verdict(series[record.id], others)
+        if why is not None:
+            stops[record.id] = PRUNED + why
+    return stops
+
+
+def reported(pruner: Pruner, records: Sequence[JobRecord]) -> bool | None:
+    """Whether any point reported the pruner's metric: ``None`` while no point reported
+    anything, else whether one reported it (``False``: the metric is not what the points
+    report, which the watcher says once)."""
+    names = {name for record in records for name, *_ in points(record.meta)}
+    return None if not names else pruner.metric in names
