@@ -63,7 +63,7 @@ def test_bad_pruners_are_refused() -> None:
     def train(lr: float) -> float:
         return lr
 
-    with pytest.raises(ConfigError, match="prune= takes kn.MedianPruner"):
+    with pytest.raises(ConfigError, match=r"prune= takes kn\.MedianPruner"):
         train.sweep(lr=[0.1], prune="median")
     assert q.jobs().empty  # nothing was dispatched
 
