@@ -173,3 +173,35 @@ async def test_a_worker_process_reports(tmp_path: Path) -> None:
     assert record.result == pytest.approx(0.4)
     assert [(s, v) for m, s, v, _ in points(record.meta) if m == "loss"] == \
         [(epoch, 2.0 / (epoch + 1)) for epoch in range(5)]
+
+
+def test_the_panel_draws_a_metrics_curves_of_running_and_finished_jobs() -> None:
+    from khadem_nb.notebook.charts import CURVE_POINTS, charts_html
+
+    q = kn.Queue()
+
+    @q.job
+    def train(scale: float, steps: int) -> float:
+        for step in range(steps):
+            kn.report(step, loss=scale / (step + 1), acc=step / steps)
+            time.sleep(0.002)
+        return scale
+
+    q.start(concurrency=3)
+    try:
+        train.map([{"scale": 1.0, "steps": 1000}, {"scale": 2.0, "steps": 20}, {"scale": 3.0, "steps": 20}]
+                  ).wait(timeout=30)
+        first = q.panel(refresh=0.1, metric=None)
+        chosen = q.panel(refresh=0.1, metric="acc")
+        charts = [q.run(panel.snapshot()).charts for panel in (first, chosen)]
+        with pytest.raises(kn.ConfigError, match="identifier"):
+            q.panel(metric="val loss")
+        for panel in (first, chosen):
+            panel.close()
+    finally:
+        q.stop()
+    assert charts[0].metric == "loss" and charts[1].metric == "acc"
+    lines = {len(line) for _, status, line in charts[0].curves if status == "completed"}
+    assert len(charts[0].curves) == 3 and max(lines) <= CURVE_POINTS + 1  # a long curve is thinned
+    svg = charts_html(charts[0])
+    assert "data-jobs='3'" in svg and svg.count("<polyline") == 3 and ">loss<" in svg

@@ -1,5 +1,6 @@
-"""The panel's charts: throughput over the last minutes, durations of finished jobs, and a
-timeline of recent jobs per worker, drawn as small inline SVGs.
+"""The panel's charts: throughput over the last minutes, durations of finished jobs, a
+timeline of recent jobs per worker, and the curves of one reported metric (``kn.report``) of
+running and recently finished jobs, drawn as small inline SVGs.
 
 ``panel_charts`` computes all three once per panel refresh from what the panel already keeps
 (its samples of the finished count) and the last jobs this kernel's workers ran, never once per
@@ -10,9 +11,11 @@ attributes, which is what the tests read.
 from __future__ import annotations
 
 import html
+import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
+from ..features.telemetry import points
 from ..job import COMPLETED, FAILED, JobRecord
 from ..metrics import duration_bins, rate_series, timeline_rows
 
@@ -21,6 +24,11 @@ BUCKETS = 30  # five minutes
 TIMELINE_MS = 60_000  # the last minute of jobs
 WIDTH, HEIGHT = 260, 60
 COLOURS = {"completed": "#2f855a", "failed": "#c53030", "cancelled": "#718096"}
+CURVES_SHOWN = 12  # jobs whose curves the panel draws, running ones first
+CURVE_POINTS = 200  # points drawn of one curve, at most (evenly picked)
+
+#: one job's curve of the panel's metric: its id, its status, its (step, value) points
+Curve = tuple[str, str, tuple[tuple[int, float], ...]]
 
 
 @dataclass(frozen=True)
@@ -28,24 +36,54 @@ class Charts:
     throughput: tuple[float, ...]  # jobs/s per bucket, oldest first
     durations: tuple[tuple[float, float, int], ...]  # (low s, high s, count)
     timeline: tuple[tuple[str, str, int, int, str], ...]  # (worker, job, start, end ms ago, status)
+    metric: str | None = None  # the metric the curves are of (None: no job reported one)
+    curves: tuple[Curve, ...] = ()
 
 
 def panel_charts(samples: Sequence[tuple[float, int]], recent: Iterable[tuple[str, JobRecord]],
-                 now: float, now_ms: int) -> Charts:
-    """The three charts from the panel's ``(monotonic time, finished count)`` samples and the
-    ``(worker, record)`` pairs of the jobs this kernel ran last."""
+                 now: float, now_ms: int, reported: Sequence[JobRecord] = (),
+                 metric: str | None = None) -> Charts:
+    """The charts from the panel's ``(monotonic time, finished count)`` samples, the
+    ``(worker, record)`` pairs of the jobs this kernel ran last, and the records whose curves
+    may be drawn (``reported``, running ones first) of ``metric`` (``None``: the first metric
+    one of them reported)."""
     ran = list(recent)
     durations = [d / 1000 for _, r in ran
                  if r.status in (COMPLETED, FAILED) and (d := r.duration_ms) is not None]
+    chosen, curves = curves_of(reported, metric)
     return Charts(tuple(round(v, 2) for v in rate_series(samples, now, BUCKET_S, BUCKETS)),
-                  tuple(duration_bins(durations)), tuple(timeline_rows(ran, now_ms, TIMELINE_MS)))
+                  tuple(duration_bins(durations)), tuple(timeline_rows(ran, now_ms, TIMELINE_MS)),
+                  chosen, curves)
+
+
+def curves_of(records: Sequence[JobRecord], metric: str | None) -> tuple[str | None, tuple[Curve, ...]]:
+    """The metric to draw and the curves of it of the first CURVES_SHOWN records that report
+    it, each thinned to CURVE_POINTS points (NaN left out)."""
+    curves: list[Curve] = []
+    for record in records:
+        found: dict[str, list[tuple[int, float]]] = {}
+        for name, step, value, _ in points(record.meta):
+            if metric is None or name == metric:
+                found.setdefault(name, []).append((step, value))
+        if metric is None and found:
+            metric = next(iter(found))
+        line = [(step, value) for step, value in found.get(metric or "", []) if not math.isnan(value)]
+        if line:
+            kept = line[::max(1, -(-len(line) // CURVE_POINTS))]
+            if kept[-1] != line[-1]:  # the latest point is always drawn
+                kept.append(line[-1])
+            curves.append((record.id, record.status.value, tuple(kept)))
+        if len(curves) == CURVES_SHOWN:
+            break
+    return metric, tuple(curves)
 
 
 def charts_html(charts: Charts) -> str:
-    """The three charts side by side (wrapping on narrow pages)."""
+    """The charts side by side (wrapping on narrow pages); the curves once a job reported."""
+    curves = "" if charts.metric is None else _figure(charts.metric, _curves(charts.curves))
     return ("<div class='khadem-charts'>" + _figure("throughput, last 5 min", _throughput(charts.throughput))
             + _figure("durations", _durations(charts.durations))
-            + _figure("jobs per worker, last minute", _timeline(charts.timeline)) + "</div>")
+            + _figure("jobs per worker, last minute", _timeline(charts.timeline)) + curves + "</div>")
 
 
 def _figure(title: str, svg: str) -> str:
@@ -105,3 +143,25 @@ def _timeline(rows: tuple[tuple[str, str, int, int, str], ...]) -> str:
                      f"fill='{COLOURS.get(status, '#2980b9')}' opacity='0.8'>"
                      f"<title>{html.escape(job)} ({status})</title></rect>")
     return _svg("timeline", f"data-jobs='{len(rows)}' data-workers='{len(workers)}'", "".join(parts), height)
+
+
+def _curves(curves: tuple[Curve, ...]) -> str:
+    """One polyline per job: steps across, values up, on shared scales; running ones blue."""
+    values = [v for _, _, line in curves for _, v in line]
+    steps = [s for _, _, line in curves for s, _ in line]
+    data = f"data-jobs='{len(curves)}' data-points='{len(values)}'"
+    if not values:
+        return _svg("curves", data, _text(2, 30, "no points yet"))
+    low, high = min(values), max(values)
+    span, last = (high - low) or 1.0, max(steps) or 1
+    lines = []
+    for job_id, status, line in curves:
+        xy = " ".join(f"{s / last * (WIDTH - 4) + 2:.1f},{HEIGHT - 4 - (v - low) / span * (HEIGHT - 16):.1f}"
+                      for s, v in line)
+        colour = COLOURS.get(status, "var(--jp-brand-color1, #2980b9)")
+        lines.append(f"<polyline data-job='{html.escape(job_id)}' data-status='{status}' points='{xy}' "
+                     f"fill='none' stroke='{colour}' stroke-width='1.2'><title>{html.escape(job_id)} "
+                     f"({status}): {line[-1][1]:.4g} at step {line[-1][0]}</title></polyline>")
+    labels = _text(2, 10, f"{high:.4g}") + _text(2, HEIGHT - 2, f"{low:.4g}") + \
+        _text(WIDTH - 2, HEIGHT - 2, f"step {last}", "end")
+    return _svg("curves", data, labels + "".join(lines))

@@ -21,9 +21,11 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from .._ids import short_id
+from ..errors import ConfigError
+from ..features.telemetry import METRIC_NAME
 from ..job import JobRecord, JobStatus
 from ..metrics import metrics_from_counts
-from .charts import Charts, charts_html, panel_charts
+from .charts import CURVES_SHOWN, Charts, charts_html, panel_charts
 from .handles import STATUS_COLOURS
 
 if TYPE_CHECKING:
@@ -120,11 +122,14 @@ class QueuePanel(w.VBox):  # type: ignore[misc]
     """The panel: an ``ipywidgets.VBox`` (so it goes inside other layouts) and its refresher.
     Display it by leaving it last in a cell."""
 
-    def __init__(self, queue: Queue, refresh_s: float = 0.5) -> None:
+    def __init__(self, queue: Queue, refresh_s: float = 0.5, metric: str | None = None) -> None:
         if refresh_s < 0.1:
-            from ..errors import ConfigError
-
             raise ConfigError(f"panel refresh must be at least 0.1 s, got {refresh_s}")
+        if metric is not None and (not isinstance(metric, str) or not METRIC_NAME.match(metric)):
+            raise ConfigError(f"panel(metric=...) is a metric name (an identifier, like 'val_loss'), "
+                              f"got {metric!r}")
+        #: the metric whose curves it draws (``None``: the first one a job reported)
+        self.metric = metric
         super().__init__(layout=w.Layout(width="100%", max_width="900px"))
         self.queue = queue
         self.refresh_s = refresh_s
@@ -203,8 +208,10 @@ class QueuePanel(w.VBox):  # type: ignore[misc]
         finished, total, rate = self.batch.update(counts)
         now_ms = time.time() * 1000
         worker = self.queue.worker
+        ended = await manager.jobs(JobStatus.COMPLETED, queue=self.queue.settings.name, limit=CURVES_SHOWN)
+        reported = [*reversed(active), *reversed(ended)]  # running first, then the last finished
         charts = panel_charts(self.batch.samples, worker.recent if worker is not None else (),
-                              time.monotonic(), int(now_ms))
+                              time.monotonic(), int(now_ms), reported, self.metric)
         state = ("paused" if worker.paused else f"running ({worker.options.concurrency} workers)") \
             if worker is not None and worker.running else "not running here"
         return Snapshot(

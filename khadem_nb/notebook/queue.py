@@ -448,11 +448,13 @@ class Queue:
     def counts(self) -> dict[str, int]:
         return self.run(self.manager.counts(self.settings.name))
 
-    def panel(self, refresh: float = 0.5) -> QueuePanel:
-        """A live ipywidgets panel: counts, progress, throughput, running jobs, failures, buttons."""
+    def panel(self, refresh: float = 0.5, metric: str | None = None) -> QueuePanel:
+        """A live ipywidgets panel: counts, progress, throughput, running jobs, failures, buttons,
+        and the curves of ``metric`` (``kn.report``; by default the first one a job reported)
+        of the running and the last finished jobs."""
         from .panel import QueuePanel
 
-        panel = QueuePanel(self, refresh_s=refresh)
+        panel = QueuePanel(self, refresh_s=refresh, metric=metric)
         self._panels.append(panel)
         return panel
 

@@ -80,7 +80,8 @@ class JobExecutor:
         self._on_threads: dict[str, JobRecord] = {}
         self._pool: ProcessPool | None = None  # children of isolated jobs, started on first use
         self._gates: dict[str, BatchGate] = {}  # batched kinds met here, by job name
-        self._batch_sizes: dict[Any, int | None] = {}  # by the factory registered for a name
+        #: each job name's factory when its batch size was read, and that size (``batch_size_of``)
+        self._batch_sizes: dict[str, tuple[Any, int | None]] = {}
         #: called with each record this process settles (used by notebook handles to wake up)
         self.listeners: list[Callable[[JobRecord], None]] = []
 
@@ -297,16 +298,16 @@ class JobExecutor:
     def batch_size_of(self, name: str) -> int | None:
         """The batch size of the jobs named ``name`` (``None``: each runs alone), read from the
         job class or job function registered for it, before one of them runs; what the worker
-        asks to let such a job wait for its batch without holding a consumer."""
+        asks of every job it claims, so kept by name with the factory it was read from (a cell
+        run again registers another)."""
         factory = self.serializer.factories.get(name)
-        try:
-            return self._batch_sizes[factory]
-        except KeyError:
-            pass
+        known = self._batch_sizes.get(name)
+        if known is not None and known[0] is factory:
+            return known[1]
         owner = getattr(factory, "__self__", None)  # a job class's from_json, a job function's _rebuild
         size = getattr(owner, "batch_size", None)
-        self._batch_sizes[factory] = size if isinstance(size, int) else None
-        return self._batch_sizes[factory]
+        self._batch_sizes[name] = (factory, size if isinstance(size, int) else None)
+        return self._batch_sizes[name][1]
 
     def _on_thread(self, run: Callable[..., Any], handle: Callable[[], Any], context: JobContext) -> Any:
         """Run a sync job's ``handle`` on a pool thread; count its end if it outlived its timeout."""
