@@ -34,6 +34,7 @@ from .errors import (
 )
 from .factory import QueueFactory
 from .features.pruning import MedianPruner, SuccessiveHalving
+from .features.space import intrange, loguniform, uniform
 from .job import Failure, JobRecord, JobStatus, QueueJob, QueueJobWithMetadata
 from .manager import QueueManager
 from .middleware import Middleware
@@ -106,7 +107,10 @@ __all__ = [
     "cancelled",
     "chain",
     "context",
+    "intrange",
+    "loguniform",
     "parse_config",
     "progress",
     "report",
+    "uniform",
 ]

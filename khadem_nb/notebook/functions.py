@@ -28,6 +28,7 @@ from ..registry import job_factories
 
 if TYPE_CHECKING:
     from .handles import JobGroup, JobHandle
+    from .optimize import Study
     from .queue import Queue
     from .workflows import Step
 
@@ -267,6 +268,21 @@ class JobFunction:
         if pruner is not None:
             self.queue.watch_pruning(group.ids, pruner)
         return group
+
+    def optimize(self, space: Mapping[str, Any], *, metric: str, mode: str = "min", n_trials: int = 100,
+                 parallel: int = 4, prune: Any = None, sampler: Any = None, name: str | None = None) -> Study:
+        """Search ``space`` (``{"lr": kn.loguniform(1e-4, 1e-1), "depth": kn.intrange(2, 8),
+        "opt": ["adam", "sgd"]}``) for the parameters that give the best ``metric``, ``mode``
+        ``"min"`` or ``"max"``: Optuna (``sampler``, TPE by default) asks, the queue runs each
+        trial as a job, ``parallel`` at a time, until ``n_trials`` have ended; ``prune`` stops
+        losing trials (``kn.MedianPruner``...). With ``name`` on a durable queue the study is
+        found again after a kernel restart. Returns a :class:`Study` at once (``await study``,
+        ``study.wait()``, ``study.best``, ``study.results()``, ``study.cancel()``)."""
+        from .optimize import Study
+
+        return Study(self, dict(space) if isinstance(space, Mapping) else space, metric=metric, mode=mode,
+                     n_trials=n_trials, parallel=parallel, prune=check_pruner(prune), sampler=sampler,
+                     name=name)
 
     def sweep(self, *, priority: int | None = None, delay: float | timedelta | None = None,
               max_attempts: int | None = None, fresh: bool = False, rerun_cancelled: bool = False,

@@ -24,7 +24,7 @@ from ..features.pruning import Pruner, decide, reported
 from ..features.telemetry import last_values
 from ..job import TERMINAL_STATUSES, JobRecord, JobStatus
 from ..limits import checked_secret
-from ..manager import QueueManager
+from ..manager import Dispatch, QueueManager
 from ..runtime import capture
 from ..runtime.worker import QueueWorker
 from ._loop import LoopRunner
@@ -177,10 +177,15 @@ class Queue:
         """One call, through the manager's one road of a dispatch (``prepare``, which checks
         every option of ``QueueManager.dispatch`` once, then ``store``), its arguments encoded
         once; the handle of the job stored (or, unique, of the one holding its key)."""
+        prepared = self.prepare_call(spec, params, **options)
+        return JobHandle(self, self.run(self.manager.store(prepared)), spec.name, params, prepared.record.key)
+
+    def prepare_call(self, spec: JobFunction, params: dict[str, Any], **options: Any) -> Dispatch:
+        """One call built and checked for ``QueueManager.store`` (``QueueManager.prepare``), its
+        arguments encoded once."""
         kwargs, key = self._encoded(spec, params)
-        prepared = self.manager.prepare(spec.make_call(params), queue=self.settings.name, key=key,
-                                        encoded=(spec.name, {"kwargs": kwargs}), **options)
-        return JobHandle(self, self.run(self.manager.store(prepared)), spec.name, params, key)
+        return self.manager.prepare(spec.make_call(params), queue=self.settings.name, key=key,
+                                    encoded=(spec.name, {"kwargs": kwargs}), **options)
 
     def _build_record(self, spec: JobFunction, params: dict[str, Any], priority: int | None,
                       delay: float | timedelta | None, max_attempts: int | None) -> JobRecord:

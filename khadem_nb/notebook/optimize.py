@@ -1,0 +1,233 @@
+"""``fn.optimize(space, metric=, ...)``: Optuna's ask-and-tell driven by the queue.
+
+The kernel asks Optuna for a trial's parameters, dispatches the job function with them as an
+ordinary job (so it runs on any worker: in this kernel, in ``khadem-nb worker`` processes, on
+trusting workers with shipped code), keeps ``parallel`` of them in flight, and tells Optuna
+each outcome as its job ends: the objective is the job's result when it is a number,
+``result[metric]`` when it is a dict holding it, else the last value of ``metric`` the job
+reported (``kn.report``). A job that failed is told as a failed trial, a pruned or cancelled
+one as pruned. With ``name`` on a durable queue the study is kept in the queue's keyed store
+(``studies/<name>``: its space, metric, mode, and each trial's number, job and parameters):
+the same cell run after a kernel restart tells Optuna the trials that ended, adopts those
+still running, and goes on to ``n_trials`` without running any again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import numbers
+from collections.abc import Generator, Mapping
+from typing import TYPE_CHECKING, Any
+
+from ..errors import ConfigError, KhademError
+from ..features.pruning import Pruner, decide
+from ..features.space import check_space, distributions, space_text
+from ..features.telemetry import METRIC_NAME, last_values
+from ..job import CANCELLED, COMPLETED, TERMINAL_STATUSES, JobRecord
+from ..serializer import decode_value
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from .functions import JobFunction
+
+logger = logging.getLogger(__name__)
+LOOK_EVERY_S = 0.2  # how often the trials in flight are read
+STUDY_KEY = "studies/"  # the keyed store's prefix of named studies
+
+
+def _optuna() -> Any:
+    try:
+        import optuna
+    except ImportError:
+        raise ImportError('optimize() drives Optuna, which is not installed: pip install "khadem_nb[tune]"') \
+            from None
+    return optuna
+
+
+def objective_of(record: JobRecord | None, metric: str) -> float | None:
+    """A completed trial's value: its result when a number, ``result[metric]`` when a dict
+    holds it, else the last reported value of ``metric``; ``None`` when it has none (or did
+    not complete)."""
+    if record is None or record.status is not COMPLETED:
+        return None
+    result = decode_value(record.result)
+    if isinstance(result, Mapping):
+        result = result.get(metric)
+    if isinstance(result, numbers.Real) and not isinstance(result, bool):
+        return float(result)
+    return last_values(record.meta).get(metric)
+
+
+class Study:
+    """A running optimization: ``await study``, ``study.wait()``, ``study.best``,
+    ``study.results()``, ``study.cancel()``."""
+
+    def __init__(self, fn: JobFunction, space: Any, *, metric: str, mode: str, n_trials: int,
+                 parallel: int, prune: Pruner | None, sampler: Any, name: str | None) -> None:
+        optuna = _optuna()
+        self.space = check_space(space)
+        if not isinstance(metric, str) or not METRIC_NAME.match(metric):
+            raise ConfigError(f"metric is a metric name (an identifier, like 'val_loss'), got {metric!r}")
+        if mode not in ("min", "max"):
+            raise ConfigError(f"mode must be 'min' or 'max', got {mode!r}")
+        for value, what in ((n_trials, "n_trials"), (parallel, "parallel")):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigError(f"{what} must be a whole number >= 1, got {value!r}")
+        if name is not None and (not isinstance(name, str) or not 0 < len(name) <= 200):
+            raise ConfigError(f"a study's name is text of 1 to 200 characters, got {name!r}")
+        self.fn, self.metric, self.mode, self.n_trials, self.parallel = fn, metric, mode, n_trials, parallel
+        self.pruner, self.name = prune, name
+        self.queue = fn.queue
+        self.study = optuna.create_study(direction="minimize" if mode == "min" else "maximize",
+                                         sampler=sampler, study_name=name)
+        self._distributions = distributions(self.space)
+        self._trials: dict[int, tuple[str, dict[str, Any]]] = {}  # number -> (job id, parameters)
+        self._told: set[int] = set()
+        self._adopted: dict[str, Any] = {}  # job id -> trial, of a stored study's running trials
+        self._ended = asyncio.Event()
+        self._failure: BaseException | None = None
+        self._task = self.queue.run_soon(self._drive())
+
+    # -- the driver, on the queue's loop ------------------------------------------------------
+    async def _drive(self) -> None:
+        try:
+            await self.queue.opened()
+            await self._resume()
+            in_flight = dict(self._adopted)  # job id -> its trial
+            while len(self._told) < self.n_trials:
+                while len(in_flight) < self.parallel and len(self._trials) < self.n_trials:
+                    trial = self.study.ask(self._distributions)
+                    job_id = await self.queue.manager.store(self.queue.prepare_call(self.fn, trial.params))
+                    in_flight[job_id] = trial
+                    self._trials[trial.number] = (job_id, dict(trial.params))
+                    await self._save()
+                ids = list(in_flight)
+                records = await self.queue.manager.driver.get_many(ids)
+                await self._prune([r for r in records if r is not None])
+                for job_id, record in zip(ids, records, strict=True):
+                    if record is None or record.status in TERMINAL_STATUSES:
+                        self._tell(in_flight.pop(job_id), record)
+                await asyncio.sleep(LOOK_EVERY_S)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # a storage fault, a stored study of another space: wait() raises it
+            self._failure = exc
+            logger.warning("the study %s stopped: %s", self.name or "(unnamed)", exc)
+        finally:
+            self._ended.set()
+
+    async def _prune(self, records: list[JobRecord]) -> None:
+        if self.pruner is None:
+            return
+        every = await self.queue.manager.driver.get_many([job for job, _ in self._trials.values()])
+        stops = decide(self.pruner, [r for r in every if r is not None])
+        for job_id, why in stops.items():
+            if any(r.id == job_id for r in records):
+                await self.queue.manager.driver.cancel([job_id], why)
+
+    def _tell(self, trial: Any, record: JobRecord | None) -> None:
+        """Tell Optuna how a trial's job ended (a record gone to retention counts as failed)."""
+        state = _optuna().trial.TrialState
+        value = objective_of(record, self.metric)
+        if value is not None:
+            self.study.tell(trial, value)
+        elif record is not None and record.status is CANCELLED:  # pruned, or cancelled by hand
+            self.study.tell(trial, state=state.PRUNED)
+        else:
+            self.study.tell(trial, state=state.FAIL)
+        self._told.add(trial.number)
+
+    # -- kept by name ------------------------------------------------------------------------
+    async def _resume(self) -> None:
+        """Tell Optuna the trials a study of this name ended before; adopt those still running."""
+        if self.name is None:
+            return
+        stored = await self.queue.manager.driver.kv_get(f"{STUDY_KEY}{self.name}")
+        if stored is None:
+            return
+        kept = json.loads(stored)
+        given = space_text(self.space)
+        if (kept["space"], kept["metric"], kept["mode"]) != (given, self.metric, self.mode):
+            raise ConfigError(f"the study {self.name!r} was made with the space {kept['space']} "
+                              f"({kept['mode']} {kept['metric']}); this call gives {given} ({self.mode} "
+                              f"{self.metric}): use another name for another search")
+        optuna = _optuna()
+        records = await self.queue.manager.driver.get_many([job for _, job, _ in kept["trials"]])
+        for (_, job_id, params), record in zip(kept["trials"], records, strict=True):
+            if record is not None and record.status not in TERMINAL_STATUSES:  # still running: adopted
+                self.study.enqueue_trial(params)  # the next ask gives a trial of these parameters
+                trial = self.study.ask(self._distributions)
+                self._adopted[job_id] = trial
+                self._trials[trial.number] = (job_id, params)
+                continue
+            value = objective_of(record, self.metric)
+            frozen = optuna.trial.create_trial(
+                params=params, distributions=self._distributions, value=value,
+                state=optuna.trial.TrialState.COMPLETE if value is not None else optuna.trial.TrialState.FAIL)
+            self.study.add_trial(frozen)
+            number = len(self.study.trials) - 1
+            self._trials[number] = (job_id, params)
+            self._told.add(number)
+
+    async def _save(self) -> None:
+        if self.name is None:
+            return
+        kept = {"space": space_text(self.space), "metric": self.metric, "mode": self.mode,
+                "trials": [[number, job, params] for number, (job, params) in sorted(self._trials.items())]}
+        await self.queue.manager.driver.kv_put(f"{STUDY_KEY}{self.name}", json.dumps(kept).encode())
+
+    # -- what the notebook reads ------------------------------------------------------------
+    def wait(self, timeout: float | None = None) -> Study:
+        """Block until ``n_trials`` trials have ended (or the study stopped)."""
+        self.queue.run(asyncio.wait_for(self._ended.wait(), timeout))
+        self._raise()
+        return self
+
+    async def _await(self) -> Study:
+        await self.queue.run_async(self._ended.wait())
+        self._raise()
+        return self
+
+    def __await__(self) -> Generator[Any, None, Study]:
+        return self._await().__await__()
+
+    def _raise(self) -> None:
+        if isinstance(self._failure, Exception):
+            raise self._failure
+
+    @property
+    def best(self) -> dict[str, Any]:
+        """The best trial so far: its parameters and ``value``; ``KhademError`` before one ended."""
+        try:
+            trial = self.study.best_trial
+        except ValueError:
+            raise KhademError("no trial of this study has completed yet") from None
+        return {**trial.params, "value": trial.value}
+
+    def results(self) -> pd.DataFrame:
+        """One row a trial, as ``JobGroup.results()`` has them, with ``trial`` and ``objective``."""
+        from .frames import group_frame
+        from .handles import JobHandle
+
+        numbers_ = sorted(self._trials)
+        handles = [JobHandle(self.queue, self._trials[n][0], self.fn.name, self._trials[n][1])
+                   for n in numbers_]
+        records = self.queue.run(self.queue.manager.get_jobs([h.id for h in handles]))
+        frame = group_frame(handles, records)
+        frame.insert(0, "trial", numbers_)
+        frame["objective"] = [objective_of(r, self.metric) for r in records]
+        return frame
+
+    def cancel(self) -> None:
+        """Stop asking for trials and cancel the ones in flight."""
+        self._task.cancel()
+        running = [job for job, _ in self._trials.values()]
+        if running:
+            self.queue.run(self.queue.manager.driver.cancel(running, "cancelled: the study was cancelled"))
+
+    def __repr__(self) -> str:
+        return (f"<Study {self.name or '(unnamed)'}: {len(self._told)} of {self.n_trials} trials ended, "
+                f"{self.mode} {self.metric}>")

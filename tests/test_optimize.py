@@ -1,0 +1,139 @@
+"""``fn.optimize``: real Optuna ask-and-tell driven by the queue. A bowl's optimum is found by
+trials that run as jobs; the objective comes from a number, a dict or the last report; a named
+study on SQLite goes on after a "kernel restart" (a new Queue on the same file) without running
+a trial twice; pruning stops losing trials; and bad input is refused before anything runs."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+
+import khadem_nb as kn
+from khadem_nb import ConfigError
+
+pytest.importorskip("optuna", reason='optimize() needs Optuna: pip install "khadem_nb[tune]"')
+
+
+def bowl(x: float, y: float) -> float:
+    return (x - 0.3) ** 2 + (y - 0.7) ** 2
+
+
+def test_a_study_finds_the_bottom_of_a_bowl() -> None:
+    import optuna
+
+    q = kn.Queue()
+
+    @q.job
+    def trial(x: float, y: float, kind: str) -> object:
+        value = bowl(x, y)
+        if kind == "dict":
+            return {"loss": value, "x": x}
+        kn.report(0, loss=value)  # the "report" kind returns nothing: its last report counts
+        return value if kind == "number" else None
+
+    q.start(concurrency=4)
+    try:
+        space = {"x": kn.uniform(0, 1), "y": kn.uniform(0, 1), "kind": ["number", "dict", "report"]}
+        study = trial.optimize(space, metric="loss", mode="min", n_trials=40, parallel=4,
+                               sampler=optuna.samplers.TPESampler(seed=1))
+        study.wait(timeout=120)
+        results = study.results()
+        best = study.best
+    finally:
+        q.stop()
+    assert len(results) == 40 and list(results["trial"]) == list(range(40))
+    assert results["objective"].notna().all() and (results["status"] == "completed").all()
+    assert best["value"] == pytest.approx(results["objective"].min())
+    assert best["value"] < 0.02 and set(best) == {"x", "y", "kind", "value"}
+    assert len(q.jobs()) == 40  # one job a trial, each run once
+
+
+def test_a_named_study_goes_on_after_a_restart_without_running_a_trial_twice(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'studies.db'}"
+    space = {"x": kn.uniform(0, 1), "y": kn.uniform(0, 1)}
+    runs: list[tuple[float, float]] = []
+
+    def define(q: kn.Queue) -> kn.JobFunction:
+        @q.job(name="bowl_trial")
+        def bowl_trial(x: float, y: float) -> float:
+            runs.append((x, y))
+            return bowl(x, y)
+
+        return bowl_trial
+
+    first = kn.Queue(url)
+    first.start(concurrency=2)
+    try:
+        define(first).optimize(space, metric="loss", n_trials=6, parallel=2, name="bowl").wait(timeout=60)
+    finally:
+        first.stop()
+        first.close()
+    again = kn.Queue(url)  # the kernel restarted: the same cell, a larger budget
+    again.start(concurrency=2)
+    try:
+        study = define(again).optimize(space, metric="loss", n_trials=10, parallel=2, name="bowl")
+        study.wait(timeout=60)
+        results = study.results()
+        with pytest.raises(ConfigError, match="the study 'bowl' was made with the space"):
+            define(again).optimize({"x": kn.uniform(0, 2)}, metric="loss", n_trials=10, name="bowl").wait(10)
+    finally:
+        again.stop()
+        again.close()
+    assert len(runs) == 10 and len(set(runs)) == 10  # 6 then 4 more, none twice
+    assert len(results) == 10 and results["objective"].notna().all()
+    assert study.best["value"] == pytest.approx(results["objective"].min())
+
+
+def test_pruned_trials_are_told_as_pruned() -> None:
+    import optuna
+
+    q = kn.Queue()
+
+    @q.job
+    def slow(x: float) -> float:
+        for step in range(60):  # 3 s: reports reach the record about once a second
+            kn.report(step, loss=x * 10 / (step + 1))
+            time.sleep(0.05)
+        return x
+
+    q.start(concurrency=4)
+    try:
+        study = slow.optimize({"x": kn.uniform(0, 1)}, metric="loss", n_trials=8, parallel=4,
+                              prune=kn.MedianPruner("loss", warmup_steps=3, min_points=2),
+                              sampler=optuna.samplers.RandomSampler(seed=3))
+        study.wait(timeout=60)
+        results = study.results()
+    finally:
+        q.stop()
+    states = [t.state for t in study.study.trials]
+    assert states.count(optuna.trial.TrialState.PRUNED) == int(results["pruned"].sum()) >= 1
+    assert (results.loc[results["pruned"], "status"] == "cancelled").all()
+
+
+def test_bad_studies_are_refused() -> None:
+    q = kn.Queue()
+
+    @q.job
+    def f(x: float) -> float:
+        return x
+
+    bad = [({}, {}, "a search space is a non-empty dict"),
+           ({"x": kn.uniform(0, 1)}, {"n_trials": 0}, "n_trials must be a whole number >= 1"),
+           ({"x": kn.uniform(0, 1)}, {"parallel": 0}, "parallel must be a whole number >= 1"),
+           ({"x": kn.uniform(0, 1)}, {"mode": "lowest"}, "mode must be 'min' or 'max'"),
+           ({"x": kn.uniform(0, 1)}, {"metric": "val loss"}, "metric is a metric name"),
+           ({"x": "abc"}, {}, "a dimension is"), ({"x": []}, {}, "a dimension is"),
+           ({"bad name": [1]}, {}, "identifiers")]
+    for space, options, message in bad:
+        with pytest.raises(ConfigError, match=message):
+            f.optimize(space, **{"metric": "loss", **options})
+    for make, message in ((lambda: kn.loguniform(0, 1), "0 < low < high"),
+                          (lambda: kn.intrange(5, 2), "low <= high"),
+                          (lambda: kn.uniform(1, 1), "low < high"),
+                          (lambda: kn.intrange(1.5, 2), "whole number"),  # type: ignore[arg-type]
+                          (lambda: kn.uniform(0, float("inf")), "finite")):
+        with pytest.raises(ConfigError, match=message):
+            make()
+    assert q.jobs().empty
