@@ -97,15 +97,17 @@ def _args(record: JobRecord) -> Any:
     return payload
 
 
-def group_frame(handles: Sequence[JobHandle], records: Sequence[JobRecord]) -> pd.DataFrame:
+def group_frame(handles: Sequence[JobHandle], records: Sequence[JobRecord],
+                pruned: bool = False) -> pd.DataFrame:
     """One row per point: its parameters, its result (dicts flattened), status, duration, error,
-    whether a pruner stopped it (``pruned``), and the last reported value of each metric
+    whether a pruner stopped it (``pruned``: with ``pruned``, a group a pruner watches, or once
+    one point was pruned), and the last reported value of each metric
     (``telemetry``): a column named after the metric, ``last_<metric>`` where a parameter or a
     result field has that name."""
     frame = outcomes_frame([outcome(r, h.params) for h, r in zip(handles, records, strict=True)])
-    if records:  # stopped by a pruner (``features.pruning``): cancelled, never a failure
-        frame["pruned"] = [r.status is JobStatus.CANCELLED and (r.error or "").startswith(PRUNED)
-                           for r in records]
+    stopped = [r.status is JobStatus.CANCELLED and (r.error or "").startswith(PRUNED) for r in records]
+    if records and (pruned or any(stopped)):  # stopped by a pruner: cancelled, never a failure
+        frame["pruned"] = stopped
     lasts = [last_values(r.meta) for r in records]
     taken = set(frame.columns)
     for metric in sorted({m for last in lasts for m in last}):

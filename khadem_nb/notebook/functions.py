@@ -266,6 +266,7 @@ class JobFunction:
                                   max_attempts=max_attempts, resumable=not fresh,
                                   rerun_cancelled=bool(rerun_cancelled), on_code_change=on_code_change)
         if pruner is not None:
+            group.pruner = pruner
             self.queue.watch_pruning(group.ids, pruner)
         return group
 

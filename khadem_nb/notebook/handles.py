@@ -14,6 +14,7 @@ from ..runtime.waiting import outcome
 if TYPE_CHECKING:
     import pandas as pd
 
+    from ..features.pruning import Pruner
     from .queue import Queue
 
 
@@ -111,6 +112,8 @@ class JobGroup:
     def __init__(self, queue: Queue, handles: Sequence[JobHandle]) -> None:
         self.queue = queue
         self.handles = list(handles)
+        #: the pruner watching this group (``sweep(prune=...)``), if any
+        self.pruner: Pruner | None = None
 
     def __len__(self) -> int:
         return len(self.handles)
@@ -162,7 +165,7 @@ class JobGroup:
         last reported value of each metric (``kn.report``)."""
         from .frames import group_frame
 
-        return group_frame(self.handles, self.records())
+        return group_frame(self.handles, self.records(), pruned=self.pruner is not None)
 
     def curves(self) -> pd.DataFrame:
         """What every point reported (``kn.report``), one row a metric a step: ``id``, the

@@ -216,7 +216,7 @@ class Study:
         handles = [JobHandle(self.queue, self._trials[n][0], self.fn.name, self._trials[n][1])
                    for n in numbers_]
         records = self.queue.run(self.queue.manager.get_jobs([h.id for h in handles]))
-        frame = group_frame(handles, records)
+        frame = group_frame(handles, records, pruned=self.pruner is not None)
         frame.insert(0, "trial", numbers_)
         frame["objective"] = [objective_of(r, self.metric) for r in records]
         return frame
