@@ -25,7 +25,7 @@ import khadem_nb as kn
 
 POINTS = 64
 STEPS = 30
-STEP_S = 0.02
+STEP_S = 0.1  # a step (--step): reports reach the record about once a second, and the watcher looks as often
 CONCURRENCY = 16
 
 
@@ -40,7 +40,7 @@ def curve(point: int, step: int) -> float:
     return 0.5 + 0.1 * max(0, step - 4) ** 1.5
 
 
-def run_grid(url: str, prune: bool) -> tuple[float, int, float]:
+def run_grid(url: str, prune: bool, step_s: float) -> tuple[float, int, float]:
     """Step-seconds spent, the best point's index, and the wall time."""
     q = kn.Queue(url)
 
@@ -50,7 +50,7 @@ def run_grid(url: str, prune: bool) -> tuple[float, int, float]:
         for step in range(STEPS):
             loss = curve(point, step)
             kn.report(step, loss=loss)
-            time.sleep(STEP_S)
+            time.sleep(step_s)
         return loss
 
     q.start(concurrency=CONCURRENCY)
@@ -69,7 +69,7 @@ def run_grid(url: str, prune: bool) -> tuple[float, int, float]:
     steps = curves.groupby("id")["step"].max() + 1
     completed = results[results["status"] == "completed"]
     best = int(completed.loc[completed["loss"].idxmin(), "point"])
-    return float(steps.sum()) * STEP_S, best, wall
+    return float(steps.sum()) * step_s, best, wall
 
 
 def url_of(driver: str, folder: str, tag: str) -> str:
@@ -85,6 +85,7 @@ def main() -> None:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--drivers", default="memory,sqlite,redis")
+    parser.add_argument("--step", type=float, default=STEP_S, help="seconds a step costs")
     args = parser.parse_args()
     full_best = min(range(POINTS), key=lambda p: curve(p, STEPS - 1))
     rows: list[str] = []
@@ -95,7 +96,8 @@ def main() -> None:
             walls: dict[bool, list[float]] = {False: [], True: []}
             for round_ in range(args.rounds):
                 for prune in (False, True) if round_ % 2 == 0 else (True, False):
-                    seconds, best, wall = run_grid(url_of(driver, folder, f"{round_}{int(prune)}"), prune)
+                    url = url_of(driver, folder, f"{round_}{int(prune)}")
+                    seconds, best, wall = run_grid(url, prune, args.step)
                     spent[prune].append(seconds)
                     walls[prune].append(wall)
                     if prune:
@@ -106,7 +108,7 @@ def main() -> None:
             rows.append(f"| {driver} | {full:.1f} | {pruned:.1f} | {1 - pruned / full:.0%} | "
                         f"{statistics.median(walls[False]):.1f} / {statistics.median(walls[True]):.1f} | "
                         f"{sum(kept)} of {len(kept)} |")
-    print(f"{POINTS} points x {STEPS} steps of {STEP_S * 1000:.0f} ms, {CONCURRENCY} workers, "
+    print(f"{POINTS} points x {STEPS} steps of {args.step * 1000:.0f} ms, {CONCURRENCY} workers, "
           f"{args.rounds} rounds\n")
     print("| driver | step-seconds, no pruning | with MedianPruner | saved | wall s (no / with) "
           "| best kept |")
