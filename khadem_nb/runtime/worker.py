@@ -80,6 +80,7 @@ class QueueWorker:
         self._idle: deque[asyncio.Future[JobRecord | None]] = deque()  # consumers waiting for a job
         self._dropping: set[asyncio.Task[None]] = set()  # settles of cancelled buffered jobs
         self._batched: dict[str, int] = {}  # jobs waiting for their batch on tasks of their own, by kind
+        self._batched_kinds = executor.serializer.factories.batched  # the registry's own set, kept current
         self._errors = 0
         #: the last jobs each consumer ran, as (consumer, record): the panel's timeline
         self.recent: deque[tuple[str, JobRecord]] = deque(maxlen=RECENT_KEPT)
@@ -205,15 +206,16 @@ class QueueWorker:
                 record = self._claim_ready() if self._lone else None
                 if record is None:
                     record = await self._next_record()
-                if record is not None and self._waits_for_its_batch(record):
+                if record is None:
+                    if self._drained or self._claims_exhausted():
+                        break
+                elif record.name in self._batched_kinds and self._waits_for_its_batch(record):
                     self._run_batched(record)  # this consumer claims on meanwhile
-                elif record is not None:
+                else:
                     await self._execute(record, task)
                     self.recent.append((name, record))
                     if not self.processed % YIELD_EVERY:  # claims and jobs that never wait (memory,
                         await asyncio.sleep(0)  # SQLite on the loop) would otherwise hold the loop
-                elif self._drained or self._claims_exhausted():
-                    break
             batched = [t for t in self._tasks if t.get_name().startswith(BATCHED)]
             if batched and not self._stopping.is_set():  # a burst ends when its batches have
                 await asyncio.wait(batched)
