@@ -63,7 +63,12 @@ class Curves:
         """Keep one report: ``metrics`` at ``step`` (``None``: the step after the last one)."""
         if not metrics:
             raise ReportError("report() needs at least one metric, like report(loss=0.5)")
-        values = {name: check_metric(name, value) for name, value in metrics.items()}
+        values = {}
+        for name, value in metrics.items():  # a finite float of a metric seen before: no more checks
+            if type(value) is float and name in self.series and -math.inf < value < math.inf:
+                values[name] = value
+            else:
+                values[name] = check_metric(name, value)
         with self._lock:
             at = self.step + 1 if step is None else check_step(step)
             if len(self.series.keys() | values.keys()) > MAX_METRICS:
