@@ -63,7 +63,7 @@ class Curves:
         """Keep one report: ``metrics`` at ``step`` (``None``: the step after the last one)."""
         if not metrics:
             raise ReportError("report() needs at least one metric, like report(loss=0.5)")
-        values = {}
+        values: dict[str, float | None] = {}
         for name, value in metrics.items():  # a finite float of a metric seen before: no more checks
             if type(value) is float and name in self.series and -math.inf < value < math.inf:
                 values[name] = value

@@ -15,6 +15,7 @@ still running, and goes on to ``n_trials`` without running any again.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import numbers
@@ -26,6 +27,7 @@ from ..features.pruning import Pruner, decide
 from ..features.space import check_space, distributions, space_text
 from ..features.telemetry import METRIC_NAME, last_values
 from ..job import CANCELLED, COMPLETED, TERMINAL_STATUSES, JobRecord
+from ..runtime.waiting import SettleNotices, watch
 from ..serializer import decode_value
 
 if TYPE_CHECKING:
@@ -34,7 +36,7 @@ if TYPE_CHECKING:
     from .functions import JobFunction
 
 logger = logging.getLogger(__name__)
-LOOK_EVERY_S = 0.2  # how often the trials in flight are read
+LOOK_EVERY_S = 0.5  # the trials in flight are read at least this often (a settle wakes the read at once)
 STUDY_KEY = "studies/"  # the keyed store's prefix of named studies
 
 
@@ -107,10 +109,13 @@ class Study:
                 ids = list(in_flight)
                 records = await self.queue.manager.driver.get_many(ids)
                 await self._prune([r for r in records if r is not None])
+                ended = 0
                 for job_id, record in zip(ids, records, strict=True):
                     if record is None or record.status in TERMINAL_STATUSES:
                         self._tell(in_flight.pop(job_id), record)
-                await asyncio.sleep(LOOK_EVERY_S)
+                        ended += 1
+                if not ended:
+                    await self._next_settle(list(in_flight))
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # a storage fault, a stored study of another space: wait() raises it
@@ -118,6 +123,16 @@ class Study:
             logger.warning("the study %s stopped: %s", self.name or "(unnamed)", exc)
         finally:
             self._ended.set()
+
+    async def _next_settle(self, ids: list[str]) -> None:
+        """Wait until one of ``ids`` settles (told by this kernel's workers, or by the driver
+        where it hears other processes), or LOOK_EVERY_S: then the trials are read again (a
+        settle between the read and this wait is found by the next read)."""
+        manager = self.queue.manager
+        notices = SettleNotices(ids)
+        async with watch(manager.driver, manager.executor.listeners, notices):
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(notices.event.wait(), LOOK_EVERY_S)
 
     async def _prune(self, records: list[JobRecord]) -> None:
         if self.pruner is None:

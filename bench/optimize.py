@@ -1,0 +1,144 @@
+"""``fn.optimize`` against Optuna alone, and TPE through the queue against a grid.
+
+1. Overhead: N no-op trials (the objective returns at once) with TPE (seed 0), as
+   ``optimize(..., parallel=1)`` on a queue with 1 in-kernel worker, against
+   ``optuna.create_study(...).optimize(objective, n_trials=N)`` in the same process with the same
+   sampler; trials a second, the two alternating round by round.
+2. Search: a noisy quadratic bowl in 3 dimensions (minimum 0 at (0.2, -0.3, 0.5), noise 0.01),
+   budget B trials: how many trials ``optimize`` (TPE, parallel 4) needs before one is within
+   5 % of the bowl's range over the search box (a value below BAR), against a
+   grid of the same budget (the cube root of B points a side), which either has such a point or
+   not.
+
+    BENCH_REDIS_URL=redis://127.0.0.1:6379/9 \\
+    python bench/optimize.py [--n 200] [--rounds 3] [--drivers memory,redis]
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import os
+import statistics
+import sys
+import time
+from typing import Any
+
+import numpy as np
+import optuna
+
+import khadem_nb as kn
+
+OPTIMUM = (0.2, -0.3, 0.5)
+BOX = (-1.0, 1.0)
+#: 5 % of the bowl's range over the box: its value at the farthest corner
+BAR = 0.05 * sum(max((BOX[0] - o) ** 2, (BOX[1] - o) ** 2) for o in OPTIMUM)
+BUDGET = 64
+
+
+def bowl(x: float, y: float, z: float, seed: int = 0) -> float:
+    """The bowl at a point, with noise that is the same for the same point and seed."""
+    where = [round(v * 1e6) % 2**31 for v in (x, y, z)]
+    noise = np.random.default_rng([*where, seed]).normal(0, 0.01)
+    return float((x - OPTIMUM[0]) ** 2 + (y - OPTIMUM[1]) ** 2 + (z - OPTIMUM[2]) ** 2 + noise)
+
+
+def url_of(driver: str, tag: str) -> str:
+    if driver == "redis":
+        return f"{os.environ.get('BENCH_REDIS_URL', 'redis://127.0.0.1:6379/9')}?prefix=khadem-opt-{tag}"
+    return "memory://"
+
+
+def through_queue(driver: str, n: int, tag: str) -> float:
+    q = kn.Queue(url_of(driver, tag))
+
+    @q.job(name=f"bench_noop_trial_{tag}")
+    def noop(x: float) -> float:
+        return x
+
+    q.start(concurrency=1)
+    try:
+        started = time.perf_counter()
+        noop.optimize({"x": kn.uniform(0, 1)}, metric="x", n_trials=n, parallel=1,
+                      sampler=optuna.samplers.TPESampler(seed=0)).wait(timeout=600)
+        rate = n / (time.perf_counter() - started)
+    finally:
+        q.stop()
+        q.run(q.manager.driver.purge())
+        q.close()
+    return rate
+
+
+def optuna_alone(n: int) -> float:
+    study = optuna.create_study(sampler=optuna.samplers.TPESampler(seed=0))
+    started = time.perf_counter()
+    study.optimize(lambda trial: trial.suggest_float("x", 0, 1), n_trials=n)
+    return n / (time.perf_counter() - started)
+
+
+def search(seed: int) -> tuple[int | None, bool]:
+    """Trials ``optimize`` took to go below BAR (``None``: not within the budget), and whether
+    the grid of the same budget has a point below it."""
+    q = kn.Queue()
+
+    @q.job(name=f"bench_bowl_{seed}")
+    def trial(x: float, y: float, z: float) -> float:
+        return bowl(x, y, z, seed)
+
+    q.start(concurrency=4)
+    try:
+        space = {name: kn.uniform(*BOX) for name in ("x", "y", "z")}
+        study = trial.optimize(space, metric="loss", n_trials=BUDGET, parallel=4,
+                               sampler=optuna.samplers.TPESampler(seed=seed))
+        study.wait(timeout=600)
+        values = study.results().sort_values("trial")["objective"].tolist()
+    finally:
+        q.stop()
+        q.close()
+    reached = next((i + 1 for i, v in enumerate(values) if v is not None and v < BAR), None)
+    side = round(BUDGET ** (1 / 3))
+    axis = np.linspace(*BOX, side)
+    grid_ok = any(bowl(x, y, z, seed) < BAR for x, y, z in itertools.product(axis, axis, axis))
+    return reached, grid_ok
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--n", type=int, default=200)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--drivers", default="memory,redis")
+    args = parser.parse_args()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    rows: list[str] = []
+    for driver in args.drivers.split(","):
+        queue_rates: list[float] = []
+        alone_rates: list[float] = []
+        for round_ in range(args.rounds):
+            order: list[Any] = ["queue", "alone"] if round_ % 2 == 0 else ["alone", "queue"]
+            for side in order:
+                if side == "queue":
+                    queue_rates.append(through_queue(driver, args.n, f"{driver}{round_}{os.getpid()}"))
+                else:
+                    alone_rates.append(optuna_alone(args.n))
+            print(f"round {round_ + 1} {driver}: queue {queue_rates[-1]:.1f}, alone {alone_rates[-1]:.1f} "
+                  "trials/s", file=sys.stderr)
+        ratios = [a / b for a, b in zip(queue_rates, alone_rates, strict=True)]
+        queued, alone = statistics.median(queue_rates), statistics.median(alone_rates)
+        rows.append(f"| {driver} | {queued:.1f} | {alone:.1f} | "
+                    f"{statistics.median(ratios):.2f} ({min(ratios):.2f}-{max(ratios):.2f}) |")
+    print(f"1. no-op trials, N = {args.n}, TPE (seed 0), {args.rounds} rounds\n")
+    print("| driver | optimize, parallel 1 (trials/s) | Optuna alone (trials/s) | ratio (spread) |")
+    print("|---|---:|---:|---:|")
+    print("\n".join(rows))
+    found = [search(seed) for seed in range(args.rounds)]
+    print(f"\n2. the noisy bowl, budget {BUDGET} trials, bar {BAR:.3f}\n")
+    print("| seed | trials TPE took to go below the bar | the grid of 4x4x4 has a point below |")
+    print("|---:|---:|---|")
+    for seed, (reached, grid_ok) in enumerate(found):
+        print(f"| {seed} | {reached if reached is not None else 'not within ' + str(BUDGET)} | "
+              f"{'yes' if grid_ok else 'no'} |")
+
+
+if __name__ == "__main__":
+    main()
