@@ -137,3 +137,33 @@ def test_bad_studies_are_refused() -> None:
         with pytest.raises(ConfigError, match=message):
             make()
     assert q.jobs().empty
+
+
+def test_optunas_own_pruner_is_told_the_reports() -> None:
+    import optuna
+
+    q = kn.Queue()
+
+    @q.job
+    def slow(x: float) -> float:
+        for step in range(60):  # 3 s: reports reach the record about once a second
+            kn.report(step, loss=x * 10 / (step + 1))
+            time.sleep(0.05)
+        return x
+
+    with pytest.raises(ConfigError, match=r"optimize\(\) also takes Optuna's pruners"):
+        slow.sweep(x=[0.1], prune=optuna.pruners.MedianPruner())
+    q.start(concurrency=4)
+    try:
+        study = slow.optimize({"x": kn.uniform(0, 1)}, metric="loss", n_trials=8, parallel=4,
+                              prune=optuna.pruners.MedianPruner(n_startup_trials=0, n_warmup_steps=3,
+                                                                n_min_trials=2),
+                              sampler=optuna.samplers.RandomSampler(seed=3))
+        study.wait(timeout=60)
+        results = study.results()
+    finally:
+        q.stop()
+    pruned = results[results["status"] == "cancelled"]
+    states = [t.state for t in study.study.trials]
+    assert states.count(optuna.trial.TrialState.PRUNED) == len(pruned) >= 1
+    assert all("(Optuna's MedianPruner)" in error for error in pruned["error"])

@@ -133,7 +133,8 @@ Pruner = MedianPruner | SuccessiveHalving
 def check_pruner(prune: Any) -> Pruner | None:
     if prune is None or isinstance(prune, MedianPruner | SuccessiveHalving):
         return prune
-    raise ConfigError(f"prune= takes kn.MedianPruner(...) or kn.SuccessiveHalving(...), got {prune!r}")
+    raise ConfigError(f"prune= takes kn.MedianPruner(...) or kn.SuccessiveHalving(...) (optimize() also "
+                      f"takes Optuna's pruners), got {prune!r}")
 
 
 def decide(pruner: Pruner, records: Sequence[JobRecord]) -> dict[str, str]:

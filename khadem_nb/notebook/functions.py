@@ -276,13 +276,14 @@ class JobFunction:
         "opt": ["adam", "sgd"]}``) for the parameters that give the best ``metric``, ``mode``
         ``"min"`` or ``"max"``: Optuna (``sampler``, TPE by default) asks, the queue runs each
         trial as a job, ``parallel`` at a time, until ``n_trials`` have ended; ``prune`` stops
-        losing trials (``kn.MedianPruner``...). With ``name`` on a durable queue the study is
+        losing trials (``kn.MedianPruner``, ``kn.SuccessiveHalving``, or one of Optuna's pruners,
+        told each trial's reports). With ``name`` on a durable queue the study is
         found again after a kernel restart. Returns a :class:`Study` at once (``await study``,
         ``study.wait()``, ``study.best``, ``study.results()``, ``study.cancel()``)."""
         from .optimize import Study
 
         return Study(self, dict(space) if isinstance(space, Mapping) else space, metric=metric, mode=mode,
-                     n_trials=n_trials, parallel=parallel, prune=check_pruner(prune), sampler=sampler,
+                     n_trials=n_trials, parallel=parallel, prune=prune, sampler=sampler,
                      name=name)
 
     def sweep(self, *, priority: int | None = None, delay: float | timedelta | None = None,

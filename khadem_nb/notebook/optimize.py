@@ -23,7 +23,7 @@ from collections.abc import Generator, Mapping
 from typing import TYPE_CHECKING, Any
 
 from ..errors import ConfigError, KhademError
-from ..features.pruning import Pruner, decide
+from ..features.pruning import PRUNED, check_pruner, decide, series_of
 from ..features.space import check_space, distributions, space_text
 from ..features.telemetry import METRIC_NAME, last_values
 from ..job import CANCELLED, COMPLETED, TERMINAL_STATUSES, JobRecord
@@ -68,8 +68,13 @@ class Study:
     ``study.results()``, ``study.cancel()``."""
 
     def __init__(self, fn: JobFunction, space: Any, *, metric: str, mode: str, n_trials: int,
-                 parallel: int, prune: Pruner | None, sampler: Any, name: str | None) -> None:
+                 parallel: int, prune: Any, sampler: Any, name: str | None) -> None:
         optuna = _optuna()
+        #: one of Optuna's pruners, told each running trial's reports (``_optuna_prune``)
+        self.optuna_pruner = prune if isinstance(prune, optuna.pruners.BasePruner) else None
+        if self.optuna_pruner is not None:
+            prune = None
+        prune = check_pruner(prune)
         self.space = check_space(space)
         if not isinstance(metric, str) or not METRIC_NAME.match(metric):
             raise ConfigError(f"metric is a metric name (an identifier, like 'val_loss'), got {metric!r}")
@@ -84,7 +89,8 @@ class Study:
         self.pruner, self.name = prune, name
         self.queue = fn.queue
         self.study = optuna.create_study(direction="minimize" if mode == "min" else "maximize",
-                                         sampler=sampler, study_name=name)
+                                         sampler=sampler, study_name=name, pruner=self.optuna_pruner)
+        self._steps_told: dict[int, int] = {}  # trial number -> the last step told to Optuna
         self._distributions = distributions(self.space)
         self._trials: dict[int, tuple[str, dict[str, Any]]] = {}  # number -> (job id, parameters)
         self._told: set[int] = set()
@@ -109,6 +115,7 @@ class Study:
                 ids = list(in_flight)
                 records = await self.queue.manager.driver.get_many(ids)
                 await self._prune([r for r in records if r is not None])
+                await self._optuna_prune(in_flight, records)
                 ended = 0
                 for job_id, record in zip(ids, records, strict=True):
                     if record is None or record.status in TERMINAL_STATUSES:
@@ -133,6 +140,26 @@ class Study:
         async with watch(manager.driver, manager.executor.listeners, notices):
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(notices.event.wait(), LOOK_EVERY_S)
+
+    async def _optuna_prune(self, in_flight: dict[str, Any], records: list[JobRecord | None]) -> None:
+        """Tell Optuna the steps each running trial reported since the last look, and stop those
+        its pruner prunes (``trial.should_prune()``)."""
+        if self.optuna_pruner is None:
+            return
+        for record in records:
+            if record is None or record.status in TERMINAL_STATUSES or record.id not in in_flight:
+                continue
+            trial = in_flight[record.id]
+            told = self._steps_told.get(trial.number, -1)
+            series = series_of(record, self.metric)
+            for step in sorted(s for s in series if s > told):
+                trial.report(series[step], step)
+                self._steps_told[trial.number] = step
+            if self._steps_told.get(trial.number, -1) > told and trial.should_prune():
+                step = self._steps_told[trial.number]
+                why = (f"{PRUNED}{self.metric} {series[step]:.6g} at step {step} "
+                       f"(Optuna's {type(self.optuna_pruner).__name__})")
+                await self.queue.manager.driver.cancel([record.id], why)
 
     async def _prune(self, records: list[JobRecord]) -> None:
         if self.pruner is None:
