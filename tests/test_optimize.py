@@ -41,8 +41,13 @@ def test_a_study_finds_the_bottom_of_a_bowl() -> None:
         study.wait(timeout=120)
         results = study.results()
         best = study.best
+        panel = q.panel()
+        snap = q.run(panel.snapshot())
+        panel.close()
     finally:
         q.stop()
+    assert snap.studies == (("(unnamed)", 40, 40, best["value"]),)
+    assert "study <code>(unnamed)</code>: 40 / 40 trials · best" in panel._summary_html(snap)
     assert len(results) == 40 and list(results["trial"]) == list(range(40))
     assert results["objective"].notna().all() and (results["status"] == "completed").all()
     assert best["value"] == pytest.approx(results["objective"].min())

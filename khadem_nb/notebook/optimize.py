@@ -38,6 +38,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 LOOK_EVERY_S = 0.5  # the trials in flight are read at least this often (a settle wakes the read at once)
 STUDY_KEY = "studies/"  # the keyed store's prefix of named studies
+STUDIES_KEPT = 20  # the latest studies a kernel's queue keeps for its panel
 
 
 def _optuna() -> Any:
@@ -98,6 +99,8 @@ class Study:
         self._ended = asyncio.Event()
         self._failure: BaseException | None = None
         self._task = self.queue.run_soon(self._drive())
+        self.queue.studies.append(self)
+        del self.queue.studies[:-STUDIES_KEPT]
 
     # -- the driver, on the queue's loop ------------------------------------------------------
     async def _drive(self) -> None:
@@ -269,6 +272,15 @@ class Study:
         running = [job for job, _ in self._trials.values()]
         if running:
             self.queue.run(self.queue.manager.driver.cancel(running, "cancelled: the study was cancelled"))
+
+    def progress(self) -> tuple[str, int, int, float | None]:
+        """Its name, the trials ended, of how many, and the best value so far (``None``: no
+        trial completed yet): what the panel shows."""
+        try:
+            best: float | None = self.study.best_value
+        except ValueError:
+            best = None
+        return self.name or "(unnamed)", len(self._told), self.n_trials, best
 
     def __repr__(self) -> str:
         return (f"<Study {self.name or '(unnamed)'}: {len(self._told)} of {self.n_trials} trials ended, "

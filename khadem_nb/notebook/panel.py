@@ -34,6 +34,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 THROUGHPUT_WINDOW_S = 5.0
+STUDIES_SHOWN = 3  # the latest studies of this kernel the panel shows
 SAMPLES_KEPT = 3000  # refreshes the charts' samples cover: five minutes at the fastest refresh
 SCHEDULES_EVERY_S = 5.0  # how often the panel reads the schedules again
 WAITING_LOOKED = 100  # queued jobs, oldest first, whose reasons to wait the panel counts
@@ -75,6 +76,8 @@ class Snapshot:
     running: tuple[tuple[str, str, float | None, str | None, float], ...]
     failures: tuple[tuple[str, str, str, str], ...]  # name, id, failure kind, error
     held_back: tuple[tuple[str, int], ...]  # why queued jobs wait (their limits), and how many
+    #: the studies of this kernel (``optimize``): name, trials ended, of how many, best value
+    studies: tuple[tuple[str, int, int, float | None], ...]
     next_runs: tuple[tuple[str, float], ...]  # the schedules due soonest: id, seconds until then
     state: str
     finished: int
@@ -220,6 +223,7 @@ class QueuePanel(w.VBox):  # type: ignore[misc]
                            (now_ms - (r.started_ms or now_ms)) / 1000) for r in reversed(active)),
             failures=tuple((r.name, r.id, r.failure or "", r.error or "") for r in reversed(failed)),
             held_back=tuple(sorted(held_back.items())),
+            studies=tuple(study.progress() for study in self.queue.studies[-STUDIES_SHOWN:]),
             next_runs=next_runs,
             state=state, finished=finished, total=total, throughput=round(rate, 1),
             success_rate=_success_rate(counts), charts=charts,
@@ -264,7 +268,8 @@ class QueuePanel(w.VBox):  # type: ignore[misc]
                   f"{_success_text(snap.success_rate)}</span></div>")
         counts = " ".join(f"<span class='khadem-badge' style='background:{STATUS_COLOURS[JobStatus(k)]}'"
                           f"{_badge_title(k)}>{k} {v}</span>" for k, v in snap.counts)
-        return (f"{header}<div>{counts}</div>{_next_runs(snap)}{_held_back(snap)}{_running_table(snap)}"
+        return (f"{header}<div>{counts}</div>{_studies(snap)}{_next_runs(snap)}{_held_back(snap)}"
+                f"{_running_table(snap)}"
                 f"{_failures_table(snap)}")
 
     def workers_stopped(self) -> None:
@@ -314,6 +319,16 @@ def _last_line(record: JobRecord) -> str | None:
     any machine), cut to fit a table cell."""
     lines = str(record.meta.get("output") or "").rstrip("\n").rsplit("\n", 1)
     return lines[-1][-120:] or None
+
+
+def _studies(snap: Snapshot) -> str:
+    """Each study of this kernel: its trials ended and its best value so far, one line."""
+    lines = []
+    for name, ended, total, best in snap.studies:
+        value = "no trial completed yet" if best is None else f"best {best:.6g}"
+        lines.append(f"<div class='khadem-study'>study <code>{html.escape(name)}</code>: {ended} / {total} "
+                     f"trials · {value}</div>")
+    return "".join(lines)
 
 
 def _next_runs(snap: Snapshot) -> str:

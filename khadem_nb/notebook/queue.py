@@ -34,6 +34,7 @@ from .handles import JobGroup, JobHandle
 if TYPE_CHECKING:
     import pandas as pd
 
+    from .optimize import Study
     from .panel import QueuePanel
 
 logger = logging.getLogger(__name__)
@@ -95,6 +96,8 @@ class Queue:
         self._captured = False
         self._panels: list[QueuePanel] = []
         self._pruners: set[Future[None] | asyncio.Task[None]] = set()  # groups watched for pruning
+        #: the studies this kernel runs (``optimize``), oldest first: the panel shows the latest
+        self.studies: list[Study] = []
 
     # -- running the manager's coroutines: what handles and panels use ------------------------
     def run(self, coro: Coroutine[Any, Any, T]) -> T:
