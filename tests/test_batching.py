@@ -104,7 +104,7 @@ def test_a_notebook_function_is_called_with_lists() -> None:
     q.start(concurrency=2)
     try:
         group = scale.map([{"x": float(i)} for i in range(40)])
-        assert group.wait(timeout=20) is None or True
+        group.wait(timeout=20)
         assert group.results()["result"].tolist() == [2.0 * i for i in range(40)]
     finally:
         q.stop()

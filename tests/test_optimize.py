@@ -91,17 +91,20 @@ def test_a_named_study_goes_on_after_a_restart_without_running_a_trial_twice(tmp
     assert study.best["value"] == pytest.approx(results["objective"].min())
 
 
+def slow_trial(x: float) -> float:
+    """3 s of reports (they reach the record about once a second): the losers can be pruned."""
+    for step in range(60):
+        kn.report(step, loss=x * 10 / (step + 1))
+        time.sleep(0.05)
+    return x
+
+
 def test_pruned_trials_are_told_as_pruned() -> None:
     import optuna
 
     q = kn.Queue()
 
-    @q.job
-    def slow(x: float) -> float:
-        for step in range(60):  # 3 s: reports reach the record about once a second
-            kn.report(step, loss=x * 10 / (step + 1))
-            time.sleep(0.05)
-        return x
+    slow = q.job(name="slow_trial")(slow_trial)
 
     q.start(concurrency=4)
     try:
@@ -149,12 +152,7 @@ def test_optunas_own_pruner_is_told_the_reports() -> None:
 
     q = kn.Queue()
 
-    @q.job
-    def slow(x: float) -> float:
-        for step in range(60):  # 3 s: reports reach the record about once a second
-            kn.report(step, loss=x * 10 / (step + 1))
-            time.sleep(0.05)
-        return x
+    slow = q.job(name="slow_trial")(slow_trial)
 
     with pytest.raises(ConfigError, match=r"optimize\(\) also takes Optuna's pruners"):
         slow.sweep(x=[0.1], prune=optuna.pruners.MedianPruner())
