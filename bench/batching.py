@@ -1,7 +1,7 @@
 """Batched jobs against one call a job: N small numpy inference jobs, each the score of one
-input through a 2048x2048 float32 layer, drained by ``khadem-nb worker --burst`` (the in-process
-worker on memory), as ``Infer`` (``handle``: one matrix-vector product a job) and as
-``InferBatch`` (``batch_size=64``: one matrix product a batch). A job names its input by index
+input through a float32 layer (2048x2048 unless ``--width``), drained by ``khadem-nb worker
+--burst`` (the in-process worker on memory), as ``Infer`` (``handle``: one matrix-vector product
+a job) and as ``InferBatch`` (``batch_size=64``: one matrix product a batch). A job names its input by index
 into the worker's dataset (as inference jobs name an image or a row already stored), so the
 bench measures the calls, not the parsing of a 2,048-float argument. The rate is N over the
 span from the first job's start to the last job's end, read from the records; medians of the
@@ -30,7 +30,7 @@ import numpy as np
 
 from khadem_nb import QueueJob
 
-WIDTH = 2048
+WIDTH = {width}
 WEIGHTS = np.random.default_rng(0).standard_normal((WIDTH, WIDTH)).astype(np.float32)
 WEIGHTS_T = np.ascontiguousarray(WEIGHTS.T)
 INPUTS = np.random.default_rng(1).standard_normal((1024, WIDTH)).astype(np.float32)
@@ -105,6 +105,7 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=10_000)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--drivers", default="memory,redis,sqlite")
+    parser.add_argument("--width", type=int, default=2048, help="the layer's width (default 2048)")
     parser.add_argument("--child", nargs=4, metavar=("DRIVER", "FOLDER", "KIND", "N"))
     args = parser.parse_args()
     if args.child:
@@ -114,7 +115,7 @@ def main() -> None:
     rows: list[str] = []
     with tempfile.TemporaryDirectory() as temp:
         folder = Path(temp)
-        (folder / "batching_jobs.py").write_text(JOBS_MODULE)
+        (folder / "batching_jobs.py").write_text(JOBS_MODULE.replace("{width}", str(args.width)))
         for driver in args.drivers.split(","):
             rates: dict[str, list[float]] = {kind: [] for kind in KINDS}
             for round_ in range(args.rounds):
@@ -126,7 +127,8 @@ def main() -> None:
             ratios = [b / a for a, b in zip(rates["Infer"], rates["InferBatch"], strict=True)]
             rows.append(f"| {driver} | {one:,.0f} | {batched:,.0f} | {statistics.median(ratios):.1f}x "
                         f"({min(ratios):.1f}-{max(ratios):.1f}) |")
-    print(f"N = {args.n:,} jobs, {args.rounds} rounds, {CONCURRENCY} consumers\n")
+    print(f"N = {args.n:,} jobs, a {args.width}x{args.width} layer, {args.rounds} rounds, "
+          f"{CONCURRENCY} consumers\n")
     print("| driver | one call a job (jobs/s) | batch=64 (jobs/s) | ratio (spread) |")
     print("|---|---:|---:|---:|")
     print("\n".join(rows))

@@ -112,6 +112,27 @@ def physical_limit(n: int) -> float:
     return n / (time.perf_counter() - started)
 
 
+def client_single_rate(n: int) -> float:
+    """redis.asyncio alone: n awaited LPUSH calls one at a time, the client's own single-command
+    rate (the ceiling of a one-call dispatch)."""
+    import redis.asyncio as aioredis
+
+    async def push_all() -> float:
+        client = aioredis.Redis.from_url(URL)
+        payload = b'{"job":"noop","args":[]}'
+        await client.ping()
+        started = time.perf_counter()
+        for _ in range(n):
+            await client.lpush("limit:single", payload)
+        elapsed = time.perf_counter() - started
+        await client.aclose()
+        return n / elapsed
+
+    flush()
+    settle_garbage()
+    return asyncio.run(push_all())
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--n", type=int, default=10_000)
@@ -125,6 +146,7 @@ def main() -> None:
     measures = set(args.measures.split(","))
     results: dict[str, dict[str, list[float]]] = {e: {} for e in engines}
     limit: list[float] = []
+    single: list[float] = []
     for round_no in range(args.rounds):
         for name in engines:
             module = importlib.import_module(MODULES[name])
@@ -146,11 +168,14 @@ def main() -> None:
                   file=sys.stderr, flush=True)
         if "drain" in measures:
             limit.append(physical_limit(args.n))
+        if "enqueue" in measures:
+            single.append(client_single_rate(args.n))
     flush()
-    print_table(results, limit, args)
+    print_table(results, limit, single, args)
 
 
-def print_table(results: dict[str, dict[str, list[float]]], limit: list[float], args: Any) -> None:
+def print_table(results: dict[str, dict[str, list[float]]], limit: list[float], single: list[float],
+                args: Any) -> None:
     def med(name: str, key: str) -> float | None:
         values = results[name].get(key)
         return statistics.median(values) if values else None
@@ -168,9 +193,15 @@ def print_table(results: dict[str, dict[str, list[float]]], limit: list[float], 
         cells = [_fmt(med(name, k), k) for k in ("enqueue", "bulk", "drain", "p50", "p99")]
         print(f"| {name} | " + " | ".join(cells) + " |")
     limit_cell = f"{statistics.median(limit):,.0f}" if limit else "-"
+    single_cell = f"{statistics.median(single):,.0f}" if single else "-"
+    print(f"| client limit (redis.asyncio, one awaited LPUSH a job) | {single_cell} | | | | |")
     print(f"| physical limit (redis-py pipelined push+move+remove) | | | {limit_cell} | | |")
     print()
     ours = {k: med("khadem_nb", k) for k in best}
+    if ours["enqueue"] and single:
+        print(f"- enqueue: khadem_nb / client limit = {ours['enqueue'] / statistics.median(single):.2f}")
+    if ours["drain"] and limit:
+        print(f"- drain: khadem_nb / physical limit = {ours['drain'] / statistics.median(limit):.2f}")
     for key, label in (("enqueue", "enqueue"), ("bulk", "bulk enqueue"), ("drain", "drain")):
         if ours[key] and best[key]:
             print(f"- {label}: khadem_nb / best peer = {ours[key] / best[key]:.1f}x")

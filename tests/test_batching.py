@@ -46,6 +46,20 @@ async def test_a_batched_kind_runs_in_calls_beyond_the_concurrency() -> None:
     assert {r.result["shared"] for r in records if r.result} <= set(Square.calls)
 
 
+async def test_consumers_wait_for_room_rather_than_in_a_batch_that_cannot_fill() -> None:
+    """Beyond two batches of a kind held, a consumer waits for room with its job: every call of
+    a backlog of 64 is full, none a short one gathered by consumers that could not claim more."""
+    Square.calls.clear()
+    async with QueueManager("memory://") as manager:
+        ids = [await manager.dispatch(Square(n)) for n in range(64)]
+        worker = await manager.start_worker(run_in_background=True, concurrency=2)
+        try:
+            await settle_all(manager, ids)
+        finally:
+            await worker.stop()
+    assert Square.calls == [8] * 8
+
+
 async def test_a_raising_call_fails_its_jobs_each_with_its_retries() -> None:
     SquareAsync.calls.clear()
     async with QueueManager("memory://") as manager:

@@ -80,6 +80,8 @@ class QueueWorker:
         self._idle: deque[asyncio.Future[JobRecord | None]] = deque()  # consumers waiting for a job
         self._dropping: set[asyncio.Task[None]] = set()  # settles of cancelled buffered jobs
         self._batched: dict[str, int] = {}  # jobs waiting for their batch on tasks of their own, by kind
+        self._batch_ahead = 0  # the batch size of the last claim's batched jobs: see _wanted
+        self._batch_room = asyncio.Event()  # set when a batched job ends: see _room_for_batch
         self._batched_kinds = executor.serializer.factories.batched  # the registry's own set, kept current
         self._errors = 0
         #: the last jobs each consumer ran, as (consumer, record): the panel's timeline
@@ -172,6 +174,7 @@ class QueueWorker:
             return
         self._stopping.set()
         self._claiming.set()  # let paused consumers see the stop
+        self._batch_room.set()  # and consumers waiting for room for a batch
         self.driver.interrupt_waits()
         consumers = [t for t in self._tasks if t.get_name() not in SERVICE_TASKS]
         _, pending = await asyncio.wait(consumers, timeout=grace) if consumers else (set(), set())
@@ -209,8 +212,8 @@ class QueueWorker:
                 if record is None:
                     if self._drained or self._claims_exhausted():
                         break
-                elif record.name in self._batched_kinds and self._waits_for_its_batch(record):
-                    self._run_batched(record)  # this consumer claims on meanwhile
+                elif record.name in self._batched_kinds and self.executor.batch_size_of(record.name):
+                    await self._to_its_batch(record)  # this consumer claims on meanwhile
                 else:
                     await self._execute(record, task)
                     self.recent.append((name, record))
@@ -224,13 +227,24 @@ class QueueWorker:
             if self._consumers_left == 0 and not self._stopping.is_set():
                 self.request_stop()
 
-    def _waits_for_its_batch(self, record: JobRecord) -> bool:
-        """Whether ``record``, of a batched kind, waits for its batch on a task of its own rather
-        than on this consumer: while fewer than two batches of its kind (one called, one
-        gathering) are held so. Beyond that a consumer waits with it, which bounds the jobs a
-        worker holds for batches."""
-        size = self.executor.batch_size_of(record.name)
-        return size is not None and self._batched.get(record.name, 0) < 2 * size
+    async def _to_its_batch(self, record: JobRecord) -> None:
+        """Start ``record``, of a batched kind, on a task of its own once fewer than two batches
+        of its kind (one called, one gathering) are held, which bounds the jobs a worker holds
+        for batches. The consumer waits for that room here rather than in the gate: a batch it
+        joined could not fill while it waited in it. A worker stopping meanwhile gives the
+        record back with its buffer."""
+        size = self.executor.batch_size_of(record.name) or 1
+        try:
+            while self._batched.get(record.name, 0) >= 2 * size:
+                if self._stopping.is_set():
+                    self._buffer.appendleft(record)
+                    return
+                self._batch_room.clear()
+                await self._batch_room.wait()
+        except asyncio.CancelledError:
+            self._buffer.appendleft(record)
+            raise
+        self._run_batched(record)
 
     def _run_batched(self, record: JobRecord) -> None:
         """Run ``record`` on a task of its own (stopped, aborted and waited for like a consumer)."""
@@ -246,6 +260,7 @@ class QueueWorker:
 
         def ended(done: asyncio.Task[None]) -> None:
             self._batched[name] -= 1
+            self._batch_room.set()
             if done in self._tasks:
                 self._tasks.remove(done)
 
@@ -277,7 +292,8 @@ class QueueWorker:
         if self._drained or self._claims_exhausted():  # the loop has just seen no stop or pause
             return None
         if self._lone:
-            claimed = await self._claim(1)
+            claimed = await self._claim(max(1, self._batch_ahead))
+            self._buffer.extend(claimed[1:])
             return claimed[0] if claimed else None
         waiter: asyncio.Future[JobRecord | None] = asyncio.get_running_loop().create_future()
         self._idle.append(waiter)
@@ -292,7 +308,8 @@ class QueueWorker:
 
     def _take_buffered(self) -> JobRecord:
         record = self._buffer.popleft()
-        if self._prefetch and len(self._buffer) < self._prefetch:  # top the buffer up
+        ahead = max(self._prefetch, self._batch_ahead)
+        if ahead and not self._lone and len(self._buffer) < ahead:  # top the buffer up
             self._ensure_fetcher()
         return record
 
@@ -399,10 +416,20 @@ class QueueWorker:
         self._errors = 0
         if self._claims_left is not None:
             self._claims_left -= len(records)
+        if self._batched_kinds:
+            self._batch_ahead = self._largest_batch(records)
+
+    def _largest_batch(self, records: Sequence[JobRecord]) -> int:
+        """The largest batch size among the batched kinds of ``records`` (0: none is batched)."""
+        kinds = {r.name for r in records} & self._batched_kinds
+        sizes = {self.executor.batch_size_of(name) for name in kinds}
+        return max((size for size in sizes if size), default=0)
 
     def _wanted(self) -> int:
-        """Jobs to claim: one per waiting consumer, plus room left in the prefetch buffer."""
-        return len(self._idle) + self._prefetch - len(self._buffer)
+        """Jobs to claim: one per waiting consumer, plus room left in the prefetch buffer, which
+        holds a whole batch while the last claim brought jobs of a batched kind (so a batch fills
+        from one claim, not from one claim a consumer)."""
+        return len(self._idle) + max(self._prefetch, self._batch_ahead) - len(self._buffer)
 
     def _may_claim(self) -> bool:
         return not (self._drained or self._stopping.is_set() or not self._claiming.is_set()
