@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from .artifacts import ArtifactRef, ArtifactStore, artifact, load
 from .config import QueueSettings, WorkerSettings, parse_config
 from .drivers.base import QueueDriver
 from .drivers.registry import QueueDriverRegistry
@@ -59,6 +60,8 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = [
+    "ArtifactRef",
+    "ArtifactStore",
     "BasicQueueMonitor",
     "BatchResultError",
     "CodeChangedWarning",
@@ -104,10 +107,12 @@ __all__ = [
     "WorkerHooks",
     "WorkerSettings",
     "__version__",
+    "artifact",
     "cancelled",
     "chain",
     "context",
     "intrange",
+    "load",
     "loguniform",
     "parse_config",
     "progress",

@@ -115,6 +115,9 @@ def _add_worker(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
     worker.add_argument("--resources", default=None, metavar="NAME=UNITS,...",
                         help="resource units this worker offers to jobs that ask for them, "
                         "like gpu=4,mem_gb=64")
+    worker.add_argument("--artifacts", default=None, metavar="URL",
+                        help="the artifact store for large arguments and results: a folder or any "
+                        "fsspec URL such as s3://bucket/runs (queue.artifacts)")
     worker.add_argument("--metrics-port", type=int, default=None, metavar="N",
                         help="serve this worker's Prometheus metrics on this port")
     worker.add_argument("--metrics-host", default="127.0.0.1",
@@ -151,7 +154,7 @@ def _dispatch(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         options = WorkerOptions(args.queue_url, args.imports, args.queues, args.concurrency,
                                 args.max_jobs, args.burst, args.grace, args.lease, args.prefetch,
                                 args.isolation, args.trust_code, args.strict_versions, args.metrics_port,
-                                args.metrics_host, args.resources)
+                                args.metrics_host, args.resources, args.artifacts)
         asyncio.run(run_worker_process(options))
         return 0
     if args.command == "dashboard":

@@ -23,12 +23,16 @@ QUEUE_KEYS = frozenset({
     "heartbeat", "max_reclaims", "retention", "retention_age", "failed_retention",
     "failed_retention_age", "prefix", "connect_timeout", "workers", "options",
     "ship_code", "ship_modules", "secret", "secret_file", "code_limit", "trust_code", "strict_versions",
-    "schema", "max_payload",
+    "schema", "max_payload", "artifacts", "artifacts_options", "inline_limit", "max_artifact",
+    "artifact_grace",
 })
 WORKER_KEYS = frozenset({"max_jobs", "delay", "timeout", "concurrency", "prefetch", "isolation", "resources"})
 SECRET_ENV = "KHADEM_SECRET"
 CODE_LIMIT = 16 * 2**20  # bytes of one shipped code envelope, at most (queue.code_limit)
 MAX_PAYLOAD = 16 * 2**20  # bytes of a job's arguments or result held in its record (queue.max_payload)
+INLINE_LIMIT = 64 * 2**10  # with an artifact store: JSON over this many bytes goes there (queue.inline_limit)
+MAX_ARTIFACT = 10 * 2**30  # bytes of one object in the artifact store (queue.max_artifact)
+ARTIFACT_GRACE_S = 3600.0  # objects younger than this are never collected (queue.artifact_grace)
 
 
 class DottedConfig(Protocol):
@@ -84,6 +88,13 @@ class QueueSettings:
     strict_versions: bool = False  # a package version mismatch fails shipped code (else a warning)
     #: bytes of JSON a record holds for a job's arguments, and for its result, at most
     max_payload: int = MAX_PAYLOAD
+    #: the artifact store's fsspec URL (None: the driver's default, see artifacts.opening)
+    artifacts: str | None = None
+    #: options passed to fsspec for the store (an S3 endpoint, keys); never logged
+    artifacts_options: Mapping[str, Any] = field(default_factory=dict, repr=False)
+    inline_limit: int = INLINE_LIMIT
+    max_artifact: int = MAX_ARTIFACT
+    artifact_grace_s: float = ARTIFACT_GRACE_S
 
     def redacted_url(self) -> str:
         """The queue URL with any password replaced by ``***``, for messages and logs."""
@@ -192,12 +203,29 @@ def _plain_values(section: dict[str, Any]) -> dict[str, Any]:
                       ("failed_retention_age", "failed_retention_age_s")):
         if section.get(key) is not None:
             values[attr] = limits.seconds(section[key], f"queue.{key}")
-    if section.get("max_payload") is not None:
-        values["max_payload"] = limits.size(section["max_payload"], "queue.max_payload")
+    values.update(_artifact_values(section))
     if section.get("options") is not None:
         if not isinstance(section["options"], Mapping):
             raise ConfigError("queue.options must be a mapping of driver-specific settings")
         values["options"] = dict(section["options"])
+    return values
+
+
+def _artifact_values(section: dict[str, Any]) -> dict[str, Any]:
+    """The sizes a record holds inline and the artifact store's settings."""
+    values: dict[str, Any] = {}
+    for key in ("max_payload", "inline_limit", "max_artifact"):
+        if section.get(key) is not None:
+            values[key] = limits.size(section[key], f"queue.{key}")
+    if section.get("artifacts") is not None:
+        values["artifacts"] = _require_str(section, "artifacts")
+    if section.get("artifacts_options") is not None:
+        if not isinstance(section["artifacts_options"], Mapping):
+            raise ConfigError("queue.artifacts_options must be a mapping of fsspec options "
+                              "(for S3: endpoint_url, key, secret, ...)")
+        values["artifacts_options"] = dict(section["artifacts_options"])
+    if section.get("artifact_grace") is not None:
+        values["artifact_grace_s"] = limits.seconds(section["artifact_grace"], "queue.artifact_grace")
     return values
 
 
@@ -269,7 +297,7 @@ def _sqlite_in_memory(path: str) -> bool:
 
 URL_QUERY_KEYS = frozenset({"name", "lease", "heartbeat", "max_reclaims", "retention", "retention_age",
                             "failed_retention", "failed_retention_age", "prefix", "connect_timeout",
-                            "schema", "max_payload"})
+                            "schema", "max_payload", "inline_limit", "max_artifact"})
 
 
 def _url_query(url: str) -> dict[str, Any]:
@@ -282,7 +310,8 @@ def _url_query(url: str) -> dict[str, Any]:
     if unknown:
         raise ConfigError(f"unknown settings {sorted(unknown)} in the query of {redact_url(url)!r}; "
                           f"valid: {sorted(URL_QUERY_KEYS)}")
-    return {k: (v if k in ("name", "prefix", "schema", "max_payload") else _number(v, k))
+    return {k: (v if k in ("name", "prefix", "schema", "max_payload", "inline_limit", "max_artifact")
+                else _number(v, k))
             for k, v in query.items()}
 
 

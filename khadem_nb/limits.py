@@ -28,6 +28,7 @@ DURATIONS: dict[str, tuple[float, float]] = {
     "queue.connect_timeout": (0.1, 300.0),
     "queue.retention_age": (1.0, 10 * YEAR_S),
     "queue.failed_retention_age": (1.0, 10 * YEAR_S),
+    "queue.artifact_grace": (0.0, 10 * YEAR_S),
     "delay": (0.0, 10 * YEAR_S),  # a dispatch's delay
     "worker delay": (0.001, 3600.0),  # the longest a worker waits for work between checks
     "timeout": (0.001, 10 * YEAR_S),  # a job's time limit, and a worker's run time
@@ -150,7 +151,8 @@ SIZE_UNITS = {"": 1, "b": 1, "kb": 1000, "kib": 1024, "mb": 1000**2, "mib": 1024
               "gib": 1024**3}
 SIZE_TEXT = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*\Z")
 #: bytes: (lowest, highest), both included
-SIZES: dict[str, tuple[int, int]] = {"queue.max_payload": (1024, 2**31)}
+SIZES: dict[str, tuple[int, int]] = {"queue.max_payload": (1024, 2**31), "queue.inline_limit": (256, 2**31),
+                                     "queue.max_artifact": (1024, 2**50)}
 
 
 def cut_text(text: str, limit: int = TEXT_LIMIT) -> str:

@@ -13,6 +13,8 @@ from typing import Any
 from . import limits
 from ._ids import job_ids
 from ._time import now_ms, to_seconds
+from .artifacts.opening import QueueArtifacts
+from .artifacts.store import ArtifactStore, load
 from .config import QueueSettings, parse_config, worker_settings
 from .draft import Draft
 from .drivers.base import QueueDriver
@@ -27,6 +29,7 @@ from .job import ACTIVE, FAILED, QUEUED, SCHEDULED, WAITING, Failure, JobRecord,
 from .middleware import Middleware, MiddlewareChain, MiddlewareFunc
 from .monitor import BasicQueueMonitor, QueueMonitor
 from .registry import job_factories
+from .runtime.collecting import collect_artifacts
 from .runtime.execution import Hook, JobExecutor, WorkerHooks
 from .runtime.shipping import CodeLoader, CodeShipper
 from .runtime.waiting import (
@@ -84,6 +87,8 @@ class QueueManager:
         self._loader: CodeLoader | None = None
         self._class_codes: dict[type, str] = {}  # fingerprints of job classes that are their code
         self._queue_names: set[str] = set()  # queue names dispatched to, checked (limits.queue_name)
+        self._artifacts = QueueArtifacts(lambda: self._built_settings)
+        self.serializer.artifacts = self._artifacts
         #: called with each new record as it is dispatched, before it is stored; a hook may add
         #: to ``record.meta``, which every driver stores with the job (``tracing`` does)
         self.dispatch_hooks: list[Callable[[JobRecord], None]] = []
@@ -99,6 +104,16 @@ class QueueManager:
         await driver.open()
         self._settings, self._driver, self._loader = settings, driver, loader
         return self
+
+    @property
+    def artifacts(self) -> ArtifactStore | None:
+        """The queue's artifact store (``queue.artifacts``, else the driver's default: a folder
+        beside a file or SQLite queue, a temporary folder for a memory queue, none on Redis or
+        PostgreSQL), opened on first use; ``None`` where there is none."""
+        return self._artifact_store()
+
+    def _artifact_store(self) -> ArtifactStore | None:
+        return self.serializer.store_of()
 
     @property
     def shipper(self) -> CodeShipper:
@@ -488,6 +503,13 @@ class QueueManager:
             await self._driver.close()
         if self._threads is not None:
             self._threads.shutdown(wait=False)
+        self._artifacts.close()
+
+    async def trim(self) -> int:
+        """Apply retention now, then collect the artifact store: the objects no record refers
+        to any more and older than ``queue.artifact_grace`` go away. How many objects did."""
+        await self.driver.trim()
+        return await collect_artifacts(self.driver, self._artifacts)
 
     # -- inspecting --------------------------------------------------------------------------
     def get_metrics(self) -> dict[str, Any]:
@@ -593,7 +615,7 @@ class QueueManager:
             await wait_until_finished(self.driver, [record.id], seconds, notices, location,
                                       read_first=False)
         if record.id in notices.results:  # the settle notice carried the result: nothing to read
-            return decode_value(notices.results[record.id])
+            return load(decode_value(notices.results[record.id]))
         return outcome((await read_records(self.driver, [record.id], location))[0])
 
     async def counts(self, queue: str | None = None) -> dict[str, int]:

@@ -18,6 +18,7 @@ numpy scalar                ``np.scalar`` (dtype + value); ``float64``/``str_`` 
                             ``float``/``str`` and come back as those
 numpy array                 ``np.array`` (dtype + shape + nested list)
 non-finite ``float``        ``float`` (``"nan"``, ``"inf"``, ``"-inf"``)
+``ArtifactRef``             ``artifact`` (a value kept in the artifact store)
 dict with a ``__kn__`` key  ``dict`` (escaped so it cannot be mistaken for a tag)
 ==========================  ==========================================
 
@@ -35,9 +36,14 @@ from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
+from .artifacts.offload import offload, shrink
+from .artifacts.refs import ArtifactRef
+from .artifacts.store import load
 from .errors import SerializationError, UnknownJobError
 
 if TYPE_CHECKING:
+    from .artifacts.opening import QueueArtifacts
+    from .artifacts.store import ArtifactStore
     from .job import QueueJob
     from .registry import JobFactoryRegistry
 
@@ -121,6 +127,8 @@ def _encode_extra(value: Any, path: Path, depth: int) -> Any:  # noqa: C901 - on
     if isinstance(value, set | frozenset):
         items = [encode_value(x, (path, None), depth + 1) for x in value]
         return {TAG: "set", "v": sorted(items, key=repr)}
+    if isinstance(value, ArtifactRef):
+        return {TAG: "artifact", **value.to_json()}
     np = _numpy()
     if np is not None:
         if isinstance(value, np.ndarray):
@@ -130,7 +138,8 @@ def _encode_extra(value: Any, path: Path, depth: int) -> Any:  # noqa: C901 - on
     raise SerializationError(
         f"{where(path)} is of type {type(value).__module__}.{type(value).__qualname__}, which "
         "khadem_nb cannot store as JSON (supported: JSON types, datetime, date, timedelta, Decimal, "
-        "UUID, tuple, bytes, set, numpy scalars and arrays)"
+        "UUID, tuple, bytes, set, numpy scalars and arrays; with an artifact store also DataFrames "
+        "and kn.artifact files)"
     )
 
 
@@ -192,6 +201,7 @@ _DECODERS: dict[str, Callable[[dict[str, Any]], Any]] = {
     "bytes": lambda d: base64.b64decode(d["v"]),
     "set": lambda d: set(decode_value(d["v"])),
     "dict": lambda d: _decode_dict(d["v"]),
+    "artifact": ArtifactRef.from_json,
 }
 
 
@@ -270,7 +280,16 @@ def check_size(value: Any, limit: int, what: str) -> None:
     if found > limit:
         raise SerializationError(
             f"{what} is {found:,} bytes as JSON, over queue.max_payload ({limit:,} bytes): pass a path "
-            "or a reference to large data instead, or raise queue.max_payload")
+            "or a reference to large data instead, give the queue an artifact store (queue.artifacts), "
+            "or raise queue.max_payload")
+
+
+def fits(value: Any, limit: int) -> bool:
+    """Whether encoded ``value`` takes at most ``limit`` characters as JSON; dicts of plain
+    values whose JSON cannot be longer pass without being encoded."""
+    if type(value) is dict and _json_bound(value, limit) <= limit:
+        return True
+    return len(dumps(value)) <= limit
 
 
 def _json_bound(value: dict[str, Any], limit: int) -> int:
@@ -302,6 +321,8 @@ class QueueJobSerializer:
 
     def __init__(self, factories: JobFactoryRegistry) -> None:
         self.factories = factories
+        #: the queue's artifact store, where large values go (the manager sets it)
+        self.artifacts: QueueArtifacts | None = None
         # per job class whose name is the class's (the classmethod: fixed once the class is
         # registered): the name and how errors name its arguments; None where each job names
         # itself (a cell's job functions share one class)
@@ -321,7 +342,37 @@ class QueueJobSerializer:
             raise SerializationError(
                 f"{names[0]}.to_json() returned {type(data).__name__}; it must return a dict"
             )
-        return names[0], _encode_dict(data, names[1])
+        return names[0], self.encode_large(data, names[1], payload=True)
+
+    def encode_large(self, value: Any, what: str, *, payload: bool = False) -> Any:
+        """``value`` encoded, its large parts kept in the artifact store (``artifacts.offload``):
+        a payload's top level stays a dict, a result may move whole."""
+        value = offload(value, self.store_of, what)
+        encoded = _encode_dict(value, what) if payload else encode_value(value, what)
+        return self._shrunk(encoded, what, root_may_move=not payload)
+
+    def store_of(self) -> ArtifactStore | None:
+        """The artifact store, opened on first use; ``None`` where the queue has none."""
+        return None if self.artifacts is None else self.artifacts.store()
+
+    def _shrunk(self, encoded: Any, what: str, *, root_may_move: bool) -> Any:
+        """``encoded`` with its parts over ``queue.inline_limit`` moved to the store (if any)."""
+        artifacts = self.artifacts
+        if artifacts is None or not artifacts.configured or fits(encoded, artifacts.settings.inline_limit):
+            return encoded
+        store = artifacts.store()
+        assert store is not None  # configured
+        return shrink(encoded, store, artifacts.settings.inline_limit, what, root_may_move=root_may_move)
+
+    def encode_arguments(self, params: Mapping[str, Any], where: Callable[[str], str]) -> dict[str, Any]:
+        """A call's keyword arguments encoded as :func:`encode_arguments` does, their large
+        values kept in the artifact store."""
+        params = {name: offload(value, self.store_of, where(name)) for name, value in params.items()}
+        return self._shrunk(encode_arguments(params, where), "the arguments", root_may_move=False)  # type: ignore[no-any-return]
+
+    def decode_loaded(self, payload: Any) -> Any:
+        """A payload decoded, every artifact reference in it loaded (a job's arguments)."""
+        return load(decode_value(payload))
 
     def decode_job(self, name: str, payload: Any) -> QueueJob:
         """Rebuild a job from its name and encoded payload via the registered factory."""
@@ -329,7 +380,7 @@ class QueueJobSerializer:
         if factory is None or not isinstance(payload, dict):
             raise _undecodable(name, payload, known=factory is not None)
         try:
-            return factory(decode_value(payload))
+            return factory(self.decode_loaded(payload))
         except (KeyError, TypeError, ValueError) as exc:
             raise SerializationError(f"payload of job {name!r} could not be decoded: {exc!r}") from exc
 

@@ -482,3 +482,38 @@ class Trains(QueueJob):
             report(epoch, loss=self.scale / (epoch + 1), acc=float("nan") if epoch == 2 else epoch / 10)
             await asyncio.sleep(self.pause)
         return self.scale / self.epochs
+
+
+class MakeArrays(QueueJob):
+    """Returns an n x n array, a DataFrame of n rows, a small array and a file it writes: the
+    first, second and fourth go to the artifact store, the third stays in the record."""
+
+    def __init__(self, n: int, folder: str | None = None) -> None:
+        self.n = n
+        self.folder = folder
+
+    def handle(self) -> dict[str, Any]:
+        import numpy as np
+        import pandas as pd
+
+        from khadem_nb import artifact
+
+        w = np.arange(self.n * self.n, dtype=np.float32).reshape(self.n, self.n)
+        frame = pd.DataFrame({"i": range(self.n), "sq": [i * i for i in range(self.n)]})
+        result: dict[str, Any] = {"w": w, "df": frame, "small": np.arange(3)}
+        if self.folder is not None:
+            path = os.path.join(self.folder, f"plot-{self.n}.txt")
+            with open(path, "w") as handle:
+                handle.write(f"a plot of {self.n}\n")
+            result["plot"] = artifact(path)
+        return result
+
+
+class SumsArray(QueueJob):
+    """Given an array (kept in the artifact store when large): its sum and its type's name."""
+
+    def __init__(self, xs: Any) -> None:
+        self.xs = xs
+
+    def handle(self) -> dict[str, Any]:
+        return {"sum": float(self.xs.sum()), "type": type(self.xs).__name__, "shape": list(self.xs.shape)}

@@ -185,7 +185,7 @@ def test_sigkill_during_writes_leaves_no_partial_json(tmp_path: Path, kill_after
     from procs import spawn_script
 
     root = tmp_path / "q"
-    writer = spawn_script(WRITER, f"file:///{root}")
+    writer = spawn_script(WRITER, f"file:///{root}?inline_limit=1MiB")  # the payload stays in the record
     assert writer.stdout is not None and writer.stdout.readline().strip() == "ready"
     time.sleep(kill_after)
     kill(writer)

@@ -18,6 +18,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from ..artifacts.store import load
 from ..errors import ConfigError, JobError
 from ..job import CANCELLED, COMPLETED, FAILED, TERMINAL_STATUSES, WAITING, JobRecord, JobStatus, cancel_error
 from ..serializer import decode_value
@@ -159,14 +160,17 @@ class DependencyIndex:
 
 
 # -- what a child is given -------------------------------------------------------------------
-def outcome(record: JobRecord, params: Mapping[str, Any] | None = None) -> dict[str, Any]:
+def outcome(record: JobRecord, params: Mapping[str, Any] | None = None, *,
+            loaded: bool = True) -> dict[str, Any]:
     """One parent as a reduce sees it: its parameters (a job function's arguments, or a job's
-    JSON), result (completed ones), status, failure kind, duration, attempts, error, code."""
+    JSON), result (completed ones; its artifacts loaded, or left as references where
+    ``loaded`` is false), status, failure kind, duration, attempts, error, code."""
     if params is None:
         params = _params_of(record.payload)
     completed = record.status is COMPLETED
+    result = decode_value(record.result) if completed else None
     return {"id": record.id, "job": record.name, "key": record.key, "params": dict(params),
-            "result": decode_value(record.result) if completed else None,
+            "result": load(result) if loaded else result,
             "status": record.status.value,
             "failure": record.failure if record.status is FAILED else None,
             "duration_ms": record.duration_ms, "attempt": record.attempt,
@@ -193,7 +197,7 @@ async def upstream_of(driver: QueueDriver, record: JobRecord) -> Any:
     records = [r for r in found if r is not None]
     if record.feed == "result":
         parent = records[0]
-        return decode_value(parent.result) if parent.status is COMPLETED else None
+        return load(decode_value(parent.result)) if parent.status is COMPLETED else None
     if record.feed == "completed_results":
         records = [r for r in records if r.status is COMPLETED]
     return [outcome(r) for r in records]

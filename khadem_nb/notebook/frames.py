@@ -104,7 +104,9 @@ def group_frame(handles: Sequence[JobHandle], records: Sequence[JobRecord],
     one point was pruned), and the last reported value of each metric
     (``telemetry``): a column named after the metric, ``last_<metric>`` where a parameter or a
     result field has that name."""
-    frame = outcomes_frame([outcome(r, h.params) for h, r in zip(handles, records, strict=True)])
+    # artifacts stay references (light handles): a sweep's frame opens without reading them
+    frame = outcomes_frame([outcome(r, h.params, loaded=False)
+                            for h, r in zip(handles, records, strict=True)])
     stopped = [r.status is JobStatus.CANCELLED and (r.error or "").startswith(PRUNED) for r in records]
     if records and (pruned or any(stopped)):  # stopped by a pruner: cancelled, never a failure
         frame["pruned"] = stopped

@@ -198,13 +198,12 @@ class Queue:
                                          priority=priority, max_attempts=max_attempts, key=key,
                                          encoded=(spec.name, {"kwargs": kwargs}))
 
-    @staticmethod
-    def _encoded(spec: JobFunction, params: dict[str, Any]) -> tuple[dict[str, Any], str]:
-        """A call's arguments encoded once: the same encoding names a bad argument in its
-        error, makes the call's sweep key, and is the stored payload."""
-        from ..serializer import encode_arguments
-
-        kwargs = encode_arguments(params, lambda name: f"argument {name!r} of {spec.name}()")
+    def _encoded(self, spec: JobFunction, params: dict[str, Any]) -> tuple[dict[str, Any], str]:
+        """A call's arguments encoded once, large ones kept in the artifact store: the same
+        encoding names a bad argument in its error, makes the call's sweep key (an array's by
+        its digest), and is the stored payload."""
+        where = lambda name: f"argument {name!r} of {spec.name}()"  # noqa: E731 - named for the line
+        kwargs = self.manager.serializer.encode_arguments(params, where)
         return kwargs, spec.key(kwargs)
 
     async def _store(self, records: list[JobRecord], resumable: bool, rerun_cancelled: bool,

@@ -44,6 +44,7 @@ class WorkerOptions:
     metrics_port: int | None = None
     metrics_host: str = "127.0.0.1"
     resources: str | None = None  # "gpu=4,mem_gb=64"
+    artifacts: str | None = None  # the artifact store's URL (queue.artifacts)
 
 
 def import_job_modules(modules: Sequence[str]) -> None:
@@ -81,8 +82,8 @@ async def run_worker_process(options: WorkerOptions) -> int:
                                  "strict_versions": options.strict_versions}
     if secret and options.trust_code:
         config["secret"] = secret
-    if options.lease_s is not None:
-        config["lease"] = options.lease_s
+    config.update({key: value for key, value in (("lease", options.lease_s), ("artifacts", options.artifacts))
+                   if value is not None})
     monitor = None
     if options.metrics_port is not None:
         try:
@@ -93,6 +94,7 @@ async def run_worker_process(options: WorkerOptions) -> int:
             raise ConfigError(f"--metrics-port needs prometheus_client ({exc}): "
                               'pip install "khadem_nb[metrics]"') from None
     manager = await QueueManager({"queue": config}, monitor=monitor).init()
+    manager.artifacts  # noqa: B018 - a store that cannot be opened stops the worker here, not in a job
     metrics_server = None if monitor is None else _serve_metrics(options, monitor, manager)
     worker = await manager.start_worker(
         max_jobs=options.max_jobs, concurrency=options.concurrency, burst=options.burst,

@@ -35,7 +35,7 @@ from ..job import CANCELLED, Failure, JobRecord, QueueJob
 from ..limits import DURATIONS, cut_text
 from ..middleware import MiddlewareChain
 from ..monitor import QueueMonitor
-from ..serializer import QueueJobSerializer, check_size, decode_value, encode_value
+from ..serializer import QueueJobSerializer, check_size
 from .batching import BatchGate
 from .context import ENDED, ORPHANED, JobContext, current_job
 from .isolation import ChildRaised, ProcessPool
@@ -136,7 +136,7 @@ class JobExecutor:
     def _encoded_result(self, record: JobRecord, result: Any) -> Any:
         """``result`` as stored JSON data; ``SerializationError`` for a value JSON cannot hold
         or one over ``queue.max_payload``."""
-        encoded = encode_value(result, f"result of {record.name}")
+        encoded = self.serializer.encode_large(result, f"result of {record.name}")
         check_size(encoded, self.driver.settings.max_payload, f"the result of {record.name}")
         return encoded
 
@@ -222,7 +222,8 @@ class JobExecutor:
         reason: KhademError = error
         if isinstance(error, UnknownJobError) and record.code and self.loader is not None:
             try:
-                job = await self.loader.job_for(record, self.driver, decode_value(record.payload))
+                given = self.serializer.decode_loaded(record.payload)
+                job = await self.loader.job_for(record, self.driver, given)
                 if job is not None:
                     job.attempt = record.attempt
                     return job

@@ -14,6 +14,7 @@ import contextlib
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
+from ..artifacts.store import load
 from ..drivers.base import NO_RESULT, QueueDriver
 from ..errors import JobCancelledError, JobFailedError, JobNotFoundError, ResultTimeoutError
 from ..job import TERMINAL_STATUSES, JobRecord, JobStatus
@@ -175,12 +176,12 @@ async def read_records(driver: QueueDriver, ids: Sequence[str], location: str) -
 
 
 def outcome(record: JobRecord) -> Any:
-    """The decoded result of a finished record; ``JobFailedError`` if it failed,
-    ``JobCancelledError`` if it was cancelled."""
+    """The decoded result of a finished record, the values it keeps in the artifact store
+    loaded; ``JobFailedError`` if it failed, ``JobCancelledError`` if it was cancelled."""
     if record.status is JobStatus.FAILED:
         raise JobFailedError(record)
     if record.status is JobStatus.CANCELLED:
         raise JobCancelledError(record)
     if record.status is not JobStatus.COMPLETED:
         raise ResultTimeoutError(f"job {record.id} is still {record.status.value}")
-    return decode_value(record.result)
+    return load(decode_value(record.result))

@@ -37,6 +37,7 @@ from ..features.resources import OFFER_EVERY_S, ResourcePool
 from ..features.why_waiting import frees_up, wait_reasons
 from ..job import QUEUED, JobRecord
 from ._tasks import stop_if_cancelled
+from .collecting import collect_now_and_then
 from .execution import JobExecutor, WorkerHooks
 from .ticker import Ticker
 
@@ -48,7 +49,8 @@ BURST_LOOKED = 100  # queued jobs a burst worker looks at, after an empty claim,
 YIELD_EVERY = 64  # jobs run between two turns given to the loop's other tasks, at least
 ABORT_POLL_S = 0.2  # how often a worker asks a driver that cannot tell it about cancelled jobs
 RECENT_KEPT = 200  # jobs the worker remembers for the panel's timeline
-SERVICE_TASKS = ("khadem-heartbeat", "khadem-aborts", "khadem-ticks")  # beside the consumers until the stop
+#: beside the consumers until the stop
+SERVICE_TASKS = ("khadem-heartbeat", "khadem-aborts", "khadem-ticks", "khadem-artifacts")
 BATCHED = "khadem-batched-"  # the name of a task on which a job waits for its batch (and its id)
 STOP_WAIT_S = 5.0  # how long a stop waits for cancelled tasks to end before leaving them behind
 
@@ -136,6 +138,10 @@ class QueueWorker:
         self._tasks.append(loop.create_task(self._watch_aborts(), name="khadem-aborts"))
         if not self.options.burst and not self.driver.runs_at_dispatch:  # fires the queues' schedules
             self._tasks.append(loop.create_task(self.ticker.run(), name="khadem-ticks"))
+            artifacts = self.executor.serializer.artifacts
+            if artifacts is not None:  # collects the queue's artifact store now and then
+                self._tasks.append(loop.create_task(collect_now_and_then(self.driver, artifacts),
+                                                    name="khadem-artifacts"))
         if self.options.timeout_s is not None:
             loop.call_later(self.options.timeout_s, self.request_stop)
 
