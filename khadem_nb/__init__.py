@@ -27,6 +27,7 @@ from .errors import (
     JobNotFoundError,
     JobTimeoutError,
     KhademError,
+    Preempted,
     ReportError,
     ResultTimeoutError,
     RetryJob,
@@ -41,7 +42,7 @@ from .manager import QueueManager
 from .middleware import Middleware
 from .monitor import BasicQueueMonitor, QueueMonitor
 from .retry import ExponentialBackoff, FixedBackoff
-from .runtime.context import cancelled, context, progress, report
+from .runtime.context import cancelled, checkpoint, context, preempted, progress, report, restore
 from .runtime.execution import WorkerHooks
 from .runtime.worker import QueueWorker
 from .serializer import QueueJobSerializer
@@ -87,6 +88,7 @@ __all__ = [
     "KhademError",
     "MedianPruner",
     "Middleware",
+    "Preempted",
     "Queue",
     "QueueDriver",
     "QueueDriverRegistry",
@@ -110,12 +112,15 @@ __all__ = [
     "artifact",
     "cancelled",
     "chain",
+    "checkpoint",
     "context",
     "intrange",
     "load",
     "loguniform",
     "parse_config",
+    "preempted",
     "progress",
     "report",
+    "restore",
     "uniform",
 ]

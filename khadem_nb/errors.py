@@ -21,8 +21,10 @@
     │   ├── JobCancelledError       a job was cancelled: raised by waits and, inside a
     │   │                           cancelled job, by ``progress()`` (carries the record if known)
     │   └── ResultTimeoutError      waiting on a job took longer than asked (also a TimeoutError)
-    └── RetryJob                    control flow: raise inside ``handle`` to retry, optionally
-                                    after ``delay`` seconds, without counting it as an error
+    ├── RetryJob                    control flow: raise inside ``handle`` to retry, optionally
+    │                               after ``delay`` seconds, without counting it as an error
+    └── Preempted                   control flow: raise inside a job its stopping worker
+                                    preempts: it goes back to the queue, no attempt spent
 
 Messages name the bad value and, where there is a choice, the valid ones. One warning
 category sits beside the tree: ``CodeChangedWarning`` (a sweep reused results of older code).
@@ -144,6 +146,15 @@ class RetryJob(KhademError):
         self.delay = delay
         self.reason = reason
         super().__init__(reason if delay is None else f"{reason} (in {delay:g}s)")
+
+
+class Preempted(KhademError):
+    """Raise inside a job when ``preempted()`` says its worker is stopping, once its state is
+    saved with ``checkpoint()``: the job goes back to the queue without spending an attempt,
+    and its next attempt starts from ``restore()``."""
+
+    def __init__(self, reason: str = "preempted: the worker is stopping") -> None:
+        super().__init__(reason)
 
 
 class CodeChangedWarning(UserWarning):

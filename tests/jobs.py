@@ -517,3 +517,45 @@ class SumsArray(QueueJob):
 
     def handle(self) -> dict[str, Any]:
         return {"sum": float(self.xs.sum()), "type": type(self.xs).__name__, "shape": list(self.xs.shape)}
+
+
+class Counts(QueueJob):
+    """Counts to ``steps``, a step every ``pause`` seconds, keeping a running total and an array;
+    every ``every`` steps it checkpoints, and gives way there if its worker is stopping. Each
+    step run is logged to ``log`` (one line a step), so a test counts the steps redone."""
+
+    def __init__(self, log: str, steps: int = 100, every: int = 10, pause: float = 0.02) -> None:
+        self.log = log
+        self.steps = steps
+        self.every = every
+        self.pause = pause
+
+    def handle(self) -> dict[str, Any]:
+        import numpy as np
+
+        from khadem_nb import Preempted, checkpoint, preempted, restore
+
+        state = restore() or {"step": 0, "total": 0, "w": np.zeros(2000)}
+        step, total, w = state["step"], state["total"], np.array(state["w"])
+        while step < self.steps:
+            step += 1
+            total += step
+            w += step
+            with open(self.log, "a") as handle:
+                handle.write(f"{step}\n")
+            time.sleep(self.pause)
+            if step % self.every == 0:
+                checkpoint({"step": step, "total": total, "w": w})
+                if preempted():
+                    raise Preempted()
+        return {"total": total, "w": float(w.sum())}
+
+
+class StaleCheckpoint(QueueJob):
+    """Checkpoints after its token was changed under it, as a worker that lost its lease would."""
+
+    def handle(self) -> None:
+        from khadem_nb import checkpoint, context
+
+        context().record.token = "not-the-holder"
+        checkpoint({"step": 1})

@@ -1,9 +1,11 @@
 """``khadem-nb worker``: one OS process working a queue until told to stop.
 
 What a job prints or logs goes to its record (while it runs, see ``context``), not to the
-worker's output. SIGTERM or SIGINT stop it gracefully: it stops claiming, lets running jobs finish for
-``--grace`` seconds, then gives whatever it still holds back to the queue. A second signal
-stops it at once (held jobs are still released, or reclaimed when their lease expires).
+worker's output. SIGTERM, SIGINT or SIGUSR1 (the warning Slurm sends before a job's time
+runs out, with ``--signal=B:USR1@60``) stop it gracefully: it stops claiming, tells its running
+jobs (``preempted()``: they may checkpoint and give way), lets them finish for ``--grace``
+seconds, then gives whatever it still holds back to the queue. A second signal stops it at once
+(held jobs are still released, or reclaimed when their lease expires).
 """
 
 from __future__ import annotations
@@ -23,6 +25,8 @@ from ..config import SECRET_ENV
 from ..errors import ConfigError
 from ..manager import QueueManager
 from ..runtime import capture
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)  # each stops the worker gracefully
 
 logger = logging.getLogger(__name__)
 
@@ -109,7 +113,7 @@ async def run_worker_process(options: WorkerOptions) -> int:
         logger.info("received %s: stopping (grace %.0fs)", signal.Signals(signum).name, grace)
         stopping.append(loop.create_task(worker.stop(grace=grace)))
 
-    for signum in (signal.SIGTERM, signal.SIGINT):
+    for signum in STOP_SIGNALS:
         loop.add_signal_handler(signum, on_signal, signum)
     capture.install()  # a job's prints and log lines go to its record, as they do in a notebook
     logger.info("worker %d on %s (queues %s, concurrency %d%s)", os.getpid(),
@@ -119,7 +123,7 @@ async def run_worker_process(options: WorkerOptions) -> int:
     try:
         await worker.run()
     finally:
-        for signum in (signal.SIGTERM, signal.SIGINT):
+        for signum in STOP_SIGNALS:
             loop.remove_signal_handler(signum)
         capture.uninstall()
         if metrics_server is not None:

@@ -9,17 +9,19 @@ from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any
 
 from .._time import now_ms
-from ..errors import JobCancelledError, KhademError
+from ..errors import JobCancelledError, JobError, KhademError
 from ..features.telemetry import REPORTS, Curves
 from ..limits import cut_text
 
 if TYPE_CHECKING:
     from ..drivers.base import QueueDriver
     from ..job import JobRecord
+    from ..serializer import QueueJobSerializer
 
 logger = logging.getLogger(__name__)
 
 OUTPUT_LIMIT = 2**20  # characters of a job's output kept with its record (the last ones)
+CHECKPOINT = "checkpoint"  # the record's meta key that points at the job's latest checkpoint
 OUTPUT_FLUSH_S = 1.0  # a running job's new output reaches its record at most this much later
 RUNNING, ENDED, ORPHANED = 0, 1, 2  # a sync job's thread: runs, returned, outlived its timeout
 
@@ -33,7 +35,8 @@ class JobContext:
     """
 
     __slots__ = ("armed", "cancelled", "curves", "driver", "flushed", "in_thread", "isolated", "loop",
-                 "output", "output_chars", "output_cut", "record", "resources", "task", "thread_state")
+                 "output", "output_chars", "output_cut", "preempted", "record", "resources", "serializer",
+                 "task", "thread_state")
 
     def __init__(self, record: JobRecord, driver: QueueDriver, loop: asyncio.AbstractEventLoop,
                  task: asyncio.Task[Any] | None = None, isolated: bool = False,
@@ -52,6 +55,8 @@ class JobContext:
         self.isolated = isolated  # runs in a child process (``isolation``)
         #: the worker's resource units this job holds, like ``{"gpu": [2]}`` (``resources``)
         self.resources: dict[str, list[int]] = resources or {}
+        self.preempted = False  # its worker is stopping: checkpoint and raise Preempted
+        self.serializer: QueueJobSerializer | None = None  # encodes checkpoints (set by the executor)
 
     def cancel(self) -> None:
         """Stop the job: cancel its task, or tell a job running on a thread (``cancelled()``,
@@ -128,6 +133,40 @@ class JobContext:
             self._schedule(self.driver.update_meta(self.record, meta))
         self._arm_flush()
 
+    def checkpoint(self, state: Any) -> None:
+        """Save ``state`` (large parts to the artifact store) and point the record at it,
+        fenced by the lease token: ``JobError`` when this worker no longer holds the job. A
+        sync job's thread waits for the write; an async job's write is awaited before its
+        settle (which stores the pointer too)."""
+        if self.cancelled:
+            raise JobCancelledError(message=f"job {self.record.name!r} ({self.record.id}) was cancelled")
+        if self.serializer is None or self.driver is None:
+            raise KhademError("checkpoint() needs a job run by a worker")
+        encoded = self.serializer.encode_large(state, f"checkpoint of {self.record.name}")
+        self.record.meta[CHECKPOINT] = encoded
+        write = self.driver.update_meta(self.record, {CHECKPOINT: encoded})
+        if self._on_loop():
+            task = self.loop.create_task(write)
+            task.add_done_callback(lambda done: _checkpoint_refused(self.record, done))
+            return
+        if not asyncio.run_coroutine_threadsafe(write, self.loop).result():
+            raise JobError(_refused(self.record))
+
+    def restore(self) -> Any:
+        """The job's latest checkpoint (its values loaded), or ``None``."""
+        stored = self.record.meta.get(CHECKPOINT)
+        if stored is None:
+            return None
+        if self.serializer is None:
+            raise KhademError("restore() needs a job run by a worker")
+        return self.serializer.decode_loaded(stored)
+
+    def _on_loop(self) -> bool:
+        try:
+            return asyncio.get_running_loop() is self.loop
+        except RuntimeError:
+            return False
+
     def set_progress(self, fraction: float, note: str | None = None) -> None:
         if self.cancelled:
             raise JobCancelledError(message=f"job {self.record.name!r} ({self.record.id}) was cancelled")
@@ -150,6 +189,20 @@ class JobContext:
         else:  # called from a sync job's worker thread
             future = asyncio.run_coroutine_threadsafe(coro, self.loop)
             future.add_done_callback(_log_failure)
+
+
+def _refused(record: JobRecord) -> str:
+    return (f"checkpoint of job {record.name!r} ({record.id}) refused: this worker no longer holds it "
+            "(its lease was lost and another worker may run it)")
+
+
+def _checkpoint_refused(record: JobRecord, done: Any) -> None:
+    if done.cancelled():
+        return
+    if done.exception() is not None:
+        logger.warning("could not store the checkpoint of job %s: %r", record.id, done.exception())
+    elif not done.result():
+        logger.warning("%s", _refused(record))
 
 
 def _log_failure(fut: Any) -> None:
@@ -197,6 +250,33 @@ def report(step: int | None = None, **metrics: float) -> None:
     if context is None:
         raise KhademError("report() was called outside a running job")
     context.report(step, metrics)
+
+
+def checkpoint(state: Any) -> None:
+    """Save the running job's state (a dict of numbers, arrays, bytes, DataFrames or a file
+    path; large parts go to the artifact store) and point its record at it, fenced by the
+    holder's lease. ``restore()`` gives it back, in this attempt or the next one. Old
+    checkpoints are collected once a newer one is written, and when the job completes."""
+    context = current_job.get()
+    if context is None:
+        raise KhademError("checkpoint() was called outside a running job")
+    context.checkpoint(state)
+
+
+def restore() -> Any:
+    """The running job's latest checkpoint (``checkpoint``), or ``None`` for a first start."""
+    context = current_job.get()
+    if context is None:
+        raise KhademError("restore() was called outside a running job")
+    return context.restore()
+
+
+def preempted() -> bool:
+    """Whether the running job's worker was told to stop (SIGTERM, SIGINT, SIGUSR1 as Slurm's
+    warning, ``q.stop()``): time to ``checkpoint`` and ``raise Preempted`` (``False`` outside
+    a job)."""
+    context = current_job.get()
+    return context is not None and context.preempted
 
 
 def context() -> JobContext:

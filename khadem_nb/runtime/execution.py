@@ -26,6 +26,7 @@ from ..errors import (
     JobCrashedError,
     JobTimeoutError,
     KhademError,
+    Preempted,
     RetryJob,
     SerializationError,
     UnknownJobError,
@@ -37,7 +38,7 @@ from ..middleware import MiddlewareChain
 from ..monitor import QueueMonitor
 from ..serializer import QueueJobSerializer, check_size
 from .batching import BatchGate
-from .context import ENDED, ORPHANED, JobContext, current_job
+from .context import CHECKPOINT, ENDED, ORPHANED, JobContext, current_job
 from .isolation import ChildRaised, ProcessPool
 from .shipping import CodeLoader
 
@@ -72,6 +73,7 @@ class JobExecutor:
         self._is_async: dict[type, bool] = {}
         #: the jobs running here, by id: what ``abort`` stops
         self.running: dict[str, JobContext] = {}
+        self.preempting = False  # a worker of this executor is stopping (``preempt``)
         self._doomed: set[str] = set()  # claimed here, cancelled before they started
         self._thread_lock = threading.Lock()
         self._orphans = 0  # threads of timed-out sync jobs still running
@@ -106,13 +108,15 @@ class JobExecutor:
             await self._run_hook(self.hooks.on_job_start, job)
         context = JobContext(record, self.driver, loop or asyncio.get_running_loop(), task,
                              (job.isolation or isolation) == "process", resources)
+        context.serializer = self.serializer
+        context.preempted = self.preempting
         self.running[record.id] = context  # what abort() finds
         token = current_job.set(context)
         failure: Exception | None = None
         try:
             result = await (self._start(job, record, context) if record.feed is None
                             else self._start_fed(job, record, context))
-            encoded = None if result is None else self._encoded_result(record, result)
+            encoded = self._finished(record, result)
         except asyncio.CancelledError:
             failure = await self._interrupted(record, context, started)
         except Exception as exc:  # every job failure, middleware failure or bad result lands here
@@ -132,6 +136,13 @@ class JobExecutor:
                 await self._run_hook(self.hooks.on_job_complete, job, result)
         else:  # lost its lease, or cancelled while it ran and stopped by this settle
             self._not_completed(record, started)
+
+    def _finished(self, record: JobRecord, result: Any) -> Any:
+        """The stored result of a job that returned ``result``; its checkpoint, no longer
+        needed, is unpointed (and so collected)."""
+        if record.meta.get(CHECKPOINT) is not None:
+            record.meta[CHECKPOINT] = None
+        return None if result is None else self._encoded_result(record, result)
 
     def _encoded_result(self, record: JobRecord, result: Any) -> Any:
         """``result`` as stored JSON data; ``SerializationError`` for a value JSON cannot hold
@@ -154,6 +165,13 @@ class JobExecutor:
             self._cancelled(record, started)
         else:
             self._stale(record, (time.perf_counter() - started) * 1000)
+
+    def preempt(self) -> None:
+        """Tell every job running here, and every job that starts from now on, that its worker
+        is stopping (``preempted()``)."""
+        self.preempting = True
+        for context in self.running.values():
+            context.preempted = True
 
     def abort(self, job_id: str) -> bool:
         """Stop the job ``job_id`` if it runs here (it was cancelled); whether it does."""
@@ -348,6 +366,9 @@ class JobExecutor:
 
     async def _settle_failure(self, record: JobRecord, job: QueueJob | None, exc: BaseException,
                               text: str, started: float, *, retryable: bool) -> None:
+        if isinstance(exc, Preempted):  # checkpointed, back to the queue: no attempt spent
+            await self._give_back(record, started)
+            return
         duration_ms = (time.perf_counter() - started) * 1000
         error, kind = _describe(exc), failure_kind(exc)
         delay = self._retry_delay(job, record, exc) if retryable and job is not None else None

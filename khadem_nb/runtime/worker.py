@@ -129,6 +129,7 @@ class QueueWorker:
         if self._tasks:
             return
         loop = self._loop = asyncio.get_running_loop()
+        self.executor.preempting = False  # a worker stopped before is not this one
         self._consumers_left = self.options.concurrency
         for index in range(self.options.concurrency):
             consumer = self._consume(f"worker {index}")
@@ -179,6 +180,7 @@ class QueueWorker:
             await self._done.wait()
             return
         self._stopping.set()
+        self.executor.preempt()  # running jobs see preempted(): they may checkpoint and give way
         self._claiming.set()  # let paused consumers see the stop
         self._batch_room.set()  # and consumers waiting for room for a batch
         self.driver.interrupt_waits()
