@@ -7,7 +7,7 @@
    worker's peak resident memory (``ru_maxrss`` of the child) against the array's size.
 2. A 1,000-point sweep on SQLite whose points each return a 1 MB array: ``g.results()`` time
    and the memory it allocates (tracemalloc), handles unloaded.
-3. Preemption: a 100-step job checkpointing every 10 steps (100 ms a step), its worker process
+3. Preemption: a 250-step job checkpointing every 10 steps (100 ms a step), its worker process
    sent SIGTERM at a random step (0 to 0.4 s after it ran its first) PREEMPTIONS times, then
    finished by a burst worker, on SQLite, Redis and PostgreSQL: steps redone per preemption,
    attempts spent, and whether the result equals an uninterrupted run's.
@@ -39,6 +39,7 @@ import numpy as np
 from khadem_nb import QueueManager
 from khadem_nb.runtime.waiting import outcome
 
+STEPS = 250  # of the preempted job (Steps)
 REDIS = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/9")
 POSTGRES = os.environ.get("BENCH_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
 JOBS = '''
@@ -59,7 +60,7 @@ class BigArray(QueueJob):
 
 
 class Steps(QueueJob):
-    def __init__(self, log, steps=100, every=10, pause=0.1):
+    def __init__(self, log, steps=250, every=10, pause=0.1):
         self.log, self.steps, self.every, self.pause = log, steps, every, pause
 
     def handle(self):
@@ -190,14 +191,15 @@ def preemption(folder: Path, driver: str, count: int, rng: random.Random) -> str
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=120)
         preempted += 1
-        if asyncio.run(step_of(job_id)) >= 100:
+        if asyncio.run(step_of(job_id)) >= STEPS:
             break
     proc = worker(url, folder, "--burst")
     proc.wait(timeout=600)
     record = asyncio.run(finished(job_id))
     steps = [int(line) for line in log.read_text().split()]
     redone = len(steps) - len(set(steps))
-    right = record.result == {"total": 5050, "w": float(1000 * 5050)}
+    total = STEPS * (STEPS + 1) // 2
+    right = record.result == {"total": total, "w": float(1000 * total)}
     if driver == "postgres":
         import psycopg
 
@@ -231,7 +233,8 @@ def main() -> None:
             print("\n".join(rows))
         if "preempt" in parts:
             rng = random.Random(0)
-            print(f"\n{args.preemptions} SIGTERMs a driver, a 100-step job checkpointing every 10 steps\n")
+            print(f"\n{args.preemptions} SIGTERMs a driver, a {STEPS}-step job checkpointing every "
+                  "10 steps\n")
             print("| driver | preemptions | steps redone a preemption | attempts spent "
                   "| result as uninterrupted |")
             print("|---|---:|---:|---:|---|")

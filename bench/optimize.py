@@ -102,14 +102,40 @@ def search(seed: int) -> tuple[int | None, bool]:
     return reached, grid_ok
 
 
+PROFILED = ("Study._drive", "Study.ask", "Study._next_settle", "Study._tell", "Queue.prepare_call",
+            "QueueManager.store", "MemoryDriver.get_many", "RedisDriver.get_many")
+
+
+def profile(driver: str, n: int) -> None:
+    """Where ``optimize``'s loop spends its wall-clock time (yappi, ``pip install yappi``)."""
+    import yappi
+
+    yappi.clear_stats()
+    yappi.set_clock_type("wall")
+    yappi.start()
+    rate = through_queue(driver, n, f"profile{os.getpid()}")
+    yappi.stop()
+    stats = {f.name: f for f in yappi.get_func_stats() if f.name in PROFILED}
+    print(f"{driver}: {rate:.1f} trials/s under the profiler, {n} trials\n")
+    print("| function | calls | seconds |\n|---|---:|---:|")
+    for name in PROFILED:
+        if name in stats:
+            print(f"| {name} | {stats[name].ncall} | {stats[name].ttot:.3f} |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--n", type=int, default=200)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--drivers", default="memory,redis")
+    parser.add_argument("--profile", action="store_true", help="profile one run a driver instead")
     args = parser.parse_args()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    if args.profile:
+        for driver in args.drivers.split(","):
+            profile(driver, args.n)
+        return
     rows: list[str] = []
     for driver in args.drivers.split(","):
         queue_rates: list[float] = []
