@@ -103,6 +103,13 @@ class QueueManager:
         driver = QueueFactory.resolve(settings)
         await driver.open()
         self._settings, self._driver, self._loader = settings, driver, loader
+        if settings.artifacts is not None:  # a store given that cannot be opened fails here
+            try:
+                await asyncio.to_thread(self.serializer.store_of)
+            except BaseException:
+                self._driver = None
+                await driver.close()
+                raise
         return self
 
     @property

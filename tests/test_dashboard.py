@@ -4,6 +4,8 @@ and their refusals."""
 
 from __future__ import annotations
 
+import io
+import re
 import socket
 import subprocess
 import sys
@@ -12,8 +14,9 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import numpy as np
 import pytest
-from jobs import Echo, Fail
+from jobs import Echo, Fail, MakeArrays
 from procs import env as process_env
 from procs import start_worker, wait_until
 from prometheus_client.parser import text_string_to_metric_families
@@ -339,3 +342,32 @@ def test_cli_help_lists_the_dashboard() -> None:
     out = subprocess.run([sys.executable, "-m", "khadem_nb.cli", "dashboard", "--help"], env=process_env(),
                          capture_output=True, text=True, timeout=60).stdout
     assert "--token" in out and "8642" in out
+
+
+async def test_a_job_page_links_its_artifacts_and_serves_them_to_readers(tmp_path: Path) -> None:
+    """The job page lists the values the job keeps in the artifact store, each a link that
+    serves the object's bytes (checked against its digest) under its own name; a digest the
+    job does not refer to is not served, and with private reads the token is asked for."""
+    manager = await QueueManager(f"sqlite:///{tmp_path / 'q.db'}").init()
+    try:
+        job_id = await manager.dispatch(MakeArrays(64, str(tmp_path)))
+        await manager.start_worker(burst=True)
+        record = await manager.get_job(job_id)
+        async with client(manager) as http:
+            page = (await http.get(f"/jobs/{job_id}")).text
+            links = re.findall(r"href='(/api/jobs/[^']+/artifacts/[0-9a-f]{64})'>([^<]+)</a>", page)
+            served = {text: await http.get(link) for link, text in links}
+            other = await http.get(f"/api/jobs/{job_id}/artifacts/{'0' * 64}")
+        async with client(manager, private=True) as http:
+            refused = await http.get(links[0][0])
+    finally:
+        await manager.close()
+    assert sorted(text.split(" ")[0] for text in served) == ["DataFrame", "file", "ndarray"]
+    plot = next(response for text, response in served.items() if text.startswith("file"))
+    assert plot.status_code == 200 and plot.content == b"a plot of 64\n"
+    assert 'filename="plot-64.txt"' in plot.headers["content-disposition"]
+    array = next(response for text, response in served.items() if text.startswith("ndarray"))
+    assert np.load(io.BytesIO(array.content), allow_pickle=False).shape == (64, 64)
+    assert record.result["small"]["__kn__"] == "np.array"  # small: kept in the record, no link
+    assert other.status_code == 404 and "refers to no artifact" in other.json()["error"]
+    assert refused.status_code == 401

@@ -9,6 +9,7 @@ site's page cannot send without a CORS preflight this app never grants, and a PO
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 from collections.abc import Awaitable, Callable, Iterable
 from importlib import resources
@@ -17,11 +18,14 @@ from typing import Any
 from starlette.applications import Starlette
 from starlette.datastructures import MutableHeaders
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
+from starlette.responses import FileResponse, HTMLResponse, JSONResponse, RedirectResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from ..artifacts.collect import refs_in
+from ..artifacts.refs import SUFFIXES
+from ..artifacts.store import stores
 from ..errors import KhademError
 from ..job import JobStatus
 from ..manager import QueueManager
@@ -190,6 +194,24 @@ class Dashboard:
             return HTMLResponse(not_found_page(job_id), status_code=404)
         return HTMLResponse(job_page(record))
 
+    async def artifact(self, request: Request) -> Response:
+        """The bytes of one artifact the job refers to (checked against its digest first);
+        digests the job does not refer to are not served."""
+        job_id, digest = request.path_params["job_id"], request.path_params["digest"]
+        record = await self.manager.driver.get(job_id)
+        if record is None:
+            return JSONResponse({"error": f"no job with id {job_id!r}"}, status_code=404)
+        found = [ref for ref in refs_in([record.payload, record.result, record.meta]) if ref.digest == digest]
+        if not found:
+            return JSONResponse({"error": f"job {job_id} refers to no artifact {digest!r}"}, status_code=404)
+        ref = found[0]
+        try:
+            path = await asyncio.to_thread(lambda: stores.store_of(ref).local_file(ref))
+        except KhademError as exc:
+            return JSONResponse({"error": str(exc)}, status_code=502)
+        name = ref.name or f"{ref.digest}{SUFFIXES[ref.kind]}"
+        return FileResponse(path, filename=name, media_type="application/octet-stream")
+
     async def metrics(self, request: Request) -> Response:
         await self.gauges.refresh(self.manager)
         body, content_type = exposition(self.registry)
@@ -226,6 +248,7 @@ def create_app(manager: QueueManager, token: str, *, private_reads: bool = False
         Route("/api/jobs", read(board.search)),
         Route("/api/jobs/{job_id}", read(board.job_json)),
         Route("/jobs/{job_id}", read(board.job_html)),
+        Route("/api/jobs/{job_id}/artifacts/{digest}", read(board.artifact)),
         Route("/metrics", read(board.metrics)),
         Route("/api/jobs/{job_id}/retry", act(board.retry), methods=["POST"]),
         Route("/api/jobs/{job_id}/cancel", act(board.cancel), methods=["POST"]),

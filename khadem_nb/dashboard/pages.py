@@ -7,6 +7,7 @@ import json
 from typing import Any
 
 from .._time import ms_to_datetime
+from ..artifacts.collect import refs_in
 from ..job import CANCELLABLE_STATUSES, JobRecord, JobStatus
 
 
@@ -49,10 +50,23 @@ def job_page(record: JobRecord) -> str:
     body = (f"<h1>{e(record.name)} <small>{e(record.id)}</small></h1>"
             f"<div class='actions'>{''.join(actions)}<span id='action-result'></span></div>"
             f"<table class='fields'>{table}</table>"
-            + _block("arguments", record.payload) + _block("result", record.result)
+            + _block("arguments", record.payload) + _block("result", record.result) + _artifacts(record)
             + _block("error", record.error) + _block("traceback", record.traceback)
             + _block("output", record.meta.get("output")))
     return _page(f"{record.name} {record.id}", body)
+
+
+def _artifacts(record: JobRecord) -> str:
+    """The values the job keeps in the artifact store, each with a download link (a read of
+    the dashboard like the others: token-guarded where reads are)."""
+    refs = {ref.digest: ref for ref in refs_in([record.payload, record.result, record.meta])}
+    if not refs:
+        return ""
+    e = html.escape
+    items = "".join(f"<li><a class='artifact' href='/api/jobs/{e(record.id)}/artifacts/{e(digest)}'>"
+                    f"{e(ref.describe())}</a> <code>{e(digest[:12])}</code></li>"
+                    for digest, ref in refs.items())
+    return f"<h3>artifacts</h3><ul class='artifacts'>{items}</ul>"
 
 
 def not_found_page(job_id: str | None) -> str:
