@@ -323,6 +323,7 @@ class QueueJobSerializer:
         self.factories = factories
         #: the queue's artifact store, where large values go (the manager sets it)
         self.artifacts: QueueArtifacts | None = None
+        self._inline_limit = -1  # queue.inline_limit where there is a store, 0 without; -1: not read yet
         # per job class whose name is the class's (the classmethod: fixed once the class is
         # registered): the name and how errors name its arguments; None where each job names
         # itself (a cell's job functions share one class)
@@ -347,6 +348,8 @@ class QueueJobSerializer:
     def encode_large(self, value: Any, what: str, *, payload: bool = False) -> Any:
         """``value`` encoded, its large parts kept in the artifact store (``artifacts.offload``):
         a payload's top level stays a dict, a result may move whole."""
+        if not value and type(value) is dict:  # no arguments: nothing to look into or move
+            return {}
         value = offload(value, self.store_of, what)
         encoded = _encode_dict(value, what) if payload else encode_value(value, what)
         return self._shrunk(encoded, what, root_may_move=not payload)
@@ -357,12 +360,16 @@ class QueueJobSerializer:
 
     def _shrunk(self, encoded: Any, what: str, *, root_may_move: bool) -> Any:
         """``encoded`` with its parts over ``queue.inline_limit`` moved to the store (if any)."""
-        artifacts = self.artifacts
-        if artifacts is None or not artifacts.configured or fits(encoded, artifacts.settings.inline_limit):
+        limit = self._inline_limit
+        if limit < 0:  # read once from the settings: 0 where the queue has no store
+            artifacts = self.artifacts
+            configured = artifacts is not None and artifacts.configured
+            limit = self._inline_limit = artifacts.settings.inline_limit if artifacts and configured else 0
+        if not limit or fits(encoded, limit):
             return encoded
-        store = artifacts.store()
+        store = self.store_of()
         assert store is not None  # configured
-        return shrink(encoded, store, artifacts.settings.inline_limit, what, root_may_move=root_may_move)
+        return shrink(encoded, store, limit, what, root_may_move=root_may_move)
 
     def encode_arguments(self, params: Mapping[str, Any], where: Callable[[str], str]) -> dict[str, Any]:
         """A call's keyword arguments encoded as :func:`encode_arguments` does, their large

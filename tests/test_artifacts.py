@@ -302,3 +302,15 @@ async def test_objects_no_record_refers_to_are_collected(driver: str, tmp_path: 
     async with QueueManager(config) as manager:  # the default grace, an hour: no record, none collected
         assert manager.artifacts is not None and await manager.trim() == 0
         assert len(manager.artifacts.objects()) == 2
+
+
+def test_a_notebook_queue_takes_its_store_and_refuses_a_bad_one(tmp_path: Path) -> None:
+    q = kn.Queue("memory://", artifacts=str(tmp_path / "store"))
+    try:
+        assert q.manager.artifacts is not None and q.manager.artifacts.url == str(tmp_path / "store")
+    finally:
+        q.close()
+    with pytest.raises(ConfigError, match="artifacts= must be an fsspec URL or a folder, got int"):
+        kn.Queue("memory://", artifacts=3)  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="artifacts_options= must be a mapping"):
+        kn.Queue("memory://", artifacts="/tmp/x", artifacts_options=["endpoint"])  # type: ignore[arg-type]

@@ -88,6 +88,38 @@ def test_a_main_job_and_a_helper_module_run_on_a_worker_elsewhere(url: str, tmp_
         kill(process)
 
 
+ARRAY_JOB = """
+    import numpy as np
+
+    import khadem_nb as kn
+
+    q = kn.Queue({url!r}, ship_code=True, artifacts={store!r})
+
+    @q.job
+    def normalise(xs):
+        return {{"unit": xs / np.linalg.norm(xs), "norm": float(np.linalg.norm(xs))}}
+
+    out = normalise.dispatch(np.full(10_000, 2.0)).result(timeout=90)
+    unit = out["unit"]
+    print(type(unit).__name__, unit.shape, round(float(unit @ unit), 6), out["norm"])
+    print(normalise.dispatch(np.full(10_000, 2.0)).record().payload["kwargs"]["xs"]["kind"])
+    q.close()
+"""
+
+
+def test_shipped_code_passes_arrays_through_the_artifact_store(url: str, tmp_path: Path) -> None:
+    """A cell's function, shipped, given a 80 kB array and returning one: both travel through the
+    artifact store (the records keep references) between the notebook and a trusting worker."""
+    store = str(tmp_path / "store")
+    process = worker(url, tmp_path / "worker", "--trust-code", "--artifacts", store)
+    try:
+        out = dispatcher(tmp_path / "notebook", ARRAY_JOB.format(url=url, store=store))
+        assert out.split("\n")[:2] == ["memmap (10000,) 1.0 200.0", "npy"]
+        assert process.poll() is None
+    finally:
+        kill(process)
+
+
 FAILING_CASES = {
     "untrusting worker": ((), SECRET, "trust check"),
     "wrong secret": (("--trust-code",), "another secret, sixteen bytes+", "seal check"),

@@ -48,6 +48,18 @@ PRUNE_EVERY_S = 1.0  # how often a watched group's reports are read for pruning
 CODE_CHANGES = ("warn", "rerun", "keep")  # what a sweep run again does with points of older code
 
 
+def _with_artifacts(settings: QueueSettings, url: str | None,
+                    options: Mapping[str, Any] | None) -> QueueSettings:
+    """``settings`` with the artifact store given to ``kn.Queue`` (checked as the config is)."""
+    if url is not None and not isinstance(url, str):
+        raise ConfigError(f"artifacts= must be an fsspec URL or a folder, got {type(url).__name__}")
+    if options is not None and not isinstance(options, Mapping):
+        raise ConfigError("artifacts_options= must be a mapping of fsspec options "
+                          "(for S3: endpoint_url, key, secret, ...)")
+    return replace(settings, artifacts=url if url is not None else settings.artifacts,
+                   artifacts_options=dict(options) if options is not None else settings.artifacts_options)
+
+
 def _with_shipping(settings: QueueSettings, ship_code: bool | None, ship_modules: Sequence[str] | None,
                    secret: str | None) -> QueueSettings:
     """``settings`` with the shipping options given to ``Queue`` (each checked as in a config)."""
@@ -79,15 +91,21 @@ class Queue:
     """
 
     def __init__(self, url_or_config: Any = None, *, ship_code: bool | None = None,
-                 ship_modules: Sequence[str] | None = None, secret: str | None = None) -> None:
+                 ship_modules: Sequence[str] | None = None, secret: str | None = None,
+                 artifacts: str | None = None,
+                 artifacts_options: Mapping[str, Any] | None = None) -> None:
         """``ship_code=True`` sends the code of jobs defined in cells (and of ``ship_modules``)
         with them, signed with ``secret`` (or ``$KHADEM_SECRET``), so that `khadem-nb worker
-        --trust-code` processes on other machines run them (see docs/shipping.md)."""
+        --trust-code` processes on other machines run them (see docs/shipping.md).
+        ``artifacts`` is the artifact store's fsspec URL (``"s3://bucket/runs"``, a folder),
+        ``artifacts_options`` what fsspec is given to open it (see docs/artifacts.md)."""
         settings = parse_config(url_or_config)  # bad config fails here, at once
         if settings.retention == QueueSettings().retention:
             # a sweep's results must outlive the sweep: keep more finished records than a service
             settings = replace(settings, retention=NOTEBOOK_RETENTION)
         settings = _with_shipping(settings, ship_code, ship_modules, secret)
+        if artifacts is not None or artifacts_options is not None:
+            settings = _with_artifacts(settings, artifacts, artifacts_options)
         self.settings = settings
         self.manager = QueueManager(self.settings)
         self._runner = LoopRunner()
