@@ -38,6 +38,10 @@ def build_parser() -> argparse.ArgumentParser:
                                 "and metrics derived from them.")
     stats.add_argument("--queue-url", default=os.environ.get("KHADEM_QUEUE_URL"), help=URL_HELP)
     stats.add_argument("--queue", default=None, help="only this named queue")
+    workers = commands.add_parser("workers", help="list a queue's workers, wherever they run",
+                                  description="Every worker of the queue that wrote its entry in the last "
+                                  "hour: name, host, launcher, state, jobs done, last seen.")
+    workers.add_argument("--queue-url", default=os.environ.get("KHADEM_QUEUE_URL"), help=URL_HELP)
     _add_cancel(commands)
     _add_dashboard(commands)
     return parser
@@ -168,6 +172,11 @@ def _dispatch(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         cancelled = asyncio.run(_cancel(args.queue_url, args.ids, args.all_queued, args.queue, args.reason))
         for job_id in cancelled:
             print(job_id)
+        return 0
+    if args.command == "workers":
+        from .ops.stats import print_workers
+
+        asyncio.run(print_workers(args.queue_url))
         return 0
     from .ops.stats import print_stats
 

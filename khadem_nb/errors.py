@@ -21,6 +21,7 @@
     │   ├── JobCancelledError       a job was cancelled: raised by waits and, inside a
     │   │                           cancelled job, by ``progress()`` (carries the record if known)
     │   └── ResultTimeoutError      waiting on a job took longer than asked (also a TimeoutError)
+    ├── LaunchError                 a launcher could not start a worker (its own message)
     ├── RetryJob                    control flow: raise inside ``handle`` to retry, optionally
     │                               after ``delay`` seconds, without counting it as an error
     └── Preempted                   control flow: raise inside a job its stopping worker
@@ -155,6 +156,11 @@ class Preempted(KhademError):
 
     def __init__(self, reason: str = "preempted: the worker is stopping") -> None:
         super().__init__(reason)
+
+
+class LaunchError(KhademError):
+    """A launcher could not start a worker: its own message, and the worker's last output
+    lines where it exited at start."""
 
 
 class CodeChangedWarning(UserWarning):

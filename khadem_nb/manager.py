@@ -31,6 +31,7 @@ from .monitor import BasicQueueMonitor, QueueMonitor
 from .registry import job_factories
 from .runtime.collecting import collect_artifacts
 from .runtime.execution import Hook, JobExecutor, WorkerHooks
+from .runtime.presence import ask_retire, read_entries
 from .runtime.shipping import CodeLoader, CodeShipper
 from .runtime.waiting import (
     SettleNotices,
@@ -511,6 +512,20 @@ class QueueManager:
         if self._threads is not None:
             self._threads.shutdown(wait=False)
         self._artifacts.close()
+
+    async def list_workers(self) -> list[dict[str, Any]]:
+        """Every worker of this queue that wrote its entry in the last hour, from any process
+        or machine (``presence``; ``workers`` is this process's own): name, host, pid, launcher,
+        state (idle, busy, gone), queues, concurrency, resources, jobs done, started and last
+        seen (epoch ms)."""
+        return await read_entries(self.driver)
+
+    async def retire(self, name: str = "all") -> None:
+        """Ask the worker ``name`` (``"all"``: every worker running now, wherever it runs) to
+        finish the jobs in hand and exit; it hears it within PRESENCE_EVERY_S seconds."""
+        if not isinstance(name, str) or not name:
+            raise ConfigError(f"retire() takes a worker's name or 'all', got {name!r}")
+        await ask_retire(self.driver, name)
 
     async def trim(self) -> int:
         """Apply retention now, then collect the artifact store: the objects no record refers

@@ -26,6 +26,7 @@ from ..job import TERMINAL_STATUSES, JobRecord, JobStatus
 from ..limits import checked_secret
 from ..manager import Dispatch, QueueManager
 from ..runtime import capture
+from ..runtime.launching import START_TIMEOUT_S, LaunchedWorker, check_launcher, start_local, wait_registered
 from ..runtime.worker import QueueWorker
 from ._loop import LoopRunner
 from .functions import JobFunction
@@ -81,6 +82,9 @@ def _with_shipping(settings: QueueSettings, ship_code: bool | None, ship_modules
     return shipping
 
 
+WORKER_COLUMNS = ["name", "host", "launcher", "state", "queues", "concurrency", "resources", "jobs_done",
+                  "started", "last_seen"]
+
 class Queue:
     """A job queue for a notebook: memory by default, or any queue URL / config dict.
 
@@ -116,6 +120,7 @@ class Queue:
         self._pruners: set[Future[None] | asyncio.Task[None]] = set()  # groups watched for pruning
         #: the studies this kernel runs (``optimize``), oldest first: the panel shows the latest
         self.studies: list[Study] = []
+        self._launched: list[LaunchedWorker] = []  # workers this queue started (``launch``)
 
     # -- running the manager's coroutines: what handles and panels use ------------------------
     def run(self, coro: Coroutine[Any, Any, T]) -> T:
@@ -297,8 +302,10 @@ class Queue:
         self.manager.set_thread_pool_size(concurrency)
         if prefetch is None:
             prefetch = self.manager.settings.workers.prefetch or 0
-        return await self.manager.start_worker(concurrency=concurrency, queues=queues, prefetch=prefetch,
-                                               run_in_background=True, delay=0.5, resources=resources)
+        worker = await self.manager.start_worker(concurrency=concurrency, queues=queues, prefetch=prefetch,
+                                                 run_in_background=True, delay=0.5, resources=resources)
+        worker.launcher = "kernel"  # before its first entry among the queue's workers is written
+        return worker
 
     @property
     def worker(self) -> QueueWorker | None:
@@ -403,14 +410,62 @@ class Queue:
         self.run(self.manager.purge())
 
     def close(self) -> None:
-        """Stop workers and panels and release the driver."""
+        """Stop workers (those it launched and did not detach too) and panels, and release
+        the driver."""
         for panel in list(self._panels):
             panel.close()
         self.stop()
+        for launched in self._launched:
+            if not launched.detach:
+                launched.stop()
         if self._opened:
             self.run(self.manager.close())
             self._opened = False
         self._runner.close()
+
+    # -- workers elsewhere ------------------------------------------------------------------------
+    def launch(self, n: int = 1, *, on: str = "local", concurrency: int = 1, imports: Sequence[str] = (),
+               resources: Mapping[str, int] | None = None, detach: bool = False,
+               env: Mapping[str, str] | None = None,
+               timeout: float = START_TIMEOUT_S) -> list[LaunchedWorker]:
+        """Start ``n`` ``khadem-nb worker`` processes of this queue (``on="local"``: on this
+        machine) and return their handles once each has registered among the queue's workers;
+        ``LaunchError`` with a worker's last output lines when one exits at start. ``imports``:
+        modules of job code they import; from a ``ship_code=True`` queue they run shipped code,
+        the secret given through their environment. They stop with this queue unless
+        ``detach=True``."""
+        check_launcher(on)
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise ConfigError(f"launch() starts at least one worker: n must be a positive integer, got {n!r}")
+        if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
+            raise ConfigError(f"concurrency must be a positive integer, got {concurrency!r}")
+        launched = start_local(self.settings, n, concurrency=concurrency, imports=list(imports),
+                               resources=resources, detach=detach, env=env)
+        self._launched.extend(launched)
+        seconds = limits.seconds(timeout, "timeout")
+
+        async def registered() -> None:  # the driver is read once the queue is open
+            await wait_registered(self.manager.driver, launched, seconds)
+
+        self.run(registered())
+        return launched
+
+    def workers(self) -> pd.DataFrame:
+        """The queue's workers, wherever they run (this kernel's, ``khadem-nb worker``
+        processes, launched ones): name, host, launcher, state (idle, busy, gone, failed),
+        queues, concurrency, resources, jobs done, started and last seen."""
+        import pandas as pd
+
+        rows = self.run(self.manager.list_workers())
+        frame = pd.DataFrame(rows, columns=WORKER_COLUMNS)
+        for column in ("started", "last_seen"):
+            frame[column] = pd.to_datetime(frame[column], unit="ms", utc=True)
+        return frame
+
+    def retire(self, name: str = "all") -> None:
+        """Ask the worker ``name`` (``"all"``: every worker running now) to finish the jobs in
+        hand and exit, wherever it runs; it hears it within a few seconds."""
+        self.run(self.manager.retire(name))
 
     # -- looking at it ---------------------------------------------------------------------------
     def jobs(self, status: str | None = None, limit: int | None = None) -> pd.DataFrame:

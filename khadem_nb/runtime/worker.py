@@ -30,6 +30,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from .. import limits
+from .._time import now_ms
 from ..config import QueueSettings, WorkerSettings
 from ..drivers.base import QueueDriver
 from ..errors import DriverError, KhademError
@@ -39,6 +40,7 @@ from ..job import QUEUED, JobRecord
 from ._tasks import stop_if_cancelled
 from .collecting import collect_now_and_then
 from .execution import JobExecutor, WorkerHooks
+from .presence import NAME_ENV, PRESENCE_EVERY_S, announce, entry, retire_asked
 from .ticker import Ticker
 
 logger = logging.getLogger(__name__)
@@ -50,7 +52,8 @@ YIELD_EVERY = 64  # jobs run between two turns given to the loop's other tasks, 
 ABORT_POLL_S = 0.2  # how often a worker asks a driver that cannot tell it about cancelled jobs
 RECENT_KEPT = 200  # jobs the worker remembers for the panel's timeline
 #: beside the consumers until the stop
-SERVICE_TASKS = ("khadem-heartbeat", "khadem-aborts", "khadem-ticks", "khadem-artifacts")
+SERVICE_TASKS = ("khadem-heartbeat", "khadem-aborts", "khadem-ticks", "khadem-artifacts",
+                 "khadem-presence")
 BATCHED = "khadem-batched-"  # the name of a task on which a job waits for its batch (and its id)
 STOP_WAIT_S = 5.0  # how long a stop waits for cancelled tasks to end before leaving them behind
 
@@ -102,6 +105,10 @@ class QueueWorker:
         self.ticker = Ticker(driver, self.queues)
         #: how this worker names itself in its resource offer (``QueueDriver.offer``)
         self.name = f"{socket.gethostname()}:{os.getpid()}:{id(self):x}"
+        #: its name among the queue's workers (``presence``): its launcher's, else ``name``
+        self.presence_name = os.environ.get(NAME_ENV) or self.name
+        self.launcher: str | None = None  # who started it ("kernel", a launcher's name), if known
+        self.started_ms = now_ms()
         self._told: tuple[dict[str, int], float] | None = None  # the free units last offered, when
 
     def __repr__(self) -> str:
@@ -137,6 +144,7 @@ class QueueWorker:
         if self.driver.uses_leases:
             self._tasks.append(loop.create_task(self._heartbeat(), name="khadem-heartbeat"))
         self._tasks.append(loop.create_task(self._watch_aborts(), name="khadem-aborts"))
+        self._tasks.append(loop.create_task(self._stay_present(), name="khadem-presence"))
         if not self.options.burst and not self.driver.runs_at_dispatch:  # fires the queues' schedules
             self._tasks.append(loop.create_task(self.ticker.run(), name="khadem-ticks"))
             artifacts = self.executor.serializer.artifacts
@@ -543,6 +551,27 @@ class QueueWorker:
             return
         for job_id in cancelled:
             self.abort(job_id)
+
+    async def _stay_present(self) -> None:
+        """Write this worker's entry among the queue's workers now and every PRESENCE_EVERY_S
+        (``presence``); stop, finishing the jobs in hand, once a retirement is asked of it."""
+        while not self._stopping.is_set():
+            try:
+                state = "busy" if self.executor.running else "idle"
+                resources = self.resources.offered if self.resources is not None else {}
+                await announce(self.driver, entry(
+                    self.presence_name, state=state, started_ms=self.started_ms, queues=self.queues,
+                    concurrency=self.options.concurrency, resources=resources, jobs_done=self.processed,
+                    launcher=self.launcher))
+                if await retire_asked(self.driver, self.presence_name, self.started_ms):
+                    logger.info("worker %s retired: it finishes the jobs in hand, then stops",
+                                self.presence_name)
+                    self.request_stop()
+                    return
+            except Exception as exc:
+                stop_if_cancelled()
+                logger.debug("could not write this worker's presence: %r", exc)
+            await asyncio.sleep(PRESENCE_EVERY_S)
 
     async def _heartbeat(self) -> None:
         interval = self.settings.heartbeat_s

@@ -1,0 +1,79 @@
+"""Where a worker says it is: its entry in the queue's keyed store, and its retirement.
+
+Every worker writes ``workers/<name>`` (JSON: host, pid, launcher, queues, concurrency,
+resources, state, jobs done, started, last seen) when it starts, every ``PRESENCE_EVERY_S``
+and when it stops; ``QueueManager.workers()`` reads them all, from any process. An entry
+outlives its worker by ``PRESENCE_TTL_S`` so that a worker that vanished shows as ``gone``
+rather than not at all. ``retire/<name>`` (or ``retire/all``), written by
+``QueueManager.retire``, asks a worker started before it to finish the jobs in hand and exit.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+from collections.abc import Mapping
+from typing import Any
+
+from .._time import now_ms
+from ..drivers.base import QueueDriver
+
+PRESENCE_PREFIX = "workers/"
+RETIRE_PREFIX = "retire/"
+PRESENCE_EVERY_S = 5.0  # how often a worker writes its entry
+PRESENCE_TTL_S = 3600.0  # how long an entry outlives its last write
+GONE_AFTER_MS = int(3 * PRESENCE_EVERY_S * 1000)  # an entry not written for this long: gone
+NAME_ENV = "KHADEM_WORKER_NAME"  # a launcher names the worker it starts
+LAUNCHER_ENV = "KHADEM_LAUNCHER"  # and says which launcher it is
+STATES = ("starting", "idle", "busy", "stopping", "gone", "failed")
+
+
+def worker_name() -> str:
+    """The name a worker gives itself: its launcher's, else host and process id."""
+    return os.environ.get(NAME_ENV) or f"{socket.gethostname()}-{os.getpid()}"
+
+
+def entry(name: str, *, state: str, started_ms: int, queues: list[str], concurrency: int,
+          resources: Mapping[str, int], jobs_done: int, launcher: str | None = None) -> dict[str, Any]:
+    """A worker's entry as it writes it."""
+    return {"name": name, "host": socket.gethostname(), "pid": os.getpid(),
+            "launcher": launcher or os.environ.get(LAUNCHER_ENV) or "manual", "state": state,
+            "queues": queues, "concurrency": concurrency, "resources": dict(resources),
+            "jobs_done": jobs_done, "started": started_ms, "last_seen": now_ms()}
+
+
+async def announce(driver: QueueDriver, found: Mapping[str, Any]) -> None:
+    await driver.kv_put(f"{PRESENCE_PREFIX}{found['name']}", json.dumps(found).encode(), ttl_s=PRESENCE_TTL_S)
+
+
+async def retire_asked(driver: QueueDriver, name: str, started_ms: int) -> bool:
+    """Whether a retirement was asked of this worker (by name, or of all) since it started."""
+    for key in (f"{RETIRE_PREFIX}{name}", f"{RETIRE_PREFIX}all"):
+        asked = await driver.kv_get(key)
+        if asked is not None and int(asked) >= started_ms:
+            return True
+    return False
+
+
+async def ask_retire(driver: QueueDriver, name: str) -> None:
+    """Ask the worker ``name`` (``"all"``: every worker running now) to finish and exit."""
+    await driver.kv_put(f"{RETIRE_PREFIX}{name}", str(now_ms()).encode(), ttl_s=PRESENCE_TTL_S)
+
+
+async def read_entries(driver: QueueDriver) -> list[dict[str, Any]]:
+    """Every worker's entry, its state ``gone`` where it has not written for GONE_AFTER_MS."""
+    now = now_ms()
+    found = []
+    for raw in (await driver.kv_scan(PRESENCE_PREFIX)).values():
+        try:
+            item = json.loads(raw)
+        except ValueError:  # a damaged entry hides nothing else
+            continue
+        if not isinstance(item, dict) or "name" not in item:
+            continue
+        live = item.get("state") not in ("gone", "failed")
+        if live and now - int(item.get("last_seen") or 0) > GONE_AFTER_MS:
+            item["state"] = "gone"
+        found.append(item)
+    return sorted(found, key=lambda item: (str(item.get("started")), str(item["name"])))

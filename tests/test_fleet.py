@@ -1,0 +1,127 @@
+"""The queue's workers, wherever they run: every worker writes its entry (``q.workers()``), a
+retirement asked from the notebook stops a worker elsewhere after its jobs in hand, and
+``q.launch(n, on="local")`` starts ``khadem-nb worker`` processes that register, run the
+queue's jobs (shipped notebook code included) and stop with the queue; a worker that exits at
+start is a ``LaunchError`` with its last output, and bad input gets a clear error."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from conftest import driver_config
+from jobs import Echo
+from procs import env, finish, start_worker
+
+import khadem_nb as kn
+from khadem_nb import ConfigError, JobStatus, QueueManager
+from khadem_nb.errors import LaunchError
+
+
+def wait_until(condition, timeout: float = 30.0) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.1)
+
+
+@pytest.mark.parametrize("driver", ["sqlite", "redis", "postgres"])
+def test_a_worker_elsewhere_is_listed_and_retired_from_the_notebook(driver: str, tmp_path: Path) -> None:
+    config = driver_config(driver, tmp_path)
+    section = config["queue"]
+    url = f"sqlite:///{section['path']}" if driver == "sqlite" else (
+        f"{section['url']}?prefix={section['prefix']}" if driver == "redis" else section["url"])
+    q = kn.Queue(url)
+    try:
+        worker = start_worker(url, "--concurrency", "2")
+        wait_until(lambda: len(q.workers()) == 1)
+        seen = q.workers().iloc[0]
+        assert seen["launcher"] == "manual" and seen["state"] in ("idle", "busy")
+        listed = subprocess.run([sys.executable, "-m", "khadem_nb.cli", "workers", "--queue-url", url],
+                                capture_output=True, text=True, timeout=60, env=env())
+        assert listed.returncode == 0 and "1 worker(s)" in listed.stdout and seen["name"] in listed.stdout
+        assert seen["concurrency"] == 2 and seen["queues"] == ["default"]
+        q.start()
+        wait_until(lambda: sorted(q.workers()["launcher"]) == ["kernel", "manual"])
+        q.retire(seen["name"])
+        finish([worker], timeout=30)  # it heard the retirement and exited by itself
+        assert q.workers().set_index("name").loc[seen["name"], "state"] in ("idle", "busy", "gone")
+        q.stop()
+    finally:
+        q.run(q.manager.driver.purge())
+        q.close()
+
+
+def test_launched_local_workers_run_the_queue_and_stop_with_it(tmp_path: Path) -> None:
+    """Launched from a queue that ships code, the workers trust shipped code: they start only
+    because the secret reached them through their environment."""
+    q = kn.Queue(f"sqlite:///{tmp_path / 'q.db'}", ship_code=True, secret="a launch secret of sixteen+ bytes")
+    try:
+        launched = q.launch(2, concurrency=2, imports=["jobs"], env={"PYTHONPATH": env()["PYTHONPATH"]})
+        assert [w.state for w in launched] == ["running", "running"]
+        command = " ".join(launched[0].process.args)
+        assert "--trust-code" in command and "sixteen" not in command
+        frame = q.workers()
+        assert sorted(frame["name"]) == sorted(w.name for w in launched)
+        assert set(frame["launcher"]) == {"local"}
+        ids = [q.run(q.manager.dispatch(Echo(i))) for i in range(20)]
+        records = q.run(q.manager.wait(ids, timeout=60))
+        assert [r.result for r in records] == list(range(20))
+        wait_until(lambda: q.workers()["jobs_done"].sum() == 20)
+    finally:
+        q.close()
+    assert [w.process.poll() is not None for w in launched] == [True, True]  # stopped with the queue
+
+
+def test_a_worker_that_exits_at_start_is_a_launch_error(tmp_path: Path) -> None:
+    q = kn.Queue(f"sqlite:///{tmp_path / 'q.db'}")
+    try:
+        with pytest.raises(LaunchError, match=r"(?s)exited with status \d+ at start.*no_such_module_here"):
+            q.launch(1, imports=["no_such_module_here"])
+        failed = q.workers()
+        assert list(failed["state"]) == ["failed"]
+    finally:
+        q.close()
+
+
+def test_bad_launches_are_refused(tmp_path: Path) -> None:
+    q = kn.Queue(f"sqlite:///{tmp_path / 'q.db'}")
+    try:
+        with pytest.raises(ConfigError, match="unknown launcher 'k8s'; valid: local"):
+            q.launch(1, on="k8s")
+        with pytest.raises(ConfigError, match="n must be a positive integer, got 0"):
+            q.launch(0)
+        with pytest.raises(ConfigError, match="concurrency must be a positive integer"):
+            q.launch(1, concurrency=-1)
+        with pytest.raises(ConfigError, match="retire\\(\\) takes a worker's name or 'all'"):
+            q.retire("")
+    finally:
+        q.close()
+    memory = kn.Queue()
+    try:
+        with pytest.raises(LaunchError, match="a memory queue lives in this process only"):
+            memory.launch(1)
+    finally:
+        memory.close()
+
+
+async def test_in_process_workers_write_their_entries_and_retire_all(tmp_path: Path) -> None:
+    async with QueueManager(driver_config("sqlite", tmp_path)) as manager:
+        first = await manager.start_worker(run_in_background=True)
+        second = await manager.start_worker(run_in_background=True)
+        await asyncio.sleep(0.2)
+        names = {entry["name"] for entry in await manager.list_workers()}
+        assert names == {first.presence_name, second.presence_name}
+        job = await manager.dispatch(Echo("x"))
+        await manager.wait([job], timeout=10)
+        await manager.retire("all")
+        await asyncio.wait_for(asyncio.gather(first.run(), second.run()), 20)
+        assert (await manager.get_job(job)).status is JobStatus.COMPLETED
+        later = await manager.start_worker(run_in_background=True)  # started after: not retired
+        await asyncio.sleep(0.3)
+        assert later.running
+        await later.stop()
