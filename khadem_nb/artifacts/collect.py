@@ -53,7 +53,8 @@ def sweep(store: ArtifactStore, keep: set[str], grace_s: float) -> int:
     """Delete the objects of ``store`` not in ``keep`` and older than ``grace_s`` seconds, and
     temporary files older than that; how many objects were deleted."""
     cutoff = time.time() - grace_s
-    doomed = [path for digest, (path, mtime) in store.objects().items() if digest not in keep and mtime < cutoff]
+    doomed = [path for digest, (path, mtime) in store.objects().items()
+              if digest not in keep and mtime < cutoff]
     store.delete(doomed)
     store.clear_temporaries(grace_s)
     return len(doomed)

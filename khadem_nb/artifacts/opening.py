@@ -15,7 +15,6 @@ from collections.abc import Callable
 from ..config import QueueSettings
 from .store import ArtifactStore, stores
 
-
 WITH_A_DEFAULT = ("file", "sqlite", "memory", "sync")  # drivers whose queues have a store unless given one
 
 

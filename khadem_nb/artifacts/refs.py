@@ -67,8 +67,10 @@ class ArtifactRef:
             kind, digest = str(data["kind"]), str(data["digest"])
             shape, columns = data.get("shape"), data.get("columns")
             ref = cls(digest=digest, kind=kind, size=int(data["size"]), store=str(data["store"]),
-                      shape=None if shape is None else tuple(int(n) for n in shape), dtype=data.get("dtype"),
-                      columns=None if columns is None else tuple(str(c) for c in columns), name=data.get("name"))
+                      shape=None if shape is None else tuple(int(n) for n in shape),
+                      dtype=data.get("dtype"),
+                      columns=None if columns is None else tuple(str(c) for c in columns),
+                      name=data.get("name"))
         except (KeyError, TypeError, ValueError) as exc:
             raise SerializationError(f"a stored artifact reference is malformed ({exc!r}): {data!r}") \
                 from None

@@ -65,7 +65,8 @@ class ArtifactStore:
         try:
             size, digest = self._write(kind, write, what)
         except OSError as exc:  # a full disk, a folder gone: a fault of the store, retried
-            raise DriverUnavailableError(f"the artifact store {self.url} could not write {what}: {exc}") from None
+            raise DriverUnavailableError(f"the artifact store {self.url} could not write {what}: {exc}") \
+                from None
         return ArtifactRef(digest=digest, kind=kind, size=size, store=self.url, **describe)
 
     def _write(self, kind: str, write: Writer, what: str) -> tuple[int, str]:
