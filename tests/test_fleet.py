@@ -125,3 +125,29 @@ async def test_in_process_workers_write_their_entries_and_retire_all(tmp_path: P
         await asyncio.sleep(0.3)
         assert later.running
         await later.stop()
+
+
+def test_a_worker_whose_environment_differs_is_named(tmp_path: Path) -> None:
+    """Every entry carries its Python and package versions; ``q.workers()`` says how a worker's
+    differ from the kernel's for what the kernel imported (here a worker's entry as a worker
+    with another numpy and another Python would write it)."""
+    import json
+
+    import numpy as np
+
+    from khadem_nb.runtime.presence import PRESENCE_PREFIX
+
+    q = kn.Queue(f"sqlite:///{tmp_path / 'q.db'}")
+    try:
+        q.start()
+        wait_until(lambda: len(q.workers()) == 1)
+        mine = q.workers().iloc[0]
+        assert mine["env_diff"] == "" and mine["python"]
+        raw = q.run(q.manager.driver.kv_get(f"{PRESENCE_PREFIX}{mine['name']}"))
+        other = json.loads(raw)
+        other.update(name="elsewhere", python="3.99.0", packages={**other["packages"], "numpy": "1.0.0"})
+        q.run(q.manager.driver.kv_put(f"{PRESENCE_PREFIX}elsewhere", json.dumps(other).encode()))
+        diff = q.workers().set_index("name").loc["elsewhere", "env_diff"]
+        assert f"numpy 1.0.0 there, {np.__version__} here" in diff and "Python 3.99.0 there" in diff
+    finally:
+        q.close()

@@ -27,6 +27,7 @@ from ..limits import checked_secret
 from ..manager import Dispatch, QueueManager
 from ..runtime import capture
 from ..runtime.launching import START_TIMEOUT_S, LaunchedWorker, check_launcher, start_local, wait_registered
+from ..runtime.presence import env_diff, imported_distributions
 from ..runtime.worker import QueueWorker
 from ._loop import LoopRunner
 from .functions import JobFunction
@@ -83,7 +84,7 @@ def _with_shipping(settings: QueueSettings, ship_code: bool | None, ship_modules
 
 
 WORKER_COLUMNS = ["name", "host", "launcher", "state", "queues", "concurrency", "resources", "jobs_done",
-                  "started", "last_seen"]
+                  "started", "last_seen", "python", "env_diff"]
 
 class Queue:
     """A job queue for a notebook: memory by default, or any queue URL / config dict.
@@ -453,10 +454,15 @@ class Queue:
     def workers(self) -> pd.DataFrame:
         """The queue's workers, wherever they run (this kernel's, ``khadem-nb worker``
         processes, launched ones): name, host, launcher, state (idle, busy, gone, failed),
-        queues, concurrency, resources, jobs done, started and last seen."""
+        queues, concurrency, resources, jobs done, started, last seen, Python version, and
+        ``env_diff``: how its Python and the versions of the packages this kernel imported
+        differ from this kernel's (``numpy 2.1.0 there, 2.2.1 here``; empty when they match)."""
         import pandas as pd
 
         rows = self.run(self.manager.list_workers())
+        imported = imported_distributions()
+        for row in rows:
+            row["env_diff"] = env_diff(row, imported)
         frame = pd.DataFrame(rows, columns=WORKER_COLUMNS)
         for column in ("started", "last_seen"):
             frame[column] = pd.to_datetime(frame[column], unit="ms", utc=True)

@@ -10,10 +10,14 @@ rather than not at all. ``retire/<name>`` (or ``retire/all``), written by
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import os
+import platform
 import socket
-from collections.abc import Mapping
+import sys
+from collections.abc import Iterable, Mapping
+from functools import cache
 from typing import Any
 
 from .._time import now_ms
@@ -36,11 +40,46 @@ def worker_name() -> str:
 
 def entry(name: str, *, state: str, started_ms: int, queues: list[str], concurrency: int,
           resources: Mapping[str, int], jobs_done: int, launcher: str | None = None) -> dict[str, Any]:
-    """A worker's entry as it writes it."""
+    """A worker's entry as it writes it, its Python environment included (``environment``)."""
     return {"name": name, "host": socket.gethostname(), "pid": os.getpid(),
             "launcher": launcher or os.environ.get(LAUNCHER_ENV) or "manual", "state": state,
             "queues": queues, "concurrency": concurrency, "resources": dict(resources),
-            "jobs_done": jobs_done, "started": started_ms, "last_seen": now_ms()}
+            "jobs_done": jobs_done, "started": started_ms, "last_seen": now_ms(), **environment()}
+
+
+@cache
+def environment() -> dict[str, Any]:
+    """This process's Python version and installed distributions (lower-cased name -> version),
+    read once."""
+    packages = {}
+    for dist in importlib.metadata.distributions():
+        name = dist.metadata["Name"]
+        if name:
+            packages[str(name).lower()] = dist.version
+    return {"python": platform.python_version(), "packages": packages}
+
+
+def env_diff(theirs: Mapping[str, Any], imported: Iterable[str]) -> str:
+    """How a worker's environment (its entry) differs from this process's, for the Python
+    version and the distributions this process imported: ``numpy 2.1.0 there, 2.2.1 here``."""
+    mine = environment()
+    found = []
+    if theirs.get("python") and theirs["python"] != mine["python"]:
+        found.append(f"Python {theirs['python']} there, {mine['python']} here")
+    packages = theirs.get("packages")
+    if isinstance(packages, Mapping):
+        for name in sorted(set(imported)):
+            here, there = mine["packages"].get(name), packages.get(name)
+            if here is not None and here != there:
+                found.append(f"{name} {there or 'missing'} there, {here} here")
+    return "; ".join(found)
+
+
+def imported_distributions() -> set[str]:
+    """The distributions (lower-cased names) of the top-level packages this process imported."""
+    tops = {name.split(".")[0] for name in list(sys.modules)} - set(sys.stdlib_module_names)
+    owners = importlib.metadata.packages_distributions()
+    return {dist.lower() for top in tops for dist in owners.get(top, [])}
 
 
 async def announce(driver: QueueDriver, found: Mapping[str, Any]) -> None:
