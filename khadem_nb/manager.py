@@ -118,9 +118,6 @@ class QueueManager:
         """The queue's artifact store (``queue.artifacts``, else the driver's default: a folder
         beside a file or SQLite queue, a temporary folder for a memory queue, none on Redis or
         PostgreSQL), opened on first use; ``None`` where there is none."""
-        return self._artifact_store()
-
-    def _artifact_store(self) -> ArtifactStore | None:
         return self.serializer.store_of()
 
     @property

@@ -19,10 +19,9 @@ from collections.abc import Iterable, Iterator
 from typing import Any
 
 from ..job import JobRecord
+from ..serializer import TAG
 from .refs import ArtifactRef
 from .store import ArtifactStore
-
-TAG = "__kn__"
 
 
 def referenced(records: Iterable[JobRecord], store: ArtifactStore) -> set[str]:

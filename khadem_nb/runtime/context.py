@@ -179,11 +179,7 @@ class JobContext:
         self._schedule(self.driver.update_meta(self.record, meta))
 
     def _schedule(self, coro: Any) -> None:
-        try:
-            running = asyncio.get_running_loop()
-        except RuntimeError:
-            running = None
-        if running is self.loop:
+        if self._on_loop():
             task = self.loop.create_task(coro)
             task.add_done_callback(_log_failure)
         else:  # called from a sync job's worker thread

@@ -11,8 +11,8 @@ that launched them (``LaunchedWorker.stop``, and at the interpreter's exit).
 
 from __future__ import annotations
 
+import asyncio
 import atexit
-import json
 import os
 import signal
 import socket
@@ -24,12 +24,11 @@ import uuid
 import weakref
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
 
 from ..config import SECRET_ENV, QueueSettings
 from ..drivers.base import QueueDriver
 from ..errors import ConfigError, LaunchError
-from .presence import LAUNCHER_ENV, NAME_ENV, PRESENCE_PREFIX
+from .presence import LAUNCHER_ENV, NAME_ENV, PRESENCE_PREFIX, announce
 
 LAUNCHERS = ("local",)  # the launchers built so far (ssh and slurm are issue 35's next steps)
 START_TIMEOUT_S = 60.0  # a launched worker that has not registered by then is stopped and reported
@@ -140,8 +139,6 @@ async def wait_registered(driver: QueueDriver, workers: Sequence[LaunchedWorker]
     """Return once every worker of ``workers`` wrote its entry; ``LaunchError`` naming the
     first that exited at start (with its last lines) or did not register within ``timeout``
     (it is stopped). A failed worker's entry says so, for ``workers()``."""
-    import asyncio
-
     deadline = time.monotonic() + timeout
     waiting = {w.name: w for w in workers}
     while waiting:
@@ -161,9 +158,8 @@ async def wait_registered(driver: QueueDriver, workers: Sequence[LaunchedWorker]
 
 async def _failed(driver: QueueDriver, worker: LaunchedWorker, why: str) -> None:
     worker.failure = worker.last_lines()
-    entry: dict[str, Any] = {"name": worker.name, "host": worker.host, "launcher": worker.launcher,
-                             "state": "failed", "started": None, "last_seen": None, "output": worker.failure}
-    await driver.kv_put(f"{PRESENCE_PREFIX}{worker.name}", json.dumps(entry).encode(), ttl_s=3600)
+    await announce(driver, {"name": worker.name, "host": worker.host, "launcher": worker.launcher,
+                            "state": "failed", "started": None, "last_seen": None, "output": worker.failure})
     raise LaunchError(f"worker {worker.name} ({worker.launcher}) {why}; its last output:\n{worker.failure}")
 
 
@@ -171,5 +167,4 @@ async def _failed(driver: QueueDriver, worker: LaunchedWorker, why: str) -> None
 def _stop_owned() -> None:
     """The workers this process launched and did not detach stop with it."""
     for worker in list(_owned):
-        if not worker.detach:
-            worker.stop(grace=10.0)
+        worker.stop(grace=10.0)

@@ -30,7 +30,6 @@ PRESENCE_TTL_S = 3600.0  # how long an entry outlives its last write
 GONE_AFTER_MS = int(3 * PRESENCE_EVERY_S * 1000)  # an entry not written for this long: gone
 NAME_ENV = "KHADEM_WORKER_NAME"  # a launcher names the worker it starts
 LAUNCHER_ENV = "KHADEM_LAUNCHER"  # and says which launcher it is
-STATES = ("starting", "idle", "busy", "stopping", "gone", "failed")
 
 
 def worker_name() -> str:
