@@ -40,7 +40,7 @@ from ..job import QUEUED, JobRecord
 from ._tasks import stop_if_cancelled
 from .collecting import collect_now_and_then
 from .execution import JobExecutor, WorkerHooks
-from .presence import NAME_ENV, PRESENCE_EVERY_S, announce, entry, retire_asked
+from .presence import NAME_ENV, PRESENCE_EVERY_S, PRESENCE_PREFIX, announce, entry, retire_asked
 from .ticker import Ticker
 
 logger = logging.getLogger(__name__)
@@ -203,6 +203,7 @@ class QueueWorker:
         buffered, self._buffer = list(self._buffer), deque()
         await self._release(buffered)
         await self._withdraw_offer()
+        await self._leave_presence()
         self._done.set()
 
     async def _release(self, records: Sequence[JobRecord]) -> None:
@@ -551,6 +552,13 @@ class QueueWorker:
             return
         for job_id in cancelled:
             self.abort(job_id)
+
+    async def _leave_presence(self) -> None:
+        """A worker that stops takes its entry away (one killed leaves it, to read ``gone``)."""
+        try:
+            await self.driver.kv_delete(f"{PRESENCE_PREFIX}{self.presence_name}")
+        except Exception as exc:  # it expires on its own
+            logger.debug("could not remove this worker's presence: %r", exc)
 
     async def _stay_present(self) -> None:
         """Write this worker's entry among the queue's workers now and every PRESENCE_EVERY_S
