@@ -6,7 +6,7 @@ import asyncio
 import time
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 from conftest import QUEUED_DRIVERS, SHARED_DRIVERS, driver_config, make_manager
@@ -637,3 +637,16 @@ async def test_a_job_takes_its_backoff_policy(queued_manager: QueueManager) -> N
     record = await queued_manager.get_job(job_id)
     assert record.status is JobStatus.SCHEDULED and record.error == "ValueError: again"
     assert before_ms + 29_000 <= record.available_ms <= after_ms + 31_000
+
+
+class SlowRetry(Flaky):
+    """Fails its first attempt and is retried 0.3 s later."""
+
+    retry_delay: ClassVar[float] = 0.3
+
+
+async def test_a_burst_worker_waits_for_the_quick_retry_of_a_job_it_ran(queued_manager: QueueManager) -> None:
+    job_id = await queued_manager.dispatch(SlowRetry(succeed_on=2), max_attempts=2)
+    worker = await queued_manager.start_worker(burst=True, concurrency=3, delay=0.02)
+    assert not worker.running and worker.processed == 2
+    assert (await queued_manager.get_job(job_id)).status is JobStatus.COMPLETED

@@ -36,7 +36,7 @@ from ..drivers.base import QueueDriver
 from ..errors import DriverError, KhademError
 from ..features.resources import OFFER_EVERY_S, ResourcePool
 from ..features.why_waiting import frees_up, wait_reasons
-from ..job import QUEUED, JobRecord
+from ..job import QUEUED, SCHEDULED, JobRecord
 from ._tasks import stop_if_cancelled
 from .collecting import collect_now_and_then
 from .execution import JobExecutor, WorkerHooks
@@ -48,6 +48,7 @@ logger = logging.getLogger(__name__)
 MAX_ERROR_BACKOFF_S = 5.0
 BURST_TRIES = 5  # failed claims in a row after which a burst worker gives up
 BURST_LOOKED = 100  # queued jobs a burst worker looks at, after an empty claim, to see why they wait
+BURST_SOON_MS = 1000  # a burst worker waits for the retries of its jobs due this soon
 YIELD_EVERY = 64  # jobs run between two turns given to the loop's other tasks, at least
 ABORT_POLL_S = 0.2  # how often a worker asks a driver that cannot tell it about cancelled jobs
 RECENT_KEPT = 200  # jobs the worker remembers for the panel's timeline
@@ -92,6 +93,7 @@ class QueueWorker:
         #: the last jobs each consumer ran, as (consumer, record): the panel's timeline
         self.recent: deque[tuple[str, JobRecord]] = deque(maxlen=RECENT_KEPT)
         self._drained = False  # burst mode: a reserve found nothing due
+        self._retry_due_ms = 0  # burst mode: when the latest quick retry of a job it ran is due
         #: why a burst worker gave up: its claims failed BURST_TRIES times in a row
         self.failure: KhademError | None = None
         # Jobs claimed ahead into the buffer, so the next claim travels while this batch runs.
@@ -233,6 +235,7 @@ class QueueWorker:
                     await self._to_its_batch(record)  # this consumer claims on meanwhile
                 else:
                     await self._execute(record, task)
+                    self._after_a_job(record)
                     self.recent.append((name, record))
                     if not self.processed % YIELD_EVERY:  # claims and jobs that never wait (memory,
                         await asyncio.sleep(0)  # SQLite on the loop) would otherwise hold the loop
@@ -409,10 +412,22 @@ class QueueWorker:
             except Exception as exc:  # it expires on its own
                 logger.debug("could not withdraw the resource offer: %r", exc)
 
+    def _after_a_job(self, record: JobRecord) -> None:
+        """Burst mode: claim again after a job, which may have queued a retry or released a
+        child, and wait for its retry if it is due within BURST_SOON_MS."""
+        if not self.options.burst:
+            return
+        self._drained = False
+        if record.status in (QUEUED, SCHEDULED) and record.available_ms <= now_ms() + BURST_SOON_MS:
+            self._retry_due_ms = max(self._retry_due_ms, record.available_ms)
+
     async def _held_back_for_a_while(self) -> bool:
         """Burst mode, after a claim found nothing: whether queued jobs wait only for what frees
-        up by itself (a lane's slot, a rate window), so the worker waits for them rather than
-        stopping. Jobs that need units this worker does not offer never keep it."""
+        up by itself (a lane's slot, a rate window, a quick retry of a job this worker ran), so
+        the worker waits for them rather than stopping. Jobs that need units this worker does
+        not offer never keep it."""
+        if now_ms() < self._retry_due_ms + BURST_SOON_MS:  # the retry's claim may lag its due time
+            return True
         try:
             queued = [r for q in self.queues for r in await self.driver.jobs(QUEUED, q, limit=BURST_LOOKED)]
             reasons = await wait_reasons(self.driver, queued)
