@@ -34,6 +34,7 @@ DURATIONS: dict[str, tuple[float, float]] = {
     "timeout": (0.001, 10 * YEAR_S),  # a job's time limit, and a worker's run time
     "retry_delay": (0.0, 10 * YEAR_S),
     "grace": (0.0, DAY_S),
+    "idle_timeout": (1.0, 30 * DAY_S),  # how long an autoscaled worker idles before it is retired
     "unique_for": (0.001, 10 * YEAR_S),  # how long a unique dispatch holds its key at most
     "keep_result": (0.0, 10 * YEAR_S),  # how long one job's finished record is kept at most
     "ttl": (0.001, 10 * YEAR_S),  # the lifetime of a value in a driver's keyed store
@@ -47,6 +48,9 @@ COUNTS: dict[str, tuple[int, int]] = {
     "queue.failed_retention": (0, 10**9),
     "max_jobs": (1, 10**12),
     "concurrency": (1, 10_000),
+    "workers": (1, 10_000),  # launched at once
+    "min": (0, 10_000),  # autoscaled workers kept at least
+    "max": (1, 10_000),  # and at most
     "prefetch": (0, 10_000),
     "max_attempts": (1, 10_000),
     "queue.code_limit": (1024, 2**31),  # bytes of one shipped code envelope

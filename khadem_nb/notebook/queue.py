@@ -23,10 +23,10 @@ from ..errors import CodeChangedWarning, ConfigError, KhademError
 from ..features.pruning import Pruner, decide, reported
 from ..features.telemetry import last_values
 from ..job import TERMINAL_STATUSES, JobRecord, JobStatus
+from ..launchers import START_TIMEOUT_S, LaunchedWorker, LaunchSpec, check_launcher, launch, spec_for
 from ..limits import checked_secret
 from ..manager import Dispatch, QueueManager
 from ..runtime import capture
-from ..runtime.launching import START_TIMEOUT_S, LaunchedWorker, check_launcher, start_local, wait_registered
 from ..runtime.presence import env_diff, imported_distributions
 from ..runtime.worker import QueueWorker
 from ._loop import LoopRunner
@@ -426,30 +426,36 @@ class Queue:
 
     # -- workers elsewhere ------------------------------------------------------------------------
     def launch(self, n: int = 1, *, on: str = "local", concurrency: int = 1, imports: Sequence[str] = (),
-               resources: Mapping[str, int] | None = None, detach: bool = False,
-               env: Mapping[str, str] | None = None,
-               timeout: float = START_TIMEOUT_S) -> list[LaunchedWorker]:
-        """Start ``n`` ``khadem-nb worker`` processes of this queue (``on="local"``: on this
-        machine) and return their handles once each has registered among the queue's workers;
-        ``LaunchError`` with a worker's last output lines when one exits at start. ``imports``:
-        modules of job code they import; from a ``ship_code=True`` queue they run shipped code,
-        the secret given through their environment. They stop with this queue unless
+               resources: Mapping[str, int] | str | None = None, python: str | None = None,
+               env: Mapping[str, str] | str | None = None, detach: bool = False,
+               timeout: float = START_TIMEOUT_S, **options: Any) -> list[LaunchedWorker]:
+        """Start ``n`` ``khadem-nb worker`` processes of this queue and return their handles
+        (name, host, state, ``stop()``) once each has registered among the queue's workers.
+
+        ``on``: ``"local"`` (this machine), ``"ssh://[user@]host[:port]"`` (another machine,
+        options ``ssh_options`` for ``asyncssh.connect`` and ``connect_timeout``) or
+        ``"slurm"`` (batch jobs; options ``partition``, ``time``, ``gres``, ``cpus``, ``mem``,
+        ``account``, ``warning``, ``sbatch``, ``logs``). ``imports``: modules of job code the
+        workers import; from a ``ship_code=True`` queue they run shipped code, the secret given
+        through their environment or the SSH session, never a command line. ``python``: the
+        workers' Python; ``env``: variables to set, or a shell command to run first
+        (``"source ~/venv/bin/activate"``). ``LaunchError`` with the launcher's own message, or
+        a worker's last output lines when it exits at start. They stop with this queue unless
         ``detach=True``."""
-        check_launcher(on)
-        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-            raise ConfigError(f"launch() starts at least one worker: n must be a positive integer, got {n!r}")
-        if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
-            raise ConfigError(f"concurrency must be a positive integer, got {concurrency!r}")
-        launched = start_local(self.settings, n, concurrency=concurrency, imports=list(imports),
-                               resources=resources, detach=detach, env=env)
-        self._launched.extend(launched)
+        workers = limits.count(n, "workers")
+        check_launcher(on, options)
+        spec = spec_for(self.settings, concurrency=concurrency, imports=imports, resources=resources,
+                        env=env, python=python, detach=detach)
         seconds = limits.seconds(timeout, "timeout")
-
-        async def registered() -> None:  # the driver is read once the queue is open
-            await wait_registered(self.manager.driver, launched, seconds)
-
-        self.run(registered())
+        launched = self.run(self._launch(spec, workers, on, seconds, options))
+        for worker in launched:
+            worker.runner = self.run
+        self._launched.extend(launched)
         return launched
+
+    async def _launch(self, spec: LaunchSpec, n: int, on: str, timeout: float,
+                      options: Mapping[str, Any]) -> list[LaunchedWorker]:
+        return await launch(self.manager.driver, spec, n, on, timeout=timeout, options=options)
 
     def workers(self) -> pd.DataFrame:
         """The queue's workers, wherever they run (this kernel's, ``khadem-nb worker``

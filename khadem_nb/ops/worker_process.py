@@ -25,6 +25,7 @@ from ..config import SECRET_ENV
 from ..errors import ConfigError
 from ..manager import QueueManager
 from ..runtime import capture
+from ..runtime.presence import check_launch_environment
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)  # each stops the worker gracefully
 
@@ -81,6 +82,10 @@ async def run_worker_process(options: WorkerOptions) -> int:
     # read once and taken out of the environment: the jobs this process runs, and the child
     # processes it starts, cannot read the secret that signs and seals shipped code
     secret = os.environ.pop(SECRET_ENV, None)
+    differences = check_launch_environment(options.strict_versions)
+    if differences:
+        logger.warning("this worker's environment differs from the one that launched it: %s",
+                       "; ".join(differences))
     import_job_modules(options.imports)
     config: dict[str, object] = {"url": options.queue_url, "trust_code": options.trust_code,
                                  "strict_versions": options.strict_versions}

@@ -22,6 +22,7 @@ from typing import Any
 
 from .._time import now_ms
 from ..drivers.base import QueueDriver
+from ..errors import ConfigError
 
 PRESENCE_PREFIX = "workers/"
 RETIRE_PREFIX = "retire/"
@@ -30,6 +31,7 @@ PRESENCE_TTL_S = 3600.0  # how long an entry outlives its last write
 GONE_AFTER_MS = int(3 * PRESENCE_EVERY_S * 1000)  # an entry not written for this long: gone
 NAME_ENV = "KHADEM_WORKER_NAME"  # a launcher names the worker it starts
 LAUNCHER_ENV = "KHADEM_LAUNCHER"  # and says which launcher it is
+EXPECTED_ENV = "KHADEM_EXPECTED_ENV"  # and gives the launching process's versions (JSON)
 
 
 def worker_name() -> str:
@@ -72,6 +74,45 @@ def env_diff(theirs: Mapping[str, Any], imported: Iterable[str]) -> str:
             if here is not None and here != there:
                 found.append(f"{name} {there or 'missing'} there, {here} here")
     return "; ".join(found)
+
+
+def expected_environment() -> dict[str, Any]:
+    """What a launch asks its workers to match: this process's Python version and the versions
+    of the distributions it imported."""
+    mine = environment()
+    return {"python": mine["python"],
+            "packages": {name: mine["packages"][name] for name in sorted(imported_distributions())
+                         if name in mine["packages"]}}
+
+
+def launch_differences(expected: Mapping[str, Any]) -> list[str]:
+    """How this worker's environment differs from what its launch expected (``EXPECTED_ENV``):
+    ``numpy 2.1.0 here, 2.2.1 in the notebook``, one item a difference."""
+    mine = environment()
+    found = []
+    if expected.get("python") and expected["python"] != mine["python"]:
+        found.append(f"Python {mine['python']} here, {expected['python']} in the notebook")
+    packages = expected.get("packages")
+    for name, version in sorted(packages.items() if isinstance(packages, Mapping) else []):
+        here = mine["packages"].get(name)
+        if here != version:
+            found.append(f"{name} {here or 'missing'} here, {version} in the notebook")
+    return found
+
+
+def check_launch_environment(strict: bool) -> list[str]:
+    """At a launched worker's start: how its environment differs from what its launch expected
+    (``EXPECTED_ENV``, taken out of the environment); ``ConfigError`` under ``strict``."""
+    raw = os.environ.pop(EXPECTED_ENV, None)
+    try:
+        expected = json.loads(raw) if raw else {}
+    except ValueError:
+        expected = {}
+    found = launch_differences(expected) if isinstance(expected, dict) else []
+    if found and strict:
+        raise ConfigError("this worker's environment differs from the one that launched it and "
+                          f"strict_versions is on: {'; '.join(found)}")
+    return found
 
 
 def imported_distributions() -> set[str]:

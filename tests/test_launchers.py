@@ -1,0 +1,146 @@
+"""Workers launched from the notebook onto other machines: over SSH to a real sshd in a network
+namespace (``ssh_host``), and as batch jobs of a real Slurm cluster (``slurm_cluster``). The
+launched workers run shipped notebook code, stop with the session or the queue that launched
+them, and every way a launch fails is a ``LaunchError`` with the launcher's own message."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+from conftest import driver_config
+from procs import env
+from ssh_host import SshHost, ssh_host  # noqa: F401 - the session fixture
+
+import khadem_nb as kn
+from khadem_nb import ConfigError
+from khadem_nb.errors import LaunchError
+
+SECRET = "a launch secret of sixteen+ bytes"
+
+
+def notebook(folder: Path, body: str, timeout: float = 180) -> list[str]:
+    """Run ``body`` as a notebook's code would run (``__main__``, its functions shipped) in a
+    process of its own; the lines it printed."""
+    folder.mkdir(exist_ok=True)
+    script = folder / "main.py"
+    script.write_text(textwrap.dedent(body))
+    run = subprocess.run([sys.executable, str(script)], cwd=folder, capture_output=True, text=True,
+                         timeout=timeout, env={**env(), "KHADEM_SECRET": SECRET})
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-4000:]
+    return run.stdout.splitlines()
+
+
+SSH_SWEEP = """
+    import json, sys
+    import khadem_nb as kn
+
+    q = kn.Queue({url!r}, ship_code=True)
+    scale = 3
+
+    @q.job
+    def train(lr: float) -> dict:
+        import socket
+        return {{"score": lr * scale, "host": socket.gethostname()}}
+
+    launched = q.launch(2, on={target!r}, python=sys.executable, concurrency=2, **{options!r})
+    print(json.dumps([[w.launcher, w.host, w.state] for w in launched]))
+    g = train.map([{{"lr": lr}} for lr in (0.1, 0.2, 0.3, 0.4)])
+    print(json.dumps(sorted(g.wait(timeout=120).results()["score"].round(3).tolist())))
+    import time
+    for _ in range(200):  # a worker writes its entry every 5 s
+        seen = q.workers().set_index("name").loc[[w.name for w in launched]]
+        if seen["jobs_done"].sum() == 4:
+            break
+        time.sleep(0.1)
+    print(json.dumps(sorted(seen["launcher"].tolist())), int(seen["jobs_done"].sum()))
+    print(json.dumps(sorted(w.name for w in launched)))
+    q.close()
+"""
+
+
+def test_ssh_workers_run_shipped_notebook_code_and_stop_with_the_session(
+        ssh_host: SshHost, tmp_path: Path) -> None:  # noqa: F811
+    url = f"sqlite:///{tmp_path / 'runs.db'}"
+    body = SSH_SWEEP.format(url=url, target=ssh_host.target, options=ssh_host.options)
+    out = notebook(tmp_path / "nb", body)
+    assert json.loads(out[0]) == [["ssh", ssh_host.address, "running"]] * 2
+    assert json.loads(out[1]) == [0.3, 0.6, 0.9, 1.2]
+    assert out[2] == '["ssh", "ssh"] 4'
+    names = json.loads(out[3])
+    q = kn.Queue(url)
+    try:  # each worker left the queue's workers when its session closed: it stopped gracefully
+        assert not set(names) & set(q.workers()["name"])
+    finally:
+        q.close()
+
+
+def test_ssh_launch_failures_say_what_the_launcher_said(ssh_host: SshHost, tmp_path: Path) -> None:  # noqa: F811
+    q = kn.Queue(f"sqlite:///{tmp_path / 'runs.db'}")
+    try:
+        with pytest.raises(LaunchError, match=r"no answer within 2s|OSError|unreachable"):
+            q.launch(on=f"ssh://root@{ssh_host.here.rsplit('.', 1)[0]}.77", connect_timeout=2,
+                     **ssh_host.options)
+        stranger = tmp_path / "stranger"
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(stranger)], check=True)
+        with pytest.raises(LaunchError, match="PermissionDenied"):
+            q.launch(on=ssh_host.target, ssh_options={"client_keys": [str(stranger)],
+                                                       "known_hosts": str(ssh_host.known_hosts)})
+        (tmp_path / "empty").write_text("")
+        with pytest.raises(LaunchError, match="HostKeyNotVerifiable"):
+            q.launch(on=ssh_host.target, ssh_options={"client_keys": [str(ssh_host.client_key)],
+                                                       "known_hosts": str(tmp_path / "empty")})
+        no_python = r"(?s)status 127 at start.*/no/such/python3: (No such|not found)"
+        with pytest.raises(LaunchError, match=no_python):
+            q.launch(on=ssh_host.target, python="/no/such/python3", **ssh_host.options)
+        failed = q.workers()
+        assert list(failed["state"]) == ["failed"] and list(failed["launcher"]) == ["ssh"]
+    finally:
+        q.close()
+
+
+def test_a_queue_the_remote_machine_cannot_reach_is_reported(
+        ssh_host: SshHost, tmp_path: Path) -> None:  # noqa: F811
+    section = driver_config("redis", tmp_path)["queue"]
+    # 127.0.0.1 there is the other machine's own loopback, where nothing listens
+    q = kn.Queue(f"{section['url']}?prefix={section['prefix']}")
+    try:
+        unreachable = r"(?s)exited with status 1 at start.*(Connection refused|connect)"
+        with pytest.raises(LaunchError, match=unreachable):
+            q.launch(on=ssh_host.target, python=sys.executable, timeout=60, **ssh_host.options)
+    finally:
+        q.run(q.manager.driver.purge())
+        q.close()
+
+
+def test_bad_launch_input_is_a_config_error(tmp_path: Path) -> None:
+    q = kn.Queue(f"sqlite:///{tmp_path / 'runs.db'}")
+    try:
+        with pytest.raises(ConfigError, match="unknown launcher 'k8s'; valid: local, ssh://"):
+            q.launch(on="k8s")
+        with pytest.raises(ConfigError, match="ssh://"):
+            q.launch(on="ssh://")
+        with pytest.raises(ConfigError, match="port"):
+            q.launch(on="ssh://host:99999")
+        with pytest.raises(ConfigError, match="workers must be between 1"):
+            q.launch(0)
+        with pytest.raises(ConfigError, match="workers"):
+            q.launch(-2)
+        with pytest.raises(ConfigError, match="the local launcher takes no option partition"):
+            q.launch(partition="gpu")
+        with pytest.raises(ConfigError, match=r"unknown Slurm option\(s\) colour; valid: account"):
+            q.launch(on="slurm", colour="blue")
+        with pytest.raises(ConfigError, match="cpus must be a positive integer"):
+            q.launch(on="slurm", cpus=0)
+        with pytest.raises(ConfigError, match="sbatch takes a list of long options"):
+            q.launch(on="slurm", sbatch="--qos=high")
+        with pytest.raises(ConfigError, match="env is a mapping"):
+            q.launch(env=42)  # type: ignore[arg-type]
+        with pytest.raises(ConfigError, match="concurrency must be between 1 and 10000, got 0"):
+            q.launch(concurrency=0)
+    finally:
+        q.close()
