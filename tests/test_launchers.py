@@ -13,7 +13,9 @@ from pathlib import Path
 
 import pytest
 from conftest import driver_config
-from procs import env
+from jobs import Counts, Echo
+from procs import env, wait_until
+from slurm_cluster import SlurmCluster, slurm_cluster  # noqa: F401 - the session fixture
 from ssh_host import SshHost, ssh_host  # noqa: F401 - the session fixture
 
 import khadem_nb as kn
@@ -144,3 +146,62 @@ def test_bad_launch_input_is_a_config_error(tmp_path: Path) -> None:
             q.launch(concurrency=0)
     finally:
         q.close()
+
+
+def _slurm_queue(tmp_path: Path) -> kn.Queue:
+    return kn.Queue(f"sqlite:///{tmp_path / 'runs.db'}")
+
+
+def test_slurm_workers_run_jobs_and_are_cancelled_with_the_queue(
+        slurm_cluster: SlurmCluster, tmp_path: Path) -> None:  # noqa: F811
+    q = _slurm_queue(tmp_path)
+    try:
+        launched = q.launch(2, on="slurm", imports=["jobs"], env={"PYTHONPATH": env()["PYTHONPATH"]},
+                            cpus=1, time="00:10:00", logs=str(slurm_cluster.logs))
+        assert {w.launcher for w in launched} == {"slurm"} and all(w.job_id for w in launched)
+        assert sorted(job for job, _ in slurm_cluster.jobs()) == sorted(w.job_id for w in launched)
+        ids = [q.run(q.manager.dispatch(Echo(i))) for i in range(10)]
+        assert [r.result for r in q.run(q.manager.wait(ids, timeout=60))] == list(range(10))
+        assert set(q.workers().set_index("name").loc[[w.name for w in launched], "launcher"]) == {"slurm"}
+        assert "worker" in (slurm_cluster.logs / f"{launched[0].name}.log").read_text()  # the job's output
+    finally:
+        q.close()
+    assert slurm_cluster.jobs() == []  # scancel'led with the queue, each worker stopped gracefully
+
+
+def test_slurm_preemption_reaches_the_worker_and_the_job_resumes_from_its_checkpoint(
+        slurm_cluster: SlurmCluster, tmp_path: Path) -> None:  # noqa: F811
+    log = tmp_path / "steps.log"
+    q = _slurm_queue(tmp_path)
+    try:
+        job_id = q.run(q.manager.dispatch(Counts(str(log), steps=200, pause=0.02)))
+        options = {"imports": ["jobs"], "env": {"PYTHONPATH": env()["PYTHONPATH"]},
+                   "logs": str(slurm_cluster.logs)}
+        first = q.launch(on="slurm", **options)[0]
+        def step() -> int:
+            return int((q.run(q.manager.get_job(job_id)).meta.get("checkpoint") or {}).get("step", 0))
+        wait_until(lambda: step() >= 40)
+        subprocess.run(["scancel", "--signal=USR1", "--batch", first.job_id], check=True, timeout=30)
+        wait_until(lambda: first.state == "gone", timeout=60)  # the warning stopped it gracefully
+        given_back = q.run(q.manager.get_job(job_id))
+        assert given_back.status is kn.JobStatus.QUEUED and given_back.attempt == 0
+        q.launch(on="slurm", **options)
+        done = q.run(q.manager.wait([job_id], timeout=90))[0]
+        assert done.status is kn.JobStatus.COMPLETED and done.attempt == 1  # the preemption spent none
+        steps = [int(line) for line in log.read_text().split()]
+        assert sorted(set(steps)) == list(range(1, 201)) and len(steps) < 200 + 10  # resumed, not redone
+    finally:
+        q.close()
+
+
+def test_slurm_launch_failures_say_what_slurm_said(slurm_cluster: SlurmCluster, tmp_path: Path) -> None:  # noqa: F811
+    q = _slurm_queue(tmp_path)
+    try:
+        with pytest.raises(LaunchError, match=r"sbatch refused the worker's job: .*[Ii]nvalid partition"):
+            q.launch(on="slurm", partition="no-such-partition", logs=str(slurm_cluster.logs))
+        with pytest.raises(LaunchError, match=r"(?s)exited at start.*no_such_module_here"):
+            q.launch(on="slurm", imports=["no_such_module_here"], logs=str(slurm_cluster.logs))
+        assert list(q.workers()["state"]) == ["failed"]
+    finally:
+        q.close()
+    assert slurm_cluster.jobs() == []

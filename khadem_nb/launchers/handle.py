@@ -13,6 +13,7 @@ import collections
 import contextlib
 import weakref
 from collections.abc import Callable, Coroutine
+from pathlib import Path
 from typing import Any
 
 LAST_LINES = 20  # of a worker's output, kept for its LaunchError and its entry
@@ -78,6 +79,26 @@ class LaunchedWorker:
 
     def stop_at_exit(self) -> None:
         """What stops the worker when the launching process exits (no loop runs by then)."""
+
+
+class ProcessWorker(LaunchedWorker):
+    """A worker whose output goes to a file this machine reads, stopped by a blocking call."""
+
+    def __init__(self, name: str, host: str, detach: bool, log: Path) -> None:
+        super().__init__(name, host, detach)
+        self.log = log
+
+    def last_lines(self) -> str:
+        try:
+            return "\n".join(self.log.read_text(errors="replace").splitlines()[-LAST_LINES:])
+        except OSError:
+            return ""
+
+    async def terminate(self, grace: float = 30.0) -> None:
+        await asyncio.to_thread(self.stop, grace)
+
+    def stop(self, grace: float = 30.0) -> None:
+        raise NotImplementedError
 
 
 @atexit.register

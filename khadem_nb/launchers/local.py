@@ -4,7 +4,6 @@ a setup command (``env="source venv/bin/activate"``) runs them through the shell
 
 from __future__ import annotations
 
-import asyncio
 import os
 import shlex
 import signal
@@ -14,17 +13,16 @@ import sys
 import tempfile
 from pathlib import Path
 
-from .handle import LAST_LINES, LaunchedWorker
+from .handle import ProcessWorker
 from .spec import LaunchSpec, new_name
 
 
-class LocalWorker(LaunchedWorker):
+class LocalWorker(ProcessWorker):
     launcher = "local"
 
     def __init__(self, name: str, process: subprocess.Popen[bytes], log: Path, detach: bool) -> None:
-        super().__init__(name, socket.gethostname(), detach)
+        super().__init__(name, socket.gethostname(), detach, log)
         self.process = process
-        self.log = log
 
     def current_state(self) -> str:
         return "running" if self.process.poll() is None else "gone"
@@ -32,22 +30,10 @@ class LocalWorker(LaunchedWorker):
     def exit_status(self) -> int | None:
         return self.process.returncode
 
-    def last_lines(self) -> str:
-        try:
-            return "\n".join(self.log.read_text(errors="replace").splitlines()[-LAST_LINES:])
-        except OSError:
-            return ""
-
-    async def terminate(self, grace: float = 30.0) -> None:
-        await asyncio.to_thread(self._terminate, grace)
+    def stop_at_exit(self) -> None:
+        self.stop(10.0)
 
     def stop(self, grace: float = 30.0) -> None:
-        self._terminate(grace)
-
-    def stop_at_exit(self) -> None:
-        self._terminate(10.0)
-
-    def _terminate(self, grace: float) -> None:
         """SIGTERM: the worker finishes (or gives back) its jobs within ``grace``, then exits."""
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)

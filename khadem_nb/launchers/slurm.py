@@ -11,7 +11,6 @@ on a command line. The job's output goes to ``<logs>/<name>.log`` on the shared 
 
 from __future__ import annotations
 
-import asyncio
 import os
 import shlex
 import shutil
@@ -25,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError, LaunchError
-from .handle import LAST_LINES, LaunchedWorker
+from .handle import ProcessWorker
 from .spec import LaunchSpec, new_name
 
 SBATCH_TIMEOUT_S = 60.0
@@ -86,20 +85,23 @@ def _tool(name: str) -> str:
     return found
 
 
-class SlurmWorker(LaunchedWorker):
+class SlurmWorker(ProcessWorker):
     launcher = "slurm"
 
     def __init__(self, name: str, job_id: str, log: Path, detach: bool) -> None:
-        super().__init__(name, socket.gethostname(), detach)
+        super().__init__(name, socket.gethostname(), detach, log)
         self.job_id = job_id
-        self.log = log
 
     def slurm_state(self) -> str | None:
         """The job's state as ``squeue`` says (``PENDING``, ``RUNNING``...), ``None`` once ended."""
-        found = subprocess.run([_tool("squeue"), "--noheader", "--jobs", self.job_id, "--format", "%T"],
+        return self._squeue()[0]
+
+    def _squeue(self) -> tuple[str | None, str]:
+        """The job's state and the reason it waits, as ``squeue`` says."""
+        found = subprocess.run([_tool("squeue"), "--noheader", "--jobs", self.job_id, "--format", "%T %r"],
                                capture_output=True, text=True, timeout=SBATCH_TIMEOUT_S)
-        state = found.stdout.strip()
-        return state or None
+        state, _, reason = found.stdout.strip().partition(" ")
+        return state or None, reason
 
     def current_state(self) -> str:
         state = self.slurm_state()
@@ -108,19 +110,10 @@ class SlurmWorker(LaunchedWorker):
         return "queued" if state in WAITING_STATES else "running"
 
     def waits_in_line(self) -> bool:
-        return self.slurm_state() in WAITING_STATES
-
-    def last_lines(self) -> str:
-        try:
-            return "\n".join(self.log.read_text(errors="replace").splitlines()[-LAST_LINES:])
-        except OSError:
-            return ""
-
-    async def terminate(self, grace: float = 30.0) -> None:
-        await asyncio.to_thread(self._terminate, grace)
-
-    def stop(self, grace: float = 30.0) -> None:
-        self._terminate(grace)
+        """Pending for a reason the scheduler gave (``Resources``, ``Priority``...), not merely
+        submitted a moment ago (reason ``None``)."""
+        state, reason = self._squeue()
+        return state in WAITING_STATES and reason not in ("", "None")
 
     def stop_at_exit(self) -> None:
         self._cancel("TERM")
@@ -131,7 +124,7 @@ class SlurmWorker(LaunchedWorker):
             command[1:1] = [f"--signal={signal_name}", "--batch"]
         subprocess.run(command, capture_output=True, timeout=SBATCH_TIMEOUT_S)
 
-    def _terminate(self, grace: float) -> None:
+    def stop(self, grace: float = 30.0) -> None:
         """SIGTERM to a running worker (it finishes or gives back its jobs within ``grace``);
         a job not started yet is cancelled at once."""
         state = self.slurm_state()
