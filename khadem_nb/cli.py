@@ -20,6 +20,9 @@ commands:
   worker   run a worker process for a queue URL (file, sqlite, redis)
   stats    print a queue's metrics and counts by status
   cancel   cancel jobs by id, or every queued one: they never start, or their worker stops them
+  workers  list a queue's workers, wherever they run
+  launch   start workers of a queue here, on another machine over SSH, or as Slurm jobs
+  autoscale  keep a number of launched workers that follows the queue's backlog
 """
 URL_HELP = ("queue URL, e.g. sqlite:///runs.db (runs.db in the working directory), sqlite:////abs/runs.db "
             "(an absolute path), file:///tmp/q, redis://host:6379/0 (env KHADEM_QUEUE_URL)")
@@ -44,7 +47,52 @@ def build_parser() -> argparse.ArgumentParser:
     workers.add_argument("--queue-url", default=os.environ.get("KHADEM_QUEUE_URL"), help=URL_HELP)
     _add_cancel(commands)
     _add_dashboard(commands)
+    _add_launch(commands)
     return parser
+
+
+def _launch_arguments(command: argparse.ArgumentParser) -> None:
+    command.add_argument("--queue-url", default=os.environ.get("KHADEM_QUEUE_URL"), help=URL_HELP)
+    command.add_argument("--on", default="local",
+                         help="the launcher: local, ssh://[user@]host[:port] or slurm (default local)")
+    command.add_argument("--concurrency", type=int, default=1, help="jobs at once per worker (default 1)")
+    command.add_argument("--import", dest="imports", action="append", default=[], metavar="MODULE",
+                         help="module that defines jobs, imported by each worker (repeatable)")
+    command.add_argument("--resources", default=None, metavar="NAME=UNITS,...",
+                         help="resource units each worker offers, like gpu=1")
+    command.add_argument("--python", default=None, help="the workers' Python (default: this one locally "
+                         "and on Slurm, python3 on the remote PATH over SSH)")
+    command.add_argument("--setup", default=None, metavar="COMMAND",
+                         help="a shell command each worker runs first, like 'source ~/venv/bin/activate'")
+    command.add_argument("--trust-code", action="store_true",
+                         help="the workers run code shipped from notebooks (secret: KHADEM_SECRET)")
+    command.add_argument("--option", dest="options", action="append", default=[], metavar="KEY=VALUE",
+                         help="a launcher option: partition=gpu, time=02:00:00, gres=gpu:1, cpus=4, mem=16G, "
+                         "account=..., sbatch=--qos=high (Slurm); connect_timeout=10 (SSH)")
+
+
+def _add_launch(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    launch = commands.add_parser(
+        "launch", help="start workers of a queue with a launcher",
+        description="Start -n workers of the queue with a launcher and print them (name, host, "
+        "launcher, state) once each has registered. Without --detach it stays in the foreground and "
+        "stops them on SIGTERM or Ctrl-C.")
+    _launch_arguments(launch)
+    launch.add_argument("-n", type=int, default=1, help="how many workers (default 1)")
+    launch.add_argument("--detach", action="store_true", help="leave the workers running and exit")
+    launch.add_argument("--timeout", type=float, default=60.0,
+                        help="seconds each worker has to register (default 60)")
+    autoscale = commands.add_parser(
+        "autoscale", help="keep launched workers in step with the backlog",
+        description="Keep between --min and --max launched workers, as many as the due and running "
+        "jobs need; retire those idle for --idle-timeout seconds. Runs until SIGTERM or Ctrl-C, then "
+        "retires its workers. A second autoscaler of the queue with other limits is refused.")
+    _launch_arguments(autoscale)
+    autoscale.add_argument("--min", type=int, default=0, help="workers kept at least (default 0)")
+    autoscale.add_argument("--max", type=int, default=4, help="workers launched at most (default 4)")
+    autoscale.add_argument("--idle-timeout", type=float, default=120.0,
+                           help="seconds a worker idles before it is retired (default 120)")
+    autoscale.add_argument("--interval", type=float, default=1.0, help="seconds between checks (default 1)")
 
 
 def _add_cancel(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -173,6 +221,8 @@ def _dispatch(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         for job_id in cancelled:
             print(job_id)
         return 0
+    if args.command in ("launch", "autoscale"):
+        return _launch_command(args)
     if args.command == "workers":
         from .ops.stats import print_workers
 
@@ -197,5 +247,17 @@ async def _cancel(url: str, ids: Sequence[str], all_queued: bool, queue: str | N
         await manager.close()
 
 
+def _launch_command(args: argparse.Namespace) -> int:
+    from .ops.launching import LaunchArgs, run_autoscale, run_launch
+
+    launch = LaunchArgs(args.queue_url, args.on, args.concurrency, args.imports, args.resources, args.python,
+                        args.setup, args.trust_code, args.options)
+    if args.command == "launch":
+        return asyncio.run(run_launch(launch, args.n, detach=args.detach, timeout=args.timeout))
+    return asyncio.run(run_autoscale(launch, low=args.min, high=args.max, idle_timeout=args.idle_timeout,
+                                     interval=args.interval))
+
+
 if __name__ == "__main__":
     sys.exit(main())
+

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 from conftest import driver_config
-from jobs import Counts, Echo
+from jobs import Counts, Echo, Sleep
 from procs import env, wait_until
 from slurm_cluster import SlurmCluster, slurm_cluster  # noqa: F401 - the session fixture
 from ssh_host import SshHost, ssh_host  # noqa: F401 - the session fixture
@@ -205,3 +205,19 @@ def test_slurm_launch_failures_say_what_slurm_said(slurm_cluster: SlurmCluster, 
     finally:
         q.close()
     assert slurm_cluster.jobs() == []
+
+
+def test_autoscaling_on_slurm_submits_for_the_backlog_and_lets_idle_jobs_end(
+        slurm_cluster: SlurmCluster, tmp_path: Path) -> None:  # noqa: F811
+    q = _slurm_queue(tmp_path)
+    try:
+        ids = [q.run(q.manager.dispatch(Sleep(1.0, tag=str(i)))) for i in range(4)]
+        scaler = q.autoscale(on="slurm", max=2, idle_timeout=1, imports=["jobs"], interval=0.5,
+                             env={"PYTHONPATH": env()["PYTHONPATH"]}, logs=str(slurm_cluster.logs))
+        assert scaler is not None
+        done = q.run(q.manager.wait(ids, timeout=120))
+        assert all(r.status is kn.JobStatus.COMPLETED for r in done)
+        assert set(q.workers()["launcher"]) == {"slurm"}
+        wait_until(lambda: slurm_cluster.jobs() == [], timeout=60)  # retired once idle: the jobs ended
+    finally:
+        q.close()

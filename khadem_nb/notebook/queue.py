@@ -24,6 +24,7 @@ from ..features.pruning import Pruner, decide, reported
 from ..features.telemetry import last_values
 from ..job import TERMINAL_STATUSES, JobRecord, JobStatus
 from ..launchers import START_TIMEOUT_S, LaunchedWorker, LaunchSpec, check_launcher, launch, spec_for
+from ..launchers.autoscale import Autoscaler, check_limits
 from ..limits import checked_secret
 from ..manager import Dispatch, QueueManager
 from ..runtime import capture
@@ -122,6 +123,7 @@ class Queue:
         #: the studies this kernel runs (``optimize``), oldest first: the panel shows the latest
         self.studies: list[Study] = []
         self._launched: list[LaunchedWorker] = []  # workers this queue started (``launch``)
+        self._autoscaler: Autoscaler | None = None  # what ``autoscale`` started
 
     # -- running the manager's coroutines: what handles and panels use ------------------------
     def run(self, coro: Coroutine[Any, Any, T]) -> T:
@@ -416,9 +418,13 @@ class Queue:
         for panel in list(self._panels):
             panel.close()
         self.stop()
+        if self._autoscaler is not None:
+            self.run(self._autoscaler.stop(retire=False))
+            self._launched.extend(self._autoscaler.handles())
+            self._autoscaler = None
         for launched in self._launched:
-            if not launched.detach:
-                launched.stop()
+            if not launched.detach and launched.state in ("running", "queued"):
+                self.run(launched.terminate())
         if self._opened:
             self.run(self.manager.close())
             self._opened = False
@@ -456,6 +462,37 @@ class Queue:
     async def _launch(self, spec: LaunchSpec, n: int, on: str, timeout: float,
                       options: Mapping[str, Any]) -> list[LaunchedWorker]:
         return await launch(self.manager.driver, spec, n, on, timeout=timeout, options=options)
+
+    def autoscale(self, on: str | None = "local", *, min: int = 0, max: int = 4,
+                  idle_timeout: float = 120.0, concurrency: int = 1, imports: Sequence[str] = (),
+                  resources: Mapping[str, int] | str | None = None, python: str | None = None,
+                  env: Mapping[str, str] | str | None = None, interval: float = 1.0, step: int | None = None,
+                  timeout: float = START_TIMEOUT_S, **options: Any) -> Autoscaler | None:
+        """Keep between ``min`` and ``max`` workers launched by ``on`` (as :meth:`launch`, whose
+        options it takes), as many as the due and running jobs need, and retire those idle for
+        ``idle_timeout`` seconds. It runs on this kernel's loop, checking every ``interval``;
+        a launch that fails is logged and tried again later, ever less often (its message in
+        ``status()["last_error"]``). ``q.autoscale(None)`` stops it and retires its workers.
+        Another autoscaler of this queue with other limits is a ``ConfigError`` naming it."""
+        if self._autoscaler is not None:
+            self.run(self._autoscaler.stop(retire=on is None))
+            self._launched.extend(self._autoscaler.handles())
+            self._autoscaler = None
+        if on is None:
+            return None
+        check_launcher(on, options)
+        scale = check_limits(on, min, max, idle_timeout)
+        spec = spec_for(self.settings, concurrency=concurrency, imports=imports, resources=resources,
+                        env=env, python=python)
+        scaler = Autoscaler(self.manager, spec, scale, options=options, queue=self.settings.name,
+                            interval=interval, step=step, timeout=limits.seconds(timeout, "timeout"))
+        self.run(self._start_autoscaler(scaler))
+        self._autoscaler = scaler
+        return scaler
+
+    async def _start_autoscaler(self, scaler: Autoscaler) -> None:
+        await scaler.check_leader()
+        scaler.start()
 
     def workers(self) -> pd.DataFrame:
         """The queue's workers, wherever they run (this kernel's, ``khadem-nb worker``
