@@ -47,7 +47,8 @@ def test_two_autoscalers_of_one_queue_do_not_fight(tmp_path: Path) -> None:
         leader = first.autoscale(on="local", min=0, max=2, imports=["jobs"], env=PYTHONPATH, interval=0.2)
         assert leader is not None
         wait_until(lambda: leader.status()["leading"])
-        with pytest.raises(ConfigError, match=r"autoscaler .* leads queue 'default' with .*'max': 2.*same limits"):
+        refused = r"autoscaler .* leads queue 'default' with .*'max': 2.*same limits"
+        with pytest.raises(ConfigError, match=refused):
             second.autoscale(on="local", min=0, max=5, imports=["jobs"], env=PYTHONPATH)
         standby = second.autoscale(on="local", min=0, max=2, imports=["jobs"], env=PYTHONPATH, interval=0.2)
         assert standby is not None
