@@ -559,3 +559,13 @@ class StaleCheckpoint(QueueJob):
 
         context().record.token = "not-the-holder"
         checkpoint({"step": 1})
+
+
+class ReadsEnvironment(QueueJob):
+    """Returns an environment variable of the worker that runs it."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def handle(self) -> str | None:
+        return os.environ.get(self.name)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 from conftest import driver_config
-from jobs import Counts, Echo, Sleep
+from jobs import Counts, Echo, ReadsEnvironment, Sleep
 from procs import env, wait_until
 from slurm_cluster import SlurmCluster, slurm_cluster  # noqa: F401 - the session fixture
 from ssh_host import SshHost, ssh_host  # noqa: F401 - the session fixture
@@ -219,5 +219,58 @@ def test_autoscaling_on_slurm_submits_for_the_backlog_and_lets_idle_jobs_end(
         assert all(r.status is kn.JobStatus.COMPLETED for r in done)
         assert set(q.workers()["launcher"]) == {"slurm"}
         wait_until(lambda: slurm_cluster.jobs() == [], timeout=60)  # retired once idle: the jobs ended
+    finally:
+        q.close()
+
+
+ENV_CHECK = """
+    import json, sys
+    sys.path.insert(0, {notebook_site!r})
+    import khadem_probe  # version 1.0 here; the workers' PYTHONPATH finds 2.0 first
+    import khadem_nb as kn
+    from khadem_nb.errors import LaunchError
+
+    q = kn.Queue({{"queue": {{"url": {url!r}, "strict_versions": {strict!r}}}}})
+    try:
+        q.launch(1, env={{"PYTHONPATH": {worker_site!r}}})
+        print(json.dumps(q.workers()["env_diff"].tolist()))
+    except LaunchError as exc:
+        print(json.dumps(str(exc)))
+    q.close()
+"""
+
+
+def _probe(site: Path, version: str) -> None:
+    (site / "khadem_probe").mkdir(parents=True)
+    (site / "khadem_probe" / "__init__.py").write_text("")
+    info = site / f"khadem_probe-{version}.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: khadem-probe\nVersion: {version}\n")
+    (info / "top_level.txt").write_text("khadem_probe\n")
+
+
+@pytest.mark.parametrize("strict", [False, True])
+def test_a_launched_worker_names_the_packages_that_differ_and_strict_versions_refuses(
+        tmp_path: Path, strict: bool) -> None:
+    _probe(tmp_path / "notebook-site", "1.0")
+    _probe(tmp_path / "worker-site", "2.0")
+    body = ENV_CHECK.format(notebook_site=str(tmp_path / "notebook-site"),
+                            worker_site=str(tmp_path / "worker-site"),
+                            url=f"sqlite:///{tmp_path / 'runs.db'}", strict=strict)
+    said = json.loads(notebook(tmp_path / "nb", body)[0])
+    if strict:
+        assert "exited with status 1 at start" in said
+        assert "strict_versions is on: khadem-probe 2.0 here, 1.0 in the notebook" in said
+    else:
+        assert said == ["khadem-probe 2.0 there, 1.0 here"]
+
+
+def test_a_setup_command_runs_before_a_local_worker(tmp_path: Path) -> None:
+    q = kn.Queue(f"sqlite:///{tmp_path / 'runs.db'}")
+    try:
+        setup = f"export PYTHONPATH={env()['PYTHONPATH']} KHADEM_SETUP_SAW=activated"
+        q.launch(1, imports=["jobs"], env=setup)
+        job_id = q.run(q.manager.dispatch(ReadsEnvironment("KHADEM_SETUP_SAW")))
+        assert q.run(q.manager.wait([job_id], timeout=60))[0].result == "activated"
     finally:
         q.close()
