@@ -147,3 +147,30 @@ def test_a_worker_whose_environment_differs_is_named(tmp_path: Path) -> None:
         assert f"numpy 1.0.0 there, {np.__version__} here" in diff and "Python 3.99.0 there" in diff
     finally:
         q.close()
+
+
+def test_launched_workers_are_in_the_panel_and_the_dashboard(tmp_path: Path) -> None:
+    import httpx
+
+    from khadem_nb.dashboard.app import allowed_hosts, create_app
+
+    q = kn.Queue(f"sqlite:///{tmp_path / 'q.db'}")
+    try:
+        launched = q.launch(1, imports=["jobs"], env={"PYTHONPATH": env()["PYTHONPATH"]})
+        panel = q.panel()
+        snap = q.run(panel.snapshot())
+        assert [(w[0], w[2]) for w in snap.workers] == [(launched[0].name, "local")]
+        assert launched[0].name in panel._summary_html(snap) and "<th>launcher</th>" in panel._summary_html(snap)
+
+        async def overview() -> dict:  # type: ignore[type-arg]
+            app = create_app(q.manager, "t" * 32, hosts=allowed_hosts("127.0.0.1", 8642))
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1:8642") as http:
+                return (await http.get("/api/overview")).json()  # type: ignore[no-any-return]
+
+        rows = q.run(overview())["workers"]
+        assert [(r["name"], r["launcher"], r["state"]) for r in rows] == [(launched[0].name, "local", "idle")]
+        assert "packages" not in rows[0]
+        panel.close()
+    finally:
+        q.close()

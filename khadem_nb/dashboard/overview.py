@@ -22,6 +22,8 @@ BUCKET_MS = 60_000  # one bar a minute
 BUCKETS = 60  # an hour
 RUNNING_SHOWN = 50
 FAILURES_SHOWN = 20
+WORKERS_SHOWN = 100
+WORKER_FIELDS = ("name", "host", "launcher", "state", "concurrency", "jobs_done", "last_seen", "python")
 
 
 class MinuteCounts:
@@ -78,6 +80,7 @@ class Overview:
             "totals": {status.value: sum(c[status.value] for c in counts.values()) for status in JobStatus},
             "throughput": {"bucket_s": BUCKET_MS // 1000, "completed": done, "failed": broke},
             "running": [running_row(r, now_ms) for r in reversed(running)],
+            "workers": [worker_row(e) for e in await manager.list_workers()][:WORKERS_SHOWN],
             "failures": [failure_row(r) for r in reversed(failed)],
         }
 
@@ -100,3 +103,11 @@ def record_json(record: JobRecord) -> dict[str, Any]:
     data["status"] = record.status.value
     data["output"] = record.meta.get("output")
     return data
+
+
+def worker_row(entry: dict[str, Any]) -> dict[str, Any]:
+    """A worker's entry as the dashboard shows it: no package list, a failed worker's output."""
+    row = {key: entry.get(key) for key in WORKER_FIELDS}
+    row["queues"] = entry.get("queues") or []
+    row["output"] = entry.get("output") if entry.get("state") == "failed" else None
+    return row

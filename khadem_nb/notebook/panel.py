@@ -37,6 +37,8 @@ THROUGHPUT_WINDOW_S = 5.0
 STUDIES_SHOWN = 3  # the latest studies of this kernel the panel shows
 SAMPLES_KEPT = 3000  # refreshes the charts' samples cover: five minutes at the fastest refresh
 SCHEDULES_EVERY_S = 5.0  # how often the panel reads the schedules again
+WORKERS_EVERY_S = 2.0  # how often the panel reads the queue's workers' entries
+WORKERS_SHOWN = 8
 WAITING_LOOKED = 100  # queued jobs, oldest first, whose reasons to wait the panel counts
 STYLE = """<style>
 .khadem-panel { font-family: var(--jp-ui-font-family, sans-serif);
@@ -79,6 +81,8 @@ class Snapshot:
     #: the studies of this kernel (``optimize``): name, trials ended, of how many, best value
     studies: tuple[tuple[str, int, int, float | None], ...]
     next_runs: tuple[tuple[str, float], ...]  # the schedules due soonest: id, seconds until then
+    #: the queue's workers wherever they run: name, host, launcher, state, jobs done
+    workers: tuple[tuple[str, str, str, str, int], ...]
     state: str
     finished: int
     total: int
@@ -139,6 +143,8 @@ class QueuePanel(w.VBox):  # type: ignore[misc]
         self.batch = ProgressBatch()
         self._schedules: list[tuple[float, str]] = []  # (next run, id) of the queue's schedules
         self._schedules_read_at = float("-inf")
+        self._workers: tuple[tuple[str, str, str, str, int], ...] = ()
+        self._workers_read_at = float("-inf")
         self.updates = 0  # how many times widget values were pushed (for tests and the bench)
         self._last: Snapshot | None = None
         # Three widgets change as jobs run: all the text in one HTML, the bar (its label is its
@@ -208,6 +214,7 @@ class QueuePanel(w.VBox):  # type: ignore[misc]
         queued = await manager.jobs(JobStatus.QUEUED, queue=self.queue.settings.name, limit=WAITING_LOOKED)
         held_back = Counter((await manager.why_waiting(queued)).values())
         next_runs = await self._next_runs()
+        workers = await self._workers_now()
         finished, total, rate = self.batch.update(counts)
         now_ms = time.time() * 1000
         worker = self.queue.worker
@@ -224,7 +231,7 @@ class QueuePanel(w.VBox):  # type: ignore[misc]
             failures=tuple((r.name, r.id, r.failure or "", r.error or "") for r in reversed(failed)),
             held_back=tuple(sorted(held_back.items())),
             studies=tuple(study.progress() for study in self.queue.studies[-STUDIES_SHOWN:]),
-            next_runs=next_runs,
+            next_runs=next_runs, workers=workers,
             state=state, finished=finished, total=total, throughput=round(rate, 1),
             success_rate=_success_rate(counts), charts=charts,
         )
@@ -239,6 +246,18 @@ class QueuePanel(w.VBox):  # type: ignore[misc]
                                      if i.next_run is not None and i.queue == self.queue.settings.name)
         wall = time.time()
         return tuple((schedule_id, round(max(0.0, at - wall))) for at, schedule_id in self._schedules[:3])
+
+    async def _workers_now(self) -> tuple[tuple[str, str, str, str, int], ...]:
+        """The queue's workers (their entries, ``presence``), read again every WORKERS_EVERY_S;
+        those gone for good are left out."""
+        now = time.monotonic()
+        if now >= self._workers_read_at + WORKERS_EVERY_S:
+            self._workers_read_at = now
+            entries = await self.queue.manager.list_workers()
+            self._workers = tuple((str(e["name"]), str(e.get("host") or ""), str(e.get("launcher") or ""),
+                                   str(e.get("state") or ""), int(e.get("jobs_done") or 0))
+                                  for e in entries if e.get("state") != "gone")
+        return self._workers
 
     def apply(self, snap: Snapshot) -> None:
         """Push ``snap`` into the widgets, in one batch, unless nothing changed."""
@@ -270,6 +289,7 @@ class QueuePanel(w.VBox):  # type: ignore[misc]
                           f"{_badge_title(k)}>{k} {v}</span>" for k, v in snap.counts)
         return (f"{header}<div>{counts}</div>{_studies(snap)}{_next_runs(snap)}{_held_back(snap)}"
                 f"{_running_table(snap)}"
+                f"{_workers_table(snap)}"
                 f"{_failures_table(snap)}")
 
     def workers_stopped(self) -> None:
@@ -359,6 +379,25 @@ def _running_table(snap: Snapshot) -> str:
         for name, job_id, progress, note, elapsed in snap.running)
     head = "<tr><th>running</th><th>id</th><th>progress</th><th>note</th><th>for</th></tr>"
     return f"<table>{head}{rows}</table>"
+
+
+def _workers_table(snap: Snapshot) -> str:
+    """The queue's workers elsewhere (this kernel's own are the header's state): one row each."""
+    others = [w for w in snap.workers if w[2] != "kernel"]
+    if not others:
+        return ""
+    rows = "".join(f"<tr><td><code>{html.escape(name)}</code></td><td>{html.escape(host)}</td>"
+                   f"<td>{html.escape(launcher)}</td><td class='{_state_class(state)}'>"
+                   f"{html.escape(state)}</td><td class='khadem-nowrap'>{done}</td></tr>"
+                   for name, host, launcher, state, done in others[:WORKERS_SHOWN])
+    more = len(others) - WORKERS_SHOWN
+    tail = f"<tr><td class='khadem-muted' colspan='5'>and {more} more</td></tr>" if more > 0 else ""
+    head = "<tr><th>worker</th><th>host</th><th>launcher</th><th>state</th><th>jobs</th></tr>"
+    return f"<table>{head}{rows}{tail}</table>"
+
+
+def _state_class(state: str) -> str:
+    return "khadem-error" if state == "failed" else ""
 
 
 def _job_cells(name: str, job_id: str) -> str:

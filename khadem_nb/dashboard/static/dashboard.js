@@ -74,6 +74,16 @@ function drawRunning(overview) {
     el("td", {}, row.note || ""), el("td", { class: "num" }, row.running_s.toFixed(1) + " s"))));
 }
 
+function drawWorkers(overview) {
+  document.querySelector("#workers tbody").replaceChildren(...overview.workers.map(row => el("tr",
+    { "data-name": row.name, class: "worker-" + row.state },
+    el("td", {}, row.name), el("td", {}, row.host || ""), el("td", {}, row.launcher || ""),
+    el("td", { title: row.output || "" }, row.state), el("td", {}, (row.queues || []).join(", ")),
+    el("td", { class: "num" }, row.concurrency == null ? "" : String(row.concurrency)),
+    el("td", { class: "num" }, row.jobs_done == null ? "" : String(row.jobs_done)),
+    el("td", {}, row.last_seen ? new Date(row.last_seen).toLocaleTimeString() : ""))));
+}
+
 function drawFailures(overview) {
   document.getElementById("failures").replaceChildren(...overview.failures.map(row => el("details",
     { "data-id": row.id },
@@ -91,6 +101,7 @@ async function refresh() {
     drawCounts(overview);
     drawCharts(overview);
     drawRunning(overview);
+    drawWorkers(overview);
     drawFailures(overview);
     document.body.dataset.refreshedAt = overview.now_ms;
   } catch (error) {
