@@ -160,7 +160,8 @@ def test_launched_workers_are_in_the_panel_and_the_dashboard(tmp_path: Path) -> 
         panel = q.panel()
         snap = q.run(panel.snapshot())
         assert [(w[0], w[2]) for w in snap.workers] == [(launched[0].name, "local")]
-        assert launched[0].name in panel._summary_html(snap) and "<th>launcher</th>" in panel._summary_html(snap)
+        shown = panel._summary_html(snap)
+        assert launched[0].name in shown and "<th>launcher</th>" in shown
 
         async def overview() -> dict:  # type: ignore[type-arg]
             app = create_app(q.manager, "t" * 32, hosts=allowed_hosts("127.0.0.1", 8642))
