@@ -6,15 +6,27 @@ says ``failed`` so that ``workers()`` shows it."""
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import Sequence
 
+from .._time import now_ms
 from ..drivers.base import QueueDriver
 from ..errors import LaunchError
 from ..runtime.presence import PRESENCE_PREFIX, announce
 from .handle import LaunchedWorker
 
+IN_LINE_S = 86_400.0  # how long a batch job waiting in its cluster's line reads "starting"
 OUTPUT_SETTLE_S = 0.5  # how long a worker that exited gets for its last output to arrive
+
+
+async def announce_starting(driver: QueueDriver, workers: Sequence[LaunchedWorker], timeout: float) -> None:
+    """Each worker's entry, ``starting`` until it writes its own (or its start timeout passes)."""
+    now = now_ms()
+    for worker in workers:
+        await announce(driver, {"name": worker.name, "host": worker.host, "launcher": worker.launcher,
+                                "state": "starting", "started": None, "last_seen": now,
+                                "until": now + int(timeout * 1000)})
 
 
 async def wait_registered(driver: QueueDriver, workers: Sequence[LaunchedWorker], timeout: float) -> None:
@@ -22,15 +34,17 @@ async def wait_registered(driver: QueueDriver, workers: Sequence[LaunchedWorker]
     line); ``LaunchError`` naming the first that exited at start or did not register within
     ``timeout`` (it is stopped)."""
     deadline = time.monotonic() + timeout
+    await announce_starting(driver, workers, timeout)
     waiting = {w.name: w for w in workers}
     while waiting:
-        registered = await driver.kv_scan(PRESENCE_PREFIX)
+        registered = await _registered(driver)
         for name, worker in list(waiting.items()):
-            if f"{PRESENCE_PREFIX}{name}" in registered:
+            if name in registered:
                 del waiting[name]
                 await worker.registered()
             elif worker.waits_in_line():
                 del waiting[name]
+                await announce_starting(driver, [worker], IN_LINE_S)
         for worker in list(waiting.values()):
             if worker.exited():
                 await asyncio.sleep(OUTPUT_SETTLE_S)
@@ -43,6 +57,19 @@ async def wait_registered(driver: QueueDriver, workers: Sequence[LaunchedWorker]
             await fail(driver, worker, f"did not register within {timeout:g}s")
         if waiting:
             await asyncio.sleep(0.1)
+
+
+async def _registered(driver: QueueDriver) -> set[str]:
+    """The names of the workers that wrote their own entry."""
+    names = set()
+    for raw in (await driver.kv_scan(PRESENCE_PREFIX)).values():
+        try:
+            item = json.loads(raw)
+        except ValueError:
+            continue
+        if isinstance(item, dict) and item.get("state") not in ("starting", "failed"):
+            names.add(str(item.get("name")))
+    return names
 
 
 async def fail(driver: QueueDriver, worker: LaunchedWorker, why: str) -> None:

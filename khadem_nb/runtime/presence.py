@@ -151,8 +151,11 @@ async def read_entries(driver: QueueDriver) -> list[dict[str, Any]]:
             continue
         if not isinstance(item, dict) or "name" not in item:
             continue
-        live = item.get("state") not in ("gone", "failed")
-        if live and now - int(item.get("last_seen") or 0) > GONE_AFTER_MS:
+        state = item.get("state")
+        if state == "starting":  # written by its launcher: gone once its start timeout has passed
+            if now > int(item.get("until") or 0):
+                item["state"] = "gone"
+        elif state not in ("gone", "failed") and now - int(item.get("last_seen") or 0) > GONE_AFTER_MS:
             item["state"] = "gone"
         found.append(item)
     return sorted(found, key=lambda item: (str(item.get("started")), str(item["name"])))

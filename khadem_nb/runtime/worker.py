@@ -194,6 +194,8 @@ class QueueWorker:
         self._claiming.set()  # let paused consumers see the stop
         self._batch_room.set()  # and consumers waiting for room for a batch
         self.driver.interrupt_waits()
+        if self.executor.running:
+            await self._announce("stopping")  # its running jobs may take the grace
         consumers = [t for t in self._tasks if t.get_name() not in SERVICE_TASKS]
         _, pending = await asyncio.wait(consumers, timeout=grace) if consumers else (set(), set())
         for task in pending:
@@ -575,17 +577,23 @@ class QueueWorker:
         except Exception as exc:  # it expires on its own
             logger.debug("could not remove this worker's presence: %r", exc)
 
+    async def _announce(self, state: str) -> None:
+        resources = self.resources.offered if self.resources is not None else {}
+        try:
+            await announce(self.driver, entry(
+                self.presence_name, state=state, started_ms=self.started_ms, queues=self.queues,
+                concurrency=self.options.concurrency, resources=resources, jobs_done=self.processed,
+                launcher=self.launcher))
+        except Exception as exc:
+            stop_if_cancelled()
+            logger.debug("could not write this worker's presence: %r", exc)
+
     async def _stay_present(self) -> None:
         """Write this worker's entry among the queue's workers now and every PRESENCE_EVERY_S
         (``presence``); stop, finishing the jobs in hand, once a retirement is asked of it."""
         while not self._stopping.is_set():
             try:
-                state = "busy" if self.executor.running else "idle"
-                resources = self.resources.offered if self.resources is not None else {}
-                await announce(self.driver, entry(
-                    self.presence_name, state=state, started_ms=self.started_ms, queues=self.queues,
-                    concurrency=self.options.concurrency, resources=resources, jobs_done=self.processed,
-                    launcher=self.launcher))
+                await self._announce("busy" if self.executor.running else "idle")
                 if await retire_asked(self.driver, self.presence_name, self.started_ms):
                     logger.info("worker %s retired: it finishes the jobs in hand, then stops",
                                 self.presence_name)
