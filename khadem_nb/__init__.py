@@ -32,6 +32,7 @@ from .errors import (
     ResultTimeoutError,
     RetryJob,
     SerializationError,
+    Snooze,
     UnknownJobError,
 )
 from .factory import QueueFactory
@@ -104,6 +105,7 @@ __all__ = [
     "ResultTimeoutError",
     "RetryJob",
     "SerializationError",
+    "Snooze",
     "SuccessiveHalving",
     "UnknownJobError",
     "WorkerHooks",

@@ -23,6 +23,7 @@ commands:
   workers  list a queue's workers, wherever they run
   launch   start workers of a queue here, on another machine over SSH, or as Slurm jobs
   autoscale  keep a number of launched workers that follows the queue's backlog
+  pause    pause a queue for every worker, wherever it runs (resume: let them claim again)
 """
 URL_HELP = ("queue URL, e.g. sqlite:///runs.db (runs.db in the working directory), sqlite:////abs/runs.db "
             "(an absolute path), file:///tmp/q, redis://host:6379/0 (env KHADEM_QUEUE_URL)")
@@ -48,7 +49,17 @@ def build_parser() -> argparse.ArgumentParser:
     _add_cancel(commands)
     _add_dashboard(commands)
     _add_launch(commands)
+    _add_pause(commands)
     return parser
+
+
+def _add_pause(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    for verb, what in (("pause", "Pause a queue: every worker of it, on any machine, stops claiming its "
+                        "jobs (running ones finish); dispatch goes on."),
+                       ("resume", "Resume a paused queue: its workers claim its jobs again.")):
+        command = commands.add_parser(verb, help=what.split(":")[0].lower(), description=what)
+        command.add_argument("--queue-url", default=os.environ.get("KHADEM_QUEUE_URL"), help=URL_HELP)
+        command.add_argument("--queue", default=None, help="the named queue (default: the URL's queue)")
 
 
 def _launch_arguments(command: argparse.ArgumentParser) -> None:
@@ -221,13 +232,8 @@ def _dispatch(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         for job_id in cancelled:
             print(job_id)
         return 0
-    if args.command in ("launch", "autoscale"):
-        return _launch_command(args)
-    if args.command == "workers":
-        from .ops.stats import print_workers
-
-        asyncio.run(print_workers(args.queue_url))
-        return 0
+    if args.command in ("pause", "resume", "launch", "autoscale", "workers"):
+        return _fleet_command(args)
     from .ops.stats import print_stats
 
     asyncio.run(print_stats(args.queue_url, args.queue))
@@ -245,6 +251,31 @@ async def _cancel(url: str, ids: Sequence[str], all_queued: bool, queue: str | N
         return await manager.cancel(ids, reason=reason)
     finally:
         await manager.close()
+
+
+def _fleet_command(args: argparse.Namespace) -> int:
+    """The commands that act on a queue's workers wherever they run."""
+    if args.command in ("pause", "resume"):
+        print(asyncio.run(_pause(args.queue_url, args.queue, args.command == "pause")))
+        return 0
+    if args.command in ("launch", "autoscale"):
+        return _launch_command(args)
+    from .ops.stats import print_workers
+
+    asyncio.run(print_workers(args.queue_url))
+    return 0
+
+
+async def _pause(url: str, queue: str | None, pause: bool) -> str:
+    from .manager import QueueManager
+
+    async with QueueManager(url) as manager:
+        name = queue or manager.settings.name
+        if pause:
+            await manager.pause_queue(name)
+            return f"queue {name!r} paused: its workers claim nothing until it is resumed"
+        resumed = await manager.resume_queue(name)
+        return f"queue {name!r} resumed" if resumed else f"queue {name!r} was not paused"
 
 
 def _launch_command(args: argparse.Namespace) -> int:

@@ -23,7 +23,8 @@
     │   └── ResultTimeoutError      waiting on a job took longer than asked (also a TimeoutError)
     ├── LaunchError                 a launcher could not start a worker (its own message)
     ├── RetryJob                    control flow: raise inside ``handle`` to retry, optionally
-    │                               after ``delay`` seconds, without counting it as an error
+    │   │                           after ``delay`` seconds, without counting it as an error
+    │   └── Snooze                  control flow: run again after ``seconds``, no attempt spent
     └── Preempted                   control flow: raise inside a job its stopping worker
                                     preempts: it goes back to the queue, no attempt spent
 
@@ -143,10 +144,22 @@ class RetryJob(KhademError):
     job's backoff for this one retry.
     """
 
-    def __init__(self, delay: float | None = None, reason: str = "retry requested") -> None:
+    def __init__(self, delay: float | None = None, reason: str = "retry requested", *,
+                 count_attempt: bool = True) -> None:
         self.delay = delay
         self.reason = reason
+        #: ``False``: the attempt is not spent (a snooze, bounded by ``max_snoozes``)
+        self.count_attempt = count_attempt
         super().__init__(reason if delay is None else f"{reason} (in {delay:g}s)")
+
+
+class Snooze(RetryJob):
+    """Raise inside a job whose input is not ready yet: it goes back to the queue and runs
+    again after ``seconds``, without spending an attempt. The record counts its snoozes
+    (``meta["snoozes"]``); past the job's ``max_snoozes`` (1,000 by default) it fails saying so."""
+
+    def __init__(self, seconds: float, reason: str = "snoozed") -> None:
+        super().__init__(seconds, reason, count_attempt=False)
 
 
 class Preempted(KhademError):
@@ -184,5 +197,6 @@ __all__ = [  # the tree; CodeChangedWarning, a warning, is exported by the packa
     "RetryJob",
     "SerializationError",
     "ShippedCodeError",
+    "Snooze",
     "UnknownJobError",
 ]

@@ -103,6 +103,9 @@ class QueueJob:
     max_retry_delay: ClassVar[float] = 3600.0
     retry_jitter: ClassVar[bool] = False
     should_retry: ClassVar[bool] = True
+    #: how often ``raise Snooze(s)`` (or ``RetryJob(count_attempt=False)``) may put it back
+    #: without spending an attempt; once more, it fails saying so
+    max_snoozes: ClassVar[int] = 1000
     priority: ClassVar[int] = 0
     timeout: ClassVar[float | None] = None
     #: seconds a finished record (its result or error) is kept, beside the queue's retention

@@ -524,6 +524,20 @@ class QueueManager:
             raise ConfigError(f"retire() takes a worker's name or 'all', got {name!r}")
         await ask_retire(self.driver, name)
 
+    async def pause_queue(self, queue: str | None = None) -> None:
+        """Pause ``queue`` (default: this manager's) for every worker, wherever it runs: no
+        claim that starts after this returns takes its jobs; running jobs finish, dispatch goes
+        on. A queue with no job yet may be paused."""
+        await self.driver.pause(limits.queue_name(queue or self.settings.name))
+
+    async def resume_queue(self, queue: str | None = None) -> bool:
+        """Let every worker claim ``queue``'s jobs again; whether it was paused."""
+        return await self.driver.resume(limits.queue_name(queue or self.settings.name))
+
+    async def paused_queues(self) -> list[str]:
+        """The names of the paused queues, sorted."""
+        return await self.driver.paused_queues()
+
     async def trim(self) -> int:
         """Apply retention now, then collect the artifact store: the objects no record refers
         to any more and older than ``queue.artifact_grace`` go away. How many objects did."""

@@ -569,3 +569,33 @@ class ReadsEnvironment(QueueJob):
 
     def handle(self) -> str | None:
         return os.environ.get(self.name)
+
+
+class WaitsForInput(QueueJob):
+    """Snoozes until ``path`` exists (its input not ready yet), then returns what it holds."""
+
+    max_snoozes: ClassVar[int] = 200
+
+    def __init__(self, path: str, seconds: float = 0.05) -> None:
+        self.path = path
+        self.seconds = seconds
+
+    def handle(self) -> str:
+        from khadem_nb import Snooze
+
+        if not os.path.exists(self.path):
+            raise Snooze(self.seconds)
+        with open(self.path, encoding="utf-8") as handle:
+            return handle.read()
+
+
+class AlwaysSnoozes(QueueJob):
+    """Never finds its input: snoozes until its ``max_snoozes`` runs out."""
+
+    max_snoozes: ClassVar[int] = 3
+    max_attempts: ClassVar[int] = 5
+
+    def handle(self) -> None:
+        from khadem_nb import Snooze
+
+        raise Snooze(0.01, "input not ready")

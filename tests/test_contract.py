@@ -10,7 +10,7 @@ from typing import Any, ClassVar
 
 import pytest
 from conftest import QUEUED_DRIVERS, SHARED_DRIVERS, driver_config, make_manager
-from jobs import RUN_LOG, AskRetry, Boom, Echo, Flaky, Noop, Sleepy, ThreadName
+from jobs import RUN_LOG, AlwaysSnoozes, AskRetry, Boom, Echo, Flaky, Noop, Sleepy, ThreadName, WaitsForInput
 
 from khadem_nb import ConfigError, FixedBackoff, JobStatus, QueueJob, QueueManager
 from khadem_nb.config import parse_config
@@ -650,3 +650,27 @@ async def test_a_burst_worker_waits_for_the_quick_retry_of_a_job_it_ran(queued_m
     worker = await queued_manager.start_worker(burst=True, concurrency=3, delay=0.02)
     assert not worker.running and worker.processed == 2
     assert (await queued_manager.get_job(job_id)).status is JobStatus.COMPLETED
+
+
+async def test_a_snoozed_job_runs_again_later_without_spending_an_attempt(
+        queued_manager: QueueManager, tmp_path: Path) -> None:
+    source = tmp_path / "input.txt"
+    job_id = await queued_manager.dispatch(WaitsForInput(str(source)), max_attempts=1)
+    worker = await queued_manager.start_worker(run_in_background=True, delay=0.02)
+    try:
+        for _ in range(200):
+            if (await queued_manager.get_job(job_id)).meta.get("snoozes", 0) >= 2:
+                break
+            await asyncio.sleep(0.02)
+        waiting = await queued_manager.get_job(job_id)
+        assert waiting.status in (JobStatus.SCHEDULED, JobStatus.QUEUED, JobStatus.ACTIVE)
+        source.write_text("ready")
+        done = (await queued_manager.wait([job_id], timeout=30))[0]
+        assert done.status is JobStatus.COMPLETED and done.result == "ready"
+        assert done.attempt == 1 and done.meta["snoozes"] >= 2  # no attempt spent by the snoozes
+        stuck = await queued_manager.dispatch(AlwaysSnoozes())
+        failed = (await queued_manager.wait([stuck], timeout=30))[0]
+        assert failed.status is JobStatus.FAILED and failed.attempt == 1
+        assert "snoozed 3 times, the job's max_snoozes: input not ready" in (failed.error or "")
+    finally:
+        await worker.stop()

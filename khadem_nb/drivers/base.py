@@ -64,12 +64,13 @@ class Verb(str, Enum):
     COMPLETE = "complete"  # finished: its result is stored
     FAIL = "fail"  # failed for good: kept with its error, retryable by hand
     RETRY = "retry"  # an attempt failed: back to the queue after a delay, its error kept
-    RELEASE = "release"  # given back untouched (a worker stopping): the attempt does not count
+    RELEASE = "release"  # given back (a worker stopping, a snooze): the attempt does not count
 
     def __str__(self) -> str:
         return self.value
 
 
+PAUSED_PREFIX = "paused/"  # the keyed store's flag of a paused queue (``pause``)
 COMPLETE, FAIL, RETRY, RELEASE = Verb.COMPLETE, Verb.FAIL, Verb.RETRY, Verb.RELEASE
 
 
@@ -87,7 +88,7 @@ class Settlement:
 
     @property
     def delay_ms(self) -> int:
-        return int(self.delay_s * 1000) if self.verb is RETRY else 0
+        return int(self.delay_s * 1000) if self.verb is RETRY or self.verb is RELEASE else 0
 
     def apply(self, record: JobRecord) -> None:
         """Make this settle's field changes on ``record``: the one place they are made."""
@@ -108,9 +109,9 @@ class Settlement:
             record.started_ms = record.finished_ms = None
             record.error, record.traceback, record.failure = self.error, self.traceback, self.failure
         else:
-            record.status = QUEUED
+            record.status = SCHEDULED if self.delay_s > 0 else QUEUED
             record.attempt = max(0, record.attempt - 1)
-            record.available_ms = self.at_ms
+            record.available_ms = self.at_ms + self.delay_ms
             record.started_ms = None
 
     def stop(self, record: JobRecord) -> None:
@@ -237,9 +238,10 @@ class QueueDriver(ABC):
                                 failure=failure)
         return self._counted(await self._settle(record, settlement))
 
-    async def release(self, record: JobRecord) -> bool:
-        """Give a claimed job back untouched (worker shutting down): the attempt does not count."""
-        return self._counted(await self._settle(record, Settlement(RELEASE, self.clock())))
+    async def release(self, record: JobRecord, delay_s: float = 0.0) -> bool:
+        """Give a claimed job back (a worker stopping, a job snoozing for ``delay_s``): the
+        attempt does not count."""
+        return self._counted(await self._settle(record, Settlement(RELEASE, self.clock(), delay_s=delay_s)))
 
     def _counted(self, settled: bool) -> bool:
         if not settled:
@@ -362,6 +364,28 @@ class QueueDriver(ABC):
 
     async def _fired_state(self, schedule_id: str) -> tuple[int | None, str | None]:
         return _fired(await self.kv_get(f"{FIRED_KEY}{schedule_id}"))
+
+    # -- queue-wide pause ----------------------------------------------------------------------
+    # A paused queue's jobs are not claimed by any worker, wherever it runs: the flag is the
+    # keyed store's ``paused/<queue>``, read inside each driver's claim (its transaction, its
+    # Lua script, its lock), so no claim that starts after ``pause`` returns takes a job.
+    async def pause(self, queue: str) -> None:
+        """Stop every claim of ``queue``'s jobs until ``resume``."""
+        await self.kv_put(f"{PAUSED_PREFIX}{queue}", b"1")
+
+    async def resume(self, queue: str) -> bool:
+        """Let ``queue``'s jobs be claimed again; whether it was paused."""
+        resumed = await self.kv_delete(f"{PAUSED_PREFIX}{queue}")
+        if resumed:
+            self.wake_claims()
+        return resumed
+
+    async def paused_queues(self) -> list[str]:
+        """The names of the paused queues, sorted."""
+        return sorted(key[len(PAUSED_PREFIX):] for key in await self.kv_scan(PAUSED_PREFIX))
+
+    def wake_claims(self) -> None:
+        """Claims of this process waiting for work look again (jobs may have become claimable)."""
 
     # -- the keyed store -----------------------------------------------------------------------
     # Bytes under short text keys (``_kv.check_key``), each with an optional lifetime in

@@ -71,6 +71,7 @@ from ._records import due_view, reclaim
 from .base import (
     CODE_DIGEST,
     FIRED_KEY,
+    PAUSED_PREFIX,
     RELEASE,
     RETRY,
     SCHEDULES_KEY,
@@ -442,6 +443,8 @@ class FileStore:
                 self._next_sweep_ms = now + int(self.settings.lease_s * 250)
             claimed: list[JobRecord] = []
             for queue in queues:
+                if self.kv_get(f"{PAUSED_PREFIX}{queue}") is not None:
+                    continue
                 if self._promote_due(queue, now):
                     self._ready_cache.pop(queue, None)
                 if self.listdir("limited", queue):
@@ -1007,6 +1010,9 @@ class FileDriver(QueueDriver):
         if holder is None:
             self._waits.wake()
         return holder
+
+    def wake_claims(self) -> None:
+        self._waits.wake()
 
     def interrupt_waits(self) -> None:
         self._waits.interrupt()

@@ -141,6 +141,7 @@ class MemoryDriver(QueueDriver):
         self._locks_swept_at = LOCK_SWEEP_MIN  # locks held when dead ones are next dropped
         self._kv: dict[str, tuple[bytes, int | None]] = {}  # the keyed store: value, expiry ms
         self._kv_swept_at = LOCK_SWEEP_MIN  # values held when expired ones are next dropped
+        self._paused: set[str] = set()  # the queues paused (``pause``): take_ready skips them
         #: (expiry ms, id) of finished records with a ``keep_ms`` of their own, soonest first
         self._expiring: list[tuple[int, str]] = []
         self._retention = settings.retention
@@ -285,6 +286,19 @@ class MemoryDriver(QueueDriver):
         if self._condition is not None:
             asyncio.get_running_loop().create_task(self._notify_all())
 
+    async def pause(self, queue: str) -> None:
+        self._paused.add(queue)
+
+    async def resume(self, queue: str) -> bool:
+        if queue not in self._paused:
+            return False
+        self._paused.discard(queue)
+        await self._notify_all()
+        return True
+
+    async def paused_queues(self) -> list[str]:
+        return sorted(self._paused)
+
     async def _notify_all(self) -> None:
         cond = self._cond()
         async with cond:
@@ -326,6 +340,8 @@ class MemoryDriver(QueueDriver):
         records, delayed, ready = self._records, self._delayed, self._ready
         self._reopens_at = None
         for queue in queues:
+            if queue in self._paused:
+                continue
             if delayed.get(queue):
                 self._promote_due(queue, now)
             if self._limited.get(queue):

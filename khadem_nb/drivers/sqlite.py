@@ -173,6 +173,8 @@ UPDATE khadem_jobs
  WHERE seq IN (SELECT seq FROM khadem_jobs
                 WHERE queue = :queue AND status IN ('queued', 'scheduled') AND available_ms <= :now
                       AND {{lane}}
+                      AND NOT EXISTS (SELECT 1 FROM khadem_kv WHERE key = 'paused/' || :queue
+                                         AND (expires_ms IS NULL OR expires_ms > :now))
                 ORDER BY priority DESC, seq LIMIT :limit)
 RETURNING seq, {", ".join(COLUMNS)}
 """
@@ -730,6 +732,9 @@ class SqliteDriver(QueueDriver):
         if holder is None:
             self._waits.wake()
         return holder
+
+    def wake_claims(self) -> None:
+        self._waits.wake()
 
     def interrupt_waits(self) -> None:
         self._waits.interrupt()

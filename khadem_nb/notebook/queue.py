@@ -318,18 +318,33 @@ class Queue:
     def running(self) -> bool:
         return self._worker is not None and self._worker.running
 
-    def pause(self) -> None:
-        """Stop claiming new jobs; running jobs finish."""
-        if self._worker is not None:
+    def pause(self, everywhere: bool = False) -> None:
+        """Stop this kernel's workers claiming new jobs; running jobs finish. With
+        ``everywhere=True`` the queue itself is paused: every worker of it, on any machine,
+        stops claiming (``manager.pause_queue``) until ``resume(everywhere=True)``."""
+        if everywhere:
+            self.run(self.manager.pause_queue(self.settings.name))
+        elif self._worker is not None:
             self.call_soon(self._worker.pause)
 
-    def resume(self) -> None:
+    def resume(self, everywhere: bool = False) -> bool:
+        """Let this kernel's workers claim again; with ``everywhere=True``, resume the queue for
+        every worker (whether it was paused)."""
+        if everywhere:
+            return self.run(self.manager.resume_queue(self.settings.name))
         if self._worker is not None:
             self.call_soon(self._worker.resume)
+        return True
 
     @property
     def paused(self) -> bool:
+        """Whether this kernel's workers are paused (``paused_everywhere``: the queue)."""
         return self._worker is not None and self._worker.paused
+
+    @property
+    def paused_everywhere(self) -> bool:
+        """Whether the queue itself is paused, for every worker."""
+        return self.settings.name in self.run(self.manager.paused_queues())
 
     # -- pruning -------------------------------------------------------------------------------
     def watch_pruning(self, ids: Sequence[str], pruner: Pruner) -> None:

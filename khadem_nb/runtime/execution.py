@@ -43,6 +43,7 @@ from .isolation import ChildRaised, ProcessPool
 from .shipping import CodeLoader
 
 logger = logging.getLogger(__name__)
+SNOOZES = "snoozes"  # the record's meta key counting its snoozes (``Snooze``)
 
 Hook = Callable[..., Any]
 
@@ -366,9 +367,10 @@ class JobExecutor:
 
     async def _settle_failure(self, record: JobRecord, job: QueueJob | None, exc: BaseException,
                               text: str, started: float, *, retryable: bool) -> None:
-        if isinstance(exc, Preempted):  # checkpointed, back to the queue: no attempt spent
-            await self._give_back(record, started)
+        if await self._gave_way(record, job, exc, started):
             return
+        if isinstance(exc, RetryJob) and not exc.count_attempt:
+            retryable = False  # snoozed as often as it may: it fails, saying so
         duration_ms = (time.perf_counter() - started) * 1000
         error, kind = _describe(exc), failure_kind(exc)
         delay = self._retry_delay(job, record, exc) if retryable and job is not None else None
@@ -402,10 +404,34 @@ class JobExecutor:
             return None
         return _safe_delay(job)
 
-    async def _give_back(self, record: JobRecord, started: float) -> None:
+    async def _gave_way(self, record: JobRecord, job: QueueJob | None, exc: BaseException,
+                        started: float) -> bool:
+        """Put back without spending an attempt a job preempted (checkpointed) or snoozing
+        within its ``max_snoozes``; whether it was."""
+        if isinstance(exc, Preempted):
+            await self._give_back(record, started)
+            return True
+        if isinstance(exc, RetryJob) and not exc.count_attempt and self._snooze(record, job, exc):
+            await self._give_back(record, started, _bounded(exc.delay or 0.0, "Snooze(seconds)"))
+            return True
+        return False
+
+    @staticmethod
+    def _snooze(record: JobRecord, job: QueueJob | None, exc: RetryJob) -> bool:
+        """Count a snooze in the record; whether it is within the job's ``max_snoozes`` (else
+        ``exc`` says so and the job fails)."""
+        limit = job.max_snoozes if job is not None else QueueJob.max_snoozes
+        snoozes = int(record.meta.get(SNOOZES, 0)) + 1
+        if snoozes > limit:
+            exc.args = (f"snoozed {snoozes - 1} times, the job's max_snoozes: {exc.reason}",)
+            return False
+        record.meta[SNOOZES] = snoozes
+        return True
+
+    async def _give_back(self, record: JobRecord, started: float, delay_s: float = 0.0) -> None:
         duration_ms = (time.perf_counter() - started) * 1000
         try:
-            await self.driver.release(record)
+            await self.driver.release(record, delay_s)
         except Exception:  # the lease will expire and another worker reclaims it
             logger.exception("could not release job %s on stop; its lease will expire", record.id)
         safe_call(self.monitor.job_retried, record, duration_ms)

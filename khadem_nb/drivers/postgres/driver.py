@@ -454,6 +454,9 @@ class PostgresDriver(QueueDriver):
             raise DriverError(f"dispatch on the given connection failed: {exc}") from exc
 
     # -- consuming -----------------------------------------------------------------------------
+    def wake_claims(self) -> None:
+        self._waits.wake()
+
     def interrupt_waits(self) -> None:
         self._waits.interrupt()
 

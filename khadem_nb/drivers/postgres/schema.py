@@ -196,6 +196,8 @@ picked AS (
     SELECT seq FROM {s}.jobs, now
      WHERE queue = %(queue)s AND status IN ('queued', 'scheduled') AND available_ms <= now.ms
            AND {lane}
+           AND NOT EXISTS (SELECT 1 FROM {s}.kv WHERE key = 'paused/' || %(queue)s
+                              AND (expires_ms IS NULL OR expires_ms > now.ms))
      ORDER BY priority DESC, seq
      LIMIT %(limit)s FOR UPDATE SKIP LOCKED
 )

@@ -702,6 +702,21 @@ class RedisDriver(QueueDriver):
         name = kv_key(self.settings.prefix, check_key(key))
         return bool(await self._on([], lambda: self.client.delete(name)))
 
+    async def pause(self, queue: str) -> None:
+        """The queue's own ``paused`` key (read by ``reserve.lua`` and ``enqueue.lua``, under the
+        queue's hash tag as a script's keys must be on Cluster) and the keyed store's flag, which
+        ``paused_queues`` lists. The queue is registered, so ``purge`` finds its key."""
+        await self._announce([queue])
+        key = self.keys(queue)[KEY_INDEX["paused"]]
+        await self._on(queue, lambda: self.client.set(key, b"1"))
+        await super().pause(queue)
+
+    async def resume(self, queue: str) -> bool:
+        key = self.keys(queue)[KEY_INDEX["paused"]]
+        removed = await self._on(queue, lambda: self.client.delete(key))
+        listed = await super().resume(queue)
+        return bool(removed) or listed
+
     async def purge(self) -> None:
         """Delete every queue under the prefix, the registry of them, the code store and the
         keyed store."""

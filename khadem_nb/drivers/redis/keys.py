@@ -35,6 +35,7 @@ lanes      hash         lane -> its rule (JSON, as the last dispatch to it wrote
 lane_wait  sorted set   lanes with ready jobs, scored by the score of their first one
 lane_held  hash         lane -> how many of its jobs are held now
 awaiting   sorted set   jobs waiting for others (``dependencies``), scored by creation order
+paused     string       present while the queue is paused: no claim and no hand-off takes its jobs
 =========  ===========  ========================================================================
 
 Each lane also has two keys of its own under the same hash tag: ``lane_wait:<lane>``, a sorted
@@ -64,7 +65,7 @@ from ...job import JobStatus
 KEY_NAMES = ("seq", "ready", "delayed", "active", "completed", "failed", "all", "state", "token",
              "result", "error", "reclaims", "meta", "keys", "notify", "sweep", "waiting", "handoff",
              "line", "cancelled", "unique", "expiring", "lane_of", "lanes", "lane_wait", "lane_held",
-             "awaiting")
+             "awaiting", "paused")
 #: position of each key in ``KEY_NAMES`` (and in a script's ``KEYS``, counted from 0)
 KEY_INDEX = {name: index for index, name in enumerate(KEY_NAMES)}
 #: the Redis type of each key (``TYPE`` answers ``none`` for a key not yet written)
@@ -73,7 +74,7 @@ KEY_TYPES = {"seq": "string", "ready": "zset", "delayed": "zset", "active": "zse
              "error": "hash", "reclaims": "hash", "meta": "hash", "keys": "hash", "notify": "list",
              "sweep": "string", "waiting": "zset", "handoff": "list", "line": "list",
              "cancelled": "zset", "unique": "hash", "expiring": "zset", "lane_of": "hash", "lanes": "hash",
-             "lane_wait": "zset", "lane_held": "hash", "awaiting": "zset"}
+             "lane_wait": "zset", "lane_held": "hash", "awaiting": "zset", "paused": "string"}
 #: a queue's keys of earlier versions: its schedules by id, and ``slot|job`` of each one's last
 #: fired slot
 LEGACY_NAMES = ("schedules", "ticks")

@@ -121,7 +121,7 @@ end
 
 local handed = 0
 if #ready + #line > 0 and redis.call('ZCARD', KEYS[K_READY]) == 0
-    and redis.call('LLEN', KEYS[K_LINE]) == 0 then
+    and redis.call('LLEN', KEYS[K_LINE]) == 0 and redis.call('EXISTS', KEYS[K_PAUSED]) == 0 then
   redis.call('ZREMRANGEBYSCORE', KEYS[K_WAITING], '-inf', '(' .. now)
   local waiters = redis.call('ZPOPMAX', KEYS[K_WAITING], #ready / 2 + #line)
   if #waiters > 0 then

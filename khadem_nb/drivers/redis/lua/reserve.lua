@@ -58,6 +58,12 @@ end
 local next_due = redis.call('ZRANGE', KEYS[K_DELAYED], 0, 0, 'WITHSCORES')
 local out = {now, next_due[2] and math.max(0, tonumber(next_due[2]) - now) or -1}
 
+-- a paused queue: nothing is claimed, and its workers wait without registering for hand-off
+if redis.call('EXISTS', KEYS[K_PAUSED]) == 1 then
+  redis.call('ZREM', KEYS[K_WAITING], ARGV[7])
+  return out
+end
+
 -- handed-off rows still on the list: whole if the job is still active under the row's token
 local rows = redis.call('LPOP', KEYS[K_HANDOFF], limit) or {}
 for _, row in ipairs(rows) do
