@@ -118,14 +118,14 @@ def test_panel_in_a_real_browser(voila: str, tmp_path: Path) -> None:
         while _completed(page) < 6:
             assert time.monotonic() < deadline, page.inner_text(".khadem-panel")
             time.sleep(0.1)
-        page.get_by_role("button", name="Pause").click()
+        page.get_by_role("button", name="Pause here").click()
         page.wait_for_function("document.querySelector('.khadem-panel').innerText.includes('paused')")
         time.sleep(1.0)  # running jobs (at most 2) finish; nothing new starts
         paused_at = _completed(page)
         time.sleep(1.5)
         assert _completed(page) == paused_at, "progress continued while paused"
         assert paused_at < 59
-        page.get_by_role("button", name="Resume").click()
+        page.get_by_role("button", name="Resume here").click()
         page.wait_for_function(
             "document.querySelector('.khadem-panel').innerText.includes('60 / 60 (100%)')", timeout=60_000)
         text = page.inner_text(".khadem-panel")

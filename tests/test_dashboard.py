@@ -371,3 +371,20 @@ async def test_a_job_page_links_its_artifacts_and_serves_them_to_readers(tmp_pat
     assert record.result["small"]["__kn__"] == "np.array"  # small: kept in the record, no link
     assert other.status_code == 404 and "refers to no artifact" in other.json()["error"]
     assert refused.status_code == 401
+
+
+async def test_pause_and_resume_a_queue_from_the_dashboard(queue: QueueManager) -> None:
+    async with client(queue) as http:
+        refused = await http.post("/api/queues/mail/pause")
+        assert refused.status_code == 403 and await queue.paused_queues() == []
+        paused = await http.post("/api/queues/mail/pause", headers={"X-Khadem-Token": TOKEN})
+        assert paused.json() == {"paused": "mail"} and await queue.paused_queues() == ["mail"]
+        overview = (await http.get("/api/overview")).json()
+        assert overview["paused"] == ["mail"] and "mail" in overview["counts"]
+        worker = await queue.start_worker(burst=True, queues=["mail"])
+        assert worker.processed == 0 and (await queue.counts("mail"))["queued"] == 1  # nobody claims it
+        resumed = await http.post("/api/queues/mail/resume", headers={"X-Khadem-Token": TOKEN})
+        assert resumed.json() == {"resumed": True}
+        assert (await http.post("/api/queues/mail/resume", headers={"X-Khadem-Token": TOKEN})).json() == \
+            {"resumed": False}
+        assert (await http.get("/api/overview")).json()["paused"] == []

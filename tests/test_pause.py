@@ -83,3 +83,28 @@ def test_a_pause_from_the_command_line_stops_three_worker_processes(driver: str,
             async with QueueManager(config) as manager:
                 await manager.driver.purge()
         asyncio.run(purge())
+
+
+def test_the_panel_pauses_the_queue_everywhere_and_says_so(tmp_path: Path) -> None:
+    import khadem_nb as kn
+
+    q = kn.Queue(f"sqlite:///{tmp_path / 'runs.db'}")
+    try:
+        panel = q.panel()
+        assert panel.buttons["pause"].description == "Pause here"
+        panel.buttons["pause_queue"].click()
+        deadline = time.monotonic() + 10
+        while not q.paused_everywhere:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        snap = q.run(panel.snapshot())
+        assert snap.queue_paused and "queue paused everywhere" in panel._summary_html(snap)
+        panel.buttons["resume_queue"].click()
+        while q.paused_everywhere:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        q.pause(everywhere=True)
+        assert q.paused_everywhere and q.resume(everywhere=True) is True
+        panel.close()
+    finally:
+        q.close()

@@ -235,6 +235,17 @@ class Dashboard:
     async def purge_failed(self, request: Request) -> Response:
         return JSONResponse({"deleted": await self.manager.purge_failed()})
 
+    async def pause_queue(self, request: Request) -> Response:
+        queue = request.path_params["queue"]
+        await self.manager.pause_queue(queue)
+        self.overview.forget()
+        return JSONResponse({"paused": queue})
+
+    async def resume_queue(self, request: Request) -> Response:
+        resumed = await self.manager.resume_queue(request.path_params["queue"])
+        self.overview.forget()
+        return JSONResponse({"resumed": resumed})
+
 
 def create_app(manager: QueueManager, token: str, *, private_reads: bool = False,
                hosts: frozenset[str] | None = None) -> Starlette:
@@ -254,6 +265,8 @@ def create_app(manager: QueueManager, token: str, *, private_reads: bool = False
         Route("/api/jobs/{job_id}/cancel", act(board.cancel), methods=["POST"]),
         Route("/api/failed/retry", act(board.retry_all_failed), methods=["POST"]),
         Route("/api/failed/purge", act(board.purge_failed), methods=["POST"]),
+        Route("/api/queues/{queue}/pause", act(board.pause_queue), methods=["POST"]),
+        Route("/api/queues/{queue}/resume", act(board.resume_queue), methods=["POST"]),
         Mount("/static", StaticFiles(packages=[("khadem_nb.dashboard", "static")]), name="static"),
     ]
     app = Starlette(routes=routes, exception_handlers={404: _not_found})

@@ -55,6 +55,10 @@ class Overview:
         self._queues: list[str] = []
         self._queues_at = -QUEUES_REFRESH_S
 
+    def forget(self) -> None:
+        """Compute afresh at the next read (an action changed what the page shows)."""
+        self._cached = None
+
     async def read(self) -> dict[str, Any]:
         async with self._lock:
             if self._cached is None or time.monotonic() - self._cached_at >= REFRESH_S:
@@ -67,7 +71,8 @@ class Overview:
         if time.monotonic() - self._queues_at >= QUEUES_REFRESH_S:
             self._queues = await manager.driver.queue_names() or [manager.settings.name]
             self._queues_at = time.monotonic()
-        queues = self._queues
+        paused = await manager.paused_queues()
+        queues = sorted({*self._queues, *paused})
         counts = {queue: await manager.counts(queue) for queue in queues}
         now_ms = time.time_ns() // 1_000_000
         done, broke = await self.minutes.refresh(manager, now_ms)
@@ -81,6 +86,7 @@ class Overview:
             "throughput": {"bucket_s": BUCKET_MS // 1000, "completed": done, "failed": broke},
             "running": [running_row(r, now_ms) for r in reversed(running)],
             "workers": [worker_row(e) for e in await manager.list_workers()][:WORKERS_SHOWN],
+            "paused": paused,
             "failures": [failure_row(r) for r in reversed(failed)],
         }
 

@@ -17,6 +17,7 @@ import html
 import logging
 import time
 from collections import Counter, deque
+from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -37,6 +38,16 @@ THROUGHPUT_WINDOW_S = 5.0
 STUDIES_SHOWN = 3  # the latest studies of this kernel the panel shows
 SAMPLES_KEPT = 3000  # refreshes the charts' samples cover: five minutes at the fastest refresh
 SCHEDULES_EVERY_S = 5.0  # how often the panel reads the schedules again
+#: the panel's buttons: name (``act``), label, icon, tooltip
+BUTTONS = (("pause", "Pause here", "pause", "this kernel's workers stop claiming; workers elsewhere go on"),
+           ("resume", "Resume here", "play", "this kernel's workers claim again"),
+           ("stop", "Stop", "stop", "stop this kernel's workers"),
+           ("retry_failed", "Retry Failed", "redo", "queue the failed jobs again"),
+           ("cancel", "Cancel", "ban", "cancel everything queued and running in this queue"),
+           ("pause_queue", "Pause queue", "pause-circle", "every worker of the queue, on any machine, "
+            "stops claiming (running jobs finish)"),
+           ("resume_queue", "Resume queue", "play-circle", "every worker of the queue claims again"))
+QUEUE_PAUSED = " <span class='khadem-held'>queue paused everywhere</span>"
 WORKERS_EVERY_S = 2.0  # how often the panel reads the queue's workers' entries
 WORKERS_SHOWN = 8
 WAITING_LOOKED = 100  # queued jobs, oldest first, whose reasons to wait the panel counts
@@ -83,6 +94,7 @@ class Snapshot:
     next_runs: tuple[tuple[str, float], ...]  # the schedules due soonest: id, seconds until then
     #: the queue's workers wherever they run: name, host, launcher, state, jobs done
     workers: tuple[tuple[str, str, str, str, int], ...]
+    queue_paused: bool  # the queue itself is paused, for every worker (``pause_queue``)
     state: str
     finished: int
     total: int
@@ -145,6 +157,7 @@ class QueuePanel(w.VBox):  # type: ignore[misc]
         self._schedules_read_at = float("-inf")
         self._workers: tuple[tuple[str, str, str, str, int], ...] = ()
         self._workers_read_at = float("-inf")
+        self._paused_everywhere = False  # the queue itself is paused (read with the workers)
         self.updates = 0  # how many times widget values were pushed (for tests and the bench)
         self._last: Snapshot | None = None
         # Three widgets change as jobs run: all the text in one HTML, the bar (its label is its
@@ -156,10 +169,9 @@ class QueuePanel(w.VBox):  # type: ignore[misc]
         self.progress = w.FloatProgress(min=0.0, max=1.0, value=0.0, bar_style="info",
                                         style={"description_width": "initial"},
                                         layout=w.Layout(width="auto", max_width="600px"))
-        self.buttons = {name: w.Button(description=name.replace("_", " ").title(), icon=icon,
+        self.buttons = {name: w.Button(description=label, icon=icon, tooltip=tip,
                                        layout=w.Layout(width="auto"))
-                        for name, icon in (("pause", "pause"), ("resume", "play"), ("stop", "stop"),
-                                           ("retry_failed", "redo"), ("cancel", "ban"))}
+                        for name, label, icon, tip in BUTTONS}
         for name, button in self.buttons.items():
             button.on_click(lambda _b, action=name: self.act(action))
         row = w.Layout(display="flex", flex_flow="row wrap", align_items="center", width="100%")
@@ -179,8 +191,9 @@ class QueuePanel(w.VBox):  # type: ignore[misc]
 
     # -- actions ---------------------------------------------------------------------------------
     def act(self, action: str) -> None:
-        """What the buttons do: ``pause``, ``resume``, ``stop``, ``retry_failed``, or ``cancel``
-        (everything queued and running in this queue)."""
+        """What the buttons do: ``pause``, ``resume`` (this kernel's workers), ``stop``,
+        ``retry_failed``, ``cancel`` (everything queued and running in this queue),
+        ``pause_queue`` and ``resume_queue`` (every worker of the queue, wherever it runs)."""
         queue = self.queue
         if action == "pause":
             queue.pause()
@@ -189,10 +202,23 @@ class QueuePanel(w.VBox):  # type: ignore[misc]
         elif action == "stop":
             queue.stop_soon()
         elif action == "retry_failed":
-            queue.run_soon(queue.manager.retry_failed())
+            queue.run_soon(self._once_open(queue.manager.retry_failed()))
         elif action == "cancel":
-            queue.run_soon(queue.manager.cancel_all("all", queue=queue.settings.name))
+            queue.run_soon(self._once_open(queue.manager.cancel_all("all", queue=queue.settings.name)))
+        elif action in ("pause_queue", "resume_queue"):
+            verb = queue.manager.pause_queue if action == "pause_queue" else queue.manager.resume_queue
+            queue.run_soon(self._once_open(verb(queue.settings.name)))
+            self._workers_read_at = float("-inf")  # read the flag again at the next refresh
         self._last = None  # redraw at the next tick
+
+    async def _once_open(self, coro: Coroutine[Any, Any, object]) -> None:
+        """Run a button's call once the queue is open (a click may come before the panel's
+        first refresh has opened it); a failure is logged, never lost."""
+        try:
+            await self.queue.opened()
+            await coro
+        except Exception:
+            logger.exception("panel action failed")
 
     # -- refreshing ------------------------------------------------------------------------------
     async def _refresh_forever(self) -> None:
@@ -231,7 +257,7 @@ class QueuePanel(w.VBox):  # type: ignore[misc]
             failures=tuple((r.name, r.id, r.failure or "", r.error or "") for r in reversed(failed)),
             held_back=tuple(sorted(held_back.items())),
             studies=tuple(study.progress() for study in self.queue.studies[-STUDIES_SHOWN:]),
-            next_runs=next_runs, workers=workers,
+            next_runs=next_runs, workers=workers, queue_paused=self._paused_everywhere,
             state=state, finished=finished, total=total, throughput=round(rate, 1),
             success_rate=_success_rate(counts), charts=charts,
         )
@@ -254,6 +280,7 @@ class QueuePanel(w.VBox):  # type: ignore[misc]
         if now >= self._workers_read_at + WORKERS_EVERY_S:
             self._workers_read_at = now
             entries = await self.queue.manager.list_workers()
+            self._paused_everywhere = self.queue.settings.name in await self.queue.manager.paused_queues()
             self._workers = tuple((str(e["name"]), str(e.get("host") or ""), str(e.get("launcher") or ""),
                                    str(e.get("state") or ""), int(e.get("jobs_done") or 0))
                                   for e in entries if e.get("state") != "gone")
@@ -275,6 +302,8 @@ class QueuePanel(w.VBox):  # type: ignore[misc]
             paused = snap.state == "paused"
             _set(self.buttons["pause"], "disabled", paused or snap.state.startswith("not"))
             _set(self.buttons["resume"], "disabled", not paused)
+            _set(self.buttons["pause_queue"], "disabled", snap.queue_paused)
+            _set(self.buttons["resume_queue"], "disabled", not snap.queue_paused)
             if last is None or last.charts != snap.charts:
                 _set(self.charts, "value", charts_html(snap.charts))
         self.updates += 1
@@ -283,6 +312,7 @@ class QueuePanel(w.VBox):  # type: ignore[misc]
 
     def _summary_html(self, snap: Snapshot) -> str:
         header = (f"<div><b>khadem_nb</b> <code>{html.escape(self.queue.settings.redacted_url())}</code>"
+                  f"{QUEUE_PAUSED if snap.queue_paused else ''}"
                   f" <span class='khadem-muted'>{snap.state} · {snap.throughput:g} jobs/s"
                   f"{_success_text(snap.success_rate)}</span></div>")
         counts = " ".join(f"<span class='khadem-badge' style='background:{STATUS_COLOURS[JobStatus(k)]}'"

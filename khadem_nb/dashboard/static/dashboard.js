@@ -20,12 +20,20 @@ function jobLink(row) {
 
 function drawCounts(overview) {
   const table = document.getElementById("counts");
-  table.tHead.replaceChildren(el("tr", {}, el("th", {}, "queue"), ...STATUSES.map(s => el("th", {}, s))));
-  const rows = Object.entries(overview.counts).map(([queue, counts]) =>
-    el("tr", { "data-queue": queue }, el("td", {}, queue),
-       ...STATUSES.map(s => el("td", { class: "num", "data-status": s }, counts[s]))));
+  table.tHead.replaceChildren(el("tr", {}, el("th", {}, "queue"), ...STATUSES.map(s => el("th", {}, s)),
+    el("th", {}, "")));
+  const paused = new Set(overview.paused || []);
+  const rows = Object.entries(overview.counts).map(([queue, counts]) => {
+    const verb = paused.has(queue) ? "resume" : "pause";
+    return el("tr", { "data-queue": queue, class: paused.has(queue) ? "queue-paused" : "" },
+      el("td", {}, queue, paused.has(queue) ? el("span", { class: "paused-badge" }, " paused") : ""),
+      ...STATUSES.map(s => el("td", { class: "num", "data-status": s }, counts[s])),
+      el("td", {}, el("button", { "data-action": `/api/queues/${encodeURIComponent(queue)}/${verb}`,
+        title: verb === "pause" ? "every worker of this queue stops claiming (running jobs finish)"
+          : "its workers claim again" }, verb === "pause" ? "Pause" : "Resume")));
+  });
   rows.push(el("tr", { "data-queue": "*" }, el("th", {}, "all"),
-    ...STATUSES.map(s => el("th", { class: "num", "data-status": s }, overview.totals[s]))));
+    ...STATUSES.map(s => el("th", { class: "num", "data-status": s }, overview.totals[s])), el("th", {}, "")));
   table.tBodies[0].replaceChildren(...rows);
 }
 
