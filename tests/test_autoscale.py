@@ -132,3 +132,21 @@ def test_khadem_nb_launch_and_autoscale_from_a_shell(tmp_path: Path) -> None:
             launcher.kill()
             launcher.communicate()
         q.close()
+
+
+def test_jobs_needing_units_the_launched_workers_lack_do_not_call_for_workers(tmp_path: Path) -> None:
+    from jobs import NeedsGpu
+
+    q = kn.Queue(f"sqlite:///{tmp_path / 'runs.db'}")
+    try:
+        gpu_jobs = [q.run(q.manager.dispatch(NeedsGpu(i))) for i in range(4)]
+        scaler = q.autoscale(on="local", max=2, imports=["jobs"], env=PYTHONPATH, interval=0.2)
+        assert scaler is not None
+        time.sleep(1.5)
+        assert live_launched(q) == 0  # they need gpu=1: workers offering none would not run them
+        scaler = q.autoscale(on="local", max=2, resources={"gpu": 1}, imports=["jobs"], env=PYTHONPATH,
+                             interval=0.2)
+        done = q.run(q.manager.wait(gpu_jobs, timeout=60))
+        assert all(r.status is kn.JobStatus.COMPLETED and r.result["gpu"] is not None for r in done)
+    finally:
+        q.close()

@@ -101,6 +101,7 @@ def test_ssh_launch_failures_say_what_the_launcher_said(ssh_host: SshHost, tmp_p
             q.launch(on=ssh_host.target, python="/no/such/python3", **ssh_host.options)
         failed = q.workers()
         assert list(failed["state"]) == ["failed"] and list(failed["launcher"]) == ["ssh"]
+        assert "/no/such/python3" in failed["output"].iloc[0]  # its last output lines
     finally:
         q.close()
 

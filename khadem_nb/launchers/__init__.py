@@ -65,7 +65,7 @@ async def launch(driver: QueueDriver, spec: LaunchSpec, n: int, on: str, *, time
     kind = check_launcher(on, options)
     workers: list[LaunchedWorker]
     if kind == "local":
-        workers = list(start_local(spec, n))
+        workers = list(await asyncio.to_thread(start_local, spec, n))
     elif kind == "ssh":
         workers = list(await start_ssh(spec, n, on, options.get("ssh_options"),
                                        float(options.get("connect_timeout", CONNECT_TIMEOUT_S))))
@@ -73,11 +73,11 @@ async def launch(driver: QueueDriver, spec: LaunchSpec, n: int, on: str, *, time
         workers = list(await asyncio.to_thread(start_slurm, spec, n, slurm_options(options)))
     try:
         await wait_registered(driver, workers, timeout)
-    except LaunchError:
+    except (LaunchError, asyncio.CancelledError):  # a failed or abandoned launch leaves nothing running
         for worker in workers:
             if worker.failure is None and not worker.detach:
                 with contextlib.suppress(Exception):
-                    await worker.terminate(grace=0)
+                    await asyncio.shield(worker.terminate(grace=0))
         raise
     return workers
 

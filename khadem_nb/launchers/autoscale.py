@@ -3,7 +3,8 @@
 ``Autoscaler`` runs a loop on the queue's event loop (the notebook's kernel, or ``khadem-nb
 autoscale``). Every ``interval`` it reads the queue's counts and its workers' entries, and
 keeps the live workers it launched between ``min`` and ``max``: it launches enough for the
-due and running jobs (``ceil((queued + active) / concurrency)``), at most ``step`` a round,
+due and running jobs (``ceil((queued + active) / concurrency)``, counting only the due jobs
+whose resource needs its workers meet), at most ``step`` a round,
 never more than that; it retires a worker idle for ``idle_timeout`` while more than ``min``
 live. A launch that fails is logged and kept in ``last_error``, and the next launch waits
 longer each time (``BACKOFF_S`` doubling), so a refused key or a full cluster is never retried
@@ -30,6 +31,8 @@ from typing import Any
 
 from .. import limits
 from ..errors import ConfigError, LaunchError
+from ..features.flow import rule_of
+from ..job import JobStatus
 from ..manager import QueueManager
 from ..runtime.presence import read_entries
 from . import launch
@@ -40,7 +43,8 @@ logger = logging.getLogger(__name__)
 
 LEASE_PREFIX = "autoscale/"
 BACKOFF_S = (5.0, 300.0)  # the wait after a failed launch, doubling from the first to the second
-LIVE = ("starting", "idle", "busy", "stopping")
+SAMPLE_EVERY_S = 10.0  # how often the due jobs' resource needs are looked at
+SAMPLED = 200  # and how many of them
 
 
 @dataclass(frozen=True)
@@ -75,6 +79,8 @@ class ScaleState:
     retry_at: float = 0.0
     failures: int = 0
     rounds: int = 0
+    share: float = 1.0  # of the due jobs, those a launched worker could run (``_runnable_share``)
+    sampled_at: float = float("-inf")
 
 
 class Autoscaler:
@@ -154,17 +160,33 @@ class Autoscaler:
         entries = {e["name"]: e for e in await read_entries(self.manager.driver)}
         self.state.retiring = [w for w in self.state.retiring if w.state in ("running", "queued")]
         mine = self._live(entries)
-        wanted = self.wanted(counts)
+        wanted = self.wanted(counts, await self._runnable_share(counts))
         if len(mine) < wanted:
             await self._grow(min(wanted - len(mine), self.step))
         else:
             await self._shrink(mine, entries, wanted)
 
-    def wanted(self, counts: Mapping[str, int]) -> int:
-        """Workers the backlog needs: due and running jobs over each worker's concurrency,
-        within the limits."""
-        jobs = counts.get("queued", 0) + counts.get("active", 0)
+    def wanted(self, counts: Mapping[str, int], share: float = 1.0) -> int:
+        """Workers the backlog needs: the due jobs its workers could run (``share`` of them)
+        and the running ones, over each worker's concurrency, within the limits."""
+        jobs = math.ceil(counts.get("queued", 0) * share) + counts.get("active", 0)
         return max(self.limits.low, min(self.limits.high, math.ceil(jobs / self.spec.concurrency)))
+
+    async def _runnable_share(self, counts: Mapping[str, int]) -> float:
+        """Of the due jobs, the share a launched worker could run: those that ask for no more
+        resource units than it offers (a job needing ``gpu=1`` does not call for workers that
+        offer none). Read from the oldest SAMPLED due jobs at most every SAMPLE_EVERY_S."""
+        if not counts.get("queued"):
+            return 1.0
+        now = time.monotonic()
+        if now >= self.state.sampled_at + SAMPLE_EVERY_S:
+            self.state.sampled_at = now
+            queued = await self.manager.driver.jobs(JobStatus.QUEUED, self.queue, SAMPLED)
+            offered = dict(self.spec.resources)
+            runnable = sum(1 for r in queued
+                           if r.lane_rule is None or rule_of(r.lane_rule).fits(offered) >= 1)
+            self.state.share = runnable / len(queued) if queued else 1.0
+        return self.state.share
 
     def _live(self, entries: Mapping[str, Mapping[str, Any]]) -> list[LaunchedWorker]:
         """The workers it launched that run or wait to (a Slurm job in line), forgetting the rest."""

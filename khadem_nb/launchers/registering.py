@@ -13,20 +13,27 @@ from collections.abc import Sequence
 from .._time import now_ms
 from ..drivers.base import QueueDriver
 from ..errors import LaunchError
-from ..runtime.presence import PRESENCE_PREFIX, announce
+from ..runtime.presence import PRESENCE_PREFIX, PRESENCE_TTL_S, announce
 from .handle import LaunchedWorker
 
 IN_LINE_S = 86_400.0  # how long a batch job waiting in its cluster's line reads "starting"
 OUTPUT_SETTLE_S = 0.5  # how long a worker that exited gets for its last output to arrive
 
 
-async def announce_starting(driver: QueueDriver, workers: Sequence[LaunchedWorker], timeout: float) -> None:
-    """Each worker's entry, ``starting`` until it writes its own (or its start timeout passes)."""
+async def announce_starting(driver: QueueDriver, workers: Sequence[LaunchedWorker], timeout: float, *,
+                            again: bool = False) -> None:
+    """Each worker's entry, ``starting`` until it writes its own (or its start timeout passes).
+    Written only where the worker has not written its own yet, unless ``again`` (a batch job
+    still waiting in line, whose entry says ``starting`` already)."""
     now = now_ms()
     for worker in workers:
-        await announce(driver, {"name": worker.name, "host": worker.host, "launcher": worker.launcher,
-                                "state": "starting", "started": None, "last_seen": now,
-                                "until": now + int(timeout * 1000)})
+        entry = {"name": worker.name, "host": worker.host, "launcher": worker.launcher, "state": "starting",
+                 "started": None, "last_seen": now, "until": now + int(timeout * 1000)}
+        key, value = f"{PRESENCE_PREFIX}{worker.name}", json.dumps(entry).encode()
+        if again:
+            await driver.kv_put(key, value, ttl_s=PRESENCE_TTL_S)
+        else:
+            await driver.kv_put_new(key, value, ttl_s=PRESENCE_TTL_S)
 
 
 async def wait_registered(driver: QueueDriver, workers: Sequence[LaunchedWorker], timeout: float) -> None:
@@ -44,7 +51,7 @@ async def wait_registered(driver: QueueDriver, workers: Sequence[LaunchedWorker]
                 await worker.registered()
             elif worker.waits_in_line():
                 del waiting[name]
-                await announce_starting(driver, [worker], IN_LINE_S)
+                await announce_starting(driver, [worker], IN_LINE_S, again=True)
         for worker in list(waiting.values()):
             if worker.exited():
                 await asyncio.sleep(OUTPUT_SETTLE_S)

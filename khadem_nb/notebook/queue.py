@@ -85,7 +85,8 @@ def _with_shipping(settings: QueueSettings, ship_code: bool | None, ship_modules
 
 
 WORKER_COLUMNS = ["name", "host", "launcher", "state", "queues", "concurrency", "resources", "jobs_done",
-                  "started", "last_seen", "python", "env_diff"]
+                  "started", "last_seen", "python", "env_diff", "output"]
+
 
 class Queue:
     """A job queue for a notebook: memory by default, or any queue URL / config dict.
@@ -511,10 +512,11 @@ class Queue:
 
     def workers(self) -> pd.DataFrame:
         """The queue's workers, wherever they run (this kernel's, ``khadem-nb worker``
-        processes, launched ones): name, host, launcher, state (idle, busy, gone, failed),
-        queues, concurrency, resources, jobs done, started, last seen, Python version, and
-        ``env_diff``: how its Python and the versions of the packages this kernel imported
-        differ from this kernel's (``numpy 2.1.0 there, 2.2.1 here``; empty when they match)."""
+        processes, launched ones): name, host, launcher, state (starting, idle, busy,
+        stopping, gone, failed), queues, concurrency, resources, jobs done, started, last
+        seen, Python version, ``env_diff``: how its Python and the versions of the packages
+        this kernel imported differ from this kernel's (``numpy 2.1.0 there, 2.2.1 here``;
+        empty when they match), and ``output``: a failed worker's last output lines."""
         import pandas as pd
 
         rows = self.run(self.manager.list_workers())
