@@ -275,3 +275,19 @@ def test_a_setup_command_runs_before_a_local_worker(tmp_path: Path) -> None:
         assert q.run(q.manager.wait([job_id], timeout=60))[0].result == "activated"
     finally:
         q.close()
+
+
+def test_a_detached_ssh_worker_outlives_its_session_until_retired(
+        ssh_host: SshHost, tmp_path: Path) -> None:  # noqa: F811
+    q = kn.Queue(f"sqlite:///{tmp_path / 'runs.db'}")
+    try:
+        [worker] = q.launch(1, on=ssh_host.target, python=sys.executable, detach=True, imports=["jobs"],
+                            env={"PYTHONPATH": env()["PYTHONPATH"]}, **ssh_host.options)
+        wait_until(lambda: worker.session.connection.is_closed(), timeout=30)  # the session ended
+        assert worker.state == "running"
+        job_id = q.run(q.manager.dispatch(Echo("still here")))
+        assert q.run(q.manager.wait([job_id], timeout=60))[0].result == "still here"
+        q.retire(worker.name)
+        wait_until(lambda: worker.name not in set(q.workers()["name"]), timeout=30)  # it stopped
+    finally:
+        q.close()

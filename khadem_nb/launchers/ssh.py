@@ -101,10 +101,13 @@ class SshWorker(LaunchedWorker):
         self.session = session
         self.process = process
         self.ended = False
+        self.released = False  # a detached worker's session ended once it registered
         self.copier = asyncio.get_running_loop().create_task(self._copy_output())
 
     def current_state(self) -> str:
-        return "gone" if self.ended else "running"
+        """``running`` while its session lasts, and for a detached worker after it (its entry
+        among the queue's workers says more)."""
+        return "running" if self.released or not self.ended else "gone"
 
     def exit_status(self) -> int | None:
         status = self.process.exit_status
@@ -123,6 +126,7 @@ class SshWorker(LaunchedWorker):
     async def registered(self) -> None:
         """A detached worker has registered: end its session, it runs on without it."""
         if self.detach:
+            self.released = True
             self.process.stdin.write_eof()
             self.session.done(self)
 
