@@ -97,8 +97,10 @@ def test_the_panel_pauses_the_queue_everywhere_and_says_so(tmp_path: Path) -> No
         while not q.paused_everywhere:
             assert time.monotonic() < deadline
             time.sleep(0.05)
-        snap = q.run(panel.snapshot())
-        assert snap.queue_paused and "queue paused everywhere" in panel._summary_html(snap)
+        while not (snap := q.run(panel.snapshot())).queue_paused:  # the panel reads the flag every 2 s
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        assert "queue paused everywhere" in panel._summary_html(snap)
         panel.buttons["resume_queue"].click()
         while q.paused_everywhere:
             assert time.monotonic() < deadline

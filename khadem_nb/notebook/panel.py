@@ -207,18 +207,21 @@ class QueuePanel(w.VBox):  # type: ignore[misc]
             queue.run_soon(self._once_open(queue.manager.cancel_all("all", queue=queue.settings.name)))
         elif action in ("pause_queue", "resume_queue"):
             verb = queue.manager.pause_queue if action == "pause_queue" else queue.manager.resume_queue
-            queue.run_soon(self._once_open(verb(queue.settings.name)))
-            self._workers_read_at = float("-inf")  # read the flag again at the next refresh
+            queue.run_soon(self._once_open(verb(queue.settings.name), reread=True))
         self._last = None  # redraw at the next tick
 
-    async def _once_open(self, coro: Coroutine[Any, Any, object]) -> None:
+    async def _once_open(self, coro: Coroutine[Any, Any, object], *, reread: bool = False) -> None:
         """Run a button's call once the queue is open (a click may come before the panel's
-        first refresh has opened it); a failure is logged, never lost."""
+        first refresh has opened it); a failure is logged, never lost. ``reread``: the next
+        refresh reads the queue's flags again rather than the last ones it read."""
         try:
             await self.queue.opened()
             await coro
         except Exception:
             logger.exception("panel action failed")
+        if reread:
+            self._workers_read_at = float("-inf")
+            self._last = None
 
     # -- refreshing ------------------------------------------------------------------------------
     async def _refresh_forever(self) -> None:
