@@ -106,7 +106,7 @@ class Autoscaler:
         return f"{LEASE_PREFIX}{self.queue}"
 
     def __repr__(self) -> str:
-        live = sum(1 for w in self.state.launched if w.state in ("running", "queued"))
+        live = sum(1 for w in self.state.launched if w.alive)
         role = "leads" if self.state.leading else "stands by"
         scale = self.limits
         return f"<autoscaler {scale.on} {scale.low}..{scale.high} of {self.queue!r}: {role}, {live} live>"
@@ -149,7 +149,7 @@ class Autoscaler:
             self._task = None
         if retire:
             for worker in self.state.launched:
-                if worker.state in ("running", "queued"):
+                if worker.alive:
                     await self.manager.retire(worker.name)
 
     async def round(self) -> None:
@@ -158,7 +158,7 @@ class Autoscaler:
             return
         counts = await self.manager.counts(self.queue)
         entries = {e["name"]: e for e in await read_entries(self.manager.driver)}
-        self.state.retiring = [w for w in self.state.retiring if w.state in ("running", "queued")]
+        self.state.retiring = [w for w in self.state.retiring if w.alive]
         mine = self._live(entries)
         wanted = self.wanted(counts, await self._runnable_share(counts))
         if len(mine) < wanted:
@@ -194,7 +194,7 @@ class Autoscaler:
         for worker in self.state.launched:
             entry = entries.get(worker.name)
             ended = (entry.get("state") in ("gone", "failed") if entry is not None
-                     else worker.state not in ("running", "queued"))
+                     else not worker.alive)
             (self.state.retiring if ended else live).append(worker)  # ended ones are let go once reaped
         self.state.launched = live
         return live

@@ -12,7 +12,7 @@ import atexit
 import collections
 import contextlib
 import weakref
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +50,11 @@ class LaunchedWorker:
 
     def current_state(self) -> str:
         raise NotImplementedError
+
+    @property
+    def alive(self) -> bool:
+        """Whether it runs, or waits in a batch system's line to."""
+        return self.state in ("running", "queued")
 
     def exited(self) -> bool:
         """Whether the worker has ended (it may have failed at start)."""
@@ -99,6 +104,13 @@ class ProcessWorker(LaunchedWorker):
 
     def stop(self, grace: float = 30.0) -> None:
         raise NotImplementedError
+
+
+async def stop_all(workers: Iterable[LaunchedWorker], grace: float = 30.0) -> None:
+    """Stop every worker of ``workers`` that is alive and not detached, gracefully."""
+    for worker in workers:
+        if not worker.detach and worker.alive:
+            await worker.terminate(grace)
 
 
 @atexit.register

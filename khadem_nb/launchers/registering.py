@@ -6,14 +6,13 @@ says ``failed`` so that ``workers()`` shows it."""
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from collections.abc import Sequence
 
 from .._time import now_ms
 from ..drivers.base import QueueDriver
 from ..errors import LaunchError
-from ..runtime.presence import PRESENCE_PREFIX, PRESENCE_TTL_S, announce
+from ..runtime.presence import announce, read_entries
 from .handle import LaunchedWorker
 
 IN_LINE_S = 86_400.0  # how long a batch job waiting in its cluster's line reads "starting"
@@ -27,13 +26,9 @@ async def announce_starting(driver: QueueDriver, workers: Sequence[LaunchedWorke
     still waiting in line, whose entry says ``starting`` already)."""
     now = now_ms()
     for worker in workers:
-        entry = {"name": worker.name, "host": worker.host, "launcher": worker.launcher, "state": "starting",
-                 "started": None, "last_seen": now, "until": now + int(timeout * 1000)}
-        key, value = f"{PRESENCE_PREFIX}{worker.name}", json.dumps(entry).encode()
-        if again:
-            await driver.kv_put(key, value, ttl_s=PRESENCE_TTL_S)
-        else:
-            await driver.kv_put_new(key, value, ttl_s=PRESENCE_TTL_S)
+        await announce(driver, {"name": worker.name, "host": worker.host, "launcher": worker.launcher,
+                                "state": "starting", "started": None, "last_seen": now,
+                                "until": now + int(timeout * 1000)}, only_new=not again)
 
 
 async def wait_registered(driver: QueueDriver, workers: Sequence[LaunchedWorker], timeout: float) -> None:
@@ -68,15 +63,8 @@ async def wait_registered(driver: QueueDriver, workers: Sequence[LaunchedWorker]
 
 async def _registered(driver: QueueDriver) -> set[str]:
     """The names of the workers that wrote their own entry."""
-    names = set()
-    for raw in (await driver.kv_scan(PRESENCE_PREFIX)).values():
-        try:
-            item = json.loads(raw)
-        except ValueError:
-            continue
-        if isinstance(item, dict) and item.get("state") not in ("starting", "failed"):
-            names.add(str(item.get("name")))
-    return names
+    entries = await read_entries(driver)
+    return {str(e["name"]) for e in entries if e.get("state") not in ("starting", "failed")}
 
 
 async def fail(driver: QueueDriver, worker: LaunchedWorker, why: str) -> None:

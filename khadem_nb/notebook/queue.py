@@ -25,6 +25,7 @@ from ..features.telemetry import last_values
 from ..job import TERMINAL_STATUSES, JobRecord, JobStatus
 from ..launchers import START_TIMEOUT_S, LaunchedWorker, LaunchSpec, check_launcher, launch, spec_for
 from ..launchers.autoscale import Autoscaler, check_limits
+from ..launchers.handle import stop_all
 from ..limits import checked_secret
 from ..manager import Dispatch, QueueManager
 from ..runtime import capture
@@ -434,13 +435,8 @@ class Queue:
         for panel in list(self._panels):
             panel.close()
         self.stop()
-        if self._autoscaler is not None:
-            self.run(self._autoscaler.stop(retire=False))
-            self._launched.extend(self._autoscaler.handles())
-            self._autoscaler = None
-        for launched in self._launched:
-            if not launched.detach and launched.state in ("running", "queued"):
-                self.run(launched.terminate())
+        self._drop_autoscaler(retire=False)
+        self.run(stop_all(self._launched))
         if self._opened:
             self.run(self.manager.close())
             self._opened = False
@@ -490,10 +486,7 @@ class Queue:
         a launch that fails is logged and tried again later, ever less often (its message in
         ``status()["last_error"]``). ``q.autoscale(None)`` stops it and retires its workers.
         Another autoscaler of this queue with other limits is a ``ConfigError`` naming it."""
-        if self._autoscaler is not None:
-            self.run(self._autoscaler.stop(retire=on is None))
-            self._launched.extend(self._autoscaler.handles())
-            self._autoscaler = None
+        self._drop_autoscaler(retire=on is None)
         if on is None:
             return None
         check_launcher(on, options)
@@ -505,6 +498,14 @@ class Queue:
         self.run(self._start_autoscaler(scaler))
         self._autoscaler = scaler
         return scaler
+
+    def _drop_autoscaler(self, *, retire: bool) -> None:
+        """Stop the running autoscaler, if any (``retire``: its workers finish and exit); the
+        workers it launched stay this queue's to stop at ``close``."""
+        if self._autoscaler is not None:
+            self.run(self._autoscaler.stop(retire=retire))
+            self._launched.extend(self._autoscaler.handles())
+            self._autoscaler = None
 
     async def _start_autoscaler(self, scaler: Autoscaler) -> None:
         await scaler.check_leader()

@@ -22,7 +22,7 @@ from ..config import SECRET_ENV
 from ..errors import ConfigError
 from ..launchers import check_launcher, launch, spec_for
 from ..launchers.autoscale import Autoscaler, check_limits
-from ..launchers.handle import LaunchedWorker
+from ..launchers.handle import LaunchedWorker, stop_all
 from ..manager import QueueManager
 
 WATCH_EVERY_S = 1.0
@@ -101,12 +101,10 @@ def _stop_signal() -> asyncio.Event:
 async def _until_stopped(workers: list[LaunchedWorker]) -> None:
     """Wait for SIGTERM or SIGINT (then stop the workers) or for every worker to end."""
     stop = _stop_signal()
-    while not stop.is_set() and any(w.state in ("running", "queued") for w in workers):
+    while not stop.is_set() and any(w.alive for w in workers):
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), WATCH_EVERY_S)
-    for worker in workers:
-        if worker.state in ("running", "queued"):
-            await worker.terminate()
+    await stop_all(workers)
 
 
 async def run_autoscale(args: LaunchArgs, *, low: int, high: int, idle_timeout: float,
@@ -125,10 +123,8 @@ async def run_autoscale(args: LaunchArgs, *, low: int, high: int, idle_timeout: 
         print(f"autoscaling {manager.settings.redacted_url()} on {args.on}: {low} to {high} workers",
               file=sys.stderr)
         await stop.wait()
-        await scaler.stop(retire=True)
-        for worker in scaler.handles():
-            if worker.state in ("running", "queued"):
-                await worker.terminate()
+        await scaler.stop(retire=False)
+        await stop_all(scaler.handles())  # each finishes or gives back its jobs, then exits
     finally:
         await manager.close()
     return 0

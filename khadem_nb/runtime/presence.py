@@ -60,20 +60,27 @@ def environment() -> dict[str, Any]:
     return {"python": platform.python_version(), "packages": packages}
 
 
+def differences(ours: Mapping[str, Any], theirs: Mapping[str, Any], names: Iterable[str], *,
+                ours_is: str, theirs_is: str) -> list[str]:
+    """Where the environment ``theirs`` (``{"python", "packages"}``) differs from ``ours``, for
+    the Python version and the distributions ``names`` that ``ours`` has, one item a
+    difference: ``numpy 2.1.0 <theirs_is>, 2.2.1 <ours_is>``."""
+    found = []
+    if ours.get("python") and theirs.get("python") and theirs["python"] != ours["python"]:
+        found.append(f"Python {theirs['python']} {theirs_is}, {ours['python']} {ours_is}")
+    packages, reference = theirs.get("packages"), ours.get("packages")
+    if isinstance(packages, Mapping) and isinstance(reference, Mapping):
+        for name in sorted(set(names)):
+            expected, found_there = reference.get(name), packages.get(name)
+            if expected is not None and expected != found_there:
+                found.append(f"{name} {found_there or 'missing'} {theirs_is}, {expected} {ours_is}")
+    return found
+
+
 def env_diff(theirs: Mapping[str, Any], imported: Iterable[str]) -> str:
     """How a worker's environment (its entry) differs from this process's, for the Python
     version and the distributions this process imported: ``numpy 2.1.0 there, 2.2.1 here``."""
-    mine = environment()
-    found = []
-    if theirs.get("python") and theirs["python"] != mine["python"]:
-        found.append(f"Python {theirs['python']} there, {mine['python']} here")
-    packages = theirs.get("packages")
-    if isinstance(packages, Mapping):
-        for name in sorted(set(imported)):
-            here, there = mine["packages"].get(name), packages.get(name)
-            if here is not None and here != there:
-                found.append(f"{name} {there or 'missing'} there, {here} here")
-    return "; ".join(found)
+    return "; ".join(differences(environment(), theirs, imported, ours_is="here", theirs_is="there"))
 
 
 def expected_environment() -> dict[str, Any]:
@@ -85,21 +92,6 @@ def expected_environment() -> dict[str, Any]:
                          if name in mine["packages"]}}
 
 
-def launch_differences(expected: Mapping[str, Any]) -> list[str]:
-    """How this worker's environment differs from what its launch expected (``EXPECTED_ENV``):
-    ``numpy 2.1.0 here, 2.2.1 in the notebook``, one item a difference."""
-    mine = environment()
-    found = []
-    if expected.get("python") and expected["python"] != mine["python"]:
-        found.append(f"Python {mine['python']} here, {expected['python']} in the notebook")
-    packages = expected.get("packages")
-    for name, version in sorted(packages.items() if isinstance(packages, Mapping) else []):
-        here = mine["packages"].get(name)
-        if here != version:
-            found.append(f"{name} {here or 'missing'} here, {version} in the notebook")
-    return found
-
-
 def check_launch_environment(strict: bool) -> list[str]:
     """At a launched worker's start: how its environment differs from what its launch expected
     (``EXPECTED_ENV``, taken out of the environment); ``ConfigError`` under ``strict``."""
@@ -108,7 +100,9 @@ def check_launch_environment(strict: bool) -> list[str]:
         expected = json.loads(raw) if raw else {}
     except ValueError:
         expected = {}
-    found = launch_differences(expected) if isinstance(expected, dict) else []
+    found = (differences(expected, environment(), expected.get("packages") or {},
+                         ours_is="in the notebook", theirs_is="here")
+             if isinstance(expected, dict) else [])
     if found and strict:
         raise ConfigError("this worker's environment differs from the one that launched it and "
                           f"strict_versions is on: {'; '.join(found)}")
@@ -122,8 +116,13 @@ def imported_distributions() -> set[str]:
     return {dist.lower() for top in tops for dist in owners.get(top, [])}
 
 
-async def announce(driver: QueueDriver, found: Mapping[str, Any]) -> None:
-    await driver.kv_put(f"{PRESENCE_PREFIX}{found['name']}", json.dumps(found).encode(), ttl_s=PRESENCE_TTL_S)
+async def announce(driver: QueueDriver, found: Mapping[str, Any], *, only_new: bool = False) -> None:
+    """Write a worker's entry; with ``only_new``, only where it has none yet."""
+    key, value = f"{PRESENCE_PREFIX}{found['name']}", json.dumps(found).encode()
+    if only_new:
+        await driver.kv_put_new(key, value, ttl_s=PRESENCE_TTL_S)
+    else:
+        await driver.kv_put(key, value, ttl_s=PRESENCE_TTL_S)
 
 
 async def retire_asked(driver: QueueDriver, name: str, started_ms: int) -> bool:

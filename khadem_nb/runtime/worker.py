@@ -599,9 +599,9 @@ class QueueWorker:
                                 self.presence_name)
                     self.request_stop()
                     return
-            except Exception as exc:
+            except Exception as exc:  # _announce logs its own failures; this is the retire read
                 stop_if_cancelled()
-                logger.debug("could not write this worker's presence: %r", exc)
+                logger.debug("could not read whether this worker is retired: %r", exc)
             await asyncio.sleep(PRESENCE_EVERY_S)
 
     async def _heartbeat(self) -> None:

@@ -707,12 +707,12 @@ class RedisDriver(QueueDriver):
         queue's hash tag as a script's keys must be on Cluster) and the keyed store's flag, which
         ``paused_queues`` lists. The queue is registered, so ``purge`` finds its key."""
         await self._announce([queue])
-        key = self.keys(queue)[KEY_INDEX["paused"]]
+        key = self._key(queue, "paused")
         await self._on(queue, lambda: self.client.set(key, b"1"))
         await super().pause(queue)
 
     async def resume(self, queue: str) -> bool:
-        key = self.keys(queue)[KEY_INDEX["paused"]]
+        key = self._key(queue, "paused")
         removed = await self._on(queue, lambda: self.client.delete(key))
         listed = await super().resume(queue)
         return bool(removed) or listed
