@@ -5,6 +5,8 @@ them, and every way a launch fails is a ``LaunchError`` with the launcher's own 
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import subprocess
 import sys
@@ -273,6 +275,43 @@ def test_a_setup_command_runs_before_a_local_worker(tmp_path: Path) -> None:
         q.launch(1, imports=["jobs"], env=setup)
         job_id = q.run(q.manager.dispatch(ReadsEnvironment("KHADEM_SETUP_SAW")))
         assert q.run(q.manager.wait([job_id], timeout=60))[0].result == "activated"
+    finally:
+        q.close()
+
+
+def processes_naming(text: str) -> list[int]:
+    """The processes whose command line names ``text``."""
+    found = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        with contextlib.suppress(OSError):
+            if text in cmdline.read_bytes().decode(errors="replace"):
+                found.append(int(cmdline.parent.name))
+    return found
+
+
+@pytest.mark.parametrize("phase", ["starting", "registering"])
+def test_a_cancelled_launch_leaves_nothing_running(tmp_path: Path, phase: str) -> None:
+    """Cancelled while its processes start (in a thread) or while they register, a launch stops
+    what it started."""
+    from khadem_nb.launchers import launch, spec_for
+
+    q = kn.Queue(f"sqlite:///{tmp_path / 'runs.db'}")
+    spec = spec_for(q.settings, imports=["jobs"], env={"PYTHONPATH": env()["PYTHONPATH"]})
+
+    async def cancel_while(phase: str) -> None:
+        task = asyncio.ensure_future(launch(q.manager.driver, spec, 2, "local"))
+        await asyncio.sleep(0.001)
+        while phase == "registering" and len(processes_naming(str(tmp_path))) < 2:
+            await asyncio.sleep(0.005)
+        assert not task.done()
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+    try:
+        q.run(cancel_while(phase))
+        wait_until(lambda: processes_naming(str(tmp_path)) == [], timeout=30)
+        assert "idle" not in set(q.workers()["state"])
     finally:
         q.close()
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from ..drivers.base import QueueDriver
@@ -63,21 +63,36 @@ async def launch(driver: QueueDriver, spec: LaunchSpec, n: int, on: str, *, time
     the others of this launch are stopped then."""
     options = dict(options or {})
     kind = check_launcher(on, options)
-    workers: list[LaunchedWorker]
-    if kind == "local":
-        workers = list(await asyncio.to_thread(start_local, spec, n))
-    elif kind == "ssh":
-        workers = list(await start_ssh(spec, n, on, options.get("ssh_options"),
-                                       float(options.get("connect_timeout", CONNECT_TIMEOUT_S))))
-    else:
-        workers = list(await asyncio.to_thread(start_slurm, spec, n, slurm_options(options)))
+    starting = asyncio.ensure_future(_start(kind, spec, n, on, options))
+    try:
+        workers = await asyncio.shield(starting)
+    except asyncio.CancelledError:  # the start goes on in its thread: what it started is stopped
+        with contextlib.suppress(Exception):
+            await _abandon(await starting)
+        raise
     try:
         await wait_registered(driver, workers, timeout)
     except (LaunchError, asyncio.CancelledError):  # a failed or abandoned launch leaves nothing running
-        for worker in workers:
-            if worker.failure is None and not worker.detach:
-                with contextlib.suppress(Exception):
-                    await asyncio.shield(worker.terminate(grace=0))
+        await asyncio.shield(_abandon(workers))
         raise
     return workers
 
+
+async def _start(kind: str, spec: LaunchSpec, n: int, on: str,
+                 options: Mapping[str, Any]) -> list[LaunchedWorker]:
+    """Start ``n`` workers with the launcher of ``kind`` (not waiting for them to register)."""
+    if kind == "local":
+        return list(await asyncio.to_thread(start_local, spec, n))
+    if kind == "ssh":
+        return list(await start_ssh(spec, n, on, options.get("ssh_options"),
+                                    float(options.get("connect_timeout", CONNECT_TIMEOUT_S))))
+    return list(await asyncio.to_thread(start_slurm, spec, n, slurm_options(options)))
+
+
+async def _abandon(workers: Sequence[LaunchedWorker]) -> None:
+    """Stop the workers of a launch that failed or was cancelled (those not detached, and not
+    already failed), at once."""
+    for worker in workers:
+        if worker.failure is None and not worker.detach:
+            with contextlib.suppress(Exception):
+                await worker.terminate(grace=0)
