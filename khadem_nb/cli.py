@@ -50,6 +50,14 @@ def build_parser() -> argparse.ArgumentParser:
     _add_dashboard(commands)
     _add_launch(commands)
     _add_pause(commands)
+    migrate = commands.add_parser(
+        "migrate", help="upgrade a queue's storage layout to this release's",
+        description="Apply the storage upgrades this release needs (PostgreSQL schema versions, SQLite "
+        "columns and tables, the Redis and file layout versions), once, under a lock; or print the "
+        "PostgreSQL and SQLite statements with --sql. See docs/upgrades.md.")
+    migrate.add_argument("--queue-url", default=os.environ.get("KHADEM_QUEUE_URL"), help=URL_HELP)
+    migrate.add_argument("--sql", action="store_true",
+                         help="print the statements instead of running them (PostgreSQL, SQLite)")
     return parser
 
 
@@ -234,6 +242,10 @@ def _dispatch(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         return 0
     if args.command in ("pause", "resume", "launch", "autoscale", "workers"):
         return _fleet_command(args)
+    if args.command == "migrate":
+        from .ops.migrating import run_migrate
+
+        return asyncio.run(run_migrate(args.queue_url, args.sql))
     from .ops.stats import print_stats
 
     asyncio.run(print_stats(args.queue_url, args.queue))

@@ -24,7 +24,7 @@ QUEUE_KEYS = frozenset({
     "failed_retention_age", "prefix", "connect_timeout", "workers", "options",
     "ship_code", "ship_modules", "secret", "secret_file", "code_limit", "trust_code", "strict_versions",
     "schema", "max_payload", "artifacts", "artifacts_options", "inline_limit", "max_artifact",
-    "artifact_grace",
+    "artifact_grace", "auto_migrate",
 })
 WORKER_KEYS = frozenset({"max_jobs", "delay", "timeout", "concurrency", "prefetch", "isolation", "resources"})
 SECRET_ENV = "KHADEM_SECRET"
@@ -95,6 +95,9 @@ class QueueSettings:
     inline_limit: int = INLINE_LIMIT
     max_artifact: int = MAX_ARTIFACT
     artifact_grace_s: float = ARTIFACT_GRACE_S
+    #: whether opening the queue may upgrade its storage's layout (``None``: the driver's
+    #: default: yes for memory, file and SQLite, no for Redis and PostgreSQL; docs/upgrades.md)
+    auto_migrate: bool | None = None
 
     def redacted_url(self) -> str:
         """The queue URL with any password replaced by ``***``, for messages and logs."""
@@ -233,7 +236,7 @@ def _shipping_values(section: dict[str, Any]) -> dict[str, Any]:
     import os
 
     values: dict[str, Any] = {}
-    for key in ("ship_code", "trust_code", "strict_versions"):
+    for key in ("ship_code", "trust_code", "strict_versions", "auto_migrate"):
         if section.get(key) is not None:
             if not isinstance(section[key], bool):
                 raise ConfigError(f"queue.{key} must be true or false, got {section[key]!r}")
@@ -297,7 +300,8 @@ def _sqlite_in_memory(path: str) -> bool:
 
 URL_QUERY_KEYS = frozenset({"name", "lease", "heartbeat", "max_reclaims", "retention", "retention_age",
                             "failed_retention", "failed_retention_age", "prefix", "connect_timeout",
-                            "schema", "max_payload", "inline_limit", "max_artifact"})
+                            "schema", "max_payload", "inline_limit", "max_artifact", "auto_migrate"})
+URL_FLAGS = {"true": True, "false": False, "1": True, "0": False}  # how a URL says a yes-or-no setting
 
 
 def _url_query(url: str) -> dict[str, Any]:
@@ -311,8 +315,14 @@ def _url_query(url: str) -> dict[str, Any]:
         raise ConfigError(f"unknown settings {sorted(unknown)} in the query of {redact_url(url)!r}; "
                           f"valid: {sorted(URL_QUERY_KEYS)}")
     return {k: (v if k in ("name", "prefix", "schema", "max_payload", "inline_limit", "max_artifact")
-                else _number(v, k))
+                else _flag(v, k) if k == "auto_migrate" else _number(v, k))
             for k, v in query.items()}
+
+
+def _flag(text: str, key: str) -> bool:
+    if text.lower() not in URL_FLAGS:
+        raise ConfigError(f"queue.{key} in a URL query must be true or false, got {text!r}")
+    return URL_FLAGS[text.lower()]
 
 
 def _number(text: str, key: str) -> float | int:

@@ -8,7 +8,9 @@
     │   └── UnknownJobError         a job name with no registered factory
     ├── DriverError                 the storage behind a queue misbehaves
     │   ├── DriverUnavailableError  the storage cannot be reached (server down, timeout)
-    │   └── CorruptQueueError       the storage is not what it should be (bad file, not a database)
+    │   ├── CorruptQueueError       the storage is not what it should be (bad file, not a database)
+    │   └── SchemaVersionError      the storage's layout is newer than this release knows, or
+    │                               older and ``queue.auto_migrate`` is off (run ``khadem-nb migrate``)
     ├── JobError                    about one job
     │   ├── JobNotFoundError        no record with that id
     │   ├── JobTimeoutError         a job ran past its timeout
@@ -66,6 +68,20 @@ class DriverUnavailableError(DriverError, ConnectionError):
 
 class CorruptQueueError(DriverError):
     """The storage exists but does not hold a readable queue."""
+
+
+class SchemaVersionError(DriverError):
+    """The storage's layout version is not one this release works with: newer than it knows
+    (upgrade khadem_nb), or older while ``queue.auto_migrate`` is off (``khadem-nb migrate``).
+    ``found`` and ``known`` are the two versions."""
+
+    def __init__(self, message: str, found: int, known: int) -> None:
+        super().__init__(message)
+        self.found = found
+        self.known = known
+
+    def __reduce__(self) -> tuple[type, tuple[str, int, int]]:
+        return (type(self), (str(self), self.found, self.known))
 
 
 class JobError(KhademError):
@@ -195,6 +211,7 @@ __all__ = [  # the tree; CodeChangedWarning, a warning, is exported by the packa
     "KhademError",
     "ResultTimeoutError",
     "RetryJob",
+    "SchemaVersionError",
     "SerializationError",
     "ShippedCodeError",
     "Snooze",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -31,6 +32,7 @@ from .monitor import BasicQueueMonitor, QueueMonitor
 from .registry import job_factories
 from .runtime.collecting import collect_artifacts
 from .runtime.execution import Hook, JobExecutor, WorkerHooks
+from .runtime.kinds import KindNotes, runs_reasons
 from .runtime.presence import ask_retire, read_entries
 from .runtime.shipping import CodeLoader, CodeShipper
 from .runtime.waiting import (
@@ -85,6 +87,7 @@ class QueueManager:
         self._threads: ThreadPoolExecutor | None = None
         self._workers: list[QueueWorker] = []
         self._shipper: CodeShipper | None = None
+        self._kinds = KindNotes()  # the job kinds this process dispatched (``runtime.kinds``)
         self._loader: CodeLoader | None = None
         self._class_codes: dict[type, str] = {}  # fingerprints of job classes that are their code
         self._queue_names: set[str] = set()  # queue names dispatched to, checked (limits.queue_name)
@@ -102,7 +105,12 @@ class QueueManager:
         settings = parse_config(self._config)
         loader = CodeLoader(settings)  # a worker that trusts code without a secret fails here
         driver = QueueFactory.resolve(settings)
-        await driver.open()
+        try:
+            await driver.open()
+        except BaseException:  # refused (a layout it cannot work on, a bad file): nothing stays open
+            with contextlib.suppress(Exception):
+                await driver.close()
+            raise
         self._settings, self._driver, self._loader = settings, driver, loader
         if settings.artifacts is not None:  # a store given that cannot be opened fails here
             try:
@@ -370,7 +378,7 @@ class QueueManager:
 
     async def _push_unique(self, record: JobRecord, rule: Lock, on_conflict: str) -> str:
         """Store ``record`` under ``rule``; what a conflict does is ``on_conflict``'s."""
-        await self._send_unsent_code()
+        await self._send_unsent_code([record])
         holder = ""
         for _ in range(REPLACE_TRIES):
             found = await self.driver.push_keyed(record, rule)
@@ -386,7 +394,7 @@ class QueueManager:
         raise DuplicateJobError(rule.shown_key, holder)  # other dispatches kept winning
 
     async def _push_in(self, connection: Any, records: Sequence[JobRecord]) -> None:
-        await self._send_unsent_code()
+        await self._send_unsent_code(records)
         await self.driver.push_in(connection, records)
         self._count_queued(records)
 
@@ -417,6 +425,7 @@ class QueueManager:
 
         if drafts:
             await self.shipper.send(self.driver)
+            await self._note_kinds(drafts)
             await self.driver.push_chunks(chunks())
             await self._stored(records)
         return [r.id for r in records]
@@ -425,14 +434,22 @@ class QueueManager:
         """Store prepared records and count them; on ``sync``, run them now."""
         if not records:
             return
-        await self._send_unsent_code()
+        await self._send_unsent_code(records)
         await self.driver.push(records)
         await self._stored(records)
 
-    async def _send_unsent_code(self) -> None:
-        """Shipped code envelopes not stored yet go before the jobs that need them."""
+    async def _send_unsent_code(self, records: Sequence[JobRecord] | Sequence[Draft]) -> None:
+        """Shipped code envelopes not stored yet, and the kinds of ``records`` not noted yet,
+        go before the jobs that need them."""
         if self._shipper is not None and self._shipper.unsent:
             await self._shipper.send(self.driver)
+        await self._note_kinds(records)
+
+    async def _note_kinds(self, jobs: Sequence[JobRecord] | Sequence[Draft]) -> None:
+        """Note the job kinds of ``jobs`` where workers read them (``runtime.kinds``); the
+        sync driver runs jobs at dispatch and has no fleet to tell."""
+        if not self.driver.runs_at_dispatch:
+            await self._kinds.note(self.driver, ((j.queue, j.name, j.code) for j in jobs))
 
     async def _stored(self, records: Sequence[JobRecord]) -> None:
         """What follows storing new records: they are counted, and on ``sync`` they run now."""
@@ -514,7 +531,7 @@ class QueueManager:
         """Every worker of this queue that wrote its entry in the last hour, from any process
         or machine (``presence``; ``workers`` is this process's own): name, host, pid, launcher,
         state (idle, busy, gone), queues, concurrency, resources, jobs done, started and last
-        seen (epoch ms)."""
+        seen (epoch ms), the job names it runs and whether it trusts shipped code."""
         return await read_entries(self.driver)
 
     async def retire(self, name: str = "all") -> None:
@@ -573,7 +590,7 @@ class QueueManager:
         draft = self._draft(instance, None, queue, priority, None, None)
         made = make_schedule(draft, cron=cron, every=every, schedule_id=id, tz=tz, overlap=overlap,
                              catchup=catchup, now_ms=self._now_ms())
-        await self._send_unsent_code()
+        await self._send_unsent_code([draft])
         await self.driver.save_schedule(made)
         return made.id
 
@@ -593,8 +610,13 @@ class QueueManager:
     async def why_waiting(self, records: Sequence[JobRecord]) -> dict[str, str]:
         """Why each due job among ``records`` is not running yet, where its limits hold it back
         (job id -> ``"limit train 2/2"``, ``"rate 30/min"``, ``"needs gpu=1, none free"``,
-        ``"unique: same job running"``); jobs that only wait for a free worker are left out."""
-        return await wait_reasons(self.driver, records)
+        ``"unique: same job running"``, ``"no live worker runs 'train' (workers run: ...)"``);
+        jobs that only wait for a free worker are left out."""
+        reasons = await wait_reasons(self.driver, records)
+        if any(r.status is QUEUED and r.id not in reasons for r in records):
+            unrunnable = runs_reasons(records, await read_entries(self.driver))
+            reasons = {**unrunnable, **reasons}
+        return reasons
 
     async def get_job(self, job_id: str) -> JobRecord:
         record = await self.driver.get(job_id)

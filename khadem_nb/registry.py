@@ -26,6 +26,8 @@ class JobFactoryRegistry:
         #: the names whose job class or job function has a ``batch_size`` (a worker asks this of
         #: every job it claims: one set lookup)
         self.batched: set[str] = set()
+        #: counts the changes, so that what is derived from the names is made again only then
+        self.version = 0
 
     def register(self, name: str, factory: JobFactory) -> None:
         if not isinstance(name, str) or not name:
@@ -35,6 +37,7 @@ class JobFactoryRegistry:
         owner = getattr(factory, "__self__", None)  # a job class's from_json, a job function's _rebuild
         with self._lock:
             self._factories[name] = factory  # a re-run notebook cell replaces its own definition
+            self.version += 1
             if getattr(owner, "batch_size", None) is not None:
                 self.batched.add(name)
             else:
@@ -44,6 +47,7 @@ class JobFactoryRegistry:
         with self._lock:
             self._factories.pop(name, None)
             self.batched.discard(name)
+            self.version += 1
 
     def names(self) -> list[str]:
         return sorted(self._factories)

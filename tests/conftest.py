@@ -224,3 +224,20 @@ async def queued_manager(request: pytest.FixtureRequest, tmp_path: Path) -> Asyn
 
 def require_env_flag(name: str) -> bool:
     return os.environ.get(name, "") not in ("", "0", "false", "no")
+
+
+@pytest.fixture(params=["sqlite", "file", "redis", "postgres"])
+def durable_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """The URL of a queue that several processes share, on each durable driver."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path}/q.db"
+    elif request.param == "file":
+        yield f"file:///{tmp_path}/q"
+    elif request.param == "postgres":
+        url = postgres_url(tmp_path)
+        yield url
+        asyncio.run(purge_url(url))
+    else:
+        url = f"{need_redis()}?prefix=khadem-proc-{tmp_path.name}"
+        yield url
+        asyncio.run(purge_url(url))

@@ -365,23 +365,63 @@ async def test_job_timeout_cancels_the_job(manager: QueueManager) -> None:
     assert record.error is not None and "timeout of 0.05s" in record.error
 
 
-async def test_unknown_job_name_fails_the_record_and_worker_continues(manager: QueueManager) -> None:
-    class Ghost(QueueJob):
-        async def handle(self) -> None:
-            return None
-
-    from khadem_nb.registry import job_factories
-
-    ghost = manager.build_record(Ghost())
-    job_factories.unregister("Ghost")
+async def test_an_unknown_job_name_fails_on_the_sync_driver(tmp_path: Path) -> None:
+    """The sync driver runs a job at dispatch, in the dispatching process: no other worker can
+    run a job it lacks, so it fails at once, saying why."""
+    manager = await make_manager("sync", tmp_path)
+    ghost = manager.build_record(Echo("boo"))
+    ghost.name = "Ghost"
     await manager.push([ghost])
-    ok = await manager.dispatch(Echo("after"))
-    await drain(manager)
     record = await manager.get_job(ghost.id)
     assert record.status is JobStatus.FAILED
     assert record.error is not None and "'Ghost'" in record.error and "UnknownJobError" in record.error
-    assert record.attempt == 1  # retrying cannot help; not retried
-    assert (await manager.get_job(ok)).status is JobStatus.COMPLETED
+    await manager.close()
+
+
+async def test_a_job_no_worker_runs_waits_with_its_reason(queued_manager: QueueManager) -> None:
+    """A job whose kind no live worker runs waits, never failed, and why_waiting says so; the
+    worker runs the jobs behind it."""
+    manager = queued_manager
+    ghost = manager.build_record(Echo("boo"))
+    ghost.name = "Ghost"
+    await manager.push([ghost])
+    ok = await manager.dispatch(Echo("after"))
+    worker = await manager.start_worker(run_in_background=True, delay=0.02)
+    try:
+        assert (await manager.wait([ok], timeout=30))[0].result == "after"
+        await asyncio.sleep(0.3)
+        record = await manager.get_job(ghost.id)
+        assert record.status is JobStatus.QUEUED and record.attempt == 0
+        reason = (await manager.why_waiting([record]))[ghost.id]
+        assert reason.startswith("no live worker runs 'Ghost' (workers run: ") and "Echo" in reason
+    finally:
+        await worker.stop()
+
+
+async def test_a_job_of_a_kind_nobody_noted_is_given_back_without_spending_an_attempt(
+        queued_manager: QueueManager) -> None:
+    """A job stored by a process that notes no kinds (an earlier release) reaches a worker
+    that lacks it: the worker gives it back, notes its kind and leaves it from then on."""
+    manager = queued_manager
+    ghost = manager.build_record(Echo("boo"))
+    ghost.name = "Ghost"
+    await manager.driver.push([ghost])  # past the kind notes, as an earlier release stores it
+    worker = await manager.start_worker(run_in_background=True, delay=0.02)
+    try:
+        async def given_back() -> bool:
+            return await manager.driver.kv_get(f"kinds/{ghost.queue}/plain/Ghost") is not None
+        for _ in range(300):
+            if await given_back():
+                break
+            await asyncio.sleep(0.02)
+        assert await given_back()
+        ok = await manager.dispatch(Echo("after"))
+        assert (await manager.wait([ok], timeout=30))[0].result == "after"
+        await asyncio.sleep(1.5)  # due again: the worker's claims now leave it
+        record = await manager.get_job(ghost.id)
+        assert record.status is JobStatus.QUEUED and record.attempt == 0 and record.error is None
+    finally:
+        await worker.stop()
 
 
 async def test_named_queues_checked_in_order(queued_manager: QueueManager) -> None:

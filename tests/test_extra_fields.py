@@ -106,7 +106,7 @@ async def test_an_sqlite_file_with_a_column_a_field_upgrades(tmp_path: Path) -> 
 async def test_a_postgres_schema_at_version_10_upgrades(tmp_path: Path) -> None:
     import psycopg
 
-    config = driver_config("postgres", tmp_path)
+    config = driver_config("postgres", tmp_path, auto_migrate=True)
     schema = parse_config(config).schema.lower()
     url = str(config["queue"]["url"]).split("?")[0]
     with psycopg.connect(url, autocommit=True) as conn:

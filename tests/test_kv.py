@@ -88,7 +88,7 @@ async def test_code_an_earlier_version_stored_is_found_in_the_keyed_store(driver
     """Shipped code lives in the keyed store (``code/<digest>``); what a version before it kept
     in its own table, hash or folder is moved there when the queue opens or its schema upgrades."""
     digest = "a" * 32
-    config = driver_config(driver, tmp_path)
+    config = driver_config(driver, tmp_path, auto_migrate=True)
     manager = await QueueManager(config).init()
     await manager.driver.purge()
     await manager.close()
@@ -117,8 +117,10 @@ async def _store_the_old_way(driver: str, section: dict[str, object], digest: st
             conn.execute("DELETE FROM khadem_kv")
             conn.execute("INSERT INTO khadem_code (digest, envelope, created_ms) VALUES (?, ?, 1)",
                          (digest, ENVELOPE))
+            conn.execute("PRAGMA user_version = 0")  # a file written before layout versions
     elif driver == "file":
         (Path(str(section["path"])) / "code" / f"{digest}.env").write_bytes(ENVELOPE)
+        (Path(str(section["path"])) / "layout").unlink()  # a folder written before layout versions
     elif driver == "redis":
         import redis
 

@@ -15,11 +15,11 @@ from jobs import Echo
 
 from khadem_nb import (
     ConfigError,
-    CorruptQueueError,
     DriverError,
     DriverUnavailableError,
     JobStatus,
     QueueManager,
+    SchemaVersionError,
 )
 from khadem_nb.drivers.postgres import SCHEMA_VERSION
 
@@ -141,7 +141,8 @@ async def test_a_schema_from_a_newer_version_is_refused_unaltered(tmp_path: Path
     schema = schema_for(tmp_path)
     with psycopg.connect(need_postgres(), autocommit=True) as conn:
         conn.execute(f"INSERT INTO {schema}.version VALUES (99)")
-    with pytest.raises(CorruptQueueError, match="newer khadem_nb"):
+    with pytest.raises(SchemaVersionError, match=r"layout version 99, newer than this release of khadem_nb "
+                       rf"knows \(it writes {SCHEMA_VERSION} and works on {SCHEMA_VERSION + 1}\)"):
         await QueueManager(url).init()
     with psycopg.connect(need_postgres(), autocommit=True) as conn:
         versions = sorted(row[0] for row in conn.execute(f"SELECT version FROM {schema}.version"))
@@ -165,7 +166,7 @@ async def test_a_first_version_schema_is_upgraded_in_place(tmp_path: Path) -> No
         conn.execute(f"INSERT INTO {schema}.jobs (id, queue, name, status, priority, attempt, "
                      "max_attempts, created_ms, available_ms, payload) VALUES ('old-job', 'default', 'Echo', "
                      """'queued', 0, 0, 1, 0, 0, '{"value": "from version 1"}')""")
-    manager = await QueueManager(postgres_url(tmp_path)).init()
+    manager = await QueueManager(postgres_url(tmp_path) + "&auto_migrate=true").init()
     try:
         with psycopg.connect(need_postgres(), autocommit=True) as conn:
             versions = [row[0] for row in conn.execute(f"SELECT version FROM {schema}.version ORDER BY 1")]

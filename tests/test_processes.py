@@ -5,34 +5,15 @@ from __future__ import annotations
 import asyncio
 import signal
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import need_redis, postgres_url, purge_url
 from jobs import Echo, Mark, Sleep, SleepFirst
 from procs import finish, kill, run_script, start_worker
 
 from khadem_nb import JobStatus, QueueManager
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(params=["sqlite", "file", "redis", "postgres"])
-def durable_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path}/q.db"
-    elif request.param == "file":
-        yield f"file:///{tmp_path}/q"
-    elif request.param == "postgres":
-        url = postgres_url(tmp_path)
-        yield url
-        asyncio.run(purge_url(url))
-    else:
-        url = f"{need_redis()}?prefix=khadem-proc-{tmp_path.name}"
-        yield url
-        asyncio.run(purge_url(url))
-
 
 
 async def open_manager(url: str, **queue: object) -> QueueManager:
@@ -252,16 +233,25 @@ q.close()
 """
 
 
-async def test_a_job_defined_in_a_cell_fails_clearly_in_a_worker_process(tmp_path: Path) -> None:
+async def test_a_job_defined_in_a_cell_waits_with_its_reason_in_a_worker_process(tmp_path: Path) -> None:
+    """A worker process cannot import ``__main__``: it leaves the cell's job (never failed)
+    and why_waiting says what would run it."""
     url = f"sqlite:///{tmp_path}/q.db"
     dispatched = run_script(CELL_DEFINED, url)
     assert dispatched.returncode == 0, dispatched.stderr
     job_id = dispatched.stdout.split()[-1]
-    finish([start_worker(url, "--burst")])
+    worker = start_worker(url)
     manager = await open_manager(url)
-    record = await manager.get_job(job_id)
-    await manager.close()
-    assert record.status is JobStatus.FAILED
-    assert record.error is not None
-    assert "defined in a notebook cell or a script (module __main__)" in record.error
-    assert "khadem-nb worker --import <module>" in record.error
+    try:
+        for _ in range(300):
+            if any(e["state"] == "idle" for e in await manager.list_workers()):
+                break
+            await asyncio.sleep(0.05)
+        record = await manager.get_job(job_id)
+        reason = (await manager.why_waiting([record])).get(job_id, "")
+    finally:
+        kill(worker)
+        await manager.close()
+    assert (record.status, record.attempt) == (JobStatus.QUEUED, 0)
+    assert reason.startswith("no live worker runs '__main__.defined_in_a_cell' (workers run: ")
+    assert reason.endswith("defined in a notebook cell: ship its code or run the kernel's workers")

@@ -24,6 +24,7 @@ from .._ids import new_token
 from .._time import now_ms
 from ..config import QueueSettings, parse_config
 from ..errors import ConfigError
+from ..features.capabilities import Runs
 from ..features.flow import LaneRule, LaneUse
 from ..features.resources import OFFER_TTL_S, Offer
 from ..features.schedules import FIRE, STALE, Schedule, ScheduleState, fire_verdict
@@ -31,6 +32,7 @@ from ..features.unique import Lock
 from ..job import ACTIVE, CANCELLED, COMPLETED, FAILED, QUEUED, SCHEDULED, JobRecord, JobStatus
 from ..limits import PRIORITY_RANGE
 from ._kv import check_key, check_ttl, check_value
+from ._layout import Layout
 
 OFFERS_KEY = "offers/"  # the keyed store's prefix of workers' resource offers
 CODE_KEY = "code/"  # the keyed store's prefix of shipped code envelopes, by digest
@@ -132,6 +134,10 @@ class QueueDriver(ABC):
     uses_leases: ClassVar[bool] = False
     #: priorities this driver orders, ``[-max_priority, max_priority]``; checked at dispatch
     max_priority: ClassVar[int] = PRIORITY_RANGE[1]
+    #: the storage layout versions it writes and works on (``_layout``); 0 where it stores none
+    layout: ClassVar[Layout] = Layout(0, 0)
+    #: ``queue.auto_migrate``'s default: whether opening may upgrade an older layout
+    auto_migrates: ClassVar[bool] = True
 
     def __init__(self, settings: QueueSettings | str | Mapping[str, Any] | None = None) -> None:
         """``settings`` takes what ``QueueManager`` takes: a queue URL, a config dict with a
@@ -141,6 +147,9 @@ class QueueDriver(ABC):
         #: the time settles and claims read, in ms since the epoch: the wall clock, or a
         #: test's virtual clock (``khadem_nb.testing``)
         self.clock: Callable[[], int] = now_ms
+        #: the layout versions of the last ``open`` that created or upgraded the storage: (found,
+        #: now), found ``None`` for a new storage; ``None`` when it found the layout as it is
+        self.layout_change: tuple[int | None, int] | None = None
 
     def check_priority(self, priority: Any) -> int:
         """``priority`` as an int, or ``ConfigError`` if this driver cannot order it."""
@@ -159,7 +168,21 @@ class QueueDriver(ABC):
 
     # -- lifecycle ---------------------------------------------------------------------------
     async def open(self) -> None:
-        """Connect or create storage; raise a clear error naming the location if it is bad."""
+        """Connect or create storage; raise a clear error naming the location if it is bad.
+        An older layout is upgraded where ``auto_migrate`` allows (``_layout.plan``)."""
+
+    @property
+    def auto_migrate(self) -> bool:
+        """Whether opening may upgrade the storage's layout: ``queue.auto_migrate``, else the
+        driver's default."""
+        setting = self.settings.auto_migrate
+        return self.auto_migrates if setting is None else setting
+
+    async def layout_statements(self) -> list[str]:
+        """The statements ``khadem-nb migrate`` would run, for a DBA to read or run by hand;
+        ``ConfigError`` on a driver whose layout is not SQL."""
+        raise ConfigError(f"the {self.settings.driver} driver's layout is not SQL: run "
+                          "`khadem-nb migrate` without --sql")
 
     async def close(self) -> None:
         """Release connections and files."""
@@ -194,7 +217,7 @@ class QueueDriver(ABC):
     # -- consuming ---------------------------------------------------------------------------
     @abstractmethod
     async def reserve(self, queues: Sequence[str], limit: int, wait_s: float,
-                      free: Mapping[str, int] | None = None) -> list[JobRecord]:
+                      free: Mapping[str, int] | None = None, runs: Runs | None = None) -> list[JobRecord]:
         """Claim up to ``limit`` due jobs, the first queue that has any first.
 
         Claimed records come back ACTIVE with a fresh ``token``, ``attempt`` incremented and
@@ -204,10 +227,13 @@ class QueueDriver(ABC):
         Jobs with limits (``record.lane``) are claimed only as their lane's rule allows at this
         moment, counted across every process (``flow``), and before the others of their queue;
         ``free`` is the claiming worker's free resource units: a job that needs more is left.
+        ``runs``: the jobs the claiming worker can run (``features.capabilities``); the others
+        are left for workers that can, and do not hold back the jobs behind them. ``None``: it
+        runs any.
         """
 
     def take_ready(self, queues: Sequence[str], limit: int,
-                   free: Mapping[str, int] | None = None) -> list[JobRecord]:
+                   free: Mapping[str, int] | None = None, runs: Runs | None = None) -> list[JobRecord]:
         """Claim, as :meth:`reserve` would, jobs this process has at hand, without waiting and
         without I/O; ``[]`` where a claim needs I/O (every durable driver) or nothing is at
         hand. The one fast branch of the interface: a lone consumer on an in-process queue

@@ -31,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
+import functools
 import hashlib
 import json
 import logging
@@ -46,7 +47,8 @@ from typing import Any, ClassVar, TypeVar
 from .. import limits
 from .._time import now_ms
 from ..config import QueueSettings
-from ..errors import DriverError, SerializationError
+from ..errors import CorruptQueueError, DriverError, SerializationError
+from ..features.capabilities import Runs
 from ..features.dependencies import ended_reason, judge, place_child, stop_child, stops_child
 from ..features.flow import ClaimPlan, LaneRule, LaneUse, recent_starts, rule_of
 from ..features.unique import Lock, lock_is_live
@@ -66,6 +68,7 @@ from . import _records
 from ._fs import FILE_MODE, FOLDER_MODE, check_parent_writable, local_path
 from ._kv import check_key, check_prefix, expiry
 from ._lanes import oldest_start_kept
+from ._layout import USE, Layout, plan
 from ._polling import PollingWaits
 from ._records import due_view, reclaim
 from .base import (
@@ -100,6 +103,11 @@ JOB_ID = re.compile(r"-([0-9a-f]{32})\.json\Z")
 DELAYED_FILE = re.compile(r"\d{15}-[0-9a-f]{32}\.json\Z")
 TMP_MAX_AGE_S = 600.0  # a temporary file this old was left by a writer that died
 READY_CACHE_S = 0.25
+LAYOUT_FILE = "layout"  # the queue folder's layout version (``_layout``), a number in a file
+#: the folder's layout versions: 1 is the first that stores its version; a folder written
+#: before (0) has its shipped code and schedules moved into the keyed store
+LAYOUT = Layout(1, 1)
+KINDS_KEPT = 10_000  # ready files whose job kind a filtered claim keeps before pruning
 
 
 def _ready_name(record: JobRecord) -> str:
@@ -122,9 +130,11 @@ def _id_of(filename: str) -> str:
 class FileStore:
     """The synchronous half: paths, atomic writes and the lock."""
 
-    def __init__(self, root: str, settings: QueueSettings) -> None:
+    def __init__(self, root: str, settings: QueueSettings, auto_migrate: bool = True) -> None:
         self.root = root
         self.settings = settings
+        self.auto_migrate = auto_migrate
+        self.layout_change: tuple[int | None, int] | None = None  # what opening did (``_layout``)
         self._seq = 0
         self._thread_lock = threading.Lock()
         self._next_sweep_ms = 0
@@ -132,6 +142,8 @@ class FileStore:
         # of N files per claim would make a drain O(N^2). Refreshed when used up, when this
         # process adds work, or after READY_CACHE_S (other processes' new jobs, priorities).
         self._ready_cache: dict[str, tuple[float, list[str]]] = {}
+        #: ready file name -> its job's name and code, read by claims filtered by ``Runs``
+        self._kinds: dict[str, tuple[str, str | None]] = {}
         self._next_age_pass = 0.0  # monotonic time of the next retention pass by age
         self._lanes: dict[str, tuple[str, str] | None] = {}  # job id -> (lane, rule) of jobs read
 
@@ -142,6 +154,8 @@ class FileStore:
     def open(self) -> None:
         if os.path.exists(self.root) and not os.path.isdir(self.root):
             raise DriverError(f"queue path {self.root!r} is a file; the file driver needs a folder")
+        found = self._stored_layout()
+        action = plan(found, LAYOUT, self.auto_migrate, self.root)
         check_parent_writable(os.path.join(self.root, "x"), kind="queue folder", mode=FOLDER_MODE)
         os.makedirs(self.root, mode=FOLDER_MODE, exist_ok=True)
         for name in STATE_DIRS:
@@ -150,8 +164,26 @@ class FileStore:
             raise DriverError(f"queue folder {self.root!r} is not writable")
         self._remove_stale_temporaries()
         self._finish_cancels()
-        self._move_legacy_code()
-        self._move_legacy_schedules()
+        if action != USE:  # what a folder written before layout versions held moves (idempotent steps)
+            self._move_legacy_code()
+            self._move_legacy_schedules()
+            self.write_bytes(self.dir(LAYOUT_FILE), f"{LAYOUT.current}\n".encode())
+            self.layout_change = (found, LAYOUT.current)
+
+    def _stored_layout(self) -> int | None:
+        """The folder's layout version (its LAYOUT_FILE; 0 for a queue folder written before
+        versions were stored); ``None`` where it holds no queue yet."""
+        try:
+            with open(self.dir(LAYOUT_FILE), "rb") as handle:
+                text = handle.read().strip()
+        except FileNotFoundError:
+            held = os.path.isdir(self.root) and any(os.path.isdir(self.dir(name)) for name in STATE_DIRS)
+            return 0 if held else None
+        try:
+            return int(text)
+        except ValueError:
+            raise CorruptQueueError(f"the layout file of the file queue {self.root!r} holds "
+                                    f"{text[:40]!r}, not a version number") from None
 
     def _move_legacy_code(self) -> None:
         """Move shipped code that versions before the keyed store kept as ``code/<digest>.env``
@@ -432,8 +464,8 @@ class FileStore:
         self.write(os.path.join(folder, name), record)
         self._ready_cache.pop(record.queue, None)
 
-    def claim(self, queues: Sequence[str], limit: int,
-              free: Mapping[str, int] | None = None) -> list[JobRecord]:
+    def claim(self, queues: Sequence[str], limit: int, free: Mapping[str, int] | None = None,
+              runs: Runs | None = None) -> list[JobRecord]:
         _check_queues(queues)
         with self.locked():
             now = now_ms()
@@ -448,10 +480,13 @@ class FileStore:
                 if self._promote_due(queue, now):
                     self._ready_cache.pop(queue, None)
                 if self.listdir("limited", queue):
-                    claimed += self._claim_limited(queue, now, free, limit - len(claimed))
+                    claimed += self._claim_limited(queue, now, free, limit - len(claimed), runs)
                 names = self._ready_names(queue)
                 while names and len(claimed) < limit:
-                    record = self._claim_file(queue, names.pop(0), now)
+                    name = names.pop(0)
+                    if runs is not None and not self._runnable("ready", queue, name, runs):
+                        continue
+                    record = self._claim_file(queue, name, now)
                     if record is not None:
                         claimed.append(record)
                 if len(claimed) >= limit:
@@ -465,8 +500,23 @@ class FileStore:
             self._ready_cache[queue] = cached
         return cached[1]
 
+    def _runnable(self, folder: str, queue: str, name: str, runs: Runs) -> bool:
+        """Whether ``runs`` allows the job of a ready file: its job name and code are read once
+        per file (kept in ``_kinds``, pruned to the files still there); a file that does not
+        read is claimed, to be quarantined as any claim would."""
+        kind = self._kinds.get(name)
+        if kind is None:
+            record = self.read(self.dir(folder, queue, name))
+            if record is None:
+                return True
+            if len(self._kinds) >= KINDS_KEPT:
+                present = set(self.listdir("ready", queue)) | set(self.listdir("limited", queue))
+                self._kinds = {n: k for n, k in self._kinds.items() if n in present}
+            kind = self._kinds[name] = (record.name, record.code)
+        return runs.allows(*kind)
+
     def _claim_limited(self, queue: str, now: int, free: Mapping[str, int] | None,
-                       want: int) -> list[JobRecord]:
+                       want: int, runs: Runs | None = None) -> list[JobRecord]:
         """The queue's limited jobs its lanes allow now, in claim order (``flow``)."""
         active, waiting = self.listdir("active"), self.listdir("limited", queue)
         self._lanes = {i: self._lanes[i] for i in map(_id_of, active + waiting) if i in self._lanes}
@@ -477,9 +527,11 @@ class FileStore:
         claimed: list[JobRecord] = []
         started = False  # a job of a rated lane was claimed: the window's log changed
         for name in waiting:
-            lane = self._lane_of("limited", queue, name)
             if len(claimed) >= want:
                 break
+            if runs is not None and not self._runnable("limited", queue, name, runs):
+                continue
+            lane = self._lane_of("limited", queue, name)
             rule = None if lane is None else rule_of(lane[1])
             if lane is None or rule is None or not plan.admit(lane[0], rule):
                 continue
@@ -969,6 +1021,7 @@ class FileDriver(QueueDriver):
     """Durable, multi-process, at-least-once queue in a folder of JSON files."""
 
     uses_leases: ClassVar[bool] = True
+    layout: ClassVar[Layout] = LAYOUT
     #: ready files sort by ``PRIORITY_OFFSET - priority`` in ten digits
     max_priority: ClassVar[int] = PRIORITY_OFFSET - 1
 
@@ -976,7 +1029,7 @@ class FileDriver(QueueDriver):
         super().__init__(settings)
         settings = self.settings
         self.root = local_path(settings)
-        self.store = FileStore(self.root, settings)
+        self.store = FileStore(self.root, settings, self.auto_migrate)
         self._thread: ThreadPoolExecutor | None = None
         self._waits = PollingWaits()
 
@@ -995,6 +1048,7 @@ class FileDriver(QueueDriver):
 
     async def open(self) -> None:
         await self._call(self.store.open)
+        self.layout_change = self.store.layout_change
 
     async def close(self) -> None:
         if self._thread is not None:
@@ -1018,8 +1072,9 @@ class FileDriver(QueueDriver):
         self._waits.interrupt()
 
     async def reserve(self, queues: Sequence[str], limit: int, wait_s: float,
-                      free: Mapping[str, int] | None = None) -> list[JobRecord]:
-        return await self._waits.reserve(lambda: self._call(self.store.claim, queues, limit, free), wait_s)
+                      free: Mapping[str, int] | None = None, runs: Runs | None = None) -> list[JobRecord]:
+        claim = functools.partial(self._call, self.store.claim, queues, limit, free, runs)
+        return await self._waits.reserve(claim, wait_s)
 
     async def heartbeat(self, records: Sequence[JobRecord]) -> list[bool]:
         return await self._call(self.store.heartbeat, [(r.id, r.token) for r in records])

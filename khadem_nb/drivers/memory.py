@@ -25,6 +25,7 @@ from typing import Any, ClassVar
 
 from .._ids import new_token
 from ..config import QueueSettings
+from ..features.capabilities import Runs
 from ..features.dependencies import DependencyIndex, ended_reason, place_child, stop_child, stops_child
 from ..features.flow import (
     ClaimPlan,
@@ -74,6 +75,7 @@ def _parse_own_json(text: str) -> Any:
 PENDING = (QUEUED, SCHEDULED)
 HELD = (WAITING, ACTIVE, FAILED, CANCELLED)  # kept as id sets; the rest are listed from heaps/deque
 FINISHED = (COMPLETED, FAILED, CANCELLED)
+PASSED_OVER = 1000  # ready jobs a claim filtered by ``Runs`` parks at most before it returns
 LOCK_SWEEP_MIN = 1024  # unique locks kept before the memory driver first drops dead ones
 
 
@@ -146,6 +148,9 @@ class MemoryDriver(QueueDriver):
         self._expiring: list[tuple[int, str]] = []
         self._retention = settings.retention
         self._ready: dict[str, PriorityLanes] = {}
+        #: ready jobs that a claim filtered by ``Runs`` passed over: queue -> job name -> their
+        #: ids; every claim that can run the name takes them before ``_ready`` (they were ahead)
+        self._parked: dict[str, dict[str, PriorityLanes]] = {}
         #: ready jobs with limits (``flow``): queue -> lane -> their ids
         self._limited: dict[str, dict[str, PriorityLanes]] = {}
         #: (queue, lane) -> jobs of the lane held now, and the start times of its rate window
@@ -312,8 +317,8 @@ class MemoryDriver(QueueDriver):
             cond.notify(n)
 
     async def reserve(self, queues: Sequence[str], limit: int, wait_s: float,
-                      free: Mapping[str, int] | None = None) -> list[JobRecord]:
-        claimed = self.take_ready(queues, limit, free)  # fast path: no lock when work is there
+                      free: Mapping[str, int] | None = None, runs: Runs | None = None) -> list[JobRecord]:
+        claimed = self.take_ready(queues, limit, free, runs)  # fast path: no lock when work is there
         if claimed or wait_s <= 0:
             return claimed
         deadline = time.monotonic() + wait_s
@@ -321,7 +326,7 @@ class MemoryDriver(QueueDriver):
         cond = self._cond()
         async with cond:
             while True:
-                claimed = self.take_ready(queues, limit, free)
+                claimed = self.take_ready(queues, limit, free, runs)
                 remaining = deadline - time.monotonic()
                 if claimed or remaining <= 0 or generation != self._wake_generation:
                     return claimed
@@ -334,10 +339,10 @@ class MemoryDriver(QueueDriver):
                     self._waiting -= 1
 
     def take_ready(self, queues: Sequence[str], limit: int,
-                   free: Mapping[str, int] | None = None) -> list[JobRecord]:
+                   free: Mapping[str, int] | None = None, runs: Runs | None = None) -> list[JobRecord]:
         claimed: list[JobRecord] = []
         now = self.clock()
-        records, delayed, ready = self._records, self._delayed, self._ready
+        delayed, ready = self._delayed, self._ready
         self._reopens_at = None
         for queue in queues:
             if queue in self._paused:
@@ -345,23 +350,66 @@ class MemoryDriver(QueueDriver):
             if delayed.get(queue):
                 self._promote_due(queue, now)
             if self._limited.get(queue):
-                self._take_limited(queue, now, free, limit, claimed)
+                self._take_limited(queue, now, free, limit, claimed, runs)
                 if len(claimed) == limit:
                     return claimed
+            if self._parked.get(queue):
+                self._take_parked(queue, now, limit, claimed, runs)
             lanes = ready.get(queue)
-            if lanes is None:
-                continue
-            while (job_id := lanes.popleft()) is not None:
-                record = records.get(job_id)
-                if record is not None and record.status is QUEUED:  # else requeued or gone
-                    claimed.append(self._hand_out(record, now))
-                    if len(claimed) == limit:
-                        return claimed
+            if lanes is not None and len(claimed) < limit:
+                if runs is None:
+                    self._take_any(lanes, now, limit, claimed)
+                else:
+                    self._take_runnable(queue, lanes, now, limit, claimed, runs)
+            if len(claimed) == limit:
+                return claimed
         return claimed
 
+    def _take_any(self, lanes: PriorityLanes, now: int, limit: int, claimed: list[JobRecord]) -> None:
+        records = self._records
+        while (job_id := lanes.popleft()) is not None:
+            record = records.get(job_id)
+            if record is not None and record.status is QUEUED:  # else requeued or gone
+                claimed.append(self._hand_out(record, now))
+                if len(claimed) == limit:
+                    return
+
+    def _take_runnable(self, queue: str, lanes: PriorityLanes, now: int, limit: int,
+                       claimed: list[JobRecord], runs: Runs) -> None:
+        """Claim, in order, the ready jobs ``runs`` allows; park those it passes over (at most
+        PASSED_OVER a claim), so that they never hold back the jobs behind them."""
+        parked = self._parked.setdefault(queue, {})
+        passed = 0
+        while len(claimed) < limit and passed < PASSED_OVER and (job_id := lanes.popleft()) is not None:
+            record = self._records.get(job_id)
+            if record is None or record.status is not QUEUED:
+                continue
+            if runs.allows(record.name, record.code):
+                claimed.append(self._hand_out(record, now))
+            else:
+                parked.setdefault(record.name, PriorityLanes()).append(record.priority, job_id)
+                passed += 1
+
+    def _take_parked(self, queue: str, now: int, limit: int, claimed: list[JobRecord],
+                     runs: Runs | None) -> None:
+        """Claim the parked jobs of the names ``runs`` allows (any, without it)."""
+        parked = self._parked[queue]
+        for name, ids in list(parked.items()):
+            while len(claimed) < limit and (job_id := ids.peek()) is not None:
+                record = self._records.get(job_id)
+                if record is not None and record.status is QUEUED and runs is not None \
+                        and not runs.allows(record.name, record.code):
+                    break
+                ids.popleft()
+                if record is not None and record.status is QUEUED:
+                    claimed.append(self._hand_out(record, now))
+            if ids.peek() is None:
+                del parked[name]
+
     def _take_limited(self, queue: str, now: int, free: Mapping[str, int] | None, limit: int,
-                      claimed: list[JobRecord]) -> None:
-        """Claim the queue's limited jobs its lanes allow now, each lane in turn (``flow``)."""
+                      claimed: list[JobRecord], runs: Runs | None = None) -> None:
+        """Claim the queue's limited jobs its lanes allow now, each lane in turn (``flow``); a
+        lane whose first job ``runs`` does not allow is passed over."""
         plan = ClaimPlan(now, {lane: n for (q, lane), n in self._lane_held.items() if q == queue},
                          lambda lane, _: self._lane_starts.get((queue, lane), ()), free)
         lanes, records = self._limited[queue], self._records
@@ -371,6 +419,8 @@ class MemoryDriver(QueueDriver):
                 if record is None or record.status is not QUEUED:  # requeued or gone
                     ids.popleft()
                     continue
+                if runs is not None and not runs.allows(record.name, record.code):
+                    break
                 rule = rule_of(record.lane_rule or "")
                 if not plan.admit(lane, rule):
                     break
@@ -603,7 +653,8 @@ class MemoryDriver(QueueDriver):
         if status is COMPLETED:
             return self._completed
         limited = (i for lanes in self._limited.values() for ids in lanes.values() for i in ids)
-        ready = itertools.chain(itertools.chain.from_iterable(self._ready.values()), limited)
+        parked = (i for names in self._parked.values() for ids in names.values() for i in ids)
+        ready = itertools.chain(itertools.chain.from_iterable(self._ready.values()), limited, parked)
         delayed = (entry[2] for heap in self._delayed.values() for entry in heap)
         return itertools.chain(ready, delayed)
 
@@ -750,6 +801,7 @@ class MemoryDriver(QueueDriver):
         for ids in self._held.values():
             ids.clear()
         self._ready.clear()
+        self._parked.clear()
         self._limited.clear()
         self._lane_held.clear()
         self._lane_starts.clear()

@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import json
 import logging
 import os
 import sqlite3
@@ -36,6 +37,7 @@ from .._ids import new_token
 from .._time import now_ms
 from ..config import QueueSettings
 from ..errors import ConfigError, CorruptQueueError, DriverError, DriverUnavailableError
+from ..features.capabilities import Runs
 from ..features.dependencies import place_child
 from ..features.flow import ClaimPlan, LaneRule, LaneUse, rule_of
 from ..features.unique import Lock
@@ -52,6 +54,7 @@ from ._lanes import (
     starts_table_sql,
     workers_table_sql,
 )
+from ._layout import USE, Layout, plan
 from ._polling import PollingWaits
 from ._records import due_view, reclaim
 from ._rows import (
@@ -146,6 +149,23 @@ LATER_SCHEMA = [
     "FROM khadem_code",
     "DELETE FROM khadem_code",
 ]
+# columns added to khadem_jobs since the first file layout (and in SCHEMA): a file made before
+# gains them, empty
+LATER_COLUMNS = (("failure", "TEXT"), ("keep_ms", "INTEGER"), ("lane", "TEXT"), ("lane_rule", "TEXT"),
+                 ("on_upstream_failure", "TEXT"), ("extra", "TEXT"))
+# schedules that earlier versions kept in a table of their own move into the keyed store
+# (``QueueDriver.save_schedule``), with their last fired slots; the table goes
+SCHEDULES_MOVE = [
+    "INSERT OR IGNORE INTO khadem_kv (key, value, expires_ms) "
+    "SELECT 'schedules/' || id, CAST(spec AS BLOB), NULL FROM khadem_schedules",
+    "INSERT OR IGNORE INTO khadem_kv (key, value, expires_ms) "
+    "SELECT 'fired/' || id, CAST(json_object('slot', last_slot, 'job', last_job) AS BLOB), "
+    "NULL FROM khadem_schedules WHERE last_slot IS NOT NULL",
+    "DROP TABLE khadem_schedules",
+]
+#: the file's layout versions (``_layout``): 1 is the first that stores its version; a file
+#: written before (0) gains what LATER_COLUMNS, LATER_SCHEMA and SCHEDULES_MOVE bring
+LAYOUT = Layout(1, 1)
 KV_LIVE = "(expires_ms IS NULL OR expires_ms > ?)"
 KV_PUT = ("INSERT INTO khadem_kv (key, value, expires_ms) VALUES (?, ?, ?) ON CONFLICT (key) DO UPDATE "
           "SET value = excluded.value, expires_ms = excluded.expires_ms")
@@ -172,14 +192,22 @@ UPDATE khadem_jobs
        lease_ms = :lease, token = :token || '-' || seq
  WHERE seq IN (SELECT seq FROM khadem_jobs
                 WHERE queue = :queue AND status IN ('queued', 'scheduled') AND available_ms <= :now
-                      AND {{lane}}
+                      AND {{lane}}{{runs}}
                       AND NOT EXISTS (SELECT 1 FROM khadem_kv WHERE key = 'paused/' || :queue
                                          AND (expires_ms IS NULL OR expires_ms > :now))
                 ORDER BY priority DESC, seq LIMIT :limit)
 RETURNING seq, {", ".join(COLUMNS)}
 """
-CLAIM = CLAIM_WHERE.format(lane="lane IS NULL")  # jobs without limits
-CLAIM_LANE = CLAIM_WHERE.format(lane="lane = :lane")  # one lane's jobs (see _lanes)
+# a claim that takes only what the claiming worker can run (``features.capabilities.Runs``):
+# the names in :names (a JSON array), and with :shipped the jobs whose code carries a seal
+RUNS = """
+                      AND (name IN (SELECT value FROM json_each(:names))
+                           OR (:shipped AND CASE WHEN json_valid(extra)
+                                                 THEN instr(json_extract(extra, '$.code'), '.') > 0 END))"""
+CLAIM = CLAIM_WHERE.format(lane="lane IS NULL", runs="")  # jobs without limits
+CLAIM_LANE = CLAIM_WHERE.format(lane="lane = :lane", runs="")  # one lane's jobs (see _lanes)
+CLAIM_RUNS = CLAIM_WHERE.format(lane="lane IS NULL", runs=RUNS)
+CLAIM_LANE_RUNS = CLAIM_WHERE.format(lane="lane = :lane", runs=RUNS)
 # a row's meta, or an empty object where it is damaged (a patch of damaged JSON fails)
 SOUND_META = "CASE WHEN json_valid(meta) THEN meta ELSE '{}' END"
 SETTLE = f"""
@@ -224,10 +252,13 @@ def storage_error(path: str, exc: sqlite3.Error) -> DriverError:
 class SqliteStore:
     """The synchronous half: one connection, used from one thread at a time."""
 
-    def __init__(self, path: str, settings: QueueSettings, busy_timeout_ms: int = 30_000) -> None:
+    def __init__(self, path: str, settings: QueueSettings, busy_timeout_ms: int = 30_000,
+                 auto_migrate: bool = True) -> None:
         self.path = path
         self.settings = settings
         self.busy_timeout_ms = busy_timeout_ms
+        self.auto_migrate = auto_migrate
+        self.layout_change: tuple[int | None, int] | None = None  # what opening did (``_layout``)
         self.conn: sqlite3.Connection | None = None
         self.journal_mode = ""
         self._next_sweep_ms = 0
@@ -248,11 +279,7 @@ class SqliteStore:
             conn.execute("PRAGMA recursive_triggers = ON")  # a cancelled child ends its children
             if create:
                 self.journal_mode = self._set_journal(conn)
-                conn.executescript(SCHEMA)
-                _add_missing_columns(conn)
-                for statement in LATER_SCHEMA:
-                    conn.execute(statement)
-                _move_schedules(conn)
+                self.layout_change = _bring_layout(conn, self.auto_migrate, self.path)
             else:
                 self.journal_mode = str(conn.execute("PRAGMA journal_mode").fetchone()[0]).lower()
             conn.execute("PRAGMA synchronous = NORMAL" if self.journal_mode == "wal"
@@ -333,10 +360,15 @@ class SqliteStore:
 
         return self.write(run)
 
-    def claim(self, queues: Sequence[str], limit: int,
-              free: Mapping[str, int] | None = None) -> list[JobRecord]:
+    def claim(self, queues: Sequence[str], limit: int, free: Mapping[str, int] | None = None,
+              runs: Runs | None = None) -> list[JobRecord]:
         """Claim up to ``limit`` due jobs: in each queue, those of its lanes that may start
-        now (``_lanes``), then those without limits. ``free``: the claiming worker's free units."""
+        now (``_lanes``), then those without limits. ``free``: the claiming worker's free units;
+        ``runs``: the jobs it can run (``None``: any)."""
+        plain, laned = (CLAIM, CLAIM_LANE) if runs is None else (CLAIM_RUNS, CLAIM_LANE_RUNS)
+        names = None if runs is None else json.dumps(sorted(runs.names))
+        shipped = runs is not None and runs.shipped
+
         def run(conn: sqlite3.Connection) -> list[JobRecord]:
             now = now_ms()
             if now >= self._next_sweep_ms:
@@ -345,9 +377,11 @@ class SqliteStore:
                 self._next_sweep_ms = now + int(self.settings.lease_s * 250)
             claimed: list[JobRecord] = []
             for queue in queues:
-                claimed += self._claim_lanes(conn, queue, now, limit - len(claimed), free)
+                claimed += self._claim_lanes(conn, laned, queue, now, limit - len(claimed), free,
+                                             names, shipped)
                 if len(claimed) < limit:
-                    claimed += self._claim_where(conn, CLAIM, queue, now, limit - len(claimed))
+                    claimed += self._claim_where(conn, plain, queue, now, limit - len(claimed),
+                                                 None, names, shipped)
                 if len(claimed) >= limit:
                     break
             return claimed
@@ -355,14 +389,15 @@ class SqliteStore:
         return self.write(run)
 
     def _claim_where(self, conn: sqlite3.Connection, statement: str, queue: str, now: int, limit: int,
-                     lane: str | None = None) -> list[JobRecord]:
+                     lane: str | None = None, names: str | None = None,
+                     shipped: bool = False) -> list[JobRecord]:
         params = {"now": now, "lease": now + int(self.settings.lease_s * 1000), "token": new_token(),
-                  "queue": queue, "limit": limit, "lane": lane}
+                  "queue": queue, "limit": limit, "lane": lane, "names": names, "shipped": shipped}
         rows = conn.execute(statement, params).fetchall()
         return [record_from_row(row[1:]) for row in sorted(rows, key=lambda row: (-row[5], row[0]))]
 
-    def _claim_lanes(self, conn: sqlite3.Connection, queue: str, now: int, want: int,
-                     free: Mapping[str, int] | None) -> list[JobRecord]:
+    def _claim_lanes(self, conn: sqlite3.Connection, statement: str, queue: str, now: int, want: int,
+                     free: Mapping[str, int] | None, names: str | None, shipped: bool) -> list[JobRecord]:
         waiting = conn.execute(LANES.waiting, (queue, now)).fetchall()
         if not waiting:
             return []
@@ -375,7 +410,7 @@ class SqliteStore:
             room = min(plan.room(lane, rule), want - len(claimed))
             if room <= 0:
                 continue
-            taken = self._claim_where(conn, CLAIM_LANE, queue, now, room, lane)
+            taken = self._claim_where(conn, statement, queue, now, room, lane, names, shipped)
             for record in taken:
                 plan.admit(lane, rule)
                 claimed.append(record)
@@ -594,24 +629,63 @@ class SqliteStore:
         self.write(run)
 
 
-def _move_schedules(conn: sqlite3.Connection) -> None:
-    """Schedules that earlier versions kept in a table of their own move into the keyed store
-    (``QueueDriver.save_schedule``), with their last fired slots, once; the table goes."""
-    found = "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'khadem_schedules'"
-    if conn.execute(found).fetchone() is None:
-        return
+def _stored_layout(conn: sqlite3.Connection) -> int | None:
+    """The file's layout version (``PRAGMA user_version``: 0 for a file written before versions
+    were stored); ``None`` for a file with no queue in it yet."""
+    jobs = "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'khadem_jobs'"
+    if conn.execute(jobs).fetchone() is None:
+        return None
+    return int(conn.execute("PRAGMA user_version").fetchone()[0])
+
+
+def _bring_layout(conn: sqlite3.Connection, auto_migrate: bool, path: str) -> tuple[int | None, int] | None:
+    """Create the queue in a new file, or bring an older layout to LAYOUT where ``auto_migrate``
+    allows (``_layout.plan``), in one transaction that holds the file's write lock, so two
+    processes opening it at once do it once; what it did, or ``None``."""
     conn.execute("BEGIN IMMEDIATE")
     try:
-        conn.execute("INSERT OR IGNORE INTO khadem_kv (key, value, expires_ms) "
-                     "SELECT 'schedules/' || id, CAST(spec AS BLOB), NULL FROM khadem_schedules")
-        conn.execute("INSERT OR IGNORE INTO khadem_kv (key, value, expires_ms) "
-                     "SELECT 'fired/' || id, CAST(json_object('slot', last_slot, 'job', last_job) AS BLOB), "
-                     "NULL FROM khadem_schedules WHERE last_slot IS NOT NULL")
-        conn.execute("DROP TABLE khadem_schedules")
+        found = _stored_layout(conn)
+        if plan(found, LAYOUT, auto_migrate, path) == USE:
+            conn.execute("COMMIT")
+            return None
+        for statement in _layout_statements(conn):
+            conn.execute(statement)
     except BaseException:
         conn.execute("ROLLBACK")
         raise
     conn.execute("COMMIT")
+    return found, LAYOUT.current
+
+
+def _layout_statements(conn: sqlite3.Connection) -> list[str]:
+    """The statements that bring the file, as it is now, to LAYOUT: the tables and indexes
+    (each idempotent), the columns added since earlier versions (empty), the fields they kept
+    in columns of their own moved into ``extra``, and schedules kept in a table of their own
+    moved into the keyed store."""
+    statements = [statement.strip() for statement in SCHEMA.split(";") if statement.strip()]
+    present = {row[1] for row in conn.execute("PRAGMA table_info(khadem_jobs)")}
+    if present:
+        statements += [f"ALTER TABLE khadem_jobs ADD COLUMN {column} {kind}" for column, kind in LATER_COLUMNS
+                       if column not in present]
+        statements += _extra_moves([column for column in EXTRA_COLUMNS if column in present])
+    statements += LATER_SCHEMA
+    found = "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'khadem_schedules'"
+    if conn.execute(found).fetchone() is not None:
+        statements += SCHEDULES_MOVE
+    return [*statements, f"PRAGMA user_version = {LAYOUT.current}"]
+
+
+def _extra_moves(columns: list[str]) -> list[str]:
+    """Move the fields that earlier versions kept in columns of their own (``columns``, among
+    EXTRA_COLUMNS) into ``extra``, one JSON object a row without its null fields
+    (``json_patch`` drops them), and drop those columns."""
+    if not columns:
+        return []
+    pairs = ", ".join(f"'{c}', json({c})" if c == "parents" else f"'{c}', {c}" for c in columns)
+    some = " OR ".join(f"{c} IS NOT NULL" for c in columns)
+    return [f"UPDATE khadem_jobs SET extra = NULLIF(json_patch(coalesce(extra, '{{}}'), "
+            f"json_object({pairs})), '{{}}') WHERE {some}",
+            *(f"ALTER TABLE khadem_jobs DROP COLUMN {column}" for column in columns)]
 
 
 def _insert(conn: sqlite3.Connection, records: Sequence[JobRecord]) -> None:
@@ -628,37 +702,6 @@ def _insert(conn: sqlite3.Connection, records: Sequence[JobRecord]) -> None:
         conn.execute(INSERT, row_of(record))
 
 
-def _add_missing_columns(conn: sqlite3.Connection) -> None:
-    """Bring a queue file made by an earlier version up to ``SCHEMA``: columns added since are
-    added (empty), so its records read and its jobs run on."""
-    present = {row[1] for row in conn.execute("PRAGMA table_info(khadem_jobs)")}
-    for column, kind in (("failure", "TEXT"), ("keep_ms", "INTEGER"), ("lane", "TEXT"), ("lane_rule", "TEXT"),
-                         ("on_upstream_failure", "TEXT"), ("extra", "TEXT")):
-        if column not in present:
-            conn.execute(f"ALTER TABLE khadem_jobs ADD COLUMN {column} {kind}")
-    _move_extra_columns(conn, [column for column in EXTRA_COLUMNS if column in present])
-
-
-def _move_extra_columns(conn: sqlite3.Connection, columns: list[str]) -> None:
-    """Move the fields that earlier versions kept in columns of their own (``columns``, among
-    EXTRA_COLUMNS) into ``extra``, one JSON object a row without its null fields
-    (``json_patch`` drops them), and drop those columns: once, in one transaction."""
-    if not columns:
-        return
-    pairs = ", ".join(f"'{c}', json({c})" if c == "parents" else f"'{c}', {c}" for c in columns)
-    conn.execute("BEGIN IMMEDIATE")
-    try:
-        some = " OR ".join(f"{c} IS NOT NULL" for c in columns)
-        conn.execute(f"UPDATE khadem_jobs SET extra = NULLIF(json_patch(coalesce(extra, '{{}}'), "
-                     f"json_object({pairs})), '{{}}') WHERE {some}")
-        for column in columns:
-            conn.execute(f"ALTER TABLE khadem_jobs DROP COLUMN {column}")
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
-    conn.execute("COMMIT")
-
-
 IN_CHUNK = 500  # ids per "IN (...)" query, well under SQLite's bound-variable limit
 IO_MODES = ("auto", "thread", "inline")
 THREAD_ONLY = frozenset({"jobs", "counts", "find_by_keys", "purge", "requeue", "get_many", "statuses",
@@ -669,12 +712,14 @@ class SqliteDriver(QueueDriver):
     """Durable, multi-process, at-least-once queue in one SQLite file."""
 
     uses_leases: ClassVar[bool] = True
+    layout: ClassVar[Layout] = LAYOUT
 
     def __init__(self, settings: QueueSettings | str | Mapping[str, Any] | None = None) -> None:
         super().__init__(settings)
         settings = self.settings
         self.path = local_path(settings)
-        self.store = SqliteStore(self.path, settings)  # waits for locks; used on the I/O thread
+        # waits for locks; used on the I/O thread
+        self.store = SqliteStore(self.path, settings, auto_migrate=self.auto_migrate)
         self.fast = SqliteStore(self.path, settings, busy_timeout_ms=0)  # never waits; on the loop
         self.io = str(settings.options.get("io", "auto"))
         if self.io not in IO_MODES:
@@ -711,6 +756,27 @@ class SqliteDriver(QueueDriver):
     async def open(self) -> None:
         await self._in_thread(self.store.open)
         await self._in_thread(functools.partial(self.fast.open, create=False))
+        self.layout_change = self.store.layout_change
+
+    async def layout_statements(self) -> list[str]:
+        """What ``khadem-nb migrate`` would run on this file now, as one transaction; nothing
+        where it is at this release's layout or newer."""
+        def read() -> list[str]:
+            conn = sqlite3.connect(self.path, isolation_level=None)
+            try:
+                found = _stored_layout(conn)
+                if plan(found, LAYOUT, True, self.path) == USE:
+                    return []
+                return ["BEGIN IMMEDIATE", *_layout_statements(conn), "COMMIT"]
+            finally:
+                conn.close()
+
+        if not os.path.exists(self.path):
+            raise DriverError(f"no SQLite queue at {self.path!r}")
+        try:
+            return await self._in_thread(read)
+        except sqlite3.Error as exc:
+            raise storage_error(self.path, exc) from exc
 
     async def close(self) -> None:
         self.fast.close()
@@ -740,8 +806,9 @@ class SqliteDriver(QueueDriver):
         self._waits.interrupt()
 
     async def reserve(self, queues: Sequence[str], limit: int, wait_s: float,
-                      free: Mapping[str, int] | None = None) -> list[JobRecord]:
-        return await self._waits.reserve(lambda: self._call(SqliteStore.claim, queues, limit, free), wait_s)
+                      free: Mapping[str, int] | None = None, runs: Runs | None = None) -> list[JobRecord]:
+        claim = functools.partial(self._call, SqliteStore.claim, queues, limit, free, runs)
+        return await self._waits.reserve(claim, wait_s)
 
     async def heartbeat(self, records: Sequence[JobRecord]) -> list[bool]:
         return await self._call(SqliteStore.heartbeat, [(r.id, r.token) for r in records])

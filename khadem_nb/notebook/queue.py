@@ -86,7 +86,7 @@ def _with_shipping(settings: QueueSettings, ship_code: bool | None, ship_modules
 
 
 WORKER_COLUMNS = ["name", "host", "launcher", "state", "queues", "concurrency", "resources", "jobs_done",
-                  "started", "last_seen", "python", "env_diff", "output"]
+                  "started", "last_seen", "python", "env_diff", "runs", "trusts_code", "output"]
 
 
 class Queue:
@@ -517,7 +517,8 @@ class Queue:
         stopping, gone, failed), queues, concurrency, resources, jobs done, started, last
         seen, Python version, ``env_diff``: how its Python and the versions of the packages
         this kernel imported differ from this kernel's (``numpy 2.1.0 there, 2.2.1 here``;
-        empty when they match), and ``output``: a failed worker's last output lines."""
+        empty when they match), ``runs``: the job names it runs, ``trusts_code``: whether it
+        runs shipped code, and ``output``: a failed worker's last output lines."""
         import pandas as pd
 
         rows = self.run(self.manager.list_workers())

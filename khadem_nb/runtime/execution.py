@@ -40,9 +40,11 @@ from ..serializer import QueueJobSerializer, check_size
 from .batching import BatchGate
 from .context import CHECKPOINT, ENDED, ORPHANED, JobContext, current_job
 from .isolation import ChildRaised, ProcessPool
+from .kinds import lacks, note_kind, shipped
 from .shipping import CodeLoader
 
 logger = logging.getLogger(__name__)
+GIVE_BACK_S = 1.0  # a job given back by a worker that lacks it is due again after this
 SNOOZES = "snoozes"  # the record's meta key counting its snoozes (``Snooze``)
 
 Hook = Callable[..., Any]
@@ -75,6 +77,8 @@ class JobExecutor:
         #: the jobs running here, by id: what ``abort`` stops
         self.running: dict[str, JobContext] = {}
         self.preempting = False  # a worker of this executor is stopping (``preempt``)
+        #: when a job it lacks was last given back (its workers read the kinds again: ``kinds``)
+        self.kinds_learned_at = float("-inf")
         self._doomed: set[str] = set()  # claimed here, cancelled before they started
         self._thread_lock = threading.Lock()
         self._orphans = 0  # threads of timed-out sync jobs still running
@@ -237,8 +241,14 @@ class JobExecutor:
     async def _unbuilt(self, record: JobRecord, error: SerializationError,
                        started: float) -> QueueJob | None:
         """The job of a record this process has no factory for, rebuilt from the code shipped
-        under its digest; else ``None`` once the job is failed with why (no retry helps)."""
+        under its digest; else ``None`` once the job is given back for a worker that runs it
+        (``kinds``), or failed with why where no worker can help (a payload that does not
+        decode, shipped code that is gone or refused)."""
         reason: KhademError = error
+        if isinstance(error, UnknownJobError) and not (shipped(record.code) and self.loader is not None) \
+                and not self.driver.runs_at_dispatch:
+            await self._leave_to_others(record, started)
+            return None
         if isinstance(error, UnknownJobError) and record.code and self.loader is not None:
             try:
                 given = self.serializer.decode_loaded(record.payload)
@@ -253,6 +263,19 @@ class JobExecutor:
                 reason = SerializationError(f"payload of job {record.name!r} could not be decoded: {exc!r}")
         await self._settle_failure(record, None, reason, _format(reason), started, retryable=False)
         return None
+
+    async def _leave_to_others(self, record: JobRecord, started: float) -> None:
+        """Give back, without spending an attempt, a job this process lacks: its kind is
+        noted, so this process's claims (and, within ``kinds.READ_EVERY_S``, every worker's)
+        leave it to workers that run it."""
+        logger.warning("gave job %s back: this worker does not run %r (%s)", record.id, record.name,
+                       lacks(record.name))
+        try:
+            await note_kind(self.driver, record)
+        except Exception as exc:  # the next dispatch or claim notes it
+            logger.warning("could not note the kind of job %s: %r", record.id, exc)
+        self.kinds_learned_at = time.monotonic()
+        await self._give_back(record, started, GIVE_BACK_S)
 
     def _completed(self, record: JobRecord, started: float) -> None:
         try:

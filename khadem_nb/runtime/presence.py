@@ -40,12 +40,16 @@ def worker_name() -> str:
 
 
 def entry(name: str, *, state: str, started_ms: int, queues: list[str], concurrency: int,
-          resources: Mapping[str, int], jobs_done: int, launcher: str | None = None) -> dict[str, Any]:
-    """A worker's entry as it writes it, its Python environment included (``environment``)."""
+          resources: Mapping[str, int], jobs_done: int, launcher: str | None = None,
+          runs: list[str] | None = None, trusts_code: bool = False) -> dict[str, Any]:
+    """A worker's entry as it writes it, its Python environment included (``environment``):
+    ``runs``, the job names it has factories for, and ``trusts_code``, whether it runs
+    shipped code (what ``why_waiting`` reads)."""
     return {"name": name, "host": socket.gethostname(), "pid": os.getpid(),
             "launcher": launcher or os.environ.get(LAUNCHER_ENV) or "manual", "state": state,
             "queues": queues, "concurrency": concurrency, "resources": dict(resources),
-            "jobs_done": jobs_done, "started": started_ms, "last_seen": now_ms(), **environment()}
+            "jobs_done": jobs_done, "started": started_ms, "last_seen": now_ms(),
+            "runs": runs or [], "trusts_code": trusts_code, **environment()}
 
 
 @cache
@@ -139,6 +143,14 @@ async def ask_retire(driver: QueueDriver, name: str) -> None:
     await driver.kv_put(f"{RETIRE_PREFIX}{name}", str(now_ms()).encode(), ttl_s=PRESENCE_TTL_S)
 
 
+def _ms(value: Any) -> int:
+    """A time an entry holds, in epoch ms; 0 (long ago) where it does not read as one."""
+    try:
+        return int(value or 0)
+    except (TypeError, ValueError):
+        return 0
+
+
 async def read_entries(driver: QueueDriver) -> list[dict[str, Any]]:
     """Every worker's entry, its state ``gone`` where it has not written for GONE_AFTER_MS."""
     now = now_ms()
@@ -152,9 +164,9 @@ async def read_entries(driver: QueueDriver) -> list[dict[str, Any]]:
             continue
         state = item.get("state")
         if state == "starting":  # written by its launcher: gone once its start timeout has passed
-            if now > int(item.get("until") or 0):
+            if now > _ms(item.get("until")):
                 item["state"] = "gone"
-        elif state not in ("gone", "failed") and now - int(item.get("last_seen") or 0) > GONE_AFTER_MS:
+        elif state not in ("gone", "failed") and now - _ms(item.get("last_seen")) > GONE_AFTER_MS:
             item["state"] = "gone"
         found.append(item)
     return sorted(found, key=lambda item: (str(item.get("started")), str(item["name"])))

@@ -40,6 +40,7 @@ from ..job import QUEUED, SCHEDULED, JobRecord
 from ._tasks import stop_if_cancelled
 from .collecting import collect_now_and_then
 from .execution import JobExecutor, WorkerHooks
+from .kinds import WorkerKinds
 from .presence import NAME_ENV, PRESENCE_EVERY_S, PRESENCE_PREFIX, announce, entry, retire_asked
 from .ticker import Ticker
 
@@ -89,6 +90,8 @@ class QueueWorker:
         self._batch_ahead = 0  # the batch size of the last claim's batched jobs: see _wanted
         self._batch_room = asyncio.Event()  # set when a batched job ends: see _room_for_batch
         self._batched_kinds = executor.serializer.factories.batched  # the registry's own set, kept current
+        #: what it runs, and the filter its claims need (``kinds``)
+        self.kinds = WorkerKinds(driver, self.queues, executor)
         self._errors = 0
         #: the last jobs each consumer ran, as (consumer, record): the panel's timeline
         self.recent: deque[tuple[str, JobRecord]] = deque(maxlen=RECENT_KEPT)
@@ -292,9 +295,9 @@ class QueueWorker:
         """The one fast branch of claiming, for a lone consumer: a job the driver has at hand
         in this process (``QueueDriver.take_ready``), taken without a coroutine; ``None`` sends
         the consumer to :meth:`_next_record`. The loop has just seen no stop and no pause."""
-        if self._drained or self._claims_exhausted():
+        if self._drained or self._claims_exhausted() or self.kinds.stale():
             return None
-        records = self.driver.take_ready(self.queues, 1)
+        records = self.driver.take_ready(self.queues, 1, None, self.kinds.current())
         if not records:
             return None
         self._errors = 0
@@ -373,11 +376,12 @@ class QueueWorker:
             limit = min(limit, self._claims_left)
         pool = self.resources
         try:
-            if pool is None:
-                records = await self.driver.reserve(self.queues, limit, self.options.delay_s)
-            else:
+            runs = await self.kinds.claim_filter()
+            if pool is not None:
                 await self._tell_offer(pool)
-                records = await self.driver.reserve(self.queues, limit, self.options.delay_s, pool.free())
+            free = None if pool is None else pool.free()
+            records = await self.driver.reserve(self.queues, limit, self.options.delay_s, free, runs)
+            if pool is not None:
                 for record in records:  # taken now, so the next claim sees them gone
                     pool.take(record.id, record.lane_rule)
         except Exception as exc:
@@ -579,11 +583,12 @@ class QueueWorker:
 
     async def _announce(self, state: str) -> None:
         resources = self.resources.offered if self.resources is not None else {}
+        runs = self.kinds.runs()
         try:
             await announce(self.driver, entry(
                 self.presence_name, state=state, started_ms=self.started_ms, queues=self.queues,
                 concurrency=self.options.concurrency, resources=resources, jobs_done=self.processed,
-                launcher=self.launcher))
+                launcher=self.launcher, runs=sorted(runs.names), trusts_code=runs.shipped))
         except Exception as exc:
             stop_if_cancelled()
             logger.debug("could not write this worker's presence: %r", exc)

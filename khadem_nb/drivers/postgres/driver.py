@@ -23,12 +23,14 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from ..._ids import new_token
 from ..._time import now_ms
 from ...config import URL_QUERY_KEYS, QueueSettings
-from ...errors import ConfigError, CorruptQueueError, DriverError, DriverUnavailableError
+from ...errors import ConfigError, DriverError, DriverUnavailableError
+from ...features.capabilities import Runs
 from ...features.dependencies import place_child
 from ...features.flow import ClaimPlan, LaneRule, LaneUse, rule_of
 from ...features.unique import Lock
@@ -42,6 +44,7 @@ from .._lanes import (
     lane_sql,
     oldest_start_kept,
 )
+from .._layout import USE, Layout, plan
 from .._polling import PollingWaits
 from .._records import due_view
 from .._rows import (
@@ -75,6 +78,8 @@ from .listener import POLL_FALLBACK_S, Listener
 from .schema import (
     FINISHING_VERBS,
     NOW,
+    RUNS_SQL,
+    SCHEMA_LOCK,
     SCHEMA_VERSION,
     SELECT_COLUMNS,
     SETTLE_ARRAYS,
@@ -83,10 +88,9 @@ from .schema import (
     UNTOUCHED,
     channels,
     claim_sql,
+    layout_sql,
     schema_name,
-    schema_sql,
     settle_sql,
-    upgrade_sql,
 )
 
 logger = logging.getLogger(__name__)
@@ -96,12 +100,24 @@ TRIM_BATCH = 5000  # rows one retention statement deletes at most
 INSERT_ROWS = 16  # a push of up to this many jobs is one INSERT statement; more go by COPY
 LANES_RECHECK_S = 0.5  # a queue whose lanes phase found nothing due is looked at again after this
 DEADLOCK_RETRIES = 5  # times a work is run again after the server broke a deadlock
+NO_FILTER: Mapping[str, Any] = {"names": None, "shipped": False}  # a claim's parameters for any job
+
+
+@dataclass(frozen=True)
+class _Claim:
+    """The statements of one claim (without limits, one lane's) and their ``Runs`` parameters."""
+
+    plain: str
+    laned: str
+    params: Mapping[str, Any]
 
 
 class PostgresDriver(QueueDriver):
     """Durable, many-process, many-machine, at-least-once queue in PostgreSQL."""
 
     uses_leases: ClassVar[bool] = True
+    layout: ClassVar[Layout] = Layout(SCHEMA_VERSION, SCHEMA_VERSION)
+    auto_migrates: ClassVar[bool] = False  # a schema upgrade is a deploy step (docs/upgrades.md)
 
     def __init__(self, settings: QueueSettings | str | Mapping[str, Any] | None = None) -> None:
         super().__init__(settings)
@@ -121,6 +137,9 @@ class PostgresDriver(QueueDriver):
         self._prepared = settings.options.get("prepared_statements", True) is not False
         self._claim = claim_sql(schema)
         self._claim_lane = claim_sql(schema, "lane = %(lane)s")
+        self._claim_runs = claim_sql(schema, runs=RUNS_SQL)
+        self._any_claim = _Claim(self._claim, self._claim_lane, NO_FILTER)
+        self._claim_lane_runs = claim_sql(schema, "lane = %(lane)s", RUNS_SQL)
         self._lanes_sql = lane_sql(self.table, f"{schema}.starts", "%s")
         #: monotonic time until which a queue is taken to hold no due limited job (a lanes
         #: phase found none): its claims skip the lanes phase until then, or until this
@@ -171,7 +190,12 @@ class PostgresDriver(QueueDriver):
             await self._pool.close()
             self._pool = None
             raise await self._connect_error(exc) from None
-        await self._run(self._create_schema)
+        try:
+            await self._run(self._create_schema)
+        except BaseException:  # a layout it cannot work on: nothing stays open
+            await self._pool.close()
+            self._pool = None
+            raise
 
     async def listener(self) -> Listener:
         """The listening connection, started (and self-tested) the first time a worker, a
@@ -206,26 +230,43 @@ class PostgresDriver(QueueDriver):
                                       f"{self.settings.connect_timeout_s:g}s ({exc!r})")
 
     async def _create_schema(self, conn: Any) -> None:
-        """Create the schema at version 1 if it is new, then upgrade it one version at a time,
-        all in one transaction; a schema of a newer version is refused and left as it is."""
-        s = self.schema
+        """Create the schema if it is new, or upgrade it one version at a time where
+        ``auto_migrate`` allows (``_layout.plan``), all in one transaction under a lock, so two
+        processes opening it at once do it once; a layout it cannot work on is left as it is."""
         async with conn.transaction():
-            lock = f"khadem schema {s}"  # two processes opening a new schema at once
-            await conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (lock,))
-            await conn.execute(f"CREATE SCHEMA IF NOT EXISTS {s}")
-            await conn.execute(f"CREATE TABLE IF NOT EXISTS {s}.version (version integer NOT NULL)")
-            row = await (await conn.execute(f"SELECT max(version) FROM {s}.version")).fetchone()
-            found = row[0] if row else None
-            if found is not None and found > SCHEMA_VERSION:
-                raise CorruptQueueError(
-                    f"the queue schema {s!r} at {self._where()} was written by a newer khadem_nb "
-                    f"(schema version {found}; this one knows {SCHEMA_VERSION}); upgrade khadem_nb, or "
-                    "use another ?schema=")
-            steps = {1: schema_sql(s), **upgrade_sql(s)}
-            for version in range((found or 0) + 1, SCHEMA_VERSION + 1):
-                for statement in steps[version]:
-                    await conn.execute(statement)
-                await conn.execute(f"INSERT INTO {s}.version VALUES (%s)", (version,))
+            await conn.execute(SCHEMA_LOCK, (f"khadem schema {self.schema}",))
+            found = await self._stored_version(conn)
+            if plan(found, self.layout, self.auto_migrate, self._where()) == USE:
+                return
+            for statement in layout_sql(self.schema, found):
+                await conn.execute(statement)
+            self.layout_change = (found, SCHEMA_VERSION)
+
+    async def _stored_version(self, conn: Any) -> int | None:
+        """The schema's layout version; ``None`` where it holds none yet (a new schema)."""
+        table = await (await conn.execute("SELECT to_regclass(%s)", (f"{self.schema}.version",))).fetchone()
+        if table is None or table[0] is None:
+            return None
+        row = await (await conn.execute(f"SELECT max(version) FROM {self.schema}.version")).fetchone()
+        return None if row is None or row[0] is None else int(row[0])
+
+    async def layout_statements(self) -> list[str]:
+        """What ``khadem-nb migrate`` would run on this schema now, as one transaction; nothing
+        where it is at this release's version or newer (``SchemaVersionError`` where newer
+        than this release knows)."""
+        import psycopg
+
+        try:
+            conn = await psycopg.AsyncConnection.connect(self.conninfo(),
+                                                         connect_timeout=int(self.settings.connect_timeout_s))
+        except psycopg.OperationalError as exc:
+            raise await self._connect_error(exc) from exc
+        async with conn:
+            found = await self._stored_version(conn)
+        if plan(found, self.layout, True, self._where()) == USE:
+            return []
+        lock = SCHEMA_LOCK.replace("%s", "'" + f"khadem schema {self.schema}".replace("'", "''") + "'")
+        return ["BEGIN", lock, *layout_sql(self.schema, found), "COMMIT"]
 
     async def close(self) -> None:
         if self._listener is not None:
@@ -461,34 +502,37 @@ class PostgresDriver(QueueDriver):
         self._waits.interrupt()
 
     async def reserve(self, queues: Sequence[str], limit: int, wait_s: float,
-                      free: Mapping[str, int] | None = None) -> list[JobRecord]:
+                      free: Mapping[str, int] | None = None, runs: Runs | None = None) -> list[JobRecord]:
         if self._listener is None and wait_s > 0:
             await self.listener()
-        return await self._waits.reserve(lambda: self._claim_from(queues, limit, free), wait_s)
+        claim = self._any_claim if runs is None else _Claim(
+            self._claim_runs, self._claim_lane_runs, {"names": sorted(runs.names), "shipped": runs.shipped})
+        return await self._waits.reserve(lambda: self._claim_from(queues, limit, free, claim), wait_s)
 
-    async def _claim_from(self, queues: Sequence[str], limit: int,
-                          free: Mapping[str, int] | None) -> list[JobRecord]:
+    async def _claim_from(self, queues: Sequence[str], limit: int, free: Mapping[str, int] | None,
+                          claim: _Claim) -> list[JobRecord]:
         """In each queue, the jobs of its lanes that may start (when it may hold some), then
         the jobs without limits."""
         claimed: list[JobRecord] = []
         for queue in queues:
             if time.monotonic() >= self._no_lanes_until.get(queue, 0.0):
-                claimed += await self._run(self._claim_lanes, queue, limit - len(claimed), free)
+                claimed += await self._run(self._claim_lanes, queue, limit - len(claimed), free, claim)
             if len(claimed) < limit:
-                claimed += await self._run(self._claim_where, self._claim, queue, limit - len(claimed))
+                claimed += await self._run(self._claim_where, claim.plain, queue, limit - len(claimed), None,
+                                           claim.params)
             if len(claimed) >= limit:
                 break
         return claimed
 
     async def _claim_where(self, conn: Any, statement: str, queue: str, limit: int,
-                           lane: str | None = None) -> list[JobRecord]:
+                           lane: str | None = None, runs: Mapping[str, Any] = NO_FILTER) -> list[JobRecord]:
         params = {"queue": queue, "limit": limit, "lease_ms": self._lease_ms, "token": new_token(),
-                  "max_reclaims": self.settings.max_reclaims, "lost": LEASE_LOST_ERROR, "lane": lane}
+                  "max_reclaims": self.settings.max_reclaims, "lost": LEASE_LOST_ERROR, "lane": lane, **runs}
         rows = await (await conn.execute(statement, params)).fetchall()
         return [record_from_row(row[1:]) for row in sorted(rows, key=lambda r: (-r[5], r[0]))]
 
     async def _claim_lanes(self, conn: Any, queue: str, want: int,
-                           free: Mapping[str, int] | None) -> list[JobRecord]:
+                           free: Mapping[str, int] | None, claim: _Claim) -> list[JobRecord]:
         """The limited jobs of ``queue`` its lanes allow now, in one transaction under the
         queue's advisory lock, so no two claims count the same free slot."""
         now = (await (await conn.execute(f"SELECT {NOW}")).fetchone())[0]
@@ -498,10 +542,10 @@ class PostgresDriver(QueueDriver):
         async with conn.transaction():
             await conn.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))",
                                (f"{self.table} {queue}",))
-            return await self._claim_lanes_locked(conn, queue, want, free)
+            return await self._claim_lanes_locked(conn, queue, want, free, claim)
 
     async def _claim_lanes_locked(self, conn: Any, queue: str, want: int,
-                                  free: Mapping[str, int] | None) -> list[JobRecord]:
+                                  free: Mapping[str, int] | None, claim: _Claim) -> list[JobRecord]:
         sql = self._lanes_sql
         now = (await (await conn.execute(f"SELECT {NOW}")).fetchone())[0]
         waiting = await (await conn.execute(sql.waiting, (queue, now))).fetchall()
@@ -520,7 +564,7 @@ class PostgresDriver(QueueDriver):
             room = min(plan.room(lane, rule), want - len(claimed))
             if room <= 0:
                 continue
-            taken = await self._claim_where(conn, self._claim_lane, queue, room, lane)
+            taken = await self._claim_where(conn, claim.laned, queue, room, lane, claim.params)
             for record in taken:
                 plan.admit(lane, rule)
                 claimed.append(record)

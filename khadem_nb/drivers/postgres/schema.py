@@ -102,6 +102,21 @@ def schema_sql(schema: str) -> list[str]:
     ]
 
 
+SCHEMA_LOCK = "SELECT pg_advisory_xact_lock(hashtext(%s))"  # two processes opening one schema at once
+
+
+def layout_sql(schema: str, found: int | None) -> list[str]:
+    """The statements that take ``schema`` from layout version ``found`` (``None``: nothing
+    yet) to SCHEMA_VERSION, noting each version as it is reached; run in one transaction."""
+    s = schema
+    steps = {1: schema_sql(s), **upgrade_sql(s)}
+    statements = [f"CREATE SCHEMA IF NOT EXISTS {s}",
+                  f"CREATE TABLE IF NOT EXISTS {s}.version (version integer NOT NULL)"]
+    for version in range((found or 0) + 1, SCHEMA_VERSION + 1):
+        statements += [*steps[version], f"INSERT INTO {s}.version VALUES ({version})"]
+    return statements
+
+
 def upgrade_sql(schema: str) -> dict[int, list[str]]:
     """The statements that take a schema from version ``n - 1`` to ``n``, by ``n``."""
     s = schema
@@ -167,10 +182,17 @@ def upgrade_sql(schema: str) -> dict[int, list[str]]:
     }
 
 
-def claim_sql(schema: str, lane: str = "lane IS NULL") -> str:
+#: what a claim that takes only what the claiming worker can run adds (``Runs``): the names
+#: in %(names)s, and with %(shipped)s the jobs whose code carries a seal after its fingerprint
+RUNS_SQL = r"""
+           AND (name = ANY(%(names)s::text[]) OR (%(shipped)s AND extra ~ '"code": *"[0-9a-f]+\.'))"""
+
+
+def claim_sql(schema: str, lane: str = "lane IS NULL", runs: str = "") -> str:
     """One statement: expired leases of the queue put back (or failed), then a batch of due
     jobs claimed, those without limits, or with ``lane = %(lane)s`` one lane's (see
-    ``_lanes``). Both take only rows no other claim holds (SKIP LOCKED)."""
+    ``_lanes``), and with ``runs`` (``RUNS_SQL``) only those the worker can run. Both take only
+    rows no other claim holds (SKIP LOCKED)."""
     s = schema
     return f"""
 WITH now AS (SELECT {NOW} AS ms),
@@ -195,7 +217,7 @@ reclaimed AS (
 picked AS (
     SELECT seq FROM {s}.jobs, now
      WHERE queue = %(queue)s AND status IN ('queued', 'scheduled') AND available_ms <= now.ms
-           AND {lane}
+           AND {lane}{runs}
            AND NOT EXISTS (SELECT 1 FROM {s}.kv WHERE key = 'paused/' || %(queue)s
                               AND (expires_ms IS NULL OR expires_ms > now.ms))
      ORDER BY priority DESC, seq

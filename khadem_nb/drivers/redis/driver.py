@@ -28,18 +28,21 @@ import json
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, ClassVar, TypeVar
 
 from ..._ids import new_token
 from ..._time import now_ms
 from ...config import QueueSettings
 from ...errors import ConfigError, CorruptQueueError, DriverError
+from ...features.capabilities import Runs
 from ...features.flow import LaneRule, LaneUse
 from ...features.schedules import ScheduleState
 from ...features.unique import Lock
 from ...job import TERMINAL_STATUSES, JobRecord, JobStatus
 from ...serializer import dumps
 from .._kv import check_key, check_prefix
+from .._layout import UPGRADE, Layout, plan
 from .._records import due_view
 from ..base import (
     FIRED_KEY,
@@ -66,6 +69,7 @@ from .keys import (
     item_key_patterns,
     kv_key,
     kv_pattern,
+    layout_key,
     legacy_keys,
     queue_keys,
     workers_key,
@@ -88,10 +92,28 @@ LOCK_PASS_CHUNKS = 10  # unlock.lua calls per queue in one worker's pass (trim()
 MAX_WAIT_S = 1.0  # longest block on a notify list: other queues and sweeps are looked at as often
 
 
+@dataclass(frozen=True)
+class _Claim:
+    """What reserve.lua is told of the claiming worker: its free resource units (JSON, or '')
+    and the jobs it runs (``runs_json``, or '' for any)."""
+
+    free: str
+    runs: str
+
+
+def runs_json(runs: Runs) -> str:
+    """``runs`` as reserve.lua reads it: {"n": {name: true, ...}, "s": runs shipped code}."""
+    return dumps({"n": {name: True for name in runs.names}, "s": runs.shipped})
+
+
 class RedisDriver(QueueDriver):
     """At-least-once queue on Redis (standalone or Cluster)."""
 
     uses_leases: ClassVar[bool] = True
+    #: the prefix's layout versions: 1 is the first that stores its version (``{prefix}:layout``);
+    #: a prefix written before (0) holds the same keys, so this release works on it as it is
+    layout: ClassVar[Layout] = Layout(1, 0)
+    auto_migrates: ClassVar[bool] = False  # an upgrade is a deploy step (docs/upgrades.md)
     max_priority: ClassVar[int] = MAX_PRIORITY
 
     def __init__(self, settings: QueueSettings | str | Mapping[str, Any] | None = None) -> None:
@@ -100,6 +122,7 @@ class RedisDriver(QueueDriver):
         self.url = settings.redacted_url()
         self.connection = RedisConnection(settings)
         self.queues = QueueDirectory(settings.prefix, settings.name)  # where get() looks for an id
+        self._layout_key = layout_key(settings.prefix)
         self.settles = SettleBatcher(settings, functools.partial(self._run, "settle"))
         self.notices = SettleListener(self.connection, settings.prefix)
         self._keys: dict[str, list[str]] = {}
@@ -134,7 +157,33 @@ class RedisDriver(QueueDriver):
     # -- lifecycle -----------------------------------------------------------------------------
     async def open(self) -> None:
         await self.connection.open()
+        found = await self._stored_layout()
+        if plan(found, self.layout, self.auto_migrate, self.settings.redacted_url()) == UPGRADE:
+            await self._on([], lambda: self.client.set(self._layout_key, str(self.layout.current)))
+            self.layout_change = (found, self.layout.current)
         await self._move_legacy_code()
+
+    async def _stored_layout(self) -> int | None:
+        """The prefix's layout version (its ``layout`` key; 0 where queues exist without one:
+        written before versions were stored); ``None`` where no job was ever stored (the first
+        dispatch writes the key, with the registry of queues)."""
+        stored, queues = await self._on([], lambda: self._layout_and_queues())
+        if stored is not None:
+            try:
+                return int(stored)
+            except ValueError:
+                where = self.settings.redacted_url()
+                shown = stored[:40].decode(errors="replace")
+                raise CorruptQueueError(f"the layout key {self._layout_key!r} at {where} holds {shown!r}, "
+                                        "not a version number") from None
+        return 0 if queues else None
+
+    async def _layout_and_queues(self) -> tuple[bytes | None, int]:
+        pipe = self.client.pipeline(transaction=False)
+        pipe.get(self._layout_key)
+        pipe.exists(self.queues.key)
+        stored, queues = await pipe.execute()
+        return stored, int(queues)
 
     async def _move_legacy_code(self) -> None:
         """Move shipped code that versions before the keyed store kept in ``{prefix}:code`` (a
@@ -296,6 +345,8 @@ class RedisDriver(QueueDriver):
         stored, so none is stored where ``get`` cannot find it."""
         new = self.queues.to_announce(queues)
         if new:
+            await self.connection.call(functools.partial(self.client.set, self._layout_key,
+                                                         str(self.layout.current), nx=True))
             await self.connection.call(functools.partial(self.client.sadd, self.queues.key, *new))
             self.queues.announced(new)
 
@@ -306,6 +357,7 @@ class RedisDriver(QueueDriver):
             by_queue = wire.by_queue(chunk)
             new = self.queues.to_announce(by_queue)
             if new:
+                yield ("SET", self._layout_key, str(self.layout.current), "NX")
                 yield ("SADD", self.queues.key, *new)
                 self.queues.announced(new)
             for queue, queued in by_queue.items():
@@ -338,52 +390,58 @@ class RedisDriver(QueueDriver):
                 await asyncio.wait_for(self._run("leave", queue, [self._waiter]), 2.0)
 
     async def reserve(self, queues: Sequence[str], limit: int, wait_s: float,
-                      free: Mapping[str, int] | None = None) -> list[JobRecord]:
+                      free: Mapping[str, int] | None = None, runs: Runs | None = None) -> list[JobRecord]:
         self._reserving += 1
         try:
             if time.monotonic() >= self._next_lock_pass:
                 await self._drop_dead_locks(queues)
-            return await self._reserve(queues, limit, wait_s, "" if free is None else dumps(dict(free)))
+            claim = _Claim("" if free is None else dumps(dict(free)), "" if runs is None else runs_json(runs))
+            return await self._reserve(queues, limit, wait_s, claim)
         finally:
             self._reserving -= 1
             if self._interrupted and not self._reserving:  # paused or stopped: leave the line
                 self._leave_handoff()
 
-    async def _reserve(self, queues: Sequence[str], limit: int, wait_s: float, free: str) -> list[JobRecord]:
+    async def _reserve(self, queues: Sequence[str], limit: int, wait_s: float,
+                       claim: _Claim) -> list[JobRecord]:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + wait_s
         generation = self._generation
         if wait_s > 0 and self._queue_was_empty:  # nothing was left a moment ago: wait first, so
-            handed = await self._wait_for_work(queues, wait_s)  # no empty claim runs ahead of our settles
+            # no empty claim runs ahead of our settles
+            handed = await self._wait_for_work(queues, wait_s, claim)
             if handed:
                 self._queue_was_empty = False
                 return handed
         while True:
             if generation != self._generation:  # paused or stopping while it waited: claim nothing
                 return []
-            claimed = await self._claim(queues, limit, wait_s, free)
+            claimed = await self._claim(queues, limit, wait_s, claim)
             self._queue_was_empty = len(claimed) < limit
             remaining = deadline - loop.time()
             if claimed or remaining <= 0 or generation != self._generation:
                 return claimed
-            handed = await self._wait_for_work(queues, remaining)
+            handed = await self._wait_for_work(queues, remaining, claim)
             if handed:
                 self._queue_was_empty = False
                 return handed
 
-    async def _claim(self, queues: Sequence[str], limit: int, wait_s: float, free: str) -> list[JobRecord]:
-        """Claim from each queue in turn; on the first, register for hand-off while waiting."""
+    async def _claim(self, queues: Sequence[str], limit: int, wait_s: float,
+                     claim: _Claim) -> list[JobRecord]:
+        """Claim from each queue in turn; on the first, register for hand-off while waiting
+        (unless the claim is filtered by ``Runs``: a dispatch hands off without asking what
+        the waiter runs)."""
         claimed: list[JobRecord] = []
         for queue in queues:
-            first = queue == queues[0]
+            first = queue == queues[0] and not claim.runs
             register_ms = int(min(wait_s, MAX_WAIT_S) * 1000) + 100 if first and wait_s > 0 else 0
             if register_ms:
                 self._registered.add(queue)
             # the token prefix is unique per claim; the script numbers the jobs after it
             args = [limit - len(claimed), self._lease_ms, new_token(), *self._reserve_constants,
-                    self._waiter if first else "", register_ms, free]
+                    self._waiter if first else "", register_ms, claim.free, claim.runs]
             rows = await self._run("reserve", queue, args)
-            if first:
+            if queue == queues[0]:
                 due_in_ms = int(rows[1])
                 self._next_due_at = None if due_in_ms < 0 else loop_time() + due_in_ms / 1000
             claimed += wire.claimed_records(queue, rows, self.settings.lease_s)
@@ -391,7 +449,7 @@ class RedisDriver(QueueDriver):
                 break
         return claimed
 
-    async def _wait_for_work(self, queues: Sequence[str], timeout: float) -> list[JobRecord]:
+    async def _wait_for_work(self, queues: Sequence[str], timeout: float, claim: _Claim) -> list[JobRecord]:
         """Block on the first queue's hand-off and notify lists (no polling): returns a job
         handed off by a dispatch, or nothing once woken by a dispatch or retry, by the next
         delayed job falling due, or after at most a second (other queues, sweeps)."""
@@ -401,8 +459,8 @@ class RedisDriver(QueueDriver):
         if self._next_due_at is not None:
             wait = min(wait, self._next_due_at - loop_time())
         wait = max(0.01, wait)
-        popped = await self._on(queues[0], lambda: self.client.blpop([handoff, keys[KEY_INDEX["notify"]]],
-                                                            timeout=wait))
+        lists = [keys[KEY_INDEX["notify"]]] if claim.runs else [handoff, keys[KEY_INDEX["notify"]]]
+        popped = await self._on(queues[0], lambda: self.client.blpop(lists, timeout=wait))
         if popped is None or popped[0].decode() != handoff:
             return []
         return [wire.handed_off_record(queues[0], popped[1], self.settings.lease_s)]
@@ -723,7 +781,8 @@ class RedisDriver(QueueDriver):
         queues = await self._all_queues()
         keys = [key for queue in queues for key in self.keys(queue)]
         keys += [key for queue in queues for key in legacy_keys(self.settings.prefix, queue)]
-        keys += [self.queues.key, code_key(self.settings.prefix), workers_key(self.settings.prefix)]
+        keys += [self.queues.key, code_key(self.settings.prefix), workers_key(self.settings.prefix),
+                 self._layout_key]
         pattern = kv_pattern(self.settings.prefix, "")
         keys += [key async for key in self.client.scan_iter(match=pattern, count=1000)]
         for queue in queues:  # each lane's own keys

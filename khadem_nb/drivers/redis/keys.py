@@ -47,11 +47,11 @@ schedules in two more hashes, ``schedules`` and ``ticks`` (``LEGACY_NAMES``): th
 them into the keyed store the first time it lists schedules.
 
 Keys outside every queue's hash tag: ``{prefix}:queues``, the set of queue names any process
-dispatched to (see ``directory``), ``{prefix}:code``, a hash of shipped code envelopes by digest
-(see ``shipping``), ``{prefix}:workers`` (resource offers as versions before the keyed store
-kept them; only ``purge`` touches it now), and one string
-``{prefix}:kv:<key>`` per key of the keyed store (``QueueDriver.kv_put``), with its own expiry;
-no script touches them.
+dispatched to (see ``directory``), ``{prefix}:layout``, the layout version (``drivers._layout``),
+``{prefix}:code``, a hash of shipped code envelopes by digest (see ``shipping``),
+``{prefix}:workers`` (resource offers as versions before the keyed store kept them; only
+``purge`` touches it now), and one string ``{prefix}:kv:<key>`` per key of the keyed store
+(``QueueDriver.kv_put``), with its own expiry; no script touches them.
 """
 
 from __future__ import annotations
@@ -144,6 +144,11 @@ def kv_key(prefix: str, key: str) -> str:
 def kv_pattern(prefix: str, key_prefix: str) -> str:
     """The SCAN pattern of the keyed store's keys that start with ``key_prefix``."""
     return _glob_escaped(kv_key(prefix, key_prefix)) + "*"
+
+
+def layout_key(prefix: str) -> str:
+    """The layout version of every queue under ``prefix`` (``drivers._layout``)."""
+    return f"{prefix}:layout"
 
 
 def code_key(prefix: str) -> str:

@@ -1,6 +1,7 @@
 -- ARGV: limit, lease_ms, token_prefix, max_reclaims, sweep_every_ms, lease_lost_error,
 -- waiter ("lease_ms|worker", or '' for none), wait_ms, free (the worker's free resource units
--- as a JSON object, or '' for none).
+-- as a JSON object, or '' for none), runs (what the worker runs: {"n": {name: true}, "s":
+-- shipped code too}, or '' for anything).
 -- Promotes due delayed jobs, reclaims expired leases (at most once per sweep_every_ms across
 -- all workers, guarded by the lock key), takes jobs handed off to a worker that never popped
 -- them (see enqueue.lua), then claims up to `limit` jobs in all: first those of lanes whose
@@ -11,6 +12,44 @@
 local limit, lease = tonumber(ARGV[1]), tonumber(ARGV[2])
 local now = now_ms()
 local LANES_LOOKED = 100
+local PASSED_OVER = 1000  -- ready jobs a claim filtered by `runs` parks at most
+local PARKED = 'parked\31'  -- the lanes of parked jobs: this, then the job name
+local runs = ARGV[10] and ARGV[10] ~= '' and cjson.decode(ARGV[10]) or nil
+
+-- whether the worker runs the job of state `s`, and else the job's name (read from the head
+-- of its data: {"job":"<name>",...}); a job whose name does not read is taken, for the worker
+-- to fail it with why
+local function allowed(s)
+  local name = string.match(s.data, '^{"job":"([^"\\]*)"')
+  if not name then
+    local ok, data = pcall(cjson.decode, s.data)
+    name = ok and type(data) == 'table' and data.job or nil
+    if type(name) ~= 'string' then return true end
+  end
+  if runs.n[name] then return true end
+  if runs.s then
+    local head = string.sub(s.data, 1, string.find(s.data, '"payload":', 1, true) or #s.data)
+    if string.find(head, '"code":"[0-9a-f]+%.') then return true end
+  end
+  return false, name
+end
+
+-- a job the worker does not run moves out of the line into its name's parked lane, where the
+-- workers that run it find it before the line (and none of them is held back by it)
+local function park(id, name, score)
+  local lane = PARKED .. name
+  redis.call('HSET', KEYS[K_LANE_OF], id, lane)
+  wait_in_lane(lane, id, score or redis.call('INCR', KEYS[K_SEQ]))
+end
+
+-- a lane this worker runs: one of parked jobs it runs, or one whose first job it runs
+local function runs_lane(lane)
+  if not runs then return true end
+  if string.sub(lane, 1, #PARKED) == PARKED then return runs.n[string.sub(lane, #PARKED + 1)] == true end
+  local first = redis.call('ZRANGE', lane_key(lane), 0, 0)[1]
+  local s = first and get_state(first)
+  return not s or allowed(s)
+end
 
 local function register(claimed)
   if ARGV[7] == '' then return end
@@ -65,7 +104,7 @@ if redis.call('EXISTS', KEYS[K_PAUSED]) == 1 then
 end
 
 -- handed-off rows still on the list: whole if the job is still active under the row's token
-local rows = redis.call('LPOP', KEYS[K_HANDOFF], limit) or {}
+local rows = runs and {} or redis.call('LPOP', KEYS[K_HANDOFF], limit) or {}
 for _, row in ipairs(rows) do
   local at, id, token, data = handoff_row(row)
   local s = still_held(id, token)
@@ -119,7 +158,7 @@ if redis.call('EXISTS', KEYS[K_LANE_WAIT]) == 1 then
   for _, lane in ipairs(redis.call('ZRANGE', KEYS[K_LANE_WAIT], 0, LANES_LOOKED - 1)) do
     if #ids >= want then break end
     local rule = rule_of(lane)
-    local room = room_of(lane, rule, free, want - #ids)
+    local room = runs_lane(lane) and room_of(lane, rule, free, want - #ids) or 0
     if room > 0 then
       local got = redis.call('ZRANGE', lane_key(lane), 0, room - 1)
       if #got > 0 then redis.call('ZREM', lane_key(lane), unpack(got)) end
@@ -132,17 +171,49 @@ if redis.call('EXISTS', KEYS[K_LANE_WAIT]) == 1 then
     end
   end
 end
-local lanes_taken = #ids
-for _, id in ipairs(redis.call('ZRANGE', KEYS[K_READY], '-inf', '(0', 'BYSCORE', 'LIMIT', 0, want - #ids)) do
-  ids[#ids + 1] = id
+
+-- the next `n` ready jobs in claim order, taken off: {id, score} (score nil for the line's)
+local function next_ready(n)
+  local got = {}
+  local high = redis.call('ZRANGE', KEYS[K_READY], '-inf', '(0', 'BYSCORE', 'LIMIT', 0, n, 'WITHSCORES')
+  for i = 1, #high, 2 do got[#got + 1] = {high[i], tonumber(high[i + 1])} end
+  if #high > 0 then
+    local taken = {}
+    for i = 1, #high, 2 do taken[#taken + 1] = high[i] end
+    redis.call('ZREM', KEYS[K_READY], unpack(taken))
+  end
+  if #got < n then
+    for _, id in ipairs(redis.call('LPOP', KEYS[K_LINE], n - #got) or {}) do got[#got + 1] = {id} end
+  end
+  if #got < n then
+    local low = redis.call('ZPOPMIN', KEYS[K_READY], n - #got)
+    for i = 1, #low, 2 do got[#got + 1] = {low[i], tonumber(low[i + 1])} end
+  end
+  return got
 end
-if #ids > lanes_taken then redis.call('ZREM', KEYS[K_READY], unpack(ids, lanes_taken + 1)) end
-if #ids < want then
-  for _, id in ipairs(redis.call('LPOP', KEYS[K_LINE], want - #ids) or {}) do ids[#ids + 1] = id end
-end
-if #ids < want then
-  local low = redis.call('ZPOPMIN', KEYS[K_READY], want - #ids)
-  for i = 1, #low, 2 do ids[#ids + 1] = low[i] end
+
+if runs then  -- only what the worker runs; what it passes over is parked, never put back in front
+  local passed = 0
+  while #ids < want and passed < PASSED_OVER do
+    local got = next_ready(want - #ids)
+    if #got == 0 then break end
+    local got_ids = {}
+    for j, pair in ipairs(got) do got_ids[j] = pair[1] end
+    local states = hmget(KEYS[K_STATE], got_ids)
+    for j, pair in ipairs(got) do
+      local s = parse_state(states[j])
+      local ok, name = true, nil
+      if s and s.status == 'queued' then ok, name = allowed(s) end
+      if ok then
+        ids[#ids + 1] = pair[1]
+      else
+        park(pair[1], name, pair[2])
+        passed = passed + 1
+      end
+    end
+  end
+else
+  for _, pair in ipairs(next_ready(want - #ids)) do ids[#ids + 1] = pair[1] end
 end
 register(taken + #ids)
 if #ids == 0 then return out end
