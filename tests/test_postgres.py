@@ -361,7 +361,7 @@ async def test_a_version_7_workflow_upgrades_and_plain_jobs_skip_the_trigger(tmp
         conn.execute(insert, ("parent", "queued", '{"value": "first"}', None, None))
         conn.execute(insert, ("child", "waiting", '{"value": "second"}', '["parent"]', "cancel"))
         conn.execute(f"INSERT INTO {schema}.edges (parent, child) VALUES ('parent', 'child')")
-    manager = await QueueManager(postgres_url(tmp_path)).init()
+    manager = await QueueManager(postgres_url(tmp_path) + "&auto_migrate=true").init()
     try:
         plain = await manager.dispatch(Echo("plain"))
         with psycopg.connect(need_postgres(), autocommit=True) as conn:

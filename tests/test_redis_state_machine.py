@@ -16,6 +16,7 @@ from hypothesis.stateful import Bundle, RuleBasedStateMachine, invariant, precon
 from jobs import Echo, LaneOne, LaneTwo
 
 from khadem_nb import JobRecord, JobStatus, QueueManager
+from khadem_nb.drivers.redis.driver import _Claim
 from khadem_nb.drivers.redis.keys import KEY_NAMES
 
 pytestmark = pytest.mark.redis
@@ -186,7 +187,8 @@ class RedisQueueMachine(RuleBasedStateMachine):
         """A claim about to wait: if it gets nothing, the worker registers for hand-off."""
         self.model.sweep()
         driver = self.manager.driver
-        record = self._claimed(self.run(driver._claim(["default"], 1, 1.0, "")))  # type: ignore[attr-defined]
+        claim = _Claim("", "")
+        record = self._claimed(self.run(driver._claim(["default"], 1, 1.0, claim)))  # type: ignore[attr-defined]
         self.model.waiting = record is None
         if record is None:  # keep the registration alive however long the example runs
             self.run(driver.client.zadd(self.key("waiting"), {driver._waiter: 2**50}, xx=True))  # type: ignore[attr-defined]
@@ -195,7 +197,8 @@ class RedisQueueMachine(RuleBasedStateMachine):
     @rule(target=held)
     def blocked_wait(self) -> JobRecord | None:
         """What the worker's blocking wait gets: the first hand-off row, as it is."""
-        popped = self.run(self.manager.driver._wait_for_work(["default"], 0.01))  # type: ignore[attr-defined]
+        driver = self.manager.driver
+        popped = self.run(driver._wait_for_work(["default"], 0.01, _Claim("", "")))  # type: ignore[attr-defined]
         if not self.model.handoff:
             assert popped == []
             return None

@@ -214,9 +214,9 @@ async def test_three_workers_fire_each_second_once_and_go_on_when_one_is_killed(
         await manager.schedule(Beat, every=1, id="each-second", catchup=False)
         workers = [start_worker(shared_url, "--concurrency", "2") for _ in range(3)]
         started = time.time()
-        await asyncio.sleep(7)
+        await asyncio.sleep(5)
         kill(workers[0])
-        await asyncio.sleep(started + 15 - time.time())
+        await asyncio.sleep(started + 10 - time.time())
         records = await manager.jobs()
         for worker in workers[1:]:
             worker.send_signal(signal.SIGTERM)
@@ -225,7 +225,7 @@ async def test_three_workers_fire_each_second_once_and_go_on_when_one_is_killed(
         await manager.close()
     slots = sorted(r.meta["slot_ms"] for r in records)
     assert len(slots) == len(set(slots)), "a slot fired twice"
-    assert 14 <= len(slots) <= 16, slots
+    assert 9 <= len(slots) <= 11, slots
     assert all(b - a == 1000 for a, b in itertools.pairwise(slots)), "a slot was missed"
 
 

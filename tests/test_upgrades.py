@@ -15,7 +15,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import missing, need_postgres, need_redis, postgres_schema_at, postgres_url, purge_url, schema_for
+from conftest import (
+    missing,
+    need_postgres,
+    need_redis,
+    postgres_schema_at,
+    postgres_url,
+    purge_url,
+    schema_for,
+)
 from jobs import Echo
 from procs import env
 

@@ -176,7 +176,7 @@ class FileStore:
         try:
             with open(self.dir(LAYOUT_FILE), "rb") as handle:
                 text = handle.read().strip()
-        except FileNotFoundError:
+        except OSError:  # none there (or no folder: open says why)
             held = os.path.isdir(self.root) and any(os.path.isdir(self.dir(name)) for name in STATE_DIRS)
             return 0 if held else None
         try:
