@@ -443,13 +443,14 @@ class QueueManager:
         go before the jobs that need them."""
         if self._shipper is not None and self._shipper.unsent:
             await self._shipper.send(self.driver)
-        await self._note_kinds(records)
+        if self._kinds.unnoted(records):
+            await self._note_kinds(records)
 
     async def _note_kinds(self, jobs: Sequence[JobRecord] | Sequence[Draft]) -> None:
         """Note the job kinds of ``jobs`` where workers read them (``runtime.kinds``); the
         sync driver runs jobs at dispatch and has no fleet to tell."""
         if not self.driver.runs_at_dispatch:
-            await self._kinds.note(self.driver, ((j.queue, j.name, j.code) for j in jobs))
+            await self._kinds.note(self.driver, jobs)
 
     async def _stored(self, records: Sequence[JobRecord]) -> None:
         """What follows storing new records: they are counted, and on ``sync`` they run now."""

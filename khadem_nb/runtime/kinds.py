@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from ..drivers._kv import MAX_KEY
 from ..drivers.base import QueueDriver
@@ -58,15 +58,38 @@ def parse_kinds(queue: str, keys: Iterable[str]) -> dict[str, bool]:
     return kinds
 
 
+class Kinded(Protocol):
+    """A job record or draft: what names its kind."""
+
+    @property
+    def queue(self) -> str: ...
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def code(self) -> str | None: ...
+
+
 class KindNotes:
     """A dispatching process's notes of the kinds it dispatched: each written once."""
 
     def __init__(self) -> None:
         self._noted: set[tuple[str, str, bool]] = set()
 
-    async def note(self, driver: QueueDriver, kinds: Iterable[tuple[str, str, str | None]]) -> None:
-        """Write the kinds among ``kinds`` (queue, name, code) not written by this process yet."""
-        new = {(queue, name, shipped(code)) for queue, name, code in kinds} - self._noted
+    def unnoted(self, jobs: Iterable[Kinded]) -> bool:
+        """Whether a kind among ``jobs`` is not written yet: the check every dispatch makes, so
+        it builds nothing (a memory queue's dispatch costs some 10 µs)."""
+        noted = self._noted
+        for job in jobs:
+            code = job.code
+            if (job.queue, job.name, code is not None and "." in code) not in noted:
+                return True
+        return False
+
+    async def note(self, driver: QueueDriver, jobs: Iterable[Kinded]) -> None:
+        """Write the kinds of ``jobs`` not written by this process yet."""
+        new = {(job.queue, job.name, shipped(job.code)) for job in jobs} - self._noted
         for kind in sorted(new):
             key = kind_key(*kind)
             if key is not None:
