@@ -1,13 +1,14 @@
 """Mixed fleets: two workers with disjoint job kinds sharing a queue, against each alone.
 
 Per driver and round: ``--jobs`` no-ops, half of kind ``Left`` and half of kind ``Right``
-interleaved, stored with one bulk dispatch; then two ``khadem-nb worker --burst --concurrency
-50`` processes, one importing only ``Left``, the other only ``Right``, drain the queue (every
-claim of each is filtered to its kind). Each worker's rate is its half over the span from its
-first job's start to its last job's end, read from the records. Against it: the same worker
-alone on a queue holding only its own half (its claims need no filter). The ratio shared /
-alone says what sharing a queue with a worker of other kinds costs each worker. Medians of
-``--rounds`` rounds, the two set-ups alternating.
+interleaved in one queue, stored with one bulk dispatch; then two ``khadem-nb worker --burst
+--concurrency 50`` processes, one importing only ``Left``, the other only ``Right``, started at
+once, drain it (every claim of each is filtered to its kind). Each worker's rate is its half
+over the span from its first job's start to its last job's end, read from the records. Against
+it: the same two workers started at once, each on a named queue of its own in the same storage
+(one SQLite file, folder, Redis prefix or schema) holding only its half (no filter needed), so
+both set-ups share the machine and the storage alike and the ratio shared / alone is what
+sharing the queue costs each worker. Medians of ``--rounds`` rounds.
 
     BENCH_REDIS_URL=redis://127.0.0.1:6379/9 BENCH_POSTGRES_URL=postgresql://postgres@127.0.0.1:5432/test \\
     python bench/kinds.py [--rounds 3] [--jobs 10000] [--drivers sqlite,file,redis,postgres]
@@ -45,29 +46,35 @@ def worker(url: str, folder: Path, module: str) -> subprocess.Popen[bytes]:
                             env={**os.environ, "PYTHONPATH": str(folder)}, cwd=folder)
 
 
-async def rates(url: str, folder: Path, kinds: list[str], n: int) -> dict[str, float]:
-    """Store ``n`` jobs spread over ``kinds``, drain them with a worker per kind, and return
-    each kind's rate (jobs/s over its own span)."""
+async def rates(urls: dict[str, str], folder: Path, n: int) -> dict[str, float]:
+    """Store ``n`` jobs of each kind at its URL (interleaved where two kinds share one), start a
+    worker per kind at once, and return each kind's rate (jobs/s over its own span)."""
     from left_jobs import Left  # type: ignore[import-not-found]
     from right_jobs import Right  # type: ignore[import-not-found]
 
     classes = {"left": Left, "right": Right}
-    async with QueueManager(url) as manager:
-        await manager.driver.purge()
-        await manager.dispatch_many([classes[kinds[i % len(kinds)]]() for i in range(n)])
-        workers = [worker(url, folder, f"{kind}_jobs") for kind in kinds]
+    managers = {url: await QueueManager(url).init() for url in set(urls.values())}
+    try:
+        for manager in managers.values():
+            await manager.driver.purge()
+        for url, manager in managers.items():
+            kinds = [kind for kind, at in urls.items() if at == url]
+            await manager.dispatch_many([classes[kinds[i % len(kinds)]]() for i in range(n * len(kinds))])
+        workers = [worker(url, folder, f"{kind}_jobs") for kind, url in urls.items()]
         for process in workers:
             process.wait(timeout=900)
-        records = await manager.jobs("completed")
-        assert len(records) == n, f"{len(records)} of {n} completed"
         found = {}
-        for kind in kinds:
-            mine = [r for r in records if r.name.lower() == kind]
+        for kind, url in urls.items():
+            mine = [r for r in await managers[url].jobs("completed") if r.name.lower() == kind]
+            assert len(mine) == n, f"{len(mine)} of {n} {kind} jobs completed"
             first = min(r.started_ms or 0 for r in mine)
             last = max(r.finished_ms or 0 for r in mine)
-            found[kind] = len(mine) / max((last - first) / 1000, 1e-3)
-        await manager.driver.purge()
+            found[kind] = n / max((last - first) / 1000, 1e-3)
         return found
+    finally:
+        for manager in managers.values():
+            await manager.driver.purge()
+            await manager.close()
 
 
 def main() -> None:
@@ -87,17 +94,17 @@ def main() -> None:
         print("| driver | each worker, sharing (jobs/s) | alone (jobs/s) | shared / alone |")
         print("|---|---:|---:|---:|")
         for driver in args.drivers.split(","):
-            n = args.jobs // 3 if driver == "file" else args.jobs
+            n = (args.jobs // 3 if driver == "file" else args.jobs) // 2  # jobs of each kind
             shared: list[float] = []
             alone: list[float] = []
             for round_number in range(args.rounds):
-                for kinds in (["left", "right"], ["left"], ["right"]):  # a queue each
-                    url = queue_url(driver, tmp, f"kinds{round_number}{''.join(k[0] for k in kinds)}")
-                    try:
-                        found = asyncio.run(rates(url, folder, kinds, n if len(kinds) == 2 else n // 2))
-                    finally:
-                        drop_schema(url)
-                    (shared if len(kinds) == 2 else alone).extend(found.values())
+                one = queue_url(driver, tmp, f"kinds{round_number}")
+                apart = {kind: f"{one}&name={kind}" for kind in ("left", "right")}  # same storage
+                try:
+                    shared += asyncio.run(rates({"left": one, "right": one}, folder, n)).values()
+                    alone += asyncio.run(rates(apart, folder, n)).values()
+                finally:
+                    drop_schema(one)
             ratio = statistics.median(shared) / statistics.median(alone)
             print(f"| {driver} | {statistics.median(shared):,.0f} | {statistics.median(alone):,.0f} | "
                   f"{ratio:.2f} |", flush=True)

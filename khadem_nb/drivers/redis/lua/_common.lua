@@ -94,8 +94,17 @@ local function wait_in_lane(lane, id, score)
   if not rank or tonumber(rank) > score then redis.call('ZADD', KEYS[K_LANE_WAIT], score, lane) end
 end
 
+-- the lanes of parked jobs (reserve.lua): this, then the job name; they have no limits, so
+-- their held jobs are not counted
+local PARKED = 'parked\31'
+
+local function counts_held(lane)
+  return string.sub(lane, 1, #PARKED) ~= PARKED
+end
+
 -- a job of `lane` is no longer held (settled, cancelled, reclaimed): its slot is free
 local function free_slot(lane)
+  if not counts_held(lane) then return end
   if redis.call('HINCRBY', KEYS[K_LANE_HELD], lane, -1) <= 0 then
     redis.call('HDEL', KEYS[K_LANE_HELD], lane)
   end

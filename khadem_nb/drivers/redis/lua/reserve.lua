@@ -13,7 +13,6 @@ local limit, lease = tonumber(ARGV[1]), tonumber(ARGV[2])
 local now = now_ms()
 local LANES_LOOKED = 100
 local PASSED_OVER = 1000  -- ready jobs a claim filtered by `runs` parks at most
-local PARKED = 'parked\31'  -- the lanes of parked jobs: this, then the job name
 local runs = ARGV[10] and ARGV[10] ~= '' and cjson.decode(ARGV[10]) or nil
 
 -- whether the worker runs the job of state `s`, and else the job's name (read from the head
@@ -45,7 +44,7 @@ end
 -- a lane this worker runs: one of parked jobs it runs, or one whose first job it runs
 local function runs_lane(lane)
   if not runs then return true end
-  if string.sub(lane, 1, #PARKED) == PARKED then return runs.n[string.sub(lane, #PARKED + 1)] == true end
+  if not counts_held(lane) then return runs.n[string.sub(lane, #PARKED + 1)] == true end
   local first = redis.call('ZRANGE', lane_key(lane), 0, 0)[1]
   local s = first and get_state(first)
   return not s or allowed(s)
@@ -231,7 +230,7 @@ for j, id in ipairs(ids) do
     push2(active, now + lease, id)
     local lane = lane_of[id]
     if lane then
-      redis.call('HINCRBY', KEYS[K_LANE_HELD], lane, 1)
+      if counts_held(lane) then redis.call('HINCRBY', KEYS[K_LANE_HELD], lane, 1) end
       if rule_of_lane[lane].r then redis.call('ZADD', starts_key(lane), now, token) end
     end
     local n = #out
