@@ -108,6 +108,7 @@ class WorkerKinds:
         self.factories: JobFactoryRegistry = executor.serializer.factories
         self.kinds: dict[str, bool] = {}
         self._told: set[str] = set()  # the names it said it does not run (logged once each)
+        self._filter: tuple[Runs, Runs | None] | None = None  # the last filter, and what it is of
         self._read_at = float("-inf")
         self._runs: tuple[int, Runs] | None = None
 
@@ -124,8 +125,12 @@ class WorkerKinds:
         return time.monotonic() >= read_at + READ_EVERY_S or self.executor.kinds_learned_at >= read_at
 
     def current(self) -> Runs | None:
-        """The filter from the kinds read last (see ``claim_filter``)."""
-        return needed_filter(self.kinds, self.runs()) if self.kinds else None
+        """The filter from the kinds read last (see ``claim_filter``), made again only when
+        they or what this worker runs changed: a memory queue's lone consumer asks every job."""
+        runs = self.runs()
+        if self._filter is None or self._filter[0] is not runs:
+            self._filter = (runs, needed_filter(self.kinds, runs) if self.kinds else None)
+        return self._filter[1]
 
     async def claim_filter(self) -> Runs | None:
         """The filter the next claim needs, reading the kinds again every READ_EVERY_S."""
@@ -137,6 +142,7 @@ class WorkerKinds:
                 for name, runs_shipped in parse_kinds(queue, found).items():
                     kinds[name] = kinds.get(name, True) and runs_shipped
             self.kinds = kinds
+            self._filter = None
             self._tell_unrunnable()
         return self.current()
 
