@@ -78,8 +78,8 @@ class KindNotes:
         self._noted: set[tuple[str, str, bool]] = set()
 
     def unnoted(self, jobs: Iterable[Kinded]) -> bool:
-        """Whether a kind among ``jobs`` is not written yet: the check every dispatch makes, so
-        it builds nothing (a memory queue's dispatch costs some 10 µs)."""
+        """Whether a kind among ``jobs`` is not written yet: every dispatch asks, so it builds
+        nothing and awaits nothing (bench/RESULTS.md, the regression guard of issue 36)."""
         noted = self._noted
         for job in jobs:
             code = job.code
