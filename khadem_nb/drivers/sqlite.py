@@ -366,7 +366,7 @@ class SqliteStore:
         now (``_lanes``), then those without limits. ``free``: the claiming worker's free units;
         ``runs``: the jobs it can run (``None``: any)."""
         plain, laned = (CLAIM, CLAIM_LANE) if runs is None else (CLAIM_RUNS, CLAIM_LANE_RUNS)
-        names = None if runs is None else json.dumps(sorted(runs.names))
+        names = None if runs is None else _names_json(runs.names)
         shipped = runs is not None and runs.shipped
 
         def run(conn: sqlite3.Connection) -> list[JobRecord]:
@@ -627,6 +627,12 @@ class SqliteStore:
                 conn.execute(f"DELETE FROM {table}")
 
         self.write(run)
+
+
+@functools.lru_cache(maxsize=16)
+def _names_json(names: frozenset[str]) -> str:
+    """The names of a ``Runs`` filter as the claim statement reads them: made once per filter."""
+    return json.dumps(sorted(names))
 
 
 def _stored_layout(conn: sqlite3.Connection) -> int | None:

@@ -245,11 +245,12 @@ class JobExecutor:
         (``kinds``), or failed with why where no worker can help (a payload that does not
         decode, shipped code that is gone or refused)."""
         reason: KhademError = error
-        if isinstance(error, UnknownJobError) and not (shipped(record.code) and self.loader is not None) \
-                and not self.driver.runs_at_dispatch:
+        unknown = isinstance(error, UnknownJobError)
+        runs_shipped = shipped(record.code) and self.loader is not None
+        if unknown and not runs_shipped and not self.driver.runs_at_dispatch:
             await self._leave_to_others(record, started)
             return None
-        if isinstance(error, UnknownJobError) and record.code and self.loader is not None:
+        if unknown and record.code and self.loader is not None:
             try:
                 given = self.serializer.decode_loaded(record.payload)
                 job = await self.loader.job_for(record, self.driver, given)

@@ -101,8 +101,10 @@ class _Claim:
     runs: str
 
 
+@functools.lru_cache(maxsize=16)
 def runs_json(runs: Runs) -> str:
-    """``runs`` as reserve.lua reads it: {"n": {name: true, ...}, "s": runs shipped code}."""
+    """``runs`` as reserve.lua reads it: {"n": {name: true, ...}, "s": runs shipped code};
+    made once per filter (a worker keeps one ``Runs`` while what it runs stays the same)."""
     return dumps({"n": {name: True for name in runs.names}, "s": runs.shipped})
 
 
