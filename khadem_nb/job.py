@@ -120,6 +120,9 @@ class QueueJob:
     concurrency: ClassVar[int | None] = None
     #: at most this many start in any window, across all workers: ``"30/min"``, ``"10/s"``, ``"5/h"``
     rate: ClassVar[str | None] = None
+    #: claim the due jobs of different ``limit_key()`` keys in turns, one of each per turn, so
+    #: one key's 10,000 queued jobs do not hold back another key's 10
+    fair: ClassVar[bool] = False
     #: units of named resources one run holds, like ``{"gpu": 1}``; only a worker with that many
     #: free claims it, and the job sees its units in ``context().resources``
     resources: ClassVar[Mapping[str, int] | None] = None
@@ -221,6 +224,8 @@ def _check_flow(cls: type[QueueJob]) -> None:
         limits.parse_rate(own.get("rate"), f"{where}.rate")
     if not isinstance(own.get("resources"), property):
         limits.check_resources(own.get("resources"), f"{where}.resources")
+    if not isinstance(own.get("fair", False), bool | property):
+        raise ConfigError(f"{where}.fair must be True or False, got {own['fair']!r}")
     if "batch_size" in own or "batch_wait" in own:
         size, _ = limits.check_batch(cls.batch_size, cls.batch_wait, where)
         if size is not None and not own.get("_abstract_job", False) \

@@ -240,7 +240,7 @@ class QueueManager:
         keep = job.keep_result if keep_result is None else keep_result
         keep_ms = None if keep is None else int(limits.seconds(keep, "keep_result") * 1000)
         draft = Draft(name, payload, queue, level, attempts, delay_ms, timeout_s, key, code, keep_ms)
-        if job.concurrency is not None or job.rate is not None or job.resources:
+        if job.concurrency is not None or job.rate is not None or job.resources or job.fair:
             draft.lane, draft.lane_rule = job_lane(job, name)
         return draft
 
@@ -451,6 +451,14 @@ class QueueManager:
         sync driver runs jobs at dispatch and has no fleet to tell."""
         if not self.driver.runs_at_dispatch:
             await self._kinds.note(self.driver, jobs)
+
+    async def follow_kind_rule(self, queue: str, name: str, rule: str) -> bool:
+        """A job kind this process dispatched to ``queue`` is defined again with lane rule
+        ``rule`` (``flow.kind_rule``): its queued jobs follow it from the next claim on, on every
+        worker. Whether the rule changed."""
+        if self.driver.runs_at_dispatch:
+            return False
+        return await self._kinds.follow(self.driver, queue, name, rule)
 
     async def _stored(self, records: Sequence[JobRecord]) -> None:
         """What follows storing new records: they are counted, and on ``sync`` they run now."""

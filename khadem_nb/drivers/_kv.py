@@ -8,6 +8,7 @@ store stays one table, folder, dict or set of keys.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from .. import limits
@@ -54,3 +55,15 @@ def live(expires_ms: int | None, now_ms: int) -> bool:
 def scan_end(prefix: str) -> str:
     """The first text after every key that starts with ``prefix`` (for range scans)."""
     return prefix + "\U0010ffff"
+
+
+def rules_of(prefix: str, found: Mapping[str, bytes]) -> dict[str, str]:
+    """The lane rules among keyed-store values under ``prefix`` (``rules/<queue>/``): job name ->
+    rule text; a value that is not text is passed over (the records' own rules apply)."""
+    rules = {}
+    for key, value in found.items():
+        try:
+            rules[key[len(prefix):]] = value.decode()
+        except UnicodeDecodeError:
+            continue
+    return rules

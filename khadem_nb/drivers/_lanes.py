@@ -1,20 +1,28 @@
 """The claim of limited jobs (``flow``) in the SQL drivers, SQLite and PostgreSQL.
 
-A claim first reads the queue's lanes that have due jobs, how many jobs each holds now and the
-starts of each rated lane's window; ``ClaimPlan`` says how many of each may start, and each lane
-gives that many, best priority first. The SQLite claim runs inside its write transaction; the
-PostgreSQL one under a transaction-scoped advisory lock per queue, so two claims never count
-the same free slot. A slot is held by a claimed job until it settles, is cancelled, or its lease
-expires.
+A claim first reads the queue's lanes that have due jobs, the rules stored for their job kinds
+(``QueueDriver.set_lane_rule``), how many jobs each holds now and the starts of each rated
+lane's window; ``ClaimPlan`` says how many of each may start, and each lane gives that many,
+best priority first, fair lanes a job a turn (``flow.claim_turns``) in the order of their last
+turn, kept in the keyed store (``served/<queue>/<digest of the lane>``). The SQLite claim
+runs inside its write transaction; the PostgreSQL one under a transaction-scoped advisory lock
+per queue, so two claims never count the same free slot. A slot is held by a claimed job until
+it settles, is cancelled, or its lease expires.
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from ..features.flow import RULES_KEY, LaneRule, rule_for
 from ..limits import RATE_UNITS
+from ._kv import rules_of
+
+SERVED_KEY = "served/"  # the keyed store's prefix of each fair lane's last turn (a counter)
+SERVED_TTL_S = 86_400.0  # a fair lane's turn is forgotten a day after it had one
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,3 +81,51 @@ def oldest_start_kept(now_ms: int) -> int:
 
 def held_by_lane(rows: Iterable[Sequence[Any]]) -> Mapping[str, int]:
     return {str(lane): int(count) for lane, count in rows}
+
+
+def rules_prefix(queue: str) -> str:
+    """Where ``queue``'s job kinds' rules are in the keyed store."""
+    return f"{RULES_KEY}{queue}/"
+
+
+def lane_order(waiting: Iterable[Sequence[Any]], found_rules: Mapping[str, bytes],
+               queue: str) -> list[tuple[str, LaneRule]]:
+    """The lanes of the ``waiting`` rows (lane, its records' rule, ...; best first) with the
+    rule a claim applies to each: the kind's stored one (``found_rules``, the keyed store's
+    values under ``rules_prefix``), else the records'. A lane listed twice (records of two
+    rules) comes once, at its first place."""
+    stored = rules_of(rules_prefix(queue), found_rules)
+    order: dict[str, LaneRule] = {}
+    for lane, own, *_ in waiting:
+        if lane not in order:
+            order[lane] = rule_for(lane, own, stored)
+    return list(order.items())
+
+
+def served_keys(queue: str, order: Iterable[tuple[str, LaneRule]]) -> dict[str, str]:
+    """The keyed-store key of each fair lane's last turn: key -> lane."""
+    return {served_key(queue, lane): lane for lane, rule in order if rule.fair}
+
+
+def served_key(queue: str, lane: str) -> str:
+    return f"{SERVED_KEY}{queue}/{hashlib.blake2b(lane.encode(), digest_size=12).hexdigest()}"
+
+
+def served_of(keys: Mapping[str, str], rows: Iterable[Sequence[Any]]) -> dict[str, int]:
+    """Each fair lane's last turn from the keyed store's (key, value) rows; an unreadable
+    value counts as never served."""
+    served = {}
+    for key, value in rows:
+        try:
+            served[keys[key]] = int(bytes(value))
+        except (KeyError, ValueError, TypeError):
+            continue
+    return served
+
+
+def new_turns(queue: str, turns: Sequence[str], served: Mapping[str, int]) -> list[tuple[str, bytes]]:
+    """The keyed-store values that record ``turns`` (fair lanes, the one served last last):
+    counters above every lane's earlier turn, so the next claim starts with the lanes served
+    longest ago."""
+    last = max(served.values(), default=0)
+    return [(served_key(queue, lane), str(last + i).encode()) for i, lane in enumerate(turns, 1)]

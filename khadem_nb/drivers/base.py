@@ -25,13 +25,13 @@ from .._time import now_ms
 from ..config import QueueSettings, parse_config
 from ..errors import ConfigError
 from ..features.capabilities import Runs
-from ..features.flow import LaneRule, LaneUse
+from ..features.flow import RULES_KEY, LaneRule, LaneUse
 from ..features.resources import OFFER_TTL_S, Offer
 from ..features.schedules import FIRE, STALE, Schedule, ScheduleState, fire_verdict
 from ..features.unique import Lock
 from ..job import ACTIVE, CANCELLED, COMPLETED, FAILED, QUEUED, SCHEDULED, JobRecord, JobStatus
 from ..limits import PRIORITY_RANGE
-from ._kv import check_key, check_ttl, check_value
+from ._kv import MAX_KEY, check_key, check_ttl, check_value, rules_of
 from ._layout import Layout
 
 OFFERS_KEY = "offers/"  # the keyed store's prefix of workers' resource offers
@@ -412,6 +412,24 @@ class QueueDriver(ABC):
 
     def wake_claims(self) -> None:
         """Claims of this process waiting for work look again (jobs may have become claimable)."""
+
+    # -- the rules of job kinds ----------------------------------------------------------------
+    # A job kind's lane rule (``flow``) as its code defines it now, ``rules/<queue>/<name>`` in
+    # the keyed store: every claim reads it for the kind's lanes, so a new ``concurrency``,
+    # ``rate`` or ``fair`` applies to the jobs already queued; a job dispatched before any rule
+    # was stored keeps its record's own.
+    async def set_lane_rule(self, queue: str, name: str, rule: str) -> None:
+        """Store the lane rule (``LaneRule.text``) of job kind ``name`` in ``queue``; a name too
+        long for a key is left to its records' own rule."""
+        key = f"{RULES_KEY}{queue}/{name}"
+        if len(key) <= MAX_KEY:
+            await self.kv_put(key, rule.encode())
+        self.wake_claims()  # a looser rule may let waiting jobs start
+
+    async def lane_rules(self, queue: str) -> dict[str, str]:
+        """The lane rules stored for ``queue``'s job kinds: name -> rule text."""
+        prefix = f"{RULES_KEY}{queue}/"
+        return rules_of(prefix, await self.kv_scan(prefix))
 
     # -- the keyed store -----------------------------------------------------------------------
     # Bytes under short text keys (``_kv.check_key``), each with an optional lifetime in

@@ -50,7 +50,7 @@ from ..config import QueueSettings
 from ..errors import CorruptQueueError, DriverError, SerializationError
 from ..features.capabilities import Runs
 from ..features.dependencies import ended_reason, judge, place_child, stop_child, stops_child
-from ..features.flow import ClaimPlan, LaneRule, LaneUse, recent_starts, rule_of
+from ..features.flow import ClaimPlan, LaneRule, LaneUse, kind_of_lane, recent_starts, take_in_turns
 from ..features.unique import Lock, lock_is_live
 from ..job import (
     ACTIVE,
@@ -67,7 +67,15 @@ from ..job import (
 from . import _records
 from ._fs import FILE_MODE, FOLDER_MODE, check_parent_writable, local_path
 from ._kv import check_key, check_prefix, expiry
-from ._lanes import oldest_start_kept
+from ._lanes import (
+    SERVED_TTL_S,
+    lane_order,
+    new_turns,
+    oldest_start_kept,
+    rules_prefix,
+    served_keys,
+    served_of,
+)
 from ._layout import USE, Layout, plan
 from ._polling import PollingWaits
 from ._records import due_view, reclaim
@@ -517,33 +525,64 @@ class FileStore:
 
     def _claim_limited(self, queue: str, now: int, free: Mapping[str, int] | None,
                        want: int, runs: Runs | None = None) -> list[JobRecord]:
-        """The queue's limited jobs its lanes allow now, in claim order (``flow``)."""
+        """The queue's limited jobs its lanes allow now, in claim order, fair lanes a job a
+        turn (``flow.claim_turns``)."""
         active, waiting = self.listdir("active"), self.listdir("limited", queue)
         self._lanes = {i: self._lanes[i] for i in map(_id_of, active + waiting) if i in self._lanes}
+        files, own = self._waiting_lanes(queue, waiting)
+        order = lane_order(own.items(), self._rules(queue, own), queue)
+        keys = served_keys(queue, order)
+        served = served_of(keys, ((key, value) for key in keys if (value := self.kv_get(key)) is not None))
         held = self._held_by_lane(active)
         starts_path = self.dir("starts", f"{queue}.json")
         starts = self._read_starts(starts_path, now)
         plan = ClaimPlan(now, held, lambda lane, _: starts.get(lane, []), free)
         claimed: list[JobRecord] = []
         started = False  # a job of a rated lane was claimed: the window's log changed
-        for name in waiting:
-            if len(claimed) >= want:
-                break
-            if runs is not None and not self._runnable("limited", queue, name, runs):
-                continue
-            lane = self._lane_of("limited", queue, name)
-            rule = None if lane is None else rule_of(lane[1])
-            if lane is None or rule is None or not plan.admit(lane[0], rule):
-                continue
-            record = self._claim_file(queue, name, now, "limited")
-            if record is not None:
-                claimed.append(record)
-                if rule.rate is not None:
-                    starts.setdefault(lane[0], []).append(now)
-                    started = True
+
+        def take(lane: str, rule: LaneRule, n: int) -> int:
+            nonlocal started
+            got, names = 0, files[lane]
+            while names and got < n:
+                if runs is not None and not self._runnable("limited", queue, names[0], runs):
+                    names.pop(0)
+                    continue
+                if not plan.admit(lane, rule):
+                    break
+                record = self._claim_file(queue, names.pop(0), now, "limited")
+                if record is not None:
+                    claimed.append(record)
+                    got += 1
+                    if rule.rate is not None:
+                        starts.setdefault(lane, []).append(now)
+                        started = True
+            return got
+
+        turns = take_in_turns(order, want, take, served)
+        for key, value in new_turns(queue, turns, served):
+            self.kv_write(key, value, expiry(now, SERVED_TTL_S))
         if started:
             self.write_bytes(starts_path, json.dumps(starts).encode(), sync_dir=False)
         return claimed
+
+    def _waiting_lanes(self, queue: str,
+                       waiting: Iterable[str]) -> tuple[dict[str, list[str]], dict[str, str]]:
+        """The lanes of the ``waiting`` files: each lane's files in claim order, and the rule
+        its first file carries."""
+        files: dict[str, list[str]] = {}
+        own: dict[str, str] = {}
+        for name in waiting:
+            lane = self._lane_of("limited", queue, name)
+            if lane is not None:
+                files.setdefault(lane[0], []).append(name)
+                own.setdefault(lane[0], lane[1])
+        return files, own
+
+    def _rules(self, queue: str, lanes: Iterable[str]) -> dict[str, bytes]:
+        """The rules stored for the job kinds of ``lanes``, as keyed-store values by key."""
+        names = {name for lane in lanes if (name := kind_of_lane(lane)) is not None}
+        keys = [f"{rules_prefix(queue)}{name}" for name in names]
+        return {key: value for key in keys if (value := self.kv_get(key)) is not None}
 
     def _held_by_lane(self, active: Iterable[str]) -> dict[str, int]:
         """Jobs held per lane among the files of ``active/``: a job counts until it is settled,

@@ -28,11 +28,14 @@ from ..config import QueueSettings
 from ..features.capabilities import Runs
 from ..features.dependencies import DependencyIndex, ended_reason, place_child, stop_child, stops_child
 from ..features.flow import (
+    RULES_KEY,
     ClaimPlan,
     LaneRule,
     LaneUse,
+    kind_of_lane,
     recent_starts,
-    rule_of,
+    rule_for,
+    take_in_turns,
 )
 from ..features.unique import Lock, lock_is_live
 from ..job import (
@@ -408,33 +411,58 @@ class MemoryDriver(QueueDriver):
 
     def _take_limited(self, queue: str, now: int, free: Mapping[str, int] | None, limit: int,
                       claimed: list[JobRecord], runs: Runs | None = None) -> None:
-        """Claim the queue's limited jobs its lanes allow now, each lane in turn (``flow``); a
-        lane whose first job ``runs`` does not allow is passed over."""
+        """Claim the queue's limited jobs its lanes allow now, each lane in turn and fair lanes
+        a job a turn (``flow.take_in_turns``); a lane whose first job ``runs`` does not allow
+        is passed over. A fair lane served goes last: the lanes' order is their turn order."""
         plan = ClaimPlan(now, {lane: n for (q, lane), n in self._lane_held.items() if q == queue},
                          lambda lane, _: self._lane_starts.get((queue, lane), ()), free)
         lanes, records = self._limited[queue], self._records
-        for lane, ids in list(lanes.items()):
-            while len(claimed) < limit and (job_id := ids.peek()) is not None:
+
+        def take(lane: str, rule: LaneRule, n: int) -> int:
+            ids, got = lanes[lane], 0
+            while got < n and (job_id := ids.peek()) is not None:
                 record = records.get(job_id)
                 if record is None or record.status is not QUEUED:  # requeued or gone
                     ids.popleft()
                     continue
                 if runs is not None and not runs.allows(record.name, record.code):
                     break
-                rule = rule_of(record.lane_rule or "")
                 if not plan.admit(lane, rule):
                     break
                 ids.popleft()
                 claimed.append(self._hand_out(record, now))
+                got += 1
                 self._lane_held[queue, lane] = self._lane_held.get((queue, lane), 0) + 1
                 if rule.rate is not None:
                     self._lane_starts.setdefault((queue, lane), deque()).append(now)
-            if ids.peek() is None:
-                del lanes[lane]
+            return got
+
+        stored = self._stored_rules(queue, lanes)
+        order = [(lane, rule_for(lane, head.lane_rule, stored))
+                 for lane, ids in lanes.items() if (head := self._lane_head(ids)) is not None]
+        for lane in take_in_turns(order, limit - len(claimed), take, {}):
+            lanes[lane] = lanes.pop(lane)
+        for lane in [lane for lane, ids in lanes.items() if ids.peek() is None]:
+            del lanes[lane]
         if plan.reopens_in_ms is not None:
             reopens = now + plan.reopens_in_ms
             self._reopens_at = reopens if self._reopens_at is None else min(self._reopens_at, reopens)
         self._drop_old_starts(now)
+
+    def _lane_head(self, ids: PriorityLanes) -> JobRecord | None:
+        """The first queued record of a lane, dropping the ids before it that are gone."""
+        while (job_id := ids.peek()) is not None:
+            record = self._records.get(job_id)
+            if record is not None and record.status is QUEUED:
+                return record
+            ids.popleft()
+        return None
+
+    def _stored_rules(self, queue: str, lanes: Iterable[str]) -> dict[str, str]:
+        """The rules stored for the job kinds of ``lanes`` (``QueueDriver.set_lane_rule``)."""
+        names = {name for lane in lanes if (name := kind_of_lane(lane)) is not None}
+        found = {name: self._kv_live(f"{RULES_KEY}{queue}/{name}") for name in names}
+        return {name: value.decode(errors="replace") for name, value in found.items() if value is not None}
 
     def _drop_old_starts(self, now: int) -> None:
         """Forget starts older than the longest rate window (an hour)."""

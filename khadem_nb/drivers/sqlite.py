@@ -39,7 +39,7 @@ from ..config import QueueSettings
 from ..errors import ConfigError, CorruptQueueError, DriverError, DriverUnavailableError
 from ..features.capabilities import Runs
 from ..features.dependencies import place_child
-from ..features.flow import ClaimPlan, LaneRule, LaneUse, rule_of
+from ..features.flow import ClaimPlan, LaneRule, LaneUse, take_in_turns
 from ..features.unique import Lock
 from ..job import TERMINAL_STATUSES, JobRecord, JobStatus
 from ..serializer import dumps
@@ -47,10 +47,16 @@ from ._deps import edge_rows, edges_table_sql, sqlite_trigger_sql
 from ._fs import FILE_MODE, check_parent_writable, is_network_filesystem, local_path
 from ._kv import check_key, check_prefix, expiry, scan_end
 from ._lanes import (
+    SERVED_TTL_S,
     held_by_lane,
     lane_index_sql,
+    lane_order,
     lane_sql,
+    new_turns,
     oldest_start_kept,
+    rules_prefix,
+    served_keys,
+    served_of,
     starts_table_sql,
     workers_table_sql,
 )
@@ -167,6 +173,8 @@ SCHEDULES_MOVE = [
 #: written before (0) gains what LATER_COLUMNS, LATER_SCHEMA and SCHEDULES_MOVE bring
 LAYOUT = Layout(1, 1)
 KV_LIVE = "(expires_ms IS NULL OR expires_ms > ?)"
+KV_SCAN = f"SELECT key, value FROM khadem_kv WHERE key >= ? AND key < ? AND {KV_LIVE}"
+KV_IN = f"SELECT key, value FROM khadem_kv WHERE key IN (SELECT value FROM json_each(?)) AND {KV_LIVE}"
 KV_PUT = ("INSERT INTO khadem_kv (key, value, expires_ms) VALUES (?, ?, ?) ON CONFLICT (key) DO UPDATE "
           "SET value = excluded.value, expires_ms = excluded.expires_ms")
 #: an upsert that replaces only an expired value: no row changes while a live one is there
@@ -401,21 +409,30 @@ class SqliteStore:
         waiting = conn.execute(LANES.waiting, (queue, now)).fetchall()
         if not waiting:
             return []
+        prefix = rules_prefix(queue)
+        order = lane_order(waiting, dict(conn.execute(KV_SCAN, (prefix, scan_end(prefix), now))), queue)
+        keys = served_keys(queue, order)
+        served = served_of(keys, conn.execute(KV_IN, (json.dumps(list(keys)), now))) if keys else {}
         held = held_by_lane(conn.execute(LANES.held, (queue, now)))
         plan = ClaimPlan(now, held, lambda lane, window_ms: [
             row[0] for row in conn.execute(LANES.starts, (queue, lane, now - window_ms))], free)
         claimed: list[JobRecord] = []
-        for lane, rule_text, *_ in waiting:
-            rule = rule_of(rule_text or "")
-            room = min(plan.room(lane, rule), want - len(claimed))
+
+        def take(lane: str, rule: LaneRule, n: int) -> int:
+            room = min(plan.room(lane, rule), n)
             if room <= 0:
-                continue
+                return 0
             taken = self._claim_where(conn, statement, queue, now, room, lane, names, shipped)
             for record in taken:
                 plan.admit(lane, rule)
                 claimed.append(record)
             if rule.rate is not None and taken:
                 conn.execute(LANES.started, (len(taken), queue, lane, now))
+            return len(taken)
+
+        turns = take_in_turns(order, want, take, served)
+        expires = expiry(now, SERVED_TTL_S)
+        conn.executemany(KV_PUT, [(key, value, expires) for key, value in new_turns(queue, turns, served)])
         return claimed
 
     def lane_use(self, queue: str, lanes: Mapping[str, LaneRule]) -> dict[str, LaneUse]:
@@ -603,8 +620,7 @@ class SqliteStore:
         return None if row is None else bytes(row[0])
 
     def kv_scan(self, prefix: str) -> dict[str, bytes]:
-        sql = f"SELECT key, value FROM khadem_kv WHERE key >= ? AND key < ? AND {KV_LIVE}"
-        rows = self._db().execute(sql, (prefix, scan_end(prefix), now_ms())).fetchall()
+        rows = self._db().execute(KV_SCAN, (prefix, scan_end(prefix), now_ms())).fetchall()
         return {key: bytes(value) for key, value in rows}
 
     def kv_delete(self, key: str) -> bool:

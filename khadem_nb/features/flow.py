@@ -11,10 +11,11 @@ the drivers that make it in Python; Redis makes the same one in ``reserve.lua``.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 from collections import deque
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Generator, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -42,6 +43,8 @@ class LaneRule:
     concurrency: int | None = None
     rate: Rate | None = None
     needs: tuple[tuple[str, int], ...] = ()
+    #: the lanes of one kind take turns: one job of each per turn (``take_in_turns``)
+    fair: bool = False
 
     def text(self) -> str:
         """The rule as the stores keep it: compact JSON with sorted keys."""
@@ -52,6 +55,8 @@ class LaneRule:
             data["r"] = [self.rate.n, self.rate.window_ms]
         if self.needs:
             data["u"] = dict(self.needs)
+        if self.fair:
+            data["f"] = 1
         return json.dumps(data, separators=(",", ":"), sort_keys=True)
 
     def fits(self, free: Mapping[str, int]) -> int:
@@ -65,22 +70,130 @@ class LaneRule:
 def rule_of(text: str) -> LaneRule:
     """The rule a record carries, read back; a damaged one lets one job of its lane run at a
     time, so its jobs still run and never stall the lane behind them."""
+    return stored_rule(text) or LaneRule(concurrency=1)
+
+
+@functools.lru_cache(maxsize=1024)
+def stored_rule(text: str) -> LaneRule | None:
+    """A rule read back from its text; ``None`` where the text is damaged."""
     try:
         data = json.loads(text)
         rate = data.get("r")
-        return LaneRule(data.get("c"), None if rate is None else Rate(int(rate[0]), int(rate[1])),
-                        tuple(sorted((str(k), int(v)) for k, v in data.get("u", {}).items())))
+        concurrency = data.get("c")
+        if concurrency is not None and (isinstance(concurrency, bool) or not isinstance(concurrency, int)):
+            return None
+        return LaneRule(concurrency, None if rate is None else Rate(int(rate[0]), int(rate[1])),
+                        tuple(sorted((str(k), int(v)) for k, v in data.get("u", {}).items())),
+                        bool(data.get("f")))
     except (ValueError, TypeError, AttributeError, IndexError, KeyError):
-        return LaneRule(concurrency=1)
+        return None
 
 
 @functools.lru_cache(maxsize=256)
 def lane_rule(concurrency: int | None, rate: str | None,
-              resources: tuple[tuple[str, int], ...]) -> str | None:
+              resources: tuple[tuple[str, int], ...], fair: bool = False) -> str | None:
     """The rule text of a job kind's settings, or ``None`` when they limit nothing."""
-    if concurrency is None and rate is None and not resources:
+    if concurrency is None and rate is None and not resources and not fair:
         return None
-    return LaneRule(concurrency, parse_rate(rate), resources).text()
+    return LaneRule(concurrency, parse_rate(rate), resources, fair).text()
+
+
+#: lanes that are not a job kind's: a ``unique="running"`` key's and a schedule's. Their jobs
+#: keep the rule they were dispatched with; a kind's lanes follow the kind's rule in the store
+UNIQUE_LANE, SCHEDULE_LANE = "unique\t", "schedule\t"
+RULES_KEY = "rules/"  # the keyed store's prefix of each job kind's lane rule (``rules/<queue>/<name>``)
+NO_RULE = LaneRule().text()  # the rule of a kind that limits nothing now
+
+
+def kind_of_lane(lane: str) -> str | None:
+    """The job name whose rule a lane follows (``train`` of ``train\ttenant-a``), or ``None``
+    for a lane that keeps its records' own rule."""
+    if lane.startswith(UNIQUE_LANE) or lane.startswith(SCHEDULE_LANE):
+        return None
+    return lane.partition("\t")[0]
+
+
+def kind_rule(job: Any, name: str) -> str:
+    """The rule text of a job kind as this process defines it now (``NO_RULE`` without limits)."""
+    fair = check_fair(getattr(job, "fair", False), f"{name}.fair")
+    concurrency = check_concurrency(job.concurrency, f"{name}.concurrency")
+    return lane_rule(concurrency, job.rate, _resources(job, name), fair) or NO_RULE
+
+
+def _resources(job: Any, name: str) -> tuple[tuple[str, int], ...]:
+    return tuple(check_resources(job.resources, f"{name}.resources").items()) if job.resources else ()
+
+
+def check_fair(value: Any, where: str) -> bool:
+    if not isinstance(value, bool):
+        raise ConfigError(f"{where} must be True or False, got {value!r}")
+    return value
+
+
+def rule_for(lane: str, own: str | None, stored: Mapping[str, str]) -> LaneRule:
+    """The rule a claim applies to ``lane``: its kind's rule in the store (``stored``: name ->
+    rule text, read at the claim) with the resource units its record carries, else the rule
+    its record carries (``own``); a damaged stored rule is passed over."""
+    dispatched = rule_of(own or "")
+    name = kind_of_lane(lane) if stored else None
+    text = None if name is None else stored.get(name)
+    rule = None if text is None else stored_rule(text)
+    if rule is None:
+        return dispatched
+    # the units stay as dispatched: they are what the job's own code needs, and the worker that
+    # runs it takes them from its record
+    return rule if rule.needs == dispatched.needs else dataclasses.replace(rule, needs=dispatched.needs)
+
+
+#: what ``claim_turns`` asks its driver: claim up to ``n`` jobs of ``lane`` under ``rule``, and
+#: answer how many it claimed
+Turn = tuple[str, LaneRule, int]
+
+
+def claim_turns(lanes: Iterable[tuple[str, LaneRule]], want: int,
+                served: Mapping[str, int]) -> Generator[Turn, int, list[str]]:
+    """The order in which a claim takes up to ``want`` jobs from ``lanes`` (in claim order):
+    it yields ``(lane, rule, n)`` and is sent how many of the lane's jobs the driver claimed.
+
+    Lanes of a fair rule take turns after the others: one job of each per turn, the lane served
+    longest ago first (``served``: a stamp per lane, higher is later; a lane never served goes
+    first), until ``want`` are claimed or no lane gives another, so one key's 10,000 queued jobs
+    do not hold back another key's 10. A fair lane left alone takes what is left in one go.
+    Returns the fair lanes served, the one served last last: the driver stamps them in that
+    order (``take_in_turns`` drives it for a driver that claims without awaiting)."""
+    taken = 0
+    fair: list[tuple[str, LaneRule]] = []
+    for lane, rule in lanes:
+        if rule.fair:
+            fair.append((lane, rule))
+        elif taken < want:
+            taken += yield lane, rule, want - taken
+    fair.sort(key=lambda pair: served.get(pair[0], -1))  # stable: ties keep the claim order
+    turns: list[str] = []
+    while taken < want and fair:
+        still: list[tuple[str, LaneRule]] = []
+        for lane, rule in fair:
+            if taken >= want:
+                break
+            got = yield lane, rule, (want - taken if len(fair) == 1 else 1)
+            if got:
+                taken += got
+                turns.append(lane)
+                still.append((lane, rule))
+        fair = still
+    return list(dict.fromkeys(reversed(turns)))[::-1]
+
+
+def take_in_turns(lanes: Iterable[tuple[str, LaneRule]], want: int,
+                  take: Callable[[str, LaneRule, int], int], served: Mapping[str, int]) -> list[str]:
+    """``claim_turns`` driven by ``take(lane, rule, n)``, which claims and says how many."""
+    turns = claim_turns(lanes, want, served)
+    try:
+        turn = next(turns)
+        while True:
+            turn = turns.send(take(*turn))
+    except StopIteration as done:
+        return done.value  # type: ignore[no-any-return]
 
 
 def job_lane(job: Any, name: str, running_key: str | None = None) -> tuple[str | None, str | None]:
@@ -89,15 +202,14 @@ def job_lane(job: Any, name: str, running_key: str | None = None) -> tuple[str |
     ``running_key`` is the unique key of a ``unique="running"`` dispatch: its lane holds one
     job at a time. The job's ``limit_key()`` is called here, so a key function that raises or
     answers anything but a non-empty string fails the dispatch with that reason."""
-    concurrency, rate = job.concurrency, job.rate
-    resources = tuple(check_resources(job.resources, f"{name}.resources").items()) if job.resources else ()
     if running_key is not None:
+        concurrency, rate = job.concurrency, job.rate
         if concurrency is not None or rate is not None:
             raise ConfigError(f'unique="running" runs one {name} at a time per key; it cannot be combined '
                               f"with the job's concurrency={concurrency!r} or rate={rate!r}")
-        return f"unique\t{running_key}", LaneRule(1, None, resources).text()
-    rule = lane_rule(check_concurrency(concurrency, f"{name}.concurrency"), rate, resources)
-    if rule is None:
+        return f"{UNIQUE_LANE}{running_key}", LaneRule(1, None, _resources(job, name)).text()
+    rule = kind_rule(job, name)
+    if rule == NO_RULE:
         return None, None
     return _lane_key(job, name), rule
 

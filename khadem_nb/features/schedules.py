@@ -30,7 +30,7 @@ from .. import limits
 from ..draft import Draft
 from ..errors import ConfigError
 from ..job import ACTIVE, QUEUED, SCHEDULED, JobRecord, JobStatus
-from .flow import LaneRule
+from .flow import SCHEDULE_LANE, LaneRule
 from .unique import Lock, canonical_key
 
 OVERLAPS = ("skip", "queue", "allow")
@@ -166,7 +166,7 @@ class Schedule:
         record.key = f"schedule:{self.id}@{slot_ms}"
         record.meta = {"schedule": self.id, "slot_ms": slot_ms}
         if self.overlap == "queue":
-            record.lane, record.lane_rule = f"schedule\t{self.id}", ONE_AT_A_TIME
+            record.lane, record.lane_rule = f"{SCHEDULE_LANE}{self.id}", ONE_AT_A_TIME
         return record
 
 

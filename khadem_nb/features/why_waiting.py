@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from .flow import LaneRule, LaneUse, rule_of, shown_lane
+from .flow import UNIQUE_LANE, LaneRule, LaneUse, rule_for, shown_lane
 from .resources import Offer
 
 #: how the reasons that pass by themselves begin: a lane's slot is freed by its holder's settle
@@ -22,7 +22,7 @@ def frees_up(reason: str) -> bool:
 def wait_reason(lane: str, rule: LaneRule, use: LaneUse, offers: Iterable[Offer]) -> str | None:
     """Why a due job of ``lane`` is not running, in a few words (``None``: nothing in its rule
     holds it back, it waits for a worker)."""
-    if lane.startswith("unique\t") and rule.concurrency is not None and use.held >= rule.concurrency:
+    if lane.startswith(UNIQUE_LANE) and rule.concurrency is not None and use.held >= rule.concurrency:
         return "unique: same job running"
     if rule.concurrency is not None and use.held >= rule.concurrency:
         return f"limit {shown_lane(lane)} {use.held}/{rule.concurrency}"
@@ -49,8 +49,12 @@ async def wait_reasons(driver: Any, records: Iterable[Any]) -> dict[str, str]:
     words (see ``wait_reason``); jobs that only wait for a worker are left out."""
     waiting = [r for r in records if r.lane is not None and r.status.value == "queued"]
     lanes_of: dict[str, dict[str, LaneRule]] = {}
+    stored: dict[str, dict[str, str]] = {}  # each queue's kind rules, as its claims read them
     for record in waiting:
-        lanes_of.setdefault(record.queue, {})[record.lane] = rule_of(record.lane_rule or "")
+        if record.queue not in stored:
+            stored[record.queue] = await driver.lane_rules(record.queue)
+        lanes_of.setdefault(record.queue, {})[record.lane] = rule_for(record.lane, record.lane_rule,
+                                                                     stored[record.queue])
     needs_units = any(rule.needs for lanes in lanes_of.values() for rule in lanes.values())
     offers = await driver.offers() if needs_units else []
     reasons: dict[str, str] = {}

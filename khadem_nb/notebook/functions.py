@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Self
 from .. import limits
 from ..errors import ConfigError, SerializationError
 from ..features.dependencies import GROUP_FEEDS
-from ..features.flow import check_limit_key
+from ..features.flow import check_fair, check_limit_key
 from ..features.pruning import check_pruner
 from ..features.unique import canonical_key
 from ..job import QueueJob
@@ -54,6 +54,7 @@ class FunctionCall(QueueJob):
         self.keep_result = spec.keep_result  # type: ignore[misc]
         self.concurrency = spec.concurrency  # type: ignore[misc]
         self.rate = spec.rate  # type: ignore[misc]
+        self.fair = spec.fair  # type: ignore[misc]
         self.resources = spec.resources  # type: ignore[misc]
         self.batch_size = spec.batch_size  # type: ignore[misc]
         self.batch_wait = spec.batch_wait  # type: ignore[misc]
@@ -145,7 +146,7 @@ class JobFunction:
                  timeout: float | timedelta | None = None, retry_jitter: bool = False,
                  isolation: str | None = None, keep_result: float | timedelta | None = None,
                  concurrency: int | None = None, rate: str | None = None,
-                 limit_key: Callable[[dict[str, Any]], Any] | None = None,
+                 limit_key: Callable[[dict[str, Any]], Any] | None = None, fair: bool = False,
                  resources: Mapping[str, int] | None = None, batch: int | None = None,
                  batch_wait: float = 0.05) -> None:
         if not callable(fn):
@@ -166,6 +167,10 @@ class JobFunction:
         self.concurrency = check_concurrency(concurrency, f"{where}: concurrency")
         self.rate = None if parse_rate(rate, f"{where}: rate") is None else rate
         self.limit_key = check_limit_key(limit_key, f"{where}: limit_key")
+        self.fair = check_fair(fair, f"{where}: fair")
+        if self.fair and self.limit_key is None:
+            raise ConfigError(f"{where}: fair=True takes turns between the keys of limit_key; give "
+                              "limit_key= too, like limit_key=lambda p: p['tenant']")
         self.resources = check_resources(resources, f"{where}: resources") or None
         self.batch_size, self.batch_wait = limits.check_batch(batch, batch_wait, where)
         if self.batch_size is not None and self.isolation == "process":

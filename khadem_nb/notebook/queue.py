@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, TypeVar, overload
 from .. import limits
 from ..config import QueueSettings, parse_config
 from ..errors import CodeChangedWarning, ConfigError, KhademError
+from ..features.flow import kind_rule
 from ..features.pruning import Pruner, decide, reported
 from ..features.telemetry import last_values
 from ..job import TERMINAL_STATUSES, JobRecord, JobStatus
@@ -178,16 +179,27 @@ class Queue:
         and flow control across every worker of the queue: ``concurrency`` (calls held at
         once), ``rate`` (``"30/min"``: starts per window), ``limit_key`` (a function of the
         call's arguments that the two count per, like ``lambda p: p["tenant"]``) and
-        ``resources`` (``{"gpu": 1}``: units a call holds on the worker that runs it).
+        ``resources`` (``{"gpu": 1}``: units a call holds on the worker that runs it);
+        ``fair=True`` (with ``limit_key``) claims the calls of different keys in turns, so one
+        key's thousands of queued calls do not hold back another's few. Run the cell again
+        with other limits and the calls already queued follow them.
         """
         valid = {"name", "max_attempts", "retry_delay", "retry_jitter", "priority", "timeout", "isolation",
-                 "keep_result", "concurrency", "rate", "limit_key", "resources", "batch", "batch_wait"}
+                 "keep_result", "concurrency", "rate", "limit_key", "fair", "resources", "batch",
+                 "batch_wait"}
         unknown = set(options) - valid
         if unknown:
             raise ConfigError(f"unknown @q.job options {sorted(unknown)}; valid: {sorted(valid)}")
         if fn is not None:
-            return JobFunction(self, fn, **options)
-        return lambda f: JobFunction(self, f, **options)
+            return self._defined(JobFunction(self, fn, **options))
+        return lambda f: self._defined(JobFunction(self, f, **options))
+
+    def _defined(self, spec: JobFunction) -> JobFunction:
+        """A job function defined, maybe again (a cell run again): where this kernel dispatched
+        it before, its queued points follow its lane rule from now on (``flow``)."""
+        if self._opened:
+            self.run(self.manager.follow_kind_rule(self.settings.name, spec.name, kind_rule(spec, spec.name)))
+        return spec
 
     def submit(self, spec: JobFunction, points: Sequence[dict[str, Any]], *, priority: int | None,
                delay: float | timedelta | None, max_attempts: int | None, resumable: bool,

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from ..drivers._kv import MAX_KEY
 from ..drivers.base import QueueDriver
 from ..features.capabilities import Runs, needed_filter
+from ..features.flow import NO_RULE, kind_of_lane
 from ..job import JobRecord
 from ..registry import JobFactoryRegistry
 
@@ -59,7 +60,7 @@ def parse_kinds(queue: str, keys: Iterable[str]) -> dict[str, bool]:
 
 
 class Kinded(Protocol):
-    """A job record or draft: what names its kind."""
+    """A job record or draft: what names its kind, and its lane."""
 
     @property
     def queue(self) -> str: ...
@@ -70,31 +71,77 @@ class Kinded(Protocol):
     @property
     def code(self) -> str | None: ...
 
+    @property
+    def lane(self) -> str | None: ...
+
+    @property
+    def lane_rule(self) -> str | None: ...
+
+
+def kind_rule_of(job: Kinded) -> str | None:
+    """The lane rule of ``job``'s kind that its dispatch carries (``NO_RULE`` for a kind
+    without limits); ``None`` where its lane is not its kind's (a ``unique="running"`` key's, a
+    schedule's), which says nothing of the kind's rule."""
+    lane = job.lane
+    if lane is None:
+        return NO_RULE
+    return job.lane_rule if kind_of_lane(lane) == job.name else None
+
 
 class KindNotes:
-    """A dispatching process's notes of the kinds it dispatched: each written once."""
+    """A dispatching process's notes of the kinds it dispatched: each kind written once, and
+    its lane rule (``flow``) whenever this process's differs from the one it wrote last, so that
+    a cell run again with a new ``concurrency`` (or a deploy with a new ``rate``) applies to the
+    jobs already queued."""
 
     def __init__(self) -> None:
-        self._noted: set[tuple[str, str, bool]] = set()
+        #: (queue, name, runs shipped code) -> the lane rule written for it ("" for none known)
+        self._noted: dict[tuple[str, str, bool], str] = {}
 
     def unnoted(self, jobs: Iterable[Kinded]) -> bool:
-        """Whether a kind among ``jobs`` is not written yet: every dispatch asks, so it builds
-        nothing and awaits nothing (bench/RESULTS.md, the regression guard of issue 36)."""
+        """Whether a kind among ``jobs`` is not written yet, or its rule changed: every dispatch
+        asks, so it builds nothing and awaits nothing (bench/RESULTS.md, the regression guard
+        of issue 36)."""
         noted = self._noted
         for job in jobs:
             code = job.code
-            if (job.queue, job.name, code is not None and "." in code) not in noted:
+            held = noted.get((job.queue, job.name, code is not None and "." in code))
+            if held is None:
+                return True
+            carried = NO_RULE if job.lane is None else job.lane_rule
+            if carried != held and kind_rule_of(job) not in (None, held):
                 return True
         return False
 
     async def note(self, driver: QueueDriver, jobs: Iterable[Kinded]) -> None:
-        """Write the kinds of ``jobs`` not written by this process yet."""
-        new = {(job.queue, job.name, shipped(job.code)) for job in jobs} - self._noted
-        for kind in sorted(new):
-            key = kind_key(*kind)
-            if key is not None:
+        """Write the kinds of ``jobs`` not written by this process yet, and their rules where
+        they changed."""
+        rules: dict[tuple[str, str, bool], str | None] = {}
+        for job in jobs:
+            kind = (job.queue, job.name, shipped(job.code))
+            rule = kind_rule_of(job)
+            if rule is not None or kind not in rules:
+                rules[kind] = rule
+        for kind, rule in sorted(rules.items(), key=lambda item: item[0]):
+            held = self._noted.get(kind)
+            if held is None and (key := kind_key(*kind)) is not None:
                 await driver.kv_put_new(key, b"")
-            self._noted.add(kind)
+            if rule is not None and rule != held:
+                await driver.set_lane_rule(kind[0], kind[1], rule)
+            self._noted[kind] = rule if rule is not None else (held or "")
+
+    async def follow(self, driver: QueueDriver, queue: str, name: str, rule: str) -> bool:
+        """A kind this process dispatched is defined again (a cell run again) with lane rule
+        ``rule``: store it if it differs from the one written, so that the kind's queued jobs
+        follow it. Whether it was stored."""
+        changed = False
+        for kind, held in list(self._noted.items()):
+            if kind[:2] == (queue, name) and held != rule:
+                if not changed:
+                    await driver.set_lane_rule(queue, name, rule)
+                    changed = True
+                self._noted[kind] = rule
+        return changed
 
 
 class WorkerKinds:

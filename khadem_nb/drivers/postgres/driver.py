@@ -32,7 +32,7 @@ from ...config import URL_QUERY_KEYS, QueueSettings
 from ...errors import ConfigError, DriverError, DriverUnavailableError
 from ...features.capabilities import Runs
 from ...features.dependencies import place_child
-from ...features.flow import ClaimPlan, LaneRule, LaneUse, rule_of
+from ...features.flow import ClaimPlan, LaneRule, LaneUse, claim_turns
 from ...features.unique import Lock
 from ...job import JobRecord, JobStatus
 from ...serializer import dumps
@@ -40,9 +40,15 @@ from .._batches import TurnBatch, through_outage
 from .._deps import edge_rows
 from .._kv import check_key, check_prefix, scan_end
 from .._lanes import (
+    SERVED_TTL_S,
     held_by_lane,
+    lane_order,
     lane_sql,
+    new_turns,
     oldest_start_kept,
+    rules_prefix,
+    served_keys,
+    served_of,
 )
 from .._layout import USE, Layout, plan
 from .._polling import PollingWaits
@@ -98,6 +104,7 @@ logger = logging.getLogger(__name__)
 TRIM_EVERY = 500  # finished jobs between retention passes (or retention_pass_interval seconds)
 TRIM_BATCH = 5000  # rows one retention statement deletes at most
 INSERT_ROWS = 16  # a push of up to this many jobs is one INSERT statement; more go by COPY
+KV_LIVE = f"(expires_ms IS NULL OR expires_ms > {NOW})"  # a keyed-store value not expired
 LANES_RECHECK_S = 0.5  # a queue whose lanes phase found nothing due is looked at again after this
 DEADLOCK_RETRIES = 5  # times a work is run again after the server broke a deadlock
 NO_FILTER: Mapping[str, Any] = {"names": None, "shipped": False}  # a claim's parameters for any job
@@ -546,30 +553,43 @@ class PostgresDriver(QueueDriver):
 
     async def _claim_lanes_locked(self, conn: Any, queue: str, want: int,
                                   free: Mapping[str, int] | None, claim: _Claim) -> list[JobRecord]:
-        sql = self._lanes_sql
+        sql, kv = self._lanes_sql, f"{self.schema}.kv"
         now = (await (await conn.execute(f"SELECT {NOW}")).fetchone())[0]
         waiting = await (await conn.execute(sql.waiting, (queue, now))).fetchall()
+        prefix = rules_prefix(queue)
+        found = await (await conn.execute(f"SELECT key, value FROM {kv} WHERE key >= %s AND key < %s "
+                                          f"AND {KV_LIVE}", (prefix, scan_end(prefix)))).fetchall()
+        order = lane_order(waiting, dict(found), queue)
+        keys = served_keys(queue, order)
+        served = served_of(keys, await (await conn.execute(
+            f"SELECT key, value FROM {kv} WHERE key = ANY(%s) AND {KV_LIVE}", (list(keys),))).fetchall()) \
+            if keys else {}
         held = held_by_lane(await (await conn.execute(sql.held, (queue, now))).fetchall())
         starts: dict[str, list[int]] = {}
-        for lane, rule_text, *_ in waiting:
-            window = rule_of(rule_text or "").rate
-            if window is not None and lane not in starts:
-                since = now - window.window_ms
+        for lane, rule in order:
+            if rule.rate is not None:
+                since = now - rule.rate.window_ms
                 starts[lane] = [row[0] for row in await (await conn.execute(sql.starts, (queue, lane, since)))
                                 .fetchall()]
         plan = ClaimPlan(now, held, lambda lane, _: starts.get(lane, []), free)
         claimed: list[JobRecord] = []
-        for lane, rule_text, *_ in waiting:
-            rule = rule_of(rule_text or "")
-            room = min(plan.room(lane, rule), want - len(claimed))
-            if room <= 0:
-                continue
-            taken = await self._claim_where(conn, claim.laned, queue, room, lane, claim.params)
-            for record in taken:
-                plan.admit(lane, rule)
-                claimed.append(record)
-            if rule.rate is not None and taken:
-                await conn.execute(sql.started, (len(taken), queue, lane, now))
+        turns = claim_turns(order, want, served)
+        try:
+            lane, rule, n = next(turns)
+            while True:
+                room = min(plan.room(lane, rule), n)
+                taken = await self._claim_where(conn, claim.laned, queue, room, lane, claim.params) \
+                    if room > 0 else []
+                for record in taken:
+                    plan.admit(lane, rule)
+                    claimed.append(record)
+                if rule.rate is not None and taken:
+                    await conn.execute(sql.started, (len(taken), queue, lane, now))
+                lane, rule, n = turns.send(len(taken))
+        except StopIteration as done:
+            served_now = new_turns(queue, done.value, served)
+        if served_now:
+            await conn.cursor().executemany(self._kv_upsert(SERVED_TTL_S, False), served_now)
         return claimed
 
     async def lane_use(self, queue: str, lanes: Mapping[str, LaneRule]) -> dict[str, LaneUse]:
@@ -728,12 +748,12 @@ RETURNING id, token IS NOT NULL
 
     async def kv_get(self, key: str) -> bytes | None:
         rows = await self._fetch(f"SELECT value FROM {self.schema}.kv WHERE key = %s AND "
-                                 f"(expires_ms IS NULL OR expires_ms > {NOW})", (check_key(key),))
+                                 f"{KV_LIVE}", (check_key(key),))
         return bytes(rows[0][0]) if rows else None
 
     async def kv_scan(self, prefix: str) -> dict[str, bytes]:
         rows = await self._fetch(f"SELECT key, value FROM {self.schema}.kv WHERE key >= %s AND key < %s "
-                                 f"AND (expires_ms IS NULL OR expires_ms > {NOW})",
+                                 f"AND {KV_LIVE}",
                                  (check_prefix(prefix), scan_end(prefix)))
         return {key: bytes(value) for key, value in rows}
 

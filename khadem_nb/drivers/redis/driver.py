@@ -41,7 +41,7 @@ from ...features.schedules import ScheduleState
 from ...features.unique import Lock
 from ...job import TERMINAL_STATUSES, JobRecord, JobStatus
 from ...serializer import dumps
-from .._kv import check_key, check_prefix
+from .._kv import check_key, check_prefix, rules_of
 from .._layout import UPGRADE, Layout, plan
 from .._records import due_view
 from ..base import (
@@ -776,6 +776,19 @@ class RedisDriver(QueueDriver):
         removed = await self._on(queue, lambda: self.client.delete(key))
         listed = await super().resume(queue)
         return bool(removed) or listed
+
+    async def set_lane_rule(self, queue: str, name: str, rule: str) -> None:
+        """The queue's own ``rules`` hash (name -> rule text), which ``reserve.lua`` reads for
+        every lane of the kind."""
+        await self._announce([queue])
+        key = self._key(queue, "rules")
+        await self._on(queue, lambda: self.client.hset(key, name, rule.encode()))
+        self.wake_claims()
+
+    async def lane_rules(self, queue: str) -> dict[str, str]:
+        key = self._key(queue, "rules")
+        found = await self._on(queue, lambda: self.client.hgetall(key))
+        return rules_of("", {k.decode(errors="replace"): v for k, v in found.items()})
 
     async def purge(self) -> None:
         """Delete every queue under the prefix, the registry of them, the code store and the

@@ -65,7 +65,7 @@ from ...job import JobStatus
 KEY_NAMES = ("seq", "ready", "delayed", "active", "completed", "failed", "all", "state", "token",
              "result", "error", "reclaims", "meta", "keys", "notify", "sweep", "waiting", "handoff",
              "line", "cancelled", "unique", "expiring", "lane_of", "lanes", "lane_wait", "lane_held",
-             "awaiting", "paused")
+             "awaiting", "paused", "rules")
 #: position of each key in ``KEY_NAMES`` (and in a script's ``KEYS``, counted from 0)
 KEY_INDEX = {name: index for index, name in enumerate(KEY_NAMES)}
 #: the Redis type of each key (``TYPE`` answers ``none`` for a key not yet written)
@@ -74,7 +74,8 @@ KEY_TYPES = {"seq": "string", "ready": "zset", "delayed": "zset", "active": "zse
              "error": "hash", "reclaims": "hash", "meta": "hash", "keys": "hash", "notify": "list",
              "sweep": "string", "waiting": "zset", "handoff": "list", "line": "list",
              "cancelled": "zset", "unique": "hash", "expiring": "zset", "lane_of": "hash", "lanes": "hash",
-             "lane_wait": "zset", "lane_held": "hash", "awaiting": "zset", "paused": "string"}
+             "lane_wait": "zset", "lane_held": "hash", "awaiting": "zset", "paused": "string",
+             "rules": "hash"}
 #: a queue's keys of earlier versions: its schedules by id, and ``slot|job`` of each one's last
 #: fired slot
 LEGACY_NAMES = ("schedules", "ticks")

@@ -5,7 +5,7 @@ local K_STATE, K_TOKEN, K_RESULT, K_ERROR, K_RECLAIMS, K_META = 8, 9, 10, 11, 12
 local K_KEYS, K_NOTIFY, K_SWEEP, K_WAITING, K_HANDOFF, K_LINE = 14, 15, 16, 17, 18, 19
 local K_CANCELLED, K_UNIQUE, K_EXPIRING = 20, 21, 22
 local K_LANE_OF, K_LANES, K_LANE_WAIT, K_LANE_HELD = 23, 24, 25, 26
-local K_AWAITING, K_PAUSED = 27, 28
+local K_AWAITING, K_PAUSED, K_RULES = 27, 28, 29
 
 -- Ready jobs: those of priority 0 (nearly all) wait in the K_LINE list, FIFO, where a batch is
 -- one RPUSH; the others in the K_READY sorted set, scored -priority * 1e12 + seq, so scores
@@ -88,10 +88,16 @@ local function rank_lane(lane)
   end
 end
 
-local function wait_in_lane(lane, id, score)
-  redis.call('ZADD', lane_key(lane), score, id)
+-- a job of `score` joins the lane: the lane ranks no later than it (a fair lane ranked later
+-- than its first job by its last turn, see reserve.lua, keeps that place for jobs behind it)
+local function rank_at_most(lane, score)
   local rank = redis.call('ZSCORE', KEYS[K_LANE_WAIT], lane)
   if not rank or tonumber(rank) > score then redis.call('ZADD', KEYS[K_LANE_WAIT], score, lane) end
+end
+
+local function wait_in_lane(lane, id, score)
+  redis.call('ZADD', lane_key(lane), score, id)
+  rank_at_most(lane, score)
 end
 
 -- the lanes of parked jobs (reserve.lua): this, then the job name; they have no limits, so

@@ -105,7 +105,9 @@ while j < count do
   end
   if #waiting > 0 then
     call_many('ZADD', lane_key(lane), waiting)
-    rank_lane(lane)
+    local low = waiting[1]
+    for i = 3, #waiting, 2 do low = math.min(low, waiting[i]) end
+    rank_at_most(lane, low)
   end
 end
 

@@ -122,52 +122,112 @@ if taken >= limit then
   return out
 end
 
--- a lane's rule as stored; a damaged one lets one job at a time start (as flow.rule_of)
-local function rule_of(lane)
-  local ok, rule = pcall(cjson.decode, redis.call('HGET', KEYS[K_LANES], lane) or '{}')
+local function decoded_rule(text)
+  local ok, rule = pcall(cjson.decode, text)
   if ok and type(rule) == 'table' then return rule end
-  return {c = 1}
+  return nil
 end
 
--- how many jobs of `lane` may start now; a lane held back by its rate notes when it reopens
+-- whether a stored rule reads as flow.stored_rule reads it (its fair flag made a boolean)
+local function sound(rule)
+  if rule[1] ~= nil then return false end  -- an array, not a rule
+  if rule.c ~= nil and type(rule.c) ~= 'number' then return false end
+  local r = rule.r
+  if r ~= nil and (type(r) ~= 'table' or type(r[1]) ~= 'number' or type(r[2]) ~= 'number') then return false end
+  rule.f = rule.f ~= nil and rule.f ~= false and rule.f ~= 0 and rule.f ~= cjson.null
+  return true
+end
+
+-- a lane's rule: its job kind's as stored in K_RULES (the code's rule now, for every lane of the
+-- kind) with the units its jobs were dispatched with, else the one they were dispatched with; a
+-- damaged one lets one job at a time start (as flow.rule_for). A unique key's, a schedule's and
+-- a parked lane keep their own.
+local function rule_of(lane)
+  local dispatched = decoded_rule(redis.call('HGET', KEYS[K_LANES], lane) or '{}') or {c = 1}
+  local own_rule = string.sub(lane, 1, 7) == 'unique\t' or string.sub(lane, 1, 9) == 'schedule\t'
+  local stored = not own_rule and counts_held(lane) and
+      redis.call('HGET', KEYS[K_RULES], string.match(lane, '^[^\t]*'))
+  local rule = stored and decoded_rule(stored)
+  if not rule or not sound(rule) then return dispatched end
+  rule.u = dispatched.u
+  return rule
+end
+
+local ids, lane_of, rule_of_lane, taken_of = {}, {}, {}, {}
+
+-- how many jobs of `lane` may start now, counting those this claim took already; a lane held
+-- back by its rate notes when it reopens
 local function room_of(lane, rule, free, want)
-  local room = want
-  if rule.c then room = math.min(room, rule.c - tonumber(redis.call('HGET', KEYS[K_LANE_HELD], lane) or 0)) end
+  local room, mine = want, taken_of[lane] or 0
+  if rule.c then
+    room = math.min(room, rule.c - tonumber(redis.call('HGET', KEYS[K_LANE_HELD], lane) or 0) - mine)
+  end
   for name, units in pairs(rule.u or {}) do room = math.min(room, math.floor((free[name] or 0) / units)) end
   if rule.r and room > 0 then
     local key = starts_key(lane)
     redis.call('ZREMRANGEBYSCORE', key, '-inf', now - rule.r[2])
-    local recent = redis.call('ZCARD', key)
+    local recent = redis.call('ZCARD', key) + mine
     room = math.min(room, rule.r[1] - recent)
-    if room <= 0 then
-      local oldest = redis.call('ZRANGE', key, recent - rule.r[1], recent - rule.r[1], 'WITHSCORES')
-      local wait = math.max(1, tonumber(oldest[2]) + rule.r[2] - now)
+    if room <= 0 then  -- the start whose window's end makes room (this claim's start now)
+      local at, wait = recent - rule.r[1], rule.r[2]
+      if at < recent - mine then
+        wait = math.max(1, tonumber(redis.call('ZRANGE', key, at, at, 'WITHSCORES')[2]) + rule.r[2] - now)
+      end
       if out[2] < 0 or wait < out[2] then out[2] = wait end
     end
   end
   return room
 end
 
--- claim order: lanes first, then priority above 0 (scores below 0), the line of priority 0,
--- and below 0
+-- a fair lane that just had its turn goes behind every lane ranked now (its priority kept): the
+-- next claim starts with the lanes served longest ago
+local function rank_after_turn(lane)
+  local head = redis.call('ZRANGE', lane_key(lane), 0, 0, 'WITHSCORES')
+  if not head[2] then
+    redis.call('ZREM', KEYS[K_LANE_WAIT], lane)
+    return
+  end
+  local score = tonumber(head[2])
+  redis.call('ZADD', KEYS[K_LANE_WAIT], score - score % 1e12 + redis.call('INCR', KEYS[K_SEQ]), lane)
+end
+
+-- claim up to `n` jobs of `lane` as its rule allows: how many it took
+local function take_lane(lane, rule, n, free)
+  local room = runs_lane(lane) and room_of(lane, rule, free, n) or 0
+  if room <= 0 then return 0 end
+  local got = redis.call('ZRANGE', lane_key(lane), 0, room - 1)
+  if #got > 0 then redis.call('ZREM', lane_key(lane), unpack(got)) end
+  if rule.f and #got > 0 then rank_after_turn(lane) else rank_lane(lane) end
+  for _, id in ipairs(got) do
+    ids[#ids + 1], lane_of[id] = id, lane
+  end
+  rule_of_lane[lane], taken_of[lane] = rule, (taken_of[lane] or 0) + #got
+  for name, units in pairs(rule.u or {}) do free[name] = (free[name] or 0) - units * #got end
+  return #got
+end
+
+-- claim order: lanes first (fair lanes after the others, a job each per turn, as
+-- flow.claim_turns), then priority above 0 (scores below 0), the line of priority 0, and below 0
 local want = limit - taken
-local ids, lane_of, rule_of_lane = {}, {}, {}
 if redis.call('EXISTS', KEYS[K_LANE_WAIT]) == 1 then
   local free = ARGV[9] ~= '' and cjson.decode(ARGV[9]) or {}
+  local fair = {}
   for _, lane in ipairs(redis.call('ZRANGE', KEYS[K_LANE_WAIT], 0, LANES_LOOKED - 1)) do
     if #ids >= want then break end
     local rule = rule_of(lane)
-    local room = runs_lane(lane) and room_of(lane, rule, free, want - #ids) or 0
-    if room > 0 then
-      local got = redis.call('ZRANGE', lane_key(lane), 0, room - 1)
-      if #got > 0 then redis.call('ZREM', lane_key(lane), unpack(got)) end
-      rank_lane(lane)
-      for _, id in ipairs(got) do
-        ids[#ids + 1], lane_of[id] = id, lane
-      end
-      rule_of_lane[lane] = rule
-      for name, units in pairs(rule.u or {}) do free[name] = (free[name] or 0) - units * #got end
+    if rule.f then
+      fair[#fair + 1] = {lane, rule}
+    else
+      take_lane(lane, rule, want - #ids, free)
     end
+  end
+  while #ids < want and #fair > 0 do
+    local still = {}
+    for _, pair in ipairs(fair) do
+      if #ids >= want then break end
+      if take_lane(pair[1], pair[2], #fair == 1 and want - #ids or 1, free) > 0 then still[#still + 1] = pair end
+    end
+    fair = still
   end
 end
 
