@@ -309,6 +309,7 @@ class JobRecord:
         return ms_to_datetime(self.created_ms)
 
     def to_dict(self) -> dict[str, Any]:
+        """The record as a dict of plain values (statuses as text)."""
         data = {name: getattr(self, name) for name in _WIRE_FIELDS}
         data["job"] = self.name
         data["status"] = self.status.value

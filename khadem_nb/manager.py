@@ -576,6 +576,7 @@ class QueueManager:
         return self.monitor.get_metrics()
 
     def reset_metrics(self) -> None:
+        """Start this process's metrics from zero."""
         self.monitor.reset()
 
     async def jobs(self, status: str | JobStatus | None = None, *, queue: str | None = None,
@@ -628,6 +629,7 @@ class QueueManager:
         return reasons
 
     async def get_job(self, job_id: str) -> JobRecord:
+        """The record of job ``job_id`` in any queue; ``JobNotFoundError`` when there is none."""
         record = await self.driver.get(job_id)
         if record is None:
             raise JobNotFoundError(f"no job with id {job_id!r} in {self.settings.redacted_url()}")

@@ -21,7 +21,13 @@ MiddlewareFunc = Callable[["QueueJob", Next], Awaitable[Any]]
 
 @runtime_checkable
 class Middleware(Protocol):
-    async def handle(self, job: QueueJob, next: Next) -> Any: ...
+    """Code run around every job a worker runs: ``handle`` gets the job and ``next``, awaits
+    ``next(job)`` to run it (or the next middleware), and returns its result; added with
+    ``manager.use(...)``. A plain ``async def f(job, next)`` is middleware too."""
+
+    async def handle(self, job: QueueJob, next: Next) -> Any:
+        """Run ``job`` through ``next`` and return its result."""
+        ...
 
 
 def as_middleware_func(middleware: Middleware | MiddlewareFunc) -> MiddlewareFunc:

@@ -17,13 +17,27 @@ from .metrics import summarize
 class QueueMonitor(Protocol):
     """Receives job events; ``get_metrics`` returns the nine keys (see ``metrics.summarize``)."""
 
-    def job_queued(self, record: JobRecord) -> None: ...
-    def job_started(self, record: JobRecord) -> None: ...
-    def job_completed(self, record: JobRecord, duration_ms: float) -> None: ...
-    def job_failed(self, record: JobRecord, duration_ms: float) -> None: ...
-    def job_retried(self, record: JobRecord, duration_ms: float) -> None: ...
-    def get_metrics(self) -> dict[str, Any]: ...
-    def reset(self) -> None: ...
+    def job_queued(self, record: JobRecord) -> None:
+        """A job was stored."""
+        ...
+    def job_started(self, record: JobRecord) -> None:
+        """A worker began an attempt of a job."""
+        ...
+    def job_completed(self, record: JobRecord, duration_ms: float) -> None:
+        """An attempt completed the job, after ``duration_ms``."""
+        ...
+    def job_failed(self, record: JobRecord, duration_ms: float) -> None:
+        """An attempt failed the job for good, after ``duration_ms``."""
+        ...
+    def job_retried(self, record: JobRecord, duration_ms: float) -> None:
+        """An attempt failed and the job will run again, after ``duration_ms``."""
+        ...
+    def get_metrics(self) -> dict[str, Any]:
+        """The nine counts and averages of ``metrics.summarize``."""
+        ...
+    def reset(self) -> None:
+        """Start counting from zero."""
+        ...
 
 
 class BasicQueueMonitor:
@@ -38,29 +52,36 @@ class BasicQueueMonitor:
         self.reset()
 
     def reset(self) -> None:
+        """Set every count to zero."""
         with self._lock:
             self.queued = self.started = self.completed = self.failed = self.retried = 0
             self._time_ms = 0.0  # summed over finished attempts: completed + failed + retried
 
     def job_queued(self, record: JobRecord) -> None:
+        """Count a stored job."""
         self.queued += 1
 
     def job_started(self, record: JobRecord) -> None:
+        """Count a started attempt."""
         self.started += 1
 
     def job_completed(self, record: JobRecord, duration_ms: float) -> None:
+        """Count a completed job and its time."""
         self.completed += 1
         self._time_ms += duration_ms
 
     def job_failed(self, record: JobRecord, duration_ms: float) -> None:
+        """Count a failed job and its time."""
         self.failed += 1
         self._time_ms += duration_ms
 
     def job_retried(self, record: JobRecord, duration_ms: float) -> None:
+        """Count a retried attempt and its time."""
         self.retried += 1
         self._time_ms += duration_ms
 
     def get_metrics(self) -> dict[str, Any]:
+        """The counts of this process, as ``metrics.summarize`` shapes them."""
         attempts = self.completed + self.failed + self.retried  # every started attempt ends as one
         return summarize(queued=self.queued, started=self.started, completed=self.completed,
                          failed=self.failed, retried=self.retried,

@@ -27,6 +27,7 @@ class ExponentialBackoff:
     jitter: bool = False
 
     def delay_s(self, attempt: int) -> float:
+        """Seconds to wait after failed attempt ``attempt`` (1 for the first)."""
         delay = min(self.max_s, self.base_s * self.factor ** max(0, attempt - 1))
         return random.uniform(delay / 2, delay) if self.jitter else delay
 
@@ -38,4 +39,5 @@ class FixedBackoff:
     base_s: float = 1.0
 
     def delay_s(self, attempt: int) -> float:
+        """``base_s``, whatever the attempt."""
         return self.base_s

@@ -13,6 +13,7 @@ it settles, is cancelled, or its lease expires.
 from __future__ import annotations
 
 import hashlib
+import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -21,6 +22,7 @@ from ..features.flow import RULES_KEY, LaneRule, rule_for
 from ..limits import RATE_UNITS
 from ._kv import rules_of
 
+RULES_FRESH_S = 1.0  # a claim reads the stored kind rules again after this: a change applies within it
 SERVED_KEY = "served/"  # the keyed store's prefix of each fair lane's last turn (a counter)
 SERVED_TTL_S = 86_400.0  # a fair lane's turn is forgotten a day after it had one
 
@@ -129,3 +131,24 @@ def new_turns(queue: str, turns: Sequence[str], served: Mapping[str, int]) -> li
     longest ago."""
     last = max(served.values(), default=0)
     return [(served_key(queue, lane), str(last + i).encode()) for i, lane in enumerate(turns, 1)]
+
+
+class StoredRules:
+    """Each queue's stored kind rules (keyed-store values under ``rules_prefix``) as a claim of
+    this process last read them: read again after RULES_FRESH_S, or at once after this process
+    stores one, so a lanes phase does not pay a read for rules that change once a deploy."""
+
+    def __init__(self) -> None:
+        self._read: dict[str, tuple[float, dict[str, bytes]]] = {}
+
+    def fresh(self, queue: str) -> dict[str, bytes] | None:
+        """The rules read for ``queue`` within RULES_FRESH_S, or ``None``: read them."""
+        read = self._read.get(queue)
+        return read[1] if read is not None and time.monotonic() - read[0] < RULES_FRESH_S else None
+
+    def keep(self, queue: str, found: Mapping[str, bytes]) -> dict[str, bytes]:
+        self._read[queue] = (time.monotonic(), dict(found))
+        return self._read[queue][1]
+
+    def forget(self) -> None:
+        self._read.clear()

@@ -424,7 +424,12 @@ class QueueDriver(ABC):
         key = f"{RULES_KEY}{queue}/{name}"
         if len(key) <= MAX_KEY:
             await self.kv_put(key, rule.encode())
+        self.rules_changed()
         self.wake_claims()  # a looser rule may let waiting jobs start
+
+    def rules_changed(self) -> None:
+        """This process stored a kind's rule: its claims read the stored rules again at once
+        (a driver that keeps them a moment, ``_lanes.StoredRules``, forgets them)."""
 
     async def lane_rules(self, queue: str) -> dict[str, str]:
         """The lane rules stored for ``queue``'s job kinds: name -> rule text."""

@@ -69,6 +69,7 @@ from ._fs import FILE_MODE, FOLDER_MODE, check_parent_writable, local_path
 from ._kv import check_key, check_prefix, expiry
 from ._lanes import (
     SERVED_TTL_S,
+    StoredRules,
     lane_order,
     new_turns,
     oldest_start_kept,
@@ -154,6 +155,7 @@ class FileStore:
         self._kinds: dict[str, tuple[str, str | None]] = {}
         self._next_age_pass = 0.0  # monotonic time of the next retention pass by age
         self._lanes: dict[str, tuple[str, str] | None] = {}  # job id -> (lane, rule) of jobs read
+        self.rules = StoredRules()  # the kinds' stored rules, as claims last read them
 
     # -- paths and primitives ----------------------------------------------------------------
     def dir(self, *parts: str) -> str:
@@ -579,10 +581,14 @@ class FileStore:
         return files, own
 
     def _rules(self, queue: str, lanes: Iterable[str]) -> dict[str, bytes]:
-        """The rules stored for the job kinds of ``lanes``, as keyed-store values by key."""
+        """The rules stored for the job kinds of ``lanes``, as keyed-store values by key (read
+        again after ``_lanes.RULES_FRESH_S``)."""
+        found = self.rules.fresh(queue) or {}
         names = {name for lane in lanes if (name := kind_of_lane(lane)) is not None}
-        keys = [f"{rules_prefix(queue)}{name}" for name in names]
-        return {key: value for key in keys if (value := self.kv_get(key)) is not None}
+        missing = [key for name in names if (key := f"{rules_prefix(queue)}{name}") not in found]
+        if missing or not found:  # a kind without a stored rule is kept as b"", which reads as none
+            found = self.rules.keep(queue, {**found, **{key: self.kv_get(key) or b"" for key in missing}})
+        return found
 
     def _held_by_lane(self, active: Iterable[str]) -> dict[str, int]:
         """Jobs held per lane among the files of ``active/``: a job counts until it is settled,
@@ -1103,6 +1109,9 @@ class FileDriver(QueueDriver):
         if holder is None:
             self._waits.wake()
         return holder
+
+    def rules_changed(self) -> None:
+        self.store.rules.forget()
 
     def wake_claims(self) -> None:
         self._waits.wake()

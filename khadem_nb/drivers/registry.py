@@ -42,10 +42,12 @@ class QueueDriverRegistry:
             self._custom[name] = driver_or_factory
 
     def unregister(self, name: str) -> None:
+        """Forget the driver registered under ``name``."""
         with self._lock:
             self._custom.pop(name, None)
 
     def names(self) -> list[str]:
+        """The registered driver names, sorted."""
         return sorted(set(BUILTIN_DRIVERS) | set(self._custom))
 
     def create(self, name: str, settings: QueueSettings) -> QueueDriver:

@@ -48,6 +48,7 @@ from ._fs import FILE_MODE, check_parent_writable, is_network_filesystem, local_
 from ._kv import check_key, check_prefix, expiry, scan_end
 from ._lanes import (
     SERVED_TTL_S,
+    StoredRules,
     held_by_lane,
     lane_index_sql,
     lane_order,
@@ -270,6 +271,7 @@ class SqliteStore:
         self.conn: sqlite3.Connection | None = None
         self.journal_mode = ""
         self._next_sweep_ms = 0
+        self.rules = StoredRules()  # the kinds' stored rules, as claims last read them
         self._settles_since_trim = 0
         self._next_trim_at = 0.0  # monotonic time of the next retention pass
 
@@ -410,7 +412,10 @@ class SqliteStore:
         if not waiting:
             return []
         prefix = rules_prefix(queue)
-        order = lane_order(waiting, dict(conn.execute(KV_SCAN, (prefix, scan_end(prefix), now))), queue)
+        found = self.rules.fresh(queue)
+        if found is None:
+            found = self.rules.keep(queue, dict(conn.execute(KV_SCAN, (prefix, scan_end(prefix), now))))
+        order = lane_order(waiting, found, queue)
         keys = served_keys(queue, order)
         served = served_of(keys, conn.execute(KV_IN, (json.dumps(list(keys)), now))) if keys else {}
         held = held_by_lane(conn.execute(LANES.held, (queue, now)))
@@ -743,6 +748,7 @@ class SqliteDriver(QueueDriver):
         # waits for locks; used on the I/O thread
         self.store = SqliteStore(self.path, settings, auto_migrate=self.auto_migrate)
         self.fast = SqliteStore(self.path, settings, busy_timeout_ms=0)  # never waits; on the loop
+        self.fast.rules = self.store.rules  # one view of the stored rules for both
         self.io = str(settings.options.get("io", "auto"))
         if self.io not in IO_MODES:
             raise ConfigError(f"queue.options.io must be one of {', '.join(IO_MODES)}, got {self.io!r}")
@@ -820,6 +826,9 @@ class SqliteDriver(QueueDriver):
         if holder is None:
             self._waits.wake()
         return holder
+
+    def rules_changed(self) -> None:
+        self.store.rules.forget()
 
     def wake_claims(self) -> None:
         self._waits.wake()

@@ -111,6 +111,8 @@ class SuccessiveHalving:
         return found
 
     def verdict(self, series: Series, others: Sequence[Series]) -> str | None:
+        """Why a running point with ``series`` is pruned at its last rung (its value not in the
+        best ``1 / reduction_factor`` of the points that reached it); ``None`` to let it run."""
         if not series:
             return None
         for rung in reversed(self.rungs(max(series))):

@@ -194,6 +194,7 @@ class JobFunction:
         return self.make_call(kwargs)
 
     def make_call(self, kwargs: dict[str, Any]) -> FunctionCall:
+        """The job of one call with ``kwargs`` (by parameter name), ready to dispatch."""
         cls = AsyncFunctionCall if self.is_async else SyncFunctionCall
         return cls(self, kwargs)
 

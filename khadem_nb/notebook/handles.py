@@ -38,6 +38,7 @@ class JobHandle:
         return self.record().status.value
 
     def done(self) -> bool:
+        """Whether the job has finished (completed, failed or cancelled)."""
         return self.record().status in TERMINAL_STATUSES
 
     def result(self, timeout: float | None = None) -> Any:
@@ -47,6 +48,7 @@ class JobHandle:
         return outcome(records[0])
 
     async def aresult(self, timeout: float | None = None) -> Any:
+        """Await the job's result (as ``result`` does, from a coroutine)."""
         records = await self.queue.run_async(self.queue.manager.wait([self.id], timeout))
         return outcome(records[0])
 
@@ -129,6 +131,7 @@ class JobGroup:
         return [h.id for h in self.handles]
 
     def records(self) -> list[JobRecord]:
+        """The records of the group's jobs, in the group's order."""
         return self.queue.run(self.queue.manager.get_jobs(self.ids))
 
     def statuses(self) -> list[JobStatus | None]:
@@ -145,6 +148,7 @@ class JobGroup:
         return counts
 
     def done(self) -> bool:
+        """Whether every job of the group has finished (completed, failed or cancelled)."""
         return all(s is None or s in TERMINAL_STATUSES for s in self.statuses())
 
     def wait(self, timeout: float | None = None) -> JobGroup:
@@ -154,6 +158,7 @@ class JobGroup:
         return self
 
     async def await_all(self, timeout: float | None = None) -> JobGroup:
+        """Wait until every job has finished (up to ``timeout`` seconds); the handles."""
         await self.queue.run_async(self.queue.manager.wait_done(self.ids, timeout))
         return self
 

@@ -606,6 +606,7 @@ class Queue:
         return self.run(self.manager.unschedule(schedule_id))
 
     def counts(self) -> dict[str, int]:
+        """Jobs by status in this queue's storage: ``{'queued': 3, 'active': 1, ...}``."""
         return self.run(self.manager.counts(self.settings.name))
 
     def panel(self, refresh: float = 0.5, metric: str | None = None) -> QueuePanel:

@@ -173,6 +173,7 @@ class QueueWorker:
         self.driver.interrupt_waits()
 
     def resume(self) -> None:
+        """Claim jobs again after ``pause``."""
         self._claiming.set()
 
     def request_stop(self) -> None:

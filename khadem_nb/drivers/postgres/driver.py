@@ -41,6 +41,7 @@ from .._deps import edge_rows
 from .._kv import check_key, check_prefix, scan_end
 from .._lanes import (
     SERVED_TTL_S,
+    StoredRules,
     held_by_lane,
     lane_order,
     lane_sql,
@@ -152,6 +153,7 @@ class PostgresDriver(QueueDriver):
         #: phase found none): its claims skip the lanes phase until then, or until this
         #: process dispatches a limited job to it
         self._no_lanes_until: dict[str, float] = {}
+        self._rules = StoredRules()  # the kinds' stored rules, as claims last read them
         self._settle_sql = settle_sql(self.table, self.channel, self.settled_channel)
         self._unique_lock = unique_lock_sql(self.table, f"{schema}.uniques", "%s")
         self._unique_insert = self._insert_if_locked_sql()
@@ -502,6 +504,9 @@ class PostgresDriver(QueueDriver):
             raise DriverError(f"dispatch on the given connection failed: {exc}") from exc
 
     # -- consuming -----------------------------------------------------------------------------
+    def rules_changed(self) -> None:
+        self._rules.forget()
+
     def wake_claims(self) -> None:
         self._waits.wake()
 
@@ -556,10 +561,13 @@ class PostgresDriver(QueueDriver):
         sql, kv = self._lanes_sql, f"{self.schema}.kv"
         now = (await (await conn.execute(f"SELECT {NOW}")).fetchone())[0]
         waiting = await (await conn.execute(sql.waiting, (queue, now))).fetchall()
-        prefix = rules_prefix(queue)
-        found = await (await conn.execute(f"SELECT key, value FROM {kv} WHERE key >= %s AND key < %s "
-                                          f"AND {KV_LIVE}", (prefix, scan_end(prefix)))).fetchall()
-        order = lane_order(waiting, dict(found), queue)
+        found = self._rules.fresh(queue)
+        if found is None:
+            prefix = rules_prefix(queue)
+            found = self._rules.keep(queue, dict(await (await conn.execute(
+                f"SELECT key, value FROM {kv} WHERE key >= %s AND key < %s AND {KV_LIVE}",
+                (prefix, scan_end(prefix)))).fetchall()))
+        order = lane_order(waiting, found, queue)
         keys = served_keys(queue, order)
         served = served_of(keys, await (await conn.execute(
             f"SELECT key, value FROM {kv} WHERE key = ANY(%s) AND {KV_LIVE}", (list(keys),))).fetchall()) \
