@@ -116,6 +116,8 @@ class JobGroup:
         self.handles = list(handles)
         #: the pruner watching this group (``sweep(prune=...)``), if any
         self.pruner: Pruner | None = None
+        #: what notifications call the group (``notify(name=...)``); else its function and size
+        self.name: str | None = None
 
     def __len__(self) -> int:
         return len(self.handles)
@@ -192,6 +194,33 @@ class JobGroup:
             raise ConfigError(f"no point of this group reported {metric!r}")
         best = frame[column].idxmin() if mode == "min" else frame[column].idxmax()
         return frame.loc[best]
+
+    def label(self) -> str:
+        """How messages name the group: ``lr-grid (train, 12 points)`` or ``train x 12``."""
+        from .notifications import group_label
+
+        return group_label(self.handles[0].name if self.handles else "group", len(self.handles), self.name)
+
+    def notify(self, urls: str | Sequence[str], *, on: str | Sequence[str] = ("done", "failed"),
+               name: str | None = None, metric: str | None = None, mode: str = "min") -> JobGroup:
+        """Send a message through apprise (``"ntfy://my-topic"``, ``"mailto://..."``,
+        ``"slack://..."``, ``"json://host:port"``: any service apprise knows) when a point of
+        this group first fails (``"failed"``) and when every point has ended (``"done"``: the
+        counts by status and the best point by ``metric``, or by the first metric known). Each
+        event is sent once, by whichever kernel or process watching the group sees it first
+        (``runtime.notifying``); this kernel watches the group until it ends. ``name`` names the
+        group in the messages. A URL apprise does not know is a ``ConfigError`` here."""
+        from ..runtime.notifying import GROUP_EVENTS, apprise_of, check_events
+        from .notifications import check_name
+
+        sender = apprise_of(urls)
+        events = check_events(on, GROUP_EVENTS)
+        if mode not in ("min", "max"):
+            raise ConfigError(f"mode must be 'min' or 'max', got {mode!r}")
+        if name is not None:
+            self.name = check_name(name)
+        self.queue.watch_group(self, sender, events, metric, mode)
+        return self
 
     def then(self, fn: Callable[..., Any], /, *, include_failed: bool = True, **kwargs: Any) -> JobHandle:
         """Dispatch ``fn(results, **kwargs)`` to run once after every job of this group has

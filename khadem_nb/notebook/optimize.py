@@ -19,7 +19,7 @@ import contextlib
 import json
 import logging
 import numbers
-from collections.abc import Generator, Mapping
+from collections.abc import Generator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from ..errors import ConfigError, KhademError
@@ -27,6 +27,7 @@ from ..features.pruning import PRUNED, check_pruner, decide, series_of
 from ..features.space import check_space, distributions, space_text
 from ..features.telemetry import METRIC_NAME, last_values
 from ..job import CANCELLED, COMPLETED, TERMINAL_STATUSES, JobRecord
+from ..runtime.notifying import Message, apprise_of, send_once
 from ..runtime.waiting import SettleNotices, watch
 from ..serializer import decode_value
 
@@ -101,6 +102,25 @@ class Study:
         self._task = self.queue.run_soon(self._drive())
         self.queue.studies.append(self)
         del self.queue.studies[:-STUDIES_KEPT]
+
+    def notify(self, urls: str | Sequence[str]) -> Study:
+        """Send a message through apprise (any URL apprise knows, like ``"ntfy://topic"``)
+        when the study ends: its trials and its best value and parameters. Sent once, by
+        whichever process sees the end first (``runtime.notifying``)."""
+        sender = apprise_of(urls)
+        self.queue.watch_study(self._told_end(sender))
+        return self
+
+    async def _told_end(self, sender: Any) -> None:
+        await self._ended.wait()
+        best = self.study.best_trial if any(t.value is not None for t in self.study.trials) else None
+        label = self.name or self.fn.name.rsplit(".", 1)[-1]
+        body = f"{len(self.study.trials)} trials"
+        if best is not None:
+            shown = ", ".join(f"{k}={v!r}" for k, v in best.params.items())
+            body += f"\nbest {self.metric} {best.value:.6g} at {shown}"
+        told = Message(f"study {label} finished", body, "success" if best is not None else "warning")
+        await send_once(self.queue.manager.driver, sender, f"study/{self.study.study_name}/done", told)
 
     # -- the driver, on the queue's loop ------------------------------------------------------
     async def _drive(self) -> None:

@@ -30,11 +30,13 @@ from ..launchers.handle import stop_all
 from ..limits import checked_secret
 from ..manager import Dispatch, QueueManager
 from ..runtime import capture
+from ..runtime.notifying import apprise_of
 from ..runtime.presence import env_diff, imported_distributions
 from ..runtime.worker import QueueWorker
 from ._loop import LoopRunner
 from .functions import JobFunction
 from .handles import JobGroup, JobHandle
+from .notifications import check_thresholds, watch_group, watch_queue
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -122,7 +124,9 @@ class Queue:
         self._worker: QueueWorker | None = None
         self._captured = False
         self._panels: list[QueuePanel] = []
-        self._pruners: set[Future[None] | asyncio.Task[None]] = set()  # groups watched for pruning
+        #: groups watched for pruning or notifications, and the queue's own watch (``notify``)
+        self._pruners: set[Future[None] | asyncio.Task[None]] = set()
+        self._queue_watch: Future[None] | asyncio.Task[None] | None = None
         #: the studies this kernel runs (``optimize``), oldest first: the panel shows the latest
         self.studies: list[Study] = []
         self._launched: list[LaunchedWorker] = []  # workers this queue started (``launch``)
@@ -360,14 +364,40 @@ class Queue:
         """Whether the queue itself is paused, for every worker."""
         return self.settings.name in self.run(self.manager.paused_queues())
 
+    # -- notifications -------------------------------------------------------------------------
+    def watch_group(self, group: JobGroup, sender: Any, events: Sequence[str], metric: str | None,
+                    mode: str) -> None:
+        """Watch ``group`` from this kernel until it ends, telling ``events`` (``JobGroup.notify``)."""
+        self._keep_watching(self.run_soon(watch_group(self, group, sender, events, metric, mode)))
+
+    def watch_study(self, told: Coroutine[Any, Any, None]) -> None:
+        """Run ``told`` (a study's message at its end, ``Study.notify``) on this queue's loop."""
+        self._keep_watching(self.run_soon(told))
+
+    def notify(self, urls: str | Sequence[str], *, backlog: int | None = None,
+               failure_rate: float | None = None, every: float = 60.0) -> None:
+        """Send a message through apprise (any URL apprise knows, like ``"ntfy://topic"``) when
+        this queue's due jobs reach ``backlog``, or when at least ``failure_rate`` (a share)
+        of the jobs finished in the last 10 minutes failed (10 jobs at least); each at most
+        once an hour, by whichever kernel or process watching the queue sees it first. Looked
+        at every ``every`` seconds from this kernel; calling it again replaces the watch."""
+        sender = apprise_of(urls)
+        limits_ = check_thresholds(backlog, failure_rate, every)
+        if self._queue_watch is not None:
+            self._queue_watch.cancel()
+        self._queue_watch = self.run_soon(watch_queue(self, sender, *limits_))
+        self._keep_watching(self._queue_watch)
+
+    def _keep_watching(self, task: Future[None] | asyncio.Task[None]) -> None:
+        self._pruners.add(task)
+        task.add_done_callback(self._pruners.discard)
+
     # -- pruning -------------------------------------------------------------------------------
     def watch_pruning(self, ids: Sequence[str], pruner: Pruner) -> None:
         """Watch the points ``ids`` of a group until all have ended, stopping those ``pruner``
         names (``features.pruning``), about once a second, from this kernel: the points run
         wherever their workers are. A cell run again watches its group again."""
-        task = self.run_soon(self._prune(list(ids), pruner))
-        self._pruners.add(task)
-        task.add_done_callback(self._pruners.discard)
+        self._keep_watching(self.run_soon(self._prune(list(ids), pruner)))
 
     async def _prune(self, ids: list[str], pruner: Pruner) -> None:
         await self.opened()
