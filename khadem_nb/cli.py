@@ -139,6 +139,9 @@ def _add_dashboard(commands: argparse._SubParsersAction[argparse.ArgumentParser]
     board.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port (default {DEFAULT_PORT})")
     board.add_argument("--token", default=os.environ.get("KHADEM_DASHBOARD_TOKEN"),
                        help="the token actions need (default: a new one, printed at start)")
+    board.add_argument("--read-token", default=os.environ.get("KHADEM_DASHBOARD_READ_TOKEN"),
+                       help="a token that reads the queue and never acts (for a team's viewers; "
+                       "refused actions and every action go to the audit log at /audit)")
     board.add_argument("--allowed-host", dest="allowed_hosts", action="append", default=[], metavar="NAME",
                        help="a host name the dashboard is reached by, beside its address (repeatable; "
                        "on loopback only 127.0.0.1, localhost and [::1] are answered otherwise)")
@@ -231,7 +234,7 @@ def _dispatch(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     if args.command == "dashboard":
         from .dashboard.serve import run
 
-        run(args.queue_url, args.host, args.port, args.token, args.allowed_hosts)
+        run(args.queue_url, args.host, args.port, args.token, args.allowed_hosts, args.read_token)
         return 0
     if args.command == "cancel":
         if bool(args.ids) == bool(args.all_queued):

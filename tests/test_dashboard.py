@@ -388,3 +388,62 @@ async def test_pause_and_resume_a_queue_from_the_dashboard(queue: QueueManager) 
         assert (await http.post("/api/queues/mail/resume", headers={"X-Khadem-Token": TOKEN})).json() == \
             {"resumed": False}
         assert (await http.get("/api/overview")).json()["paused"] == []
+
+
+READ_TOKEN = "read-only-token-for-tests"
+
+
+async def test_a_read_only_token_reads_and_never_acts_and_the_audit_log_says_who_did_what(
+        queue: QueueManager) -> None:
+    [failed, _] = await queue.jobs("failed")
+    retry = f"/api/jobs/{failed.id}/retry"
+    app = create_app(queue, TOKEN, private_reads=True, hosts=allowed_hosts("127.0.0.1", 8642),
+                     read_token=READ_TOKEN)
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1:8642") as http:
+        reader = {"X-Khadem-Token": READ_TOKEN}
+        assert (await http.get("/api/overview", headers=reader)).status_code == 200
+        refused = await http.post(retry, headers=reader)
+        assert refused.status_code == 403
+        assert refused.json()["error"].startswith("this token may read the queue, not act on it")
+        assert (await queue.get_job(failed.id)).status is JobStatus.FAILED
+        await http.post(retry, headers={"X-Khadem-Token": "not-the-token"})
+        assert (await http.post(retry, headers={"X-Khadem-Token": TOKEN})).json() == {"requeued": 1}
+        entries = (await http.get("/api/audit", headers=reader)).json()["entries"]
+        page = await http.get("/audit", headers=reader)
+        assert (await http.get("/api/audit")).status_code == 401  # a read like the others
+    who = [(e["who"].split()[0], e["outcome"].split(":")[0]) for e in entries]
+    assert who == [("admin", "200"), ("wrong", "refused"), ("read-only", "refused")]  # newest first
+    assert {e["action"] for e in entries} == {f"POST {retry}"}
+    assert {e["target"] for e in entries} == {failed.id}
+    assert READ_TOKEN not in str(entries) and TOKEN not in str(entries)  # a fingerprint, never the token
+    assert page.status_code == 200 and "Audit log" in page.text and "this token may read" in page.text
+
+
+def test_a_read_token_must_be_long_and_not_the_admin_token(tmp_path: Path) -> None:
+    from khadem_nb import ConfigError
+    from khadem_nb.dashboard.serve import check_read_token
+
+    with pytest.raises(ConfigError, match="--read-token must be at least 8 characters"):
+        check_read_token("short", TOKEN)
+    with pytest.raises(ConfigError, match="--read-token must differ from --token"):
+        check_read_token(TOKEN, TOKEN)
+    check_read_token(None, TOKEN)
+
+
+async def test_the_audit_log_keeps_its_newest_entries_only(tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    from khadem_nb.dashboard import audit
+
+    monkeypatch.setattr(audit, "AUDIT_KEPT", 3)
+    manager = await QueueManager(f"sqlite:///{tmp_path / 'q.db'}").init()
+    try:
+        log = audit.AuditLog(manager.driver)
+        for n in range(5):
+            await log.record(audit.AuditEntry(n, "admin 00000000", f"POST /{n}", "", "200: {}", "127.0.0.1"))
+        assert await log.trim() == 2
+        assert [e["action"] for e in await log.newest()] == ["POST /4", "POST /3", "POST /2"]
+        await manager.driver.kv_put("audit/99999999999999999999-damaged", b"{not json")
+        assert len(await log.newest()) == 3  # a damaged entry is passed over
+    finally:
+        await manager.close()

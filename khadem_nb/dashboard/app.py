@@ -1,16 +1,19 @@
 """The dashboard's web app (Starlette): a page, its JSON API, the job pages, actions and /metrics.
 
 Reading needs no token when the dashboard serves loopback only; otherwise every request needs
-the token (header ``X-Khadem-Token``, ``Authorization: Bearer``, or the cookie that ``/?token=``
-sets). Actions always need the token in the ``X-Khadem-Token`` header: a header that another
-site's page cannot send without a CORS preflight this app never grants, and a POST whose
-``Origin`` is not this dashboard is refused as well.
+a token (header ``X-Khadem-Token``, ``Authorization: Bearer``, or the cookie that ``/?token=``
+sets): the admin token, or the read-only token when one is given (``--read-token``). Actions
+always need the admin token in the ``X-Khadem-Token`` header: a header that another site's
+page cannot send without a CORS preflight this app never grants, and a POST whose ``Origin`` is
+not this dashboard is refused as well. Every action and every refused one is written to the
+audit log (``audit``), shown at ``/audit`` and served at ``/api/audit``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hmac
+import logging
 from collections.abc import Awaitable, Callable, Iterable
 from importlib import resources
 from typing import Any
@@ -30,16 +33,20 @@ from ..errors import KhademError
 from ..job import JobStatus
 from ..manager import QueueManager
 from ..ops.prometheus import QueueGauges, exposition, new_registry
+from .audit import AuditEntry, AuditLog, fingerprint
+from .audit import now_ms as audit_now_ms
 from .overview import Overview, record_json
-from .pages import job_page, not_found_page
+from .pages import audit_page, job_page, not_found_page
 from .serve import is_loopback
 
 TOKEN_HEADER = "x-khadem-token"
+ADMIN, READ_ONLY = "admin", "read-only"  # what a token may do: act and read, or read only
 TOKEN_COOKIE = "khadem_token"
 SEARCH_SCAN = 5000  # newest records a search by name looks through
 SEARCH_SHOWN = 100
 
 Handler = Callable[[Request], Awaitable[Response]]
+logger = logging.getLogger(__name__)
 
 
 #: sent with every answer: no framing, no scripts or styles from elsewhere, no type sniffing,
@@ -79,9 +86,11 @@ class Dashboard:
     """The state behind the routes: the manager, the token and the shared overview."""
 
     def __init__(self, manager: QueueManager, token: str, private_reads: bool,
-                 hosts: frozenset[str] | None) -> None:
+                 hosts: frozenset[str] | None, read_token: str | None = None) -> None:
         self.manager = manager
         self.token = token
+        self.read_token = read_token
+        self.audit = AuditLog(manager.driver)
         self.private_reads = private_reads
         self.hosts = hosts
         self.overview = Overview(manager)
@@ -99,7 +108,18 @@ class Dashboard:
         return request.cookies.get(TOKEN_COOKIE)
 
     def _token_matches(self, given: str | None) -> bool:
-        return given is not None and hmac.compare_digest(given.encode(), self.token.encode())
+        """Whether ``given`` is a token that may read: the admin or the read-only one."""
+        return self._role(given) is not None
+
+    def _role(self, given: str | None) -> str | None:
+        """``"admin"`` for the admin token, ``"read-only"`` for the read-only one, else ``None``."""
+        if given is None:
+            return None
+        if hmac.compare_digest(given.encode(), self.token.encode()):
+            return ADMIN
+        if self.read_token is not None and hmac.compare_digest(given.encode(), self.read_token.encode()):
+            return READ_ONLY
+        return None
 
     def reading(self, handler: Handler) -> Handler:
         async def guarded(request: Request) -> Response:
@@ -128,20 +148,49 @@ class Dashboard:
 
     def acting(self, handler: Handler) -> Handler:
         async def guarded(request: Request) -> Response:
-            origin = request.headers.get("origin")
-            if origin is not None and not self.own_origin(origin, request):
-                return _refused(f"actions come from this dashboard's own page, not from {origin}", 403)
-            if request.headers.get("sec-fetch-site") == "cross-site":
-                return _refused("actions come from this dashboard's own page", 403)
-            if not self._token_matches(request.headers.get(TOKEN_HEADER)):
-                return _refused("actions need the dashboard's token in the X-Khadem-Token header "
-                                "(printed when the dashboard started)", 403)
+            given = request.headers.get(TOKEN_HEADER)
+            role = self._role(given)
+            who = f"{role} {fingerprint(given)}" if role and given else "wrong token" if given else "no token"
+            refused = self._refusal(request, role)
+            if refused is not None:
+                await self._audit(request, who, refused)
+                return refused
             try:
-                return await handler(request)
+                response = await handler(request)
             except KhademError as exc:
-                return JSONResponse({"error": str(exc)}, status_code=400)
+                response = JSONResponse({"error": str(exc)}, status_code=400)
+            await self._audit(request, who, response)
+            return response
 
         return guarded
+
+    def _refusal(self, request: Request, role: str | None) -> Response | None:
+        """Why an action is refused (an answer to send), or ``None``: it may go on."""
+        origin = request.headers.get("origin")
+        if origin is not None and not self.own_origin(origin, request):
+            return _refused(f"actions come from this dashboard's own page, not from {origin}", 403)
+        if request.headers.get("sec-fetch-site") == "cross-site":
+            return _refused("actions come from this dashboard's own page", 403)
+        if role == READ_ONLY:
+            return _refused("this token may read the queue, not act on it: actions need the admin token", 403)
+        if role != ADMIN:
+            return _refused("actions need the dashboard's token in the X-Khadem-Token header "
+                            "(printed when the dashboard started)", 403)
+        return None
+
+    async def _audit(self, request: Request, who: str, response: Response) -> None:
+        """Write what an action did (or why it was refused) to the audit log; a log that cannot
+        be written is logged and never stops the action."""
+        outcome = bytes(response.body).decode(errors="replace")[:300]
+        verdict = "refused" if response.status_code in (401, 403) else str(response.status_code)
+        target = " ".join(str(v) for v in request.path_params.values())
+        client = request.client.host if request.client else ""
+        entry = AuditEntry(audit_now_ms(), who, f"{request.method} {request.url.path}", target,
+                           f"{verdict}: {outcome}", client)
+        try:
+            await self.audit.record(entry)
+        except Exception:
+            logger.exception("the dashboard could not write its audit entry %r", entry)
 
     # -- pages and reads -----------------------------------------------------------------------
     async def index(self, request: Request) -> Response:
@@ -212,6 +261,12 @@ class Dashboard:
         name = ref.name or f"{ref.digest}{SUFFIXES[ref.kind]}"
         return FileResponse(path, filename=name, media_type="application/octet-stream")
 
+    async def audit_json(self, request: Request) -> Response:
+        return JSONResponse({"entries": await self.audit.newest()})
+
+    async def audit_html(self, request: Request) -> Response:
+        return HTMLResponse(audit_page(await self.audit.newest()))
+
     async def metrics(self, request: Request) -> Response:
         await self.gauges.refresh(self.manager)
         body, content_type = exposition(self.registry)
@@ -248,10 +303,11 @@ class Dashboard:
 
 
 def create_app(manager: QueueManager, token: str, *, private_reads: bool = False,
-               hosts: frozenset[str] | None = None) -> Starlette:
+               hosts: frozenset[str] | None = None, read_token: str | None = None) -> Starlette:
     """The dashboard of ``manager``'s queue (an initialised manager, closed by its owner),
-    answering requests whose ``Host`` is in ``hosts`` (see ``allowed_hosts``; ``None``: any)."""
-    board = Dashboard(manager, token, private_reads, hosts)
+    answering requests whose ``Host`` is in ``hosts`` (see ``allowed_hosts``; ``None``: any);
+    ``read_token`` reads (where reads need a token) and never acts."""
+    board = Dashboard(manager, token, private_reads, hosts, read_token)
     read, act = board.reading, board.acting
     routes = [
         Route("/", board.index),
@@ -261,6 +317,8 @@ def create_app(manager: QueueManager, token: str, *, private_reads: bool = False
         Route("/jobs/{job_id}", read(board.job_html)),
         Route("/api/jobs/{job_id}/artifacts/{digest}", read(board.artifact)),
         Route("/metrics", read(board.metrics)),
+        Route("/audit", read(board.audit_html)),
+        Route("/api/audit", read(board.audit_json)),
         Route("/api/jobs/{job_id}/retry", act(board.retry), methods=["POST"]),
         Route("/api/jobs/{job_id}/cancel", act(board.cancel), methods=["POST"]),
         Route("/api/failed/retry", act(board.retry_all_failed), methods=["POST"]),

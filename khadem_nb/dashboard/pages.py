@@ -1,4 +1,5 @@
-"""Server-rendered pages: one job in full, and the page for an address that names nothing."""
+"""Server-rendered pages: one job in full, the audit log, and the page for an address that
+names nothing."""
 
 from __future__ import annotations
 
@@ -73,3 +74,17 @@ def not_found_page(job_id: str | None) -> str:
     what = "nothing here" if job_id is None else f"no job with id {job_id!r} in this queue"
     return _page("not found", f"<h1>Not found</h1><p class='not-found'>{html.escape(what)}: it may have "
                               "been removed by retention. <a href='/'>Back to the dashboard</a></p>")
+
+
+def audit_page(entries: list[dict[str, Any]]) -> str:
+    """The audit log, newest first: when, who (the token's role and fingerprint), what, on
+    what, what came of it, from where."""
+    e = html.escape
+    head = "".join(f"<th>{name}</th>" for name in ("when", "who", "action", "target", "outcome", "from"))
+    rows = "".join(
+        f"<tr><td>{e(_when(entry.get('at_ms')))}</td><td>{e(str(entry.get('who', '')))}</td>"
+        f"<td>{e(str(entry.get('action', '')))}</td><td>{e(str(entry.get('target', '')))}</td>"
+        f"<td>{e(str(entry.get('outcome', '')))}</td><td>{e(str(entry.get('client', '')))}</td></tr>"
+        for entry in entries)
+    empty = "" if entries else "<p class='empty'>No action has been taken or refused yet.</p>"
+    return _page("audit log", f"<h1>Audit log</h1><table class='audit'><tr>{head}</tr>{rows}</table>{empty}")

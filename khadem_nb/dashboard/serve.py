@@ -65,9 +65,10 @@ def check_access(host: str, token: str | None) -> str:
 
 
 async def serve(url: str, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, token: str | None = None,
-                out: TextIO = sys.stdout, allowed: Sequence[str] = ()) -> None:
+                out: TextIO = sys.stdout, allowed: Sequence[str] = (), read_token: str | None = None) -> None:
     """Serve the dashboard of the queue at ``url`` until cancelled (Ctrl-C); ``allowed``: more
-    host names (``--allowed-host``) it answers to, beside the address it is bound to."""
+    host names (``--allowed-host``) it answers to, beside the address it is bound to;
+    ``read_token`` (``--read-token``): a token that reads and never acts."""
     try:
         import uvicorn
 
@@ -78,13 +79,14 @@ async def serve(url: str, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, to
 
     made = token is None
     token = check_access(host, token)
+    check_read_token(read_token, token)
     port = limits.count(port, "--port")
     extra = [check_host_name(name) for name in allowed]
     manager = await QueueManager(url).init()
     try:
         sock = bind(host, port)
         app = create_app(manager, token, private_reads=not is_loopback(host),
-                         hosts=allowed_hosts(host, port, extra))
+                         hosts=allowed_hosts(host, port, extra), read_token=read_token)
         shown = f"[{host}]" if ":" in host else host
         # a token given by its owner is not echoed (terminals and CI logs keep what is printed)
         told = f"token for actions: {token}" if made else "token for actions: the one given with --token"
@@ -96,6 +98,16 @@ async def serve(url: str, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, to
         await manager.close()
 
 
+def check_read_token(read_token: str | None, token: str) -> None:
+    """A ``--read-token``: at least 8 characters, and not the admin token."""
+    if read_token is None:
+        return
+    if len(read_token) < 8:
+        raise ConfigError("--read-token must be at least 8 characters")
+    if read_token == token:
+        raise ConfigError("--read-token must differ from --token: one reads, the other acts")
+
+
 def check_host_name(name: str) -> str:
     """An ``--allowed-host`` value: a host name or address, with an optional port."""
     if not isinstance(name, str) or not HOST_NAME.match(name):
@@ -104,5 +116,6 @@ def check_host_name(name: str) -> str:
     return name.lower()
 
 
-def run(url: str, host: str, port: int, token: str | None, allowed: Sequence[str] = ()) -> None:
-    asyncio.run(serve(url, host, port, token, allowed=allowed))
+def run(url: str, host: str, port: int, token: str | None, allowed: Sequence[str] = (),
+        read_token: str | None = None) -> None:
+    asyncio.run(serve(url, host, port, token, allowed=allowed, read_token=read_token))
