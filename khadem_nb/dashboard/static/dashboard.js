@@ -20,7 +20,7 @@ function jobLink(row) {
 
 function drawCounts(overview) {
   const table = document.getElementById("counts");
-  table.tHead.replaceChildren(el("tr", {}, el("th", {}, "queue"), ...STATUSES.map(s => el("th", {}, s)),
+  table.tHead.replaceChildren(el("tr", {}, el("th", {}, "queue"), ...STATUSES.map(s => el("th", { class: "num" }, s)),
     el("th", {}, "")));
   const paused = new Set(overview.paused || []);
   const rows = Object.entries(overview.counts).map(([queue, counts]) => {
@@ -60,19 +60,32 @@ function bars(values, cssClass, title) {
   return svg;
 }
 
+// a chart with its axes: the highest value at the top of the y axis, 0 at its foot, the hour
+// along the x axis from 60 min ago to now
+function chart(svg, top, unit) {
+  return el("div", { class: "plot" },
+    el("div", { class: "y-axis" }, el("span", {}, top), el("span", {}, "0")),
+    el("div", { class: "plot-area" }, svg,
+      el("div", { class: "x-axis" }, el("span", {}, "60 min ago"), el("span", {}, unit), el("span", {}, "now"))));
+}
+
 function drawCharts(overview) {
   const { completed, failed } = overview.throughput;
   const finished = completed.map((c, i) => c + failed[i]);
-  const chart = document.getElementById("throughput-chart");
-  chart.dataset.finished = finished.reduce((a, b) => a + b, 0);
-  chart.replaceChildren(bars(finished, "bar-completed", (v, i) => `${v} finished, ${failed[i]} failed`),
-    el("div", { class: "caption" }, `${chart.dataset.finished} in the hour, at most ${Math.max(...finished)} a minute`));
+  const most = Math.max(...finished);
+  const chartBox = document.getElementById("throughput-chart");
+  chartBox.dataset.finished = finished.reduce((a, b) => a + b, 0);
+  chartBox.replaceChildren(
+    chart(bars(finished, "bar-completed", (v, i) => `${v} finished, ${failed[i]} failed`), String(most), "jobs a minute"),
+    el("div", { class: "caption" }, `${chartBox.dataset.finished} in the hour, at most ${most} a minute`));
   const rates = finished.map((n, i) => (n ? failed[i] / n : 0));
+  const highest = Math.round(Math.max(...rates) * 100);
   const failureChart = document.getElementById("failure-chart");
   failureChart.dataset.failed = failed.reduce((a, b) => a + b, 0);
-  failureChart.replaceChildren(bars(rates, "bar-failed", v => `${Math.round(v * 100)} % failed`),
+  failureChart.replaceChildren(
+    chart(bars(rates, "bar-failed", v => `${Math.round(v * 100)} % failed`), `${highest} %`, "share of a minute's jobs failed"),
     el("div", { class: "caption" }, `${failureChart.dataset.failed} failed in the hour, ` +
-       `at most ${Math.round(Math.max(...rates) * 100)} % of a minute's jobs`));
+       `at most ${highest} % of a minute's jobs`));
 }
 
 function drawRunning(overview) {
@@ -117,12 +130,27 @@ async function refresh() {
   }
 }
 
+function jobs(n) {
+  return n === 1 ? "1 job" : `${n} jobs`;
+}
+
+// what an action did, in words: {"requeued": 1} is "1 job queued again"
+function said(answer) {
+  if ("requeued" in answer) return answer.requeued ? `${jobs(answer.requeued)} queued again` : "no failed job to retry";
+  if ("cancelled" in answer) return answer.cancelled.length ? `${jobs(answer.cancelled.length)} cancelled`
+    : "nothing to cancel: the job had ended";
+  if ("deleted" in answer) return answer.deleted ? `${jobs(answer.deleted)} deleted` : "no failed job to delete";
+  if ("paused" in answer) return `queue ${answer.paused} paused: its workers stop claiming, running jobs finish`;
+  if ("resumed" in answer) return answer.resumed ? "queue resumed: its workers claim again" : "the queue was not paused";
+  return "done";
+}
+
 async function act(path) {
   const shown = document.getElementById("action-result");
   const response = await fetch(path, { method: "POST", headers: { "X-Khadem-Token": tokenField.value } });
   const answer = await response.json().catch(() => ({}));
   shown.className = response.ok ? "done" : "refused";
-  shown.textContent = response.ok ? JSON.stringify(answer)
+  shown.textContent = response.ok ? said(answer)
     : `refused (${response.status}): ${answer.error || response.statusText}`;
   if (document.getElementById("overview")) refresh();
 }
