@@ -26,6 +26,7 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from .._time import now_ms
 from ..artifacts.collect import refs_in
 from ..artifacts.refs import SUFFIXES
 from ..artifacts.store import stores
@@ -34,7 +35,6 @@ from ..job import JobStatus
 from ..manager import QueueManager
 from ..ops.prometheus import QueueGauges, exposition, new_registry
 from .audit import AuditEntry, AuditLog, fingerprint
-from .audit import now_ms as audit_now_ms
 from .overview import Overview, record_json
 from .pages import audit_page, job_page, not_found_page
 from .serve import is_loopback
@@ -185,7 +185,7 @@ class Dashboard:
         verdict = "refused" if response.status_code in (401, 403) else str(response.status_code)
         target = " ".join(str(v) for v in request.path_params.values())
         client = request.client.host if request.client else ""
-        entry = AuditEntry(audit_now_ms(), who, f"{request.method} {request.url.path}", target,
+        entry = AuditEntry(now_ms(), who, f"{request.method} {request.url.path}", target,
                            f"{verdict}: {outcome}", client)
         try:
             await self.audit.record(entry)

@@ -71,7 +71,3 @@ class AuditLog:
             except ValueError:
                 continue  # a damaged entry is passed over
         return entries
-
-
-def now_ms() -> int:
-    return int(time.time() * 1000)

@@ -597,7 +597,8 @@ class PostgresDriver(QueueDriver):
         except StopIteration as done:
             served_now = new_turns(queue, done.value, served)
         if served_now:
-            await conn.cursor().executemany(self._kv_upsert(SERVED_TTL_S, False), served_now)
+            async with conn.cursor() as cursor:
+                await cursor.executemany(self._kv_upsert(SERVED_TTL_S, False), served_now)
         return claimed
 
     async def lane_use(self, queue: str, lanes: Mapping[str, LaneRule]) -> dict[str, LaneUse]:
