@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import site
 import subprocess
 import sys
 import textwrap
@@ -71,8 +72,13 @@ def dist(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """A wheel and an sdist built from a copy of the tree (the build leaves nothing in it)."""
     folder = tmp_path_factory.mktemp("dist")
     source = folder / "source"
-    shutil.copytree(ROOT, source, ignore=shutil.ignore_patterns(
-        ".git", "*.egg-info", "build", "dist", "__pycache__", ".mypy_cache", ".ruff_cache", "artifacts"))
+    anywhere = shutil.ignore_patterns(".git", "*.egg-info", "__pycache__", ".mypy_cache", ".ruff_cache")
+
+    def left_out(folder: str, names: list[str]) -> set[str]:  # screenshots and builds at the top only
+        top = {"artifacts", "build", "dist", "site"} if Path(folder) == ROOT else set()
+        return set(anywhere(folder, names)) | (top & set(names))
+
+    shutil.copytree(ROOT, source, ignore=left_out)
     out = folder / "out"
     subprocess.run([sys.executable, "-m", "build", "--no-isolation", "--outdir", str(out), str(source)],
                    check=True, capture_output=True, timeout=300)
@@ -93,10 +99,15 @@ def test_the_wheel_installs_and_runs_without_the_source_tree(dist: Path, tmp_pat
     postgres = need_postgres()
     pg_url = f"{postgres}{'&' if '?' in postgres else '?'}schema={schema_for(tmp_path)}"
     env_dir = tmp_path / "venv"
-    # the machine's packages stand in for the wheel's dependencies (no download); the wheel
-    # itself goes into the venv's own site-packages, ahead of the editable checkout
-    venv.create(env_dir, with_pip=True, system_site_packages=True)
+    venv.create(env_dir, with_pip=True)
     python, script = env_dir / "bin" / "python", env_dir / "bin" / "khadem-nb"
+    # the packages of the environment running the suite stand in for the wheel's dependencies
+    # (no download): their folders follow the venv's own on its path. Their .pth files are not
+    # read there, so the editable checkout's finder stays out and the wheel is what imports.
+    inner = subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                           capture_output=True, text=True, check=True).stdout.strip()
+    outer = [p for p in (*site.getsitepackages(), site.getusersitepackages()) if Path(p).is_dir()]
+    (Path(inner) / "outer-environment.pth").write_text("\n".join(outer) + "\n")
     [wheel] = dist.glob("*.whl")
     work = tmp_path / "elsewhere"
     work.mkdir()
