@@ -31,7 +31,7 @@ from ..artifacts.collect import refs_in
 from ..artifacts.refs import SUFFIXES
 from ..artifacts.store import stores
 from ..errors import KhademError
-from ..job import JobStatus
+from ..features.search import parse_query
 from ..manager import QueueManager
 from ..ops.prometheus import QueueGauges, exposition, new_registry
 from .audit import AuditEntry, AuditLog, fingerprint
@@ -42,8 +42,6 @@ from .serve import is_loopback
 TOKEN_HEADER = "x-khadem-token"
 ADMIN, READ_ONLY = "admin", "read-only"  # what a token may do: act and read, or read only
 TOKEN_COOKIE = "khadem_token"
-SEARCH_SCAN = 5000  # newest records a search by name looks through
-SEARCH_SHOWN = 100
 
 Handler = Callable[[Request], Awaitable[Response]]
 logger = logging.getLogger(__name__)
@@ -209,25 +207,23 @@ class Dashboard:
         return JSONResponse(await self.overview.read())
 
     async def search(self, request: Request) -> Response:
-        text = request.query_params.get("q", "").strip()
-        status_word = request.query_params.get("status") or None
-        status = None
-        if status_word is not None:
-            try:
-                status = JobStatus(status_word)
-            except ValueError:
-                choices = ", ".join(s.value for s in JobStatus)
-                return JSONResponse({"error": f"status must be one of {choices}, got {status_word!r}"},
-                                    status_code=400)
-        exact = await self.manager.driver.get(text) if text else None
-        if exact is not None and status in (None, exact.status):
-            found = [exact]
-        else:
-            records = await self.manager.driver.jobs(status, limit=SEARCH_SCAN)
-            lowered = text.lower()
-            found = [r for r in reversed(records) if not text or r.id.startswith(text)
-                     or lowered in r.name.lower()][:SEARCH_SHOWN]
-        return JSONResponse({"jobs": [_row(r) for r in found]})
+        """Jobs by ``q`` (an id, or part of a job name) and the conditions of
+        ``features.search.parse_query`` (status, name, queue, since, until, error, arg, before,
+        limit), newest first, a page at a time; ``next`` is the cursor of the next page."""
+        params = request.query_params
+        try:
+            query = parse_query(params, params.getlist("arg"))
+        except KhademError as exc:
+            return JSONResponse({"error": str(exc)}, status_code=400)
+        exact = await self.manager.driver.get(query.text) if query.text and query.before is None else None
+        if exact is not None and query.matches(exact):  # an id: that job, wherever it is
+            return JSONResponse({"jobs": [_row(exact)], "next": None, "looked_through": None})
+        try:
+            page = await self.manager.driver.search(query)
+        except KhademError as exc:  # a cursor this driver did not make
+            return JSONResponse({"error": str(exc)}, status_code=400)
+        return JSONResponse({"jobs": [_row(r) for r in page.records], "next": page.next,
+                             "looked_through": page.looked_through})
 
     async def job_json(self, request: Request) -> Response:
         job_id = request.path_params["job_id"]

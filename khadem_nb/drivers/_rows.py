@@ -9,6 +9,7 @@ import logging
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+from ..features.search import JobQuery
 from ..features.unique import ANY_STATUS, lock_is_live
 from ..job import JobRecord, JobStatus
 from ..serializer import dumps
@@ -139,3 +140,38 @@ def status_filters(status: JobStatus | None, queue: str | None, mark: str) -> tu
         clauses.append(f"queue = {mark}")
         params.append(queue)
     return ("WHERE " + " AND ".join(clauses) if clauses else ""), tuple(params)
+
+
+SEARCH_BATCH = 500  # rows a SQL search reads at a time when it compares arguments in Python
+
+
+def search_clauses(query: JobQuery, mark: str, contains: str, id_start: str) -> tuple[list[str], list[Any]]:
+    """The WHERE conditions of a search (``features.search``) but its arguments, which are
+    compared on the records read (a damaged payload never fails the query); ``contains`` is
+    the driver's substring function (``instr``, ``strpos``), ``id_start`` its expression of
+    the start of ``id`` as long as the text it is given (one placeholder)."""
+    where, params = status_filters(query.status, query.queue, mark)
+    clauses = [where.removeprefix("WHERE ")] if where else []
+    values = list(params)
+    if query.name:
+        clauses.append(f"{contains}(lower(name), lower({mark})) > 0")
+        values.append(query.name)
+    if query.text:
+        clauses.append(f"({id_start} = {mark} OR {contains}(lower(name), lower({mark})) > 0)")
+        values += [len(query.text), query.text, query.text]
+    if query.since_ms is not None:
+        clauses.append(f"created_ms >= {mark}")
+        values.append(query.since_ms)
+    if query.until_ms is not None:
+        clauses.append(f"created_ms < {mark}")
+        values.append(query.until_ms)
+    if query.error:
+        clauses.append(f"{contains}(lower(coalesce(error, '')), lower({mark})) > 0")
+        values.append(query.error)
+    return clauses, values
+
+
+def search_batch(query: JobQuery) -> int:
+    """Rows a SQL search reads at a time: the page and one more, or SEARCH_BATCH when arguments
+    are compared on the records read."""
+    return SEARCH_BATCH if query.args else query.limit + 1

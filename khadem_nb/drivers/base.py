@@ -28,6 +28,7 @@ from ..features.capabilities import Runs
 from ..features.flow import RULES_KEY, LaneRule, LaneUse
 from ..features.resources import OFFER_TTL_S, Offer
 from ..features.schedules import FIRE, STALE, Schedule, ScheduleState, fire_verdict
+from ..features.search import SCAN_LIMIT, JobPage, JobQuery, scan_page
 from ..features.unique import Lock
 from ..job import ACTIVE, CANCELLED, COMPLETED, FAILED, QUEUED, SCHEDULED, JobRecord, JobStatus
 from ..limits import PRIORITY_RANGE
@@ -499,6 +500,13 @@ class QueueDriver(ABC):
         """Apply retention now: the queue's (by count and age) and each record's own
         ``keep_ms``. Drivers also do it as jobs settle (every settle, or every few hundred and
         at least every 10 s, depending on the driver)."""
+
+    async def search(self, query: JobQuery) -> JobPage:
+        """A page of the jobs ``query`` asks for, newest first (``features.search``): here a
+        bounded scan of the newest SCAN_LIMIT records of its status; SQLite and PostgreSQL
+        answer it in SQL over every record."""
+        records = await self.jobs(query.status, query.queue, limit=SCAN_LIMIT)
+        return scan_page(records, query, scanned_all=len(records) < SCAN_LIMIT)
 
     async def finished_counts(self, since_ms: int, bucket_ms: int) -> dict[int, tuple[int, int]]:
         """Jobs that finished at or after ``since_ms``, in windows of ``bucket_ms``: window

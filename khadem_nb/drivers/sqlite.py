@@ -40,6 +40,7 @@ from ..errors import ConfigError, CorruptQueueError, DriverError, DriverUnavaila
 from ..features.capabilities import Runs
 from ..features.dependencies import place_child
 from ..features.flow import ClaimPlan, LaneRule, LaneUse, take_in_turns
+from ..features.search import JobPage, JobQuery, sql_pages
 from ..features.unique import Lock
 from ..job import TERMINAL_STATUSES, JobRecord, JobStatus
 from ..serializer import dumps
@@ -75,6 +76,8 @@ from ._rows import (
     readable_status,
     record_from_row,
     row_of,
+    search_batch,
+    search_clauses,
     stale_locks_sql,
     status_filters,
     unique_lock_sql,
@@ -569,6 +572,22 @@ class SqliteStore:
             records = [r for r in records if r.status is status]
         return records
 
+    def search(self, query: JobQuery) -> JobPage:
+        """A page of ``query`` in SQL, newest first, paged by sequence number."""
+        clauses, values = search_clauses(query, "?", "instr", "substr(id, 1, ?)")
+        pages = sql_pages(query, search_batch(query))
+        conn = self._db()
+        try:
+            after, n = next(pages)
+            while True:
+                where = " AND ".join([*clauses, *(["seq < ?"] if after is not None else [])]) or "1"
+                rows = conn.execute(f"SELECT seq, {', '.join(COLUMNS)} FROM khadem_jobs WHERE {where} "
+                                    "ORDER BY seq DESC LIMIT ?",
+                                    (*values, *([after] if after is not None else []), n)).fetchall()
+                after, n = pages.send([(row[0], due_view(record_from_row(row[1:]))) for row in rows])
+        except StopIteration as done:
+            return done.value  # type: ignore[no-any-return]
+
     def finished_counts(self, since_ms: int, bucket_ms: int) -> dict[int, tuple[int, int]]:
         sql = finished_counts_sql("khadem_jobs", "?")
         return finish_buckets(self._db().execute(sql, (since_ms, bucket_ms, since_ms)).fetchall())
@@ -873,6 +892,9 @@ class SqliteDriver(QueueDriver):
     async def jobs(self, status: JobStatus | None = None, queue: str | None = None,
                    limit: int | None = None) -> list[JobRecord]:
         return await self._call(SqliteStore.jobs, status, queue, limit)
+
+    async def search(self, query: JobQuery) -> JobPage:
+        return await self._call(SqliteStore.search, query)
 
     async def finished_counts(self, since_ms: int, bucket_ms: int) -> dict[int, tuple[int, int]]:
         return await self._call(SqliteStore.finished_counts, since_ms, bucket_ms)

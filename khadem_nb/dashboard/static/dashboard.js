@@ -164,15 +164,45 @@ const search = document.getElementById("search");
 if (search) {
   const select = search.elements.status;
   for (const s of STATUSES) select.append(el("option", { value: s }, s));
-  search.addEventListener("submit", async event => {
-    event.preventDefault();
-    const query = new URLSearchParams({ q: search.elements.q.value, status: select.value });
-    const answer = await (await fetch("/api/jobs?" + query)).json();
-    document.querySelector("#results tbody").replaceChildren(...(answer.jobs || []).map(row => el("tr", {},
+  const more = document.getElementById("more");
+  let query = null;
+
+  // a datetime-local field's value, read in this browser's time zone, as ISO 8601 with its offset
+  function moment(value) {
+    return value ? new Date(value).toISOString() : "";
+  }
+
+  async function show(before) {
+    const params = new URLSearchParams(query);
+    if (before) params.set("before", before);
+    const response = await fetch("/api/jobs?" + params);
+    const answer = await response.json();
+    const note = document.getElementById("search-note");
+    const rows = (answer.jobs || []).map(row => el("tr", {},
       el("td", {}, row.name), el("td", {}, jobLink(row)), el("td", {}, row.queue),
       el("td", { class: "status-" + row.status }, row.status), el("td", { class: "num" }, row.attempt),
-      el("td", {}, row.error || ""))));
+      el("td", {}, row.error || "")));
+    const body = document.querySelector("#results tbody");
+    if (before) body.append(...rows); else body.replaceChildren(...rows);
+    note.className = response.ok ? "caption" : "caption refused";
+    note.textContent = !response.ok ? answer.error
+      : answer.looked_through ? `looked through the newest ${answer.looked_through} records of this queue`
+      : `${body.children.length} found`;
+    more.hidden = !answer.next;
+    more.dataset.next = answer.next || "";
+  }
+
+  search.addEventListener("submit", event => {
+    event.preventDefault();
+    const f = search.elements;
+    query = { q: f.q.value, status: select.value, queue: f.queue.value, error: f.error.value,
+      since: moment(f.since.value), until: moment(f.until.value) };
+    for (const key of Object.keys(query)) if (!query[key]) delete query[key];
+    query = new URLSearchParams(query);
+    if (f.arg.value) query.append("arg", f.arg.value);
+    show(null);
   });
+  more.addEventListener("click", () => show(more.dataset.next));
 }
 
 if (document.getElementById("overview")) {

@@ -33,6 +33,7 @@ from ...errors import ConfigError, DriverError, DriverUnavailableError
 from ...features.capabilities import Runs
 from ...features.dependencies import place_child
 from ...features.flow import ClaimPlan, LaneRule, LaneUse, claim_turns
+from ...features.search import JobPage, JobQuery, sql_pages
 from ...features.unique import Lock
 from ...job import JobRecord, JobStatus
 from ...serializer import dumps
@@ -64,6 +65,8 @@ from .._rows import (
     readable_status,
     record_from_row,
     row_of,
+    search_batch,
+    search_clauses,
     stale_locks_sql,
     status_filters,
     unique_lock_sql,
@@ -795,6 +798,21 @@ RETURNING id, token IS NOT NULL
         if status in (JobStatus.QUEUED, JobStatus.SCHEDULED):
             records = [r for r in records if r.status is status]
         return records
+
+    async def search(self, query: JobQuery) -> JobPage:
+        """A page of ``query`` in SQL, newest first, paged by sequence number."""
+        clauses, values = search_clauses(query, "%s", "strpos", "left(id, %s)")
+        pages = sql_pages(query, search_batch(query))
+        try:
+            after, n = next(pages)
+            while True:
+                where = " AND ".join([*clauses, *(["seq < %s"] if after is not None else [])]) or "true"
+                rows = await self._fetch(f"SELECT seq, {SELECT_COLUMNS} FROM {self.table} WHERE {where} "
+                                         "ORDER BY seq DESC LIMIT %s",
+                                         (*values, *([after] if after is not None else []), n))
+                after, n = pages.send([(row[0], due_view(record_from_row(row[1:]))) for row in rows])
+        except StopIteration as done:
+            return done.value  # type: ignore[no-any-return]
 
     async def finished_counts(self, since_ms: int, bucket_ms: int) -> dict[int, tuple[int, int]]:
         sql = finished_counts_sql(self.table, "%s")
