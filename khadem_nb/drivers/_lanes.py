@@ -90,13 +90,11 @@ def rules_prefix(queue: str) -> str:
     return f"{RULES_KEY}{queue}/"
 
 
-def lane_order(waiting: Iterable[Sequence[Any]], found_rules: Mapping[str, bytes],
-               queue: str) -> list[tuple[str, LaneRule]]:
+def lane_order(waiting: Iterable[Sequence[Any]], stored: Mapping[str, str]) -> list[tuple[str, LaneRule]]:
     """The lanes of the ``waiting`` rows (lane, its records' rule, ...; best first) with the
-    rule a claim applies to each: the kind's stored one (``found_rules``, the keyed store's
-    values under ``rules_prefix``), else the records'. A lane listed twice (records of two
-    rules) comes once, at its first place."""
-    stored = rules_of(rules_prefix(queue), found_rules)
+    rule a claim applies to each: the kind's stored one (``stored``: name -> rule text, as
+    ``StoredRules`` keeps them), else the records'. A lane listed twice (records of two rules)
+    comes once, at its first place."""
     order: dict[str, LaneRule] = {}
     for lane, own, *_ in waiting:
         if lane not in order:
@@ -134,21 +132,25 @@ def new_turns(queue: str, turns: Sequence[str], served: Mapping[str, int]) -> li
 
 
 class StoredRules:
-    """Each queue's stored kind rules (keyed-store values under ``rules_prefix``) as a claim of
-    this process last read them: read again after RULES_FRESH_S, or at once after this process
-    stores one, so a lanes phase does not pay a read for rules that change once a deploy."""
+    """Each queue's stored kind rules (name -> rule text) as a claim of this process last read
+    them: read again after RULES_FRESH_S, or at once after this process stores one, so a lanes
+    phase does not pay a read for rules that change once a deploy."""
 
     def __init__(self) -> None:
-        self._read: dict[str, tuple[float, dict[str, bytes]]] = {}
+        self._read: dict[str, tuple[float, dict[str, str]]] = {}
 
-    def fresh(self, queue: str) -> dict[str, bytes] | None:
+    def fresh(self, queue: str) -> dict[str, str] | None:
         """The rules read for ``queue`` within RULES_FRESH_S, or ``None``: read them."""
         read = self._read.get(queue)
         return read[1] if read is not None and time.monotonic() - read[0] < RULES_FRESH_S else None
 
-    def keep(self, queue: str, found: Mapping[str, bytes]) -> dict[str, bytes]:
-        self._read[queue] = (time.monotonic(), dict(found))
-        return self._read[queue][1]
+    def keep(self, queue: str, found: Mapping[str, bytes],
+             also: Mapping[str, str] | None = None) -> dict[str, str]:
+        """Keep the keyed-store values ``found`` under ``rules_prefix(queue)`` (with the rules
+        ``also`` read before) as ``queue``'s rules, and return them."""
+        rules = {**(also or {}), **rules_of(rules_prefix(queue), found)}
+        self._read[queue] = (time.monotonic(), rules)
+        return rules
 
     def forget(self) -> None:
         self._read.clear()

@@ -24,11 +24,12 @@ from .._ids import new_token
 from .._time import now_ms
 from ..config import QueueSettings, parse_config
 from ..errors import ConfigError
+from ..features import search
 from ..features.capabilities import Runs
 from ..features.flow import RULES_KEY, LaneRule, LaneUse
 from ..features.resources import OFFER_TTL_S, Offer
 from ..features.schedules import FIRE, STALE, Schedule, ScheduleState, fire_verdict
-from ..features.search import SCAN_LIMIT, JobPage, JobQuery, scan_page
+from ..features.search import JobPage, JobQuery
 from ..features.unique import Lock
 from ..job import ACTIVE, CANCELLED, COMPLETED, FAILED, QUEUED, SCHEDULED, JobRecord, JobStatus
 from ..limits import PRIORITY_RANGE
@@ -505,8 +506,9 @@ class QueueDriver(ABC):
         """A page of the jobs ``query`` asks for, newest first (``features.search``): here a
         bounded scan of the newest SCAN_LIMIT records of its status; SQLite and PostgreSQL
         answer it in SQL over every record."""
-        records = await self.jobs(query.status, query.queue, limit=SCAN_LIMIT)
-        return scan_page(records, query, scanned_all=len(records) < SCAN_LIMIT)
+        limit = search.SCAN_LIMIT
+        records = await self.jobs(query.status, query.queue, limit=limit)
+        return search.scan_page(records, query, scanned_all=len(records) < limit)
 
     async def finished_counts(self, since_ms: int, bucket_ms: int) -> dict[int, tuple[int, int]]:
         """Jobs that finished at or after ``since_ms``, in windows of ``bucket_ms``: window

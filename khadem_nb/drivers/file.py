@@ -532,7 +532,7 @@ class FileStore:
         active, waiting = self.listdir("active"), self.listdir("limited", queue)
         self._lanes = {i: self._lanes[i] for i in map(_id_of, active + waiting) if i in self._lanes}
         files, own = self._waiting_lanes(queue, waiting)
-        order = lane_order(own.items(), self._rules(queue, own), queue)
+        order = lane_order(own.items(), self._rules(queue, own))
         keys = served_keys(queue, order)
         served = served_of(keys, ((key, value) for key in keys if (value := self.kv_get(key)) is not None))
         held = self._held_by_lane(active)
@@ -580,14 +580,14 @@ class FileStore:
                 own.setdefault(lane[0], lane[1])
         return files, own
 
-    def _rules(self, queue: str, lanes: Iterable[str]) -> dict[str, bytes]:
-        """The rules stored for the job kinds of ``lanes``, as keyed-store values by key (read
-        again after ``_lanes.RULES_FRESH_S``)."""
+    def _rules(self, queue: str, lanes: Iterable[str]) -> dict[str, str]:
+        """The rules stored for the job kinds of ``lanes``: name -> rule text (read again after
+        ``_lanes.RULES_FRESH_S``)."""
         found = self.rules.fresh(queue) or {}
-        names = {name for lane in lanes if (name := kind_of_lane(lane)) is not None}
-        missing = [key for name in names if (key := f"{rules_prefix(queue)}{name}") not in found]
-        if missing or not found:  # a kind without a stored rule is kept as b"", which reads as none
-            found = self.rules.keep(queue, {**found, **{key: self.kv_get(key) or b"" for key in missing}})
+        missing = {name for lane in lanes if (name := kind_of_lane(lane)) is not None} - set(found)
+        if missing or not found:  # a kind without a stored rule is kept as "", which reads as none
+            keys = [f"{rules_prefix(queue)}{name}" for name in missing]
+            found = self.rules.keep(queue, {key: self.kv_get(key) or b"" for key in keys}, found)
         return found
 
     def _held_by_lane(self, active: Iterable[str]) -> dict[str, int]:

@@ -418,7 +418,7 @@ class SqliteStore:
         found = self.rules.fresh(queue)
         if found is None:
             found = self.rules.keep(queue, dict(conn.execute(KV_SCAN, (prefix, scan_end(prefix), now))))
-        order = lane_order(waiting, found, queue)
+        order = lane_order(waiting, found)
         keys = served_keys(queue, order)
         served = served_of(keys, conn.execute(KV_IN, (json.dumps(list(keys)), now))) if keys else {}
         held = held_by_lane(conn.execute(LANES.held, (queue, now)))

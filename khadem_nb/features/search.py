@@ -57,7 +57,7 @@ class JobQuery:
             return False
         if self.error is not None and self.error.lower() not in (record.error or "").lower():
             return False
-        return args_match(record, self)
+        return all(_argument(record.payload, name) == (True, value) for name, value in self.args)
 
 
 @dataclass
@@ -81,18 +81,14 @@ def _argument(payload: Any, name: str) -> tuple[bool, Any]:
     return False, None
 
 
-def args_match(record: JobRecord, query: JobQuery) -> bool:
-    return all(_argument(record.payload, name) == (True, value) for name, value in query.args)
-
-
 def fill_page(found: list[tuple[int, JobRecord]], rows: Sequence[tuple[int, JobRecord]],
               query: JobQuery) -> str | None:
-    """Add the ``rows`` (sequence number, record; newest first, every condition but the
-    arguments already met) whose arguments match to ``found``, up to ``query.limit``; the cursor
-    of the next page (the last one found) once the page is full and another row matches, else
-    ``None``."""
+    """Add the ``rows`` (sequence number, record; newest first, read by SQL that tested every
+    condition but the arguments and the due time) that ``query`` matches to ``found``, up to
+    ``query.limit``; the cursor of the next page (the last one found) once the page is full and
+    another row matches, else ``None``."""
     for seq, record in rows:
-        if (query.status is None or record.status is query.status) and args_match(record, query):
+        if query.matches(record):
             if len(found) == query.limit:
                 return str(found[-1][0])
             found.append((seq, record))

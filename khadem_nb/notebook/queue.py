@@ -125,7 +125,7 @@ class Queue:
         self._captured = False
         self._panels: list[QueuePanel] = []
         #: groups watched for pruning or notifications, and the queue's own watch (``notify``)
-        self._pruners: set[Future[None] | asyncio.Task[None]] = set()
+        self._watches: set[Future[None] | asyncio.Task[None]] = set()
         self._queue_watch: Future[None] | asyncio.Task[None] | None = None
         #: the studies this kernel runs (``optimize``), oldest first: the panel shows the latest
         self.studies: list[Study] = []
@@ -389,8 +389,8 @@ class Queue:
         self._keep_watching(self._queue_watch)
 
     def _keep_watching(self, task: Future[None] | asyncio.Task[None]) -> None:
-        self._pruners.add(task)
-        task.add_done_callback(self._pruners.discard)
+        self._watches.add(task)
+        task.add_done_callback(self._watches.discard)
 
     # -- pruning -------------------------------------------------------------------------------
     def watch_pruning(self, ids: Sequence[str], pruner: Pruner) -> None:

@@ -570,7 +570,7 @@ class PostgresDriver(QueueDriver):
             found = self._rules.keep(queue, dict(await (await conn.execute(
                 f"SELECT key, value FROM {kv} WHERE key >= %s AND key < %s AND {KV_LIVE}",
                 (prefix, scan_end(prefix)))).fetchall()))
-        order = lane_order(waiting, found, queue)
+        order = lane_order(waiting, found)
         keys = served_keys(queue, order)
         served = served_of(keys, await (await conn.execute(
             f"SELECT key, value FROM {kv} WHERE key = ANY(%s) AND {KV_LIVE}", (list(keys),))).fetchall()) \
