@@ -18,6 +18,10 @@ B / A with the spread of the rounds' own ratios (min to max). Per driver:
 - **enqueue**: N awaited ``dispatch()`` calls, one at a time.
 - **round trip**: ROUNDTRIPS sequential ``dispatch_and_wait`` calls with a worker already
   waiting, p50 and p99.
+
+``--delayed K`` first stores K jobs delayed by an hour in each queue, so every claim of the
+drain and the round trips works beside K delayed jobs that are not yet due (a queue of
+reminders for tomorrow, or of retries backing off).
 """
 
 from __future__ import annotations
@@ -69,7 +73,7 @@ def _base_url(driver: str, folder: str, tag: str) -> str:
     return "memory://"
 
 
-async def child(driver: str, folder: str, tag: str) -> dict[str, float]:
+async def child(driver: str, folder: str, tag: str, delayed: int = 0) -> dict[str, float]:
     from regression_jobs import RegressionNoop
 
     from khadem_nb import QueueManager
@@ -81,8 +85,10 @@ async def child(driver: str, folder: str, tag: str) -> dict[str, float]:
     try:
         results["enqueue"] = await enqueue_rate(manager, RegressionNoop, ENQUEUE_N[driver])
         await manager.driver.purge()
+        await store_delayed(manager, RegressionNoop, delayed)
         results["drain"] = await drain_rate(manager, RegressionNoop, driver, url, folder)
         await manager.driver.purge()
+        await store_delayed(manager, RegressionNoop, delayed)
         results["p50_ms"], results["p99_ms"] = await round_trips(manager, RegressionNoop, driver, url, folder)
     finally:
         await manager.driver.purge()
@@ -104,6 +110,11 @@ def drop_schema(url: str) -> None:
     schema = parse_config(url).schema.lower()
     with psycopg.connect(url.split("?")[0], autocommit=True) as conn:
         conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+
+
+async def store_delayed(manager: Any, job_class: Any, k: int) -> None:
+    for start in range(0, k, 5000):
+        await manager.dispatch_many([job_class() for _ in range(min(5000, k - start))], delay=3600)
 
 
 async def enqueue_rate(manager: Any, job_class: Any, n: int) -> float:
@@ -175,11 +186,11 @@ async def gather_rate(n: int) -> float:
 
 
 # -- the parent: alternating trees ------------------------------------------------------------
-def measure(tree: Path, driver: str, folder: Path, tag: str) -> dict[str, float]:
+def measure(tree: Path, driver: str, folder: Path, tag: str, delayed: int) -> dict[str, float]:
     path = os.pathsep.join([str(tree), str(folder), os.environ.get("PYTHONPATH", "")])
-    run = subprocess.run([sys.executable, __file__, "--child", driver, str(folder), tag],
-                         env={**os.environ, "PYTHONPATH": path}, cwd=folder, capture_output=True, text=True,
-                         timeout=1800)
+    command = [sys.executable, __file__, "--child", driver, str(folder), tag, "--delayed", str(delayed)]
+    run = subprocess.run(command, env={**os.environ, "PYTHONPATH": path}, cwd=folder, capture_output=True,
+                         text=True, timeout=1800)
     if run.returncode != 0:
         raise SystemExit(f"{driver} on {tree} failed:\n{run.stderr[-3000:]}")
     return json.loads(run.stdout.strip().splitlines()[-1])
@@ -191,10 +202,12 @@ def main() -> None:
     parser.add_argument("trees", nargs="*")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--drivers", default=",".join(DRIVERS))
+    parser.add_argument("--delayed", type=int, default=0, metavar="K",
+                        help="jobs delayed by an hour stored beside each drain and round trip")
     parser.add_argument("--child", nargs=3, metavar=("DRIVER", "FOLDER", "TAG"))
     args = parser.parse_args()
     if args.child:
-        print(json.dumps(asyncio.run(child(*args.child))))
+        print(json.dumps(asyncio.run(child(*args.child, delayed=args.delayed))))
         return
     if len(args.trees) != 2:
         parser.error("give two trees: TREE_A TREE_B")
@@ -211,7 +224,7 @@ def main() -> None:
                     order.reverse()
                 for side, tree in order:
                     tag = f"{side.lower()}{round_number}"
-                    results[driver][side].append(measure(tree, driver, folder, tag))
+                    results[driver][side].append(measure(tree, driver, folder, tag, args.delayed))
                     print(f"round {round_number + 1} {driver} {side}: {results[driver][side][-1]}",
                           file=sys.stderr)
     report(results, trees)

@@ -71,6 +71,26 @@ async def test_delayed_job_waits_for_its_time(queued_manager: QueueManager) -> N
     assert time.monotonic() - started >= 0.25
 
 
+async def test_due_delayed_jobs_join_queued_ones_by_priority_and_later_ones_are_passed_over(
+        queued_manager: QueueManager) -> None:
+    """Claims take queued jobs and delayed jobs whose time has come, by priority then age,
+    and pass over jobs delayed further, however many and however urgent (the SQL drivers walk
+    the two apart, so the jobs delayed for an hour are never walked over)."""
+    await queued_manager.dispatch_many([Echo(f"tomorrow {i}") for i in range(300)], delay=3600)
+    soon = [await queued_manager.dispatch(Echo(f"soon {i}"), delay=0.2, priority=5) for i in range(2)]
+    now = [await queued_manager.dispatch(Echo(f"now {i}")) for i in range(3)]
+    driver = queued_manager.driver
+    first = await driver.reserve(["default"], 10, 0)
+    assert [r.id for r in first] == now
+    await asyncio.sleep(0.3)
+    later = [await queued_manager.dispatch(Echo("late urgent"), priority=9)]
+    second = await driver.reserve(["default"], 10, 0)
+    assert [r.id for r in second] == later + soon
+    assert await driver.reserve(["default"], 10, 0) == []
+    counts = await queued_manager.counts()
+    assert counts[JobStatus.SCHEDULED] == 300
+
+
 async def test_failed_job_is_kept_with_error_and_traceback(manager: QueueManager) -> None:
     job_id = await manager.dispatch(Boom("disk on fire"))
     await drain(manager)
@@ -715,3 +735,41 @@ async def test_a_snoozed_job_runs_again_later_without_spending_an_attempt(
         assert "snoozed 3 times, the job's max_snoozes: input not ready" in (failed.error or "")
     finally:
         await worker.stop()
+
+
+async def test_the_sql_claims_reach_due_jobs_through_their_indexes(tmp_path: Path) -> None:
+    """The plans of the SQL claims: queued jobs through their own index, scheduled ones
+    through the index by due time with the due time as the scan's bound (so jobs delayed
+    further are never read), on SQLite and PostgreSQL."""
+    import sqlite3
+
+    from conftest import need_postgres
+
+    from khadem_nb.drivers.sqlite import CLAIM
+
+    manager = await make_manager("sqlite", tmp_path)
+    path = manager.driver.path  # type: ignore[attr-defined]
+    await manager.close()
+    with sqlite3.connect(path) as conn:
+        values = {"queue": "default", "now": 0, "limit": 5, "lease": 0, "token": "t"}
+        plan = " / ".join(row[3] for row in conn.execute("EXPLAIN QUERY PLAN " + CLAIM, values))
+    assert "INDEX khadem_jobs_queued (queue=?)" in plan, plan
+    assert "INDEX khadem_jobs_due (queue=? AND available_ms<?)" in plan, plan
+
+    need_postgres()
+    manager = await make_manager("postgres", tmp_path)
+    driver: Any = manager.driver
+    params = {"queue": "default", "limit": 5, "lease_ms": 1000, "token": "t", "max_reclaims": 1, "lost": "",
+              "lane": None, "reclaim": True}
+
+    async def explain(conn: Any) -> str:
+        rows = await (await conn.execute("EXPLAIN " + driver._claim, params)).fetchall()
+        return " / ".join(row[0] for row in rows)
+
+    try:
+        plan = await driver._run(explain)
+    finally:
+        await driver.purge()
+        await manager.close()
+    assert "jobs_queued" in plan and "jobs_due" in plan, plan
+    assert "Index Cond: ((queue = 'default'::text) AND (available_ms <= " in plan, plan

@@ -28,7 +28,8 @@ from jobs import Echo
 from procs import env
 
 from khadem_nb import CorruptQueueError, JobStatus, QueueManager, SchemaVersionError
-from khadem_nb.drivers.postgres import SCHEMA_VERSION
+from khadem_nb.drivers.postgres import SCHEMA_VERSION, PostgresDriver
+from khadem_nb.drivers.sqlite import LAYOUT as SQLITE
 
 
 def migrate(url: str, *extra: str) -> subprocess.CompletedProcess[str]:
@@ -65,14 +66,17 @@ def pg_layout(schema: str) -> dict[str, Any]:
         }
 
 
-def old_pg_schema(tmp_path: Path, tag: str) -> tuple[str, str]:
-    """A schema as the release before the last upgrade left it (version SCHEMA_VERSION - 1),
-    with a queued job; its URL and name."""
+OLDEST_PG = PostgresDriver.layout.oldest  # the oldest schema this release works on as it is
+
+
+def old_pg_schema(tmp_path: Path, tag: str, version: int = OLDEST_PG - 1) -> tuple[str, str]:
+    """A schema as an earlier release left it (by default the newest this release upgrades
+    before it works on it), with a queued job; its URL and name."""
     import psycopg
 
     schema = schema_for(tmp_path) + tag
     with psycopg.connect(need_postgres(), autocommit=True) as conn:
-        postgres_schema_at(conn, schema, SCHEMA_VERSION - 1)
+        postgres_schema_at(conn, schema, version)
         conn.execute(f"INSERT INTO {schema}.jobs (id, queue, name, status, priority, attempt, "
                      "max_attempts, created_ms, available_ms, payload) VALUES ('old-job', 'default', "
                      """'Echo', 'queued', 0, 0, 1, 0, 0, '{"value": "kept"}')""")
@@ -85,7 +89,7 @@ async def test_postgres_upgrades_only_when_told(tmp_path: Path) -> None:
     raises SchemaVersionError naming both versions and the command, and changes nothing;
     ``khadem-nb migrate`` upgrades it, once; its job runs on."""
     url, schema = old_pg_schema(tmp_path, "a")
-    old = SCHEMA_VERSION - 1
+    old = OLDEST_PG - 1
     try:
         refused = rf"layout version {old}, older than this release of khadem_nb works on \({SCHEMA_VERSION}\)"
         with pytest.raises(SchemaVersionError, match=rf"{refused}.*khadem-nb migrate --queue-url") as caught:
@@ -106,6 +110,34 @@ async def test_postgres_upgrades_only_when_told(tmp_path: Path) -> None:
             assert (record.status, record.result) == (JobStatus.COMPLETED, "kept")
         finally:
             await manager.close()
+    finally:
+        await purge_url(url)
+
+
+async def test_the_schema_before_the_claim_indexes_is_worked_on_as_it_is(tmp_path: Path) -> None:
+    """Schema version 12 adds only the claim's indexes: a version-11 schema runs this
+    release's claims (delayed and queued jobs alike) with no upgrade, and ``migrate`` then adds
+    the two indexes."""
+    import psycopg
+
+    assert OLDEST_PG == 11 < SCHEMA_VERSION
+    url, schema = old_pg_schema(tmp_path, "v", version=OLDEST_PG)
+    try:
+        manager = await QueueManager(url).init()
+        try:
+            later = await manager.dispatch(Echo("later"), delay=0.3)
+            worker = await manager.start_worker(run_in_background=True, delay=0.02)
+            records = await manager.wait(["old-job", later], timeout=30)
+            await worker.stop()
+            assert [r.result for r in records] == ["kept", "later"]
+        finally:
+            await manager.close()
+        assert pg_versions(schema) == list(range(1, OLDEST_PG + 1))  # nothing changed
+        assert migrate(url).returncode == 0
+        with psycopg.connect(need_postgres()) as conn:
+            indexes = {row[0] for row in conn.execute(
+                "SELECT indexname FROM pg_indexes WHERE schemaname = %s", (schema,))}
+        assert {"jobs_queued", "jobs_due"} <= indexes
     finally:
         await purge_url(url)
 
@@ -192,7 +224,7 @@ async def test_sqlite_migrate_and_migrate_sql_by_hand_give_one_layout(tmp_path: 
         await QueueManager(f"sqlite:///{first}?auto_migrate=false").init()
     assert sqlite_layout(first) == before
     done = migrate(f"sqlite:///{first}")
-    assert done.returncode == 0 and "layout version 0 -> 1" in done.stdout, done.stderr
+    assert done.returncode == 0 and f"layout version 0 -> {SQLITE.current}" in done.stdout, done.stderr
     printed = migrate(f"sqlite:///{second}", "--sql")
     assert printed.returncode == 0 and printed.stdout.startswith("BEGIN IMMEDIATE;"), printed.stderr
     if shutil.which("sqlite3") is None:
@@ -204,7 +236,7 @@ async def test_sqlite_migrate_and_migrate_sql_by_hand_give_one_layout(tmp_path: 
     for path in (second, third):  # by hand, and by opening with SQLite's default auto_migrate
         manager = await QueueManager(f"sqlite:///{path}").init()
         try:
-            assert manager.driver.layout_change in (None, (0, 1))
+            assert manager.driver.layout_change in (None, (0, SQLITE.current))
             worker = await manager.start_worker(run_in_background=True, delay=0.02)
             [record] = await manager.wait(["old-job"], timeout=30)
             await worker.stop()
@@ -212,6 +244,30 @@ async def test_sqlite_migrate_and_migrate_sql_by_hand_give_one_layout(tmp_path: 
         finally:
             await manager.close()
     assert sqlite_layout(third) == sqlite_layout(first)
+
+
+async def test_a_sqlite_file_before_the_claim_indexes_is_worked_on_as_it_is(tmp_path: Path) -> None:
+    """SQLite layout 2 adds only the claim's indexes: with auto_migrate off, a layout-1 file
+    runs this release's claims of queued and delayed jobs, unaltered."""
+    path = tmp_path / "one.db"
+    manager = await QueueManager(f"sqlite:///{path}").init()
+    await manager.close()
+    with sqlite3.connect(path) as conn:
+        conn.execute("DROP INDEX khadem_jobs_queued")
+        conn.execute("DROP INDEX khadem_jobs_due")
+        conn.execute("PRAGMA user_version = 1")
+    assert SQLITE.oldest == 1 < SQLITE.current
+    before = sqlite_layout(path)
+    manager = await QueueManager(f"sqlite:///{path}?auto_migrate=false").init()
+    try:
+        ids = [await manager.dispatch(Echo("now")), await manager.dispatch(Echo("later"), delay=0.3)]
+        worker = await manager.start_worker(run_in_background=True, delay=0.02)
+        records = await manager.wait(ids, timeout=30)
+        await worker.stop()
+        assert [r.result for r in records] == ["now", "later"]
+    finally:
+        await manager.close()
+    assert sqlite_layout(path) == before
 
 
 async def test_redis_and_file_store_their_layout_version(tmp_path: Path) -> None:

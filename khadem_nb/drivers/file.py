@@ -112,6 +112,7 @@ JOB_ID = re.compile(r"-([0-9a-f]{32})\.json\Z")
 DELAYED_FILE = re.compile(r"\d{15}-[0-9a-f]{32}\.json\Z")
 TMP_MAX_AGE_S = 600.0  # a temporary file this old was left by a writer that died
 READY_CACHE_S = 0.25
+DUE_CACHE_S = 1.0  # longest a claim trusts its last look at delayed/<queue> (see _promote_due)
 LAYOUT_FILE = "layout"  # the queue folder's layout version (``_layout``), a number in a file
 #: the folder's layout versions: 1 is the first that stores its version; a folder written
 #: before (0) has its shipped code and schedules moved into the keyed store
@@ -130,6 +131,10 @@ def _order(record: JobRecord) -> str:
 
 def _delayed_name(record: JobRecord) -> str:
     return f"{record.available_ms:015d}-{record.id}.json"
+
+
+def _due_of(delayed_name: str) -> int:
+    return int(delayed_name.split("-", 1)[0])
 
 
 def _id_of(filename: str) -> str:
@@ -151,6 +156,11 @@ class FileStore:
         # of N files per claim would make a drain O(N^2). Refreshed when used up, when this
         # process adds work, or after READY_CACHE_S (other processes' new jobs, priorities).
         self._ready_cache: dict[str, tuple[float, list[str]]] = {}
+        # What the last look at delayed/<queue> found: when (monotonic), the folder's mtime then,
+        # and the earliest due time in it (None: empty). A claim looks again only when that job
+        # is due, the folder changed, this process delayed a job, or after DUE_CACHE_S, so a
+        # folder of many delayed jobs is not listed and sorted on every claim.
+        self._due_cache: dict[str, tuple[float, int, int | None]] = {}
         #: ready file name -> its job's name and code, read by claims filtered by ``Runs``
         self._kinds: dict[str, tuple[str, str | None]] = {}
         self._next_age_pass = 0.0  # monotonic time of the next retention pass by age
@@ -473,6 +483,7 @@ class FileStore:
         os.makedirs(folder, mode=FOLDER_MODE, exist_ok=True)
         self.write(os.path.join(folder, name), record)
         self._ready_cache.pop(record.queue, None)
+        self._due_cache.pop(record.queue, None)
 
     def claim(self, queues: Sequence[str], limit: int, free: Mapping[str, int] | None = None,
               runs: Runs | None = None) -> list[JobRecord]:
@@ -643,9 +654,22 @@ class FileStore:
         return record
 
     def _promote_due(self, queue: str, now: int) -> bool:
+        """Move the delayed jobs of ``queue`` that are due into ``ready/`` (or ``limited/``);
+        whether any moved."""
+        folder = self.dir("delayed", queue)
+        try:
+            changed = os.stat(folder).st_mtime_ns
+        except FileNotFoundError:
+            return False
+        seen = self._due_cache.get(queue)
+        if seen is not None and seen[1] == changed and time.monotonic() - seen[0] < DUE_CACHE_S \
+                and (seen[2] is None or seen[2] > now):
+            return False
         promoted = False
-        for name in self.listdir("delayed", queue):
-            if int(name.split("-", 1)[0]) > now:
+        names = self.listdir("delayed", queue)
+        self._due_cache[queue] = (time.monotonic(), changed, _due_of(names[0]) if names else None)
+        for name in names:
+            if _due_of(name) > now:
                 break
             path = self.dir("delayed", queue, name)
             record = self.read(path)

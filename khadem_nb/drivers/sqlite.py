@@ -147,6 +147,11 @@ LATER_SCHEMA = [
     "DROP INDEX IF EXISTS khadem_jobs_claim",  # the claim index before lanes: replaced by the next
     "CREATE INDEX IF NOT EXISTS khadem_jobs_ready ON khadem_jobs (queue, priority DESC, seq) "
     "WHERE status IN ('queued', 'scheduled') AND lane IS NULL",
+    # layout 2: the claim walks queued jobs and due scheduled ones apart (CLAIM_READY)
+    "CREATE INDEX IF NOT EXISTS khadem_jobs_queued ON khadem_jobs (queue, priority DESC, seq) "
+    "WHERE status = 'queued' AND lane IS NULL",
+    "CREATE INDEX IF NOT EXISTS khadem_jobs_due ON khadem_jobs (queue, available_ms) "
+    "WHERE status = 'scheduled' AND lane IS NULL",
     *lane_index_sql("khadem_jobs", "khadem_jobs"),
     *starts_table_sql("khadem_starts", "khadem_starts_lane"),
     workers_table_sql("khadem_workers"),
@@ -175,7 +180,7 @@ SCHEDULES_MOVE = [
 ]
 #: the file's layout versions (``_layout``): 1 is the first that stores its version; a file
 #: written before (0) gains what LATER_COLUMNS, LATER_SCHEMA and SCHEDULES_MOVE bring
-LAYOUT = Layout(1, 1)
+LAYOUT = Layout(2, 1)  # 2 adds only the claim's indexes (LATER_SCHEMA)
 KV_LIVE = "(expires_ms IS NULL OR expires_ms > ?)"
 KV_SCAN = f"SELECT key, value FROM khadem_kv WHERE key >= ? AND key < ? AND {KV_LIVE}"
 KV_IN = f"SELECT key, value FROM khadem_kv WHERE key IN (SELECT value FROM json_each(?)) AND {KV_LIVE}"
@@ -198,15 +203,36 @@ SELECT = "SELECT " + ", ".join(COLUMNS) + " FROM khadem_jobs"
 INSERT_EDGE = "INSERT OR IGNORE INTO khadem_edges (parent, child) VALUES (?, ?)"
 INSERT = (f"INSERT INTO khadem_jobs ({', '.join(COLUMNS)}) "
           f"VALUES ({', '.join('?' for _ in COLUMNS)})")
+PAUSED = ("EXISTS (SELECT 1 FROM khadem_kv WHERE key = 'paused/' || :queue "
+          "AND (expires_ms IS NULL OR expires_ms > :now))")
 CLAIM_WHERE = f"""
 UPDATE khadem_jobs
    SET status = 'active', attempt = attempt + 1, started_ms = :now, finished_ms = NULL,
        lease_ms = :lease, token = :token || '-' || seq
  WHERE seq IN (SELECT seq FROM khadem_jobs
                 WHERE queue = :queue AND status IN ('queued', 'scheduled') AND available_ms <= :now
-                      AND {{lane}}{{runs}}
-                      AND NOT EXISTS (SELECT 1 FROM khadem_kv WHERE key = 'paused/' || :queue
-                                         AND (expires_ms IS NULL OR expires_ms > :now))
+                      AND {{lane}}{{runs}} AND NOT {PAUSED}
+                ORDER BY priority DESC, seq LIMIT :limit)
+RETURNING seq, {", ".join(COLUMNS)}
+"""
+# the claim of jobs without limits walks queued jobs by priority and age (khadem_jobs_queued)
+# and due scheduled ones earliest first (khadem_jobs_due), each no further than the batch, so
+# delayed jobs not yet due are never walked over; the batch is the best of both
+CLAIM_READY = f"""
+UPDATE khadem_jobs
+   SET status = 'active', attempt = attempt + 1, started_ms = :now, finished_ms = NULL,
+       lease_ms = :lease, token = :token || '-' || seq
+ WHERE seq IN (SELECT seq FROM (
+                 SELECT * FROM (SELECT seq, priority FROM khadem_jobs
+                                 WHERE queue = :queue AND status = 'queued' AND lane IS NULL
+                                       AND available_ms <= :now{{runs}}
+                                 ORDER BY priority DESC, seq LIMIT :limit)
+                 UNION ALL
+                 SELECT * FROM (SELECT seq, priority FROM khadem_jobs
+                                 WHERE queue = :queue AND status = 'scheduled' AND lane IS NULL
+                                       AND available_ms <= :now{{runs}}
+                                 ORDER BY available_ms LIMIT :limit))
+                WHERE NOT {PAUSED}
                 ORDER BY priority DESC, seq LIMIT :limit)
 RETURNING seq, {", ".join(COLUMNS)}
 """
@@ -216,9 +242,9 @@ RUNS = """
                       AND (name IN (SELECT value FROM json_each(:names))
                            OR (:shipped AND CASE WHEN json_valid(extra)
                                                  THEN instr(json_extract(extra, '$.code'), '.') > 0 END))"""
-CLAIM = CLAIM_WHERE.format(lane="lane IS NULL", runs="")  # jobs without limits
+CLAIM = CLAIM_READY.format(runs="")  # jobs without limits
 CLAIM_LANE = CLAIM_WHERE.format(lane="lane = :lane", runs="")  # one lane's jobs (see _lanes)
-CLAIM_RUNS = CLAIM_WHERE.format(lane="lane IS NULL", runs=RUNS)
+CLAIM_RUNS = CLAIM_READY.format(runs=RUNS)
 CLAIM_LANE_RUNS = CLAIM_WHERE.format(lane="lane = :lane", runs=RUNS)
 # a row's meta, or an empty object where it is damaged (a patch of damaged JSON fails)
 SOUND_META = "CASE WHEN json_valid(meta) THEN meta ELSE '{}' END"

@@ -88,6 +88,7 @@ from .listener import POLL_FALLBACK_S, Listener
 from .schema import (
     FINISHING_VERBS,
     NOW,
+    RECLAIM_EVERY_S,
     RUNS_SQL,
     SCHEMA_LOCK,
     SCHEMA_VERSION,
@@ -127,7 +128,7 @@ class PostgresDriver(QueueDriver):
     """Durable, many-process, many-machine, at-least-once queue in PostgreSQL."""
 
     uses_leases: ClassVar[bool] = True
-    layout: ClassVar[Layout] = Layout(SCHEMA_VERSION, SCHEMA_VERSION)
+    layout: ClassVar[Layout] = Layout(SCHEMA_VERSION, 11)  # 12 adds only indexes
     auto_migrates: ClassVar[bool] = False  # a schema upgrade is a deploy step (docs/upgrades.md)
 
     def __init__(self, settings: QueueSettings | str | Mapping[str, Any] | None = None) -> None:
@@ -157,6 +158,7 @@ class PostgresDriver(QueueDriver):
         #: process dispatches a limited job to it
         self._no_lanes_until: dict[str, float] = {}
         self._rules = StoredRules()  # the kinds' stored rules, as claims last read them
+        self._reclaim_at: dict[str, float] = {}  # monotonic time of each queue's next look for lost leases
         self._settle_sql = settle_sql(self.table, self.channel, self.settled_channel)
         self._unique_lock = unique_lock_sql(self.table, f"{schema}.uniques", "%s")
         self._unique_insert = self._insert_if_locked_sql()
@@ -542,9 +544,19 @@ class PostgresDriver(QueueDriver):
     async def _claim_where(self, conn: Any, statement: str, queue: str, limit: int,
                            lane: str | None = None, runs: Mapping[str, Any] = NO_FILTER) -> list[JobRecord]:
         params = {"queue": queue, "limit": limit, "lease_ms": self._lease_ms, "token": new_token(),
-                  "max_reclaims": self.settings.max_reclaims, "lost": LEASE_LOST_ERROR, "lane": lane, **runs}
+                  "max_reclaims": self.settings.max_reclaims, "lost": LEASE_LOST_ERROR, "lane": lane,
+                  "reclaim": self._reclaim_now(queue), **runs}
         rows = await (await conn.execute(statement, params)).fetchall()
         return [record_from_row(row[1:]) for row in sorted(rows, key=lambda r: (-r[5], r[0]))]
+
+    def _reclaim_now(self, queue: str) -> bool:
+        """Whether this claim of ``queue`` looks for expired leases: once every RECLAIM_EVERY_S,
+        or four times a lease where leases are shorter."""
+        now = time.monotonic()
+        if now < self._reclaim_at.get(queue, 0.0):
+            return False
+        self._reclaim_at[queue] = now + min(RECLAIM_EVERY_S, self.settings.lease_s / 4)
+        return True
 
     async def _claim_lanes(self, conn: Any, queue: str, want: int,
                            free: Mapping[str, int] | None, claim: _Claim) -> list[JobRecord]:

@@ -27,12 +27,13 @@ from ..base import (
 logger = logging.getLogger(__name__)
 
 
-SCHEMA_VERSION = 11
+SCHEMA_VERSION = 12
 IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}\Z")
 MAX_IDENTIFIER = 63  # bytes of a PostgreSQL name (NAMEDATALEN - 1), channels included
 NOW = "(extract(epoch FROM clock_timestamp()) * 1000)::bigint"
 SELECT_COLUMNS = ", ".join("meta::text" if c == "meta" else c for c in COLUMNS)
 RECLAIM_BATCH = 100  # expired leases one claim puts back at most
+RECLAIM_EVERY_S = 1.0  # how often a process's claims of one queue look for expired leases
 
 
 def schema_name(schema: str) -> str:
@@ -179,6 +180,12 @@ def upgrade_sql(schema: str) -> dict[int, list[str]]:
              "'timeout_s', timeout_s, 'code', code, 'parents', parents::json, 'feed', feed))::text, '{}') "
              "WHERE timeout_s IS NOT NULL OR code IS NOT NULL OR parents IS NOT NULL OR feed IS NOT NULL",
              f"ALTER TABLE {s}.jobs " + ", ".join(f"DROP COLUMN {c}" for c in EXTRA_COLUMNS)],
+        # a claim walks queued jobs and due scheduled ones apart (``claim_sql``), so delayed
+        # jobs not yet due are never walked over; ``jobs_ready`` stays for the release before
+        12: [f"CREATE INDEX IF NOT EXISTS jobs_queued ON {s}.jobs (queue, priority DESC, seq) "
+             "WHERE status = 'queued' AND lane IS NULL",
+             f"CREATE INDEX IF NOT EXISTS jobs_due ON {s}.jobs (queue, available_ms) "
+             "WHERE status = 'scheduled' AND lane IS NULL"],
     }
 
 
@@ -192,13 +199,24 @@ def claim_sql(schema: str, lane: str = "lane IS NULL", runs: str = "") -> str:
     """One statement: expired leases of the queue put back (or failed), then a batch of due
     jobs claimed, those without limits, or with ``lane = %(lane)s`` one lane's (see
     ``_lanes``), and with ``runs`` (``RUNS_SQL``) only those the worker can run. Both take only
-    rows no other claim holds (SKIP LOCKED)."""
+    rows no other claim holds (SKIP LOCKED).
+
+    Jobs without limits are taken from two index walks that each stop at the batch's size:
+    queued jobs by priority and age (``jobs_queued``), and scheduled jobs whose time has come,
+    earliest due first (``jobs_due``). So delayed jobs not yet due are never walked over, however
+    many wait; the batch is the best of both by priority and age.
+
+    Expired leases are looked for only where ``%(reclaim)s`` is true (``RECLAIM_EVERY_S``): the
+    look walks every held job of the queue (which also lets PostgreSQL mark the index entries
+    of settled jobs dead as it passes them), and a lease of seconds needs no finer watch."""
     s = schema
+    paused = (f"NOT EXISTS (SELECT 1 FROM {s}.kv WHERE key = 'paused/' || %(queue)s "
+              "AND (expires_ms IS NULL OR expires_ms > (SELECT ms FROM now)))")
     return f"""
 WITH now AS (SELECT {NOW} AS ms),
 expired AS (
     SELECT seq FROM {s}.jobs, now
-     WHERE queue = %(queue)s AND status = 'active' AND lease_ms < now.ms
+     WHERE %(reclaim)s AND queue = %(queue)s AND status = 'active' AND lease_ms < now.ms
      LIMIT {RECLAIM_BATCH} FOR UPDATE SKIP LOCKED
 ),
 reclaimed AS (
@@ -214,15 +232,7 @@ reclaimed AS (
       FROM expired, now
      WHERE j.seq = expired.seq
 ),
-picked AS (
-    SELECT seq FROM {s}.jobs, now
-     WHERE queue = %(queue)s AND status IN ('queued', 'scheduled') AND available_ms <= now.ms
-           AND {lane}{runs}
-           AND NOT EXISTS (SELECT 1 FROM {s}.kv WHERE key = 'paused/' || %(queue)s
-                              AND (expires_ms IS NULL OR expires_ms > now.ms))
-     ORDER BY priority DESC, seq
-     LIMIT %(limit)s FOR UPDATE SKIP LOCKED
-)
+{_picked_sql(s, lane, runs, paused)}
 UPDATE {s}.jobs j
    SET status = 'active', attempt = j.attempt + 1, started_ms = now.ms, finished_ms = NULL,
        lease_ms = now.ms + %(lease_ms)s, token = %(token)s || '-' || j.seq
@@ -231,6 +241,36 @@ UPDATE {s}.jobs j
 RETURNING j.seq, {", ".join("j.meta::text" if c == "meta" else "j." + c for c in COLUMNS)}
 """
 
+
+def _picked_sql(s: str, lane: str, runs: str, paused: str) -> str:
+    """The ``picked`` step of ``claim_sql``: the rows a claim takes, locked."""
+    if lane != "lane IS NULL":  # one lane's jobs, through that lane's index
+        return f"""picked AS (
+    SELECT seq FROM {s}.jobs
+     WHERE queue = %(queue)s AND status IN ('queued', 'scheduled') AND available_ms <= (SELECT ms FROM now)
+           AND {lane}{runs} AND {paused}
+     ORDER BY priority DESC, seq
+     LIMIT %(limit)s FOR UPDATE SKIP LOCKED
+)"""
+    return f"""queued AS (
+    SELECT seq, priority FROM {s}.jobs
+     WHERE queue = %(queue)s AND status = 'queued' AND available_ms <= (SELECT ms FROM now)
+           AND lane IS NULL{runs} AND {paused}
+     ORDER BY priority DESC, seq
+     LIMIT %(limit)s FOR UPDATE SKIP LOCKED
+),
+due AS (
+    SELECT seq, priority FROM {s}.jobs
+     WHERE queue = %(queue)s AND status = 'scheduled' AND available_ms <= (SELECT ms FROM now)
+           AND lane IS NULL{runs} AND {paused}
+     ORDER BY available_ms
+     LIMIT %(limit)s FOR UPDATE SKIP LOCKED
+),
+picked AS (
+    SELECT seq FROM (SELECT seq, priority FROM queued UNION ALL SELECT seq, priority FROM due) AS ready
+     ORDER BY priority DESC, seq
+     LIMIT %(limit)s
+)"""
 
 #: the arrays ``settle_sql`` takes, one element per settle, in this order
 SETTLE_ARRAYS = ("id text", "token text", "status text", "attempt integer", "available_ms bigint",
