@@ -240,7 +240,7 @@ q.start(concurrency=3)
 
 READ_CHARTS = """
 await asyncio.sleep(0.6)   # a refresh after the last job
-svg = panel.charts.value
+svg = panel.charts
 def data(kind, name):
     return re.search(f"class='khadem-{kind}' [^>]*data-{name}='([^']*)'", svg).group(1)
 print("throughput", round(sum(float(v) for v in data("throughput", "values").split(",")) * 10))

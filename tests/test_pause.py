@@ -91,8 +91,8 @@ def test_the_panel_pauses_the_queue_everywhere_and_says_so(tmp_path: Path) -> No
     q = kn.Queue(f"sqlite:///{tmp_path / 'runs.db'}")
     try:
         panel = q.panel()
-        assert panel.buttons["pause"].description == "Pause here"
-        panel.buttons["pause_queue"].click()
+        assert (panel.buttons[0]["name"], panel.buttons[0]["label"]) == ("pause", "Pause here")
+        panel.click("pause_queue")
         deadline = time.monotonic() + 10
         while not q.paused_everywhere:
             assert time.monotonic() < deadline
@@ -101,7 +101,7 @@ def test_the_panel_pauses_the_queue_everywhere_and_says_so(tmp_path: Path) -> No
             assert time.monotonic() < deadline
             time.sleep(0.1)
         assert "queue paused everywhere" in panel._summary_html(snap)
-        panel.buttons["resume_queue"].click()
+        panel.click("resume_queue")
         while q.paused_everywhere:
             assert time.monotonic() < deadline
             time.sleep(0.05)

@@ -5,7 +5,9 @@ the queue lives on that loop, its workers are tasks on it, and a blocking wait i
 re-enters the loop through nest-asyncio2, applied the first time such a wait happens (never
 at import). In a plain script there is no running loop: the queue starts a private loop in a
 daemon thread and sync calls wait on it like on any future. From any other thread, waits are
-handed to the queue's loop with ``run_coroutine_threadsafe``.
+handed to the queue's loop with ``run_coroutine_threadsafe``. In marimo, whose cells run with
+no loop of their own, that thread is a ``marimo.Thread``: only such threads may update what a
+cell shows (the panel's refreshes).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import asyncio
 import concurrent.futures
 import contextlib
 import logging
+import sys
 import threading
 from collections.abc import Coroutine
 from typing import Any, TypeVar
@@ -64,7 +67,7 @@ class LoopRunner:
             loop.call_soon(ready.set)
             loop.run_forever()
 
-        self._thread = threading.Thread(target=run, name="khadem-nb-loop", daemon=True)
+        self._thread = _thread_type()(target=run, name="khadem-nb-loop", daemon=True)
         self._thread.start()
         ready.wait()
         self._home_thread_id = self._thread.ident
@@ -105,6 +108,15 @@ class LoopRunner:
             self._loop.close()
             self._loop = None
             self._thread = None
+
+
+def _thread_type() -> type[threading.Thread]:
+    """``marimo.Thread`` inside a running marimo notebook (marimo imported already), else
+    ``threading.Thread``."""
+    marimo = sys.modules.get("marimo")
+    if marimo is not None and marimo.running_in_notebook():
+        return marimo.Thread  # type: ignore[no-any-return]
+    return threading.Thread
 
 
 async def _cancel_other_tasks() -> None:

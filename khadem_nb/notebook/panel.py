@@ -1,11 +1,18 @@
-"""A live ipywidgets panel for a queue.
+"""A live panel for a queue, as one anywidget widget.
+
+anywidget is the widget standard JupyterLab, Notebook 7, VS Code, Colab and marimo all render,
+so the one panel shows in each; it is an ipywidgets ``DOMWidget`` too, so it goes inside
+ipywidgets layouts. The browser side (``panel.js``) draws the values this side syncs: the
+summary and the charts as HTML fragments escaped here, the progress bar's value, label and
+style, and the buttons; a click comes back as the ``action`` value and runs ``act``.
 
 One refresher task per panel runs on the queue's loop: at most every ``refresh_s`` seconds it
 takes a snapshot (counts, running jobs, latest failures), compares it with the last one, and
 only when something changed pushes the new values inside one ``hold_sync()`` block, so a burst
 of 1,000 job events costs a handful of comm messages, not 1,000. ``close()`` cancels the task
-and closes the widgets. Colours use JupyterLab's theme variables with light fallbacks, so the
-panel reads in light and dark themes; the layout wraps at narrow widths.
+and closes the widget. Colours use JupyterLab's theme variables with light fallbacks, so the
+panel reads in light and dark themes; the layout wraps at narrow widths. Where no widget can
+be drawn (a terminal, a static page) the panel shows as one line of text (``__repr__``).
 """
 
 from __future__ import annotations
@@ -14,11 +21,13 @@ import asyncio
 import concurrent.futures
 import contextlib
 import html
+import itertools
 import logging
 import time
 from collections import Counter, deque
 from collections.abc import Coroutine
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .._ids import short_id
@@ -38,25 +47,25 @@ THROUGHPUT_WINDOW_S = 5.0
 STUDIES_SHOWN = 3  # the latest studies of this kernel the panel shows
 SAMPLES_KEPT = 3000  # refreshes the charts' samples cover: five minutes at the fastest refresh
 SCHEDULES_EVERY_S = 5.0  # how often the panel reads the schedules again
-#: the panel's buttons: name (``act``), label, icon, tooltip
-BUTTONS = (("pause", "Pause here", "pause", "this kernel's workers stop claiming; workers elsewhere go on"),
-           ("resume", "Resume here", "play", "this kernel's workers claim again"),
-           ("stop", "Stop", "stop", "stop this kernel's workers"),
-           ("retry_failed", "Retry Failed", "redo", "queue the failed jobs again"),
-           ("cancel", "Cancel", "ban", "cancel everything queued and running in this queue"),
-           ("pause_queue", "Pause queue", "pause-circle", "every worker of the queue, on any machine, "
+#: the panel's buttons: name (``act``), label, tooltip
+BUTTONS = (("pause", "Pause here", "this kernel's workers stop claiming; workers elsewhere go on"),
+           ("resume", "Resume here", "this kernel's workers claim again"),
+           ("stop", "Stop", "stop this kernel's workers"),
+           ("retry_failed", "Retry Failed", "queue the failed jobs again"),
+           ("cancel", "Cancel", "cancel everything queued and running in this queue"),
+           ("pause_queue", "Pause queue", "every worker of the queue, on any machine, "
             "stops claiming (running jobs finish)"),
-           ("resume_queue", "Resume queue", "play-circle", "every worker of the queue claims again"))
+           ("resume_queue", "Resume queue", "every worker of the queue claims again"))
+ACTIONS = tuple(name for name, _, _ in BUTTONS)
 QUEUE_PAUSED = " <span class='khadem-held'>queue paused everywhere</span>"
 WORKERS_EVERY_S = 2.0  # how often the panel reads the queue's workers' entries
 WORKERS_SHOWN = 8
 WAITING_LOOKED = 100  # queued jobs, oldest first, whose reasons to wait the panel counts
-STYLE = """<style>
+STYLE = """
 .khadem-panel { font-family: var(--jp-ui-font-family, sans-serif);
   color: var(--jp-ui-font-color1, #222);
   background: var(--jp-layout-color1, #fff); border: 1px solid var(--jp-border-color2, #ddd);
   border-radius: 4px; padding: 6px 8px; max-width: 100%; box-sizing: border-box; }
-.khadem-panel .widget-html-content { flex: 1 1 auto; min-width: 0; }
 .khadem-panel table { border-collapse: collapse; font-size: var(--jp-ui-font-size1, 13px); width: 100%; }
 .khadem-panel td, .khadem-panel th { padding: 1px 6px; text-align: left; overflow-wrap: anywhere; }
 .khadem-panel th { color: var(--jp-ui-font-color2, #555); font-weight: 600; white-space: nowrap; }
@@ -72,13 +81,29 @@ STYLE = """<style>
 .khadem-chart { margin: 0; max-width: 100%; }
 .khadem-chart figcaption { font-size: 11px; color: var(--jp-ui-font-color2, #666); }
 .khadem-chart svg { max-width: 100%; height: auto; color: var(--jp-ui-font-color2, #666); }
-</style>"""
+.khadem-panel .khadem-progress-row { display: flex; flex-flow: row wrap; align-items: center; gap: 8px;
+  margin: 4px 0; }
+.khadem-panel .khadem-progress { flex: 1 1 200px; max-width: 600px; height: 10px; border-radius: 5px;
+  background: var(--jp-layout-color3, #ddd); overflow: hidden; }
+.khadem-panel .khadem-progress .progress-bar { height: 100%; background: var(--jp-brand-color1, #2980b9);
+  transition: width 0.2s; }
+.khadem-panel .progress-bar[data-style=success] { background: var(--jp-success-color1, #2e7d32); }
+.khadem-panel .progress-bar[data-style=warning] { background: var(--jp-warn-color1, #e68a00); }
+.khadem-panel .khadem-progress-label { font-size: var(--jp-ui-font-size1, 13px); white-space: nowrap; }
+.khadem-panel .khadem-buttons { display: flex; flex-flow: row wrap; gap: 4px; margin: 4px 0; }
+.khadem-panel .khadem-button { font: inherit; font-size: var(--jp-ui-font-size1, 13px); padding: 2px 10px;
+  color: var(--jp-ui-font-color1, #222); background: var(--jp-layout-color2, #eee);
+  border: 1px solid var(--jp-border-color1, #bbb); border-radius: 3px; cursor: pointer; }
+.khadem-panel .khadem-button:hover:enabled { background: var(--jp-layout-color3, #ddd); }
+.khadem-panel .khadem-button:disabled { opacity: 0.5; cursor: default; }
+"""
 
 
 try:
-    import ipywidgets as w
-except ImportError as exc:  # pragma: no cover - ipywidgets is a dependency
-    raise ImportError("q.panel() needs ipywidgets: pip install ipywidgets") from exc
+    import anywidget
+    import traitlets
+except ImportError as exc:  # pragma: no cover - anywidget is a dependency
+    raise ImportError("q.panel() needs anywidget: pip install anywidget") from exc
 
 
 @dataclass(frozen=True)
@@ -137,9 +162,23 @@ class ProgressBatch:
         self.samples.clear()
 
 
-class QueuePanel(w.VBox):  # type: ignore[misc]
-    """The panel: an ``ipywidgets.VBox`` (so it goes inside other layouts) and its refresher.
-    Display it by leaving it last in a cell."""
+class QueuePanel(anywidget.AnyWidget):
+    """The panel: an anywidget widget (an ipywidgets ``DOMWidget``, so it goes inside other
+    layouts) and its refresher. Display it by leaving it last in a cell; in marimo, wrap it:
+    ``mo.ui.anywidget(q.panel())``."""
+
+    _esm = Path(__file__).with_name("panel.js")
+    _css = STYLE
+    #: the text above the bar: state, counts, running jobs, workers, failures (escaped HTML)
+    summary = traitlets.Unicode("").tag(sync=True)
+    charts = traitlets.Unicode("").tag(sync=True)  #: the charts (SVG in HTML)
+    progress = traitlets.Float(0.0).tag(sync=True)  #: the batch's finished fraction, 0 to 1
+    progress_label = traitlets.Unicode("").tag(sync=True)  #: "finished / total (percent)"
+    bar_style = traitlets.Unicode("info").tag(sync=True)  #: info, success or warning
+    #: the buttons, in order: name, label, tip and whether each is disabled
+    buttons = traitlets.List(traitlets.Dict()).tag(sync=True)
+    #: the last click the page sent: the button's name and a count of clicks
+    action = traitlets.Dict().tag(sync=True)
 
     def __init__(self, queue: Queue, refresh_s: float = 0.5, metric: str | None = None) -> None:
         if refresh_s < 0.1:
@@ -147,9 +186,10 @@ class QueuePanel(w.VBox):  # type: ignore[misc]
         if metric is not None and (not isinstance(metric, str) or not METRIC_NAME.match(metric)):
             raise ConfigError(f"panel(metric=...) is a metric name (an identifier, like 'val_loss'), "
                               f"got {metric!r}")
+        super().__init__(buttons=[{"name": name, "label": label, "tip": tip, "disabled": False}
+                                  for name, label, tip in BUTTONS])
         #: the metric whose curves it draws (``None``: the first one a job reported)
         self.metric = metric
-        super().__init__(layout=w.Layout(width="100%", max_width="900px"))
         self.queue = queue
         self.refresh_s = refresh_s
         self.batch = ProgressBatch()
@@ -160,24 +200,8 @@ class QueuePanel(w.VBox):  # type: ignore[misc]
         self._paused_everywhere = False  # the queue itself is paused (read with the workers)
         self.updates = 0  # how many times widget values were pushed (for tests and the bench)
         self._last: Snapshot | None = None
-        # Three widgets change as jobs run: all the text in one HTML, the bar (its label is its
-        # description), the charts in another HTML. A refresh therefore sends at most three
-        # messages, whatever happened.
-        fill = w.Layout(width="auto", max_width="100%")  # narrow pages: never wider than the panel
-        self.summary = w.HTML(layout=fill)
-        self.charts = w.HTML(layout=fill)
-        self.progress = w.FloatProgress(min=0.0, max=1.0, value=0.0, bar_style="info",
-                                        style={"description_width": "initial"},
-                                        layout=w.Layout(width="auto", max_width="600px"))
-        self.buttons = {name: w.Button(description=label, icon=icon, tooltip=tip,
-                                       layout=w.Layout(width="auto"))
-                        for name, label, icon, tip in BUTTONS}
-        for name, button in self.buttons.items():
-            button.on_click(lambda _b, action=name: self.act(action))
-        row = w.Layout(display="flex", flex_flow="row wrap", align_items="center", width="100%")
-        self.children = [w.HTML(STYLE, layout=fill), self.summary, self.progress,
-                         w.HBox(list(self.buttons.values()), layout=row), self.charts]
-        self.add_class("khadem-panel")
+        self._clicks = itertools.count(1)
+        self.observe(self._clicked, names="action")
         self._refresher: concurrent.futures.Future[None] | asyncio.Task[None] | None = \
             queue.run_soon(self._refresh_forever())
 
@@ -190,6 +214,24 @@ class QueuePanel(w.VBox):  # type: ignore[misc]
         return f"<khadem_nb panel: {snap.state}; {counts}; {snap.finished}/{snap.total} done>"
 
     # -- actions ---------------------------------------------------------------------------------
+    def click(self, name: str) -> None:
+        """Click the button ``name`` as the page does (one of ``ACTIONS``)."""
+        if name not in ACTIONS:
+            raise ConfigError(f"the panel has no button {name!r}; its buttons are {', '.join(ACTIONS)}")
+        self.action = {"name": name, "n": next(self._clicks)}
+
+    def disabled(self, name: str) -> bool:
+        """Whether the button ``name`` is disabled now."""
+        return any(b["name"] == name and b["disabled"] for b in self.buttons)
+
+    def _clicked(self, change: dict[str, Any]) -> None:
+        name = (change["new"] or {}).get("name")
+        if name in ACTIONS:
+            self.act(name)
+        elif name is not None:
+            logger.warning("the panel was sent an unknown action %r (its buttons are %s)", name,
+                           ", ".join(ACTIONS))
+
     def act(self, action: str) -> None:
         """What the buttons do: ``pause``, ``resume`` (this kernel's workers), ``stop``,
         ``retry_failed``, ``cancel`` (everything queued and running in this queue),
@@ -295,20 +337,18 @@ class QueuePanel(w.VBox):  # type: ignore[misc]
             return
         last, self._last = self._last, snap
         with self.hold_sync():
-            _set(self.summary, "value", self._summary_html(snap))
+            _set(self, "summary", self._summary_html(snap))
             fraction = snap.finished / snap.total if snap.total else 1.0
-            _set(self.progress, "value", fraction)
+            _set(self, "progress", fraction)
             failed = dict(snap.counts).get("failed", 0)
-            style = "warning" if failed else ("success" if fraction >= 1 else "info")  # never all red
-            _set(self.progress, "bar_style", style)
-            _set(self.progress, "description", f"{snap.finished} / {snap.total} ({fraction:.0%})")
+            _set(self, "bar_style", "warning" if failed else ("success" if fraction >= 1 else "info"))
+            _set(self, "progress_label", f"{snap.finished} / {snap.total} ({fraction:.0%})")
             paused = snap.state == "paused"
-            _set(self.buttons["pause"], "disabled", paused or snap.state.startswith("not"))
-            _set(self.buttons["resume"], "disabled", not paused)
-            _set(self.buttons["pause_queue"], "disabled", snap.queue_paused)
-            _set(self.buttons["resume_queue"], "disabled", not snap.queue_paused)
+            off = {"pause": paused or snap.state.startswith("not"), "resume": not paused,
+                   "pause_queue": snap.queue_paused, "resume_queue": not snap.queue_paused}
+            _set(self, "buttons", [{**b, "disabled": off.get(b["name"], False)} for b in self.buttons])
             if last is None or last.charts != snap.charts:
-                _set(self.charts, "value", charts_html(snap.charts))
+                _set(self, "charts", charts_html(snap.charts))
         self.updates += 1
         if last is not None and last.state != snap.state:
             logger.debug("panel: %s -> %s", last.state, snap.state)
@@ -331,7 +371,7 @@ class QueuePanel(w.VBox):  # type: ignore[misc]
         self._last = None
 
     def close(self) -> None:
-        """Stop refreshing and close the widgets."""
+        """Stop refreshing and close the widget."""
         task = getattr(self, "_refresher", None)
         if task is None:  # closed already (ipywidgets closes every widget at exit)
             return
@@ -341,8 +381,6 @@ class QueuePanel(w.VBox):  # type: ignore[misc]
                 task.cancel()
             else:
                 self.queue.call_soon(task.cancel)
-        for child in [*self.children, *self.buttons.values()]:
-            child.close()
         super().close()
         self.queue.forget_panel(self)
 
