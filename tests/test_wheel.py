@@ -1,7 +1,7 @@
 """The wheel and the sdist a release is made of: built from this tree, checked by twine, and the
 wheel installed into a fresh virtual environment with no source tree near it, where it runs
 ``khadem-nb --version``, ``khadem-nb demo`` and a round trip on Redis and on PostgreSQL (so its
-Lua scripts, the dashboard's static files and ``py.typed`` are in it)."""
+Lua scripts, the dashboard's static files, the panel's script and ``py.typed`` are in it)."""
 
 from __future__ import annotations
 
@@ -49,6 +49,7 @@ ROUND_TRIP = textwrap.dedent('''
     assert (package / "py.typed").exists()
     assert list((package / "drivers" / "redis" / "lua").glob("*.lua"))
     assert list((package / "dashboard" / "static").iterdir())
+    assert (package / "notebook" / "panel.js").exists()  # the panel's browser side
     for url in sys.argv[1:]:
         asyncio.run(main(url))
     print("round trips:", len(sys.argv) - 1, "from", package)
