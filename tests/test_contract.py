@@ -773,3 +773,13 @@ async def test_the_sql_claims_reach_due_jobs_through_their_indexes(tmp_path: Pat
         await manager.close()
     assert "jobs_queued" in plan and "jobs_due" in plan, plan
     assert "Index Cond: ((queue = 'default'::text) AND (available_ms <= " in plan, plan
+
+
+async def test_rough_counts_are_the_counts_below_the_exact_limit(queued_manager: QueueManager) -> None:
+    await queued_manager.dispatch_many([Echo(i) for i in range(3)])
+    await queued_manager.dispatch(Echo("later"), delay=3600)
+    await queued_manager.dispatch(Echo("soon"), delay=0.05)
+    await asyncio.sleep(0.1)
+    assert await queued_manager.driver.rough_counts() == (await queued_manager.counts(), {})
+    counts, _ = await queued_manager.driver.rough_counts("default")
+    assert (counts[JobStatus.QUEUED], counts[JobStatus.SCHEDULED]) == (4, 1)

@@ -447,3 +447,49 @@ async def test_the_audit_log_keeps_its_newest_entries_only(tmp_path: Path,
         assert len(await log.newest()) == 3  # a damaged entry is passed over
     finally:
         await manager.close()
+
+
+async def test_counts_above_the_exact_limit_are_marked_at_least_on_sqlite(
+        queue: QueueManager, monkeypatch: pytest.MonkeyPatch) -> None:
+    """SQLite counts each status no further than the limit (100,000; 2 here): a status with
+    more shows the limit marked "≥", in the overview and its totals; the rest stay exact."""
+    import khadem_nb.drivers.sqlite as sqlite_driver
+
+    monkeypatch.setattr(sqlite_driver, "EXACT_COUNT_LIMIT", 2)
+    counts, marks = await queue.driver.rough_counts("default")
+    assert (counts[JobStatus.COMPLETED], counts[JobStatus.FAILED], counts[JobStatus.QUEUED]) == (2, 1, 0)
+    assert marks == {JobStatus.COMPLETED: "≥"}
+    async with client(queue) as http:
+        overview = (await http.get("/api/overview")).json()
+    assert overview["marks"]["default"] == {"completed": "≥"} and overview["marks"]["mail"] == {}
+    assert overview["marks"]["*"] == {"completed": "≥"} and overview["totals"]["completed"] == 2
+
+
+async def test_counts_above_the_exact_limit_are_the_planners_estimates_on_postgresql(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """PostgreSQL estimates a status above its limit (10,000; 50 here) from its statistics,
+    marked "≈"; smaller statuses are counted exactly."""
+    from conftest import postgres_url
+
+    import khadem_nb.drivers.postgres.driver as postgres_driver
+
+    monkeypatch.setattr(postgres_driver, "ESTIMATED_ABOVE", 50)
+    manager = await QueueManager(postgres_url(tmp_path)).init()
+    try:
+        await manager.dispatch_many([Echo(i) for i in range(300)])
+        await manager.start_worker(burst=True)
+        await manager.dispatch_many([Echo(i) for i in range(7)])
+        driver: Any = manager.driver
+
+        async def analyse(conn: Any) -> None:
+            await conn.execute(f"ANALYZE {driver.table}")
+
+        await driver._run(analyse)
+        counts, marks = await driver.rough_counts("default")
+        assert marks == {JobStatus.COMPLETED: "≈"}
+        assert 200 <= counts[JobStatus.COMPLETED] <= 400, counts  # the planner's figure
+        assert counts[JobStatus.QUEUED] == 7 and counts[JobStatus.FAILED] == 0
+        assert await driver.rough_counts("elsewhere") == (await driver.counts("elsewhere"), {})
+    finally:
+        await manager.driver.purge()
+        await manager.close()

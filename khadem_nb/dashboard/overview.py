@@ -10,11 +10,14 @@ retention drops its records, as long as a refresh saw them first.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from typing import Any
 
 from ..job import JobRecord, JobStatus
 from ..manager import QueueManager
+
+logger = logging.getLogger(__name__)
 
 REFRESH_S = 1.0  # the overview is computed at most this often
 QUEUES_REFRESH_S = 10.0  # the queue names are read this often (a scan of every record in SQL)
@@ -53,7 +56,8 @@ class Overview:
         self._cached: dict[str, Any] | None = None
         self._cached_at = 0.0
         self._queues: list[str] = []
-        self._queues_at = -QUEUES_REFRESH_S
+        self._queues_at = -1.0  # monotonic time of the last read of the queue names (-1: none yet)
+        self._reading: asyncio.Task[None] | None = None
 
     def forget(self) -> None:
         """Compute afresh at the next read (an action changed what the page shows)."""
@@ -68,12 +72,10 @@ class Overview:
 
     async def _compute(self) -> dict[str, Any]:
         manager = self.manager
-        if time.monotonic() - self._queues_at >= QUEUES_REFRESH_S:
-            self._queues = await manager.driver.queue_names() or [manager.settings.name]
-            self._queues_at = time.monotonic()
+        await self._queue_names()
         paused = await manager.paused_queues()
-        queues = sorted({*self._queues, *paused})
-        counts = {queue: await manager.counts(queue) for queue in queues}
+        queues = sorted({*(self._queues or [manager.settings.name]), *paused})
+        counts, marks = await self._counts(queues)
         now_ms = time.time_ns() // 1_000_000
         done, broke = await self.minutes.refresh(manager, now_ms)
         failed = await manager.driver.jobs(JobStatus.FAILED, limit=FAILURES_SHOWN)
@@ -83,12 +85,50 @@ class Overview:
             "queue_url": manager.settings.redacted_url(),
             "counts": counts,
             "totals": {status.value: sum(c[status.value] for c in counts.values()) for status in JobStatus},
+            # the figures that are not exact (``QueueDriver.rough_counts``): "≈" or "≥", by queue
+            # and status, and "*" for the totals
+            "marks": marks,
             "throughput": {"bucket_s": BUCKET_MS // 1000, "completed": done, "failed": broke},
             "running": [running_row(r, now_ms) for r in reversed(running)],
             "workers": [worker_row(e) for e in await manager.list_workers()][:WORKERS_SHOWN],
             "paused": paused,
             "failures": [failure_row(r) for r in reversed(failed)],
         }
+
+
+    async def _queue_names(self) -> None:
+        """The queue names, read every QUEUES_REFRESH_S (in SQL a scan of every record): the
+        first read is waited for, later ones run beside the refreshes, which use the names
+        read last meanwhile."""
+        if self._queues_at < 0:
+            await self._read_queue_names()
+        elif time.monotonic() - self._queues_at >= QUEUES_REFRESH_S and (
+                self._reading is None or self._reading.done()):
+            self._reading = asyncio.get_running_loop().create_task(self._read_queue_names())
+
+    async def _read_queue_names(self) -> None:
+        try:
+            self._queues = await self.manager.driver.queue_names() or [self.manager.settings.name]
+        except Exception as exc:  # the storage is away: the next refresh says so; try again later
+            logger.warning("the dashboard could not read the queue names: %s", exc)
+        self._queues_at = time.monotonic()
+
+    async def _counts(self, queues: list[str]) -> tuple[dict[str, dict[str, int]], dict[str, dict[str, str]]]:
+        """Each queue's counts by status, cheap above EXACT_COUNT_LIMIT records a status
+        (``rough_counts``: one queue in use is counted without a queue filter)."""
+        driver = self.manager.driver
+        counts: dict[str, dict[str, int]] = {}
+        marks: dict[str, dict[str, str]] = {}
+        for queue in queues:
+            found, marked = await driver.rough_counts(None if len(queues) == 1 else queue)
+            counts[queue] = {status.value: n for status, n in found.items()}
+            marks[queue] = {status.value: mark for status, mark in marked.items()}
+        totals: dict[str, str] = {}
+        for marked_here in list(marks.values()):
+            for status, mark in marked_here.items():
+                totals[status] = "≈" if "≈" in (mark, totals.get(status)) else mark
+        marks["*"] = totals
+        return counts, marks
 
 
 def running_row(record: JobRecord, now_ms: int) -> dict[str, Any]:

@@ -532,6 +532,14 @@ class QueueDriver(ABC):
             counts[record.status] += 1
         return counts
 
+    async def rough_counts(self, queue: str | None = None) -> RoughCounts:
+        """Counts as ``counts`` gives them, at a cost that stays small however many records a
+        status holds (for a dashboard that refreshes every second): where one status holds
+        more than EXACT_COUNT_LIMIT records, a driver may give a figure that is not exact and
+        say so in the second value, ``"≈"`` for an estimate (PostgreSQL's, from its statistics)
+        or ``"≥"`` for a lower bound (SQLite). Exact here."""
+        return await self.counts(queue), {}
+
     @abstractmethod
     async def push_keyed(self, record: JobRecord, lock: Lock) -> str | None:
         """Store ``record`` and give it ``lock.key``, in one atomic step, unless a live lock
@@ -619,6 +627,12 @@ def _fired(text: bytes | None) -> tuple[int | None, str | None]:
         return int(state["slot"]), state.get("job")
     except (ValueError, TypeError, KeyError):
         return None, None
+
+
+#: above this many records of one status, ``rough_counts`` may estimate rather than count
+EXACT_COUNT_LIMIT = 100_000
+#: counts by status, and the statuses whose figure is not exact: "≈" estimated, "≥" at least
+RoughCounts = tuple[dict[JobStatus, int], dict[JobStatus, str]]
 
 
 def empty_counts() -> dict[JobStatus, int]:

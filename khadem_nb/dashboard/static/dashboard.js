@@ -18,22 +18,32 @@ function jobLink(row) {
   return el("a", { href: "/jobs/" + encodeURIComponent(row.id) }, row.id.slice(0, 4) + row.id.slice(-4));
 }
 
+// a count as the page shows it: exact, or marked "≈" (an estimate) or "≥" (at least), with a tip
+function figure(n, marks, status) {
+  const mark = (marks || {})[status];
+  if (!mark) return String(n);
+  const tip = mark === "≈" ? "estimated from the database's statistics" : "at least: counted no further";
+  return el("span", { class: "estimate", title: tip }, mark + n.toLocaleString("en"));
+}
+
 function drawCounts(overview) {
   const table = document.getElementById("counts");
   table.tHead.replaceChildren(el("tr", {}, el("th", {}, "queue"), ...STATUSES.map(s => el("th", { class: "num" }, s)),
     el("th", {}, "")));
   const paused = new Set(overview.paused || []);
+  const marks = overview.marks || {};
   const rows = Object.entries(overview.counts).map(([queue, counts]) => {
     const verb = paused.has(queue) ? "resume" : "pause";
     return el("tr", { "data-queue": queue, class: paused.has(queue) ? "queue-paused" : "" },
       el("td", {}, queue, paused.has(queue) ? el("span", { class: "paused-badge" }, " paused") : ""),
-      ...STATUSES.map(s => el("td", { class: "num", "data-status": s }, counts[s])),
+      ...STATUSES.map(s => el("td", { class: "num", "data-status": s }, figure(counts[s], marks[queue], s))),
       el("td", {}, el("button", { "data-action": `/api/queues/${encodeURIComponent(queue)}/${verb}`,
         title: verb === "pause" ? "every worker of this queue stops claiming (running jobs finish)"
           : "its workers claim again" }, verb === "pause" ? "Pause" : "Resume")));
   });
   rows.push(el("tr", { "data-queue": "*" }, el("th", {}, "all"),
-    ...STATUSES.map(s => el("th", { class: "num", "data-status": s }, overview.totals[s])), el("th", {}, "")));
+    ...STATUSES.map(s => el("th", { class: "num", "data-status": s }, figure(overview.totals[s], marks["*"], s))),
+    el("th", {}, "")));
   table.tBodies[0].replaceChildren(...rows);
 }
 

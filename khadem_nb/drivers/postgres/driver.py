@@ -77,6 +77,7 @@ from ..base import (
     RETRY,
     AbortNotice,
     QueueDriver,
+    RoughCounts,
     Settlement,
     SettleNotice,
     Unsubscribe,
@@ -111,6 +112,7 @@ TRIM_BATCH = 5000  # rows one retention statement deletes at most
 INSERT_ROWS = 16  # a push of up to this many jobs is one INSERT statement; more go by COPY
 KV_LIVE = f"(expires_ms IS NULL OR expires_ms > {NOW})"  # a keyed-store value not expired
 LANES_RECHECK_S = 0.5  # a queue whose lanes phase found nothing due is looked at again after this
+ESTIMATED_ABOVE = 10_000  # a status with more records (by the planner's estimate) is estimated
 DEADLOCK_RETRIES = 5  # times a work is run again after the server broke a deadlock
 NO_FILTER: Mapping[str, Any] = {"names": None, "shipped": False}  # a claim's parameters for any job
 
@@ -842,6 +844,41 @@ RETURNING id, token IS NOT NULL
         for status, n in await self._fetch(sql, params):
             counts[readable_status(status)] += n
         return counts
+
+    async def rough_counts(self, queue: str | None = None) -> RoughCounts:
+        """The planner's estimate of each status (from the table's statistics, one EXPLAIN a
+        status); the statuses estimated above ESTIMATED_ABOVE keep that estimate, marked
+        ``"≈"``, and the rest are counted exactly through the status index. The limit is lower
+        than EXACT_COUNT_LIMIT because an exact count here reads each row's table page (for the
+        queue and the row's visibility): 40,000 rows spread over a million-row table took 170 ms."""
+        mine = " AND queue = %s" if queue is not None else ""
+        statuses = [status.value for status in JobStatus]
+
+        async def work(conn: Any) -> tuple[dict[str, int], dict[str, int]]:
+            estimates: dict[str, int] = {}
+            for status in statuses:
+                cursor = await conn.execute(f"EXPLAIN (FORMAT JSON) SELECT 1 FROM {self.table} "
+                                            f"WHERE status = %s{mine}", (status, *([queue] if queue else [])))
+                estimates[status] = int((await cursor.fetchone())[0][0]["Plan"]["Plan Rows"])
+            small = [status for status in statuses if estimates[status] <= ESTIMATED_ABOVE]
+            cursor = await conn.execute(
+                f"SELECT CASE WHEN status IN ('queued', 'scheduled') THEN "
+                f"(CASE WHEN available_ms > {NOW} THEN 'scheduled' ELSE 'queued' END) ELSE status END, "
+                f"count(*) FROM {self.table} WHERE status = ANY(%s){mine} GROUP BY 1",
+                (small, *([queue] if queue else [])))
+            return estimates, {status: n for status, n in await cursor.fetchall()}
+
+        estimates, counted = await self._run(work)
+        if all(n <= ESTIMATED_ABOVE for n in estimates.values()):
+            return await self.counts(queue), {}
+        counts, marks = empty_counts(), {}
+        for status, n in counted.items():
+            counts[readable_status(status)] += n
+        for status, n in estimates.items():
+            if n > ESTIMATED_ABOVE:
+                counts[JobStatus(status)] += n
+                marks[JobStatus(status)] = "≈"
+        return counts, marks
 
     async def requeue(self, job_ids: Iterable[str]) -> int:
         sql = (f"UPDATE {self.table} SET status = 'queued', attempt = 0, reclaims = 0, available_ms = {NOW}, "
