@@ -493,3 +493,22 @@ async def test_counts_above_the_exact_limit_are_the_planners_estimates_on_postgr
     finally:
         await manager.driver.purge()
         await manager.close()
+
+
+async def test_the_dashboard_reads_its_overview_before_it_answers(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """``warm``, as ``khadem-nb dashboard`` runs it before serving: the queue names and counts
+    are read once (so the first page does not wait for a scan); a storage that cannot be read
+    yet is logged, and the server starts anyway."""
+    from khadem_nb.dashboard.serve import warm
+
+    manager = await QueueManager(f"sqlite:///{tmp_path / 'q.db'}").init()
+    await manager.dispatch(Echo(1), queue="mail")
+    board = create_app(manager, TOKEN).state.dashboard
+    await warm(board.overview)
+    assert board.overview._queues == ["mail"]
+    await manager.close()
+    board.overview.forget()
+    with caplog.at_level("WARNING"):
+        await warm(board.overview)
+    assert "could not read its queue yet" in caplog.text

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import ipaddress
+import logging
 import re
 import secrets
 import socket
@@ -20,6 +21,9 @@ from typing import TextIO
 from .. import limits
 from ..errors import ConfigError
 from ..manager import QueueManager
+from .overview import Overview
+
+logger = logging.getLogger(__name__)
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8642
@@ -92,10 +96,20 @@ async def serve(url: str, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, to
         told = f"token for actions: {token}" if made else "token for actions: the one given with --token"
         print(f"khadem_nb dashboard for {manager.settings.redacted_url()} at http://{shown}:{port}/\n{told}",
               file=out, flush=True)
+        await warm(app.state.dashboard.overview)
         config = uvicorn.Config(app, log_level="warning", lifespan="off", access_log=False)
         await uvicorn.Server(config).serve(sockets=[sock])
     finally:
         await manager.close()
+
+
+async def warm(overview: Overview) -> None:
+    """Compute the overview once before the first page asks: its first reading includes the
+    queue names, a scan of every record in SQL (hundreds of milliseconds with a million)."""
+    try:
+        await overview.read()
+    except Exception as exc:  # the storage is away: the pages say so when they ask
+        logger.warning("the dashboard could not read its queue yet: %s", exc)
 
 
 def check_read_token(read_token: str | None, token: str) -> None:
