@@ -4,6 +4,7 @@ and their refusals."""
 
 from __future__ import annotations
 
+import asyncio
 import io
 import re
 import socket
@@ -463,6 +464,12 @@ async def test_counts_above_the_exact_limit_are_marked_at_least_on_sqlite(
         overview = (await http.get("/api/overview")).json()
     assert overview["marks"]["default"] == {"completed": "≥"} and overview["marks"]["mail"] == {}
     assert overview["marks"]["*"] == {"completed": "≥"} and overview["totals"]["completed"] == 2
+    await queue.dispatch(Echo("now"))
+    await queue.dispatch_many([Echo("soon"), Echo("soon")], delay=0.05)
+    await asyncio.sleep(0.1)
+    counts, marks = await queue.driver.rough_counts("default")  # 1 queued and 2 due: 3, exact
+    assert (counts[JobStatus.QUEUED], counts[JobStatus.SCHEDULED]) == (3, 0)
+    assert marks == {JobStatus.COMPLETED: "≥"}
 
 
 async def test_counts_above_the_exact_limit_are_the_planners_estimates_on_postgresql(

@@ -95,7 +95,6 @@ class Overview:
             "failures": [failure_row(r) for r in reversed(failed)],
         }
 
-
     async def _queue_names(self) -> None:
         """The queue names, read every QUEUES_REFRESH_S (in SQL a scan of every record): the
         first read is waited for, later ones run beside the refreshes, which use the names
@@ -108,7 +107,7 @@ class Overview:
 
     async def _read_queue_names(self) -> None:
         try:
-            self._queues = await self.manager.driver.queue_names() or [self.manager.settings.name]
+            self._queues = await self.manager.driver.queue_names()
         except Exception as exc:  # the storage is away: the next refresh says so; try again later
             logger.warning("the dashboard could not read the queue names: %s", exc)
         self._queues_at = time.monotonic()
@@ -124,7 +123,7 @@ class Overview:
             counts[queue] = {status.value: n for status, n in found.items()}
             marks[queue] = {status.value: mark for status, mark in marked.items()}
         totals: dict[str, str] = {}
-        for marked_here in list(marks.values()):
+        for marked_here in marks.values():
             for status, mark in marked_here.items():
                 totals[status] = "≈" if "≈" in (mark, totals.get(status)) else mark
         marks["*"] = totals

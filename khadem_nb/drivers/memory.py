@@ -691,10 +691,7 @@ class MemoryDriver(QueueDriver):
         if limit:
             return self._newest(status, queue, limit)
         stored = [r for r in self._candidates(status) if queue is None or r.queue == queue]
-        if limit and status not in PENDING:  # every candidate matches: view only the newest
-            stored = stored[-limit:]
-        selected = [v for v in map(self._view, stored) if status is None or v.status is status]
-        return selected[-limit:] if limit else selected
+        return [v for v in map(self._view, stored) if status is None or v.status is status]
 
     def _newest(self, status: JobStatus | None, queue: str | None, limit: int) -> list[JobRecord]:
         """The newest ``limit`` records of ``status`` (and ``queue``), oldest first, read from the

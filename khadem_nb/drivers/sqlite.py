@@ -636,22 +636,26 @@ class SqliteStore:
 
     def rough_counts(self, queue: str | None) -> RoughCounts:
         """Each status counted through the status index no further than EXACT_COUNT_LIMIT
-        records: a status with more reads as that many, marked ``"≥"``. Rows of a status no
-        version writes are left out (``counts`` counts them as failed)."""
+        records: a status with more reads as that many, marked ``"≥"`` (queued too where the
+        due scheduled jobs reach the limit). Rows of a status no version writes are left out
+        (``counts`` counts them as failed)."""
         mine = " AND queue = ?" if queue is not None else ""
         limit = EXACT_COUNT_LIMIT + 1
-        due = "status = 'scheduled' AND available_ms <= ?"
-        wheres = [*(f"status = '{status.value}'" for status in JobStatus), due]
+        due_now = "status = 'scheduled' AND available_ms <= ?"
+        wheres = [*(f"status = '{status.value}'" for status in JobStatus), due_now]
         sql = "SELECT " + ", ".join(f"(SELECT COUNT(*) FROM (SELECT 1 FROM khadem_jobs WHERE {where}{mine} "
                                    f"LIMIT {limit}))" for where in wheres)
         params = [*([queue] * len(JobStatus) if queue is not None else []), now_ms(),
                   *([queue] if queue is not None else [])]
         *found, due = self._db().execute(sql, params).fetchone()
-        counts = dict(zip(JobStatus, found, strict=True))
-        counts[JobStatus.QUEUED] += due
-        counts[JobStatus.SCHEDULED] -= due
-        marks = {status: "≥" for status, n in counts.items() if n >= limit}
-        return {status: min(n, EXACT_COUNT_LIMIT) for status, n in counts.items()}, marks
+        found_by_status = dict(zip(JobStatus, found, strict=True))
+        marks = {status: "≥" for status, n in found_by_status.items() if n >= limit}
+        if due >= limit:
+            marks[JobStatus.QUEUED] = "≥"
+        counts = {status: min(n, EXACT_COUNT_LIMIT) for status, n in found_by_status.items()}
+        counts[JobStatus.QUEUED] += min(due, EXACT_COUNT_LIMIT)  # due scheduled jobs read as queued
+        counts[JobStatus.SCHEDULED] -= min(due, EXACT_COUNT_LIMIT)
+        return counts, marks
 
     def requeue(self, job_ids: Sequence[str]) -> int:
         now = now_ms()
