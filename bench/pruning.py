@@ -25,7 +25,7 @@ import khadem_nb as kn
 
 POINTS = 64
 STEPS = 30
-STEP_S = 0.1  # a step (--step): reports reach the record about once a second, and the watcher looks as often
+STEP_S = 0.1  # a step (--step); a watched point stores its reports every 0.2 s
 CONCURRENCY = 16
 
 

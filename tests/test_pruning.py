@@ -13,7 +13,14 @@ import pytest
 
 import khadem_nb as kn
 from khadem_nb import ConfigError
-from khadem_nb.features.pruning import MedianPruner, SuccessiveHalving, decide
+from khadem_nb.features.pruning import (
+    LOOK_SLOWEST_S,
+    GroupWatch,
+    MedianPruner,
+    SuccessiveHalving,
+    watch_interval,
+)
+from khadem_nb.features.telemetry import WATCHED_FLUSH_S
 from khadem_nb.job import JobRecord, JobStatus
 
 
@@ -37,15 +44,29 @@ def test_successive_halving() -> None:
     assert "not among the best 2 of 4 points" in (rule.verdict({1: 0.9}, others) or "")
 
 
-def test_decide_names_only_running_points() -> None:
-    def record(job_id: str, status: JobStatus, losses: list[float]) -> JobRecord:
-        reports = {"loss": [[step, value, 0] for step, value in enumerate(losses)]}
-        return JobRecord(id=job_id, name="train", payload={}, status=status, meta={"reports": reports})
+def record(job_id: str, status: JobStatus, losses: list[float]) -> JobRecord:
+    reports = {"loss": [[step, value, 0] for step, value in enumerate(losses)]}
+    return JobRecord(id=job_id, name="train", payload={}, status=status, meta={"reports": reports})
 
+
+def test_a_look_names_only_running_points() -> None:
     records = [record("a", JobStatus.COMPLETED, [1, 0.5, 0.2]), record("b", JobStatus.ACTIVE, [1, 0.6, 0.3]),
                record("c", JobStatus.ACTIVE, [3, 2.5, 2.0]), record("d", JobStatus.CANCELLED, [1, 0.7, 0.4])]
-    stops = decide(MedianPruner("loss", min_points=2), records)
+    stops = GroupWatch(MedianPruner("loss", min_points=2)).look(records)
     assert list(stops) == ["c"] and stops["c"].startswith("pruned: loss 2 at step 2")
+
+
+def test_a_group_watch_reads_an_ended_point_once_and_keeps_it_as_evidence() -> None:
+    watch = GroupWatch(MedianPruner("loss", min_points=1))
+    assert watch.reported() is None  # nothing reported yet
+    ended, losing = record("a", JobStatus.COMPLETED, [1, 0.5, 0.2]), record("b", JobStatus.ACTIVE, [1, 2, 3])
+    assert list(watch.look([ended, losing])) == ["b"]
+    assert watch.live(["a", "b"]) == ["b"]  # the ended point is not read again
+    assert list(watch.look([losing])) == ["b"]  # and still counts against the running one
+    assert watch.reported() is True
+    assert GroupWatch(MedianPruner("val_loss")).look([ended]) == {}
+    assert watch_interval(10) == WATCHED_FLUSH_S and watch_interval(10**6) == LOOK_SLOWEST_S
+    assert WATCHED_FLUSH_S < watch_interval(1_000) < LOOK_SLOWEST_S  # a big group is read less often
 
 
 def test_bad_pruners_are_refused() -> None:

@@ -17,7 +17,8 @@ from procs import finish, start_worker
 
 import khadem_nb as kn
 from khadem_nb import JobCancelledError, JobStatus, QueueManager, ReportError
-from khadem_nb.features.telemetry import MAX_POINTS, Curves, check_metric, last_values, points
+from khadem_nb.features.telemetry import MAX_POINTS, WATCHED, Curves, check_metric, last_values, points
+from khadem_nb.runtime import context
 
 
 def test_a_series_keeps_its_latest_steps_whole_and_thins_the_older_ones() -> None:
@@ -75,6 +76,35 @@ async def test_reports_reach_the_record_while_the_job_runs(driver: str, tmp_path
     loss = [(step, value) for metric, step, value, _ in points(record.meta) if metric == "loss"]
     assert loss == [(epoch, 1 / (epoch + 1)) for epoch in range(30)]
     assert math.isnan(next(v for m, s, v, _ in points(record.meta) if m == "acc" and s == 2))
+
+
+@pytest.mark.parametrize("driver", QUEUED_DRIVERS)
+async def test_a_job_a_pruner_watches_stores_its_reports_more_often(
+        driver: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With live output held back for a minute, a job whose record says a pruner watches it
+    (``telemetry.WATCHED``) still has its reports stored while it runs, and an unwatched one
+    beside it has none stored yet."""
+    monkeypatch.setattr(context, "OUTPUT_FLUSH_S", 60.0)
+    async with QueueManager(driver_config(driver, tmp_path)) as manager:
+        await manager.driver.purge()
+        plain = await manager.dispatch(Trains(epochs=80, pause=0.1))
+        watched = manager.prepare(Trains(epochs=80, pause=0.1))
+        watched.record.meta[WATCHED] = True
+        watched_id = await manager.store(watched)
+        worker = await manager.start_worker(run_in_background=True, concurrency=2)
+        try:
+            deadline, seen = time.monotonic() + 6, None
+            while time.monotonic() < deadline and seen is None:
+                records = await manager.get_jobs([watched_id, plain])
+                if records[0].status is JobStatus.ACTIVE and any(points(records[0].meta)):
+                    seen = records
+                await asyncio.sleep(0.05)
+            assert seen is not None, "the watched job's reports were not stored while it ran"
+            assert seen[1].status is JobStatus.ACTIVE and not any(points(seen[1].meta))
+            await manager.cancel([plain, watched_id])
+        finally:
+            await worker.stop()
+            await manager.driver.purge()
 
 
 def test_a_sweeps_curves_results_and_best_point() -> None:

@@ -23,13 +23,18 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import ConfigError
-from ..job import ACTIVE, JobRecord
-from .telemetry import METRIC_NAME, points
+from ..job import ACTIVE, TERMINAL_STATUSES, JobRecord
+from .telemetry import METRIC_NAME, REPORTS, WATCHED_FLUSH_S, points
 
 PRUNED = "pruned: "  # how the error of a pruned point starts
 MODES = ("min", "max")
 
 Series = dict[int, float]  # one point's values of the rule's metric, by step
+
+#: how often a watcher reads a group's live points: WATCHED_FLUSH_S (as often as their reports
+#: arrive), slower for big groups so a look reads at most about LOOK_RATE records a second, and
+#: at least every LOOK_SLOWEST_S
+LOOK_RATE, LOOK_SLOWEST_S = 1_000, 2.0
 
 
 def _check(metric: Any, mode: Any, counts: Mapping[str, Any]) -> None:
@@ -139,23 +144,49 @@ def check_pruner(prune: Any) -> Pruner | None:
                       f"takes Optuna's pruners), got {prune!r}")
 
 
-def decide(pruner: Pruner, records: Sequence[JobRecord]) -> dict[str, str]:
-    """The running points of a group to stop, by id, each with its error (``pruned: ...``)."""
-    series = {record.id: series_of(record, pruner.metric) for record in records}
-    stops = {}
-    for record in records:
-        if record.status is not ACTIVE:
-            continue
-        others = [s for job_id, s in series.items() if job_id != record.id]
-        why = pruner.verdict(series[record.id], others)
-        if why is not None:
-            stops[record.id] = PRUNED + why
-    return stops
+def watch_interval(live: int) -> float:
+    """Seconds between two looks at a group with ``live`` points not yet ended."""
+    return min(LOOK_SLOWEST_S, max(WATCHED_FLUSH_S, live / LOOK_RATE))
 
 
-def reported(pruner: Pruner, records: Sequence[JobRecord]) -> bool | None:
-    """Whether any point reported the pruner's metric: ``None`` while no point reported
-    anything, else whether one reported it (``False``: the metric is not what the points
-    report, which the watcher says once)."""
-    names = {name for record in records for name, *_ in points(record.meta)}
-    return None if not names else pruner.metric in names
+class GroupWatch:
+    """One group's pruning across looks: each look reads the records of the points that had
+    not ended (``live``); an ended point's series is read once and kept, since it no longer
+    changes."""
+
+    def __init__(self, pruner: Pruner) -> None:
+        self.pruner = pruner
+        self.ended: dict[str, Series] = {}  # point id -> its series, once it ended
+        self.names: set[str] = set()  # every metric a point of the group reported
+
+    def live(self, ids: Sequence[str]) -> list[str]:
+        """The ids of ``ids`` not known to have ended."""
+        return [job_id for job_id in ids if job_id not in self.ended]
+
+    def look(self, records: Sequence[JobRecord]) -> dict[str, str]:
+        """The running points among ``records`` (the live ones, freshly read) to stop, by id,
+        each with its error (``pruned: ...``), against every point seen so far."""
+        metric = self.pruner.metric
+        series = dict(self.ended)
+        for record in records:
+            found = series[record.id] = series_of(record, metric)
+            if record.status in TERMINAL_STATUSES:
+                self.ended[record.id] = found
+            reports = record.meta.get(REPORTS)
+            if isinstance(reports, dict):
+                self.names.update(reports)
+        stops = {}
+        for record in records:
+            if record.status is not ACTIVE:
+                continue
+            others = [s for job_id, s in series.items() if job_id != record.id]
+            why = self.pruner.verdict(series[record.id], others)
+            if why is not None:
+                stops[record.id] = PRUNED + why
+        return stops
+
+    def reported(self) -> bool | None:
+        """Whether any point reported the pruner's metric: ``None`` while no point reported
+        anything, else whether one reported it (``False``: the metric is not what the points
+        report, which the watcher says once)."""
+        return None if not self.names else self.pruner.metric in self.names

@@ -3,6 +3,9 @@
 A running job's reports are kept in its context as one series per metric, points of
 ``[step, value, ms]`` (a NaN value stored as ``null``), and reach its record under
 ``meta["reports"]`` with its live output, about once a second, never a storage write per call.
+A job whose reports a pruner reads (its record's meta holds ``WATCHED``, set when a pruned sweep
+or study dispatches it) stores them every WATCHED_FLUSH_S instead, so a losing point is stopped
+within a few steps of the report that condemns it.
 A series keeps at most MAX_POINTS points: beyond that its older half is thinned to every second
 point, so the latest steps stay whole and the curve's shape stays (a series of a million steps
 keeps its last thousand at full resolution and ever sparser points before them).
@@ -23,6 +26,8 @@ MAX_POINTS = 2_000  # points kept per metric of one job
 MAX_METRICS = 100  # metrics one job reports, at most
 METRIC_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}\Z")
 REPORTS = "reports"  # the key of a record's meta that holds its reports
+WATCHED = "watched"  # the key of a record's meta that says a pruner reads its reports
+WATCHED_FLUSH_S = 0.2  # how often a watched job's new reports reach its record
 
 
 def check_metric(name: Any, value: Any) -> float | None:

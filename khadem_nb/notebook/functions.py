@@ -270,7 +270,8 @@ class JobFunction:
         points = [self.bind((), call) for call in calls]
         group = self.queue.submit(self, points, priority=priority, delay=delay,
                                   max_attempts=max_attempts, resumable=not fresh,
-                                  rerun_cancelled=bool(rerun_cancelled), on_code_change=on_code_change)
+                                  rerun_cancelled=bool(rerun_cancelled), on_code_change=on_code_change,
+                                  watched=pruner is not None)
         if pruner is not None:
             group.pruner = pruner
             self.queue.watch_pruning(group.ids, pruner)

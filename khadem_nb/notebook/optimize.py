@@ -23,9 +23,9 @@ from collections.abc import Generator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from ..errors import ConfigError, KhademError
-from ..features.pruning import PRUNED, check_pruner, decide, series_of
+from ..features.pruning import PRUNED, GroupWatch, check_pruner, series_of, watch_interval
 from ..features.space import check_space, distributions, space_text
-from ..features.telemetry import METRIC_NAME, last_values
+from ..features.telemetry import METRIC_NAME, WATCHED, last_values
 from ..job import CANCELLED, COMPLETED, TERMINAL_STATUSES, JobRecord
 from ..runtime.notifying import Message, apprise_of, send_once
 from ..runtime.waiting import SettleNotices, watch
@@ -89,6 +89,8 @@ class Study:
             raise ConfigError(f"a study's name is text of 1 to 200 characters, got {name!r}")
         self.fn, self.metric, self.mode, self.n_trials, self.parallel = fn, metric, mode, n_trials, parallel
         self.pruner, self.name = prune, name
+        #: the trials' reports as our pruner reads them: each ended trial's read once
+        self._watch = None if prune is None else GroupWatch(prune)
         self.queue = fn.queue
         self.study = optuna.create_study(direction="minimize" if mode == "min" else "maximize",
                                          sampler=sampler, study_name=name, pruner=self.optuna_pruner)
@@ -131,14 +133,13 @@ class Study:
             while len(self._told) < self.n_trials:
                 while len(in_flight) < self.parallel and len(self._trials) < self.n_trials:
                     trial = self.study.ask(self._distributions)
-                    job_id = await self.queue.manager.store(self.queue.prepare_call(self.fn, trial.params))
+                    job_id = await self._dispatch(trial.params)
                     in_flight[job_id] = trial
                     self._trials[trial.number] = (job_id, dict(trial.params))
                     await self._save()
                 ids = list(in_flight)
                 records = await self.queue.manager.driver.get_many(ids)
-                await self._prune([r for r in records if r is not None])
-                await self._optuna_prune(in_flight, records)
+                await self._prune(in_flight, records)
                 ended = 0
                 for job_id, record in zip(ids, records, strict=True):
                     if record is None or record.status in TERMINAL_STATUSES:
@@ -154,21 +155,38 @@ class Study:
         finally:
             self._ended.set()
 
+    async def _dispatch(self, params: dict[str, Any]) -> str:
+        """Queue one trial's job; a pruner reads its reports, so it stores them more often."""
+        prepared = self.queue.prepare_call(self.fn, params)
+        if self._watch is not None or self.optuna_pruner is not None:
+            prepared.record.meta[WATCHED] = True
+        return await self.queue.manager.store(prepared)
+
     async def _next_settle(self, ids: list[str]) -> None:
         """Wait until one of ``ids`` settles (told by this kernel's workers, or by the driver
-        where it hears other processes), or LOOK_EVERY_S: then the trials are read again (a
-        settle between the read and this wait is found by the next read)."""
+        where it hears other processes), or LOOK_EVERY_S (as often as a pruner reads the
+        trials' reports, with one): then the trials are read again (a settle between the read
+        and this wait is found by the next read)."""
         manager = self.queue.manager
         notices = SettleNotices(ids)
+        pruning = self._watch is not None or self.optuna_pruner is not None
+        every = watch_interval(len(ids)) if pruning else LOOK_EVERY_S
         async with watch(manager.driver, manager.executor.listeners, notices):
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(notices.event.wait(), LOOK_EVERY_S)
+                await asyncio.wait_for(notices.event.wait(), every)
+
+    async def _prune(self, in_flight: dict[str, Any], records: list[JobRecord | None]) -> None:
+        """Stop the running trials a pruner names: ours over every trial's reports
+        (``GroupWatch``), or Optuna's (``_optuna_prune``)."""
+        if self._watch is not None:
+            for job_id, why in self._watch.look([r for r in records if r is not None]).items():
+                await self.queue.manager.driver.cancel([job_id], why)
+        elif self.optuna_pruner is not None:
+            await self._optuna_prune(in_flight, records)
 
     async def _optuna_prune(self, in_flight: dict[str, Any], records: list[JobRecord | None]) -> None:
         """Tell Optuna the steps each running trial reported since the last look, and stop those
         its pruner prunes (``trial.should_prune()``)."""
-        if self.optuna_pruner is None:
-            return
         for record in records:
             if record is None or record.status in TERMINAL_STATUSES or record.id not in in_flight:
                 continue
@@ -183,15 +201,6 @@ class Study:
                 why = (f"{PRUNED}{self.metric} {series[step]:.6g} at step {step} "
                        f"(Optuna's {type(self.optuna_pruner).__name__})")
                 await self.queue.manager.driver.cancel([record.id], why)
-
-    async def _prune(self, records: list[JobRecord]) -> None:
-        if self.pruner is None:
-            return
-        every = await self.queue.manager.driver.get_many([job for job, _ in self._trials.values()])
-        stops = decide(self.pruner, [r for r in every if r is not None])
-        for job_id, why in stops.items():
-            if any(r.id == job_id for r in records):
-                await self.queue.manager.driver.cancel([job_id], why)
 
     def _tell(self, trial: Any, record: JobRecord | None) -> None:
         """Tell Optuna how a trial's job ended (a record gone to retention counts as failed)."""
@@ -221,6 +230,8 @@ class Study:
                               f"{self.metric}): use another name for another search")
         optuna = _optuna()
         records = await self.queue.manager.driver.get_many([job for _, job, _ in kept["trials"]])
+        if self._watch is not None:  # the trials that ended before are evidence for pruning
+            self._watch.look([r for r in records if r is not None and r.status in TERMINAL_STATUSES])
         for (_, job_id, params), record in zip(kept["trials"], records, strict=True):
             if record is not None and record.status not in TERMINAL_STATUSES:  # still running: adopted
                 self.study.enqueue_trial(params)  # the next ask gives a trial of these parameters

@@ -21,8 +21,8 @@ from .. import limits
 from ..config import QueueSettings, parse_config
 from ..errors import CodeChangedWarning, ConfigError, KhademError
 from ..features.flow import kind_rule
-from ..features.pruning import Pruner, decide, reported
-from ..features.telemetry import last_values
+from ..features.pruning import GroupWatch, Pruner, watch_interval
+from ..features.telemetry import WATCHED
 from ..job import TERMINAL_STATUSES, JobRecord, JobStatus
 from ..launchers import START_TIMEOUT_S, LaunchedWorker, LaunchSpec, check_launcher, launch, spec_for
 from ..launchers.autoscale import Autoscaler, check_limits
@@ -51,7 +51,6 @@ F = TypeVar("F", bound=Callable[..., Any])
 NOTEBOOK_RETENTION = 200_000  # finished records kept (unless queue.retention says otherwise)
 
 
-PRUNE_EVERY_S = 1.0  # how often a watched group's reports are read for pruning
 CODE_CHANGES = ("warn", "rerun", "keep")  # what a sweep run again does with points of older code
 
 
@@ -207,12 +206,18 @@ class Queue:
 
     def submit(self, spec: JobFunction, points: Sequence[dict[str, Any]], *, priority: int | None,
                delay: float | timedelta | None, max_attempts: int | None, resumable: bool,
-               rerun_cancelled: bool = False, on_code_change: str = "warn") -> JobGroup:
-        """Encode every point now (bad arguments raise here), then store them in one batch."""
+               rerun_cancelled: bool = False, on_code_change: str = "warn",
+               watched: bool = False) -> JobGroup:
+        """Encode every point now (bad arguments raise here), then store them in one batch;
+        ``watched``: a pruner reads their reports, so they store them more often
+        (``telemetry.WATCHED``)."""
         if on_code_change not in CODE_CHANGES:
             raise ConfigError(f"on_code_change must be one of {', '.join(CODE_CHANGES)}, "
                               f"got {on_code_change!r}")
         records = [self._build_record(spec, params, priority, delay, max_attempts) for params in points]
+        if watched:
+            for record in records:
+                record.meta[WATCHED] = True
         handles = [JobHandle(self, r.id, spec.name, params, r.key)
                    for r, params in zip(records, points, strict=True)]
         ids = self.run(self._store(records, resumable, rerun_cancelled, on_code_change))
@@ -395,28 +400,27 @@ class Queue:
     # -- pruning -------------------------------------------------------------------------------
     def watch_pruning(self, ids: Sequence[str], pruner: Pruner) -> None:
         """Watch the points ``ids`` of a group until all have ended, stopping those ``pruner``
-        names (``features.pruning``), about once a second, from this kernel: the points run
+        names (``features.pruning``), several times a second, from this kernel: the points run
         wherever their workers are. A cell run again watches its group again."""
         self._keep_watching(self.run_soon(self._prune(list(ids), pruner)))
 
     async def _prune(self, ids: list[str], pruner: Pruner) -> None:
         await self.opened()
-        driver, told = self.manager.driver, False
-        while True:
+        driver, watch, told = self.manager.driver, GroupWatch(pruner), False
+        while live := watch.live(ids):
             try:
-                records = [r for r in await driver.get_many(ids) if r is not None]
-                for job_id, why in decide(pruner, records).items():
+                records = [r for r in await driver.get_many(live) if r is not None]
+                for job_id, why in watch.look(records).items():
                     await driver.cancel([job_id], why)
-                if not told and reported(pruner, records) is False:
+                if not told and watch.reported() is False:
                     told = True
-                    names = ", ".join(sorted({m for r in records for m in last_values(r.meta)}))
                     logger.warning("pruning: no point reports %r (they report %s); nothing is pruned",
-                                   pruner.metric, names)
-                if all(r.status in TERMINAL_STATUSES for r in records):
-                    return
+                                   pruner.metric, ", ".join(sorted(watch.names)))
+                if len(records) < len(live) and all(r.status in TERMINAL_STATUSES for r in records):
+                    return  # the rest are gone (retention, forget): nothing is left to watch
             except KhademError as exc:  # the storage is away: look again later
                 logger.warning("pruning: could not read the group (%s); trying again", exc)
-            await asyncio.sleep(PRUNE_EVERY_S)
+            await asyncio.sleep(watch_interval(len(live)))
 
     def stop(self, grace: float | timedelta = 10.0) -> None:
         """Stop the in-process workers; jobs still running after ``grace`` go back to the queue."""

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from .._time import now_ms
 from ..errors import JobCancelledError, JobError, KhademError
-from ..features.telemetry import REPORTS, Curves
+from ..features.telemetry import REPORTS, WATCHED, WATCHED_FLUSH_S, Curves
 from ..limits import cut_text
 
 if TYPE_CHECKING:
@@ -93,7 +93,8 @@ class JobContext:
 
     def report(self, step: Any, metrics: dict[str, Any]) -> None:
         """Keep numbers the job reports at a step (``telemetry``); they reach its record with
-        its output, at most OUTPUT_FLUSH_S later. From any thread."""
+        its output, at most OUTPUT_FLUSH_S later (WATCHED_FLUSH_S when a pruner reads them).
+        From any thread."""
         if self.cancelled:
             raise JobCancelledError(message=f"job {self.record.name!r} ({self.record.id}) was cancelled")
         if self.curves is None:
@@ -116,7 +117,8 @@ class JobContext:
             self.loop.call_soon_threadsafe(self._arm_flush)
 
     def _arm_flush(self) -> None:
-        self.loop.call_later(OUTPUT_FLUSH_S, self._flush)
+        watched = self.curves is not None and self.record.meta.get(WATCHED)
+        self.loop.call_later(WATCHED_FLUSH_S if watched else OUTPUT_FLUSH_S, self._flush)
 
     def _flush(self) -> None:
         """Store the output written and the reports made since the last flush while the job
