@@ -5,10 +5,15 @@ a trial twice; pruning stops losing trials; and bad input is refused before anyt
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
+from procs import env, workers
 
 import khadem_nb as kn
 from khadem_nb import ConfigError
@@ -170,3 +175,67 @@ def test_optunas_own_pruner_is_told_the_reports() -> None:
     states = [t.state for t in study.study.trials]
     assert states.count(optuna.trial.TrialState.PRUNED) == len(pruned) >= 1
     assert all("(Optuna's MedianPruner)" in error for error in pruned["error"])
+
+
+STUDY_CELL = """
+import json
+
+import optuna
+
+import khadem_nb as kn
+
+q = kn.Queue({url!r}, ship_code=True)
+
+
+@q.job
+def train(lr: float, width: int) -> dict:
+    import time
+
+    loss = 1.0
+    for step in range(6):
+        loss = (lr - 0.3) ** 2 + width * 0.01 + 1 / (step + 1)
+        kn.report(step, loss=loss)
+        time.sleep(0.05)
+    return {{"loss": loss, "width": width}}
+
+
+space = {{"lr": kn.uniform(0, 1), "width": kn.intrange(1, 4)}}
+study = train.optimize(space, metric="loss", n_trials={n}, parallel=3, name="shipped",
+                       prune=kn.MedianPruner("loss", warmup_steps=2, min_points=2),
+                       sampler=optuna.samplers.TPESampler(seed=0))
+study.wait(timeout=120)
+frame = study.results()
+objectives = [None if o != o else o for o in frame["objective"]]  # NaN: no objective
+print(json.dumps({{"trials": frame["trial"].tolist(), "lrs": frame["lr"].tolist(),
+                  "statuses": frame["status"].tolist(), "errors": frame["error"].fillna("").tolist(),
+                  "objectives": objectives, "best": study.best["value"], "jobs": len(q.jobs())}}))
+q.close()
+"""
+
+
+def test_a_named_study_runs_its_trials_on_trusting_worker_processes_and_goes_on_after_a_restart(
+        durable_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A cell's function, shipped, optimized with a pruner: its trials run in two `khadem-nb
+    worker --trust-code` processes on each durable driver, the settles (heard, or polled where
+    the driver cannot hear them) tell Optuna, and the same cell run again in a new process with
+    a larger budget runs only the trials that are missing."""
+    monkeypatch.setenv("KHADEM_SECRET", "a shared secret of the notebook and its workers")
+    script = tmp_path / "cell.py"
+
+    def run_cell(n: int) -> dict[str, Any]:
+        script.write_text(STUDY_CELL.format(url=durable_url, n=n))
+        done = subprocess.run([sys.executable, str(script)], cwd=tmp_path, env=env(), capture_output=True,
+                              text=True, timeout=180)
+        assert done.returncode == 0, done.stderr[-3000:]
+        return dict(json.loads(done.stdout.strip().splitlines()[-1]))
+
+    with workers(durable_url, 2, "--trust-code", "--concurrency", "3"):
+        first = run_cell(6)
+        again = run_cell(9)
+    assert first["trials"] == list(range(6)) and again["trials"] == list(range(9))
+    assert again["lrs"][:6] == first["lrs"] and again["jobs"] == 9  # no trial ran twice
+    assert set(again["statuses"]) <= {"completed", "cancelled"}
+    for status, error, objective in zip(again["statuses"], again["errors"], again["objectives"], strict=True):
+        assert (status == "cancelled") == error.startswith("pruned: loss ")
+        assert (objective is not None) == (status == "completed")
+    assert again["best"] == min(o for o in again["objectives"] if o is not None)

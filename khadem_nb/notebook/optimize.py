@@ -15,11 +15,10 @@ still running, and goes on to ``n_trials`` without running any again.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import numbers
-from collections.abc import Generator, Mapping, Sequence
+from collections.abc import Callable, Generator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from ..errors import ConfigError, KhademError
@@ -28,12 +27,13 @@ from ..features.space import check_space, distributions, space_text
 from ..features.telemetry import METRIC_NAME, WATCHED, last_values
 from ..job import CANCELLED, COMPLETED, TERMINAL_STATUSES, JobRecord
 from ..runtime.notifying import Message, apprise_of, send_once
-from ..runtime.waiting import SettleNotices, watch
+from ..runtime.waiting import SettleNotices, watch, woken_within
 from ..serializer import decode_value
 
 if TYPE_CHECKING:
     import pandas as pd
 
+    from ..manager import Dispatch
     from .functions import JobFunction
 
 logger = logging.getLogger(__name__)
@@ -51,18 +51,23 @@ def _optuna() -> Any:
     return optuna
 
 
-def objective_of(record: JobRecord | None, metric: str) -> float | None:
-    """A completed trial's value: its result when a number, ``result[metric]`` when a dict
-    holds it, else the last reported value of ``metric``; ``None`` when it has none (or did
-    not complete)."""
-    if record is None or record.status is not COMPLETED:
-        return None
-    result = decode_value(record.result)
+def number_in(result: Any, metric: str) -> float | None:
+    """A trial's result as its objective: the result when a number, ``result[metric]`` when a
+    dict holds a number there; else ``None``."""
     if isinstance(result, Mapping):
         result = result.get(metric)
     if isinstance(result, numbers.Real) and not isinstance(result, bool):
         return float(result)
-    return last_values(record.meta).get(metric)
+    return None
+
+
+def objective_of(record: JobRecord | None, metric: str) -> float | None:
+    """A completed trial's value: its result's number (``number_in``), else the last reported
+    value of ``metric``; ``None`` when it has none (or did not complete)."""
+    if record is None or record.status is not COMPLETED:
+        return None
+    value = number_in(decode_value(record.result), metric)
+    return value if value is not None else last_values(record.meta).get(metric)
 
 
 class Study:
@@ -99,6 +104,8 @@ class Study:
         self._trials: dict[int, tuple[str, dict[str, Any]]] = {}  # number -> (job id, parameters)
         self._told: set[int] = set()
         self._adopted: dict[str, Any] = {}  # job id -> trial, of a stored study's running trials
+        self._notices = SettleNotices(())  # settles of the trials in flight, as they are heard
+        self._unwatch: dict[str, Callable[[], None]] = {}  # job id -> its settle's unwatch
         self._ended = asyncio.Event()
         self._failure: BaseException | None = None
         self._task = self.queue.run_soon(self._drive())
@@ -129,24 +136,15 @@ class Study:
         try:
             await self.queue.opened()
             await self._resume()
-            in_flight = dict(self._adopted)  # job id -> its trial
-            while len(self._told) < self.n_trials:
-                while len(in_flight) < self.parallel and len(self._trials) < self.n_trials:
-                    trial = self.study.ask(self._distributions)
-                    job_id = await self._dispatch(trial.params)
-                    in_flight[job_id] = trial
-                    self._trials[trial.number] = (job_id, dict(trial.params))
-                    await self._save()
-                ids = list(in_flight)
-                records = await self.queue.manager.driver.get_many(ids)
-                await self._prune(in_flight, records)
-                ended = 0
-                for job_id, record in zip(ids, records, strict=True):
-                    if record is None or record.status in TERMINAL_STATUSES:
-                        self._tell(in_flight.pop(job_id), record)
-                        ended += 1
-                if not ended:
-                    await self._next_settle(list(in_flight))
+            manager = self.queue.manager
+            # local settles reach the notices from here on; each trial's id is watched on the
+            # driver (other processes' settles) before its job is stored (``_follow``)
+            async with watch(manager.driver, manager.executor.listeners, self._notices):
+                try:
+                    await self._run_trials()
+                finally:
+                    for unwatch in self._unwatch.values():
+                        unwatch()
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # a storage fault, a stored study of another space: wait() raises it
@@ -155,25 +153,67 @@ class Study:
         finally:
             self._ended.set()
 
-    async def _dispatch(self, params: dict[str, Any]) -> str:
-        """Queue one trial's job; a pruner reads its reports, so it stores them more often."""
+    async def _run_trials(self) -> None:
+        """Keep ``parallel`` trials in flight until ``n_trials`` have ended. A settle notice
+        that carries a completed trial's number tells Optuna without a read; the trials in
+        flight are read when a notice does not say enough, when a wait is not woken (a
+        driver that does not hear other processes' workers), and at every look while a pruner
+        reads their reports."""
+        in_flight: dict[str, Any] = {}  # job id -> its trial
+        for job_id, trial in self._adopted.items():
+            await self._follow(job_id, trial, in_flight)
+        pruning = self._watch is not None or self.optuna_pruner is not None
+        read_all = bool(in_flight)  # adopted trials are read once, whatever is heard
+        while len(self._told) < self.n_trials:
+            while len(in_flight) < self.parallel and len(self._trials) < self.n_trials:
+                trial = self.study.ask(self._distributions)
+                prepared = self._prepared(trial.params)
+                await self._follow(prepared.record.id, trial, in_flight)
+                self._trials[trial.number] = (await self.queue.manager.store(prepared), dict(trial.params))
+                await self._save()
+            self._notices.event.clear()  # notices from here on wake the wait below
+            if not await self._look(in_flight, read_all):
+                every = watch_interval(len(in_flight)) if pruning else LOOK_EVERY_S
+                woken = await woken_within(self._notices.event, every)
+                read_all = pruning or not woken or self._notices.unclear
+                self._notices.unclear = False
+
+    async def _follow(self, job_id: str, trial: Any, in_flight: dict[str, Any]) -> None:
+        """Put a trial's job in flight, its settle watched (before it is stored: none is missed)."""
+        in_flight[job_id] = trial
+        self._notices.wanted.add(job_id)
+        self._unwatch[job_id] = await self.queue.manager.driver.watch([job_id], self._notices)
+
+    async def _look(self, in_flight: dict[str, Any], read_all: bool) -> int:
+        """Tell Optuna the trials that ended (pruning the losers first, with a pruner), and
+        return how many."""
+        heard = [job_id for job_id in self._notices.take_fresh() if job_id in in_flight]
+        told = 0
+        for job_id in heard:  # a completed trial whose notice carried its number: nothing to read
+            if job_id in self._notices.results:
+                value = number_in(decode_value(self._notices.results[job_id]), self.metric)
+                if value is not None:
+                    self._tell(job_id, in_flight.pop(job_id), value, cancelled=False)
+                    told += 1
+        ids = list(in_flight) if read_all else [job_id for job_id in heard if job_id in in_flight]
+        if not ids:
+            return told
+        records = await self.queue.manager.driver.get_many(ids)
+        await self._prune(in_flight, records)
+        for job_id, record in zip(ids, records, strict=True):
+            if record is None or record.status in TERMINAL_STATUSES:
+                cancelled = record is not None and record.status is CANCELLED
+                self._tell(job_id, in_flight.pop(job_id), objective_of(record, self.metric), cancelled)
+                told += 1
+        return told
+
+    def _prepared(self, params: dict[str, Any]) -> Dispatch:
+        """One trial's job, built for ``store``; a pruner reads its reports, so it stores them
+        more often (``telemetry.WATCHED``)."""
         prepared = self.queue.prepare_call(self.fn, params)
         if self._watch is not None or self.optuna_pruner is not None:
             prepared.record.meta[WATCHED] = True
-        return await self.queue.manager.store(prepared)
-
-    async def _next_settle(self, ids: list[str]) -> None:
-        """Wait until one of ``ids`` settles (told by this kernel's workers, or by the driver
-        where it hears other processes), or LOOK_EVERY_S (as often as a pruner reads the
-        trials' reports, with one): then the trials are read again (a settle between the read
-        and this wait is found by the next read)."""
-        manager = self.queue.manager
-        notices = SettleNotices(ids)
-        pruning = self._watch is not None or self.optuna_pruner is not None
-        every = watch_interval(len(ids)) if pruning else LOOK_EVERY_S
-        async with watch(manager.driver, manager.executor.listeners, notices):
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(notices.event.wait(), every)
+        return prepared
 
     async def _prune(self, in_flight: dict[str, Any], records: list[JobRecord | None]) -> None:
         """Stop the running trials a pruner names: ours over every trial's reports
@@ -202,17 +242,22 @@ class Study:
                        f"(Optuna's {type(self.optuna_pruner).__name__})")
                 await self.queue.manager.driver.cancel([record.id], why)
 
-    def _tell(self, trial: Any, record: JobRecord | None) -> None:
-        """Tell Optuna how a trial's job ended (a record gone to retention counts as failed)."""
+    def _tell(self, job_id: str, trial: Any, value: float | None, cancelled: bool) -> None:
+        """Tell Optuna how a trial's job ended: its objective, else pruned (a cancelled job:
+        pruned, or cancelled by hand), else failed (a record gone to retention too)."""
         state = _optuna().trial.TrialState
-        value = objective_of(record, self.metric)
         if value is not None:
             self.study.tell(trial, value)
-        elif record is not None and record.status is CANCELLED:  # pruned, or cancelled by hand
+        elif cancelled:
             self.study.tell(trial, state=state.PRUNED)
         else:
             self.study.tell(trial, state=state.FAIL)
         self._told.add(trial.number)
+        self._notices.wanted.discard(job_id)
+        self._notices.results.pop(job_id, None)
+        unwatch = self._unwatch.pop(job_id, None)
+        if unwatch is not None:
+            unwatch()
 
     # -- kept by name ------------------------------------------------------------------------
     async def _resume(self) -> None:

@@ -112,7 +112,7 @@ async def wait_until_finished(driver: QueueDriver, ids: list[str], timeout: floa
         if wait <= 0:
             raise ResultTimeoutError(f"{len(pending)} of {len(ids)} job(s) still unfinished "
                                      f"after {timeout:g}s")
-        woken = await _woken_within(notices.event, wait)
+        woken = await woken_within(notices.event, wait)
         read = not woken or notices.unclear  # a silent timeout polls; a clear notice needs no read
         notices.unclear = False
         if woken and len(pending) > 1:  # many jobs settling: gather more before looking again
@@ -143,13 +143,13 @@ async def wait_until_idle(driver: QueueDriver, listeners: list[Callable[[JobReco
             wait = poll if deadline is None else min(poll, deadline - loop.time())
             if wait <= 0:
                 raise ResultTimeoutError(f"queue still busy after {timeout:g}s: {busy}")
-            await _woken_within(settled, wait)
+            await woken_within(settled, wait)
             poll = min(POLL_MAX_S, poll * 1.5)
     finally:
         listeners.remove(local)
 
 
-async def _woken_within(event: asyncio.Event, seconds: float) -> bool:
+async def woken_within(event: asyncio.Event, seconds: float) -> bool:
     """Wait up to ``seconds`` for ``event``; whether it was set."""
     with contextlib.suppress(TimeoutError):
         async with asyncio.timeout(seconds):  # unlike wait_for, no task of its own
