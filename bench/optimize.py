@@ -1,7 +1,7 @@
 """``fn.optimize`` against Optuna alone, and TPE through the queue against a grid.
 
-1. Overhead: N no-op trials (the objective returns at once) with TPE (seed 0), as
-   ``optimize(..., parallel=1)`` on a queue with 1 in-kernel worker, against
+1. Overhead: N no-op trials (the objective returns at once, a sync function or an ``async
+   def``) with TPE (seed 0), as ``optimize(..., parallel=1)`` on a queue with 1 in-kernel worker, against
    ``optuna.create_study(...).optimize(objective, n_trials=N)`` in the same process with the same
    sampler; trials a second, the two alternating round by round.
 2. Search: a noisy quadratic bowl in 3 dimensions (minimum 0 at (0.2, -0.3, 0.5), noise 0.01),
@@ -11,7 +11,7 @@
    and the best value each found within the budget.
 
     BENCH_REDIS_URL=redis://127.0.0.1:6379/9 \\
-    python bench/optimize.py [--n 200] [--rounds 3] [--drivers memory,redis]
+    python bench/optimize.py [--n 200] [--rounds 3] [--drivers memory,redis] [--objectives sync,async]
 """
 
 from __future__ import annotations
@@ -50,17 +50,22 @@ def url_of(driver: str, tag: str) -> str:
     return "memory://"
 
 
-def through_queue(driver: str, n: int, tag: str) -> float:
+def through_queue(driver: str, n: int, tag: str, objective: str = "sync") -> float:
+    """Trials a second of ``optimize`` with a no-op objective: a sync function (run on the
+    worker's threads, as most training functions are) or an ``async def`` one (no thread hop)."""
     q = kn.Queue(url_of(driver, tag))
 
-    @q.job(name=f"bench_noop_trial_{tag}")
     def noop(x: float) -> float:
         return x
 
+    async def async_noop(x: float) -> float:
+        return x
+
+    trial = q.job(name=f"bench_noop_trial_{tag}")(noop if objective == "sync" else async_noop)
     q.start(concurrency=1)
     try:
         started = time.perf_counter()
-        noop.optimize({"x": kn.uniform(0, 1)}, metric="x", n_trials=n, parallel=1,
+        trial.optimize({"x": kn.uniform(0, 1)}, metric="x", n_trials=n, parallel=1,
                       sampler=optuna.samplers.TPESampler(seed=0)).wait(timeout=600)
         rate = n / (time.perf_counter() - started)
     finally:
@@ -131,6 +136,7 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=200)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--drivers", default="memory,redis")
+    parser.add_argument("--objectives", default="sync,async", help="no-op objectives to measure: sync, async")
     parser.add_argument("--profile", action="store_true", help="profile one run a driver instead")
     args = parser.parse_args()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -139,25 +145,27 @@ def main() -> None:
             profile(driver, args.n)
         return
     rows: list[str] = []
-    for driver in args.drivers.split(","):
+    for driver, objective in itertools.product(args.drivers.split(","), args.objectives.split(",")):
         queue_rates: list[float] = []
         alone_rates: list[float] = []
         for round_ in range(args.rounds):
             order: list[Any] = ["queue", "alone"] if round_ % 2 == 0 else ["alone", "queue"]
             for side in order:
                 if side == "queue":
-                    queue_rates.append(through_queue(driver, args.n, f"{driver}{round_}{os.getpid()}"))
+                    tag = f"{driver}{objective}{round_}{os.getpid()}"
+                    queue_rates.append(through_queue(driver, args.n, tag, objective))
                 else:
                     alone_rates.append(optuna_alone(args.n))
-            print(f"round {round_ + 1} {driver}: queue {queue_rates[-1]:.1f}, alone {alone_rates[-1]:.1f} "
-                  "trials/s", file=sys.stderr)
+            print(f"round {round_ + 1} {driver} {objective}: queue {queue_rates[-1]:.1f}, "
+                  f"alone {alone_rates[-1]:.1f} trials/s", file=sys.stderr)
         ratios = [a / b for a, b in zip(queue_rates, alone_rates, strict=True)]
         queued, alone = statistics.median(queue_rates), statistics.median(alone_rates)
-        rows.append(f"| {driver} | {queued:.1f} | {alone:.1f} | "
+        rows.append(f"| {driver} | {objective} | {queued:.1f} | {alone:.1f} | "
                     f"{statistics.median(ratios):.2f} ({min(ratios):.2f}-{max(ratios):.2f}) |")
     print(f"1. no-op trials, N = {args.n}, TPE (seed 0), {args.rounds} rounds\n")
-    print("| driver | optimize, parallel 1 (trials/s) | Optuna alone (trials/s) | ratio (spread) |")
-    print("|---|---:|---:|---:|")
+    print("| driver | objective | optimize, parallel 1 (trials/s) | Optuna alone (trials/s) "
+          "| ratio (spread) |")
+    print("|---|---|---:|---:|---:|")
     print("\n".join(rows))
     found = [search(seed) for seed in range(args.rounds)]
     print(f"\n2. the noisy bowl, budget {BUDGET} trials, bars {BARS[0]:.3f} (5 %) and {BARS[1]:.4f} (1 %)\n")
