@@ -37,7 +37,7 @@ from .errors import (
     UnknownJobError,
 )
 from .factory import QueueFactory
-from .features.pruning import MedianPruner, SuccessiveHalving
+from .features.pruning import MedianPruner, OptunaPruner, SuccessiveHalving
 from .features.space import intrange, loguniform, uniform
 from .job import Failure, JobRecord, JobStatus, QueueJob, QueueJobWithMetadata
 from .manager import QueueManager
@@ -90,6 +90,7 @@ __all__ = [
     "KhademError",
     "MedianPruner",
     "Middleware",
+    "OptunaPruner",
     "Preempted",
     "Queue",
     "QueueDriver",

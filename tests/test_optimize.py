@@ -6,6 +6,7 @@ a trial twice; pruning stops losing trials; and bad input is refused before anyt
 from __future__ import annotations
 
 import json
+import logging
 import subprocess
 import sys
 import time
@@ -97,7 +98,7 @@ def test_a_named_study_goes_on_after_a_restart_without_running_a_trial_twice(tmp
 
 
 def slow_trial(x: float) -> float:
-    """3 s of reports (they reach the record about once a second): the losers can be pruned."""
+    """3 s of reports (a watched trial stores them every 0.2 s): the losers can be pruned."""
     for step in range(60):
         kn.report(step, loss=x * 10 / (step + 1))
         time.sleep(0.05)
@@ -159,7 +160,7 @@ def test_optunas_own_pruner_is_told_the_reports() -> None:
 
     slow = q.job(name="slow_trial")(slow_trial)
 
-    with pytest.raises(ConfigError, match=r"optimize\(\) also takes Optuna's pruners"):
+    with pytest.raises(ConfigError, match=r"does not know which metric to read: pass kn.OptunaPruner"):
         slow.sweep(x=[0.1], prune=optuna.pruners.MedianPruner())
     q.start(concurrency=4)
     try:
@@ -239,3 +240,63 @@ def test_a_named_study_runs_its_trials_on_trusting_worker_processes_and_goes_on_
         assert (status == "cancelled") == error.startswith("pruned: loss ")
         assert (objective is not None) == (status == "completed")
     assert again["best"] == min(o for o in again["objectives"] if o is not None)
+
+
+def test_a_sweep_is_pruned_by_one_of_optunas_pruners() -> None:
+    """Optuna's own MedianPruner over a sweep's points, as trials of the group's own study:
+    it judges a running point against the completed ones, so losing points are pruned once
+    two ended, and the best ones are kept."""
+    import optuna
+
+    q = kn.Queue()
+
+    slow = q.job(name="slow_trial")(slow_trial)
+
+    q.start(concurrency=4)
+    try:
+        pruner = kn.OptunaPruner(optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=3), "loss")
+        group = slow.sweep(x=[0.1, 0.2, 0.9, 1.0, 0.3, 0.8, 0.95, 0.85], prune=pruner)
+        group.wait(timeout=60)
+        results = group.results()
+    finally:
+        q.stop()
+    pruned = results[results["pruned"]]
+    assert len(pruned) >= 1 and (pruned["status"] == "cancelled").all()
+    assert all(e.startswith("pruned: loss ") and e.endswith("(Optuna's MedianPruner) (was active)")
+               for e in pruned["error"])
+    assert not {0.1, 0.2} & set(pruned["x"])  # the best two are never below the median of the others
+    assert results.loc[results["x"] == 0.1, "status"].item() == "completed"
+
+
+def test_optuna_pruners_and_optuna_missing_are_said_clearly(
+        monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    import optuna
+
+    q = kn.Queue()
+
+    @q.job
+    def f(x: float) -> float:
+        kn.report(0, acc=x)
+        return x
+
+    with pytest.raises(ConfigError, match="takes one of Optuna's pruners"):
+        kn.OptunaPruner(kn.MedianPruner("loss"), "loss")
+    with pytest.raises(ConfigError, match="metric name"):
+        kn.OptunaPruner(optuna.pruners.MedianPruner(), "val loss")
+    with pytest.raises(ConfigError, match=r"direction \(min\), but kn.OptunaPruner was given mode='max'"):
+        f.optimize({"x": kn.uniform(0, 1)}, metric="loss",
+                   prune=kn.OptunaPruner(optuna.pruners.MedianPruner(), "loss", mode="max"))
+    q.start(concurrency=2)
+    try:
+        with caplog.at_level(logging.WARNING, logger="khadem_nb.notebook.optimize"):
+            f.optimize({"x": kn.uniform(0, 1)}, metric="x", n_trials=6, parallel=2,
+                       prune=kn.MedianPruner("loss", min_points=1)).wait(timeout=30)
+    finally:
+        q.stop()
+    told = [r.message for r in caplog.records if "no trial reports 'loss'" in r.message]
+    assert told == ["pruning: no trial reports 'loss' (they report acc); nothing is pruned"]
+    monkeypatch.setitem(sys.modules, "optuna", None)  # as where the tune extra is not installed
+    for missing in (lambda: f.optimize({"x": kn.uniform(0, 1)}, metric="x"),
+                    lambda: kn.OptunaPruner(object(), "loss")):
+        with pytest.raises(ImportError, match=r'pip install "khadem_nb\[tune\]"'):
+            missing()

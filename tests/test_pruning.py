@@ -15,8 +15,8 @@ import khadem_nb as kn
 from khadem_nb import ConfigError
 from khadem_nb.features.pruning import (
     LOOK_SLOWEST_S,
-    GroupWatch,
     MedianPruner,
+    RuleWatch,
     SuccessiveHalving,
     watch_interval,
 )
@@ -52,19 +52,19 @@ def record(job_id: str, status: JobStatus, losses: list[float]) -> JobRecord:
 def test_a_look_names_only_running_points() -> None:
     records = [record("a", JobStatus.COMPLETED, [1, 0.5, 0.2]), record("b", JobStatus.ACTIVE, [1, 0.6, 0.3]),
                record("c", JobStatus.ACTIVE, [3, 2.5, 2.0]), record("d", JobStatus.CANCELLED, [1, 0.7, 0.4])]
-    stops = GroupWatch(MedianPruner("loss", min_points=2)).look(records)
+    stops = RuleWatch(MedianPruner("loss", min_points=2)).look(records)
     assert list(stops) == ["c"] and stops["c"].startswith("pruned: loss 2 at step 2")
 
 
 def test_a_group_watch_reads_an_ended_point_once_and_keeps_it_as_evidence() -> None:
-    watch = GroupWatch(MedianPruner("loss", min_points=1))
+    watch = RuleWatch(MedianPruner("loss", min_points=1))
     assert watch.reported() is None  # nothing reported yet
     ended, losing = record("a", JobStatus.COMPLETED, [1, 0.5, 0.2]), record("b", JobStatus.ACTIVE, [1, 2, 3])
     assert list(watch.look([ended, losing])) == ["b"]
     assert watch.live(["a", "b"]) == ["b"]  # the ended point is not read again
     assert list(watch.look([losing])) == ["b"]  # and still counts against the running one
     assert watch.reported() is True
-    assert GroupWatch(MedianPruner("val_loss")).look([ended]) == {}
+    assert RuleWatch(MedianPruner("val_loss")).look([ended]) == {}
     assert watch_interval(10) == WATCHED_FLUSH_S and watch_interval(10**6) == LOOK_SLOWEST_S
     assert WATCHED_FLUSH_S < watch_interval(1_000) < LOOK_SLOWEST_S  # a big group is read less often
 

@@ -12,18 +12,23 @@ killed; the point ends ``cancelled`` with ``pruned: <why>`` as its error.
 - ``SuccessiveHalving`` (asynchronous successive halving): rungs at ``min_steps *
   reduction_factor**k``; a point that reached a rung goes on only while its value there is
   among the best ``1/reduction_factor`` of the values every point reported there.
+- ``OptunaPruner(pruner, metric, mode)``: one of Optuna's pruners (the ``tune`` extra) judges
+  the points as trials of a study of the group's own: each point's new steps are told to it
+  (``trial.report``), an ended point is told as a complete, pruned or failed trial, and a
+  running point ``trial.should_prune()`` names is stopped.
 """
 
 from __future__ import annotations
 
 import math
 import statistics
+from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from ..errors import ConfigError
-from ..job import ACTIVE, TERMINAL_STATUSES, JobRecord
+from ..job import ACTIVE, CANCELLED, COMPLETED, TERMINAL_STATUSES, JobRecord
 from .telemetry import METRIC_NAME, REPORTS, WATCHED_FLUSH_S, points
 
 PRUNED = "pruned: "  # how the error of a pruned point starts
@@ -134,14 +139,69 @@ class SuccessiveHalving:
         return None
 
 
-Pruner = MedianPruner | SuccessiveHalving
+def import_optuna() -> Any:
+    """Optuna, or an ``ImportError`` that says how to install it."""
+    try:
+        import optuna
+    except ImportError:
+        raise ImportError('this drives Optuna, which is not installed: pip install "khadem_nb[tune]"') \
+            from None
+    return optuna
+
+
+def is_optuna_pruner(prune: Any) -> bool:
+    """Whether ``prune`` is one of Optuna's pruners (without importing Optuna when it is not
+    loaded: then it cannot be one)."""
+    import sys
+
+    optuna = sys.modules.get("optuna")
+    return optuna is not None and isinstance(prune, optuna.pruners.BasePruner)
+
+
+@dataclass(frozen=True)
+class OptunaPruner:
+    """One of Optuna's pruners (``optuna.pruners.HyperbandPruner()``...) over the reports of
+    ``metric``, better when lower (``mode="min"``) or higher: see the module."""
+
+    pruner: Any
+    metric: str
+    mode: str = "min"
+
+    def __post_init__(self) -> None:
+        import_optuna()
+        if not is_optuna_pruner(self.pruner):
+            raise ConfigError(f"kn.OptunaPruner takes one of Optuna's pruners, like "
+                              f"optuna.pruners.HyperbandPruner(), got {self.pruner!r}")
+        _check(self.metric, self.mode, {})
+
+    @property
+    def name(self) -> str:
+        return type(self.pruner).__name__
+
+
+Pruner = MedianPruner | SuccessiveHalving | OptunaPruner
 
 
 def check_pruner(prune: Any) -> Pruner | None:
-    if prune is None or isinstance(prune, MedianPruner | SuccessiveHalving):
+    if prune is None or isinstance(prune, MedianPruner | SuccessiveHalving | OptunaPruner):
         return prune
-    raise ConfigError(f"prune= takes kn.MedianPruner(...) or kn.SuccessiveHalving(...) (optimize() also "
-                      f"takes Optuna's pruners), got {prune!r}")
+    if is_optuna_pruner(prune):
+        raise ConfigError(f"Optuna's {type(prune).__name__} does not know which metric to read: pass "
+                          f"kn.OptunaPruner(pruner, metric='val_loss', mode='min')")
+    raise ConfigError(f"prune= takes kn.MedianPruner(...), kn.SuccessiveHalving(...) or "
+                      f"kn.OptunaPruner(optuna_pruner, metric=...), got {prune!r}")
+
+
+def optuna_verdict(trial: Any, series: Series, told: int, metric: str, rule: str) -> tuple[int, str | None]:
+    """Tell Optuna a running trial's steps of ``series`` after step ``told``: the last step
+    told now, and the error that prunes it when its pruner says so (``None``: it goes on)."""
+    last = told
+    for step in sorted(s for s in series if s > told):
+        trial.report(series[step], step)
+        last = step
+    if last > told and trial.should_prune():
+        return last, f"{PRUNED}{metric} {series[last]:.6g} at step {last} (Optuna's {rule})"
+    return last, None
 
 
 def watch_interval(live: int) -> float:
@@ -149,13 +209,24 @@ def watch_interval(live: int) -> float:
     return min(LOOK_SLOWEST_S, max(WATCHED_FLUSH_S, live / LOOK_RATE))
 
 
-class GroupWatch:
+def metrics_in(record: JobRecord) -> list[str]:
+    """The names of the metrics ``record`` reported."""
+    reports = record.meta.get(REPORTS)
+    return list(reports) if isinstance(reports, dict) else []
+
+
+def watch_of(pruner: Pruner) -> GroupWatch:
+    """The watch that prunes a group by ``pruner``."""
+    return OptunaWatch(pruner) if isinstance(pruner, OptunaPruner) else RuleWatch(pruner)
+
+
+class GroupWatch(ABC):
     """One group's pruning across looks: each look reads the records of the points that had
     not ended (``live``); an ended point's series is read once and kept, since it no longer
     changes."""
 
-    def __init__(self, pruner: Pruner) -> None:
-        self.pruner = pruner
+    def __init__(self, metric: str) -> None:
+        self.metric = metric
         self.ended: dict[str, Series] = {}  # point id -> its series, once it ended
         self.names: set[str] = set()  # every metric a point of the group reported
 
@@ -163,30 +234,78 @@ class GroupWatch:
         """The ids of ``ids`` not known to have ended."""
         return [job_id for job_id in ids if job_id not in self.ended]
 
+    def _series(self, record: JobRecord) -> Series:
+        """``record``'s series of the pruner's metric, kept once it ended; its metrics noted."""
+        found = series_of(record, self.metric)
+        if record.status in TERMINAL_STATUSES:
+            self.ended[record.id] = found
+        self.names.update(metrics_in(record))
+        return found
+
+    @abstractmethod
     def look(self, records: Sequence[JobRecord]) -> dict[str, str]:
         """The running points among ``records`` (the live ones, freshly read) to stop, by id,
         each with its error (``pruned: ...``), against every point seen so far."""
-        metric = self.pruner.metric
-        series = dict(self.ended)
-        for record in records:
-            found = series[record.id] = series_of(record, metric)
-            if record.status in TERMINAL_STATUSES:
-                self.ended[record.id] = found
-            reports = record.meta.get(REPORTS)
-            if isinstance(reports, dict):
-                self.names.update(reports)
-        stops = {}
-        for record in records:
-            if record.status is not ACTIVE:
-                continue
-            others = [s for job_id, s in series.items() if job_id != record.id]
-            why = self.pruner.verdict(series[record.id], others)
-            if why is not None:
-                stops[record.id] = PRUNED + why
-        return stops
 
     def reported(self) -> bool | None:
         """Whether any point reported the pruner's metric: ``None`` while no point reported
         anything, else whether one reported it (``False``: the metric is not what the points
         report, which the watcher says once)."""
-        return None if not self.names else self.pruner.metric in self.names
+        return None if not self.names else self.metric in self.names
+
+
+class RuleWatch(GroupWatch):
+    """A group pruned by one of our rules (``MedianPruner``, ``SuccessiveHalving``)."""
+
+    def __init__(self, rule: MedianPruner | SuccessiveHalving) -> None:
+        super().__init__(rule.metric)
+        self.rule = rule
+
+    def look(self, records: Sequence[JobRecord]) -> dict[str, str]:
+        series = dict(self.ended)
+        for record in records:
+            series[record.id] = self._series(record)
+        stops = {}
+        for record in records:
+            if record.status is not ACTIVE:
+                continue
+            others = [s for job_id, s in series.items() if job_id != record.id]
+            why = self.rule.verdict(series[record.id], others)
+            if why is not None:
+                stops[record.id] = PRUNED + why
+        return stops
+
+
+class OptunaWatch(GroupWatch):
+    """A group pruned by one of Optuna's pruners: each point that started is a trial of a
+    study of the group's own (its parameters are the point's, so the study's sampler never
+    samples), told its new steps at every look and told how it ended."""
+
+    def __init__(self, pruner: OptunaPruner) -> None:
+        super().__init__(pruner.metric)
+        optuna = import_optuna()
+        self.rule = pruner.name
+        self.study = optuna.create_study(direction="minimize" if pruner.mode == "min" else "maximize",
+                                         pruner=pruner.pruner)
+        self.trials: dict[str, Any] = {}  # point id -> its trial
+        self.told: dict[str, int] = {}  # point id -> the last step told
+
+    def look(self, records: Sequence[JobRecord]) -> dict[str, str]:
+        state = import_optuna().trial.TrialState
+        stops = {}
+        for record in records:
+            if record.started_ms is None and record.status not in TERMINAL_STATUSES:
+                continue  # not started: no trial yet
+            series = self._series(record)
+            trial = self.trials.get(record.id)
+            if trial is None:
+                trial = self.trials[record.id] = self.study.ask()
+            told, why = optuna_verdict(trial, series, self.told.get(record.id, -1), self.metric, self.rule)
+            self.told[record.id] = told
+            if record.status is ACTIVE and why is not None:
+                stops[record.id] = why
+            elif record.status is COMPLETED and series:
+                self.study.tell(trial, series[max(series)])
+            elif record.status in TERMINAL_STATUSES:
+                self.study.tell(trial, state=state.PRUNED if record.status is CANCELLED else state.FAIL)
+        return stops

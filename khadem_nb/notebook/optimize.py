@@ -22,10 +22,22 @@ from collections.abc import Callable, Generator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from ..errors import ConfigError, KhademError
-from ..features.pruning import PRUNED, GroupWatch, check_pruner, series_of, watch_interval
+from ..features.pruning import (
+    MedianPruner,
+    OptunaPruner,
+    RuleWatch,
+    SuccessiveHalving,
+    check_pruner,
+    import_optuna,
+    is_optuna_pruner,
+    metrics_in,
+    optuna_verdict,
+    series_of,
+    watch_interval,
+)
 from ..features.space import check_space, distributions, space_text
 from ..features.telemetry import METRIC_NAME, WATCHED, last_values
-from ..job import CANCELLED, COMPLETED, TERMINAL_STATUSES, JobRecord
+from ..job import ACTIVE, CANCELLED, COMPLETED, TERMINAL_STATUSES, JobRecord
 from ..runtime.notifying import Message, apprise_of, send_once
 from ..runtime.waiting import SettleNotices, watch, woken_within
 from ..serializer import decode_value
@@ -40,15 +52,6 @@ logger = logging.getLogger(__name__)
 LOOK_EVERY_S = 0.5  # the trials in flight are read at least this often (a settle wakes the read at once)
 STUDY_KEY = "studies/"  # the keyed store's prefix of named studies
 STUDIES_KEPT = 20  # the latest studies a kernel's queue keeps for its panel
-
-
-def _optuna() -> Any:
-    try:
-        import optuna
-    except ImportError:
-        raise ImportError('optimize() drives Optuna, which is not installed: pip install "khadem_nb[tune]"') \
-            from None
-    return optuna
 
 
 def number_in(result: Any, metric: str) -> float | None:
@@ -76,12 +79,7 @@ class Study:
 
     def __init__(self, fn: JobFunction, space: Any, *, metric: str, mode: str, n_trials: int,
                  parallel: int, prune: Any, sampler: Any, name: str | None) -> None:
-        optuna = _optuna()
-        #: one of Optuna's pruners, told each running trial's reports (``_optuna_prune``)
-        self.optuna_pruner = prune if isinstance(prune, optuna.pruners.BasePruner) else None
-        if self.optuna_pruner is not None:
-            prune = None
-        prune = check_pruner(prune)
+        optuna = import_optuna()
         self.space = check_space(space)
         if not isinstance(metric, str) or not METRIC_NAME.match(metric):
             raise ConfigError(f"metric is a metric name (an identifier, like 'val_loss'), got {metric!r}")
@@ -92,10 +90,20 @@ class Study:
                 raise ConfigError(f"{what} must be a whole number >= 1, got {value!r}")
         if name is not None and (not isinstance(name, str) or not 0 < len(name) <= 200):
             raise ConfigError(f"a study's name is text of 1 to 200 characters, got {name!r}")
+        prune = check_pruner(OptunaPruner(prune, metric, mode) if is_optuna_pruner(prune) else prune)
+        #: one of Optuna's pruners, told each running trial's reports of ``prune_metric``
+        #: (``_optuna_prune``); it judges them in the study's direction
+        self.optuna_pruner = prune.pruner if isinstance(prune, OptunaPruner) else None
+        self.prune_metric = metric if prune is None else prune.metric
+        if isinstance(prune, OptunaPruner) and prune.mode != mode:
+            raise ConfigError(f"Optuna's {prune.name} judges the reports in the study's direction ({mode}), "
+                              f"but kn.OptunaPruner was given mode={prune.mode!r}")
+        #: the trials' reports as our pruner reads them: each ended trial's read once
+        self._watch = RuleWatch(prune) if isinstance(prune, MedianPruner | SuccessiveHalving) else None
+        #: the metrics the trials reported, until one is the pruner's or that none is was said
+        self._reported: set[str] | None = set()
         self.fn, self.metric, self.mode, self.n_trials, self.parallel = fn, metric, mode, n_trials, parallel
         self.pruner, self.name = prune, name
-        #: the trials' reports as our pruner reads them: each ended trial's read once
-        self._watch = None if prune is None else GroupWatch(prune)
         self.queue = fn.queue
         self.study = optuna.create_study(direction="minimize" if mode == "min" else "maximize",
                                          sampler=sampler, study_name=name, pruner=self.optuna_pruner)
@@ -162,7 +170,6 @@ class Study:
         in_flight: dict[str, Any] = {}  # job id -> its trial
         for job_id, trial in self._adopted.items():
             await self._follow(job_id, trial, in_flight)
-        pruning = self._watch is not None or self.optuna_pruner is not None
         read_all = bool(in_flight)  # adopted trials are read once, whatever is heard
         while len(self._told) < self.n_trials:
             while len(in_flight) < self.parallel and len(self._trials) < self.n_trials:
@@ -172,10 +179,11 @@ class Study:
                 self._trials[trial.number] = (await self.queue.manager.store(prepared), dict(trial.params))
                 await self._save()
             self._notices.event.clear()  # notices from here on wake the wait below
-            if not await self._look(in_flight, read_all):
-                every = watch_interval(len(in_flight)) if pruning else LOOK_EVERY_S
+            told, read_all = await self._look(in_flight, read_all), False
+            if not told:
+                every = LOOK_EVERY_S if self.pruner is None else watch_interval(len(in_flight))
                 woken = await woken_within(self._notices.event, every)
-                read_all = pruning or not woken or self._notices.unclear
+                read_all = not woken or self._notices.unclear
                 self._notices.unclear = False
 
     async def _follow(self, job_id: str, trial: Any, in_flight: dict[str, Any]) -> None:
@@ -189,13 +197,16 @@ class Study:
         return how many."""
         heard = [job_id for job_id in self._notices.take_fresh() if job_id in in_flight]
         told = 0
-        for job_id in heard:  # a completed trial whose notice carried its number: nothing to read
+        for job_id in heard if self.pruner is None else ():  # a notice carried its number: no read
             if job_id in self._notices.results:
                 value = number_in(decode_value(self._notices.results[job_id]), self.metric)
                 if value is not None:
                     self._tell(job_id, in_flight.pop(job_id), value, cancelled=False)
                     told += 1
-        ids = list(in_flight) if read_all else [job_id for job_id in heard if job_id in in_flight]
+        # with a pruner every look reads every trial in flight: an ended trial's last reports
+        # are evidence too
+        ids = list(in_flight) if read_all or self.pruner is not None else \
+            [job_id for job_id in heard if job_id in in_flight]
         if not ids:
             return told
         records = await self.queue.manager.driver.get_many(ids)
@@ -211,13 +222,24 @@ class Study:
         """One trial's job, built for ``store``; a pruner reads its reports, so it stores them
         more often (``telemetry.WATCHED``)."""
         prepared = self.queue.prepare_call(self.fn, params)
-        if self._watch is not None or self.optuna_pruner is not None:
+        if self.pruner is not None:
             prepared.record.meta[WATCHED] = True
         return prepared
 
     async def _prune(self, in_flight: dict[str, Any], records: list[JobRecord | None]) -> None:
         """Stop the running trials a pruner names: ours over every trial's reports
-        (``GroupWatch``), or Optuna's (``_optuna_prune``)."""
+        (``RuleWatch``), or Optuna's (``_optuna_prune``). A pruner's metric that no trial
+        reports, while they report others, is said once."""
+        if self.pruner is None:
+            return
+        if self._reported is not None:
+            self._reported.update(m for r in records if r is not None for m in metrics_in(r))
+            if self.prune_metric in self._reported:
+                self._reported = None  # reported: nothing to say
+            elif self._reported:
+                logger.warning("pruning: no trial reports %r (they report %s); nothing is pruned",
+                               self.prune_metric, ", ".join(sorted(self._reported)))
+                self._reported = None
         if self._watch is not None:
             for job_id, why in self._watch.look([r for r in records if r is not None]).items():
                 await self.queue.manager.driver.cancel([job_id], why)
@@ -225,27 +247,25 @@ class Study:
             await self._optuna_prune(in_flight, records)
 
     async def _optuna_prune(self, in_flight: dict[str, Any], records: list[JobRecord | None]) -> None:
-        """Tell Optuna the steps each running trial reported since the last look, and stop those
-        its pruner prunes (``trial.should_prune()``)."""
+        """Tell Optuna the steps each trial reported since the last look (an ended one's too,
+        before it is told how it ended), and stop the running ones its pruner prunes
+        (``trial.should_prune()``)."""
+        rule = type(self.optuna_pruner).__name__
         for record in records:
-            if record is None or record.status in TERMINAL_STATUSES or record.id not in in_flight:
+            if record is None or record.id not in in_flight:
                 continue
             trial = in_flight[record.id]
-            told = self._steps_told.get(trial.number, -1)
-            series = series_of(record, self.metric)
-            for step in sorted(s for s in series if s > told):
-                trial.report(series[step], step)
-                self._steps_told[trial.number] = step
-            if self._steps_told.get(trial.number, -1) > told and trial.should_prune():
-                step = self._steps_told[trial.number]
-                why = (f"{PRUNED}{self.metric} {series[step]:.6g} at step {step} "
-                       f"(Optuna's {type(self.optuna_pruner).__name__})")
+            series = series_of(record, self.prune_metric)
+            told, why = optuna_verdict(trial, series, self._steps_told.get(trial.number, -1),
+                                       self.prune_metric, rule)
+            self._steps_told[trial.number] = told
+            if why is not None and record.status is ACTIVE:
                 await self.queue.manager.driver.cancel([record.id], why)
 
     def _tell(self, job_id: str, trial: Any, value: float | None, cancelled: bool) -> None:
         """Tell Optuna how a trial's job ended: its objective, else pruned (a cancelled job:
         pruned, or cancelled by hand), else failed (a record gone to retention too)."""
-        state = _optuna().trial.TrialState
+        state = import_optuna().trial.TrialState
         if value is not None:
             self.study.tell(trial, value)
         elif cancelled:
@@ -273,7 +293,7 @@ class Study:
             raise ConfigError(f"the study {self.name!r} was made with the space {kept['space']} "
                               f"({kept['mode']} {kept['metric']}); this call gives {given} ({self.mode} "
                               f"{self.metric}): use another name for another search")
-        optuna = _optuna()
+        optuna = import_optuna()
         records = await self.queue.manager.driver.get_many([job for _, job, _ in kept["trials"]])
         if self._watch is not None:  # the trials that ended before are evidence for pruning
             self._watch.look([r for r in records if r is not None and r.status in TERMINAL_STATUSES])

@@ -21,7 +21,7 @@ from .. import limits
 from ..config import QueueSettings, parse_config
 from ..errors import CodeChangedWarning, ConfigError, KhademError
 from ..features.flow import kind_rule
-from ..features.pruning import GroupWatch, Pruner, watch_interval
+from ..features.pruning import Pruner, watch_interval, watch_of
 from ..features.telemetry import WATCHED
 from ..job import TERMINAL_STATUSES, JobRecord, JobStatus
 from ..launchers import START_TIMEOUT_S, LaunchedWorker, LaunchSpec, check_launcher, launch, spec_for
@@ -406,7 +406,7 @@ class Queue:
 
     async def _prune(self, ids: list[str], pruner: Pruner) -> None:
         await self.opened()
-        driver, watch, told = self.manager.driver, GroupWatch(pruner), False
+        driver, watch, told = self.manager.driver, watch_of(pruner), False
         while live := watch.live(ids):
             try:
                 records = [r for r in await driver.get_many(live) if r is not None]
