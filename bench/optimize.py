@@ -10,7 +10,7 @@
    grid of the same budget (the cube root of B points a side, in ``itertools.product`` order),
    and the best value each found within the budget.
 
-    BENCH_REDIS_URL=redis://127.0.0.1:6379/9 \\
+    BENCH_REDIS_URL=redis://127.0.0.1:6379/9 BENCH_POSTGRES_URL=postgresql://postgres@127.0.0.1:5432/test \\
     python bench/optimize.py [--n 200] [--rounds 3] [--drivers memory,redis] [--objectives sync,async]
 """
 
@@ -19,13 +19,16 @@ from __future__ import annotations
 import argparse
 import itertools
 import os
+import shutil
 import statistics
 import sys
+import tempfile
 import time
 from typing import Any
 
 import numpy as np
 import optuna
+from regression import drop_schema, queue_url
 
 import khadem_nb as kn
 
@@ -44,16 +47,12 @@ def bowl(x: float, y: float, z: float, seed: int = 0) -> float:
     return float((x - OPTIMUM[0]) ** 2 + (y - OPTIMUM[1]) ** 2 + (z - OPTIMUM[2]) ** 2 + noise)
 
 
-def url_of(driver: str, tag: str) -> str:
-    if driver == "redis":
-        return f"{os.environ.get('BENCH_REDIS_URL', 'redis://127.0.0.1:6379/9')}?prefix=khadem-opt-{tag}"
-    return "memory://"
-
-
 def through_queue(driver: str, n: int, tag: str, objective: str = "sync") -> float:
     """Trials a second of ``optimize`` with a no-op objective: a sync function (run on the
     worker's threads, as most training functions are) or an ``async def`` one (no thread hop)."""
-    q = kn.Queue(url_of(driver, tag))
+    folder = tempfile.mkdtemp(prefix="khadem-bench-opt-")
+    url = queue_url(driver, folder, tag)
+    q = kn.Queue(url)
 
     def noop(x: float) -> float:
         return x
@@ -72,6 +71,8 @@ def through_queue(driver: str, n: int, tag: str, objective: str = "sync") -> flo
         q.stop()
         q.run(q.manager.driver.purge())
         q.close()
+        drop_schema(url)
+        shutil.rmtree(folder, ignore_errors=True)
     return rate
 
 

@@ -7,8 +7,10 @@ pruning and once with ``MedianPruner("loss", warmup_steps=5, min_points=4)``; st
 the steps every point ran (its last reported step + 1) times STEP_S. Reports whether the best
 point of the full grid survives pruning. Medians of the rounds.
 
-    BENCH_REDIS_URL=redis://127.0.0.1:6379/9 \\
-    python bench/pruning.py [--rounds 3] [--drivers memory,sqlite,redis]
+    BENCH_REDIS_URL=redis://127.0.0.1:6379/9 BENCH_POSTGRES_URL=postgresql://postgres@127.0.0.1:5432/test \\
+    python bench/pruning.py [--rounds 3] [--drivers memory,sqlite,redis] [--step 0.1]
+
+(``file`` and ``postgres`` are taken too.)
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ import statistics
 import sys
 import tempfile
 import time
+
+from regression import drop_schema, queue_url
 
 import khadem_nb as kn
 
@@ -72,14 +76,6 @@ def run_grid(url: str, prune: bool, step_s: float) -> tuple[float, int, float]:
     return float(steps.sum()) * step_s, best, wall
 
 
-def url_of(driver: str, folder: str, tag: str) -> str:
-    if driver == "sqlite":
-        return f"sqlite:///{folder}/prune-{tag}.db"
-    if driver == "redis":
-        return f"{os.environ.get('BENCH_REDIS_URL', 'redis://127.0.0.1:6379/9')}?prefix=khadem-prune-{tag}"
-    return "memory://"
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -96,8 +92,11 @@ def main() -> None:
             walls: dict[bool, list[float]] = {False: [], True: []}
             for round_ in range(args.rounds):
                 for prune in (False, True) if round_ % 2 == 0 else (True, False):
-                    url = url_of(driver, folder, f"{round_}{int(prune)}")
-                    seconds, best, wall = run_grid(url, prune, args.step)
+                    url = queue_url(driver, folder, f"prune{os.getpid()}r{round_}p{int(prune)}")
+                    try:
+                        seconds, best, wall = run_grid(url, prune, args.step)
+                    finally:
+                        drop_schema(url)
                     spent[prune].append(seconds)
                     walls[prune].append(wall)
                     if prune:

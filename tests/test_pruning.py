@@ -5,11 +5,15 @@ pruners are refused, and a metric no point reports prunes nothing."""
 
 from __future__ import annotations
 
+import json
 import logging
+import subprocess
+import sys
 import time
 from pathlib import Path
 
 import pytest
+from procs import env, workers
 
 import khadem_nb as kn
 from khadem_nb import ConfigError
@@ -144,3 +148,54 @@ def test_a_metric_no_point_reports_prunes_nothing(caplog: pytest.LogCaptureFixtu
     assert group.counts()["completed"] == 4
     told = [r.message for r in caplog.records if "no point reports 'val_loss'" in r.message]
     assert len(told) == 1 and "they report loss" in told[0]
+
+
+SWEEP_CELL = """
+import json
+import time
+
+import khadem_nb as kn
+
+q = kn.Queue({url!r}, ship_code=True)
+
+
+@q.job
+def train(badness: float) -> float:
+    loss = 0.0
+    for step in range(40):
+        loss = badness / (step + 1)
+        kn.report(step, loss=loss)
+        time.sleep(0.05)
+    return loss
+
+
+group = train.sweep(badness=[1.0, 2.0, 3.0, 5.0, 8.0, 13.0],
+                    prune=kn.MedianPruner("loss", warmup_steps=3, min_points=3))
+group.wait(timeout=90)
+frame = group.results()
+print(json.dumps({{"badness": frame["badness"].tolist(), "status": frame["status"].tolist(),
+                  "pruned": frame["pruned"].tolist(), "error": frame["error"].fillna("").tolist()}}))
+q.close()
+"""
+
+
+def test_a_sweep_on_worker_processes_is_pruned_from_the_kernel(
+        durable_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The points of a shipped cell function run in two `khadem-nb worker --trust-code`
+    processes on each durable driver; their reports reach the storage while they run, and
+    the dispatching process stops the losers through the cancel the workers hear."""
+    monkeypatch.setenv("KHADEM_SECRET", "a shared secret of the notebook and its workers")
+    script = tmp_path / "cell.py"
+    script.write_text(SWEEP_CELL.format(url=durable_url))
+    with workers(durable_url, 2, "--trust-code", "--concurrency", "3"):
+        done = subprocess.run([sys.executable, str(script)], cwd=tmp_path, env=env(), capture_output=True,
+                              text=True, timeout=180)
+    assert done.returncode == 0, done.stderr[-3000:]
+    found = json.loads(done.stdout.strip().splitlines()[-1])
+    outcome = {b: (s, p, e) for b, s, p, e in zip(found["badness"], found["status"], found["pruned"],
+                                                    found["error"], strict=True)}
+    assert outcome[1.0][:2] == ("completed", False)
+    pruned = {b for b, (_, p, _) in outcome.items() if p}
+    assert pruned and pruned <= {3.0, 5.0, 8.0, 13.0}
+    assert all(outcome[b][0] == "cancelled" and outcome[b][2].startswith("pruned: loss ") for b in pruned)
+    assert {s for s, _, _ in outcome.values()} <= {"completed", "cancelled"}  # never failed
