@@ -23,7 +23,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from regression import drop_schema, queue_url
+from regression import drop_schema, queue_url, run_child
 
 JOBS_MODULE = '''
 import numpy as np
@@ -90,13 +90,7 @@ async def child(driver: str, folder: str, kind: str, n: int) -> float:
 
 
 def measure(driver: str, folder: Path, kind: str, n: int) -> float:
-    path = os.pathsep.join([str(folder), str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")])
-    run = subprocess.run([sys.executable, __file__, "--child", driver, str(folder), kind, str(n)],
-                         env={**os.environ, "PYTHONPATH": path}, cwd=folder, capture_output=True, text=True,
-                         timeout=1800)
-    if run.returncode != 0:
-        raise SystemExit(f"{kind} on {driver} failed:\n{run.stderr[-3000:]}")
-    return float(json.loads(run.stdout.strip().splitlines()[-1]))
+    return float(run_child(__file__, folder, [driver, str(folder), kind, str(n)]))
 
 
 def main() -> None:

@@ -36,6 +36,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -186,14 +187,24 @@ async def gather_rate(n: int) -> float:
 
 
 # -- the parent: alternating trees ------------------------------------------------------------
-def measure(tree: Path, driver: str, folder: Path, tag: str, delayed: int) -> dict[str, float]:
-    path = os.pathsep.join([str(tree), str(folder), os.environ.get("PYTHONPATH", "")])
-    command = [sys.executable, __file__, "--child", driver, str(folder), tag, "--delayed", str(delayed)]
-    run = subprocess.run(command, env={**os.environ, "PYTHONPATH": path}, cwd=folder, capture_output=True,
-                         text=True, timeout=1800)
+def run_child(script: str, folder: Path, args: Sequence[str], *, first: Sequence[Path] = ()) -> Any:
+    """Run ``script --child ARGS`` in ``folder``, with ``first``, ``folder`` and this bench
+    folder importable in that order (so a tree in ``first`` is the khadem_nb it imports), and
+    return the JSON value its last printed line holds; a child that fails ends the parent with
+    its error."""
+    path = os.pathsep.join([*map(str, first), str(folder), str(Path(__file__).parent),
+                            os.environ.get("PYTHONPATH", "")])
+    run = subprocess.run([sys.executable, script, "--child", *args], env={**os.environ, "PYTHONPATH": path},
+                         cwd=folder, capture_output=True, text=True, timeout=1800)
     if run.returncode != 0:
-        raise SystemExit(f"{driver} on {tree} failed:\n{run.stderr[-3000:]}")
+        raise SystemExit(f"{Path(script).name} --child {' '.join(args)} failed:\n{run.stderr[-3000:]}")
     return json.loads(run.stdout.strip().splitlines()[-1])
+
+
+def measure(tree: Path, driver: str, folder: Path, tag: str, delayed: int) -> dict[str, float]:
+    args = [driver, str(folder), tag, "--delayed", str(delayed)]
+    found: dict[str, float] = run_child(__file__, folder, args, first=[tree])
+    return found
 
 
 def main() -> None:

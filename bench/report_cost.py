@@ -22,7 +22,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from regression import drop_schema, queue_url
+from regression import drop_schema, queue_url, run_child
 
 JOBS_MODULE = '''
 import numpy as np
@@ -88,13 +88,7 @@ async def child(driver: str, folder: str, kind: str, jobs: int, steps: int) -> f
 
 
 def measure(driver: str, folder: Path, kind: str, jobs: int, steps: int) -> float:
-    path = os.pathsep.join([str(folder), str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")])
-    command = [sys.executable, __file__, "--child", driver, str(folder), kind, str(jobs), str(steps)]
-    run = subprocess.run(command, env={**os.environ, "PYTHONPATH": path}, cwd=folder, capture_output=True,
-                         text=True, timeout=1800)
-    if run.returncode != 0:
-        raise SystemExit(f"{kind} on {driver} failed:\n{run.stderr[-3000:]}")
-    return float(json.loads(run.stdout.strip().splitlines()[-1]))
+    return float(run_child(__file__, folder, [driver, str(folder), kind, str(jobs), str(steps)]))
 
 
 def main() -> None:
