@@ -35,7 +35,11 @@ def test_the_median_rule() -> None:
     why = rule.verdict({0: 5.0, 1: 5.0, 2: 0.9}, others)
     assert why == "loss 0.9 at step 2, worse than the median 0.6 of 3 other points (MedianPruner)"
     assert rule.verdict({0: 0.1, 1: 5.0, 2: 5.0}, others) is None  # its best so far beats the median
-    assert rule.verdict({0: 1, 1: 1, 2: 1, 3: 9.0}, others) is None  # too few others at step 3
+    # too few others at step 3: a point ahead of them is judged at step 2, its best up to there
+    assert rule.verdict({0: 1, 1: 1, 2: 1, 3: 9.0}, others) == \
+        "loss 1 at step 2, worse than the median 0.6 of 3 other points (MedianPruner)"
+    assert rule.verdict({0: 1, 1: 0.1, 2: 0.1, 3: 9.0}, others) is None  # its best up to step 2 wins
+    assert rule.verdict({0: 5.0, 1: 5.0, 2: 5.0}, others[:2]) is None  # never three others at a step
     assert MedianPruner("acc", mode="max", min_points=1).verdict({0: 0.2}, [{0: 0.5}]) is not None
 
 

@@ -8,7 +8,8 @@ killed; the point ends ``cancelled`` with ``pruned: <why>`` as its error.
 
 - ``MedianPruner`` (Optuna's rule): at step ``s`` after ``warmup_steps``, a point whose best
   value so far is strictly worse than the median of the values the other points reported at
-  ``s`` is pruned, once at least ``min_points`` of them have.
+  ``s`` is pruned, once at least ``min_points`` of them have. A point is judged at its latest
+  step that has that many reports, so one ahead of the others is judged too.
 - ``SuccessiveHalving`` (asynchronous successive halving): rungs at ``min_steps *
   reduction_factor**k``; a point that reached a rung goes on only while its value there is
   among the best ``1/reduction_factor`` of the values every point reported there.
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import math
 import statistics
+import sys
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -35,6 +37,7 @@ PRUNED = "pruned: "  # how the error of a pruned point starts
 MODES = ("min", "max")
 
 Series = dict[int, float]  # one point's values of the rule's metric, by step
+JUDGED_STEPS = 16  # MedianPruner looks back at most this many of a point's steps for evidence
 
 #: how often a watcher reads a group's live points: WATCHED_FLUSH_S (as often as their reports
 #: arrive), slower for big groups so a look reads at most about LOOK_RATE records a second, and
@@ -82,21 +85,28 @@ class MedianPruner:
 
     def verdict(self, series: Series, others: Sequence[Series]) -> str | None:
         """Why a running point with ``series`` is pruned, given the others' series; ``None``
-        to let it run."""
+        to let it run. It is judged at its last step that at least ``min_points`` others
+        reported, with its best value up to that step: a point ahead of the others (started
+        first, or faster) is judged where their reports are, not let run for want of them."""
         if not series:
             return None
-        step = max(series)
-        if step < self.warmup_steps:
+        reached = sorted((max(other) for other in others if other), reverse=True)
+        if len(reached) < self.min_points:
             return None
-        at_step = [other[step] for other in others if step in other]
-        if len(at_step) < self.min_points:
-            return None
-        median = statistics.median(at_step)
-        best = _best([v for s, v in series.items() if s <= step], self.mode)
-        if not _worse(best, median, self.mode):
-            return None
-        return (f"{self.metric} {best:.6g} at step {step}, worse than the median {median:.6g} of "
-                f"{len(at_step)} other points (MedianPruner)")
+        top = min(max(series), reached[self.min_points - 1])  # no later step has enough reports
+        for step in sorted((s for s in series if s <= top), reverse=True)[:JUDGED_STEPS]:
+            if step < self.warmup_steps:
+                return None
+            at_step = [other[step] for other in others if step in other]
+            if len(at_step) < self.min_points:
+                continue  # a thinned or skipped step: the one before may have them
+            median = statistics.median(at_step)
+            best = _best([v for s, v in series.items() if s <= step], self.mode)
+            if not _worse(best, median, self.mode):
+                return None
+            return (f"{self.metric} {best:.6g} at step {step}, worse than the median {median:.6g} of "
+                    f"{len(at_step)} other points (MedianPruner)")
+        return None
 
 
 @dataclass(frozen=True)
@@ -152,8 +162,6 @@ def import_optuna() -> Any:
 def is_optuna_pruner(prune: Any) -> bool:
     """Whether ``prune`` is one of Optuna's pruners (without importing Optuna when it is not
     loaded: then it cannot be one)."""
-    import sys
-
     optuna = sys.modules.get("optuna")
     return optuna is not None and isinstance(prune, optuna.pruners.BasePruner)
 
