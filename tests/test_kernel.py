@@ -81,7 +81,7 @@ def test_interrupting_a_cell_leaves_workers_alive(kernel: Kernel) -> None:
 
 RESUMABLE = """
 import khadem_nb as kn
-q = kn.Queue("sqlite:///{db}")
+q = kn.Queue("sqlite:///{db}?lease=4")  # a short lease: the point the kernel died in is reclaimed soon
 
 @q.job
 def point(x: int) -> int:
@@ -189,7 +189,7 @@ print(h.status, "|", h.tail(1))
 CODE_CHANGE = """
 import warnings
 import khadem_nb as kn
-q = kn.Queue("sqlite:///{db}")
+q = kn.Queue("sqlite:///{db}?lease=4")  # a short lease: the point the kernel died in is reclaimed soon
 
 @q.job(name="tests.kernel.power")
 def power(x: int) -> int:

@@ -98,8 +98,8 @@ def test_a_named_study_goes_on_after_a_restart_without_running_a_trial_twice(tmp
 
 
 def slow_trial(x: float) -> float:
-    """3 s of reports (a watched trial stores them every 0.2 s): the losers can be pruned."""
-    for step in range(60):
+    """1.5 s of reports (a watched trial stores them every 0.2 s): the losers can be pruned."""
+    for step in range(30):
         kn.report(step, loss=x * 10 / (step + 1))
         time.sleep(0.05)
     return x

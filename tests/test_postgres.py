@@ -197,10 +197,10 @@ async def test_bad_urls_and_servers(tmp_path: Path) -> None:
         await QueueManager("postgresql://postgres:hunter22@127.0.0.1:1/test?connect_timeout=2").init()
     assert time.monotonic() - started < 6
     with pytest.raises(DriverError, match="nosuchdb") as caught:
-        await QueueManager("postgresql://postgres:hunter22@127.0.0.1:5432/nosuchdb").init()
+        await QueueManager("postgresql://postgres:hunter22@127.0.0.1:5432/nosuchdb?connect_timeout=1").init()
     assert "hunter22" not in str(caught.value)
     with pytest.raises(DriverError, match="nosuchrole"):
-        await QueueManager("postgresql://nosuchrole:hunter22@127.0.0.1:5432/test").init()
+        await QueueManager("postgresql://nosuchrole:hunter22@127.0.0.1:5432/test?connect_timeout=1").init()
 
 
 async def test_settings_in_the_url_and_libpq_options_pass(tmp_path: Path) -> None:
