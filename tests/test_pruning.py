@@ -66,12 +66,12 @@ def test_a_look_names_only_running_points() -> None:
 
 def test_a_group_watch_reads_an_ended_point_once_and_keeps_it_as_evidence() -> None:
     watch = RuleWatch(MedianPruner("loss", min_points=1))
-    assert watch.reported() is None  # nothing reported yet
+    assert watch.seen.reported() is None  # nothing reported yet
     ended, losing = record("a", JobStatus.COMPLETED, [1, 0.5, 0.2]), record("b", JobStatus.ACTIVE, [1, 2, 3])
     assert list(watch.look([ended, losing])) == ["b"]
     assert watch.live(["a", "b"]) == ["b"]  # the ended point is not read again
     assert list(watch.look([losing])) == ["b"]  # and still counts against the running one
-    assert watch.reported() is True
+    assert watch.seen.reported() is True
     assert RuleWatch(MedianPruner("val_loss")).look([ended]) == {}
     assert watch_interval(10) == WATCHED_FLUSH_S and watch_interval(10**6) == LOOK_SLOWEST_S
     assert WATCHED_FLUSH_S < watch_interval(1_000) < LOOK_SLOWEST_S  # a big group is read less often

@@ -21,6 +21,7 @@ killed; the point ends ``cancelled`` with ``pruned: <why>`` as its error.
 
 from __future__ import annotations
 
+import logging
 import math
 import statistics
 import sys
@@ -200,14 +201,16 @@ def check_pruner(prune: Any) -> Pruner | None:
                       f"kn.OptunaPruner(optuna_pruner, metric=...), got {prune!r}")
 
 
-def optuna_verdict(trial: Any, series: Series, told: int, metric: str, rule: str) -> tuple[int, str | None]:
-    """Tell Optuna a running trial's steps of ``series`` after step ``told``: the last step
-    told now, and the error that prunes it when its pruner says so (``None``: it goes on)."""
+def optuna_verdict(trial: Any, series: Series, told: int, metric: str, rule: str,
+                   running: bool) -> tuple[int, str | None]:
+    """Tell Optuna a trial's steps of ``series`` after step ``told``: the last step told now,
+    and, for a ``running`` one, the error that prunes it when its pruner says so (``None``:
+    it goes on)."""
     last = told
     for step in sorted(s for s in series if s > told):
         trial.report(series[step], step)
         last = step
-    if last > told and trial.should_prune():
+    if running and last > told and trial.should_prune():
         return last, f"{PRUNED}{metric} {series[last]:.6g} at step {last} (Optuna's {rule})"
     return last, None
 
@@ -223,6 +226,31 @@ def metrics_in(record: JobRecord) -> list[str]:
     return list(reports) if isinstance(reports, dict) else []
 
 
+class MetricsSeen:
+    """The metrics a group's points reported, to say once when none of them is the pruner's
+    (then it prunes nothing)."""
+
+    def __init__(self, metric: str) -> None:
+        self.metric = metric
+        self.names: set[str] = set()
+        self.said = False
+
+    def note(self, record: JobRecord) -> None:
+        self.names.update(metrics_in(record))
+
+    def reported(self) -> bool | None:
+        """Whether any point reported the pruner's metric: ``None`` while no point reported
+        anything, else whether one reported it."""
+        return None if not self.names else self.metric in self.names
+
+    def say_once(self, log: logging.Logger, points: str) -> None:
+        """Log, the first time it is so, that the ``points`` report other metrics only."""
+        if not self.said and self.reported() is False:
+            self.said = True
+            log.warning("pruning: no %s reports %r (they report %s); nothing is pruned", points, self.metric,
+                        ", ".join(sorted(self.names)))
+
+
 def watch_of(pruner: Pruner) -> GroupWatch:
     """The watch that prunes a group by ``pruner``."""
     return OptunaWatch(pruner) if isinstance(pruner, OptunaPruner) else RuleWatch(pruner)
@@ -236,7 +264,7 @@ class GroupWatch(ABC):
     def __init__(self, metric: str) -> None:
         self.metric = metric
         self.ended: dict[str, Series] = {}  # point id -> its series, once it ended
-        self.names: set[str] = set()  # every metric a point of the group reported
+        self.seen = MetricsSeen(metric)  # every metric a point of the group reported
 
     def live(self, ids: Sequence[str]) -> list[str]:
         """The ids of ``ids`` not known to have ended."""
@@ -247,19 +275,13 @@ class GroupWatch(ABC):
         found = series_of(record, self.metric)
         if record.status in TERMINAL_STATUSES:
             self.ended[record.id] = found
-        self.names.update(metrics_in(record))
+        self.seen.note(record)
         return found
 
     @abstractmethod
     def look(self, records: Sequence[JobRecord]) -> dict[str, str]:
         """The running points among ``records`` (the live ones, freshly read) to stop, by id,
         each with its error (``pruned: ...``), against every point seen so far."""
-
-    def reported(self) -> bool | None:
-        """Whether any point reported the pruner's metric: ``None`` while no point reported
-        anything, else whether one reported it (``False``: the metric is not what the points
-        report, which the watcher says once)."""
-        return None if not self.names else self.metric in self.names
 
 
 class RuleWatch(GroupWatch):
@@ -308,9 +330,10 @@ class OptunaWatch(GroupWatch):
             trial = self.trials.get(record.id)
             if trial is None:
                 trial = self.trials[record.id] = self.study.ask()
-            told, why = optuna_verdict(trial, series, self.told.get(record.id, -1), self.metric, self.rule)
+            told, why = optuna_verdict(trial, series, self.told.get(record.id, -1), self.metric, self.rule,
+                                       running=record.status is ACTIVE)
             self.told[record.id] = told
-            if record.status is ACTIVE and why is not None:
+            if why is not None:
                 stops[record.id] = why
             elif record.status is COMPLETED and series:
                 self.study.tell(trial, series[max(series)])

@@ -24,13 +24,13 @@ from typing import TYPE_CHECKING, Any
 from ..errors import ConfigError, KhademError
 from ..features.pruning import (
     MedianPruner,
+    MetricsSeen,
     OptunaPruner,
     RuleWatch,
     SuccessiveHalving,
     check_pruner,
     import_optuna,
     is_optuna_pruner,
-    metrics_in,
     optuna_verdict,
     series_of,
     watch_interval,
@@ -100,8 +100,7 @@ class Study:
                               f"but kn.OptunaPruner was given mode={prune.mode!r}")
         #: the trials' reports as our pruner reads them: each ended trial's read once
         self._watch = RuleWatch(prune) if isinstance(prune, MedianPruner | SuccessiveHalving) else None
-        #: the metrics the trials reported, until one is the pruner's or that none is was said
-        self._reported: set[str] | None = set()
+        self._seen = MetricsSeen(self.prune_metric)  # the metrics the trials reported
         self.fn, self.metric, self.mode, self.n_trials, self.parallel = fn, metric, mode, n_trials, parallel
         self.pruner, self.name = prune, name
         self.queue = fn.queue
@@ -232,14 +231,10 @@ class Study:
         reports, while they report others, is said once."""
         if self.pruner is None:
             return
-        if self._reported is not None:
-            self._reported.update(m for r in records if r is not None for m in metrics_in(r))
-            if self.prune_metric in self._reported:
-                self._reported = None  # reported: nothing to say
-            elif self._reported:
-                logger.warning("pruning: no trial reports %r (they report %s); nothing is pruned",
-                               self.prune_metric, ", ".join(sorted(self._reported)))
-                self._reported = None
+        for record in records:
+            if record is not None:
+                self._seen.note(record)
+        self._seen.say_once(logger, "trial")
         if self._watch is not None:
             for job_id, why in self._watch.look([r for r in records if r is not None]).items():
                 await self.queue.manager.driver.cancel([job_id], why)
@@ -257,9 +252,9 @@ class Study:
             trial = in_flight[record.id]
             series = series_of(record, self.prune_metric)
             told, why = optuna_verdict(trial, series, self._steps_told.get(trial.number, -1),
-                                       self.prune_metric, rule)
+                                       self.prune_metric, rule, running=record.status is ACTIVE)
             self._steps_told[trial.number] = told
-            if why is not None and record.status is ACTIVE:
+            if why is not None:
                 await self.queue.manager.driver.cancel([record.id], why)
 
     def _tell(self, job_id: str, trial: Any, value: float | None, cancelled: bool) -> None:

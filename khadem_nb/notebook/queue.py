@@ -406,16 +406,13 @@ class Queue:
 
     async def _prune(self, ids: list[str], pruner: Pruner) -> None:
         await self.opened()
-        driver, watch, told = self.manager.driver, watch_of(pruner), False
+        driver, watch = self.manager.driver, watch_of(pruner)
         while live := watch.live(ids):
             try:
                 records = [r for r in await driver.get_many(live) if r is not None]
                 for job_id, why in watch.look(records).items():
                     await driver.cancel([job_id], why)
-                if not told and watch.reported() is False:
-                    told = True
-                    logger.warning("pruning: no point reports %r (they report %s); nothing is pruned",
-                                   pruner.metric, ", ".join(sorted(watch.names)))
+                watch.seen.say_once(logger, "point")
                 if len(records) < len(live) and all(r.status in TERMINAL_STATUSES for r in records):
                     return  # the rest are gone (retention, forget): nothing is left to watch
             except KhademError as exc:  # the storage is away: look again later
